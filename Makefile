@@ -1,0 +1,189 @@
+# smartkv -- attention-guided mixed-precision KV-cache compression toolkit.
+#
+# Knobs (override on the command line):
+PREFIX    ?= /usr/local
+BINDIR    ?= $(PREFIX)/bin
+LIBDIR    ?= $(PREFIX)/lib
+INCDIR    ?= $(PREFIX)/include
+MANDIR    ?= $(PREFIX)/share/man
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR   ?=
+CC        ?= cc
+CFLAGS    ?= -O2 -g
+WERROR    ?= $(if $(CI),1,0)
+SANITIZE  ?= 0
+CUDA      ?= auto
+NVCC      ?= nvcc
+V         ?= 0
+
+VERSION := 0.1.0
+SOVERSION := 0
+
+ifeq ($(V),0)
+Q := @
+say = @printf '  %-6s %s\n' $(1) $(2);
+else
+Q :=
+say =
+endif
+
+WARN := -Wall -Wextra -Wshadow -Wno-unused-parameter
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+SANFLAGS :=
+ifeq ($(SANITIZE),1)
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
+
+ALL_CFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(SANFLAGS) -fPIC -pthread -fvisibility=hidden -Ilib
+ALL_LDFLAGS := $(LDFLAGS) $(SANFLAGS) -pthread
+LIBS := -lz -lm
+
+# Sanitized objects live apart so switching SANITIZE never mixes builds.
+ifeq ($(SANITIZE),1)
+O := build/san
+else
+O := build/opt
+endif
+
+# --- CUDA: built when nvcc is found (CUDA=0 skips, CUDA=1 requires) ---
+HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
+ifeq ($(CUDA),1)
+ifneq ($(HAVE_NVCC),1)
+$(error CUDA=1 but $(NVCC) was not found)
+endif
+USE_CUDA := 1
+else ifeq ($(CUDA),0)
+USE_CUDA := 0
+else
+USE_CUDA := $(if $(HAVE_NVCC),1,0)
+endif
+CU_SRCS := $(wildcard kernels/*.cu)
+ifeq ($(CU_SRCS),)
+USE_CUDA := 0
+endif
+
+LIB_SRCS := $(wildcard lib/*.c)
+LIB_OBJS := $(LIB_SRCS:lib/%.c=$(O)/lib/%.o)
+TOOL_SRCS := $(wildcard bin/skv-*.c)
+TOOLS := $(TOOL_SRCS:.c=)
+TOOL_COMMON := $(filter-out $(TOOL_SRCS),$(wildcard bin/*.c))
+TOOL_COMMON_OBJS := $(TOOL_COMMON:bin/%.c=$(O)/bin/%.o)
+TEST_SRCS := $(wildcard tests/test_*.c)
+TESTS := $(TEST_SRCS:tests/%.c=$(O)/tests/%)
+HEADERS := $(wildcard lib/smartkv*.h)
+
+ifeq ($(USE_CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
+CU_OBJS := $(CU_SRCS:kernels/%.cu=$(O)/kernels/%.o)
+NVCCFLAGS ?= -O3 -lineinfo
+NVCC_ALL := $(NVCCFLAGS) -std=c++17 -Ilib -Xcompiler -fPIC,-fvisibility=hidden \
+	-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+	-gencode arch=compute_90,code=compute_90 --Werror all-warnings
+ALL_CFLAGS += -DSKV_HAVE_CUDA=1
+LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
+else
+CU_OBJS :=
+endif
+
+PKG_CHECK := $(shell pkg-config --cflags --libs check 2>/dev/null)
+
+.PHONY: all check test-unit test-cli demo install uninstall clean deps help model bench
+
+all: lib/libsmartkv.a lib/libsmartkv.so $(TOOLS)
+
+help:
+	@echo 'targets: all check demo install uninstall clean deps model help'
+	@echo 'knobs:   PREFIX DESTDIR CC CFLAGS SANITIZE=1 WERROR=1 CUDA=0|1 V=1'
+
+# Rebuild everything when the flags change.
+$(O)/.flags: FORCE
+	@mkdir -p $(O)
+	@echo '$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) $(LIBS) $(USE_CUDA)' | cmp -s - $@ || \
+		echo '$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) $(LIBS) $(USE_CUDA)' > $@
+FORCE:
+
+$(O)/lib/%.o: lib/%.c $(HEADERS) $(O)/.flags
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(O)/bin/%.o: bin/%.c $(HEADERS) $(wildcard bin/*.h) $(O)/.flags
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -Ibin -c -o $@ $<
+
+$(O)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh) $(O)/.flags
+	@mkdir -p $(dir $@)
+	$(call say,NVCC,$<)$(NVCC) $(NVCC_ALL) -c -o $@ $<
+
+$(O)/libsmartkv.a: $(LIB_OBJS) $(CU_OBJS)
+	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
+
+lib/libsmartkv.a: $(O)/libsmartkv.a
+	$(Q)cp $< $@
+
+lib/libsmartkv.so: $(LIB_OBJS) $(CU_OBJS)
+	$(call say,LD,$@)$(CC) -shared -Wl,-soname,libsmartkv.so.$(SOVERSION) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+bin/skv-%: $(O)/bin/skv-%.o $(TOOL_COMMON_OBJS) $(O)/libsmartkv.a
+	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(O)/tests/%: tests/%.c $(O)/libsmartkv.a $(HEADERS) $(wildcard tests/*.h) $(O)/.flags
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(O)/libsmartkv.a $(ALL_LDFLAGS) $(PKG_CHECK) $(LIBS)
+
+# --- dependencies: installed on demand so `make check` works on a fresh machine ---
+deps:
+	@scripts/install-deps
+
+# The test and demo targets first make sure dependencies exist, then recurse
+# so that pkg-config sees a freshly installed Check.
+check:
+	@scripts/install-deps --quiet
+	@$(MAKE) --no-print-directory test-unit test-cli
+
+test-unit: all $(TESTS)
+	@scripts/run-unit-tests $(TESTS)
+
+test-cli: all
+	@tests/cli/run $(if $(filter 1,$(SANITIZE)),--sanitize)
+
+demo:
+	@scripts/install-deps --quiet
+	@$(MAKE) --no-print-directory all
+	@scripts/demo
+
+model:
+	@scripts/fetch-model
+
+bench: all
+	@for b in scripts/bench-*; do echo "== $$b"; $$b || exit 1; done
+
+# --- install ---
+smartkv.pc: smartkv.pc.in Makefile
+	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
+		-e 's|@VERSION@|$(VERSION)|' $< > $@
+
+install: all smartkv.pc
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR) \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)
+	install -m 644 lib/libsmartkv.a $(DESTDIR)$(LIBDIR)
+	install -m 755 lib/libsmartkv.so $(DESTDIR)$(LIBDIR)/libsmartkv.so.$(VERSION)
+	ln -sf libsmartkv.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libsmartkv.so.$(SOVERSION)
+	ln -sf libsmartkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libsmartkv.so
+	install -m 644 $(HEADERS) $(DESTDIR)$(INCDIR)
+	install -m 644 $(wildcard man/man1/*.1) $(DESTDIR)$(MANDIR)/man1
+	install -m 644 $(wildcard man/man5/*.5) $(DESTDIR)$(MANDIR)/man5
+	install -m 644 smartkv.pc $(DESTDIR)$(PKGCONFIGDIR)
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(TOOLS)))
+	rm -f $(DESTDIR)$(LIBDIR)/libsmartkv.a $(DESTDIR)$(LIBDIR)/libsmartkv.so*
+	rm -f $(addprefix $(DESTDIR)$(INCDIR)/,$(notdir $(HEADERS)))
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(wildcard man/man1/*.1)))
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(wildcard man/man5/*.5)))
+	rm -f $(DESTDIR)$(PKGCONFIGDIR)/smartkv.pc
+
+clean:
+	rm -rf build lib/libsmartkv.a lib/libsmartkv.so $(TOOLS) smartkv.pc

@@ -1,0 +1,53 @@
+/* tool.h -- the small shared layer under every skv-* program: one error
+ * path, output checks, and parsers for numeric lists and ranges. */
+#ifndef SKV_TOOL_H
+#define SKV_TOOL_H
+
+#include "smartkv.h"
+
+#include <stdint.h>
+#include <stdnoreturn.h>
+
+#define EXIT_DATA 1   /* bad data or runtime failure */
+#define EXIT_USAGE 2  /* bad command line */
+
+extern const char *tool_name;
+
+/* Set the program name (for messages) and ignore SIGPIPE so that a closed
+ * pipe becomes a write error we report, not a silent death. */
+void tool_init(const char *name);
+
+/* "tool: msg" to stderr, exit with code. */
+noreturn void tool_die(int code, const char *fmt, ...) SKV_PRINTF(2, 3);
+/* "tool: FILE: <library message>" and exit 1. */
+noreturn void tool_fail(const char *file);
+/* Usage error: "tool: msg" plus a hint to --help, exit 2. */
+noreturn void tool_usage_error(const char *fmt, ...) SKV_PRINTF(1, 2);
+
+/* Display name of a path argument ("-" or NULL is stdin/stdout). */
+const char *tool_in_name(const char *path);
+const char *tool_out_name(const char *path);
+
+/* Refuse binary output to a terminal (exit 2). */
+void tool_check_binary_output(const char *path);
+
+/* Print "tool (smartkv) VERSION" and exit 0. */
+noreturn void tool_version(void);
+
+/* Strict parsers; return 0 on success, -1 on a malformed or out-of-range value. */
+int tool_parse_u64(const char *s, uint64_t *out);
+int tool_parse_double(const char *s, double *out);
+/* Size with optional K/M/G suffix (powers of 1024), or K-token counts
+ * like "8K" for --tokens. */
+int tool_parse_size(const char *s, uint64_t *out);
+
+/* A set of indices in [0, limit) written as "0-3,7,9-": sets sel[i]=1.
+ * Returns 0, or -1 with a message in *err. */
+int tool_parse_index_set(const char *s, uint64_t limit, uint8_t *sel, const char **err);
+/* A half-open range "a:b", "a:" or ":b" (b exclusive) within [0, limit];
+ * returns 0, or -1 with a message in *err. */
+int tool_parse_range(const char *s, uint64_t limit, uint64_t *a, uint64_t *b, const char **err);
+/* A comma list of unsigned integers into out[max]; returns the count or -1. */
+int tool_parse_u32_list(const char *s, uint32_t *out, int max);
+
+#endif

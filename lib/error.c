@@ -1,0 +1,163 @@
+/* error.c -- thread-local error messages, checked allocation, size math. */
+#include "smartkv_error.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local char errbuf[1024];
+
+const char *skv_strerror(int code)
+{
+    switch (code) {
+    case SKV_OK: return "success";
+    case SKV_EIO: return "input/output error";
+    case SKV_EFORMAT: return "malformed data";
+    case SKV_ECRC: return "checksum mismatch";
+    case SKV_ETRUNC: return "truncated input";
+    case SKV_EVERSION: return "unsupported format version";
+    case SKV_ELIMIT: return "size beyond limit";
+    case SKV_ENOMEM: return "out of memory";
+    case SKV_EINVAL: return "invalid argument";
+    case SKV_EUNSUP: return "unsupported feature";
+    case SKV_EZLIB: return "compression error";
+    case SKV_ENODEV: return "no device available";
+    default: return "unknown error";
+    }
+}
+
+const char *skv_errmsg(void)
+{
+    return errbuf[0] ? errbuf : "no error";
+}
+
+int skv_error(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+void skv_error_clear(void)
+{
+    errbuf[0] = '\0';
+}
+
+int skv_mul_sizes(size_t *out, int n, ...)
+{
+    va_list ap;
+    size_t acc = 1;
+    int bad = 0;
+    va_start(ap, n);
+    for (int i = 0; i < n; i++) {
+        size_t f = va_arg(ap, size_t);
+        if (__builtin_mul_overflow(acc, f, &acc))
+            bad = 1;
+    }
+    va_end(ap);
+    if (bad)
+        return -1;
+    *out = acc;
+    return 0;
+}
+
+/* ---- allocation with a cap and a failure hook ---- */
+
+static long fail_countdown = -1;   /* -1: not yet read from the environment */
+static uint64_t max_mem;
+static int max_mem_init;
+
+void skv_fail_alloc_after(long n)
+{
+    fail_countdown = n;
+}
+
+static uint64_t parse_mem(const char *s)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return 0;
+    switch (*end) {
+    case 'k': case 'K': v <<= 10; break;
+    case 'm': case 'M': v <<= 20; break;
+    case 'g': case 'G': v <<= 30; break;
+    default: break;
+    }
+    return v;
+}
+
+void skv_set_max_mem(uint64_t bytes)
+{
+    max_mem = bytes;
+    max_mem_init = 1;
+}
+
+uint64_t skv_get_max_mem(void)
+{
+    if (!max_mem_init) {
+        const char *e = getenv("SKV_MAX_MEM");
+        max_mem = e ? parse_mem(e) : 0;
+        max_mem_init = 1;
+    }
+    return max_mem;
+}
+
+static int alloc_allowed(size_t n)
+{
+    if (fail_countdown < 0) {
+        const char *e = getenv("SKV_FAIL_ALLOC");
+        fail_countdown = e ? atol(e) : 0;
+    }
+    if (fail_countdown > 0 && --fail_countdown == 0) {
+        skv_error(SKV_ENOMEM, "out of memory allocating %zu bytes (injected failure)", n);
+        return 0;
+    }
+    uint64_t cap = skv_get_max_mem();
+    if (cap && n > cap) {
+        skv_error(SKV_ELIMIT, "allocation of %zu bytes exceeds the memory cap of %llu bytes",
+                  n, (unsigned long long)cap);
+        return 0;
+    }
+    return 1;
+}
+
+void *skv_malloc(size_t n)
+{
+    if (!alloc_allowed(n))
+        return NULL;
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        skv_error(SKV_ENOMEM, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *skv_calloc(size_t n, size_t size)
+{
+    size_t total;
+    if (skv_mul_size(n, size, &total)) {
+        skv_error(SKV_ELIMIT, "allocation size overflows (%zu x %zu)", n, size);
+        return NULL;
+    }
+    if (!alloc_allowed(total))
+        return NULL;
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        skv_error(SKV_ENOMEM, "out of memory allocating %zu bytes", total);
+    return p;
+}
+
+void *skv_realloc(void *old, size_t n)
+{
+    if (!alloc_allowed(n))
+        return NULL;
+    void *p = realloc(old, n ? n : 1);
+    if (!p)
+        skv_error(SKV_ENOMEM, "out of memory allocating %zu bytes", n);
+    return p;
+}

@@ -1,0 +1,583 @@
+/* format.c -- sequential reader and writer of the smartkv container. */
+#define _GNU_SOURCE
+#include "smartkv_format.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define HEAD_PAYLOAD_LEN 40
+#define DONE_PAYLOAD_LEN 16
+
+struct skv_stream {
+    int fd;
+    int writing;
+    int owns_fd;          /* close fd on skv_close */
+    int level;            /* zlib level, <0 none */
+    int failed;           /* a write failed: never write DONE */
+    int done;             /* reader saw DONE */
+    int major, minor;
+    uint64_t offset;      /* bytes consumed/produced */
+    uint64_t nchunks;     /* chunks consumed/produced (HEAD included) */
+    char *path;           /* final path (writer) or input path */
+    char *tmppath;        /* writer: temporary file, NULL when writing in place */
+    char name[512];       /* for messages */
+    uint8_t *buf;         /* reader: stored chunk bytes; writer: scratch */
+    size_t bufcap;
+    uint8_t *raw;         /* reader: inflated payload */
+    size_t rawcap;
+};
+
+const char *skv_stream_name(const skv_stream *s) { return s->name; }
+uint64_t skv_stream_offset(const skv_stream *s) { return s->offset; }
+uint64_t skv_stream_chunks(const skv_stream *s) { return s->nchunks; }
+int skv_stream_level(const skv_stream *s) { return s->level; }
+void skv_stream_version(const skv_stream *s, int *major, int *minor)
+{
+    *major = s->major;
+    *minor = s->minor;
+}
+
+static const char *zerr(int rc)
+{
+    switch (rc) {
+    case Z_MEM_ERROR: return "zlib: out of memory";
+    case Z_BUF_ERROR: return "zlib: size does not match";
+    case Z_DATA_ERROR: return "zlib: corrupt compressed data";
+    case Z_STREAM_ERROR: return "zlib: bad parameters";
+    default: return "zlib: unknown error";
+    }
+}
+
+static int grow(uint8_t **p, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 4096;
+    while (n < need)
+        n = n > SIZE_MAX / 2 ? need : n * 2;
+    uint8_t *q = skv_realloc(*p, n);
+    if (!q)
+        return SKV_ENOMEM;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* ---- reading ---- */
+
+/* Read exactly n bytes; returns n, or fewer at end of input, or -1. */
+static ssize_t read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+static int read_exact(skv_stream *s, void *buf, size_t n, const char *what)
+{
+    ssize_t r = read_full(s->fd, buf, n);
+    if (r < 0)
+        return skv_error(SKV_EIO, "read error in %s at byte %llu: %s", what,
+                         (unsigned long long)s->offset, strerror(errno));
+    if ((size_t)r < n)
+        return skv_error(SKV_ETRUNC, "truncated input: %s ends at byte %llu "
+                         "(%zu of %zu bytes; no end chunk)", what,
+                         (unsigned long long)(s->offset + (uint64_t)r), (size_t)r, n);
+    s->offset += n;
+    return 0;
+}
+
+static int valid_type(const uint8_t *t)
+{
+    for (int i = 0; i < 4; i++) {
+        uint8_t ch = t[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z')))
+            return 0;
+    }
+    return 1;
+}
+
+/* Read one chunk in stored form into s->buf and check it.  Does not inflate. */
+static int read_stored(skv_stream *s, skv_chunk *c)
+{
+    int rc;
+    uint8_t hdr[SKV_CHUNK_HEADER_LEN];
+    uint64_t start = s->offset;
+
+    ssize_t r = read_full(s->fd, hdr, sizeof hdr);
+    if (r < 0)
+        return skv_error(SKV_EIO, "read error at byte %llu: %s",
+                         (unsigned long long)start, strerror(errno));
+    if (r < (ssize_t)sizeof hdr)
+        return skv_error(SKV_ETRUNC, "truncated input: stream ends at byte %llu "
+                         "without an end chunk", (unsigned long long)(start + (uint64_t)r));
+    s->offset += sizeof hdr;
+    if (!valid_type(hdr))
+        return skv_error(SKV_EFORMAT, "bad chunk type at byte %llu (not four letters)",
+                         (unsigned long long)start);
+    memcpy(c->type, hdr, 4);
+    c->type[4] = '\0';
+    c->flags = skv_get32(hdr + 4);
+    c->size = skv_get64(hdr + 8);
+    c->raw_size = skv_get64(hdr + 16);
+    c->offset = start;
+    if (c->flags & ~SKV_CHUNK_FLAGS_KNOWN)
+        return skv_error(SKV_EUNSUP, "chunk %s at byte %llu has unknown flags 0x%x",
+                         c->type, (unsigned long long)start, c->flags);
+    if (c->size > SKV_CHUNK_MAX || c->raw_size > SKV_CHUNK_MAX)
+        return skv_error(SKV_ELIMIT, "chunk %s at byte %llu: payload size %llu exceeds "
+                         "the limit of %llu bytes", c->type, (unsigned long long)start,
+                         (unsigned long long)(c->size > c->raw_size ? c->size : c->raw_size),
+                         (unsigned long long)SKV_CHUNK_MAX);
+    if (!(c->flags & SKV_CHUNK_ZLIB) && c->size != c->raw_size)
+        return skv_error(SKV_EFORMAT, "chunk %s at byte %llu: stored size %llu differs "
+                         "from raw size %llu but it is not compressed", c->type,
+                         (unsigned long long)start, (unsigned long long)c->size,
+                         (unsigned long long)c->raw_size);
+    size_t total = SKV_CHUNK_HEADER_LEN + (size_t)c->size + SKV_CHUNK_CRC_LEN;
+    if ((rc = grow(&s->buf, &s->bufcap, total)) < 0)
+        return rc;
+    memcpy(s->buf, hdr, sizeof hdr);
+    char what[64];
+    snprintf(what, sizeof what, "chunk %s", c->type);
+    if ((rc = read_exact(s, s->buf + sizeof hdr, (size_t)c->size + SKV_CHUNK_CRC_LEN, what)) < 0)
+        return rc;
+    uint32_t want = skv_get32(s->buf + sizeof hdr + c->size);
+    uLong crc = crc32_z(0L, s->buf, SKV_CHUNK_HEADER_LEN + (size_t)c->size);
+    if ((uint32_t)crc != want)
+        return skv_error(SKV_ECRC, "CRC mismatch in chunk %s at byte offset %llu "
+                         "(stored %08x, computed %08x)", c->type,
+                         (unsigned long long)start, want, (uint32_t)crc);
+    c->stored = s->buf;
+    c->data = s->buf + sizeof hdr;
+    return 0;
+}
+
+static int inflate_chunk(skv_stream *s, skv_chunk *c)
+{
+    if (!(c->flags & SKV_CHUNK_ZLIB))
+        return 0;
+    int rc;
+    if ((rc = grow(&s->raw, &s->rawcap, (size_t)c->raw_size)) < 0)
+        return rc;
+    uLongf dlen = (uLongf)c->raw_size;
+    int zr = uncompress(s->raw, &dlen, c->data, (uLong)c->size);
+    if (zr != Z_OK || dlen != c->raw_size)
+        return skv_error(SKV_EZLIB, "chunk %s at byte %llu: cannot decompress (%s)",
+                         c->type, (unsigned long long)c->offset,
+                         zr == Z_OK ? "raw size does not match" : zerr(zr));
+    c->data = s->raw;
+    return 0;
+}
+
+static skv_stream *stream_new(const char *path, int writing)
+{
+    skv_stream *s = skv_calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->fd = -1;
+    s->writing = writing;
+    s->level = -1;
+    int std = !path || strcmp(path, "-") == 0;
+    snprintf(s->name, sizeof s->name, "%s",
+             std ? (writing ? "(stdout)" : "(stdin)") : path);
+    if (!std) {
+        s->path = strdup(path);
+        if (!s->path) {
+            free(s);
+            skv_error(SKV_ENOMEM, "out of memory");
+            return NULL;
+        }
+    }
+    return s;
+}
+
+static void stream_free(skv_stream *s)
+{
+    if (s->owns_fd && s->fd >= 0)
+        close(s->fd);
+    free(s->path);
+    free(s->tmppath);
+    free(s->buf);
+    free(s->raw);
+    free(s);
+}
+
+skv_stream *skv_open_read(const char *path)
+{
+    skv_stream *s = stream_new(path, 0);
+    if (!s)
+        return NULL;
+    if (s->path) {
+        s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
+        if (s->fd < 0) {
+            skv_error(SKV_EIO, "cannot open: %s", strerror(errno));
+            goto fail;
+        }
+        s->owns_fd = 1;
+        struct stat st;
+        if (fstat(s->fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+            skv_error(SKV_EIO, "is a directory");
+            goto fail;
+        }
+    } else {
+        s->fd = STDIN_FILENO;
+    }
+
+    uint8_t sig[SKV_SIGNATURE_LEN];
+    ssize_t r = read_full(s->fd, sig, sizeof sig);
+    if (r < 0) {
+        skv_error(SKV_EIO, "read error: %s", strerror(errno));
+        goto fail;
+    }
+    if (r == 0) {
+        skv_error(SKV_ETRUNC, "empty input (expected a smartkv stream)");
+        goto fail;
+    }
+    if (r < (ssize_t)sizeof sig || memcmp(sig, SKV_SIGNATURE, sizeof sig) != 0) {
+        if (r >= 4 && memcmp(sig + 1, "SKV", 3) == 0 && sig[0] == 0x89)
+            skv_error(SKV_EFORMAT, "damaged signature (text-mode transfer? "
+                      "line endings or the high bit were altered)");
+        else if (r < (ssize_t)sizeof sig && memcmp(sig, SKV_SIGNATURE, (size_t)r) == 0)
+            skv_error(SKV_ETRUNC, "truncated input: only %zd bytes of signature", r);
+        else
+            skv_error(SKV_EFORMAT, "not a smartkv stream (bad signature)");
+        goto fail;
+    }
+    s->offset = sizeof sig;
+
+    skv_chunk c;
+    if (read_stored(s, &c) < 0)
+        goto fail;
+    if (!skv_chunk_is(&c, SKV_T_HEAD)) {
+        skv_error(SKV_EFORMAT, "first chunk is %s, expected HEAD (byte %llu)",
+                  c.type, (unsigned long long)c.offset);
+        goto fail;
+    }
+    if (inflate_chunk(s, &c) < 0)
+        goto fail;
+    if (c.raw_size < 8) {
+        skv_error(SKV_EFORMAT, "HEAD chunk too short (%llu bytes)",
+                  (unsigned long long)c.raw_size);
+        goto fail;
+    }
+    s->major = skv_get16(c.data);
+    s->minor = skv_get16(c.data + 2);
+    if (s->major != SKV_VERSION_MAJOR) {
+        skv_error(SKV_EVERSION, "unsupported format version %d.%d (this reader "
+                  "supports %d.x)", s->major, s->minor, SKV_VERSION_MAJOR);
+        goto fail;
+    }
+    s->nchunks = 1;
+    return s;
+fail:
+    stream_free(s);
+    return NULL;
+}
+
+int skv_read(skv_stream *s, skv_chunk *c)
+{
+    int rc;
+    if (s->writing)
+        return skv_error(SKV_EINVAL, "skv_read on a stream opened for writing");
+    if (s->done)
+        return 0;
+    if ((rc = read_stored(s, c)) < 0)
+        return rc;
+    if ((rc = inflate_chunk(s, c)) < 0)
+        return rc;
+    if (skv_chunk_is(c, SKV_T_DONE)) {
+        if (c->raw_size < DONE_PAYLOAD_LEN)
+            return skv_error(SKV_EFORMAT, "DONE chunk at byte %llu too short",
+                             (unsigned long long)c->offset);
+        uint64_t n = skv_get64(c->data), bytes = skv_get64(c->data + 8);
+        if (n != s->nchunks || bytes != c->offset)
+            return skv_error(SKV_EFORMAT, "end chunk at byte %llu counts %llu chunks "
+                             "in %llu bytes, but %llu chunks in %llu bytes were read "
+                             "(spliced or damaged stream)", (unsigned long long)c->offset,
+                             (unsigned long long)n, (unsigned long long)bytes,
+                             (unsigned long long)s->nchunks,
+                             (unsigned long long)c->offset);
+        uint8_t extra;
+        ssize_t r = read_full(s->fd, &extra, 1);
+        if (r < 0)
+            return skv_error(SKV_EIO, "read error after end chunk: %s", strerror(errno));
+        if (r > 0)
+            return skv_error(SKV_EFORMAT, "trailing data after the end chunk (byte %llu)",
+                             (unsigned long long)s->offset);
+        s->done = 1;
+        return 0;
+    }
+    if (skv_chunk_is(c, SKV_T_HEAD))
+        return skv_error(SKV_EFORMAT, "second HEAD chunk at byte %llu "
+                         "(concatenated streams are not supported)",
+                         (unsigned long long)c->offset);
+    s->nchunks++;
+    return 1;
+}
+
+/* ---- writing ---- */
+
+static int write_all(skv_stream *s, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(s->fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            s->failed = 1;
+            return skv_error(SKV_EIO, "write error: %s", strerror(errno));
+        }
+        p += w;
+        n -= (size_t)w;
+        s->offset += (uint64_t)w;
+    }
+    return 0;
+}
+
+static int write_head(skv_stream *s)
+{
+    uint8_t head[HEAD_PAYLOAD_LEN] = {0};
+    skv_put16(head, SKV_VERSION_MAJOR);
+    skv_put16(head + 2, SKV_VERSION_MINOR);
+    /* bytes 4..7 reserved (0); 8..39 writer name, NUL padded */
+    snprintf((char *)head + 8, 32, "libsmartkv %d.%d", SKV_VERSION_MAJOR, SKV_VERSION_MINOR);
+    s->nchunks = 0;
+    return skv_write(s, SKV_T_HEAD, head, sizeof head);
+}
+
+skv_stream *skv_open_write(const char *path, int level)
+{
+    skv_stream *s = stream_new(path, 1);
+    if (!s)
+        return NULL;
+    s->level = level > 9 ? 9 : level;
+    if (!s->path) {
+        s->fd = STDOUT_FILENO;
+    } else {
+        struct stat st;
+        int regular = stat(s->path, &st) != 0 || S_ISREG(st.st_mode);
+        if (regular) {
+            /* temp file beside the target so rename() is atomic */
+            size_t n = strlen(s->path) + 16;
+            s->tmppath = malloc(n);
+            if (!s->tmppath) {
+                skv_error(SKV_ENOMEM, "out of memory");
+                goto fail;
+            }
+            snprintf(s->tmppath, n, "%s.tmpXXXXXX", s->path);
+            s->fd = mkostemp(s->tmppath, O_CLOEXEC);
+            if (s->fd < 0) {
+                skv_error(SKV_EIO, "cannot create temporary file %s: %s",
+                          s->tmppath, strerror(errno));
+                free(s->tmppath);
+                s->tmppath = NULL;
+                goto fail;
+            }
+            mode_t um = umask(0);
+            umask(um);
+            if (fchmod(s->fd, 0666 & ~um) != 0) {
+                skv_error(SKV_EIO, "cannot set mode of %s: %s", s->tmppath, strerror(errno));
+                goto fail;
+            }
+        } else {
+            /* devices and FIFOs (/dev/null, /dev/full, named pipes): in place */
+            s->fd = open(s->path, O_WRONLY | O_CLOEXEC);
+            if (s->fd < 0) {
+                skv_error(SKV_EIO, "cannot open for writing: %s", strerror(errno));
+                goto fail;
+            }
+        }
+        s->owns_fd = 1;
+    }
+    if (write_all(s, SKV_SIGNATURE, SKV_SIGNATURE_LEN) < 0 || write_head(s) < 0)
+        goto fail;
+    return s;
+fail:
+    skv_discard(s);
+    return NULL;
+}
+
+int skv_writev(skv_stream *s, const char *type, int npieces,
+               const void *const *pieces, const uint64_t *lens)
+{
+    int rc;
+    if (!s->writing)
+        return skv_error(SKV_EINVAL, "skv_write on a stream opened for reading");
+    if (s->failed)
+        return skv_error(SKV_EIO, "stream %s already failed", s->name);
+    if (!valid_type((const uint8_t *)type))
+        return skv_error(SKV_EINVAL, "bad chunk type \"%.4s\"", type);
+    uint64_t n = 0;
+    for (int i = 0; i < npieces; i++) {
+        if (lens[i] > SKV_CHUNK_MAX || n + lens[i] > SKV_CHUNK_MAX)
+            return skv_error(SKV_ELIMIT, "chunk %.4s payload exceeds the limit of "
+                             "%llu bytes", type, (unsigned long long)SKV_CHUNK_MAX);
+        n += lens[i];
+    }
+
+    uint8_t hdr[SKV_CHUNK_HEADER_LEN];
+    memcpy(hdr, type, 4);
+    uint32_t flags = 0;
+    uint64_t stored = n;
+    const uint8_t *zdata = NULL;
+
+    if (s->level >= 0 && n > 64) {
+        /* gather, compress, and keep the result only if it is smaller */
+        const uint8_t *src;
+        uint8_t *gather = NULL;
+        if (npieces == 1) {
+            src = pieces[0];
+        } else {
+            gather = skv_malloc((size_t)n);
+            if (!gather)
+                return SKV_ENOMEM;
+            uint64_t off = 0;
+            for (int i = 0; i < npieces; i++) {
+                memcpy(gather + off, pieces[i], (size_t)lens[i]);
+                off += lens[i];
+            }
+            src = gather;
+        }
+        uLong bound = compressBound((uLong)n);
+        if ((rc = grow(&s->buf, &s->bufcap, bound)) < 0) {
+            free(gather);
+            return rc;
+        }
+        uLongf zlen = bound;
+        int zr = compress2(s->buf, &zlen, src, (uLong)n, s->level);
+        free(gather);
+        if (zr != Z_OK)
+            return skv_error(SKV_EZLIB, "compressing chunk %.4s: %s", type, zerr(zr));
+        if (zlen < n) {
+            flags = SKV_CHUNK_ZLIB;
+            stored = zlen;
+            zdata = s->buf;
+        }
+    }
+    skv_put32(hdr + 4, flags);
+    skv_put64(hdr + 8, stored);
+    skv_put64(hdr + 16, n);
+
+    uLong crc = crc32_z(0L, hdr, sizeof hdr);
+    if ((rc = write_all(s, hdr, sizeof hdr)) < 0)
+        return rc;
+    if (zdata) {
+        crc = crc32_z(crc, zdata, (size_t)stored);
+        if ((rc = write_all(s, zdata, (size_t)stored)) < 0)
+            return rc;
+    } else {
+        for (int i = 0; i < npieces; i++) {
+            crc = crc32_z(crc, pieces[i], (size_t)lens[i]);
+            if ((rc = write_all(s, pieces[i], (size_t)lens[i])) < 0)
+                return rc;
+        }
+    }
+    uint8_t crcb[4];
+    skv_put32(crcb, (uint32_t)crc);
+    if ((rc = write_all(s, crcb, 4)) < 0)
+        return rc;
+    s->nchunks++;
+    return 0;
+}
+
+int skv_write(skv_stream *s, const char *type, const void *data, uint64_t n)
+{
+    const void *p[1] = {data};
+    uint64_t l[1] = {n};
+    return skv_writev(s, type, 1, p, l);
+}
+
+int skv_copy_chunk(skv_stream *s, const skv_chunk *c)
+{
+    int compressed = (c->flags & SKV_CHUNK_ZLIB) != 0;
+    /* verbatim when the stored form is what we would write anyway */
+    if (c->stored && compressed == (s->level >= 0) && !s->failed) {
+        int rc = write_all(s, c->stored, SKV_CHUNK_HEADER_LEN + (size_t)c->size + SKV_CHUNK_CRC_LEN);
+        if (rc < 0)
+            return rc;
+        s->nchunks++;
+        return 0;
+    }
+    return skv_write(s, c->type, c->data, c->raw_size);
+}
+
+void skv_discard(skv_stream *s)
+{
+    if (!s)
+        return;
+    if (s->writing) {
+        s->failed = 1;
+        if (s->tmppath) {
+            if (s->fd >= 0)
+                close(s->fd);
+            s->fd = -1;
+            unlink(s->tmppath);
+        }
+    }
+    stream_free(s);
+}
+
+int skv_close(skv_stream *s)
+{
+    int rc = 0;
+    if (!s)
+        return 0;
+    if (!s->writing) {
+        stream_free(s);
+        return 0;
+    }
+    if (s->failed) {
+        rc = skv_error(SKV_EIO, "stream %s failed; no end chunk written", s->name);
+        skv_discard(s);
+        return rc;
+    }
+    uint8_t done[DONE_PAYLOAD_LEN];
+    uint64_t at = s->offset;
+    skv_put64(done, s->nchunks);
+    skv_put64(done + 8, at);
+    int lvl = s->level;
+    s->level = -1;  /* DONE is never compressed: a reader finds it cheaply */
+    rc = skv_write(s, SKV_T_DONE, done, sizeof done);
+    s->level = lvl;
+    if (rc < 0) {
+        skv_discard(s);
+        return rc;
+    }
+    if (s->owns_fd) {
+        int fd = s->fd;
+        s->fd = -1;
+        if (close(fd) != 0) {
+            rc = skv_error(SKV_EIO, "write error on close: %s", strerror(errno));
+            if (s->tmppath)
+                unlink(s->tmppath);
+            stream_free(s);
+            return rc;
+        }
+    }
+    if (s->tmppath && rename(s->tmppath, s->path) != 0) {
+        rc = skv_error(SKV_EIO, "cannot rename %s to %s: %s", s->tmppath, s->path,
+                       strerror(errno));
+        unlink(s->tmppath);
+    }
+    stream_free(s);
+    return rc;
+}

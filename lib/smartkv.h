@@ -1,0 +1,12 @@
+/* smartkv.h -- libsmartkv, the library under the skv-* tools.
+ * Include this one header; each module has its own smartkv_<module>.h. */
+#ifndef SMARTKV_H
+#define SMARTKV_H
+
+#define SKV_LIB_VERSION "0.1.0"
+
+#include "smartkv_error.h"
+#include "smartkv_format.h"
+#include "smartkv_trace.h"
+
+#endif
