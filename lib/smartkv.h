@@ -8,5 +8,6 @@
 #include "smartkv_error.h"
 #include "smartkv_format.h"
 #include "smartkv_trace.h"
+#include "smartkv_pack.h"
 
 #endif

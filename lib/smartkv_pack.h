@@ -1,0 +1,110 @@
+/* smartkv_pack.h -- the bucketed, bit-packed cache layout and its byte model.
+ *
+ * The packed cache of one (layer, KV head) is a set of buckets, one per bit
+ * width in use.  A bucket holds the indices of its tokens, their quantization
+ * parameters and their packed K and V rows.  On disk each bucket is one PBKT
+ * chunk whose payload is exactly the in-memory bucket, so a reader can use
+ * the payload in place.  Every section starts at a multiple of 64 bytes from
+ * the payload start (SIMD and GPU loads stay aligned).
+ *
+ * PBKT payload (little-endian):
+ *   off  size  field
+ *   0    4     layer
+ *   4    4     kv_head
+ *   8    4     bits            2, 3, 4, 8 or 16 (0-bit tokens are not stored)
+ *   12   4     n               tokens in this chunk (>= 1)
+ *   16   4     head_dim
+ *   20   4     k_group         channels per K scale group (divides head_dim)
+ *   24   4     v_group
+ *   28   4     k_mode          SKV_QMODE_*
+ *   32   4     v_mode
+ *   36   4     part            index of this chunk within the bucket (0..)
+ *   40   24    reserved, zero
+ *   64   ...   idx    u32[n] token indices, strictly ascending
+ *   then, each section padded to 64 bytes:
+ *         k_par  per token, per group: fp16 scale (+ fp16 min for asym)
+ *         k_dat  per token: skv_row_bytes(bits, head_dim) packed bytes
+ *         v_par, v_dat as for K
+ * For bits == 16 there are no parameters: rows are IEEE fp16 values.
+ *
+ * Packed rows (values taken in channel order, the row padded with zeros to
+ * a multiple of 8 values):
+ *   2-bit: 4 values per byte, value j in bits 2*(j%4)..   (low bits first)
+ *   3-bit: 8 values per 3 bytes, the 24-bit little-endian word holds value
+ *          j in bits 3*(j%8)..
+ *   4-bit: 2 values per byte, value j in bits 4*(j%2)..
+ *   8-bit: 1 value per byte
+ * Values are unsigned codes q in [0, 2^bits - 1]:
+ *   asym: x ~ min + q * scale
+ *   sym:  x ~ (q - 2^(bits-1)) * scale
+ */
+#ifndef SMARTKV_PACK_H
+#define SMARTKV_PACK_H
+
+#include "smartkv_format.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SKV_T_PKHD "PKHD" /* packed-cache header: quantizer settings */
+#define SKV_T_PBKT "PBKT" /* one bucket (or part of one) */
+
+#define SKV_PBKT_HEADER_LEN 64
+#define SKV_ALIGN 64
+
+enum skv_qmode { SKV_QMODE_ASYM = 1, SKV_QMODE_SYM = 2 };
+
+/* The widths a token may get; 0 means evicted (not stored). */
+#define SKV_NBITS 6
+static const uint8_t skv_bit_widths[SKV_NBITS] = {0, 2, 3, 4, 8, 16};
+
+typedef struct skv_qcfg {
+    uint32_t head_dim;
+    uint32_t k_group, v_group;   /* channels per scale group */
+    uint32_t k_mode, v_mode;     /* enum skv_qmode */
+} skv_qcfg;
+
+static inline uint64_t skv_align64(uint64_t n) { return (n + (SKV_ALIGN - 1)) & ~(uint64_t)(SKV_ALIGN - 1); }
+
+/* Packed data bytes of one vector of head_dim values at this width. */
+static inline uint64_t skv_row_bytes(uint32_t bits, uint32_t head_dim)
+{
+    if (bits == 16)
+        return (uint64_t)head_dim * 2;
+    return (uint64_t)((head_dim + 7) / 8) * bits;
+}
+
+/* Quantization-parameter bytes of one vector (0 for 16-bit). */
+static inline uint64_t skv_par_bytes(uint32_t bits, uint32_t head_dim, uint32_t group, uint32_t mode)
+{
+    if (bits == 16 || bits == 0)
+        return 0;
+    uint64_t groups = (head_dim + group - 1) / group;
+    return groups * (mode == SKV_QMODE_ASYM ? 4u : 2u);
+}
+
+/* Payload bytes of a PBKT chunk holding n tokens at this width. */
+static inline uint64_t skv_pbkt_payload_bytes(const skv_qcfg *c, uint32_t bits, uint64_t n)
+{
+    return SKV_PBKT_HEADER_LEN + skv_align64(4 * n) +
+           skv_align64(n * skv_par_bytes(bits, c->head_dim, c->k_group, c->k_mode)) +
+           skv_align64(n * skv_row_bytes(bits, c->head_dim)) +
+           skv_align64(n * skv_par_bytes(bits, c->head_dim, c->v_group, c->v_mode)) +
+           skv_align64(n * skv_row_bytes(bits, c->head_dim));
+}
+
+/* Most tokens one PBKT chunk may hold at this width (payload <= SKV_CHUNK_MAX). */
+SKV_EXPORT uint64_t skv_pbkt_max_tokens(const skv_qcfg *c, uint32_t bits);
+
+/* Bytes in the file for a whole bucket of n tokens at this width: all its
+ * chunks' headers, payloads and CRCs.  0 for n == 0 or bits == 0.  This is
+ * the allocator's byte model; skv-quant writes exactly this many bytes. */
+SKV_EXPORT uint64_t skv_bucket_file_bytes(const skv_qcfg *c, uint32_t bits, uint64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
