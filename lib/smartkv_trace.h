@@ -29,7 +29,9 @@ enum skv_tensor_kind {
 
 #define SKV_TRACE_POST_ROPE 0x1u  /* keys (and queries) are post-RoPE */
 #define SKV_TRACE_HAS_TOKENS 0x2u /* TOKS chunks follow the header */
-#define SKV_TRACE_FLAGS_KNOWN 0x3u
+#define SKV_TRACE_PACKED 0x4u     /* K and V are a packed cache (PKHD/PBKT), not TENS */
+#define SKV_TRACE_NO_QUERIES 0x8u /* Q blocks were dropped (skv-quant --drop-queries) */
+#define SKV_TRACE_FLAGS_KNOWN 0xfu
 
 /* Documented limits: a header beyond them is rejected before allocation. */
 #define SKV_MAX_LAYERS 1024u

@@ -494,6 +494,12 @@ skv_trace_reader *skv_trace_reader_open(const char *path, skv_chunk_fn other, vo
     }
     if (skv_trhd_decode(&c, &r->hdr) < 0)
         goto fail;
+    if (r->hdr.flags & (SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES)) {
+        skv_error(SKV_EFORMAT, "this stream holds a packed cache%s, not a trace "
+                  "(use skv-quant -d to dequantize it)",
+                  (r->hdr.flags & SKV_TRACE_NO_QUERIES) ? " without queries" : "");
+        goto fail;
+    }
     if (r->hdr.flags & SKV_TRACE_HAS_TOKENS) {
         r->tokens = skv_calloc((size_t)r->hdr.n_tokens, sizeof(int32_t));
         if (!r->tokens)
