@@ -683,6 +683,7 @@ static int cmd_cat(int argc, char **argv)
     uint64_t t0 = 0, t1 = 0;
     void *conv = NULL;
     float *f32 = NULL;
+    char usage_msg[512];
     w = skv_open_write(out, level);
     if (!w) {
         skv_close(s);
@@ -711,9 +712,11 @@ static int cmd_cat(int argc, char **argv)
                 tool_die(EXIT_DATA, "out of memory");
             const char *err = NULL;
             if (layers_arg) {
-                if (tool_parse_index_set(layers_arg, h.n_layers, lsel, &err) < 0)
-                    tool_die(EXIT_USAGE, "--layers '%s': %s (the trace has %u layers)",
-                             layers_arg, err, h.n_layers);
+                if (tool_parse_index_set(layers_arg, h.n_layers, lsel, &err) < 0) {
+                    snprintf(usage_msg, sizeof usage_msg, "--layers '%s': %s (the trace has "
+                             "%u layers)", layers_arg, err, h.n_layers);
+                    goto usage;
+                }
             } else {
                 memset(lsel, 1, h.n_layers);
             }
@@ -723,9 +726,11 @@ static int cmd_cat(int argc, char **argv)
                     lmap[l] = nl++;
             t0 = 0;
             t1 = h.n_tokens;
-            if (tokens_arg && tool_parse_range(tokens_arg, h.n_tokens, &t0, &t1, &err) < 0)
-                tool_die(EXIT_USAGE, "--tokens '%s': %s (the trace has %llu tokens)",
-                         tokens_arg, err, (unsigned long long)h.n_tokens);
+            if (tokens_arg && tool_parse_range(tokens_arg, h.n_tokens, &t0, &t1, &err) < 0) {
+                snprintf(usage_msg, sizeof usage_msg, "--tokens '%s': %s (the trace has %llu "
+                         "tokens)", tokens_arg, err, (unsigned long long)h.n_tokens);
+                goto usage;
+            }
             skv_trace_hdr nh = h;
             nh.n_layers = nl;
             nh.n_tokens = t1 - t0;
@@ -810,15 +815,27 @@ static int cmd_cat(int argc, char **argv)
     free(f32);
     finish_out(w, out);
     return 0;
-rfail:;
     char msg[1024];
-    snprintf(msg, sizeof msg, "%s", skv_errmsg());
-    skv_discard(w);
-    tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), msg);
+    int code;
+rfail:
+    snprintf(msg, sizeof msg, "%s: %s", tool_in_name(in), skv_errmsg());
+    code = EXIT_DATA;
+    goto cleanup;
 wfail:
-    snprintf(msg, sizeof msg, "%s", skv_errmsg());
+    snprintf(msg, sizeof msg, "%s: %s", tool_out_name(out), skv_errmsg());
+    code = EXIT_DATA;
+    goto cleanup;
+usage:
+    snprintf(msg, sizeof msg, "%s", usage_msg);
+    code = EXIT_USAGE;
+cleanup:
     skv_discard(w);
-    tool_die(EXIT_DATA, "%s: %s", tool_out_name(out), msg);
+    skv_close(s);
+    free(lsel);
+    free(lmap);
+    free(conv);
+    free(f32);
+    tool_die(code, "%s", msg);
 }
 
 /* ---- dispatch ---- */
