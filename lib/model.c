@@ -10,7 +10,6 @@
 
 #include <math.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +34,8 @@ typedef struct pool {
     pthread_t th[SKV_MODEL_MAX_THREADS];
     int started;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    pthread_cond_t cv;          /* workers wait here for a new generation */
+    pthread_cond_t cv_done;     /* the caller waits here for the last worker */
     task_fn fn;
     void *ctx;
     uint32_t n_tasks;
@@ -84,7 +84,11 @@ static void *pool_main(void *arg)
             return NULL;
         seen = g;
         pool_work(p, tid);
-        atomic_fetch_add(&p->done, 1);
+        if (atomic_fetch_add(&p->done, 1) + 1 == p->n - 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
 }
 
@@ -94,6 +98,7 @@ static int pool_init(pool *p, int n)
     p->n = n;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
     for (int i = 1; i < n; i++) {
         worker_arg *wa = skv_malloc(sizeof *wa);
         if (!wa)
@@ -119,6 +124,7 @@ static void pool_destroy(pool *p)
     for (int i = 1; i <= p->started; i++)
         pthread_join(p->th[i], NULL);
     pthread_cond_destroy(&p->cv);
+    pthread_cond_destroy(&p->cv_done);
     pthread_mutex_destroy(&p->mu);
 }
 
@@ -139,12 +145,17 @@ static void pool_run(pool *p, task_fn fn, void *ctx, uint32_t n_tasks)
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     pool_work(p, 0);
-    long spins = 0;
-    while (atomic_load(&p->done) < p->n - 1) {
-        if (++spins < 100000)
+    /* Spin briefly (the workers are usually about to finish), then sleep:
+     * on a busy machine a descheduled worker must not cost a spinning core. */
+    for (int spins = 0; atomic_load(&p->done) < p->n - 1; spins++) {
+        if (spins < 4096) {
             CPU_RELAX();
-        else
-            sched_yield();
+            continue;
+        }
+        pthread_mutex_lock(&p->mu);
+        while (atomic_load(&p->done) < p->n - 1)
+            pthread_cond_wait(&p->cv_done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
     }
 }
 
@@ -928,7 +939,8 @@ int skv_model_record(skv_model *m, const int32_t *tokens, uint64_t n, skv_stream
     h.dtype = o.dtype;
     h.flags = SKV_TRACE_POST_ROPE | SKV_TRACE_HAS_TOKENS;
     h.rope_theta = p->rope_theta;
-    snprintf(h.model, sizeof h.model, "%s", p->name);
+    const char *base = strrchr(m->g->path, '/');
+    snprintf(h.model, sizeof h.model, "%s", base ? base + 1 : m->g->path);
     snprintf(h.tokenizer, sizeof h.tokenizer, "gguf:%s", m->tok ? skv_tokenizer_name(m->tok) : "none");
     int rc = skv_trace_hdr_check(&h);
     if (rc < 0)
