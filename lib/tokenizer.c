@@ -40,7 +40,7 @@ struct skv_tokenizer {
     int16_t cp_byte[512];   /* code point (< 512) -> byte, -1 if none */
     int32_t *special;       /* ids of control/user-defined tokens, longest first */
     uint32_t n_special;
-    int32_t bos, eos, eot, eom;
+    int32_t bos, eos, eot, eom, unk;
     int pre;
     char name[64];
     char *chat_system;      /* default system message, or NULL */
@@ -437,6 +437,7 @@ skv_tokenizer *skv_tokenizer_load(const skv_gguf *g)
     }
     t->bos = opt_id(g, "tokenizer.ggml.bos_token_id", nv);
     t->eos = opt_id(g, "tokenizer.ggml.eos_token_id", nv);
+    t->unk = opt_id(g, "tokenizer.ggml.unknown_token_id", nv);
     t->eot = skv_tokenizer_find(t, "<|im_end|>");
     if (t->eot < 0)
         t->eot = skv_tokenizer_find(t, "<|eot_id|>");
@@ -522,11 +523,11 @@ static int bpe_word(const skv_tokenizer *t, const uint8_t *w, size_t n, ids_buf 
     int32_t *sym = *scratch;
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        int32_t id = t->byte_tok[w[i]];
-        if (id < 0)
-            return skv_error(SKV_EFORMAT, "tokenizer: byte 0x%02x has no token in the vocabulary",
-                             w[i]);
-        sym[m++] = id;
+        /* A byte the vocabulary lacks (never seen in training, e.g. 0xFF)
+         * becomes the unknown token, or is dropped when there is none. */
+        int32_t id = t->byte_tok[w[i]] >= 0 ? t->byte_tok[w[i]] : t->unk;
+        if (id >= 0)
+            sym[m++] = id;
     }
     for (;;) {
         uint32_t best = UINT32_MAX;
