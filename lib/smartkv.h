@@ -11,5 +11,8 @@
 #include "smartkv_pack.h"
 #include "smartkv_synth.h"
 #include "smartkv_npy.h"
+#include "smartkv_softmax.h"
+#include "smartkv_attend.h"
+#include "smartkv_stats.h"
 
 #endif
