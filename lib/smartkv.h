@@ -9,5 +9,7 @@
 #include "smartkv_format.h"
 #include "smartkv_trace.h"
 #include "smartkv_pack.h"
+#include "smartkv_quant.h"
+#include "smartkv_cache.h"
 
 #endif
