@@ -22,6 +22,8 @@ static void usage(FILE *f)
 "                        trace (the speed baseline)\n"
 "  -p, --probs           also write the attention probabilities\n"
 "      --tsv             write a text table instead of a smartkv stream\n"
+"      --label TEXT      label the outputs (default: the cache's allocation,\n"
+"                        e.g. \"policy=smartkv beta=0.25\"), shown by skv-stats\n"
 "  -j, --threads N       worker threads (default: online CPUs)\n"
 "  -k, --kernel NAME     auto (default), scalar or avx2\n"
 "      --split N         tokens per work item (default %u)\n"
@@ -70,11 +72,11 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"steps", required_argument, 0, 's'}, {"reference", no_argument, 0, 'r'},
         {"dense", required_argument, 0, 'd'}, {"probs", no_argument, 0, 'p'},
-        {"tsv", no_argument, 0, 1}, {"threads", required_argument, 0, 'j'},
+        {"tsv", no_argument, 0, 1}, {"label", required_argument, 0, 3}, {"threads", required_argument, 0, 'j'},
         {"kernel", required_argument, 0, 'k'}, {"split", required_argument, 0, 2},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
-    skv_attend_req req = {SKV_ATT_AUTO, NULL, 0};
+    skv_attend_req req = {SKV_ATT_AUTO, NULL, 0, NULL};
     skv_attend_opts ao = {0, SKV_KERNEL_AUTO, 0};
     const char *out = NULL;
     int level = -1, tsv = 0, o;
@@ -99,6 +101,11 @@ int main(int argc, char **argv)
             break;
         case 'p': req.probs = 1; break;
         case 1: tsv = 1; break;
+        case 3:
+            if (strlen(optarg) > SKV_ATHD_MAX_LABEL)
+                tool_usage_error("--label is longer than %u bytes", SKV_ATHD_MAX_LABEL);
+            req.label = optarg;
+            break;
         case 'j':
             if (tool_parse_u64(optarg, &v) < 0 || v < 1 || v > 1024)
                 tool_usage_error("--threads must be 1..1024, not '%s'", optarg);

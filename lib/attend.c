@@ -11,9 +11,7 @@
 #include "smartkv_attend.h"
 #include "smartkv_error.h"
 #include "smartkv_pack.h"
-#ifdef SKV_HAVE_CACHE
 #include "smartkv_cache.h"
-#endif
 
 #include <math.h>
 #include <pthread.h>
@@ -625,7 +623,6 @@ static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32
         *runs = r;
         return 0;
     }
-#ifdef SKV_HAVE_CACHE
     if (L->kind == SKV_KV_PACKED) {
         for (uint32_t h = 0; h < H; h++)
             total += L->packed[h].n_buckets;
@@ -663,8 +660,6 @@ static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32
         *runs = r;
         return 0;
     }
-#endif
-    (void)total;
     return skv_error(SKV_EINVAL, "unknown cache kind %u", L->kind);
 }
 
@@ -987,10 +982,118 @@ done:
     return rc < 0 ? rc : 0;
 }
 
-#ifdef SKV_HAVE_CACHE
-int skv_attend_packed_cache(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
-                            const skv_attend_req *req, uint32_t mode);
-#endif
+/* Label of a packed cache: the allocation's description, else its width. */
+static void cache_label(const skv_cache *c, char *out, size_t n)
+{
+    skv_cache_plan plan;
+    memset(&plan, 0, sizeof plan);
+    if (skv_cache_plan_from_chunks(&plan, &c->hdr, &c->extra) == 0 && plan.from_alloc) {
+        snprintf(out, n, "%s", plan.alloc_text);
+        skv_cache_plan_free(&plan);
+        return;
+    }
+    skv_cache_plan_free(&plan);
+    skv_error_clear();
+    uint32_t width = 0;
+    int mixed = 0;
+    for (size_t i = 0; i < (size_t)c->pk.n_layers * c->pk.n_kv_heads; i++)
+        for (uint32_t b = 0; b < c->heads[i].n_buckets; b++) {
+            uint32_t w = c->heads[i].buckets[b].bits;
+            if (width && w != width)
+                mixed = 1;
+            width = w;
+        }
+    if (mixed || !width)
+        snprintf(out, n, "policy=packed");
+    else
+        snprintf(out, n, "policy=uniform-%u bits=%u", width, width);
+}
+
+static int attend_packed(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
+                         const skv_attend_req *req, uint32_t mode)
+{
+    const skv_trace_hdr *h = &c->hdr;
+    if (mode == SKV_ATT_DENSE_F16 || mode == SKV_ATT_DENSE_F32)
+        return skv_error(SKV_EINVAL, "--dense needs a trace, and this is a packed cache (use "
+                         "the default fused mode or --reference)");
+    if (!c->q)
+        return skv_error(SKV_EFORMAT, "the packed cache has no queries (it was written with "
+                         "skv-quant --drop-queries)");
+    uint64_t *steps = NULL, n_steps = 0;
+    int rc = skv_steps_parse(req->steps, h->n_tokens, &steps, &n_steps);
+    if (rc < 0)
+        return rc;
+    skv_athd A;
+    fill_athd(&A, h, mode, req->probs, steps, n_steps);
+    A.kv_bytes = c->pk.cache_bytes;
+    A.fp16_bytes = c->pk.fp16_bytes;
+    if (req->label)
+        snprintf(A.label, sizeof A.label, "%s", req->label);
+    else
+        cache_label(c, A.label, sizeof A.label);
+    float *o = NULL, *p = NULL, *k = NULL, *v = NULL;
+    uint8_t *mask = NULL;
+    size_t no, np = 0, nkv;
+    uint32_t Hkv = h->n_kv_heads;
+    uint64_t T = h->n_tokens;
+    if (skv_mul_sizes(&no, 3, (size_t)h->n_heads, (size_t)n_steps, (size_t)h->head_dim) < 0 ||
+        (req->probs && skv_mul_sizes(&np, 3, (size_t)h->n_heads, (size_t)n_steps, (size_t)T) < 0) ||
+        skv_mul_sizes(&nkv, 3, (size_t)Hkv, (size_t)T, (size_t)h->head_dim) < 0) {
+        rc = skv_error(SKV_ELIMIT, "attention outputs too large");
+        goto done;
+    }
+    o = skv_malloc(no * sizeof *o);
+    if (!o || (req->probs && !(p = skv_malloc(np * sizeof *p)))) {
+        rc = SKV_ENOMEM;
+        goto done;
+    }
+    if (mode == SKV_ATT_REFERENCE &&
+        (!(k = skv_malloc(nkv * sizeof *k)) || !(v = skv_malloc(nkv * sizeof *v)) ||
+         !(mask = skv_malloc((size_t)Hkv * T)))) {
+        rc = SKV_ENOMEM;
+        goto done;
+    }
+    if ((rc = skv_athd_write(out, &A)) < 0)
+        goto done;
+    for (uint32_t l = 0; l < h->n_layers; l++) {
+        skv_kv_view L = {SKV_KV_PACKED, h->n_heads, Hkv, h->head_dim, T, c->q[l], NULL, NULL,
+                         skv_cache_head_at(c, l, 0)};
+        if (mode == SKV_ATT_REFERENCE) {
+            size_t per = (size_t)T * h->head_dim;
+            for (uint32_t kh = 0; kh < Hkv; kh++) {
+                skv_cache_dequantize_head(c, l, kh, k + kh * per, v + kh * per);
+                const uint8_t *bits = skv_cache_head_at(c, l, kh)->bits;
+                for (uint64_t t = 0; t < T; t++)
+                    mask[(size_t)kh * T + t] = bits[t] != 0;
+            }
+            L.kind = SKV_KV_F32;
+            L.k = k;
+            L.v = v;
+            rc = attend_ref_masked(ctx, &L, mask, steps, n_steps, o, p);
+        } else {
+            rc = skv_attend_layer(ctx, &L, steps, n_steps, o, p);
+        }
+        if (rc < 0 || (rc = skv_attn_write_layer(out, &A, l, o, p)) < 0)
+            goto done;
+    }
+done:
+    free(o);
+    free(p);
+    free(k);
+    free(v);
+    free(mask);
+    free(steps);
+    return rc < 0 ? rc : 0;
+}
+
+int skv_attend_cache(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
+                     const skv_attend_req *req)
+{
+    uint32_t mode = req->mode == SKV_ATT_AUTO ? SKV_ATT_PACKED : req->mode;
+    if (mode > SKV_ATT_PACKED)
+        return skv_error(SKV_EINVAL, "unknown attention mode %u", mode);
+    return attend_packed(ctx, c, out, req, mode);
+}
 
 int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
                       const skv_attend_req *req)
@@ -998,17 +1101,85 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
     uint32_t mode = req->mode;
     if (mode > SKV_ATT_PACKED)
         return skv_error(SKV_EINVAL, "unknown attention mode %u", mode);
-    skv_trace_reader *r = skv_trace_reader_open(in, other_chunk, NULL);
-    if (!r)
-        return SKV_EFORMAT;
+    skv_stream *s = skv_open_read(in);
+    if (!s)
+        return SKV_EIO;
+    skv_chunk c;
+    int rc;
+    /* the first chunk after HEAD tells a trace from a packed cache */
+    while ((rc = skv_read(s, &c)) == 1 && !skv_chunk_is(&c, SKV_T_TRHD)) {
+        if (skv_chunk_is_critical(c.type)) {
+            rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu where the trace header (TRHD) "
+                           "was expected", c.type, (unsigned long long)c.offset);
+            break;
+        }
+    }
+    if (rc == 0)
+        rc = skv_error(SKV_EFORMAT, "no trace header (TRHD) in stream");
+    skv_trace_hdr h;
+    if (rc == 1)
+        rc = skv_trhd_decode(&c, &h);
+    if (rc < 0) {
+        skv_close(s);
+        return rc;
+    }
+    if (h.flags & SKV_TRACE_PACKED) {
+        skv_cache *cache = NULL;
+        rc = skv_cache_read_after(s, &c, &cache);
+        skv_close(s);
+        if (rc == 0)
+            rc = skv_attend_cache(ctx, cache, out, req);
+        skv_cache_free(cache);
+        return rc;
+    }
     if (mode == SKV_ATT_AUTO)
         mode = SKV_ATT_REFERENCE;
     if (mode == SKV_ATT_PACKED) {
-        skv_trace_reader_close(r);
+        skv_close(s);
         return skv_error(SKV_EINVAL, "the input is a trace, not a packed cache (make one with "
                          "skv-alloc and skv-quant, or use --reference or --dense)");
     }
-    int rc = attend_trace(ctx, r, out, req, mode);
+    if (h.flags & SKV_TRACE_NO_QUERIES) {
+        skv_close(s);
+        return skv_error(SKV_EFORMAT, "the trace has no queries");
+    }
+    /* a layer reader over the stream, positioned after TRHD and the TOKS */
+    skv_trace_reader *r = skv_calloc(1, sizeof *r);
+    if (!r) {
+        skv_close(s);
+        return SKV_ENOMEM;
+    }
+    r->s = s;
+    r->hdr = h;
+    r->other = other_chunk;
+    uint64_t have = 0;
+    while (rc == 0 && (h.flags & SKV_TRACE_HAS_TOKENS) && have < h.n_tokens) {
+        if ((rc = skv_read(s, &c)) <= 0) {
+            if (rc == 0) {
+                r->at_end = 1;
+                rc = skv_error(SKV_EFORMAT, "stream ends inside the token ids");
+            }
+            break;
+        }
+        rc = 0;
+        if (!skv_chunk_is(&c, SKV_T_TOKS)) {
+            if (skv_chunk_is(&c, SKV_T_TENS) || skv_chunk_is(&c, SKV_T_TRHD))
+                rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu where token ids were expected",
+                               c.type, (unsigned long long)c.offset);
+            else
+                rc = other_chunk(NULL, &c);
+            continue;
+        }
+        uint64_t t0 = c.raw_size >= 16 ? skv_get64(c.data) : UINT64_MAX;
+        uint64_t n = c.raw_size >= 16 ? skv_get64(c.data + 8) : 0;
+        if (t0 != have || n == 0 || n > h.n_tokens - have || 16 + n * 4 != c.raw_size)
+            rc = skv_error(SKV_EFORMAT, "TOKS chunk at byte %llu does not continue the token ids "
+                           "at %llu", (unsigned long long)c.offset, (unsigned long long)have);
+        else
+            have += n;
+    }
+    if (rc == 0)
+        rc = attend_trace(ctx, r, out, req, mode);
     if (rc == 0)
         rc = skv_trace_reader_finish(r);
     skv_trace_reader_close(r);

@@ -14,5 +14,7 @@
 #include "smartkv_softmax.h"
 #include "smartkv_attend.h"
 #include "smartkv_stats.h"
+#include "smartkv_quant.h"
+#include "smartkv_cache.h"
 
 #endif

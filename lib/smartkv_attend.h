@@ -149,6 +149,7 @@ typedef struct skv_attend_req {
     uint32_t mode;          /* enum skv_att_mode; AUTO picks by input */
     const char *steps;      /* steps spec (NULL = "LAST") */
     int probs;              /* also write PROB tensors */
+    const char *label;      /* ATHD label (NULL: the allocation's description) */
 } skv_attend_req;
 
 /* Read a trace or packed cache from `in` ("-" = stdin), compute attention
@@ -156,6 +157,12 @@ typedef struct skv_attend_req {
  * trace is read one layer at a time.  Returns 0 or <0. */
 SKV_EXPORT int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
                                  const skv_attend_req *req);
+
+struct skv_cache;
+/* The same for a packed cache already in memory (AUTO = PACKED; REFERENCE
+ * attends over the dequantized rows, evicted tokens absent). */
+SKV_EXPORT int skv_attend_cache(skv_attend_ctx *ctx, const struct skv_cache *c, skv_stream *out,
+                                const skv_attend_req *req);
 
 #ifdef __cplusplus
 }
