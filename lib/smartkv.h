@@ -9,5 +9,7 @@
 #include "smartkv_format.h"
 #include "smartkv_trace.h"
 #include "smartkv_pack.h"
+#include "smartkv_importance.h"
+#include "smartkv_alloc.h"
 
 #endif
