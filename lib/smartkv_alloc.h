@@ -169,6 +169,8 @@ typedef struct skv_alloc_result {
     uint64_t min_bytes;      /* smallest cache the settings allow */
     uint64_t bytes;          /* predicted cache bytes of the allocation */
     double objective;        /* sum of importance * expected error */
+    double bound;            /* optimal only: lower bound on the objective (the
+                                linear-cost relaxation), else 0 */
     uint64_t hist[SKV_NBITS];/* tokens per width over all (layer, kv head) */
 } skv_alloc_result;
 
