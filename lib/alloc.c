@@ -203,8 +203,11 @@ int skv_alhd_check(const skv_alloc_hdr *h)
                          h->width_mask);
     if (h->flags & ~SKV_ALHD_FLAGS_KNOWN)
         return skv_error(SKV_EFORMAT, "unknown allocation flags 0x%x", h->flags);
-    if ((rc = skv_qcfg_check(&h->qcfg)) < 0)
-        return skv_error(SKV_EFORMAT, "quantizer settings: %.200s", skv_errmsg());
+    if ((rc = skv_qcfg_check(&h->qcfg)) < 0) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        return skv_error(SKV_EFORMAT, "quantizer settings: %s", msg);
+    }
     if (strlen(h->text) > SKV_ALHD_MAX_TEXT)
         return skv_error(SKV_EFORMAT, "text longer than %u bytes", SKV_ALHD_MAX_TEXT);
     return 0;

@@ -336,6 +336,19 @@ static int rank_policy(solver *s, int by_position, uint64_t limit, uint64_t *cur
     while (a < n && rank_assign(s, r, n, a + 1, hi, mid, lo) <= limit)
         a++;
     *cur = rank_assign(s, r, n, a, hi, mid, lo);
+    /* the thresholds move in steps of four tokens; spend what is left on the
+     * next tokens in rank order, one ladder level up each, where it fits */
+    for (uint64_t i = a; i < n; i++) {
+        uint64_t it = r[i].item;
+        int from = s->w[it], to = from == lo && mid >= 0 ? mid : from == lo || from == mid ? hi : -1;
+        if (to < 0)
+            continue;
+        int64_t d = move_delta(s, (uint32_t)(it / s->T), from, to);
+        if ((int64_t)*cur + d <= (int64_t)limit) {
+            move(s, it, to);
+            *cur = (uint64_t)((int64_t)*cur + d);
+        }
+    }
     free(r);
     return 0;
 }
