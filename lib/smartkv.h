@@ -16,5 +16,7 @@
 #include "smartkv_stats.h"
 #include "smartkv_quant.h"
 #include "smartkv_cache.h"
+#include "smartkv_importance.h"
+#include "smartkv_alloc.h"
 
 #endif
