@@ -26,9 +26,9 @@ int skv_qcfg_check(const skv_qcfg *c)
         return skv_error(SKV_EINVAL, "V group size %u does not divide head_dim %u", c->v_group,
                          c->head_dim);
     if (c->k_mode != SKV_QMODE_ASYM && c->k_mode != SKV_QMODE_SYM)
-        return skv_error(SKV_EINVAL, "unknown K quantization mode %u", c->k_mode);
+        return skv_error(SKV_EINVAL, "unknown K quantization mode %u (modes: 1 asym, 2 sym)", c->k_mode);
     if (c->v_mode != SKV_QMODE_ASYM && c->v_mode != SKV_QMODE_SYM)
-        return skv_error(SKV_EINVAL, "unknown V quantization mode %u", c->v_mode);
+        return skv_error(SKV_EINVAL, "unknown V quantization mode %u (modes: 1 asym, 2 sym)", c->v_mode);
     return 0;
 }
 
