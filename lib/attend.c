@@ -24,7 +24,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #define SKV_X86 1
 #include <immintrin.h>
-#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
+#define AVX2_FN __attribute__((target("avx2,fma,f16c,bmi2")))
 #endif
 
 #define TILE 32
@@ -107,7 +107,7 @@ static int cpu_avx2(void)
 #ifdef SKV_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+           __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
 #else
     return 0;
 #endif
@@ -480,12 +480,183 @@ kern_avx2_body(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t 
     }
 }
 
+/* The 8 codes of block c of a packed row, one per byte (BMI2 pdep). */
+AVX2_FN static inline uint64_t codes_u8x8(const uint8_t *row, uint32_t c, const int bits)
+{
+    const uint8_t *b = row + (size_t)c * bits;
+    uint64_t w;
+    if (bits == 8) {
+        memcpy(&w, b, 8);
+        return w;
+    }
+    if (bits == 2)
+        return _pdep_u64(ld16(b), 0x0303030303030303ull);
+    if (bits == 3)
+        return _pdep_u64((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16,
+                         0x0707070707070707ull);
+    uint32_t w4;
+    memcpy(&w4, b, 4);
+    return _pdep_u64(w4, 0x0f0f0f0f0f0f0f0full);
+}
+
+AVX2_FN static inline __m256 u8x8_to_ps(uint64_t w)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)w)));
+}
+
+AVX2_FN static inline float h2f_f16c(const uint8_t *p)
+{
+    return _cvtsh_ss((unsigned short)ld16(p));
+}
+
+/* Scale/bias of group g (F16C conversion). */
+AVX2_FN static inline void group_par_f16c(const uint8_t *par, uint32_t g, const int bits,
+                                          uint32_t mode, float *scale, float *bias)
+{
+    if (mode == SKV_QMODE_ASYM) {
+        *scale = h2f_f16c(par + 4 * g);
+        *bias = h2f_f16c(par + 4 * g + 2);
+    } else {
+        float sc = h2f_f16c(par + 2 * g);
+        *scale = sc;
+        *bias = -(float)(1u << (bits - 1)) * sc;
+    }
+}
+
+/* Packed rows (2, 3, 4, 8 bits): scale and bias are folded out of the dot
+ * products (q.x = s * q.codes + b * sum(q) per group), codes are expanded
+ * with pdep, and each V row's codes are expanded once per tile. */
+AVX2_FN static inline __attribute__((always_inline)) void
+kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d,
+                 skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride, const int bits,
+                 const int ng)
+{
+    float s[SKV_GMAX][TILE] __attribute__((aligned(32)));
+    uint8_t cb[TILE * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    float pw[SKV_GMAX * SKV_MAX_GROUPS * TILE];
+    float bsum[SKV_GMAX][SKV_MAX_GROUPS];
+    float qsum[SKV_GMAX][SKV_MAX_GROUPS];
+    const uint32_t nc = d / 8, kg = R->kg, vg = R->vg;
+    const uint32_t kng = d / kg, vng = d / vg, kcpg = kg / 8, vcpg = vg / 8;
+    for (int g = 0; g < ng; g++)
+        for (uint32_t gi = 0; gi < kng; gi++) {
+            float a = 0;
+            for (uint32_t j = gi * kg; j < (gi + 1) * kg; j++)
+                a += q[(size_t)g * d + j];
+            qsum[g][gi] = a;
+        }
+    for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
+        uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
+        /* scores */
+        const uint8_t *row = R->kd + t0 * R->rs, *par = R->kp + t0 * R->kps;
+        for (uint32_t i = 0; i < n; i++, row += R->rs, par += R->kps) {
+            __m256 tot[SKV_GMAX];
+            float bias[SKV_GMAX];
+            for (int g = 0; g < ng; g++) {
+                tot[g] = _mm256_setzero_ps();
+                bias[g] = 0;
+            }
+            float s1 = 1;
+            for (uint32_t gi = 0; gi < kng; gi++) {
+                float scl, bi;
+                group_par_f16c(par, gi, bits, R->kmode, &scl, &bi);
+                __m256 a[SKV_GMAX];
+                for (int g = 0; g < ng; g++)
+                    a[g] = _mm256_setzero_ps();
+                for (uint32_t c = gi * kcpg; c < (gi + 1) * kcpg; c++) {
+                    __m256 x = u8x8_to_ps(codes_u8x8(row, c, bits));
+                    for (int g = 0; g < ng; g++)
+                        a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)g * d + 8 * c), x, a[g]);
+                }
+                if (kng == 1) {
+                    for (int g = 0; g < ng; g++)
+                        tot[g] = a[g];
+                    s1 = scl;
+                } else {
+                    __m256 sv = _mm256_set1_ps(scl);
+                    for (int g = 0; g < ng; g++)
+                        tot[g] = _mm256_fmadd_ps(a[g], sv, tot[g]);
+                }
+                for (int g = 0; g < ng; g++)
+                    bias[g] += bi * qsum[g][gi];
+            }
+            for (int g = 0; g < ng; g++)
+                s[g][i] = hsum256(tot[g]) * s1 + bias[g];
+        }
+        for (uint32_t i = n; i < TILE; i++)
+            for (int g = 0; g < ng; g++)
+                s[g][i] = -INFINITY;
+        /* softmax of the tile */
+        for (int g = 0; g < ng; g++) {
+            __m256 mv = _mm256_load_ps(&s[g][0]);
+            for (int i = 8; i < TILE; i += 8)
+                mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            float mx = _mm_cvtss_f32(m4);
+            if (sc)
+                for (uint32_t i = 0; i < n; i++)
+                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
+            float m = skv_sm_block_begin(&st[g], acc + (size_t)g * d, mx, d);
+            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps();
+            for (int i = 0; i < TILE; i += 8) {
+                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
+                _mm256_store_ps(&s[g][i], p);
+                lv = _mm256_add_ps(lv, p);
+            }
+            st[g].l += hsum256(lv);
+            for (uint32_t gi = 0; gi < vng; gi++)
+                bsum[g][gi] = 0;
+        }
+        /* values: expand the tile's codes once, fold p*scale, sum p*bias */
+        row = R->vd + t0 * R->rs;
+        par = R->vp + t0 * R->vps;
+        for (uint32_t i = 0; i < n; i++, row += R->rs, par += R->vps) {
+            if (bits == 8)
+                memcpy(cb + (size_t)i * d, row, d);
+            else
+                for (uint32_t c = 0; c < nc; c++) {
+                    uint64_t w = codes_u8x8(row, c, bits);
+                    memcpy(cb + (size_t)i * d + 8 * c, &w, 8);
+                }
+            for (uint32_t gi = 0; gi < vng; gi++) {
+                float scl, bi;
+                group_par_f16c(par, gi, bits, R->vmode, &scl, &bi);
+                for (int g = 0; g < ng; g++) {
+                    pw[((size_t)g * vng + gi) * TILE + i] = s[g][i] * scl;
+                    bsum[g][gi] += s[g][i] * bi;
+                }
+            }
+        }
+        for (uint32_t c = 0; c < nc; c++) {
+            uint32_t gi = c / vcpg;
+            __m256 a[SKV_GMAX];
+            for (int g = 0; g < ng; g++)
+                a[g] = _mm256_loadu_ps(acc + (size_t)g * d + 8 * c);
+            const uint8_t *cr = cb + 8 * c;
+            for (uint32_t i = 0; i < n; i++, cr += d) {
+                __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)cr)));
+                for (int g = 0; g < ng; g++)
+                    a[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(&pw[((size_t)g * vng + gi) * TILE + i]),
+                                           x, a[g]);
+            }
+            for (int g = 0; g < ng; g++)
+                _mm256_storeu_ps(acc + (size_t)g * d + 8 * c,
+                                 _mm256_add_ps(a[g], _mm256_set1_ps(bsum[g][gi])));
+        }
+    }
+}
+
 #define KB(B, G)                                                                            \
     AVX2_FN static void kern_avx2_##B##_##G(const run *R, uint64_t r0, uint64_t r1,          \
                                             const float *q, uint32_t d, skv_sm_state *st,     \
                                             float *acc, float *sc, uint64_t ss)               \
     {                                                                                        \
-        kern_avx2_body(R, r0, r1, q, d, st, acc, sc, ss, B, G);                              \
+        if (B <= 8)                                                                          \
+            kern_avx2_packed(R, r0, r1, q, d, st, acc, sc, ss, B, G);                        \
+        else                                                                                 \
+            kern_avx2_body(R, r0, r1, q, d, st, acc, sc, ss, B, G);                          \
     }
 #define KBG(B) KB(B, 1) KB(B, 2) KB(B, 3) KB(B, 4) KB(B, 5) KB(B, 6) KB(B, 7) KB(B, 8)
 KBG(2) KBG(3) KBG(4) KBG(8) KBG(16) KBG(32)
