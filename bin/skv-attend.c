@@ -20,6 +20,9 @@ static void usage(FILE *f)
 "                        packed cache: on its dequantized rows)\n"
 "  -d, --dense TYPE      attention on an uncompressed fp16 or fp32 cache of a\n"
 "                        trace (the speed baseline)\n"
+"  -P, --packed          the fused packed kernel (default for a packed cache);\n"
+"                        a trace with an allocation (skv-alloc output) is\n"
+"                        packed in memory first, as skv-quant would\n"
 "  -p, --probs           also write the attention probabilities\n"
 "      --tsv             write a text table instead of a smartkv stream\n"
 "      --label TEXT      label the outputs (default: the cache's allocation,\n"
@@ -71,7 +74,7 @@ int main(int argc, char **argv)
     tool_init("skv-attend");
     static const struct option opts[] = {
         {"steps", required_argument, 0, 's'}, {"reference", no_argument, 0, 'r'},
-        {"dense", required_argument, 0, 'd'}, {"probs", no_argument, 0, 'p'},
+        {"dense", required_argument, 0, 'd'}, {"packed", no_argument, 0, 'P'}, {"probs", no_argument, 0, 'p'},
         {"tsv", no_argument, 0, 1}, {"label", required_argument, 0, 3}, {"threads", required_argument, 0, 'j'},
         {"kernel", required_argument, 0, 'k'}, {"split", required_argument, 0, 2},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
@@ -81,23 +84,28 @@ int main(int argc, char **argv)
     const char *out = NULL;
     int level = -1, tsv = 0, o;
     uint64_t v;
-    while ((o = getopt_long(argc, argv, "s:rd:pj:k:o:z::hV", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "s:rd:Ppj:k:o:z::hV", opts, NULL)) != -1) {
         switch (o) {
         case 's': req.steps = optarg; break;
         case 'r':
             if (req.mode != SKV_ATT_AUTO && req.mode != SKV_ATT_REFERENCE)
-                tool_usage_error("--reference and --dense are exclusive");
+                tool_usage_error("--packed, --reference and --dense are exclusive");
             req.mode = SKV_ATT_REFERENCE;
             break;
         case 'd':
             if (req.mode != SKV_ATT_AUTO)
-                tool_usage_error("--reference and --dense are exclusive");
+                tool_usage_error("--packed, --reference and --dense are exclusive");
             if (!strcmp(optarg, "fp16") || !strcmp(optarg, "f16"))
                 req.mode = SKV_ATT_DENSE_F16;
             else if (!strcmp(optarg, "fp32") || !strcmp(optarg, "f32"))
                 req.mode = SKV_ATT_DENSE_F32;
             else
                 tool_usage_error("--dense must be fp16 or fp32, not '%s'", optarg);
+            break;
+        case 'P':
+            if (req.mode != SKV_ATT_AUTO)
+                tool_usage_error("--packed, --reference and --dense are exclusive");
+            req.mode = SKV_ATT_PACKED;
             break;
         case 'p': req.probs = 1; break;
         case 1: tsv = 1; break;

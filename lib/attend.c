@@ -1076,6 +1076,14 @@ static int other_chunk(void *ctx, const skv_chunk *c)
                      (unsigned long long)c->offset);
 }
 
+/* Keep allocation and ancillary chunks (for packing a trace in memory). */
+static int collect_chunk(void *ctx, const skv_chunk *c)
+{
+    if (!skv_chunk_is_critical(c->type) || skv_chunk_is(c, "ALHD") || skv_chunk_is(c, "ALOC"))
+        return skv_chunk_list_add(ctx, c);
+    return other_chunk(NULL, c);
+}
+
 static void fill_athd(skv_athd *A, const skv_trace_hdr *h, uint32_t mode, int probs,
                       uint64_t *steps, uint64_t n_steps)
 {
@@ -1105,6 +1113,9 @@ static int attend_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_stream *ou
         return rc;
     skv_athd A;
     fill_athd(&A, h, mode, req->probs, steps, n_steps);
+    snprintf(A.label, sizeof A.label, "%s", req->label ? req->label
+             : mode == SKV_ATT_REFERENCE ? "policy=reference" : mode == SKV_ATT_DENSE_F16
+             ? "policy=dense-fp16" : "policy=dense-fp32");
     skv_layer layer = {0};
     float *o = NULL, *p = NULL;
     void *k16 = NULL, *v16 = NULL;
@@ -1257,6 +1268,62 @@ done:
     return rc < 0 ? rc : 0;
 }
 
+/* A trace with an allocation (skv-alloc output) in PACKED mode: read it
+ * whole, pack it as skv-quant would (through a temporary file), attend. */
+static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chunk_list *extra,
+                              skv_stream *out, const skv_attend_req *req)
+{
+    skv_trace *t = skv_trace_new(&r->hdr);
+    if (!t)
+        return SKV_ENOMEM;
+    int rc = 0;
+    for (uint32_t l = 0; l < t->hdr.n_layers && rc == 0; l++) {
+        skv_layer L = {.q = t->q[l], .k = t->k[l], .v = t->v[l]};
+        if ((rc = skv_trace_next_layer(r, &L)) == 0)
+            rc = skv_error(SKV_EFORMAT, "missing layers");
+        rc = rc < 0 ? rc : 0;
+    }
+    if (rc == 0)
+        rc = skv_trace_reader_finish(r);
+    skv_cache_plan plan;
+    memset(&plan, 0, sizeof plan);
+    if (rc == 0 && (rc = skv_cache_plan_from_chunks(&plan, &t->hdr, extra)) < 0)
+        rc = skv_error(rc, "%s (the fused kernel needs a packed cache, or a trace with an "
+                       "allocation from skv-alloc)", skv_errmsg());
+    char tmp[4096] = "";
+    if (rc == 0) {
+        const char *td = getenv("TMPDIR");
+        snprintf(tmp, sizeof tmp, "%s/skv-attend-cache.XXXXXX", td && *td ? td : "/tmp");
+        int fd = mkstemp(tmp);
+        if (fd < 0) {
+            rc = skv_error(SKV_EIO, "cannot create a temporary file %s", tmp);
+            tmp[0] = 0;
+        } else {
+            close(fd);
+        }
+    }
+    skv_cache *c = NULL;
+    if (rc == 0) {
+        skv_stream *s = skv_open_write(tmp, -1);
+        if (!s)
+            rc = SKV_EIO;
+        else if ((rc = skv_cache_write(s, t, &plan, extra, 0, NULL)) < 0)
+            skv_discard(s);
+        else
+            rc = skv_close(s);
+    }
+    skv_trace_free(t);
+    skv_cache_plan_free(&plan);
+    if (rc == 0)
+        rc = skv_cache_load(tmp, &c);
+    if (tmp[0])
+        unlink(tmp);
+    if (rc == 0)
+        rc = skv_attend_cache(ctx, c, out, req);
+    skv_cache_free(c);
+    return rc;
+}
+
 int skv_attend_cache(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
                      const skv_attend_req *req)
 {
@@ -1305,11 +1372,7 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
     }
     if (mode == SKV_ATT_AUTO)
         mode = SKV_ATT_REFERENCE;
-    if (mode == SKV_ATT_PACKED) {
-        skv_close(s);
-        return skv_error(SKV_EINVAL, "the input is a trace, not a packed cache (make one with "
-                         "skv-alloc and skv-quant, or use --reference or --dense)");
-    }
+    skv_chunk_list extra = {0};
     if (h.flags & SKV_TRACE_NO_QUERIES) {
         skv_close(s);
         return skv_error(SKV_EFORMAT, "the trace has no queries");
@@ -1322,7 +1385,8 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
     }
     r->s = s;
     r->hdr = h;
-    r->other = other_chunk;
+    r->other = mode == SKV_ATT_PACKED ? collect_chunk : other_chunk;
+    r->other_ctx = &extra;
     uint64_t have = 0;
     while (rc == 0 && (h.flags & SKV_TRACE_HAS_TOKENS) && have < h.n_tokens) {
         if ((rc = skv_read(s, &c)) <= 0) {
@@ -1338,7 +1402,7 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
                 rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu where token ids were expected",
                                c.type, (unsigned long long)c.offset);
             else
-                rc = other_chunk(NULL, &c);
+                rc = r->other(&extra, &c);
             continue;
         }
         uint64_t t0 = c.raw_size >= 16 ? skv_get64(c.data) : UINT64_MAX;
@@ -1349,10 +1413,13 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
         else
             have += n;
     }
-    if (rc == 0)
+    if (rc == 0 && mode == SKV_ATT_PACKED)
+        rc = attend_alloc_trace(ctx, r, &extra, out, req);
+    else if (rc == 0)
         rc = attend_trace(ctx, r, out, req, mode);
-    if (rc == 0)
+    if (rc == 0 && mode != SKV_ATT_PACKED)
         rc = skv_trace_reader_finish(r);
     skv_trace_reader_close(r);
+    skv_chunk_list_free(&extra);
     return rc;
 }
