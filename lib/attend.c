@@ -944,6 +944,83 @@ out:
     return rc;
 }
 
+/* ---------------------------------------------------------------- live rows */
+
+int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32_t ng,
+                    float scale, uint64_t limit, float *out, float *prob, size_t prob_stride,
+                    uint64_t n_prob)
+{
+    uint32_t d = rows ? rows->head_dim : 0;
+    if (!rows || !q || !out || ng == 0 || ng > SKV_GMAX || d == 0 || d > SKV_MAX_HEAD_DIM ||
+        (rows->n_buckets && !rows->buckets) || (rows->n_tail && (!rows->tail_k || !rows->tail_v)))
+        return skv_error(SKV_EINVAL, "attention rows: bad arguments (head_dim %u, %u queries)", d,
+                         ng);
+    if (prob && (limit >= n_prob || (ng > 1 && prob_stride < n_prob)))
+        return skv_error(SKV_EINVAL, "attention rows: token %llu beyond the %llu probabilities",
+                         (unsigned long long)limit, (unsigned long long)n_prob);
+    if (kernel == SKV_KERNEL_AUTO)
+        kernel = cpu_avx2() ? SKV_KERNEL_AVX2 : SKV_KERNEL_SCALAR;
+    else if (kernel == SKV_KERNEL_AVX2 && !cpu_avx2())
+        kernel = SKV_KERNEL_SCALAR;
+    float qs[SKV_GMAX * SKV_MAX_HEAD_DIM];
+    float acc[SKV_GMAX * SKV_MAX_HEAD_DIM];
+    skv_sm_state st[SKV_GMAX];
+    for (uint32_t g = 0; g < ng; g++) {
+        for (uint32_t j = 0; j < d; j++)
+            qs[g * d + j] = q[(size_t)g * d + j] * scale;
+        skv_sm_init(&st[g], acc + (size_t)g * d, d);
+    }
+    if (prob)
+        for (uint32_t g = 0; g < ng; g++)
+            for (uint64_t u = 0; u < n_prob; u++)
+                prob[g * prob_stride + u] = -INFINITY;
+    for (uint32_t b = 0; b <= rows->n_buckets; b++) {
+        run R;
+        memset(&R, 0, sizeof R);
+        if (b < rows->n_buckets) {
+            const skv_bucket *B = &rows->buckets[b];
+            if (B->head_dim != d)
+                return skv_error(SKV_EINVAL, "attention rows: bucket of %u-bit rows has head_dim "
+                                 "%u, not %u", B->bits, B->head_dim, d);
+            R.bits = B->bits;
+            R.kg = B->k_group;
+            R.vg = B->v_group;
+            R.kmode = B->k_mode;
+            R.vmode = B->v_mode;
+            R.kps = B->k_par_stride;
+            R.vps = B->v_par_stride;
+            R.rs = B->row_stride;
+            R.kd = B->k_dat;
+            R.vd = B->v_dat;
+            R.kp = B->k_par;
+            R.vp = B->v_par;
+            R.idx = B->idx;
+            R.n = B->n;
+        } else {
+            if (!rows->n_tail)
+                break;
+            R.bits = 32;
+            R.rs = d * 4;
+            R.kd = (const uint8_t *)rows->tail_k;
+            R.vd = (const uint8_t *)rows->tail_v;
+            R.t0 = rows->tail_t0;
+            R.n = rows->n_tail;
+        }
+        uint64_t n = rows_upto(&R, limit);
+        if (n)
+            fold(kernel, &R, 0, n, qs, ng, d, st, acc, prob, prob ? prob_stride : 0);
+    }
+    for (uint32_t g = 0; g < ng; g++) {
+        skv_sm_finish(&st[g], acc + (size_t)g * d, out + (size_t)g * d, d);
+        if (prob) {
+            float *pr = prob + g * prob_stride;
+            for (uint64_t u = 0; u < n_prob; u++)
+                pr[u] = skv_sm_prob(&st[g], pr[u]);
+        }
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------- oracle */
 
 typedef struct ref_job {

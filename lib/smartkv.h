@@ -21,5 +21,7 @@
 #include "smartkv_cache.h"
 #include "smartkv_importance.h"
 #include "smartkv_alloc.h"
+#include "smartkv_evalcache.h"
+#include "smartkv_eval.h"
 
 #endif

@@ -144,6 +144,35 @@ SKV_EXPORT int skv_attend_layer_ref(skv_attend_ctx *ctx, const skv_kv_view *L,
  * indices).  For the benchmark's bandwidth figures. */
 SKV_EXPORT uint64_t skv_attend_bytes_read(const skv_kv_view *L, uint64_t t);
 
+/* ---- live caches: one KV head on the calling thread ----
+ * For a cache that changes between decode steps (skv-eval's compressed
+ * cache behind the model's skv_kv_ops): the rows of one KV head are the
+ * buckets of a packed head (any number, tokens disjoint, idx ascending in
+ * each) plus an optional tail of consecutive float32 rows (tokens
+ * tail_t0 .. tail_t0 + n_tail - 1, not in any bucket). */
+typedef struct skv_att_rows {
+    uint32_t head_dim;
+    uint32_t n_buckets;
+    const struct skv_bucket *buckets;  /* smartkv_pack.h */
+    const float *tail_k, *tail_v;      /* [n_tail][head_dim] */
+    uint64_t tail_t0, n_tail;
+} skv_att_rows;
+#define SKV_ATT_ROWS_MAX_Q 8           /* query vectors per call */
+
+/* Attention of ng (1..SKV_ATT_ROWS_MAX_Q) query vectors q[ng][head_dim]
+ * (scores are scale * q.k) over every stored token <= limit, with the
+ * same fused kernels as skv_attend_layer (kernel: enum skv_att_kernel;
+ * AUTO = the best available), folded into one online-softmax state per
+ * query in bucket order, then the tail.  out[ng][head_dim] (zeros when no
+ * token qualifies).  prob (may be NULL): row g at prob + g*prob_stride
+ * gets n_prob entries, the probability of each token (0 for tokens not
+ * stored or beyond limit); limit < n_prob is then required.  Runs on the
+ * calling thread only; any number of calls may run at once.  Returns 0 or
+ * <0 (SKV_EINVAL). */
+SKV_EXPORT int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32_t ng,
+                               float scale, uint64_t limit, float *out, float *prob,
+                               size_t prob_stride, uint64_t n_prob);
+
 /* ---- whole streams (what skv-attend does) ---- */
 typedef struct skv_attend_req {
     uint32_t mode;          /* enum skv_att_mode; AUTO picks by input */

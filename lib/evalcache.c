@@ -1,0 +1,798 @@
+/* evalcache.c -- the compressed KV cache behind skv_kv_ops (see
+ * smartkv_evalcache.h for what it models). */
+#include "smartkv_evalcache.h"
+#include "smartkv_attend.h"
+#include "smartkv_error.h"
+#include "smartkv_importance.h"
+#include "smartkv_pack.h"
+#include "smartkv_quant.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* one PBKT part of a (layer, kv head) */
+typedef struct ec_part {
+    uint8_t *mem;           /* payload (skv_calloc) */
+    uint64_t size;
+} ec_part;
+
+typedef struct ec_head {
+    uint32_t n_parts;
+    ec_part *parts;         /* ascending width, then part */
+    skv_bucket *bk;         /* [n_parts] decoded views */
+    uint8_t *bits;          /* [capacity] width of allocated tokens */
+    float *err;             /* [capacity][SKV_NBITS] error model, set at first allocation */
+    float *tk, *tv;         /* pending rows [tail_cap][head_dim], tokens n_alloc.. */
+    uint64_t tail_cap;
+    float *fk, *fv;         /* ideal: every token [full_cap][head_dim] */
+    uint64_t full_cap;
+} ec_head;
+
+typedef struct ec_cache {
+    skv_kv_cache base;
+    skv_ec_cfg cfg;
+    uint32_t G;             /* query heads per kv head */
+    int hold;
+    int track;              /* importance needed by the policy */
+    int entropy;            /* layer-aware: track attention entropy */
+    uint64_t *len;          /* [n_layers] positions held */
+    uint64_t n_alloc;
+    ec_head *heads;         /* [n_layers][n_kv_heads] */
+    float *imp;             /* [n_layers][n_heads][capacity] */
+    double *ent_sum;        /* [n_layers][n_heads] */
+    uint64_t *ent_cnt;      /* [n_layers][n_heads] */
+    /* scratch for reallocation */
+    float *s_imp, *s_err, *s_ent;
+    uint8_t *s_bits;
+    uint64_t s_cap;
+    uint32_t *src_part, *src_row;   /* [capacity] */
+    uint32_t *idx;                  /* [capacity] */
+    /* counters */
+    skv_ec_stats st;
+    _Atomic uint64_t track_ns, attend_ns;
+} ec_cache;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void skv_ec_defaults(skv_ec_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    c->kind = SKV_EC_COMPRESS;
+    skv_alloc_cfg_defaults(&c->alloc);
+    c->imp_mode = SKV_IMP_EMA;
+    c->decay = 0.9;
+    c->realloc = 16;
+    c->ideal = 0;
+    c->kernel = 0;
+}
+
+int skv_ec_cfg_check(const skv_ec_cfg *c)
+{
+    if (c->kind > SKV_EC_F32)
+        return skv_error(SKV_EINVAL, "unknown cache kind %u", c->kind);
+    if (c->kind != SKV_EC_COMPRESS)
+        return 0;
+    const skv_alloc_cfg *a = &c->alloc;
+    if (a->policy < SKV_POLICY_SMARTKV || a->policy > SKV_POLICY_LAYER_AWARE)
+        return skv_error(SKV_EINVAL, "unknown policy %u", a->policy);
+    if (a->share_layers)
+        return skv_error(SKV_EINVAL, "the online cache allocates per layer (no shared layers)");
+    if (a->width_mask == 0 || (a->width_mask & ~SKV_WIDTH_MASK_ALL))
+        return skv_error(SKV_EINVAL, "bad width mask 0x%x", a->width_mask);
+    if (a->policy == SKV_POLICY_UNIFORM &&
+        (!skv_bits_valid(a->uniform_bits) || !(a->width_mask & (1u << a->uniform_bits))))
+        return skv_error(SKV_EINVAL, "uniform:%u: not an allowed width", a->uniform_bits);
+    if (a->policy != SKV_POLICY_UNIFORM && !(a->budget > 0 && isfinite(a->budget)))
+        return skv_error(SKV_EINVAL, "policy %s needs a budget beta > 0",
+                         skv_policy_name(a->policy));
+    if (c->imp_mode != SKV_IMP_EMA && c->imp_mode != SKV_IMP_CUMULATIVE &&
+        c->imp_mode != SKV_IMP_NORMALIZED)
+        return skv_error(SKV_EINVAL, "importance mode %s is not tracked online (ema, cumulative "
+                         "or normalized)", skv_imp_mode_name(c->imp_mode) ? skv_imp_mode_name(c->imp_mode) : "?");
+    if (!(c->decay >= 0 && c->decay < 1))
+        return skv_error(SKV_EINVAL, "decay %g is not in [0, 1)", c->decay);
+    if (c->realloc == 0)
+        return skv_error(SKV_EINVAL, "reallocation interval must be >= 1");
+    return 0;
+}
+
+void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
+{
+    if (c->kind == SKV_EC_FP16) {
+        snprintf(buf, n, "fp16");
+        return;
+    }
+    if (c->kind == SKV_EC_F32) {
+        snprintf(buf, n, "f32");
+        return;
+    }
+    const skv_alloc_cfg *a = &c->alloc;
+    char pol[32];
+    if (a->policy == SKV_POLICY_UNIFORM)
+        snprintf(pol, sizeof pol, "uniform:%u", a->uniform_bits);
+    else
+        snprintf(pol, sizeof pol, "%s", skv_policy_name(a->policy));
+    char imp[48];
+    if (c->imp_mode == SKV_IMP_EMA)
+        snprintf(imp, sizeof imp, "ema:%g", c->decay);
+    else
+        snprintf(imp, sizeof imp, "%s", skv_imp_mode_name(c->imp_mode));
+    if (a->policy == SKV_POLICY_UNIFORM)
+        snprintf(buf, n, "%s R=%u%s", pol, c->realloc, c->ideal ? " ideal" : "");
+    else
+        snprintf(buf, n, "%s beta=%g %s R=%u%s", pol, a->budget, imp, c->realloc,
+                 c->ideal ? " ideal" : "");
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static ec_cache *as_ec(skv_kv_cache *c);
+static const skv_kv_ops ec_ops;
+
+static ec_cache *as_ec(skv_kv_cache *c)
+{
+    return c && c->ops == &ec_ops ? (ec_cache *)c : NULL;
+}
+
+int skv_ec_is(const skv_kv_cache *c) { return c && c->ops == &ec_ops; }
+
+static ec_head *head_at(ec_cache *e, uint32_t l, uint32_t h)
+{
+    return &e->heads[(size_t)l * e->base.n_kv_heads + h];
+}
+
+static void free_parts(ec_head *H)
+{
+    for (uint32_t i = 0; i < H->n_parts; i++)
+        free(H->parts[i].mem);
+    free(H->parts);
+    free(H->bk);
+    H->parts = NULL;
+    H->bk = NULL;
+    H->n_parts = 0;
+}
+
+/* Grow a pair of row arrays to hold at least n rows of d floats. */
+static int grow_rows(float **k, float **v, uint64_t *cap, uint64_t n, uint32_t d)
+{
+    if (n <= *cap)
+        return 0;
+    uint64_t nc = *cap ? *cap : 64;
+    while (nc < n)
+        nc *= 2;
+    size_t bytes;
+    if (skv_mul_sizes(&bytes, 3, (size_t)nc, (size_t)d, sizeof(float)) < 0)
+        return skv_error(SKV_ELIMIT, "kv cache: %llu rows overflow", (unsigned long long)nc);
+    float *nk = skv_realloc(*k, bytes);
+    if (!nk)
+        return SKV_ENOMEM;
+    *k = nk;
+    float *nv = skv_realloc(*v, bytes);
+    if (!nv)
+        return SKV_ENOMEM;
+    *v = nv;
+    *cap = nc;
+    return 0;
+}
+
+static uint32_t width_pos(uint32_t bits)
+{
+    int i = skv_width_index(bits);
+    return i < 0 ? 0 : (uint32_t)i;
+}
+
+/* ---------------------------------------------------------------- rebuild */
+
+/* Rebuild head (l, h) so that tokens 0..T-1 have widths nb[0..T) (non-zero),
+ * taking rows from the old parts (tokens < old_alloc), the pending rows
+ * (tokens >= old_alloc) or, in ideal mode, the full-precision copy. */
+static int rebuild_head(ec_cache *e, uint32_t l, uint32_t h, const uint8_t *nb, uint64_t T,
+                        uint64_t old_alloc)
+{
+    ec_head *H = head_at(e, l, h);
+    const skv_qcfg *q = &e->cfg.alloc.qcfg;
+    const uint32_t d = q->head_dim;
+    int rc = 0;
+    /* where each old allocated token lives */
+    for (uint32_t p = 0; p < H->n_parts; p++) {
+        const skv_bucket *b = &H->bk[p];
+        for (uint32_t i = 0; i < b->n; i++) {
+            e->src_part[b->idx[i]] = p;
+            e->src_row[b->idx[i]] = i;
+        }
+    }
+    /* count parts */
+    uint64_t cnt[SKV_NBITS] = {0};
+    for (uint64_t t = 0; t < T; t++)
+        cnt[width_pos(nb[t])]++;
+    uint32_t np = 0;
+    for (int w = 1; w < SKV_NBITS; w++)
+        if (cnt[w]) {
+            uint64_t mx = skv_pbkt_max_tokens(q, skv_bit_widths[w]);
+            np += (uint32_t)((cnt[w] + mx - 1) / mx);
+        }
+    ec_part *parts = np ? skv_calloc(np, sizeof *parts) : NULL;
+    skv_bucket *bk = np ? skv_calloc(np, sizeof *bk) : NULL;
+    if (np && (!parts || !bk)) {
+        free(parts);
+        free(bk);
+        return SKV_ENOMEM;
+    }
+    float xk[SKV_MAX_HEAD_DIM], xv[SKV_MAX_HEAD_DIM];
+    uint32_t pi = 0;
+    for (int w = 1; w < SKV_NBITS && rc == 0; w++) {
+        if (!cnt[w])
+            continue;
+        const uint32_t bits = skv_bit_widths[w];
+        const uint64_t mx = skv_pbkt_max_tokens(q, bits);
+        const uint64_t rb = skv_row_bytes(bits, d);
+        const uint64_t kpb = skv_par_bytes(bits, d, q->k_group, q->k_mode);
+        const uint64_t vpb = skv_par_bytes(bits, d, q->v_group, q->v_mode);
+        uint64_t n_idx = 0;
+        for (uint64_t t = 0; t < T; t++)
+            if (nb[t] == bits)
+                e->idx[n_idx++] = (uint32_t)t;
+        for (uint64_t i0 = 0, part = 0; i0 < n_idx && rc == 0; i0 += mx, part++, pi++) {
+            uint32_t n = (uint32_t)(n_idx - i0 < mx ? n_idx - i0 : mx);
+            uint64_t size = skv_pbkt_payload_bytes(q, bits, n);
+            uint8_t *m = skv_calloc(1, (size_t)size);
+            if (!m) {
+                rc = SKV_ENOMEM;
+                break;
+            }
+            parts[pi].mem = m;
+            parts[pi].size = size;
+            /* the documented PBKT layout (smartkv_pack.h) */
+            uint64_t o_idx = SKV_PBKT_HEADER_LEN;
+            uint64_t o_kp = o_idx + skv_align64(4 * (uint64_t)n);
+            uint64_t o_kd = o_kp + skv_align64(n * kpb);
+            uint64_t o_vp = o_kd + skv_align64(n * rb);
+            uint64_t o_vd = o_vp + skv_align64(n * vpb);
+            skv_put32(m, l);
+            skv_put32(m + 4, h);
+            skv_put32(m + 8, bits);
+            skv_put32(m + 12, n);
+            skv_put32(m + 16, d);
+            skv_put32(m + 20, q->k_group);
+            skv_put32(m + 24, q->v_group);
+            skv_put32(m + 28, q->k_mode);
+            skv_put32(m + 32, q->v_mode);
+            skv_put32(m + 36, (uint32_t)part);
+            for (uint32_t i = 0; i < n; i++) {
+                uint32_t t = e->idx[i0 + i];
+                skv_put32(m + o_idx + 4 * (uint64_t)i, t);
+                uint8_t *kp = m + o_kp + i * kpb, *kd = m + o_kd + i * rb;
+                uint8_t *vp = m + o_vp + i * vpb, *vd = m + o_vd + i * rb;
+                const float *sk, *sv;
+                if (t < old_alloc && H->bits[t] == bits) {
+                    const skv_bucket *ob = &H->bk[e->src_part[t]];
+                    uint32_t r = e->src_row[t];
+                    memcpy(kp, ob->k_par + (size_t)r * ob->k_par_stride, kpb);
+                    memcpy(kd, ob->k_dat + (size_t)r * ob->row_stride, rb);
+                    memcpy(vp, ob->v_par + (size_t)r * ob->v_par_stride, vpb);
+                    memcpy(vd, ob->v_dat + (size_t)r * ob->row_stride, rb);
+                    continue;
+                }
+                if (e->cfg.ideal) {
+                    sk = H->fk + (size_t)t * d;
+                    sv = H->fv + (size_t)t * d;
+                } else if (t >= old_alloc) {
+                    sk = H->tk + (size_t)(t - old_alloc) * d;
+                    sv = H->tv + (size_t)(t - old_alloc) * d;
+                } else {
+                    const skv_bucket *ob = &H->bk[e->src_part[t]];
+                    uint32_t r = e->src_row[t];
+                    skv_dequantize_row(ob->k_par + (size_t)r * ob->k_par_stride,
+                                       ob->k_dat + (size_t)r * ob->row_stride, d, ob->bits,
+                                       ob->k_group, ob->k_mode, xk);
+                    skv_dequantize_row(ob->v_par + (size_t)r * ob->v_par_stride,
+                                       ob->v_dat + (size_t)r * ob->row_stride, d, ob->bits,
+                                       ob->v_group, ob->v_mode, xv);
+                    sk = xk;
+                    sv = xv;
+                    e->st.requant_rows++;
+                }
+                if (t < old_alloc) {
+                    if (bits > H->bits[t])
+                        e->st.upgrades++;
+                    else
+                        e->st.downgrades++;
+                }
+                if ((rc = skv_quantize_row(sk, d, bits, q->k_group, q->k_mode, kp, kd)) < 0 ||
+                    (rc = skv_quantize_row(sv, d, bits, q->v_group, q->v_mode, vp, vd)) < 0) {
+                    rc = skv_error(rc, "kv cache: layer %u kv head %u token %u at %u bits: %s", l,
+                                   h, t, bits, skv_errmsg());
+                    break;
+                }
+            }
+            if (rc == 0 && (rc = skv_pbkt_decode(m, size, T, &bk[pi])) < 0)
+                rc = skv_error(rc, "kv cache: internal: layer %u kv head %u %u-bit bucket: %s",
+                               l, h, bits, skv_errmsg());
+        }
+    }
+    if (rc < 0) {
+        for (uint32_t i = 0; i < np; i++)
+            free(parts[i].mem);
+        free(parts);
+        free(bk);
+        return rc;
+    }
+    free_parts(H);
+    H->parts = parts;
+    H->bk = bk;
+    H->n_parts = np;
+    if (H->bits != nb)
+        memcpy(H->bits, nb, (size_t)T);
+    return 0;
+}
+
+/* Make every layer hold only tokens < T, with the allocation state for
+ * tokens < min(T, n_alloc) kept.  Pending rows beyond T are dropped. */
+static int cut_to(ec_cache *e, uint64_t T)
+{
+    const skv_kv_cache *c = &e->base;
+    int rc;
+    if (T < e->n_alloc) {
+        for (uint32_t l = 0; l < c->n_layers; l++)
+            for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+                ec_head *H = head_at(e, l, h);
+                if (T == 0)
+                    free_parts(H);
+                else if ((rc = rebuild_head(e, l, h, H->bits, T, e->n_alloc)) < 0)
+                    return rc;
+            }
+        e->n_alloc = T;
+    }
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        if (e->len[l] > T)
+            e->len[l] = T;
+    /* tracking state of forgotten tokens */
+    if (e->imp)
+        for (size_t r = 0; r < (size_t)c->n_layers * c->n_heads; r++)
+            memset(e->imp + r * c->capacity + T, 0, (size_t)(c->capacity - T) * sizeof(float));
+    if (T == 0 && e->ent_sum) {
+        memset(e->ent_sum, 0, (size_t)c->n_layers * c->n_heads * sizeof(double));
+        memset(e->ent_cnt, 0, (size_t)c->n_layers * c->n_heads * sizeof(uint64_t));
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- realloc */
+
+static int scratch(ec_cache *e, uint64_t T)
+{
+    if (T <= e->s_cap)
+        return 0;
+    const skv_kv_cache *c = &e->base;
+    size_t n = (size_t)c->n_layers * c->n_kv_heads * c->capacity;
+    free(e->s_imp);
+    free(e->s_err);
+    free(e->s_bits);
+    e->s_imp = skv_malloc(n * sizeof(float));
+    e->s_err = skv_malloc(n * SKV_NBITS * sizeof(float));
+    e->s_bits = skv_malloc(n);
+    if (!e->s_imp || !e->s_err || !e->s_bits) {
+        e->s_cap = 0;
+        return SKV_ENOMEM;
+    }
+    e->s_cap = c->capacity;
+    return 0;
+}
+
+int skv_ec_realloc(skv_kv_cache *cc)
+{
+    ec_cache *e = as_ec(cc);
+    if (!e)
+        return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
+    const skv_kv_cache *c = &e->base;
+    if (e->cfg.kind != SKV_EC_COMPRESS)
+        return 0;
+    uint64_t T = e->len[0];
+    for (uint32_t l = 1; l < c->n_layers; l++)
+        if (e->len[l] != T)
+            return skv_error(SKV_EINVAL, "kv cache: reallocation with layer %u at %llu positions "
+                             "and layer 0 at %llu", l, (unsigned long long)e->len[l],
+                             (unsigned long long)T);
+    if (T == e->n_alloc)
+        return 0;
+    uint64_t t_start = now_ns();
+    int rc;
+    const uint32_t L = c->n_layers, KH = c->n_kv_heads, G = e->G;
+    const skv_qcfg *q = &e->cfg.alloc.qcfg;
+    uint64_t old = e->n_alloc;
+    if ((rc = scratch(e, T)) < 0)
+        return rc;
+    /* error model of the newly allocated tokens, from their fp16 values */
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t h = 0; h < KH; h++) {
+            ec_head *H = head_at(e, l, h);
+            skv_alloc_token_errors(q, H->tk, H->tv, T - old, H->err + old * SKV_NBITS);
+            for (uint64_t t = old; t < T; t++)
+                H->bits[t] = 16;  /* pending rows are fp16 */
+        }
+    /* the problem: importance folded over the GQA group, effective errors */
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t h = 0; h < KH; h++) {
+            float *dst = e->s_imp + ((size_t)l * KH + h) * T;
+            float *de = e->s_err + ((size_t)l * KH + h) * T * SKV_NBITS;
+            const ec_head *H = head_at(e, l, h);
+            for (uint64_t t = 0; t < T; t++) {
+                double s = 0;
+                if (e->track)
+                    for (uint32_t g = 0; g < G; g++)
+                        s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + t];
+                s /= G;
+                if (e->cfg.imp_mode == SKV_IMP_NORMALIZED)
+                    s /= (double)(T - t);
+                dst[t] = isfinite(s) && s > 0 ? (float)s : 0.0f;
+                const float *er = H->err + t * SKV_NBITS;
+                float *o = de + t * SKV_NBITS;
+                uint32_t cur = width_pos(H->bits[t]);
+                for (int i = 0; i < SKV_NBITS; i++)
+                    o[i] = (!e->cfg.ideal && t < old && (uint32_t)i >= cur) ? er[cur] : er[i];
+            }
+        }
+    float *ent = NULL;
+    if (e->entropy) {
+        ent = e->s_ent;
+        for (uint32_t l = 0; l < L; l++)
+            for (uint32_t h = 0; h < KH; h++) {
+                double s = 0;
+                for (uint32_t g = 0; g < G; g++) {
+                    size_t r = (size_t)l * c->n_heads + h * G + g;
+                    s += e->ent_cnt[r] ? e->ent_sum[r] / (double)e->ent_cnt[r] : 0;
+                }
+                ent[l * KH + h] = (float)(s / G);
+            }
+    }
+    skv_alloc_problem P = {L, KH, T, e->s_imp, e->s_err, ent};
+    skv_alloc_cfg ac = e->cfg.alloc;
+    ac.seed = e->cfg.alloc.seed + e->st.n_realloc;
+    if (ac.policy == SKV_POLICY_UNIFORM)
+        ac.budget = 0;
+    skv_alloc_result res;
+    rc = skv_alloc_solve(&ac, &P, e->s_bits, &res);
+    if (rc == SKV_EINVAL && ac.policy != SKV_POLICY_UNIFORM && res.min_bytes > res.budget_bytes &&
+        res.fp16_bytes) {
+        /* few tokens yet: the framing of the buckets does not fit the budget;
+         * solve at the smallest cache these settings allow */
+        skv_error_clear();
+        ac.budget = ((double)res.min_bytes + 1.0) / (double)res.fp16_bytes;
+        rc = skv_alloc_solve(&ac, &P, e->s_bits, &res);
+        e->st.n_budget_raised++;
+    }
+    if (rc < 0)
+        return skv_error(rc, "kv cache: allocation at %llu tokens: %s", (unsigned long long)T,
+                         skv_errmsg());
+    for (uint64_t i = 0; i < (uint64_t)L * KH * T; i++)
+        if (e->s_bits[i] == 0)
+            return skv_error(SKV_EINVAL, "kv cache: eviction (width 0) is not supported online");
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t h = 0; h < KH; h++) {
+            /* rebuild_head needs the old widths of allocated tokens; pending
+             * ones were marked 16 above but live in the tail */
+            if ((rc = rebuild_head(e, l, h, e->s_bits + ((size_t)l * KH + h) * T, T, old)) < 0)
+                return rc;
+        }
+    e->n_alloc = T;
+    e->st.n_realloc++;
+    e->st.alloc_beta_sum += (double)res.bytes / (double)res.fp16_bytes;
+    e->st.realloc_ns += now_ns() - t_start;
+    return 0;
+}
+
+void skv_ec_hold(skv_kv_cache *c, int hold)
+{
+    ec_cache *e = as_ec(c);
+    if (e)
+        e->hold = hold;
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static int ec_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
+                     const float *v)
+{
+    ec_cache *e = (ec_cache *)c;
+    int rc;
+    if (layer >= c->n_layers)
+        return skv_error(SKV_EINVAL, "kv cache: layer %u out of range (%u)", layer, c->n_layers);
+    if (pos > c->capacity || n > c->capacity - pos)
+        return skv_error(SKV_ELIMIT, "kv cache: positions %llu..%llu exceed its capacity of %llu",
+                         (unsigned long long)pos, (unsigned long long)(pos + n),
+                         (unsigned long long)c->capacity);
+    if (pos != e->len[layer]) {
+        if (pos > e->len[layer])
+            return skv_error(SKV_EINVAL, "kv cache: layer %u append at position %llu, %llu held",
+                             layer, (unsigned long long)pos, (unsigned long long)e->len[layer]);
+        /* re-evaluation of forgotten positions: drop them everywhere */
+        if ((rc = cut_to(e, pos)) < 0)
+            return rc;
+    }
+    if (layer == 0 && !e->hold && e->cfg.kind == SKV_EC_COMPRESS && pos > e->n_alloc &&
+        pos - e->n_alloc >= e->cfg.realloc) {
+        if ((rc = skv_ec_realloc(c)) < 0)
+            return rc;
+    }
+    const uint32_t d = c->head_dim, row = c->n_kv_heads * d;
+    const uint64_t base = pos - e->n_alloc;
+    for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+        ec_head *H = head_at(e, layer, h);
+        if ((rc = grow_rows(&H->tk, &H->tv, &H->tail_cap, base + n, d)) < 0)
+            return rc;
+        if (e->cfg.ideal && (rc = grow_rows(&H->fk, &H->fv, &H->full_cap, pos + n, d)) < 0)
+            return rc;
+        for (uint32_t i = 0; i < n; i++) {
+            float *dk = H->tk + (base + i) * d, *dv = H->tv + (base + i) * d;
+            const float *sk = k + (size_t)i * row + (size_t)h * d;
+            const float *sv = v + (size_t)i * row + (size_t)h * d;
+            if (e->cfg.kind == SKV_EC_F32) {
+                memcpy(dk, sk, d * sizeof(float));
+                memcpy(dv, sv, d * sizeof(float));
+            } else {
+                for (uint32_t j = 0; j < d; j++) {
+                    if (!(fabsf(sk[j]) <= SKV_FP16_MAX) || !(fabsf(sv[j]) <= SKV_FP16_MAX))
+                        return skv_error(SKV_EFORMAT, "kv cache: layer %u kv head %u token %llu: "
+                                         "%s value %g is not an fp16 number", layer, h,
+                                         (unsigned long long)(pos + i),
+                                         fabsf(sk[j]) <= SKV_FP16_MAX ? "V" : "K",
+                                         (double)(fabsf(sk[j]) <= SKV_FP16_MAX ? sv[j] : sk[j]));
+                    dk[j] = skv_f16_to_f32(skv_f32_to_f16(sk[j]));
+                    dv[j] = skv_f16_to_f32(skv_f32_to_f16(sv[j]));
+                }
+            }
+            if (e->cfg.ideal) {
+                memcpy(H->fk + (pos + i) * d, dk, d * sizeof(float));
+                memcpy(H->fv + (pos + i) * d, dv, d * sizeof(float));
+            }
+        }
+    }
+    e->len[layer] = pos + n;
+    return 0;
+}
+
+static int ec_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t pos, uint32_t n,
+                     const float *q, size_t q_stride, float scale, float *out, size_t out_stride,
+                     float *probs, size_t probs_stride)
+{
+    ec_cache *e = (ec_cache *)c;
+    if (layer >= c->n_layers || head >= c->n_heads)
+        return skv_error(SKV_EINVAL, "kv cache: layer %u head %u out of range", layer, head);
+    if (pos + n > e->len[layer])
+        return skv_error(SKV_EINVAL, "kv cache: attention to position %llu beyond the %llu cached",
+                         (unsigned long long)(pos + n - 1), (unsigned long long)e->len[layer]);
+    uint64_t t0 = now_ns();
+    const ec_head *H = head_at(e, layer, head / e->G);
+    skv_att_rows R = {c->head_dim, H->n_parts, H->bk, H->tk, H->tv, e->n_alloc,
+                      e->len[layer] - e->n_alloc};
+    uint64_t ctx = pos + n;
+    int rc;
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = skv_attend_rows(e->cfg.kernel, &R, q + i * q_stride, 1, scale, pos + i,
+                                  out + i * out_stride, probs + i * probs_stride, 0, ctx)) < 0)
+            return rc;
+    uint64_t t1 = now_ns();
+    atomic_fetch_add_explicit(&e->attend_ns, t1 - t0, memory_order_relaxed);
+    if (!e->track)
+        return 0;
+    size_t r = (size_t)layer * c->n_heads + head;
+    float *I = e->imp + r * c->capacity;
+    const float g = (float)e->cfg.decay, a = 1.0f - g;
+    for (uint32_t i = 0; i < n; i++) {
+        const float *p = probs + i * probs_stride;
+        uint64_t m = pos + i + 1;
+        if (e->cfg.imp_mode == SKV_IMP_EMA)
+            for (uint64_t j = 0; j < m; j++)
+                I[j] = g * I[j] + a * p[j];
+        else
+            for (uint64_t j = 0; j < m; j++)
+                I[j] += p[j];
+        if (e->entropy) {
+            double s = 0;
+            for (uint64_t j = 0; j < m; j++)
+                if (p[j] > 0)
+                    s -= (double)p[j] * log((double)p[j]);
+            e->ent_sum[r] += s;
+            e->ent_cnt[r]++;
+        }
+    }
+    atomic_fetch_add_explicit(&e->track_ns, now_ns() - t1, memory_order_relaxed);
+    return 0;
+}
+
+static int ec_truncate(skv_kv_cache *c, uint64_t n)
+{
+    ec_cache *e = (ec_cache *)c;
+    uint64_t mx = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        mx = e->len[l] > mx ? e->len[l] : mx;
+    if (n >= mx)
+        return 0;
+    return cut_to(e, n);
+}
+
+static void ec_destroy(skv_kv_cache *c)
+{
+    ec_cache *e = (ec_cache *)c;
+    if (e->heads)
+        for (size_t i = 0; i < (size_t)c->n_layers * c->n_kv_heads; i++) {
+            ec_head *H = &e->heads[i];
+            free_parts(H);
+            free(H->bits);
+            free(H->err);
+            free(H->tk);
+            free(H->tv);
+            free(H->fk);
+            free(H->fv);
+        }
+    free(e->heads);
+    free(e->len);
+    free(e->imp);
+    free(e->ent_sum);
+    free(e->ent_cnt);
+    free(e->s_imp);
+    free(e->s_err);
+    free(e->s_ent);
+    free(e->s_bits);
+    free(e->src_part);
+    free(e->src_row);
+    free(e->idx);
+    free(e);
+}
+
+static const skv_kv_ops ec_ops = {ec_append, ec_attend, ec_truncate, ec_destroy};
+
+skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_heads,
+                         uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity)
+{
+    if (!n_layers || !n_heads || !n_kv_heads || !head_dim || head_dim > SKV_MAX_HEAD_DIM ||
+        !capacity || capacity > SKV_MAX_TOKENS || n_heads % n_kv_heads)
+        return skv_error(SKV_EINVAL, "kv cache: bad shape (layers %u, heads %u/%u, head_dim %u, "
+                         "capacity %llu)", n_layers, n_heads, n_kv_heads, head_dim,
+                         (unsigned long long)capacity), NULL;
+    if (skv_ec_cfg_check(cfg) < 0)
+        return NULL;
+    ec_cache *e = skv_calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->base.ops = &ec_ops;
+    e->base.n_layers = n_layers;
+    e->base.n_heads = n_heads;
+    e->base.n_kv_heads = n_kv_heads;
+    e->base.head_dim = head_dim;
+    e->base.capacity = capacity;
+    e->cfg = *cfg;
+    e->G = n_heads / n_kv_heads;
+    skv_qcfg *q = &e->cfg.alloc.qcfg;
+    q->head_dim = head_dim;
+    if (!q->k_group)
+        q->k_group = head_dim;
+    if (!q->v_group)
+        q->v_group = head_dim;
+    if (!q->k_mode)
+        q->k_mode = SKV_QMODE_ASYM;
+    if (!q->v_mode)
+        q->v_mode = SKV_QMODE_ASYM;
+    int compress = cfg->kind == SKV_EC_COMPRESS;
+    if (compress && skv_qcfg_check(q) < 0)
+        goto fail;
+    if (e->cfg.ideal && !compress)
+        e->cfg.ideal = 0;
+    e->track = compress && cfg->alloc.policy != SKV_POLICY_UNIFORM;
+    e->entropy = compress && cfg->alloc.policy == SKV_POLICY_LAYER_AWARE;
+    size_t nh = (size_t)n_layers * n_kv_heads, ni;
+    if (!(e->len = skv_calloc(n_layers, sizeof *e->len)) ||
+        !(e->heads = skv_calloc(nh, sizeof *e->heads)))
+        goto fail;
+    if (compress) {
+        size_t ne;
+        if (skv_mul_sizes(&ne, 3, (size_t)capacity, (size_t)SKV_NBITS, sizeof(float)) < 0) {
+            skv_error(SKV_ELIMIT, "kv cache: capacity %llu overflows", (unsigned long long)capacity);
+            goto fail;
+        }
+        for (size_t i = 0; i < nh; i++)
+            if (!(e->heads[i].bits = skv_calloc((size_t)capacity, 1)) ||
+                !(e->heads[i].err = skv_malloc(ne)))
+                goto fail;
+        if (!(e->src_part = skv_malloc((size_t)capacity * 4)) ||
+            !(e->src_row = skv_malloc((size_t)capacity * 4)) ||
+            !(e->idx = skv_malloc((size_t)capacity * 4)))
+            goto fail;
+        if (e->track) {
+            if (skv_mul_sizes(&ni, 4, (size_t)n_layers, (size_t)n_heads, (size_t)capacity,
+                              sizeof(float)) < 0) {
+                skv_error(SKV_ELIMIT, "kv cache: importance state overflows");
+                goto fail;
+            }
+            if (!(e->imp = skv_calloc(1, ni)))
+                goto fail;
+        }
+        if (e->entropy &&
+            (!(e->ent_sum = skv_calloc((size_t)n_layers * n_heads, sizeof(double))) ||
+             !(e->ent_cnt = skv_calloc((size_t)n_layers * n_heads, sizeof(uint64_t))) ||
+             !(e->s_ent = skv_calloc(nh, sizeof(float)))))
+            goto fail;
+    }
+    return &e->base;
+fail:
+    ec_destroy(&e->base);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- stats */
+
+int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
+{
+    ec_cache *e = as_ec((skv_kv_cache *)cc);
+    if (!e)
+        return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
+    const skv_kv_cache *c = &e->base;
+    const uint32_t d = c->head_dim;
+    *s = e->st;
+    s->track_ns = atomic_load(&e->track_ns);
+    s->attend_ns = atomic_load(&e->attend_ns);
+    s->n_tokens = e->len[0];
+    s->n_alloc = e->n_alloc;
+    s->fp16_bytes = skv_alloc_fp16_bytes(c->n_layers, c->n_kv_heads, s->n_tokens, d);
+    memset(s->hist, 0, sizeof s->hist);
+    s->mem_bytes = 0;
+    s->meta_bytes = 0;
+    if (e->cfg.kind != SKV_EC_COMPRESS) {
+        s->bytes = e->cfg.kind == SKV_EC_F32 ? 2 * s->fp16_bytes : s->fp16_bytes;
+        s->mem_bytes = 2 * s->fp16_bytes;
+        return 0;
+    }
+    const skv_qcfg *q = &e->cfg.alloc.qcfg;
+    uint64_t bytes = skv_alloc_pkhd_bytes(q);
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+            const ec_head *H = head_at(e, l, h);
+            uint64_t cnt[SKV_NBITS] = {0};
+            for (uint32_t p = 0; p < H->n_parts; p++) {
+                cnt[width_pos(H->bk[p].bits)] += H->bk[p].n;
+                s->mem_bytes += H->parts[p].size;
+            }
+            for (int w = 0; w < SKV_NBITS; w++)
+                s->hist[w] += cnt[w];
+            uint64_t pend = e->len[l] > e->n_alloc ? e->len[l] - e->n_alloc : 0;
+            cnt[width_pos(16)] += pend;
+            for (int w = 1; w < SKV_NBITS; w++)
+                bytes += skv_bucket_file_bytes(q, skv_bit_widths[w], cnt[w]);
+            s->mem_bytes += pend * d * 2 * sizeof(float);
+            if (e->cfg.ideal)
+                s->mem_bytes += (uint64_t)e->len[l] * d * 2 * sizeof(float);
+            /* width + error model per allocated token */
+            s->meta_bytes += e->n_alloc * (1 + SKV_NBITS * sizeof(float));
+        }
+    if (e->track)
+        s->meta_bytes += (uint64_t)c->n_layers * c->n_heads * s->n_tokens * sizeof(float);
+    s->bytes = bytes;
+    return 0;
+}
+
+void skv_ec_stats_reset(skv_kv_cache *cc)
+{
+    ec_cache *e = as_ec(cc);
+    if (!e)
+        return;
+    memset(&e->st, 0, sizeof e->st);
+    atomic_store(&e->track_ns, 0);
+    atomic_store(&e->attend_ns, 0);
+}
+
+const uint8_t *skv_ec_widths(const skv_kv_cache *cc, uint32_t layer, uint32_t kv_head)
+{
+    ec_cache *e = as_ec((skv_kv_cache *)cc);
+    if (!e || e->cfg.kind != SKV_EC_COMPRESS || layer >= cc->n_layers || kv_head >= cc->n_kv_heads)
+        return NULL;
+    return head_at(e, layer, kv_head)->bits;
+}

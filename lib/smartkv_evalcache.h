@@ -1,0 +1,144 @@
+/* smartkv_evalcache.h -- a compressed KV cache in the model's decode loop.
+ *
+ * An skv_kv_cache (smartkv_model.h) that stores K/V the way smartkv would
+ * in production, so that end-to-end quality (perplexity, KL divergence,
+ * retrieval) can be measured with the compression in the loop:
+ *
+ *   - New tokens' K and V enter "pending" at full precision: fp16 (the
+ *     values rounded to IEEE half, i.e. exactly what an fp16 cache holds;
+ *     kept as float32 in memory, counted as 16-bit rows by the byte model).
+ *   - Importance is tracked from the model's real attention as it runs (the
+ *     prefill's query rows included): per query head, for every token,
+ *       ema         I <- decay * I + (1 - decay) * a_t        (default, 0.9)
+ *       cumulative  I <- I + a_t
+ *       normalized  I = (sum_t a_t) / (number of queries that saw the token)
+ *     The query heads of one KV head are folded by their mean (as
+ *     skv_importance_layer does for a replayed trace).
+ *   - Every `realloc` tokens (R, default 16) the allocator
+ *     (skv_alloc_solve, any policy) re-assigns a width to every token held
+ *     so far under the budget beta, and each (layer, KV head) is rebuilt
+ *     as one bucket per width in the packed PBKT layout (smartkv_pack.h;
+ *     each payload is checked with skv_pbkt_decode).  A reallocation
+ *     happens when an append to layer 0 starts at a position >= R tokens
+ *     past the last one (the model appends layer 0 first), or when the
+ *     caller asks (skv_ec_realloc, e.g. right after a prefill made under
+ *     skv_ec_hold).
+ *   - Attention runs on the packed buckets plus the pending fp16 rows with
+ *     the fused kernels of skv-attend (skv_attend_rows).
+ *
+ * What a real cache can and cannot do.  No full-precision copy of an
+ * allocated token is kept: a token whose width is unchanged keeps its bytes
+ * (copied verbatim), a downgrade requantizes the stored, dequantized value,
+ * and an upgrade cannot win back the precision already lost (the stored
+ * value is requantized at the wider width: more bytes, same error).  The
+ * allocator is told so: for an allocated token currently at width c, the
+ * expected error at any width >= c is its error at c (the error model of
+ * skv_alloc_token_errors computed once, from the fp16 values, when the token
+ * is first allocated), so upgrading it gains nothing.  New tokens therefore
+ * stay at fp16 until their first allocation, and the library's protected
+ * window (alloc.recent newest tokens, alloc.sinks first tokens) keeps the
+ * most recent ones at the top width.
+ *   The "idealised" mode (ideal = 1) keeps a full-precision copy of every
+ * token, requantizes from it on every width change and gives the allocator
+ * the plain error model (upgrades restore precision).  It is not a
+ * realisable cache (it holds the fp16 cache besides the compressed one);
+ * it measures what irreversibility costs.
+ *
+ * Accounting.  bytes is the library byte model of the whole compressed
+ * cache at this moment: skv_alloc_pkhd_bytes + for every (layer, KV head,
+ * width) skv_bucket_file_bytes(tokens at that width), pending tokens counted
+ * at 16 bits; beta = bytes / fp16 K+V bytes of the same tokens.  The
+ * tracking state (importance per query head, the per-token error model and
+ * width) is reported separately as meta_bytes.
+ *
+ * Kinds.  SKV_EC_FP16 holds every token pending forever (an fp16 dense
+ * cache: the reference), SKV_EC_F32 the same without rounding (equals the
+ * model's float32 dense cache); neither tracks nor allocates.
+ *
+ * Threads: the model calls attend concurrently for different query heads
+ * of one layer; tracking state is per query head, so this is safe.  Append,
+ * truncate and reallocation are single-threaded (as the model calls them).
+ */
+#ifndef SMARTKV_EVALCACHE_H
+#define SMARTKV_EVALCACHE_H
+
+#include "smartkv_alloc.h"
+#include "smartkv_model.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum skv_ec_kind {
+    SKV_EC_COMPRESS = 0,    /* tracked, allocated, packed */
+    SKV_EC_FP16 = 1,        /* reference: fp16 rows, never compressed */
+    SKV_EC_F32 = 2,         /* reference: float32 rows, never compressed */
+};
+
+typedef struct skv_ec_cfg {
+    uint32_t kind;          /* enum skv_ec_kind */
+    skv_alloc_cfg alloc;    /* policy, budget, widths, sinks, recent, seed, qcfg
+                               (head_dim and groups 0 are filled from the model) */
+    uint32_t imp_mode;      /* SKV_IMP_EMA, SKV_IMP_CUMULATIVE or SKV_IMP_NORMALIZED */
+    double decay;           /* ema, in [0, 1) */
+    uint32_t realloc;       /* R >= 1 */
+    int ideal;              /* requantize from a full-precision copy */
+    int kernel;             /* enum skv_att_kernel (0 = auto) */
+} skv_ec_cfg;
+
+/* smartkv, budget 0.25, library allocation defaults, ema 0.9, R = 16. */
+SKV_EXPORT void skv_ec_defaults(skv_ec_cfg *c);
+/* Check a configuration (policy, importance mode, decay, R, widths). */
+SKV_EXPORT int skv_ec_cfg_check(const skv_ec_cfg *c);
+
+/* A cache for a model shape and at most `capacity` positions; free with
+ * skv_kv_cache_free.  NULL on error (message set). */
+SKV_EXPORT skv_kv_cache *skv_ec_new(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                                    uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity);
+/* 1 if c was made by skv_ec_new. */
+SKV_EXPORT int skv_ec_is(const skv_kv_cache *c);
+/* Allocate now, over every token appended so far (every layer must hold
+ * the same positions).  No-op when nothing is pending or for the reference
+ * kinds.  Returns 0 or <0. */
+SKV_EXPORT int skv_ec_realloc(skv_kv_cache *c);
+/* hold = 1: no automatic reallocation (a prefill kept at fp16, then
+ * skv_ec_realloc); 0: back to every R tokens. */
+SKV_EXPORT void skv_ec_hold(skv_kv_cache *c, int hold);
+
+typedef struct skv_ec_stats {
+    uint64_t n_tokens;      /* positions held (layer 0) */
+    uint64_t n_alloc;       /* covered by the last allocation; the rest are pending */
+    uint64_t bytes;         /* byte model of the cache now (see above) */
+    uint64_t fp16_bytes;    /* fp16 K+V bytes of n_tokens */
+    uint64_t mem_bytes;     /* K/V bytes actually held: payloads, pending rows
+                               (float32), the idealised copy */
+    uint64_t meta_bytes;    /* tracking state: importance, error model, widths */
+    uint64_t hist[SKV_NBITS];  /* allocated rows per width (skv_bit_widths order) */
+    /* counters since creation or skv_ec_stats_reset: */
+    uint64_t n_realloc;     /* reallocations */
+    double alloc_beta_sum;  /* sum over reallocations of beta right after each */
+    uint64_t n_budget_raised;  /* reallocations whose budget was below the smallest
+                                  cache the settings allow (solved at that minimum) */
+    uint64_t requant_rows;  /* token rows (K+V of one head) requantized */
+    uint64_t upgrades, downgrades;  /* width changes of allocated tokens */
+    uint64_t track_ns;      /* time in importance tracking, summed over threads */
+    uint64_t realloc_ns;    /* time in reallocation (solve + rebuild) */
+    uint64_t attend_ns;     /* time in attention, summed over threads */
+} skv_ec_stats;
+
+SKV_EXPORT int skv_ec_stats_get(const skv_kv_cache *c, skv_ec_stats *s);
+SKV_EXPORT void skv_ec_stats_reset(skv_kv_cache *c);
+
+/* The widths of the last allocation of one (layer, kv head): [n_alloc]
+ * bytes, or NULL (out of range, not an evalcache). */
+SKV_EXPORT const uint8_t *skv_ec_widths(const skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
+
+/* Short description of a configuration, e.g. "smartkv beta=0.3 ema:0.9 R=16". */
+SKV_EXPORT void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
