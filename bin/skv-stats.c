@@ -189,6 +189,7 @@ static int cmd_compare(int fmt, const char *out, int argc, char **argv)
 
 typedef struct point {
     const char *file;
+    char name[96];
     char label[SKV_ATHD_MAX_LABEL + 1];
     char policy[64];
     double beta, bytes;
@@ -245,6 +246,12 @@ static int cmd_sweep(int fmt, const char *out, int argc, char **argv)
         snprintf(pt[i].label, sizeof pt[i].label, "%s",
                  t->h.label[0] ? t->h.label : skv_att_mode_name(t->h.mode));
         label_policy(pt[i].label, pt[i].policy, sizeof pt[i].policy);
+        const char *bp = strstr(pt[i].label, "beta=");
+        double bq = bp ? atof(bp + 5) : 0;
+        if (bq > 0)
+            snprintf(pt[i].name, sizeof pt[i].name, "%s beta=%.3g", pt[i].policy, bq);
+        else
+            snprintf(pt[i].name, sizeof pt[i].name, "%s", pt[i].policy);
         skv_compare_free(&c);
         skv_attn_free(t);
     }
@@ -289,13 +296,13 @@ static int cmd_sweep(int fmt, const char *out, int argc, char **argv)
         }
     } else {
         int has_probs = n && pt[0].c.has_probs;
-        fprintf(f, "%-32s %7s %12s %10s %9s", "label", "beta", "bytes", "rel_l2", "cosine");
+        fprintf(f, "%-24s %7s %12s %10s %9s", "policy", "beta", "bytes", "rel_l2", "cosine");
         if (has_probs)
             fprintf(f, " %10s %6s %6s", "KL", "top8", "top32");
         fputs("  pareto\n", f);
         for (uint32_t i = 0; i < n; i++) {
             const point *p = &pt[i];
-            fprintf(f, "%-32.32s %7.4f %12.0f %10.3e %9.6f", p->label, p->beta, p->bytes,
+            fprintf(f, "%-24.24s %7.4f %12.0f %10.3e %9.6f", p->name, p->beta, p->bytes,
                     p->c.rel_l2, p->c.cos);
             if (has_probs && p->c.has_probs)
                 fprintf(f, " %10.3e %6.3f %6.3f", p->c.kl, p->c.top[1], p->c.top[2]);
