@@ -367,11 +367,91 @@ int main(int argc, char **argv)
     return stats_mem(fmt, out, argc, argv);
 }
 
+static const char *mem_kind_name[SKV_MEM_NKINDS] = {"payload", "scales", "indices", "headers",
+                                                      "padding", "framing"};
+
 int stats_mem(int fmt, const char *out, int argc, char **argv)
 {
-    (void)fmt;
-    (void)out;
-    (void)argc;
-    (void)argv;
-    tool_die(EXIT_DATA, "mem: not available in this build (needs the packed-cache reader)");
+    if (argc != 1)
+        tool_usage_error("mem needs one packed cache: CACHE");
+    skv_cache *c;
+    if (skv_cache_load(argv[0], &c) < 0)
+        tool_fail(tool_in_name(argv[0]));
+    skv_mem m;
+    if (skv_cache_mem(c, &m) < 0)
+        tool_fail(tool_in_name(argv[0]));
+    double f16 = (double)m.fp16_bytes, i8 = f16 / 2;
+    uint64_t rows = 0;
+    for (int w = 0; w < SKV_NBITS; w++)
+        rows += m.width_rows[w];
+    FILE *f = open_text_out(out);
+    if (fmt == FMT_JSON) {
+        fprintf(f, "{\"cache\": ");
+        jstr(f, argv[0]);
+        fprintf(f, ", \"bytes\": %llu, \"model_bytes\": %llu, \"fp16_bytes\": %llu, "
+                "\"beta_fp16\": %.6f, \"beta_int8\": %.6f,\n \"kinds\": {",
+                (unsigned long long)m.total, (unsigned long long)m.model_bytes,
+                (unsigned long long)m.fp16_bytes, m.total / f16, m.total / i8);
+        for (int k = 0; k < SKV_MEM_NKINDS; k++)
+            fprintf(f, "%s\"%s\": %llu", k ? ", " : "", mem_kind_name[k],
+                    (unsigned long long)m.kind[k]);
+        fputs("},\n \"widths\": [", f);
+        for (int w = 0; w < SKV_NBITS; w++)
+            fprintf(f, "%s{\"bits\": %u, \"rows\": %llu, \"chunks\": %llu, \"bytes\": %llu}",
+                    w ? ", " : "", skv_bit_widths[w], (unsigned long long)m.width_rows[w],
+                    (unsigned long long)m.width_chunks[w], (unsigned long long)m.width_bytes[w]);
+        fputs("],\n \"layers\": [", f);
+        for (uint32_t l = 0; l < m.n_layers; l++) {
+            fprintf(f, "%s{\"layer\": %u, \"bytes\": %llu, \"rows\": [", l ? ",\n  " : "\n  ", l,
+                    (unsigned long long)m.layer_bytes[l]);
+            for (int w = 0; w < SKV_NBITS; w++)
+                fprintf(f, "%s%llu", w ? ", " : "",
+                        (unsigned long long)m.layer_rows[(size_t)l * SKV_NBITS + w]);
+            fputs("]}", f);
+        }
+        fputs("]}\n", f);
+    } else if (fmt == FMT_TSV) {
+        fputs("section\tkey\tbytes\trows\tchunks\tshare\n", f);
+        for (int k = 0; k < SKV_MEM_NKINDS; k++)
+            fprintf(f, "kind\t%s\t%llu\t\t\t%.6f\n", mem_kind_name[k],
+                    (unsigned long long)m.kind[k], m.kind[k] / (double)m.total);
+        for (int w = 0; w < SKV_NBITS; w++)
+            fprintf(f, "width\t%u\t%llu\t%llu\t%llu\t%.6f\n", skv_bit_widths[w],
+                    (unsigned long long)m.width_bytes[w], (unsigned long long)m.width_rows[w],
+                    (unsigned long long)m.width_chunks[w], rows ? m.width_rows[w] / (double)rows : 0);
+        for (uint32_t l = 0; l < m.n_layers; l++)
+            for (int w = 0; w < SKV_NBITS; w++)
+                fprintf(f, "layer%u\t%u\t\t%llu\t\t\n", l, skv_bit_widths[w],
+                        (unsigned long long)m.layer_rows[(size_t)l * SKV_NBITS + w]);
+        fprintf(f, "total\tcache\t%llu\t\t\t%.6f\n", (unsigned long long)m.total, m.total / f16);
+    } else {
+        fprintf(f, "%s: %llu bytes (byte model %llu); fp16 K+V %llu bytes\n", tool_in_name(argv[0]),
+                (unsigned long long)m.total, (unsigned long long)m.model_bytes,
+                (unsigned long long)m.fp16_bytes);
+        fprintf(f, "achieved beta: %.4f of fp16, %.4f of int8 (int8 = fp16/2, no scales)\n",
+                m.total / f16, m.total / i8);
+        fputs("\nby kind:\n", f);
+        for (int k = 0; k < SKV_MEM_NKINDS; k++)
+            fprintf(f, "  %-8s %12llu  %5.1f%%\n", mem_kind_name[k], (unsigned long long)m.kind[k],
+                    100.0 * m.kind[k] / (double)m.total);
+        fputs("\nby width:    rows  share     chunks        bytes\n", f);
+        for (int w = 0; w < SKV_NBITS; w++)
+            fprintf(f, "  %2u-bit %10llu %5.1f%% %10llu %12llu\n", skv_bit_widths[w],
+                    (unsigned long long)m.width_rows[w], rows ? 100.0 * m.width_rows[w] / rows : 0,
+                    (unsigned long long)m.width_chunks[w], (unsigned long long)m.width_bytes[w]);
+        fputs("\nbit histogram per layer (% of rows at 0/2/3/4/8/16 bits):\n", f);
+        for (uint32_t l = 0; l < m.n_layers; l++) {
+            uint64_t lr = 0;
+            for (int w = 0; w < SKV_NBITS; w++)
+                lr += m.layer_rows[(size_t)l * SKV_NBITS + w];
+            fprintf(f, "  layer %3u:", l);
+            for (int w = 0; w < SKV_NBITS; w++)
+                fprintf(f, " %5.1f", lr ? 100.0 * m.layer_rows[(size_t)l * SKV_NBITS + w] / lr : 0);
+            fprintf(f, "   %llu bytes\n", (unsigned long long)m.layer_bytes[l]);
+        }
+    }
+    close_text_out(f, out);
+    skv_mem_free(&m);
+    skv_cache_free(c);
+    return 0;
 }
