@@ -189,6 +189,7 @@ static int cmd_compare(int fmt, const char *out, int argc, char **argv)
 
 typedef struct point {
     const char *file;
+    char name[96];
     char label[SKV_ATHD_MAX_LABEL + 1];
     char policy[64];
     double beta, bytes;
@@ -245,6 +246,12 @@ static int cmd_sweep(int fmt, const char *out, int argc, char **argv)
         snprintf(pt[i].label, sizeof pt[i].label, "%s",
                  t->h.label[0] ? t->h.label : skv_att_mode_name(t->h.mode));
         label_policy(pt[i].label, pt[i].policy, sizeof pt[i].policy);
+        const char *bp = strstr(pt[i].label, "beta=");
+        double bq = bp ? atof(bp + 5) : 0;
+        if (bq > 0)
+            snprintf(pt[i].name, sizeof pt[i].name, "%s beta=%.3g", pt[i].policy, bq);
+        else
+            snprintf(pt[i].name, sizeof pt[i].name, "%s", pt[i].policy);
         skv_compare_free(&c);
         skv_attn_free(t);
     }
@@ -289,13 +296,13 @@ static int cmd_sweep(int fmt, const char *out, int argc, char **argv)
         }
     } else {
         int has_probs = n && pt[0].c.has_probs;
-        fprintf(f, "%-32s %7s %12s %10s %9s", "label", "beta", "bytes", "rel_l2", "cosine");
+        fprintf(f, "%-24s %7s %12s %10s %9s", "policy", "beta", "bytes", "rel_l2", "cosine");
         if (has_probs)
             fprintf(f, " %10s %6s %6s", "KL", "top8", "top32");
         fputs("  pareto\n", f);
         for (uint32_t i = 0; i < n; i++) {
             const point *p = &pt[i];
-            fprintf(f, "%-32.32s %7.4f %12.0f %10.3e %9.6f", p->label, p->beta, p->bytes,
+            fprintf(f, "%-24.24s %7.4f %12.0f %10.3e %9.6f", p->name, p->beta, p->bytes,
                     p->c.rel_l2, p->c.cos);
             if (has_probs && p->c.has_probs)
                 fprintf(f, " %10.3e %6.3f %6.3f", p->c.kl, p->c.top[1], p->c.top[2]);
@@ -360,11 +367,91 @@ int main(int argc, char **argv)
     return stats_mem(fmt, out, argc, argv);
 }
 
+static const char *mem_kind_name[SKV_MEM_NKINDS] = {"payload", "scales", "indices", "headers",
+                                                      "padding", "framing"};
+
 int stats_mem(int fmt, const char *out, int argc, char **argv)
 {
-    (void)fmt;
-    (void)out;
-    (void)argc;
-    (void)argv;
-    tool_die(EXIT_DATA, "mem: not available in this build (needs the packed-cache reader)");
+    if (argc != 1)
+        tool_usage_error("mem needs one packed cache: CACHE");
+    skv_cache *c;
+    if (skv_cache_load(argv[0], &c) < 0)
+        tool_fail(tool_in_name(argv[0]));
+    skv_mem m;
+    if (skv_cache_mem(c, &m) < 0)
+        tool_fail(tool_in_name(argv[0]));
+    double f16 = (double)m.fp16_bytes, i8 = f16 / 2;
+    uint64_t rows = 0;
+    for (int w = 0; w < SKV_NBITS; w++)
+        rows += m.width_rows[w];
+    FILE *f = open_text_out(out);
+    if (fmt == FMT_JSON) {
+        fprintf(f, "{\"cache\": ");
+        jstr(f, argv[0]);
+        fprintf(f, ", \"bytes\": %llu, \"model_bytes\": %llu, \"fp16_bytes\": %llu, "
+                "\"beta_fp16\": %.6f, \"beta_int8\": %.6f,\n \"kinds\": {",
+                (unsigned long long)m.total, (unsigned long long)m.model_bytes,
+                (unsigned long long)m.fp16_bytes, m.total / f16, m.total / i8);
+        for (int k = 0; k < SKV_MEM_NKINDS; k++)
+            fprintf(f, "%s\"%s\": %llu", k ? ", " : "", mem_kind_name[k],
+                    (unsigned long long)m.kind[k]);
+        fputs("},\n \"widths\": [", f);
+        for (int w = 0; w < SKV_NBITS; w++)
+            fprintf(f, "%s{\"bits\": %u, \"rows\": %llu, \"chunks\": %llu, \"bytes\": %llu}",
+                    w ? ", " : "", skv_bit_widths[w], (unsigned long long)m.width_rows[w],
+                    (unsigned long long)m.width_chunks[w], (unsigned long long)m.width_bytes[w]);
+        fputs("],\n \"layers\": [", f);
+        for (uint32_t l = 0; l < m.n_layers; l++) {
+            fprintf(f, "%s{\"layer\": %u, \"bytes\": %llu, \"rows\": [", l ? ",\n  " : "\n  ", l,
+                    (unsigned long long)m.layer_bytes[l]);
+            for (int w = 0; w < SKV_NBITS; w++)
+                fprintf(f, "%s%llu", w ? ", " : "",
+                        (unsigned long long)m.layer_rows[(size_t)l * SKV_NBITS + w]);
+            fputs("]}", f);
+        }
+        fputs("]}\n", f);
+    } else if (fmt == FMT_TSV) {
+        fputs("section\tkey\tbytes\trows\tchunks\tshare\n", f);
+        for (int k = 0; k < SKV_MEM_NKINDS; k++)
+            fprintf(f, "kind\t%s\t%llu\t\t\t%.6f\n", mem_kind_name[k],
+                    (unsigned long long)m.kind[k], m.kind[k] / (double)m.total);
+        for (int w = 0; w < SKV_NBITS; w++)
+            fprintf(f, "width\t%u\t%llu\t%llu\t%llu\t%.6f\n", skv_bit_widths[w],
+                    (unsigned long long)m.width_bytes[w], (unsigned long long)m.width_rows[w],
+                    (unsigned long long)m.width_chunks[w], rows ? m.width_rows[w] / (double)rows : 0);
+        for (uint32_t l = 0; l < m.n_layers; l++)
+            for (int w = 0; w < SKV_NBITS; w++)
+                fprintf(f, "layer%u\t%u\t\t%llu\t\t\n", l, skv_bit_widths[w],
+                        (unsigned long long)m.layer_rows[(size_t)l * SKV_NBITS + w]);
+        fprintf(f, "total\tcache\t%llu\t\t\t%.6f\n", (unsigned long long)m.total, m.total / f16);
+    } else {
+        fprintf(f, "%s: %llu bytes (byte model %llu); fp16 K+V %llu bytes\n", tool_in_name(argv[0]),
+                (unsigned long long)m.total, (unsigned long long)m.model_bytes,
+                (unsigned long long)m.fp16_bytes);
+        fprintf(f, "achieved beta: %.4f of fp16, %.4f of int8 (int8 = fp16/2, no scales)\n",
+                m.total / f16, m.total / i8);
+        fputs("\nby kind:\n", f);
+        for (int k = 0; k < SKV_MEM_NKINDS; k++)
+            fprintf(f, "  %-8s %12llu  %5.1f%%\n", mem_kind_name[k], (unsigned long long)m.kind[k],
+                    100.0 * m.kind[k] / (double)m.total);
+        fputs("\nby width:    rows  share     chunks        bytes\n", f);
+        for (int w = 0; w < SKV_NBITS; w++)
+            fprintf(f, "  %2u-bit %10llu %5.1f%% %10llu %12llu\n", skv_bit_widths[w],
+                    (unsigned long long)m.width_rows[w], rows ? 100.0 * m.width_rows[w] / rows : 0,
+                    (unsigned long long)m.width_chunks[w], (unsigned long long)m.width_bytes[w]);
+        fputs("\nbit histogram per layer (% of rows at 0/2/3/4/8/16 bits):\n", f);
+        for (uint32_t l = 0; l < m.n_layers; l++) {
+            uint64_t lr = 0;
+            for (int w = 0; w < SKV_NBITS; w++)
+                lr += m.layer_rows[(size_t)l * SKV_NBITS + w];
+            fprintf(f, "  layer %3u:", l);
+            for (int w = 0; w < SKV_NBITS; w++)
+                fprintf(f, " %5.1f", lr ? 100.0 * m.layer_rows[(size_t)l * SKV_NBITS + w] / lr : 0);
+            fprintf(f, "   %llu bytes\n", (unsigned long long)m.layer_bytes[l]);
+        }
+    }
+    close_text_out(f, out);
+    skv_mem_free(&m);
+    skv_cache_free(c);
+    return 0;
 }

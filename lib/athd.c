@@ -375,6 +375,11 @@ int skv_attn_load(const char *path, skv_attn **res)
             }
             continue;
         }
+        if (skv_chunk_is(&c, SKV_T_TRHD)) {
+            rc = skv_error(SKV_EFORMAT, "this is a trace or packed cache, not an attention "
+                           "output (no ATHD header; make one with skv-attend)");
+            break;
+        }
         if (skv_chunk_is_critical(c.type)) {
             rc = skv_error(SKV_EUNSUP, "unknown critical chunk %s at byte %llu in an "
                            "attention-output stream", c.type, (unsigned long long)c.offset);

@@ -1,6 +1,7 @@
 /* stats.c -- fidelity metrics of attention outputs and the Pareto front. */
 #include "smartkv_stats.h"
 #include "smartkv_error.h"
+#include "smartkv_cache.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -155,4 +156,67 @@ int skv_pareto(const double *bytes, const double *err, uint32_t n, uint8_t *on)
                 on[i] = 0;
     }
     return 0;
+}
+
+int skv_cache_mem(const skv_cache *c, skv_mem *m)
+{
+    memset(m, 0, sizeof *m);
+    uint32_t L = c->pk.n_layers, H = c->pk.n_kv_heads;
+    m->n_layers = L;
+    m->layer_rows = skv_calloc((size_t)L * SKV_NBITS, sizeof *m->layer_rows);
+    m->layer_bytes = skv_calloc(L ? L : 1, sizeof *m->layer_bytes);
+    if (!m->layer_rows || !m->layer_bytes) {
+        skv_mem_free(m);
+        return SKV_ENOMEM;
+    }
+    m->model_bytes = c->pk.cache_bytes;
+    m->fp16_bytes = c->pk.fp16_bytes;
+    uint64_t pk = skv_pkhd_file_bytes();
+    m->kind[SKV_MEM_FRAMING] += SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
+    m->kind[SKV_MEM_HEADERS] += pk - SKV_CHUNK_HEADER_LEN - SKV_CHUNK_CRC_LEN;
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t h = 0; h < H; h++) {
+            const skv_cache_head *ch = skv_cache_head_at(c, l, h);
+            for (uint64_t t = 0; t < c->pk.n_tokens; t++) {
+                int w = 0;
+                while (w < SKV_NBITS && skv_bit_widths[w] != ch->bits[t])
+                    w++;
+                if (w == SKV_NBITS)
+                    return skv_error(SKV_EFORMAT, "layer %u kv head %u token %llu: width %u",
+                                     l, h, (unsigned long long)t, ch->bits[t]);
+                m->layer_rows[(size_t)l * SKV_NBITS + w]++;
+                m->width_rows[w]++;
+            }
+            for (uint32_t b = 0; b < ch->n_buckets; b++) {
+                const skv_bucket *B = &ch->buckets[b];
+                int w = 0;
+                while (w < SKV_NBITS && skv_bit_widths[w] != B->bits)
+                    w++;
+                uint64_t n = B->n, pay = 2 * n * B->row_stride, par = n * ((uint64_t)B->k_par_stride + B->v_par_stride);
+                uint64_t idx = 4 * n, frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
+                uint64_t pad = B->payload_bytes - SKV_PBKT_HEADER_LEN - pay - par - idx;
+                m->kind[SKV_MEM_PAYLOAD] += pay;
+                m->kind[SKV_MEM_SCALES] += par;
+                m->kind[SKV_MEM_INDICES] += idx;
+                m->kind[SKV_MEM_HEADERS] += SKV_PBKT_HEADER_LEN;
+                m->kind[SKV_MEM_PADDING] += pad;
+                m->kind[SKV_MEM_FRAMING] += frame;
+                uint64_t fb = B->payload_bytes + frame;
+                if (w < SKV_NBITS) {
+                    m->width_bytes[w] += fb;
+                    m->width_chunks[w]++;
+                }
+                m->layer_bytes[l] += fb;
+            }
+        }
+    for (int k = 0; k < SKV_MEM_NKINDS; k++)
+        m->total += m->kind[k];
+    return 0;
+}
+
+void skv_mem_free(skv_mem *m)
+{
+    free(m->layer_rows);
+    free(m->layer_bytes);
+    m->layer_rows = m->layer_bytes = NULL;
 }
