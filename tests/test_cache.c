@@ -146,6 +146,9 @@ static uint64_t model_bytes(const skv_cache_plan *p)
 
 /* ---- allocation chunks as skv-alloc writes them (the agreed layout) ---- */
 
+/* bit b set: width b allowed */
+#define MASK_ALL ((1u << 0) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) | (1u << 16))
+
 static void add_raw(skv_chunk_list *l, const char *type, const uint8_t *data, uint64_t n)
 {
     skv_chunk c;
@@ -369,7 +372,7 @@ START_TEST(test_roundtrip)
         memset(p.bits + 45 * 4, 0, 45);
         ck_assert_int_eq(skv_cache_plan_bytes(&p, &p.alloc_bytes), 0);
         skv_chunk_list pass = {0};
-        add_alloc_chunks(&pass, &p, p.alloc_bytes, 0x3f, "policy=test");
+        add_alloc_chunks(&pass, &p, p.alloc_bytes, MASK_ALL, "policy=test");
         skv_chunk anc = {.type = "note", .raw_size = 3, .size = 3, .data = (const uint8_t *)"abc"};
         ck_assert_int_eq(skv_chunk_list_add(&pass, &anc), 0);
         unsigned flags = variant == 2 ? SKV_CACHE_DROP_QUERIES : 0;
@@ -438,7 +441,7 @@ START_TEST(test_plan_errors)
     ck_assert_int_eq(skv_cache_plan_from_chunks(&p2, &t->hdr, &l), SKV_EFORMAT);
     expect(strstr(skv_errmsg(), "no allocation"));
     /* a good one */
-    add_alloc_chunks(&l, &p, bytes, 0x3f, "x");
+    add_alloc_chunks(&l, &p, bytes, MASK_ALL, "x");
     ck_assert_int_eq(skv_cache_plan_from_chunks(&p2, &t->hdr, &l), 0);
     expect(p2.from_alloc && p2.alloc_bytes == bytes);
     skv_cache_plan_free(&p2);
@@ -454,25 +457,25 @@ START_TEST(test_plan_errors)
     expect(strstr(skv_errmsg(), "no ALOC chunk for layer 1 kv head 1"));
     skv_chunk_list_free(&l);
     /* a width not in the allowed mask (mask without 4-bit) */
-    add_alloc_chunks(&l, &p, bytes, 0x3f & ~(1u << 3), "x");
+    add_alloc_chunks(&l, &p, bytes, MASK_ALL & ~(1u << 4), "x");
     ck_assert_int_eq(skv_cache_plan_from_chunks(&p2, &t->hdr, &l), SKV_EFORMAT);
     expect(strstr(skv_errmsg(), "allowed"));
     skv_chunk_list_free(&l);
     /* a width that does not exist */
     p.bits[5] = 5;
-    add_alloc_chunks(&l, &p, bytes, 0x3f, "x");
+    add_alloc_chunks(&l, &p, bytes, MASK_ALL, "x");
     ck_assert_int_eq(skv_cache_plan_from_chunks(&p2, &t->hdr, &l), SKV_EFORMAT);
     expect(strstr(skv_errmsg(), "width 5"));
     skv_chunk_list_free(&l);
     p.bits[5] = 2;
     ck_assert_int_eq(skv_cache_plan_bytes(&p, &bytes), 0);
     /* two ALHD */
-    add_alloc_chunks(&l, &p, bytes, 0x3f, "x");
-    add_alloc_chunks(&l, &p, bytes, 0x3f, "x");
+    add_alloc_chunks(&l, &p, bytes, MASK_ALL, "x");
+    add_alloc_chunks(&l, &p, bytes, MASK_ALL, "x");
     ck_assert_int_eq(skv_cache_plan_from_chunks(&p2, &t->hdr, &l), SKV_EFORMAT);
     skv_chunk_list_free(&l);
     /* predicted bytes disagree with the byte model: the writer refuses */
-    add_alloc_chunks(&l, &p, bytes + 1, 0x3f, "x");
+    add_alloc_chunks(&l, &p, bytes + 1, MASK_ALL, "x");
     ck_assert_int_eq(skv_cache_plan_from_chunks(&p2, &t->hdr, &l), 0);
     skv_stream *s = skv_open_write(tmpfile_name("bad.skv"), -1);
     ck_assert_int_eq(skv_cache_write(s, t, &p2, &l, 0, NULL), SKV_EFORMAT);

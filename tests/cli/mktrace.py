@@ -95,7 +95,7 @@ def trace(a):
                     predicted += bucket_file_bytes(w, bits.count(w), *cfg)
         predicted += a.predict_offset
         text = b"policy=mktrace"
-        mask = 0x3F
+        mask = sum(1 << w for w in (0, 2, 3, 4, 8, 16))  # bit w: width w allowed
         alhd = struct.pack("<dIIQIIIIIIIIQH", 0.25, a.layers, a.kv_heads, n_tok, mask, 0,
                            a.dim, a.dim, a.dim, 1, 1, 0, predicted, len(text)) + text
         out.append(chunk("ALHD", alhd))
