@@ -13,5 +13,8 @@
 #include "smartkv_npy.h"
 #include "smartkv_quant.h"
 #include "smartkv_cache.h"
+#include "smartkv_gguf.h"
+#include "smartkv_tokenizer.h"
+#include "smartkv_model.h"
 
 #endif
