@@ -193,7 +193,10 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
     p->q.k_mode = skv_get32(b + 44);
     p->q.v_mode = skv_get32(b + 48);
     p->alloc_bytes = skv_get64(b + 56);
-    if (p->alloc_mask & ~((1u << SKV_NBITS) - 1))
+    uint32_t all = 0;
+    for (int i = 0; i < SKV_NBITS; i++)
+        all |= 1u << skv_bit_widths[i];
+    if (p->alloc_mask & ~all)
         return skv_error(SKV_EFORMAT, "ALHD chunk: unknown widths in mask 0x%x", p->alloc_mask);
     if (skv_qcfg_check(&p->q) < 0)
         return skv_error(SKV_EFORMAT, "ALHD chunk: %s", skv_errmsg());
@@ -266,7 +269,7 @@ int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
         uint8_t *dst = p->bits + hi * h->n_tokens;
         for (uint64_t t = 0; t < n; t++) {
             int wi = width_index(b[16 + t]);
-            if (wi < 0 || !(p->alloc_mask & (1u << wi))) {
+            if (wi < 0 || !(p->alloc_mask & (1u << b[16 + t]))) {
                 rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: token %llu "
                                "has width %u, %s", l, kh, (unsigned long long)t, b[16 + t],
                                wi < 0 ? "not one of 0, 2, 3, 4, 8, 16"

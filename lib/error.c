@@ -35,13 +35,13 @@ const char *skv_errmsg(void)
 
 int skv_error(int code, const char *fmt, ...)
 {
-    /* format into a copy first: callers may pass skv_errmsg() as an argument */
+    /* format aside first: callers may pass skv_errmsg() as an argument */
     char tmp[sizeof errbuf];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    memcpy(errbuf, tmp, sizeof tmp);
+    memcpy(errbuf, tmp, sizeof errbuf);
     return code;
 }
 

@@ -25,23 +25,33 @@
 #define BLOCK_DEFAULT 64u   /* tokens per prefill block */
 #define ROWS_PER_TASK 16u   /* output rows per matmul task */
 
-/* ---------------- thread pool ---------------- */
+/* ---------------- thread pool ----------------
+ *
+ * The work of one parallel step is published as a single 64-bit word:
+ * generation (16 bits) | task count (24) | next task (24).  Threads claim
+ * tasks with compare-and-swap on that word, so a claim is always for the
+ * current step, and the caller waits for the *tasks* to finish, never for
+ * every worker to check in: on a busy machine a worker that is not
+ * scheduled simply takes no part, instead of stalling the step. */
 
 typedef void (*task_fn)(void *ctx, uint32_t task, int thread);
+
+#define W_GEN(v) ((v) >> 48)
+#define W_N(v) ((uint32_t)((v) >> 24) & 0xffffffu)
+#define W_NEXT(v) ((uint32_t)(v) & 0xffffffu)
+#define W_MAX_TASKS 0xffffffu
 
 typedef struct pool {
     int n;                      /* threads including the caller */
     pthread_t th[SKV_MODEL_MAX_THREADS];
     int started;
     pthread_mutex_t mu;
-    pthread_cond_t cv;          /* workers wait here for a new generation */
-    pthread_cond_t cv_done;     /* the caller waits here for the last worker */
+    pthread_cond_t cv;          /* workers sleep here when there is no work */
+    pthread_cond_t cv_done;     /* the caller sleeps here for the last task */
     task_fn fn;
     void *ctx;
-    uint32_t n_tasks;
-    atomic_uint next;
-    atomic_int done;
-    atomic_uint gen;
+    _Atomic uint64_t work;
+    atomic_uint done;           /* tasks finished in the current step */
     atomic_int stop;
 } pool;
 
@@ -50,14 +60,36 @@ typedef struct worker_arg {
     int tid;
 } worker_arg;
 
+static int pool_claim(pool *p, uint32_t *task, uint32_t *n)
+{
+    uint64_t v = atomic_load(&p->work);
+    while (W_NEXT(v) < W_N(v)) {
+        if (atomic_compare_exchange_weak(&p->work, &v, v + 1)) {
+            *task = W_NEXT(v);
+            *n = W_N(v);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void pool_work(pool *p, int tid)
 {
-    for (;;) {
-        uint32_t t = atomic_fetch_add(&p->next, 1);
-        if (t >= p->n_tasks)
-            break;
+    uint32_t t, n;
+    while (pool_claim(p, &t, &n)) {
         p->fn(p->ctx, t, tid);
+        if (atomic_fetch_add(&p->done, 1) + 1 == n) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
+}
+
+static int pool_has_work(pool *p)
+{
+    uint64_t v = atomic_load(&p->work);
+    return W_NEXT(v) < W_N(v);
 }
 
 static void *pool_main(void *arg)
@@ -66,29 +98,20 @@ static void *pool_main(void *arg)
     pool *p = wa->p;
     int tid = wa->tid;
     free(wa);
-    unsigned seen = 0;   /* gen is 0 when the pool starts, whenever this thread runs */
     for (;;) {
-        unsigned g;
-        int spins = 0;
-        while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop)) {
-            if (++spins < 4096) {
+        pool_work(p, tid);
+        for (int spins = 0; !pool_has_work(p) && !atomic_load(&p->stop); spins++) {
+            if (spins < 4096) {
                 CPU_RELAX();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
-            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
+            while (!pool_has_work(p) && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->stop))
             return NULL;
-        seen = g;
-        pool_work(p, tid);
-        if (atomic_fetch_add(&p->done, 1) + 1 == p->n - 1) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->cv_done);
-            pthread_mutex_unlock(&p->mu);
-        }
     }
 }
 
@@ -130,30 +153,28 @@ static void pool_destroy(pool *p)
 
 static void pool_run(pool *p, task_fn fn, void *ctx, uint32_t n_tasks)
 {
-    if (p->n <= 1 || n_tasks <= 1) {
+    if (p->n <= 1 || n_tasks <= 1 || n_tasks > W_MAX_TASKS) {
         for (uint32_t t = 0; t < n_tasks; t++)
             fn(ctx, t, 0);
         return;
     }
     p->fn = fn;
     p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store(&p->next, 0);
     atomic_store(&p->done, 0);
+    uint64_t gen = (W_GEN(atomic_load(&p->work)) + 1) & 0xffffu;
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add(&p->gen, 1);
+    atomic_store(&p->work, gen << 48 | (uint64_t)n_tasks << 24);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     pool_work(p, 0);
-    /* Spin briefly (the workers are usually about to finish), then sleep:
-     * on a busy machine a descheduled worker must not cost a spinning core. */
-    for (int spins = 0; atomic_load(&p->done) < p->n - 1; spins++) {
+    /* Spin briefly (the other tasks are usually about to finish), then sleep. */
+    for (int spins = 0; atomic_load(&p->done) < n_tasks; spins++) {
         if (spins < 4096) {
             CPU_RELAX();
             continue;
         }
         pthread_mutex_lock(&p->mu);
-        while (atomic_load(&p->done) < p->n - 1)
+        while (atomic_load(&p->done) < n_tasks)
             pthread_cond_wait(&p->cv_done, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }

@@ -14,6 +14,9 @@ uint64_t skv_pbkt_max_tokens(const skv_qcfg *c, uint32_t bits)
     uint64_t n = (SKV_CHUNK_MAX - SKV_PBKT_HEADER_LEN - 5 * SKV_ALIGN) / per;
     while (n > 1 && skv_pbkt_payload_bytes(c, bits, n) > SKV_CHUNK_MAX)
         n--;
+    /* the estimate may be low by a few tokens: take the most that fit */
+    while (skv_pbkt_payload_bytes(c, bits, n + 1) <= SKV_CHUNK_MAX)
+        n++;
     return n;
 }
 

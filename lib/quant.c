@@ -15,20 +15,23 @@
 
 #define ROUND_MAGIC 0x1.8p23f  /* (t + M) - M rounds |t| < 2^22 to nearest even */
 
+/* Identical to the definition on the alloc branch (lib/alloc.c): when both
+ * branches are merged, keep exactly one of the two. */
 int skv_qcfg_check(const skv_qcfg *c)
 {
     if (c->head_dim == 0 || c->head_dim > SKV_MAX_HEAD_DIM)
-        return skv_error(SKV_EINVAL, "head_dim %u outside 1..%u", c->head_dim, SKV_MAX_HEAD_DIM);
+        return skv_error(SKV_EINVAL, "head_dim %u outside 1..%u", c->head_dim,
+                         SKV_MAX_HEAD_DIM);
     if (c->k_group == 0 || c->head_dim % c->k_group)
-        return skv_error(SKV_EINVAL, "K group size %u does not divide head_dim %u", c->k_group,
+        return skv_error(SKV_EINVAL, "key group %u does not divide head_dim %u", c->k_group,
                          c->head_dim);
     if (c->v_group == 0 || c->head_dim % c->v_group)
-        return skv_error(SKV_EINVAL, "V group size %u does not divide head_dim %u", c->v_group,
+        return skv_error(SKV_EINVAL, "value group %u does not divide head_dim %u", c->v_group,
                          c->head_dim);
-    if (c->k_mode != SKV_QMODE_ASYM && c->k_mode != SKV_QMODE_SYM)
-        return skv_error(SKV_EINVAL, "unknown K quantization mode %u (modes: 1 asym, 2 sym)", c->k_mode);
-    if (c->v_mode != SKV_QMODE_ASYM && c->v_mode != SKV_QMODE_SYM)
-        return skv_error(SKV_EINVAL, "unknown V quantization mode %u (modes: 1 asym, 2 sym)", c->v_mode);
+    if ((c->k_mode != SKV_QMODE_ASYM && c->k_mode != SKV_QMODE_SYM) ||
+        (c->v_mode != SKV_QMODE_ASYM && c->v_mode != SKV_QMODE_SYM))
+        return skv_error(SKV_EINVAL, "quantizer modes %u/%u: expected 1 (asym) or 2 (sym)",
+                         c->k_mode, c->v_mode);
     return 0;
 }
 

@@ -116,7 +116,7 @@ typedef struct skv_cache_plan {
     int from_alloc;         /* 1 when read from ALHD/ALOC chunks */
     double alloc_beta;      /* ALHD: budget requested */
     uint64_t alloc_bytes;   /* ALHD: cache bytes predicted by the allocator */
-    uint32_t alloc_mask;    /* ALHD: allowed widths (bit i: skv_bit_widths[i]) */
+    uint32_t alloc_mask;    /* ALHD: allowed widths (bit b set: width b allowed) */
     char alloc_text[1024];  /* ALHD: "policy=... " description */
 } skv_cache_plan;
 
