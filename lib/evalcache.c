@@ -770,8 +770,10 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
             s->mem_bytes += pend * d * 2 * sizeof(float);
             if (e->cfg.ideal)
                 s->mem_bytes += (uint64_t)e->len[l] * d * 2 * sizeof(float);
-            /* width + error model per allocated token */
-            s->meta_bytes += e->n_alloc * (1 + SKV_NBITS * sizeof(float));
+            /* width + error model per allocated token (the allocator's input;
+             * uniform needs neither) */
+            if (e->track)
+                s->meta_bytes += e->n_alloc * (1 + SKV_NBITS * sizeof(float));
         }
     if (e->track)
         s->meta_bytes += (uint64_t)c->n_layers * c->n_heads * s->n_tokens * sizeof(float);
