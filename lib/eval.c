@@ -132,7 +132,7 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
             else
                 c1 = c0 + B < len ? c0 + B : len;
             uint32_t nc = (uint32_t)(c1 - c0);
-            int want = b + c1 >= from + 1;  /* some target b+i+1 >= from, i < c1 */
+            int want = b + c1 >= from;  /* some target b+i+1 >= from with i < c1 */
             int mode = want ? SKV_LOGITS_ALL : SKV_LOGITS_NONE;
             double t0 = now_s();
             if (pre)

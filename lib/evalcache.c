@@ -126,11 +126,26 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(imp, sizeof imp, "ema:%g", c->decay);
     else
         snprintf(imp, sizeof imp, "%s", skv_imp_mode_name(c->imp_mode));
+    char extra[96] = "";
+    size_t w = 0;
+    if (a->policy != SKV_POLICY_UNIFORM && a->width_mask != SKV_WIDTH_MASK_DEFAULT) {
+        char wl[32];
+        skv_width_mask_format(a->width_mask, wl, sizeof wl);
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " bits=%s", wl);
+    }
+    if (a->qcfg.k_group && w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " group=%u", a->qcfg.k_group);
+    if (a->policy != SKV_POLICY_UNIFORM && (a->sinks != 4 || a->recent != 32) && w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " sinks=%u recent=%u", a->sinks,
+                              a->recent);
+    if (c->ideal && w < sizeof extra)
+        snprintf(extra + w, sizeof extra - w, " ideal");
     if (a->policy == SKV_POLICY_UNIFORM)
-        snprintf(buf, n, "%s R=%u%s", pol, c->realloc, c->ideal ? " ideal" : "");
+        snprintf(buf, n, "%s R=%u%s", pol, c->realloc, extra);
+    else if (a->policy == SKV_POLICY_POSITION)
+        snprintf(buf, n, "%s beta=%g R=%u%s", pol, a->budget, c->realloc, extra);
     else
-        snprintf(buf, n, "%s beta=%g %s R=%u%s", pol, a->budget, imp, c->realloc,
-                 c->ideal ? " ideal" : "");
+        snprintf(buf, n, "%s beta=%g %s R=%u%s", pol, a->budget, imp, c->realloc, extra);
 }
 
 /* ---------------------------------------------------------------- helpers */
