@@ -1,0 +1,82 @@
+"""Render skv-eval sweep rows (scripts/eval-results) as markdown tables and
+check the method's claims.  Standard library only."""
+import csv
+import sys
+
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+by = {r["label"]: r for r in rows}
+
+
+def f(r, k):
+    return float(r[k])
+
+
+def line(r, name=None):
+    return "| %s | %.3f | %.3f | %.3f | %+.3f | %.4g | %.3f |" % (
+        name or r["label"], f(r, "beta"), f(r, "beta_alloc"), f(r, "ppl"), f(r, "dppl"),
+        f(r, "kl"), f(r, "top1"))
+
+
+HEAD = ("| cache | beta (mean) | beta (after realloc) | PPL | dPPL | KL (nats/token) | top-1 |\n"
+        "|---|---|---|---|---|---|---|")
+
+
+def table(title, labels):
+    present = [l for l in labels if l in by]
+    if not present:
+        return
+    print("\n### " + title + "\n")
+    print(HEAD)
+    for l in present:
+        print(line(by[l]))
+
+
+B = ["0.25", "0.3", "0.4", "0.5"]
+W = " bits=4,8,16"
+table("Uniform widths and the fp16 reference",
+      ["fp16", "uniform:8 R=16", "uniform:4 R=16", "uniform:2 R=16"])
+table("smartkv vs random, default widths 2,3,4,8,16",
+      [f"{p} beta={b} ema:0.9 R=16" for b in B for p in ("smartkv", "random")])
+table("smartkv vs random, widths 4,8,16",
+      [f"{p} beta={b} ema:0.9 R=16{W}" for b in B for p in ("smartkv", "random")])
+table("Importance ablations (smartkv, widths 4,8,16, beta 0.4)",
+      [f"smartkv beta=0.4 ema:{d} R=16{W}" for d in ("0.85", "0.9", "0.95")] +
+      [f"smartkv beta=0.4 ema:0.9 R={r}{W}" for r in ("8", "32", "64")] +
+      [f"smartkv beta=0.4 normalized R=16{W}"])
+table("Real cache vs idealised (requantize from full precision)",
+      [f"smartkv beta={b} ema:0.9 R=16{W}{s}" for b in ("0.3", "0.5") for s in ("", " ideal")])
+
+print("\n### Claims\n")
+
+
+def claim(text, ok, detail):
+    print("- **%s** %s: %s" % ("PASS" if ok else "FAIL", text, detail))
+
+
+u4, u8 = by.get("uniform:4 R=16"), by.get("uniform:8 R=16")
+for tag, sfx in (("widths 2..16", ""), ("widths 4,8,16", W)):
+    s = by.get(f"smartkv beta=0.3 ema:0.9 R=16{sfx}")
+    if s and u4:
+        ok = f(s, "kl") < f(u4, "kl") and f(s, "beta") <= f(u4, "beta")
+        claim(f"smartkv at beta 0.3 ({tag}) beats uniform 4-bit on KL at equal or fewer bytes", ok,
+              "KL %.4g vs %.4g; beta %.3f vs %.3f (mean while scoring)" % (
+                  f(s, "kl"), f(u4, "kl"), f(s, "beta"), f(u4, "beta")))
+    s = by.get(f"smartkv beta=0.5 ema:0.9 R=16{sfx}")
+    if s and u8:
+        ok = f(s, "kl") <= 1.25 * f(u8, "kl")
+        claim(f"smartkv at beta 0.5 ({tag}) matches uniform 8-bit (KL within 1.25x)", ok,
+              "KL %.4g vs %.4g (x%.1f), dPPL %+.3f vs %+.3f; beta %.3f vs %.3f" % (
+                  f(s, "kl"), f(u8, "kl"), f(s, "kl") / max(f(u8, "kl"), 1e-30), f(s, "dppl"),
+                  f(u8, "dppl"), f(s, "beta"), f(u8, "beta")))
+    wins, tot, det = 0, 0, []
+    for b in B:
+        s = by.get(f"smartkv beta={b} ema:0.9 R=16{sfx}")
+        r = by.get(f"random beta={b} ema:0.9 R=16{sfx}")
+        if s and r:
+            tot += 1
+            wins += f(s, "kl") < f(r, "kl")
+            det.append("beta %s: KL %.4g vs %.4g (beta %.3f vs %.3f)" % (
+                b, f(s, "kl"), f(r, "kl"), f(s, "beta"), f(r, "beta")))
+    if tot:
+        claim(f"smartkv beats random at equal bytes ({tag})", wins == tot,
+              "%d/%d budgets; " % (wins, tot) + "; ".join(det))

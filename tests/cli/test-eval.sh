@@ -1,0 +1,88 @@
+# skv-eval: usage errors without a model; with the real model a few hundred
+# tokens of ppl, a tiny needle grid and a resumable two-row sweep.
+. "$SKV_TOP/tests/cli/lib.sh"
+
+run skv-eval --help
+expect_rc 0 "--help exits 0"
+check "--help lists the three commands" sh -c "grep -q 'ppl' '$T/out' && grep -q 'needle' '$T/out' && grep -q 'sweep' '$T/out'"
+run skv-eval --version
+expect_rc 0 "--version exits 0"
+run skv-eval
+expect_rc 2 "no command is a usage error"
+run skv-eval frobnicate --model m.gguf
+expect_rc 2 "an unknown command is a usage error"
+expect_err "unknown command" "unknown command named"
+run skv-eval ppl --text t.txt
+expect_rc 2 "ppl without --model is a usage error"
+run skv-eval ppl --model m.gguf
+expect_rc 2 "ppl without --text is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt --policy bogus
+expect_rc 2 "an unknown policy is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt --decay 1
+expect_rc 2 "decay 1 is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt --importance oracle
+expect_rc 2 "an offline-only importance mode is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt --bits 0,2,16
+expect_rc 2 "eviction is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt --tsv --json
+expect_rc 2 "--tsv with --json is a usage error"
+run skv-eval sweep --model m.gguf --text t.txt
+expect_rc 2 "sweep without -o is a usage error"
+run skv-eval needle --model m.gguf --depths 101
+expect_rc 2 "depth beyond 100 is a usage error"
+run skv-eval needle --model m.gguf --lengths 1X
+expect_rc 2 "a bad length is a usage error"
+echo hello > t.txt
+run skv-eval ppl --model nonexistent.gguf --text t.txt
+expect_rc 1 "a missing model is a data error"
+expect_err "nonexistent.gguf" "missing model message names the file"
+
+model=${SKV_MODEL:-$SKV_TOP/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+text=/usr/share/common-licenses/GPL-3
+if [ ! -r "$model" ] || [ ! -r "$text" ]; then
+    skip "skv-eval with the real model" "model or $text absent: run scripts/fetch-model"
+    exit 0
+fi
+
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 96 --stride 64 \
+    -p uniform:4 --json
+expect_rc 0 "ppl uniform:4 on 160 tokens"
+check "ppl JSON: every token but the first scored once, fp16 reference, beta below 1" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["tokens"] == 160 and r["scored"] == 159 and r["windows"] == 2, r
+assert r["ppl_ref"] > 1 and r["kl"] > 0 and 0 < r["top1"] <= 1, r
+assert abs(r["dppl"] - (r["ppl"] - r["ppl_ref"])) < 1e-3, r
+assert 0.25 < r["beta_alloc"] < r["beta"] < 1, r
+assert r["widths"].startswith("2:0.0% 3:0.0% 4:100.0%"), r
+' "$T/out"
+check "progress went to stderr" grep -q "ppl: 100%" "$T/err"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p fp16 --tsv -q
+expect_rc 0 "ppl with the fp16 cache itself"
+check "fp16 against itself: KL 0, top-1 1, beta 1" awk -F'\t' 'NR == 2 { exit !($5 == 0 && $8 == 1 && $3 == 1) } END { exit NR != 2 }' "$T/out"
+check "quiet: nothing on stderr" test ! -s "$T/err"
+
+run skv-eval needle --model "$model" --lengths 128 --depths 0,100 -p uniform:8 --tsv -q
+expect_rc 0 "needle grid with uniform:8"
+check "needle TSV: header + 2 fp16 + 2 uniform:8 cells, same keys per cell" python3 -c '
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+assert len(rows) == 4, rows
+assert [r["cache"] for r in rows] == ["fp16"] * 2 + ["uniform:8 R=16"] * 2, rows
+assert rows[0]["key"] == rows[2]["key"] and rows[1]["key"] == rows[3]["key"], rows
+for r in rows:
+    assert 100 < int(r["prompt_tokens"]) <= 128 and r["correct"] in ("0", "1"), r
+    assert r["agree"] == str(int(r["correct"] == r["fp16_correct"])), r
+' "$T/out"
+
+run skv-eval sweep --model "$model" --text "$text" --max-tokens 64 --ctx 64 \
+    --policies uniform:8,uniform:2 -o sw.tsv -q
+expect_rc 0 "sweep of two rows"
+check "sweep TSV has the plot-pareto header and two rows" sh -c "head -1 sw.tsv | grep -q '^label	policy	beta	bytes	kl' && test \$(wc -l < sw.tsv) = 3"
+check "the 2-bit row is worse than the 8-bit one" awk -F'\t' '$2 == "uniform:8" { a = $5 } $2 == "uniform:2" { b = $5 } END { exit !(b > a) }' sw.tsv
+cp sw.tsv sw0.tsv
+run skv-eval sweep --model "$model" --text "$text" --max-tokens 64 --ctx 64 \
+    --policies uniform:8,uniform:2,uniform:4 -j 2 -o sw.tsv
+expect_rc 0 "sweep resumes"
+expect_err "2 already in sw.tsv, 1 to run" "resumed sweep skips done rows"
+check "resumed sweep appended one row, kept the others" sh -c "test \$(wc -l < sw.tsv) = 4 && grep -c 'uniform:8' sw.tsv | grep -qx 1"
