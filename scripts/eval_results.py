@@ -12,13 +12,13 @@ def f(r, k):
 
 
 def line(r, name=None):
-    return "| %s | %.3f | %.3f | %.3f | %+.3f | %.4g | %.3f |" % (
-        name or r["label"], f(r, "beta"), f(r, "beta_alloc"), f(r, "ppl"), f(r, "dppl"),
-        f(r, "kl"), f(r, "top1"))
+    return "| %s | %.3f | %.3f | %.3f | %.3f | %+.3f | %.4g | %.3f |" % (
+        name or r["label"], f(r, "beta"), f(r, "beta_alloc"), f(r, "beta_end"), f(r, "ppl"),
+        f(r, "dppl"), f(r, "kl"), f(r, "top1"))
 
 
-HEAD = ("| cache | beta (mean) | beta (after realloc) | PPL | dPPL | KL (nats/token) | top-1 |\n"
-        "|---|---|---|---|---|---|---|")
+HEAD = ("| cache | beta (mean) | beta (after realloc) | beta (window end) | PPL | dPPL | "
+        "KL (nats/token) | top-1 |\n|---|---|---|---|---|---|---|---|")
 
 
 def table(title, labels):
