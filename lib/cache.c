@@ -176,7 +176,17 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
                          h->n_layers, h->n_kv_heads, (unsigned long long)h->n_tokens,
                          h->head_dim);
     p->alloc_beta = get_f64(b);
-    p->alloc_mask = skv_get32(b + 24);
+    /* ALHD stores bit w for width w (skv-alloc, smartkv_alloc.h); the plan
+     * keeps bit i for skv_bit_widths[i] */
+    uint32_t wmask = skv_get32(b + 24), known = 0;
+    p->alloc_mask = 0;
+    for (int i = 0; i < SKV_NBITS; i++) {
+        known |= 1u << skv_bit_widths[i];
+        if (wmask & (1u << skv_bit_widths[i]))
+            p->alloc_mask |= 1u << i;
+    }
+    if (wmask & ~known)
+        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown widths in mask 0x%x", wmask);
     p->q.head_dim = hd;
     p->q.k_group = skv_get32(b + 36);
     p->q.v_group = skv_get32(b + 40);
@@ -809,6 +819,31 @@ int skv_cache_read(skv_stream *s, skv_cache **out)
     while ((rc = skv_read(s, &ch)) > 0)
         if ((rc = read_chunk(&r, &ch)) < 0)
             break;
+    if (rc == 0)
+        rc = read_finish(&r);
+    if (rc < 0) {
+        skv_cache_free(r.c);
+        return rc;
+    }
+    *out = r.c;
+    return 0;
+}
+
+int skv_cache_read_after(skv_stream *s, const skv_chunk *first, skv_cache **out)
+{
+    *out = NULL;
+    rd r;
+    memset(&r, 0, sizeof r);
+    r.c = skv_calloc(1, sizeof *r.c);
+    if (!r.c)
+        return SKV_ENOMEM;
+    int rc = read_chunk(&r, first);
+    skv_chunk ch;
+    if (rc == 0) {
+        while ((rc = skv_read(s, &ch)) > 0)
+            if ((rc = read_chunk(&r, &ch)) < 0)
+                break;
+    }
     if (rc == 0)
         rc = read_finish(&r);
     if (rc < 0) {

@@ -16,5 +16,10 @@
 #include "smartkv_gguf.h"
 #include "smartkv_tokenizer.h"
 #include "smartkv_model.h"
+#include "smartkv_softmax.h"
+#include "smartkv_attend.h"
+#include "smartkv_stats.h"
+#include "smartkv_importance.h"
+#include "smartkv_alloc.h"
 
 #endif
