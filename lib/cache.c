@@ -176,17 +176,7 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
                          h->n_layers, h->n_kv_heads, (unsigned long long)h->n_tokens,
                          h->head_dim);
     p->alloc_beta = get_f64(b);
-    /* ALHD stores bit w for width w (skv-alloc, smartkv_alloc.h); the plan
-     * keeps bit i for skv_bit_widths[i] */
-    uint32_t wmask = skv_get32(b + 24), known = 0;
-    p->alloc_mask = 0;
-    for (int i = 0; i < SKV_NBITS; i++) {
-        known |= 1u << skv_bit_widths[i];
-        if (wmask & (1u << skv_bit_widths[i]))
-            p->alloc_mask |= 1u << i;
-    }
-    if (wmask & ~known)
-        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown widths in mask 0x%x", wmask);
+    p->alloc_mask = skv_get32(b + 24);
     p->q.head_dim = hd;
     p->q.k_group = skv_get32(b + 36);
     p->q.v_group = skv_get32(b + 40);
