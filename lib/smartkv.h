@@ -18,5 +18,6 @@
 #include "smartkv_cache.h"
 #include "smartkv_importance.h"
 #include "smartkv_alloc.h"
+#include "smartkv_cuda.h"
 
 #endif

@@ -91,6 +91,24 @@ SKV_EXPORT int skv_cuda_pack(const skv_qcfg *cfg, uint32_t layer, uint32_t kv_he
                              uint32_t bits, uint32_t part, const uint32_t *idx, uint32_t n,
                              const float *k, const float *v, uint8_t *out, uint64_t size);
 
+/* ---- packed caches from the library's cache object, and skv-attend ---- */
+struct skv_cache;       /* smartkv_cache.h */
+struct skv_attend_req;  /* smartkv_attend.h */
+struct skv_stream;
+
+/* Upload every bucket of a cache read by skv_cache_read/skv_cache_load. */
+SKV_EXPORT skv_cuda_cache *skv_cuda_cache_from(const struct skv_cache *c);
+
+/* What `skv-attend --device cuda` does: read a packed cache from `in` ("-"
+ * = stdin), run the fused attention for the requested steps on the GPU and
+ * write the attention-output stream (ATHD + OUT tensors, mode "packed") to
+ * the open stream `out`, as skv_attend_stream does on the CPU.  Only the
+ * default (packed) mode without probabilities is supported (SKV_EINVAL
+ * otherwise).  Fails with SKV_ENODEV before reading anything when no
+ * device can be used. */
+SKV_EXPORT int skv_cuda_attend_stream(const char *in, struct skv_stream *out,
+                                      const struct skv_attend_req *req);
+
 /* ---- dense baselines (benchmarks) ----
  * A dense cache holds K and V as fp16, [n_layers][n_kv_heads][n_tokens]
  * [head_dim], converted from float32 host arrays in that layout. */
