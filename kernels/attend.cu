@@ -974,10 +974,11 @@ static int parse_pbkt(const skv_cuda_shape *sh, const uint8_t *p, uint64_t size,
     }
     /* tile: about 6 KiB staged per tile, a multiple of 16 tokens */
     uint64_t per = 4 + s->kpb + s->vpb + 2ull * s->rb;
-    if (per > 3072)
+    if (per > SKV_STAGE_TOKEN_MAX)
         return skv_error(SKV_EUNSUP, "PBKT layer %u kv head %u %u-bit: %llu bytes per token "
-                         "exceed the CUDA kernels' 3 KiB staging limit (use larger groups)",
-                         s->layer, s->kvh, s->bits, (unsigned long long)per);
+                         "exceed the CUDA kernels' staging limit of %u (use larger groups)",
+                         s->layer, s->kvh, s->bits, (unsigned long long)per,
+                         (unsigned)SKV_STAGE_TOKEN_MAX);
     uint64_t tt = 6144 / per / 16 * 16;
     s->tt = (uint32_t)(tt < 16 ? 16 : tt > SKV_TT_MAX ? SKV_TT_MAX : tt);
     return 0;

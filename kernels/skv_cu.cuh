@@ -42,6 +42,10 @@ struct skv_item {
 };
 
 #define SKV_TT_MAX 128
+/* Staged bytes per token (index, parameters, K and V rows) at most: a
+ * head_dim-1024 fp16 token; 16 such tokens double-buffered fit the shared
+ * memory of sm_80 and sm_90. */
+#define SKV_STAGE_TOKEN_MAX 4160u
 #define SKV_NT 128 /* threads per attention block */
 
 /* A set of segments and work items on the device, plus the buffers of the

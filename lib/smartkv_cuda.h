@@ -56,7 +56,8 @@ typedef struct skv_cuda_cache skv_cuda_cache;
  * buckets of the same (layer, KV head) (the cache object guarantees it).
  * Returns NULL with SKV_EFORMAT / SKV_EINVAL / SKV_ENOMEM / SKV_ENODEV /
  * SKV_EUNSUP (a configuration beyond the kernels' limits: head_dim above
- * 1024, or more than 3 KiB of staged bytes per token). */
+ * 1024, or more than 4160 bytes of index, parameters and K/V rows per
+ * token, e.g. head_dim 1024 with groups of 2). */
 SKV_EXPORT skv_cuda_cache *skv_cuda_cache_upload(const skv_cuda_shape *shape,
                                                  const uint8_t *const *payloads,
                                                  const uint64_t *sizes, size_t n_payloads);
