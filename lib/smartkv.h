@@ -21,5 +21,6 @@
 #include "smartkv_stats.h"
 #include "smartkv_importance.h"
 #include "smartkv_alloc.h"
+#include "smartkv_cuda.h"
 
 #endif
