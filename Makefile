@@ -104,6 +104,11 @@ $(O)/.flags: FORCE
 		echo '$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) $(LIBS) $(USE_CUDA)' > $@
 FORCE:
 
+# The top-level lib/ and bin/ outputs are relinked when the variant changes.
+build/.variant: FORCE
+	@mkdir -p build
+	@echo '$(O)' | cmp -s - $@ || echo '$(O)' > $@
+
 $(O)/lib/%.o: lib/%.c $(HEADERS) $(O)/.flags
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -c -o $@ $<
@@ -119,14 +124,14 @@ $(O)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh) $(O)/.flags
 $(O)/libsmartkv.a: $(LIB_OBJS) $(CU_OBJS)
 	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
 
-lib/libsmartkv.a: $(O)/libsmartkv.a
+lib/libsmartkv.a: $(O)/libsmartkv.a build/.variant
 	$(Q)cp $< $@
 
-lib/libsmartkv.so: $(LIB_OBJS) $(CU_OBJS)
-	$(call say,LD,$@)$(CC) -shared -Wl,-soname,libsmartkv.so.$(SOVERSION) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+lib/libsmartkv.so: $(LIB_OBJS) $(CU_OBJS) build/.variant
+	$(call say,LD,$@)$(CC) -shared -Wl,-soname,libsmartkv.so.$(SOVERSION) $(ALL_LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS)
 
-bin/skv-%: $(O)/bin/skv-%.o $(TOOL_COMMON_OBJS) $(O)/libsmartkv.a
-	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+bin/skv-%: $(O)/bin/skv-%.o $(TOOL_COMMON_OBJS) $(O)/libsmartkv.a build/.variant
+	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $(filter %.o %.a,$^) $(LIBS)
 
 $(O)/tests/%: tests/%.c $(O)/libsmartkv.a $(HEADERS) $(wildcard tests/*.h) $(O)/.flags
 	@mkdir -p $(dir $@)

@@ -369,7 +369,7 @@ skv_stream *skv_open_write(const char *path, int level)
     skv_stream *s = stream_new(path, 1);
     if (!s)
         return NULL;
-    s->level = level > 9 ? 9 : level;
+    s->level = level > 9 ? 9 : level < -1 ? SKV_LEVEL_KEEP : level;
     if (!s->path) {
         s->fd = STDOUT_FILENO;
     } else {
@@ -510,7 +510,8 @@ int skv_copy_chunk(skv_stream *s, const skv_chunk *c)
 {
     int compressed = (c->flags & SKV_CHUNK_ZLIB) != 0;
     /* verbatim when the stored form is what we would write anyway */
-    if (c->stored && compressed == (s->level >= 0) && !s->failed) {
+    if (c->stored && !s->failed &&
+        (s->level == SKV_LEVEL_KEEP || compressed == (s->level >= 0))) {
         int rc = write_all(s, c->stored, SKV_CHUNK_HEADER_LEN + (size_t)c->size + SKV_CHUNK_CRC_LEN);
         if (rc < 0)
             return rc;

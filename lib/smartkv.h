@@ -9,6 +9,8 @@
 #include "smartkv_format.h"
 #include "smartkv_trace.h"
 #include "smartkv_pack.h"
+#include "smartkv_synth.h"
+#include "smartkv_npy.h"
 #include "smartkv_importance.h"
 #include "smartkv_alloc.h"
 

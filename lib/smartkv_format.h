@@ -26,6 +26,7 @@ extern "C" {
 /* Largest payload a chunk may carry, stored or raw.  Writers split big
  * tensors into blocks so that no reader ever holds more than this. */
 #define SKV_CHUNK_MAX ((uint64_t)64 << 20)
+#define SKV_LEVEL_KEEP (-2)        /* skv_open_write: copy chunks as stored, new ones raw */
 #define SKV_CHUNK_ZLIB 0x1u        /* flags bit 0: payload is a zlib stream */
 #define SKV_CHUNK_FLAGS_KNOWN 0x1u /* all other flag bits must be zero */
 
@@ -84,8 +85,8 @@ SKV_EXPORT int skv_writev(skv_stream *s, const char *type, int npieces,
                           const void *const *pieces, const uint64_t *lens);
 
 /* Pass a chunk read from another stream through.  Its stored bytes are
- * copied verbatim when the compression setting matches; otherwise it is
- * re-encoded.  Returns 0 or <0. */
+ * copied verbatim when the compression setting matches (always with
+ * SKV_LEVEL_KEEP); otherwise it is re-encoded.  Returns 0 or <0. */
 SKV_EXPORT int skv_copy_chunk(skv_stream *s, const skv_chunk *c);
 
 /* Finish: a writer writes DONE, flushes and renames; a reader just closes.

@@ -1,0 +1,873 @@
+/* skv-trace -- make, import, export, inspect and re-stream attention traces. */
+#include "tool.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: skv-trace COMMAND [options] [FILE]\n"
+"Make, import, export, inspect and re-stream smartkv attention traces.\n"
+"\n"
+"Commands:\n"
+"  synth    generate a seeded synthetic trace\n"
+"  import   build a trace from NumPy .npy files of Q, K and V\n"
+"  export   write a trace's Q, K and V as .npy files\n"
+"  info     summarise a stream (shapes, dtype, chunks, CRC status)\n"
+"  cat      re-stream, optionally selecting layers/tokens or (de)compressing\n"
+"\n"
+"Run 'skv-trace COMMAND --help' for a command's options.\n"
+"FILE '-' or no FILE means standard input; output goes to standard output\n"
+"unless -o FILE is given (binary output is refused on a terminal).\n");
+}
+
+/* ---- shared option handling ---- */
+
+static int parse_level(const char *arg)
+{
+    uint64_t v;
+    if (!arg)
+        return 6;
+    if (tool_parse_u64(arg, &v) < 0 || v > 9)
+        tool_usage_error("--compress level must be 0..9, not '%s'", arg);
+    return (int)v;
+}
+
+static skv_stream *open_out(const char *out, int level)
+{
+    tool_check_binary_output(out);
+    skv_stream *s = skv_open_write(out, level);
+    if (!s)
+        tool_fail(tool_out_name(out));
+    return s;
+}
+
+static void finish_out(skv_stream *s, const char *out)
+{
+    if (skv_close(s) < 0)
+        tool_fail(tool_out_name(out));
+}
+
+static noreturn void fail_out(skv_stream *s, const char *out)
+{
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", skv_errmsg());
+    skv_discard(s);
+    tool_die(EXIT_DATA, "%s: %s", tool_out_name(out), msg);
+}
+
+static uint64_t need_u64(const char *opt, const char *arg, uint64_t lo, uint64_t hi)
+{
+    uint64_t v;
+    if (tool_parse_size(arg, &v) < 0 || v < lo || v > hi)
+        tool_usage_error("%s must be an integer in %llu..%llu, not '%s'", opt,
+                         (unsigned long long)lo, (unsigned long long)hi, arg);
+    return v;
+}
+
+static float need_float(const char *opt, const char *arg, double lo, double hi)
+{
+    double v;
+    if (tool_parse_double(arg, &v) < 0 || v < lo || v > hi)
+        tool_usage_error("%s must be a number in %g..%g, not '%s'", opt, lo, hi, arg);
+    return (float)v;
+}
+
+/* ---- synth ---- */
+
+static int cmd_synth(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"layers", required_argument, 0, 'L'}, {"heads", required_argument, 0, 'H'},
+        {"kv-heads", required_argument, 0, 'K'}, {"head-dim", required_argument, 0, 'D'},
+        {"tokens", required_argument, 0, 'T'}, {"prefill", required_argument, 0, 'P'},
+        {"dtype", required_argument, 0, 't'}, {"seed", required_argument, 0, 's'},
+        {"rope-theta", required_argument, 0, 1}, {"sinks", required_argument, 0, 2},
+        {"sink-logit", required_argument, 0, 3}, {"hitters", required_argument, 0, 4},
+        {"hitter-logit", required_argument, 0, 5}, {"local-logit", required_argument, 0, 6},
+        {"needles", required_argument, 0, 7}, {"needle-queries", required_argument, 0, 8},
+        {"needle-logit", required_argument, 0, 9}, {"outliers", required_argument, 0, 10},
+        {"outlier-scale", required_argument, 0, 11}, {"noise", required_argument, 0, 12},
+        {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
+        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    skv_synth_cfg c;
+    skv_synth_defaults(&c);
+    const char *out = NULL;
+    int level = -1, o;
+    while ((o = getopt_long(argc, argv, "L:H:K:D:T:P:t:s:o:z::hV", opts, NULL)) != -1) {
+        switch (o) {
+        case 'L': c.n_layers = (uint32_t)need_u64("--layers", optarg, 1, SKV_MAX_LAYERS); break;
+        case 'H': c.n_heads = (uint32_t)need_u64("--heads", optarg, 1, SKV_MAX_HEADS); break;
+        case 'K': c.n_kv_heads = (uint32_t)need_u64("--kv-heads", optarg, 1, SKV_MAX_HEADS); break;
+        case 'D': c.head_dim = (uint32_t)need_u64("--head-dim", optarg, 8, SKV_MAX_HEAD_DIM); break;
+        case 'T': c.n_tokens = need_u64("--tokens", optarg, 2, SKV_MAX_TOKENS); break;
+        case 'P': c.n_prefill = need_u64("--prefill", optarg, 1, SKV_MAX_TOKENS); break;
+        case 't': {
+            int dt = skv_dtype_parse(optarg);
+            if (dt < 0)
+                tool_usage_error("--dtype must be f32, f16 or bf16, not '%s'", optarg);
+            c.dtype = (uint32_t)dt;
+            break;
+        }
+        case 's': c.seed = need_u64("--seed", optarg, 0, UINT64_MAX); break;
+        case 1: c.rope_theta = need_float("--rope-theta", optarg, 1, 1e9); break;
+        case 2: c.sinks = (uint32_t)need_u64("--sinks", optarg, 0, 1 << 20); break;
+        case 3: c.sink_logit = need_float("--sink-logit", optarg, 0, 50); break;
+        case 4: c.hitter_frac = need_float("--hitters", optarg, 0, 0.5); break;
+        case 5: c.hitter_logit = need_float("--hitter-logit", optarg, 0, 50); break;
+        case 6: c.local_logit = need_float("--local-logit", optarg, 0, 50); break;
+        case 7: c.needles = (uint32_t)need_u64("--needles", optarg, 0, 1 << 20); break;
+        case 8: c.needle_queries = (uint32_t)need_u64("--needle-queries", optarg, 0, 1 << 24); break;
+        case 9: c.needle_logit = need_float("--needle-logit", optarg, 0, 50); break;
+        case 10: c.outlier_channels = (uint32_t)need_u64("--outliers", optarg, 0, 16); break;
+        case 11: c.outlier_scale = need_float("--outlier-scale", optarg, 0, 1000); break;
+        case 12: c.noise = need_float("--noise", optarg, 0, 100); break;
+        case 'o': out = optarg; break;
+        case 'z': level = parse_level(optarg); break;
+        case 'h':
+            printf(
+"Usage: skv-trace synth [options]\n"
+"Generate a seeded synthetic trace (generative model in skv-trace(1)).\n"
+"  -L, --layers N         layers (30)          -H, --heads N       query heads (9)\n"
+"  -K, --kv-heads N       KV heads (3)         -D, --head-dim N    head dim (64)\n"
+"  -T, --tokens N         tokens, K suffix ok (4096)\n"
+"  -P, --prefill N        tokens before decoding starts (3/4 of --tokens)\n"
+"  -t, --dtype TYPE       f16 (default), f32 or bf16\n"
+"  -s, --seed N           random seed (1)\n"
+"      --rope-theta X     RoPE base (100000)\n"
+"      --sinks N          attention-sink tokens at the start (4)\n"
+"      --sink-logit X     typical sink logit (7)\n"
+"      --hitters F        fraction of heavy-hitter tokens (0.01)\n"
+"      --hitter-logit X   heavy-hitter logit (4)\n"
+"      --local-logit X    recency-band logit at distance 0 (5)\n"
+"      --needles N        planted needle tokens in the prefill (4)\n"
+"      --needle-queries N last decode steps that look for the needles (8)\n"
+"      --needle-logit X   needle logit for those queries (10)\n"
+"      --outliers N       outlier key channels per KV head (2)\n"
+"      --outlier-scale X  offset of outlier channels (8)\n"
+"      --noise X          std of the noise part of q and k (1)\n"
+"  -o, --output FILE      write to FILE (default stdout)\n"
+"  -z, --compress[=L]     zlib-compress chunks at level L (6)\n");
+            return 0;
+        case 'V': tool_version();
+        default: tool_usage_error("bad option");
+        }
+    }
+    if (optind < argc)
+        tool_usage_error("synth takes no file arguments");
+    if (c.n_kv_heads > c.n_heads || c.n_heads % c.n_kv_heads)
+        tool_usage_error("--kv-heads (%u) must divide --heads (%u)", c.n_kv_heads, c.n_heads);
+    if (c.head_dim % 2)
+        tool_usage_error("--head-dim must be even (RoPE rotates channel pairs)");
+    if (c.n_prefill > c.n_tokens)
+        tool_usage_error("--prefill exceeds --tokens");
+    skv_trace_hdr h;
+    if (skv_synth_header(&c, &h) < 0)
+        tool_usage_error("%s", skv_errmsg());
+    skv_stream *s = open_out(out, level);
+    if (skv_synth_write(&c, s) < 0)
+        fail_out(s, out);
+    finish_out(s, out);
+    return 0;
+}
+
+/* ---- import ---- */
+
+typedef struct {
+    const char *path;
+    FILE *f;
+    skv_npy_hdr h;
+} npy_in;
+
+static void npy_open(npy_in *n, const char *path)
+{
+    n->path = path;
+    n->f = fopen(path, "rb");
+    if (!n->f)
+        tool_die(EXIT_DATA, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(n->f), &st) != 0 || !S_ISREG(st.st_mode))
+        tool_die(EXIT_DATA, "%s: not a regular file", path);
+    if (skv_npy_read_header(n->f, (uint64_t)st.st_size, &n->h) < 0)
+        tool_fail(path);
+    if (n->h.ndim != 4)
+        tool_die(EXIT_DATA, "%s: expected shape [layers][heads][tokens][dim], got %d dimensions",
+                 path, n->h.ndim);
+}
+
+static int cmd_import(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"queries", required_argument, 0, 'q'}, {"keys", required_argument, 0, 'k'},
+        {"values", required_argument, 0, 'v'}, {"prefill", required_argument, 0, 'P'},
+        {"model", required_argument, 0, 'm'}, {"post-rope", no_argument, 0, 'r'},
+        {"pre-rope", no_argument, 0, 'R'}, {"rope-theta", required_argument, 0, 1},
+        {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
+        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    const char *qp = NULL, *kp = NULL, *vp = NULL, *out = NULL, *model = "imported";
+    uint64_t prefill = 0;
+    int have_prefill = 0, level = -1, post_rope = 1, o;
+    float theta = 0;
+    while ((o = getopt_long(argc, argv, "q:k:v:P:m:o:z::hV", opts, NULL)) != -1) {
+        switch (o) {
+        case 'q': qp = optarg; break;
+        case 'k': kp = optarg; break;
+        case 'v': vp = optarg; break;
+        case 'P': prefill = need_u64("--prefill", optarg, 0, SKV_MAX_TOKENS); have_prefill = 1; break;
+        case 'm': model = optarg; break;
+        case 'r': post_rope = 1; break;
+        case 'R': post_rope = 0; break;
+        case 1: theta = need_float("--rope-theta", optarg, 0, 1e9); break;
+        case 'o': out = optarg; break;
+        case 'z': level = parse_level(optarg); break;
+        case 'h':
+            printf(
+"Usage: skv-trace import -q Q.npy -k K.npy -v V.npy [options]\n"
+"Build a trace from NumPy arrays: Q [layers][heads][tokens][dim],\n"
+"K and V [layers][kv_heads][tokens][dim], all float16 or all float32, C order.\n"
+"The elements are copied bit for bit.\n"
+"  -q, --queries FILE   queries .npy        -k, --keys FILE    keys .npy\n"
+"  -v, --values FILE    values .npy\n"
+"  -P, --prefill N      tokens before decoding starts (default: all tokens)\n"
+"  -m, --model NAME     source name recorded in the header\n"
+"      --post-rope      keys/queries already have RoPE applied (default)\n"
+"      --pre-rope       they do not\n"
+"      --rope-theta X   RoPE base to record (default 0: unknown)\n"
+"  -o, --output FILE    write to FILE (default stdout)\n"
+"  -z, --compress[=L]   zlib-compress chunks at level L (6)\n");
+            return 0;
+        case 'V': tool_version();
+        default: tool_usage_error("bad option");
+        }
+    }
+    if (!qp || !kp || !vp)
+        tool_usage_error("import needs -q, -k and -v");
+    if (optind < argc)
+        tool_usage_error("unexpected argument '%s'", argv[optind]);
+    if (strlen(model) > SKV_MAX_NAME)
+        tool_usage_error("--model name longer than %u bytes", SKV_MAX_NAME);
+    npy_in q, k, v;
+    npy_open(&q, qp);
+    npy_open(&k, kp);
+    npy_open(&v, vp);
+    if (k.h.dtype != q.h.dtype || v.h.dtype != q.h.dtype)
+        tool_die(EXIT_DATA, "%s, %s, %s: element types differ (%s, %s, %s)", qp, kp, vp,
+                 skv_dtype_name(q.h.dtype), skv_dtype_name(k.h.dtype), skv_dtype_name(v.h.dtype));
+    for (int i = 0; i < 4; i++)
+        if (k.h.shape[i] != v.h.shape[i])
+            tool_die(EXIT_DATA, "%s: shape differs from %s in dimension %d (%llu vs %llu)", vp,
+                     kp, i, (unsigned long long)v.h.shape[i], (unsigned long long)k.h.shape[i]);
+    if (q.h.shape[0] != k.h.shape[0] || q.h.shape[2] != k.h.shape[2] ||
+        q.h.shape[3] != k.h.shape[3])
+        tool_die(EXIT_DATA, "%s: shape [%llu][%llu][%llu][%llu] does not fit keys [%llu][%llu][%llu][%llu] "
+                 "(layers, tokens and dim must agree)", qp,
+                 (unsigned long long)q.h.shape[0], (unsigned long long)q.h.shape[1],
+                 (unsigned long long)q.h.shape[2], (unsigned long long)q.h.shape[3],
+                 (unsigned long long)k.h.shape[0], (unsigned long long)k.h.shape[1],
+                 (unsigned long long)k.h.shape[2], (unsigned long long)k.h.shape[3]);
+    skv_trace_hdr h = {0};
+    h.n_layers = (uint32_t)q.h.shape[0];
+    h.n_heads = (uint32_t)q.h.shape[1];
+    h.n_kv_heads = (uint32_t)k.h.shape[1];
+    h.n_tokens = q.h.shape[2];
+    h.head_dim = (uint32_t)q.h.shape[3];
+    h.n_prefill = have_prefill ? prefill : h.n_tokens;
+    h.dtype = q.h.dtype;
+    h.flags = post_rope ? SKV_TRACE_POST_ROPE : 0;
+    h.rope_theta = theta;
+    snprintf(h.model, sizeof h.model, "%s", model);
+    if (skv_trace_hdr_check(&h) < 0)
+        tool_die(EXIT_DATA, "%s: %s", qp, skv_errmsg());
+
+    skv_stream *s = open_out(out, level);
+    size_t es = skv_dtype_size(h.dtype);
+    size_t row = (size_t)h.head_dim * es, blk = (size_t)h.n_tokens * row;
+    void *buf = skv_malloc(blk);
+    if (!buf)
+        fail_out(s, out);
+    if (skv_trhd_write(s, &h) < 0)
+        fail_out(s, out);
+    npy_in *src[3] = {&q, &k, &v};
+    for (uint32_t l = 0; l < h.n_layers; l++) {
+        for (int kind = 0; kind < 3; kind++) {
+            uint32_t nh = kind ? h.n_kv_heads : h.n_heads;
+            for (uint32_t hd = 0; hd < nh; hd++) {
+                npy_in *n = src[kind];
+                /* the file is read sequentially: layer-major order matches ours */
+                off_t at = (off_t)(n->h.data_offset + ((uint64_t)l * nh + hd) * blk);
+                if (fseeko(n->f, at, SEEK_SET) != 0 || fread(buf, 1, blk, n->f) != blk) {
+                    skv_discard(s);
+                    tool_die(EXIT_DATA, "%s: read error at byte %lld", n->path, (long long)at);
+                }
+                if (skv_tens_write_raw(s, (uint32_t)(SKV_TK_Q + kind), h.dtype, l, hd, 0,
+                                       h.n_tokens, h.head_dim, buf) < 0)
+                    fail_out(s, out);
+            }
+        }
+    }
+    free(buf);
+    fclose(q.f);
+    fclose(k.f);
+    fclose(v.f);
+    finish_out(s, out);
+    return 0;
+}
+
+/* ---- export ---- */
+
+typedef struct {
+    char *path, *tmp;
+    FILE *f;
+} npy_out;
+
+static void npy_create(npy_out *n, const char *prefix, const char *suffix, uint32_t dtype,
+                       uint64_t d0, uint64_t d1, uint64_t d2, uint64_t d3)
+{
+    size_t len = strlen(prefix) + strlen(suffix) + 1;
+    n->path = malloc(len);
+    n->tmp = malloc(len + 12);
+    if (!n->path || !n->tmp)
+        tool_die(EXIT_DATA, "out of memory");
+    snprintf(n->path, len, "%s%s", prefix, suffix);
+    snprintf(n->tmp, len + 12, "%s.tmpXXXXXX", n->path);
+    int fd = mkstemp(n->tmp);
+    if (fd < 0 || !(n->f = fdopen(fd, "wb")))
+        tool_die(EXIT_DATA, "%s: cannot create: %s", n->path, strerror(errno));
+    mode_t um = umask(0);
+    umask(um);
+    fchmod(fd, 0666 & ~um);
+    uint8_t hdr[256];
+    uint64_t shape[4] = {d0, d1, d2, d3};
+    int hl = skv_npy_format_header(dtype, 4, shape, hdr, sizeof hdr);
+    if (hl < 0 || fwrite(hdr, 1, (size_t)hl, n->f) != (size_t)hl)
+        tool_die(EXIT_DATA, "%s: write error", n->path);
+}
+
+static int cmd_export(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"prefix", required_argument, 0, 'p'}, {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    const char *prefix = NULL;
+    int o;
+    while ((o = getopt_long(argc, argv, "p:hV", opts, NULL)) != -1) {
+        switch (o) {
+        case 'p': prefix = optarg; break;
+        case 'h':
+            printf(
+"Usage: skv-trace export -p PREFIX [FILE]\n"
+"Write the trace's queries, keys and values to PREFIX.q.npy, PREFIX.k.npy and\n"
+"PREFIX.v.npy with shape [layers][heads][tokens][dim].  f16 and f32 traces are\n"
+"written bit for bit in their own type; bf16 traces are widened to float32.\n"
+"  -p, --prefix PREFIX  output path prefix\n");
+            return 0;
+        case 'V': tool_version();
+        default: tool_usage_error("bad option");
+        }
+    }
+    if (!prefix)
+        tool_usage_error("export needs -p PREFIX");
+    if (argc - optind > 1)
+        tool_usage_error("export takes one input");
+    const char *in = optind < argc ? argv[optind] : "-";
+    skv_stream *s = skv_open_read(in);
+    if (!s)
+        tool_fail(tool_in_name(in));
+    skv_chunk c;
+    int rc;
+    skv_trace_hdr h;
+    int have_hdr = 0;
+    npy_out files[3];
+    uint32_t odt = 0;
+    uint8_t *conv = NULL;
+    /* one pass: TENS blocks arrive in layer order, which is the npy order of
+     * each file; blocks of each kind are appended to that kind's file */
+    uint64_t expect_rows[3] = {0};
+    while ((rc = skv_read(s, &c)) > 0) {
+        if (skv_chunk_is(&c, SKV_T_TRHD)) {
+            if (have_hdr || skv_trhd_decode(&c, &h) < 0) {
+                if (have_hdr)
+                    skv_error(SKV_EFORMAT, "second TRHD chunk at byte %llu",
+                              (unsigned long long)c.offset);
+                goto bad;
+            }
+            if (h.flags & (SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES)) {
+                skv_error(SKV_EFORMAT, "this is a packed cache, not a trace "
+                          "(dequantize it with skv-quant -d first)");
+                goto bad;
+            }
+            have_hdr = 1;
+            odt = h.dtype == SKV_BF16 ? SKV_F32 : h.dtype;
+            npy_create(&files[0], prefix, ".q.npy", odt, h.n_layers, h.n_heads, h.n_tokens, h.head_dim);
+            npy_create(&files[1], prefix, ".k.npy", odt, h.n_layers, h.n_kv_heads, h.n_tokens, h.head_dim);
+            npy_create(&files[2], prefix, ".v.npy", odt, h.n_layers, h.n_kv_heads, h.n_tokens, h.head_dim);
+        } else if (skv_chunk_is(&c, SKV_T_TENS)) {
+            skv_tens t;
+            if (!have_hdr) {
+                skv_error(SKV_EFORMAT, "TENS chunk at byte %llu before the trace header",
+                          (unsigned long long)c.offset);
+                goto bad;
+            }
+            if (skv_tens_decode(&c, &t) < 0)
+                goto bad;
+            if (t.kind > SKV_TK_V || t.cols != h.head_dim || t.dtype != h.dtype) {
+                skv_error(SKV_EFORMAT, "TENS chunk at byte %llu does not fit the trace header",
+                          (unsigned long long)c.offset);
+                goto bad;
+            }
+            int ki = (int)t.kind - 1;
+            uint32_t nh = ki ? h.n_kv_heads : h.n_heads;
+            uint64_t pos = ((uint64_t)t.layer * nh + t.head) * h.n_tokens + t.row0;
+            if (t.layer >= h.n_layers || t.head >= nh || pos != expect_rows[ki] ||
+                t.row0 + t.rows > h.n_tokens) {
+                skv_error(SKV_EFORMAT, "TENS chunk at byte %llu (%s layer %u head %u row %llu) "
+                          "is out of order", (unsigned long long)c.offset,
+                          skv_tensor_kind_name(t.kind), t.layer, t.head,
+                          (unsigned long long)t.row0);
+                goto bad;
+            }
+            expect_rows[ki] += t.rows;
+            size_t n = (size_t)(t.rows * t.cols);
+            const void *src = t.data;
+            size_t bytes = n * skv_dtype_size(t.dtype);
+            if (odt != t.dtype) {
+                free(conv);
+                conv = skv_malloc(n * 4);
+                if (!conv)
+                    goto bad;
+                skv_convert_to_f32(t.dtype, t.data, (float *)conv, n);
+                src = conv;
+                bytes = n * 4;
+            }
+            if (fwrite(src, 1, bytes, files[ki].f) != bytes) {
+                skv_error(SKV_EIO, "write error on %s: %s", files[ki].path, strerror(errno));
+                goto bad;
+            }
+        } else if (skv_chunk_is_critical(c.type) && !skv_chunk_is(&c, SKV_T_TOKS)) {
+            /* allocation and other analysis chunks do not go into .npy files */
+        }
+    }
+    if (rc < 0)
+        goto bad;
+    if (!have_hdr) {
+        skv_error(SKV_EFORMAT, "no trace header (TRHD) in stream");
+        goto bad;
+    }
+    for (int i = 0; i < 3; i++) {
+        uint64_t want = (uint64_t)h.n_layers * (i ? h.n_kv_heads : h.n_heads) * h.n_tokens;
+        if (expect_rows[i] != want) {
+            skv_error(SKV_EFORMAT, "stream holds %llu of %llu %s rows",
+                      (unsigned long long)expect_rows[i], (unsigned long long)want,
+                      skv_tensor_kind_name((uint32_t)i + 1));
+            goto bad;
+        }
+    }
+    free(conv);
+    skv_close(s);
+    for (int i = 0; i < 3; i++) {
+        if (fclose(files[i].f) != 0 || rename(files[i].tmp, files[i].path) != 0)
+            tool_die(EXIT_DATA, "%s: write error: %s", files[i].path, strerror(errno));
+        free(files[i].path);
+        free(files[i].tmp);
+    }
+    return 0;
+bad:;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", skv_errmsg());
+    if (have_hdr)
+        for (int i = 0; i < 3; i++) {
+            fclose(files[i].f);
+            unlink(files[i].tmp);
+        }
+    tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), msg);
+}
+
+/* ---- info ---- */
+
+typedef struct {
+    char type[5];
+    uint64_t count, stored, raw;
+} chunk_stat;
+
+static int cmd_info(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    int json = 0, o;
+    while ((o = getopt_long(argc, argv, "jhV", opts, NULL)) != -1) {
+        switch (o) {
+        case 'j': json = 1; break;
+        case 'h':
+            printf(
+"Usage: skv-trace info [--json] [FILE]\n"
+"Read a whole stream, check every CRC and the end chunk, and summarise it:\n"
+"shapes, element type, source, chunk counts and sizes.\n"
+"  -j, --json   print one JSON object instead of text\n");
+            return 0;
+        case 'V': tool_version();
+        default: tool_usage_error("bad option");
+        }
+    }
+    if (argc - optind > 1)
+        tool_usage_error("info takes one input");
+    const char *in = optind < argc ? argv[optind] : "-";
+    skv_stream *s = skv_open_read(in);
+    if (!s)
+        tool_fail(tool_in_name(in));
+    chunk_stat st[32];
+    int nst = 0;
+    skv_trace_hdr h;
+    int have_hdr = 0, rc;
+    uint64_t rows[6] = {0};
+    skv_chunk c;
+    while ((rc = skv_read(s, &c)) > 0) {
+        int i;
+        for (i = 0; i < nst && strcmp(st[i].type, c.type); i++)
+            ;
+        if (i == nst && nst < 32) {
+            memset(&st[nst], 0, sizeof st[nst]);
+            memcpy(st[nst].type, c.type, 5);
+            nst++;
+        }
+        if (i < nst) {
+            st[i].count++;
+            st[i].stored += c.size + SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
+            st[i].raw += c.raw_size;
+        }
+        if (skv_chunk_is(&c, SKV_T_TRHD)) {
+            if (have_hdr) {
+                skv_error(SKV_EFORMAT, "second TRHD chunk at byte %llu",
+                          (unsigned long long)c.offset);
+                rc = -1;
+                break;
+            }
+            if ((rc = skv_trhd_decode(&c, &h)) < 0)
+                break;
+            have_hdr = 1;
+        } else if (skv_chunk_is(&c, SKV_T_TENS)) {
+            skv_tens t;
+            if ((rc = skv_tens_decode(&c, &t)) < 0)
+                break;
+            rows[t.kind] += t.rows;
+        }
+    }
+    if (rc < 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        skv_close(s);
+        tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), msg);
+    }
+    int maj, min;
+    skv_stream_version(s, &maj, &min);
+    uint64_t total = skv_stream_offset(s), nchunks = skv_stream_chunks(s) + 1;
+    skv_close(s);
+    if (json) {
+        printf("{\"file\": \"%s\", \"version\": \"%d.%d\", \"bytes\": %llu, \"chunks\": %llu, "
+               "\"crc\": \"ok\", \"complete\": true", tool_in_name(in), maj, min,
+               (unsigned long long)total, (unsigned long long)nchunks);
+        if (have_hdr)
+            printf(", \"trace\": {\"model\": \"%s\", \"tokenizer\": \"%s\", \"layers\": %u, "
+                   "\"heads\": %u, \"kv_heads\": %u, \"head_dim\": %u, \"tokens\": %llu, "
+                   "\"prefill\": %llu, \"dtype\": \"%s\", \"post_rope\": %s, "
+                   "\"rope_theta\": %g, \"token_ids\": %s, \"packed\": %s, \"queries\": %s}",
+                   h.model, h.tokenizer, h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim,
+                   (unsigned long long)h.n_tokens, (unsigned long long)h.n_prefill,
+                   skv_dtype_name(h.dtype), h.flags & SKV_TRACE_POST_ROPE ? "true" : "false",
+                   (double)h.rope_theta, h.flags & SKV_TRACE_HAS_TOKENS ? "true" : "false",
+                   h.flags & SKV_TRACE_PACKED ? "true" : "false",
+                   h.flags & SKV_TRACE_NO_QUERIES ? "false" : "true");
+        printf(", \"chunk_types\": {");
+        for (int i = 0; i < nst; i++)
+            printf("%s\"%s\": {\"count\": %llu, \"bytes\": %llu, \"raw_bytes\": %llu}",
+                   i ? ", " : "", st[i].type, (unsigned long long)st[i].count,
+                   (unsigned long long)st[i].stored, (unsigned long long)st[i].raw);
+        printf("}}\n");
+        return 0;
+    }
+    printf("file:       %s\n", tool_in_name(in));
+    printf("format:     smartkv %d.%d, %llu bytes, %llu chunks, all CRCs ok, end chunk ok\n",
+           maj, min, (unsigned long long)total, (unsigned long long)nchunks);
+    if (have_hdr) {
+        printf("source:     %s\n", h.model[0] ? h.model : "(unnamed)");
+        if (h.tokenizer[0])
+            printf("tokenizer:  %s\n", h.tokenizer);
+        printf("shape:      %u layers, %u query heads, %u kv heads (GQA %u:1), head_dim %u\n",
+               h.n_layers, h.n_heads, h.n_kv_heads, h.n_heads / h.n_kv_heads, h.head_dim);
+        printf("tokens:     %llu (%llu prefill, %llu decode steps)%s\n",
+               (unsigned long long)h.n_tokens, (unsigned long long)h.n_prefill,
+               (unsigned long long)(h.n_tokens - h.n_prefill),
+               h.flags & SKV_TRACE_HAS_TOKENS ? ", token ids included" : "");
+        printf("elements:   %s, keys %s RoPE%s\n", skv_dtype_name(h.dtype),
+               h.flags & SKV_TRACE_POST_ROPE ? "after" : "before",
+               h.rope_theta > 0 ? "" : " (theta unknown)");
+        if (h.rope_theta > 0)
+            printf("rope_theta: %g\n", (double)h.rope_theta);
+        double fp16 = 2.0 * h.n_layers * h.n_kv_heads * (double)h.n_tokens * h.head_dim * 2;
+        printf("kv fp16:    %.0f bytes (K and V at 16 bits)\n", fp16);
+        if (h.flags & SKV_TRACE_PACKED)
+            printf("content:    packed cache%s\n",
+                   h.flags & SKV_TRACE_NO_QUERIES ? " (queries dropped)" : " with queries");
+        else
+            printf("rows:       Q %llu, K %llu, V %llu\n", (unsigned long long)rows[1],
+                   (unsigned long long)rows[2], (unsigned long long)rows[3]);
+    }
+    printf("chunks:     %-6s %10s %14s %14s\n", "type", "count", "bytes", "raw bytes");
+    for (int i = 0; i < nst; i++)
+        printf("            %-6s %10llu %14llu %14llu\n", st[i].type,
+               (unsigned long long)st[i].count, (unsigned long long)st[i].stored,
+               (unsigned long long)st[i].raw);
+    return 0;
+}
+
+/* ---- cat ---- */
+
+static int cmd_cat(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"layers", required_argument, 0, 'l'}, {"tokens", required_argument, 0, 't'},
+        {"dtype", required_argument, 0, 'd'}, {"output", required_argument, 0, 'o'},
+        {"compress", optional_argument, 0, 'z'}, {"decompress", no_argument, 0, 'u'},
+        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    const char *layers_arg = NULL, *tokens_arg = NULL, *out = NULL;
+    int level = SKV_LEVEL_KEEP, o, dtype = 0;
+    while ((o = getopt_long(argc, argv, "l:t:d:o:z::uhV", opts, NULL)) != -1) {
+        switch (o) {
+        case 'l': layers_arg = optarg; break;
+        case 't': tokens_arg = optarg; break;
+        case 'd':
+            if ((dtype = skv_dtype_parse(optarg)) < 0)
+                tool_usage_error("--dtype must be f32, f16 or bf16, not '%s'", optarg);
+            break;
+        case 'o': out = optarg; break;
+        case 'z': level = parse_level(optarg); break;
+        case 'u': level = -1; break;
+        case 'h':
+            printf(
+"Usage: skv-trace cat [options] [FILE]\n"
+"Re-stream a trace, verifying every chunk; optionally select layers and tokens,\n"
+"convert the element type, or change compression.  Without selection or\n"
+"conversion, chunks of any kind are copied through.\n"
+"  -l, --layers LIST    keep these layers, e.g. 0-3,7 (renumbered from 0)\n"
+"  -t, --tokens A:B     keep tokens A..B-1 (A: or :B allowed)\n"
+"  -d, --dtype TYPE     convert elements to f32, f16 or bf16\n"
+"  -o, --output FILE    write to FILE (default stdout)\n"
+"  -z, --compress[=L]   zlib-compress chunks at level L (6)\n"
+"  -u, --decompress     store chunks uncompressed (default: as the input)\n");
+            return 0;
+        case 'V': tool_version();
+        default: tool_usage_error("bad option");
+        }
+    }
+    if (argc - optind > 1)
+        tool_usage_error("cat takes one input");
+    const char *in = optind < argc ? argv[optind] : "-";
+    tool_check_binary_output(out);
+    skv_stream *s = skv_open_read(in);
+    if (!s)
+        tool_fail(tool_in_name(in));
+    int select = layers_arg || tokens_arg || dtype > 0;
+    skv_stream *w = NULL;
+    skv_chunk c;
+    int rc;
+    skv_trace_hdr h;
+    int have_hdr = 0;
+    uint8_t *lsel = NULL;
+    uint32_t *lmap = NULL;
+    uint64_t t0 = 0, t1 = 0;
+    void *conv = NULL;
+    float *f32 = NULL;
+    char usage_msg[512];
+    w = skv_open_write(out, level);
+    if (!w) {
+        skv_close(s);
+        tool_fail(tool_out_name(out));
+    }
+    while ((rc = skv_read(s, &c)) > 0) {
+        if (!select) {
+            if ((rc = skv_copy_chunk(w, &c)) < 0)
+                goto wfail;
+            continue;
+        }
+        if (skv_chunk_is(&c, SKV_T_TRHD)) {
+            if (have_hdr || (rc = skv_trhd_decode(&c, &h)) < 0) {
+                if (have_hdr)
+                    rc = skv_error(SKV_EFORMAT, "second TRHD chunk");
+                goto rfail;
+            }
+            if (h.flags & (SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES)) {
+                rc = skv_error(SKV_EUNSUP, "cannot select from or convert a packed cache");
+                goto rfail;
+            }
+            have_hdr = 1;
+            lsel = calloc(h.n_layers, 1);
+            lmap = calloc(h.n_layers, sizeof *lmap);
+            if (!lsel || !lmap)
+                tool_die(EXIT_DATA, "out of memory");
+            const char *err = NULL;
+            if (layers_arg) {
+                if (tool_parse_index_set(layers_arg, h.n_layers, lsel, &err) < 0) {
+                    snprintf(usage_msg, sizeof usage_msg, "--layers '%s': %s (the trace has "
+                             "%u layers)", layers_arg, err, h.n_layers);
+                    goto usage;
+                }
+            } else {
+                memset(lsel, 1, h.n_layers);
+            }
+            uint32_t nl = 0;
+            for (uint32_t l = 0; l < h.n_layers; l++)
+                if (lsel[l])
+                    lmap[l] = nl++;
+            t0 = 0;
+            t1 = h.n_tokens;
+            if (tokens_arg && tool_parse_range(tokens_arg, h.n_tokens, &t0, &t1, &err) < 0) {
+                snprintf(usage_msg, sizeof usage_msg, "--tokens '%s': %s (the trace has %llu "
+                         "tokens)", tokens_arg, err, (unsigned long long)h.n_tokens);
+                goto usage;
+            }
+            skv_trace_hdr nh = h;
+            nh.n_layers = nl;
+            nh.n_tokens = t1 - t0;
+            nh.n_prefill = h.n_prefill <= t0 ? 0 : (h.n_prefill >= t1 ? t1 - t0 : h.n_prefill - t0);
+            if (dtype > 0)
+                nh.dtype = (uint32_t)dtype;
+            if ((rc = skv_trhd_write(w, &nh)) < 0)
+                goto wfail;
+        } else if (skv_chunk_is(&c, SKV_T_TOKS)) {
+            if (!have_hdr || c.raw_size < 16) {
+                rc = skv_error(SKV_EFORMAT, "misplaced or short TOKS chunk at byte %llu",
+                               (unsigned long long)c.offset);
+                goto rfail;
+            }
+            uint64_t a = skv_get64(c.data), n = skv_get64(c.data + 8);
+            if (n > h.n_tokens || a > h.n_tokens - n || 16 + n * 4 != c.raw_size) {
+                rc = skv_error(SKV_EFORMAT, "bad TOKS chunk at byte %llu",
+                               (unsigned long long)c.offset);
+                goto rfail;
+            }
+            uint64_t lo = a > t0 ? a : t0, hi = a + n < t1 ? a + n : t1;
+            if (lo < hi) {
+                int32_t *ids = malloc((size_t)(hi - lo) * 4);
+                if (!ids)
+                    tool_die(EXIT_DATA, "out of memory");
+                memcpy(ids, c.data + 16 + (lo - a) * 4, (size_t)(hi - lo) * 4);
+                rc = skv_toks_write(w, lo - t0, hi - lo, ids);
+                free(ids);
+                if (rc < 0)
+                    goto wfail;
+            }
+        } else if (skv_chunk_is(&c, SKV_T_TENS)) {
+            skv_tens t;
+            if (!have_hdr) {
+                rc = skv_error(SKV_EFORMAT, "TENS chunk before the trace header");
+                goto rfail;
+            }
+            if ((rc = skv_tens_decode(&c, &t)) < 0)
+                goto rfail;
+            if (t.layer >= h.n_layers || t.row0 > h.n_tokens || t.rows > h.n_tokens - t.row0) {
+                rc = skv_error(SKV_EFORMAT, "TENS chunk at byte %llu outside the trace shape",
+                               (unsigned long long)c.offset);
+                goto rfail;
+            }
+            if (!lsel[t.layer])
+                continue;
+            uint64_t lo = t.row0 > t0 ? t.row0 : t0, hi = t.row0 + t.rows < t1 ? t.row0 + t.rows : t1;
+            if (lo >= hi)
+                continue;
+            size_t es = skv_dtype_size(t.dtype);
+            const uint8_t *src = t.data + (lo - t.row0) * t.cols * es;
+            size_t n = (size_t)((hi - lo) * t.cols);
+            uint32_t odt = dtype > 0 ? (uint32_t)dtype : t.dtype;
+            if (odt != t.dtype) {
+                free(f32);
+                free(conv);
+                f32 = skv_malloc(n * 4);
+                conv = skv_malloc(n * skv_dtype_size(odt));
+                if (!f32 || !conv)
+                    goto wfail;
+                skv_convert_to_f32(t.dtype, src, f32, n);
+                skv_convert_from_f32(odt, f32, conv, n);
+                src = conv;
+            }
+            if ((rc = skv_tens_write_raw(w, t.kind, odt, lmap[t.layer], t.head, lo - t0,
+                                         hi - lo, t.cols, src)) < 0)
+                goto wfail;
+        } else if (skv_chunk_is_critical(c.type)) {
+            rc = skv_error(SKV_EUNSUP, "cannot select from a stream with %s chunks "
+                           "(allocation or cache data would no longer match)", c.type);
+            goto rfail;
+        } else if ((rc = skv_copy_chunk(w, &c)) < 0) {
+            goto wfail;
+        }
+    }
+    if (rc < 0)
+        goto rfail;
+    skv_close(s);
+    free(lsel);
+    free(lmap);
+    free(conv);
+    free(f32);
+    finish_out(w, out);
+    return 0;
+    char msg[1024];
+    int code;
+rfail:
+    snprintf(msg, sizeof msg, "%s: %s", tool_in_name(in), skv_errmsg());
+    code = EXIT_DATA;
+    goto cleanup;
+wfail:
+    snprintf(msg, sizeof msg, "%s: %s", tool_out_name(out), skv_errmsg());
+    code = EXIT_DATA;
+    goto cleanup;
+usage:
+    snprintf(msg, sizeof msg, "%s", usage_msg);
+    code = EXIT_USAGE;
+cleanup:
+    skv_discard(w);
+    skv_close(s);
+    free(lsel);
+    free(lmap);
+    free(conv);
+    free(f32);
+    tool_die(code, "%s", msg);
+}
+
+/* ---- dispatch ---- */
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+} commands[] = {
+    {"synth", cmd_synth}, {"import", cmd_import}, {"export", cmd_export},
+    {"info", cmd_info},   {"cat", cmd_cat},
+};
+
+int main(int argc, char **argv)
+{
+    tool_init("skv-trace");
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))
+        tool_version();
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (!strcmp(argv[1], commands[i].name)) {
+            char name[64];
+            snprintf(name, sizeof name, "skv-trace %s", commands[i].name);
+            tool_name = strdup(name);
+            return commands[i].fn(argc - 1, argv + 1);
+        }
+    }
+    tool_usage_error("unknown command '%s'", argv[1]);
+}
