@@ -2,7 +2,9 @@
  * replay it piggybacks on, measured side by side on the same layers and
  * queries (built and run by scripts/bench-alloc).
  *
- *   bench_alloc kernel TOKENS LAYERS THREADS REPS PV   synthetic layers in memory
+ *   bench_alloc kernel TOKENS LAYERS THREADS REPS PV [QUERIES]
+ *                      synthetic layers in memory; QUERIES: only the last
+ *                      QUERIES queries (each still sees its whole prefix)
  *   bench_alloc replay FILE THREADS                    a trace file, layer by layer
  *
  * Variants, all over every query (cumulative importance, realloc 1):
@@ -28,9 +30,21 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* CPU time of the whole process: with one replay thread it is the work done,
+ * untouched by time spent descheduled on a busy machine. */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+static int use_cpu_time;
+
 static const uint32_t flags[4] = {SKV_IMP_F_NO_TRACK, 0, SKV_IMP_F_OUTPUT | SKV_IMP_F_NO_TRACK,
                                   SKV_IMP_F_OUTPUT};
 static const char *const names[4] = {"attn", "attn+track", "attn+pv", "attn+pv+track"};
+
+static uint32_t last_queries; /* kernel: replay only the last N queries (window mode) */
 
 static int run_layer(const skv_trace_hdr *h, const skv_layer *L, uint32_t threads, double *t,
                      int with_pv, int reps)
@@ -43,6 +57,10 @@ static int run_layer(const skv_trace_hdr *h, const skv_layer *L, uint32_t thread
     c.mode = SKV_IMP_CUMULATIVE;
     c.realloc = 1;
     c.threads = threads;
+    if (last_queries) {
+        c.mode = SKV_IMP_WINDOW;
+        c.window = last_queries;
+    }
     /* alternate the order per layer */
     int order[4] = {0, 1, 2, 3};
     if (L->index & 1) {
@@ -57,9 +75,9 @@ static int run_layer(const skv_trace_hdr *h, const skv_layer *L, uint32_t thread
             if (v >= 2 && !with_pv)
                 continue;
             c.flags = flags[v];
-            double t0 = now();
+            double t0 = use_cpu_time ? cpu_now() : now();
             int rc = skv_importance_layer(&c, h, L, imp, ent);
-            double dt = now() - t0;
+            double dt = (use_cpu_time ? cpu_now() : now()) - t0;
             best[v] = dt < best[v] ? dt : best[v];
             if (rc < 0) {
                 fprintf(stderr, "bench_alloc: %s\n", skv_errmsg());
@@ -88,13 +106,15 @@ static void report(const double *t, int with_pv, const char *what)
 int main(int argc, char **argv)
 {
     double t[4] = {0, 0, 0, 0};
-    if (argc == 7 && !strcmp(argv[1], "kernel")) {
+    if ((argc == 7 || argc == 8) && !strcmp(argv[1], "kernel")) {
+        last_queries = argc == 8 ? (uint32_t)atoi(argv[7]) : 0;
         skv_synth_cfg sc;
         skv_synth_defaults(&sc);
         sc.n_tokens = strtoull(argv[2], NULL, 10);
         sc.n_layers = (uint32_t)atoi(argv[3]);
         uint32_t threads = (uint32_t)atoi(argv[4]);
         int reps = atoi(argv[5]), with_pv = atoi(argv[6]);
+        use_cpu_time = threads == 1;
         skv_trace_hdr h;
         if (skv_synth_header(&sc, &h) < 0) {
             fprintf(stderr, "bench_alloc: %s\n", skv_errmsg());
@@ -113,10 +133,13 @@ int main(int argc, char **argv)
             if (run_layer(&h, &L, threads, t, with_pv, reps) < 0)
                 return 1;
         }
-        char what[200];
+        char what[240], qs[64] = "every query";
+        if (last_queries)
+            snprintf(qs, sizeof qs, "the last %u queries", last_queries);
         snprintf(what, sizeof what, "replay of %u synthetic layers x %llu tokens (9 heads, 3 kv "
-                 "heads, head_dim 64), %u threads, every query, fastest of %d per layer:",
-                 h.n_layers, (unsigned long long)h.n_tokens, threads, reps);
+                 "heads, head_dim 64), %u threads, %s, fastest of %d per layer, %s:",
+                 h.n_layers, (unsigned long long)h.n_tokens, threads, qs, reps,
+                 use_cpu_time ? "CPU time" : "wall time");
         report(t, with_pv, what);
         skv_layer_free(&L);
         return 0;
