@@ -80,23 +80,7 @@ uint64_t skv_alloc_pkhd_bytes(const skv_qcfg *c)
     return SKV_ALLOC_PKHD_FILE_BYTES;
 }
 
-int skv_qcfg_check(const skv_qcfg *c)
-{
-    if (c->head_dim == 0 || c->head_dim > SKV_MAX_HEAD_DIM)
-        return skv_error(SKV_EINVAL, "head_dim %u outside 1..%u", c->head_dim,
-                         SKV_MAX_HEAD_DIM);
-    if (c->k_group == 0 || c->head_dim % c->k_group)
-        return skv_error(SKV_EINVAL, "key group %u does not divide head_dim %u", c->k_group,
-                         c->head_dim);
-    if (c->v_group == 0 || c->head_dim % c->v_group)
-        return skv_error(SKV_EINVAL, "value group %u does not divide head_dim %u", c->v_group,
-                         c->head_dim);
-    if ((c->k_mode != SKV_QMODE_ASYM && c->k_mode != SKV_QMODE_SYM) ||
-        (c->v_mode != SKV_QMODE_ASYM && c->v_mode != SKV_QMODE_SYM))
-        return skv_error(SKV_EINVAL, "quantizer modes %u/%u: expected 1 (asym) or 2 (sym)",
-                         c->k_mode, c->v_mode);
-    return 0;
-}
+/* skv_qcfg_check() is defined in quant.c (merge of the quant and alloc branches). */
 
 int skv_alloc_cache_bytes(const skv_qcfg *c, uint32_t L, uint32_t H, uint64_t T,
                           const uint8_t *bits, uint64_t *bytes)
