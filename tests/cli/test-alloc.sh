@@ -61,8 +61,13 @@ check "beta >= 1 stores everything at 16 bits" sh -c "grep '^total' '$T/err' | a
 
 # with skv-quant (when it exists) the pipeline composes end to end
 if command -v skv-quant >/dev/null 2>&1; then
-    run sh -c 'skv-trace synth -L 2 -T 300 | skv-alloc -p smartkv -b 0.25 | skv-quant > cache.skv'
+    run sh -c 'skv-trace synth -L 2 -T 300 | skv-alloc -p smartkv -b 0.3 | skv-quant > cache.skv'
     expect_rc 0 "synth | alloc | quant"
+    # what skv-quant wrote equals the allocator's byte model, within the budget
+    # (fp16 K+V of 2 layers x 3 kv heads x 300 tokens x 64 dims: 460800 bytes)
+    check "quantized bytes equal the predicted bytes, within budget" sh -c "
+        sed -n 's/.*packed K\/V \([0-9]*\) bytes.*byte model \([0-9]*\).*/\1 \2/p' '$T/err' |
+        awk '{ n++; if (\$1 != \$2 || \$1 > 0.3 * 460800) badv = 1 } END { exit (n != 1 || badv) }'"
 else
     skip "synth | alloc | quant" "skv-quant not built on this branch"
 fi
