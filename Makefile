@@ -76,13 +76,16 @@ HEADERS := $(wildcard lib/smartkv*.h)
 
 ifeq ($(USE_CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
-CU_OBJS := $(CU_SRCS:kernels/%.cu=$(O)/kernels/%.o)
+# Kernels get no sanitizer flags, so both variants share one set of objects;
+# nvcc's -MMD lists the headers each kernel really includes.
+CU_OBJS := $(CU_SRCS:kernels/%.cu=build/cuda/%.o)
 NVCCFLAGS ?= -O3 -lineinfo
-NVCC_ALL := $(NVCCFLAGS) -std=c++17 -Ilib -Xcompiler -fPIC,-fvisibility=hidden \
+NVCC_ALL := $(NVCCFLAGS) -std=c++17 -Ilib -Ikernels -Xcompiler -fPIC,-fvisibility=hidden,-pthread \
+	-Xcompiler -Wall,-Wextra,-Wshadow,-Wno-unused-parameter $(if $(filter 1,$(WERROR)),-Xcompiler -Werror) \
 	-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	-gencode arch=compute_90,code=compute_90 --Werror all-warnings
 ALL_CFLAGS += -DSKV_HAVE_CUDA=1
-LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
+LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 else
 CU_OBJS :=
 endif
@@ -117,9 +120,15 @@ $(O)/bin/%.o: bin/%.c $(HEADERS) $(wildcard bin/*.h) $(O)/.flags
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -Ibin -c -o $@ $<
 
-$(O)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh) $(O)/.flags
+build/cuda/.flags: FORCE
+	@mkdir -p build/cuda
+	@echo '$(NVCC) $(NVCC_ALL)' | cmp -s - $@ || echo '$(NVCC) $(NVCC_ALL)' > $@
+
+build/cuda/%.o: kernels/%.cu build/cuda/.flags
 	@mkdir -p $(dir $@)
-	$(call say,NVCC,$<)$(NVCC) $(NVCC_ALL) -c -o $@ $<
+	$(call say,NVCC,$<)$(NVCC) $(NVCC_ALL) -MMD -MP -c -o $@ $<
+
+-include $(wildcard build/cuda/*.d)
 
 $(O)/libsmartkv.a: $(LIB_OBJS) $(CU_OBJS)
 	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^

@@ -34,7 +34,7 @@ static void usage(void)
            "      --v-mode MODE      value quantizer: asym (default) or sym\n"
            "      --summary          print the width histogram per layer to stderr\n"
            "  -o, --output FILE      write to FILE (default stdout)\n"
-           "      --compress         zlib-compress the chunks written\n"
+           "  -z, --compress[=L]     zlib-compress the chunks written at level L (6)\n"
            "      --help             show this help and exit\n"
            "      --version          show the version and exit\n",
            tool_name);
@@ -43,7 +43,7 @@ static void usage(void)
 
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_WINDOW, O_SHARE, O_BITS, O_SINKS, O_RECENT, O_SEED,
-    O_THREADS, O_GROUP, O_KMODE, O_VMODE, O_SUMMARY, O_COMPRESS, O_HELP, O_VERSION
+    O_THREADS, O_GROUP, O_KMODE, O_VMODE, O_SUMMARY, O_HELP, O_VERSION
 };
 
 static const struct option longopts[] = {
@@ -64,7 +64,7 @@ static const struct option longopts[] = {
     {"v-mode", required_argument, NULL, O_VMODE},
     {"summary", no_argument, NULL, O_SUMMARY},
     {"output", required_argument, NULL, 'o'},
-    {"compress", no_argument, NULL, O_COMPRESS},
+    {"compress", optional_argument, NULL, 'z'},
     {"help", no_argument, NULL, O_HELP},
     {"version", no_argument, NULL, O_VERSION},
     {NULL, 0, NULL, 0},
@@ -131,7 +131,7 @@ int main(int argc, char **argv)
     int level = -1, want_summary = 0, have_budget = 0, have_bits = 0;
     uint32_t group = 0;
     int o;
-    while ((o = getopt_long(argc, argv, "p:b:o:", longopts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "p:b:o:z::", longopts, NULL)) != -1) {
         switch (o) {
         case 'p':
             if (skv_policy_parse(optarg, &ac.policy, &ac.uniform_bits) < 0)
@@ -173,7 +173,9 @@ int main(int argc, char **argv)
         case O_VMODE: ac.qcfg.v_mode = parse_mode("--v-mode", optarg); break;
         case O_SUMMARY: want_summary = 1; break;
         case 'o': out = optarg; break;
-        case O_COMPRESS: level = 6; break;
+        case 'z':
+            level = optarg ? (int)parse_u32("--compress", optarg, 0, 9) : 6;
+            break;
         case O_HELP: usage(); break;
         case O_VERSION: tool_version(); break;
         default: tool_usage_error("unknown option");

@@ -30,6 +30,8 @@ static void usage(FILE *f)
 "  -j, --threads N       worker threads (default: online CPUs)\n"
 "  -k, --kernel NAME     auto (default), scalar or avx2\n"
 "      --split N         tokens per work item (default %u)\n"
+"      --device NAME     cpu (default) or cuda: the fused packed kernel on\n"
+"                        the GPU (no --reference, --dense or --probs)\n"
 "  -o, --output FILE     output file (default: standard output)\n"
 "  -z, --compress[=N]    zlib-compress output chunks (level N, default 6)\n"
 "  -h, --help            show this help and exit\n"
@@ -76,13 +78,13 @@ int main(int argc, char **argv)
         {"steps", required_argument, 0, 's'}, {"reference", no_argument, 0, 'r'},
         {"dense", required_argument, 0, 'd'}, {"packed", no_argument, 0, 'P'}, {"probs", no_argument, 0, 'p'},
         {"tsv", no_argument, 0, 1}, {"label", required_argument, 0, 3}, {"threads", required_argument, 0, 'j'},
-        {"kernel", required_argument, 0, 'k'}, {"split", required_argument, 0, 2},
+        {"kernel", required_argument, 0, 'k'}, {"split", required_argument, 0, 2}, {"device", required_argument, 0, 4},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     skv_attend_req req = {SKV_ATT_AUTO, NULL, 0, NULL};
     skv_attend_opts ao = {0, SKV_KERNEL_AUTO, 0};
     const char *out = NULL;
-    int level = -1, tsv = 0, o;
+    int level = -1, tsv = 0, cuda = 0, o;
     uint64_t v;
     while ((o = getopt_long(argc, argv, "s:rd:Ppj:k:o:z::hV", opts, NULL)) != -1) {
         switch (o) {
@@ -136,6 +138,14 @@ int main(int argc, char **argv)
                 tool_usage_error("--split must be 1..2^30 tokens, not '%s'", optarg);
             ao.split = (uint32_t)v;
             break;
+        case 4:
+            if (!strcmp(optarg, "cuda"))
+                cuda = 1;
+            else if (!strcmp(optarg, "cpu"))
+                cuda = 0;
+            else
+                tool_usage_error("--device must be cpu or cuda, not '%s'", optarg);
+            break;
         case 'o': out = optarg; break;
         case 'z':
             if (!optarg)
@@ -159,6 +169,19 @@ int main(int argc, char **argv)
         if (skv_steps_parse(req.steps, SKV_MAX_TOKENS, &st, &n) < 0)
             tool_usage_error("%s", skv_errmsg());
         free(st);
+    }
+    if (cuda) {
+        if (req.mode != SKV_ATT_AUTO)
+            tool_usage_error("--device cuda runs the fused packed kernel only (no --reference "
+                             "or --dense)");
+        if (req.probs)
+            tool_usage_error("--device cuda does not write probabilities (--probs)");
+        if (skv_cuda_available() < 0) {
+            const char *m = skv_errmsg();
+            if (strstr(m, "no CUDA device available"))
+                tool_die(EXIT_DATA, "%s", m);
+            tool_die(EXIT_DATA, "no CUDA device available: %s", m);
+        }
     }
     skv_attend_ctx *ctx = skv_attend_new(&ao);
     if (!ctx)
@@ -184,7 +207,7 @@ int main(int argc, char **argv)
             unlink(tmp);
         tool_fail(tool_out_name(out));
     }
-    if (skv_attend_stream(ctx, in, s, &req) < 0) {
+    if ((cuda ? skv_cuda_attend_stream(in, s, &req) : skv_attend_stream(ctx, in, s, &req)) < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
         skv_discard(s);

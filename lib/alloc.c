@@ -8,9 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* File bytes of the PKHD chunk (24-byte chunk header + 64-byte payload + CRC).
- * The quantizer's skv_pkhd_file_bytes() replaces this once merged. */
-#define SKV_ALLOC_PKHD_FILE_BYTES (SKV_CHUNK_HEADER_LEN + 64 + SKV_CHUNK_CRC_LEN)
 
 /* ---- widths ---- */
 
@@ -76,8 +73,8 @@ uint64_t skv_alloc_fp16_bytes(uint32_t L, uint32_t H, uint64_t T, uint32_t d)
 
 uint64_t skv_alloc_pkhd_bytes(const skv_qcfg *c)
 {
-    (void)c;
-    return SKV_ALLOC_PKHD_FILE_BYTES;
+    (void)c; /* the PKHD payload has a fixed size (smartkv_pack.h) */
+    return skv_pkhd_file_bytes();
 }
 
 /* skv_qcfg_check() is defined in quant.c (merge of the quant and alloc branches). */
