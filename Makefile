@@ -92,6 +92,7 @@ endif
 
 PKG_CHECK := $(shell pkg-config --cflags --libs check 2>/dev/null)
 
+.SECONDARY:
 .PHONY: all check test-unit test-cli demo install uninstall clean deps help model bench
 
 all: lib/libsmartkv.a lib/libsmartkv.so $(TOOLS)
