@@ -161,3 +161,12 @@ void *skv_realloc(void *old, size_t n)
         skv_error(SKV_ENOMEM, "out of memory allocating %zu bytes", n);
     return p;
 }
+
+int skv_check_mem(uint64_t bytes, const char *what)
+{
+    uint64_t cap = skv_get_max_mem();
+    if (cap && bytes > cap)
+        return skv_error(SKV_ELIMIT, "%s needs %llu bytes, beyond the memory cap of %llu bytes",
+                         what, (unsigned long long)bytes, (unsigned long long)cap);
+    return 0;
+}

@@ -80,6 +80,11 @@ SKV_EXPORT void skv_fail_alloc_after(long n);
 SKV_EXPORT void skv_set_max_mem(uint64_t bytes);
 SKV_EXPORT uint64_t skv_get_max_mem(void);
 
+/* Check, before allocating, that an object of `bytes` in total (made of
+ * several allocations, e.g. a whole trace) fits the memory cap.  Returns 0,
+ * or SKV_ELIMIT with a message naming `what`. */
+SKV_EXPORT int skv_check_mem(uint64_t bytes, const char *what);
+
 #ifdef __cplusplus
 }
 #endif

@@ -586,6 +586,9 @@ int skv_trace_next_layer(skv_trace_reader *r, skv_layer *L)
         return rc;
     /* buffers are reused across layers: the caller passes back what we gave */
     if (!L->q) {
+        if ((rc = skv_check_mem(((uint64_t)nq + 2 * (uint64_t)nkv) * sizeof(float),
+                                "one layer of the trace")) < 0)
+            return rc;
         L->q = skv_malloc(nq * sizeof(float));
         L->k = skv_malloc(nkv * sizeof(float));
         L->v = skv_malloc(nkv * sizeof(float));
@@ -666,6 +669,11 @@ skv_trace *skv_trace_new(const skv_trace_hdr *h)
         return NULL;
     size_t nq, nkv;
     if (skv_trace_layer_floats(h, &nq, &nkv) < 0)
+        return NULL;
+    /* at most 1024 layers of 3 * 2^46 bytes: no overflow in 64 bits */
+    if (skv_check_mem(((uint64_t)nq + 2 * (uint64_t)nkv) * sizeof(float) * h->n_layers +
+                          ((h->flags & SKV_TRACE_HAS_TOKENS) ? h->n_tokens * 4 : 0),
+                      "the whole trace") < 0)
         return NULL;
     skv_trace *t = skv_calloc(1, sizeof *t);
     if (!t)
