@@ -1,6 +1,7 @@
 /* tool.c -- shared error path and parsers for the skv-* programs. */
 #include "tool.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -71,7 +72,8 @@ void tool_version(void)
 int tool_parse_u64(const char *s, uint64_t *out)
 {
     char *end;
-    if (!s || !*s || *s == '-' || *s == '+')
+    /* a digit first: strtoull would skip spaces and negate " -1" to 2^64-1 */
+    if (!s || *s < '0' || *s > '9')
         return -1;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
@@ -84,7 +86,7 @@ int tool_parse_u64(const char *s, uint64_t *out)
 int tool_parse_double(const char *s, double *out)
 {
     char *end;
-    if (!s || !*s)
+    if (!s || !*s || isspace((unsigned char)*s))
         return -1;
     errno = 0;
     double v = strtod(s, &end);
@@ -97,7 +99,7 @@ int tool_parse_double(const char *s, double *out)
 int tool_parse_size(const char *s, uint64_t *out)
 {
     char *end;
-    if (!s || !*s || *s == '-' || *s == '+')
+    if (!s || *s < '0' || *s > '9')
         return -1;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
