@@ -95,7 +95,7 @@ static int cmd_synth(int argc, char **argv)
         {"needle-logit", required_argument, 0, 9}, {"outliers", required_argument, 0, 10},
         {"outlier-scale", required_argument, 0, 11}, {"noise", required_argument, 0, 12},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
-        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     skv_synth_cfg c;
     skv_synth_defaults(&c);
     const char *out = NULL;
@@ -153,8 +153,9 @@ static int cmd_synth(int argc, char **argv)
 "      --outlier-scale X  offset of outlier channels (8)\n"
 "      --noise X          std of the noise part of q and k (1)\n"
 "  -o, --output FILE      write to FILE (default stdout)\n"
-"  -z, --compress[=L]     zlib-compress chunks at level L (6)\n");
+"  -z, --compress[=L]     zlib-compress chunks at level L (6)\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
@@ -209,7 +210,7 @@ static int cmd_import(int argc, char **argv)
         {"model", required_argument, 0, 'm'}, {"post-rope", no_argument, 0, 'r'},
         {"pre-rope", no_argument, 0, 'R'}, {"rope-theta", required_argument, 0, 1},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
-        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     const char *qp = NULL, *kp = NULL, *vp = NULL, *out = NULL, *model = "imported";
     uint64_t prefill = 0;
     int have_prefill = 0, level = -1, post_rope = 1, o;
@@ -240,8 +241,9 @@ static int cmd_import(int argc, char **argv)
 "      --pre-rope       they do not\n"
 "      --rope-theta X   RoPE base to record (default 0: unknown)\n"
 "  -o, --output FILE    write to FILE (default stdout)\n"
-"  -z, --compress[=L]   zlib-compress chunks at level L (6)\n");
+"  -z, --compress[=L]   zlib-compress chunks at level L (6)\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
@@ -352,7 +354,7 @@ static void npy_create(npy_out *n, const char *prefix, const char *suffix, uint3
 static int cmd_export(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"prefix", required_argument, 0, 'p'}, {"help", no_argument, 0, 'h'},
+        {"prefix", required_argument, 0, 'p'}, TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     const char *prefix = NULL;
     int o;
@@ -365,8 +367,9 @@ static int cmd_export(int argc, char **argv)
 "Write the trace's queries, keys and values to PREFIX.q.npy, PREFIX.k.npy and\n"
 "PREFIX.v.npy with shape [layers][heads][tokens][dim].  f16 and f32 traces are\n"
 "written bit for bit in their own type; bf16 traces are widened to float32.\n"
-"  -p, --prefix PREFIX  output path prefix\n");
+"  -p, --prefix PREFIX  output path prefix\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
@@ -425,7 +428,7 @@ static int cmd_export(int argc, char **argv)
             uint32_t nh = ki ? h.n_kv_heads : h.n_heads;
             uint64_t pos = ((uint64_t)t.layer * nh + t.head) * h.n_tokens + t.row0;
             if (t.layer >= h.n_layers || t.head >= nh || pos != expect_rows[ki] ||
-                t.row0 + t.rows > h.n_tokens) {
+                t.row0 > h.n_tokens || t.rows > h.n_tokens - t.row0) {
                 skv_error(SKV_EFORMAT, "TENS chunk at byte %llu (%s layer %u head %u row %llu) "
                           "is out of order", (unsigned long long)c.offset,
                           skv_tensor_kind_name(t.kind), t.layer, t.head,
@@ -498,7 +501,7 @@ typedef struct {
 static int cmd_info(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'},
+        {"json", no_argument, 0, 'j'}, TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int json = 0, o;
     while ((o = getopt_long(argc, argv, "jhV", opts, NULL)) != -1) {
@@ -509,8 +512,9 @@ static int cmd_info(int argc, char **argv)
 "Usage: skv-trace info [--json] [FILE]\n"
 "Read a whole stream, check every CRC and the end chunk, and summarise it:\n"
 "shapes, element type, source, chunk counts and sizes.\n"
-"  -j, --json   print one JSON object instead of text\n");
+"  -j, --json   print one JSON object instead of text\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
@@ -634,7 +638,7 @@ static int cmd_cat(int argc, char **argv)
         {"layers", required_argument, 0, 'l'}, {"tokens", required_argument, 0, 't'},
         {"dtype", required_argument, 0, 'd'}, {"output", required_argument, 0, 'o'},
         {"compress", optional_argument, 0, 'z'}, {"decompress", no_argument, 0, 'u'},
-        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     const char *layers_arg = NULL, *tokens_arg = NULL, *out = NULL;
     int level = SKV_LEVEL_KEEP, o, dtype = 0;
     while ((o = getopt_long(argc, argv, "l:t:d:o:z::uhV", opts, NULL)) != -1) {
@@ -659,8 +663,9 @@ static int cmd_cat(int argc, char **argv)
 "  -d, --dtype TYPE     convert elements to f32, f16 or bf16\n"
 "  -o, --output FILE    write to FILE (default stdout)\n"
 "  -z, --compress[=L]   zlib-compress chunks at level L (6)\n"
-"  -u, --decompress     store chunks uncompressed (default: as the input)\n");
+"  -u, --decompress     store chunks uncompressed (default: as the input)\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
