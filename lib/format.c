@@ -249,11 +249,11 @@ static skv_stream *read_start(skv_stream *s)
         goto fail;
     }
     if (r < (ssize_t)sizeof sig || memcmp(sig, SKV_SIGNATURE, sizeof sig) != 0) {
-        if (r >= 4 && memcmp(sig + 1, "SKV", 3) == 0 && sig[0] == 0x89)
+        if (r < (ssize_t)sizeof sig && memcmp(sig, SKV_SIGNATURE, (size_t)r) == 0)
+            skv_error(SKV_ETRUNC, "truncated input: only %zd bytes of signature", r);
+        else if (r >= 4 && memcmp(sig + 1, "SKV", 3) == 0 && sig[0] == 0x89)
             skv_error(SKV_EFORMAT, "damaged signature (text-mode transfer? "
                       "line endings or the high bit were altered)");
-        else if (r < (ssize_t)sizeof sig && memcmp(sig, SKV_SIGNATURE, (size_t)r) == 0)
-            skv_error(SKV_ETRUNC, "truncated input: only %zd bytes of signature", r);
         else
             skv_error(SKV_EFORMAT, "not a smartkv stream (bad signature)");
         goto fail;
