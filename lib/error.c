@@ -112,7 +112,9 @@ static int alloc_allowed(size_t n)
 {
     if (fail_countdown < 0) {
         const char *e = getenv("SKV_FAIL_ALLOC");
-        fail_countdown = e ? atol(e) : 0;
+        char *end = NULL;
+        long v = e ? strtol(e, &end, 10) : 0;
+        fail_countdown = e && end != e && *end == '\0' && v > 0 ? v : 0;
     }
     if (fail_countdown > 0 && --fail_countdown == 0) {
         skv_error(SKV_ENOMEM, "out of memory allocating %zu bytes (injected failure)", n);
