@@ -131,7 +131,7 @@ static int read_stored(skv_stream *s, skv_chunk *c)
                          (unsigned long long)start, strerror(errno));
     if (r < (ssize_t)sizeof hdr)
         return skv_error(SKV_ETRUNC, "truncated input: stream ends at byte %llu "
-                         "without an end chunk", (unsigned long long)(start + (uint64_t)r));
+                         "without an end chunk", (unsigned long long)start + (unsigned long long)r);
     s->offset += sizeof hdr;
     if (!valid_type(hdr))
         return skv_error(SKV_EFORMAT, "bad chunk type at byte %llu (not four letters)",
@@ -170,13 +170,13 @@ static int read_stored(skv_stream *s, skv_chunk *c)
         r = read_full(s, s->buf + sizeof hdr + got, want);
         if (r < 0)
             return skv_error(SKV_EIO, "read error in chunk %s at byte %llu: %s", c->type,
-                             (unsigned long long)(s->offset + got), strerror(errno));
+                             (unsigned long long)s->offset + got, strerror(errno));
         got += (size_t)r;
         if ((size_t)r < want)
             return skv_error(SKV_ETRUNC, "truncated input: chunk %s at byte %llu ends at "
                              "byte %llu (%zu of %zu bytes; no end chunk)", c->type,
                              (unsigned long long)start,
-                             (unsigned long long)(s->offset + got), got + sizeof hdr,
+                             (unsigned long long)s->offset + got, got + sizeof hdr,
                              body + sizeof hdr);
     }
     s->offset += body;

@@ -237,7 +237,7 @@ int skv_trace_hdr_check(const skv_trace_hdr *h)
         return skv_error(SKV_EUNSUP, "unknown trace flags 0x%x", h->flags);
     if (!isfinite(h->rope_theta) || h->rope_theta < 0)
         return skv_error(SKV_EFORMAT, "bad rope_theta %g", (double)h->rope_theta);
-    size_t nq, nkv;
+    size_t nq = 0, nkv = 0;
     return skv_trace_layer_floats(h, &nq, &nkv);
 }
 
@@ -580,7 +580,7 @@ int skv_trace_next_layer(skv_trace_reader *r, skv_layer *L)
     const skv_trace_hdr *h = &r->hdr;
     if (r->next_layer >= h->n_layers)
         return skv_trace_reader_finish(r) < 0 ? -1 : 0;
-    size_t nq, nkv;
+    size_t nq = 0, nkv = 0;
     int rc = skv_trace_layer_floats(h, &nq, &nkv);
     if (rc < 0)
         return rc;
@@ -622,7 +622,7 @@ int skv_trace_next_layer(skv_trace_reader *r, skv_layer *L)
                         return rc;
                     continue;
                 }
-                skv_tens t;
+                skv_tens t = {0};
                 if ((rc = skv_tens_decode(&c, &t)) < 0)
                     return rc;
                 if (t.kind != kinds[ki] || t.layer != L->index || t.head != head ||
@@ -667,7 +667,7 @@ skv_trace *skv_trace_new(const skv_trace_hdr *h)
 {
     if (skv_trace_hdr_check(h) < 0)
         return NULL;
-    size_t nq, nkv;
+    size_t nq = 0, nkv = 0;
     if (skv_trace_layer_floats(h, &nq, &nkv) < 0)
         return NULL;
     /* at most 1024 layers of 3 * 2^46 bytes: no overflow in 64 bits */
@@ -741,7 +741,7 @@ int skv_trace_load(const char *path, skv_trace **out)
         skv_trace_reader_close(r);
         return SKV_ENOMEM;
     }
-    if (r->tokens)
+    if (r->tokens && t->tokens)
         memcpy(t->tokens, r->tokens, (size_t)t->hdr.n_tokens * sizeof(int32_t));
     int rc;
     for (uint32_t l = 0; l < t->hdr.n_layers; l++) {
