@@ -388,7 +388,7 @@ static int cmd_export(int argc, char **argv)
     int have_hdr = 0;
     npy_out files[3];
     uint32_t odt = 0;
-    uint8_t *conv = NULL;
+    float *conv = NULL; /* bf16 blocks widened to f32 */
     /* one pass: TENS blocks arrive in layer order, which is the npy order of
      * each file; blocks of each kind are appended to that kind's file */
     uint64_t expect_rows[3] = {0};
@@ -444,7 +444,7 @@ static int cmd_export(int argc, char **argv)
                 conv = skv_malloc(n * 4);
                 if (!conv)
                     goto bad;
-                skv_convert_to_f32(t.dtype, t.data, (float *)conv, n);
+                skv_convert_to_f32(t.dtype, t.data, conv, n);
                 src = conv;
                 bytes = n * 4;
             }
@@ -533,7 +533,7 @@ static int cmd_info(int argc, char **argv)
     skv_chunk c;
     while ((rc = skv_read(s, &c)) > 0) {
         int i;
-        for (i = 0; i < nst && strcmp(st[i].type, c.type); i++)
+        for (i = 0; i < nst && strcmp(st[i].type, c.type) != 0; i++)
             ;
         if (i == nst && nst < 32) {
             memset(&st[nst], 0, sizeof st[nst]);
@@ -696,18 +696,18 @@ static int cmd_cat(int argc, char **argv)
     }
     while ((rc = skv_read(s, &c)) > 0) {
         if (!select) {
-            if ((rc = skv_copy_chunk(w, &c)) < 0)
+            if (skv_copy_chunk(w, &c) < 0)
                 goto wfail;
             continue;
         }
         if (skv_chunk_is(&c, SKV_T_TRHD)) {
-            if (have_hdr || (rc = skv_trhd_decode(&c, &h)) < 0) {
+            if (have_hdr || skv_trhd_decode(&c, &h) < 0) {
                 if (have_hdr)
-                    rc = skv_error(SKV_EFORMAT, "second TRHD chunk");
+                    skv_error(SKV_EFORMAT, "second TRHD chunk");
                 goto rfail;
             }
             if (h.flags & (SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES)) {
-                rc = skv_error(SKV_EUNSUP, "cannot select from or convert a packed cache");
+                skv_error(SKV_EUNSUP, "cannot select from or convert a packed cache");
                 goto rfail;
             }
             have_hdr = 1;
@@ -742,18 +742,18 @@ static int cmd_cat(int argc, char **argv)
             nh.n_prefill = h.n_prefill <= t0 ? 0 : (h.n_prefill >= t1 ? t1 - t0 : h.n_prefill - t0);
             if (dtype > 0)
                 nh.dtype = (uint32_t)dtype;
-            if ((rc = skv_trhd_write(w, &nh)) < 0)
+            if (skv_trhd_write(w, &nh) < 0)
                 goto wfail;
         } else if (skv_chunk_is(&c, SKV_T_TOKS)) {
             if (!have_hdr || c.raw_size < 16) {
-                rc = skv_error(SKV_EFORMAT, "misplaced or short TOKS chunk at byte %llu",
-                               (unsigned long long)c.offset);
+                skv_error(SKV_EFORMAT, "misplaced or short TOKS chunk at byte %llu",
+                          (unsigned long long)c.offset);
                 goto rfail;
             }
             uint64_t a = skv_get64(c.data), n = skv_get64(c.data + 8);
             if (n > h.n_tokens || a > h.n_tokens - n || 16 + n * 4 != c.raw_size) {
-                rc = skv_error(SKV_EFORMAT, "bad TOKS chunk at byte %llu",
-                               (unsigned long long)c.offset);
+                skv_error(SKV_EFORMAT, "bad TOKS chunk at byte %llu",
+                          (unsigned long long)c.offset);
                 goto rfail;
             }
             uint64_t lo = a > t0 ? a : t0, hi = a + n < t1 ? a + n : t1;
@@ -770,14 +770,14 @@ static int cmd_cat(int argc, char **argv)
         } else if (skv_chunk_is(&c, SKV_T_TENS)) {
             skv_tens t;
             if (!have_hdr) {
-                rc = skv_error(SKV_EFORMAT, "TENS chunk before the trace header");
+                skv_error(SKV_EFORMAT, "TENS chunk before the trace header");
                 goto rfail;
             }
-            if ((rc = skv_tens_decode(&c, &t)) < 0)
+            if (skv_tens_decode(&c, &t) < 0)
                 goto rfail;
             if (t.layer >= h.n_layers || t.row0 > h.n_tokens || t.rows > h.n_tokens - t.row0) {
-                rc = skv_error(SKV_EFORMAT, "TENS chunk at byte %llu outside the trace shape",
-                               (unsigned long long)c.offset);
+                skv_error(SKV_EFORMAT, "TENS chunk at byte %llu outside the trace shape",
+                          (unsigned long long)c.offset);
                 goto rfail;
             }
             if (!lsel[t.layer])
@@ -800,14 +800,14 @@ static int cmd_cat(int argc, char **argv)
                 skv_convert_from_f32(odt, f32, conv, n);
                 src = conv;
             }
-            if ((rc = skv_tens_write_raw(w, t.kind, odt, lmap[t.layer], t.head, lo - t0,
-                                         hi - lo, t.cols, src)) < 0)
+            if (skv_tens_write_raw(w, t.kind, odt, lmap[t.layer], t.head, lo - t0,
+                                    hi - lo, t.cols, src) < 0)
                 goto wfail;
         } else if (skv_chunk_is_critical(c.type)) {
-            rc = skv_error(SKV_EUNSUP, "cannot select from a stream with %s chunks "
-                           "(allocation or cache data would no longer match)", c.type);
+            skv_error(SKV_EUNSUP, "cannot select from a stream with %s chunks "
+                      "(allocation or cache data would no longer match)", c.type);
             goto rfail;
-        } else if ((rc = skv_copy_chunk(w, &c)) < 0) {
+        } else if (skv_copy_chunk(w, &c) < 0) {
             goto wfail;
         }
     }
