@@ -89,7 +89,7 @@ endif
 
 PKG_CHECK := $(shell pkg-config --cflags --libs check 2>/dev/null)
 
-.PHONY: all check test-unit test-fuzz test-cli fuzz fuzz-build demo install uninstall clean deps help model bench
+.PHONY: all check test-unit test-fuzz test-cli test-cli-valgrind lint fuzz fuzz-build demo install uninstall clean deps help model bench
 
 all: lib/libsmartkv.a lib/libsmartkv.so $(TOOLS)
 
@@ -174,6 +174,11 @@ fuzz-build: $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
 fuzz: fuzz-build
 	@tests/fuzz/run-fuzz $(FUZZ_SECONDS) $(FUZZ_DIR) $(FUZZ_NAMES)
 
+# Static analysis, zero findings (cppcheck, clang-tidy with .clang-tidy).
+# Not part of `make check` (needs both tools); .ci/run calls it.
+lint:
+	@scripts/lint
+
 # --- dependencies: installed on demand so `make check` works on a fresh machine ---
 deps:
 	@scripts/install-deps
@@ -189,6 +194,13 @@ test-unit: all $(TESTS)
 
 test-cli: all
 	@tests/cli/run $(if $(filter 1,$(SANITIZE)),--sanitize)
+
+# The CLI tests with every tool under valgrind memcheck (leaks are errors).
+# Not part of `make check` (needs valgrind; slow); .ci/run calls it.
+test-cli-valgrind: all
+	@test "$(SANITIZE)" != 1 || { echo "test-cli-valgrind: build without SANITIZE=1" >&2; exit 2; }
+	@command -v valgrind >/dev/null || { echo "test-cli-valgrind: valgrind not found (scripts/install-deps --ci)" >&2; exit 2; }
+	@tests/cli/run --valgrind
 
 demo:
 	@scripts/install-deps --quiet

@@ -117,10 +117,11 @@ replace_case() {  # replace_case WHAT ACTION -- runs cat big.skv -o fifo
     pid=$!
     i=0
     until ls -l /proc/$pid/fd 2>/dev/null | grep -q 'big\.skv'; do
-        i=$((i + 1)); [ $i -lt 500 ] || break; sleep 0.01
+        i=$((i + 1)); [ $i -lt 3000 ] || break; sleep 0.01
     done
     eval "$action"
-    cat fifo > rep.out
+    # never block for ever on the FIFO if the tool is already gone
+    if kill -0 $pid 2>/dev/null; then timeout 120 cat fifo > rep.out; else : > rep.out; fi
     wait $pid; rc=$?
 }
 cp big.skv orig.skv

@@ -95,6 +95,17 @@ static inline uint8_t *fuzz_slurp_fd(int fd, size_t *n)
     return b;
 }
 
+/* Field by field (the struct has padding). */
+static inline int fuzz_hdr_equal(const skv_trace_hdr *a, const skv_trace_hdr *b)
+{
+    return a->n_layers == b->n_layers && a->n_heads == b->n_heads &&
+           a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim &&
+           a->n_tokens == b->n_tokens && a->n_prefill == b->n_prefill &&
+           a->dtype == b->dtype && a->flags == b->flags &&
+           !memcmp(&a->rope_theta, &b->rope_theta, sizeof a->rope_theta) && /* NOLINT(bugprone-suspicious-memory-comparison): bit-exact intended */
+           !strcmp(a->model, b->model) && !strcmp(a->tokenizer, b->tokenizer);
+}
+
 /* A chunk whose payload is exactly the fuzz input (for the chunk decoders). */
 static inline skv_chunk fuzz_chunk(const char *type, const uint8_t *data, size_t size)
 {

@@ -8,7 +8,8 @@
 
 static int same_floats(const float *a, const float *b, size_t n)
 {
-    return n == 0 || !memcmp(a, b, n * sizeof(float));
+    /* bit patterns, not values: -0 vs 0 and NaN payloads count */
+    return n == 0 || !memcmp(a, b, n * sizeof(float)); /* NOLINT(bugprone-suspicious-memory-comparison) */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -36,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t *buf = fuzz_slurp_fd(fd, &n);
     skv_trace *u = NULL;
     FUZZ_ASSERT(skv_trace_load(fuzz_memfd_path(buf, n), &u) == 0);
-    FUZZ_ASSERT(!memcmp(&u->hdr, &t->hdr, sizeof t->hdr));
+    FUZZ_ASSERT(fuzz_hdr_equal(&u->hdr, &t->hdr));
     size_t nq, nkv;
     FUZZ_ASSERT(skv_trace_layer_floats(h, &nq, &nkv) == 0);
     for (uint32_t l = 0; l < h->n_layers; l++) {
@@ -46,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             const float *a[3] = {t->q[l], t->k[l], t->v[l]}, *b[3] = {u->q[l], u->k[l], u->v[l]};
             for (int i = 0; i < 3; i++)
                 for (size_t j = 0; j < (i ? nkv : nq); j++)
-                    FUZZ_ASSERT(!memcmp(&a[i][j], &b[i][j], 4) ||
+                    FUZZ_ASSERT(!memcmp(&a[i][j], &b[i][j], 4) || /* NOLINT(bugprone-suspicious-memory-comparison) */
                                 (isnan(a[i][j]) && isnan(b[i][j])));
         }
     }
