@@ -35,10 +35,13 @@ const char *skv_errmsg(void)
 
 int skv_error(int code, const char *fmt, ...)
 {
+    /* format aside first: callers may pass skv_errmsg() as an argument */
+    char tmp[sizeof errbuf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(errbuf, tmp, sizeof errbuf);
     return code;
 }
 

@@ -1,6 +1,9 @@
 /* pack.c -- bucket layout arithmetic (the byte model shared by skv-alloc and
  * skv-quant). */
 #include "smartkv_pack.h"
+#include "smartkv_quant.h"
+
+#include <string.h>
 
 uint64_t skv_pbkt_max_tokens(const skv_qcfg *c, uint32_t bits)
 {
@@ -11,6 +14,9 @@ uint64_t skv_pbkt_max_tokens(const skv_qcfg *c, uint32_t bits)
     uint64_t n = (SKV_CHUNK_MAX - SKV_PBKT_HEADER_LEN - (uint64_t)5 * SKV_ALIGN) / per;
     while (n > 1 && skv_pbkt_payload_bytes(c, bits, n) > SKV_CHUNK_MAX)
         n--;
+    /* the estimate may be low by a few tokens: take the most that fit */
+    while (skv_pbkt_payload_bytes(c, bits, n + 1) <= SKV_CHUNK_MAX)
+        n++;
     return n;
 }
 
@@ -25,4 +31,172 @@ uint64_t skv_bucket_file_bytes(const skv_qcfg *c, uint32_t bits, uint64_t n)
     if (rest)
         bytes += framing + skv_pbkt_payload_bytes(c, bits, rest);
     return bytes;
+}
+
+uint64_t skv_pkhd_file_bytes(void)
+{
+    return SKV_CHUNK_HEADER_LEN + SKV_PKHD_LEN + SKV_CHUNK_CRC_LEN;
+}
+
+/* ---- PBKT payloads ---- */
+
+typedef struct {
+    uint64_t idx, k_par, k_dat, v_par, v_dat, end;
+} pbkt_layout;
+
+static void layout(const skv_qcfg *c, uint32_t bits, uint64_t n, pbkt_layout *L)
+{
+    uint64_t rb = skv_row_bytes(bits, c->head_dim);
+    L->idx = SKV_PBKT_HEADER_LEN;
+    L->k_par = L->idx + skv_align64(4 * n);
+    L->k_dat = L->k_par + skv_align64(n * skv_par_bytes(bits, c->head_dim, c->k_group, c->k_mode));
+    L->v_par = L->k_dat + skv_align64(n * rb);
+    L->v_dat = L->v_par + skv_align64(n * skv_par_bytes(bits, c->head_dim, c->v_group, c->v_mode));
+    L->end = L->v_dat + skv_align64(n * rb);
+}
+
+int skv_pbkt_encode(uint8_t *out, uint64_t size, const skv_qcfg *c, uint32_t layer,
+                    uint32_t kv_head, uint32_t bits, uint32_t part, const uint32_t *idx,
+                    uint32_t n, const float *k, const float *v)
+{
+    int rc = skv_qcfg_check(c);
+    if (rc < 0)
+        return rc;
+    if (!skv_bits_valid(bits) || n == 0 || n > skv_pbkt_max_tokens(c, bits))
+        return skv_error(SKV_EINVAL, "PBKT: bad width %u or token count %u", bits, n);
+    pbkt_layout L;
+    layout(c, bits, n, &L);
+    if (size != L.end || L.end != skv_pbkt_payload_bytes(c, bits, n))
+        return skv_error(SKV_EINVAL, "PBKT: buffer of %llu bytes, payload needs %llu",
+                         (unsigned long long)size, (unsigned long long)L.end);
+    memset(out, 0, (size_t)size);
+    skv_put32(out, layer);
+    skv_put32(out + 4, kv_head);
+    skv_put32(out + 8, bits);
+    skv_put32(out + 12, n);
+    skv_put32(out + 16, c->head_dim);
+    skv_put32(out + 20, c->k_group);
+    skv_put32(out + 24, c->v_group);
+    skv_put32(out + 28, c->k_mode);
+    skv_put32(out + 32, c->v_mode);
+    skv_put32(out + 36, part);
+    const uint32_t d = c->head_dim;
+    const uint64_t rb = skv_row_bytes(bits, d);
+    const uint64_t kpb = skv_par_bytes(bits, d, c->k_group, c->k_mode);
+    const uint64_t vpb = skv_par_bytes(bits, d, c->v_group, c->v_mode);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t t = idx[i];
+        if (i && t <= idx[i - 1])
+            return skv_error(SKV_EINVAL, "PBKT: token indices not ascending at %u", i);
+        skv_put32(out + L.idx + 4 * (uint64_t)i, t);
+        const float *kr = k + (size_t)t * d, *vr = v + (size_t)t * d;
+        if ((rc = skv_quantize_row(kr, d, bits, c->k_group, c->k_mode, out + L.k_par + i * kpb,
+                                   out + L.k_dat + i * rb)) < 0)
+            return skv_error(rc, "K of layer %u kv head %u token %u: %s", layer, kv_head, t,
+                             skv_errmsg());
+        if ((rc = skv_quantize_row(vr, d, bits, c->v_group, c->v_mode, out + L.v_par + i * vpb,
+                                   out + L.v_dat + i * rb)) < 0)
+            return skv_error(rc, "V of layer %u kv head %u token %u: %s", layer, kv_head, t,
+                             skv_errmsg());
+    }
+    return 0;
+}
+
+static int all_zero(const uint8_t *p, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+int skv_pbkt_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv_bucket *b)
+{
+    if ((uintptr_t)p & 3)
+        return skv_error(SKV_EINVAL, "PBKT payload not 4-byte aligned in memory");
+    if (size < SKV_PBKT_HEADER_LEN)
+        return skv_error(SKV_EFORMAT, "PBKT payload too short (%llu bytes)",
+                         (unsigned long long)size);
+    memset(b, 0, sizeof *b);
+    b->layer = skv_get32(p);
+    b->kv_head = skv_get32(p + 4);
+    b->bits = skv_get32(p + 8);
+    b->n = skv_get32(p + 12);
+    b->head_dim = skv_get32(p + 16);
+    b->k_group = skv_get32(p + 20);
+    b->v_group = skv_get32(p + 24);
+    b->k_mode = skv_get32(p + 28);
+    b->v_mode = skv_get32(p + 32);
+    b->part = skv_get32(p + 36);
+    if (!all_zero(p + 40, 24))
+        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u: reserved header bytes "
+                         "are not zero", b->layer, b->kv_head);
+    skv_qcfg c = {b->head_dim, b->k_group, b->v_group, b->k_mode, b->v_mode};
+    int rc = skv_qcfg_check(&c);
+    if (rc < 0)
+        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u: %s", b->layer, b->kv_head,
+                         skv_errmsg());
+    if (!skv_bits_valid(b->bits))
+        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u: bad width %u (not 2, 3, 4, "
+                         "8 or 16)", b->layer, b->kv_head, b->bits);
+    uint64_t max = skv_pbkt_max_tokens(&c, b->bits);
+    if (b->n == 0 || b->n > max || b->n > n_tokens)
+        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u %u-bit: token count %u "
+                         "outside 1..%llu", b->layer, b->kv_head, b->bits, b->n,
+                         (unsigned long long)(max < n_tokens ? max : n_tokens));
+    pbkt_layout L;
+    layout(&c, b->bits, b->n, &L);
+    if (size != L.end)
+        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u %u-bit: payload is %llu "
+                         "bytes, %u tokens need %llu", b->layer, b->kv_head, b->bits,
+                         (unsigned long long)size, b->n, (unsigned long long)L.end);
+    const uint32_t d = b->head_dim;
+    const uint64_t rb = skv_row_bytes(b->bits, d);
+    const uint64_t kpb = skv_par_bytes(b->bits, d, b->k_group, b->k_mode);
+    const uint64_t vpb = skv_par_bytes(b->bits, d, b->v_group, b->v_mode);
+    /* padding after each section must be zero (one canonical encoding) */
+    const uint64_t used[5][2] = {{L.idx, 4ull * b->n}, {L.k_par, b->n * kpb},
+                                 {L.k_dat, b->n * rb}, {L.v_par, b->n * vpb},
+                                 {L.v_dat, b->n * rb}};
+    const uint64_t next[5] = {L.k_par, L.k_dat, L.v_par, L.v_dat, L.end};
+    for (int s = 0; s < 5; s++)
+        if (!all_zero(p + used[s][0] + used[s][1], next[s] - used[s][0] - used[s][1]))
+            return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u %u-bit: padding bytes "
+                             "are not zero", b->layer, b->kv_head, b->bits);
+    b->idx = (const uint32_t *)(const void *)(p + L.idx);
+    uint64_t prev = 0;
+    for (uint32_t i = 0; i < b->n; i++) {
+        uint32_t t = skv_get32(p + L.idx + 4 * (uint64_t)i);
+        if (t >= n_tokens || (i && t <= prev))
+            return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u %u-bit: token index %u "
+                             "at position %u is %s", b->layer, b->kv_head, b->bits, t, i,
+                             t >= n_tokens ? "out of range" : "not ascending");
+        prev = t;
+    }
+    b->k_par_stride = (uint32_t)kpb;
+    b->v_par_stride = (uint32_t)vpb;
+    b->row_stride = (uint32_t)rb;
+    b->k_par = p + L.k_par;
+    b->k_dat = p + L.k_dat;
+    b->v_par = p + L.v_par;
+    b->v_dat = p + L.v_dat;
+    b->payload = p;
+    b->payload_bytes = size;
+    return 0;
+}
+
+void skv_bucket_dequantize(const skv_bucket *b, float *k, float *v)
+{
+    const uint32_t d = b->head_dim;
+    for (uint32_t i = 0; i < b->n; i++) {
+        size_t t = b->idx[i];
+        if (k)
+            skv_dequantize_row(b->k_par + (size_t)i * b->k_par_stride,
+                               b->k_dat + (size_t)i * b->row_stride, d, b->bits, b->k_group,
+                               b->k_mode, k + t * d);
+        if (v)
+            skv_dequantize_row(b->v_par + (size_t)i * b->v_par_stride,
+                               b->v_dat + (size_t)i * b->row_stride, d, b->bits, b->v_group,
+                               b->v_mode, v + t * d);
+    }
 }

@@ -11,5 +11,7 @@
 #include "smartkv_pack.h"
 #include "smartkv_synth.h"
 #include "smartkv_npy.h"
+#include "smartkv_quant.h"
+#include "smartkv_cache.h"
 
 #endif

@@ -104,6 +104,55 @@ SKV_EXPORT uint64_t skv_pbkt_max_tokens(const skv_qcfg *c, uint32_t bits);
  * the allocator's byte model; skv-quant writes exactly this many bytes. */
 SKV_EXPORT uint64_t skv_bucket_file_bytes(const skv_qcfg *c, uint32_t bits, uint64_t n);
 
+/* ---- PKHD: the packed-cache header chunk (layout in smartkv(5)) ----
+ * Its payload has a fixed size, so its file bytes are a constant that the
+ * byte model adds once per cache:
+ *   cache bytes = skv_pkhd_file_bytes() + sum over (layer, kv head, width)
+ *                 of skv_bucket_file_bytes(cfg, width, tokens at that width) */
+#define SKV_PKHD_LEN 64
+SKV_EXPORT uint64_t skv_pkhd_file_bytes(void);
+
+/* ---- one PBKT chunk, decoded ----
+ * All pointers point into the payload; rows of token i (0 <= i < n) are at
+ * k_par + i*k_par_stride, k_dat + i*row_stride (and likewise for V).
+ * Parameter and data formats: smartkv_qmath.h. */
+typedef struct skv_bucket {
+    uint32_t layer, kv_head;
+    uint32_t bits;              /* 2, 3, 4, 8 or 16 */
+    uint32_t part;              /* chunk index within the bucket of this width */
+    uint32_t n;                 /* tokens */
+    uint32_t head_dim;
+    uint32_t k_group, v_group;  /* channels per parameter group */
+    uint32_t k_mode, v_mode;    /* enum skv_qmode */
+    uint32_t k_par_stride;      /* parameter bytes per token (0 for 16-bit) */
+    uint32_t v_par_stride;
+    uint32_t row_stride;        /* packed bytes per token row: skv_row_bytes(bits, head_dim) */
+    const uint32_t *idx;        /* [n] token indices, strictly ascending */
+    const uint8_t *k_par, *k_dat, *v_par, *v_dat;
+    const uint8_t *payload;     /* start of the PBKT payload */
+    uint64_t payload_bytes;
+} skv_bucket;
+
+/* Build the PBKT payload of n tokens idx[0..n) (strictly ascending) of one
+ * (layer, kv head) at `bits`: k and v are that head's [n_tokens][head_dim]
+ * float32 rows.  out must hold exactly skv_pbkt_payload_bytes(c, bits, n)
+ * bytes (size); every byte is written (padding zero).  Returns 0 or <0
+ * (SKV_EFORMAT naming layer, head, token and tensor when a value cannot be
+ * quantized). */
+SKV_EXPORT int skv_pbkt_encode(uint8_t *out, uint64_t size, const skv_qcfg *c, uint32_t layer,
+                               uint32_t kv_head, uint32_t bits, uint32_t part,
+                               const uint32_t *idx, uint32_t n, const float *k, const float *v);
+
+/* Validate a PBKT payload and point *b into it.  p must be 4-byte aligned.
+ * Checks every header field, the exact size, zero reserved and padding
+ * bytes, and indices strictly ascending and below n_tokens. */
+SKV_EXPORT int skv_pbkt_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens,
+                               skv_bucket *b);
+
+/* Dequantize a bucket's rows into [n_tokens][head_dim] arrays at its token
+ * indices (k or v may be NULL); other rows are left untouched. */
+SKV_EXPORT void skv_bucket_dequantize(const skv_bucket *b, float *k, float *v);
+
 #ifdef __cplusplus
 }
 #endif

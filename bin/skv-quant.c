@@ -1,0 +1,251 @@
+/* skv-quant -- quantize a trace into a packed mixed-precision KV cache
+ * following its allocation (or a uniform width), or dequantize a cache back
+ * into a plain trace. */
+#include "tool.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(void)
+{
+    printf("Usage: %s [OPTION]... [IN]\n"
+           "Quantize the keys and values of a trace into a packed, bucketed cache with the\n"
+           "bit widths chosen by skv-alloc (the allocation chunks after the last layer),\n"
+           "or with one width for every token (--uniform).  With -d, turn a packed cache\n"
+           "back into a plain float32 trace.  IN is a file or - (default: standard input).\n"
+           "\n"
+           "  -o, --output=FILE      write to FILE (default: standard output)\n"
+           "  -u, --uniform=N        every token at N bits (2, 3, 4, 8 or 16); ignores an\n"
+           "                         allocation in the input\n"
+           "  -g, --group=G          with --uniform: channels per scale group for K and V\n"
+           "                         (must divide head_dim; default: the whole vector)\n"
+           "      --k-group=G        with --uniform: group size for keys only\n"
+           "      --v-group=G        with --uniform: group size for values only\n"
+           "      --k-mode=MODE      with --uniform: asym (zero-point, default) or sym\n"
+           "      --v-mode=MODE      with --uniform: asym (default) or sym\n"
+           "      --drop-queries     do not keep the queries in the cache\n"
+           "  -d, --decompress       dequantize a packed cache into a float32 trace\n"
+           "  -z, --compress[=LEVEL] zlib-compress chunks (LEVEL 0-9, default 6)\n"
+           "      --max-mem=SIZE     refuse single allocations above SIZE (K/M/G suffix)\n"
+           "  -q, --quiet            do not print the achieved budget and histogram\n"
+           "  -h, --help             show this help and exit\n"
+           "  -V, --version          show the version and exit\n"
+           "\n"
+           "The achieved budget beta (bytes of the PKHD and PBKT chunks as written, over the\n"
+           "fp16 bytes of K and V) and the rows per width go to standard error.\n"
+           "Exit status: 0 success, 1 bad data or I/O failure, 2 usage error.\n",
+           tool_name);
+}
+
+static int parse_mode(const char *s)
+{
+    if (!strcmp(s, "asym"))
+        return SKV_QMODE_ASYM;
+    if (!strcmp(s, "sym"))
+        return SKV_QMODE_SYM;
+    tool_usage_error("mode must be asym or sym, not '%s'", s);
+}
+
+static uint32_t parse_group(const char *s, const char *opt)
+{
+    uint64_t g;
+    if (tool_parse_u64(s, &g) < 0 || g == 0 || g > SKV_MAX_HEAD_DIM)
+        tool_usage_error("%s: group size must be 1..%u, not '%s'", opt, SKV_MAX_HEAD_DIM, s);
+    return (uint32_t)g;
+}
+
+static void report(const char *out, const skv_cache_stats *st, const skv_cache_plan *p)
+{
+    double beta = st->fp16_bytes ? (double)st->cache_bytes / (double)st->fp16_bytes : 0;
+    fprintf(stderr, "%s: %s: beta %.4f (packed K/V %llu bytes / fp16 %llu bytes; byte model "
+            "%llu; stream %llu bytes)\n", tool_name, tool_out_name(out), beta,
+            (unsigned long long)st->cache_bytes, (unsigned long long)st->fp16_bytes,
+            (unsigned long long)st->model_bytes, (unsigned long long)st->stream_bytes);
+    if (p->from_alloc)
+        fprintf(stderr, "%s: allocation: requested beta %.4f, %s\n", tool_name, p->alloc_beta,
+                p->alloc_text[0] ? p->alloc_text : "(no description)");
+    uint64_t rows = 0;
+    for (int i = 0; i < SKV_NBITS; i++)
+        rows += st->hist[i];
+    fprintf(stderr, "%s: rows per width:", tool_name);
+    for (int i = 0; i < SKV_NBITS; i++)
+        if (st->hist[i])
+            fprintf(stderr, " %u-bit %llu (%.1f%%)", skv_bit_widths[i],
+                    (unsigned long long)st->hist[i],
+                    rows ? 100.0 * (double)st->hist[i] / (double)rows : 0.0);
+    fprintf(stderr, "\n");
+}
+
+int main(int argc, char **argv)
+{
+    tool_init("skv-quant");
+    enum { OPT_KGROUP = 256, OPT_VGROUP, OPT_KMODE, OPT_VMODE, OPT_DROPQ, OPT_MAXMEM };
+    static const struct option longopts[] = {
+        {"output", required_argument, NULL, 'o'},
+        {"uniform", required_argument, NULL, 'u'},
+        {"group", required_argument, NULL, 'g'},
+        {"k-group", required_argument, NULL, OPT_KGROUP},
+        {"v-group", required_argument, NULL, OPT_VGROUP},
+        {"k-mode", required_argument, NULL, OPT_KMODE},
+        {"v-mode", required_argument, NULL, OPT_VMODE},
+        {"drop-queries", no_argument, NULL, OPT_DROPQ},
+        {"decompress", no_argument, NULL, 'd'},
+        {"compress", optional_argument, NULL, 'z'},
+        {"max-mem", required_argument, NULL, OPT_MAXMEM},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *out = NULL;
+    uint32_t uniform = 0, k_group = 0, v_group = 0;
+    uint32_t k_mode = SKV_QMODE_ASYM, v_mode = SKV_QMODE_ASYM;
+    int qopts = 0, drop = 0, decompress = 0, quiet = 0, level = -1;
+    int c;
+    while ((c = getopt_long(argc, argv, "o:u:g:dz::qhV", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'o':
+            out = optarg;
+            break;
+        case 'u': {
+            uint64_t v;
+            if (tool_parse_u64(optarg, &v) < 0 || !skv_bits_valid(v <= 16 ? (uint32_t)v : 0))
+                tool_usage_error("--uniform: width must be 2, 3, 4, 8 or 16, not '%s'", optarg);
+            uniform = (uint32_t)v;
+            break;
+        }
+        case 'g':
+            k_group = v_group = parse_group(optarg, "--group");
+            qopts = 1;
+            break;
+        case OPT_KGROUP:
+            k_group = parse_group(optarg, "--k-group");
+            qopts = 1;
+            break;
+        case OPT_VGROUP:
+            v_group = parse_group(optarg, "--v-group");
+            qopts = 1;
+            break;
+        case OPT_KMODE:
+            k_mode = (uint32_t)parse_mode(optarg);
+            qopts = 1;
+            break;
+        case OPT_VMODE:
+            v_mode = (uint32_t)parse_mode(optarg);
+            qopts = 1;
+            break;
+        case OPT_DROPQ:
+            drop = 1;
+            break;
+        case 'd':
+            decompress = 1;
+            break;
+        case 'z':
+            level = 6;
+            if (optarg) {
+                uint64_t v;
+                if (tool_parse_u64(optarg, &v) < 0 || v > 9)
+                    tool_usage_error("--compress: level must be 0..9, not '%s'", optarg);
+                level = (int)v;
+            }
+            break;
+        case OPT_MAXMEM: {
+            uint64_t v;
+            if (tool_parse_size(optarg, &v) < 0)
+                tool_usage_error("--max-mem: bad size '%s'", optarg);
+            skv_set_max_mem(v);
+            break;
+        }
+        case 'q':
+            quiet = 1;
+            break;
+        case 'h':
+            usage();
+            return 0;
+        case 'V':
+            tool_version();
+        default:
+            tool_usage_error("unknown or incomplete option");
+        }
+    }
+    if (argc - optind > 1)
+        tool_usage_error("at most one input file");
+    const char *in = optind < argc ? argv[optind] : "-";
+    if (qopts && !uniform)
+        tool_usage_error("--group, --k-group, --v-group, --k-mode and --v-mode need --uniform "
+                         "(with an allocation the quantizer settings come from it)");
+    if (decompress && (uniform || drop || qopts))
+        tool_usage_error("-d cannot be combined with --uniform, --drop-queries or quantizer "
+                         "settings");
+
+    if (decompress) {
+        skv_cache *cache;
+        if (skv_cache_load(in, &cache) < 0)
+            tool_fail(tool_in_name(in));
+        tool_check_binary_output(out);
+        skv_stream *s = skv_open_write(out, level);
+        if (!s) {
+            skv_cache_free(cache);
+            tool_fail(tool_out_name(out));
+        }
+        if (skv_cache_write_trace(s, cache) < 0) {
+            int bad_input = cache->q == NULL;
+            skv_discard(s);
+            skv_cache_free(cache);
+            tool_fail(bad_input ? tool_in_name(in) : tool_out_name(out));
+        }
+        skv_cache_free(cache);
+        if (skv_close(s) < 0)
+            tool_fail(tool_out_name(out));
+        return 0;
+    }
+
+    skv_trace *t;
+    skv_chunk_list extra = {0};
+    if (skv_cache_input_load(in, &t, &extra) < 0)
+        tool_fail(tool_in_name(in));
+    skv_cache_plan plan;
+    skv_chunk_list pass = {0}, *passp = &extra;
+    if (uniform) {
+        skv_qcfg q = {t->hdr.head_dim, k_group ? k_group : t->hdr.head_dim,
+                      v_group ? v_group : t->hdr.head_dim, k_mode, v_mode};
+        if (skv_cache_plan_uniform(&plan, &t->hdr, &q, uniform) < 0)
+            tool_fail(tool_in_name(in));
+        /* an allocation in the input does not describe this cache: drop it */
+        for (size_t i = 0; i < extra.n; i++)
+            if (memcmp(extra.v[i].type, SKV_T_ALHD, 4) && memcmp(extra.v[i].type, SKV_T_ALOC, 4)) {
+                skv_chunk ch = {.raw_size = extra.v[i].size, .size = extra.v[i].size,
+                                .data = extra.v[i].data};
+                memcpy(ch.type, extra.v[i].type, 5);
+                if (skv_chunk_list_add(&pass, &ch) < 0)
+                    tool_fail(tool_in_name(in));
+            }
+        passp = &pass;
+    } else if (skv_cache_plan_from_chunks(&plan, &t->hdr, &extra) < 0) {
+        tool_fail(tool_in_name(in));
+    }
+
+    tool_check_binary_output(out);
+    skv_stream *s = skv_open_write(out, level);
+    if (!s)
+        tool_fail(tool_out_name(out));
+    skv_cache_stats st;
+    int rc = skv_cache_write(s, t, &plan, passp, drop ? SKV_CACHE_DROP_QUERIES : 0, &st);
+    if (rc < 0) {
+        /* write failures are the output's; a value or an allocation that the
+         * cache cannot hold is the input's */
+        skv_discard(s);
+        tool_fail(rc == SKV_EIO ? tool_out_name(out) : tool_in_name(in));
+    }
+    if (skv_close(s) < 0)
+        tool_fail(tool_out_name(out));
+    if (!quiet)
+        report(out, &st, &plan);
+    skv_cache_plan_free(&plan);
+    skv_chunk_list_free(&pass);
+    skv_chunk_list_free(&extra);
+    skv_trace_free(t);
+    return 0;
+}

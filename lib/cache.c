@@ -1,0 +1,910 @@
+/* cache.c -- the packed KV cache: allocation plans, writer, validating
+ * reader, and the way back to a plain trace. */
+#include "smartkv_cache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- chunk lists ---- */
+
+int skv_chunk_list_add(skv_chunk_list *l, const skv_chunk *c)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        skv_raw_chunk *v = skv_realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return SKV_ENOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    skv_raw_chunk *r = &l->v[l->n];
+    memcpy(r->type, c->type, 5);
+    r->size = c->raw_size;
+    r->data = skv_malloc((size_t)c->raw_size);
+    if (!r->data)
+        return SKV_ENOMEM;
+    memcpy(r->data, c->data, (size_t)c->raw_size);
+    l->n++;
+    return 0;
+}
+
+void skv_chunk_list_free(skv_chunk_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i].data);
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+int skv_chunk_list_write(skv_stream *s, const skv_chunk_list *l)
+{
+    for (size_t i = 0; l && i < l->n; i++) {
+        int rc = skv_write(s, l->v[i].type, l->v[i].data, l->v[i].size);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- PKHD ---- */
+
+uint64_t skv_fp16_kv_bytes(uint32_t n_layers, uint32_t n_kv_heads, uint64_t n_tokens,
+                           uint32_t head_dim)
+{
+    uint64_t r;
+    if (__builtin_mul_overflow((uint64_t)n_layers * n_kv_heads, n_tokens, &r) ||
+        __builtin_mul_overflow(r, (uint64_t)head_dim * 4, &r))
+        return 0;
+    return r;
+}
+
+int skv_pkhd_write(skv_stream *s, const skv_pkhd *p)
+{
+    uint8_t b[SKV_PKHD_LEN];
+    memset(b, 0, sizeof b);
+    skv_put32(b, p->q.head_dim);
+    skv_put32(b + 4, p->q.k_group);
+    skv_put32(b + 8, p->q.v_group);
+    skv_put32(b + 12, p->q.k_mode);
+    skv_put32(b + 16, p->q.v_mode);
+    skv_put32(b + 20, p->n_layers);
+    skv_put32(b + 24, p->n_kv_heads);
+    skv_put64(b + 32, p->n_tokens);
+    skv_put64(b + 40, p->cache_bytes);
+    skv_put64(b + 48, p->fp16_bytes);
+    skv_put64(b + 56, p->n_stored);
+    return skv_write(s, SKV_T_PKHD, b, sizeof b);
+}
+
+int skv_pkhd_decode(const skv_chunk *c, skv_pkhd *p)
+{
+    const uint8_t *b = c->data;
+    if (c->raw_size != SKV_PKHD_LEN)
+        return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu has %llu bytes, expected %u",
+                         (unsigned long long)c->offset, (unsigned long long)c->raw_size,
+                         SKV_PKHD_LEN);
+    memset(p, 0, sizeof *p);
+    p->q.head_dim = skv_get32(b);
+    p->q.k_group = skv_get32(b + 4);
+    p->q.v_group = skv_get32(b + 8);
+    p->q.k_mode = skv_get32(b + 12);
+    p->q.v_mode = skv_get32(b + 16);
+    p->n_layers = skv_get32(b + 20);
+    p->n_kv_heads = skv_get32(b + 24);
+    p->n_tokens = skv_get64(b + 32);
+    p->cache_bytes = skv_get64(b + 40);
+    p->fp16_bytes = skv_get64(b + 48);
+    p->n_stored = skv_get64(b + 56);
+    if (skv_get32(b + 28))
+        return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: reserved field is not zero",
+                         (unsigned long long)c->offset);
+    if (skv_qcfg_check(&p->q) < 0)
+        return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: %s",
+                         (unsigned long long)c->offset, skv_errmsg());
+    return 0;
+}
+
+/* ---- plans ---- */
+
+static int plan_alloc(skv_cache_plan *p, const skv_trace_hdr *h)
+{
+    memset(p, 0, sizeof *p);
+    p->n_layers = h->n_layers;
+    p->n_kv_heads = h->n_kv_heads;
+    p->n_tokens = h->n_tokens;
+    size_t n;
+    if (skv_mul_sizes(&n, 3, (size_t)h->n_layers, (size_t)h->n_kv_heads, (size_t)h->n_tokens))
+        return skv_error(SKV_ELIMIT, "allocation size overflows");
+    p->bits = skv_malloc(n);
+    return p->bits ? 0 : SKV_ENOMEM;
+}
+
+void skv_cache_plan_free(skv_cache_plan *p)
+{
+    free(p->bits);
+    p->bits = NULL;
+}
+
+int skv_cache_plan_uniform(skv_cache_plan *p, const skv_trace_hdr *h, const skv_qcfg *q,
+                           uint32_t bits)
+{
+    if (!skv_bits_valid(bits))
+        return skv_error(SKV_EINVAL, "uniform width %u is not one of 2, 3, 4, 8, 16", bits);
+    if (q->head_dim != h->head_dim)
+        return skv_error(SKV_EINVAL, "quantizer head_dim %u differs from the trace's %u",
+                         q->head_dim, h->head_dim);
+    int rc = skv_qcfg_check(q);
+    if (rc < 0 || (rc = plan_alloc(p, h)) < 0)
+        return rc;
+    p->q = *q;
+    memset(p->bits, (int)bits, (size_t)h->n_layers * h->n_kv_heads * h->n_tokens);
+    return 0;
+}
+
+static int width_index(uint32_t bits)
+{
+    for (int i = 0; i < SKV_NBITS; i++)
+        if (skv_bit_widths[i] == bits)
+            return i;
+    return -1;
+}
+
+static double get_f64(const uint8_t *p)
+{
+    union { uint64_t u; double d; } x;
+    x.u = skv_get64(p);
+    return x.d;
+}
+
+/* The ALHD/ALOC payloads as agreed with skv-alloc (smartkv(5)).  The
+ * allocator's own codecs (skv_alhd_decode/skv_aloc_decode) read the same
+ * bytes; these private parsers keep this module independent of it. */
+#define ALHD_FIXED 66
+
+static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace_hdr *h)
+{
+    const uint8_t *b = c->data;
+    if (c->size < ALHD_FIXED || c->size != ALHD_FIXED + (uint64_t)skv_get16(b + 64))
+        return skv_error(SKV_EFORMAT, "ALHD chunk: %llu bytes do not match its text length",
+                         (unsigned long long)c->size);
+    uint32_t nl = skv_get32(b + 8), nk = skv_get32(b + 12), hd = skv_get32(b + 32);
+    uint64_t nt = skv_get64(b + 16);
+    if (nl != h->n_layers || nk != h->n_kv_heads || nt != h->n_tokens || hd != h->head_dim)
+        return skv_error(SKV_EFORMAT, "the allocation is for another shape (%u layers, %u kv "
+                         "heads, %llu tokens, head_dim %u) than the trace (%u layers, %u kv "
+                         "heads, %llu tokens, head_dim %u)", nl, nk, (unsigned long long)nt, hd,
+                         h->n_layers, h->n_kv_heads, (unsigned long long)h->n_tokens,
+                         h->head_dim);
+    p->alloc_beta = get_f64(b);
+    p->alloc_mask = skv_get32(b + 24);
+    p->q.head_dim = hd;
+    p->q.k_group = skv_get32(b + 36);
+    p->q.v_group = skv_get32(b + 40);
+    p->q.k_mode = skv_get32(b + 44);
+    p->q.v_mode = skv_get32(b + 48);
+    p->alloc_bytes = skv_get64(b + 56);
+    uint32_t all = 0;
+    for (int i = 0; i < SKV_NBITS; i++)
+        all |= 1u << skv_bit_widths[i];
+    if (p->alloc_mask & ~all)
+        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown widths in mask 0x%x", p->alloc_mask);
+    if (skv_qcfg_check(&p->q) < 0)
+        return skv_error(SKV_EFORMAT, "ALHD chunk: %s", skv_errmsg());
+    size_t L = skv_get16(b + 64);
+    if (L >= sizeof p->alloc_text)
+        L = sizeof p->alloc_text - 1;
+    memcpy(p->alloc_text, b + ALHD_FIXED, L);
+    p->alloc_text[L] = '\0';
+    for (size_t i = 0; i < L; i++)
+        if (p->alloc_text[i] == '\0' || p->alloc_text[i] == '\n')
+            p->alloc_text[i] = ' ';
+    return 0;
+}
+
+int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
+                               const skv_chunk_list *chunks)
+{
+    int rc;
+    const skv_raw_chunk *alhd = NULL;
+    for (size_t i = 0; chunks && i < chunks->n; i++)
+        if (!memcmp(chunks->v[i].type, SKV_T_ALHD, 4)) {
+            if (alhd)
+                return skv_error(SKV_EFORMAT, "more than one allocation header (ALHD chunk)");
+            alhd = &chunks->v[i];
+        }
+    if (!alhd)
+        return skv_error(SKV_EFORMAT, "no allocation in the stream (run skv-alloc first, or "
+                         "use --uniform N)");
+    if ((rc = plan_alloc(p, h)) < 0)
+        return rc;
+    size_t nheads = (size_t)h->n_layers * h->n_kv_heads;
+    uint8_t *seen = skv_calloc(nheads, 1);
+    if (!seen) {
+        rc = SKV_ENOMEM;
+        goto fail;
+    }
+    if ((rc = parse_alhd(alhd, p, h)) < 0)
+        goto fail;
+    for (size_t i = 0; i < chunks->n; i++) {
+        const skv_raw_chunk *c = &chunks->v[i];
+        if (memcmp(c->type, SKV_T_ALOC, 4))
+            continue;
+        const uint8_t *b = c->data;
+        if (c->size < 16) {
+            rc = skv_error(SKV_EFORMAT, "ALOC chunk too short (%llu bytes)",
+                           (unsigned long long)c->size);
+            goto fail;
+        }
+        uint32_t l = skv_get32(b), kh = skv_get32(b + 4);
+        uint64_t n = skv_get64(b + 8);
+        if (l >= h->n_layers || kh >= h->n_kv_heads || n != h->n_tokens) {
+            rc = skv_error(SKV_EFORMAT, "ALOC chunk for layer %u kv head %u with %llu tokens "
+                           "does not fit the trace (%u layers, %u kv heads, %llu tokens)", l, kh,
+                           (unsigned long long)n, h->n_layers, h->n_kv_heads,
+                           (unsigned long long)h->n_tokens);
+            goto fail;
+        }
+        uint64_t want = 16 + ((n + 3) & ~(uint64_t)3) + 4 * n;
+        if (c->size != want) {
+            rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: %llu bytes, "
+                           "%llu tokens need %llu", l, kh, (unsigned long long)c->size,
+                           (unsigned long long)n, (unsigned long long)want);
+            goto fail;
+        }
+        size_t hi = (size_t)l * h->n_kv_heads + kh;
+        if (seen[hi]++) {
+            rc = skv_error(SKV_EFORMAT, "two ALOC chunks for layer %u kv head %u", l, kh);
+            goto fail;
+        }
+        uint8_t *dst = p->bits + hi * h->n_tokens;
+        for (uint64_t t = 0; t < n; t++) {
+            int wi = width_index(b[16 + t]);
+            if (wi < 0 || !(p->alloc_mask & (1u << b[16 + t]))) {
+                rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: token %llu "
+                               "has width %u, %s", l, kh, (unsigned long long)t, b[16 + t],
+                               wi < 0 ? "not one of 0, 2, 3, 4, 8, 16"
+                                      : "not in the allocation's allowed set");
+                goto fail;
+            }
+            dst[t] = b[16 + t];
+        }
+    }
+    for (size_t hi = 0; hi < nheads; hi++)
+        if (!seen[hi]) {
+            rc = skv_error(SKV_EFORMAT, "the allocation has no ALOC chunk for layer %zu kv "
+                           "head %zu", hi / h->n_kv_heads, hi % h->n_kv_heads);
+            goto fail;
+        }
+    free(seen);
+    p->from_alloc = 1;
+    return 0;
+fail:
+    free(seen);
+    skv_cache_plan_free(p);
+    return rc;
+}
+
+/* Tokens per width of one head's widths array. */
+static int count_widths(const uint8_t *bits, uint64_t n, uint64_t cnt[SKV_NBITS],
+                        uint32_t layer, uint32_t kv_head)
+{
+    memset(cnt, 0, SKV_NBITS * sizeof cnt[0]);
+    for (uint64_t t = 0; t < n; t++) {
+        int wi = width_index(bits[t]);
+        if (wi < 0)
+            return skv_error(SKV_EINVAL, "layer %u kv head %u token %llu: width %u is not one "
+                             "of 0, 2, 3, 4, 8, 16", layer, kv_head, (unsigned long long)t,
+                             bits[t]);
+        cnt[wi]++;
+    }
+    return 0;
+}
+
+int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes)
+{
+    uint64_t total = skv_pkhd_file_bytes(), cnt[SKV_NBITS];
+    for (uint32_t l = 0; l < p->n_layers; l++)
+        for (uint32_t h = 0; h < p->n_kv_heads; h++) {
+            const uint8_t *b = p->bits + ((size_t)l * p->n_kv_heads + h) * p->n_tokens;
+            int rc = count_widths(b, p->n_tokens, cnt, l, h);
+            if (rc < 0)
+                return rc;
+            for (int i = 1; i < SKV_NBITS; i++)
+                total += skv_bucket_file_bytes(&p->q, skv_bit_widths[i], cnt[i]);
+        }
+    *bytes = total;
+    return 0;
+}
+
+/* ---- reading the input trace ---- */
+
+typedef struct {
+    skv_chunk_list *extra;
+} input_ctx;
+
+static int keep_chunk(void *ctx, const skv_chunk *c)
+{
+    input_ctx *x = ctx;
+    if (skv_chunk_is(c, SKV_T_ALHD) || skv_chunk_is(c, SKV_T_ALOC) ||
+        !skv_chunk_is_critical(c->type))
+        return skv_chunk_list_add(x->extra, c);
+    if (skv_chunk_is(c, SKV_T_PKHD) || skv_chunk_is(c, SKV_T_PBKT))
+        return skv_error(SKV_EFORMAT, "%s chunk at byte %llu: the input is already a packed "
+                         "cache", c->type, (unsigned long long)c->offset);
+    return skv_error(SKV_EUNSUP, "unknown critical chunk %s at byte %llu", c->type,
+                     (unsigned long long)c->offset);
+}
+
+int skv_cache_input_load(const char *path, skv_trace **out, skv_chunk_list *extra)
+{
+    *out = NULL;
+    input_ctx ctx = {extra};
+    skv_trace_reader *r = skv_trace_reader_open(path, keep_chunk, &ctx);
+    if (!r)
+        return SKV_EFORMAT;
+    int rc;
+    skv_trace *t = skv_trace_new(&r->hdr);
+    if (!t) {
+        skv_trace_reader_close(r);
+        return SKV_ENOMEM;
+    }
+    if (r->tokens)
+        memcpy(t->tokens, r->tokens, (size_t)t->hdr.n_tokens * sizeof(int32_t));
+    for (uint32_t l = 0; l < t->hdr.n_layers; l++) {
+        skv_layer L = {.q = t->q[l], .k = t->k[l], .v = t->v[l]};
+        if ((rc = skv_trace_next_layer(r, &L)) <= 0) {
+            if (rc == 0)
+                rc = skv_error(SKV_EFORMAT, "missing layers");
+            goto fail;
+        }
+    }
+    if ((rc = skv_trace_reader_finish(r)) < 0)
+        goto fail;
+    skv_trace_reader_close(r);
+    *out = t;
+    return 0;
+fail:
+    skv_trace_reader_close(r);
+    skv_trace_free(t);
+    return rc;
+}
+
+/* ---- writer ---- */
+
+int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
+                    const skv_chunk_list *pass, unsigned flags, skv_cache_stats *st)
+{
+    const skv_trace_hdr *th = &t->hdr;
+    int rc;
+    if (p->n_layers != th->n_layers || p->n_kv_heads != th->n_kv_heads ||
+        p->n_tokens != th->n_tokens || p->q.head_dim != th->head_dim)
+        return skv_error(SKV_EINVAL, "the plan's shape differs from the trace's");
+    if ((rc = skv_qcfg_check(&p->q)) < 0)
+        return rc;
+    skv_cache_stats local;
+    if (!st)
+        st = &local;
+    memset(st, 0, sizeof *st);
+
+    skv_pkhd pk = {.q = p->q, .n_layers = th->n_layers, .n_kv_heads = th->n_kv_heads,
+                   .n_tokens = th->n_tokens};
+    pk.fp16_bytes = skv_fp16_kv_bytes(th->n_layers, th->n_kv_heads, th->n_tokens, th->head_dim);
+    if ((rc = skv_cache_plan_bytes(p, &pk.cache_bytes)) < 0)
+        return rc;
+    const size_t T = (size_t)th->n_tokens, d = th->head_dim;
+    for (size_t i = 0; i < (size_t)th->n_layers * th->n_kv_heads * T; i++)
+        pk.n_stored += p->bits[i] != 0;
+    if (p->from_alloc && p->alloc_bytes != pk.cache_bytes)
+        return skv_error(SKV_EFORMAT, "the allocation predicts %llu cache bytes but the "
+                         "packed cache takes %llu (skv-alloc and skv-quant disagree on the "
+                         "byte model)", (unsigned long long)p->alloc_bytes,
+                         (unsigned long long)pk.cache_bytes);
+
+    skv_trace_hdr h = *th;
+    h.flags |= SKV_TRACE_PACKED;
+    if (flags & SKV_CACHE_DROP_QUERIES)
+        h.flags |= SKV_TRACE_NO_QUERIES;
+    if ((rc = skv_trhd_write(s, &h)) < 0)
+        return rc;
+    if ((h.flags & SKV_TRACE_HAS_TOKENS) &&
+        (rc = skv_toks_write(s, 0, h.n_tokens, t->tokens)) < 0)
+        return rc;
+    if ((rc = skv_chunk_list_write(s, pass)) < 0)
+        return rc;
+    uint64_t before = skv_stream_offset(s);
+    if ((rc = skv_pkhd_write(s, &pk)) < 0)
+        return rc;
+    st->cache_bytes += skv_stream_offset(s) - before;
+
+    uint32_t *order = skv_malloc((T ? T : 1) * sizeof(uint32_t));
+    uint8_t *buf = NULL;
+    size_t bufcap = 0;
+    if (!order)
+        return SKV_ENOMEM;
+    for (uint32_t l = 0; l < h.n_layers && rc == 0; l++) {
+        if (!(flags & SKV_CACHE_DROP_QUERIES))
+            for (uint32_t i = 0; i < h.n_heads && rc == 0; i++)
+                rc = skv_tens_write(s, SKV_TK_Q, h.dtype, l, i, 0, T, (uint32_t)d,
+                                    t->q[l] + i * T * d);
+        for (uint32_t kh = 0; kh < h.n_kv_heads && rc == 0; kh++) {
+            const uint8_t *bits = p->bits + ((size_t)l * h.n_kv_heads + kh) * T;
+            uint64_t cnt[SKV_NBITS], start[SKV_NBITS], pos[SKV_NBITS];
+            if ((rc = count_widths(bits, T, cnt, l, kh)) < 0)
+                break;
+            /* counting sort: token indices grouped by width, ascending within */
+            start[0] = 0;
+            for (int w = 1; w < SKV_NBITS; w++)
+                start[w] = start[w - 1] + cnt[w - 1];
+            memcpy(pos, start, sizeof pos);
+            for (size_t tk = 0; tk < T; tk++)
+                order[pos[width_index(bits[tk])]++] = (uint32_t)tk;
+            for (int w = 1; w < SKV_NBITS; w++)
+                st->hist[w] += cnt[w];
+            st->hist[0] += cnt[0];
+            const float *K = t->k[l] + (size_t)kh * T * d, *V = t->v[l] + (size_t)kh * T * d;
+            for (int w = 1; w < SKV_NBITS && rc == 0; w++) {
+                uint32_t bw = skv_bit_widths[w];
+                uint64_t max = skv_pbkt_max_tokens(&p->q, bw);
+                for (uint64_t done = 0, part = 0; done < cnt[w] && rc == 0; part++) {
+                    uint64_t n = cnt[w] - done < max ? cnt[w] - done : max;
+                    uint64_t size = skv_pbkt_payload_bytes(&p->q, bw, n);
+                    if (size > bufcap) {
+                        uint8_t *nb = skv_realloc(buf, (size_t)size);
+                        if (!nb) {
+                            rc = SKV_ENOMEM;
+                            break;
+                        }
+                        buf = nb;
+                        bufcap = (size_t)size;
+                    }
+                    rc = skv_pbkt_encode(buf, size, &p->q, l, kh, bw, (uint32_t)part,
+                                         order + start[w] + done, (uint32_t)n, K, V);
+                    if (rc < 0)
+                        break;
+                    before = skv_stream_offset(s);
+                    if ((rc = skv_write(s, SKV_T_PBKT, buf, size)) < 0)
+                        break;
+                    st->cache_bytes += skv_stream_offset(s) - before;
+                    st->n_pbkt++;
+                    done += n;
+                }
+            }
+        }
+    }
+    free(order);
+    free(buf);
+    if (rc < 0)
+        return rc;
+    st->model_bytes = pk.cache_bytes;
+    st->fp16_bytes = pk.fp16_bytes;
+    st->stream_bytes = skv_stream_offset(s);
+    if (skv_stream_level(s) < 0 && st->cache_bytes != st->model_bytes)
+        return skv_error(SKV_EFORMAT, "internal error: wrote %llu cache bytes, the byte model "
+                         "says %llu", (unsigned long long)st->cache_bytes,
+                         (unsigned long long)st->model_bytes);
+    return 0;
+}
+
+/* ---- reader ---- */
+
+void skv_cache_free(skv_cache *c)
+{
+    if (!c)
+        return;
+    if (c->heads) {
+        size_t nh = (size_t)c->pk.n_layers * c->pk.n_kv_heads;
+        for (size_t i = 0; i < nh; i++) {
+            skv_cache_head *h = &c->heads[i];
+            for (uint32_t b = 0; b < h->n_buckets; b++)
+                free(h->owned[b]);
+            free(h->owned);
+            free(h->buckets);
+            free(h->bits);
+        }
+        free(c->heads);
+    }
+    if (c->q) {
+        for (uint32_t l = 0; l < c->pk.n_layers; l++)
+            free(c->q[l]);
+        free(c->q);
+    }
+    free(c->tokens);
+    skv_chunk_list_free(&c->extra);
+    free(c);
+}
+
+typedef struct {
+    skv_cache *c;
+    int state;              /* 0 before TRHD, 1 header read, 2 PKHD read */
+    uint64_t toks;          /* token ids read */
+    uint32_t ql, qh;        /* next expected Q block: layer, head, row */
+    uint64_t qrow;
+    int have_pbkt;          /* a PBKT was read: key of the last one */
+    uint32_t pl, ph, pw, ppart, pn, plast;
+} rd;
+
+static int add_bucket(skv_cache_head *h, const skv_bucket *b, void *mem)
+{
+    /* grow by powers of two */
+    if ((h->n_buckets & (h->n_buckets - 1)) == 0) {
+        size_t cap = h->n_buckets ? (size_t)h->n_buckets * 2 : 4;
+        skv_bucket *nb = skv_realloc(h->buckets, cap * sizeof *nb);
+        if (!nb)
+            return SKV_ENOMEM;
+        h->buckets = nb;
+        void **no = skv_realloc(h->owned, cap * sizeof *no);
+        if (!no)
+            return SKV_ENOMEM;
+        h->owned = no;
+    }
+    h->buckets[h->n_buckets] = *b;
+    h->owned[h->n_buckets] = mem;
+    h->n_buckets++;
+    return 0;
+}
+
+static int read_pkhd(rd *r, const skv_chunk *ch)
+{
+    skv_cache *c = r->c;
+    int rc = skv_pkhd_decode(ch, &c->pk);
+    if (rc < 0)
+        return rc;
+    const skv_pkhd *p = &c->pk;
+    if (p->n_layers != c->hdr.n_layers || p->n_kv_heads != c->hdr.n_kv_heads ||
+        p->n_tokens != c->hdr.n_tokens || p->q.head_dim != c->hdr.head_dim)
+        return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: shape differs from the trace "
+                         "header", (unsigned long long)ch->offset);
+    if (p->fp16_bytes != skv_fp16_kv_bytes(p->n_layers, p->n_kv_heads, p->n_tokens,
+                                           p->q.head_dim))
+        return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: fp16 byte count %llu is wrong",
+                         (unsigned long long)ch->offset, (unsigned long long)p->fp16_bytes);
+    size_t nh = (size_t)p->n_layers * p->n_kv_heads;
+    c->heads = skv_calloc(nh, sizeof *c->heads);
+    if (!c->heads)
+        return SKV_ENOMEM;
+    for (size_t i = 0; i < nh; i++) {
+        c->heads[i].layer = (uint32_t)(i / p->n_kv_heads);
+        c->heads[i].kv_head = (uint32_t)(i % p->n_kv_heads);
+        c->heads[i].bits = skv_calloc((size_t)p->n_tokens, 1);
+        if (!c->heads[i].bits)
+            return SKV_ENOMEM;
+    }
+    if (!(c->hdr.flags & SKV_TRACE_NO_QUERIES)) {
+        size_t nq, nkv;
+        if ((rc = skv_trace_layer_floats(&c->hdr, &nq, &nkv)) < 0)
+            return rc;
+        c->q = skv_calloc(p->n_layers, sizeof *c->q);
+        if (!c->q)
+            return SKV_ENOMEM;
+        for (uint32_t l = 0; l < p->n_layers; l++)
+            if (!(c->q[l] = skv_malloc(nq * sizeof(float))))
+                return SKV_ENOMEM;
+    } else {
+        r->ql = p->n_layers;  /* nothing to wait for */
+    }
+    c->stored_bytes += SKV_CHUNK_HEADER_LEN + ch->size + SKV_CHUNK_CRC_LEN;
+    r->state = 2;
+    return 0;
+}
+
+static int read_q(rd *r, const skv_chunk *ch)
+{
+    skv_cache *c = r->c;
+    const skv_trace_hdr *h = &c->hdr;
+    skv_tens t;
+    int rc = skv_tens_decode(ch, &t);
+    if (rc < 0)
+        return rc;
+    if (!c->q || r->ql >= h->n_layers)
+        return skv_error(SKV_EFORMAT, "unexpected TENS chunk at byte %llu (%s)",
+                         (unsigned long long)ch->offset,
+                         c->q ? "after the last layer's queries" : "the cache has no queries");
+    if (r->have_pbkt && r->pl >= r->ql)
+        return skv_error(SKV_EFORMAT, "TENS chunk at byte %llu: queries of layer %u after its "
+                         "buckets", (unsigned long long)ch->offset, r->ql);
+    if (t.kind != SKV_TK_Q || t.layer != r->ql || t.head != r->qh || t.row0 != r->qrow ||
+        t.rows == 0 || t.rows > h->n_tokens - r->qrow || t.cols != h->head_dim ||
+        t.dtype != h->dtype)
+        return skv_error(SKV_EFORMAT, "TENS chunk at byte %llu is %s layer %u head %u rows "
+                         "%llu+%llu; expected Q layer %u head %u from row %llu (%u cols, %s)",
+                         (unsigned long long)ch->offset, skv_tensor_kind_name(t.kind), t.layer,
+                         t.head, (unsigned long long)t.row0, (unsigned long long)t.rows, r->ql,
+                         r->qh, (unsigned long long)r->qrow, h->head_dim,
+                         skv_dtype_name(h->dtype));
+    skv_tens_to_f32(&t, c->q[r->ql] + ((size_t)r->qh * h->n_tokens + r->qrow) * h->head_dim);
+    r->qrow += t.rows;
+    if (r->qrow == h->n_tokens) {
+        r->qrow = 0;
+        if (++r->qh == h->n_heads) {
+            r->qh = 0;
+            r->ql++;
+        }
+    }
+    return 0;
+}
+
+static int read_pbkt(rd *r, const skv_chunk *ch)
+{
+    skv_cache *c = r->c;
+    const skv_pkhd *p = &c->pk;
+    unsigned long long at = (unsigned long long)ch->offset;
+    /* private 64-byte aligned copy */
+    uint8_t *mem = skv_malloc((size_t)ch->raw_size + SKV_ALIGN);
+    if (!mem)
+        return SKV_ENOMEM;
+    uint8_t *al = (uint8_t *)(((uintptr_t)mem + SKV_ALIGN - 1) & ~(uintptr_t)(SKV_ALIGN - 1));
+    memcpy(al, ch->data, (size_t)ch->raw_size);
+    skv_bucket b;
+    int rc = skv_pbkt_decode(al, ch->raw_size, p->n_tokens, &b);
+    if (rc < 0) {
+        free(mem);
+        return skv_error(rc, "PBKT chunk at byte %llu: %s", at, skv_errmsg());
+    }
+    if (b.layer >= p->n_layers || b.kv_head >= p->n_kv_heads) {
+        free(mem);
+        return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: layer %u kv head %u out of "
+                         "range", at, b.layer, b.kv_head);
+    }
+    if (b.head_dim != p->q.head_dim || b.k_group != p->q.k_group ||
+        b.v_group != p->q.v_group || b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode) {
+        free(mem);
+        return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: quantizer settings differ "
+                         "from the PKHD chunk's", at);
+    }
+    /* order: queries of this layer complete; (layer, head, width, part) increasing */
+    uint32_t w = (uint32_t)width_index(b.bits);
+    const char *bad = NULL;
+    if (b.layer >= r->ql && c->q)
+        bad = "before the queries of its layer are complete";
+    else if (r->have_pbkt && r->pl == b.layer && r->ph == b.kv_head && r->pw == w) {
+        if (b.part != r->ppart + 1)
+            bad = "part number out of sequence";
+        else if (r->pn != skv_pbkt_max_tokens(&p->q, b.bits))
+            bad = "follows a part that is not full";
+        else if (b.idx[0] <= r->plast)
+            bad = "token indices not ascending across parts";
+    } else if (b.part != 0)
+        bad = "first part of a bucket is not part 0";
+    else if (r->have_pbkt && (b.layer < r->pl || (b.layer == r->pl && (b.kv_head < r->ph ||
+             (b.kv_head == r->ph && w <= r->pw)))))
+        bad = "out of order (layers, kv heads and widths must ascend)";
+    if (bad) {
+        free(mem);
+        return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu (layer %u kv head %u %u-bit part "
+                         "%u): %s", at, b.layer, b.kv_head, b.bits, b.part, bad);
+    }
+    skv_cache_head *h = &c->heads[(size_t)b.layer * p->n_kv_heads + b.kv_head];
+    for (uint32_t i = 0; i < b.n; i++) {
+        uint32_t t = b.idx[i];
+        if (h->bits[t]) {
+            free(mem);
+            return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u kv "
+                             "head %u is already stored at %u bits", at, t, b.layer, b.kv_head,
+                             h->bits[t]);
+        }
+        h->bits[t] = (uint8_t)b.bits;
+    }
+    if ((rc = add_bucket(h, &b, mem)) < 0) {
+        free(mem);
+        return rc;
+    }
+    h->n_stored += b.n;
+    r->have_pbkt = 1;
+    r->pl = b.layer;
+    r->ph = b.kv_head;
+    r->pw = w;
+    r->ppart = b.part;
+    r->pn = b.n;
+    r->plast = b.idx[b.n - 1];
+    c->stored_bytes += SKV_CHUNK_HEADER_LEN + ch->size + SKV_CHUNK_CRC_LEN;
+    return 0;
+}
+
+static int read_finish(rd *r)
+{
+    skv_cache *c = r->c;
+    const skv_pkhd *p = &c->pk;
+    if (r->state < 2)
+        return skv_error(SKV_EFORMAT, r->state ? "no packed-cache header (PKHD chunk)"
+                                               : "no trace header (TRHD chunk)");
+    if (c->q && r->ql < p->n_layers)
+        return skv_error(SKV_EFORMAT, "stream ends inside the queries (layer %u head %u row "
+                         "%llu)", r->ql, r->qh, (unsigned long long)r->qrow);
+    uint64_t bytes = skv_pkhd_file_bytes(), stored = 0;
+    for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++) {
+        const skv_cache_head *h = &c->heads[i];
+        uint64_t cnt[SKV_NBITS] = {0};
+        for (uint32_t b = 0; b < h->n_buckets; b++)
+            cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
+        for (int w = 1; w < SKV_NBITS; w++)
+            bytes += skv_bucket_file_bytes(&p->q, skv_bit_widths[w], cnt[w]);
+        stored += h->n_stored;
+    }
+    if (stored != p->n_stored)
+        return skv_error(SKV_EFORMAT, "the buckets hold %llu rows, the PKHD chunk says %llu "
+                         "(missing or extra PBKT chunks)", (unsigned long long)stored,
+                         (unsigned long long)p->n_stored);
+    if (bytes != p->cache_bytes)
+        return skv_error(SKV_EFORMAT, "the buckets take %llu bytes, the PKHD chunk says %llu",
+                         (unsigned long long)bytes, (unsigned long long)p->cache_bytes);
+    return 0;
+}
+
+static int read_chunk(rd *r, const skv_chunk *ch)
+{
+    skv_cache *c = r->c;
+    unsigned long long at = (unsigned long long)ch->offset;
+    int rc;
+    if (skv_chunk_is(ch, SKV_T_TRHD)) {
+        if (r->state != 0)
+            return skv_error(SKV_EFORMAT, "second TRHD chunk at byte %llu", at);
+        if ((rc = skv_trhd_decode(ch, &c->hdr)) < 0)
+            return rc;
+        if (!(c->hdr.flags & SKV_TRACE_PACKED))
+            return skv_error(SKV_EFORMAT, "this stream is a plain trace, not a packed cache "
+                             "(make one with skv-quant)");
+        if (c->hdr.flags & SKV_TRACE_HAS_TOKENS) {
+            c->tokens = skv_calloc((size_t)c->hdr.n_tokens, sizeof(int32_t));
+            if (!c->tokens)
+                return SKV_ENOMEM;
+        }
+        r->state = 1;
+        return 0;
+    }
+    if (r->state == 0) {
+        if (!skv_chunk_is_critical(ch->type))
+            return skv_chunk_list_add(&c->extra, ch);
+        return skv_error(SKV_EFORMAT, "%s chunk at byte %llu before the trace header",
+                         ch->type, at);
+    }
+    uint64_t want_toks = (c->hdr.flags & SKV_TRACE_HAS_TOKENS) ? c->hdr.n_tokens : 0;
+    if (skv_chunk_is(ch, SKV_T_TOKS)) {
+        if (r->state != 1 || r->toks >= want_toks)
+            return skv_error(SKV_EFORMAT, "unexpected TOKS chunk at byte %llu", at);
+        if (ch->raw_size < 16)
+            return skv_error(SKV_EFORMAT, "TOKS chunk at byte %llu too short", at);
+        uint64_t t0 = skv_get64(ch->data), n = skv_get64(ch->data + 8);
+        if (t0 != r->toks || n == 0 || n > want_toks - r->toks || 16 + n * 4 != ch->raw_size)
+            return skv_error(SKV_EFORMAT, "TOKS chunk at byte %llu: tokens %llu+%llu do not "
+                             "continue at %llu", at, (unsigned long long)t0,
+                             (unsigned long long)n, (unsigned long long)r->toks);
+        memcpy(c->tokens + r->toks, ch->data + 16, n * 4);
+        r->toks += n;
+        return 0;
+    }
+    if (r->state == 1 && r->toks < want_toks)
+        return skv_error(SKV_EFORMAT, "%s chunk at byte %llu inside the token ids", ch->type, at);
+    if (skv_chunk_is(ch, SKV_T_ALHD) || skv_chunk_is(ch, SKV_T_ALOC)) {
+        if (r->state != 1)
+            return skv_error(SKV_EFORMAT, "%s chunk at byte %llu after the packed-cache "
+                             "header", ch->type, at);
+        return skv_chunk_list_add(&c->extra, ch);
+    }
+    if (skv_chunk_is(ch, SKV_T_PKHD)) {
+        if (r->state != 1)
+            return skv_error(SKV_EFORMAT, "second PKHD chunk at byte %llu", at);
+        return read_pkhd(r, ch);
+    }
+    if (skv_chunk_is(ch, SKV_T_TENS) || skv_chunk_is(ch, SKV_T_PBKT)) {
+        if (r->state != 2)
+            return skv_error(SKV_EFORMAT, "%s chunk at byte %llu before the packed-cache header "
+                             "(PKHD)", ch->type, at);
+        return skv_chunk_is(ch, SKV_T_TENS) ? read_q(r, ch) : read_pbkt(r, ch);
+    }
+    if (!skv_chunk_is_critical(ch->type))
+        return skv_chunk_list_add(&c->extra, ch);
+    return skv_error(SKV_EUNSUP, "unknown critical chunk %s at byte %llu", ch->type, at);
+}
+
+int skv_cache_read(skv_stream *s, skv_cache **out)
+{
+    *out = NULL;
+    rd r;
+    memset(&r, 0, sizeof r);
+    r.c = skv_calloc(1, sizeof *r.c);
+    if (!r.c)
+        return SKV_ENOMEM;
+    int rc;
+    skv_chunk ch;
+    while ((rc = skv_read(s, &ch)) > 0)
+        if ((rc = read_chunk(&r, &ch)) < 0)
+            break;
+    if (rc == 0)
+        rc = read_finish(&r);
+    if (rc < 0) {
+        skv_cache_free(r.c);
+        return rc;
+    }
+    *out = r.c;
+    return 0;
+}
+
+int skv_cache_load(const char *path, skv_cache **out)
+{
+    *out = NULL;
+    skv_stream *s = skv_open_read(path);
+    if (!s)
+        return SKV_EIO;
+    int rc = skv_cache_read(s, out);
+    skv_close(s);
+    return rc;
+}
+
+int skv_cache_find(const skv_cache_head *h, uint64_t t, const skv_bucket **bp, uint32_t *row)
+{
+    uint8_t bits = h->bits[t];
+    if (!bits)
+        return 0;
+    for (uint32_t i = 0; i < h->n_buckets; i++) {
+        const skv_bucket *b = &h->buckets[i];
+        if (b->bits != bits || t > b->idx[b->n - 1])
+            continue;
+        uint32_t lo = 0, hi = b->n;  /* first idx >= t */
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (b->idx[mid] < t)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < b->n && b->idx[lo] == t) {
+            *bp = b;
+            *row = lo;
+            return 1;
+        }
+        return 0;
+    }
+    return 0;
+}
+
+void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, uint32_t kv_head, float *k,
+                               float *v)
+{
+    const skv_cache_head *h = skv_cache_head_at(c, layer, kv_head);
+    size_t n = (size_t)c->pk.n_tokens * c->pk.q.head_dim;
+    if (k)
+        memset(k, 0, n * sizeof(float));
+    if (v)
+        memset(v, 0, n * sizeof(float));
+    for (uint32_t b = 0; b < h->n_buckets; b++)
+        skv_bucket_dequantize(&h->buckets[b], k, v);
+}
+
+int skv_cache_write_trace(skv_stream *s, const skv_cache *c)
+{
+    if (!c->q)
+        return skv_error(SKV_EFORMAT, "the cache has no queries (written with --drop-queries); "
+                         "a trace needs them");
+    skv_trace_hdr h = c->hdr;
+    h.flags &= ~(SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES);
+    h.dtype = SKV_F32;
+    int rc;
+    if ((rc = skv_trhd_write(s, &h)) < 0)
+        return rc;
+    if ((h.flags & SKV_TRACE_HAS_TOKENS) && (rc = skv_toks_write(s, 0, h.n_tokens, c->tokens)) < 0)
+        return rc;
+    const size_t T = (size_t)h.n_tokens, d = h.head_dim;
+    float *k = skv_malloc(T * d * sizeof(float)), *v = skv_malloc(T * d * sizeof(float));
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return SKV_ENOMEM;
+    }
+    for (uint32_t l = 0; l < h.n_layers && rc == 0; l++) {
+        for (uint32_t i = 0; i < h.n_heads && rc == 0; i++)
+            rc = skv_tens_write(s, SKV_TK_Q, SKV_F32, l, i, 0, T, (uint32_t)d, c->q[l] + i * T * d);
+        /* K of every kv head, then V of every kv head (canonical trace order) */
+        for (int kind = SKV_TK_K; kind <= SKV_TK_V && rc == 0; kind++)
+            for (uint32_t kh = 0; kh < h.n_kv_heads && rc == 0; kh++) {
+                skv_cache_dequantize_head(c, l, kh, kind == SKV_TK_K ? k : NULL,
+                                          kind == SKV_TK_V ? v : NULL);
+                rc = skv_tens_write(s, (uint32_t)kind, SKV_F32, l, kh, 0, T, (uint32_t)d,
+                                    kind == SKV_TK_K ? k : v);
+            }
+    }
+    free(k);
+    free(v);
+    if (rc < 0)
+        return rc;
+    return skv_chunk_list_write(s, &c->extra);
+}

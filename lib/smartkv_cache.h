@@ -1,0 +1,215 @@
+/* smartkv_cache.h -- the packed, mixed-precision KV cache: writer (trace +
+ * allocation -> stream) and in-memory reader used by the attention kernels.
+ *
+ * Stream layout (smartkv(5), "PACKED-CACHE CHUNKS"):
+ *   HEAD, TRHD (flags | SKV_TRACE_PACKED [| SKV_TRACE_NO_QUERIES]), TOKS...,
+ *   allocation chunks (ALHD, ALOC...) and ancillary chunks passed through,
+ *   PKHD,
+ *   for each layer: the Q TENS blocks (heads 0.., rows ascending; absent
+ *   with NO_QUERIES), then the PBKT chunks of kv head 0, 1, ..., each head's
+ *   buckets in ascending width (2, 3, 4, 8, 16) and parts in order,
+ *   DONE.
+ * A (layer, kv head) with every token evicted has no PBKT chunk; a width no
+ * token uses has none either.  Buckets larger than one chunk are split into
+ * parts of skv_pbkt_max_tokens() tokens (the last part holds the rest).
+ *
+ * ---- In memory (skv_cache_load) ----
+ *
+ *   skv_cache
+ *     hdr, pk            trace header and quantizer settings
+ *     q[layer]           float32 queries [n_heads][n_tokens][head_dim]
+ *                        (NULL when the cache was written without queries)
+ *     heads[layer * pk.n_kv_heads + kv_head]   one skv_cache_head each
+ *   skv_cache_head
+ *     buckets[0..n_buckets)  skv_bucket (smartkv_pack.h), ascending width
+ *                        then part; tokens of all entries are disjoint
+ *     bits[n_tokens]     width of every token (0 = evicted, not stored)
+ *
+ * Each bucket's payload is a private copy whose start is 64-byte aligned;
+ * every section (idx, k_par, k_dat, v_par, v_dat) starts at a multiple of 64
+ * bytes from it, so each section start is 64-byte aligned in memory too:
+ * aligned SIMD loads and a plain cudaMemcpy of [payload, payload +
+ * payload_bytes) keep that alignment on the device (cudaMalloc is 256-byte
+ * aligned).  Rows within a section are packed back to back (token i of the
+ * bucket at k_dat + i*row_stride), NOT individually aligned.
+ *
+ * How an attention kernel uses it, for one (layer, kv head) and a query q:
+ *   for each bucket b of heads[l*H + h]:
+ *     for i in 0..b->n:  token t = b->idx[i]
+ *       score[t] = dot(q, K_t) with K_t decoded from
+ *                  b->k_par + i*b->k_par_stride, b->k_dat + i*b->row_stride
+ *                  (skv_qmath.h: skv_qm_group_par, skv_qm_unpack8, ...)
+ *   softmax over the stored tokens only (evicted tokens take no part),
+ *   then out = sum_t p[t] * V_t, V_t decoded the same way from v_par/v_dat.
+ * Scores can be written to a dense [n_tokens] array at idx positions (use
+ * bits[t] == 0 to skip evicted ones) or kept per bucket; causal masking is
+ * a comparison of idx against the query position.  Within a bucket all rows
+ * have the same width, group size and mode, so the inner loop has no
+ * per-token branching.  skv_dequantize_row() decodes one row (AVX2).
+ *
+ * Everything in an skv_cache is read-only after loading: any number of
+ * threads may use one cache at the same time.
+ */
+#ifndef SMARTKV_CACHE_H
+#define SMARTKV_CACHE_H
+
+#include "smartkv_format.h"
+#include "smartkv_pack.h"
+#include "smartkv_quant.h"
+#include "smartkv_trace.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef SKV_T_ALHD
+#define SKV_T_ALHD "ALHD" /* allocation header (written by skv-alloc) */
+#endif
+#ifndef SKV_T_ALOC
+#define SKV_T_ALOC "ALOC" /* allocation of one (layer, kv head) */
+#endif
+
+/* ---- chunks kept verbatim (allocation, ancillary) ---- */
+typedef struct skv_raw_chunk {
+    char type[5];
+    uint64_t size;
+    uint8_t *data;
+} skv_raw_chunk;
+
+typedef struct skv_chunk_list {
+    size_t n, cap;
+    skv_raw_chunk *v;
+} skv_chunk_list;
+
+/* Append a copy of c's payload.  Returns 0 or <0. */
+SKV_EXPORT int skv_chunk_list_add(skv_chunk_list *l, const skv_chunk *c);
+SKV_EXPORT void skv_chunk_list_free(skv_chunk_list *l);
+/* Write every chunk of the list to s in order. */
+SKV_EXPORT int skv_chunk_list_write(skv_stream *s, const skv_chunk_list *l);
+
+/* ---- PKHD ---- */
+typedef struct skv_pkhd {
+    skv_qcfg q;             /* head_dim, groups and modes of K and V */
+    uint32_t n_layers;
+    uint32_t n_kv_heads;
+    uint64_t n_tokens;
+    uint64_t cache_bytes;   /* byte model: PKHD + all PBKT chunks, framing
+                               included, as written without compression */
+    uint64_t fp16_bytes;    /* 2 * n_layers * n_kv_heads * n_tokens * head_dim * 2 */
+    uint64_t n_stored;      /* (layer, kv head, token) rows stored (bits > 0) */
+} skv_pkhd;
+
+SKV_EXPORT int skv_pkhd_write(skv_stream *s, const skv_pkhd *p);
+SKV_EXPORT int skv_pkhd_decode(const skv_chunk *c, skv_pkhd *p);
+/* fp16 bytes of K and V for a shape; 0 on overflow. */
+SKV_EXPORT uint64_t skv_fp16_kv_bytes(uint32_t n_layers, uint32_t n_kv_heads, uint64_t n_tokens,
+                                      uint32_t head_dim);
+
+/* ---- what to write: a width per (layer, kv head, token) ---- */
+typedef struct skv_cache_plan {
+    skv_qcfg q;
+    uint32_t n_layers, n_kv_heads;
+    uint64_t n_tokens;
+    uint8_t *bits;          /* [n_layers][n_kv_heads][n_tokens]: 0,2,3,4,8,16 */
+    int from_alloc;         /* 1 when read from ALHD/ALOC chunks */
+    double alloc_beta;      /* ALHD: budget requested */
+    uint64_t alloc_bytes;   /* ALHD: cache bytes predicted by the allocator */
+    uint32_t alloc_mask;    /* ALHD: allowed widths (bit b set: width b allowed) */
+    char alloc_text[1024];  /* ALHD: "policy=... " description */
+} skv_cache_plan;
+
+/* Every token of every (layer, kv head) at `bits` (2, 3, 4, 8 or 16). */
+SKV_EXPORT int skv_cache_plan_uniform(skv_cache_plan *p, const skv_trace_hdr *h,
+                                      const skv_qcfg *q, uint32_t bits);
+/* From the ALHD and ALOC chunks in `chunks` (as collected by
+ * skv_cache_input_load), checked against the trace shape h: exactly one
+ * ALHD, one ALOC per (layer, kv head), widths valid and allowed by the
+ * ALHD mask.  No ALHD at all gives SKV_EFORMAT "no allocation ...". */
+SKV_EXPORT int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
+                                          const skv_chunk_list *chunks);
+SKV_EXPORT void skv_cache_plan_free(skv_cache_plan *p);
+/* The byte model of a plan: PKHD + all buckets' file bytes.  Returns 0 or <0. */
+SKV_EXPORT int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes);
+
+/* Load a trace (whole, float32) keeping the chunks that are not part of it:
+ * ALHD/ALOC and ancillary chunks go to *extra in stream order; any other
+ * unknown critical chunk is an error.  Returns 0 or <0. */
+SKV_EXPORT int skv_cache_input_load(const char *path, skv_trace **t, skv_chunk_list *extra);
+
+/* ---- writer ---- */
+#define SKV_CACHE_DROP_QUERIES 0x1u
+
+typedef struct skv_cache_stats {
+    uint64_t model_bytes;   /* byte model (= PKHD cache_bytes) */
+    uint64_t cache_bytes;   /* PKHD + PBKT bytes as written (less when compressed) */
+    uint64_t fp16_bytes;
+    uint64_t stream_bytes;  /* bytes written to the stream, DONE excluded */
+    uint64_t hist[SKV_NBITS];  /* rows per width, indexed like skv_bit_widths */
+    uint64_t n_pbkt;        /* PBKT chunks written */
+} skv_cache_stats;
+
+/* Write the packed cache of trace t according to plan p to an open stream
+ * (everything after HEAD and before DONE; the caller closes or discards).
+ * `pass` chunks (may be NULL) are written after TOKS and before PKHD.
+ * When p came from an allocation, its predicted bytes must equal the byte
+ * model (else SKV_EFORMAT: the two tools disagree).  Uncompressed, the
+ * PKHD and PBKT chunks take exactly model_bytes (checked).  st may be NULL. */
+SKV_EXPORT int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
+                               const skv_chunk_list *pass, unsigned flags,
+                               skv_cache_stats *st);
+
+/* ---- reader ---- */
+typedef struct skv_cache_head {
+    uint32_t layer, kv_head;
+    uint32_t n_buckets;
+    skv_bucket *buckets;    /* ascending width, then part */
+    uint64_t n_stored;      /* sum of buckets[i].n */
+    uint8_t *bits;          /* [n_tokens] width per token, 0 = evicted */
+    void **owned;           /* internal: allocations behind the payloads */
+} skv_cache_head;
+
+typedef struct skv_cache {
+    skv_trace_hdr hdr;      /* as stored: flags include SKV_TRACE_PACKED */
+    skv_pkhd pk;
+    int32_t *tokens;        /* [n_tokens] when SKV_TRACE_HAS_TOKENS, else NULL */
+    float **q;              /* [n_layers] -> [n_heads][n_tokens][head_dim], or NULL */
+    skv_cache_head *heads;  /* [n_layers * n_kv_heads] */
+    skv_chunk_list extra;   /* ALHD/ALOC and ancillary chunks, stream order */
+    uint64_t stored_bytes;  /* PKHD + PBKT bytes as read (compressed size) */
+} skv_cache;
+
+/* Read a whole packed cache from an open stream (up to and including DONE)
+ * or from a path ("-" = stdin), validating everything: chunk order, every
+ * PBKT field and size, indices ascending and in range, each token in at
+ * most one bucket, canonical part splitting, and the PKHD totals. */
+SKV_EXPORT int skv_cache_read(skv_stream *s, skv_cache **out);
+SKV_EXPORT int skv_cache_load(const char *path, skv_cache **out);
+SKV_EXPORT void skv_cache_free(skv_cache *c);
+
+static inline const skv_cache_head *skv_cache_head_at(const skv_cache *c, uint32_t layer,
+                                                     uint32_t kv_head)
+{
+    return &c->heads[(size_t)layer * c->pk.n_kv_heads + kv_head];
+}
+
+/* Where token t of a head is stored: returns 1 with *b and *row (its
+ * position in b) set, or 0 if the token is evicted. */
+SKV_EXPORT int skv_cache_find(const skv_cache_head *h, uint64_t t, const skv_bucket **b,
+                              uint32_t *row);
+
+/* Dequantize one (layer, kv head) into k and v [n_tokens][head_dim]
+ * (either may be NULL); evicted tokens become zero rows. */
+SKV_EXPORT void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, uint32_t kv_head,
+                                          float *k, float *v);
+
+/* Write the cache back as a plain float32 trace (TRHD, TOKS, layers of
+ * Q/K/V TENS with K and V dequantized, then the extra chunks) to an open
+ * stream.  Fails with SKV_EFORMAT if the cache has no queries. */
+SKV_EXPORT int skv_cache_write_trace(skv_stream *s, const skv_cache *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,97 @@
+/* smartkv_quant.h -- round-to-nearest quantizers and bit packing of single
+ * K/V vectors (the format is described in smartkv_qmath.h and smartkv(5)).
+ *
+ * One vector of d = head_dim float32 values is quantized at a width `bits`
+ * (2, 3, 4, 8 or 16) into
+ *   par  skv_par_bytes(bits, d, group, mode) bytes of fp16 parameters, and
+ *   dat  skv_row_bytes(bits, d) bytes of packed codes (fp16 values at 16).
+ *
+ * Asymmetric (zero-point) mode, per group of `group` channels:
+ *   min16   = the fp16 value nearest below (or at) min(x)
+ *   scale16 = the fp16 value nearest above (or at) (max(x) - min16)/(2^bits-1)
+ *   q       = round_half_even(clamp((x - min16)/scale16, 0, 2^bits-1))
+ * Symmetric mode:
+ *   scale16 = the fp16 value nearest above (or at) max|x| / (2^(bits-1)-1)
+ *   q       = round_half_even(clamp(x/scale16, -2^(bits-1), 2^(bits-1)-1)) + 2^(bits-1)
+ * (all in float32 with the fp16-rounded parameters; a zero scale gives code 0
+ * and then every x equals the group's min).  Rounding the parameters outward
+ * keeps the whole group inside the representable range, so every element
+ * satisfies |x - dequant(q)| <= scale16/2 up to float32 rounding.
+ * 16-bit: x is stored as IEEE fp16 (round to nearest even).
+ *
+ * Inputs must be finite and within the fp16 range (|x| <= 65504); the
+ * quantizers return SKV_EFORMAT otherwise (the caller names the place).
+ *
+ * Each operation has a scalar reference (_ref, which defines the format), an
+ * AVX2 version (_avx2, bit-identical; falls back to _ref where the CPU or the
+ * build lacks AVX2), and an unsuffixed dispatcher that uses the fastest
+ * available (skv_quant_set_simd(0) forces the reference).
+ */
+#ifndef SMARTKV_QUANT_H
+#define SMARTKV_QUANT_H
+
+#include "smartkv_pack.h"
+#include "smartkv_qmath.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SKV_FP16_MAX 65504.0f
+
+/* Check a quantizer configuration: head_dim 1..SKV_MAX_HEAD_DIM, groups
+ * dividing head_dim, known modes.  Returns 0 or SKV_EINVAL with a message. */
+SKV_EXPORT int skv_qcfg_check(const skv_qcfg *c);
+
+/* Is `bits` a storable width (2, 3, 4, 8, 16)? */
+static inline int skv_bits_valid(uint32_t bits)
+{
+    return bits == 2 || bits == 3 || bits == 4 || bits == 8 || bits == 16;
+}
+
+/* Quantize one vector x[d]; writes par and dat (sizes above).  group must
+ * divide d; bits in {2,3,4,8,16}.  Returns 0, SKV_EINVAL (bad arguments) or
+ * SKV_EFORMAT (a value is not finite or beyond the fp16 range). */
+SKV_EXPORT int skv_quantize_row_ref(const float *x, uint32_t d, uint32_t bits, uint32_t group,
+                                    uint32_t mode, uint8_t *par, uint8_t *dat);
+SKV_EXPORT int skv_quantize_row_avx2(const float *x, uint32_t d, uint32_t bits, uint32_t group,
+                                     uint32_t mode, uint8_t *par, uint8_t *dat);
+SKV_EXPORT int skv_quantize_row(const float *x, uint32_t d, uint32_t bits, uint32_t group,
+                                uint32_t mode, uint8_t *par, uint8_t *dat);
+
+/* Dequantize one vector into out[d].  Arguments are not re-validated (the
+ * bucket reader has done that); bits in {2,3,4,8,16}. */
+SKV_EXPORT void skv_dequantize_row_ref(const uint8_t *par, const uint8_t *dat, uint32_t d,
+                                       uint32_t bits, uint32_t group, uint32_t mode, float *out);
+SKV_EXPORT void skv_dequantize_row_avx2(const uint8_t *par, const uint8_t *dat, uint32_t d,
+                                        uint32_t bits, uint32_t group, uint32_t mode, float *out);
+SKV_EXPORT void skv_dequantize_row(const uint8_t *par, const uint8_t *dat, uint32_t d,
+                                   uint32_t bits, uint32_t group, uint32_t mode, float *out);
+
+/* Bit packing of n codes (each < 2^bits) for bits in {2,3,4,8}: writes
+ * skv_row_bytes(bits, n) bytes (the last block padded with zero codes). */
+SKV_EXPORT void skv_pack_codes_ref(const uint8_t *codes, uint32_t n, uint32_t bits, uint8_t *out);
+SKV_EXPORT void skv_pack_codes_avx2(const uint8_t *codes, uint32_t n, uint32_t bits, uint8_t *out);
+SKV_EXPORT void skv_pack_codes(const uint8_t *codes, uint32_t n, uint32_t bits, uint8_t *out);
+/* Unpack n codes of a packed row into codes[n]. */
+SKV_EXPORT void skv_unpack_codes_ref(const uint8_t *in, uint32_t n, uint32_t bits, uint8_t *codes);
+SKV_EXPORT void skv_unpack_codes_avx2(const uint8_t *in, uint32_t n, uint32_t bits, uint8_t *codes);
+SKV_EXPORT void skv_unpack_codes(const uint8_t *in, uint32_t n, uint32_t bits, uint8_t *codes);
+
+/* 1 if the _avx2 functions really use AVX2 on this CPU and build. */
+SKV_EXPORT int skv_quant_have_avx2(void);
+/* Enable (1) or disable (0) SIMD in the dispatchers; returns the previous
+ * setting.  Also disabled by the environment variable SKV_NO_SIMD=1. */
+SKV_EXPORT int skv_quant_set_simd(int on);
+
+/* The fp16 parameters of one group as the quantizer chooses them (exposed
+ * for tests and kernels that quantize on the fly). */
+SKV_EXPORT void skv_quant_group_params(const float *x, uint32_t n, uint32_t bits, uint32_t mode,
+                                       uint16_t *scale16, uint16_t *min16);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
