@@ -78,11 +78,12 @@ ifeq ($(USE_CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
 CU_OBJS := $(CU_SRCS:kernels/%.cu=$(O)/kernels/%.o)
 NVCCFLAGS ?= -O3 -lineinfo
-NVCC_ALL := $(NVCCFLAGS) -std=c++17 -Ilib -Xcompiler -fPIC,-fvisibility=hidden \
+NVCC_ALL := $(NVCCFLAGS) -std=c++17 -Ilib -Ikernels -Xcompiler -fPIC,-fvisibility=hidden,-pthread \
+	-Xcompiler -Wall,-Wextra,-Wshadow,-Wno-unused-parameter $(if $(filter 1,$(WERROR)),-Xcompiler -Werror) \
 	-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	-gencode arch=compute_90,code=compute_90 --Werror all-warnings
 ALL_CFLAGS += -DSKV_HAVE_CUDA=1
-LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
+LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 else
 CU_OBJS :=
 endif

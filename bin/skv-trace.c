@@ -21,6 +21,7 @@ static void usage(FILE *f)
 "  export   write a trace's Q, K and V as .npy files\n"
 "  info     summarise a stream (shapes, dtype, chunks, CRC status)\n"
 "  cat      re-stream, optionally selecting layers/tokens or (de)compressing\n"
+"  record   run a GGUF model over a text and record its real Q, K and V\n"
 "\n"
 "Run 'skv-trace COMMAND --help' for a command's options.\n"
 "FILE '-' or no FILE means standard input; output goes to standard output\n"
@@ -843,6 +844,200 @@ cleanup:
     tool_die(code, "%s", msg);
 }
 
+/* ---- record ---- */
+
+static char *slurp_text(const char *path, size_t *len)
+{
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f)
+        tool_die(EXIT_DATA, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap + 1);
+    if (!b)
+        tool_die(EXIT_DATA, "out of memory");
+    for (;;) {
+        size_t k = fread(b + n, 1, cap - n, f);
+        n += k;
+        if (n < cap) {
+            if (ferror(f))
+                tool_die(EXIT_DATA, "%s: read error", tool_in_name(path));
+            break;
+        }
+        if (cap > ((size_t)1 << 30))
+            tool_die(EXIT_DATA, "%s: text larger than 1 GiB", tool_in_name(path));
+        char *nb = realloc(b, 2 * cap + 1);
+        if (!nb)
+            tool_die(EXIT_DATA, "out of memory");
+        b = nb;
+        cap *= 2;
+    }
+    if (f != stdin)
+        fclose(f);
+    b[n] = 0;
+    *len = n;
+    return b;
+}
+
+typedef struct progress {
+    int on;
+    const char *what;
+    int last;
+} progress;
+
+static void show_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    progress *p = ctx;
+    if (!p->on || !total)
+        return;
+    int pct = (int)(100 * done / total);
+    if (pct == p->last && done != total)
+        return;
+    p->last = pct;
+    int w = 40, fill = (int)(w * done / total);
+    fprintf(stderr, "\r%s [%.*s%*s] %3d%%", p->what, fill,
+            "########################################", w - fill, "", pct);
+    if (done == total)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static int cmd_record(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"text", required_argument, 0, 'f'},
+        {"prompt", required_argument, 0, 'p'}, {"generate", required_argument, 0, 'g'},
+        {"chat", no_argument, 0, 'c'}, {"special", no_argument, 0, 'S'},
+        {"tokens", required_argument, 0, 'T'}, {"layers", required_argument, 0, 'L'},
+        {"threads", required_argument, 0, 'j'}, {"dtype", required_argument, 0, 't'},
+        {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
+        {"progress", no_argument, 0, 1}, {"no-progress", no_argument, 0, 2},
+        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    const char *model = getenv("SKV_MODEL"), *text_path = NULL, *prompt = NULL, *out = NULL;
+    uint64_t max_tokens = 0, gen = 0, layers = 0, threads = 0;
+    int chat = 0, special = 0, level = -1, o, dtype = SKV_F16, prog = -1;
+    while ((o = getopt_long(argc, argv, "m:f:p:g:cST:L:j:t:o:z::hV", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'f': text_path = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'g': gen = need_u64("--generate", optarg, 1, SKV_MAX_TOKENS); break;
+        case 'c': chat = 1; break;
+        case 'S': special = 1; break;
+        case 'T': max_tokens = need_u64("--tokens", optarg, 1, SKV_MAX_TOKENS); break;
+        case 'L': layers = need_u64("--layers", optarg, 1, SKV_MAX_LAYERS); break;
+        case 'j': threads = need_u64("--threads", optarg, 1, SKV_MODEL_MAX_THREADS); break;
+        case 't':
+            if ((dtype = skv_dtype_parse(optarg)) < 0)
+                tool_usage_error("--dtype must be f32, f16 or bf16, not '%s'", optarg);
+            break;
+        case 'o': out = optarg; break;
+        case 'z': level = parse_level(optarg); break;
+        case 1: prog = 1; break;
+        case 2: prog = 0; break;
+        case 'h':
+            printf(
+"Usage: skv-trace record --model M.gguf (--text FILE | --prompt TEXT) [options]\n"
+"Run a GGUF Llama-family model over a text and record the real queries, keys\n"
+"(post-RoPE, as cached) and values of every layer and head, with token ids.\n"
+"  -m, --model FILE      GGUF model (default: $SKV_MODEL); see skv-trace(1)\n"
+"  -f, --text FILE       text to run ('-' = standard input)\n"
+"  -p, --prompt TEXT     text given on the command line instead\n"
+"  -g, --generate N      then generate N tokens greedily and record them too\n"
+"                        (the trace's prefill is the input, the rest decode steps)\n"
+"  -c, --chat            wrap --prompt as a user turn in the model's chat template\n"
+"  -S, --special         recognise special tokens such as <|im_start|> in the text\n"
+"  -T, --tokens N        use at most the first N input tokens (K suffix ok)\n"
+"  -L, --layers N        record only the first N layers (default: all)\n"
+"  -j, --threads N       worker threads (default: online CPUs, at most 8)\n"
+"  -t, --dtype TYPE      f16 (default), f32 or bf16\n"
+"  -o, --output FILE     write to FILE (default stdout)\n"
+"  -z, --compress[=L]    zlib-compress chunks at level L (6)\n"
+"      --progress        progress bar on stderr (default: when it is a terminal)\n"
+"      --no-progress     no progress bar\n");
+            return 0;
+        case 'V': tool_version();
+        default: tool_usage_error("bad option");
+        }
+    }
+    if (optind < argc)
+        tool_usage_error("record takes no file arguments (use --text FILE)");
+    if (!model || !*model)
+        tool_usage_error("--model FILE is required (or set SKV_MODEL)");
+    if (!text_path == !prompt)
+        tool_usage_error("give exactly one of --text FILE and --prompt TEXT");
+    if (chat && !prompt)
+        tool_usage_error("--chat applies to --prompt");
+    if (!threads) {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = nc < 1 ? 1 : nc > 8 ? 8 : (uint64_t)nc;
+    }
+    progress pr = {prog < 0 ? isatty(2) : prog, "loading", -1};
+    skv_model *m = skv_model_load(model, (int)threads);
+    if (!m)
+        tool_fail(model);
+    const skv_tokenizer *tk = skv_model_tokenizer(m);
+    if (!tk)
+        tool_die(EXIT_DATA, "%s: %s", model, skv_model_tokenizer_error(m));
+    size_t len = 0;
+    char *text = NULL;
+    if (text_path) {
+        text = slurp_text(text_path, &len);
+    } else if (chat) {
+        skv_chat_msg msg = {"user", prompt};
+        if (skv_chat_format(tk, &msg, 1, 1, &text) < 0)
+            tool_fail(model);
+        len = strlen(text);
+        special = 1;
+    } else {
+        text = strdup(prompt);
+        len = strlen(prompt);
+    }
+    unsigned flags = special ? SKV_TOK_SPECIAL : 0;
+    int add_bos = 0;
+    if (skv_gguf_find(skv_model_gguf(m), "tokenizer.ggml.add_bos_token"))
+        skv_gguf_get_bool(skv_model_gguf(m), "tokenizer.ggml.add_bos_token", &add_bos);
+    if (add_bos && skv_tokenizer_bos(tk) >= 0)
+        flags |= SKV_TOK_BOS;
+    int32_t *ids;
+    size_t n;
+    if (!text || skv_tokenize(tk, text, len, flags, &ids, &n) < 0)
+        tool_fail(text_path ? tool_in_name(text_path) : "--prompt");
+    free(text);
+    if (max_tokens && n > max_tokens)
+        n = (size_t)max_tokens;
+    if (n == 0)
+        tool_die(EXIT_DATA, "%s: the text has no tokens", text_path ? tool_in_name(text_path) : "--prompt");
+    uint64_t n_prefill = 0;
+    if (gen) {
+        int32_t *all;
+        uint32_t n_all;
+        if (n + gen > SKV_MAX_TOKENS)
+            tool_usage_error("--generate: %llu tokens in all exceed the limit",
+                             (unsigned long long)(n + gen));
+        if (pr.on)
+            fprintf(stderr, "generating up to %llu tokens after %zu ...\n",
+                    (unsigned long long)gen, n);
+        if (skv_generate_greedy(m, ids, (uint32_t)n, (uint32_t)gen, 1, &all, &n_all) < 0)
+            tool_fail(model);
+        free(ids);
+        ids = all;
+        n_prefill = n;
+        n = n_all;
+    }
+    skv_stream *s = open_out(out, level);
+    skv_record_opts ro = {(uint32_t)dtype, (uint32_t)layers, n_prefill, 0, show_progress, &pr};
+    pr.what = "recording";
+    if (skv_model_record(m, ids, n, s, &ro) < 0)
+        fail_out(s, out);
+    finish_out(s, out);
+    if (pr.on)
+        fprintf(stderr, "recorded %zu tokens (%llu prefill)\n", n,
+                (unsigned long long)(n_prefill ? n_prefill : n));
+    free(ids);
+    skv_model_free(m);
+    return 0;
+}
+
 /* ---- dispatch ---- */
 
 static const struct {
@@ -850,7 +1045,7 @@ static const struct {
     int (*fn)(int, char **);
 } commands[] = {
     {"synth", cmd_synth}, {"import", cmd_import}, {"export", cmd_export},
-    {"info", cmd_info},   {"cat", cmd_cat},
+    {"info", cmd_info},   {"cat", cmd_cat},       {"record", cmd_record},
 };
 
 int main(int argc, char **argv)

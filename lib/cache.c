@@ -819,6 +819,31 @@ int skv_cache_read(skv_stream *s, skv_cache **out)
     return 0;
 }
 
+int skv_cache_read_after(skv_stream *s, const skv_chunk *first, skv_cache **out)
+{
+    *out = NULL;
+    rd r;
+    memset(&r, 0, sizeof r);
+    r.c = skv_calloc(1, sizeof *r.c);
+    if (!r.c)
+        return SKV_ENOMEM;
+    int rc = read_chunk(&r, first);
+    skv_chunk ch;
+    if (rc == 0) {
+        while ((rc = skv_read(s, &ch)) > 0)
+            if ((rc = read_chunk(&r, &ch)) < 0)
+                break;
+    }
+    if (rc == 0)
+        rc = read_finish(&r);
+    if (rc < 0) {
+        skv_cache_free(r.c);
+        return rc;
+    }
+    *out = r.c;
+    return 0;
+}
+
 int skv_cache_load(const char *path, skv_cache **out)
 {
     *out = NULL;

@@ -29,10 +29,10 @@ int skv_qcfg_check(const skv_qcfg *c)
     if (c->v_group == 0 || c->head_dim % c->v_group)
         return skv_error(SKV_EINVAL, "value group %u does not divide head_dim %u", c->v_group,
                          c->head_dim);
-    if ((c->k_mode != SKV_QMODE_ASYM && c->k_mode != SKV_QMODE_SYM) ||
-        (c->v_mode != SKV_QMODE_ASYM && c->v_mode != SKV_QMODE_SYM))
-        return skv_error(SKV_EINVAL, "quantizer modes %u/%u: expected 1 (asym) or 2 (sym)",
-                         c->k_mode, c->v_mode);
+    if (c->k_mode != SKV_QMODE_ASYM && c->k_mode != SKV_QMODE_SYM)
+        return skv_error(SKV_EINVAL, "unknown K quantization mode %u (modes: 1 asym, 2 sym)", c->k_mode);
+    if (c->v_mode != SKV_QMODE_ASYM && c->v_mode != SKV_QMODE_SYM)
+        return skv_error(SKV_EINVAL, "unknown V quantization mode %u (modes: 1 asym, 2 sym)", c->v_mode);
     return 0;
 }
 

@@ -13,5 +13,14 @@
 #include "smartkv_npy.h"
 #include "smartkv_quant.h"
 #include "smartkv_cache.h"
+#include "smartkv_gguf.h"
+#include "smartkv_tokenizer.h"
+#include "smartkv_model.h"
+#include "smartkv_softmax.h"
+#include "smartkv_attend.h"
+#include "smartkv_stats.h"
+#include "smartkv_importance.h"
+#include "smartkv_alloc.h"
+#include "smartkv_cuda.h"
 
 #endif

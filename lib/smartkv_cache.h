@@ -186,6 +186,10 @@ typedef struct skv_cache {
  * most one bucket, canonical part splitting, and the PKHD totals. */
 SKV_EXPORT int skv_cache_read(skv_stream *s, skv_cache **out);
 SKV_EXPORT int skv_cache_load(const char *path, skv_cache **out);
+/* As skv_cache_read, for a caller that has already read the first chunk
+ * after HEAD (the TRHD, to tell a packed cache from a trace): `first` is
+ * that chunk, read from s just before. */
+SKV_EXPORT int skv_cache_read_after(skv_stream *s, const skv_chunk *first, skv_cache **out);
 SKV_EXPORT void skv_cache_free(skv_cache *c);
 
 static inline const skv_cache_head *skv_cache_head_at(const skv_cache *c, uint32_t layer,

@@ -1,0 +1,228 @@
+/* skv-alloc -- decide each cached token's width from replayed attention and
+ * append the allocation to the trace (see skv-alloc(1)). */
+#include "tool.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(void)
+{
+    printf("Usage: %s [-p POLICY] [-b BETA] [options] [TRACE]\n"
+           "Replay the attention of TRACE (default stdin), give every (layer, KV head,\n"
+           "token) a width from {0,2,3,4,8,16} so that the packed cache fits BETA times\n"
+           "the fp16 K+V bytes, and write the trace with the allocation appended.\n"
+           "\n"
+           "  -p, --policy POLICY    smartkv (default), greedy, optimal, uniform:N, random,\n"
+           "                         position, layer-aware\n"
+           "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.25; none for\n"
+           "                         uniform:N); BETA >= 1 stores everything at 16 bits\n"
+           "      --importance MODE  ema (default), cumulative, normalized, window, oracle\n"
+           "      --decay G          ema decay in [0,1) (default 0.9)\n"
+           "      --realloc R        reallocation interval in decode steps (default 16)\n"
+           "      --window W         queries of the window mode (default 32)\n"
+           "      --share-layers     one width per (KV head, token) for all layers, from\n"
+           "                         the importance summed over layers\n"
+           "      --bits LIST        allowed widths (default 2,3,4,8,16; 0 = evict)\n"
+           "      --sinks N          first N tokens at the top width (default 4)\n"
+           "      --recent N         last N tokens at the top width (default 32)\n"
+           "      --seed S           seed of the random policy (default 1)\n"
+           "      --threads N        replay threads (default: one per CPU)\n"
+           "      --group G          channels per scale group for K and V (default head_dim)\n"
+           "      --k-mode MODE      key quantizer: asym (default) or sym\n"
+           "      --v-mode MODE      value quantizer: asym (default) or sym\n"
+           "      --summary          print the width histogram per layer to stderr\n"
+           "  -o, --output FILE      write to FILE (default stdout)\n"
+           "      --compress         zlib-compress the chunks written\n"
+           "      --help             show this help and exit\n"
+           "      --version          show the version and exit\n",
+           tool_name);
+    exit(0);
+}
+
+enum {
+    O_IMP = 256, O_DECAY, O_REALLOC, O_WINDOW, O_SHARE, O_BITS, O_SINKS, O_RECENT, O_SEED,
+    O_THREADS, O_GROUP, O_KMODE, O_VMODE, O_SUMMARY, O_COMPRESS, O_HELP, O_VERSION
+};
+
+static const struct option longopts[] = {
+    {"policy", required_argument, NULL, 'p'},
+    {"budget", required_argument, NULL, 'b'},
+    {"importance", required_argument, NULL, O_IMP},
+    {"decay", required_argument, NULL, O_DECAY},
+    {"realloc", required_argument, NULL, O_REALLOC},
+    {"window", required_argument, NULL, O_WINDOW},
+    {"share-layers", no_argument, NULL, O_SHARE},
+    {"bits", required_argument, NULL, O_BITS},
+    {"sinks", required_argument, NULL, O_SINKS},
+    {"recent", required_argument, NULL, O_RECENT},
+    {"seed", required_argument, NULL, O_SEED},
+    {"threads", required_argument, NULL, O_THREADS},
+    {"group", required_argument, NULL, O_GROUP},
+    {"k-mode", required_argument, NULL, O_KMODE},
+    {"v-mode", required_argument, NULL, O_VMODE},
+    {"summary", no_argument, NULL, O_SUMMARY},
+    {"output", required_argument, NULL, 'o'},
+    {"compress", no_argument, NULL, O_COMPRESS},
+    {"help", no_argument, NULL, O_HELP},
+    {"version", no_argument, NULL, O_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+static uint32_t parse_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi)
+{
+    uint64_t v;
+    if (tool_parse_u64(s, &v) < 0 || v < lo || v > hi)
+        tool_usage_error("%s: '%s' is not a whole number in %u..%u", opt, s, lo, hi);
+    return (uint32_t)v;
+}
+
+static uint32_t parse_mode(const char *opt, const char *s)
+{
+    if (!strcmp(s, "asym"))
+        return SKV_QMODE_ASYM;
+    if (!strcmp(s, "sym"))
+        return SKV_QMODE_SYM;
+    tool_usage_error("%s: '%s' is not asym or sym", opt, s);
+}
+
+static void summary(const skv_alloc *a, const skv_alloc_result *r, const skv_alloc_cfg *c)
+{
+    const skv_alloc_hdr *h = &a->hdr;
+    fprintf(stderr, "%s: %s: %llu bytes predicted = beta %.6f", tool_name, h->text,
+            (unsigned long long)r->bytes, (double)r->bytes / (double)r->fp16_bytes);
+    if (r->budget_bytes)
+        fprintf(stderr, " (budget %llu bytes, %.3f%% used)", (unsigned long long)r->budget_bytes,
+                100.0 * (double)r->bytes / (double)r->budget_bytes);
+    fprintf(stderr, "\n%s: fp16 K+V %llu bytes; smallest cache %llu bytes; objective %.9g",
+            tool_name, (unsigned long long)r->fp16_bytes, (unsigned long long)r->min_bytes,
+            r->objective);
+    if (c->policy == SKV_POLICY_OPTIMAL && r->bound > 0)
+        fprintf(stderr, " (lower bound %.9g)", r->bound);
+    fprintf(stderr, "\n%-7s", "layer");
+    for (int i = 0; i < SKV_NBITS; i++)
+        fprintf(stderr, " %9u-bit", skv_bit_widths[i]);
+    fprintf(stderr, "\n");
+    uint64_t per = (uint64_t)h->n_kv_heads * h->n_tokens;
+    for (uint32_t l = 0; l < h->n_layers; l++) {
+        uint64_t n[SKV_NBITS] = {0};
+        for (uint64_t i = 0; i < per; i++)
+            n[skv_width_index(a->bits[l * per + i])]++;
+        fprintf(stderr, "%-7u", l);
+        for (int i = 0; i < SKV_NBITS; i++)
+            fprintf(stderr, " %13llu", (unsigned long long)n[i]);
+        fprintf(stderr, "\n");
+    }
+    fprintf(stderr, "%-7s", "total");
+    for (int i = 0; i < SKV_NBITS; i++)
+        fprintf(stderr, " %13llu", (unsigned long long)r->hist[i]);
+    fprintf(stderr, "\n");
+}
+
+int main(int argc, char **argv)
+{
+    tool_init("skv-alloc");
+    skv_alloc_cfg ac;
+    skv_imp_cfg ic;
+    skv_alloc_cfg_defaults(&ac);
+    skv_imp_defaults(&ic);
+    const char *out = NULL;
+    int level = -1, want_summary = 0, have_budget = 0, have_bits = 0;
+    uint32_t group = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, "p:b:o:", longopts, NULL)) != -1) {
+        switch (o) {
+        case 'p':
+            if (skv_policy_parse(optarg, &ac.policy, &ac.uniform_bits) < 0)
+                tool_usage_error("%s", skv_errmsg());
+            break;
+        case 'b':
+            if (tool_parse_double(optarg, &ac.budget) < 0 || !(ac.budget > 0))
+                tool_usage_error("-b: '%s' is not a budget > 0", optarg);
+            have_budget = 1;
+            break;
+        case O_IMP: {
+            int m = skv_imp_mode_parse(optarg);
+            if (m < 0)
+                tool_usage_error("%s", skv_errmsg());
+            ic.mode = (uint32_t)m;
+            break;
+        }
+        case O_DECAY:
+            if (tool_parse_double(optarg, &ic.decay) < 0 || !(ic.decay >= 0 && ic.decay < 1))
+                tool_usage_error("--decay: '%s' is not in [0, 1)", optarg);
+            break;
+        case O_REALLOC: ic.realloc = parse_u32("--realloc", optarg, 1, UINT32_MAX); break;
+        case O_WINDOW: ic.window = parse_u32("--window", optarg, 1, UINT32_MAX); break;
+        case O_SHARE: ac.share_layers = 1; break;
+        case O_BITS:
+            if (skv_width_mask_parse(optarg, &ac.width_mask) < 0)
+                tool_usage_error("--bits: %s", skv_errmsg());
+            have_bits = 1;
+            break;
+        case O_SINKS: ac.sinks = parse_u32("--sinks", optarg, 0, UINT32_MAX); break;
+        case O_RECENT: ac.recent = parse_u32("--recent", optarg, 0, UINT32_MAX); break;
+        case O_SEED:
+            if (tool_parse_u64(optarg, &ac.seed) < 0)
+                tool_usage_error("--seed: '%s' is not a whole number", optarg);
+            break;
+        case O_THREADS: ic.threads = parse_u32("--threads", optarg, 0, SKV_MAX_THREADS); break;
+        case O_GROUP: group = parse_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
+        case O_KMODE: ac.qcfg.k_mode = parse_mode("--k-mode", optarg); break;
+        case O_VMODE: ac.qcfg.v_mode = parse_mode("--v-mode", optarg); break;
+        case O_SUMMARY: want_summary = 1; break;
+        case 'o': out = optarg; break;
+        case O_COMPRESS: level = 6; break;
+        case O_HELP: usage(); break;
+        case O_VERSION: tool_version(); break;
+        default: tool_usage_error("unknown option");
+        }
+    }
+    if (argc - optind > 1)
+        tool_usage_error("at most one input trace");
+    const char *in = optind < argc ? argv[optind] : NULL;
+    if (ac.policy == SKV_POLICY_UNIFORM) {
+        if (!have_budget)
+            ac.budget = 0;
+        if (!have_bits)
+            ac.width_mask = 1u << ac.uniform_bits;
+        else if (!(ac.width_mask & (1u << ac.uniform_bits)))
+            tool_usage_error("uniform:%u: width %u is not in --bits", ac.uniform_bits,
+                             ac.uniform_bits);
+    }
+    if (ac.policy == SKV_POLICY_LAYER_AWARE && ac.share_layers)
+        tool_usage_error("layer-aware allocates per layer; drop --share-layers");
+    ac.qcfg.k_group = ac.qcfg.v_group = group; /* 0: head_dim, set from the trace */
+
+    tool_check_binary_output(out);
+    skv_stream *is = skv_open_read(in);
+    if (!is)
+        tool_fail(tool_in_name(in));
+    skv_stream *os = skv_open_write(out, level);
+    if (!os) {
+        skv_close(is);
+        tool_fail(tool_out_name(out));
+    }
+    skv_alloc *a = NULL;
+    skv_alloc_result r;
+    int rc = skv_alloc_filter(is, os, &ac, &ic, &a, &r);
+    if (rc < 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        skv_discard(os);
+        skv_close(is);
+        if (rc == SKV_EINVAL) /* a setting that cannot work for this trace */
+            tool_die(EXIT_USAGE, "%s: %s", tool_in_name(in), msg);
+        tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), msg);
+    }
+    skv_close(is);
+    if (skv_close(os) < 0) {
+        skv_alloc_free(a);
+        tool_fail(tool_out_name(out));
+    }
+    if (want_summary)
+        summary(a, &r, &ac);
+    skv_alloc_free(a);
+    return 0;
+}

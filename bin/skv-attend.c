@@ -1,0 +1,241 @@
+/* skv-attend -- decode attention on a packed cache or a trace. */
+#include "tool.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: skv-attend [options] [FILE]\n"
+"Compute decode attention outputs for chosen query steps of every layer and\n"
+"query head, on a packed cache (fused dequantization) or on a trace.\n"
+"\n"
+"  -s, --steps SPEC      query steps: LAST (default), all, N, a:b (half-open)\n"
+"                        or a comma list of these\n"
+"  -r, --reference       exact attention with float64 accumulation (on a\n"
+"                        packed cache: on its dequantized rows)\n"
+"  -d, --dense TYPE      attention on an uncompressed fp16 or fp32 cache of a\n"
+"                        trace (the speed baseline)\n"
+"  -P, --packed          the fused packed kernel (default for a packed cache);\n"
+"                        a trace with an allocation (skv-alloc output) is\n"
+"                        packed in memory first, as skv-quant would\n"
+"  -p, --probs           also write the attention probabilities\n"
+"      --tsv             write a text table instead of a smartkv stream\n"
+"      --label TEXT      label the outputs (default: the cache's allocation,\n"
+"                        e.g. \"policy=smartkv beta=0.25\"), shown by skv-stats\n"
+"  -j, --threads N       worker threads (default: online CPUs)\n"
+"  -k, --kernel NAME     auto (default), scalar or avx2\n"
+"      --split N         tokens per work item (default %u)\n"
+"      --device NAME     cpu (default) or cuda: the fused packed kernel on\n"
+"                        the GPU (no --reference, --dense or --probs)\n"
+"  -o, --output FILE     output file (default: standard output)\n"
+"  -z, --compress[=N]    zlib-compress output chunks (level N, default 6)\n"
+"  -h, --help            show this help and exit\n"
+"  -V, --version         show the version and exit\n"
+"\n"
+"FILE '-' or no FILE means standard input.  The default mode is the fused\n"
+"packed kernel for a packed cache and --reference for a trace.\n",
+            SKV_ATT_SPLIT);
+}
+
+static void print_tsv(FILE *f, const skv_attn *a)
+{
+    const skv_athd *h = &a->h;
+    fprintf(f, "# mode=%s layers=%u heads=%u kv_heads=%u head_dim=%u tokens=%llu steps=%llu\n",
+            skv_att_mode_name(h->mode), h->n_layers, h->n_heads, h->n_kv_heads, h->head_dim,
+            (unsigned long long)h->n_tokens, (unsigned long long)h->n_steps);
+    fprintf(f, "kind\tlayer\thead\tstep\tvalues\n");
+    for (uint32_t l = 0; l < h->n_layers; l++)
+        for (uint32_t hd = 0; hd < h->n_heads; hd++)
+            for (uint64_t s = 0; s < h->n_steps; s++) {
+                const float *o = a->out + (((size_t)l * h->n_heads + hd) * h->n_steps + s) * h->head_dim;
+                fprintf(f, "out\t%u\t%u\t%llu", l, hd, (unsigned long long)h->steps[s]);
+                for (uint32_t j = 0; j < h->head_dim; j++)
+                    fprintf(f, "\t%.9g", o[j]);
+                fputc('\n', f);
+            }
+    if (!a->prob)
+        return;
+    for (uint32_t l = 0; l < h->n_layers; l++)
+        for (uint32_t hd = 0; hd < h->n_heads; hd++)
+            for (uint64_t s = 0; s < h->n_steps; s++) {
+                const float *p = a->prob + (((size_t)l * h->n_heads + hd) * h->n_steps + s) * h->n_tokens;
+                fprintf(f, "prob\t%u\t%u\t%llu", l, hd, (unsigned long long)h->steps[s]);
+                for (uint64_t j = 0; j < h->n_tokens; j++)
+                    fprintf(f, "\t%.9g", p[j]);
+                fputc('\n', f);
+            }
+}
+
+int main(int argc, char **argv)
+{
+    tool_init("skv-attend");
+    static const struct option opts[] = {
+        {"steps", required_argument, 0, 's'}, {"reference", no_argument, 0, 'r'},
+        {"dense", required_argument, 0, 'd'}, {"packed", no_argument, 0, 'P'}, {"probs", no_argument, 0, 'p'},
+        {"tsv", no_argument, 0, 1}, {"label", required_argument, 0, 3}, {"threads", required_argument, 0, 'j'},
+        {"kernel", required_argument, 0, 'k'}, {"split", required_argument, 0, 2}, {"device", required_argument, 0, 4},
+        {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
+        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    skv_attend_req req = {SKV_ATT_AUTO, NULL, 0, NULL};
+    skv_attend_opts ao = {0, SKV_KERNEL_AUTO, 0};
+    const char *out = NULL;
+    int level = -1, tsv = 0, cuda = 0, o;
+    uint64_t v;
+    while ((o = getopt_long(argc, argv, "s:rd:Ppj:k:o:z::hV", opts, NULL)) != -1) {
+        switch (o) {
+        case 's': req.steps = optarg; break;
+        case 'r':
+            if (req.mode != SKV_ATT_AUTO && req.mode != SKV_ATT_REFERENCE)
+                tool_usage_error("--packed, --reference and --dense are exclusive");
+            req.mode = SKV_ATT_REFERENCE;
+            break;
+        case 'd':
+            if (req.mode != SKV_ATT_AUTO)
+                tool_usage_error("--packed, --reference and --dense are exclusive");
+            if (!strcmp(optarg, "fp16") || !strcmp(optarg, "f16"))
+                req.mode = SKV_ATT_DENSE_F16;
+            else if (!strcmp(optarg, "fp32") || !strcmp(optarg, "f32"))
+                req.mode = SKV_ATT_DENSE_F32;
+            else
+                tool_usage_error("--dense must be fp16 or fp32, not '%s'", optarg);
+            break;
+        case 'P':
+            if (req.mode != SKV_ATT_AUTO)
+                tool_usage_error("--packed, --reference and --dense are exclusive");
+            req.mode = SKV_ATT_PACKED;
+            break;
+        case 'p': req.probs = 1; break;
+        case 1: tsv = 1; break;
+        case 3:
+            if (strlen(optarg) > SKV_ATHD_MAX_LABEL)
+                tool_usage_error("--label is longer than %u bytes", SKV_ATHD_MAX_LABEL);
+            req.label = optarg;
+            break;
+        case 'j':
+            if (tool_parse_u64(optarg, &v) < 0 || v < 1 || v > 1024)
+                tool_usage_error("--threads must be 1..1024, not '%s'", optarg);
+            ao.threads = (int)v;
+            break;
+        case 'k':
+            if (!strcmp(optarg, "auto"))
+                ao.kernel = SKV_KERNEL_AUTO;
+            else if (!strcmp(optarg, "scalar"))
+                ao.kernel = SKV_KERNEL_SCALAR;
+            else if (!strcmp(optarg, "avx2"))
+                ao.kernel = SKV_KERNEL_AVX2;
+            else
+                tool_usage_error("--kernel must be auto, scalar or avx2, not '%s'", optarg);
+            if (!skv_att_kernel_available(ao.kernel))
+                tool_usage_error("--kernel %s: this CPU lacks AVX2, FMA or F16C", optarg);
+            break;
+        case 2:
+            if (tool_parse_size(optarg, &v) < 0 || v < 1 || v > (1u << 30))
+                tool_usage_error("--split must be 1..2^30 tokens, not '%s'", optarg);
+            ao.split = (uint32_t)v;
+            break;
+        case 4:
+            if (!strcmp(optarg, "cuda"))
+                cuda = 1;
+            else if (!strcmp(optarg, "cpu"))
+                cuda = 0;
+            else
+                tool_usage_error("--device must be cpu or cuda, not '%s'", optarg);
+            break;
+        case 'o': out = optarg; break;
+        case 'z':
+            if (!optarg)
+                level = 6;
+            else if (tool_parse_u64(optarg, &v) < 0 || v > 9)
+                tool_usage_error("--compress level must be 0..9, not '%s'", optarg);
+            else
+                level = (int)v;
+            break;
+        case 'h': usage(stdout); return 0;
+        case 'V': tool_version();
+        default: tool_usage_error("unknown option");
+        }
+    }
+    if (argc - optind > 1)
+        tool_usage_error("too many files (one input)");
+    const char *in = optind < argc ? argv[optind] : "-";
+    if (req.steps) {
+        /* syntax check before reading any input (ranges are checked later) */
+        uint64_t *st, n;
+        if (skv_steps_parse(req.steps, SKV_MAX_TOKENS, &st, &n) < 0)
+            tool_usage_error("%s", skv_errmsg());
+        free(st);
+    }
+    if (cuda) {
+        if (req.mode != SKV_ATT_AUTO)
+            tool_usage_error("--device cuda runs the fused packed kernel only (no --reference "
+                             "or --dense)");
+        if (req.probs)
+            tool_usage_error("--device cuda does not write probabilities (--probs)");
+        if (skv_cuda_available() < 0) {
+            const char *m = skv_errmsg();
+            if (strstr(m, "no CUDA device available"))
+                tool_die(EXIT_DATA, "%s", m);
+            tool_die(EXIT_DATA, "no CUDA device available: %s", m);
+        }
+    }
+    skv_attend_ctx *ctx = skv_attend_new(&ao);
+    if (!ctx)
+        tool_die(EXIT_DATA, "%s", skv_errmsg());
+
+    char tmp[4096] = "";
+    const char *target = out;
+    if (tsv) {
+        /* compute into a temporary stream, then print it as text */
+        const char *td = getenv("TMPDIR");
+        snprintf(tmp, sizeof tmp, "%s/skv-attend.XXXXXX", td && *td ? td : "/tmp");
+        int fd = mkstemp(tmp);
+        if (fd < 0)
+            tool_die(EXIT_DATA, "cannot create a temporary file %s", tmp);
+        close(fd);
+        target = tmp;
+    } else {
+        tool_check_binary_output(out);
+    }
+    skv_stream *s = skv_open_write(target, level);
+    if (!s) {
+        if (*tmp)
+            unlink(tmp);
+        tool_fail(tool_out_name(out));
+    }
+    if ((cuda ? skv_cuda_attend_stream(in, s, &req) : skv_attend_stream(ctx, in, s, &req)) < 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        skv_discard(s);
+        skv_attend_free(ctx);
+        if (*tmp)
+            unlink(tmp);
+        int outside = !strncmp(msg, "write error", 11) || !strncmp(msg, "stream ", 7);
+        tool_die(EXIT_DATA, "%s: %s", outside ? tool_out_name(out) : tool_in_name(in), msg);
+    }
+    skv_attend_free(ctx);
+    if (skv_close(s) < 0) {
+        if (*tmp)
+            unlink(tmp);
+        tool_fail(tool_out_name(out));
+    }
+    if (tsv) {
+        skv_attn *a;
+        int rc = skv_attn_load(tmp, &a);
+        unlink(tmp);
+        if (rc < 0)
+            tool_fail(tmp);
+        FILE *f = out && strcmp(out, "-") ? fopen(out, "w") : stdout;
+        if (!f)
+            tool_die(EXIT_DATA, "%s: cannot open for writing", out);
+        print_tsv(f, a);
+        skv_attn_free(a);
+        if (fflush(f) != 0 || ferror(f) || (f != stdout && fclose(f) != 0))
+            tool_die(EXIT_DATA, "%s: write error", tool_out_name(out));
+    }
+    return 0;
+}

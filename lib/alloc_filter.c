@@ -1,0 +1,261 @@
+/* alloc_filter.c -- the skv-alloc pipeline stage: copy a trace through
+ * unchanged while replaying its attention layer by layer, then solve the
+ * allocation and append ALHD + ALOC chunks before the end of the stream.
+ *
+ * Chunks are handled one at a time so that every trace chunk is copied
+ * verbatim (skv_copy_chunk) and only one layer's Q/K/V is in memory; the
+ * per-layer importance and error-model arrays (O(layers * kv heads *
+ * tokens)) are kept for the global budget, which spans all layers. */
+#include "smartkv_alloc.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct filt {
+    skv_trace_hdr hdr;
+    int have_hdr;
+    uint64_t toks;       /* token ids seen */
+    uint32_t layer;      /* layer being read */
+    uint32_t kind;       /* 0 Q, 1 K, 2 V */
+    uint32_t head;
+    uint64_t row;        /* rows of this head seen */
+    skv_layer L;
+    float *imp;          /* [n_layers][n_kv][T] */
+    float *err;          /* [n_layers][n_kv][T][SKV_NBITS] */
+    float *ent;          /* [n_layers][n_kv] */
+    skv_qcfg q;
+} filt;
+
+static int layer_done(filt *f, const skv_imp_cfg *icfg)
+{
+    const skv_trace_hdr *h = &f->hdr;
+    size_t per = (size_t)h->n_kv_heads * h->n_tokens;
+    int rc = skv_importance_layer(icfg, h, &f->L, f->imp + (size_t)f->layer * per,
+                                  f->ent + (size_t)f->layer * h->n_kv_heads);
+    if (rc < 0)
+        return rc;
+    for (uint32_t kh = 0; kh < h->n_kv_heads; kh++) {
+        size_t at = (size_t)kh * h->n_tokens * h->head_dim;
+        skv_alloc_token_errors(&f->q, f->L.k + at, f->L.v + at, h->n_tokens,
+                               f->err + ((size_t)f->layer * per + (size_t)kh * h->n_tokens) *
+                                            SKV_NBITS);
+    }
+    return 0;
+}
+
+static int on_trhd(filt *f, const skv_chunk *c, const skv_alloc_cfg *acfg)
+{
+    int rc;
+    if (f->have_hdr)
+        return skv_error(SKV_EFORMAT, "second TRHD chunk at byte %llu",
+                         (unsigned long long)c->offset);
+    if ((rc = skv_trhd_decode(c, &f->hdr)) < 0)
+        return rc;
+    f->have_hdr = 1;
+    const skv_trace_hdr *h = &f->hdr;
+    if (h->flags & (SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES))
+        return skv_error(SKV_EFORMAT, "this stream holds a packed cache, not a trace; "
+                         "allocate on the trace before skv-quant");
+    if (h->n_tokens > SKV_ALOC_MAX_TOKENS)
+        return skv_error(SKV_ELIMIT, "%llu tokens: an allocation holds at most %llu",
+                         (unsigned long long)h->n_tokens, SKV_ALOC_MAX_TOKENS);
+    f->q = acfg->qcfg;
+    f->q.head_dim = h->head_dim;
+    if (!f->q.k_group)
+        f->q.k_group = h->head_dim;
+    if (!f->q.v_group)
+        f->q.v_group = h->head_dim;
+    if ((rc = skv_qcfg_check(&f->q)) < 0)
+        return rc; /* SKV_EINVAL: a setting that does not fit this trace */
+    size_t nq, nkv, per, nerr;
+    if ((rc = skv_trace_layer_floats(h, &nq, &nkv)) < 0)
+        return rc;
+    if (skv_mul_sizes(&per, 3, (size_t)h->n_layers, (size_t)h->n_kv_heads, (size_t)h->n_tokens) ||
+        skv_mul_sizes(&nerr, 2, per, (size_t)SKV_NBITS))
+        return skv_error(SKV_ELIMIT, "trace too large to allocate");
+    f->L.q = skv_malloc(nq * sizeof(float));
+    f->L.k = skv_malloc(nkv * sizeof(float));
+    f->L.v = skv_malloc(nkv * sizeof(float));
+    f->imp = skv_calloc(per, sizeof(float));
+    f->err = skv_calloc(nerr, sizeof(float));
+    f->ent = skv_calloc((size_t)h->n_layers * h->n_kv_heads, sizeof(float));
+    if (!f->L.q || !f->L.k || !f->L.v || !f->imp || !f->err || !f->ent)
+        return SKV_ENOMEM;
+    return 0;
+}
+
+static int on_toks(filt *f, const skv_chunk *c)
+{
+    const skv_trace_hdr *h = &f->hdr;
+    if (!(h->flags & SKV_TRACE_HAS_TOKENS) || f->layer || f->kind || f->head || f->row)
+        return skv_error(SKV_EFORMAT, "unexpected TOKS chunk at byte %llu",
+                         (unsigned long long)c->offset);
+    if (c->raw_size < 16)
+        return skv_error(SKV_EFORMAT, "TOKS chunk at byte %llu too short",
+                         (unsigned long long)c->offset);
+    uint64_t t0 = skv_get64(c->data), n = skv_get64(c->data + 8);
+    if (t0 != f->toks || n == 0 || n > h->n_tokens - f->toks || 16 + n * 4 != c->raw_size)
+        return skv_error(SKV_EFORMAT, "TOKS chunk at byte %llu: tokens %llu+%llu do not "
+                         "continue at %llu within %llu tokens", (unsigned long long)c->offset,
+                         (unsigned long long)t0, (unsigned long long)n,
+                         (unsigned long long)f->toks, (unsigned long long)h->n_tokens);
+    f->toks += n;
+    return 0;
+}
+
+static int on_tens(filt *f, const skv_chunk *c, const skv_imp_cfg *icfg)
+{
+    const skv_trace_hdr *h = &f->hdr;
+    static const uint32_t kinds[3] = {SKV_TK_Q, SKV_TK_K, SKV_TK_V};
+    int rc;
+    if ((h->flags & SKV_TRACE_HAS_TOKENS) && f->toks < h->n_tokens)
+        return skv_error(SKV_EFORMAT, "TENS chunk at byte %llu before all token ids",
+                         (unsigned long long)c->offset);
+    if (f->layer >= h->n_layers)
+        return skv_error(SKV_EFORMAT, "TENS chunk at byte %llu after the last layer",
+                         (unsigned long long)c->offset);
+    skv_tens t;
+    if ((rc = skv_tens_decode(c, &t)) < 0)
+        return rc;
+    if (t.kind != kinds[f->kind] || t.layer != f->layer || t.head != f->head ||
+        t.row0 != f->row || t.rows == 0 || t.rows > h->n_tokens - f->row ||
+        t.cols != h->head_dim || t.dtype != h->dtype)
+        return skv_error(SKV_EFORMAT, "TENS chunk at byte %llu is %s layer %u head %u rows "
+                         "%llu+%llu (%u cols, %s); expected %s layer %u head %u from row %llu "
+                         "(%u cols, %s)", (unsigned long long)c->offset,
+                         skv_tensor_kind_name(t.kind), t.layer, t.head,
+                         (unsigned long long)t.row0, (unsigned long long)t.rows, t.cols,
+                         skv_dtype_name(t.dtype), skv_tensor_kind_name(kinds[f->kind]),
+                         f->layer, f->head, (unsigned long long)f->row, h->head_dim,
+                         skv_dtype_name(h->dtype));
+    float *dst = f->kind == 0 ? f->L.q : f->kind == 1 ? f->L.k : f->L.v;
+    skv_tens_to_f32(&t, dst + ((size_t)f->head * h->n_tokens + f->row) * h->head_dim);
+    f->row += t.rows;
+    if (f->row < h->n_tokens)
+        return 0;
+    f->row = 0;
+    uint32_t nh = f->kind == 0 ? h->n_heads : h->n_kv_heads;
+    if (++f->head < nh)
+        return 0;
+    f->head = 0;
+    if (++f->kind < 3)
+        return 0;
+    f->kind = 0;
+    f->L.index = f->layer;
+    if ((rc = layer_done(f, icfg)) < 0)
+        return rc;
+    f->layer++;
+    return 0;
+}
+
+static void describe(char *buf, size_t n, const skv_alloc_cfg *a, const skv_imp_cfg *i)
+{
+    char wl[32];
+    skv_width_mask_format(a->width_mask, wl, sizeof wl);
+    char pol[32];
+    if (a->policy == SKV_POLICY_UNIFORM)
+        snprintf(pol, sizeof pol, "uniform:%u", a->uniform_bits);
+    else
+        snprintf(pol, sizeof pol, "%s", skv_policy_name(a->policy));
+    snprintf(buf, n, "policy=%s beta=%.10g importance=%s decay=%.10g realloc=%u window=%u "
+             "bits=%s sinks=%u recent=%u seed=%llu share-layers=%u",
+             pol, a->budget, skv_imp_mode_name(i->mode), i->decay, i->realloc, i->window, wl,
+             a->sinks, a->recent, (unsigned long long)a->seed, a->share_layers ? 1u : 0u);
+}
+
+int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
+                     const skv_imp_cfg *icfg, skv_alloc **out_alloc, skv_alloc_result *res)
+{
+    filt F, *f = &F;
+    memset(f, 0, sizeof F);
+    skv_alloc *a = NULL;
+    skv_alloc_result r;
+    memset(&r, 0, sizeof r);
+    if (out_alloc)
+        *out_alloc = NULL;
+    int rc = skv_imp_cfg_check(icfg);
+    if (rc < 0)
+        return rc;
+    for (;;) {
+        skv_chunk c;
+        rc = skv_read(in, &c);
+        if (rc < 0)
+            goto out;
+        if (rc == 0)
+            break;
+        if (skv_chunk_is(&c, SKV_T_TRHD)) {
+            rc = on_trhd(f, &c, acfg);
+        } else if (skv_chunk_is(&c, SKV_T_TOKS) || skv_chunk_is(&c, SKV_T_TENS)) {
+            if (!f->have_hdr)
+                rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu before the trace header",
+                               c.type, (unsigned long long)c.offset);
+            else if (skv_chunk_is(&c, SKV_T_TOKS))
+                rc = on_toks(f, &c);
+            else
+                rc = on_tens(f, &c, icfg);
+        } else if (skv_chunk_is(&c, SKV_T_ALHD) || skv_chunk_is(&c, SKV_T_ALOC)) {
+            continue; /* an earlier allocation: replaced by ours */
+        } else if (skv_chunk_is_critical(c.type)) {
+            rc = skv_error(SKV_EUNSUP, "unknown critical chunk %s at byte %llu", c.type,
+                           (unsigned long long)c.offset);
+        }
+        if (rc < 0)
+            goto out;
+        if ((rc = skv_copy_chunk(out, &c)) < 0)
+            goto out;
+    }
+    if (!f->have_hdr) {
+        rc = skv_error(SKV_EFORMAT, "no trace header (TRHD) in the stream");
+        goto out;
+    }
+    const skv_trace_hdr *h = &f->hdr;
+    if (f->layer < h->n_layers) {
+        rc = skv_error(SKV_EFORMAT, "stream ends inside layer %u (%s head %u, row %llu of %llu)",
+                       f->layer, skv_tensor_kind_name(f->kind + 1), f->head,
+                       (unsigned long long)f->row, (unsigned long long)h->n_tokens);
+        goto out;
+    }
+    skv_layer_free(&f->L);
+    if (acfg->share_layers)
+        skv_importance_share_layers(f->imp, h->n_layers, h->n_kv_heads, h->n_tokens);
+
+    skv_alloc_hdr ah;
+    memset(&ah, 0, sizeof ah);
+    ah.budget = acfg->budget;
+    ah.n_layers = h->n_layers;
+    ah.n_kv_heads = h->n_kv_heads;
+    ah.n_tokens = h->n_tokens;
+    ah.width_mask = acfg->width_mask;
+    ah.flags = acfg->share_layers ? SKV_ALHD_SHARE_LAYERS : 0;
+    ah.qcfg = f->q;
+    describe(ah.text, sizeof ah.text, acfg, icfg);
+    if (!(a = skv_alloc_new(&ah))) {
+        rc = SKV_ENOMEM;
+        goto out;
+    }
+    skv_alloc_cfg cfg = *acfg;
+    cfg.qcfg = f->q;
+    skv_alloc_problem p = {h->n_layers, h->n_kv_heads, h->n_tokens, f->imp, f->err, f->ent};
+    if ((rc = skv_alloc_solve(&cfg, &p, a->bits, &r)) < 0)
+        goto out;
+    a->hdr.predicted_bytes = r.bytes;
+    memcpy(a->importance, f->imp, (size_t)h->n_layers * h->n_kv_heads * h->n_tokens *
+                                      sizeof(float));
+    if ((rc = skv_alloc_write(out, a)) < 0)
+        goto out;
+    rc = 0;
+out:
+    skv_layer_free(&f->L);
+    free(f->imp);
+    free(f->err);
+    free(f->ent);
+    if (rc == 0 && out_alloc)
+        *out_alloc = a;
+    else
+        skv_alloc_free(a);
+    if (res)
+        *res = r;
+    return rc;
+}

@@ -1,0 +1,1425 @@
+/* attend.c -- decode attention: thread pool, scalar and AVX2 kernels over
+ * dense and packed rows, the float64 oracle, and the stream driver.
+ *
+ * A "run" is a sequence of K/V rows with one encoding (dense f32 or f16
+ * rows of consecutive tokens, or the rows of one PBKT bucket).  A kernel
+ * folds the rows [r0, r1) of a run into a partial softmax state
+ * (smartkv_softmax.h) for up to SKV_GMAX query heads of one KV group,
+ * tile by tile: the scores of a tile for every head (each K row decoded
+ * once per group), the tile's max, exp, then the weighted V rows (each V row
+ * decoded once per group).  Nothing beyond one tile's scores is kept. */
+#include "smartkv_attend.h"
+#include "smartkv_error.h"
+#include "smartkv_pack.h"
+#include "smartkv_cache.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SKV_X86 1
+#include <immintrin.h>
+#define AVX2_FN __attribute__((target("avx2,fma,f16c,bmi2")))
+#endif
+
+#define TILE 32
+#define SKV_GMAX 8          /* query heads per kernel call */
+#define SKV_MAX_GROUPS 128  /* parameter groups per row (head_dim / 8) */
+
+/* ---------------------------------------------------------------- pool */
+
+typedef void (*job_fn)(void *arg, size_t item);
+
+struct skv_attend_ctx {
+    int threads, kernel;
+    uint32_t split;
+    pthread_t *th;
+    int n_th;               /* worker threads started (threads - 1) */
+    pthread_mutex_t mu;
+    pthread_cond_t start, done;
+    uint64_t gen;
+    int stop, busy;
+    job_fn fn;
+    void *arg;
+    size_t n_items;
+    atomic_size_t next;
+};
+
+static void drain(skv_attend_ctx *c)
+{
+    size_t i;
+    while ((i = atomic_fetch_add(&c->next, 1)) < c->n_items)
+        c->fn(c->arg, i);
+}
+
+static void *worker(void *p)
+{
+    skv_attend_ctx *c = p;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->stop && c->gen == seen)
+            pthread_cond_wait(&c->start, &c->mu);
+        if (c->stop)
+            break;
+        seen = c->gen;
+        pthread_mutex_unlock(&c->mu);
+        drain(c);
+        pthread_mutex_lock(&c->mu);
+        if (--c->busy == 0)
+            pthread_cond_signal(&c->done);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+static void run_job(skv_attend_ctx *c, job_fn fn, void *arg, size_t n)
+{
+    if (n == 0)
+        return;
+    c->fn = fn;
+    c->arg = arg;
+    c->n_items = n;
+    atomic_store(&c->next, 0);
+    if (c->n_th == 0 || n == 1) {
+        drain(c);
+        return;
+    }
+    pthread_mutex_lock(&c->mu);
+    c->busy = c->n_th;
+    c->gen++;
+    pthread_cond_broadcast(&c->start);
+    pthread_mutex_unlock(&c->mu);
+    drain(c);
+    pthread_mutex_lock(&c->mu);
+    while (c->busy)
+        pthread_cond_wait(&c->done, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int cpu_avx2(void)
+{
+#ifdef SKV_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+#else
+    return 0;
+#endif
+}
+
+int skv_att_kernel_available(int k)
+{
+    return k == SKV_KERNEL_SCALAR || k == SKV_KERNEL_AUTO || (k == SKV_KERNEL_AVX2 && cpu_avx2());
+}
+
+const char *skv_att_kernel_name(int k)
+{
+    switch (k) {
+    case SKV_KERNEL_AUTO: return "auto";
+    case SKV_KERNEL_SCALAR: return "scalar";
+    case SKV_KERNEL_AVX2: return "avx2";
+    }
+    return "unknown";
+}
+
+skv_attend_ctx *skv_attend_new(const skv_attend_opts *o)
+{
+    skv_attend_opts def = {0};
+    if (!o)
+        o = &def;
+    if (o->threads < 0 || o->threads > 1024) {
+        skv_error(SKV_EINVAL, "threads must be 0..1024, not %d", o->threads);
+        return NULL;
+    }
+    int k = o->kernel == SKV_KERNEL_AUTO ? (cpu_avx2() ? SKV_KERNEL_AVX2 : SKV_KERNEL_SCALAR)
+                                         : o->kernel;
+    if (k != SKV_KERNEL_SCALAR && k != SKV_KERNEL_AVX2) {
+        skv_error(SKV_EINVAL, "unknown kernel %d", o->kernel);
+        return NULL;
+    }
+    if (k == SKV_KERNEL_AVX2 && !cpu_avx2()) {
+        skv_error(SKV_EUNSUP, "the avx2 kernels need a CPU with AVX2, FMA and F16C");
+        return NULL;
+    }
+    skv_attend_ctx *c = skv_calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->kernel = k;
+    c->split = o->split ? o->split : SKV_ATT_SPLIT;
+    int n = o->threads;
+    if (n == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus < 1 ? 1 : cpus > 256 ? 256 : (int)cpus;
+    }
+    c->threads = n;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->start, NULL);
+    pthread_cond_init(&c->done, NULL);
+    if (n > 1) {
+        c->th = skv_calloc((size_t)n - 1, sizeof *c->th);
+        if (!c->th) {
+            skv_attend_free(c);
+            return NULL;
+        }
+        for (int i = 0; i < n - 1; i++) {
+            if (pthread_create(&c->th[i], NULL, worker, c) != 0) {
+                skv_error(SKV_ENOMEM, "cannot start attention thread %d of %d", i + 2, n);
+                skv_attend_free(c);
+                return NULL;
+            }
+            c->n_th++;
+        }
+    }
+    return c;
+}
+
+void skv_attend_free(skv_attend_ctx *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->stop = 1;
+    pthread_cond_broadcast(&c->start);
+    pthread_mutex_unlock(&c->mu);
+    for (int i = 0; i < c->n_th; i++)
+        pthread_join(c->th[i], NULL);
+    free(c->th);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->start);
+    pthread_cond_destroy(&c->done);
+    free(c);
+}
+
+int skv_attend_kernel(const skv_attend_ctx *c) { return c->kernel; }
+int skv_attend_threads(const skv_attend_ctx *c) { return c->threads; }
+
+/* ---------------------------------------------------------------- rows */
+
+typedef struct run {
+    uint32_t bits;              /* 2, 3, 4, 8, 16 (fp16 rows) or 32 (f32 rows) */
+    uint32_t kg, vg, kmode, vmode;
+    uint32_t kps, vps, rs;      /* parameter bytes per row (K, V), data bytes per row */
+    const uint8_t *kd, *vd, *kp, *vp;
+    const uint32_t *idx;        /* token of row i, or NULL: token = t0 + i */
+    uint64_t t0;
+    uint64_t n;                 /* rows */
+} run;
+
+static inline uint64_t row_token(const run *R, uint64_t i)
+{
+    return R->idx ? R->idx[i] : R->t0 + i;
+}
+
+/* IEEE fp16 bits to float (exact; portable). */
+static inline float h2f(uint32_t h)
+{
+    uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    union { uint32_t u; float f; } x;
+    if (e == 0) {
+        float v = (float)m * 0x1p-24f;
+        return s ? -v : v;
+    }
+    if (e == 31)
+        x.u = s | 0x7f800000u | (m << 13);
+    else
+        x.u = s | ((e + 112) << 23) | (m << 13);
+    return x.f;
+}
+
+static inline uint32_t ld16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+
+/* Scale and bias of group g of a parameter block. */
+static inline void group_par(const uint8_t *par, uint32_t g, uint32_t bits, uint32_t mode,
+                             float *scale, float *bias)
+{
+    if (mode == SKV_QMODE_ASYM) {
+        *scale = h2f(ld16(par + 4 * g));
+        *bias = h2f(ld16(par + 4 * g + 2));
+    } else {
+        float s = h2f(ld16(par + 2 * g));
+        *scale = s;
+        *bias = -(float)(1u << (bits - 1)) * s;
+    }
+}
+
+static inline uint32_t code_at(const uint8_t *row, uint32_t bits, uint32_t j)
+{
+    const uint8_t *blk = row + (j >> 3) * bits;
+    uint32_t k = j & 7u;
+    switch (bits) {
+    case 2: return (blk[k >> 2] >> (2 * (k & 3))) & 3u;
+    case 3: return (((uint32_t)blk[0] | (uint32_t)blk[1] << 8 | (uint32_t)blk[2] << 16) >> (3 * k)) & 7u;
+    case 4: return (blk[k >> 1] >> (4 * (k & 1))) & 15u;
+    default: return blk[k];
+    }
+}
+
+/* Decode row i of K (which = 0) or V (1) into x[d] (scalar). */
+static void decode_row(const run *R, int which, uint64_t i, uint32_t d, float *x)
+{
+    const uint8_t *dat = (which ? R->vd : R->kd) + i * R->rs;
+    if (R->bits == 32) {
+        memcpy(x, dat, (size_t)d * 4);
+        return;
+    }
+    if (R->bits == 16) {
+        for (uint32_t j = 0; j < d; j++)
+            x[j] = h2f(ld16(dat + 2 * j));
+        return;
+    }
+    const uint8_t *par = (which ? R->vp : R->kp) + i * (which ? R->vps : R->kps);
+    uint32_t grp = which ? R->vg : R->kg, mode = which ? R->vmode : R->kmode;
+    for (uint32_t g = 0; g < d / grp; g++) {
+        float s, b;
+        group_par(par, g, R->bits, mode, &s, &b);
+        for (uint32_t j = g * grp; j < (g + 1) * grp; j++)
+            x[j] = (float)code_at(dat, R->bits, j) * s + b;
+    }
+}
+
+/* Partial state for ng heads: st[ng], acc[ng][d]. */
+
+/* ---- scalar kernel ---- */
+static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t ng,
+                        uint32_t d, skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride)
+{
+    float x[SKV_MAX_HEAD_DIM];
+    float s[SKV_GMAX][TILE];
+    for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
+        uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
+        for (uint32_t i = 0; i < n; i++) {
+            decode_row(R, 0, t0 + i, d, x);
+            for (uint32_t g = 0; g < ng; g++) {
+                const float *qg = q + (size_t)g * d;
+                float a = 0;
+                for (uint32_t j = 0; j < d; j++)
+                    a += qg[j] * x[j];
+                s[g][i] = a;
+            }
+        }
+        for (uint32_t g = 0; g < ng; g++) {
+            float mx = s[g][0];
+            for (uint32_t i = 1; i < n; i++)
+                mx = s[g][i] > mx ? s[g][i] : mx;
+            if (sc)
+                for (uint32_t i = 0; i < n; i++)
+                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
+            float m = skv_sm_block_begin(&st[g], acc + (size_t)g * d, mx, d);
+            float l = 0;
+            for (uint32_t i = 0; i < n; i++) {
+                s[g][i] = expf(s[g][i] - m);
+                l += s[g][i];
+            }
+            st[g].l += l;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            decode_row(R, 1, t0 + i, d, x);
+            for (uint32_t g = 0; g < ng; g++) {
+                float p = s[g][i], *ag = acc + (size_t)g * d;
+                for (uint32_t j = 0; j < d; j++)
+                    ag[j] += p * x[j];
+            }
+        }
+    }
+}
+
+/* ---- AVX2 kernels ---- */
+#ifdef SKV_X86
+
+AVX2_FN static inline __m256 exp256(__m256 x)
+{
+    /* x <= 0; Cephes-style expf: 2^n * p(r), rel. error ~1e-7 */
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 zero_mask = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(zero_mask, y);
+}
+
+AVX2_FN static inline float hsum256(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+/* 8 codes of block c of a packed row as floats (bits 2, 3, 4, 8). */
+AVX2_FN static inline __m256 codes8(const uint8_t *row, uint32_t c, const int bits)
+{
+    const uint8_t *b = row + (size_t)c * bits;
+    if (bits == 8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b)));
+    uint32_t w;
+    if (bits == 2)
+        w = ld16(b);
+    else if (bits == 3)
+        w = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16;
+    else
+        memcpy(&w, b, 4);
+    const __m256i sh = bits == 2 ? _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)
+                     : bits == 3 ? _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21)
+                                 : _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), sh);
+    v = _mm256_and_si256(v, _mm256_set1_epi32((1 << bits) - 1));
+    return _mm256_cvtepi32_ps(v);
+}
+
+/* Per-row scale/bias of every group for rows [t0, t0+n) of a tile. */
+static inline void tile_params(const run *R, int which, uint64_t t0, uint32_t n, uint32_t d,
+                               float *sc, float *bi)
+{
+    uint32_t grp = which ? R->vg : R->kg, mode = which ? R->vmode : R->kmode;
+    uint32_t ps = which ? R->vps : R->kps, ngr = d / grp;
+    const uint8_t *par = (which ? R->vp : R->kp) + t0 * ps;
+    for (uint32_t i = 0; i < n; i++, par += ps)
+        for (uint32_t g = 0; g < ngr; g++)
+            group_par(par, g, R->bits, mode, &sc[i * ngr + g], &bi[i * ngr + g]);
+}
+
+/* Row i (of the tile), block c of 8 channels, as floats. */
+#define LOAD8(dat, c)                                                                           \
+    (bits == 32 ? _mm256_loadu_ps((const float *)(dat) + 8 * (c))                               \
+   : bits == 16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((dat) + 16 * (c))))         \
+                : _mm256_fmadd_ps(codes8((dat), (c), bits), _mm256_broadcast_ss(&psc[(c) * 8 / grp]), \
+                                  _mm256_broadcast_ss(&pbi[(c) * 8 / grp])))
+
+AVX2_FN static inline __attribute__((always_inline)) void
+kern_avx2_body(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d,
+               skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride, const int bits,
+               const int ng)
+{
+    float s[SKV_GMAX][TILE] __attribute__((aligned(32)));
+    float sca[TILE * SKV_MAX_GROUPS], bia[TILE * SKV_MAX_GROUPS];
+    const uint32_t nc = d / 8;
+    for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
+        uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
+        /* scores */
+        uint32_t grp = R->kg, ngr = bits < 16 ? d / grp : 0;
+        if (bits < 16)
+            tile_params(R, 0, t0, n, d, sca, bia);
+        const uint8_t *dat = R->kd + t0 * R->rs;
+        for (uint32_t i = 0; i < n; i++, dat += R->rs) {
+            const float *psc = sca + i * ngr, *pbi = bia + i * ngr;
+            (void)psc;
+            (void)pbi;
+            __m256 a[SKV_GMAX];
+            for (int g = 0; g < ng; g++)
+                a[g] = _mm256_setzero_ps();
+            for (uint32_t c = 0; c < nc; c++) {
+                __m256 x = LOAD8(dat, c);
+                for (int g = 0; g < ng; g++)
+                    a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)g * d + 8 * c), x, a[g]);
+            }
+            for (int g = 0; g < ng; g++)
+                s[g][i] = hsum256(a[g]);
+        }
+        for (uint32_t i = n; i < TILE; i++)
+            for (int g = 0; g < ng; g++)
+                s[g][i] = -INFINITY;
+        /* softmax of the tile */
+        for (int g = 0; g < ng; g++) {
+            __m256 mv = _mm256_load_ps(&s[g][0]);
+            for (int i = 8; i < TILE; i += 8)
+                mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            float mx = _mm_cvtss_f32(m4);
+            if (sc)
+                for (uint32_t i = 0; i < n; i++)
+                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
+            float m = skv_sm_block_begin(&st[g], acc + (size_t)g * d, mx, d);
+            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps();
+            for (int i = 0; i < TILE; i += 8) {
+                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
+                _mm256_store_ps(&s[g][i], p);
+                lv = _mm256_add_ps(lv, p);
+            }
+            st[g].l += hsum256(lv);
+        }
+        /* values: block-outer so the accumulators stay in registers */
+        grp = R->vg;
+        ngr = bits < 16 ? d / grp : 0;
+        if (bits < 16)
+            tile_params(R, 1, t0, n, d, sca, bia);
+        for (uint32_t c = 0; c < nc; c++) {
+            __m256 a[SKV_GMAX];
+            for (int g = 0; g < ng; g++)
+                a[g] = _mm256_loadu_ps(acc + (size_t)g * d + 8 * c);
+            dat = R->vd + t0 * R->rs;
+            for (uint32_t i = 0; i < n; i++, dat += R->rs) {
+                const float *psc = sca + i * ngr, *pbi = bia + i * ngr;
+                (void)psc;
+                (void)pbi;
+                __m256 x = LOAD8(dat, c);
+                for (int g = 0; g < ng; g++)
+                    a[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(&s[g][i]), x, a[g]);
+            }
+            for (int g = 0; g < ng; g++)
+                _mm256_storeu_ps(acc + (size_t)g * d + 8 * c, a[g]);
+        }
+    }
+}
+
+/* The 8 codes of block c of a packed row, one per byte (BMI2 pdep). */
+AVX2_FN static inline uint64_t codes_u8x8(const uint8_t *row, uint32_t c, const int bits)
+{
+    const uint8_t *b = row + (size_t)c * bits;
+    uint64_t w;
+    if (bits == 8) {
+        memcpy(&w, b, 8);
+        return w;
+    }
+    if (bits == 2)
+        return _pdep_u64(ld16(b), 0x0303030303030303ull);
+    if (bits == 3)
+        return _pdep_u64((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16,
+                         0x0707070707070707ull);
+    uint32_t w4;
+    memcpy(&w4, b, 4);
+    return _pdep_u64(w4, 0x0f0f0f0f0f0f0f0full);
+}
+
+AVX2_FN static inline __m256 u8x8_to_ps(uint64_t w)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)w)));
+}
+
+AVX2_FN static inline float h2f_f16c(const uint8_t *p)
+{
+    return _cvtsh_ss((unsigned short)ld16(p));
+}
+
+/* Scale/bias of group g (F16C conversion). */
+AVX2_FN static inline void group_par_f16c(const uint8_t *par, uint32_t g, const int bits,
+                                          uint32_t mode, float *scale, float *bias)
+{
+    if (mode == SKV_QMODE_ASYM) {
+        *scale = h2f_f16c(par + 4 * g);
+        *bias = h2f_f16c(par + 4 * g + 2);
+    } else {
+        float sc = h2f_f16c(par + 2 * g);
+        *scale = sc;
+        *bias = -(float)(1u << (bits - 1)) * sc;
+    }
+}
+
+/* Packed rows (2, 3, 4, 8 bits): scale and bias are folded out of the dot
+ * products (q.x = s * q.codes + b * sum(q) per group), codes are expanded
+ * with pdep, and each V row's codes are expanded once per tile. */
+AVX2_FN static inline __attribute__((always_inline)) void
+kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d,
+                 skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride, const int bits,
+                 const int ng)
+{
+    float s[SKV_GMAX][TILE] __attribute__((aligned(32)));
+    uint8_t cb[TILE * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    float pw[SKV_GMAX * SKV_MAX_GROUPS * TILE];
+    float bsum[SKV_GMAX][SKV_MAX_GROUPS];
+    float qsum[SKV_GMAX][SKV_MAX_GROUPS];
+    const uint32_t nc = d / 8, kg = R->kg, vg = R->vg;
+    const uint32_t kng = d / kg, vng = d / vg, kcpg = kg / 8, vcpg = vg / 8;
+    for (int g = 0; g < ng; g++)
+        for (uint32_t gi = 0; gi < kng; gi++) {
+            float a = 0;
+            for (uint32_t j = gi * kg; j < (gi + 1) * kg; j++)
+                a += q[(size_t)g * d + j];
+            qsum[g][gi] = a;
+        }
+    for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
+        uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
+        /* scores */
+        const uint8_t *row = R->kd + t0 * R->rs, *par = R->kp + t0 * R->kps;
+        for (uint32_t i = 0; i < n; i++, row += R->rs, par += R->kps) {
+            __m256 tot[SKV_GMAX];
+            float bias[SKV_GMAX];
+            for (int g = 0; g < ng; g++) {
+                tot[g] = _mm256_setzero_ps();
+                bias[g] = 0;
+            }
+            float s1 = 1;
+            for (uint32_t gi = 0; gi < kng; gi++) {
+                float scl, bi;
+                group_par_f16c(par, gi, bits, R->kmode, &scl, &bi);
+                __m256 a[SKV_GMAX];
+                for (int g = 0; g < ng; g++)
+                    a[g] = _mm256_setzero_ps();
+                for (uint32_t c = gi * kcpg; c < (gi + 1) * kcpg; c++) {
+                    __m256 x = u8x8_to_ps(codes_u8x8(row, c, bits));
+                    for (int g = 0; g < ng; g++)
+                        a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)g * d + 8 * c), x, a[g]);
+                }
+                if (kng == 1) {
+                    for (int g = 0; g < ng; g++)
+                        tot[g] = a[g];
+                    s1 = scl;
+                } else {
+                    __m256 sv = _mm256_set1_ps(scl);
+                    for (int g = 0; g < ng; g++)
+                        tot[g] = _mm256_fmadd_ps(a[g], sv, tot[g]);
+                }
+                for (int g = 0; g < ng; g++)
+                    bias[g] += bi * qsum[g][gi];
+            }
+            for (int g = 0; g < ng; g++)
+                s[g][i] = hsum256(tot[g]) * s1 + bias[g];
+        }
+        for (uint32_t i = n; i < TILE; i++)
+            for (int g = 0; g < ng; g++)
+                s[g][i] = -INFINITY;
+        /* softmax of the tile */
+        for (int g = 0; g < ng; g++) {
+            __m256 mv = _mm256_load_ps(&s[g][0]);
+            for (int i = 8; i < TILE; i += 8)
+                mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            float mx = _mm_cvtss_f32(m4);
+            if (sc)
+                for (uint32_t i = 0; i < n; i++)
+                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
+            float m = skv_sm_block_begin(&st[g], acc + (size_t)g * d, mx, d);
+            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps();
+            for (int i = 0; i < TILE; i += 8) {
+                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
+                _mm256_store_ps(&s[g][i], p);
+                lv = _mm256_add_ps(lv, p);
+            }
+            st[g].l += hsum256(lv);
+            for (uint32_t gi = 0; gi < vng; gi++)
+                bsum[g][gi] = 0;
+        }
+        /* values: expand the tile's codes once, fold p*scale, sum p*bias */
+        row = R->vd + t0 * R->rs;
+        par = R->vp + t0 * R->vps;
+        for (uint32_t i = 0; i < n; i++, row += R->rs, par += R->vps) {
+            if (bits == 8)
+                memcpy(cb + (size_t)i * d, row, d);
+            else
+                for (uint32_t c = 0; c < nc; c++) {
+                    uint64_t w = codes_u8x8(row, c, bits);
+                    memcpy(cb + (size_t)i * d + 8 * c, &w, 8);
+                }
+            for (uint32_t gi = 0; gi < vng; gi++) {
+                float scl, bi;
+                group_par_f16c(par, gi, bits, R->vmode, &scl, &bi);
+                for (int g = 0; g < ng; g++) {
+                    pw[((size_t)g * vng + gi) * TILE + i] = s[g][i] * scl;
+                    bsum[g][gi] += s[g][i] * bi;
+                }
+            }
+        }
+        for (uint32_t c = 0; c < nc; c++) {
+            uint32_t gi = c / vcpg;
+            __m256 a[SKV_GMAX];
+            for (int g = 0; g < ng; g++)
+                a[g] = _mm256_loadu_ps(acc + (size_t)g * d + 8 * c);
+            const uint8_t *cr = cb + 8 * c;
+            for (uint32_t i = 0; i < n; i++, cr += d) {
+                __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)cr)));
+                for (int g = 0; g < ng; g++)
+                    a[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(&pw[((size_t)g * vng + gi) * TILE + i]),
+                                           x, a[g]);
+            }
+            for (int g = 0; g < ng; g++)
+                _mm256_storeu_ps(acc + (size_t)g * d + 8 * c,
+                                 _mm256_add_ps(a[g], _mm256_set1_ps(bsum[g][gi])));
+        }
+    }
+}
+
+#define KB(B, G)                                                                            \
+    AVX2_FN static void kern_avx2_##B##_##G(const run *R, uint64_t r0, uint64_t r1,          \
+                                            const float *q, uint32_t d, skv_sm_state *st,     \
+                                            float *acc, float *sc, uint64_t ss)               \
+    {                                                                                        \
+        if (B <= 8)                                                                          \
+            kern_avx2_packed(R, r0, r1, q, d, st, acc, sc, ss, B, G);                        \
+        else                                                                                 \
+            kern_avx2_body(R, r0, r1, q, d, st, acc, sc, ss, B, G);                          \
+    }
+#define KBG(B) KB(B, 1) KB(B, 2) KB(B, 3) KB(B, 4) KB(B, 5) KB(B, 6) KB(B, 7) KB(B, 8)
+KBG(2) KBG(3) KBG(4) KBG(8) KBG(16) KBG(32)
+
+typedef void (*kern_fn)(const run *, uint64_t, uint64_t, const float *, uint32_t, skv_sm_state *,
+                        float *, float *, uint64_t);
+#define KROW(B)                                                                              \
+    { kern_avx2_##B##_1, kern_avx2_##B##_2, kern_avx2_##B##_3, kern_avx2_##B##_4,              \
+      kern_avx2_##B##_5, kern_avx2_##B##_6, kern_avx2_##B##_7, kern_avx2_##B##_8 }
+static const kern_fn avx2_kernels[6][SKV_GMAX] = {KROW(2), KROW(3), KROW(4), KROW(8), KROW(16),
+                                                  KROW(32)};
+
+static int avx2_ok(const run *R, uint32_t d)
+{
+    if (d % 8 || d / 8 > SKV_MAX_GROUPS)
+        return 0;
+    if (R->bits < 16 && (R->kg % 8 || R->vg % 8))
+        return 0;
+    return 1;
+}
+
+static kern_fn avx2_kernel(uint32_t bits, uint32_t ng)
+{
+    int b = bits == 2 ? 0 : bits == 3 ? 1 : bits == 4 ? 2 : bits == 8 ? 3 : bits == 16 ? 4 : 5;
+    return avx2_kernels[b][ng - 1];
+}
+#endif /* SKV_X86 */
+
+/* Fold rows [r0, r1) of run R into the state of ng heads. */
+static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t ng,
+                 uint32_t d, skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride)
+{
+#ifdef SKV_X86
+    if (kernel == SKV_KERNEL_AVX2 && avx2_ok(R, d)) {
+        avx2_kernel(R->bits, ng)(R, r0, r1, q, d, st, acc, sc, sc_stride);
+        return;
+    }
+#endif
+    (void)kernel;
+    kern_scalar(R, r0, r1, q, ng, d, st, acc, sc, sc_stride);
+}
+
+/* ---------------------------------------------------------------- layer */
+
+typedef struct item {
+    uint32_t h;             /* KV head */
+    uint32_t si;            /* index into steps */
+    const run *R;
+    uint64_t r0, r1;
+    size_t slot;            /* partial state index */
+} item;
+
+typedef struct layer_job {
+    const skv_kv_view *L;
+    const uint64_t *steps;
+    uint32_t G;             /* query heads per KV head */
+    int kernel;
+    item *items;
+    skv_sm_state *st;       /* [slots][G] */
+    float *acc;             /* [slots][G][d] */
+    float *prob;            /* caller's, or NULL */
+    uint64_t si0;           /* first step of this batch (prob indexing) */
+    uint64_t n_steps;       /* all steps (prob indexing) */
+} layer_job;
+
+static void do_item(void *arg, size_t k)
+{
+    layer_job *J = arg;
+    const item *it = &J->items[k];
+    const skv_kv_view *L = J->L;
+    uint32_t d = L->head_dim, G = J->G;
+    uint64_t T = L->n_tokens, t = J->steps[it->si];
+    float scale = 1.0f / sqrtf((float)d);
+    float qs[SKV_GMAX * SKV_MAX_HEAD_DIM];
+    skv_sm_state *st = J->st + it->slot * G;
+    float *acc = J->acc + it->slot * G * d;
+    for (uint32_t g0 = 0; g0 < G; g0 += SKV_GMAX) {
+        uint32_t ng = G - g0 < SKV_GMAX ? G - g0 : SKV_GMAX;
+        for (uint32_t g = 0; g < ng; g++) {
+            const float *qr = L->q + (((size_t)it->h * G + g0 + g) * T + t) * d;
+            for (uint32_t j = 0; j < d; j++)
+                qs[g * d + j] = qr[j] * scale;
+            skv_sm_init(&st[g0 + g], acc + (size_t)(g0 + g) * d, d);
+        }
+        float *sc = NULL;
+        uint64_t ss = 0;
+        if (J->prob) {
+            ss = J->n_steps * T;
+            sc = J->prob + (((size_t)it->h * G + g0) * J->n_steps + it->si) * T;
+        }
+        fold(J->kernel, it->R, it->r0, it->r1, qs, ng, d, st + g0, acc + (size_t)g0 * d, sc, ss);
+    }
+}
+
+/* Number of rows of run R whose token is <= t. */
+static uint64_t rows_upto(const run *R, uint64_t t)
+{
+    if (!R->idx)
+        return t < R->t0 ? 0 : (t - R->t0 + 1 < R->n ? t - R->t0 + 1 : R->n);
+    uint64_t lo = 0, hi = R->n;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (R->idx[mid] <= t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The runs of KV head h of a layer: dense -> one run; packed -> one per bucket. */
+static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32_t **count)
+{
+    uint32_t H = L->n_kv_heads, d = L->head_dim;
+    size_t total = 0;
+    *runs = NULL;
+    *first = skv_calloc(H, sizeof **first);
+    *count = skv_calloc(H, sizeof **count);
+    if (!*first || !*count)
+        return SKV_ENOMEM;
+    if (L->kind == SKV_KV_F32 || L->kind == SKV_KV_F16) {
+        run *r = skv_calloc(H, sizeof *r);
+        if (!r)
+            return SKV_ENOMEM;
+        size_t es = L->kind == SKV_KV_F32 ? 4 : 2;
+        for (uint32_t h = 0; h < H; h++) {
+            r[h].bits = L->kind == SKV_KV_F32 ? 32 : 16;
+            r[h].rs = (uint32_t)(d * es);
+            r[h].kd = (const uint8_t *)L->k + (size_t)h * L->n_tokens * d * es;
+            r[h].vd = (const uint8_t *)L->v + (size_t)h * L->n_tokens * d * es;
+            r[h].n = L->n_tokens;
+            (*first)[h] = h;
+            (*count)[h] = 1;
+        }
+        *runs = r;
+        return 0;
+    }
+    if (L->kind == SKV_KV_PACKED) {
+        for (uint32_t h = 0; h < H; h++)
+            total += L->packed[h].n_buckets;
+        run *r = skv_calloc(total ? total : 1, sizeof *r);
+        if (!r)
+            return SKV_ENOMEM;
+        size_t k = 0;
+        for (uint32_t h = 0; h < H; h++) {
+            const skv_cache_head *ch = &L->packed[h];
+            (*first)[h] = (uint32_t)k;
+            (*count)[h] = ch->n_buckets;
+            for (uint32_t b = 0; b < ch->n_buckets; b++, k++) {
+                const skv_bucket *B = &ch->buckets[b];
+                if (B->head_dim != d) {
+                    free(r);
+                    return skv_error(SKV_EINVAL, "bucket of %u-bit rows has head_dim %u, not %u",
+                                     B->bits, B->head_dim, d);
+                }
+                r[k].bits = B->bits;
+                r[k].kg = B->k_group;
+                r[k].vg = B->v_group;
+                r[k].kmode = B->k_mode;
+                r[k].vmode = B->v_mode;
+                r[k].kps = B->k_par_stride;
+                r[k].vps = B->v_par_stride;
+                r[k].rs = B->row_stride;
+                r[k].kd = B->k_dat;
+                r[k].vd = B->v_dat;
+                r[k].kp = B->k_par;
+                r[k].vp = B->v_par;
+                r[k].idx = B->idx;
+                r[k].n = B->n;
+            }
+        }
+        *runs = r;
+        return 0;
+    }
+    return skv_error(SKV_EINVAL, "unknown cache kind %u", L->kind);
+}
+
+static int check_view(const skv_kv_view *L, const uint64_t *steps, uint64_t n_steps)
+{
+    if (!L || !L->q || L->n_kv_heads == 0 || L->n_heads % L->n_kv_heads || L->head_dim == 0 ||
+        L->head_dim > SKV_MAX_HEAD_DIM || L->n_tokens == 0 || L->n_tokens > SKV_MAX_TOKENS)
+        return skv_error(SKV_EINVAL, "attention: bad layer shape");
+    if ((L->kind == SKV_KV_F32 || L->kind == SKV_KV_F16) && (!L->k || !L->v))
+        return skv_error(SKV_EINVAL, "attention: dense cache without K or V");
+    if (L->kind == SKV_KV_PACKED && !L->packed)
+        return skv_error(SKV_EINVAL, "attention: packed cache without heads");
+    for (uint64_t i = 0; i < n_steps; i++)
+        if (steps[i] >= L->n_tokens || (i && steps[i] <= steps[i - 1]))
+            return skv_error(SKV_EINVAL, "attention: step %llu (%llu) not ascending below %llu",
+                             (unsigned long long)i, (unsigned long long)steps[i],
+                             (unsigned long long)L->n_tokens);
+    return 0;
+}
+
+int skv_attend_layer(skv_attend_ctx *ctx, const skv_kv_view *L, const uint64_t *steps,
+                     uint64_t n_steps, float *out, float *prob)
+{
+    int rc = check_view(L, steps, n_steps);
+    if (rc < 0)
+        return rc;
+    uint32_t H = L->n_kv_heads, G = L->n_heads / H, d = L->head_dim;
+    uint64_t T = L->n_tokens;
+    run *runs = NULL;
+    uint32_t *first = NULL, *count = NULL;
+    item *items = NULL;
+    skv_sm_state *st = NULL;
+    float *acc = NULL;
+    if ((rc = layer_runs(L, &runs, &first, &count)) < 0)
+        goto out;
+    if (prob)
+        for (size_t i = 0, n = (size_t)L->n_heads * n_steps * T; i < n; i++)
+            prob[i] = -INFINITY;
+    /* steps in batches so that the partial states stay small */
+    uint64_t batch = 64;
+    uint64_t split = ctx->split;
+    for (uint64_t s0 = 0; s0 < n_steps; s0 += batch) {
+        uint64_t nb = n_steps - s0 < batch ? n_steps - s0 : batch;
+        /* count items */
+        size_t n_items = 0;
+        for (uint32_t h = 0; h < H; h++)
+            for (uint64_t si = s0; si < s0 + nb; si++)
+                for (uint32_t b = 0; b < count[h]; b++) {
+                    uint64_t n = rows_upto(&runs[first[h] + b], steps[si]);
+                    n_items += (size_t)((n + split - 1) / split);
+                }
+        free(items);
+        free(st);
+        free(acc);
+        size_t na = 0;
+        items = skv_malloc((n_items ? n_items : 1) * sizeof *items);
+        st = skv_malloc((n_items ? n_items : 1) * G * sizeof *st);
+        if (skv_mul_sizes(&na, 3, n_items ? n_items : 1, (size_t)G, (size_t)d) < 0 ||
+            !(acc = skv_malloc(na * sizeof *acc)) || !items || !st) {
+            rc = skv_error(SKV_ENOMEM, "attention: no memory for %zu work items", n_items);
+            goto out;
+        }
+        size_t k = 0;
+        for (uint32_t h = 0; h < H; h++)
+            for (uint64_t si = s0; si < s0 + nb; si++)
+                for (uint32_t b = 0; b < count[h]; b++) {
+                    const run *R = &runs[first[h] + b];
+                    uint64_t n = rows_upto(R, steps[si]);
+                    for (uint64_t r = 0; r < n; r += split, k++) {
+                        items[k].h = h;
+                        items[k].si = (uint32_t)si;
+                        items[k].R = R;
+                        items[k].r0 = r;
+                        items[k].r1 = r + split < n ? r + split : n;
+                        items[k].slot = k;
+                    }
+                }
+        layer_job J = {L, steps, G, ctx->kernel, items, st, acc, prob, s0, n_steps};
+        run_job(ctx, do_item, &J, n_items);
+        /* merge in item order (fixed: independent of the thread count) */
+        k = 0;
+        float mst_acc[SKV_MAX_HEAD_DIM];
+        for (uint32_t h = 0; h < H; h++)
+            for (uint64_t si = s0; si < s0 + nb; si++) {
+                size_t k1 = k;
+                while (k1 < n_items && items[k1].h == h && items[k1].si == si)
+                    k1++;
+                for (uint32_t g = 0; g < G; g++) {
+                    skv_sm_state m;
+                    skv_sm_init(&m, mst_acc, d);
+                    for (size_t j = k; j < k1; j++)
+                        skv_sm_merge(&m, mst_acc, &st[j * G + g], acc + (j * G + g) * d, d);
+                    uint32_t head = h * G + g;
+                    skv_sm_finish(&m, mst_acc, out + ((size_t)head * n_steps + si) * d, d);
+                    if (prob) {
+                        float *pr = prob + ((size_t)head * n_steps + si) * T;
+                        for (uint64_t u = 0; u < T; u++)
+                            pr[u] = skv_sm_prob(&m, pr[u]);
+                    }
+                }
+                k = k1;
+            }
+    }
+out:
+    free(runs);
+    free(first);
+    free(count);
+    free(items);
+    free(st);
+    free(acc);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- oracle */
+
+typedef struct ref_job {
+    const skv_kv_view *L;
+    const uint64_t *steps;
+    uint64_t n_steps;
+    const uint8_t *mask;    /* [n_kv_heads][n_tokens] or NULL */
+    float *out, *prob;
+    int failed;
+} ref_job;
+
+static void do_ref(void *arg, size_t k)
+{
+    ref_job *J = arg;
+    const skv_kv_view *L = J->L;
+    uint32_t H = L->n_kv_heads, G = L->n_heads / H, d = L->head_dim;
+    uint64_t T = L->n_tokens;
+    uint32_t h = (uint32_t)(k / J->n_steps);
+    uint64_t si = k % J->n_steps, t = J->steps[si];
+    double *s = malloc((size_t)(t + 1) * sizeof *s);
+    double *o = malloc((size_t)d * sizeof *o);
+    if (!s || !o) {
+        J->failed = 1;
+        free(s);
+        free(o);
+        return;
+    }
+    const float *K = (const float *)L->k + (size_t)h * T * d;
+    const float *V = (const float *)L->v + (size_t)h * T * d;
+    const uint8_t *mask = J->mask ? J->mask + (size_t)h * T : NULL;
+    double scale = 1.0 / sqrt((double)d);
+    for (uint32_t g = 0; g < G; g++) {
+        uint32_t head = h * G + g;
+        const float *q = L->q + ((size_t)head * T + t) * d;
+        double m = -INFINITY;
+        for (uint64_t u = 0; u <= t; u++) {
+            if (mask && !mask[u]) {
+                s[u] = -INFINITY;
+                continue;
+            }
+            double a = 0;
+            for (uint32_t j = 0; j < d; j++)
+                a += (double)q[j] * (double)K[u * d + j];
+            s[u] = a * scale;
+            if (s[u] > m)
+                m = s[u];
+        }
+        double l = 0;
+        for (uint32_t j = 0; j < d; j++)
+            o[j] = 0;
+        for (uint64_t u = 0; u <= t; u++) {
+            if (s[u] == -INFINITY) {
+                s[u] = 0;
+                continue;
+            }
+            double p = exp(s[u] - m);
+            s[u] = p;
+            l += p;
+            for (uint32_t j = 0; j < d; j++)
+                o[j] += p * (double)V[u * d + j];
+        }
+        float *dst = J->out + ((size_t)head * J->n_steps + si) * d;
+        for (uint32_t j = 0; j < d; j++)
+            dst[j] = l > 0 ? (float)(o[j] / l) : 0.0f;
+        if (J->prob) {
+            float *pr = J->prob + ((size_t)head * J->n_steps + si) * T;
+            for (uint64_t u = 0; u < T; u++)
+                pr[u] = u <= t && l > 0 ? (float)(s[u] / l) : 0.0f;
+        }
+    }
+    free(s);
+    free(o);
+}
+
+static int attend_ref_masked(skv_attend_ctx *ctx, const skv_kv_view *L, const uint8_t *mask,
+                             const uint64_t *steps, uint64_t n_steps, float *out, float *prob)
+{
+    int rc = check_view(L, steps, n_steps);
+    if (rc < 0)
+        return rc;
+    if (L->kind != SKV_KV_F32)
+        return skv_error(SKV_EINVAL, "the reference attention needs float32 K and V");
+    ref_job J = {L, steps, n_steps, mask, out, prob, 0};
+    run_job(ctx, do_ref, &J, (size_t)L->n_kv_heads * n_steps);
+    if (J.failed)
+        return skv_error(SKV_ENOMEM, "reference attention: out of memory");
+    return 0;
+}
+
+int skv_attend_layer_ref(skv_attend_ctx *ctx, const skv_kv_view *L, const uint64_t *steps,
+                         uint64_t n_steps, float *out, float *prob)
+{
+    return attend_ref_masked(ctx, L, NULL, steps, n_steps, out, prob);
+}
+
+uint64_t skv_attend_bytes_read(const skv_kv_view *L, uint64_t t)
+{
+    uint64_t n = t + 1 < L->n_tokens ? t + 1 : L->n_tokens;
+    if (L->kind == SKV_KV_F32)
+        return 2 * n * L->head_dim * 4 * L->n_kv_heads;
+    if (L->kind == SKV_KV_F16)
+        return 2 * n * L->head_dim * 2 * L->n_kv_heads;
+    uint64_t b = 0;
+    run *runs = NULL;
+    uint32_t *first = NULL, *count = NULL;
+    if (layer_runs(L, &runs, &first, &count) == 0) {
+        for (uint32_t h = 0; h < L->n_kv_heads; h++)
+            for (uint32_t i = 0; i < count[h]; i++) {
+                const run *R = &runs[first[h] + i];
+                uint64_t r = rows_upto(R, t);
+                b += r * (4 + R->kps + R->vps + 2ull * R->rs);
+            }
+    }
+    free(runs);
+    free(first);
+    free(count);
+    return b;
+}
+
+/* ---------------------------------------------------------------- streams */
+
+/* Chunks other than the trace's inside an input trace: allocation and
+ * ancillary chunks are skipped; other critical chunks are rejected. */
+static int other_chunk(void *ctx, const skv_chunk *c)
+{
+    (void)ctx;
+    if (!skv_chunk_is_critical(c->type) || skv_chunk_is(c, "ALHD") || skv_chunk_is(c, "ALOC"))
+        return 0;
+    return skv_error(SKV_EUNSUP, "unexpected critical chunk %s at byte %llu in a trace", c->type,
+                     (unsigned long long)c->offset);
+}
+
+/* Keep allocation and ancillary chunks (for packing a trace in memory). */
+static int collect_chunk(void *ctx, const skv_chunk *c)
+{
+    if (!skv_chunk_is_critical(c->type) || skv_chunk_is(c, "ALHD") || skv_chunk_is(c, "ALOC"))
+        return skv_chunk_list_add(ctx, c);
+    return other_chunk(NULL, c);
+}
+
+static void fill_athd(skv_athd *A, const skv_trace_hdr *h, uint32_t mode, int probs,
+                      uint64_t *steps, uint64_t n_steps)
+{
+    memset(A, 0, sizeof *A);
+    A->mode = mode;
+    A->flags = probs ? SKV_ATHD_PROBS : 0;
+    A->n_layers = h->n_layers;
+    A->n_heads = h->n_heads;
+    A->n_kv_heads = h->n_kv_heads;
+    A->head_dim = h->head_dim;
+    A->n_tokens = h->n_tokens;
+    A->n_steps = n_steps;
+    A->steps = steps;
+    uint64_t f16 = 2ull * h->n_layers * h->n_kv_heads * h->n_tokens * h->head_dim * 2;
+    A->fp16_bytes = f16;
+    A->kv_bytes = mode == SKV_ATT_DENSE_F16 ? f16 : 2 * f16;
+    snprintf(A->source, sizeof A->source, "%s", h->model);
+}
+
+static int attend_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_stream *out,
+                        const skv_attend_req *req, uint32_t mode)
+{
+    const skv_trace_hdr *h = &r->hdr;
+    uint64_t *steps = NULL, n_steps = 0;
+    int rc = skv_steps_parse(req->steps, h->n_tokens, &steps, &n_steps);
+    if (rc < 0)
+        return rc;
+    skv_athd A;
+    fill_athd(&A, h, mode, req->probs, steps, n_steps);
+    snprintf(A.label, sizeof A.label, "%s", req->label ? req->label
+             : mode == SKV_ATT_REFERENCE ? "policy=reference" : mode == SKV_ATT_DENSE_F16
+             ? "policy=dense-fp16" : "policy=dense-fp32");
+    skv_layer layer = {0};
+    float *o = NULL, *p = NULL;
+    void *k16 = NULL, *v16 = NULL;
+    size_t no, np = 0, nkv;
+    if (skv_mul_sizes(&no, 3, (size_t)h->n_heads, (size_t)n_steps, (size_t)h->head_dim) < 0 ||
+        (req->probs && skv_mul_sizes(&np, 3, (size_t)h->n_heads, (size_t)n_steps,
+                                     (size_t)h->n_tokens) < 0) ||
+        skv_mul_sizes(&nkv, 3, (size_t)h->n_kv_heads, (size_t)h->n_tokens, (size_t)h->head_dim) < 0) {
+        rc = skv_error(SKV_ELIMIT, "attention outputs too large");
+        goto done;
+    }
+    o = skv_malloc(no * sizeof *o);
+    if (!o || (req->probs && !(p = skv_malloc(np * sizeof *p)))) {
+        rc = SKV_ENOMEM;
+        goto done;
+    }
+    if (mode == SKV_ATT_DENSE_F16 &&
+        (!(k16 = skv_malloc(nkv * 2)) || !(v16 = skv_malloc(nkv * 2)))) {
+        rc = SKV_ENOMEM;
+        goto done;
+    }
+    if ((rc = skv_athd_write(out, &A)) < 0)
+        goto done;
+    while ((rc = skv_trace_next_layer(r, &layer)) == 1) {
+        skv_kv_view L = {SKV_KV_F32, h->n_heads, h->n_kv_heads, h->head_dim, h->n_tokens,
+                         layer.q, layer.k, layer.v, NULL};
+        if (mode == SKV_ATT_DENSE_F16) {
+            skv_convert_from_f32(SKV_F16, layer.k, k16, nkv);
+            skv_convert_from_f32(SKV_F16, layer.v, v16, nkv);
+            L.kind = SKV_KV_F16;
+            L.k = k16;
+            L.v = v16;
+        }
+        rc = mode == SKV_ATT_REFERENCE ? skv_attend_layer_ref(ctx, &L, steps, n_steps, o, p)
+                                       : skv_attend_layer(ctx, &L, steps, n_steps, o, p);
+        if (rc < 0 || (rc = skv_attn_write_layer(out, &A, layer.index, o, p)) < 0)
+            goto done;
+    }
+done:
+    skv_layer_free(&layer);
+    free(o);
+    free(p);
+    free(k16);
+    free(v16);
+    free(steps);
+    return rc < 0 ? rc : 0;
+}
+
+/* Label of a packed cache: the allocation's description, else its width. */
+static void cache_label(const skv_cache *c, char *out, size_t n)
+{
+    skv_cache_plan plan;
+    memset(&plan, 0, sizeof plan);
+    if (skv_cache_plan_from_chunks(&plan, &c->hdr, &c->extra) == 0 && plan.from_alloc) {
+        snprintf(out, n, "%s", plan.alloc_text);
+        skv_cache_plan_free(&plan);
+        return;
+    }
+    skv_cache_plan_free(&plan);
+    skv_error_clear();
+    uint32_t width = 0;
+    int mixed = 0;
+    for (size_t i = 0; i < (size_t)c->pk.n_layers * c->pk.n_kv_heads; i++)
+        for (uint32_t b = 0; b < c->heads[i].n_buckets; b++) {
+            uint32_t w = c->heads[i].buckets[b].bits;
+            if (width && w != width)
+                mixed = 1;
+            width = w;
+        }
+    if (mixed || !width)
+        snprintf(out, n, "policy=packed");
+    else
+        snprintf(out, n, "policy=uniform-%u bits=%u", width, width);
+}
+
+static int attend_packed(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
+                         const skv_attend_req *req, uint32_t mode)
+{
+    const skv_trace_hdr *h = &c->hdr;
+    if (mode == SKV_ATT_DENSE_F16 || mode == SKV_ATT_DENSE_F32)
+        return skv_error(SKV_EINVAL, "--dense needs a trace, and this is a packed cache (use "
+                         "the default fused mode or --reference)");
+    if (!c->q)
+        return skv_error(SKV_EFORMAT, "the packed cache has no queries (it was written with "
+                         "skv-quant --drop-queries)");
+    uint64_t *steps = NULL, n_steps = 0;
+    int rc = skv_steps_parse(req->steps, h->n_tokens, &steps, &n_steps);
+    if (rc < 0)
+        return rc;
+    skv_athd A;
+    fill_athd(&A, h, mode, req->probs, steps, n_steps);
+    A.kv_bytes = c->pk.cache_bytes;
+    A.fp16_bytes = c->pk.fp16_bytes;
+    if (req->label)
+        snprintf(A.label, sizeof A.label, "%s", req->label);
+    else
+        cache_label(c, A.label, sizeof A.label);
+    float *o = NULL, *p = NULL, *k = NULL, *v = NULL;
+    uint8_t *mask = NULL;
+    size_t no, np = 0, nkv;
+    uint32_t Hkv = h->n_kv_heads;
+    uint64_t T = h->n_tokens;
+    if (skv_mul_sizes(&no, 3, (size_t)h->n_heads, (size_t)n_steps, (size_t)h->head_dim) < 0 ||
+        (req->probs && skv_mul_sizes(&np, 3, (size_t)h->n_heads, (size_t)n_steps, (size_t)T) < 0) ||
+        skv_mul_sizes(&nkv, 3, (size_t)Hkv, (size_t)T, (size_t)h->head_dim) < 0) {
+        rc = skv_error(SKV_ELIMIT, "attention outputs too large");
+        goto done;
+    }
+    o = skv_malloc(no * sizeof *o);
+    if (!o || (req->probs && !(p = skv_malloc(np * sizeof *p)))) {
+        rc = SKV_ENOMEM;
+        goto done;
+    }
+    if (mode == SKV_ATT_REFERENCE &&
+        (!(k = skv_malloc(nkv * sizeof *k)) || !(v = skv_malloc(nkv * sizeof *v)) ||
+         !(mask = skv_malloc((size_t)Hkv * T)))) {
+        rc = SKV_ENOMEM;
+        goto done;
+    }
+    if ((rc = skv_athd_write(out, &A)) < 0)
+        goto done;
+    for (uint32_t l = 0; l < h->n_layers; l++) {
+        skv_kv_view L = {SKV_KV_PACKED, h->n_heads, Hkv, h->head_dim, T, c->q[l], NULL, NULL,
+                         skv_cache_head_at(c, l, 0)};
+        if (mode == SKV_ATT_REFERENCE) {
+            size_t per = (size_t)T * h->head_dim;
+            for (uint32_t kh = 0; kh < Hkv; kh++) {
+                skv_cache_dequantize_head(c, l, kh, k + kh * per, v + kh * per);
+                const uint8_t *bits = skv_cache_head_at(c, l, kh)->bits;
+                for (uint64_t t = 0; t < T; t++)
+                    mask[(size_t)kh * T + t] = bits[t] != 0;
+            }
+            L.kind = SKV_KV_F32;
+            L.k = k;
+            L.v = v;
+            rc = attend_ref_masked(ctx, &L, mask, steps, n_steps, o, p);
+        } else {
+            rc = skv_attend_layer(ctx, &L, steps, n_steps, o, p);
+        }
+        if (rc < 0 || (rc = skv_attn_write_layer(out, &A, l, o, p)) < 0)
+            goto done;
+    }
+done:
+    free(o);
+    free(p);
+    free(k);
+    free(v);
+    free(mask);
+    free(steps);
+    return rc < 0 ? rc : 0;
+}
+
+/* A trace with an allocation (skv-alloc output) in PACKED mode: read it
+ * whole, pack it as skv-quant would (through a temporary file), attend. */
+static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chunk_list *extra,
+                              skv_stream *out, const skv_attend_req *req)
+{
+    skv_trace *t = skv_trace_new(&r->hdr);
+    if (!t)
+        return SKV_ENOMEM;
+    int rc = 0;
+    for (uint32_t l = 0; l < t->hdr.n_layers && rc == 0; l++) {
+        skv_layer L = {.q = t->q[l], .k = t->k[l], .v = t->v[l]};
+        if ((rc = skv_trace_next_layer(r, &L)) == 0)
+            rc = skv_error(SKV_EFORMAT, "missing layers");
+        rc = rc < 0 ? rc : 0;
+    }
+    if (rc == 0)
+        rc = skv_trace_reader_finish(r);
+    skv_cache_plan plan;
+    memset(&plan, 0, sizeof plan);
+    if (rc == 0 && (rc = skv_cache_plan_from_chunks(&plan, &t->hdr, extra)) < 0)
+        rc = skv_error(rc, "%s (the fused kernel needs a packed cache, or a trace with an "
+                       "allocation from skv-alloc)", skv_errmsg());
+    char tmp[4096] = "";
+    if (rc == 0) {
+        const char *td = getenv("TMPDIR");
+        snprintf(tmp, sizeof tmp, "%s/skv-attend-cache.XXXXXX", td && *td ? td : "/tmp");
+        int fd = mkstemp(tmp);
+        if (fd < 0) {
+            rc = skv_error(SKV_EIO, "cannot create a temporary file %s", tmp);
+            tmp[0] = 0;
+        } else {
+            close(fd);
+        }
+    }
+    skv_cache *c = NULL;
+    if (rc == 0) {
+        skv_stream *s = skv_open_write(tmp, -1);
+        if (!s)
+            rc = SKV_EIO;
+        else if ((rc = skv_cache_write(s, t, &plan, extra, 0, NULL)) < 0)
+            skv_discard(s);
+        else
+            rc = skv_close(s);
+    }
+    skv_trace_free(t);
+    skv_cache_plan_free(&plan);
+    if (rc == 0)
+        rc = skv_cache_load(tmp, &c);
+    if (tmp[0])
+        unlink(tmp);
+    if (rc == 0)
+        rc = skv_attend_cache(ctx, c, out, req);
+    skv_cache_free(c);
+    return rc;
+}
+
+int skv_attend_cache(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
+                     const skv_attend_req *req)
+{
+    uint32_t mode = req->mode == SKV_ATT_AUTO ? SKV_ATT_PACKED : req->mode;
+    if (mode > SKV_ATT_PACKED)
+        return skv_error(SKV_EINVAL, "unknown attention mode %u", mode);
+    return attend_packed(ctx, c, out, req, mode);
+}
+
+int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
+                      const skv_attend_req *req)
+{
+    uint32_t mode = req->mode;
+    if (mode > SKV_ATT_PACKED)
+        return skv_error(SKV_EINVAL, "unknown attention mode %u", mode);
+    skv_stream *s = skv_open_read(in);
+    if (!s)
+        return SKV_EIO;
+    skv_chunk c;
+    int rc;
+    /* the first chunk after HEAD tells a trace from a packed cache */
+    while ((rc = skv_read(s, &c)) == 1 && !skv_chunk_is(&c, SKV_T_TRHD)) {
+        if (skv_chunk_is_critical(c.type)) {
+            rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu where the trace header (TRHD) "
+                           "was expected", c.type, (unsigned long long)c.offset);
+            break;
+        }
+    }
+    if (rc == 0)
+        rc = skv_error(SKV_EFORMAT, "no trace header (TRHD) in stream");
+    skv_trace_hdr h;
+    if (rc == 1)
+        rc = skv_trhd_decode(&c, &h);
+    if (rc < 0) {
+        skv_close(s);
+        return rc;
+    }
+    if (h.flags & SKV_TRACE_PACKED) {
+        skv_cache *cache = NULL;
+        rc = skv_cache_read_after(s, &c, &cache);
+        skv_close(s);
+        if (rc == 0)
+            rc = skv_attend_cache(ctx, cache, out, req);
+        skv_cache_free(cache);
+        return rc;
+    }
+    if (mode == SKV_ATT_AUTO)
+        mode = SKV_ATT_REFERENCE;
+    skv_chunk_list extra = {0};
+    if (h.flags & SKV_TRACE_NO_QUERIES) {
+        skv_close(s);
+        return skv_error(SKV_EFORMAT, "the trace has no queries");
+    }
+    /* a layer reader over the stream, positioned after TRHD and the TOKS */
+    skv_trace_reader *r = skv_calloc(1, sizeof *r);
+    if (!r) {
+        skv_close(s);
+        return SKV_ENOMEM;
+    }
+    r->s = s;
+    r->hdr = h;
+    r->other = mode == SKV_ATT_PACKED ? collect_chunk : other_chunk;
+    r->other_ctx = &extra;
+    uint64_t have = 0;
+    while (rc == 0 && (h.flags & SKV_TRACE_HAS_TOKENS) && have < h.n_tokens) {
+        if ((rc = skv_read(s, &c)) <= 0) {
+            if (rc == 0) {
+                r->at_end = 1;
+                rc = skv_error(SKV_EFORMAT, "stream ends inside the token ids");
+            }
+            break;
+        }
+        rc = 0;
+        if (!skv_chunk_is(&c, SKV_T_TOKS)) {
+            if (skv_chunk_is(&c, SKV_T_TENS) || skv_chunk_is(&c, SKV_T_TRHD))
+                rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu where token ids were expected",
+                               c.type, (unsigned long long)c.offset);
+            else
+                rc = r->other(&extra, &c);
+            continue;
+        }
+        uint64_t t0 = c.raw_size >= 16 ? skv_get64(c.data) : UINT64_MAX;
+        uint64_t n = c.raw_size >= 16 ? skv_get64(c.data + 8) : 0;
+        if (t0 != have || n == 0 || n > h.n_tokens - have || 16 + n * 4 != c.raw_size)
+            rc = skv_error(SKV_EFORMAT, "TOKS chunk at byte %llu does not continue the token ids "
+                           "at %llu", (unsigned long long)c.offset, (unsigned long long)have);
+        else
+            have += n;
+    }
+    if (rc == 0 && mode == SKV_ATT_PACKED)
+        rc = attend_alloc_trace(ctx, r, &extra, out, req);
+    else if (rc == 0)
+        rc = attend_trace(ctx, r, out, req, mode);
+    if (rc == 0 && mode != SKV_ATT_PACKED)
+        rc = skv_trace_reader_finish(r);
+    skv_trace_reader_close(r);
+    skv_chunk_list_free(&extra);
+    return rc;
+}

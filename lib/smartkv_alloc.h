@@ -1,0 +1,222 @@
+/* smartkv_alloc.h -- bit allocation: which width each cached token gets.
+ *
+ * An allocation gives every (layer, KV head, token) of a trace one width
+ * from {0, 2, 3, 4, 8, 16} (0 = evicted), chosen so that the packed cache
+ * skv-quant writes (smartkv_pack.h byte model) fits a byte budget
+ *   beta = cache bytes (PKHD + all PBKT chunks, framing included)
+ *          / fp16 K+V bytes (2 * n_layers * n_kv_heads * n_tokens * head_dim * 2).
+ *
+ * On disk (smartkv(5), "ALLOCATION CHUNKS") an allocation is one ALHD chunk
+ * followed by one ALOC chunk per (layer, KV head), layers ascending and KV
+ * heads ascending within a layer, placed after the last trace layer.
+ *
+ * ALHD payload (little-endian):
+ *   0   f64  budget beta requested (0: none, e.g. uniform:N without -b)
+ *   8   u32  n_layers
+ *   12  u32  n_kv_heads
+ *   16  u64  n_tokens
+ *   24  u32  allowed widths: bit b set if width b in {0,2,3,4,8,16} is allowed
+ *   28  u32  flags (bit 0: importance shared across layers)
+ *   32  u32  head_dim
+ *   36  u32  k_group    \
+ *   40  u32  v_group     | the skv_qcfg of the byte model; skv-quant
+ *   44  u32  k_mode      | quantizes with exactly these
+ *   48  u32  v_mode     /
+ *   52  u32  reserved, 0
+ *   56  u64  predicted cache bytes (byte model total, PKHD included)
+ *   64  u16  text length L (<= SKV_ALHD_MAX_TEXT)
+ *   66  L    text, e.g. "policy=smartkv importance=ema decay=0.9 realloc=16 ..."
+ *            (no NUL)
+ * ALOC payload:
+ *   0   u32  layer
+ *   4   u32  kv_head
+ *   8   u64  n_tokens
+ *   16  u8   bits[n_tokens]
+ *        zero padding to a multiple of 4 bytes
+ *        f32  importance[n_tokens]   (finite, >= 0)
+ */
+#ifndef SMARTKV_ALLOC_H
+#define SMARTKV_ALLOC_H
+
+#include "smartkv_pack.h"
+#include "smartkv_trace.h"
+#include "smartkv_importance.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SKV_T_ALHD "ALHD" /* allocation header: policy, budget, quantizer settings */
+#define SKV_T_ALOC "ALOC" /* bits and importance of one (layer, KV head) */
+
+#define SKV_ALHD_FIXED_LEN 66
+#define SKV_ALHD_MAX_TEXT 1024u
+#define SKV_ALHD_SHARE_LAYERS 0x1u
+#define SKV_ALHD_FLAGS_KNOWN 0x1u
+#define SKV_ALOC_HEADER_LEN 16
+/* Largest n_tokens whose ALOC payload fits one chunk (SKV_CHUNK_MAX). */
+#define SKV_ALOC_MAX_TOKENS 13421769ull
+
+/* Mask of every width (bits 0, 2, 3, 4, 8, 16). */
+#define SKV_WIDTH_MASK_ALL ((1u << 0) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) | (1u << 16))
+/* Default allowed set: 2, 3, 4, 8, 16 (no eviction). */
+#define SKV_WIDTH_MASK_DEFAULT (SKV_WIDTH_MASK_ALL & ~1u)
+
+typedef struct skv_alloc_hdr {
+    double budget;            /* beta requested, 0 = none */
+    uint32_t n_layers;
+    uint32_t n_kv_heads;
+    uint64_t n_tokens;
+    uint32_t width_mask;      /* bit b: width b allowed */
+    uint32_t flags;           /* SKV_ALHD_* */
+    skv_qcfg qcfg;            /* head_dim, k_group, v_group, k_mode, v_mode */
+    uint64_t predicted_bytes; /* byte model total, PKHD included */
+    char text[SKV_ALHD_MAX_TEXT + 1]; /* policy and parameters, NUL-terminated */
+} skv_alloc_hdr;
+
+/* ---- chunk codecs (decoders validate every field) ---- */
+SKV_EXPORT int skv_alhd_decode(const skv_chunk *c, skv_alloc_hdr *h);
+SKV_EXPORT int skv_alhd_write(skv_stream *s, const skv_alloc_hdr *h);
+/* *bits and *importance point into the chunk payload (valid until the next
+ * read).  Checks n, sizes, padding, widths in {0,2,3,4,8,16}, importance
+ * finite and >= 0; the caller checks layer/kv_head/n and the widths against
+ * its ALHD (skv_aloc_check). */
+SKV_EXPORT int skv_aloc_decode(const skv_chunk *c, uint32_t *layer, uint32_t *kv_head,
+                               uint64_t *n, const uint8_t **bits, const float **importance);
+SKV_EXPORT int skv_aloc_write(skv_stream *s, uint32_t layer, uint32_t kv_head, uint64_t n,
+                              const uint8_t *bits, const float *importance);
+/* Check a decoded ALOC against its header: layer/kv_head in range, n equal
+ * to n_tokens, every width allowed by the mask. */
+SKV_EXPORT int skv_aloc_check(const skv_alloc_hdr *h, uint32_t layer, uint32_t kv_head,
+                              uint64_t n, const uint8_t *bits);
+/* Check a header's fields (what skv_alhd_decode checks). */
+SKV_EXPORT int skv_alhd_check(const skv_alloc_hdr *h);
+
+/* ---- widths ---- */
+/* Index of width b in skv_bit_widths[], or -1. */
+SKV_EXPORT int skv_width_index(uint32_t bits);
+/* Parse "2,4,8" into a width mask; <0 (message set) on a bad list. */
+SKV_EXPORT int skv_width_mask_parse(const char *s, uint32_t *mask);
+/* Format a mask as "2,3,4,8,16" into buf (always NUL-terminated). */
+SKV_EXPORT void skv_width_mask_format(uint32_t mask, char *buf, size_t n);
+
+/* ---- the byte model ---- */
+/* fp16 bytes of K and V: 2 * n_layers * n_kv_heads * n_tokens * head_dim * 2. */
+SKV_EXPORT uint64_t skv_alloc_fp16_bytes(uint32_t n_layers, uint32_t n_kv_heads,
+                                         uint64_t n_tokens, uint32_t head_dim);
+/* File bytes of the PKHD chunk skv-quant writes (framing included). */
+SKV_EXPORT uint64_t skv_alloc_pkhd_bytes(const skv_qcfg *c);
+/* Predicted cache bytes of an allocation bits[n_layers][n_kv_heads][n_tokens]:
+ * sum of skv_bucket_file_bytes over (layer, kv head, width) plus the PKHD. */
+SKV_EXPORT int skv_alloc_cache_bytes(const skv_qcfg *c, uint32_t n_layers, uint32_t n_kv_heads,
+                                     uint64_t n_tokens, const uint8_t *bits, uint64_t *bytes);
+/* Check a quantizer configuration (groups divide head_dim, known modes). */
+SKV_EXPORT int skv_qcfg_check(const skv_qcfg *c);
+
+/* ---- the error model ----
+ * Expected squared error (K and V together) of storing one token at each
+ * width, err[i] for width skv_bit_widths[i]:
+ *   width 0:  sum of x^2 over K and V (the token is gone)
+ *   2..8:     sum over scale groups of n_g * step^2 / 12 (uniform rounding
+ *             error), step = (max - min) / (2^b - 1) for asym,
+ *             max|x| / (2^(b-1) - 1) for sym
+ *   16:       sum of x^2 * 2^-21 / 12 (fp16 rounding, half an ulp ~ |x| 2^-11)
+ * made non-increasing in the width; non-finite values become 1e30. */
+SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const float *v,
+                                       uint64_t n, float *err /* [n][SKV_NBITS] */);
+
+/* ---- policies ---- */
+enum skv_policy {
+    SKV_POLICY_SMARTKV = 1,  /* marginal-gain heap */
+    SKV_POLICY_GREEDY,       /* rank thresholds 8/4/2 fitted to the budget */
+    SKV_POLICY_OPTIMAL,      /* Lagrangian MCKP over convex hulls + fix-up */
+    SKV_POLICY_UNIFORM,      /* every token uniform_bits */
+    SKV_POLICY_RANDOM,       /* smartkv's histogram, shuffled */
+    SKV_POLICY_POSITION,     /* newest tokens highest */
+    SKV_POLICY_LAYER_AWARE,  /* per-layer budgets from attention entropy */
+};
+
+typedef struct skv_alloc_cfg {
+    uint32_t policy;        /* enum skv_policy */
+    uint32_t uniform_bits;  /* uniform:N */
+    double budget;          /* beta; 0 = none (uniform only) */
+    uint32_t width_mask;    /* allowed widths */
+    uint32_t sinks, recent; /* protected tokens at the top allowed width */
+    uint64_t seed;          /* random */
+    uint32_t share_layers;  /* one width per (kv head, token) for all layers */
+    skv_qcfg qcfg;
+} skv_alloc_cfg;
+
+SKV_EXPORT void skv_alloc_cfg_defaults(skv_alloc_cfg *c);
+/* "smartkv", "uniform:4", ...; <0 with a message if unknown. */
+SKV_EXPORT int skv_policy_parse(const char *s, uint32_t *policy, uint32_t *uniform_bits);
+SKV_EXPORT const char *skv_policy_name(uint32_t policy);
+
+/* The allocation problem over a whole trace. */
+typedef struct skv_alloc_problem {
+    uint32_t n_layers, n_kv_heads;
+    uint64_t n_tokens;
+    const float *importance; /* [n_layers][n_kv_heads][n_tokens], finite, >= 0 */
+    const float *err;        /* [n_layers][n_kv_heads][n_tokens][SKV_NBITS] */
+    const float *entropy;    /* [n_layers][n_kv_heads]; layer-aware only, else may be NULL */
+} skv_alloc_problem;
+
+typedef struct skv_alloc_result {
+    uint64_t fp16_bytes;     /* denominator of beta */
+    uint64_t budget_bytes;   /* floor(beta * fp16_bytes), 0 when none */
+    uint64_t min_bytes;      /* smallest cache the settings allow */
+    uint64_t bytes;          /* predicted cache bytes of the allocation */
+    double objective;        /* sum of importance * expected error */
+    double bound;            /* optimal only: lower bound on the objective (the
+                                linear-cost relaxation), else 0 */
+    uint64_t hist[SKV_NBITS];/* tokens per width over all (layer, kv head) */
+} skv_alloc_result;
+
+/* Solve: fill bits[n_layers][n_kv_heads][n_tokens].  With share_layers the
+ * importance must be equal across layers (skv_importance_share_layers).
+ * SKV_EINVAL (message set) for settings that cannot work: budget below the
+ * smallest cache, uniform width not allowed, bad qcfg. */
+SKV_EXPORT int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p,
+                               uint8_t *bits, skv_alloc_result *res);
+/* Sum of importance * err[width] over every (layer, kv head, token). */
+SKV_EXPORT double skv_alloc_objective(const skv_alloc_problem *p, const uint8_t *bits);
+
+/* ---- a whole allocation in memory ---- */
+typedef struct skv_alloc {
+    skv_alloc_hdr hdr;
+    uint8_t *bits;      /* [n_layers][n_kv_heads][n_tokens] */
+    float *importance;  /* same shape */
+    uint64_t next;      /* collector: ALOC chunks seen so far */
+    int have_hdr;
+} skv_alloc;
+
+/* Allocate bits/importance for a header (zeroed).  NULL on error. */
+SKV_EXPORT skv_alloc *skv_alloc_new(const skv_alloc_hdr *h);
+SKV_EXPORT void skv_alloc_free(skv_alloc *a);
+/* Write ALHD and every ALOC in order. */
+SKV_EXPORT int skv_alloc_write(skv_stream *s, const skv_alloc *a);
+/* Collect an allocation chunk by chunk: pass every ALHD/ALOC chunk in
+ * stream order; *a is created at the ALHD.  Checks order and shape.
+ * skv_alloc_collect_done() checks that every ALOC arrived. */
+SKV_EXPORT int skv_alloc_collect(skv_alloc **a, const skv_chunk *c);
+SKV_EXPORT int skv_alloc_collect_done(const skv_alloc *a);
+/* Check an allocation against a trace header (shape and head_dim). */
+SKV_EXPORT int skv_alloc_match_trace(const skv_alloc_hdr *a, const skv_trace_hdr *t);
+
+/* ---- the skv-alloc filter ----
+ * Read a trace from in, copy it to out unchanged (ancillary chunks too;
+ * an earlier allocation is dropped), replay its attention layer by layer
+ * for importance, solve, and append ALHD + ALOCs before the end.  *out_alloc
+ * (if not NULL) receives the allocation, *res the summary.  Returns 0 or <0;
+ * SKV_EINVAL means a setting does not fit this trace (budget too small, group
+ * not dividing head_dim, ...). */
+SKV_EXPORT int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
+                                const skv_imp_cfg *icfg, skv_alloc **out_alloc,
+                                skv_alloc_result *res);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

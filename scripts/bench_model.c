@@ -1,0 +1,104 @@
+/* bench_model.c -- built and run by scripts/bench-model: prompt processing
+ * and decode speed of the C forward pass, and the cost of recording a trace,
+ * all measured side by side in one run. */
+#include "smartkv.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench_model: %s: %s\n", what, skv_errmsg());
+    exit(1);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 6) {
+        fprintf(stderr, "usage: bench_model MODEL TEXT N_PROMPT N_DECODE OUTDIR [THREADS...]\n");
+        return 2;
+    }
+    const char *model = argv[1], *text = argv[2], *dir = argv[5];
+    uint32_t np = (uint32_t)atoi(argv[3]), nd = (uint32_t)atoi(argv[4]);
+    FILE *f = fopen(text, "rb");
+    if (!f) {
+        perror(text);
+        return 1;
+    }
+    static char buf[1 << 20];
+    size_t len = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    printf("%-8s %12s %12s %12s %12s %10s\n", "threads", "prompt tok/s", "decode tok/s",
+           "record tok/s", "eval tok/s", "rec/eval");
+    for (int a = 6; a < argc; a++) {
+        int th = atoi(argv[a]);
+        skv_model *m = skv_model_load(model, th);
+        if (!m)
+            die(model);
+        const skv_tokenizer *tk = skv_model_tokenizer(m);
+        int32_t *ids;
+        size_t n;
+        if (!tk || skv_tokenize(tk, buf, len, 0, &ids, &n) < 0)
+            die("tokenize");
+        if (n < np)
+            np = (uint32_t)n;
+        uint32_t V = skv_model_get_params(m)->n_vocab;
+        float *logits = malloc((size_t)V * sizeof(float));
+        skv_session *s = skv_session_new(m, NULL, np + nd);
+        if (!s || !logits)
+            die("session");
+        /* warm up (page in the mapped weights) */
+        if (skv_session_eval(s, ids, 16, NULL, SKV_LOGITS_NONE) < 0 || skv_session_reset(s) < 0)
+            die("warm-up");
+        /* prompt processing: one batched prefill of np tokens */
+        double t0 = now();
+        if (skv_session_eval(s, ids, np, logits, SKV_LOGITS_LAST) < 0)
+            die("prefill");
+        double t1 = now();
+        /* decode: nd greedy steps, one token at a time */
+        for (uint32_t i = 0; i < nd; i++) {
+            int32_t next = skv_argmax(logits, V);
+            if (skv_session_eval(s, &next, 1, logits, SKV_LOGITS_LAST) < 0)
+                die("decode");
+        }
+        double t2 = now();
+        /* the same prompt through the layer-major recorder (to a file) vs a
+         * plain evaluation without logits */
+        char path[4096];
+        snprintf(path, sizeof path, "%s/bench.skv", dir);
+        skv_stream *out = skv_open_write(path, -1);
+        if (!out)
+            die(path);
+        double t3 = now();
+        if (skv_model_record(m, ids, np, out, NULL) < 0)
+            die("record");
+        if (skv_close(out) < 0)
+            die(path);
+        double t4 = now();
+        skv_session_reset(s);
+        double t5 = now();
+        if (skv_session_eval(s, ids, np, NULL, SKV_LOGITS_NONE) < 0)
+            die("eval");
+        double t6 = now();
+        printf("%-8d %12.1f %12.1f %12.1f %12.1f %10.2f\n", th, np / (t1 - t0), nd / (t2 - t1),
+               np / (t4 - t3), np / (t6 - t5), (t4 - t3) / (t6 - t5));
+        fflush(stdout);
+        remove(path);
+        skv_session_free(s);
+        free(logits);
+        free(ids);
+        skv_model_free(m);
+    }
+    printf("(%u prompt tokens, %u decode steps; rec/eval = recording time / plain prefill time)\n",
+           np, nd);
+    return 0;
+}

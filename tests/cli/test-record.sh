@@ -1,0 +1,61 @@
+# skv-trace record: a real model's queries, keys and values.
+. "$SKV_TOP/tests/cli/lib.sh"
+
+# errors that need no model
+run skv-trace record --help
+expect_rc 0 "record --help exits 0"
+check "record --help names --model" grep -q -- "--model FILE" "$T/out"
+run env SKV_MODEL= skv-trace record --prompt hi -o x.skv
+expect_rc 2 "record without --model is a usage error"
+run skv-trace record --model m.gguf --prompt hi --text t.txt -o x.skv
+expect_rc 2 "record with both --prompt and --text is a usage error"
+run skv-trace record --model m.gguf --text t.txt --chat -o x.skv
+expect_rc 2 "--chat without --prompt is a usage error"
+run skv-trace record --model m.gguf --prompt hi --threads 0 -o x.skv
+expect_rc 2 "--threads 0 is a usage error"
+printf 'GGUF\003\0\0\0' > bad.gguf
+run skv-trace record --model bad.gguf --prompt hi -o x.skv
+expect_rc 1 "a truncated GGUF is a data error"
+expect_err "bad.gguf: truncated" "truncated GGUF message names the file"
+check "no output after a failed record" test ! -e x.skv
+run skv-trace record --model nonexistent.gguf --prompt hi -o x.skv
+expect_rc 1 "a missing model is a data error"
+
+model=${SKV_MODEL:-$SKV_TOP/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+if [ ! -r "$model" ]; then
+    skip "record with the real model" "model absent: run scripts/fetch-model"
+    exit 0
+fi
+
+printf 'The quick brown fox jumps over the lazy dog. It was 1999.\n' > fox.txt
+run skv-trace record --model "$model" --text fox.txt --layers 2 --threads 2 -o fox.skv
+expect_rc 0 "record a text"
+run skv-trace info --json fox.skv
+check "recorded trace has the model's shape, token ids and post-RoPE keys" python3 -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["trace"]
+assert (t["layers"], t["heads"], t["kv_heads"], t["head_dim"]) == (2, 9, 3, 64), t
+assert t["tokens"] == t["prefill"] and 12 <= t["tokens"] <= 30, t
+assert t["post_rope"] and t["token_ids"] and t["rope_theta"] == 100000, t
+assert t["model"].startswith("SmolLM2-135M-Instruct") and t["tokenizer"] == "gguf:gpt2/smollm", t
+' "$T/out"
+run sh -c "skv-trace record --model '$model' --text - --tokens 5 --layers 1 --dtype f32 < fox.txt | skv-trace info --json -"
+check "--tokens, --dtype and stdin/stdout" python3 -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["trace"]
+assert t["tokens"] == 5 and t["dtype"] == "f32" and t["layers"] == 1, t
+' "$T/out"
+run skv-trace record --model "$model" --prompt "The capital of France is" --generate 6 --layers 1 -o gen.skv
+expect_rc 0 "record a generation"
+run skv-trace info --json gen.skv
+check "generation: prefill is the prompt, the rest decode steps" python3 -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["trace"]
+assert t["prefill"] == 5 and t["tokens"] == 11, t
+' "$T/out"
+run skv-trace record --model "$model" --prompt "Say hi" --chat --generate 4 --layers 1 --progress -o chat.skv
+expect_rc 0 "record a chat turn with --progress"
+expect_err "recording [" "progress bar on stderr"
+run skv-trace record --model "$model" --prompt "" -o empty.skv
+expect_rc 1 "an empty prompt is a data error"
+check "no output for an empty prompt" test ! -e empty.skv

@@ -1,0 +1,617 @@
+/* test_attend.c -- online softmax merge, steps lists, ATHD codec, and the
+ * attention kernels (scalar and AVX2, dense and packed) against the float64
+ * oracle. */
+#include "smartkv.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+
+static void make_tmpdir(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/skv-test-attend-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+}
+
+static void rm_tmpdir(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static const char *path_in(const char *name)
+{
+    static char p[512];
+    snprintf(p, sizeof p, "%s/%s", tmpdir, name);
+    return p;
+}
+
+static uint64_t rng = 88172645463325252ull;
+static double urand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+/* Largest per-vector relative L2 difference of n vectors of d floats. */
+static double max_rel(const float *a, const float *b, size_t n, uint32_t d)
+{
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = 0, r = 0;
+        for (uint32_t j = 0; j < d; j++) {
+            double x = (double)a[i * d + j] - b[i * d + j];
+            e += x * x;
+            r += (double)b[i * d + j] * b[i * d + j];
+        }
+        double rel = r > 0 ? sqrt(e / r) : sqrt(e);
+        if (rel > worst || isnan(rel))
+            worst = isnan(rel) ? INFINITY : rel;
+    }
+    return worst;
+}
+
+/* ---- softmax ---- */
+
+START_TEST(test_softmax_merge)
+{
+    enum { N = 200, D = 5 };
+    float s[N], v[N][D];
+    for (int i = 0; i < N; i++) {
+        s[i] = (float)(urand() * 40 - 20);
+        for (int j = 0; j < D; j++)
+            v[i][j] = (float)(urand() * 2 - 1);
+    }
+    /* direct, in double */
+    double m = -INFINITY, l = 0, o[D] = {0};
+    for (int i = 0; i < N; i++)
+        m = s[i] > m ? s[i] : m;
+    for (int i = 0; i < N; i++) {
+        double p = exp(s[i] - m);
+        l += p;
+        for (int j = 0; j < D; j++)
+            o[j] += p * v[i][j];
+    }
+    /* several random partitions, pushed one key at a time, merged in order,
+     * with empty partials in between */
+    for (int trial = 0; trial < 20; trial++) {
+        skv_sm_state all, part;
+        float acc_all[D], acc[D], out[D];
+        skv_sm_init(&all, acc_all, D);
+        int i = 0;
+        while (i < N) {
+            int n = (int)(urand() * 30);
+            skv_sm_init(&part, acc, D);
+            for (int k = 0; k < n && i < N; k++, i++)
+                skv_sm_push(&part, acc, s[i], v[i], D);
+            skv_sm_merge(&all, acc_all, &part, acc, D);
+        }
+        skv_sm_finish(&all, acc_all, out, D);
+        for (int j = 0; j < D; j++)
+            ck_assert_double_le(fabs(out[j] - o[j] / l), 1e-5 * (fabs(o[j] / l) + 1e-3));
+        ck_assert_double_le(fabs(skv_sm_prob(&all, s[7]) - exp(s[7] - m) / l), 1e-6);
+    }
+    /* empty states: finish gives zeros, merging an empty one is a no-op */
+    skv_sm_state e1, e2;
+    float a1[D], a2[D], out[D];
+    skv_sm_init(&e1, a1, D);
+    skv_sm_init(&e2, a2, D);
+    skv_sm_merge(&e1, a1, &e2, a2, D);
+    skv_sm_finish(&e1, a1, out, D);
+    for (int j = 0; j < D; j++)
+        ck_assert(out[j] == 0.0f);
+    ck_assert(skv_sm_prob(&e1, 0.0f) == 0.0f);
+}
+END_TEST
+
+/* ---- steps ---- */
+
+START_TEST(test_steps_parse)
+{
+    uint64_t *st, n;
+    ck_assert_int_eq(skv_steps_parse(NULL, 10, &st, &n), 0);
+    ck_assert(n == 1 && st[0] == 9);
+    free(st);
+    ck_assert_int_eq(skv_steps_parse("all", 4, &st, &n), 0);
+    ck_assert(n == 4 && st[0] == 0 && st[3] == 3);
+    free(st);
+    ck_assert_int_eq(skv_steps_parse("2:5,7,LAST,3", 10, &st, &n), 0);
+    ck_assert_uint_eq(n, 5);
+    uint64_t want[] = {2, 3, 4, 7, 9};
+    for (int i = 0; i < 5; i++)
+        ck_assert_uint_eq(st[i], want[i]);
+    free(st);
+    ck_assert_int_eq(skv_steps_parse("8:", 10, &st, &n), 0);
+    ck_assert(n == 2 && st[0] == 8 && st[1] == 9);
+    free(st);
+    ck_assert_int_eq(skv_steps_parse(":2", 10, &st, &n), 0);
+    ck_assert(n == 2 && st[1] == 1);
+    free(st);
+    const char *bad[] = {"", "x", "5:3", "3:3", "10", "0:11", "1,,2", "1:2:3", "-1", "LASTx", ","};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ck_assert_msg(skv_steps_parse(bad[i], 10, &st, &n) == SKV_EINVAL, "accepted '%s'", bad[i]);
+        ck_assert_ptr_null(st);
+    }
+}
+END_TEST
+
+/* ---- ATHD and the output stream ---- */
+
+static skv_attn *make_attn(uint32_t L, uint32_t H, uint32_t d, uint64_t T, int probs)
+{
+    skv_attn *a = calloc(1, sizeof *a);
+    a->h.mode = SKV_ATT_PACKED;
+    a->h.flags = probs ? SKV_ATHD_PROBS : 0;
+    a->h.n_layers = L;
+    a->h.n_heads = H;
+    a->h.n_kv_heads = 1;
+    a->h.head_dim = d;
+    a->h.n_tokens = T;
+    ck_assert_int_eq(skv_steps_parse("1,3:5", T, &a->h.steps, &a->h.n_steps), 0);
+    a->h.kv_bytes = 1234;
+    a->h.fp16_bytes = 5678;
+    snprintf(a->h.source, sizeof a->h.source, "unit test");
+    snprintf(a->h.label, sizeof a->h.label, "policy=smartkv beta=0.25");
+    size_t no = (size_t)L * H * a->h.n_steps * d, np = (size_t)L * H * a->h.n_steps * T;
+    a->out = malloc(no * sizeof(float));
+    for (size_t i = 0; i < no; i++)
+        a->out[i] = (float)urand();
+    if (probs) {
+        a->prob = malloc(np * sizeof(float));
+        for (size_t i = 0; i < np; i++)
+            a->prob[i] = (float)urand();
+    }
+    return a;
+}
+
+START_TEST(test_athd_roundtrip)
+{
+    make_tmpdir();
+    for (int probs = 0; probs < 2; probs++) {
+        skv_attn *a = make_attn(2, 3, 8, 6, probs), *b;
+        skv_stream *s = skv_open_write(path_in("a.skv"), -1);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_int_eq(skv_attn_write(s, a), 0);
+        ck_assert_int_eq(skv_close(s), 0);
+        ck_assert_int_eq(skv_attn_load(path_in("a.skv"), &b), 0);
+        ck_assert_uint_eq(b->h.n_steps, 3);
+        ck_assert_uint_eq(b->h.steps[2], 4);
+        ck_assert_str_eq(b->h.label, a->h.label);
+        ck_assert_str_eq(b->h.source, a->h.source);
+        ck_assert_uint_eq(b->h.kv_bytes, 1234);
+        ck_assert_uint_eq(b->h.fp16_bytes, 5678);
+        ck_assert_int_eq(memcmp(a->out, b->out, 2 * 3 * 3 * 8 * sizeof(float)), 0);
+        if (probs)
+            ck_assert_int_eq(memcmp(a->prob, b->prob, 2 * 3 * 3 * 6 * sizeof(float)), 0);
+        else
+            ck_assert_ptr_null(b->prob);
+        skv_attn_free(b);
+        /* a stream missing its last layer is rejected */
+        s = skv_open_write(path_in("b.skv"), -1);
+        ck_assert_int_eq(skv_athd_write(s, &a->h), 0);
+        ck_assert_int_eq(skv_attn_write_layer(s, &a->h, 0, a->out, a->prob), 0);
+        ck_assert_int_eq(skv_close(s), 0);
+        ck_assert_int_lt(skv_attn_load(path_in("b.skv"), &b), 0);
+        ck_assert_ptr_nonnull(strstr(skv_errmsg(), "end at layer 1 of 2"));
+        /* layers out of order are rejected */
+        s = skv_open_write(path_in("c.skv"), -1);
+        ck_assert_int_eq(skv_athd_write(s, &a->h), 0);
+        ck_assert_int_eq(skv_attn_write_layer(s, &a->h, 1, a->out, a->prob), 0);
+        ck_assert_int_eq(skv_close(s), 0);
+        ck_assert_int_lt(skv_attn_load(path_in("c.skv"), &b), 0);
+        ck_assert_ptr_nonnull(strstr(skv_errmsg(), "out of order"));
+        skv_attn_free(a);
+    }
+    /* header field validation */
+    uint8_t p[SKV_ATHD_FIXED_LEN + 16] = {0};
+    skv_put32(p, SKV_ATT_REFERENCE);
+    skv_put32(p + 8, 1);
+    skv_put32(p + 12, 2);
+    skv_put32(p + 16, 1);
+    skv_put32(p + 20, 4);
+    skv_put64(p + 24, 5);
+    skv_put64(p + 32, 2);
+    skv_put64(p + SKV_ATHD_FIXED_LEN, 1);
+    skv_put64(p + SKV_ATHD_FIXED_LEN + 8, 3);
+    skv_chunk c = {.type = "ATHD", .data = p, .raw_size = sizeof p, .size = sizeof p};
+    skv_athd h;
+    ck_assert_int_eq(skv_athd_decode(&c, &h), 0);
+    skv_athd_free(&h);
+    skv_put64(p + SKV_ATHD_FIXED_LEN + 8, 1);   /* not ascending */
+    ck_assert_int_eq(skv_athd_decode(&c, &h), SKV_EFORMAT);
+    skv_put64(p + SKV_ATHD_FIXED_LEN + 8, 5);   /* beyond the tokens */
+    ck_assert_int_eq(skv_athd_decode(&c, &h), SKV_EFORMAT);
+    skv_put64(p + SKV_ATHD_FIXED_LEN + 8, 3);
+    skv_put64(p + 32, 3);                       /* more steps than the payload holds */
+    ck_assert_int_eq(skv_athd_decode(&c, &h), SKV_EFORMAT);
+    skv_put64(p + 32, 2);
+    skv_put32(p + 4, 0x80);                     /* unknown flag */
+    ck_assert_int_eq(skv_athd_decode(&c, &h), SKV_EFORMAT);
+    skv_put32(p + 4, 0);
+    skv_put32(p + 12, 3);                       /* kv heads do not divide heads */
+    skv_put32(p + 16, 2);
+    ck_assert_int_eq(skv_athd_decode(&c, &h), SKV_EFORMAT);
+    skv_put32(p + 12, 2);
+    skv_put32(p + 16, 1);
+    skv_put32(p, 9);                            /* unknown mode */
+    ck_assert_int_eq(skv_athd_decode(&c, &h), SKV_EFORMAT);
+    c.raw_size = 10;
+    ck_assert_int_eq(skv_athd_decode(&c, &h), SKV_EFORMAT);
+    rm_tmpdir();
+}
+END_TEST
+
+/* ---- dense kernels against the oracle ---- */
+
+static float *randv(size_t n, float scale)
+{
+    float *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)((urand() * 2 - 1) * scale);
+    return x;
+}
+
+static void dense_case(uint32_t H, uint32_t Hkv, uint32_t d, uint64_t T, uint32_t split)
+{
+    size_t nq = (size_t)H * T * d, nkv = (size_t)Hkv * T * d;
+    float *q = randv(nq, 2.0f), *k = randv(nkv, 2.0f), *v = randv(nkv, 1.0f);
+    for (size_t i = 0; i < (size_t)T * d; i++)  /* a few large scores */
+        if (urand() < 0.01)
+            k[i] *= 8;
+    uint16_t *k16 = malloc(nkv * 2), *v16 = malloc(nkv * 2);
+    float *k16f = malloc(nkv * 4), *v16f = malloc(nkv * 4);
+    skv_convert_from_f32(SKV_F16, k, k16, nkv);
+    skv_convert_from_f32(SKV_F16, v, v16, nkv);
+    skv_convert_to_f32(SKV_F16, k16, k16f, nkv);
+    skv_convert_to_f32(SKV_F16, v16, v16f, nkv);
+    uint64_t *steps, S;
+    ck_assert_int_eq(skv_steps_parse("all", T, &steps, &S), 0);
+    size_t no = (size_t)H * S * d, np = (size_t)H * S * T;
+    float *ref = malloc(no * 4), *ref16 = malloc(no * 4), *o = malloc(no * 4), *o1 = malloc(no * 4);
+    float *pref = malloc(np * 4), *p = malloc(np * 4);
+    skv_attend_opts opt1 = {1, SKV_KERNEL_SCALAR, split};
+    skv_attend_ctx *c1 = skv_attend_new(&opt1);
+    ck_assert_ptr_nonnull(c1);
+    skv_kv_view L = {SKV_KV_F32, H, Hkv, d, T, q, k, v, NULL};
+    ck_assert_int_eq(skv_attend_layer_ref(c1, &L, steps, S, ref, pref), 0);
+    skv_kv_view L16f = {SKV_KV_F32, H, Hkv, d, T, q, k16f, v16f, NULL};
+    ck_assert_int_eq(skv_attend_layer_ref(c1, &L16f, steps, S, ref16, NULL), 0);
+    skv_attend_free(c1);
+    for (int kern = SKV_KERNEL_SCALAR; kern <= SKV_KERNEL_AVX2; kern++) {
+        if (!skv_att_kernel_available(kern))
+            continue;  /* the scalar kernel always runs; AVX2 only where the CPU has it */
+        for (int threads = 1; threads <= 3; threads += 2) {
+            skv_attend_opts opt = {threads, kern, split};
+            skv_attend_ctx *c = skv_attend_new(&opt);
+            ck_assert_ptr_nonnull(c);
+            ck_assert_int_eq(skv_attend_layer(c, &L, steps, S, o, p), 0);
+            double e = max_rel(o, ref, (size_t)H * S, d);
+            ck_assert_msg(e <= 1e-5, "f32 %s H=%u/%u d=%u T=%llu: rel error %g",
+                          skv_att_kernel_name(kern), H, Hkv, d, (unsigned long long)T, e);
+            double pe = 0;
+            for (size_t i = 0; i < np; i++)
+                pe = fmax(pe, fabs(p[i] - pref[i]));
+            ck_assert_msg(pe <= 1e-5, "probabilities differ by %g", pe);
+            if (threads == 1)
+                memcpy(o1, o, no * 4);
+            else  /* the split does not depend on the thread count */
+                ck_assert_int_eq(memcmp(o, o1, no * 4), 0);
+            skv_kv_view L16 = {SKV_KV_F16, H, Hkv, d, T, q, k16, v16, NULL};
+            ck_assert_int_eq(skv_attend_layer(c, &L16, steps, S, o, NULL), 0);
+            e = max_rel(o, ref16, (size_t)H * S, d);
+            ck_assert_msg(e <= 1e-5, "f16 %s: rel error %g", skv_att_kernel_name(kern), e);
+            skv_attend_free(c);
+        }
+    }
+    /* probabilities: rows sum to 1, zero beyond the step */
+    for (uint32_t h = 0; h < H; h++)
+        for (uint64_t s = 0; s < S; s++) {
+            const float *pr = p + ((size_t)h * S + s) * T;
+            double sum = 0;
+            for (uint64_t u = 0; u < T; u++) {
+                if (u > steps[s])
+                    ck_assert(pr[u] == 0.0f);
+                sum += pr[u];
+            }
+            ck_assert_double_le(fabs(sum - 1), 1e-5);
+        }
+    free(q); free(k); free(v); free(k16); free(v16); free(k16f); free(v16f);
+    free(steps); free(ref); free(ref16); free(o); free(o1); free(pref); free(p);
+}
+
+START_TEST(test_dense_vs_reference)
+{
+    dense_case(1, 1, 64, 1, 0);      /* single token */
+    dense_case(3, 1, 64, 37, 5);     /* GQA 3:1, odd length, many partials */
+    dense_case(9, 3, 64, 100, 16);   /* GQA 3:1, three groups */
+    dense_case(4, 4, 32, 70, 0);     /* MHA */
+    dense_case(12, 1, 16, 45, 7);    /* 12 heads per group: two kernel passes */
+    dense_case(2, 1, 12, 33, 4);     /* head_dim not a multiple of 8: scalar path */
+}
+END_TEST
+
+/* ---- packed caches ---- */
+
+typedef struct pk_case {
+    uint32_t H, Hkv, d;
+    uint64_t T;
+    uint32_t kg, vg, kmode, vmode;
+    int width;          /* 2..16, or 0: mixed with evictions */
+} pk_case;
+
+static skv_trace *make_trace(const pk_case *pc, uint32_t layers)
+{
+    skv_synth_cfg c;
+    skv_synth_defaults(&c);
+    c.n_layers = layers;
+    c.n_heads = pc->H;
+    c.n_kv_heads = pc->Hkv;
+    c.head_dim = pc->d;
+    c.n_tokens = pc->T < 2 ? 2 : pc->T;  /* the generator needs 2; cut below */
+    c.n_prefill = c.n_tokens;
+    c.needles = 0;
+    c.needle_queries = 0;
+    c.sinks = pc->T > 4 ? 1 : 0;
+    c.dtype = SKV_F16;
+    skv_stream *s = skv_open_write(path_in("t.skv"), -1);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_msg(skv_synth_write(&c, s) == 0, "%s", skv_errmsg());
+    ck_assert_int_eq(skv_close(s), 0);
+    skv_trace *t;
+    ck_assert_int_eq(skv_trace_load(path_in("t.skv"), &t), 0);
+    if (pc->T < t->hdr.n_tokens) {  /* keep the first T tokens */
+        skv_trace_hdr h = t->hdr;
+        h.n_tokens = h.n_prefill = pc->T;
+        skv_trace *u = skv_trace_new(&h);
+        ck_assert_ptr_nonnull(u);
+        for (uint32_t l = 0; l < h.n_layers; l++) {
+            for (uint32_t hd = 0; hd < h.n_heads; hd++)
+                memcpy(u->q[l] + (size_t)hd * pc->T * h.head_dim,
+                       t->q[l] + (size_t)hd * t->hdr.n_tokens * h.head_dim, pc->T * h.head_dim * 4);
+            for (uint32_t hd = 0; hd < h.n_kv_heads; hd++) {
+                memcpy(u->k[l] + (size_t)hd * pc->T * h.head_dim,
+                       t->k[l] + (size_t)hd * t->hdr.n_tokens * h.head_dim, pc->T * h.head_dim * 4);
+                memcpy(u->v[l] + (size_t)hd * pc->T * h.head_dim,
+                       t->v[l] + (size_t)hd * t->hdr.n_tokens * h.head_dim, pc->T * h.head_dim * 4);
+            }
+        }
+        skv_trace_free(t);
+        ck_assert_int_eq(skv_trace_save(u, path_in("t.skv"), -1), 0);
+        t = u;
+    }
+    return t;
+}
+
+static skv_cache *make_cache(const skv_trace *t, const pk_case *pc)
+{
+    skv_qcfg q = {pc->d, pc->kg, pc->vg, pc->kmode, pc->vmode};
+    skv_cache_plan plan;
+    memset(&plan, 0, sizeof plan);
+    ck_assert_int_eq(skv_cache_plan_uniform(&plan, &t->hdr, &q, pc->width ? pc->width : 16), 0);
+    size_t n = (size_t)t->hdr.n_layers * t->hdr.n_kv_heads * t->hdr.n_tokens;
+    if (!pc->width) {
+        static const uint8_t w[] = {0, 2, 3, 4, 8, 16};
+        for (size_t i = 0; i < n; i++)
+            plan.bits[i] = w[(size_t)(urand() * 6) % 6];
+        if (t->hdr.n_tokens > 1)
+            plan.bits[t->hdr.n_tokens - 1] = 0;  /* layer 0, kv head 0: the last token evicted */
+    }
+    skv_stream *s = skv_open_write(path_in("c.skv"), -1);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_msg(skv_cache_write(s, t, &plan, NULL, 0, NULL) == 0, "%s", skv_errmsg());
+    ck_assert_int_eq(skv_close(s), 0);
+    skv_cache_plan_free(&plan);
+    skv_cache *c;
+    ck_assert_msg(skv_cache_load(path_in("c.skv"), &c) == 0, "%s", skv_errmsg());
+    return c;
+}
+
+static void packed_case(const pk_case *pc)
+{
+    skv_trace *t = make_trace(pc, 1);
+    skv_cache *c = make_cache(t, pc);
+    uint32_t H = pc->H, Hkv = pc->Hkv, d = pc->d;
+    uint64_t T = pc->T, *steps, S;
+    ck_assert_int_eq(skv_steps_parse("all", T, &steps, &S), 0);
+    size_t nkv = (size_t)Hkv * T * d, no = (size_t)H * S * d, np = (size_t)H * S * T;
+    float *k = malloc(nkv * 4), *v = malloc(nkv * 4);
+    for (uint32_t h = 0; h < Hkv; h++)
+        skv_cache_dequantize_head(c, 0, h, k + (size_t)h * T * d, v + (size_t)h * T * d);
+    /* the oracle over the dequantized rows of the stored tokens only: a
+     * trace holding just those tokens, attended by the reference engine */
+    float *ref = malloc(no * 4), *o = malloc(no * 4), *pref = calloc(np, 4), *p = malloc(np * 4);
+    skv_attend_opts o1 = {1, SKV_KERNEL_SCALAR, 0};
+    skv_attend_ctx *c1 = skv_attend_new(&o1);
+    for (uint32_t h = 0; h < Hkv; h++) {
+        const uint8_t *bits = skv_cache_head_at(c, 0, h)->bits;
+        for (uint64_t si = 0; si < S; si++) {
+            uint64_t tt = steps[si], n = 0;
+            for (uint64_t u = 0; u <= tt; u++)
+                n += bits[u] != 0;
+            float *qq = malloc((size_t)(H / Hkv) * (n + 1) * d * 4);
+            float *kk = malloc((n + 1) * d * 4), *vv = malloc((n + 1) * d * 4);
+            uint64_t *map = malloc((n + 1) * 8);
+            uint64_t r = 0;
+            for (uint64_t u = 0; u <= tt; u++)
+                if (bits[u]) {
+                    memcpy(kk + r * d, k + ((size_t)h * T + u) * d, d * 4);
+                    memcpy(vv + r * d, v + ((size_t)h * T + u) * d, d * 4);
+                    map[r++] = u;
+                }
+            if (n == 0) {  /* nothing stored: the output is zero */
+                for (uint32_t g = 0; g < H / Hkv; g++)
+                    memset(ref + ((size_t)(h * (H / Hkv) + g) * S + si) * d, 0, d * 4);
+            } else {
+                for (uint32_t g = 0; g < H / Hkv; g++)
+                    for (uint64_t rr = 0; rr < n; rr++)
+                        memcpy(qq + ((size_t)g * n + rr) * d,
+                               c->q[0] + ((size_t)(h * (H / Hkv) + g) * T + tt) * d, d * 4);
+                skv_kv_view Lr = {SKV_KV_F32, H / Hkv, 1, d, n, qq, kk, vv, NULL};
+                uint64_t last = n - 1;
+                float *orr = malloc((size_t)(H / Hkv) * d * 4), *prr = malloc((size_t)(H / Hkv) * n * 4);
+                ck_assert_int_eq(skv_attend_layer_ref(c1, &Lr, &last, 1, orr, prr), 0);
+                for (uint32_t g = 0; g < H / Hkv; g++) {
+                    uint32_t head = h * (H / Hkv) + g;
+                    memcpy(ref + ((size_t)head * S + si) * d, orr + (size_t)g * d, d * 4);
+                    for (uint64_t rr = 0; rr < n; rr++)
+                        pref[((size_t)head * S + si) * T + map[rr]] = prr[(size_t)g * n + rr];
+                }
+                free(orr);
+                free(prr);
+            }
+            free(qq); free(kk); free(vv); free(map);
+        }
+    }
+    skv_attend_free(c1);
+    for (int kern = SKV_KERNEL_SCALAR; kern <= SKV_KERNEL_AVX2; kern++) {
+        if (!skv_att_kernel_available(kern))
+            continue;
+        skv_attend_opts opt = {2, kern, 13};
+        skv_attend_ctx *ctx = skv_attend_new(&opt);
+        skv_kv_view L = {SKV_KV_PACKED, H, Hkv, d, T, c->q[0], NULL, NULL, skv_cache_head_at(c, 0, 0)};
+        ck_assert_int_eq(skv_attend_layer(ctx, &L, steps, S, o, p), 0);
+        double e = max_rel(o, ref, (size_t)H * S, d);
+        ck_assert_msg(e <= 1e-5, "packed %s width %d H=%u/%u d=%u T=%llu groups %u/%u modes %u/%u: "
+                      "rel error %g", skv_att_kernel_name(kern), pc->width, H, Hkv, d,
+                      (unsigned long long)T, pc->kg, pc->vg, pc->kmode, pc->vmode, e);
+        double pe = 0;
+        for (size_t i = 0; i < np; i++)
+            pe = fmax(pe, fabs(p[i] - pref[i]));
+        ck_assert_msg(pe <= 1e-5, "packed probabilities differ by %g", pe);
+        /* the masked reference on the dequantized cache (skv-attend
+         * --reference on a packed cache) agrees too */
+        skv_attend_free(ctx);
+    }
+    /* every-token-16-bit cache of an fp16 trace: equals the reference on the trace */
+    if (pc->width == 16) {
+        skv_kv_view Lt = {SKV_KV_F32, H, Hkv, d, T, t->q[0], t->k[0], t->v[0], NULL};
+        skv_attend_ctx *ctx = skv_attend_new(NULL);
+        ck_assert_int_eq(skv_attend_layer_ref(ctx, &Lt, steps, S, ref, NULL), 0);
+        skv_kv_view L = {SKV_KV_PACKED, H, Hkv, d, T, c->q[0], NULL, NULL, skv_cache_head_at(c, 0, 0)};
+        ck_assert_int_eq(skv_attend_layer(ctx, &L, steps, S, o, NULL), 0);
+        double e = max_rel(o, ref, (size_t)H * S, d);
+        ck_assert_msg(e <= 1e-5, "16-bit cache vs trace reference: %g", e);
+        skv_attend_free(ctx);
+    }
+    free(k); free(v); free(ref); free(o); free(pref); free(p); free(steps);
+    skv_cache_free(c);
+    skv_trace_free(t);
+}
+
+START_TEST(test_packed_widths)
+{
+    make_tmpdir();
+    static const int widths[] = {2, 3, 4, 8, 16, 0};
+    for (size_t i = 0; i < sizeof widths / sizeof *widths; i++) {
+        pk_case pc = {9, 3, 64, 61, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, widths[i]};
+        packed_case(&pc);
+        pk_case pc2 = {4, 1, 32, 40, 16, 8, SKV_QMODE_SYM, SKV_QMODE_ASYM, widths[i]};
+        packed_case(&pc2);
+    }
+    rm_tmpdir();
+}
+END_TEST
+
+START_TEST(test_packed_shapes)
+{
+    make_tmpdir();
+    pk_case cases[] = {
+        {1, 1, 64, 1, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 4},  /* single token */
+        {1, 1, 64, 1, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 16},
+        {2, 2, 64, 33, 32, 64, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0},  /* MHA, mixed */
+        {8, 2, 16, 50, 16, 16, SKV_QMODE_SYM, SKV_QMODE_SYM, 0},   /* GQA 4:1 */
+        {6, 1, 24, 29, 12, 24, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 3}, /* groups not x8: scalar */
+        {10, 1, 16, 20, 16, 16, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0},/* 10 heads per group */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        packed_case(&cases[i]);
+    rm_tmpdir();
+}
+END_TEST
+
+/* skv_attend_stream: a packed cache and a trace through the whole path;
+ * --reference on the cache equals the fused kernel. */
+START_TEST(test_stream_paths)
+{
+    make_tmpdir();
+    pk_case pc = {6, 2, 32, 80, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_trace *t = make_trace(&pc, 2);
+    skv_cache *c = make_cache(t, &pc);
+    skv_cache_free(c);
+    char cache[600];
+    snprintf(cache, sizeof cache, "%s", path_in("c.skv"));
+    skv_attend_ctx *ctx = skv_attend_new(NULL);
+    const char *outs[] = {"fused.skv", "ref.skv"};
+    uint32_t modes[] = {SKV_ATT_AUTO, SKV_ATT_REFERENCE};
+    for (int i = 0; i < 2; i++) {
+        skv_stream *s = skv_open_write(path_in(outs[i]), -1);
+        skv_attend_req req = {modes[i], "0:80", 1, NULL};
+        ck_assert_msg(skv_attend_stream(ctx, cache, s, &req) == 0, "%s", skv_errmsg());
+        ck_assert_int_eq(skv_close(s), 0);
+    }
+    skv_attn *a, *b;
+    char pa[600];
+    snprintf(pa, sizeof pa, "%s", path_in("fused.skv"));
+    ck_assert_int_eq(skv_attn_load(pa, &a), 0);
+    ck_assert_int_eq(skv_attn_load(path_in("ref.skv"), &b), 0);
+    ck_assert_uint_eq(a->h.mode, SKV_ATT_PACKED);
+    ck_assert_uint_eq(b->h.mode, SKV_ATT_REFERENCE);
+    ck_assert_uint_eq(a->h.n_layers, 2);
+    ck_assert(a->h.kv_bytes > 0 && a->h.kv_bytes < a->h.fp16_bytes * 2);
+    double e = max_rel(a->out, b->out, (size_t)2 * 6 * 80, 32);
+    ck_assert_msg(e <= 1e-5, "fused vs --reference on the cache: %g", e);
+    skv_compare cmp;
+    ck_assert_int_eq(skv_attn_compare(b, a, &cmp), 0);
+    ck_assert_double_le(cmp.all.rel_l2, 1e-5);
+    ck_assert_double_ge(cmp.all.cos, 1 - 1e-6);
+    ck_assert_double_ge(cmp.all.top[0], 0.99);
+    skv_compare_free(&cmp);
+    skv_attn_free(a);
+    skv_attn_free(b);
+    /* a trace: the default is the reference; --dense runs; packed is refused */
+    skv_stream *s = skv_open_write(path_in("x.skv"), -1);
+    skv_attend_req req = {SKV_ATT_PACKED, NULL, 0, NULL};
+    ck_assert_int_lt(skv_attend_stream(ctx, path_in("t.skv"), s, &req), 0);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "allocation"));
+    skv_discard(s);
+    s = skv_open_write(path_in("x.skv"), -1);
+    req.mode = SKV_ATT_DENSE_F16;
+    ck_assert_int_eq(skv_attend_stream(ctx, path_in("t.skv"), s, &req), 0);
+    ck_assert_int_eq(skv_close(s), 0);
+    /* --dense on a packed cache is refused */
+    s = skv_open_write(path_in("y.skv"), -1);
+    ck_assert_int_eq(skv_attend_stream(ctx, cache, s, &req), SKV_EINVAL);
+    skv_discard(s);
+    skv_attend_free(ctx);
+    skv_trace_free(t);
+    rm_tmpdir();
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("attend");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_softmax_merge);
+    tcase_add_test(tc, test_steps_parse);
+    tcase_add_test(tc, test_athd_roundtrip);
+    tcase_add_test(tc, test_dense_vs_reference);
+    tcase_add_test(tc, test_packed_widths);
+    tcase_add_test(tc, test_packed_shapes);
+    tcase_add_test(tc, test_stream_paths);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int nf = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return nf != 0;
+}
