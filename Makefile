@@ -110,7 +110,8 @@ build/.variant: FORCE
 	@mkdir -p build
 	@echo '$(O)' | cmp -s - $@ || echo '$(O)' > $@
 
-$(O)/lib/%.o: lib/%.c $(HEADERS) $(O)/.flags
+LIB_PRIV_HEADERS := $(filter-out $(HEADERS),$(wildcard lib/*.h))
+$(O)/lib/%.o: lib/%.c $(HEADERS) $(LIB_PRIV_HEADERS) $(O)/.flags
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -157,7 +158,7 @@ $(O)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz.h bi
 	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -Ibin -Itests/fuzz -o $@ $< tests/fuzz/replay.c bin/tool.c \
 		$(O)/libsmartkv.a $(ALL_LDFLAGS) $(LIBS)
 
-$(FUZZ_DIR)/lib/%.o: lib/%.c $(HEADERS)
+$(FUZZ_DIR)/lib/%.o: lib/%.c $(HEADERS) $(LIB_PRIV_HEADERS)
 	@mkdir -p $(dir $@)
 	$(call say,CLANG,$<)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 $(FUZZ_DIR)/bin/tool.o: bin/tool.c bin/tool.h $(HEADERS)

@@ -12,6 +12,7 @@
 #include "smartkv_error.h"
 #include "smartkv_pack.h"
 #include "smartkv_cache.h"
+#include "x86_cpu.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -107,7 +108,7 @@ static int cpu_avx2(void)
 #ifdef SKV_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+           skv_x86_f16c() && __builtin_cpu_supports("bmi2");
 #else
     return 0;
 #endif

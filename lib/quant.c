@@ -8,8 +8,8 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
 #include <immintrin.h>
+#include "x86_cpu.h"
 #define SKV_QX86 1
 #define SKV_AVX2 __attribute__((target("avx2,f16c")))
 #endif
@@ -509,21 +509,12 @@ SKV_AVX2 static void unpack_codes_avx2(const uint8_t *in, uint32_t n, uint32_t b
         skv_unpack_codes_ref(in + blk * bits, n - blk * 8, bits, codes + blk * 8);
 }
 
-/* CPUID and XGETBV directly: clang's __builtin_cpu_supports knows no "f16c". */
 static int cpu_has_avx2(void)
 {
     static int v = -1;
     if (v < 0) {
         unsigned a, b, c, d;
-        int ok = 0;
-        if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && (c & bit_AVX) &&
-            (c & bit_OSXSAVE)) {
-            unsigned lo, hi;
-            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-            ok = (lo & 6u) == 6u && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
-                 (b & bit_AVX2);
-        }
-        v = ok;
+        v = skv_x86_f16c() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX2);
     }
     return v;
 }

@@ -6,8 +6,8 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
 #include <immintrin.h>
+#include "x86_cpu.h"
 #define SKV_X86 1
 #endif
 
@@ -145,21 +145,11 @@ __attribute__((target("avx,f16c"))) static void f32_to_f16_f16c(const float *s, 
     for (; i < n; i++)
         d[i] = skv_f32_to_f16(s[i]);
 }
-/* CPUID and XGETBV directly: clang's __builtin_cpu_supports knows no "f16c". */
 static int have_f16c(void)
 {
     static int v = -1;
-    if (v < 0) {
-        unsigned a, b, c, d;
-        int ok = 0;
-        if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && (c & bit_AVX) &&
-            (c & bit_OSXSAVE)) {
-            unsigned lo, hi;
-            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-            ok = (lo & 6u) == 6u; /* the OS saves XMM and YMM state */
-        }
-        v = ok;
-    }
+    if (v < 0)
+        v = skv_x86_f16c();
     return v;
 }
 #endif
