@@ -166,7 +166,10 @@ int main(int argc, char **argv)
     if (req.steps) {
         /* syntax check before reading any input (ranges are checked later) */
         uint64_t *st, n;
-        if (skv_steps_parse(req.steps, SKV_MAX_TOKENS, &st, &n) < 0)
+        int src = skv_steps_parse(req.steps, SKV_MAX_TOKENS, &st, &n);
+        if (src == SKV_ENOMEM || src == SKV_ELIMIT) /* not the user's syntax */
+            tool_die(EXIT_DATA, "%s", skv_errmsg());
+        if (src < 0)
             tool_usage_error("%s", skv_errmsg());
         free(st);
     }
