@@ -149,7 +149,7 @@ oom_sweep() {  # oom_sweep NAME ARGS...: sweep until the command succeeds
         SKV_FAIL_ALLOC=$k run "$@"
         [ "$rc" = 0 ] && break
         if [ "$rc" != 1 ] || [ "$(wc -l < "$T/err")" != 1 ] || \
-           ! grep -qE 'out of memory' "$T/err" || [ -e o.skv ]; then
+           ! grep -qE 'out of memory|no memory' "$T/err" || [ -e o.skv ]; then
             echo "       SKV_FAIL_ALLOC=$k: exit $rc"; sed 's/^/       | /' "$T/err" | head -3
             nbad=$((nbad + 1))
         fi
@@ -182,7 +182,44 @@ else
 fi
 
 # ---- --threads larger than the machine ----
-skip "--threads beyond the machine" "no tool on this branch has --threads"
+ncpu=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
+many=$((ncpu * 8))   # the tools accept up to 256
+[ $many -le 256 ] || many=256
+if command -v skv-alloc >/dev/null && command -v skv-attend >/dev/null; then
+    run skv-alloc -p smartkv -b 4 --bits 0,2,4,16 --sinks 1 --recent 1 --threads 1 a.skv -o al1.skv
+    expect_rc 0 "skv-alloc --threads 1"
+    run skv-alloc -p smartkv -b 4 --bits 0,2,4,16 --sinks 1 --recent 1 --threads $many a.skv -o alN.skv
+    expect_rc 0 "skv-alloc --threads $many ($ncpu CPUs)"
+    check "skv-alloc: same allocation with 1 and $many threads" cmp al1.skv alN.skv
+    run skv-attend -s 0:64 --threads 1 a.skv -o at1.skv
+    expect_rc 0 "skv-attend --threads 1"
+    run skv-attend -s 0:64 --threads $many a.skv -o atN.skv
+    expect_rc 0 "skv-attend --threads $many ($ncpu CPUs)"
+    check "skv-attend: same outputs with 1 and $many threads" cmp at1.skv atN.skv
+    run skv-attend --threads 99999999999 a.skv -o x.skv
+    expect_rc 2 "skv-attend --threads beyond any limit is a usage error"
+else
+    skip "--threads beyond the machine" "skv-alloc/skv-attend not built"
+fi
+
+# ---- the other tools: full disk and allocation failures ----
+if command -v skv-quant >/dev/null && command -v skv-stats >/dev/null; then
+    skv-alloc -b 4 --bits 0,2,4,16 --sinks 1 --recent 1 a.skv -o al.skv 2>/dev/null
+    for cmd in "skv-alloc -p uniform:4 a.skv" "skv-quant -q -u 4 a.skv" "skv-attend a.skv"; do
+        # shellcheck disable=SC2086
+        run_to /dev/full $cmd
+        expect_rc 1 "ENOSPC: $cmd > /dev/full"
+        one_msg "No space left on device" "ENOSPC: $cmd, one message"
+    done
+    skv-quant -q -u 4 al.skv -o q.skv 2>/dev/null
+    run_to /dev/full skv-stats mem q.skv
+    expect_rc 1 "ENOSPC: skv-stats mem > /dev/full"
+    oom_sweep "skv-alloc" skv-alloc -b 4 --bits 0,2,4,16 --sinks 1 --recent 1 a.skv -o o.skv
+    oom_sweep "skv-quant" skv-quant -q al.skv -o o.skv
+    oom_sweep "skv-quant -d" skv-quant -d q.skv -o o.skv
+    oom_sweep "skv-attend (packed)" skv-attend -s 0:8 q.skv -o o.skv
+    oom_sweep "skv-stats mem" skv-stats mem q.skv
+fi
 
 # ---- memory cap: --max-mem and SKV_MAX_MEM ----
 run skv-trace info --max-mem 64K big.skv
