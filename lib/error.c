@@ -33,7 +33,7 @@ const char *skv_errmsg(void)
     return errbuf[0] ? errbuf : "no error";
 }
 
-int skv_error(int code, const char *fmt, ...)
+int (skv_error)(int code, const char *fmt, ...)
 {
     /* format aside first: callers may pass skv_errmsg() as an argument */
     char tmp[sizeof errbuf];

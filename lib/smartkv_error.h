@@ -48,6 +48,13 @@ SKV_EXPORT const char *skv_errmsg(void);
 /* Record a failure; returns code so callers can `return skv_error(...)`. */
 SKV_EXPORT int skv_error(int code, const char *fmt, ...) SKV_PRINTF(2, 3);
 
+/* For the static analyzer only: skv_error() returns its code, so that
+ * `return skv_error(SKV_E..., ...)` is seen to return a negative value.
+ * (error.c defines the function as (skv_error) to escape this macro.) */
+#ifdef __clang_analyzer__
+#define skv_error(code, ...) (skv_error((code), __VA_ARGS__), (code))
+#endif
+
 /* Clear the thread's message. */
 SKV_EXPORT void skv_error_clear(void);
 
