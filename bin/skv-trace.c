@@ -1013,7 +1013,7 @@ static int cmd_record(int argc, char **argv)
         uint32_t n_all;
         if (n + gen > SKV_MAX_TOKENS)
             tool_usage_error("--generate: %llu tokens in all exceed the limit",
-                             (unsigned long long)(n + gen));
+                             (unsigned long long)n + gen);
         if (pr.on)
             fprintf(stderr, "generating up to %llu tokens after %zu ...\n",
                     (unsigned long long)gen, n);
