@@ -136,9 +136,13 @@ static int cmd_compare(int fmt, const char *out, int argc, char **argv)
         tool_usage_error("only one of the files can be standard input");
     skv_attn *ref = load(argv[0]), *test = load(argv[1]);
     skv_compare c;
-    if (skv_attn_compare(ref, test, &c) < 0)
-        tool_die(EXIT_DATA, "%s and %s: %s", tool_in_name(argv[0]), tool_in_name(argv[1]),
-                 skv_errmsg());
+    if (skv_attn_compare(ref, test, &c) < 0) {
+        char msg[1024]; /* free first: valgrind counts what exit() drops as lost */
+        snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        skv_attn_free(ref);
+        skv_attn_free(test);
+        tool_die(EXIT_DATA, "%s and %s: %s", tool_in_name(argv[0]), tool_in_name(argv[1]), msg);
+    }
     FILE *f = open_text_out(out);
     if (fmt == FMT_JSON) {
         fputs("{\"reference\": ", f);
@@ -236,9 +240,14 @@ static int cmd_sweep(int fmt, const char *out, int argc, char **argv)
         const char *file = argv[i + 1];
         skv_attn *t = load(file);
         skv_compare c;
-        if (skv_attn_compare(ref, t, &c) < 0)
-            tool_die(EXIT_DATA, "%s and %s: %s", tool_in_name(argv[0]), tool_in_name(file),
-                     skv_errmsg());
+        if (skv_attn_compare(ref, t, &c) < 0) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", skv_errmsg());
+            skv_attn_free(t);
+            skv_attn_free(ref);
+            free(pt);
+            tool_die(EXIT_DATA, "%s and %s: %s", tool_in_name(argv[0]), tool_in_name(file), msg);
+        }
         pt[i].file = file;
         pt[i].c = c.all;
         pt[i].bytes = (double)t->h.kv_bytes;
