@@ -93,7 +93,7 @@ endif
 PKG_CHECK := $(shell pkg-config --cflags --libs check 2>/dev/null)
 
 .SECONDARY:
-.PHONY: all check test-unit test-cli demo install uninstall clean deps help model bench
+.PHONY: all check test-unit test-fuzz test-cli test-cli-valgrind lint fuzz fuzz-build demo install uninstall clean deps help model bench
 
 all: lib/libsmartkv.a lib/libsmartkv.so $(TOOLS)
 
@@ -113,7 +113,8 @@ build/.variant: FORCE
 	@mkdir -p build
 	@echo '$(O)' | cmp -s - $@ || echo '$(O)' > $@
 
-$(O)/lib/%.o: lib/%.c $(HEADERS) $(O)/.flags
+LIB_PRIV_HEADERS := $(filter-out $(HEADERS),$(wildcard lib/*.h))
+$(O)/lib/%.o: lib/%.c $(HEADERS) $(LIB_PRIV_HEADERS) $(O)/.flags
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -147,6 +148,48 @@ $(O)/tests/%: tests/%.c $(O)/libsmartkv.a $(HEADERS) $(wildcard tests/*.h) $(O)/
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(O)/libsmartkv.a $(ALL_LDFLAGS) $(PKG_CHECK) $(LIBS)
 
+# --- fuzzing: each tests/fuzz/fuzz_<name>.c is a libFuzzer target ---
+# Replayed over its corpus and crash files by `make check` (test-fuzz, normal
+# compiler); run under libFuzzer by `make fuzz FUZZ_SECONDS=N` (clang).
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=%)
+FUZZ_REPLAYS := $(FUZZ_NAMES:%=$(O)/fuzz/replay_%)
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_DIR := build/fuzz
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -fno-omit-frame-pointer -pthread -Ilib -Ibin -Itests/fuzz \
+	-fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_LIB_OBJS := $(LIB_SRCS:lib/%.c=$(FUZZ_DIR)/lib/%.o) $(FUZZ_DIR)/bin/tool.o
+
+$(O)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz.h bin/tool.c bin/tool.h \
+		$(O)/libsmartkv.a $(HEADERS) $(O)/.flags
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -Ibin -Itests/fuzz -o $@ $< tests/fuzz/replay.c bin/tool.c \
+		$(O)/libsmartkv.a $(ALL_LDFLAGS) $(LIBS)
+
+$(FUZZ_DIR)/lib/%.o: lib/%.c $(HEADERS) $(LIB_PRIV_HEADERS)
+	@mkdir -p $(dir $@)
+	$(call say,CLANG,$<)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+$(FUZZ_DIR)/bin/tool.o: bin/tool.c bin/tool.h $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(call say,CLANG,$<)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_LIB_OBJS)
+	$(call say,CLANG,$<)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_LIB_OBJS) $(LIBS)
+
+test-fuzz: $(FUZZ_REPLAYS)
+	@tests/fuzz/replay-all $(FUZZ_REPLAYS)
+
+fuzz-build: $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
+.SECONDARY: $(FUZZ_LIB_OBJS)
+
+fuzz: fuzz-build
+	@tests/fuzz/run-fuzz $(FUZZ_SECONDS) $(FUZZ_DIR) $(FUZZ_NAMES)
+
+# Static analysis, zero findings (cppcheck, clang-tidy with .clang-tidy).
+# Not part of `make check` (needs both tools); .ci/run calls it.
+lint:
+	@scripts/lint
+
 # --- dependencies: installed on demand so `make check` works on a fresh machine ---
 deps:
 	@scripts/install-deps
@@ -155,13 +198,20 @@ deps:
 # so that pkg-config sees a freshly installed Check.
 check:
 	@scripts/install-deps --quiet
-	@$(MAKE) --no-print-directory test-unit test-cli
+	@$(MAKE) --no-print-directory test-unit test-fuzz test-cli
 
 test-unit: all $(TESTS)
 	@scripts/run-unit-tests $(TESTS)
 
 test-cli: all
 	@tests/cli/run $(if $(filter 1,$(SANITIZE)),--sanitize)
+
+# The CLI tests with every tool under valgrind memcheck (leaks are errors).
+# Not part of `make check` (needs valgrind; slow); .ci/run calls it.
+test-cli-valgrind: all
+	@test "$(SANITIZE)" != 1 || { echo "test-cli-valgrind: build without SANITIZE=1" >&2; exit 2; }
+	@command -v valgrind >/dev/null || { echo "test-cli-valgrind: valgrind not found (scripts/install-deps --ci)" >&2; exit 2; }
+	@tests/cli/run --valgrind
 
 demo:
 	@scripts/install-deps --quiet

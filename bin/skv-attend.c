@@ -97,7 +97,7 @@ int main(int argc, char **argv)
         case 'd':
             if (req.mode != SKV_ATT_AUTO)
                 tool_usage_error("--packed, --reference and --dense are exclusive");
-            if (!strcmp(optarg, "fp16") || !strcmp(optarg, "f16"))
+            if (!strcmp(optarg, "fp16") || !strcmp(optarg, "f16")) /* NOLINT(clang-analyzer-core.NonNullParamChecker): getopt sets optarg for required_argument */
                 req.mode = SKV_ATT_DENSE_F16;
             else if (!strcmp(optarg, "fp32") || !strcmp(optarg, "f32"))
                 req.mode = SKV_ATT_DENSE_F32;
@@ -112,7 +112,7 @@ int main(int argc, char **argv)
         case 'p': req.probs = 1; break;
         case 1: tsv = 1; break;
         case 3:
-            if (strlen(optarg) > SKV_ATHD_MAX_LABEL)
+            if (strlen(optarg) > SKV_ATHD_MAX_LABEL) /* NOLINT(clang-analyzer-core.NonNullParamChecker): getopt sets optarg for required_argument */
                 tool_usage_error("--label is longer than %u bytes", SKV_ATHD_MAX_LABEL);
             req.label = optarg;
             break;
@@ -122,7 +122,7 @@ int main(int argc, char **argv)
             ao.threads = (int)v;
             break;
         case 'k':
-            if (!strcmp(optarg, "auto"))
+            if (!strcmp(optarg, "auto")) /* NOLINT(clang-analyzer-core.NonNullParamChecker): getopt sets optarg for required_argument */
                 ao.kernel = SKV_KERNEL_AUTO;
             else if (!strcmp(optarg, "scalar"))
                 ao.kernel = SKV_KERNEL_SCALAR;
@@ -139,7 +139,7 @@ int main(int argc, char **argv)
             ao.split = (uint32_t)v;
             break;
         case 4:
-            if (!strcmp(optarg, "cuda"))
+            if (!strcmp(optarg, "cuda")) /* NOLINT(clang-analyzer-core.NonNullParamChecker): getopt sets optarg for required_argument */
                 cuda = 1;
             else if (!strcmp(optarg, "cpu"))
                 cuda = 0;
@@ -166,7 +166,10 @@ int main(int argc, char **argv)
     if (req.steps) {
         /* syntax check before reading any input (ranges are checked later) */
         uint64_t *st, n;
-        if (skv_steps_parse(req.steps, SKV_MAX_TOKENS, &st, &n) < 0)
+        int src = skv_steps_parse(req.steps, SKV_MAX_TOKENS, &st, &n);
+        if (src == SKV_ENOMEM || src == SKV_ELIMIT) /* not the user's syntax */
+            tool_die(EXIT_DATA, "%s", skv_errmsg());
+        if (src < 0)
             tool_usage_error("%s", skv_errmsg());
         free(st);
     }
@@ -229,7 +232,7 @@ int main(int argc, char **argv)
         unlink(tmp);
         if (rc < 0)
             tool_fail(tmp);
-        FILE *f = out && strcmp(out, "-") ? fopen(out, "w") : stdout;
+        FILE *f = out && strcmp(out, "-") != 0 ? fopen(out, "w") : stdout;
         if (!f)
             tool_die(EXIT_DATA, "%s: cannot open for writing", out);
         print_tsv(f, a);

@@ -41,7 +41,7 @@ static void usage(void)
 
 static int parse_mode(const char *s)
 {
-    if (!strcmp(s, "asym"))
+    if (!strcmp(s, "asym")) /* NOLINT(clang-analyzer-core.NonNullParamChecker): called with optarg of a required_argument option */
         return SKV_QMODE_ASYM;
     if (!strcmp(s, "sym"))
         return SKV_QMODE_SYM;
@@ -215,7 +215,8 @@ int main(int argc, char **argv)
             tool_fail(tool_in_name(in));
         /* an allocation in the input does not describe this cache: drop it */
         for (size_t i = 0; i < extra.n; i++)
-            if (memcmp(extra.v[i].type, SKV_T_ALHD, 4) && memcmp(extra.v[i].type, SKV_T_ALOC, 4)) {
+            if (memcmp(extra.v[i].type, SKV_T_ALHD, 4) != 0 &&
+                memcmp(extra.v[i].type, SKV_T_ALOC, 4) != 0) {
                 skv_chunk ch = {.raw_size = extra.v[i].size, .size = extra.v[i].size,
                                 .data = extra.v[i].data};
                 memcpy(ch.type, extra.v[i].type, 5);

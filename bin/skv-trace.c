@@ -96,7 +96,7 @@ static int cmd_synth(int argc, char **argv)
         {"needle-logit", required_argument, 0, 9}, {"outliers", required_argument, 0, 10},
         {"outlier-scale", required_argument, 0, 11}, {"noise", required_argument, 0, 12},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
-        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     skv_synth_cfg c;
     skv_synth_defaults(&c);
     const char *out = NULL;
@@ -154,8 +154,9 @@ static int cmd_synth(int argc, char **argv)
 "      --outlier-scale X  offset of outlier channels (8)\n"
 "      --noise X          std of the noise part of q and k (1)\n"
 "  -o, --output FILE      write to FILE (default stdout)\n"
-"  -z, --compress[=L]     zlib-compress chunks at level L (6)\n");
+"  -z, --compress[=L]     zlib-compress chunks at level L (6)\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
@@ -210,7 +211,7 @@ static int cmd_import(int argc, char **argv)
         {"model", required_argument, 0, 'm'}, {"post-rope", no_argument, 0, 'r'},
         {"pre-rope", no_argument, 0, 'R'}, {"rope-theta", required_argument, 0, 1},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
-        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     const char *qp = NULL, *kp = NULL, *vp = NULL, *out = NULL, *model = "imported";
     uint64_t prefill = 0;
     int have_prefill = 0, level = -1, post_rope = 1, o;
@@ -241,8 +242,9 @@ static int cmd_import(int argc, char **argv)
 "      --pre-rope       they do not\n"
 "      --rope-theta X   RoPE base to record (default 0: unknown)\n"
 "  -o, --output FILE    write to FILE (default stdout)\n"
-"  -z, --compress[=L]   zlib-compress chunks at level L (6)\n");
+"  -z, --compress[=L]   zlib-compress chunks at level L (6)\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
@@ -353,7 +355,7 @@ static void npy_create(npy_out *n, const char *prefix, const char *suffix, uint3
 static int cmd_export(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"prefix", required_argument, 0, 'p'}, {"help", no_argument, 0, 'h'},
+        {"prefix", required_argument, 0, 'p'}, TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     const char *prefix = NULL;
     int o;
@@ -366,8 +368,9 @@ static int cmd_export(int argc, char **argv)
 "Write the trace's queries, keys and values to PREFIX.q.npy, PREFIX.k.npy and\n"
 "PREFIX.v.npy with shape [layers][heads][tokens][dim].  f16 and f32 traces are\n"
 "written bit for bit in their own type; bf16 traces are widened to float32.\n"
-"  -p, --prefix PREFIX  output path prefix\n");
+"  -p, --prefix PREFIX  output path prefix\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
@@ -386,7 +389,7 @@ static int cmd_export(int argc, char **argv)
     int have_hdr = 0;
     npy_out files[3];
     uint32_t odt = 0;
-    uint8_t *conv = NULL;
+    float *conv = NULL; /* bf16 blocks widened to f32 */
     /* one pass: TENS blocks arrive in layer order, which is the npy order of
      * each file; blocks of each kind are appended to that kind's file */
     uint64_t expect_rows[3] = {0};
@@ -426,7 +429,7 @@ static int cmd_export(int argc, char **argv)
             uint32_t nh = ki ? h.n_kv_heads : h.n_heads;
             uint64_t pos = ((uint64_t)t.layer * nh + t.head) * h.n_tokens + t.row0;
             if (t.layer >= h.n_layers || t.head >= nh || pos != expect_rows[ki] ||
-                t.row0 + t.rows > h.n_tokens) {
+                t.row0 > h.n_tokens || t.rows > h.n_tokens - t.row0) {
                 skv_error(SKV_EFORMAT, "TENS chunk at byte %llu (%s layer %u head %u row %llu) "
                           "is out of order", (unsigned long long)c.offset,
                           skv_tensor_kind_name(t.kind), t.layer, t.head,
@@ -442,7 +445,7 @@ static int cmd_export(int argc, char **argv)
                 conv = skv_malloc(n * 4);
                 if (!conv)
                     goto bad;
-                skv_convert_to_f32(t.dtype, t.data, (float *)conv, n);
+                skv_convert_to_f32(t.dtype, t.data, conv, n);
                 src = conv;
                 bytes = n * 4;
             }
@@ -499,7 +502,7 @@ typedef struct {
 static int cmd_info(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'},
+        {"json", no_argument, 0, 'j'}, TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int json = 0, o;
     while ((o = getopt_long(argc, argv, "jhV", opts, NULL)) != -1) {
@@ -510,8 +513,9 @@ static int cmd_info(int argc, char **argv)
 "Usage: skv-trace info [--json] [FILE]\n"
 "Read a whole stream, check every CRC and the end chunk, and summarise it:\n"
 "shapes, element type, source, chunk counts and sizes.\n"
-"  -j, --json   print one JSON object instead of text\n");
+"  -j, --json   print one JSON object instead of text\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
@@ -530,7 +534,7 @@ static int cmd_info(int argc, char **argv)
     skv_chunk c;
     while ((rc = skv_read(s, &c)) > 0) {
         int i;
-        for (i = 0; i < nst && strcmp(st[i].type, c.type); i++)
+        for (i = 0; i < nst && strcmp(st[i].type, c.type) != 0; i++)
             ;
         if (i == nst && nst < 32) {
             memset(&st[nst], 0, sizeof st[nst]);
@@ -635,7 +639,7 @@ static int cmd_cat(int argc, char **argv)
         {"layers", required_argument, 0, 'l'}, {"tokens", required_argument, 0, 't'},
         {"dtype", required_argument, 0, 'd'}, {"output", required_argument, 0, 'o'},
         {"compress", optional_argument, 0, 'z'}, {"decompress", no_argument, 0, 'u'},
-        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     const char *layers_arg = NULL, *tokens_arg = NULL, *out = NULL;
     int level = SKV_LEVEL_KEEP, o, dtype = 0;
     while ((o = getopt_long(argc, argv, "l:t:d:o:z::uhV", opts, NULL)) != -1) {
@@ -660,8 +664,9 @@ static int cmd_cat(int argc, char **argv)
 "  -d, --dtype TYPE     convert elements to f32, f16 or bf16\n"
 "  -o, --output FILE    write to FILE (default stdout)\n"
 "  -z, --compress[=L]   zlib-compress chunks at level L (6)\n"
-"  -u, --decompress     store chunks uncompressed (default: as the input)\n");
+"  -u, --decompress     store chunks uncompressed (default: as the input)\n" TOOL_MAX_MEM_HELP);
             return 0;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
         }
@@ -692,18 +697,18 @@ static int cmd_cat(int argc, char **argv)
     }
     while ((rc = skv_read(s, &c)) > 0) {
         if (!select) {
-            if ((rc = skv_copy_chunk(w, &c)) < 0)
+            if (skv_copy_chunk(w, &c) < 0)
                 goto wfail;
             continue;
         }
         if (skv_chunk_is(&c, SKV_T_TRHD)) {
-            if (have_hdr || (rc = skv_trhd_decode(&c, &h)) < 0) {
+            if (have_hdr || skv_trhd_decode(&c, &h) < 0) {
                 if (have_hdr)
-                    rc = skv_error(SKV_EFORMAT, "second TRHD chunk");
+                    skv_error(SKV_EFORMAT, "second TRHD chunk");
                 goto rfail;
             }
             if (h.flags & (SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES)) {
-                rc = skv_error(SKV_EUNSUP, "cannot select from or convert a packed cache");
+                skv_error(SKV_EUNSUP, "cannot select from or convert a packed cache");
                 goto rfail;
             }
             have_hdr = 1;
@@ -738,18 +743,18 @@ static int cmd_cat(int argc, char **argv)
             nh.n_prefill = h.n_prefill <= t0 ? 0 : (h.n_prefill >= t1 ? t1 - t0 : h.n_prefill - t0);
             if (dtype > 0)
                 nh.dtype = (uint32_t)dtype;
-            if ((rc = skv_trhd_write(w, &nh)) < 0)
+            if (skv_trhd_write(w, &nh) < 0)
                 goto wfail;
         } else if (skv_chunk_is(&c, SKV_T_TOKS)) {
             if (!have_hdr || c.raw_size < 16) {
-                rc = skv_error(SKV_EFORMAT, "misplaced or short TOKS chunk at byte %llu",
-                               (unsigned long long)c.offset);
+                skv_error(SKV_EFORMAT, "misplaced or short TOKS chunk at byte %llu",
+                          (unsigned long long)c.offset);
                 goto rfail;
             }
             uint64_t a = skv_get64(c.data), n = skv_get64(c.data + 8);
             if (n > h.n_tokens || a > h.n_tokens - n || 16 + n * 4 != c.raw_size) {
-                rc = skv_error(SKV_EFORMAT, "bad TOKS chunk at byte %llu",
-                               (unsigned long long)c.offset);
+                skv_error(SKV_EFORMAT, "bad TOKS chunk at byte %llu",
+                          (unsigned long long)c.offset);
                 goto rfail;
             }
             uint64_t lo = a > t0 ? a : t0, hi = a + n < t1 ? a + n : t1;
@@ -766,14 +771,14 @@ static int cmd_cat(int argc, char **argv)
         } else if (skv_chunk_is(&c, SKV_T_TENS)) {
             skv_tens t;
             if (!have_hdr) {
-                rc = skv_error(SKV_EFORMAT, "TENS chunk before the trace header");
+                skv_error(SKV_EFORMAT, "TENS chunk before the trace header");
                 goto rfail;
             }
-            if ((rc = skv_tens_decode(&c, &t)) < 0)
+            if (skv_tens_decode(&c, &t) < 0)
                 goto rfail;
             if (t.layer >= h.n_layers || t.row0 > h.n_tokens || t.rows > h.n_tokens - t.row0) {
-                rc = skv_error(SKV_EFORMAT, "TENS chunk at byte %llu outside the trace shape",
-                               (unsigned long long)c.offset);
+                skv_error(SKV_EFORMAT, "TENS chunk at byte %llu outside the trace shape",
+                          (unsigned long long)c.offset);
                 goto rfail;
             }
             if (!lsel[t.layer])
@@ -796,14 +801,14 @@ static int cmd_cat(int argc, char **argv)
                 skv_convert_from_f32(odt, f32, conv, n);
                 src = conv;
             }
-            if ((rc = skv_tens_write_raw(w, t.kind, odt, lmap[t.layer], t.head, lo - t0,
-                                         hi - lo, t.cols, src)) < 0)
+            if (skv_tens_write_raw(w, t.kind, odt, lmap[t.layer], t.head, lo - t0,
+                                    hi - lo, t.cols, src) < 0)
                 goto wfail;
         } else if (skv_chunk_is_critical(c.type)) {
-            rc = skv_error(SKV_EUNSUP, "cannot select from a stream with %s chunks "
-                           "(allocation or cache data would no longer match)", c.type);
+            skv_error(SKV_EUNSUP, "cannot select from a stream with %s chunks "
+                      "(allocation or cache data would no longer match)", c.type);
             goto rfail;
-        } else if ((rc = skv_copy_chunk(w, &c)) < 0) {
+        } else if (skv_copy_chunk(w, &c) < 0) {
             goto wfail;
         }
     }
@@ -1008,7 +1013,7 @@ static int cmd_record(int argc, char **argv)
         uint32_t n_all;
         if (n + gen > SKV_MAX_TOKENS)
             tool_usage_error("--generate: %llu tokens in all exceed the limit",
-                             (unsigned long long)(n + gen));
+                             (unsigned long long)n + gen);
         if (pr.on)
             fprintf(stderr, "generating up to %llu tokens after %zu ...\n",
                     (unsigned long long)gen, n);

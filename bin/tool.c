@@ -1,6 +1,7 @@
 /* tool.c -- shared error path and parsers for the skv-* programs. */
 #include "tool.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -11,16 +12,43 @@
 #include <unistd.h>
 
 const char *tool_name = "skv";
+static int dying; /* tool_die is exiting: its message is the only one */
+
+/* At exit, text written to stdout must have reached it: a full disk or a
+ * closed pipe makes the tool fail (exit 1, one message), never exit 0. */
+static void check_stdout(void)
+{
+    errno = 0;
+    int bad = fflush(stdout) != 0 || ferror(stdout);
+    int e = errno;
+    if (!bad)
+        return;
+    if (!dying)
+        fprintf(stderr, "%s: write error on standard output%s%s\n", tool_name,
+                e ? ": " : "", e ? strerror(e) : "");
+    _exit(EXIT_DATA);
+}
 
 void tool_init(const char *name)
 {
     tool_name = name;
     signal(SIGPIPE, SIG_IGN);
+    atexit(check_stdout);
+}
+
+void tool_set_max_mem(const char *arg)
+{
+    uint64_t v;
+    if (tool_parse_size(arg, &v) < 0)
+        tool_usage_error("--max-mem must be a size in bytes with an optional K, M or G "
+                         "suffix (0: no cap), not '%s'", arg);
+    skv_set_max_mem(v);
 }
 
 void tool_die(int code, const char *fmt, ...)
 {
     va_list ap;
+    dying = 1;
     fprintf(stderr, "%s: ", tool_name);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -37,6 +65,7 @@ void tool_fail(const char *file)
 void tool_usage_error(const char *fmt, ...)
 {
     va_list ap;
+    dying = 1;
     fprintf(stderr, "%s: ", tool_name);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -71,7 +100,8 @@ void tool_version(void)
 int tool_parse_u64(const char *s, uint64_t *out)
 {
     char *end;
-    if (!s || !*s || *s == '-' || *s == '+')
+    /* a digit first: strtoull would skip spaces and negate " -1" to 2^64-1 */
+    if (!s || *s < '0' || *s > '9')
         return -1;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
@@ -84,7 +114,7 @@ int tool_parse_u64(const char *s, uint64_t *out)
 int tool_parse_double(const char *s, double *out)
 {
     char *end;
-    if (!s || !*s)
+    if (!s || !*s || isspace((unsigned char)*s))
         return -1;
     errno = 0;
     double v = strtod(s, &end);
@@ -97,7 +127,7 @@ int tool_parse_double(const char *s, double *out)
 int tool_parse_size(const char *s, uint64_t *out)
 {
     char *end;
-    if (!s || !*s || *s == '-' || *s == '+')
+    if (!s || *s < '0' || *s > '9')
         return -1;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);

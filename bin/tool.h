@@ -28,6 +28,18 @@ noreturn void tool_usage_error(const char *fmt, ...) SKV_PRINTF(1, 2);
 const char *tool_in_name(const char *path);
 const char *tool_out_name(const char *path);
 
+/* --max-mem SIZE, common to the tools: cap the memory the library may
+ * allocate for one object (skv_set_max_mem; overrides SKV_MAX_MEM).  Add
+ * TOOL_MAX_MEM_OPTION to a getopt_long table, handle TOOL_OPT_MAX_MEM by
+ * calling tool_set_max_mem(optarg) (usage error on a bad size), and print
+ * TOOL_MAX_MEM_HELP in --help. */
+#define TOOL_OPT_MAX_MEM 0x4d4d
+#define TOOL_MAX_MEM_OPTION {"max-mem", required_argument, 0, TOOL_OPT_MAX_MEM}
+#define TOOL_MAX_MEM_HELP \
+    "      --max-mem SIZE   refuse inputs that need more memory than SIZE\n" \
+    "                       (K, M or G suffix; default $SKV_MAX_MEM or no cap)\n"
+void tool_set_max_mem(const char *arg);
+
 /* Refuse binary output to a terminal (exit 2). */
 void tool_check_binary_output(const char *path);
 

@@ -167,7 +167,6 @@ void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const float *v, u
 
 int skv_alhd_check(const skv_alloc_hdr *h)
 {
-    int rc;
     if (!isfinite(h->budget) || h->budget < 0)
         return skv_error(SKV_EFORMAT, "budget %g is not a finite value >= 0", h->budget);
     if (h->n_layers == 0 || h->n_layers > SKV_MAX_LAYERS)
@@ -184,7 +183,7 @@ int skv_alhd_check(const skv_alloc_hdr *h)
                          h->width_mask);
     if (h->flags & ~SKV_ALHD_FLAGS_KNOWN)
         return skv_error(SKV_EFORMAT, "unknown allocation flags 0x%x", h->flags);
-    if ((rc = skv_qcfg_check(&h->qcfg)) < 0) {
+    if (skv_qcfg_check(&h->qcfg) < 0) {
         char msg[256];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
         return skv_error(SKV_EFORMAT, "quantizer settings: %s", msg);

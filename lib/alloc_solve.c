@@ -319,7 +319,7 @@ static int rank_policy(solver *s, int by_position, uint64_t limit, uint64_t *cur
         return skv_error(SKV_EINVAL, "%s needs more room: with every token at %u bits the "
                          "cache takes %llu bytes (the budget leaves %llu)",
                          by_position ? "position" : "greedy", skv_bit_widths[s->aw[lo]],
-                         (unsigned long long)(b0 + s->pkhd), (unsigned long long)(limit + s->pkhd));
+                         (unsigned long long)b0 + s->pkhd, (unsigned long long)limit + s->pkhd);
     }
     /* largest nh that fits (bytes grow with nh up to bucket lumps) */
     uint64_t a = 0, z = n;
@@ -330,8 +330,7 @@ static int rank_policy(solver *s, int by_position, uint64_t limit, uint64_t *cur
         else
             z = m - 1;
     }
-    uint64_t b;
-    while ((b = rank_assign(s, r, n, a, hi, mid, lo)) > limit && a > 0)
+    while (rank_assign(s, r, n, a, hi, mid, lo) > limit && a > 0)
         a--;
     while (a < n && rank_assign(s, r, n, a + 1, hi, mid, lo) <= limit)
         a++;
@@ -855,7 +854,7 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
         if (budget && cur + s->pkhd > budget) {
             rc = skv_error(SKV_EINVAL, "uniform:%u takes %llu bytes, beta %.6g of the fp16 "
                            "cache; the budget beta %g allows %llu", cfg->uniform_bits,
-                           (unsigned long long)(cur + s->pkhd),
+                           (unsigned long long)cur + s->pkhd,
                            (double)(cur + s->pkhd) / (double)res->fp16_bytes, cfg->budget,
                            (unsigned long long)budget);
             goto out;
@@ -921,7 +920,7 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
         goto out;
     if (check != cur + s->pkhd) {
         rc = skv_error(SKV_EINVAL, "internal: byte model %llu differs from the tracked %llu",
-                       (unsigned long long)check, (unsigned long long)(cur + s->pkhd));
+                       (unsigned long long)check, (unsigned long long)cur + s->pkhd);
         goto out;
     }
     if (budget && cfg->budget < 1 && check > budget) {

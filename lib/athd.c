@@ -202,7 +202,7 @@ int skv_steps_parse(const char *spec, uint64_t n_tokens, uint64_t **steps, uint6
         }
         if (*p != ',' && *p != 0)
             goto bad;
-        if (n + (b - a) > cap) {
+        if (!v || n + (b - a) > cap) {
             uint64_t nc = n + (b - a);
             uint64_t *nv = skv_realloc(v, (size_t)nc * sizeof *v);
             if (!nv) {
@@ -324,6 +324,12 @@ int skv_attn_load(const char *path, skv_attn **res)
                                (unsigned long long)c.offset);
                 break;
             }
+            /* out and prob together within the memory cap (saturating sum) */
+            uint64_t need = (uint64_t)n_out * sizeof(float);
+            uint64_t pb = (a->h.flags & SKV_ATHD_PROBS) ? (uint64_t)n_prob * sizeof(float) : 0;
+            if ((rc = skv_check_mem(pb > UINT64_MAX - need ? UINT64_MAX : need + pb,
+                                    "the attention outputs")) < 0)
+                break;
             if (!(a->out = skv_malloc(n_out * sizeof(float)))) {
                 rc = SKV_ENOMEM;
                 break;

@@ -12,6 +12,7 @@
 #include "smartkv_error.h"
 #include "smartkv_pack.h"
 #include "smartkv_cache.h"
+#include "x86_cpu.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -107,7 +108,7 @@ static int cpu_avx2(void)
 #ifdef SKV_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+           skv_x86_f16c() && __builtin_cpu_supports("bmi2");
 #else
     return 0;
 #endif
@@ -289,8 +290,10 @@ static void decode_row(const run *R, int which, uint64_t i, uint32_t d, float *x
 static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t ng,
                         uint32_t d, skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride)
 {
-    float x[SKV_MAX_HEAD_DIM];
-    float s[SKV_GMAX][TILE];
+    /* zeroed for the analyzer: decode_row fills x[0..d) (groups divide d) and
+     * n >= 1 rows fill s */
+    float x[SKV_MAX_HEAD_DIM] = {0};
+    float s[SKV_GMAX][TILE] = {{0}};
     for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
         uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
         for (uint32_t i = 0; i < n; i++) {
@@ -397,7 +400,7 @@ static inline void tile_params(const run *R, int which, uint64_t t0, uint32_t n,
 
 /* Row i (of the tile), block c of 8 channels, as floats. */
 #define LOAD8(dat, c)                                                                           \
-    (bits == 32 ? _mm256_loadu_ps((const float *)(dat) + 8 * (c))                               \
+    (bits == 32 ? _mm256_loadu_ps((const float *)(const void *)(dat) + 8 * (c))                 \
    : bits == 16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((dat) + 16 * (c))))         \
                 : _mm256_fmadd_ps(codes8((dat), (c), bits), _mm256_broadcast_ss(&psc[(c) * 8 / grp]), \
                                   _mm256_broadcast_ss(&pbi[(c) * 8 / grp])))
@@ -653,7 +656,7 @@ kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_
                                             const float *q, uint32_t d, skv_sm_state *st,     \
                                             float *acc, float *sc, uint64_t ss)               \
     {                                                                                        \
-        if (B <= 8)                                                                          \
+        if ((B) <= 8)                                                                        \
             kern_avx2_packed(R, r0, r1, q, d, st, acc, sc, ss, B, G);                        \
         else                                                                                 \
             kern_avx2_body(R, r0, r1, q, d, st, acc, sc, ss, B, G);                          \
@@ -1431,7 +1434,7 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
     }
     if (rc == 0)
         rc = skv_error(SKV_EFORMAT, "no trace header (TRHD) in stream");
-    skv_trace_hdr h;
+    skv_trace_hdr h = {0};
     if (rc == 1)
         rc = skv_trhd_decode(&c, &h);
     if (rc < 0) {

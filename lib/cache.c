@@ -227,7 +227,7 @@ int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
         goto fail;
     for (size_t i = 0; i < chunks->n; i++) {
         const skv_raw_chunk *c = &chunks->v[i];
-        if (memcmp(c->type, SKV_T_ALOC, 4))
+        if (memcmp(c->type, SKV_T_ALOC, 4) != 0)
             continue;
         const uint8_t *b = c->data;
         if (c->size < 16) {

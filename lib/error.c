@@ -33,7 +33,7 @@ const char *skv_errmsg(void)
     return errbuf[0] ? errbuf : "no error";
 }
 
-int skv_error(int code, const char *fmt, ...)
+int (skv_error)(int code, const char *fmt, ...)
 {
     /* format aside first: callers may pass skv_errmsg() as an argument */
     char tmp[sizeof errbuf];
@@ -115,7 +115,9 @@ static int alloc_allowed(size_t n)
 {
     if (fail_countdown < 0) {
         const char *e = getenv("SKV_FAIL_ALLOC");
-        fail_countdown = e ? atol(e) : 0;
+        char *end = NULL;
+        long v = e ? strtol(e, &end, 10) : 0;
+        fail_countdown = e && end != e && *end == '\0' && v > 0 ? v : 0;
     }
     if (fail_countdown > 0 && --fail_countdown == 0) {
         skv_error(SKV_ENOMEM, "out of memory allocating %zu bytes (injected failure)", n);
@@ -163,4 +165,13 @@ void *skv_realloc(void *old, size_t n)
     if (!p)
         skv_error(SKV_ENOMEM, "out of memory allocating %zu bytes", n);
     return p;
+}
+
+int skv_check_mem(uint64_t bytes, const char *what)
+{
+    uint64_t cap = skv_get_max_mem();
+    if (cap && bytes > cap)
+        return skv_error(SKV_ELIMIT, "%s needs %llu bytes, beyond the memory cap of %llu bytes",
+                         what, (unsigned long long)bytes, (unsigned long long)cap);
+    return 0;
 }

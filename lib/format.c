@@ -14,6 +14,7 @@
 
 #define HEAD_PAYLOAD_LEN 40
 #define DONE_PAYLOAD_LEN 16
+#define READ_STEP ((size_t)1 << 20) /* payload read granularity */
 
 struct skv_stream {
     int fd;
@@ -32,6 +33,9 @@ struct skv_stream {
     size_t bufcap;
     uint8_t *raw;         /* reader: inflated payload */
     size_t rawcap;
+    int is_mem;           /* reader over memory (skv_open_mem) */
+    const uint8_t *mem;
+    size_t memlen, mempos;
 };
 
 const char *skv_stream_name(const skv_stream *s) { return s->name; }
@@ -59,9 +63,15 @@ static int grow(uint8_t **p, size_t *cap, size_t need)
 {
     if (need <= *cap)
         return 0;
+    uint64_t max = skv_get_max_mem();
+    if (max && need > max)
+        return skv_error(SKV_ELIMIT, "a buffer of %zu bytes exceeds the memory cap of %llu "
+                         "bytes", need, (unsigned long long)max);
     size_t n = *cap ? *cap : 4096;
     while (n < need)
         n = n > SIZE_MAX / 2 ? need : n * 2;
+    if (max && n > max)
+        n = (size_t)max; /* doubling stops at the cap; need <= max */
     uint8_t *q = skv_realloc(*p, n);
     if (!q)
         return SKV_ENOMEM;
@@ -73,11 +83,19 @@ static int grow(uint8_t **p, size_t *cap, size_t need)
 /* ---- reading ---- */
 
 /* Read exactly n bytes; returns n, or fewer at end of input, or -1. */
-static ssize_t read_full(int fd, void *buf, size_t n)
+static ssize_t read_full(skv_stream *s, void *buf, size_t n)
 {
     size_t got = 0;
+    if (s->is_mem) {
+        size_t left = s->memlen - s->mempos;
+        got = n < left ? n : left;
+        if (got)
+            memcpy(buf, s->mem + s->mempos, got);
+        s->mempos += got;
+        return (ssize_t)got;
+    }
     while (got < n) {
-        ssize_t r = read(fd, (char *)buf + got, n - got);
+        ssize_t r = read(s->fd, (char *)buf + got, n - got);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -88,20 +106,6 @@ static ssize_t read_full(int fd, void *buf, size_t n)
         got += (size_t)r;
     }
     return (ssize_t)got;
-}
-
-static int read_exact(skv_stream *s, void *buf, size_t n, const char *what)
-{
-    ssize_t r = read_full(s->fd, buf, n);
-    if (r < 0)
-        return skv_error(SKV_EIO, "read error in %s at byte %llu: %s", what,
-                         (unsigned long long)s->offset, strerror(errno));
-    if ((size_t)r < n)
-        return skv_error(SKV_ETRUNC, "truncated input: %s ends at byte %llu "
-                         "(%zu of %zu bytes; no end chunk)", what,
-                         (unsigned long long)(s->offset + (uint64_t)r), (size_t)r, n);
-    s->offset += n;
-    return 0;
 }
 
 static int valid_type(const uint8_t *t)
@@ -121,13 +125,13 @@ static int read_stored(skv_stream *s, skv_chunk *c)
     uint8_t hdr[SKV_CHUNK_HEADER_LEN];
     uint64_t start = s->offset;
 
-    ssize_t r = read_full(s->fd, hdr, sizeof hdr);
+    ssize_t r = read_full(s, hdr, sizeof hdr);
     if (r < 0)
         return skv_error(SKV_EIO, "read error at byte %llu: %s",
                          (unsigned long long)start, strerror(errno));
     if (r < (ssize_t)sizeof hdr)
         return skv_error(SKV_ETRUNC, "truncated input: stream ends at byte %llu "
-                         "without an end chunk", (unsigned long long)(start + (uint64_t)r));
+                         "without an end chunk", (unsigned long long)start + (unsigned long long)r);
     s->offset += sizeof hdr;
     if (!valid_type(hdr))
         return skv_error(SKV_EFORMAT, "bad chunk type at byte %llu (not four letters)",
@@ -151,14 +155,31 @@ static int read_stored(skv_stream *s, skv_chunk *c)
                          "from raw size %llu but it is not compressed", c->type,
                          (unsigned long long)start, (unsigned long long)c->size,
                          (unsigned long long)c->raw_size);
-    size_t total = SKV_CHUNK_HEADER_LEN + (size_t)c->size + SKV_CHUNK_CRC_LEN;
-    if ((rc = grow(&s->buf, &s->bufcap, total)) < 0)
-        return rc;
-    memcpy(s->buf, hdr, sizeof hdr);
-    char what[64];
-    snprintf(what, sizeof what, "chunk %s", c->type);
-    if ((rc = read_exact(s, s->buf + sizeof hdr, (size_t)c->size + SKV_CHUNK_CRC_LEN, what)) < 0)
-        return rc;
+    /* The buffer grows with the bytes actually read (by at most READ_STEP or
+     * doubling), so a header that claims a large payload in a short input
+     * costs no more memory than the input itself. */
+    size_t body = (size_t)c->size + SKV_CHUNK_CRC_LEN, got = 0;
+    while (got < body) {
+        size_t want = body - got, step = got < READ_STEP ? READ_STEP : got;
+        if (want > step)
+            want = step;
+        if ((rc = grow(&s->buf, &s->bufcap, sizeof hdr + got + want)) < 0)
+            return rc;
+        if (got == 0)
+            memcpy(s->buf, hdr, sizeof hdr);
+        r = read_full(s, s->buf + sizeof hdr + got, want);
+        if (r < 0)
+            return skv_error(SKV_EIO, "read error in chunk %s at byte %llu: %s", c->type,
+                             (unsigned long long)s->offset + got, strerror(errno));
+        got += (size_t)r;
+        if ((size_t)r < want)
+            return skv_error(SKV_ETRUNC, "truncated input: chunk %s at byte %llu ends at "
+                             "byte %llu (%zu of %zu bytes; no end chunk)", c->type,
+                             (unsigned long long)start,
+                             (unsigned long long)s->offset + got, got + sizeof hdr,
+                             body + sizeof hdr);
+    }
+    s->offset += body;
     uint32_t want = skv_get32(s->buf + sizeof hdr + c->size);
     uLong crc = crc32_z(0L, s->buf, SKV_CHUNK_HEADER_LEN + (size_t)c->size);
     if ((uint32_t)crc != want)
@@ -220,29 +241,11 @@ static void stream_free(skv_stream *s)
     free(s);
 }
 
-skv_stream *skv_open_read(const char *path)
+/* Check the signature and HEAD chunk of a new reader; frees s on failure. */
+static skv_stream *read_start(skv_stream *s)
 {
-    skv_stream *s = stream_new(path, 0);
-    if (!s)
-        return NULL;
-    if (s->path) {
-        s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
-        if (s->fd < 0) {
-            skv_error(SKV_EIO, "cannot open: %s", strerror(errno));
-            goto fail;
-        }
-        s->owns_fd = 1;
-        struct stat st;
-        if (fstat(s->fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-            skv_error(SKV_EIO, "is a directory");
-            goto fail;
-        }
-    } else {
-        s->fd = STDIN_FILENO;
-    }
-
     uint8_t sig[SKV_SIGNATURE_LEN];
-    ssize_t r = read_full(s->fd, sig, sizeof sig);
+    ssize_t r = read_full(s, sig, sizeof sig);
     if (r < 0) {
         skv_error(SKV_EIO, "read error: %s", strerror(errno));
         goto fail;
@@ -252,11 +255,11 @@ skv_stream *skv_open_read(const char *path)
         goto fail;
     }
     if (r < (ssize_t)sizeof sig || memcmp(sig, SKV_SIGNATURE, sizeof sig) != 0) {
-        if (r >= 4 && memcmp(sig + 1, "SKV", 3) == 0 && sig[0] == 0x89)
+        if (r < (ssize_t)sizeof sig && memcmp(sig, SKV_SIGNATURE, (size_t)r) == 0)
+            skv_error(SKV_ETRUNC, "truncated input: only %zd bytes of signature", r);
+        else if (r >= 4 && memcmp(sig + 1, "SKV", 3) == 0 && sig[0] == 0x89)
             skv_error(SKV_EFORMAT, "damaged signature (text-mode transfer? "
                       "line endings or the high bit were altered)");
-        else if (r < (ssize_t)sizeof sig && memcmp(sig, SKV_SIGNATURE, (size_t)r) == 0)
-            skv_error(SKV_ETRUNC, "truncated input: only %zd bytes of signature", r);
         else
             skv_error(SKV_EFORMAT, "not a smartkv stream (bad signature)");
         goto fail;
@@ -292,6 +295,68 @@ fail:
     return NULL;
 }
 
+skv_stream *skv_open_read(const char *path)
+{
+    skv_stream *s = stream_new(path, 0);
+    if (!s)
+        return NULL;
+    if (s->path) {
+        s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
+        if (s->fd < 0) {
+            skv_error(SKV_EIO, "cannot open: %s", strerror(errno));
+            stream_free(s);
+            return NULL;
+        }
+        s->owns_fd = 1;
+        struct stat st;
+        if (fstat(s->fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+            skv_error(SKV_EIO, "is a directory");
+            stream_free(s);
+            return NULL;
+        }
+    } else {
+        s->fd = STDIN_FILENO;
+    }
+    return read_start(s);
+}
+
+/* A stream named for messages only: no path of its own. */
+static skv_stream *stream_named(const char *name, int writing)
+{
+    skv_stream *s = stream_new("-", writing);
+    if (s && name)
+        snprintf(s->name, sizeof s->name, "%s", name);
+    return s;
+}
+
+skv_stream *skv_open_fd(int fd, const char *name)
+{
+    if (fd < 0) {
+        skv_error(SKV_EINVAL, "skv_open_fd: bad file descriptor %d", fd);
+        return NULL;
+    }
+    skv_stream *s = stream_named(name, 0);
+    if (!s)
+        return NULL;
+    s->fd = fd;
+    return read_start(s);
+}
+
+skv_stream *skv_open_mem(const void *buf, size_t n, const char *name)
+{
+    if (!buf && n) {
+        skv_error(SKV_EINVAL, "skv_open_mem: NULL buffer of %zu bytes", n);
+        return NULL;
+    }
+    skv_stream *s = stream_named(name ? name : "(memory)", 0);
+    if (!s)
+        return NULL;
+    s->is_mem = 1;
+    s->mem = buf;
+    s->memlen = n;
+    return read_start(s);
+}
+
 int skv_read(skv_stream *s, skv_chunk *c)
 {
     int rc;
@@ -316,7 +381,7 @@ int skv_read(skv_stream *s, skv_chunk *c)
                              (unsigned long long)s->nchunks,
                              (unsigned long long)c->offset);
         uint8_t extra;
-        ssize_t r = read_full(s->fd, &extra, 1);
+        ssize_t r = read_full(s, &extra, 1);
         if (r < 0)
             return skv_error(SKV_EIO, "read error after end chunk: %s", strerror(errno));
         if (r > 0)
@@ -414,6 +479,24 @@ skv_stream *skv_open_write(const char *path, int level)
 fail:
     skv_discard(s);
     return NULL;
+}
+
+skv_stream *skv_open_write_fd(int fd, const char *name, int level)
+{
+    if (fd < 0) {
+        skv_error(SKV_EINVAL, "skv_open_write_fd: bad file descriptor %d", fd);
+        return NULL;
+    }
+    skv_stream *s = stream_named(name, 1);
+    if (!s)
+        return NULL;
+    s->level = level > 9 ? 9 : level < -1 ? SKV_LEVEL_KEEP : level;
+    s->fd = fd;
+    if (write_all(s, SKV_SIGNATURE, SKV_SIGNATURE_LEN) < 0 || write_head(s) < 0) {
+        skv_discard(s);
+        return NULL;
+    }
+    return s;
 }
 
 int skv_writev(skv_stream *s, const char *type, int npieces,

@@ -8,6 +8,7 @@
  */
 #include "smartkv_gguf.h"
 #include "smartkv_trace.h"
+#include "x86_cpu.h"
 
 #include <math.h>
 #include <string.h>
@@ -534,7 +535,7 @@ static int detect(void)
 #if HAVE_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+           skv_x86_f16c();
 #else
     return 0;
 #endif

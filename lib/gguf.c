@@ -111,7 +111,7 @@ static void decode_scalar(uint32_t t, const uint8_t *p, skv_gguf_value *v)
     for (size_t i = 0; i < n; i++)
         u |= (uint64_t)p[i] << (8 * i);
     switch (t) {
-    case SKV_GGUF_I8: v->num.i = (int8_t)u; break;
+    case SKV_GGUF_I8: v->num.i = (int64_t)((u & 0xffu) ^ 0x80u) - 0x80; break; /* sign-extend */
     case SKV_GGUF_I16: v->num.i = (int16_t)u; break;
     case SKV_GGUF_I32: v->num.i = (int32_t)u; break;
     case SKV_GGUF_I64: v->num.i = (int64_t)u; break;
@@ -241,7 +241,7 @@ static int parse(skv_gguf *g)
     int rc = cur_need(&c, 4, "magic");
     if (rc < 0)
         return rc;
-    if (memcmp(g->base, SKV_GGUF_MAGIC, 4))
+    if (memcmp(g->base, SKV_GGUF_MAGIC, 4) != 0)
         return skv_error(SKV_EFORMAT, "%s: not a GGUF file (bad magic at offset 0)", c.name);
     c.pos = 4;
     if ((rc = cur_u32(&c, &g->version, "version")) < 0)
@@ -392,7 +392,7 @@ skv_gguf *skv_gguf_open_mem(const void *buf, size_t size, const char *name)
         free(g);
         return NULL;
     }
-    strcpy(g->path, nm);
+    memcpy(g->path, nm, strlen(nm) + 1);
     return finish_open(g);
 }
 
@@ -443,7 +443,7 @@ skv_gguf *skv_gguf_open(const char *path)
         skv_gguf_close(g);
         return NULL;
     }
-    strcpy(g->path, path);
+    memcpy(g->path, path, strlen(path) + 1);
     return finish_open(g);
 }
 

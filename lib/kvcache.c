@@ -24,7 +24,7 @@ static int dense_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t 
         return skv_error(SKV_EINVAL, "kv cache: layer %u out of range (%u)", layer, c->n_layers);
     if (pos > c->capacity || n > c->capacity - pos)
         return skv_error(SKV_ELIMIT, "kv cache: positions %llu..%llu exceed its capacity of %llu",
-                         (unsigned long long)pos, (unsigned long long)(pos + n),
+                         (unsigned long long)pos, (unsigned long long)pos + n,
                          (unsigned long long)c->capacity);
     uint32_t hd = c->head_dim, row = c->n_kv_heads * hd;
     for (uint32_t h = 0; h < c->n_kv_heads; h++) {

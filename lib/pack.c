@@ -11,7 +11,7 @@ uint64_t skv_pbkt_max_tokens(const skv_qcfg *c, uint32_t bits)
     uint64_t per = 4 + skv_par_bytes(bits, c->head_dim, c->k_group, c->k_mode) +
                    skv_par_bytes(bits, c->head_dim, c->v_group, c->v_mode) +
                    2 * skv_row_bytes(bits, c->head_dim);
-    uint64_t n = (SKV_CHUNK_MAX - SKV_PBKT_HEADER_LEN - 5 * SKV_ALIGN) / per;
+    uint64_t n = (SKV_CHUNK_MAX - SKV_PBKT_HEADER_LEN - (uint64_t)5 * SKV_ALIGN) / per;
     while (n > 1 && skv_pbkt_payload_bytes(c, bits, n) > SKV_CHUNK_MAX)
         n--;
     /* the estimate may be low by a few tokens: take the most that fit */

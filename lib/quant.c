@@ -9,6 +9,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#include "x86_cpu.h"
 #define SKV_QX86 1
 #define SKV_AVX2 __attribute__((target("avx2,f16c")))
 #endif
@@ -397,7 +398,8 @@ SKV_AVX2 static int quantize_row_avx2(const float *x, uint32_t d, uint32_t bits,
         for (int k = 0; k < 4; k++) {
             uint32_t g = (blk + (uint32_t)k) * 8 / group;
             __m256 v = _mm256_loadu_ps(x + (blk + (uint32_t)k) * 8);
-            q[k] = codes8_avx2(v, mode, _mm256_set1_ps(sg[g]), _mm256_set1_ps(mg[g]), lo, hi,
+            /* g < ng: group divides d (checked by the dispatcher) */
+            q[k] = codes8_avx2(v, mode, _mm256_set1_ps(sg[g]), _mm256_set1_ps(mg[g]), lo, hi, /* NOLINT(clang-analyzer-core.CallAndMessage) */
                                add, sg[g] == 0);
         }
         pack4_avx2(q[0], q[1], q[2], q[3], bits, sh, dat + blk * bits);
@@ -410,7 +412,7 @@ SKV_AVX2 static int quantize_row_avx2(const float *x, uint32_t d, uint32_t bits,
             uint32_t g = g0 / group, end = (g + 1) * group - g0;
             if (end > n - i)
                 end = n - i;
-            group_codes_ref(x + g0, end, bits, mode, s16[g], m16[g], codes + i);
+            group_codes_ref(x + g0, end, bits, mode, s16[g], m16[g], codes + i); /* NOLINT(clang-analyzer-core.CallAndMessage): g < ng as above */
             i += end;
             g0 += end;
         }
@@ -512,8 +514,8 @@ static int cpu_has_avx2(void)
 {
     static int v = -1;
     if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+        unsigned a, b, c, d;
+        v = skv_x86_f16c() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX2);
     }
     return v;
 }

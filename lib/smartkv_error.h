@@ -48,6 +48,13 @@ SKV_EXPORT const char *skv_errmsg(void);
 /* Record a failure; returns code so callers can `return skv_error(...)`. */
 SKV_EXPORT int skv_error(int code, const char *fmt, ...) SKV_PRINTF(2, 3);
 
+/* For the static analyzer only: skv_error() returns its code, so that
+ * `return skv_error(SKV_E..., ...)` is seen to return a negative value.
+ * (error.c defines the function as (skv_error) to escape this macro.) */
+#ifdef __clang_analyzer__
+#define skv_error(code, ...) (skv_error((code), __VA_ARGS__), (code))
+#endif
+
 /* Clear the thread's message. */
 SKV_EXPORT void skv_error_clear(void);
 
@@ -79,6 +86,11 @@ SKV_EXPORT void skv_fail_alloc_after(long n);
  * this in one request; requests beyond it fail with SKV_ELIMIT. */
 SKV_EXPORT void skv_set_max_mem(uint64_t bytes);
 SKV_EXPORT uint64_t skv_get_max_mem(void);
+
+/* Check, before allocating, that an object of `bytes` in total (made of
+ * several allocations, e.g. a whole trace) fits the memory cap.  Returns 0,
+ * or SKV_ELIMIT with a message naming `what`. */
+SKV_EXPORT int skv_check_mem(uint64_t bytes, const char *what);
 
 #ifdef __cplusplus
 }

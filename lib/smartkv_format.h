@@ -11,6 +11,7 @@
 
 #include "smartkv_error.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -65,12 +66,24 @@ static inline int skv_chunk_is(const skv_chunk *c, const char *type)
  * the HEAD chunk.  Returns NULL on failure (message in skv_errmsg()). */
 SKV_EXPORT skv_stream *skv_open_read(const char *path);
 
+/* Read from an open file descriptor (a pipe, socket or file positioned at
+ * the signature); skv_close() does not close it.  name is used in messages
+ * (NULL: "(stdin)").  Returns NULL on failure. */
+SKV_EXPORT skv_stream *skv_open_fd(int fd, const char *name);
+
+/* Read from n bytes of memory, which must stay valid until skv_close(). */
+SKV_EXPORT skv_stream *skv_open_mem(const void *buf, size_t n, const char *name);
+
 /* Open for writing; "-" or NULL is stdout.  A regular file is written to a
  * temporary file in the same directory and renamed into place by
  * skv_close(), so a failed run leaves nothing half-written.  level < 0 stores
  * payloads uncompressed; 0..9 compresses each chunk with zlib at that level
  * (kept only where it is smaller).  Writes the signature and HEAD chunk. */
 SKV_EXPORT skv_stream *skv_open_write(const char *path, int level);
+
+/* Write to an open file descriptor in place (no temporary file; skv_close()
+ * does not close it, skv_discard() leaves what was written, without DONE). */
+SKV_EXPORT skv_stream *skv_open_write_fd(int fd, const char *name, int level);
 
 /* Read the next chunk.  Returns 1 with *c filled, 0 at a verified DONE chunk
  * (and no trailing bytes), or <0 on error (truncation, CRC, limits, ...). */

@@ -66,7 +66,7 @@ int skv_attn_compare(const skv_attn *ref, const skv_attn *test, skv_compare *out
                          "%llu tokens; test %u x %u x %u, %llu tokens", a->n_layers, a->n_heads,
                          a->head_dim, (unsigned long long)a->n_tokens, b->n_layers, b->n_heads,
                          b->head_dim, (unsigned long long)b->n_tokens);
-    if (a->n_steps != b->n_steps || memcmp(a->steps, b->steps, a->n_steps * sizeof *a->steps))
+    if (a->n_steps != b->n_steps || memcmp(a->steps, b->steps, a->n_steps * sizeof *a->steps) != 0)
         return skv_error(SKV_EINVAL, "the query steps differ (reference %llu steps, test %llu)",
                          (unsigned long long)a->n_steps, (unsigned long long)b->n_steps);
     int probs = ref->prob && test->prob;

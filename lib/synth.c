@@ -199,7 +199,8 @@ int skv_synth_layer(const skv_synth_cfg *c, uint32_t layer, float *q, float *k, 
     for (uint32_t g = 0; g < c->n_kv_heads; g++) {
         rng r;
         rng_seed(&r, c->seed, layer + 1, g + 1, 1);
-        float *s_dir = dirs, *u_dir = dirs + d, *n_dir = dirs + 2 * d, *w_dir = dirs + 3 * d;
+        float *s_dir = dirs, *u_dir = dirs + d, *n_dir = dirs + 2 * (size_t)d,
+              *w_dir = dirs + 3 * (size_t)d;
         rand_dir(&r, s_dir, d, slow_lo, d);
         rand_dir(&r, u_dir, d, slow_lo, d);
         rand_dir(&r, n_dir, d, slow_lo, d);

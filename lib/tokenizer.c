@@ -267,7 +267,7 @@ skv_tokenizer *skv_tokenizer_load(const skv_gguf *g)
     char model[32] = "", pre[32] = "default";
     if (skv_gguf_get_strbuf(g, "tokenizer.ggml.model", model, sizeof model) < 0)
         return NULL;
-    if (strcmp(model, "gpt2")) {
+    if (strcmp(model, "gpt2") != 0) {
         skv_error(SKV_EUNSUP, "%s: tokenizer model \"%s\" is not supported (only byte-level BPE, "
                   "\"gpt2\")", g->path, model);
         return NULL;
@@ -318,7 +318,6 @@ skv_tokenizer *skv_tokenizer_load(const skv_gguf *g)
     uint64_t nm = mer->v.len;
     const char **ptrs = NULL, **mptrs = NULL;
     uint32_t *mlens = NULL;
-    int rc = 0;
     t->n_vocab = nv;
     t->pre = pk;
     snprintf(t->name, sizeof t->name, "%s/%s", model, pre);
@@ -329,7 +328,7 @@ skv_tokenizer *skv_tokenizer_load(const skv_gguf *g)
     t->type = skv_malloc(nv);
     if (!ptrs || !t->off || !t->len || !t->type)
         goto fail;
-    if ((rc = skv_gguf_array_strings(tok, ptrs, t->len)) < 0)
+    if (skv_gguf_array_strings(tok, ptrs, t->len) < 0)
         goto fail;
     size_t total = 0;
     for (uint32_t i = 0; i < nv; i++) {
@@ -380,7 +379,7 @@ skv_tokenizer *skv_tokenizer_load(const skv_gguf *g)
     mlens = skv_malloc((nm ? nm : 1) * sizeof *mlens);
     if (!mptrs || !mlens)
         goto fail;
-    if ((rc = skv_gguf_array_strings(mer, mptrs, mlens)) < 0)
+    if (skv_gguf_array_strings(mer, mptrs, mlens) < 0)
         goto fail;
     t->merges.mask = table_size(nm) - 1;
     size_t ms = (size_t)t->merges.mask + 1;
@@ -442,7 +441,7 @@ skv_tokenizer *skv_tokenizer_load(const skv_gguf *g)
     if (t->eot < 0)
         t->eot = skv_tokenizer_find(t, "<|eot_id|>");
     t->eom = skv_tokenizer_find(t, "<|endoftext|>");
-    if ((rc = load_chat(t, g)) < 0)
+    if (load_chat(t, g) < 0)
         goto fail;
     free(ptrs);
     free(mptrs);
@@ -779,12 +778,12 @@ int skv_chat_format(const skv_tokenizer *t, const skv_chat_msg *msgs, size_t n,
     if (!s)
         return SKV_ENOMEM;
     size_t w = 0;
-    if (t->chat_system && (n == 0 || strcmp(msgs[0].role, "system")))
+    if (t->chat_system && (n == 0 || strcmp(msgs[0].role, "system") != 0))
         w += (size_t)sprintf(s + w, "<|im_start|>system\n%s<|im_end|>\n", t->chat_system);
     for (size_t i = 0; i < n; i++)
         w += (size_t)sprintf(s + w, "<|im_start|>%s\n%s<|im_end|>\n", msgs[i].role, msgs[i].content);
     if (add_generation_prompt)
-        w += (size_t)sprintf(s + w, "<|im_start|>assistant\n");
+        sprintf(s + w, "<|im_start|>assistant\n");
     *out = s;
     return 0;
 }

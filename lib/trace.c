@@ -7,6 +7,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include "x86_cpu.h"
 #define SKV_X86 1
 #endif
 
@@ -148,7 +149,7 @@ static int have_f16c(void)
 {
     static int v = -1;
     if (v < 0)
-        v = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+        v = skv_x86_f16c();
     return v;
 }
 #endif
@@ -226,7 +227,7 @@ int skv_trace_hdr_check(const skv_trace_hdr *h)
         return skv_error(SKV_EUNSUP, "unknown trace flags 0x%x", h->flags);
     if (!isfinite(h->rope_theta) || h->rope_theta < 0)
         return skv_error(SKV_EFORMAT, "bad rope_theta %g", (double)h->rope_theta);
-    size_t nq, nkv;
+    size_t nq = 0, nkv = 0;
     return skv_trace_layer_floats(h, &nq, &nkv);
 }
 
@@ -569,12 +570,15 @@ int skv_trace_next_layer(skv_trace_reader *r, skv_layer *L)
     const skv_trace_hdr *h = &r->hdr;
     if (r->next_layer >= h->n_layers)
         return skv_trace_reader_finish(r) < 0 ? -1 : 0;
-    size_t nq, nkv;
+    size_t nq = 0, nkv = 0;
     int rc = skv_trace_layer_floats(h, &nq, &nkv);
     if (rc < 0)
         return rc;
     /* buffers are reused across layers: the caller passes back what we gave */
     if (!L->q) {
+        if ((rc = skv_check_mem(((uint64_t)nq + 2 * (uint64_t)nkv) * sizeof(float),
+                                "one layer of the trace")) < 0)
+            return rc;
         L->q = skv_malloc(nq * sizeof(float));
         L->k = skv_malloc(nkv * sizeof(float));
         L->v = skv_malloc(nkv * sizeof(float));
@@ -608,7 +612,7 @@ int skv_trace_next_layer(skv_trace_reader *r, skv_layer *L)
                         return rc;
                     continue;
                 }
-                skv_tens t;
+                skv_tens t = {0};
                 if ((rc = skv_tens_decode(&c, &t)) < 0)
                     return rc;
                 if (t.kind != kinds[ki] || t.layer != L->index || t.head != head ||
@@ -653,8 +657,13 @@ skv_trace *skv_trace_new(const skv_trace_hdr *h)
 {
     if (skv_trace_hdr_check(h) < 0)
         return NULL;
-    size_t nq, nkv;
+    size_t nq = 0, nkv = 0;
     if (skv_trace_layer_floats(h, &nq, &nkv) < 0)
+        return NULL;
+    /* at most 1024 layers of 3 * 2^46 bytes: no overflow in 64 bits */
+    if (skv_check_mem(((uint64_t)nq + 2 * (uint64_t)nkv) * sizeof(float) * h->n_layers +
+                          ((h->flags & SKV_TRACE_HAS_TOKENS) ? h->n_tokens * 4 : 0),
+                      "the whole trace") < 0)
         return NULL;
     skv_trace *t = skv_calloc(1, sizeof *t);
     if (!t)
@@ -722,7 +731,7 @@ int skv_trace_load(const char *path, skv_trace **out)
         skv_trace_reader_close(r);
         return SKV_ENOMEM;
     }
-    if (r->tokens)
+    if (r->tokens && t->tokens)
         memcpy(t->tokens, r->tokens, (size_t)t->hdr.n_tokens * sizeof(int32_t));
     int rc;
     for (uint32_t l = 0; l < t->hdr.n_layers; l++) {

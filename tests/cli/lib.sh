@@ -12,7 +12,8 @@ skip() { echo "skip $1" >> "$SKV_RESULTS"; echo "  skip $1 ($2)"; }
 vg() {
     if [ -n "$SKV_VALGRIND" ]; then
         case $1 in skv-*) set -- valgrind -q --error-exitcode=99 --leak-check=full \
-            --errors-for-leak-kinds=definite,indirect "$@" ;; esac
+            --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
+            "$@" ;; esac
     fi
     "$@"
 }

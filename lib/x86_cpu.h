@@ -1,0 +1,24 @@
+/* x86_cpu.h -- internal (not installed): CPU feature tests for the SIMD
+ * paths.  CPUID/XGETBV directly, because clang's __builtin_cpu_supports
+ * does not know "f16c", and both compilers must build the library. */
+#ifndef SKV_X86_CPU_H
+#define SKV_X86_CPU_H
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+
+/* AVX with the YMM state saved by the OS, and F16C. */
+static inline int skv_x86_f16c(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C) || !(c & bit_AVX) ||
+        !(c & bit_OSXSAVE))
+        return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 6u) == 6u;
+}
+#else
+static inline int skv_x86_f16c(void) { return 0; }
+#endif
+#endif

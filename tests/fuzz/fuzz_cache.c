@@ -1,0 +1,36 @@
+/* fuzz_cache -- the packed-cache reader end to end (skv_cache_read over a
+ * memory stream); a cache that loads is dequantized head by head and
+ * written back as a trace. */
+#include "fuzz.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    fuzz_init();
+    skv_stream *s = skv_open_mem(data, size, "fuzz");
+    if (!s)
+        return 0;
+    skv_cache *c = NULL;
+    int rc = skv_cache_read(s, &c);
+    skv_close(s);
+    if (rc < 0) {
+        FUZZ_ASSERT(c == NULL);
+        return 0;
+    }
+    FUZZ_ASSERT(c);
+    size_t nel = (size_t)c->hdr.n_tokens * c->hdr.head_dim;
+    float *k = malloc(nel * sizeof *k + 1), *v = malloc(nel * sizeof *v + 1);
+    FUZZ_ASSERT(k && v);
+    for (uint32_t l = 0; l < c->hdr.n_layers; l++)
+        for (uint32_t h = 0; h < c->hdr.n_kv_heads; h++)
+            skv_cache_dequantize_head(c, l, h, k, v);
+    free(k);
+    free(v);
+    skv_stream *w = skv_open_write_fd(fuzz_memfd(), "trace", -1);
+    FUZZ_ASSERT(w);
+    if (skv_cache_write_trace(w, c) == 0)
+        FUZZ_ASSERT(skv_close(w) == 0);
+    else
+        skv_discard(w);
+    skv_cache_free(c);
+    return 0;
+}

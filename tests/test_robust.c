@@ -1,0 +1,334 @@
+/* test_robust.c -- overflow-checked size math, the memory cap, hostile
+ * headers, readers over descriptors and memory, allocation-failure sweeps. */
+#define _GNU_SOURCE
+#include "smartkv.h"
+
+#include <check.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* Append one chunk in stored form (header, payload, CRC) to buf at *n. */
+static void put_chunk(uint8_t *buf, size_t *n, const char *type, const void *p,
+                      uint64_t size, uint64_t declared)
+{
+    uint8_t *h = buf + *n;
+    memcpy(h, type, 4);
+    skv_put32(h + 4, 0);
+    skv_put64(h + 8, declared);
+    skv_put64(h + 16, declared);
+    memcpy(h + 24, p, (size_t)size);
+    uint32_t crc = (uint32_t)crc32(0L, h, (uInt)(24 + size));
+    skv_put32(h + 24 + size, crc);
+    *n += 24 + (size_t)size + 4;
+}
+
+/* signature + HEAD, as a writer makes them */
+static size_t stream_start(uint8_t *buf)
+{
+    size_t n = SKV_SIGNATURE_LEN;
+    memcpy(buf, SKV_SIGNATURE, SKV_SIGNATURE_LEN);
+    uint8_t head[40] = {0};
+    skv_put16(head, SKV_VERSION_MAJOR);
+    put_chunk(buf, &n, SKV_T_HEAD, head, sizeof head, sizeof head);
+    return n;
+}
+
+/* A TRHD payload with the given shape. */
+static size_t trhd_payload(uint8_t *p, uint32_t layers, uint32_t heads, uint32_t dim,
+                           uint64_t tokens)
+{
+    memset(p, 0, SKV_TRHD_FIXED_LEN);
+    skv_put32(p, layers);
+    skv_put32(p + 4, heads);
+    skv_put32(p + 8, heads);
+    skv_put32(p + 12, dim);
+    skv_put64(p + 16, tokens);
+    skv_put64(p + 24, tokens);
+    skv_put32(p + 32, SKV_F16);
+    return SKV_TRHD_FIXED_LEN;
+}
+
+START_TEST(test_size_helpers)
+{
+    size_t o;
+    ck_assert_int_eq(skv_mul_size(SIZE_MAX / 2, 2, &o), 0);
+    ck_assert_uint_eq(o, SIZE_MAX - 1);
+    ck_assert_int_eq(skv_mul_size(SIZE_MAX / 2 + 1, 2, &o), -1);
+    ck_assert_int_eq(skv_mul_size(0, SIZE_MAX, &o), 0);
+    ck_assert_uint_eq(o, 0);
+    ck_assert_int_eq(skv_add_size(SIZE_MAX - 1, 1, &o), 0);
+    ck_assert_uint_eq(o, SIZE_MAX);
+    ck_assert_int_eq(skv_add_size(SIZE_MAX, 1, &o), -1);
+    ck_assert_int_eq(skv_mul_sizes(&o, 0), 0);
+    ck_assert_uint_eq(o, 1);
+    ck_assert_int_eq(skv_mul_sizes(&o, 3, (size_t)1 << 20, (size_t)1 << 20, (size_t)1 << 20), 0);
+    ck_assert_uint_eq(o, (size_t)1 << 60);
+    o = 77;
+    ck_assert_int_eq(skv_mul_sizes(&o, 4, (size_t)1 << 20, (size_t)1 << 20, (size_t)1 << 20,
+                                   (size_t)16), -1);
+    ck_assert_uint_eq(o, 77); /* untouched on overflow */
+    /* calloc refuses an overflowing product with a message, before malloc */
+    skv_error_clear();
+    ck_assert_ptr_null(skv_calloc(SIZE_MAX / 2, 4));
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "overflows"));
+    /* the largest trace layer fits 64-bit size math exactly */
+    skv_trace_hdr h = {0};
+    h.n_layers = SKV_MAX_LAYERS;
+    h.n_heads = h.n_kv_heads = SKV_MAX_HEADS;
+    h.head_dim = SKV_MAX_HEAD_DIM;
+    h.n_tokens = SKV_MAX_TOKENS;
+    h.dtype = SKV_F32;
+    size_t nq, nkv;
+    ck_assert_int_eq(skv_trace_layer_floats(&h, &nq, &nkv), 0);
+    ck_assert_uint_eq(nq, (size_t)1 << 44);
+}
+END_TEST
+
+START_TEST(test_memory_cap)
+{
+    skv_set_max_mem(1000);
+    void *p = skv_malloc(1000);
+    ck_assert_ptr_nonnull(p);
+    free(p);
+    ck_assert_ptr_null(skv_malloc(1001));
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "memory cap"));
+    ck_assert_ptr_null(skv_calloc(11, 100));
+    p = skv_malloc(10);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_null(skv_realloc(p, 2000));
+    free(p); /* realloc failure leaves the block */
+    ck_assert_int_eq(skv_check_mem(1000, "x"), 0);
+    ck_assert_int_eq(skv_check_mem(1001, "the thing"), SKV_ELIMIT);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "the thing needs 1001 bytes"));
+    /* a whole trace counts in total, though each allocation is small */
+    skv_set_max_mem(100000);
+    skv_trace_hdr h = {0};
+    h.n_layers = 64;
+    h.n_heads = h.n_kv_heads = 1;
+    h.head_dim = 8;
+    h.n_tokens = 16;
+    h.dtype = SKV_F16;
+    skv_trace *t = skv_trace_new(&h); /* 64 layers x 3 x 512 bytes = 98304 */
+    ck_assert_ptr_nonnull(t);
+    skv_trace_free(t);
+    h.flags = SKV_TRACE_HAS_TOKENS; /* + 16 x 4 token bytes: still fits */
+    t = skv_trace_new(&h);
+    ck_assert_ptr_nonnull(t);
+    skv_trace_free(t);
+    h.n_layers = 66; /* 66 x 1536 + 64 = 101440 > 100000 */
+    ck_assert_ptr_null(skv_trace_new(&h));
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "the whole trace"));
+    skv_set_max_mem(0);
+    t = skv_trace_new(&h);
+    ck_assert_ptr_nonnull(t);
+    skv_trace_free(t);
+}
+END_TEST
+
+/* A TRHD declaring the largest shape, followed by nothing: loading must stop
+ * at the cap (or the missing data) without allocating for the shape. */
+START_TEST(test_hostile_header)
+{
+    uint8_t buf[4096], p[256];
+    size_t n = stream_start(buf);
+    size_t pl = trhd_payload(p, SKV_MAX_LAYERS, SKV_MAX_HEADS, SKV_MAX_HEAD_DIM, SKV_MAX_TOKENS);
+    put_chunk(buf, &n, SKV_T_TRHD, p, pl, pl);
+    int fd = memfd_create("hostile", 0);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, buf, n), (ssize_t)n);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    skv_set_max_mem((uint64_t)64 << 20);
+    skv_trace *t = (skv_trace *)1;
+    ck_assert_int_lt(skv_trace_load(path, &t), 0);
+    ck_assert_ptr_null(t);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "memory cap"));
+    /* the streaming reader: the header is fine, one layer is not */
+    skv_trace_reader *r = skv_trace_reader_open(path, NULL, NULL);
+    ck_assert_ptr_nonnull(r);
+    skv_layer L = {0};
+    ck_assert_int_eq(skv_trace_next_layer(r, &L), SKV_ELIMIT);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "one layer"));
+    ck_assert_ptr_null(L.q);
+    skv_trace_reader_close(r);
+    skv_set_max_mem(0);
+    close(fd);
+}
+END_TEST
+
+/* A chunk header declaring 60 MiB in a short stream: truncated, and no
+ * allocation of the declared size (a 2 MiB cap would refuse it). */
+START_TEST(test_declared_size_not_allocated)
+{
+    static uint8_t buf[1 << 12];
+    uint8_t zero[100] = {0};
+    size_t n = stream_start(buf);
+    put_chunk(buf, &n, "TENS", zero, sizeof zero, (uint64_t)60 << 20);
+    n -= 4; /* the CRC would be after 60 MiB */
+    skv_set_max_mem((uint64_t)2 << 20);
+    skv_stream *s = skv_open_mem(buf, n, "hostile");
+    ck_assert_ptr_nonnull(s);
+    skv_chunk c;
+    ck_assert_int_eq(skv_read(s, &c), SKV_ETRUNC);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "truncated"));
+    skv_close(s);
+    /* a real 3 MiB chunk does need more than 2 MiB: that is refused */
+    size_t big = (size_t)3 << 20;
+    uint8_t *b = calloc(1, big + 256), *payload = calloc(1, big);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_ptr_nonnull(payload);
+    n = stream_start(b);
+    put_chunk(b, &n, "abcd", payload, big, big);
+    s = skv_open_mem(b, n, "big");
+    ck_assert_ptr_nonnull(s);
+    ck_assert_int_eq(skv_read(s, &c), SKV_ELIMIT);
+    skv_close(s);
+    skv_set_max_mem(0);
+    s = skv_open_mem(b, n, "big");
+    ck_assert_int_eq(skv_read(s, &c), 1);
+    ck_assert_uint_eq(c.raw_size, big);
+    ck_assert_int_eq(skv_read(s, &c), SKV_ETRUNC); /* no DONE */
+    skv_close(s);
+    free(b);
+    free(payload);
+}
+END_TEST
+
+START_TEST(test_open_fd_and_mem)
+{
+    int fd = memfd_create("stream", 0);
+    ck_assert_int_ge(fd, 0);
+    skv_stream *w = skv_open_write_fd(fd, "memfd", 6);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_str_eq(skv_stream_name(w), "memfd");
+    uint8_t data[1000];
+    for (int i = 0; i < 1000; i++)
+        data[i] = (uint8_t)(i % 7);
+    ck_assert_int_eq(skv_write(w, "abcd", data, sizeof data), 0);
+    ck_assert_int_eq(skv_write(w, "Zzzz", data, 3), 0);
+    ck_assert_int_eq(skv_close(w), 0);
+    ck_assert_int_ne(fcntl(fd, F_GETFD), -1); /* not closed */
+    off_t size = lseek(fd, 0, SEEK_END);
+    ck_assert_int_gt(size, 100);
+    uint8_t *buf = malloc((size_t)size);
+    ck_assert_int_eq(pread(fd, buf, (size_t)size, 0), size);
+
+    for (int mode = 0; mode < 2; mode++) {
+        ck_assert_int_eq(lseek(fd, 0, SEEK_SET), 0);
+        skv_stream *s = mode ? skv_open_mem(buf, (size_t)size, NULL) : skv_open_fd(fd, "fd");
+        ck_assert_ptr_nonnull(s);
+        skv_chunk c;
+        ck_assert_int_eq(skv_read(s, &c), 1);
+        ck_assert_str_eq(c.type, "abcd");
+        ck_assert_int_eq(c.flags, SKV_CHUNK_ZLIB);
+        ck_assert_mem_eq(c.data, data, sizeof data);
+        ck_assert_int_eq(skv_read(s, &c), 1);
+        ck_assert_uint_eq(c.raw_size, 3);
+        ck_assert_int_eq(skv_read(s, &c), 0);
+        ck_assert_uint_eq(skv_stream_offset(s), (uint64_t)size);
+        skv_close(s);
+    }
+    ck_assert_int_ne(fcntl(fd, F_GETFD), -1);
+    /* one byte short, and one byte extra */
+    skv_stream *s = skv_open_mem(buf, (size_t)size - 1, NULL);
+    skv_chunk c;
+    ck_assert_int_eq(skv_read(s, &c), 1);
+    ck_assert_int_eq(skv_read(s, &c), 1);
+    ck_assert_int_eq(skv_read(s, &c), SKV_ETRUNC);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "truncated"));
+    skv_close(s);
+    /* bad arguments */
+    ck_assert_ptr_null(skv_open_fd(-1, "x"));
+    ck_assert_ptr_null(skv_open_write_fd(-1, "x", -1));
+    ck_assert_ptr_null(skv_open_mem(NULL, 5, "x"));
+    ck_assert_ptr_null(skv_open_mem(NULL, 0, "x"));
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "empty input"));
+    free(buf);
+    close(fd);
+}
+END_TEST
+
+/* Every allocation of a trace save through skv_open_write_fd and of a load
+ * through skv_open_mem may fail: each failure returns an error. */
+START_TEST(test_alloc_failure_sweep_mem)
+{
+    skv_trace_hdr h = {0};
+    h.n_layers = 2;
+    h.n_heads = 2;
+    h.n_kv_heads = 1;
+    h.head_dim = 8;
+    h.n_tokens = 4;
+    h.dtype = SKV_BF16;
+    h.flags = SKV_TRACE_HAS_TOKENS;
+    skv_trace *t = skv_trace_new(&h);
+    ck_assert_ptr_nonnull(t);
+    int failures = 0, ok = 0;
+    for (long k = 1; k < 100 && !ok; k++) {
+        int fd = memfd_create("sweep", 0);
+        skv_fail_alloc_after(k);
+        skv_stream *w = skv_open_write_fd(fd, "sweep", 6);
+        int rc = w ? skv_trace_write(w, t) : SKV_ENOMEM;
+        if (w && rc == 0)
+            rc = skv_close(w);
+        else if (w)
+            skv_discard(w);
+        skv_fail_alloc_after(0);
+        if (rc < 0) {
+            failures++;
+            ck_assert_ptr_nonnull(strstr(skv_errmsg(), "out of memory"));
+        } else {
+            ok = 1;
+            /* now the reader side, over memory */
+            off_t n = lseek(fd, 0, SEEK_END);
+            uint8_t *buf = malloc((size_t)n);
+            ck_assert_int_eq(pread(fd, buf, (size_t)n, 0), n);
+            int rok = 0;
+            for (long j = 1; j < 100 && !rok; j++) {
+                skv_fail_alloc_after(j);
+                skv_stream *s = skv_open_mem(buf, (size_t)n, NULL);
+                skv_chunk c;
+                int r = s ? 1 : -1;
+                while (r > 0)
+                    r = skv_read(s, &c);
+                skv_close(s);
+                skv_fail_alloc_after(0);
+                if (r == 0)
+                    rok = 1;
+                else
+                    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "out of memory"));
+            }
+            ck_assert(rok);
+            free(buf);
+        }
+        close(fd);
+    }
+    ck_assert(ok);
+    ck_assert_int_gt(failures, 0);
+    skv_trace_free(t);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("robust");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_size_helpers);
+    tcase_add_test(tc, test_memory_cap);
+    tcase_add_test(tc, test_hostile_header);
+    tcase_add_test(tc, test_declared_size_not_allocated);
+    tcase_add_test(tc, test_open_fd_and_mem);
+    tcase_add_test(tc, test_alloc_failure_sweep_mem);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int nf = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return nf ? 1 : 0;
+}
