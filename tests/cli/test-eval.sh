@@ -43,6 +43,12 @@ if [ ! -r "$model" ] || [ ! -r "$text" ]; then
     skip "skv-eval with the real model" "model or $text absent: run scripts/fetch-model"
     exit 0
 fi
+if [ -n "$SKV_VALGRIND" ]; then
+    # hundreds of forward passes take over ten minutes under memcheck; the
+    # same cases run in the plain and the ASan/UBSan runs of make check
+    skip "skv-eval with the real model" "too slow under valgrind"
+    exit 0
+fi
 
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 96 --stride 64 \
     -p uniform:4 --json
