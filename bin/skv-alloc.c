@@ -80,6 +80,8 @@ static uint32_t parse_u32(const char *opt, const char *s, uint32_t lo, uint32_t 
 
 static uint32_t parse_mode(const char *opt, const char *s)
 {
+    if (!s)
+        tool_usage_error("%s needs a value (asym or sym)", opt);
     if (!strcmp(s, "asym"))
         return SKV_QMODE_ASYM;
     if (!strcmp(s, "sym"))

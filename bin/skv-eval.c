@@ -232,7 +232,10 @@ static char *read_text(const char *path, size_t *len)
             break;
         }
         cap *= 2;
-        b = realloc(b, cap);
+        char *nb = realloc(b, cap);
+        if (!nb)
+            free(b);
+        b = nb;
     }
     if (f != stdin)
         fclose(f);
@@ -727,10 +730,16 @@ static void mark_front(const char *path)
     while (fgets(buf, sizeof buf, f)) {
         if (n == cap) {
             cap = cap ? 2 * cap : 64;
-            lines = realloc(lines, cap * sizeof *lines);
-            beta = realloc(beta, cap * sizeof *beta);
-            kl = realloc(kl, cap * sizeof *kl);
-            if (!lines || !beta || !kl)
+            char **nl = realloc(lines, cap * sizeof *lines);
+            if (nl)
+                lines = nl;
+            double *nbeta = realloc(beta, cap * sizeof *beta);
+            if (nbeta)
+                beta = nbeta;
+            double *nkl = realloc(kl, cap * sizeof *kl);
+            if (nkl)
+                kl = nkl;
+            if (!nl || !nbeta || !nkl)
                 tool_die(EXIT_DATA, "out of memory");
         }
         lines[n] = strdup(buf);
@@ -921,12 +930,19 @@ int main(int argc, char **argv)
         case O_IMPS: imps = optarg; break;
         case 'j': o.jobs = parse_u32("--jobs", optarg, 1, MAX_LIST); break;
         case O_SHARD: {
-            unsigned a, b;
-            char extra;
-            if (sscanf(optarg, "%u/%u%c", &a, &b, &extra) != 2 || b == 0 || a >= b)
+            uint64_t a, b;
+            char num[32];
+            const char *slash = strchr(optarg, '/');
+            size_t la = slash ? (size_t)(slash - optarg) : 0;
+            if (!slash || la == 0 || la >= sizeof num)
                 tool_usage_error("--shard: '%s' is not I/N with 0 <= I < N", optarg);
-            o.shard_i = a;
-            o.shard_n = b;
+            memcpy(num, optarg, la);
+            num[la] = '\0';
+            if (tool_parse_u64(num, &a) < 0 || tool_parse_u64(slash + 1, &b) < 0 || b == 0 ||
+                a >= b || b > UINT32_MAX)
+                tool_usage_error("--shard: '%s' is not I/N with 0 <= I < N", optarg);
+            o.shard_i = (uint32_t)a;
+            o.shard_n = (uint32_t)b;
             break;
         }
         case 't': o.threads = parse_u32("--threads", optarg, 1, SKV_MODEL_MAX_THREADS); break;
@@ -948,7 +964,7 @@ int main(int argc, char **argv)
     if (!o.model)
         tool_usage_error("%s needs --model FILE", o.cmd);
     o.cfg.alloc.qcfg.k_group = o.cfg.alloc.qcfg.v_group = group;
-    if (strcmp(o.cmd, "ppl") && strcmp(o.cmd, "needle") && strcmp(o.cmd, "sweep"))
+    if (strcmp(o.cmd, "ppl") != 0 && strcmp(o.cmd, "needle") != 0 && strcmp(o.cmd, "sweep") != 0)
         tool_usage_error("unknown command '%s' (ppl, needle or sweep)", o.cmd);
     if (!strcmp(o.cmd, "needle")) {
         uint32_t n = split_list("--lengths", lengths, items, MAX_LIST, &own[0]);

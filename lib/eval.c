@@ -33,6 +33,8 @@ double skv_logits_kl(const float *lp, const float *lq, uint32_t n)
         sp += exp((double)lp[i] - mp);
         sq += exp((double)lq[i] - mq);
     }
+    if (!(sp > 0) || !(sq > 0)) /* n == 0, or non-finite logits */
+        return NAN;
     double zp = mp + log(sp), zq = mq + log(sq), kl = 0;
     for (uint32_t i = 0; i < n; i++) {
         double a = (double)lp[i] - zp, b = (double)lq[i] - zq;

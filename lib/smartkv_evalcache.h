@@ -78,11 +78,11 @@ enum skv_ec_kind {
 };
 
 typedef struct skv_ec_cfg {
-    uint32_t kind;          /* enum skv_ec_kind */
+    double decay;           /* ema, in [0, 1) */
     skv_alloc_cfg alloc;    /* policy, budget, widths, sinks, recent, seed, qcfg
                                (head_dim and groups 0 are filled from the model) */
+    uint32_t kind;          /* enum skv_ec_kind */
     uint32_t imp_mode;      /* SKV_IMP_EMA, SKV_IMP_CUMULATIVE or SKV_IMP_NORMALIZED */
-    double decay;           /* ema, in [0, 1) */
     uint32_t realloc;       /* R >= 1 */
     int ideal;              /* requantize from a full-precision copy */
     int kernel;             /* enum skv_att_kernel (0 = auto) */
