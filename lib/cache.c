@@ -337,36 +337,8 @@ static int keep_chunk(void *ctx, const skv_chunk *c)
 
 int skv_cache_input_load(const char *path, skv_trace **out, skv_chunk_list *extra)
 {
-    *out = NULL;
     input_ctx ctx = {extra};
-    skv_trace_reader *r = skv_trace_reader_open(path, keep_chunk, &ctx);
-    if (!r)
-        return SKV_EFORMAT;
-    int rc;
-    skv_trace *t = skv_trace_new(&r->hdr);
-    if (!t) {
-        skv_trace_reader_close(r);
-        return SKV_ENOMEM;
-    }
-    if (r->tokens)
-        memcpy(t->tokens, r->tokens, (size_t)t->hdr.n_tokens * sizeof(int32_t));
-    for (uint32_t l = 0; l < t->hdr.n_layers; l++) {
-        skv_layer L = {.q = t->q[l], .k = t->k[l], .v = t->v[l]};
-        if ((rc = skv_trace_next_layer(r, &L)) <= 0) {
-            if (rc == 0)
-                rc = skv_error(SKV_EFORMAT, "missing layers");
-            goto fail;
-        }
-    }
-    if ((rc = skv_trace_reader_finish(r)) < 0)
-        goto fail;
-    skv_trace_reader_close(r);
-    *out = t;
-    return 0;
-fail:
-    skv_trace_reader_close(r);
-    skv_trace_free(t);
-    return rc;
+    return skv_trace_load_with(path, keep_chunk, &ctx, out);
 }
 
 /* ---- writer ---- */

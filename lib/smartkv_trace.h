@@ -159,6 +159,10 @@ typedef struct skv_trace {
 SKV_EXPORT skv_trace *skv_trace_new(const skv_trace_hdr *h);  /* zeroed tensors */
 SKV_EXPORT void skv_trace_free(skv_trace *t);
 SKV_EXPORT int skv_trace_load(const char *path, skv_trace **out);
+/* The same, handing chunks that are not part of the trace to `other` (see
+ * skv_trace_reader_open); skv_trace_load rejects unknown critical ones. */
+SKV_EXPORT int skv_trace_load_with(const char *path, skv_chunk_fn other, void *ctx,
+                                   skv_trace **out);
 /* Write a whole trace (HEAD..DONE) to path with the header's dtype. */
 SKV_EXPORT int skv_trace_save(const skv_trace *t, const char *path, int level);
 /* Write the trace chunks only (TRHD, TOKS, layers) to an open stream. */

@@ -722,8 +722,13 @@ static int reject_critical(void *ctx, const skv_chunk *c)
 
 int skv_trace_load(const char *path, skv_trace **out)
 {
+    return skv_trace_load_with(path, reject_critical, NULL, out);
+}
+
+int skv_trace_load_with(const char *path, skv_chunk_fn other, void *ctx, skv_trace **out)
+{
     *out = NULL;
-    skv_trace_reader *r = skv_trace_reader_open(path, reject_critical, NULL);
+    skv_trace_reader *r = skv_trace_reader_open(path, other, ctx);
     if (!r)
         return SKV_EFORMAT;
     skv_trace *t = skv_trace_new(&r->hdr);
