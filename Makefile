@@ -36,7 +36,11 @@ ifeq ($(SANITIZE),1)
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
 
-ALL_CFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(SANFLAGS) -fPIC -pthread -fvisibility=hidden -Ilib
+# lib/ is grouped by layer (common, format, quant, alloc, attend, model, eval);
+# every layer folder is on the include path, public headers are lib/*/smartkv*.h.
+LIB_DIRS := $(sort $(dir $(wildcard lib/*/*.c lib/*/*.h)))
+LIB_INC := -Ilib $(patsubst %/,-I%,$(LIB_DIRS))
+ALL_CFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(SANFLAGS) -fPIC -pthread -fvisibility=hidden $(LIB_INC)
 ALL_LDFLAGS := $(LDFLAGS) $(SANFLAGS) -pthread
 LIBS := -lz -lm
 
@@ -64,7 +68,7 @@ ifeq ($(CU_SRCS),)
 USE_CUDA := 0
 endif
 
-LIB_SRCS := $(wildcard lib/*.c)
+LIB_SRCS := $(wildcard lib/*/*.c lib/*/*/*.c)
 LIB_OBJS := $(LIB_SRCS:lib/%.c=$(O)/lib/%.o)
 TOOL_SRCS := $(wildcard bin/skv-*.c)
 TOOLS := $(TOOL_SRCS:.c=)
@@ -72,7 +76,7 @@ TOOL_COMMON := $(filter-out $(TOOL_SRCS),$(wildcard bin/*.c))
 TOOL_COMMON_OBJS := $(TOOL_COMMON:bin/%.c=$(O)/bin/%.o)
 TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRCS:tests/%.c=$(O)/tests/%)
-HEADERS := $(wildcard lib/smartkv*.h)
+HEADERS := lib/smartkv.h $(wildcard lib/*/smartkv*.h lib/*/*/smartkv*.h)
 
 ifeq ($(USE_CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
@@ -80,7 +84,7 @@ CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
 # nvcc's -MMD lists the headers each kernel really includes.
 CU_OBJS := $(CU_SRCS:kernels/%.cu=build/cuda/%.o)
 NVCCFLAGS ?= -O3 -lineinfo
-NVCC_ALL := $(NVCCFLAGS) -std=c++17 -Ilib -Ikernels -Xcompiler -fPIC,-fvisibility=hidden,-pthread \
+NVCC_ALL := $(NVCCFLAGS) -std=c++17 $(LIB_INC) -Ikernels -Xcompiler -fPIC,-fvisibility=hidden,-pthread \
 	-Xcompiler -Wall,-Wextra,-Wshadow,-Wno-unused-parameter $(if $(filter 1,$(WERROR)),-Xcompiler -Werror) \
 	-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	-gencode arch=compute_90,code=compute_90 --Werror all-warnings
@@ -113,7 +117,7 @@ build/.variant: FORCE
 	@mkdir -p build
 	@echo '$(O)' | cmp -s - $@ || echo '$(O)' > $@
 
-LIB_PRIV_HEADERS := $(filter-out $(HEADERS),$(wildcard lib/*.h))
+LIB_PRIV_HEADERS := $(filter-out $(HEADERS),$(wildcard lib/*/*.h lib/*/*/*.h))
 $(O)/lib/%.o: lib/%.c $(HEADERS) $(LIB_PRIV_HEADERS) $(O)/.flags
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)$(CC) $(ALL_CFLAGS) -c -o $@ $<
@@ -157,7 +161,7 @@ FUZZ_REPLAYS := $(FUZZ_NAMES:%=$(O)/fuzz/replay_%)
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_DIR := build/fuzz
-FUZZ_CFLAGS := -std=gnu11 -g -O1 -fno-omit-frame-pointer -pthread -Ilib -Ibin -Itests/fuzz \
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -fno-omit-frame-pointer -pthread $(LIB_INC) -Ibin -Itests/fuzz \
 	-fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_LIB_OBJS := $(LIB_SRCS:lib/%.c=$(FUZZ_DIR)/lib/%.o) $(FUZZ_DIR)/bin/tool.o
 

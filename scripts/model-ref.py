@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """model-ref.py -- an independent float64 NumPy forward pass of a Llama GGUF
-model (F32, Q8_0 and Q4_1 tensors), to cross-check lib/model.c by hand:
+model (F32, Q8_0 and Q4_1 tensors), to cross-check lib/model/model.c by hand:
 
     /usr/bin/python3 scripts/model-ref.py MODEL.gguf 504,3575,282,4649,314
 

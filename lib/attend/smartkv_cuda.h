@@ -2,7 +2,7 @@
  * the GPU quantize+pack kernel, and dense fp16 / cuBLAS baselines.
  *
  * Implemented in kernels/ (*.cu files) when the library is built with nvcc
- * (SKV_HAVE_CUDA); otherwise lib/cuda_stub.c provides the same functions,
+ * (SKV_HAVE_CUDA); otherwise lib/attend/cuda_stub.c provides the same functions,
  * which fail with SKV_ENODEV "no CUDA support in this build".  In a CUDA
  * build without a usable device at run time every function that needs one
  * fails with SKV_ENODEV "no CUDA device available".

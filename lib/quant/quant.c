@@ -16,7 +16,7 @@
 
 #define ROUND_MAGIC 0x1.8p23f  /* (t + M) - M rounds |t| < 2^22 to nearest even */
 
-/* Identical to the definition on the alloc branch (lib/alloc.c): when both
+/* Identical to the definition on the alloc branch (lib/alloc/alloc.c): when both
  * branches are merged, keep exactly one of the two. */
 int skv_qcfg_check(const skv_qcfg *c)
 {

@@ -3,7 +3,7 @@
  *
  * Everything here is a static inline function over plain bytes, usable from
  * C (any compiler), C++ and CUDA device code (__host__ __device__ under
- * nvcc).  It defines the packed format's arithmetic; lib/quant.c implements
+ * nvcc).  It defines the packed format's arithmetic; lib/quant/quant.c implements
  * the quantizer and the bulk (SIMD) loops on top of the same rules.
  *
  * Packed row (one K or V vector of head_dim values at `bits` in {2,3,4,8}):
