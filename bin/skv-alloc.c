@@ -70,25 +70,6 @@ static const struct option longopts[] = {
     {NULL, 0, NULL, 0},
 };
 
-static uint32_t parse_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi)
-{
-    uint64_t v;
-    if (tool_parse_u64(s, &v) < 0 || v < lo || v > hi)
-        tool_usage_error("%s: '%s' is not a whole number in %u..%u", opt, s, lo, hi);
-    return (uint32_t)v;
-}
-
-static uint32_t parse_mode(const char *opt, const char *s)
-{
-    if (!s)
-        tool_usage_error("%s needs a value (asym or sym)", opt);
-    if (!strcmp(s, "asym"))
-        return SKV_QMODE_ASYM;
-    if (!strcmp(s, "sym"))
-        return SKV_QMODE_SYM;
-    tool_usage_error("%s: '%s' is not asym or sym", opt, s);
-}
-
 static void summary(const skv_alloc *a, const skv_alloc_result *r, const skv_alloc_cfg *c)
 {
     const skv_alloc_hdr *h = &a->hdr;
@@ -136,8 +117,7 @@ int main(int argc, char **argv)
     while ((o = getopt_long(argc, argv, "p:b:o:z::", longopts, NULL)) != -1) {
         switch (o) {
         case 'p':
-            if (skv_policy_parse(optarg, &ac.policy, &ac.uniform_bits) < 0)
-                tool_usage_error("%s", skv_errmsg());
+            tool_opt_policy("--policy", optarg, &ac.policy, &ac.uniform_bits);
             break;
         case 'b':
             if (tool_parse_double(optarg, &ac.budget) < 0 || !(ac.budget > 0))
@@ -155,28 +135,27 @@ int main(int argc, char **argv)
             if (tool_parse_double(optarg, &ic.decay) < 0 || !(ic.decay >= 0 && ic.decay < 1))
                 tool_usage_error("--decay: '%s' is not in [0, 1)", optarg);
             break;
-        case O_REALLOC: ic.realloc = parse_u32("--realloc", optarg, 1, UINT32_MAX); break;
-        case O_WINDOW: ic.window = parse_u32("--window", optarg, 1, UINT32_MAX); break;
+        case O_REALLOC: ic.realloc = tool_opt_u32("--realloc", optarg, 1, UINT32_MAX); break;
+        case O_WINDOW: ic.window = tool_opt_u32("--window", optarg, 1, UINT32_MAX); break;
         case O_SHARE: ac.share_layers = 1; break;
         case O_BITS:
-            if (skv_width_mask_parse(optarg, &ac.width_mask) < 0)
-                tool_usage_error("--bits: %s", skv_errmsg());
+            ac.width_mask = tool_opt_widths("--bits", optarg);
             have_bits = 1;
             break;
-        case O_SINKS: ac.sinks = parse_u32("--sinks", optarg, 0, UINT32_MAX); break;
-        case O_RECENT: ac.recent = parse_u32("--recent", optarg, 0, UINT32_MAX); break;
+        case O_SINKS: ac.sinks = tool_opt_u32("--sinks", optarg, 0, UINT32_MAX); break;
+        case O_RECENT: ac.recent = tool_opt_u32("--recent", optarg, 0, UINT32_MAX); break;
         case O_SEED:
             if (tool_parse_u64(optarg, &ac.seed) < 0)
                 tool_usage_error("--seed: '%s' is not a whole number", optarg);
             break;
-        case O_THREADS: ic.threads = parse_u32("--threads", optarg, 0, SKV_MAX_THREADS); break;
-        case O_GROUP: group = parse_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
-        case O_KMODE: ac.qcfg.k_mode = parse_mode("--k-mode", optarg); break;
-        case O_VMODE: ac.qcfg.v_mode = parse_mode("--v-mode", optarg); break;
+        case O_THREADS: ic.threads = tool_opt_u32("--threads", optarg, 0, SKV_MAX_THREADS); break;
+        case O_GROUP: group = tool_opt_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
+        case O_KMODE: ac.qcfg.k_mode = tool_opt_qmode("--k-mode", optarg); break;
+        case O_VMODE: ac.qcfg.v_mode = tool_opt_qmode("--v-mode", optarg); break;
         case O_SUMMARY: want_summary = 1; break;
         case 'o': out = optarg; break;
         case 'z':
-            level = optarg ? (int)parse_u32("--compress", optarg, 0, 9) : 6;
+            level = optarg ? (int)tool_opt_u32("--compress", optarg, 0, 9) : 6;
             break;
         case O_HELP: usage(); break;
         case O_VERSION: tool_version(); break;

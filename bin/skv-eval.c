@@ -147,23 +147,6 @@ typedef struct opts {
     int tsv, json, quiet;
 } opts;
 
-static uint32_t parse_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi)
-{
-    uint64_t v;
-    if (tool_parse_u64(s, &v) < 0 || v < lo || v > hi)
-        tool_usage_error("%s: '%s' is not a whole number in %u..%u", opt, s, lo, hi);
-    return (uint32_t)v;
-}
-
-static double parse_dbl(const char *opt, const char *s, double lo, double hi, int hi_open)
-{
-    double v;
-    if (tool_parse_double(s, &v) < 0 || !(v >= lo) || (hi_open ? !(v < hi) : !(v <= hi)))
-        tool_usage_error("%s: '%s' is not a number in [%g, %g%s", opt, s, lo, hi,
-                         hi_open ? ")" : "]");
-    return v;
-}
-
 /* Split a comma list into a fresh copy's items. */
 static uint32_t split_list(const char *opt, const char *s, char **items, uint32_t max, char **own)
 {
@@ -878,24 +861,23 @@ int main(int argc, char **argv)
         switch (c) {
         case 'p': o.policy = optarg; break;
         case 'b':
-            o.cfg.alloc.budget = parse_dbl("--budget", optarg, 0, 1e6, 0);
+            o.cfg.alloc.budget = tool_opt_double("--budget", optarg, 0, 1e6, 0);
             if (!(o.cfg.alloc.budget > 0))
                 tool_usage_error("--budget: must be > 0");
             o.have_budget = 1;
             break;
         case O_IMP: o.cfg.imp_mode = (uint32_t)imp_parse(optarg); break;
-        case O_DECAY: o.cfg.decay = parse_dbl("--decay", optarg, 0, 1, 1); break;
-        case O_REALLOC: o.cfg.realloc = parse_u32("--realloc", optarg, 1, 1u << 20); break;
+        case O_DECAY: o.cfg.decay = tool_opt_double("--decay", optarg, 0, 1, 1); break;
+        case O_REALLOC: o.cfg.realloc = tool_opt_u32("--realloc", optarg, 1, 1u << 20); break;
         case O_IDEAL: o.cfg.ideal = 1; break;
         case O_BITS:
-            if (skv_width_mask_parse(optarg, &o.cfg.alloc.width_mask) < 0)
-                tool_usage_error("--bits: %s", skv_errmsg());
+            o.cfg.alloc.width_mask = tool_opt_widths("--bits", optarg);
             if (o.cfg.alloc.width_mask & 1u)
                 tool_usage_error("--bits: eviction (0) is not supported by the online cache");
             break;
-        case O_SINKS: o.cfg.alloc.sinks = parse_u32("--sinks", optarg, 0, 1u << 24); break;
-        case O_RECENT: o.cfg.alloc.recent = parse_u32("--recent", optarg, 0, 1u << 24); break;
-        case O_GROUP: group = parse_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
+        case O_SINKS: o.cfg.alloc.sinks = tool_opt_u32("--sinks", optarg, 0, 1u << 24); break;
+        case O_RECENT: o.cfg.alloc.recent = tool_opt_u32("--recent", optarg, 0, 1u << 24); break;
+        case O_GROUP: group = tool_opt_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
         case O_SEED: {
             uint64_t v;
             if (tool_parse_u64(optarg, &v) < 0)
@@ -916,19 +898,19 @@ int main(int argc, char **argv)
             break;
         case 'm': o.model = optarg; break;
         case O_TEXT: o.text = optarg; break;
-        case O_CTX: o.ctx = parse_u32("--ctx", optarg, 2, 1u << 24); break;
-        case O_STRIDE: o.stride = parse_u32("--stride", optarg, 1, 1u << 24); break;
-        case O_MAXTOK: o.max_tokens = parse_u32("--max-tokens", optarg, 2, 1u << 30); break;
-        case O_PREFILL: o.prefill = parse_u32("--prefill", optarg, 0, 1u << 24); break;
+        case O_CTX: o.ctx = tool_opt_u32("--ctx", optarg, 2, 1u << 24); break;
+        case O_STRIDE: o.stride = tool_opt_u32("--stride", optarg, 1, 1u << 24); break;
+        case O_MAXTOK: o.max_tokens = tool_opt_u32("--max-tokens", optarg, 2, 1u << 30); break;
+        case O_PREFILL: o.prefill = tool_opt_u32("--prefill", optarg, 0, 1u << 24); break;
         case O_LENGTHS: lengths = optarg; break;
         case O_DEPTHS: depths = optarg; break;
-        case O_MAXNEW: o.max_new = parse_u32("--max-new", optarg, 1, 256); break;
+        case O_MAXNEW: o.max_new = tool_opt_u32("--max-new", optarg, 1, 256); break;
         case O_POLICIES: policies = optarg; break;
         case O_BUDGETS: budgets = optarg; break;
         case O_DECAYS: decays = optarg; break;
         case O_REALLOCS: reallocs = optarg; break;
         case O_IMPS: imps = optarg; break;
-        case 'j': o.jobs = parse_u32("--jobs", optarg, 1, MAX_LIST); break;
+        case 'j': o.jobs = tool_opt_u32("--jobs", optarg, 1, MAX_LIST); break;
         case O_SHARD: {
             uint64_t a, b;
             char num[32];
@@ -945,7 +927,7 @@ int main(int argc, char **argv)
             o.shard_n = (uint32_t)b;
             break;
         }
-        case 't': o.threads = parse_u32("--threads", optarg, 1, SKV_MODEL_MAX_THREADS); break;
+        case 't': o.threads = tool_opt_u32("--threads", optarg, 1, SKV_MODEL_MAX_THREADS); break;
         case O_TSV: o.tsv = 1; break;
         case O_JSON: o.json = 1; break;
         case 'o': o.out = optarg; break;
@@ -976,7 +958,7 @@ int main(int argc, char **argv)
         }
         n = split_list("--depths", depths, items, MAX_LIST, &own[1]);
         for (uint32_t i = 0; i < n; i++)
-            o.depths[o.n_depths++] = parse_u32("--depths", items[i], 0, 100);
+            o.depths[o.n_depths++] = tool_opt_u32("--depths", items[i], 0, 100);
         uint32_t k = split_list("--policy", o.policy, items, MAX_LIST - 1, &own[2]);
         for (uint32_t i = 0; i < k; i++)
             check_policy_name(items[i]);
@@ -986,7 +968,7 @@ int main(int argc, char **argv)
             check_policy_name(o.policies[i]);
         uint32_t n = split_list("--budgets", budgets, items, MAX_LIST, &own[4]);
         for (uint32_t i = 0; i < n; i++) {
-            o.budgets[i] = parse_dbl("--budgets", items[i], 0, 1e6, 0);
+            o.budgets[i] = tool_opt_double("--budgets", items[i], 0, 1e6, 0);
             if (!(o.budgets[i] > 0))
                 tool_usage_error("--budgets: '%s' must be > 0", items[i]);
         }
@@ -994,7 +976,7 @@ int main(int argc, char **argv)
         if (decays) {
             n = split_list("--decays", decays, items, MAX_LIST, &own[5]);
             for (uint32_t i = 0; i < n; i++)
-                o.decays[i] = parse_dbl("--decays", items[i], 0, 1, 1);
+                o.decays[i] = tool_opt_double("--decays", items[i], 0, 1, 1);
             o.n_decays = n;
         } else {
             o.decays[0] = o.cfg.decay;
@@ -1003,7 +985,7 @@ int main(int argc, char **argv)
         if (reallocs) {
             n = split_list("--reallocs", reallocs, items, MAX_LIST, &own[6]);
             for (uint32_t i = 0; i < n; i++)
-                o.reallocs[i] = parse_u32("--reallocs", items[i], 1, 1u << 20);
+                o.reallocs[i] = tool_opt_u32("--reallocs", items[i], 1, 1u << 20);
             o.n_reallocs = n;
         } else {
             o.reallocs[0] = o.cfg.realloc;

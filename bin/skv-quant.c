@@ -39,15 +39,6 @@ static void usage(void)
            tool_name);
 }
 
-static int parse_mode(const char *s)
-{
-    if (!strcmp(s, "asym")) /* NOLINT(clang-analyzer-core.NonNullParamChecker): called with optarg of a required_argument option */
-        return SKV_QMODE_ASYM;
-    if (!strcmp(s, "sym"))
-        return SKV_QMODE_SYM;
-    tool_usage_error("mode must be asym or sym, not '%s'", s);
-}
-
 static uint32_t parse_group(const char *s, const char *opt)
 {
     uint64_t g;
@@ -129,11 +120,11 @@ int main(int argc, char **argv)
             qopts = 1;
             break;
         case OPT_KMODE:
-            k_mode = (uint32_t)parse_mode(optarg);
+            k_mode = tool_opt_qmode("--k-mode", optarg);
             qopts = 1;
             break;
         case OPT_VMODE:
-            v_mode = (uint32_t)parse_mode(optarg);
+            v_mode = tool_opt_qmode("--v-mode", optarg);
             qopts = 1;
             break;
         case OPT_DROPQ:

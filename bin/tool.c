@@ -262,3 +262,45 @@ int tool_parse_u32_list(const char *s, uint32_t *out, int max)
         p++;
     }
 }
+
+uint32_t tool_opt_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi)
+{
+    uint64_t v;
+    if (!s || tool_parse_u64(s, &v) < 0 || v < lo || v > hi)
+        tool_usage_error("%s: '%s' is not a whole number in %u..%u", opt, s ? s : "", lo, hi);
+    return (uint32_t)v;
+}
+
+double tool_opt_double(const char *opt, const char *s, double lo, double hi, int hi_open)
+{
+    double v;
+    if (!s || tool_parse_double(s, &v) < 0 || !(v >= lo) || (hi_open ? !(v < hi) : !(v <= hi)))
+        tool_usage_error("%s: '%s' is not a number in [%g, %g%s", opt, s ? s : "", lo, hi,
+                         hi_open ? ")" : "]");
+    return v;
+}
+
+uint32_t tool_opt_qmode(const char *opt, const char *s)
+{
+    if (!s)
+        tool_usage_error("%s needs a value (asym or sym)", opt);
+    if (!strcmp(s, "asym"))
+        return SKV_QMODE_ASYM;
+    if (!strcmp(s, "sym"))
+        return SKV_QMODE_SYM;
+    tool_usage_error("%s: '%s' is not asym or sym", opt, s);
+}
+
+void tool_opt_policy(const char *opt, const char *s, uint32_t *policy, uint32_t *ubits)
+{
+    if (!s || skv_policy_parse(s, policy, ubits) < 0)
+        tool_usage_error("%s: %s", opt, s ? skv_errmsg() : "needs a policy name");
+}
+
+uint32_t tool_opt_widths(const char *opt, const char *s)
+{
+    uint32_t mask;
+    if (!s || skv_width_mask_parse(s, &mask) < 0)
+        tool_usage_error("%s: %s", opt, s ? skv_errmsg() : "needs a width list");
+    return mask;
+}

@@ -59,6 +59,18 @@ int tool_parse_index_set(const char *s, uint64_t limit, uint8_t *sel, const char
 /* A half-open range "a:b", "a:" or ":b" (b exclusive) within [0, limit];
  * returns 0, or -1 with a message in *err. */
 int tool_parse_range(const char *s, uint64_t limit, uint64_t *a, uint64_t *b, const char **err);
+/* Option values: each returns the parsed value or exits 2 with
+ * "tool: OPT: 'S' is not ..." (OPT is the option's name, e.g. "--sinks"). */
+uint32_t tool_opt_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi);
+/* A number in [lo, hi] ([lo, hi) when hi_open). */
+double tool_opt_double(const char *opt, const char *s, double lo, double hi, int hi_open);
+/* "asym" or "sym": SKV_QMODE_ASYM or SKV_QMODE_SYM. */
+uint32_t tool_opt_qmode(const char *opt, const char *s);
+/* A policy name (skv_policy_parse): sets *policy and, for uniform:N, *ubits. */
+void tool_opt_policy(const char *opt, const char *s, uint32_t *policy, uint32_t *ubits);
+/* A width list such as "2,3,4,8,16" (skv_width_mask_parse) as a mask. */
+uint32_t tool_opt_widths(const char *opt, const char *s);
+
 /* A comma list of unsigned integers into out[max]; returns the count or -1. */
 int tool_parse_u32_list(const char *s, uint32_t *out, int max);
 
