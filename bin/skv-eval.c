@@ -873,8 +873,6 @@ int main(int argc, char **argv)
         case O_IDEAL: o.cfg.ideal = 1; break;
         case O_BITS:
             o.cfg.alloc.width_mask = tool_opt_widths("--bits", optarg);
-            if (o.cfg.alloc.width_mask & 1u)
-                tool_usage_error("--bits: eviction (0) is not supported by the online cache");
             break;
         case O_SINKS: o.cfg.alloc.sinks = tool_opt_u32("--sinks", optarg, 0, 1u << 24); break;
         case O_RECENT: o.cfg.alloc.recent = tool_opt_u32("--recent", optarg, 0, 1u << 24); break;
