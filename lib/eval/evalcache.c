@@ -654,11 +654,12 @@ static int ec_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
     size_t r = (size_t)layer * c->n_heads + head;
     if (e->votes) {
         /* keep the rows of the newest W queries (SnapKV's observation window) */
-        for (uint32_t i = n > e->W ? n - e->W : 0; i < n; i++) {
-            uint64_t qp = pos + i, slot = qp % e->W;
-            memcpy(e->ring + (r * e->W + slot) * c->capacity, probs + i * probs_stride,
+        const uint32_t W = e->W ? e->W : 1; /* >= 1 by construction */
+        for (uint32_t i = n > W ? n - W : 0; i < n; i++) {
+            uint64_t qp = pos + i, slot = qp % W;
+            memcpy(e->ring + (r * W + slot) * c->capacity, probs + i * probs_stride,
                    (size_t)(qp + 1) * sizeof(float));
-            e->ring_q[r * e->W + slot] = qp + 1;
+            e->ring_q[r * W + slot] = qp + 1;
         }
         atomic_fetch_add_explicit(&e->track_ns, now_ns() - t1, memory_order_relaxed);
         return 0;
