@@ -346,6 +346,10 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
 
 static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int front)
 {
+    /* what the policy fixes: no budget for fixed layouts, its importance mode */
+    unsigned pf = skv_policy_flags(c->alloc.policy);
+    uint32_t imp = c->kind == SKV_EC_COMPRESS ? skv_policy_imp_mode(c->alloc.policy, c->imp_mode)
+                                              : c->imp_mode;
     char label[160], pol[32];
     skv_ec_describe(c, label, sizeof label);
     policy_text(c, pol, sizeof pol);
@@ -354,8 +358,8 @@ static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int f
             "%.6f\t%.6f\t%.6f\t%llu\t%.3f\t%.3f\t%.5f\t%.5f\n",
             label, pol, r->beta, (unsigned long long)r->stats.bytes, r->kl, r->ppl,
             r->ppl - r->ppl_ref, r->top1, r->ppl_ref, r->kl_max, front,
-            c->kind == SKV_EC_COMPRESS && c->alloc.policy != SKV_POLICY_UNIFORM ? c->alloc.budget : 0,
-            skv_imp_mode_name(c->imp_mode), c->decay, c->realloc, c->ideal, r->beta_alloc,
+            c->kind == SKV_EC_COMPRESS && !(pf & SKV_PF_FIXED) ? c->alloc.budget : 0,
+            skv_imp_mode_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
             r->beta_end, r->meta_frac, (unsigned long long)r->n_scored, r->seconds, r->ref_seconds,
             (double)r->stats.track_ns / dec, (double)r->stats.realloc_ns / dec);
 }

@@ -39,6 +39,9 @@ BASE = ["fp16", "q8_0", "uniform:8", "kivi:4", "q4_0", "uniform:4", "kivi:2", "u
 
 
 def baselines(title):
+    for r in rows:  # fixed layouts spend no budget (older rows recorded the default)
+        if r["policy"] in ("q8_0", "q4_0") or r["policy"].startswith(("uniform", "kivi")):
+            r["budget"] = "0"
     sel = [r for r in rows if r["policy"] in BASE and r["budget"] in ("0", "0.2", "0.3", "0.5")
            and not any(t in r["label"] for t in (" bits=", " ideal", " sinks=", " group="))
            and r["realloc"] == "16" and r["label"].count("ema:") <= 1
@@ -109,4 +112,20 @@ for tag, sfx in (("widths 2..16", ""), ("widths 4,8,16", W)):
                 b, f(s, "kl"), f(r, "kl"), f(s, "beta"), f(r, "beta")))
     if tot:
         claim(f"smartkv beats random at equal bytes ({tag})", wins == tot,
+              "%d/%d budgets; " % (wins, tot) + "; ".join(det))
+
+# the baselines at equal budgets (same beta requested; mean beta printed)
+for p in ("streaming", "h2o", "snapkv", "mikv"):
+    wins, tot, det = 0, 0, []
+    for b in ("0.2", "0.3", "0.5"):
+        s = next((r for r in rows if r["label"] == f"smartkv beta={b} ema:0.9 R=16"), None)
+        o = next((r for r in rows if r["policy"] == p and r["budget"] == b
+                  and r["realloc"] == "16" and " bits=" not in r["label"]), None)
+        if s and o:
+            tot += 1
+            wins += f(s, "kl") < f(o, "kl")
+            det.append("beta %s: KL %.4g vs %.4g (beta %.3f vs %.3f)" % (
+                b, f(s, "kl"), f(o, "kl"), f(s, "beta"), f(o, "beta")))
+    if tot:
+        claim(f"smartkv (widths 2..16) beats {p} on KL at equal budgets", wins == tot,
               "%d/%d budgets; " % (wins, tot) + "; ".join(det))
