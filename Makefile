@@ -235,7 +235,8 @@ smartkv.pc: smartkv.pc.in Makefile
 
 install: all smartkv.pc
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR) \
-		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(PKGCONFIGDIR)
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man7 \
+		$(DESTDIR)$(PKGCONFIGDIR)
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)
 	install -m 644 lib/libsmartkv.a $(DESTDIR)$(LIBDIR)
 	install -m 755 lib/libsmartkv.so $(DESTDIR)$(LIBDIR)/libsmartkv.so.$(VERSION)
@@ -244,6 +245,7 @@ install: all smartkv.pc
 	install -m 644 $(HEADERS) $(DESTDIR)$(INCDIR)
 	install -m 644 $(wildcard man/man1/*.1) $(DESTDIR)$(MANDIR)/man1
 	install -m 644 $(wildcard man/man5/*.5) $(DESTDIR)$(MANDIR)/man5
+	install -m 644 $(wildcard man/man7/*.7) $(DESTDIR)$(MANDIR)/man7
 	install -m 644 smartkv.pc $(DESTDIR)$(PKGCONFIGDIR)
 
 uninstall:
@@ -252,6 +254,7 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(INCDIR)/,$(notdir $(HEADERS)))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(wildcard man/man1/*.1)))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(wildcard man/man5/*.5)))
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man7/,$(notdir $(wildcard man/man7/*.7)))
 	rm -f $(DESTDIR)$(PKGCONFIGDIR)/smartkv.pc
 
 clean:

@@ -28,13 +28,11 @@ static void usage(void)
            "      --drop-queries     do not keep the queries in the cache\n"
            "  -d, --decompress       dequantize a packed cache into a float32 trace\n"
            "  -z, --compress[=LEVEL] zlib-compress chunks (LEVEL 0-9, default 6)\n"
-           "      --max-mem=SIZE     refuse single allocations above SIZE (K/M/G suffix)\n"
-           "  -q, --quiet            do not print the achieved budget and histogram\n"
-           "  -h, --help             show this help and exit\n"
-           "  -V, --version          show the version and exit\n"
+           "      --json             print the report as one JSON object\n"
+           TOOL_COMMON_HELP
            "\n"
            "The achieved budget beta (bytes of the PKHD and PBKT chunks as written, over the\n"
-           "fp16 bytes of K and V) and the rows per width go to standard error.\n"
+           "fp16 bytes of K and V) and the rows per width go to standard error (not with -q).\n"
            "Exit status: 0 success, 1 bad data or I/O failure, 2 usage error.\n",
            tool_name);
 }
@@ -45,6 +43,33 @@ static uint32_t parse_group(const char *s, const char *opt)
     if (tool_parse_u64(s, &g) < 0 || g == 0 || g > SKV_MAX_HEAD_DIM)
         tool_usage_error("%s: group size must be 1..%u, not '%s'", opt, SKV_MAX_HEAD_DIM, s);
     return (uint32_t)g;
+}
+
+static void report_json(const char *out, const skv_cache_stats *st, const skv_cache_plan *p)
+{
+    fputs("{\"output\": ", stderr);
+    const char *o = tool_out_name(out);
+    fputc('"', stderr);
+    for (; *o; o++)
+        if (*o == '"' || *o == '\\')
+            fprintf(stderr, "\\%c", *o);
+        else if ((unsigned char)*o < 0x20)
+            fprintf(stderr, "\\u%04x", (unsigned char)*o);
+        else
+            fputc(*o, stderr);
+    fprintf(stderr, "\", \"beta\": %.6f, \"cache_bytes\": %llu, \"fp16_bytes\": %llu, "
+            "\"model_bytes\": %llu, \"stream_bytes\": %llu",
+            st->fp16_bytes ? (double)st->cache_bytes / (double)st->fp16_bytes : 0.0,
+            (unsigned long long)st->cache_bytes, (unsigned long long)st->fp16_bytes,
+            (unsigned long long)st->model_bytes, (unsigned long long)st->stream_bytes);
+    if (p->from_alloc)
+        fprintf(stderr, ", \"alloc_beta\": %.6f", p->alloc_beta);
+    fputs(", \"rows_per_width\": {", stderr);
+    for (int i = 0, n = 0; i < SKV_NBITS; i++)
+        if (st->hist[i])
+            fprintf(stderr, "%s\"%u\": %llu", n++ ? ", " : "", skv_bit_widths[i],
+                    (unsigned long long)st->hist[i]);
+    fputs("}}\n", stderr);
 }
 
 static void report(const char *out, const skv_cache_stats *st, const skv_cache_plan *p)
@@ -72,7 +97,7 @@ static void report(const char *out, const skv_cache_stats *st, const skv_cache_p
 int main(int argc, char **argv)
 {
     tool_init("skv-quant");
-    enum { OPT_KGROUP = 256, OPT_VGROUP, OPT_KMODE, OPT_VMODE, OPT_DROPQ, OPT_MAXMEM };
+    enum { OPT_KGROUP = 256, OPT_VGROUP, OPT_KMODE, OPT_VMODE, OPT_DROPQ };
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'},
         {"uniform", required_argument, NULL, 'u'},
@@ -84,18 +109,16 @@ int main(int argc, char **argv)
         {"drop-queries", no_argument, NULL, OPT_DROPQ},
         {"decompress", no_argument, NULL, 'd'},
         {"compress", optional_argument, NULL, 'z'},
-        {"max-mem", required_argument, NULL, OPT_MAXMEM},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        {"json", no_argument, NULL, TOOL_OPT_JSON},
+        TOOL_COMMON_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     const char *out = NULL;
     uint32_t uniform = 0, k_group = 0, v_group = 0;
     uint32_t k_mode = SKV_QMODE_ASYM, v_mode = SKV_QMODE_ASYM;
-    int qopts = 0, drop = 0, decompress = 0, quiet = 0, level = -1;
+    int qopts = 0, drop = 0, decompress = 0, json = 0, level = -1;
     int c;
-    while ((c = getopt_long(argc, argv, "o:u:g:dz::qhV", longopts, NULL)) != -1) {
+    while ((c = tool_getopt(argc, argv, "o:u:g:dz::" TOOL_COMMON_SHORT, longopts)) != -1) {
         switch (c) {
         case 'o':
             out = optarg;
@@ -142,23 +165,14 @@ int main(int argc, char **argv)
                 level = (int)v;
             }
             break;
-        case OPT_MAXMEM: {
-            uint64_t v;
-            if (tool_parse_size(optarg, &v) < 0)
-                tool_usage_error("--max-mem: bad size '%s'", optarg);
-            skv_set_max_mem(v);
-            break;
-        }
-        case 'q':
-            quiet = 1;
+        case TOOL_OPT_JSON:
+            json = 1;
             break;
         case 'h':
             usage();
             return 0;
-        case 'V':
-            tool_version();
         default:
-            tool_usage_error("unknown or incomplete option");
+            tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (argc - optind > 1)
@@ -171,6 +185,7 @@ int main(int argc, char **argv)
         tool_usage_error("-d cannot be combined with --uniform, --drop-queries or quantizer "
                          "settings");
 
+    tool_check_binary_input(in);
     if (decompress) {
         skv_cache *cache;
         if (skv_cache_load(in, &cache) < 0)
@@ -233,8 +248,8 @@ int main(int argc, char **argv)
     }
     if (skv_close(s) < 0)
         tool_fail(tool_out_name(out));
-    if (!quiet)
-        report(out, &st, &plan);
+    if (tool_verbosity)
+        (json ? report_json : report)(out, &st, &plan);
     skv_cache_plan_free(&plan);
     skv_chunk_list_free(&pass);
     skv_chunk_list_free(&extra);

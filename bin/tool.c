@@ -12,6 +12,9 @@
 #include <unistd.h>
 
 const char *tool_name = "skv";
+int tool_verbosity = 1;
+uint32_t tool_threads;
+int tool_progress_mode = -1;
 static int dying; /* tool_die is exiting: its message is the only one */
 
 /* At exit, text written to stdout must have reached it: a full disk or a
@@ -32,6 +35,7 @@ static void check_stdout(void)
 void tool_init(const char *name)
 {
     tool_name = name;
+    opterr = 0; /* tool_getopt writes the one message */
     signal(SIGPIPE, SIG_IGN);
     atexit(check_stdout);
 }
@@ -59,7 +63,12 @@ void tool_die(int code, const char *fmt, ...)
 
 void tool_fail(const char *file)
 {
-    tool_die(EXIT_DATA, "%s: %s", file, skv_errmsg());
+    const char *m = skv_errmsg();
+    size_t n = strlen(file);
+    /* some library messages already start with the file name (GGUF) */
+    if (!strncmp(m, file, n) && m[n] == ':')
+        tool_die(EXIT_DATA, "%s", m);
+    tool_die(EXIT_DATA, "%s: %s", file, m);
 }
 
 void tool_usage_error(const char *fmt, ...)
@@ -89,6 +98,99 @@ void tool_check_binary_output(const char *path)
     if ((!path || !strcmp(path, "-")) && isatty(STDOUT_FILENO))
         tool_die(EXIT_USAGE, "refusing to write binary data to a terminal "
                  "(use -o FILE or redirect the output)");
+}
+
+void tool_check_binary_input(const char *path)
+{
+    if ((!path || !strcmp(path, "-")) && isatty(STDIN_FILENO))
+        tool_usage_error("standard input is a terminal: give a FILE or redirect the input");
+}
+
+uint32_t tool_thread_count(uint32_t max)
+{
+    long n = tool_threads ? (long)tool_threads : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    return (uint32_t)(n > (long)max ? (long)max : n);
+}
+
+void tool_note(int level, const char *fmt, ...)
+{
+    if (tool_verbosity < level)
+        return;
+    va_list ap;
+    fprintf(stderr, "%s: ", tool_name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* The option getopt just refused, as the user typed it. */
+static noreturn void bad_option(char **argv, const char *shorts, const struct option *longs)
+{
+    const char *arg = argv[optind - 1];
+    if (arg && arg[0] == '-' && arg[1] == '-') {
+        size_t n = strcspn(arg + 2, "=");
+        const struct option *hit = NULL;
+        int matches = 0;
+        for (const struct option *o = longs; o && o->name; o++)
+            if (!strncmp(o->name, arg + 2, n)) {
+                if (strlen(o->name) == n) { /* exact: no ambiguity */
+                    hit = o;
+                    matches = 1;
+                    break;
+                }
+                hit = o;
+                matches++;
+            }
+        if (matches > 1)
+            tool_usage_error("option '%.*s' is ambiguous", (int)(n + 2), arg);
+        if (hit && arg[2 + n] == '=' && hit->has_arg == no_argument)
+            tool_usage_error("option '--%s' takes no value", hit->name);
+        if (hit && hit->has_arg == required_argument)
+            tool_usage_error("option '--%s' needs a value", hit->name);
+        tool_usage_error("unknown option '%.*s'", (int)(n + 2), arg);
+    }
+    if (optopt > 0 && optopt < 256 && optopt != ':' && strchr(shorts, optopt))
+        tool_usage_error("option '-%c' needs a value", optopt);
+    if (optopt > 0 && optopt < 256)
+        tool_usage_error("unknown option '-%c'", optopt);
+    tool_usage_error("unknown option '%s'", arg ? arg : "?");
+}
+
+int tool_getopt(int argc, char **argv, const char *shorts, const struct option *longs)
+{
+    for (;;) {
+        int c = getopt_long(argc, argv, shorts, longs, NULL);
+        switch (c) {
+        case '?':
+        case ':':
+            bad_option(argv, shorts, longs);
+        case 'V': tool_version();
+        case 'q': tool_verbosity = 0; break;
+        case 'v': tool_verbosity = tool_verbosity ? tool_verbosity + 1 : 2; break;
+        case '@': tool_threads = tool_opt_u32("--threads", optarg, 1, 1024); break;
+        case TOOL_OPT_PROGRESS: tool_progress_mode = 1; break;
+        case TOOL_OPT_NO_PROGRESS: tool_progress_mode = 0; break;
+        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
+        default: return c;
+        }
+    }
+}
+
+int tool_opt_format(const char *s, unsigned allowed)
+{
+    static const char *const names[] = {"text", "tsv", "json", "stream"};
+    for (int i = 0; i < 4; i++)
+        if ((allowed & (1u << i)) && s && !strcmp(s, names[i]))
+            return i;
+    char list[64] = "";
+    for (int i = 0; i < 4; i++)
+        if (allowed & (1u << i))
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", *list ? ", " : "",
+                     names[i]);
+    tool_usage_error("--format: '%s' is not one of %s", s ? s : "", list);
 }
 
 void tool_version(void)
