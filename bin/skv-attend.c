@@ -25,6 +25,8 @@ static void usage(FILE *f)
 "                        a trace with an allocation (skv-alloc output) is\n"
 "                        packed in memory first, as skv-quant would\n"
 "      --probs           also write the attention probabilities\n"
+"      --queries TRACE   the queries of TRACE (the trace the cache was made\n"
+"                        from): skv-quant writes caches without queries\n"
 "  -O, --format FMT      stream (default: a smartkv stream for skv-stats),\n"
 "                        tsv (a text table) or json\n"
 "      --tsv, --json     short for -O tsv, -O json\n"
@@ -122,13 +124,13 @@ int main(int argc, char **argv)
         {"steps", required_argument, 0, 's'}, {"reference", no_argument, 0, 'r'},
         {"dense", required_argument, 0, 5}, {"packed", no_argument, 0, 6}, {"probs", no_argument, 0, 7},
         {"tsv", no_argument, 0, TOOL_OPT_TSV}, {"json", no_argument, 0, TOOL_OPT_JSON},
-        {"format", required_argument, 0, 'O'}, {"label", required_argument, 0, 3},
+        {"format", required_argument, 0, 'O'}, {"label", required_argument, 0, 3}, {"queries", required_argument, 0, 8},
         {"kernel", required_argument, 0, 'k'}, {"split", required_argument, 0, 2}, {"device", required_argument, 0, 4},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
         TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
     skv_attend_req req = {SKV_ATT_AUTO, NULL, 0, NULL};
     skv_attend_opts ao = {0, SKV_KERNEL_AUTO, 0};
-    const char *out = NULL;
+    const char *out = NULL, *queries = NULL;
     int level = -1, fmt = TOOL_FMT_STREAM, cuda = 0, o;
     uint64_t v;
     while ((o = tool_getopt(argc, argv, "s:rk:o:O:z::" TOOL_COMMON_SHORT, opts)) != -1) {
@@ -155,6 +157,7 @@ int main(int argc, char **argv)
             req.mode = SKV_ATT_PACKED;
             break;
         case 7: req.probs = 1; break;
+        case 8: queries = optarg; break;
         case TOOL_OPT_TSV: fmt = TOOL_FMT_TSV; break;
         case TOOL_OPT_JSON: fmt = TOOL_FMT_JSON; break;
         case 'O':
@@ -220,6 +223,8 @@ int main(int argc, char **argv)
         free(st);
     }
     tool_check_binary_input(in);
+    if (queries && !strcmp(queries, "-") && !strcmp(in, "-"))
+        tool_usage_error("the cache and --queries cannot both be standard input");
     if (cuda) {
         if (req.mode != SKV_ATT_AUTO)
             tool_usage_error("--device cuda runs the fused packed kernel only (no --reference "
@@ -258,7 +263,21 @@ int main(int argc, char **argv)
             unlink(tmp);
         tool_fail(tool_out_name(out));
     }
-    if ((cuda ? skv_cuda_attend_stream(in, s, &req) : skv_attend_stream(ctx, in, s, &req)) < 0) {
+    skv_cache *cache = NULL;
+    int qfail = 0, rc;
+    if (queries) {
+        /* a cache without queries: take them from its trace */
+        if (skv_cache_load(in, &cache) < 0)
+            rc = -1;
+        else if ((rc = skv_cache_queries_from(cache, queries)) < 0)
+            qfail = 1;
+        else
+            rc = cuda ? skv_cuda_attend_cache(cache, s, &req) : skv_attend_cache(ctx, cache, s, &req);
+        skv_cache_free(cache);
+    } else {
+        rc = cuda ? skv_cuda_attend_stream(in, s, &req) : skv_attend_stream(ctx, in, s, &req);
+    }
+    if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
         skv_discard(s);
@@ -266,7 +285,8 @@ int main(int argc, char **argv)
         if (*tmp)
             unlink(tmp);
         int outside = !strncmp(msg, "write error", 11) || !strncmp(msg, "stream ", 7);
-        tool_die(EXIT_DATA, "%s: %s", outside ? tool_out_name(out) : tool_in_name(in), msg);
+        tool_die(EXIT_DATA, "%s: %s", outside ? tool_out_name(out)
+                 : qfail ? tool_in_name(queries) : tool_in_name(in), msg);
     }
     skv_attend_free(ctx);
     if (skv_close(s) < 0) {
@@ -276,7 +296,7 @@ int main(int argc, char **argv)
     }
     if (text) {
         skv_attn *a;
-        int rc = skv_attn_load(tmp, &a);
+        rc = skv_attn_load(tmp, &a);
         unlink(tmp);
         if (rc < 0)
             tool_fail(tmp);

@@ -109,6 +109,9 @@ SKV_EXPORT skv_cuda_cache *skv_cuda_cache_from(const struct skv_cache *c);
  * device can be used. */
 SKV_EXPORT int skv_cuda_attend_stream(const char *in, struct skv_stream *out,
                                       const struct skv_attend_req *req);
+/* The same for a cache already in memory. */
+SKV_EXPORT int skv_cuda_attend_cache(const struct skv_cache *c, struct skv_stream *out,
+                                     const struct skv_attend_req *req);
 
 /* ---- dense baselines (benchmarks) ----
  * A dense cache holds K and V as fp16, [n_layers][n_kv_heads][n_tokens]

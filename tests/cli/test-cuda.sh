@@ -24,9 +24,9 @@ elif ! command -v skv-quant > /dev/null 2>&1; then
 else
     run sh -c 'skv-alloc -b 0.25 t.skv | skv-quant -o c.skv'
     expect_rc 0 "make a beta=0.25 cache"
-    run skv-attend --tsv -s 150:200 c.skv -o cpu.tsv
+    run skv-attend --tsv -s 150:200 --queries t.skv c.skv -o cpu.tsv
     expect_rc 0 "CPU attention"
-    run skv-attend --device cuda --tsv -s 150:200 c.skv -o gpu.tsv
+    run skv-attend --device cuda --tsv -s 150:200 --queries t.skv c.skv -o gpu.tsv
     expect_rc 0 "CUDA attention"
     check "--device cuda equals the CPU kernels within 1e-3" awk -F '\t' '
         NR == FNR { if ($1 == "out") a[$2 FS $3 FS $4] = $0; next }

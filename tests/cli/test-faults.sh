@@ -211,7 +211,7 @@ if command -v skv-quant >/dev/null && command -v skv-stats >/dev/null; then
         expect_rc 1 "ENOSPC: $cmd > /dev/full"
         one_msg "No space left on device" "ENOSPC: $cmd, one message"
     done
-    skv-quant -q -u 4 al.skv -o q.skv 2>/dev/null
+    skv-quant -q -u 4 --keep-queries al.skv -o q.skv 2>/dev/null
     run_to /dev/full skv-stats mem q.skv
     expect_rc 1 "ENOSPC: skv-stats mem > /dev/full"
     oom_sweep "skv-alloc" skv-alloc -b 4 --bits 0,2,4,16 --sinks 1 --recent 1 a.skv -o o.skv
