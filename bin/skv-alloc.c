@@ -227,7 +227,10 @@ int main(int argc, char **argv)
     }
     skv_alloc *a = NULL;
     skv_alloc_result r;
+    tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
+    tool_progress_watch(pr, in);
     int rc = skv_alloc_filter(is, os, &ac, &ic, &a, &r);
+    tool_progress_end(pr);
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());

@@ -233,7 +233,7 @@ int main(int argc, char **argv)
             tool_usage_error("--device cuda does not write probabilities (--probs)");
         if (skv_cuda_available() < 0) {
             const char *m = skv_errmsg();
-            if (strstr(m, "no CUDA device available"))
+            if (!strncmp(m, "no CUDA", 7)) /* says which: backend or device */
                 tool_die(EXIT_DATA, "%s", m);
             tool_die(EXIT_DATA, "no CUDA device available: %s", m);
         }
@@ -265,6 +265,8 @@ int main(int argc, char **argv)
     }
     skv_cache *cache = NULL;
     int qfail = 0, rc;
+    tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
+    tool_progress_watch(pr, in); /* a trace is read a layer at a time */
     if (queries) {
         /* a cache without queries: take them from its trace */
         if (skv_cache_load(in, &cache) < 0)
@@ -277,6 +279,7 @@ int main(int argc, char **argv)
     } else {
         rc = cuda ? skv_cuda_attend_stream(in, s, &req) : skv_attend_stream(ctx, in, s, &req);
     }
+    tool_progress_end(pr);
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());

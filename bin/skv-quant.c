@@ -257,7 +257,11 @@ int main(int argc, char **argv)
 
     skv_trace *t;
     skv_chunk_list extra = {0};
-    if (skv_cache_input_load(in, &t, &extra) < 0)
+    tool_progress *pr = tool_progress_start("skv-quant: reading", 0, "bytes");
+    tool_progress_watch(pr, in);
+    int lrc = skv_cache_input_load(in, &t, &extra);
+    tool_progress_end(pr);
+    if (lrc < 0)
         tool_fail(tool_in_name(in));
     skv_cache_plan plan;
     skv_chunk_list pass = {0}, *passp = &extra;

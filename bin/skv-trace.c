@@ -171,7 +171,12 @@ static int cmd_synth(int argc, char **argv)
     if (skv_synth_header(&c, &h) < 0)
         tool_usage_error("%s", skv_errmsg());
     skv_stream *s = open_out(out, level);
-    if (skv_synth_write(&c, s) < 0)
+    tool_progress *pr = tool_progress_start(tool_name, c.n_layers, "layers");
+    c.progress = tool_progress_cb;
+    c.progress_ctx = pr;
+    int rc = skv_synth_write(&c, s);
+    tool_progress_end(pr);
+    if (rc < 0)
         fail_out(s, out);
     finish_out(s, out);
     return 0;
@@ -525,6 +530,8 @@ static int cmd_info(int argc, char **argv)
     skv_stream *s = skv_open_read(in);
     if (!s)
         tool_fail(tool_in_name(in));
+    tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
+    tool_progress_watch(pr, in);
     chunk_stat st[32];
     int nst = 0;
     skv_trace_hdr h;
@@ -562,6 +569,7 @@ static int cmd_info(int argc, char **argv)
             rows[t.kind] += t.rows;
         }
     }
+    tool_progress_end(pr);
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
@@ -694,6 +702,8 @@ static int cmd_cat(int argc, char **argv)
         skv_close(s);
         tool_fail(tool_out_name(out));
     }
+    tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
+    tool_progress_watch(pr, in);
     while ((rc = skv_read(s, &c)) > 0) {
         if (!select) {
             if (skv_copy_chunk(w, &c) < 0)
@@ -811,6 +821,8 @@ static int cmd_cat(int argc, char **argv)
             goto wfail;
         }
     }
+    tool_progress_end(pr);
+    pr = NULL;
     if (rc < 0)
         goto rfail;
     skv_close(s);
@@ -834,6 +846,7 @@ usage:
     snprintf(msg, sizeof msg, "%s", usage_msg);
     code = EXIT_USAGE;
 cleanup:
+    tool_progress_end(pr);
     skv_discard(w);
     skv_close(s);
     free(lsel);
@@ -875,29 +888,6 @@ static char *slurp_text(const char *path, size_t *len)
     b[n] = 0;
     *len = n;
     return b;
-}
-
-typedef struct progress {
-    int on;
-    const char *what;
-    int last;
-} progress;
-
-static void show_progress(void *ctx, uint64_t done, uint64_t total)
-{
-    progress *p = ctx;
-    if (!p->on || !total)
-        return;
-    int pct = (int)(100 * done / total);
-    if (pct == p->last && done != total)
-        return;
-    p->last = pct;
-    int w = 40, fill = (int)(w * done / total);
-    fprintf(stderr, "\r%s [%.*s%*s] %3d%%", p->what, fill,
-            "########################################", w - fill, "", pct);
-    if (done == total)
-        fputc('\n', stderr);
-    fflush(stderr);
 }
 
 static int cmd_record(int argc, char **argv)
@@ -960,10 +950,6 @@ static int cmd_record(int argc, char **argv)
     if (chat && !prompt)
         tool_usage_error("--chat applies to --prompt");
     threads = tool_threads ? tool_thread_count(SKV_MODEL_MAX_THREADS) : tool_thread_count(8);
-    int prog = tool_progress_mode;
-    if (!tool_verbosity)
-        prog = 0;
-    progress pr = {prog < 0 ? isatty(2) : prog, "loading", -1};
     skv_model *m = skv_model_load(model, (int)threads);
     if (!m)
         tool_fail(model);
@@ -1012,9 +998,7 @@ static int cmd_record(int argc, char **argv)
         if (n + gen > SKV_MAX_TOKENS)
             tool_usage_error("--generate: %llu tokens in all exceed the limit",
                              (unsigned long long)n + gen);
-        if (pr.on)
-            fprintf(stderr, "generating up to %llu tokens after %zu ...\n",
-                    (unsigned long long)gen, n);
+        tool_note(2, "generating up to %llu tokens after %zu ...", (unsigned long long)gen, n);
         if (skv_generate_greedy(m, ids, (uint32_t)n, (uint32_t)gen, 1, &all, &n_all) < 0)
             tool_fail(model);
         free(ids);
@@ -1023,14 +1007,16 @@ static int cmd_record(int argc, char **argv)
         n = n_all;
     }
     skv_stream *s = open_out(out, level);
-    skv_record_opts ro = {(uint32_t)dtype, (uint32_t)layers, n_prefill, 0, show_progress, &pr};
-    pr.what = "recording";
-    if (skv_model_record(m, ids, n, s, &ro) < 0)
+    /* units: blocks of tokens through one layer */
+    tool_progress *pr = tool_progress_start("skv-trace record", 0, "blocks");
+    skv_record_opts ro = {(uint32_t)dtype, (uint32_t)layers, n_prefill, 0, tool_progress_cb, pr};
+    int rrc = skv_model_record(m, ids, n, s, &ro);
+    tool_progress_end(pr);
+    if (rrc < 0)
         fail_out(s, out);
     finish_out(s, out);
-    if (pr.on)
-        fprintf(stderr, "recorded %zu tokens (%llu prefill)\n", n,
-                (unsigned long long)(n_prefill ? n_prefill : n));
+    tool_note(2, "recorded %zu tokens (%llu prefill)", n,
+              (unsigned long long)(n_prefill ? n_prefill : n));
     free(ids);
     skv_model_free(m);
     return 0;

@@ -2,7 +2,13 @@
 #include "tool.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -49,10 +55,14 @@ void tool_set_max_mem(const char *arg)
     skv_set_max_mem(v);
 }
 
+static struct tool_progress *active_bar; /* a bar on the terminal line */
+
 void tool_die(int code, const char *fmt, ...)
 {
     va_list ap;
     dying = 1;
+    if (active_bar)
+        fputs("\r\033[K", stderr);
     fprintf(stderr, "%s: ", tool_name);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -405,4 +415,252 @@ uint32_t tool_opt_widths(const char *opt, const char *s)
     if (!s || skv_width_mask_parse(s, &mask) < 0)
         tool_usage_error("%s: %s", opt, s ? skv_errmsg() : "needs a width list");
     return mask;
+}
+
+/* ---- progress ---- */
+
+struct tool_progress {
+    const char *what, *unit;
+    _Atomic uint64_t done, total;
+    int bar;                /* 1: a bar on a terminal; 0: lines */
+    double t0, last, interval;
+    int drawn, stop;
+    char watch[PATH_MAX];   /* real path of the watched input, "" for none */
+    int watch_fd;           /* its descriptor once found (-1 before) */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* "1.5 GB" for bytes; else "1234", "2.5" (below 10) and the unit when asked. */
+static void fmt_count(char *b, size_t n, double v, const char *unit, int with_unit)
+{
+    if (strcmp(unit, "bytes") != 0) {
+        snprintf(b, n, v < 10 && v != (double)(long)v ? "%.1f%s%s" : "%.0f%s%s", v,
+                 with_unit && *unit ? " " : "", with_unit ? unit : "");
+        return;
+    }
+    const char *u[] = {"B", "KB", "MB", "GB", "TB"};
+    int i = 0;
+    while (v >= 1024 && i < 4) {
+        v /= 1024;
+        i++;
+    }
+    snprintf(b, n, i ? "%.1f %s" : "%.0f %s", v, u[i]);
+}
+
+static void fmt_time(char *b, size_t n, double s)
+{
+    if (s < 60)
+        snprintf(b, n, "%.0fs", s);
+    else if (s < 3600)
+        snprintf(b, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else
+        snprintf(b, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+}
+
+/* The read position of the watched file: its descriptor is found in
+ * /proc/self/fd once the library has opened it. */
+static uint64_t watched_pos(tool_progress *p)
+{
+    char path[320], buf[PATH_MAX];
+    if (p->watch_fd < 0) {
+        DIR *d = opendir("/proc/self/fd");
+        struct dirent *e;
+        while (d && (e = readdir(d)) != NULL) {
+            if (e->d_name[0] == '.')
+                continue;
+            snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+            ssize_t n = readlink(path, buf, sizeof buf - 1);
+            if (n > 0 && (buf[n] = '\0', !strcmp(buf, p->watch))) {
+                p->watch_fd = atoi(e->d_name);
+                break;
+            }
+        }
+        if (d)
+            closedir(d);
+        if (p->watch_fd < 0)
+            return atomic_load(&p->done);
+    }
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", p->watch_fd);
+    FILE *f = fopen(path, "r");
+    unsigned long long pos = 0;
+    if (!f)
+        return atomic_load(&p->done);
+    while (fgets(buf, sizeof buf, f))
+        if (sscanf(buf, "pos: %llu", &pos) == 1)
+            break;
+    fclose(f);
+    return pos;
+}
+
+static void draw(tool_progress *p, int final)
+{
+    double t = now_s(), el = t - p->t0;
+    uint64_t done = atomic_load(&p->done), total = atomic_load(&p->total);
+    double rate = el > 0 ? (double)done / el : 0;
+    char d[32], tt[32], r[32], left[32] = "";
+    fmt_count(d, sizeof d, (double)done, p->unit, 0);
+    fmt_count(tt, sizeof tt, (double)total, p->unit, 1);
+    fmt_count(r, sizeof r, rate, p->unit, 1);
+    if (total && rate > 0 && done < total)
+        fmt_time(left, sizeof left, (double)(total - done) / rate);
+    int pct = total ? (int)(100.0 * (double)done / (double)total) : -1;
+    if (pct > 100)
+        pct = 100;
+    if (p->bar) {
+        if (final) {
+            if (p->drawn)
+                fputs("\r\033[K", stderr);
+            return;
+        }
+        char bar[31];
+        int fill = pct < 0 ? 0 : pct * 30 / 100;
+        memset(bar, '#', (size_t)fill);
+        memset(bar + fill, ' ', (size_t)(30 - fill));
+        bar[30] = '\0';
+        if (pct >= 0)
+            fprintf(stderr, "\r%s: [%s] %3d%% %s/s%s%s%s\033[K", p->what, bar, pct, r,
+                    *left ? ", " : "", left, *left ? " left" : "");
+        else
+            fprintf(stderr, "\r%s: %s, %s/s\033[K", p->what, d, r);
+    } else {
+        char e[32];
+        fmt_time(e, sizeof e, el);
+        fmt_count(d, sizeof d, (double)done, p->unit, 1);
+        if (final)
+            fprintf(stderr, "%s: done: %s in %s (%s/s)\n", p->what, d, e, r);
+        else if (pct >= 0)
+            fprintf(stderr, "%s: %.*s of %s (%d%%), %s/s, %s elapsed%s%s%s\n", p->what,
+                    strcmp(p->unit, "bytes") ? (int)strcspn(d, " ") : (int)strlen(d), d, tt,
+                    pct, r, e, *left ? ", " : "", left, *left ? " left" : "");
+        else
+            fprintf(stderr, "%s: %s, %s/s, %s elapsed\n", p->what, d, r, e);
+    }
+    fflush(stderr);
+    p->drawn = 1;
+    p->last = t;
+}
+
+static void *ticker(void *arg)
+{
+    tool_progress *p = arg;
+    pthread_mutex_lock(&p->mu);
+    while (!p->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        if (p->stop)
+            break;
+        if (p->watch[0])
+            atomic_store(&p->done, watched_pos(p));
+        double t = now_s();
+        /* a bar from the first second on, redrawn 4 times a second; lines
+         * every interval */
+        if (p->bar ? t - p->t0 >= (p->interval < 1 ? p->interval : 1) && t - p->last >= 0.25
+                   : t - p->last >= p->interval)
+            draw(p, 0);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+tool_progress *tool_progress_start(const char *what, uint64_t total, const char *unit)
+{
+    int tty = isatty(STDERR_FILENO);
+    if (!tool_verbosity || tool_progress_mode == 0 || (tool_progress_mode < 0 && !tty))
+        return NULL;
+    tool_progress *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->what = what ? what : tool_name;
+    p->unit = unit ? unit : "";
+    atomic_store(&p->total, total);
+    p->bar = tty;
+    p->interval = 10;
+    const char *iv = getenv("SKV_PROGRESS_INTERVAL");
+    double v;
+    if (iv && tool_parse_double(iv, &v) == 0 && v >= 0)
+        p->interval = v;
+    p->t0 = p->last = now_s();
+    p->watch_fd = -1;
+    if (p->bar)
+        active_bar = p;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    if (pthread_create(&p->thread, NULL, ticker, p) != 0) {
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void tool_progress_set(tool_progress *p, uint64_t done)
+{
+    if (p)
+        atomic_store(&p->done, done);
+}
+
+void tool_progress_cb(void *ctx, uint64_t done, uint64_t total)
+{
+    tool_progress *p = ctx;
+    if (!p)
+        return;
+    atomic_store(&p->total, total);
+    atomic_store(&p->done, done);
+}
+
+void tool_progress_watch(tool_progress *p, const char *path)
+{
+    if (!p)
+        return;
+    struct stat st;
+    pthread_mutex_lock(&p->mu);
+    if (!path || !strcmp(path, "-")) {
+        if (fstat(STDIN_FILENO, &st) == 0 && S_ISREG(st.st_mode)) {
+            atomic_store(&p->total, (uint64_t)st.st_size);
+            snprintf(p->watch, sizeof p->watch, "/proc/self/fd/0");
+            p->watch_fd = STDIN_FILENO;
+        }
+    } else if (realpath(path, p->watch) && stat(p->watch, &st) == 0 && S_ISREG(st.st_mode)) {
+        atomic_store(&p->total, (uint64_t)st.st_size);
+    } else {
+        p->watch[0] = '\0';
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+void tool_progress_end(tool_progress *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    if (active_bar == p)
+        active_bar = NULL;
+    if (p->watch[0])
+        atomic_store(&p->done, watched_pos(p));
+    /* lines: a last one with the totals, only when a line was due */
+    if (p->bar || now_s() - p->t0 >= p->interval)
+        draw(p, 1);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p);
 }

@@ -89,6 +89,23 @@ int tool_getopt(int argc, char **argv, const char *shorts, const struct option *
 /* "tool: msg" on stderr when tool_verbosity >= level. */
 void tool_note(int level, const char *fmt, ...) SKV_PRINTF(2, 3);
 
+/* Progress of a long step on stderr: a bar when stderr is a terminal, a line
+ * every few seconds with --progress (SKV_PROGRESS_INTERVAL seconds, default
+ * 10), nothing with -q or --no-progress; with the rate and the time left.
+ * tool_progress_start returns NULL when progress is off (every function
+ * accepts NULL).  The count comes from tool_progress_set (callbacks) or,
+ * after tool_progress_watch, from the read position of the input file
+ * (Linux /proc/self/fdinfo), sampled by a thread every 100 ms. */
+typedef struct tool_progress tool_progress;
+tool_progress *tool_progress_start(const char *what, uint64_t total, const char *unit);
+void tool_progress_set(tool_progress *p, uint64_t done);
+/* Count bytes read from path (NULL or "-": standard input); total is its
+ * size when it is a regular file, else unknown (no percentage, no ETA). */
+void tool_progress_watch(tool_progress *p, const char *path);
+/* skv_progress_fn-shaped callback: ctx is a tool_progress (or NULL). */
+void tool_progress_cb(void *ctx, uint64_t done, uint64_t total);
+void tool_progress_end(tool_progress *p);
+
 /* Output formats of the text reports: -O FMT / --format FMT, --tsv, --json. */
 enum { TOOL_FMT_TEXT, TOOL_FMT_TSV, TOOL_FMT_JSON, TOOL_FMT_STREAM };
 /* Parse FMT among the names allowed by the mask (1 << TOOL_FMT_*). */
