@@ -21,6 +21,7 @@ static noreturn void usage(void)
            "       %s needle --model M [--lengths LIST] [--depths LIST] [--policy LIST] [options]\n"
            "       %s sweep  --model M --text FILE -o OUT.tsv [--policies LIST] [--budgets LIST]\n"
            "                     [options]\n"
+           "       %s merge  -o OUT.tsv SHARD.tsv...\n"
            "Run a GGUF model with smartkv compressing its KV cache while it decodes and\n"
            "measure the end-to-end cost against the fp16 cache in the same run.\n"
            "\n"
@@ -30,7 +31,8 @@ static noreturn void usage(void)
            "  needle   pass-key retrieval grid (lengths x depths) per policy, with the fp16\n"
            "           baseline beside it\n"
            "  sweep    one TSV row per (policy, budget, importance, decay, realloc) into\n"
-           "           OUT.tsv; rows already there are skipped; -j N runs N at once\n"
+           "           OUT.tsv; rows already there are skipped; -j N runs N at once\n"           "  merge    add the rows of sweep tables (e.g. --shard runs) that OUT.tsv lacks\n"
+           "           and mark the Pareto front over all of them\n"
            "\n"
            "Cache options:\n"
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
@@ -72,7 +74,7 @@ static noreturn void usage(void)
            "      --tsv, --json      short for -O tsv, -O json\n"
            "  -o, --output FILE      write to FILE (default stdout; sweep: required, appended)\n"
            TOOL_COMMON_HELP,
-           tool_name, tool_name, tool_name);
+           tool_name, tool_name, tool_name, tool_name);
     exit(0);
 }
 
@@ -825,6 +827,51 @@ static int cmd_sweep(opts *o)
     return 0;
 }
 
+/* ---------------------------------------------------------------- merge */
+
+/* Append the rows of sweep tables (shards) that OUT lacks, by label, then
+ * recompute the front over all of them: the table of one whole sweep. */
+static int cmd_merge(const opts *o, int n, char **files)
+{
+    if (!o->out || !strcmp(o->out, "-"))
+        tool_usage_error("merge needs -o OUT.tsv (rows are appended; rows already there are kept)");
+    if (n < 1)
+        tool_usage_error("merge needs the sweep tables to merge: -o OUT.tsv SHARD.tsv...");
+    uint32_t added = 0;
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(files[i], o->out))
+            tool_usage_error("merge: %s is the output", files[i]);
+        FILE *f = fopen(files[i], "r");
+        if (!f)
+            tool_die(EXIT_DATA, "%s: cannot open: %s", files[i], strerror(errno));
+        char line[4096];
+        if (!fgets(line, sizeof line, f) || strcmp(line, tsv_head) != 0) {
+            fclose(f);
+            tool_die(EXIT_DATA, "%s: not a skv-eval sweep table (header)", files[i]);
+        }
+        for (uint64_t ln = 2; fgets(line, sizeof line, f); ln++) {
+            size_t len = strlen(line), tab = strcspn(line, "\t");
+            if (!len || line[len - 1] != '\n' || line[tab] != '\t') {
+                fclose(f);
+                tool_die(EXIT_DATA, "%s: line %llu: not a sweep row", files[i],
+                         (unsigned long long)ln);
+            }
+            line[tab] = '\0';
+            int done = row_done(o->out, line);
+            line[tab] = '\t';
+            if (!done) {
+                append_line(o->out, line);
+                added++;
+            }
+        }
+        fclose(f);
+    }
+    if (access(o->out, F_OK) == 0)
+        mark_front(o->out);
+    tool_note(1, "merge: %u rows added to %s", added, o->out);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 int main(int argc, char **argv)
@@ -937,9 +984,11 @@ int main(int argc, char **argv)
         }
     }
     if (!o.cmd)
-        tool_usage_error("missing command (ppl, needle or sweep)");
+        tool_usage_error("missing command (ppl, needle, sweep or merge)");
+    if (!strcmp(o.cmd, "merge"))
+        return cmd_merge(&o, argc - optind, argv + optind);
     if (strcmp(o.cmd, "ppl") != 0 && strcmp(o.cmd, "needle") != 0 && strcmp(o.cmd, "sweep") != 0)
-        tool_usage_error("unknown command '%s' (ppl, needle or sweep)", o.cmd);
+        tool_usage_error("unknown command '%s' (ppl, needle, sweep or merge)", o.cmd);
     if (optind < argc)
         tool_usage_error("unexpected argument '%s'", argv[optind]);
     if (o.tsv && o.json)

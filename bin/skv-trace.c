@@ -170,6 +170,16 @@ static int cmd_synth(int argc, char **argv)
     skv_trace_hdr h;
     if (skv_synth_header(&c, &h) < 0)
         tool_usage_error("%s", skv_errmsg());
+    if (tool_verbosity >= 2 && c.needles) { /* -v: where the needles are (scripts/plot-alloc) */
+        uint64_t *pos = calloc(c.needles, sizeof *pos);
+        if (pos && skv_synth_needles(&c, pos) == 0) {
+            fprintf(stderr, "%s: needles at", tool_name);
+            for (uint32_t i = 0; i < c.needles; i++)
+                fprintf(stderr, "%s%llu", i ? "," : " ", (unsigned long long)pos[i]);
+            fputc('\n', stderr);
+        }
+        free(pos);
+    }
     skv_stream *s = open_out(out, level);
     tool_progress *pr = tool_progress_start(tool_name, c.n_layers, "layers");
     c.progress = tool_progress_cb;
