@@ -3,7 +3,7 @@ file per length, from `skv-eval needle --tsv`) as a markdown table: one row
 per cache, one column per length (the depths' results in order), the cells
 of lengths not run printed as "not run (time)", and each cache's agreement
 with the fp16 cache over the cells run.  Also writes DIR/needle.dat for
-scripts/plot-needle.  Standard library only."""
+scripts/plot-needle-grid.  Standard library only."""
 import csv
 import glob
 import os
