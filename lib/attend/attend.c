@@ -1207,19 +1207,18 @@ static int attend_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_stream *ou
         rc = skv_error(SKV_ELIMIT, "attention outputs too large");
         goto done;
     }
-    o = skv_malloc(no * sizeof *o);
-    if (!o || (req->probs && !(p = skv_malloc(np * sizeof *p)))) {
-        rc = SKV_ENOMEM;
-        goto done;
-    }
-    if (mode == SKV_ATT_DENSE_F16 &&
-        (!(k16 = skv_malloc(nkv * 2)) || !(v16 = skv_malloc(nkv * 2)))) {
-        rc = SKV_ENOMEM;
-        goto done;
-    }
     if ((rc = skv_athd_write(out, &A)) < 0)
         goto done;
     while ((rc = skv_trace_next_layer(r, &layer)) == 1) {
+        /* outputs allocated once a whole layer has been read: never more
+         * memory than the input has shown to be real */
+        if (!o && (!(o = skv_malloc(no * sizeof *o)) ||
+                   (req->probs && !(p = skv_malloc(np * sizeof *p))) ||
+                   (mode == SKV_ATT_DENSE_F16 &&
+                    (!(k16 = skv_malloc(nkv * 2)) || !(v16 = skv_malloc(nkv * 2)))))) {
+            rc = SKV_ENOMEM;
+            goto done;
+        }
         skv_kv_view L = {SKV_KV_F32, h->n_heads, h->n_kv_heads, h->head_dim, h->n_tokens,
                          layer.q, layer.k, layer.v, NULL};
         if (mode == SKV_ATT_DENSE_F16) {
@@ -1353,18 +1352,10 @@ done:
 static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chunk_list *extra,
                               skv_stream *out, const skv_attend_req *req)
 {
-    skv_trace *t = skv_trace_new(&r->hdr);
-    if (!t)
-        return SKV_ENOMEM;
-    int rc = 0;
-    for (uint32_t l = 0; l < t->hdr.n_layers && rc == 0; l++) {
-        skv_layer L = {.q = t->q[l], .k = t->k[l], .v = t->v[l]};
-        if ((rc = skv_trace_next_layer(r, &L)) == 0)
-            rc = skv_error(SKV_EFORMAT, "missing layers");
-        rc = rc < 0 ? rc : 0;
-    }
-    if (rc == 0)
-        rc = skv_trace_reader_finish(r);
+    skv_trace *t = NULL;
+    int rc = skv_trace_read_all(r, &t);
+    if (rc < 0)
+        return rc;
     skv_cache_plan plan;
     memset(&plan, 0, sizeof plan);
     if (rc == 0 && (rc = skv_cache_plan_from_chunks(&plan, &t->hdr, extra)) < 0)

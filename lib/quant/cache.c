@@ -471,7 +471,8 @@ void skv_cache_free(skv_cache *c)
                 free(h->owned[b]);
             free(h->owned);
             free(h->buckets);
-            free(h->bits);
+            if (h->bits != c->zero_bits)
+                free(h->bits);
         }
         free(c->heads);
     }
@@ -481,6 +482,7 @@ void skv_cache_free(skv_cache *c)
         free(c->q);
     }
     free(c->tokens);
+    free(c->zero_bits);
     skv_chunk_list_free(&c->extra);
     free(c);
 }
@@ -491,6 +493,7 @@ typedef struct {
     uint64_t toks;          /* token ids read */
     uint32_t ql, qh;        /* next expected Q block: layer, head, row */
     uint64_t qrow;
+    size_t tcap, qcap;      /* bytes allocated of tokens and of q[ql] so far */
     int have_pbkt;          /* a PBKT was read: key of the last one */
     uint32_t pl, ph, pw, ppart, pn, plast;
 } rd;
@@ -530,6 +533,8 @@ static int read_pkhd(rd *r, const skv_chunk *ch)
                                            p->q.head_dim))
         return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: fp16 byte count %llu is wrong",
                          (unsigned long long)ch->offset, (unsigned long long)p->fp16_bytes);
+    /* Only the per-head records here (at most 2^20 of them); the queries,
+     * buckets and width arrays are allocated as their chunks arrive. */
     size_t nh = (size_t)p->n_layers * p->n_kv_heads;
     c->heads = skv_calloc(nh, sizeof *c->heads);
     if (!c->heads)
@@ -537,20 +542,11 @@ static int read_pkhd(rd *r, const skv_chunk *ch)
     for (size_t i = 0; i < nh; i++) {
         c->heads[i].layer = (uint32_t)(i / p->n_kv_heads);
         c->heads[i].kv_head = (uint32_t)(i % p->n_kv_heads);
-        c->heads[i].bits = skv_calloc((size_t)p->n_tokens, 1);
-        if (!c->heads[i].bits)
-            return SKV_ENOMEM;
     }
     if (!(c->hdr.flags & SKV_TRACE_NO_QUERIES)) {
-        size_t nq, nkv;
-        if ((rc = skv_trace_layer_floats(&c->hdr, &nq, &nkv)) < 0)
-            return rc;
         c->q = skv_calloc(p->n_layers, sizeof *c->q);
         if (!c->q)
             return SKV_ENOMEM;
-        for (uint32_t l = 0; l < p->n_layers; l++)
-            if (!(c->q[l] = skv_malloc(nq * sizeof(float))))
-                return SKV_ENOMEM;
     } else {
         r->ql = p->n_layers;  /* nothing to wait for */
     }
@@ -583,13 +579,19 @@ static int read_q(rd *r, const skv_chunk *ch)
                          t.head, (unsigned long long)t.row0, (unsigned long long)t.rows, r->ql,
                          r->qh, (unsigned long long)r->qrow, h->head_dim,
                          skv_dtype_name(h->dtype));
-    skv_tens_to_f32(&t, c->q[r->ql] + ((size_t)r->qh * h->n_tokens + r->qrow) * h->head_dim);
+    size_t at = ((size_t)r->qh * h->n_tokens + r->qrow) * h->head_dim;
+    size_t full = (size_t)h->n_heads * h->n_tokens * h->head_dim * sizeof(float);
+    if ((rc = skv_grow((void **)&c->q[r->ql], &r->qcap, (at + (size_t)t.rows * h->head_dim) *
+                       sizeof(float), full)) < 0)
+        return rc;
+    skv_tens_to_f32(&t, c->q[r->ql] + at);
     r->qrow += t.rows;
     if (r->qrow == h->n_tokens) {
         r->qrow = 0;
         if (++r->qh == h->n_heads) {
             r->qh = 0;
             r->ql++;
+            r->qcap = 0;
         }
     }
     return 0;
@@ -646,6 +648,10 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
                          "%u): %s", at, b.layer, b.kv_head, b.bits, b.part, bad);
     }
     skv_cache_head *h = &c->heads[(size_t)b.layer * p->n_kv_heads + b.kv_head];
+    if (!h->bits && !(h->bits = skv_calloc((size_t)p->n_tokens, 1))) {
+        free(mem);
+        return SKV_ENOMEM;
+    }
     for (uint32_t i = 0; i < b.n; i++) {
         uint32_t t = b.idx[i];
         if (h->bits[t]) {
@@ -682,6 +688,9 @@ static int read_finish(rd *r)
     if (c->q && r->ql < p->n_layers)
         return skv_error(SKV_EFORMAT, "stream ends inside the queries (layer %u head %u row "
                          "%llu)", r->ql, r->qh, (unsigned long long)r->qrow);
+    if (r->toks < ((c->hdr.flags & SKV_TRACE_HAS_TOKENS) ? c->hdr.n_tokens : 0))
+        return skv_error(SKV_EFORMAT, "stream ends inside the token ids (%llu of %llu)",
+                         (unsigned long long)r->toks, (unsigned long long)c->hdr.n_tokens);
     uint64_t bytes = skv_pkhd_file_bytes(), stored = 0;
     for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++) {
         const skv_cache_head *h = &c->heads[i];
@@ -699,6 +708,13 @@ static int read_finish(rd *r)
     if (bytes != p->cache_bytes)
         return skv_error(SKV_EFORMAT, "the buckets take %llu bytes, the PKHD chunk says %llu",
                          (unsigned long long)bytes, (unsigned long long)p->cache_bytes);
+    /* heads with every token evicted share one array of zero widths */
+    for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++)
+        if (!c->heads[i].bits) {
+            if (!c->zero_bits && !(c->zero_bits = skv_calloc((size_t)p->n_tokens, 1)))
+                return SKV_ENOMEM;
+            c->heads[i].bits = c->zero_bits;
+        }
     return 0;
 }
 
@@ -715,11 +731,6 @@ static int read_chunk(rd *r, const skv_chunk *ch)
         if (!(c->hdr.flags & SKV_TRACE_PACKED))
             return skv_error(SKV_EFORMAT, "this stream is a plain trace, not a packed cache "
                              "(make one with skv-quant)");
-        if (c->hdr.flags & SKV_TRACE_HAS_TOKENS) {
-            c->tokens = skv_calloc((size_t)c->hdr.n_tokens, sizeof(int32_t));
-            if (!c->tokens)
-                return SKV_ENOMEM;
-        }
         r->state = 1;
         return 0;
     }
@@ -740,6 +751,9 @@ static int read_chunk(rd *r, const skv_chunk *ch)
             return skv_error(SKV_EFORMAT, "TOKS chunk at byte %llu: tokens %llu+%llu do not "
                              "continue at %llu", at, (unsigned long long)t0,
                              (unsigned long long)n, (unsigned long long)r->toks);
+        if ((rc = skv_grow((void **)&c->tokens, &r->tcap, (size_t)(r->toks + n) * 4,
+                           (size_t)want_toks * 4)) < 0)
+            return rc;
         memcpy(c->tokens + r->toks, ch->data + 16, n * 4);
         r->toks += n;
         return 0;
