@@ -26,6 +26,7 @@ typedef struct filt {
     float *err;          /* [n_layers][n_kv][T][SKV_NBITS] */
     float *ent;          /* [n_layers][n_kv] */
     size_t cap[3];       /* bytes allocated of imp, err, ent (grown per layer) */
+    skv_alloc_seq old;   /* an earlier allocation in the input, checked then replaced */
     skv_qcfg q;
 } filt;
 
@@ -201,7 +202,15 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
             else
                 rc = on_tens(f, &c, icfg);
         } else if (skv_chunk_is(&c, SKV_T_ALHD) || skv_chunk_is(&c, SKV_T_ALOC)) {
-            continue; /* an earlier allocation: replaced by ours */
+            /* an earlier allocation: checked like any input, then replaced by ours */
+            if (!f->have_hdr || f->layer < f->hdr.n_layers)
+                rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu before the last layer",
+                               c.type, (unsigned long long)c.offset);
+            else
+                rc = skv_alloc_seq_chunk(&f->old, &f->hdr, &c);
+            if (rc < 0)
+                goto out;
+            continue;
         } else if (skv_chunk_is_critical(c.type)) {
             rc = skv_error(SKV_EUNSUP, "unknown critical chunk %s at byte %llu", c.type,
                            (unsigned long long)c.offset);
@@ -222,6 +231,8 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
                        (unsigned long long)f->row, (unsigned long long)h->n_tokens);
         goto out;
     }
+    if ((rc = skv_alloc_seq_end(&f->old)) < 0)
+        goto out;
     skv_layer_free(&f->L);
     if (acfg->share_layers)
         skv_importance_share_layers(f->imp, h->n_layers, h->n_kv_heads, h->n_tokens);

@@ -9,6 +9,7 @@
  * once per group), the tile's max, exp, then the weighted V rows (each V row
  * decoded once per group).  Nothing beyond one tile's scores is kept. */
 #include "smartkv_attend.h"
+#include "smartkv_alloc.h"
 #include "smartkv_error.h"
 #include "smartkv_pack.h"
 #include "smartkv_cache.h"
@@ -1147,10 +1148,20 @@ uint64_t skv_attend_bytes_read(const skv_kv_view *L, uint64_t t)
 
 /* Chunks other than the trace's inside an input trace: allocation and
  * ancillary chunks are skipped; other critical chunks are rejected. */
+/* Chunks around a trace's layers: allocation chunks are checked in stream
+ * order (and kept, with ancillary ones, when the trace is packed here). */
+typedef struct {
+    skv_chunk_list list;
+    skv_alloc_seq seq;
+    skv_trace_hdr h;
+} trace_extra;
+
 static int other_chunk(void *ctx, const skv_chunk *c)
 {
-    (void)ctx;
-    if (!skv_chunk_is_critical(c->type) || skv_chunk_is(c, "ALHD") || skv_chunk_is(c, "ALOC"))
+    trace_extra *x = ctx;
+    if (skv_chunk_is(c, "ALHD") || skv_chunk_is(c, "ALOC"))
+        return skv_alloc_seq_chunk(&x->seq, &x->h, c);
+    if (!skv_chunk_is_critical(c->type))
         return 0;
     return skv_error(SKV_EUNSUP, "unexpected critical chunk %s at byte %llu in a trace", c->type,
                      (unsigned long long)c->offset);
@@ -1159,9 +1170,9 @@ static int other_chunk(void *ctx, const skv_chunk *c)
 /* Keep allocation and ancillary chunks (for packing a trace in memory). */
 static int collect_chunk(void *ctx, const skv_chunk *c)
 {
-    if (!skv_chunk_is_critical(c->type) || skv_chunk_is(c, "ALHD") || skv_chunk_is(c, "ALOC"))
-        return skv_chunk_list_add(ctx, c);
-    return other_chunk(NULL, c);
+    trace_extra *x = ctx;
+    int rc = other_chunk(ctx, c);
+    return rc < 0 ? rc : skv_chunk_list_add(&x->list, c);
 }
 
 static void fill_athd(skv_athd *A, const skv_trace_hdr *h, uint32_t mode, int probs,
@@ -1443,7 +1454,9 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
     }
     if (mode == SKV_ATT_AUTO)
         mode = SKV_ATT_REFERENCE;
-    skv_chunk_list extra = {0};
+    trace_extra extra;
+    memset(&extra, 0, sizeof extra);
+    extra.h = h;
     if (h.flags & SKV_TRACE_NO_QUERIES) {
         skv_close(s);
         return skv_error(SKV_EFORMAT, "the trace has no queries");
@@ -1473,7 +1486,7 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
                 rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu where token ids were expected",
                                c.type, (unsigned long long)c.offset);
             else
-                rc = r->other(&extra, &c);
+                rc = r->other(r->other_ctx, &c);
             continue;
         }
         uint64_t t0 = c.raw_size >= 16 ? skv_get64(c.data) : UINT64_MAX;
@@ -1485,12 +1498,14 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
             have += n;
     }
     if (rc == 0 && mode == SKV_ATT_PACKED)
-        rc = attend_alloc_trace(ctx, r, &extra, out, req);
+        rc = attend_alloc_trace(ctx, r, &extra.list, out, req);
     else if (rc == 0)
         rc = attend_trace(ctx, r, out, req, mode);
     if (rc == 0 && mode != SKV_ATT_PACKED)
         rc = skv_trace_reader_finish(r);
+    if (rc == 0)
+        rc = skv_alloc_seq_end(&extra.seq);
     skv_trace_reader_close(r);
-    skv_chunk_list_free(&extra);
+    skv_chunk_list_free(&extra.list);
     return rc;
 }

@@ -283,6 +283,10 @@ static skv_stream *read_start(skv_stream *s)
     }
     s->major = skv_get16(c.data);
     s->minor = skv_get16(c.data + 2);
+    if (skv_get32(c.data + 4)) {
+        skv_error(SKV_EFORMAT, "HEAD chunk: reserved bytes 4..7 are not zero");
+        goto fail;
+    }
     if (s->major != SKV_VERSION_MAJOR) {
         skv_error(SKV_EVERSION, "unsupported format version %d.%d (this reader "
                   "supports %d.x)", s->major, s->minor, SKV_VERSION_MAJOR);

@@ -289,6 +289,9 @@ int skv_trhd_decode(const skv_chunk *c, skv_trace_hdr *h)
     h->flags = skv_get32(p + 36);
     h->rope_theta = skv_getf32(p + 40);
     size_t a = skv_get16(p + 48), b = skv_get16(p + 50);
+    if (skv_get32(p + 44))
+        return skv_error(SKV_EFORMAT, "TRHD chunk at byte %llu: reserved bytes 44..47 are not "
+                         "zero", (unsigned long long)c->offset);
     if (a > SKV_MAX_NAME || b > SKV_MAX_NAME ||
         SKV_TRHD_FIXED_LEN + a + b > c->raw_size)
         return skv_error(SKV_EFORMAT, "TRHD chunk at byte %llu: name lengths %zu+%zu "
@@ -322,6 +325,9 @@ int skv_tens_decode(const skv_chunk *c, skv_tens *t)
     t->rows = skv_get64(p + 24);
     t->cols = skv_get32(p + 32);
     t->data = p + SKV_TENS_HEADER_LEN;
+    if (skv_get32(p + 36))
+        return skv_error(SKV_EFORMAT, "TENS chunk at byte %llu: reserved bytes 36..39 are not "
+                         "zero", (unsigned long long)c->offset);
     size_t es = skv_dtype_size(t->dtype);
     if (!es)
         return skv_error(SKV_EFORMAT, "TENS chunk at byte %llu: unknown element type %u",

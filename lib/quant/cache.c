@@ -2,6 +2,7 @@
  * reader, and the way back to a plain trace. */
 #include "smartkv_cache.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -167,6 +168,9 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
     if (c->size < ALHD_FIXED || c->size != ALHD_FIXED + (uint64_t)skv_get16(b + 64))
         return skv_error(SKV_EFORMAT, "ALHD chunk: %llu bytes do not match its text length",
                          (unsigned long long)c->size);
+    if (skv_get32(b + 28) & ~1u || skv_get32(b + 52))
+        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown flags 0x%x or reserved bytes 52..55 "
+                         "not zero", skv_get32(b + 28));
     uint32_t nl = skv_get32(b + 8), nk = skv_get32(b + 12), hd = skv_get32(b + 32);
     uint64_t nt = skv_get64(b + 16);
     if (nl != h->n_layers || nk != h->n_kv_heads || nt != h->n_tokens || hd != h->head_dim)
@@ -206,18 +210,27 @@ int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
 {
     int rc;
     const skv_raw_chunk *alhd = NULL;
+    size_t naloc = 0, nheads = (size_t)h->n_layers * h->n_kv_heads;
     for (size_t i = 0; chunks && i < chunks->n; i++)
         if (!memcmp(chunks->v[i].type, SKV_T_ALHD, 4)) {
             if (alhd)
                 return skv_error(SKV_EFORMAT, "more than one allocation header (ALHD chunk)");
             alhd = &chunks->v[i];
+        } else if (!memcmp(chunks->v[i].type, SKV_T_ALOC, 4)) {
+            if (!alhd)
+                return skv_error(SKV_EFORMAT, "ALOC chunk before the allocation header (ALHD)");
+            naloc++;
         }
     if (!alhd)
         return skv_error(SKV_EFORMAT, "no allocation in the stream (run skv-alloc first, or "
                          "use --uniform N)");
+    /* counted before the plan is allocated: its size must be backed by data */
+    if (naloc != nheads)
+        return skv_error(SKV_EFORMAT, "the allocation has %zu ALOC chunks for %zu (layer, kv "
+                         "head) pairs", naloc, nheads);
     if ((rc = plan_alloc(p, h)) < 0)
         return rc;
-    size_t nheads = (size_t)h->n_layers * h->n_kv_heads;
+    size_t next = 0;
     uint8_t *seen = skv_calloc(nheads, 1);
     if (!seen) {
         rc = SKV_ENOMEM;
@@ -252,9 +265,27 @@ int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
             goto fail;
         }
         size_t hi = (size_t)l * h->n_kv_heads + kh;
-        if (seen[hi]++) {
-            rc = skv_error(SKV_EFORMAT, "two ALOC chunks for layer %u kv head %u", l, kh);
+        if (seen[hi]++ || hi != next) {
+            rc = skv_error(SKV_EFORMAT, "%s ALOC chunk for layer %u kv head %u (they go in "
+                           "ascending layer, kv head order, once each)",
+                           seen[hi] > 1 ? "a second" : "out of order:", l, kh);
             goto fail;
+        }
+        next++;
+        for (uint64_t t = n; t < ((n + 3) & ~(uint64_t)3); t++)
+            if (b[16 + t]) {
+                rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: padding bytes "
+                               "are not zero", l, kh);
+                goto fail;
+            }
+        for (uint64_t t = 0; t < n; t++) {
+            float imp = skv_getf32(b + 16 + ((n + 3) & ~(uint64_t)3) + 4 * t);
+            if (!isfinite(imp) || imp < 0) {
+                rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: token %llu has "
+                               "importance %g (must be finite and >= 0)", l, kh,
+                               (unsigned long long)t, (double)imp);
+                goto fail;
+            }
         }
         uint8_t *dst = p->bits + hi * h->n_tokens;
         for (uint64_t t = 0; t < n; t++) {
@@ -718,6 +749,23 @@ static int read_finish(rd *r)
     return 0;
 }
 
+/* The allocation chunks a cache carries are checked as skv-quant checks them,
+ * though only their text is used after loading. */
+static int check_alloc_chunks(const skv_cache *c)
+{
+    for (size_t i = 0; i < c->extra.n; i++)
+        if (!memcmp(c->extra.v[i].type, SKV_T_ALHD, 4) ||
+            !memcmp(c->extra.v[i].type, SKV_T_ALOC, 4)) {
+            skv_cache_plan plan;
+            int rc = skv_cache_plan_from_chunks(&plan, &c->hdr, &c->extra);
+            if (rc < 0)
+                return skv_error(rc, "the cache's allocation: %s", skv_errmsg());
+            skv_cache_plan_free(&plan);
+            return 0;
+        }
+    return 0;
+}
+
 static int read_chunk(rd *r, const skv_chunk *ch)
 {
     skv_cache *c = r->c;
@@ -769,6 +817,8 @@ static int read_chunk(rd *r, const skv_chunk *ch)
     if (skv_chunk_is(ch, SKV_T_PKHD)) {
         if (r->state != 1)
             return skv_error(SKV_EFORMAT, "second PKHD chunk at byte %llu", at);
+        if ((rc = check_alloc_chunks(c)) < 0)
+            return rc;
         return read_pkhd(r, ch);
     }
     if (skv_chunk_is(ch, SKV_T_TENS) || skv_chunk_is(ch, SKV_T_PBKT)) {
