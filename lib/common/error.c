@@ -136,11 +136,14 @@ static uint64_t live_bytes(void)
 static uint64_t live_bytes(void) { return 0; }
 #endif
 
+uint64_t skv_mem_live(void) { return live_bytes(); }
+
 /* Small requests are summed and the live total is looked up once per
  * CHECK_EVERY bytes, so the cap costs nothing on hot small allocations yet
  * bounds many small ones as it bounds one large one. */
 #define CHECK_EVERY ((size_t)1 << 20)
 static _Thread_local size_t unchecked;
+static _Thread_local int last_fail = SKV_ENOMEM; /* why the last request failed */
 
 /* May the process allocate n more bytes (replacing a block of `old` bytes)? */
 static int within_cap(size_t n, size_t old)
@@ -151,6 +154,7 @@ static int within_cap(size_t n, size_t old)
     if (n > cap) {
         skv_error(SKV_ELIMIT, "allocation of %zu bytes exceeds the memory cap of %llu bytes",
                   n, (unsigned long long)cap);
+        last_fail = SKV_ELIMIT;
         return 0;
     }
     if (n <= old)
@@ -163,6 +167,7 @@ static int within_cap(size_t n, size_t old)
         skv_error(SKV_ELIMIT, "allocation of %zu bytes would bring the process to %llu bytes, "
                   "beyond the memory cap of %llu bytes", n, (unsigned long long)(live + grow),
                   (unsigned long long)cap);
+        last_fail = SKV_ELIMIT;
         return 0;
     }
     return 1;
@@ -170,6 +175,7 @@ static int within_cap(size_t n, size_t old)
 
 static int alloc_allowed(size_t n, size_t old)
 {
+    last_fail = SKV_ENOMEM;
     if (fail_countdown < 0) {
         const char *e = getenv("SKV_FAIL_ALLOC");
         char *end = NULL;
@@ -242,7 +248,7 @@ int skv_grow(void **p, size_t *cap, size_t need, size_t limit)
         n = 4096;
     void *q = skv_realloc(*p, n);
     if (!q)
-        return SKV_ENOMEM;
+        return last_fail;
     *p = q;
     *cap = n;
     return 0;

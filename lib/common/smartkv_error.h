@@ -88,6 +88,9 @@ SKV_EXPORT void skv_fail_alloc_after(long n);
  * SKV_ELIMIT.  Requests under 64 KiB are checked once per MiB of them. */
 SKV_EXPORT void skv_set_max_mem(uint64_t bytes);
 SKV_EXPORT uint64_t skv_get_max_mem(void);
+/* Bytes the process holds in live heap allocations, as the cap counts them
+ * (0 where the allocator cannot tell). */
+SKV_EXPORT uint64_t skv_mem_live(void);
 
 /* Check, before allocating, that an object of `bytes` in total (made of
  * several allocations, e.g. a whole trace) fits the memory cap.  Returns 0,

@@ -61,23 +61,8 @@ static const char *zerr(int rc)
 
 static int grow(uint8_t **p, size_t *cap, size_t need)
 {
-    if (need <= *cap)
-        return 0;
-    uint64_t max = skv_get_max_mem();
-    if (max && need > max)
-        return skv_error(SKV_ELIMIT, "a buffer of %zu bytes exceeds the memory cap of %llu "
-                         "bytes", need, (unsigned long long)max);
-    size_t n = *cap ? *cap : 4096;
-    while (n < need)
-        n = n > SIZE_MAX / 2 ? need : n * 2;
-    if (max && n > max)
-        n = (size_t)max; /* doubling stops at the cap; need <= max */
-    uint8_t *q = skv_realloc(*p, n);
-    if (!q)
-        return SKV_ENOMEM;
-    *p = q;
-    *cap = n;
-    return 0;
+    /* a stored chunk: header, at most SKV_CHUNK_MAX bytes, CRC */
+    return skv_grow((void **)p, cap, need, SKV_CHUNK_MAX + SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN);
 }
 
 /* ---- reading ---- */
