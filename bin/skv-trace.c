@@ -342,6 +342,7 @@ static void npy_create(npy_out *n, const char *prefix, const char *suffix, uint3
     int fd = mkstemp(n->tmp);
     if (fd < 0 || !(n->f = fdopen(fd, "wb")))
         tool_die(EXIT_DATA, "%s: cannot create: %s", n->path, strerror(errno));
+    skv_tmp_register(n->tmp);
     mode_t um = umask(0);
     umask(um);
     fchmod(fd, 0666 & ~um);
@@ -484,6 +485,7 @@ static int cmd_export(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         if (fclose(files[i].f) != 0 || rename(files[i].tmp, files[i].path) != 0)
             tool_die(EXIT_DATA, "%s: write error: %s", files[i].path, strerror(errno));
+        skv_tmp_unregister(files[i].tmp);
         free(files[i].path);
         free(files[i].tmp);
     }
@@ -496,6 +498,7 @@ bad:;
         for (int i = 0; i < 3; i++) {
             fclose(files[i].f);
             unlink(files[i].tmp);
+            skv_tmp_unregister(files[i].tmp);
         }
     tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), msg);
 }

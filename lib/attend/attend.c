@@ -1382,6 +1382,7 @@ static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chun
             tmp[0] = 0;
         } else {
             close(fd);
+            skv_tmp_register(tmp);
         }
     }
     skv_cache *c = NULL;
@@ -1398,8 +1399,10 @@ static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chun
     skv_cache_plan_free(&plan);
     if (rc == 0)
         rc = skv_cache_load(tmp, &c);
-    if (tmp[0])
+    if (tmp[0]) {
         unlink(tmp);
+        skv_tmp_unregister(tmp);
+    }
     if (rc == 0)
         rc = skv_attend_cache(ctx, c, out, req);
     skv_cache_free(c);
