@@ -1,7 +1,7 @@
 /* fuzz_check -- the conformance checker (skv-trace info, cat and export):
  * every chunk of a stream with recomputed CRCs through skv_check_chunk, then
  * skv_check_end.  Properties: a stream the checker accepts as a trace loads
- * with skv_trace_load, as a packed cache with skv_cache_read, as attention
+ * as skv-quant loads it (skv_cache_input_load), as a packed cache with skv_cache_read, as attention
  * outputs with skv_attn_load (one validation path: what info accepts, the
  * tools accept). */
 #include "fuzz.h"
@@ -29,8 +29,11 @@ static int one(const uint8_t *data, size_t size)
     }
     const char *msg = "";
     if (kind == SKV_KIND_TRACE) {
+        /* as skv-quant loads it: allocation and ancillary chunks kept */
         skv_trace *t = NULL;
-        rc = skv_trace_load(fuzz_memfd_path(data, size), &t);
+        skv_chunk_list extra = {0};
+        rc = skv_cache_input_load(fuzz_memfd_path(data, size), &t, &extra);
+        skv_chunk_list_free(&extra);
         skv_trace_free(t);
         msg = "trace";
     } else if (kind == SKV_KIND_PACKED) {

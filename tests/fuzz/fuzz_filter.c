@@ -50,15 +50,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* skv-quant on the allocated trace */
     skv_trace *t = NULL;
     skv_chunk_list extra = {0};
-    FUZZ_ASSERT(skv_cache_input_load(apath, &t, &extra) == 0);
+    rc = skv_cache_input_load(apath, &t, &extra);
     skv_cache_plan plan;
-    FUZZ_ASSERT(skv_cache_plan_from_chunks(&plan, &t->hdr, &extra) == 0);
+    if (rc == 0)
+        rc = skv_cache_plan_from_chunks(&plan, &t->hdr, &extra);
+    if (rc < 0)
+        fprintf(stderr, "skv-quant rejects skv-alloc's output: %s\n", skv_errmsg());
+    FUZZ_ASSERT(rc == 0);
     int pfd = memfd_create("skv-fuzz-cache", MFD_CLOEXEC);
     FUZZ_ASSERT(pfd >= 0);
     skv_stream *ps = skv_open_write_fd(pfd, "cache", -1);
     FUZZ_ASSERT(ps);
     skv_cache_stats st;
-    FUZZ_ASSERT(skv_cache_write(ps, t, &plan, &extra, 0, &st) == 0);
+    rc = skv_cache_write(ps, t, &plan, &extra, 0, &st);
+    if (rc < 0 && strstr(skv_errmsg(), "not finite")) {
+        /* a trace with NaN or values beyond fp16: skv-alloc allocates for it,
+         * skv-quant refuses to quantize it (smartkv(5), encoding) */
+        skv_discard(ps);
+        skv_cache_plan_free(&plan);
+        skv_chunk_list_free(&extra);
+        skv_trace_free(t);
+        close(pfd);
+        close(fd);
+        return 0;
+    }
+    if (rc < 0)
+        fprintf(stderr, "skv-quant fails on skv-alloc's output: %s\n", skv_errmsg());
+    FUZZ_ASSERT(rc == 0);
     FUZZ_ASSERT(skv_close(ps) == 0);
     FUZZ_ASSERT(st.cache_bytes == st.model_bytes);
     size_t n;
