@@ -215,6 +215,110 @@ START_TEST(test_declared_size_not_allocated)
 }
 END_TEST
 
+/* The conformance checker over a stream the library wrote, and over the
+ * same chunks with one rule broken (valid CRCs: the writer computes them). */
+static int check_chunks(const uint8_t *buf, size_t n)
+{
+    skv_stream *s = skv_open_mem(buf, n, "check");
+    ck_assert_ptr_nonnull(s);
+    skv_checker *k = skv_checker_new();
+    ck_assert_ptr_nonnull(k);
+    skv_chunk c;
+    int rc;
+    while ((rc = skv_read(s, &c)) > 0)
+        if ((rc = skv_check_chunk(k, &c)) < 0)
+            break;
+    if (rc == 0)
+        rc = skv_check_end(k);
+    skv_checker_free(k);
+    skv_close(s);
+    return rc;
+}
+
+/* Write a small trace with `edit` applied to its chunk sequence: 0 none,
+ * 1 an unknown critical chunk at the end, 2 the second TENS twice, 3 the last
+ * TENS left out, 4 an unknown ancillary chunk after TRHD. */
+static uint8_t *edited_trace(int edit, size_t *n)
+{
+    skv_trace_hdr h = {0};
+    h.n_layers = 1;
+    h.n_heads = 2;
+    h.n_kv_heads = 1;
+    h.head_dim = 8;
+    h.n_tokens = 4;
+    h.dtype = SKV_F32;
+    skv_trace *t = skv_trace_new(&h);
+    ck_assert_ptr_nonnull(t);
+    int fd = memfd_create("checked", 0);
+    ck_assert_int_ge(fd, 0);
+    skv_stream *w = skv_open_write_fd(fd, "checked", -1);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_int_eq(skv_trhd_write(w, &h), 0);
+    if (edit == 4)
+        ck_assert_int_eq(skv_write(w, "zzzz", "x", 1), 0);
+    for (int i = 0; i < 4; i++) { /* Q0 Q1 K0 V0 */
+        uint32_t kind = i < 2 ? SKV_TK_Q : (uint32_t)(i + 0);
+        if (edit == 3 && i == 3)
+            break;
+        ck_assert_int_eq(skv_tens_write(w, kind, SKV_F32, 0, i < 2 ? (uint32_t)i : 0, 0, 4, 8,
+                                        t->q[0]), 0);
+        if (edit == 2 && i == 1)
+            ck_assert_int_eq(skv_tens_write(w, kind, SKV_F32, 0, 1, 0, 4, 8, t->q[0]), 0);
+    }
+    if (edit == 1)
+        ck_assert_int_eq(skv_write(w, "ZZZZ", "x", 1), 0);
+    ck_assert_int_eq(skv_close(w), 0);
+    off_t size = lseek(fd, 0, SEEK_END);
+    uint8_t *buf = malloc((size_t)size);
+    ck_assert_ptr_nonnull(buf);
+    ck_assert_int_eq(pread(fd, buf, (size_t)size, 0), size);
+    close(fd);
+    skv_trace_free(t);
+    *n = (size_t)size;
+    return buf;
+}
+
+START_TEST(test_checker)
+{
+    static const struct { int edit, rc; const char *msg; } cases[] = {
+        {0, 0, NULL},
+        {1, SKV_EUNSUP, "unknown critical chunk ZZZZ"},
+        {2, SKV_EFORMAT, "expected K layer 0 head 0"},
+        {3, SKV_EFORMAT, "stream ends inside layer 0 (V head 0"},
+        {4, 0, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n;
+        uint8_t *buf = edited_trace(cases[i].edit, &n);
+        int rc = check_chunks(buf, n);
+        ck_assert_msg(rc == cases[i].rc, "edit %d: rc %d (%s)", cases[i].edit, rc, skv_errmsg());
+        if (cases[i].msg)
+            ck_assert_msg(strstr(skv_errmsg(), cases[i].msg), "edit %d: %s", cases[i].edit,
+                          skv_errmsg());
+        free(buf);
+    }
+}
+END_TEST
+
+/* skv_grow: doubling within the limit, the limit enforced, cap kept on error */
+START_TEST(test_grow)
+{
+    void *p = NULL;
+    size_t cap = 0;
+    ck_assert_int_eq(skv_grow(&p, &cap, 10, 100000), 0);
+    ck_assert_uint_eq(cap, 4096);
+    ck_assert_int_eq(skv_grow(&p, &cap, 5000, 100000), 0);
+    ck_assert_uint_eq(cap, 8192);
+    ck_assert_int_eq(skv_grow(&p, &cap, 70000, 100000), 0);
+    ck_assert_uint_eq(cap, 70000);
+    ck_assert_int_eq(skv_grow(&p, &cap, 90000, 100000), 0);
+    ck_assert_uint_eq(cap, 100000); /* doubling stops at the limit */
+    ck_assert_int_eq(skv_grow(&p, &cap, 100001, 100000), SKV_ELIMIT);
+    ck_assert_uint_eq(cap, 100000);
+    free(p);
+}
+END_TEST
+
 START_TEST(test_open_fd_and_mem)
 {
     int fd = memfd_create("stream", 0);
@@ -338,6 +442,8 @@ int main(void)
     tcase_add_test(tc, test_memory_cap);
     tcase_add_test(tc, test_hostile_header);
     tcase_add_test(tc, test_declared_size_not_allocated);
+    tcase_add_test(tc, test_checker);
+    tcase_add_test(tc, test_grow);
     tcase_add_test(tc, test_open_fd_and_mem);
     tcase_add_test(tc, test_alloc_failure_sweep_mem);
     suite_add_tcase(s, tc);

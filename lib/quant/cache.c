@@ -366,7 +366,8 @@ static int keep_chunk(void *ctx, const skv_chunk *c)
                      (unsigned long long)c->offset);
 }
 
-static int check_alloc_chunks(const skv_trace_hdr *h, const skv_chunk_list *extra);
+static int check_alloc_chunks(const skv_trace_hdr *h, const skv_chunk_list *extra,
+                              const char *what);
 
 int skv_cache_input_load(const char *path, skv_trace **out, skv_chunk_list *extra)
 {
@@ -374,7 +375,7 @@ int skv_cache_input_load(const char *path, skv_trace **out, skv_chunk_list *extr
     int rc = skv_trace_load_with(path, keep_chunk, &ctx, out);
     /* an allocation is checked even when it will not be used (--uniform),
      * since it is passed on into the packed cache */
-    if (rc == 0 && (rc = check_alloc_chunks(&(*out)->hdr, extra)) < 0) {
+    if (rc == 0 && (rc = check_alloc_chunks(&(*out)->hdr, extra, "")) < 0) {
         skv_trace_free(*out);
         *out = NULL;
     }
@@ -760,7 +761,8 @@ static int read_finish(rd *r)
 
 /* The allocation chunks a cache carries are checked as skv-quant checks them,
  * though only their text is used after loading. */
-static int check_alloc_chunks(const skv_trace_hdr *h, const skv_chunk_list *extra)
+static int check_alloc_chunks(const skv_trace_hdr *h, const skv_chunk_list *extra,
+                              const char *what)
 {
     for (size_t i = 0; i < extra->n; i++)
         if (!memcmp(extra->v[i].type, SKV_T_ALHD, 4) ||
@@ -768,7 +770,7 @@ static int check_alloc_chunks(const skv_trace_hdr *h, const skv_chunk_list *extr
             skv_cache_plan plan;
             int rc = skv_cache_plan_from_chunks(&plan, h, extra);
             if (rc < 0)
-                return skv_error(rc, "the cache's allocation: %s", skv_errmsg());
+                return what[0] ? skv_error(rc, "%s: %s", what, skv_errmsg()) : rc;
             skv_cache_plan_free(&plan);
             return 0;
         }
@@ -826,7 +828,7 @@ static int read_chunk(rd *r, const skv_chunk *ch)
     if (skv_chunk_is(ch, SKV_T_PKHD)) {
         if (r->state != 1)
             return skv_error(SKV_EFORMAT, "second PKHD chunk at byte %llu", at);
-        if ((rc = check_alloc_chunks(&c->hdr, &c->extra)) < 0)
+        if ((rc = check_alloc_chunks(&c->hdr, &c->extra, "the cache's allocation")) < 0)
             return rc;
         return read_pkhd(r, ch);
     }
