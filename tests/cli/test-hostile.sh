@@ -80,7 +80,7 @@ for k in crit crit-mid res-head res-trhd res-tens res-alhd res-athd tens-dup ten
     run skv-trace cat -o c-$k.skv $k.skv
     expect_rc 1 "cat rejects $k"
     check "cat leaves no output for $k" test ! -e c-$k.skv
-    run skv-trace export -p x-$k $k.skv
+    run skv-trace export --prefix x-$k $k.skv
     expect_rc 1 "export rejects $k"
 done
 run skv-trace info crit.skv
@@ -102,6 +102,7 @@ for k in cache-aloc-layer cache-aloc-width7 cache-aloc-n; do
         # shellcheck disable=SC2086
         run $cmd $k.skv
         expect_rc 1 "$cmd rejects $k"
+        expect_err "the cache's allocation" "$cmd names the cache's allocation ($k)"
     done
 done
 $H cache-aloc-ok cok.skv || exit 1
