@@ -168,8 +168,8 @@ fi
 
 # ---- concurrent writers to one output name ----
 rm -f out.skv
-skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 -s 2 -o s2.skv || exit 1
-skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 -s 3 -o s3.skv || exit 1
+skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 --seed 2 -o s2.skv || exit 1
+skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 --seed 3 -o s3.skv || exit 1
 for i in 1 2 3 4; do
     for f in small s2 s3 large; do skv-trace cat -o out.skv $f.skv & done
 done
