@@ -198,6 +198,7 @@ struct skv_model {
     layer_w *layers;
     float *inv_freq;        /* n_rot/2 */
     uint32_t max_k;         /* longest matmul input row */
+    int act_q8;             /* matrix products on int8 activations where the type allows */
     pool pool;
     int pool_ok;
 };
@@ -390,6 +391,7 @@ skv_model *skv_model_load(const char *path, int n_threads)
         goto fail;
     }
     m->pool_ok = 1;
+    m->act_q8 = 1;
     skv_error_clear();
     return m;
 fail:
@@ -426,6 +428,13 @@ const char *skv_model_tokenizer_error(const skv_model *m) { return m->tok ? "" :
 const skv_gguf *skv_model_gguf(const skv_model *m) { return m->g; }
 int skv_model_threads(const skv_model *m) { return m->pool.n; }
 
+int skv_model_set_q8(skv_model *m, int on)
+{
+    int was = m->act_q8;
+    m->act_q8 = on != 0;
+    return was;
+}
+
 /* ---------------- workspace ---------------- */
 
 typedef struct workspace {
@@ -434,6 +443,7 @@ typedef struct workspace {
     int n_threads;
     float *xn, *q, *k, *v, *att, *gate, *up, *tmp;
     float *rope;            /* [block][n_rot/2][2] cos, sin */
+    skv_q8_block *xq;       /* [block][max_k/32] quantized matmul input */
     float *wbuf[SKV_MODEL_MAX_THREADS];   /* 4 dequantized rows */
     float *probs[SKV_MODEL_MAX_THREADS];  /* block * ctx */
     /* error from a worker thread */
@@ -455,6 +465,7 @@ static void ws_free(workspace *w)
     free(w->up);
     free(w->tmp);
     free(w->rope);
+    free(w->xq);
     for (int i = 0; i < SKV_MODEL_MAX_THREADS; i++) {
         free(w->wbuf[i]);
         free(w->probs[i]);
@@ -485,7 +496,8 @@ static workspace *ws_new(const skv_model *m, uint32_t block, uint64_t ctx)
         !(w->k = skv_malloc(B * KV * 4)) || !(w->v = skv_malloc(B * KV * 4)) ||
         !(w->att = skv_malloc(B * Q * 4)) || !(w->gate = skv_malloc(B * F * 4)) ||
         !(w->up = skv_malloc(B * F * 4)) || !(w->tmp = skv_malloc(B * E * 4)) ||
-        !(w->rope = skv_malloc(B * (p->n_rot / 2 + 1) * 2 * 4)))
+        !(w->rope = skv_malloc(B * (p->n_rot / 2 + 1) * 2 * 4)) ||
+        !(w->xq = skv_malloc(B * (m->max_k / SKV_Q8_BLOCK + 1) * sizeof(skv_q8_block))))
         goto fail;
     for (int i = 0; i < w->n_threads; i++)
         if (!(w->wbuf[i] = skv_malloc((size_t)4 * m->max_k * 4)) || !(w->probs[i] = skv_malloc(pr)))
@@ -567,6 +579,7 @@ AVX2 static void dot4x2_avx2(const float *w, const float *x0, const float *x1, s
 typedef struct mm_job {
     const skv_gguf_tensor *w;
     const float *x;
+    const skv_q8_block *xq;     /* x quantized ([n_tok][K/32]), or NULL: float path */
     size_t ldx;
     float *y;
     size_t ldy;
@@ -583,6 +596,19 @@ static void mm_task(void *ctx, uint32_t task, int thread)
         r1 = j->N;
     const uint8_t *W = j->w->data;
     uint32_t type = j->w->type, K = j->K;
+    if (j->xq) {
+        /* up to 4 tokens share each weight block loaded */
+        size_t nbk = K / SKV_Q8_BLOCK;
+        for (uint32_t r = r0; r < r1; r++)
+            for (uint32_t t = 0; t < j->n_tok; t += 4) {
+                uint32_t nt = j->n_tok - t < 4 ? j->n_tok - t : 4;
+                float o[4];
+                skv_ggml_dot_q8(type, W + (size_t)r * j->row_bytes, j->xq + t * nbk, nbk, K, nt, o);
+                for (uint32_t i = 0; i < nt; i++)
+                    j->y[(t + i) * j->ldy + r] = o[i];
+            }
+        return;
+    }
     if (j->n_tok == 1) {
         for (uint32_t r = r0; r < r1; r++)
             j->y[r] = skv_ggml_dot(type, W + (size_t)r * j->row_bytes, j->x, K);
@@ -616,7 +642,13 @@ static void mm_task(void *ctx, uint32_t task, int thread)
 static void matmul(skv_model *m, workspace *ws, const skv_gguf_tensor *w, const float *x,
                    size_t ldx, float *y, size_t ldy, uint32_t n_tok)
 {
-    mm_job j = {w, x, ldx, y, ldy, n_tok, (uint32_t)w->ne[0], (uint32_t)w->ne[1], 0, ws};
+    mm_job j = {w, x, NULL, ldx, y, ldy, n_tok, (uint32_t)w->ne[0], (uint32_t)w->ne[1], 0, ws};
+    if (m->act_q8 && skv_ggml_q8_supported(w->type) && j.K % SKV_Q8_BLOCK == 0) {
+        size_t nbk = j.K / SKV_Q8_BLOCK;
+        for (uint32_t t = 0; t < n_tok; t++)
+            skv_q8_quantize(x + t * ldx, ws->xq + t * nbk, j.K);
+        j.xq = ws->xq;
+    }
     uint64_t rb;
     skv_ggml_row_bytes(w->type, w->ne[0], &rb);   /* validated at load */
     j.row_bytes = (size_t)rb;

@@ -142,11 +142,44 @@ SKV_EXPORT float skv_ggml_dot_ref(uint32_t type, const void *w, const float *x, 
 SKV_EXPORT float skv_vec_dot(const float *a, const float *b, size_t n);
 SKV_EXPORT void skv_vec_axpy(float *y, float a, const float *x, size_t n);   /* y += a*x */
 
+/* ---- integer dot products on int8 activations (as ggml's vec_dot) ----
+ *
+ * Activations are quantized in blocks of 32 to int8 with one float scale
+ * (ggml's block_q8_1, with float fields): x[i] ~ d * qs[i], s = d * sum(qs),
+ * d = max|x| / 127, rounding to nearest even.  The weight blocks are then
+ * multiplied in integers and scaled once per block. */
+#define SKV_Q8_BLOCK 32
+typedef struct skv_q8_block {
+    float d;                    /* scale */
+    float s;                    /* d * sum(qs), for the types with an offset */
+    int8_t qs[SKV_Q8_BLOCK];
+} skv_q8_block;
+
+/* Quantize n floats (n a multiple of 32) into n/32 blocks. */
+SKV_EXPORT void skv_q8_quantize(const float *x, skv_q8_block *y, size_t n);
+SKV_EXPORT void skv_q8_quantize_ref(const float *x, skv_q8_block *y, size_t n);
+/* 1 for the weight types with integer dot products (q4_0, q4_1, q8_0). */
+SKV_EXPORT int skv_ggml_q8_supported(uint32_t type);
+/* out[t] = (row w of n elements) . (activation row t), t < nt <= 4; row t
+ * starts at x + t*x_stride blocks.  Unsupported types leave out unchanged. */
+SKV_EXPORT void skv_ggml_dot_q8(uint32_t type, const void *w, const skv_q8_block *x,
+                                size_t x_stride, size_t n, uint32_t nt, float *out);
+SKV_EXPORT void skv_ggml_dot_q8_ref(uint32_t type, const void *w, const skv_q8_block *x,
+                                    size_t x_stride, size_t n, uint32_t nt, float *out);
+
 /* SIMD selection: 1 when the AVX2/FMA path is in use.  skv_simd_enable(0)
  * forces the scalar paths (tests compare the two); enable(1) restores
  * run-time detection.  Returns the resulting state. */
 SKV_EXPORT int skv_simd_active(void);
 SKV_EXPORT int skv_simd_enable(int on);
+/* Level in use: 0 scalar, 1 AVX2/FMA/F16C, 2 AVX2 with AVX-VNNI integer
+ * dot products.  skv_simd_set_level(max) caps it at what the CPU has
+ * (tests run each path) and returns the level now active. */
+#define SKV_SIMD_SCALAR 0
+#define SKV_SIMD_AVX2 1
+#define SKV_SIMD_VNNI 2
+SKV_EXPORT int skv_simd_level(void);
+SKV_EXPORT int skv_simd_set_level(int max);
 
 #ifdef __cplusplus
 }
