@@ -518,7 +518,7 @@ START_TEST(test_q8_known)
     int sum = 0;
     for (int i = 0; i < 32; i++)
         sum += q.qs[i];
-    ck_assert(q.s == (float)sum);
+    ck_assert(q.sum == sum);
     uint8_t q41[20] = {0};
     skv_put16(q41, 0x4000);            /* d = 2 */
     skv_put16(q41 + 2, 0xBC00);        /* m = -1 */
@@ -532,6 +532,63 @@ START_TEST(test_q8_known)
         ck_assert_msg(o[0] == want, "level %d: %g, want %g", level, o[0], want);
     }
     skv_simd_enable(1);
+}
+END_TEST
+
+
+/* Rows packed by 8: the reference on the packed layout equals the row-wise
+ * reference on the ggml rows, and every SIMD level matches it. */
+START_TEST(test_q8x8_matches_rows)
+{
+    uint32_t type = q8_types[_i];
+    srand(500 + (unsigned)_i);
+    const size_t n = 576, nb = n / SKV_Q8_BLOCK, rows = 16;
+    uint64_t rb;
+    ck_assert_int_eq(skv_ggml_row_bytes(type, n, &rb), 0);
+    uint64_t pb = skv_q8x8_bytes(type, n, rows);
+    ck_assert_uint_eq(pb, rb * rows);   /* the same size as the ggml rows */
+    ck_assert_uint_eq(skv_q8x8_bytes(type, n, 12), 0);
+    ck_assert_uint_eq(skv_q8x8_bytes(type, 48, 8), 0);
+    ck_assert_uint_eq(skv_q8x8_bytes(SKV_GGML_Q6_K, 512, 8), 0);
+    uint8_t *w = malloc(rb * rows), *pk = malloc(pb);
+    float x[4 * 576];
+    skv_q8_block q[4 * 18];
+    for (int rep = 0; rep < 10; rep++) {
+        fill_blocks(type, w, rows * n / skv_ggml_block_elems(type));
+        for (size_t i = 0; i < 4 * n; i++)
+            x[i] = ((float)rand() / RAND_MAX * 2 - 1) * (rep % 2 ? 1.0f : 30.0f);
+        skv_q8_quantize_ref(x, q, 4 * n);
+        skv_q8x8_pack(type, w, (size_t)rb, n, rows, pk);
+        for (uint32_t nt = 1; nt <= 4; nt++) {
+            float want[4][16], ref[4][16], got[4][16];
+            for (size_t r = 0; r < rows; r++) {
+                float o[4];
+                skv_ggml_dot_q8_ref(type, w + r * rb, q, nb, n, nt, o);
+                for (uint32_t t = 0; t < nt; t++)
+                    want[t][r] = o[t];
+            }
+            for (size_t g = 0; g < rows / 8; g++)
+                skv_q8x8_dot_ref(type, pk + g * (pb / 2), q, nb, n, nt, &ref[0][8 * g], 16);
+            for (int level = SKV_SIMD_SCALAR; level <= SKV_SIMD_VNNI; level++) {
+                int lv = skv_simd_set_level(level);
+                for (size_t g = 0; g < rows / 8; g++)
+                    skv_q8x8_dot(type, pk + g * (pb / 2), q, nb, n, nt, &got[0][8 * g], 16);
+                for (uint32_t t = 0; t < nt; t++)
+                    for (size_t r = 0; r < rows; r++) {
+                        double mag = 1e-5 * (fabs(want[t][r]) + 30 * n * 0.1) + 1e-6;
+                        ck_assert_msg(fabs(ref[t][r] - want[t][r]) <= mag, "%s row %zu: packed ref "
+                                      "%g, rows %g", skv_ggml_type_name(type), r, ref[t][r],
+                                      want[t][r]);
+                        ck_assert_msg(fabs(got[t][r] - ref[t][r]) <= mag, "%s level %d nt %u t %u "
+                                      "row %zu: %g, ref %g", skv_ggml_type_name(type), lv, nt, t, r,
+                                      got[t][r], ref[t][r]);
+                    }
+            }
+            skv_simd_enable(1);
+        }
+    }
+    free(w);
+    free(pk);
 }
 END_TEST
 
@@ -552,6 +609,7 @@ int main(void)
     tcase_add_test(tq, test_vec_kernels);
     tcase_add_loop_test(tq, test_q8_matches_scalar, 0, (int)(sizeof q8_types / sizeof q8_types[0]));
     tcase_add_test(tq, test_q8_known);
+    tcase_add_loop_test(tq, test_q8x8_matches_rows, 0, (int)(sizeof q8_types / sizeof q8_types[0]));
     suite_add_tcase(su, tq);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
