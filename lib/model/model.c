@@ -489,6 +489,8 @@ const char *skv_model_tokenizer_error(const skv_model *m) { return m->tok ? "" :
 const skv_gguf *skv_model_gguf(const skv_model *m) { return m->g; }
 int skv_model_threads(const skv_model *m) { return m->pool.n; }
 
+int skv_model_q8(const skv_model *m) { return m->act_q8; }
+
 int skv_model_set_q8(skv_model *m, int on)
 {
     int was = m->act_q8;

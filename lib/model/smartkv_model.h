@@ -71,6 +71,7 @@ SKV_EXPORT int skv_model_threads(const skv_model *m);
  * llama.cpp; off runs float32 activations against dequantized weights.
  * Returns the previous setting. */
 SKV_EXPORT int skv_model_set_q8(skv_model *m, int on);
+SKV_EXPORT int skv_model_q8(const skv_model *m);
 
 /* ---- KV cache interface ----
  *
