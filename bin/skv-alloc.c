@@ -165,7 +165,7 @@ int main(int argc, char **argv)
     if (argc - optind > 1)
         tool_usage_error("at most one input trace");
     const char *in = optind < argc ? argv[optind] : NULL;
-    if (ac.policy == SKV_POLICY_UNIFORM) {
+    if (skv_policy_flags(ac.policy) & SKV_PF_FIXED) {
         if (!have_budget)
             ac.budget = 0;
         if (!have_bits)
@@ -174,8 +174,9 @@ int main(int argc, char **argv)
             tool_usage_error("uniform:%u: width %u is not in --bits", ac.uniform_bits,
                              ac.uniform_bits);
     }
-    if (ac.policy == SKV_POLICY_LAYER_AWARE && ac.share_layers)
-        tool_usage_error("layer-aware allocates per layer; drop --share-layers");
+    if ((skv_policy_flags(ac.policy) & SKV_PF_PER_LAYER) && ac.share_layers)
+        tool_usage_error("%s allocates per layer; drop --share-layers",
+                         skv_policy_name(ac.policy));
     ac.qcfg.k_group = ac.qcfg.v_group = group; /* 0: head_dim, set from the trace */
 
     tool_check_binary_output(out);

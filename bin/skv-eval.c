@@ -596,8 +596,9 @@ static uint32_t make_rows(const opts *o, row **out)
     for (uint32_t pi = 0; pi < o->n_policies; pi++) {
         skv_ec_cfg base = o->cfg;
         set_policy(&base, o->policies[pi]);
-        int budgeted = base.kind == SKV_EC_COMPRESS && base.alloc.policy != SKV_POLICY_UNIFORM;
-        int tracked = budgeted && base.alloc.policy != SKV_POLICY_POSITION;
+        unsigned pf = base.kind == SKV_EC_COMPRESS ? skv_policy_flags(base.alloc.policy) : 0;
+        int budgeted = (pf & SKV_PF_BUDGET) != 0;
+        int tracked = budgeted && (pf & SKV_PF_IMPORTANCE);
         uint32_t nb = budgeted ? o->n_budgets : 1, ni = tracked ? o->n_imps : 1;
         uint32_t nr = base.kind == SKV_EC_COMPRESS ? o->n_reallocs : 1;
         for (uint32_t bi = 0; bi < nb; bi++)

@@ -127,15 +127,34 @@ SKV_EXPORT int skv_qcfg_check(const skv_qcfg *c);
 SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const float *v,
                                        uint64_t n, float *err /* [n][SKV_NBITS] */);
 
-/* ---- policies ---- */
+/* ---- policies ----
+ * One file per policy in lib/alloc/policy/; this list names each once
+ * (X(ENUM_SUFFIX, file_symbol)): a new policy is one file plus one line. */
+#define SKV_POLICY_LIST(X) \
+    X(SMARTKV, smartkv)         /* marginal-gain heap */ \
+    X(GREEDY, greedy)           /* rank thresholds 8/4/2 fitted to the budget */ \
+    X(OPTIMAL, optimal)         /* Lagrangian MCKP over convex hulls + fix-up */ \
+    X(UNIFORM, uniform)         /* every token uniform_bits */ \
+    X(RANDOM, random)           /* smartkv's histogram, shuffled */ \
+    X(POSITION, position)       /* newest tokens highest */ \
+    X(LAYER_AWARE, layer_aware) /* per-layer budgets from attention entropy */
+
 enum skv_policy {
-    SKV_POLICY_SMARTKV = 1,  /* marginal-gain heap */
-    SKV_POLICY_GREEDY,       /* rank thresholds 8/4/2 fitted to the budget */
-    SKV_POLICY_OPTIMAL,      /* Lagrangian MCKP over convex hulls + fix-up */
-    SKV_POLICY_UNIFORM,      /* every token uniform_bits */
-    SKV_POLICY_RANDOM,       /* smartkv's histogram, shuffled */
-    SKV_POLICY_POSITION,     /* newest tokens highest */
-    SKV_POLICY_LAYER_AWARE,  /* per-layer budgets from attention entropy */
+    SKV_POLICY_NONE = 0,
+#define SKV_POLICY_ENUM_(ID, sym) SKV_POLICY_##ID,
+    SKV_POLICY_LIST(SKV_POLICY_ENUM_)
+#undef SKV_POLICY_ENUM_
+    SKV_POLICY_END          /* one past the last policy */
+};
+
+/* What a policy needs and does (skv_policy_flags). */
+enum skv_policy_flag {
+    SKV_PF_BUDGET = 1u << 0,     /* spends a budget beta (required) */
+    SKV_PF_PROTECT = 1u << 1,    /* keeps sinks and recent tokens at the top width */
+    SKV_PF_IMPORTANCE = 1u << 2, /* reads the tracked importance */
+    SKV_PF_ENTROPY = 1u << 3,    /* reads per-(layer, head) attention entropy */
+    SKV_PF_PER_LAYER = 1u << 4,  /* cannot share widths across layers */
+    SKV_PF_FIXED = 1u << 5,      /* widths fixed by the name (uniform:N), budget optional */
 };
 
 typedef struct skv_alloc_cfg {
@@ -153,6 +172,10 @@ SKV_EXPORT void skv_alloc_cfg_defaults(skv_alloc_cfg *c);
 /* "smartkv", "uniform:4", ...; <0 with a message if unknown. */
 SKV_EXPORT int skv_policy_parse(const char *s, uint32_t *policy, uint32_t *uniform_bits);
 SKV_EXPORT const char *skv_policy_name(uint32_t policy);
+/* SKV_PF_* of a policy; 0 for an unknown one. */
+SKV_EXPORT unsigned skv_policy_flags(uint32_t policy);
+/* One line describing a policy, or NULL for an unknown one. */
+SKV_EXPORT const char *skv_policy_summary(uint32_t policy);
 
 /* The allocation problem over a whole trace. */
 typedef struct skv_alloc_problem {

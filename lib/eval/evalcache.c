@@ -82,16 +82,17 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
     if (c->kind != SKV_EC_COMPRESS)
         return 0;
     const skv_alloc_cfg *a = &c->alloc;
-    if (a->policy < SKV_POLICY_SMARTKV || a->policy > SKV_POLICY_LAYER_AWARE)
+    unsigned pf = skv_policy_flags(a->policy);
+    if (!pf)
         return skv_error(SKV_EINVAL, "unknown policy %u", a->policy);
     if (a->share_layers)
         return skv_error(SKV_EINVAL, "the online cache allocates per layer (no shared layers)");
     if (a->width_mask == 0 || (a->width_mask & ~SKV_WIDTH_MASK_ALL))
         return skv_error(SKV_EINVAL, "bad width mask 0x%x", a->width_mask);
-    if (a->policy == SKV_POLICY_UNIFORM &&
+    if ((pf & SKV_PF_FIXED) &&
         (!skv_bits_valid(a->uniform_bits) || !(a->width_mask & (1u << a->uniform_bits))))
         return skv_error(SKV_EINVAL, "uniform:%u: not an allowed width", a->uniform_bits);
-    if (a->policy != SKV_POLICY_UNIFORM && !(a->budget > 0 && isfinite(a->budget)))
+    if ((pf & SKV_PF_BUDGET) && !(a->budget > 0 && isfinite(a->budget)))
         return skv_error(SKV_EINVAL, "policy %s needs a budget beta > 0",
                          skv_policy_name(a->policy));
     if (c->imp_mode != SKV_IMP_EMA && c->imp_mode != SKV_IMP_CUMULATIVE &&
@@ -472,11 +473,12 @@ int skv_ec_realloc(skv_kv_cache *cc)
     skv_alloc_problem P = {L, KH, T, e->s_imp, e->s_err, ent};
     skv_alloc_cfg ac = e->cfg.alloc;
     ac.seed = e->cfg.alloc.seed + e->st.n_realloc;
-    if (ac.policy == SKV_POLICY_UNIFORM)
+    unsigned pf = skv_policy_flags(ac.policy);
+    if (pf & SKV_PF_FIXED)
         ac.budget = 0;
     skv_alloc_result res;
     rc = skv_alloc_solve(&ac, &P, e->s_bits, &res);
-    if (rc == SKV_EINVAL && ac.policy != SKV_POLICY_UNIFORM && res.min_bytes > res.budget_bytes &&
+    if (rc == SKV_EINVAL && !(pf & SKV_PF_FIXED) && res.min_bytes > res.budget_bytes &&
         res.fp16_bytes) {
         /* few tokens yet: the framing of the buckets does not fit the budget;
          * solve at the smallest cache these settings allow */
@@ -702,8 +704,9 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
         goto fail;
     if (e->cfg.ideal && !compress)
         e->cfg.ideal = 0;
-    e->track = compress && cfg->alloc.policy != SKV_POLICY_UNIFORM;
-    e->entropy = compress && cfg->alloc.policy == SKV_POLICY_LAYER_AWARE;
+    unsigned pf = skv_policy_flags(cfg->alloc.policy);
+    e->track = compress && (pf & SKV_PF_IMPORTANCE);
+    e->entropy = compress && (pf & SKV_PF_ENTROPY);
     size_t nh = (size_t)n_layers * n_kv_heads, ni;
     if (!(e->len = skv_calloc(n_layers, sizeof *e->len)) ||
         !(e->heads = skv_calloc(nh, sizeof *e->heads)))
