@@ -175,7 +175,7 @@ static int ref_open(const char *path, const ref_hdr *h, ref_map *rm)
     ref_hdr got;
     size_t want = sizeof *h + (size_t)h->n_scored * h->n_vocab * sizeof(float);
     if (fstat(fd, &st) < 0 || (size_t)st.st_size != want ||
-        pread(fd, &got, sizeof got, 0) != (ssize_t)sizeof got || memcmp(&got, h, sizeof got)) {
+        pread(fd, &got, sizeof got, 0) != (ssize_t)sizeof got || memcmp(&got, h, sizeof got) != 0) {
         close(fd);
         return 0;
     }
@@ -185,7 +185,8 @@ static int ref_open(const char *path, const ref_hdr *h, ref_map *rm)
         return skv_error(SKV_EIO, "%s: mmap: %s", path, strerror(errno));
     rm->base = b;
     rm->size = want;
-    rm->logits = (const float *)((const uint8_t *)b + sizeof *h);
+    const void *data = (const uint8_t *)b + sizeof *h;   /* 8-byte aligned: floats */
+    rm->logits = data;
     rm->n_scored = h->n_scored;
     return 1;
 }
@@ -305,7 +306,6 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
     if (o->reference && o->ref_cache) {
         if ((rc = ref_get(m, tokens, n, ctx, stride, P, o->ref_cache, &rm, &t_made)) < 0)
             goto out;
-        rc = SKV_ENOMEM;
     } else if (o->reference && (!(rc_cache = cache_for(p, &rcfg, ctx)) ||
                                 !(rs = skv_session_new(m, rc_cache, ctx)) || !(lr = skv_malloc(nl)))) {
         goto out;
