@@ -70,6 +70,10 @@ static noreturn void usage(void)
            "      --shard I/N        sweep: run only rows i with i %% N == I\n"
            "  -@, --threads N        model threads (default: online CPUs, divided among\n"
            "                         the sweep's jobs)\n"
+           "      --ref-cache DIR    ppl, sweep: keep the fp16 reference's logits in DIR and\n"
+           "                         reuse them (one model run per row instead of two)\n"
+           "      --int8-matmul      ppl, sweep: matrix products on int8 activations (faster;\n"
+           "                         adds a KL noise floor, see skv-eval(1)); needle uses them\n"
            "Output:\n"
            "  -O, --format FMT       text (default), tsv or json\n"
            "      --tsv, --json      short for -O tsv, -O json\n"
@@ -82,7 +86,7 @@ static noreturn void usage(void)
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
-    O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD
+    O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8
 };
 
 static const struct option longopts[] = {
@@ -118,6 +122,8 @@ static const struct option longopts[] = {
     {"json", no_argument, NULL, TOOL_OPT_JSON},
     {"format", required_argument, NULL, 'O'},
     {"output", required_argument, NULL, 'o'},
+    {"ref-cache", required_argument, NULL, O_REFCACHE},
+    {"int8-matmul", no_argument, NULL, O_INT8},
     TOOL_COMMON_OPTIONS,
     {NULL, 0, NULL, 0},
 };
@@ -144,6 +150,8 @@ typedef struct opts {
     uint32_t reallocs[MAX_LIST], n_reallocs;
     uint32_t imps[MAX_LIST], n_imps;
     int tsv, json, quiet;
+    const char *ref_cache;  /* --ref-cache DIR */
+    int int8;               /* --int8-matmul */
 } opts;
 
 /* Split a comma list into a fresh copy's items. */
@@ -432,6 +440,8 @@ static skv_ppl_opts ppl_opts(const opts *o, prog *p)
     po.prefill = o->prefill;
     po.max_tokens = o->max_tokens;
     po.reference = 1;
+    po.ref_cache = o->ref_cache;
+    po.int8 = o->int8;
     po.progress = progress;
     po.progress_ctx = p;
     return po;
@@ -975,6 +985,8 @@ int main(int argc, char **argv)
         }
         case TOOL_OPT_TSV: o.tsv = 1; break;
         case TOOL_OPT_JSON: o.json = 1; break;
+        case O_REFCACHE: o.ref_cache = optarg; break;
+        case O_INT8: o.int8 = 1; break;
         case 'O': {
             int f = tool_opt_format(optarg, 1u << TOOL_FMT_TEXT | 1u << TOOL_FMT_TSV |
                                     1u << TOOL_FMT_JSON);
