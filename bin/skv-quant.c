@@ -264,7 +264,7 @@ int main(int argc, char **argv)
     if (lrc < 0)
         tool_fail(tool_in_name(in));
     skv_cache_plan plan;
-    skv_chunk_list pass = {0}, *passp = &extra;
+    skv_chunk_list pass = {0};
     if (uniform) {
         skv_qcfg q = {t->hdr.head_dim, k_group ? k_group : t->hdr.head_dim,
                       v_group ? v_group : t->hdr.head_dim, k_mode, v_mode};
@@ -289,14 +289,13 @@ int main(int argc, char **argv)
         if (skv_chunk_list_add(&pass, &ch) < 0)
             tool_fail(tool_in_name(in));
     }
-    passp = &pass;
 
     tool_check_binary_output(out);
     skv_stream *s = skv_open_write(out, level);
     if (!s)
         tool_fail(tool_out_name(out));
     skv_cache_stats st;
-    int rc = skv_cache_write(s, t, &plan, passp, keep_q ? 0 : SKV_CACHE_DROP_QUERIES, &st);
+    int rc = skv_cache_write(s, t, &plan, &pass, keep_q ? 0 : SKV_CACHE_DROP_QUERIES, &st);
     if (rc < 0) {
         /* write failures are the output's; a value or an allocation that the
          * cache cannot hold is the input's */

@@ -482,7 +482,7 @@ static uint64_t watched_pos(tool_progress *p)
             snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
             ssize_t n = readlink(path, buf, sizeof buf - 1);
             if (n > 0 && (buf[n] = '\0', !strcmp(buf, p->watch))) {
-                p->watch_fd = atoi(e->d_name);
+                p->watch_fd = (int)strtol(e->d_name, NULL, 10);
                 break;
             }
         }
@@ -497,8 +497,10 @@ static uint64_t watched_pos(tool_progress *p)
     if (!f)
         return atomic_load(&p->done);
     while (fgets(buf, sizeof buf, f))
-        if (sscanf(buf, "pos: %llu", &pos) == 1)
+        if (!strncmp(buf, "pos:", 4)) {
+            pos = strtoull(buf + 4, NULL, 10);
             break;
+        }
     fclose(f);
     return pos;
 }

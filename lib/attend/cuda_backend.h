@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define SKV_CUDA_BACKEND_ABI 1
+#define SKV_CUDA_BACKEND_ABI 1u
 #define SKV_CUDA_BACKEND_FILE "libsmartkv-cuda.so"
 #define SKV_CUDA_BACKEND_ENTRY "skv_cuda_backend_open"
 

@@ -4,12 +4,16 @@
 . "$SKV_TOP/tests/cli/lib.sh"
 
 export SKV_PROGRESS_INTERVAL=0
-run skv-trace synth --progress -L 3 -T 2048 -o t.skv
+# inputs big enough that each step runs for several 100 ms ticks
+run skv-trace synth --progress -L 3 -T 16384 -o big.skv
 expect_rc 0 "synth --progress"
 check "synth --progress: lines with the count, the rate and the end" sh -c "
     grep -Eq '^skv-trace synth: [0-9]+ of 3 layers \\([0-9]+%\\), [0-9.]+ layers/s' '$T/err' &&
     grep -q '^skv-trace synth: done: 3 layers in ' '$T/err'"
-check "... and it wrote the same trace as without" sh -c "skv-trace synth -L 3 -T 2048 | cmp - t.skv"
+check "... and it wrote the same trace as without" sh -c "skv-trace synth -L 3 -T 16384 | cmp - big.skv"
+rm -f big.skv
+skv-trace synth -L 3 -T 2048 -o t.skv
+skv-trace synth -L 2 -T 4096 -o t4.skv
 run skv-trace synth -q --progress -L 3 -T 2048 -o q.skv
 check "-q: nothing on stderr, even with --progress" sh -c "[ $rc = 0 ] && [ ! -s '$T/err' ]"
 run skv-trace synth -L 3 -T 2048 -o q.skv
@@ -18,18 +22,18 @@ check "off a terminal without --progress: nothing" sh -c "[ $rc = 0 ] && [ ! -s 
 for c in "skv-trace cat t.skv -o c.skv" "skv-trace info t.skv"; do
     run $c --progress
     check "${c%% t.skv*} --progress: a done line with the bytes read and the rate" sh -c "[ $rc = 0 ] &&
-        grep -Eq ': done: [0-9.]+ [KM]B in [0-9]+s \\([0-9.]+ [KM]?B/s\\)' '$T/err'"
+        grep -Eq ': done: [0-9.]+ [KM]B in [0-9]+s \\([0-9.]+ [KMGT]?B/s\\)' '$T/err'"
 done
 # the slower steps also report on the way (a 100 ms tick)
-for c in "skv-alloc -b 0.3 t.skv -o a.skv" "skv-attend --reference -s 1000: t.skv -o r.skv"; do
+for c in "skv-alloc -b 0.3 t4.skv -o a4.skv" "skv-attend --reference -s 2000: t4.skv -o r.skv"; do
     run $c --progress
     check "${c%% -*} --progress: lines with the input read, rate, and the end" sh -c "[ $rc = 0 ] &&
-        grep -Eq ' of [0-9.]+ [KM]B \\([0-9]+%\\), [0-9.]+ [KM]?B/s' '$T/err' &&
+        grep -Eq ' of [0-9.]+ [KM]B \\([0-9]+%\\), [0-9.]+ [KMGT]?B/s' '$T/err' &&
         grep -Eq ': done: [0-9.]+ [KM]B in ' '$T/err'"
 done
-run sh -c 'skv-alloc --progress -b 0.3 < t.skv > b.skv'
+run sh -c 'skv-alloc --progress -b 0.3 < t4.skv > b.skv'
 check "skv-alloc --progress < FILE: the size of standard input is known" sh -c "
-    grep -Eq ' of [0-9.]+ [KM]B \\(' '$T/err' && cmp a.skv b.skv"
+    grep -Eq ' of [0-9.]+ [KM]B \\(' '$T/err' && cmp a4.skv b.skv"
 run skv-quant --progress --uniform 4 t.skv -o u.skv
 check "skv-quant --progress: the reading step" grep -q '^skv-quant: reading: done: ' "$T/err"
 

@@ -22,6 +22,10 @@ if [ ! -f "$model" ] || [ ! -f "$text" ]; then
     skip "sharded sweeps" "no model at $model or no $text"
     exit 0
 fi
+if [ -n "$SKV_VALGRIND" ]; then
+    skip "sharded sweeps" "model runs are too slow under valgrind (covered by the ASan run)"
+    exit 0
+fi
 # shellcheck disable=SC2086
 run skv-eval sweep -q -@ 1 --model "$model" --text "$text" $grid -o one.tsv
 expect_rc 0 "the one-process sweep"
