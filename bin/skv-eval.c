@@ -47,6 +47,16 @@ static noreturn void usage(void)
            "      --group G          channels per scale group (default head_dim)\n"
            "      --seed S           seed of the random policy and the pass keys (default 1)\n"
            "      --kernel K         attention kernel: auto (default), scalar, avx2\n"
+           "Grouped layout (any of these selects it; kivi:N always uses it):\n"
+           "      --keys L           token (per token, --group channels) or channel\n"
+           "                         (per channel over --key-tokens tokens)\n"
+           "      --key-tokens G     tokens per per-channel key group (default 32)\n"
+           "      --rotate           randomized Hadamard rotation of keys and queries\n"
+           "      --kv-split         separate widths for the key and the value of a token\n"
+           "      --error M          error model: imp-mse (default) or logit\n"
+           "      --value-group G    channels per value scale group (default --group)\n"
+           "      --residual R       newest tokens kept fp16; they leave R at a time\n"
+           "                         (same as --realloc; kivi default 32)\n"
            "Evaluation options:\n"
            "  -m, --model FILE       GGUF model (required)\n"
            "      --text FILE        text to score (ppl, sweep; - = stdin)\n"
@@ -81,7 +91,7 @@ enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_TSV, O_JSON, O_HELP,
-    O_VERSION
+    O_VERSION, O_KEYS, O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED
 };
 
 static const struct option longopts[] = {
@@ -97,6 +107,14 @@ static const struct option longopts[] = {
     {"group", required_argument, NULL, O_GROUP},
     {"seed", required_argument, NULL, O_SEED},
     {"kernel", required_argument, NULL, O_KERNEL},
+    {"keys", required_argument, NULL, O_KEYS},
+    {"key-tokens", required_argument, NULL, O_KEYTOK},
+    {"rotate", no_argument, NULL, O_ROTATE},
+    {"kv-split", no_argument, NULL, O_KVSPLIT},
+    {"error", required_argument, NULL, O_ERROR},
+    {"value-group", required_argument, NULL, O_VGROUP},
+    {"residual", required_argument, NULL, O_RESIDUAL},
+    {"grouped", no_argument, NULL, O_GROUPED},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, O_TEXT},
     {"ctx", required_argument, NULL, O_CTX},
@@ -176,6 +194,11 @@ static void set_policy(skv_ec_cfg *c, const char *p)
         return;
     }
     c->kind = SKV_EC_COMPRESS;
+    int k = skv_ec_kivi_parse(p, c);
+    if (k < 0)
+        tool_usage_error("--policy: %s", skv_errmsg());
+    if (k > 0)
+        return;
     if (skv_policy_parse(p, &c->alloc.policy, &c->alloc.uniform_bits) < 0)
         tool_usage_error("--policy: %s (also fp16, f32)", skv_errmsg());
 }
@@ -337,6 +360,8 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "fp16");
     else if (c->kind == SKV_EC_F32)
         snprintf(buf, n, "f32");
+    else if (c->kivi_bits)
+        snprintf(buf, n, "kivi:%u", c->kivi_bits);
     else if (c->alloc.policy == SKV_POLICY_UNIFORM)
         snprintf(buf, n, "uniform:%u", c->alloc.uniform_bits);
     else
@@ -845,7 +870,7 @@ int main(int argc, char **argv)
     o.jobs = 1;
     o.shard_n = 1;
     o.seed = 1;
-    uint32_t group = 0;
+    uint32_t group = 0, vgroup = 0;
     char *own[8] = {0};
     char *items[MAX_LIST];
     const char *lengths = "1K,2K,4K,8K", *depths = "0,25,50,75,100";
@@ -897,6 +922,30 @@ int main(int argc, char **argv)
             else
                 tool_usage_error("--kernel: '%s' is not auto, scalar or avx2", optarg);
             break;
+        case O_KEYS:
+            o.cfg.layout = SKV_EC_GROUPED;
+            if (!strcmp(optarg, "token"))
+                o.cfg.k_layout = SKV_EC_KEYS_TOKEN;
+            else if (!strcmp(optarg, "channel"))
+                o.cfg.k_layout = SKV_EC_KEYS_CHANNEL;
+            else
+                tool_usage_error("--keys: '%s' is not token or channel", optarg);
+            break;
+        case O_KEYTOK: o.cfg.key_tokens = tool_opt_u32("--key-tokens", optarg, 2, 4096); break;
+        case O_ROTATE: o.cfg.layout = SKV_EC_GROUPED; o.cfg.rotate = 1; break;
+        case O_KVSPLIT: o.cfg.layout = SKV_EC_GROUPED; o.cfg.kv_split = 1; break;
+        case O_GROUPED: o.cfg.layout = SKV_EC_GROUPED; break;
+        case O_ERROR:
+            o.cfg.layout = SKV_EC_GROUPED;
+            if (!strcmp(optarg, "imp-mse"))
+                o.cfg.err_model = SKV_EC_ERR_IMP_MSE;
+            else if (!strcmp(optarg, "logit"))
+                o.cfg.err_model = SKV_EC_ERR_LOGIT;
+            else
+                tool_usage_error("--error: '%s' is not imp-mse or logit", optarg);
+            break;
+        case O_VGROUP: vgroup = tool_opt_u32("--value-group", optarg, 1, SKV_MAX_HEAD_DIM); break;
+        case O_RESIDUAL: o.cfg.realloc = tool_opt_u32("--residual", optarg, 1, 1u << 20); break;
         case 'm': o.model = optarg; break;
         case O_TEXT: o.text = optarg; break;
         case O_CTX: o.ctx = tool_opt_u32("--ctx", optarg, 2, 1u << 24); break;
@@ -947,6 +996,8 @@ int main(int argc, char **argv)
     if (!o.model)
         tool_usage_error("%s needs --model FILE", o.cmd);
     o.cfg.alloc.qcfg.k_group = o.cfg.alloc.qcfg.v_group = group;
+    if (vgroup)
+        o.cfg.alloc.qcfg.v_group = vgroup;
     if (strcmp(o.cmd, "ppl") != 0 && strcmp(o.cmd, "needle") != 0 && strcmp(o.cmd, "sweep") != 0)
         tool_usage_error("unknown command '%s' (ppl, needle or sweep)", o.cmd);
     if (!strcmp(o.cmd, "needle")) {

@@ -86,7 +86,34 @@ typedef struct skv_ec_cfg {
     uint32_t realloc;       /* R >= 1 */
     int ideal;              /* requantize from a full-precision copy */
     int kernel;             /* enum skv_att_kernel (0 = auto) */
+    /* Grouped layout (layout = SKV_EC_GROUPED; see "Grouped layout" above). */
+    uint32_t layout;        /* enum skv_ec_layout */
+    uint32_t k_layout;      /* enum skv_ec_klayout */
+    uint32_t rotate;        /* 1: randomized Hadamard rotation of keys (and queries) */
+    uint32_t kv_split;      /* 1: separate widths for the key and the value of a token */
+    uint32_t err_model;     /* enum skv_ec_err */
+    uint32_t key_tokens;    /* G: tokens per per-channel key group (default 32) */
+    uint32_t kivi_bits;     /* kivi:N (fixed widths, no sinks, no tracking); 0 otherwise */
 } skv_ec_cfg;
+
+enum skv_ec_layout {
+    SKV_EC_PACKED = 0,      /* PBKT buckets, one width per token (the library's format) */
+    SKV_EC_GROUPED = 1,     /* key groups, separate K/V widths, byte model below */
+};
+enum skv_ec_klayout {
+    SKV_EC_KEYS_TOKEN = 0,  /* per token, groups of alloc.qcfg.k_group channels */
+    SKV_EC_KEYS_CHANNEL = 1,/* per channel over aligned groups of key_tokens tokens */
+};
+enum skv_ec_err {
+    SKV_EC_ERR_IMP_MSE = 0, /* importance x squared error of K and V */
+    SKV_EC_ERR_LOGIT = 1,   /* attention damage: logit error under the recent queries */
+};
+
+/* Parse "kivi:N" (N = 2, 3, 4 or 8) into c (grouped layout, keys per
+ * channel over 32 tokens, values per token in groups of 32 channels, the
+ * residual = c->realloc).  Returns 1 if s names kivi, 0 if not, <0 on a bad
+ * width. */
+SKV_EXPORT int skv_ec_kivi_parse(const char *s, skv_ec_cfg *c);
 
 /* smartkv, budget 0.25, library allocation defaults, ema 0.9, R = 16. */
 SKV_EXPORT void skv_ec_defaults(skv_ec_cfg *c);
