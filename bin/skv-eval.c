@@ -48,6 +48,7 @@ static noreturn void usage(void)
            "      --seed S           seed of the random policy and the pass keys (default 1)\n"
            "      --kernel K         attention kernel: auto (default), scalar, avx2\n"
            "Grouped layout (any of these selects it; kivi:N always uses it):\n"
+           "      --grouped          the grouped layout (keys per token unless --keys)\n"
            "      --keys L           token (per token, --group channels) or channel\n"
            "                         (per channel over --key-tokens tokens)\n"
            "      --key-tokens G     tokens per per-channel key group (default 32)\n"
@@ -459,6 +460,24 @@ static skv_ppl_opts ppl_opts(const opts *o, prog *p)
     return po;
 }
 
+/* The rule of skv-alloc: a budget below the smallest cache the settings
+ * allow (at a full window of ctx tokens, tracking state included) is an
+ * error, not a silent run at a higher beta.  Returns 0 or <0 (message set). */
+static int check_budget(const skv_model *m, const skv_ec_cfg *c, uint64_t ctx)
+{
+    if (c->kind != SKV_EC_COMPRESS || !(skv_policy_flags(c->alloc.policy) & SKV_PF_BUDGET))
+        return 0;
+    const skv_model_params *p = skv_model_get_params(m);
+    double mb;
+    if (skv_ec_min_beta(c, p->n_layers, p->n_heads, p->n_kv_heads, p->head_dim, ctx, &mb) < 0)
+        return -1;
+    if (c->alloc.budget < mb)
+        return skv_error(SKV_EINVAL, "budget %g is below the smallest cache these settings allow "
+                         "at a context of %llu tokens (beta %.4f, tracking state included)",
+                         c->alloc.budget, (unsigned long long)ctx, mb);
+    return 0;
+}
+
 static int cmd_ppl(opts *o)
 {
     if (!o->text)
@@ -478,6 +497,8 @@ static int cmd_ppl(opts *o)
         o->stride = o->ctx / 2 ? o->ctx / 2 : 1;
     if (o->stride > o->ctx)
         tool_usage_error("--stride %u exceeds --ctx %u", o->stride, o->ctx);
+    if (check_budget(m, &c, o->max_tokens && o->max_tokens < o->ctx ? o->max_tokens : o->ctx) < 0)
+        tool_die(EXIT_DATA, "%s", skv_errmsg());
     prog p = {"ppl", o->quiet, isatty(2), -1};
     skv_ppl_opts po = ppl_opts(o, &p);
     skv_ppl_result r;
@@ -698,7 +719,11 @@ static int run_rows(const opts *o, const row *rows, const uint32_t *todo, uint32
         skv_ppl_opts po = ppl_opts(o, &p);
         po.progress = NULL;
         skv_ppl_result res;
-        if (skv_eval_ppl(m, ids, n, &r->cfg, &po, &res) < 0) {
+        uint64_t w = o->ctx < n ? o->ctx : n;
+        if (o->max_tokens && o->max_tokens < w)
+            w = o->max_tokens;
+        if (check_budget(m, &r->cfg, w) < 0 ||
+            skv_eval_ppl(m, ids, n, &r->cfg, &po, &res) < 0) {
             fprintf(stderr, "%s: %s: %s\n", tool_name, r->label, skv_errmsg());
             bad = 1;
             continue;

@@ -913,3 +913,51 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     e->st.realloc_ns += now_ns() - t_start;
     return 0;
 }
+
+int skv_ecg_min_beta(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_heads,
+                     uint32_t n_kv_heads, uint32_t head_dim, uint64_t n, double *beta)
+{
+    (void)n_heads;
+    ecg e;
+    memset(&e, 0, sizeof e);
+    e.base.head_dim = head_dim;
+    e.cfg = *cfg;
+    skv_qcfg *q = &e.cfg.alloc.qcfg;
+    if (cfg->kivi_bits)
+        q->v_group = head_dim % 32 == 0 ? 32 : head_dim;
+    if (!q->k_group || head_dim % q->k_group)
+        q->k_group = head_dim;
+    if (!q->v_group || head_dim % q->v_group)
+        q->v_group = head_dim;
+    e.KT = cfg->k_layout == SKV_EC_KEYS_CHANNEL ? (cfg->key_tokens ? cfg->key_tokens : 32) : 1;
+    e.fixed = cfg->alloc.policy == SKV_POLICY_UNIFORM;
+    e.sinks = e.fixed ? 0 : cfg->alloc.sinks;
+    int lo = -1;
+    for (int i = 0; i < ECG_NW; i++)
+        if (e.fixed ? ecg_widths[i] == cfg->alloc.uniform_bits
+                    : (cfg->alloc.width_mask & (1u << ecg_widths[i])) != 0) {
+            e.wmask |= 1u << i;
+            if (lo < 0)
+                lo = i;
+        }
+    if (lo < 0 || !n)
+        return skv_error(SKV_EINVAL, "no allowed width");
+    uint32_t mbk, mbv;
+    map_bits(&e, &mbk, &mbv);
+    uint64_t s = e.sinks < n ? e.sinks : n, unit = ECG_UNIT_BYTES + s * 4ull * head_dim, nk = 0;
+    for (uint64_t t0 = 0; t0 < n; t0 += e.KT) {
+        uint64_t a = t0 > s ? t0 : s, b = t0 + e.KT < n ? t0 + e.KT : n;
+        if (a < b) {
+            unit += kbytes(&e, (uint32_t)(b - a), ecg_widths[lo]);
+            nk++;
+        }
+    }
+    unit += (n - s) * vbytes(&e, 1, ecg_widths[lo]) + (nk * mbk + (n - s) * mbv + 7) / 8;
+    if (cfg->alloc.policy == SKV_POLICY_SMARTKV)
+        unit += n;
+    if (!e.fixed && cfg->err_model == SKV_EC_ERR_LOGIT)
+        unit += 2ull * head_dim;
+    *beta = (double)(ECG_HEAD_BYTES + (uint64_t)n_layers * n_kv_heads * unit) /
+            (double)skv_alloc_fp16_bytes(n_layers, n_kv_heads, n, head_dim);
+    return 0;
+}

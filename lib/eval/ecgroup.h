@@ -14,6 +14,8 @@ int skv_ecg_stats(const skv_kv_cache *c, skv_ec_stats *s);
 void skv_ecg_stats_reset(skv_kv_cache *c);
 const uint8_t *skv_ecg_widths(const skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
 int skv_ecg_cfg_check(const skv_ec_cfg *c);
+int skv_ecg_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                     uint32_t n_kv_heads, uint32_t head_dim, uint64_t n, double *beta);
 
 /* Quantizer arithmetic of the grouped layout (also used by the tests):
  * asymmetric min/max over n values x[i*stride], scale and minimum stored as

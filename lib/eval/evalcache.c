@@ -137,6 +137,45 @@ int skv_ec_kivi_parse(const char *s, skv_ec_cfg *c)
     return 1;
 }
 
+int skv_ec_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                    uint32_t n_kv_heads, uint32_t head_dim, uint64_t n, double *beta)
+{
+    *beta = 1;
+    if (c->kind != SKV_EC_COMPRESS)
+        return 0;
+    if (skv_ec_cfg_check(c) < 0)
+        return SKV_EINVAL;
+    if (!n || !head_dim || !n_layers || !n_kv_heads)
+        return skv_error(SKV_EINVAL, "min beta: empty shape");
+    if (c->layout == SKV_EC_GROUPED)
+        return skv_ecg_min_beta(c, n_layers, n_heads, n_kv_heads, head_dim, n, beta);
+    skv_qcfg q = c->alloc.qcfg;
+    q.head_dim = head_dim;
+    q.k_group = q.k_group ? q.k_group : head_dim;
+    q.v_group = q.v_group ? q.v_group : head_dim;
+    q.k_mode = q.k_mode ? q.k_mode : SKV_QMODE_ASYM;
+    q.v_mode = q.v_mode ? q.v_mode : SKV_QMODE_ASYM;
+    unsigned pf = skv_policy_flags(c->alloc.policy);
+    uint32_t lo = 16;
+    if (pf & SKV_PF_FIXED)
+        lo = c->alloc.uniform_bits;
+    else
+        for (int i = SKV_NBITS - 1; i > 0; i--)
+            if (c->alloc.width_mask & (1u << skv_bit_widths[i]))
+                lo = skv_bit_widths[i];
+    uint64_t prot = (pf & SKV_PF_PROTECT) ? (uint64_t)c->alloc.sinks + c->alloc.recent : 0;
+    prot = prot < n ? prot : n;
+    uint64_t unit = lo == 16 ? skv_bucket_file_bytes(&q, 16, n)
+                             : skv_bucket_file_bytes(&q, 16, prot) +
+                                   skv_bucket_file_bytes(&q, lo, n - prot);
+    uint64_t bytes = skv_alloc_pkhd_bytes(&q) + (uint64_t)n_layers * n_kv_heads * unit;
+    if (pf & SKV_PF_IMPORTANCE)  /* as skv_ec_stats_get counts it */
+        bytes += (uint64_t)n_layers * n_kv_heads * n * (1 + SKV_NBITS * sizeof(float)) +
+                 (uint64_t)n_layers * n_heads * n * sizeof(float);
+    *beta = (double)bytes / (double)skv_alloc_fp16_bytes(n_layers, n_kv_heads, n, head_dim);
+    return 0;
+}
+
 void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
 {
     if (c->kind == SKV_EC_FP16) {

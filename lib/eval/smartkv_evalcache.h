@@ -115,6 +115,12 @@ enum skv_ec_err {
  * width. */
 SKV_EXPORT int skv_ec_kivi_parse(const char *s, skv_ec_cfg *c);
 
+/* beta (every byte, tracking state included) of the smallest cache these
+ * settings allow once n tokens are held and allocated: what a budget must
+ * at least be.  Returns 0 or <0. */
+SKV_EXPORT int skv_ec_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                               uint32_t n_kv_heads, uint32_t head_dim, uint64_t n, double *beta);
+
 /* smartkv, budget 0.25, library allocation defaults, ema 0.9, R = 16. */
 SKV_EXPORT void skv_ec_defaults(skv_ec_cfg *c);
 /* Check a configuration (policy, importance mode, decay, R, widths). */
