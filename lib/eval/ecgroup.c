@@ -417,7 +417,7 @@ static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
                 dv[j] = h16(sv[j]);
             }
             if (e->cfg.rotate) {
-                float tmp[SKV_MAX_HEAD_DIM];
+                float tmp[SKV_MAX_HEAD_DIM] = {0};
                 rotate(H, dk, tmp, d);
                 memcpy(dk, tmp, d * sizeof(float));
             }
@@ -446,7 +446,7 @@ static int ecg_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t p
     int rc;
     size_t r = (size_t)layer * c->n_heads + head;
     for (uint32_t i = 0; i < n; i++) {
-        float qr[SKV_MAX_HEAD_DIM];
+        float qr[SKV_MAX_HEAD_DIM] = {0};
         const float *qi = q + i * q_stride;
         if (e->cfg.rotate) {
             rotate(H, qi, qr, d);
@@ -760,7 +760,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * 2);
     if (!buf)
         return SKV_ENOMEM;
-    float vbar[SKV_MAX_HEAD_DIM], q2[SKV_MAX_HEAD_DIM];
+    float vbar[SKV_MAX_HEAD_DIM] = {0}, q2[SKV_MAX_HEAD_DIM] = {0};
     uint32_t last_unit = UINT32_MAX;
     uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
     for (size_t i = 0; i < e->n_it; i++) {
