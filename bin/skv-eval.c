@@ -55,6 +55,8 @@ static noreturn void usage(void)
            "      --rotate           randomized Hadamard rotation of keys and queries\n"
            "      --kv-split         separate widths for the key and the value of a token\n"
            "      --error M          error model: imp-mse (default) or logit\n"
+           "      --prior P          attention every token is assumed to draw, x 1/T\n"
+           "                         (grouped layout; default 0.05)\n"
            "      --value-group G    channels per value scale group (default --group)\n"
            "      --residual R       newest tokens kept fp16; they leave R at a time\n"
            "                         (same as --realloc; kivi default 32)\n"
@@ -92,7 +94,7 @@ enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_TSV, O_JSON, O_HELP,
-    O_VERSION, O_KEYS, O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED
+    O_VERSION, O_KEYS, O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR
 };
 
 static const struct option longopts[] = {
@@ -116,6 +118,7 @@ static const struct option longopts[] = {
     {"value-group", required_argument, NULL, O_VGROUP},
     {"residual", required_argument, NULL, O_RESIDUAL},
     {"grouped", no_argument, NULL, O_GROUPED},
+    {"prior", required_argument, NULL, O_PRIOR},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, O_TEXT},
     {"ctx", required_argument, NULL, O_CTX},
@@ -960,6 +963,7 @@ int main(int argc, char **argv)
         case O_ROTATE: o.cfg.layout = SKV_EC_GROUPED; o.cfg.rotate = 1; break;
         case O_KVSPLIT: o.cfg.layout = SKV_EC_GROUPED; o.cfg.kv_split = 1; break;
         case O_GROUPED: o.cfg.layout = SKV_EC_GROUPED; break;
+        case O_PRIOR: o.cfg.prior = tool_opt_double("--prior", optarg, 0, 1e6, 0); break;
         case O_ERROR:
             o.cfg.layout = SKV_EC_GROUPED;
             if (!strcmp(optarg, "imp-mse"))

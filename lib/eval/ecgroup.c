@@ -808,8 +808,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                 } else {
                     w = (double)(mix64(wkey ^ ((uint64_t)it->unit << 32) ^ tt) >> 11) * 0x1.0p-53;
                 }
-                if (e->cfg.err_model == SKV_EC_ERR_LOGIT)
-                    w += 0.05 / (double)T;  /* a token never attended can still draw attention */
+                /* a token not attended lately may be attended later */
+                w += (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
                 if (it->kind != 1) {
                     double vd = 0;
                     for (uint32_t q = 0; q < d; q++) {

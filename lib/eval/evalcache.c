@@ -216,9 +216,11 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
     if (c->ideal && w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " ideal");
     if (c->layout == SKV_EC_GROUPED && w < sizeof extra)
-        snprintf(extra + w, sizeof extra - w, " %s%s%s%s", c->k_layout ? "kch" : "ktok",
-                 c->rotate ? "+rot" : "", c->kv_split ? " kv" : "",
-                 c->err_model ? " logit" : "");
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " %s%s%s%s",
+                              c->k_layout ? "kch" : "ktok", c->rotate ? "+rot" : "",
+                              c->kv_split ? " kv" : "", c->err_model ? " logit" : "");
+    if (c->layout == SKV_EC_GROUPED && c->prior > 0 && w < sizeof extra)
+        snprintf(extra + w, sizeof extra - w, " prior=%g", c->prior);
     if (a->policy == SKV_POLICY_UNIFORM)
         snprintf(buf, n, "%s R=%u%s", pol, c->realloc, extra);
     else if (a->policy == SKV_POLICY_POSITION)

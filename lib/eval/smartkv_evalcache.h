@@ -94,6 +94,8 @@ typedef struct skv_ec_cfg {
     uint32_t err_model;     /* enum skv_ec_err */
     uint32_t key_tokens;    /* G: tokens per per-channel key group (default 32) */
     uint32_t kivi_bits;     /* kivi:N (fixed widths, no sinks, no tracking); 0 otherwise */
+    double prior;           /* attention every token is assumed to draw, as a multiple of
+                               1/T, added to the importance (grouped layout; <= 0: 0.05) */
 } skv_ec_cfg;
 
 enum skv_ec_layout {
