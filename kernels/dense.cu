@@ -113,7 +113,7 @@ extern "C" skv_cuda_dense *skv_cuda_dense_upload(const skv_cuda_shape *sh, const
     for (uint32_t i = 0; i < 2 * n_lk && e == cudaSuccess; i++) {
         const float *src = (i < n_lk ? k : v) + (size_t)(i % n_lk) * T * d;
         for (size_t j = 0; j < T * d; j++)
-            h16[j] = skv_qe_f32_to_f16(src[j]);
+            h16[j] = skv_qm_f2h(src[j]);
         e = cudaMemcpy(D->core.arena + i * D->slab, h16, T * d * 2, cudaMemcpyHostToDevice);
     }
     if (e != cudaSuccess) {

@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(128) pack_kernel(PackGeo P)
     uint8_t *dat = P.out + P.off_dat[kv] + (size_t)row * P.rb;
     if (bits == 16) {
         for (uint32_t j = lane; j < d; j += 32) {
-            uint16_t h = skv_qe_f32_to_f16(x[j]);
+            uint16_t h = skv_qm_f2h(x[j]);
             dat[2 * j] = (uint8_t)h;
             dat[2 * j + 1] = (uint8_t)(h >> 8);
         }
@@ -85,8 +85,8 @@ __global__ void __launch_bounds__(128) pack_kernel(PackGeo P)
             c[k] = 0;
             if (j < d) {
                 const uint32_t g = j / group;
-                c[k] = skv_qe_code(x[j], bits, mode, skv_qe_f16_to_f32(s16[warp][g]),
-                                   skv_qe_f16_to_f32(m16[warp][g]));
+                c[k] = skv_qe_code(x[j], bits, mode, skv_qm_h2f(s16[warp][g]),
+                                   skv_qm_h2f(m16[warp][g]));
             }
         }
         skv_qe_pack8(c, bits, dat + b * bits);

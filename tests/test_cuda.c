@@ -47,7 +47,7 @@ static float nrand(void)
 START_TEST(test_f16_conversions)
 {
     for (uint32_t h = 0; h < 65536; h++) {
-        float a = skv_qe_f16_to_f32(h), b = skv_f16_to_f32((uint16_t)h);
+        float a = skv_qm_h2f(h), b = skv_f16_to_f32((uint16_t)h);
         uint32_t ua, ub;
         memcpy(&ua, &a, 4);
         memcpy(&ub, &b, 4);
@@ -57,12 +57,12 @@ START_TEST(test_f16_conversions)
                                  0x1p-24f, 0x1p-25f, 0x1.8p-25f, 0x1p-14f, 0x1.ffcp-15f,
                                  INFINITY, -INFINITY, NAN, 1.0f + 0x1p-11f, 1.0f + 0x3p-11f};
     for (size_t i = 0; i < sizeof edge / sizeof *edge; i++)
-        ck_assert_uint_eq(skv_qe_f32_to_f16(edge[i]), skv_f32_to_f16(edge[i]));
+        ck_assert_uint_eq(skv_qm_f2h(edge[i]), skv_f32_to_f16(edge[i]));
     for (int i = 0; i < 2000000; i++) {
         uint32_t u = (uint32_t)rnd();
         float f;
         memcpy(&f, &u, 4);
-        ck_assert_msg(skv_qe_f32_to_f16(f) == skv_f32_to_f16(f), "f32 %#x", u);
+        ck_assert_msg(skv_qm_f2h(f) == skv_f32_to_f16(f), "f32 %#x", u);
     }
 }
 END_TEST

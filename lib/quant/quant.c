@@ -2,6 +2,7 @@
  * scalar references that define the format, and AVX2 versions that must
  * produce the same bytes (tests/test_quant.c checks every width). */
 #include "smartkv_quant.h"
+#include "smartkv_qencode.h"
 #include "smartkv_trace.h"
 
 #include <stdlib.h>
@@ -14,10 +15,6 @@
 #define SKV_AVX2 __attribute__((target("avx2,f16c")))
 #endif
 
-#define ROUND_MAGIC 0x1.8p23f  /* (t + M) - M rounds |t| < 2^22 to nearest even */
-
-/* Identical to the definition on the alloc branch (lib/alloc/alloc.c): when both
- * branches are merged, keep exactly one of the two. */
 int skv_qcfg_check(const skv_qcfg *c)
 {
     if (c->head_dim == 0 || c->head_dim > SKV_MAX_HEAD_DIM)
@@ -51,69 +48,17 @@ static int check_args(uint32_t d, uint32_t bits, uint32_t group, uint32_t mode)
     return 0;
 }
 
-static int in_range(float v)
-{
-    return v >= -SKV_FP16_MAX && v <= SKV_FP16_MAX;  /* false for NaN */
-}
-
 /* Name the first bad element of x[n] (called only on failure). */
 static int range_error(const float *x, uint32_t n, uint32_t base)
 {
     for (uint32_t i = 0; i < n; i++)
-        if (!in_range(x[i]))
+        if (!skv_qe_in_range(x[i]))
             return skv_error(SKV_EFORMAT, "value %g at channel %u is not finite or beyond "
                              "the fp16 range", (double)x[i], base + i);
     return skv_error(SKV_EFORMAT, "value out of range");
 }
 
-/* ---- parameters ---- */
-
-static uint16_t h_next_up(uint16_t h)
-{
-    if (h == 0x8000u)
-        return 0x0001u;
-    return (h & 0x8000u) ? (uint16_t)(h - 1) : (uint16_t)(h + 1);
-}
-
-static uint16_t h_next_down(uint16_t h)
-{
-    if (h == 0x0000u)
-        return 0x8001u;
-    return (h & 0x8000u) ? (uint16_t)(h + 1) : (uint16_t)(h - 1);
-}
-
-/* fp16 value nearest at or above / below f (f finite, within range). */
-static uint16_t h_ceil(float f)
-{
-    uint16_t h = skv_f32_to_f16(f);
-    return skv_qm_h2f(h) < f ? h_next_up(h) : h;
-}
-
-static uint16_t h_floor(float f)
-{
-    uint16_t h = skv_f32_to_f16(f);
-    return skv_qm_h2f(h) > f ? h_next_down(h) : h;
-}
-
-/* Parameters from a group's min and max (both finite, within fp16 range). */
-static void params_from_minmax(float mn, float mx, uint32_t bits, uint32_t mode,
-                               uint16_t *s16, uint16_t *m16)
-{
-    mn += 0.0f;  /* -0 -> +0: SIMD and scalar min/max may disagree on the zero's sign */
-    mx += 0.0f;
-    if (mode == SKV_QMODE_ASYM) {
-        uint16_t mh = h_floor(mn);
-        float m = skv_qm_h2f(mh);
-        float sc = (mx - m) / (float)((1u << bits) - 1);
-        *m16 = mh;
-        *s16 = h_ceil(sc);
-    } else {
-        float amax = -mn > mx ? -mn : mx;
-        float sc = amax / (float)((1u << (bits - 1)) - 1);
-        *s16 = h_ceil(sc);
-        *m16 = 0;
-    }
-}
+/* ---- parameters: the rule of smartkv_qencode.h (shared with CUDA) ---- */
 
 void skv_quant_group_params(const float *x, uint32_t n, uint32_t bits, uint32_t mode,
                             uint16_t *scale16, uint16_t *min16)
@@ -123,7 +68,7 @@ void skv_quant_group_params(const float *x, uint32_t n, uint32_t bits, uint32_t 
         mn = x[i] < mn ? x[i] : mn;
         mx = x[i] > mx ? x[i] : mx;
     }
-    params_from_minmax(mn, mx, bits, mode, scale16, min16);
+    skv_qe_params(mn, mx, bits, mode, scale16, min16);
 }
 
 static void put_params(uint8_t *par, uint32_t gi, uint32_t mode, uint16_t s16, uint16_t m16)
@@ -134,24 +79,6 @@ static void put_params(uint8_t *par, uint32_t gi, uint32_t mode, uint16_t s16, u
     } else {
         skv_put16(par + 2 * gi, s16);
     }
-}
-
-/* ---- one code, the reference rule ---- */
-
-static inline uint8_t code_asym(float x, float m, float s, float maxq)
-{
-    float t = s > 0 ? (x - m) / s : 0.0f;
-    t = t < 0 ? 0 : t;
-    t = t > maxq ? maxq : t;
-    return (uint8_t)(int)((t + ROUND_MAGIC) - ROUND_MAGIC);
-}
-
-static inline uint8_t code_sym(float x, float s, float half)
-{
-    float t = s > 0 ? x / s : 0.0f;
-    t = t < -half ? -half : t;
-    t = t > half - 1 ? half - 1 : t;
-    return (uint8_t)((int)((t + ROUND_MAGIC) - ROUND_MAGIC) + (int)half);
 }
 
 /* ---- packing, reference ---- */
@@ -196,16 +123,9 @@ static void f16_row_ref(const float *x, uint32_t d, uint8_t *dat)
 static void group_codes_ref(const float *x, uint32_t n, uint32_t bits, uint32_t mode,
                             uint16_t s16, uint16_t m16, uint8_t *codes)
 {
-    float s = skv_qm_h2f(s16);
-    if (mode == SKV_QMODE_ASYM) {
-        float m = skv_qm_h2f(m16), maxq = (float)((1u << bits) - 1);
-        for (uint32_t i = 0; i < n; i++)
-            codes[i] = code_asym(x[i], m, s, maxq);
-    } else {
-        float half = (float)(1u << (bits - 1));
-        for (uint32_t i = 0; i < n; i++)
-            codes[i] = code_sym(x[i], s, half);
-    }
+    float s = skv_qm_h2f(s16), m = skv_qm_h2f(m16);
+    for (uint32_t i = 0; i < n; i++)
+        codes[i] = (uint8_t)skv_qe_code(x[i], bits, mode, s, m);
 }
 
 int skv_quantize_row_ref(const float *x, uint32_t d, uint32_t bits, uint32_t group,
@@ -215,7 +135,7 @@ int skv_quantize_row_ref(const float *x, uint32_t d, uint32_t bits, uint32_t gro
     if (rc < 0)
         return rc;
     for (uint32_t i = 0; i < d; i++)
-        if (!in_range(x[i]))
+        if (!skv_qe_in_range(x[i]))
             return range_error(x, d, 0);
     if (bits == 16) {
         f16_row_ref(x, d, dat);
@@ -330,7 +250,7 @@ SKV_AVX2 static int minmax_avx2(const float *x, uint32_t n, float *mnp, float *m
     float mn = _mm_cvtss_f32(mn4), mx = _mm_cvtss_f32(mx4);
     int good = _mm256_movemask_ps(ok) == 0xff;
     for (; i < n; i++) {
-        good &= in_range(x[i]);
+        good &= skv_qe_in_range(x[i]);
         mn = x[i] < mn ? x[i] : mn;
         mx = x[i] > mx ? x[i] : mx;
     }
@@ -353,7 +273,7 @@ SKV_AVX2 static int f16_row_avx2(const float *x, uint32_t d, uint8_t *dat)
     }
     int good = _mm256_movemask_ps(ok) == 0xff;
     for (; i < d; i++) {
-        good &= in_range(x[i]);
+        good &= skv_qe_in_range(x[i]);
         skv_put16(dat + 2 * i, skv_f32_to_f16(x[i]));
     }
     return good ? 0 : range_error(x, d, 0);
@@ -373,7 +293,7 @@ SKV_AVX2 static int quantize_row_avx2(const float *x, uint32_t d, uint32_t bits,
         float mn, mx;
         if (!minmax_avx2(x + g * group, group, &mn, &mx))
             return range_error(x, d, 0);
-        params_from_minmax(mn, mx, bits, mode, &s16[g], &m16[g]);
+        skv_qe_params(mn, mx, bits, mode, &s16[g], &m16[g]);
         put_params(par, g, mode, s16[g], m16[g]);
         sg[g] = skv_qm_h2f(s16[g]);
         mg[g] = skv_qm_h2f(m16[g]);

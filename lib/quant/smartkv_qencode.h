@@ -4,9 +4,12 @@
  * These functions restate the reference rule of smartkv_quant.h
  * (skv_quantize_row_ref) one group / one 8-value block at a time, so that the
  * CUDA pack kernel (kernels/pack.cu) produces the same bytes as the CPU
- * packer.  tests/test_cuda.c checks on the CPU, for every width, mode and
- * group size, that a row quantized with these functions is bit-identical to
- * skv_quantize_row_ref, and that skv_qe_f32_to_f16 equals skv_f32_to_f16.
+ * packer.  lib/quant/quant.c takes its parameter and code rules from here
+ * too (one definition); tests/test_cuda.c checks on the CPU, for every
+ * width, mode and group size, that a row quantized with these functions is
+ * bit-identical to skv_quantize_row_ref (whose SIMD loops restate the rule),
+ * and that skv_qm_f2h equals skv_f32_to_f16.  The fp16 conversions are
+ * those of smartkv_qmath.h.
  *
  * Only float32 additions, subtractions, divisions and comparisons are used
  * (no multiply-add that a compiler could contract), each correctly rounded on
@@ -15,6 +18,8 @@
  */
 #ifndef SMARTKV_QENCODE_H
 #define SMARTKV_QENCODE_H
+
+#include "smartkv_qmath.h"
 
 #include <stdint.h>
 
@@ -25,75 +30,6 @@
 #endif
 
 #define SKV_QE_ROUND_MAGIC 0x1.8p23f /* (t + M) - M: round |t| < 2^22 to nearest even */
-
-SKV_QE_FN float skv_qe_u2f(uint32_t u)
-{
-#if defined(__CUDA_ARCH__)
-    return __uint_as_float(u);
-#else
-    union { uint32_t u; float f; } x;
-    x.u = u;
-    return x.f;
-#endif
-}
-
-SKV_QE_FN uint32_t skv_qe_f2u(float f)
-{
-#if defined(__CUDA_ARCH__)
-    return __float_as_uint(f);
-#else
-    union { float f; uint32_t u; } x;
-    x.f = f;
-    return x.u;
-#endif
-}
-
-/* float32 -> IEEE fp16 bits, round to nearest even (same rule and NaN/Inf
- * handling as skv_f32_to_f16). */
-SKV_QE_FN uint16_t skv_qe_f32_to_f16(float f)
-{
-    uint32_t u = skv_qe_f2u(f);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t a = u & 0x7fffffffu;
-    if (a >= 0x7f800000u)
-        return (uint16_t)(sign | 0x7c00u | (a > 0x7f800000u ? (0x200u | ((a >> 13) & 0x3ffu)) : 0));
-    if (a >= 0x477ff000u)
-        return (uint16_t)(sign | 0x7c00u);
-    if (a < 0x38800000u) {
-        if (a < 0x33000000u)
-            return sign;
-        uint32_t e = a >> 23;
-        uint32_t m = (a & 0x7fffffu) | 0x800000u;
-        uint32_t shift = 126 - e;
-        uint32_t hm = m >> shift;
-        uint32_t rem = m & ((1u << shift) - 1);
-        uint32_t half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (hm & 1)))
-            hm++;
-        return (uint16_t)(sign | hm);
-    }
-    uint32_t r = a - 0x38000000u;
-    uint32_t hm = r >> 13;
-    uint32_t rem = r & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (hm & 1)))
-        hm++;
-    return (uint16_t)(sign | hm);
-}
-
-/* IEEE fp16 bits -> float32, exact (subnormals, Inf, NaN). */
-SKV_QE_FN float skv_qe_f16_to_f32(uint32_t h)
-{
-    uint32_t sign = (h & 0x8000u) << 16;
-    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0) {
-        /* zero or subnormal: m * 2^-24, exact in float32 */
-        float v = (float)m * 0x1.0p-24f;
-        return skv_qe_u2f(skv_qe_f2u(v) | sign);
-    }
-    if (e == 31)
-        return skv_qe_u2f(sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0));
-    return skv_qe_u2f(sign | ((e + 112) << 23) | (m << 13));
-}
 
 SKV_QE_FN uint16_t skv_qe_h_next_up(uint16_t h)
 {
@@ -112,14 +48,14 @@ SKV_QE_FN uint16_t skv_qe_h_next_down(uint16_t h)
 /* The fp16 value nearest at or above / at or below f (finite, in range). */
 SKV_QE_FN uint16_t skv_qe_h_ceil(float f)
 {
-    uint16_t h = skv_qe_f32_to_f16(f);
-    return skv_qe_f16_to_f32(h) < f ? skv_qe_h_next_up(h) : h;
+    uint16_t h = skv_qm_f2h(f);
+    return skv_qm_h2f(h) < f ? skv_qe_h_next_up(h) : h;
 }
 
 SKV_QE_FN uint16_t skv_qe_h_floor(float f)
 {
-    uint16_t h = skv_qe_f32_to_f16(f);
-    return skv_qe_f16_to_f32(h) > f ? skv_qe_h_next_down(h) : h;
+    uint16_t h = skv_qm_f2h(f);
+    return skv_qm_h2f(h) > f ? skv_qe_h_next_down(h) : h;
 }
 
 /* fp16 parameters of one group from its min and max (mode 1 = asym, 2 = sym). */
@@ -130,7 +66,7 @@ SKV_QE_FN void skv_qe_params(float mn, float mx, uint32_t bits, uint32_t mode, u
     mx += 0.0f;
     if (mode == 1u) {
         uint16_t mh = skv_qe_h_floor(mn);
-        float m = skv_qe_f16_to_f32(mh);
+        float m = skv_qm_h2f(mh);
         float sc = (mx - m) / (float)((1u << bits) - 1);
         *m16 = mh;
         *s16 = skv_qe_h_ceil(sc);
@@ -223,8 +159,8 @@ SKV_QE_FN void skv_qe_quantize_row(const float *x, uint32_t d, uint32_t bits, ui
                                           : (uint32_t)par[2 * g] | (uint32_t)par[2 * g + 1] << 8;
                 uint32_t m16 = mode == 1u ? (uint32_t)par[4 * g + 2] | (uint32_t)par[4 * g + 3] << 8
                                           : 0u;
-                c[k] = skv_qe_code(x[j], bits, mode, skv_qe_f16_to_f32(s16),
-                                   skv_qe_f16_to_f32(m16));
+                c[k] = skv_qe_code(x[j], bits, mode, skv_qm_h2f(s16),
+                                   skv_qm_h2f(m16));
             }
         }
         skv_qe_pack8(c, bits, dat + b * bits);
