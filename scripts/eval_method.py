@@ -33,29 +33,39 @@ def table(title, sel):
         print(line(r))
 
 
-FULL = " R=32 kch kv logit"
-ABL = {
-    "all on (keys per channel, K/V split, logit error model)": " R=32 kch kv logit",
-    "1 off: keys per token": " R=32 ktok kv logit",
-    "1 with rotation: keys per channel + Hadamard": " R=32 kch+rot kv logit",
-    "2 off: joint K/V widths": " R=32 kch logit",
-    "3 off: importance x MSE error model": " R=32 kch kv",
-}
+GROUPED = (" kch", " ktok")
 table("Baselines: uniform (packed, per token) and KIVI",
       lambda r: r["policy"].startswith(("uniform", "kivi")))
-table("smartkv (grouped layout, all parts on) vs random and position at equal budgets",
-      lambda r: r["label"].endswith(FULL) and r["policy"] in ("smartkv", "random", "position"))
+table("Grouped layout, widths 4,8,16 (smartkv, random, position)",
+      lambda r: "bits=4,8,16" in r["label"] and any(g in r["label"] for g in GROUPED))
+table("Grouped layout, widths 2,3,4,8,16",
+      lambda r: "bits=" not in r["label"] and any(g in r["label"] for g in GROUPED)
+      and not r["policy"].startswith(("uniform", "kivi")))
 
-print("\n### Ablation (smartkv; beta is the measured mean at the budget shown)\n")
-print("| variant | budget 0.2: beta | KL | budget 0.3: beta | KL |\n|---|---|---|---|---|")
-for name, sfx in ABL.items():
-    cells = []
-    for b in ("0.2", "0.3"):
-        r = by.get(f"smartkv beta={b} ema:0.9{sfx}")
-        cells += ["%.3f" % f(r, "beta"), "%.4g" % f(r, "kl")] if r else ["-", "-"]
-    print("| %s | %s |" % (name, " | ".join(cells)))
-print("| 4 off: tracking state outside beta | not run: the old packed path "
-      "(scripts/eval-results) reports it |  |  |  |")
+ABL = [
+    ("all on: keys per channel, K/V split, imp-mse model", "0.32", " R=32 bits=4,8,16 kch kv"),
+    ("3: logit error model instead of imp-mse", "0.32", " R=32 bits=4,8,16 kch kv logit"),
+    ("1 off: keys per token (logit model)", "0.32", " R=32 bits=4,8,16 ktok kv logit"),
+    ("2 off: joint K/V widths (imp-mse)", "0.32", " R=32 bits=4,8,16 kch"),
+    ("widths 2..16, logit model, all on", "0.2", " R=32 kch kv logit"),
+    ("widths 2..16, logit model, all on", "0.3", " R=32 kch kv logit"),
+    ("widths 2..16, 1 off: keys per token", "0.2", " R=32 ktok kv logit"),
+    ("widths 2..16, 1 off: keys per token", "0.3", " R=32 ktok kv logit"),
+    ("widths 2..16, 2 off: joint widths", "0.2", " R=32 kch logit"),
+    ("widths 2..16, 2 off: joint widths", "0.3", " R=32 kch logit"),
+    ("widths 2..16, 3: imp-mse model", "0.2", " R=32 kch kv"),
+    ("widths 2..16, 3: imp-mse model", "0.3", " R=32 kch kv"),
+    ("widths 2..16, keys rotated (Hadamard)", "0.2", " R=32 kch+rot kv logit"),
+    ("widths 2..16, keys rotated (Hadamard)", "0.3", " R=32 kch+rot kv logit"),
+]
+print("\n### Ablation (smartkv, grouped layout; rows not run are marked -)\n")
+print("| variant | budget | beta (mean) | KL |\n|---|---|---|---|")
+for name, b, sfx in ABL:
+    r = by.get(f"smartkv beta={b} ema:0.9{sfx}")
+    print("| %s | %s | %s | %s |" % (name, b, "%.3f" % f(r, "beta") if r else "-",
+                                   "%.4g" % f(r, "kl") if r else "-"))
+print("| 4 off: tracking state outside beta | | the packed path of scripts/eval-results "
+      "(0.13-0.14 of fp16 then) | |")
 
 print("\n### Claims\n")
 
@@ -64,10 +74,13 @@ def claim(text, ok, detail):
     print("- **%s** %s: %s" % ("PASS" if ok else "FAIL", text, detail))
 
 
-def pick(pol, maxbeta, sfx=FULL):
-    """Lowest-KL row of pol (grouped, all on) with measured beta <= maxbeta."""
-    c = [r for r in rows if r["policy"] == pol and r["label"].endswith(sfx) and
-         f(r, "beta") <= maxbeta]
+def grouped(r):
+    return any(g in r["label"] for g in GROUPED)
+
+
+def pick(pol, maxbeta):
+    """Lowest-KL grouped row of pol with measured beta <= maxbeta."""
+    c = [r for r in rows if r["policy"] == pol and grouped(r) and f(r, "beta") <= maxbeta]
     return min(c, key=lambda r: f(r, "kl")) if c else None
 
 
@@ -101,7 +114,7 @@ if s:
               "%s KL %.4g (beta %.3f)" % (k2["label"], f(k2, "kl"), f(k2, "beta")) if k2
               else "no KIVI-2 row at equal or more bytes"))
 else:
-    lo = min((r for r in rows if r["policy"] == "smartkv" and r["label"].endswith(FULL)),
+    lo = min((r for r in rows if r["policy"] == "smartkv" and grouped(r)),
              key=lambda r: f(r, "beta"), default=None)
     claim("smartkv at beta <= 0.20: KL below KIVI-2's and at most 0.1", False,
           "no smartkv row reaches a measured beta <= 0.20" +
@@ -114,9 +127,12 @@ if s and u8:
 for other in ("random", "position"):
     wins, tot, det = 0, 0, []
     for r in rows:
-        if r["policy"] != "smartkv" or not r["label"].endswith(FULL):
+        if r["policy"] != "smartkv" or not grouped(r):
             continue
-        o = by.get(r["label"].replace("smartkv", other, 1))
+        lab = r["label"].replace("smartkv", other, 1)
+        if other == "position":  # tracks nothing: no importance in its label
+            lab = lab.replace(" ema:0.9", "")
+        o = by.get(lab)
         if not o:
             continue
         tot += 1
@@ -127,4 +143,15 @@ for other in ("random", "position"):
     if tot:
         claim(f"smartkv beats {other} at equal bytes at every budget", wins == tot,
               "%d/%d; %s" % (wins, tot, "; ".join(det)))
+k4 = by.get("kivi:4 residual=32")
+s = pick("smartkv", 1.0)
+if k4 and s:
+    near = [r for r in rows if r["policy"] == "smartkv" and grouped(r) and
+            abs(f(r, "beta") - f(k4, "beta")) <= 0.015]
+    if near:
+        s = min(near, key=lambda r: f(r, "kl"))
+        claim("smartkv below KIVI-4's KL at equal or fewer bytes (within 0.015 of its beta)",
+              f(s, "kl") < f(k4, "kl") and f(s, "beta") <= f(k4, "beta"),
+              "%s: KL %.4g at beta %.3f; kivi:4 R=32 KL %.4g at beta %.3f" % (
+                  s["label"], f(s, "kl"), f(s, "beta"), f(k4, "kl"), f(k4, "beta")))
 print("- eviction baselines (streaming, h2o, snapkv): not in these rows (branch `baselines`)")

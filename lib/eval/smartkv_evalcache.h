@@ -51,6 +51,23 @@
  * tracking state (importance per query head, the per-token error model and
  * width) is reported separately as meta_bytes.
  *
+ * Grouped layout (layout = SKV_EC_GROUPED, lib/eval/ecgroup.c; skv-eval(1)
+ * documents the damage model and every byte).  Keys per token or per
+ * channel over aligned groups of key_tokens tokens (one key width per
+ * group), optionally after a randomized Hadamard rotation (queries rotated
+ * alike); values per token.  Tokens stay fp16 in a residual and leave it
+ * `realloc` tokens at a time (then the allocation is solved again); the
+ * first alloc.sinks tokens stay fp16.  Key and value widths are separate
+ * (kv_split) or joint.  The solver spends the budget (every byte, tracking
+ * state included) on the upgrade saving the most predicted damage per byte
+ * (err_model: importance x squared error, or the logit model: key error
+ * under the recent queries' second moments, non-linear in the attention it
+ * moves).  Held groups only move down, requantized from what they decode
+ * to.  Rows hold exactly what their codes decode to; the bytes are those of
+ * the packed codes, fp16 parameters, width map, pending rows, headers and
+ * tracking state (one byte of importance per token and KV head).  kivi:N
+ * (skv_ec_kivi_parse) is this layout at fixed widths, no sinks, no tracking.
+ *
  * Kinds.  SKV_EC_FP16 holds every token pending forever (an fp16 dense
  * cache: the reference), SKV_EC_F32 the same without rounding (equals the
  * model's float32 dense cache); neither tracks nor allocates.
