@@ -24,5 +24,6 @@
 #include "smartkv_cuda.h"
 #include "smartkv_evalcache.h"
 #include "smartkv_eval.h"
+#include "smartkv_check.h"
 
 #endif
