@@ -732,11 +732,11 @@ static int cmd_cat(int argc, char **argv)
         skv_close(s);
         tool_fail(tool_out_name(out));
     }
-    tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
-    tool_progress_watch(pr, in);
     skv_checker *chk = skv_checker_new();
     if (!chk)
         tool_die(EXIT_DATA, "out of memory");
+    tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
+    tool_progress_watch(pr, in);
     while ((rc = skv_read(s, &c)) > 0) {
         /* nothing is copied that a reader of the output would reject */
         if ((rc = skv_check_chunk(chk, &c)) < 0)
@@ -883,8 +883,8 @@ usage:
     snprintf(msg, sizeof msg, "%s", usage_msg);
     code = EXIT_USAGE;
 cleanup:
-    tool_progress_end(pr);
     skv_checker_free(chk);
+    tool_progress_end(pr);
     skv_discard(w);
     skv_close(s);
     free(lsel);

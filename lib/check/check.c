@@ -158,10 +158,9 @@ static int on_tens(skv_checker *k, const skv_chunk *c)
 
 static int on_pkhd(skv_checker *k, const skv_chunk *c)
 {
-    /* a packed cache may carry its allocation's ALHD alone (the label
-     * skv-quant keeps by default), or the ALHD and every ALOC */
-    int label_only = k->alloc.have_hdr && k->alloc.next == 0;
-    int rc = label_only ? 0 : skv_alloc_seq_end(&k->alloc);
+    /* a cache carries its allocation whole, or the ALHD alone (the default
+     * of skv-quant, for the label) */
+    int rc = k->alloc.have_hdr && k->alloc.next == 0 ? 0 : skv_alloc_seq_end(&k->alloc);
     if (rc < 0)
         return rc;
     if ((rc = skv_pkhd_decode(c, &k->pk)) < 0)

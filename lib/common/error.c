@@ -124,7 +124,9 @@ uint64_t skv_get_max_mem(void)
 #define SKV_ASAN 1
 #endif
 #ifdef SKV_ASAN
-#include <sanitizer/allocator_interface.h>
+/* from the sanitizer runtime (sanitizer/allocator_interface.h, which gcc
+ * does not install) */
+size_t __sanitizer_get_current_allocated_bytes(void);
 static uint64_t live_bytes(void) { return __sanitizer_get_current_allocated_bytes(); }
 #elif defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
 static uint64_t live_bytes(void)

@@ -850,29 +850,27 @@ static int read_finish(rd *r)
 static int check_alloc_chunks(const skv_trace_hdr *h, const skv_chunk_list *extra,
                               const char *what)
 {
-    /* in a packed cache (what set) the ALHD may come alone: the label of
-     * the allocation the cache was made from (skv-quant without --keep-alloc) */
-    size_t nhdr = 0, naloc = 0;
+    const skv_raw_chunk *alhd = NULL;
+    size_t nalhd = 0, naloc = 0;
     for (size_t i = 0; i < extra->n; i++) {
-        nhdr += !memcmp(extra->v[i].type, SKV_T_ALHD, 4);
+        if (!memcmp(extra->v[i].type, SKV_T_ALHD, 4) && !nalhd++)
+            alhd = &extra->v[i];
         naloc += !memcmp(extra->v[i].type, SKV_T_ALOC, 4);
     }
-    if (what[0] && nhdr == 1 && naloc == 0) {
-        char text[8];
-        int rc = skv_cache_alloc_text(extra, h, text, sizeof text);
-        return rc < 0 ? skv_error(rc, "%s: %s", what, skv_errmsg()) : 0;
-    }
-    for (size_t i = 0; i < extra->n; i++)
-        if (!memcmp(extra->v[i].type, SKV_T_ALHD, 4) ||
-            !memcmp(extra->v[i].type, SKV_T_ALOC, 4)) {
-            skv_cache_plan plan;
-            int rc = skv_cache_plan_from_chunks(&plan, h, extra);
-            if (rc < 0)
-                return what[0] ? skv_error(rc, "%s: %s", what, skv_errmsg()) : rc;
+    int rc = 0;
+    skv_cache_plan plan;
+    if (nalhd == 1 && naloc == 0 && what[0]) {
+        /* a cache keeps the ALHD alone by default (skv-quant without
+         * --keep-alloc): the header is checked, there are no widths */
+        memset(&plan, 0, sizeof plan);
+        rc = parse_alhd(alhd, &plan, h);
+    } else if (nalhd || naloc) {
+        if ((rc = skv_cache_plan_from_chunks(&plan, h, extra)) == 0)
             skv_cache_plan_free(&plan);
-            return 0;
-        }
-    return 0;
+    }
+    if (rc < 0 && what[0])
+        return skv_error(rc, "%s: %s", what, skv_errmsg());
+    return rc;
 }
 
 static int read_chunk(rd *r, const skv_chunk *ch)

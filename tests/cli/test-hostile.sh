@@ -102,6 +102,7 @@ for k in cache-aloc-layer cache-aloc-width7 cache-aloc-n; do
         # shellcheck disable=SC2086
         run $cmd $k.skv
         expect_rc 1 "$cmd rejects $k"
+        expect_err "the cache's allocation" "$cmd names the cache's allocation ($k)"
     done
 done
 $H cache-aloc-ok cok.skv || exit 1

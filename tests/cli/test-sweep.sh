@@ -5,7 +5,7 @@
 
 model=${SKV_MODEL:-$SKV_TOP/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 text=/usr/share/common-licenses/GPL-3
-grid="--max-tokens 64 --ctx 64 --policies uniform:8,uniform:4,uniform:2,smartkv --budgets 0.85,0.95"  # above the smallest cache at 64 tokens (0.81)
+grid="--max-tokens 64 --ctx 64 --policies uniform:8,uniform:4,uniform:2,smartkv --budgets 0.3,0.5"
 
 # the stable columns: everything but the timings (seconds, ref_seconds,
 # track_frac, realloc_frac), rows sorted by label
