@@ -50,6 +50,19 @@ static noreturn void usage(void)
            "  -g, --group G          channels per scale group (default head_dim)\n"
            "      --seed S           seed of the random policy and the pass keys (default 1)\n"
            "  -k, --kernel K         attention kernel: auto (default), scalar, avx2\n"
+           "Grouped layout (any of these selects it; kivi:N always uses it):\n"
+           "      --grouped          the grouped layout (keys per token unless --keys)\n"
+           "      --keys L           token (per token, --group channels) or channel\n"
+           "                         (per channel over --key-tokens tokens)\n"
+           "      --key-tokens G     tokens per per-channel key group (default 32)\n"
+           "      --rotate           randomized Hadamard rotation of keys and queries\n"
+           "      --kv-split         separate widths for the key and the value of a token\n"
+           "      --error M          error model: imp-mse (default) or logit\n"
+           "      --prior P          attention every token is assumed to draw, x 1/T\n"
+           "                         (grouped layout; default 0.05)\n"
+           "      --value-group G    channels per value scale group (default --group)\n"
+           "      --residual R       newest tokens kept fp16; they leave R at a time\n"
+           "                         (same as --realloc; kivi default 32)\n"
            "Evaluation options:\n"
            "  -m, --model FILE       GGUF model (required)\n"
            "  -f, --text FILE        text to score (ppl, sweep; - = stdin)\n"
@@ -86,7 +99,8 @@ static noreturn void usage(void)
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
-    O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8
+    O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
+    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR
 };
 
 static const struct option longopts[] = {
@@ -102,6 +116,15 @@ static const struct option longopts[] = {
     {"group", required_argument, NULL, 'g'},
     {"seed", required_argument, NULL, O_SEED},
     {"kernel", required_argument, NULL, 'k'},
+    {"keys", required_argument, NULL, O_KEYS},
+    {"key-tokens", required_argument, NULL, O_KEYTOK},
+    {"rotate", no_argument, NULL, O_ROTATE},
+    {"kv-split", no_argument, NULL, O_KVSPLIT},
+    {"error", required_argument, NULL, O_ERROR},
+    {"value-group", required_argument, NULL, O_VGROUP},
+    {"residual", required_argument, NULL, O_RESIDUAL},
+    {"grouped", no_argument, NULL, O_GROUPED},
+    {"prior", required_argument, NULL, O_PRIOR},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
     {"ctx", required_argument, NULL, O_CTX},
@@ -183,6 +206,11 @@ static void set_policy(skv_ec_cfg *c, const char *p)
         return;
     }
     c->kind = SKV_EC_COMPRESS;
+    int k = skv_ec_kivi_parse(p, c);
+    if (k < 0)
+        tool_usage_error("--policy: %s", skv_errmsg());
+    if (k > 0)
+        return;
     if (skv_policy_parse(p, &c->alloc.policy, &c->alloc.uniform_bits) < 0)
         tool_usage_error("--policy: %s (also fp16, f32)", skv_errmsg());
 }
@@ -344,6 +372,8 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "fp16");
     else if (c->kind == SKV_EC_F32)
         snprintf(buf, n, "f32");
+    else if (c->kivi_bits)
+        snprintf(buf, n, "kivi:%u", c->kivi_bits);
     else if (c->alloc.policy == SKV_POLICY_UNIFORM)
         snprintf(buf, n, "uniform:%u", c->alloc.uniform_bits);
     else
@@ -447,6 +477,27 @@ static skv_ppl_opts ppl_opts(const opts *o, prog *p)
     return po;
 }
 
+/* The rule of skv-alloc: a budget below the smallest cache the settings
+ * allow (at a full window of ctx tokens, tracking state included) is an
+ * error, not a silent run at a higher beta.  Returns 0 or <0 (message set). */
+static int check_budget(const skv_model *m, const skv_ec_cfg *c, uint64_t ctx)
+{
+    /* the grouped layout only: the packed path still solves at its minimum
+     * when the budget is below it (counted as budget_raised) */
+    if (c->kind != SKV_EC_COMPRESS || c->layout != SKV_EC_GROUPED ||
+        !(skv_policy_flags(c->alloc.policy) & SKV_PF_BUDGET))
+        return 0;
+    const skv_model_params *p = skv_model_get_params(m);
+    double mb;
+    if (skv_ec_min_beta(c, p->n_layers, p->n_heads, p->n_kv_heads, p->head_dim, ctx, &mb) < 0)
+        return -1;
+    if (c->alloc.budget < mb)
+        return skv_error(SKV_EINVAL, "budget %g is below the smallest cache these settings allow "
+                         "at a context of %llu tokens (beta %.4f, tracking state included)",
+                         c->alloc.budget, (unsigned long long)ctx, mb);
+    return 0;
+}
+
 static int cmd_ppl(opts *o)
 {
     if (!o->text)
@@ -466,6 +517,8 @@ static int cmd_ppl(opts *o)
         o->stride = o->ctx / 2 ? o->ctx / 2 : 1;
     if (o->stride > o->ctx)
         tool_usage_error("--stride %u exceeds --ctx %u", o->stride, o->ctx);
+    if (check_budget(m, &c, o->max_tokens && o->max_tokens < o->ctx ? o->max_tokens : o->ctx) < 0)
+        tool_die(EXIT_DATA, "%s", skv_errmsg());
     prog p = {"ppl", o->quiet, isatty(2), -1};
     skv_ppl_opts po = ppl_opts(o, &p);
     skv_ppl_result r;
@@ -686,7 +739,11 @@ static int run_rows(const opts *o, const row *rows, const uint32_t *todo, uint32
         skv_ppl_opts po = ppl_opts(o, &p);
         po.progress = NULL;
         skv_ppl_result res;
-        if (skv_eval_ppl(m, ids, n, &r->cfg, &po, &res) < 0) {
+        uint64_t w = o->ctx < n ? o->ctx : n;
+        if (o->max_tokens && o->max_tokens < w)
+            w = o->max_tokens;
+        if (check_budget(m, &r->cfg, w) < 0 ||
+            skv_eval_ppl(m, ids, n, &r->cfg, &po, &res) < 0) {
             fprintf(stderr, "%s: %s: %s\n", tool_name, r->label, skv_errmsg());
             bad = 1;
             continue;
@@ -902,7 +959,7 @@ int main(int argc, char **argv)
     o.jobs = 1;
     o.shard_n = 1;
     o.seed = 1;
-    uint32_t group = 0;
+    uint32_t group = 0, vgroup = 0;
     char *own[8] = {0};
     char *items[MAX_LIST];
     const char *lengths = "1K,2K,4K,8K", *depths = "0,25,50,75,100";
@@ -952,6 +1009,31 @@ int main(int argc, char **argv)
             else
                 tool_usage_error("--kernel: '%s' is not auto, scalar or avx2", optarg);
             break;
+        case O_KEYS:
+            o.cfg.layout = SKV_EC_GROUPED;
+            if (!strcmp(optarg, "token"))
+                o.cfg.k_layout = SKV_EC_KEYS_TOKEN;
+            else if (!strcmp(optarg, "channel"))
+                o.cfg.k_layout = SKV_EC_KEYS_CHANNEL;
+            else
+                tool_usage_error("--keys: '%s' is not token or channel", optarg);
+            break;
+        case O_KEYTOK: o.cfg.key_tokens = tool_opt_u32("--key-tokens", optarg, 2, 4096); break;
+        case O_ROTATE: o.cfg.layout = SKV_EC_GROUPED; o.cfg.rotate = 1; break;
+        case O_KVSPLIT: o.cfg.layout = SKV_EC_GROUPED; o.cfg.kv_split = 1; break;
+        case O_GROUPED: o.cfg.layout = SKV_EC_GROUPED; break;
+        case O_PRIOR: o.cfg.prior = tool_opt_double("--prior", optarg, 0, 1e6, 0); break;
+        case O_ERROR:
+            o.cfg.layout = SKV_EC_GROUPED;
+            if (!strcmp(optarg, "imp-mse"))
+                o.cfg.err_model = SKV_EC_ERR_IMP_MSE;
+            else if (!strcmp(optarg, "logit"))
+                o.cfg.err_model = SKV_EC_ERR_LOGIT;
+            else
+                tool_usage_error("--error: '%s' is not imp-mse or logit", optarg);
+            break;
+        case O_VGROUP: vgroup = tool_opt_u32("--value-group", optarg, 1, SKV_MAX_HEAD_DIM); break;
+        case O_RESIDUAL: o.cfg.realloc = tool_opt_u32("--residual", optarg, 1, 1u << 20); break;
         case 'm': o.model = optarg; break;
         case 'f': o.text = optarg; break;
         case O_CTX: o.ctx = tool_opt_u32("--ctx", optarg, 2, 1u << 24); break;
@@ -1018,6 +1100,8 @@ int main(int argc, char **argv)
     if (!o.threads)
         o.threads = 1;
     o.cfg.alloc.qcfg.k_group = o.cfg.alloc.qcfg.v_group = group;
+    if (vgroup)
+        o.cfg.alloc.qcfg.v_group = vgroup;
     if (!strcmp(o.cmd, "needle")) {
         uint32_t n = split_list("--lengths", lengths, items, MAX_LIST, &own[0]);
         for (uint32_t i = 0; i < n; i++) {

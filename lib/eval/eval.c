@@ -61,7 +61,8 @@ static double cache_beta(skv_kv_cache *c)
     skv_ec_stats s;
     if (skv_ec_stats_get(c, &s) < 0 || !s.fp16_bytes)
         return 0;
-    return (double)s.bytes / (double)s.fp16_bytes;
+    /* every byte: the cache and the tracking state */
+    return (double)(s.bytes + s.meta_bytes) / (double)s.fp16_bytes;
 }
 
 /* ---------------------------------------------------------------- reference reuse */
@@ -386,7 +387,7 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
         skv_ec_stats s;
         if ((rc = skv_ec_stats_get(tc, &s)) < 0)
             goto out;
-        beta_end += s.fp16_bytes ? (double)s.bytes / (double)s.fp16_bytes : 0;
+        beta_end += s.fp16_bytes ? (double)(s.bytes + s.meta_bytes) / (double)s.fp16_bytes : 0;
         meta += s.fp16_bytes ? (double)s.meta_bytes / (double)s.fp16_bytes : 0;
         acc = s;
         n_win++;

@@ -1,6 +1,7 @@
 /* evalcache.c -- the compressed KV cache behind skv_kv_ops (see
  * smartkv_evalcache.h for what it models). */
 #include "smartkv_evalcache.h"
+#include "ecgroup.h"
 #include "smartkv_attend.h"
 #include "smartkv_error.h"
 #include "smartkv_importance.h"
@@ -110,6 +111,75 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
         return skv_error(SKV_EINVAL, "decay %g is not in [0, 1)", c->decay);
     if (c->realloc == 0)
         return skv_error(SKV_EINVAL, "reallocation interval must be >= 1");
+    if (c->layout > SKV_EC_GROUPED)
+        return skv_error(SKV_EINVAL, "unknown cache layout %u", c->layout);
+    if (c->layout == SKV_EC_GROUPED)
+        return skv_ecg_cfg_check(c);
+    if (c->k_layout || c->rotate || c->kv_split || c->err_model || c->kivi_bits)
+        return skv_error(SKV_EINVAL, "keys per channel, rotation, separate K/V widths, the logit "
+                         "error model and kivi need the grouped layout");
+    return 0;
+}
+
+int skv_ec_kivi_parse(const char *s, skv_ec_cfg *c)
+{
+    if (strncmp(s, "kivi:", 5) != 0)
+        return 0;
+    char *end;
+    unsigned long b = strtoul(s + 5, &end, 10);
+    if (*end || end == s + 5 || !(b == 2 || b == 3 || b == 4 || b == 8))
+        return skv_error(SKV_EINVAL, "%s: kivi takes 2, 3, 4 or 8 bits", s);
+    c->kind = SKV_EC_COMPRESS;
+    c->layout = SKV_EC_GROUPED;
+    c->k_layout = SKV_EC_KEYS_CHANNEL;
+    c->key_tokens = 32;
+    c->kivi_bits = (uint32_t)b;
+    c->alloc.policy = SKV_POLICY_UNIFORM;
+    c->alloc.uniform_bits = (uint32_t)b;
+    c->alloc.width_mask = 1u << b;
+    c->rotate = 0;
+    c->kv_split = 0;
+    if (c->realloc % 32)
+        c->realloc = 32;
+    return 1;
+}
+
+int skv_ec_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                    uint32_t n_kv_heads, uint32_t head_dim, uint64_t n, double *beta)
+{
+    *beta = 1;
+    if (c->kind != SKV_EC_COMPRESS)
+        return 0;
+    if (skv_ec_cfg_check(c) < 0)
+        return SKV_EINVAL;
+    if (!n || !head_dim || !n_layers || !n_kv_heads)
+        return skv_error(SKV_EINVAL, "min beta: empty shape");
+    if (c->layout == SKV_EC_GROUPED)
+        return skv_ecg_min_beta(c, n_layers, n_heads, n_kv_heads, head_dim, n, beta);
+    skv_qcfg q = c->alloc.qcfg;
+    q.head_dim = head_dim;
+    q.k_group = q.k_group ? q.k_group : head_dim;
+    q.v_group = q.v_group ? q.v_group : head_dim;
+    q.k_mode = q.k_mode ? q.k_mode : SKV_QMODE_ASYM;
+    q.v_mode = q.v_mode ? q.v_mode : SKV_QMODE_ASYM;
+    unsigned pf = skv_policy_flags(c->alloc.policy);
+    uint32_t lo = 16;
+    if (pf & SKV_PF_FIXED)
+        lo = c->alloc.uniform_bits;
+    else
+        for (int i = SKV_NBITS - 1; i > 0; i--)
+            if (c->alloc.width_mask & (1u << skv_bit_widths[i]))
+                lo = skv_bit_widths[i];
+    uint64_t prot = (pf & SKV_PF_PROTECT) ? (uint64_t)c->alloc.sinks + c->alloc.recent : 0;
+    prot = prot < n ? prot : n;
+    uint64_t unit = lo == 16 ? skv_bucket_file_bytes(&q, 16, n)
+                             : skv_bucket_file_bytes(&q, 16, prot) +
+                                   skv_bucket_file_bytes(&q, lo, n - prot);
+    uint64_t bytes = skv_alloc_pkhd_bytes(&q) + (uint64_t)n_layers * n_kv_heads * unit;
+    if (pf & SKV_PF_IMPORTANCE)  /* as skv_ec_stats_get counts it */
+        bytes += (uint64_t)n_layers * n_kv_heads * n * (1 + SKV_NBITS * sizeof(float)) +
+                 (uint64_t)n_layers * n_heads * n * sizeof(float);
+    *beta = (double)bytes / (double)skv_alloc_fp16_bytes(n_layers, n_kv_heads, n, head_dim);
     return 0;
 }
 
@@ -126,6 +196,10 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
     const skv_alloc_cfg *a = &c->alloc;
     const unsigned pf = skv_policy_flags(a->policy);
     char pol[32];
+    if (c->kivi_bits) {
+        snprintf(buf, n, "kivi:%u residual=%u", c->kivi_bits, c->realloc);
+        return;
+    }
     if (a->policy == SKV_POLICY_UNIFORM)
         snprintf(pol, sizeof pol, "uniform:%u", a->uniform_bits);
     else
@@ -152,7 +226,13 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " sinks=%u recent=%u", a->sinks,
                               a->recent);
     if (c->ideal && w < sizeof extra)
-        snprintf(extra + w, sizeof extra - w, " ideal");
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " ideal");
+    if (c->layout == SKV_EC_GROUPED && w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " %s%s%s%s",
+                              c->k_layout ? "kch" : "ktok", c->rotate ? "+rot" : "",
+                              c->kv_split ? " kv" : "", c->err_model ? " logit" : "");
+    if (c->layout == SKV_EC_GROUPED && c->prior > 0 && w < sizeof extra)
+        snprintf(extra + w, sizeof extra - w, " prior=%g", c->prior);
     if (pf & SKV_PF_FIXED)
         snprintf(buf, n, "%s R=%u%s", pol, c->realloc, extra);
     else if (!(pf & SKV_PF_IMPORTANCE))
@@ -171,7 +251,7 @@ static ec_cache *as_ec(skv_kv_cache *c)
     return c && c->ops == &ec_ops ? (ec_cache *)c : NULL;
 }
 
-int skv_ec_is(const skv_kv_cache *c) { return c && c->ops == &ec_ops; }
+int skv_ec_is(const skv_kv_cache *c) { return (c && c->ops == &ec_ops) || skv_ecg_is(c); }
 
 static ec_head *head_at(ec_cache *e, uint32_t l, uint32_t h)
 {
@@ -451,6 +531,8 @@ static void fold_votes(const ec_cache *e, uint32_t l, uint32_t h, uint64_t T, fl
 
 int skv_ec_realloc(skv_kv_cache *cc)
 {
+    if (skv_ecg_is(cc))
+        return skv_ecg_realloc(cc);
     ec_cache *e = as_ec(cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
@@ -561,6 +643,7 @@ int skv_ec_realloc(skv_kv_cache *cc)
 
 void skv_ec_hold(skv_kv_cache *c, int hold)
 {
+    skv_ecg_hold(c, hold);
     ec_cache *e = as_ec(c);
     if (e)
         e->hold = hold;
@@ -745,6 +828,8 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
                          (unsigned long long)capacity), NULL;
     if (skv_ec_cfg_check(cfg) < 0)
         return NULL;
+    if (cfg->kind == SKV_EC_COMPRESS && cfg->layout == SKV_EC_GROUPED)
+        return skv_ecg_new(cfg, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     ec_cache *e = skv_calloc(1, sizeof *e);
     if (!e)
         return NULL;
@@ -836,6 +921,8 @@ fail:
 
 int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
 {
+    if (skv_ecg_is(cc))
+        return skv_ecg_stats(cc, s);
     ec_cache *e = as_ec((skv_kv_cache *)cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
@@ -890,6 +977,7 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
 
 void skv_ec_stats_reset(skv_kv_cache *cc)
 {
+    skv_ecg_stats_reset(cc);
     ec_cache *e = as_ec(cc);
     if (!e)
         return;
@@ -900,6 +988,8 @@ void skv_ec_stats_reset(skv_kv_cache *cc)
 
 const uint8_t *skv_ec_widths(const skv_kv_cache *cc, uint32_t layer, uint32_t kv_head)
 {
+    if (skv_ecg_is(cc))
+        return skv_ecg_widths(cc, layer, kv_head);
     ec_cache *e = as_ec((skv_kv_cache *)cc);
     if (!e || e->cfg.kind != SKV_EC_COMPRESS || layer >= cc->n_layers || kv_head >= cc->n_kv_heads)
         return NULL;

@@ -51,6 +51,23 @@
  * tracking state (importance per query head, the per-token error model and
  * width) is reported separately as meta_bytes.
  *
+ * Grouped layout (layout = SKV_EC_GROUPED, lib/eval/ecgroup.c; skv-eval(1)
+ * documents the damage model and every byte).  Keys per token or per
+ * channel over aligned groups of key_tokens tokens (one key width per
+ * group), optionally after a randomized Hadamard rotation (queries rotated
+ * alike); values per token.  Tokens stay fp16 in a residual and leave it
+ * `realloc` tokens at a time (then the allocation is solved again); the
+ * first alloc.sinks tokens stay fp16.  Key and value widths are separate
+ * (kv_split) or joint.  The solver spends the budget (every byte, tracking
+ * state included) on the upgrade saving the most predicted damage per byte
+ * (err_model: importance x squared error, or the logit model: key error
+ * under the recent queries' second moments, non-linear in the attention it
+ * moves).  Held groups only move down, requantized from what they decode
+ * to.  Rows hold exactly what their codes decode to; the bytes are those of
+ * the packed codes, fp16 parameters, width map, pending rows, headers and
+ * tracking state (one byte of importance per token and KV head).  kivi:N
+ * (skv_ec_kivi_parse) is this layout at fixed widths, no sinks, no tracking.
+ *
  * Kinds.  SKV_EC_FP16 holds every token pending forever (an fp16 dense
  * cache: the reference), SKV_EC_F32 the same without rounding (equals the
  * model's float32 dense cache); neither tracks nor allocates.
@@ -86,7 +103,42 @@ typedef struct skv_ec_cfg {
     uint32_t realloc;       /* R >= 1 */
     int ideal;              /* requantize from a full-precision copy */
     int kernel;             /* enum skv_att_kernel (0 = auto) */
+    /* Grouped layout (layout = SKV_EC_GROUPED; see "Grouped layout" above). */
+    uint32_t layout;        /* enum skv_ec_layout */
+    uint32_t k_layout;      /* enum skv_ec_klayout */
+    uint32_t rotate;        /* 1: randomized Hadamard rotation of keys (and queries) */
+    uint32_t kv_split;      /* 1: separate widths for the key and the value of a token */
+    uint32_t err_model;     /* enum skv_ec_err */
+    uint32_t key_tokens;    /* G: tokens per per-channel key group (default 32) */
+    uint32_t kivi_bits;     /* kivi:N (fixed widths, no sinks, no tracking); 0 otherwise */
+    double prior;           /* attention every token is assumed to draw, as a multiple of
+                               1/T, added to the importance (grouped layout; <= 0: 0.05) */
 } skv_ec_cfg;
+
+enum skv_ec_layout {
+    SKV_EC_PACKED = 0,      /* PBKT buckets, one width per token (the library's format) */
+    SKV_EC_GROUPED = 1,     /* key groups, separate K/V widths, byte model below */
+};
+enum skv_ec_klayout {
+    SKV_EC_KEYS_TOKEN = 0,  /* per token, groups of alloc.qcfg.k_group channels */
+    SKV_EC_KEYS_CHANNEL = 1,/* per channel over aligned groups of key_tokens tokens */
+};
+enum skv_ec_err {
+    SKV_EC_ERR_IMP_MSE = 0, /* importance x squared error of K and V */
+    SKV_EC_ERR_LOGIT = 1,   /* attention damage: logit error under the recent queries */
+};
+
+/* Parse "kivi:N" (N = 2, 3, 4 or 8) into c (grouped layout, keys per
+ * channel over 32 tokens, values per token in groups of 32 channels, the
+ * residual = c->realloc).  Returns 1 if s names kivi, 0 if not, <0 on a bad
+ * width. */
+SKV_EXPORT int skv_ec_kivi_parse(const char *s, skv_ec_cfg *c);
+
+/* beta (every byte, tracking state included) of the smallest cache these
+ * settings allow once n tokens are held and allocated: what a budget must
+ * at least be.  Returns 0 or <0. */
+SKV_EXPORT int skv_ec_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                               uint32_t n_kv_heads, uint32_t head_dim, uint64_t n, double *beta);
 
 /* smartkv, budget 0.25, library allocation defaults, ema 0.9, R = 16. */
 SKV_EXPORT void skv_ec_defaults(skv_ec_cfg *c);

@@ -33,6 +33,12 @@ run skv-eval needle --model m.gguf --depths 101
 expect_rc 2 "depth beyond 100 is a usage error"
 run skv-eval needle --model m.gguf --lengths 1X
 expect_rc 2 "a bad length is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p kivi:5
+expect_rc 2 "kivi at 5 bits is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt --keys diagonal
+expect_rc 2 "an unknown key layout is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt --error l2
+expect_rc 2 "an unknown error model is a usage error"
 echo hello > t.txt
 run skv-eval ppl --model nonexistent.gguf --text t.txt
 expect_rc 1 "a missing model is a data error"
@@ -103,8 +109,28 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 for k in ("kl", "ppl", "ppl_ref", "top1", "beta", "beta_end", "bytes", "fp16_bytes"):
     assert k in r, k
-assert r["kl"] >= 0 and r["ppl"] > 1 and 0 <= r["top1"] <= 1 and 0 < r["beta"] < 1, r
+# beta counts the tracking state too (meta_frac); the cache itself is below fp16
+assert r["kl"] >= 0 and r["ppl"] > 1 and 0 <= r["top1"] <= 1 and 0 < r["beta"] - r["meta_frac"] < 1, r
 if sys.argv[2] in ("streaming", "h2o", "snapkv"):
     assert r["widths"].endswith("16:100.0%"), r  # stored rows: all fp16, the rest evicted
 ' "$T/out" $p
 done
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p kivi:2 --json -q
+expect_rc 0 "ppl with kivi:2"
+check "kivi:2: grouped layout, no tracking state, beta at the window end below 0.5" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["cache"] == "kivi:2 residual=32" and r["meta_frac"] == 0 and 0.1 < r["beta_end"] < 0.5, r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
+    --keys channel --kv-split --error logit --residual 32 --json -q
+expect_rc 0 "ppl with smartkv in the grouped layout"
+check "grouped smartkv: tracking state counted, under 0.01 of fp16" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert 0 < r["meta_frac"] < 0.01 and r["beta"] > r["meta_frac"], r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.15 \
+    --keys channel --residual 32 -q
+expect_rc 1 "a budget below the smallest cache the settings allow is an error"
+expect_err "below the smallest cache" "the error says why"

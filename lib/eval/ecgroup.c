@@ -1,0 +1,963 @@
+/* ecgroup.c -- the grouped layout of the online cache: keys per channel
+ * over aligned token groups (or per token), an optional randomized
+ * Hadamard rotation, separate key and value widths, an error model that
+ * predicts attention damage, and a byte model that counts every byte
+ * (smartkv_evalcache.h, "Grouped layout").
+ *
+ * Storage is simulated exactly: every quantized row holds what its codes
+ * decode to (the fp16-rounded scale and minimum times the code), so the
+ * attention the model sees is the attention of the stored codes; the byte
+ * model counts the packed codes, parameters, width map, pending rows,
+ * headers and tracking state that a packed implementation would hold. */
+#include "ecgroup.h"
+#include "smartkv_attend.h"
+#include "smartkv_error.h"
+#include "smartkv_importance.h"
+#include "smartkv_pack.h"
+#include "smartkv_quant.h"
+#include "smartkv_trace.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ECG_HEAD_BYTES 64u      /* cache header */
+#define ECG_UNIT_BYTES 16u      /* per (layer, kv head): token count, width counts */
+#define ECG_NW 5                /* widths 2, 3, 4, 8, 16 */
+
+static const uint8_t ecg_widths[ECG_NW] = {2, 3, 4, 8, 16};
+
+typedef struct gh {
+    float *k, *v;           /* [cap][d] fp16 values or what the codes decode to
+                               (keys in the rotated basis when rotating) */
+    uint8_t *kb, *vb;       /* [cap] key / value width of each token (16: fp16) */
+    float sign[SKV_MAX_HEAD_DIM];
+} gh;
+
+typedef struct item {
+    uint32_t unit;          /* layer * n_kv_heads + kv head */
+    uint8_t kind;           /* 0 key, 1 value, 2 key and value (joint widths) */
+    uint8_t cap;            /* highest useful width index (committed: current) */
+    uint8_t sel;            /* chosen width index */
+    uint8_t fresh;          /* tokens still fp16 pending */
+    uint64_t t0;
+    uint32_t m;             /* tokens */
+    float e[ECG_NW];        /* predicted damage per width */
+    uint32_t b[ECG_NW];     /* bytes per width */
+} item;
+
+typedef struct ecg {
+    skv_kv_cache base;
+    skv_ec_cfg cfg;
+    uint32_t G, KT, RES, sinks;
+    uint32_t wmask;         /* allowed width indices (bit i: ecg_widths[i]) */
+    int hold, track, fixed, qtrack;
+    uint64_t *len, n_alloc;
+    gh *heads;
+    float *imp;             /* [L][H][cap] per query head (folded per kv head at solve) */
+    float *q2;              /* [L][H][d] EMA of the squared (rotated) query */
+    float scale;
+    item *it;
+    size_t n_it, cap_it;
+    skv_ec_stats st;
+    _Atomic uint64_t track_ns, attend_ns;
+} ecg;
+
+static const skv_kv_ops ecg_ops;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t mix64(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int widx(uint32_t bits)
+{
+    for (int i = 0; i < ECG_NW; i++)
+        if (ecg_widths[i] == bits)
+            return i;
+    return -1;
+}
+
+static float h16(float x) { return skv_f16_to_f32(skv_f32_to_f16(x)); }
+
+/* Importance as the cache holds it: one byte per token, log2 in steps of
+ * 1/16 from 2^-15.9 to 1 (0 below), i.e. within 2.2% of the tracked value. */
+static double imp8(double x)
+{
+    if (!(x > 0))
+        return 0;
+    double c = nearbyint(16.0 * log2(x > 1 ? 1 : x)) + 255;
+    return c < 1 ? 0 : exp2((c - 255) / 16.0);
+}
+
+void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits)
+{
+    if (bits >= 16) {
+        for (uint32_t i = 0; i < n; i++)
+            y[i * stride] = x[i * stride];
+        return;
+    }
+    float mn = x[0], mx = x[0];
+    for (uint32_t i = 1; i < n; i++) {
+        float a = x[i * stride];
+        mn = a < mn ? a : mn;
+        mx = a > mx ? a : mx;
+    }
+    const float qmax = (float)((1u << bits) - 1u);
+    const float s = h16((mx - mn) / qmax), z = h16(mn);
+    for (uint32_t i = 0; i < n; i++) {
+        float c = 0;
+        if (s > 0) {
+            c = nearbyintf((x[i * stride] - z) / s);
+            c = c < 0 ? 0 : c > qmax ? qmax : c;
+        }
+        y[i * stride] = z + c * s;
+    }
+}
+
+/* Walsh-Hadamard transform in place, scaled to be orthogonal (d = 2^k). */
+static void fwht(float *x, uint32_t d)
+{
+    for (uint32_t h = 1; h < d; h *= 2)
+        for (uint32_t i = 0; i < d; i += 2 * h)
+            for (uint32_t j = i; j < i + h; j++) {
+                float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+    float r = 1.0f / sqrtf((float)d);
+    for (uint32_t j = 0; j < d; j++)
+        x[j] *= r;
+}
+
+static void rotate(const gh *H, const float *x, float *y, uint32_t d)
+{
+    for (uint32_t j = 0; j < d; j++)
+        y[j] = x[j] * H->sign[j];
+    fwht(y, d);
+}
+
+/* ---------------------------------------------------------------- config */
+
+int skv_ecg_cfg_check(const skv_ec_cfg *c)
+{
+    const skv_alloc_cfg *a = &c->alloc;
+    uint32_t p = a->policy;
+    if (p != SKV_POLICY_SMARTKV && p != SKV_POLICY_RANDOM && p != SKV_POLICY_POSITION &&
+        p != SKV_POLICY_UNIFORM)
+        return skv_error(SKV_EINVAL, "the grouped layout supports smartkv, random, position, "
+                         "uniform:N and kivi:N (not %s)", skv_policy_name(p));
+    if (c->k_layout > SKV_EC_KEYS_CHANNEL || c->err_model > SKV_EC_ERR_LOGIT || c->rotate > 1 ||
+        c->kv_split > 1)
+        return skv_error(SKV_EINVAL, "grouped layout: bad key layout, error model or flag");
+    if (a->width_mask & 1u)
+        return skv_error(SKV_EINVAL, "grouped layout: eviction (width 0) is not supported");
+    uint32_t kt = c->key_tokens ? c->key_tokens : 32;
+    if (c->k_layout == SKV_EC_KEYS_CHANNEL) {
+        if (kt < 2 || kt > 4096)
+            return skv_error(SKV_EINVAL, "key group of %u tokens (2..4096)", kt);
+        if (c->realloc % kt)
+            return skv_error(SKV_EINVAL, "with keys per channel the residual (R = %u) must be a "
+                             "multiple of the key group (%u tokens)", c->realloc, kt);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static ecg *as_g(const skv_kv_cache *c)
+{
+    return c && c->ops == &ecg_ops ? (ecg *)c : NULL;
+}
+
+int skv_ecg_is(const skv_kv_cache *c) { return as_g(c) != NULL; }
+
+static gh *head_at(ecg *e, uint32_t l, uint32_t h)
+{
+    return &e->heads[(size_t)l * e->base.n_kv_heads + h];
+}
+
+static uint32_t kbytes(const ecg *e, uint32_t m, uint32_t bits)
+{
+    const uint32_t d = e->base.head_dim;
+    if (bits >= 16)
+        return m * d * 2;
+    if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL)
+        return (m * d * bits + 7) / 8 + 4 * d;
+    return m * ((d * bits + 7) / 8 + 4 * (d / e->cfg.alloc.qcfg.k_group));
+}
+
+static uint32_t vbytes(const ecg *e, uint32_t m, uint32_t bits)
+{
+    const uint32_t d = e->base.head_dim;
+    if (bits >= 16)
+        return m * d * 2;
+    return m * ((d * bits + 7) / 8 + 4 * (d / e->cfg.alloc.qcfg.v_group));
+}
+
+static uint32_t nbits_for(uint32_t n)
+{
+    uint32_t b = 0;
+    while ((1u << b) < n)
+        b++;
+    return b;
+}
+
+/* Width map bits per key item and per value token (0 when fixed). */
+static void map_bits(const ecg *e, uint32_t *kb, uint32_t *vb)
+{
+    uint32_t n = (uint32_t)__builtin_popcount(e->wmask);
+    /* joint widths: a value takes its key's width, one map entry */
+    *kb = e->fixed ? 0 : nbits_for(n);
+    *vb = e->fixed || !e->cfg.kv_split ? 0 : nbits_for(n);
+}
+
+/* Quantize the key rows [t0, t0+m) of H at width bits from src into dst
+ * (both [m][d]). */
+static void quant_keys(const ecg *e, const float *src, float *dst, uint32_t m, uint32_t bits)
+{
+    const uint32_t d = e->base.head_dim;
+    if (bits >= 16) {
+        if (dst != src)
+            memcpy(dst, src, (size_t)m * d * sizeof(float));
+        return;
+    }
+    if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL) {
+        for (uint32_t c = 0; c < d; c++)
+            skv_ecg_quant_span(src + c, dst + c, m, d, bits);
+    } else {
+        uint32_t g = e->cfg.alloc.qcfg.k_group;
+        for (uint32_t t = 0; t < m; t++)
+            for (uint32_t j = 0; j < d; j += g)
+                skv_ecg_quant_span(src + (size_t)t * d + j, dst + (size_t)t * d + j, g, 1, bits);
+    }
+}
+
+static void quant_values(const ecg *e, const float *src, float *dst, uint32_t m, uint32_t bits)
+{
+    const uint32_t d = e->base.head_dim, g = e->cfg.alloc.qcfg.v_group;
+    if (bits >= 16) {
+        if (dst != src)
+            memcpy(dst, src, (size_t)m * d * sizeof(float));
+        return;
+    }
+    for (uint32_t t = 0; t < m; t++)
+        for (uint32_t j = 0; j < d; j += g)
+            skv_ecg_quant_span(src + (size_t)t * d + j, dst + (size_t)t * d + j, g, 1, bits);
+}
+
+/* ---------------------------------------------------------------- create */
+
+static void ecg_destroy(skv_kv_cache *c)
+{
+    ecg *e = (ecg *)c;
+    if (e->heads)
+        for (size_t i = 0; i < (size_t)c->n_layers * c->n_kv_heads; i++) {
+            free(e->heads[i].k);
+            free(e->heads[i].v);
+            free(e->heads[i].kb);
+            free(e->heads[i].vb);
+        }
+    free(e->heads);
+    free(e->len);
+    free(e->imp);
+    free(e->q2);
+    free(e->it);
+    free(e);
+}
+
+skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_heads,
+                          uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity)
+{
+    if (skv_ecg_cfg_check(cfg) < 0)
+        return NULL;
+    if (cfg->rotate && (head_dim & (head_dim - 1)))
+        return skv_error(SKV_EINVAL, "rotation needs a power-of-two head_dim (%u)", head_dim),
+               NULL;
+    ecg *e = skv_calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->base.ops = &ecg_ops;
+    e->base.n_layers = n_layers;
+    e->base.n_heads = n_heads;
+    e->base.n_kv_heads = n_kv_heads;
+    e->base.head_dim = head_dim;
+    e->base.capacity = capacity;
+    e->cfg = *cfg;
+    skv_qcfg *q = &e->cfg.alloc.qcfg;
+    q->head_dim = head_dim;
+    if (cfg->kivi_bits) {
+        /* KIVI: values per token in groups of 32 channels */
+        q->v_group = head_dim % 32 == 0 ? 32 : head_dim;
+    }
+    if (!q->k_group || head_dim % q->k_group)
+        q->k_group = head_dim;
+    if (!q->v_group || head_dim % q->v_group)
+        q->v_group = head_dim;
+    e->G = n_heads / n_kv_heads;
+    e->scale = 1.0f / sqrtf((float)head_dim);  /* the model's score scale */
+    e->KT = cfg->k_layout == SKV_EC_KEYS_CHANNEL ? (cfg->key_tokens ? cfg->key_tokens : 32) : 1;
+    e->cfg.key_tokens = e->KT;
+    e->RES = cfg->realloc;
+    e->fixed = cfg->alloc.policy == SKV_POLICY_UNIFORM;
+    e->sinks = e->fixed ? 0 : cfg->alloc.sinks;
+    if (e->fixed) {
+        int wi = widx(cfg->alloc.uniform_bits);
+        if (wi < 0) {
+            skv_error(SKV_EINVAL, "uniform:%u is not a width", cfg->alloc.uniform_bits);
+            goto fail;
+        }
+        e->wmask = 1u << wi;
+    } else {
+        for (int i = 0; i < ECG_NW; i++)
+            if (cfg->alloc.width_mask & (1u << ecg_widths[i]))
+                e->wmask |= 1u << i;
+        if (!e->wmask) {
+            skv_error(SKV_EINVAL, "no allowed width");
+            goto fail;
+        }
+    }
+    e->track = cfg->alloc.policy == SKV_POLICY_SMARTKV;
+    e->qtrack = !e->fixed && cfg->err_model == SKV_EC_ERR_LOGIT;
+    size_t nh = (size_t)n_layers * n_kv_heads, rows;
+    if (skv_mul_sizes(&rows, 3, (size_t)capacity, (size_t)head_dim, sizeof(float)) < 0) {
+        skv_error(SKV_ELIMIT, "kv cache: capacity %llu overflows", (unsigned long long)capacity);
+        goto fail;
+    }
+    if (!(e->len = skv_calloc(n_layers, sizeof *e->len)) ||
+        !(e->heads = skv_calloc(nh, sizeof *e->heads)))
+        goto fail;
+    for (size_t i = 0; i < nh; i++) {
+        gh *H = &e->heads[i];
+        if (!(H->k = skv_malloc(rows)) || !(H->v = skv_malloc(rows)) ||
+            !(H->kb = skv_calloc((size_t)capacity, 1)) || !(H->vb = skv_calloc((size_t)capacity, 1)))
+            goto fail;
+        for (uint32_t j = 0; j < head_dim; j++)
+            H->sign[j] = (mix64(((uint64_t)i << 20) ^ j ^ (cfg->alloc.seed << 40)) & 1) ? -1.0f : 1.0f;
+    }
+    if (e->track && !(e->imp = skv_calloc((size_t)n_layers * n_heads * capacity, sizeof(float))))
+        goto fail;
+    if (e->qtrack && !(e->q2 = skv_calloc((size_t)n_layers * n_heads * head_dim, sizeof(float))))
+        goto fail;
+    return &e->base;
+fail:
+    ecg_destroy(&e->base);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static int cut_to(ecg *e, uint64_t T)
+{
+    const skv_kv_cache *c = &e->base;
+    if (T && T < e->n_alloc)
+        return skv_error(SKV_EINVAL, "kv cache: the grouped layout cannot forget allocated "
+                         "tokens (cut to %llu of %llu)", (unsigned long long)T,
+                         (unsigned long long)e->n_alloc);
+    if (T == 0) {
+        e->n_alloc = 0;
+        if (e->q2)
+            memset(e->q2, 0, (size_t)c->n_layers * c->n_heads * c->head_dim * sizeof(float));
+    }
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        if (e->len[l] > T)
+            e->len[l] = T;
+    if (e->imp)
+        for (size_t r = 0; r < (size_t)c->n_layers * c->n_heads; r++)
+            memset(e->imp + r * c->capacity + T, 0, (size_t)(c->capacity - T) * sizeof(float));
+    return 0;
+}
+
+static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
+                      const float *v)
+{
+    ecg *e = (ecg *)c;
+    int rc;
+    if (layer >= c->n_layers)
+        return skv_error(SKV_EINVAL, "kv cache: layer %u out of range (%u)", layer, c->n_layers);
+    if (pos > c->capacity || n > c->capacity - pos)
+        return skv_error(SKV_ELIMIT, "kv cache: positions %llu..%llu exceed its capacity of %llu",
+                         (unsigned long long)pos, (unsigned long long)(pos + n),
+                         (unsigned long long)c->capacity);
+    if (pos != e->len[layer]) {
+        if (pos > e->len[layer])
+            return skv_error(SKV_EINVAL, "kv cache: layer %u append at position %llu, %llu held",
+                             layer, (unsigned long long)pos, (unsigned long long)e->len[layer]);
+        if ((rc = cut_to(e, pos)) < 0)
+            return rc;
+    }
+    if (layer == 0 && !e->hold && pos >= e->n_alloc + e->RES)
+        if ((rc = skv_ecg_realloc(c)) < 0)
+            return rc;
+    const uint32_t d = c->head_dim, row = c->n_kv_heads * d;
+    for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+        gh *H = head_at(e, layer, h);
+        for (uint32_t i = 0; i < n; i++) {
+            float *dk = H->k + (pos + i) * d, *dv = H->v + (pos + i) * d;
+            const float *sk = k + (size_t)i * row + (size_t)h * d;
+            const float *sv = v + (size_t)i * row + (size_t)h * d;
+            for (uint32_t j = 0; j < d; j++) {
+                if (!(fabsf(sk[j]) <= SKV_FP16_MAX) || !(fabsf(sv[j]) <= SKV_FP16_MAX))
+                    return skv_error(SKV_EFORMAT, "kv cache: layer %u kv head %u token %llu: "
+                                     "a value is not an fp16 number", layer, h,
+                                     (unsigned long long)(pos + i));
+                dk[j] = h16(sk[j]);
+                dv[j] = h16(sv[j]);
+            }
+            if (e->cfg.rotate) {
+                float tmp[SKV_MAX_HEAD_DIM] = {0};
+                rotate(H, dk, tmp, d);
+                memcpy(dk, tmp, d * sizeof(float));
+            }
+            H->kb[pos + i] = H->vb[pos + i] = 16;
+        }
+    }
+    e->len[layer] = pos + n;
+    return 0;
+}
+
+static int ecg_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t pos, uint32_t n,
+                      const float *q, size_t q_stride, float scale, float *out, size_t out_stride,
+                      float *probs, size_t probs_stride)
+{
+    ecg *e = (ecg *)c;
+    if (layer >= c->n_layers || head >= c->n_heads)
+        return skv_error(SKV_EINVAL, "kv cache: layer %u head %u out of range", layer, head);
+    if (pos + n > e->len[layer])
+        return skv_error(SKV_EINVAL, "kv cache: attention to position %llu beyond the %llu cached",
+                         (unsigned long long)(pos + n - 1), (unsigned long long)e->len[layer]);
+    uint64_t t0 = now_ns();
+    const uint32_t d = c->head_dim;
+    const gh *H = head_at(e, layer, head / e->G);
+    skv_att_rows R = {d, 0, NULL, H->k, H->v, 0, e->len[layer]};
+    uint64_t ctx = pos + n;
+    int rc;
+    size_t r = (size_t)layer * c->n_heads + head;
+    for (uint32_t i = 0; i < n; i++) {
+        float qr[SKV_MAX_HEAD_DIM] = {0};
+        const float *qi = q + i * q_stride;
+        if (e->cfg.rotate) {
+            rotate(H, qi, qr, d);
+            qi = qr;
+        }
+        if ((rc = skv_attend_rows(e->cfg.kernel, &R, qi, 1, scale, pos + i, out + i * out_stride,
+                                  probs + i * probs_stride, 0, ctx)) < 0)
+            return rc;
+        if (e->q2) {
+            float *Q = e->q2 + r * d;
+            const float g = (float)e->cfg.decay;
+            for (uint32_t j = 0; j < d; j++)
+                Q[j] = g * Q[j] + (1 - g) * qi[j] * qi[j];
+        }
+    }
+    uint64_t t1 = now_ns();
+    atomic_fetch_add_explicit(&e->attend_ns, t1 - t0, memory_order_relaxed);
+    if (!e->track)
+        return 0;
+    float *I = e->imp + r * c->capacity;
+    const float g = (float)e->cfg.decay, a = 1.0f - g;
+    for (uint32_t i = 0; i < n; i++) {
+        const float *p = probs + i * probs_stride;
+        uint64_t m = pos + i + 1;
+        if (e->cfg.imp_mode == SKV_IMP_EMA)
+            for (uint64_t j = 0; j < m; j++)
+                I[j] = g * I[j] + a * p[j];
+        else
+            for (uint64_t j = 0; j < m; j++)
+                I[j] += p[j];
+    }
+    atomic_fetch_add_explicit(&e->track_ns, now_ns() - t1, memory_order_relaxed);
+    return 0;
+}
+
+static int ecg_truncate(skv_kv_cache *c, uint64_t n)
+{
+    ecg *e = (ecg *)c;
+    uint64_t mx = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        mx = e->len[l] > mx ? e->len[l] : mx;
+    if (n >= mx)
+        return 0;
+    return cut_to(e, n);
+}
+
+static const skv_kv_ops ecg_ops = {ecg_append, ecg_attend, ecg_truncate, ecg_destroy};
+
+void skv_ecg_hold(skv_kv_cache *c, int hold)
+{
+    ecg *e = as_g(c);
+    if (e)
+        e->hold = hold;
+}
+
+/* ---------------------------------------------------------------- bytes */
+
+/* Bytes of the cache if tokens [0, na) are allocated with the widths in
+ * kb/vb and tokens [na, len) are pending; *meta gets the tracking state. */
+static uint64_t cache_bytes(const ecg *e, uint64_t na, uint64_t *meta)
+{
+    const skv_kv_cache *c = &e->base;
+    const uint32_t d = c->head_dim;
+    uint32_t mbk, mbv;
+    map_bits(e, &mbk, &mbv);
+    uint64_t bytes = ECG_HEAD_BYTES, mb = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+            const gh *H = &e->heads[(size_t)l * c->n_kv_heads + h];
+            uint64_t T = e->len[l], a = na < T ? na : T, s = e->sinks < a ? e->sinks : a;
+            uint64_t nk = 0, nv = 0;
+            bytes += ECG_UNIT_BYTES + (T - a + s) * 4ull * d;  /* pending and sinks: fp16 K+V */
+            for (uint64_t t0 = 0; t0 < a; t0 += e->KT) {
+                uint64_t lo = t0 > s ? t0 : s, hi = t0 + e->KT < a ? t0 + e->KT : a;
+                if (lo >= hi)
+                    continue;
+                bytes += kbytes(e, (uint32_t)(hi - lo), H->kb[lo]);
+                nk++;
+            }
+            for (uint64_t t = s; t < a; t++) {
+                bytes += vbytes(e, 1, H->vb[t]);
+                nv++;
+            }
+            bytes += (nk * mbk + nv * mbv + 7) / 8;
+            if (e->track)
+                mb += T;                    /* importance, 8-bit log, folded per kv head */
+            if (e->qtrack)
+                mb += 2ull * d;             /* query second moments, fp16 */
+        }
+    *meta = mb;
+    return bytes;
+}
+
+int skv_ecg_stats(const skv_kv_cache *cc, skv_ec_stats *s)
+{
+    ecg *e = as_g(cc);
+    if (!e)
+        return skv_error(SKV_EINVAL, "kv cache: not a grouped cache");
+    const skv_kv_cache *c = &e->base;
+    *s = e->st;
+    s->track_ns = atomic_load(&e->track_ns);
+    s->attend_ns = atomic_load(&e->attend_ns);
+    s->n_tokens = e->len[0];
+    s->n_alloc = e->n_alloc < e->len[0] ? e->n_alloc : e->len[0];
+    s->fp16_bytes = skv_alloc_fp16_bytes(c->n_layers, c->n_kv_heads, s->n_tokens, c->head_dim);
+    s->bytes = cache_bytes(e, e->n_alloc, &s->meta_bytes);
+    s->mem_bytes = 0;
+    memset(s->hist, 0, sizeof s->hist);
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+            const gh *H = head_at(e, l, h);
+            for (uint64_t t = 0; t < s->n_alloc; t++) {
+                int a = skv_width_index(H->kb[t]), b = skv_width_index(H->vb[t]);
+                if (a >= 0)
+                    s->hist[a]++;
+                if (b >= 0)
+                    s->hist[b]++;
+            }
+            s->mem_bytes += e->len[l] * 2ull * c->head_dim * sizeof(float);
+        }
+    return 0;
+}
+
+void skv_ecg_stats_reset(skv_kv_cache *cc)
+{
+    ecg *e = as_g(cc);
+    if (!e)
+        return;
+    memset(&e->st, 0, sizeof e->st);
+    atomic_store(&e->track_ns, 0);
+    atomic_store(&e->attend_ns, 0);
+}
+
+const uint8_t *skv_ecg_widths(const skv_kv_cache *cc, uint32_t layer, uint32_t kv_head)
+{
+    ecg *e = as_g(cc);
+    if (!e || layer >= cc->n_layers || kv_head >= cc->n_kv_heads)
+        return NULL;
+    return head_at(e, layer, kv_head)->vb;
+}
+
+/* ---------------------------------------------------------------- solve */
+
+typedef struct hent {
+    double r;
+    uint32_t i;
+    uint8_t j;
+} hent;
+
+static void hpush(hent *h, size_t *n, hent x)
+{
+    size_t i = (*n)++;
+    while (i) {
+        size_t p = (i - 1) / 2;
+        if (h[p].r >= x.r)
+            break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = x;
+}
+
+static hent hpop(hent *h, size_t *n)
+{
+    hent top = h[0], x = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        double mr = x.r;
+        if (l < *n && h[l].r > mr) {
+            m = l;
+            mr = h[l].r;
+        }
+        if (r < *n && h[r].r > mr)
+            m = r;
+        if (m == i)
+            break;
+        h[i] = h[m];
+        i = m;
+    }
+    if (*n)
+        h[i] = x;
+    return top;
+}
+
+/* Best upgrade of item it from its selection within `room` bytes:
+ * the largest damage saved per byte.  0 if none. */
+static int best_step(const ecg *e, const item *it, uint64_t room, hent *out, uint32_t idx)
+{
+    double best = 0;
+    int bj = -1;
+    for (int j = it->sel + 1; j <= it->cap; j++) {
+        if (!(e->wmask & (1u << j)))
+            continue;
+        double db = (double)it->b[j] - it->b[it->sel], de = (double)it->e[it->sel] - it->e[j];
+        if (db <= 0 || db > (double)room || de <= 0)
+            continue;
+        if (de / db > best) {
+            best = de / db;
+            bj = j;
+        }
+    }
+    if (bj < 0)
+        return 0;
+    out->r = best;
+    out->i = idx;
+    out->j = (uint8_t)bj;
+    return 1;
+}
+
+static int grow_items(ecg *e, size_t n)
+{
+    if (n <= e->cap_it)
+        return 0;
+    size_t nc = e->cap_it ? e->cap_it : 1024;
+    while (nc < n)
+        nc *= 2;
+    item *ni = skv_realloc(e->it, nc * sizeof *ni);
+    if (!ni)
+        return SKV_ENOMEM;
+    e->it = ni;
+    e->cap_it = nc;
+    return 0;
+}
+
+/* Damage per token of key rows kq (quantized) against k, and value rows. */
+static double key_damage(const ecg *e, const float *k, const float *kq, const float *Q2,
+                         double w, double vdev)
+{
+    const uint32_t d = e->base.head_dim;
+    double s = 0;
+    if (e->cfg.err_model == SKV_EC_ERR_LOGIT) {
+        for (uint32_t j = 0; j < d; j++) {
+            double x = (double)k[j] - kq[j];
+            s += Q2[j] * x * x;
+        }
+        s *= (double)e->scale * e->scale;
+        if (s > 10)
+            s = 10;
+        /* E[(e^delta - 1)^2] for a logit error delta ~ N(0, s): the mass a
+         * token gains or loses, non-linear once the error is large */
+        double g = exp(2 * s) - 2 * exp(s / 2) + 1;
+        return w * g * vdev;
+    }
+    for (uint32_t j = 0; j < d; j++) {
+        double x = (double)k[j] - kq[j];
+        s += x * x;
+    }
+    return w * s;
+}
+
+static double val_damage(const ecg *e, const float *v, const float *vq, double w)
+{
+    double s = 0;
+    for (uint32_t j = 0; j < e->base.head_dim; j++) {
+        double x = (double)v[j] - vq[j];
+        s += x * x;
+    }
+    return w * s;
+}
+
+int skv_ecg_realloc(skv_kv_cache *cc)
+{
+    ecg *e = as_g(cc);
+    if (!e)
+        return skv_error(SKV_EINVAL, "kv cache: not a grouped cache");
+    const skv_kv_cache *c = &e->base;
+    const uint32_t L = c->n_layers, KH = c->n_kv_heads, d = c->head_dim, G = e->G;
+    uint64_t T = e->len[0];
+    for (uint32_t l = 1; l < L; l++)
+        if (e->len[l] != T)
+            return skv_error(SKV_EINVAL, "kv cache: reallocation with layer %u at %llu positions "
+                             "and layer 0 at %llu", l, (unsigned long long)e->len[l],
+                             (unsigned long long)T);
+    uint64_t na = T / e->RES * e->RES, old = e->n_alloc;
+    if (na <= old)
+        return 0;
+    uint64_t t_start = now_ns();
+    int rc;
+    const int joint = !e->cfg.kv_split;
+    /* items */
+    e->n_it = 0;
+    for (uint32_t u = 0; u < L * KH; u++) {
+        uint64_t s = e->sinks < na ? e->sinks : na;
+        for (uint64_t t0 = 0; t0 < na; t0 += e->KT) {
+            uint64_t lo = t0 > s ? t0 : s, hi = t0 + e->KT;
+            if (lo >= hi)
+                continue;
+            if ((rc = grow_items(e, e->n_it + 1 + (joint ? 0 : e->KT))) < 0)
+                return rc;
+            item *it = &e->it[e->n_it++];
+            memset(it, 0, sizeof *it);
+            it->unit = u;
+            it->kind = joint ? 2 : 0;
+            it->t0 = lo;
+            it->m = (uint32_t)(hi - lo);
+            it->fresh = lo >= old;
+            if (!joint)
+                for (uint64_t t = lo; t < hi; t++) {
+                    item *iv = &e->it[e->n_it++];
+                    memset(iv, 0, sizeof *iv);
+                    iv->unit = u;
+                    iv->kind = 1;
+                    iv->t0 = t;
+                    iv->m = 1;
+                    iv->fresh = t >= old;
+                }
+        }
+    }
+    /* damage and bytes per width */
+    float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * 2);
+    if (!buf)
+        return SKV_ENOMEM;
+    float vbar[SKV_MAX_HEAD_DIM] = {0}, q2[SKV_MAX_HEAD_DIM] = {0};
+    uint32_t last_unit = UINT32_MAX;
+    uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
+    for (size_t i = 0; i < e->n_it; i++) {
+        item *it = &e->it[i];
+        uint32_t l = it->unit / KH, h = it->unit % KH;
+        gh *H = &e->heads[it->unit];
+        if (it->unit != last_unit) {
+            last_unit = it->unit;
+            memset(vbar, 0, sizeof vbar);
+            for (uint64_t t = 0; t < T; t++)
+                for (uint32_t j = 0; j < d; j++)
+                    vbar[j] += H->v[t * d + j] / (float)T;
+            memset(q2, 0, sizeof q2);
+            if (e->q2)
+                for (uint32_t g = 0; g < G; g++)
+                    for (uint32_t j = 0; j < d; j++)
+                        q2[j] += e->q2[((size_t)l * c->n_heads + h * G + g) * d + j] / (float)G;
+        }
+        int curw = it->kind == 1 ? widx(H->vb[it->t0]) : widx(H->kb[it->t0]);
+        it->cap = (uint8_t)(it->fresh ? ECG_NW - 1 : curw);
+        for (int j = 0; j < ECG_NW; j++) {
+            uint32_t bits = ecg_widths[j];
+            it->b[j] = it->kind == 1 ? vbytes(e, 1, bits) :
+                       it->kind == 0 ? kbytes(e, it->m, bits) :
+                       kbytes(e, it->m, bits) + vbytes(e, it->m, bits);
+            it->e[j] = 0;
+            if (j >= it->cap)
+                continue;  /* no loss against what is held (upgrades gain nothing) */
+            double dmg = 0;
+            const float *K = H->k + it->t0 * d, *V = H->v + it->t0 * d;
+            if (it->kind != 1)
+                quant_keys(e, K, buf, it->m, bits);
+            if (it->kind != 0)
+                quant_values(e, V, buf + (size_t)e->KT * d, it->m, bits);
+            for (uint32_t t = 0; t < it->m; t++) {
+                uint64_t tt = it->t0 + t;
+                double w;
+                if (e->track) {
+                    double s = 0;
+                    for (uint32_t g = 0; g < G; g++)
+                        s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
+                    w = imp8(s / G);   /* folded per kv head, one byte */
+                } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
+                    w = 1.0 / (double)(T - tt);
+                } else {
+                    w = (double)(mix64(wkey ^ ((uint64_t)it->unit << 32) ^ tt) >> 11) * 0x1.0p-53;
+                }
+                /* a token not attended lately may be attended later */
+                w += (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
+                if (it->kind != 1) {
+                    double vd = 0;
+                    for (uint32_t q = 0; q < d; q++) {
+                        double x = (double)V[(size_t)t * d + q] - vbar[q];
+                        vd += x * x;
+                    }
+                    dmg += key_damage(e, K + (size_t)t * d, buf + (size_t)t * d, q2, w, vd);
+                }
+                if (it->kind != 0)
+                    dmg += val_damage(e, V + (size_t)t * d, buf + (size_t)(e->KT + t) * d, w);
+            }
+            it->e[j] = (float)dmg;
+        }
+    }
+    free(buf);
+    /* solve: start at the lowest allowed width, spend the budget by damage
+     * saved per byte */
+    int lo = 0;
+    while (!(e->wmask & (1u << lo)))
+        lo++;
+    uint64_t fixed_meta, base;
+    for (size_t i = 0; i < e->n_it; i++) {
+        item *it = &e->it[i];
+        it->sel = (uint8_t)(lo <= it->cap ? lo : it->cap);
+        if (!(e->wmask & (1u << it->sel)))
+            it->sel = (uint8_t)lo;
+    }
+    /* bytes at the minimum (the widths are written now, the rows are
+     * quantized when applied below) */
+    for (size_t i = 0; i < e->n_it; i++) {
+        const item *it = &e->it[i];
+        gh *H = &e->heads[it->unit];
+        for (uint32_t t = 0; t < it->m; t++) {
+            if (it->kind != 1)
+                H->kb[it->t0 + t] = ecg_widths[it->sel];
+            if (it->kind != 0)
+                H->vb[it->t0 + t] = ecg_widths[it->sel];
+        }
+    }
+    base = cache_bytes(e, na, &fixed_meta) + fixed_meta;
+    uint64_t fp16 = skv_alloc_fp16_bytes(L, KH, T, d);
+    double budget = e->fixed ? 0 : e->cfg.alloc.budget * (double)fp16;
+    uint64_t limit = budget > (double)base ? (uint64_t)budget : base;
+    if (!e->fixed && budget < (double)base)
+        e->st.n_budget_raised++;
+    uint64_t cur = base;
+    if (!e->fixed && e->cfg.alloc.budget < 1) {
+        hent *hp = skv_malloc((e->n_it + 1) * sizeof *hp);
+        if (!hp)
+            return SKV_ENOMEM;
+        size_t nh = 0;
+        for (size_t i = 0; i < e->n_it; i++) {
+            hent x;
+            if (best_step(e, &e->it[i], limit - cur, &x, (uint32_t)i))
+                hpush(hp, &nh, x);
+        }
+        while (nh) {
+            hent x = hpop(hp, &nh);
+            item *it = &e->it[x.i];
+            uint64_t db = it->b[x.j] - it->b[it->sel];
+            if (cur + db <= limit) {
+                cur += db;
+                it->sel = x.j;
+            }
+            hent y;
+            if (best_step(e, it, limit - cur, &y, x.i))
+                hpush(hp, &nh, y);
+        }
+        free(hp);
+    } else if (!e->fixed) {
+        for (size_t i = 0; i < e->n_it; i++)
+            e->it[i].sel = e->it[i].cap;
+    }
+    /* apply: quantize fresh items from fp16, requantize downgrades */
+    for (size_t i = 0; i < e->n_it; i++) {
+        const item *it = &e->it[i];
+        gh *H = &e->heads[it->unit];
+        uint32_t bits = ecg_widths[it->sel];
+        int changed = it->fresh || it->sel < it->cap;
+        if (!it->fresh && it->sel < it->cap)
+            e->st.downgrades++;
+        for (uint32_t t = 0; t < it->m; t++) {
+            if (it->kind != 1)
+                H->kb[it->t0 + t] = (uint8_t)bits;
+            if (it->kind != 0)
+                H->vb[it->t0 + t] = (uint8_t)bits;
+        }
+        if (!changed || bits >= 16)
+            continue;
+        e->st.requant_rows += it->m;
+        if (it->kind != 1)
+            quant_keys(e, H->k + it->t0 * d, H->k + it->t0 * d, it->m, bits);
+        if (it->kind != 0)
+            quant_values(e, H->v + it->t0 * d, H->v + it->t0 * d, it->m, bits);
+    }
+    e->n_alloc = na;
+    uint64_t meta;
+    uint64_t now = cache_bytes(e, na, &meta) + meta;
+    e->st.n_realloc++;
+    e->st.alloc_beta_sum += (double)now / (double)fp16;
+    e->st.realloc_ns += now_ns() - t_start;
+    return 0;
+}
+
+int skv_ecg_min_beta(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_heads,
+                     uint32_t n_kv_heads, uint32_t head_dim, uint64_t n, double *beta)
+{
+    (void)n_heads;
+    ecg e;
+    memset(&e, 0, sizeof e);
+    e.base.head_dim = head_dim;
+    e.cfg = *cfg;
+    skv_qcfg *q = &e.cfg.alloc.qcfg;
+    if (cfg->kivi_bits)
+        q->v_group = head_dim % 32 == 0 ? 32 : head_dim;
+    if (!q->k_group || head_dim % q->k_group)
+        q->k_group = head_dim;
+    if (!q->v_group || head_dim % q->v_group)
+        q->v_group = head_dim;
+    e.KT = cfg->k_layout == SKV_EC_KEYS_CHANNEL ? (cfg->key_tokens ? cfg->key_tokens : 32) : 1;
+    e.fixed = cfg->alloc.policy == SKV_POLICY_UNIFORM;
+    e.sinks = e.fixed ? 0 : cfg->alloc.sinks;
+    int lo = -1;
+    for (int i = 0; i < ECG_NW; i++)
+        if (e.fixed ? ecg_widths[i] == cfg->alloc.uniform_bits
+                    : (cfg->alloc.width_mask & (1u << ecg_widths[i])) != 0) {
+            e.wmask |= 1u << i;
+            if (lo < 0)
+                lo = i;
+        }
+    if (lo < 0 || !n)
+        return skv_error(SKV_EINVAL, "no allowed width");
+    uint32_t mbk, mbv;
+    map_bits(&e, &mbk, &mbv);
+    uint64_t s = e.sinks < n ? e.sinks : n, unit = ECG_UNIT_BYTES + s * 4ull * head_dim, nk = 0;
+    for (uint64_t t0 = 0; t0 < n; t0 += e.KT) {
+        uint64_t a = t0 > s ? t0 : s, b = t0 + e.KT < n ? t0 + e.KT : n;
+        if (a < b) {
+            unit += kbytes(&e, (uint32_t)(b - a), ecg_widths[lo]);
+            nk++;
+        }
+    }
+    unit += (n - s) * vbytes(&e, 1, ecg_widths[lo]) + (nk * mbk + (n - s) * mbv + 7) / 8;
+    if (cfg->alloc.policy == SKV_POLICY_SMARTKV)
+        unit += n;
+    if (!e.fixed && cfg->err_model == SKV_EC_ERR_LOGIT)
+        unit += 2ull * head_dim;
+    *beta = (double)(ECG_HEAD_BYTES + (uint64_t)n_layers * n_kv_heads * unit) /
+            (double)skv_alloc_fp16_bytes(n_layers, n_kv_heads, n, head_dim);
+    return 0;
+}

@@ -1,0 +1,26 @@
+/* ecgroup.h -- private to lib/eval: the grouped layout of the online cache
+ * (smartkv_evalcache.h, "Grouped layout"), behind the same skv_ec_* calls. */
+#ifndef SKV_EVAL_ECGROUP_H
+#define SKV_EVAL_ECGROUP_H
+
+#include "smartkv_evalcache.h"
+
+skv_kv_cache *skv_ecg_new(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                          uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity);
+int skv_ecg_is(const skv_kv_cache *c);
+int skv_ecg_realloc(skv_kv_cache *c);
+void skv_ecg_hold(skv_kv_cache *c, int hold);
+int skv_ecg_stats(const skv_kv_cache *c, skv_ec_stats *s);
+void skv_ecg_stats_reset(skv_kv_cache *c);
+const uint8_t *skv_ecg_widths(const skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
+int skv_ecg_cfg_check(const skv_ec_cfg *c);
+int skv_ecg_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                     uint32_t n_kv_heads, uint32_t head_dim, uint64_t n, double *beta);
+
+/* Quantizer arithmetic of the grouped layout (also used by the tests):
+ * asymmetric min/max over n values x[i*stride], scale and minimum stored as
+ * fp16, codes round((x - min) / scale) clamped to [0, 2^bits - 1]; writes
+ * what the codes decode to into y[i*stride] (may equal x). */
+void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits);
+
+#endif

@@ -1,0 +1,260 @@
+/* test_grouped.c -- the grouped layout of the online cache: its quantizer on
+ * a small example worked out by hand, kivi:2 against a float64 reference
+ * (attention and bytes), the budget held by smartkv with separate K/V
+ * widths, and the rotation leaving attention unchanged. */
+#include "smartkv.h"
+#include "../lib/eval/ecgroup.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define L_ 2
+#define H_ 4
+#define KH_ 2
+#define D_ 64
+#define T_ 160
+
+static uint64_t rng;
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 11) * 0x1p-53) * 2.0f - 1.0f;
+}
+
+static float K[L_][T_][KH_ * D_], V[L_][T_][KH_ * D_], Q[T_][H_ * D_];
+
+static void fill(void)
+{
+    rng = 88172645463325252ull;
+    for (int l = 0; l < L_; l++)
+        for (int t = 0; t < T_; t++)
+            for (int j = 0; j < KH_ * D_; j++) {
+                /* a few outlier channels, as real keys have */
+                K[l][t][j] = frand() * (j % 16 == 3 ? 8.0f : 1.5f);
+                V[l][t][j] = frand();
+            }
+    for (int t = 0; t < T_; t++)
+        for (int j = 0; j < H_ * D_; j++)
+            Q[t][j] = frand();
+}
+
+static void append(skv_kv_cache *c, uint32_t p0, uint32_t p1)
+{
+    for (uint32_t l = 0; l < L_; l++)
+        ck_assert_msg(c->ops->append(c, l, p0, p1 - p0, &K[l][p0][0], &V[l][p0][0]) == 0, "%s",
+                      skv_errmsg());
+}
+
+static void attend(skv_kv_cache *c, uint32_t p0, uint32_t p1, float *out, float *probs)
+{
+    uint32_t n = p1 - p0;
+    for (uint32_t l = 0; l < L_; l++)
+        for (uint32_t h = 0; h < H_; h++)
+            ck_assert_msg(c->ops->attend(c, l, h, p0, n, &Q[p0][h * D_], H_ * D_, 0.125f,
+                                         out + ((size_t)l * H_ + h) * n * D_, D_,
+                                         probs + ((size_t)l * H_ + h) * n * p1, p1) == 0,
+                          "%s", skv_errmsg());
+}
+
+static double h16(double x) { return skv_f16_to_f32(skv_f32_to_f16((float)x)); }
+
+/* Worked by hand: {0, 1, 2, 3.3} at 2 bits: minimum 0, scale 3.3/3 = 1.1,
+ * which fp16 holds as 1.099609375; codes 0, 1, 2, 3. */
+START_TEST(test_quant_by_hand)
+{
+    float x[4] = {0, 1, 2, 3.3f}, y[4];
+    skv_ecg_quant_span(x, y, 4, 1, 2);
+    const double want[4] = {0, 1.099609375, 2.19921875, 3.298828125};
+    for (int i = 0; i < 4; i++)
+        ck_assert_msg(y[i] == (float)want[i], "%d: %.9g vs %.9g", i, y[i], want[i]);
+    /* a constant span has scale 0 and decodes to the (fp16) value */
+    float c[3] = {0.1f, 0.1f, 0.1f};
+    skv_ecg_quant_span(c, y, 3, 1, 4);
+    ck_assert(y[0] == (float)h16(0.1) && y[2] == y[0]);
+}
+END_TEST
+
+/* float64 reference of the same arithmetic (asymmetric, fp16 parameters) */
+static void ref_span(const double *x, double *y, int n, int bits)
+{
+    double mn = x[0], mx = x[0];
+    for (int i = 1; i < n; i++) {
+        mn = x[i] < mn ? x[i] : mn;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    double qm = (1 << bits) - 1, s = h16((mx - mn) / qm), z = h16(mn);
+    for (int i = 0; i < n; i++) {
+        double c = s > 0 ? nearbyint((x[i] - z) / s) : 0;
+        c = c < 0 ? 0 : c > qm ? qm : c;
+        y[i] = z + c * s;
+    }
+}
+
+START_TEST(test_kivi2_reference)
+{
+    fill();
+    skv_ec_cfg c;
+    skv_ec_defaults(&c);
+    c.realloc = 32;
+    ck_assert_int_eq(skv_ec_kivi_parse("kivi:2", &c), 1);
+    ck_assert_int_eq(skv_ec_kivi_parse("kivi:5", &c) < 0, 1);
+    ck_assert_int_eq(skv_ec_kivi_parse("smartkv", &c), 0);
+    skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
+    ck_assert_msg(a != NULL, "%s", skv_errmsg());
+    static float out[L_ * H_ * 16 * D_], probs[L_ * H_ * 16 * 80];
+    for (uint32_t p = 0; p < 64; p += 16)
+        append(a, p, p + 16);
+    append(a, 64, 80);    /* 64 held: two key groups leave the residual */
+    attend(a, 64, 80, out, probs);
+    skv_ec_stats s;
+    ck_assert_int_eq(skv_ec_stats_get(a, &s), 0);
+    ck_assert_uint_eq(s.n_alloc, 64);
+    ck_assert_uint_eq(s.meta_bytes, 0);
+    /* bytes by hand: header 64; per (layer, kv head) 16, 16 pending tokens
+     * at fp16 (4*64 bytes each), 2 key groups (32*64 2-bit codes + 64
+     * channels x fp16 scale and minimum), 64 value rows (64 2-bit codes +
+     * 2 groups of 32 channels x 4 bytes) */
+    uint64_t unit = 16 + 16 * 4 * 64 + 2 * (32 * 64 * 2 / 8 + 4 * 64) + 64 * (64 * 2 / 8 + 2 * 4);
+    ck_assert_uint_eq(s.bytes, 64 + (uint64_t)L_ * KH_ * unit);
+    static double kq[80][D_], vq[80][D_];
+    for (uint32_t l = 0; l < L_; l++)
+        for (uint32_t h = 0; h < H_; h++) {
+            uint32_t kh = h / (H_ / KH_);
+            for (uint32_t t = 0; t < 80; t++)
+                for (int j = 0; j < D_; j++) {
+                    kq[t][j] = h16(K[l][t][kh * D_ + j]);
+                    vq[t][j] = h16(V[l][t][kh * D_ + j]);
+                }
+            for (int g = 0; g < 2; g++)             /* keys: per channel, 32 tokens */
+                for (int j = 0; j < D_; j++) {
+                    double x[32], y[32];
+                    for (int i = 0; i < 32; i++)
+                        x[i] = kq[g * 32 + i][j];
+                    ref_span(x, y, 32, 2);
+                    for (int i = 0; i < 32; i++)
+                        kq[g * 32 + i][j] = y[i];
+                }
+            for (int t = 0; t < 64; t++)            /* values: per token, 32 channels */
+                for (int j = 0; j < D_; j += 32) {
+                    double y[32];
+                    ref_span(&vq[t][j], y, 32, 2);
+                    memcpy(&vq[t][j], y, sizeof y);
+                }
+            for (uint32_t i = 0; i < 16; i++) {
+                uint32_t t = 64 + i;
+                double sc[80], mx = -INFINITY, sum = 0, o[D_] = {0};
+                for (uint32_t u = 0; u <= t; u++) {
+                    double d = 0;
+                    for (int j = 0; j < D_; j++)
+                        d += (double)Q[t][h * D_ + j] * kq[u][j];
+                    sc[u] = d * 0.125;
+                    mx = sc[u] > mx ? sc[u] : mx;
+                }
+                for (uint32_t u = 0; u <= t; u++) {
+                    sc[u] = exp(sc[u] - mx);
+                    sum += sc[u];
+                }
+                for (uint32_t u = 0; u <= t; u++)
+                    for (int j = 0; j < D_; j++)
+                        o[j] += sc[u] / sum * vq[u][j];
+                const float *got = out + (((size_t)l * H_ + h) * 16 + i) * D_;
+                for (int j = 0; j < D_; j++)
+                    ck_assert_msg(fabs(got[j] - o[j]) <= 2e-5, "l%u h%u t%u ch%d: %g vs %g", l, h,
+                                  t, j, got[j], o[j]);
+            }
+        }
+    skv_kv_cache_free(a);
+}
+END_TEST
+
+/* smartkv with separate K/V widths and the logit error model holds its
+ * budget, every byte counted; the key and value widths differ somewhere. */
+START_TEST(test_smartkv_split_budget)
+{
+    fill();
+    for (int em = 0; em < 2; em++) {
+        skv_ec_cfg c;
+        skv_ec_defaults(&c);
+        c.layout = SKV_EC_GROUPED;
+        c.k_layout = SKV_EC_KEYS_CHANNEL;
+        c.kv_split = 1;
+        c.err_model = (uint32_t)em;
+        c.realloc = 32;
+        c.alloc.budget = 0.3;
+        skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
+        ck_assert_msg(a != NULL, "%s", skv_errmsg());
+        static float out[L_ * H_ * 32 * D_], probs[L_ * H_ * 32 * T_];
+        for (uint32_t p = 0; p < T_; p += 32) {
+            append(a, p, p + 32);
+            attend(a, p, p + 32, out, probs);
+        }
+        ck_assert_int_eq(skv_ec_realloc(a), 0);
+        skv_ec_stats s;
+        ck_assert_int_eq(skv_ec_stats_get(a, &s), 0);
+        ck_assert_uint_eq(s.n_alloc, T_);
+        /* the first groups cannot fit (sinks and framing over 32 tokens) */
+        ck_assert_uint_lt(s.n_budget_raised, s.n_realloc);
+        ck_assert_msg(s.bytes + s.meta_bytes <= (uint64_t)(0.3 * (double)s.fp16_bytes),
+                      "%llu + %llu bytes over 0.3 x %llu", (unsigned long long)s.bytes,
+                      (unsigned long long)s.meta_bytes, (unsigned long long)s.fp16_bytes);
+        ck_assert_msg(s.bytes + s.meta_bytes >= (uint64_t)(0.28 * (double)s.fp16_bytes),
+                      "budget left unspent");
+        /* tracking state: fp16 importance per kv head, query moments */
+        ck_assert(s.meta_bytes <= (uint64_t)(0.01 * (double)s.fp16_bytes));
+        skv_kv_cache_free(a);
+    }
+}
+END_TEST
+
+/* Rotation is orthogonal: at full width the rotated cache attends exactly
+ * like the fp16 cache. */
+START_TEST(test_rotation_exact)
+{
+    fill();
+    skv_ec_cfg c, r;
+    skv_ec_defaults(&c);
+    c.layout = SKV_EC_GROUPED;
+    c.rotate = 1;
+    c.realloc = 32;
+    c.alloc.budget = 1.0;
+    skv_ec_defaults(&r);
+    r.kind = SKV_EC_FP16;
+    skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_), *b = skv_ec_new(&r, L_, H_, KH_, D_, T_);
+    ck_assert_msg(a && b, "%s", skv_errmsg());
+    static float oa[L_ * H_ * 32 * D_], ob[L_ * H_ * 32 * D_];
+    static float pa[L_ * H_ * 32 * T_], pb[L_ * H_ * 32 * T_];
+    for (uint32_t p = 0; p < T_; p += 32) {
+        append(a, p, p + 32);
+        append(b, p, p + 32);
+        attend(a, p, p + 32, oa, pa);
+        attend(b, p, p + 32, ob, pb);
+        for (size_t i = 0; i < (size_t)L_ * H_ * 32 * D_; i++)
+            ck_assert_msg(fabsf(oa[i] - ob[i]) <= 1e-5f, "%zu: %g vs %g", i, oa[i], ob[i]);
+    }
+    /* a rotation needs a power-of-two head_dim; kivi refuses eviction */
+    ck_assert_ptr_null(skv_ec_new(&c, L_, H_, KH_, 48, T_));
+    skv_kv_cache_free(a);
+    skv_kv_cache_free(b);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *su = suite_create("grouped");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_quant_by_hand);
+    tcase_add_test(tc, test_kivi2_reference);
+    tcase_add_test(tc, test_smartkv_split_budget);
+    tcase_add_test(tc, test_rotation_exact);
+    suite_add_tcase(su, tc);
+    SRunner *sr = srunner_create(su);
+    srunner_run_all(sr, CK_NORMAL);
+    int nf = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return nf ? EXIT_FAILURE : EXIT_SUCCESS;
+}
