@@ -2,6 +2,7 @@
  * pruned tokens: the k-means step, attention with centroids and the cache
  * behind skv_kv_ops (see smartkv_merge.h). */
 #include "smartkv_merge.h"
+#include "smartkv_evalcache.h"
 #include "smartkv_alloc.h"
 #include "smartkv_error.h"
 #include "smartkv_qmath.h"
@@ -681,4 +682,41 @@ void skv_pm_stats_reset(skv_kv_cache *cc)
     e->prune_ns = 0;
     atomic_store(&e->attend_ns, 0);
     atomic_store(&e->track_ns, 0);
+}
+
+/* ---------------------------------------------------------------- evalcache */
+
+skv_pm_cfg skv_ec_pm_cfg(const skv_ec_cfg *c)
+{
+    skv_pm_cfg p = c->pm;
+    p.budget = c->alloc.budget;
+    p.sinks = c->alloc.sinks;
+    p.recent = c->alloc.recent;
+    return p;
+}
+
+skv_kv_cache *skv_ec_pm_new(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                            uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity)
+{
+    skv_pm_cfg p = skv_ec_pm_cfg(c);
+    return skv_pm_new(&p, n_layers, n_heads, n_kv_heads, head_dim, capacity);
+}
+
+int skv_ec_pm_stats(const skv_kv_cache *c, skv_ec_stats *s)
+{
+    skv_pm_stats p;
+    int rc = skv_pm_stats_get(c, &p);
+    if (rc < 0)
+        return rc;
+    memset(s, 0, sizeof *s);
+    s->n_tokens = p.n_tokens;
+    s->n_alloc = p.n_tokens;
+    s->bytes = p.bytes;
+    s->fp16_bytes = p.fp16_bytes;
+    s->mem_bytes = p.mem_bytes;
+    s->hist[skv_width_index(16)] = p.kept;
+    s->realloc_ns = p.prune_ns;
+    s->attend_ns = p.attend_ns;
+    s->track_ns = p.track_ns;
+    return 0;
 }

@@ -92,8 +92,9 @@ SKV_EXPORT skv_kv_cache *skv_pm_new(const skv_pm_cfg *c, uint32_t n_layers, uint
 SKV_EXPORT int skv_pm_is(const skv_kv_cache *c);
 /* hold = 1: no prune until released (a prefill); 0: every P tokens. */
 SKV_EXPORT void skv_pm_hold(skv_kv_cache *c, int hold);
-/* Prune every layer now if one is due (all layers must hold the same
- * positions).  Returns 0 or <0. */
+/* Prune every layer now (e.g. after a held prefill; all layers must hold
+ * the same positions); the next prune follows P tokens later.  A no-op for
+ * a cache that never prunes.  Returns 0 or <0. */
 SKV_EXPORT int skv_pm_prune(skv_kv_cache *c);
 
 typedef struct skv_pm_stats {
