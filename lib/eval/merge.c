@@ -62,6 +62,20 @@ uint32_t skv_km_update(float *ck, float *cv, uint32_t *cnt, uint32_t K, uint32_t
     return j;
 }
 
+/* Eight partial sums (the compiler keeps them in vector lanes); the order
+ * is fixed, so results do not depend on the build's instruction set. */
+static float dot(const float *a, const float *b, uint32_t d)
+{
+    float acc[8] = {0};
+    uint32_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (uint32_t j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    for (; i < d; i++)
+        acc[i & 7] += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
 void skv_pm_attend_row(const float *q, uint32_t d, float scale, const float *k, const float *v,
                        uint32_t n, const float *ck, const float *cv, const uint32_t *cnt,
                        uint32_t K, float *out, float *p)
@@ -73,10 +87,7 @@ void skv_pm_attend_row(const float *q, uint32_t d, float scale, const float *k, 
             p[r] = -INFINITY;
             continue;
         }
-        float s = 0;
-        for (uint32_t i = 0; i < d; i++)
-            s += q[i] * kr[i];
-        s *= scale;
+        float s = dot(q, kr, d) * scale;
         if (r >= n)
             s += logf((float)cnt[r - n]);  /* the members' mass */
         p[r] = s;
