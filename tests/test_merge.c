@@ -302,8 +302,8 @@ START_TEST(test_prune_budget_bytes)
         skv_pm_stats s;
         ck_assert_int_eq(skv_pm_stats_get(a, &s), 0);
         const uint64_t trk = 4ull * (H_ / KH_) * 2; /* G query heads, D/gcd(P,D) = 2 epochs */
-        ck_assert_uint_eq(s.bytes, s.kept * (4 * D_ + 4 + trk) +
-                                       (uint64_t)L_ * KH_ * c.num_clusters * (4 * D_ + 4));
+        ck_assert_uint_eq(s.bytes, s.kept * (4 * D_ + 4 + trk) + s.centroids * (4 * D_ + 4));
+        ck_assert_uint_eq(s.centroids, (uint64_t)L_ * KH_ * c.num_clusters);  /* all in use */
         ck_assert_uint_eq(s.track_bytes, s.kept * trk);
         ck_assert_uint_eq(s.fp16_bytes, (uint64_t)L_ * KH_ * T_ * 4 * D_);
         double beta = (double)s.bytes / (double)s.fp16_bytes;

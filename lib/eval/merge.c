@@ -305,12 +305,12 @@ static uint64_t budget_rows(const pm_cache *e, uint64_t t, uint64_t prot)
 {
     if (e->cfg.max_cache_size)
         return e->cfg.max_cache_size;
-    const uint64_t d = e->base.head_dim, P = e->cfg.pruning_interval;
+    const uint64_t d = e->base.head_dim, half = e->cfg.pruning_interval / 2;  /* whole tokens */
     const double tok = (double)(4 * d + 4 + (e->track ? 4ull * e->G * e->m : 0));
     const double cent = (double)e->K * (double)(4 * d + 4);
     /* bytes at beta half-way to the next prune */
-    double target = e->cfg.budget * (double)(t + P / 2) * (double)(4 * d);
-    double rows = floor((target - cent) / tok) - (double)prot - (double)(P / 2);
+    double target = e->cfg.budget * (double)(t + half) * (double)(4 * d);
+    double rows = floor((target - cent) / tok) - (double)prot - (double)half;
     return rows > 0 ? (uint64_t)rows : 0;
 }
 
@@ -672,7 +672,8 @@ int skv_pm_stats_get(const skv_kv_cache *cc, skv_pm_stats *s)
             s->merged += members;
             s->centroids += live;
             s->dropped += e->len[l] - H->n - members;
-            s->bytes += H->n * (4 * d + 4 + trk) + e->K * (4 * d + 4);
+            /* a centroid is stored from its first member on */
+            s->bytes += H->n * (4 * d + 4 + trk) + live * (4 * d + 4);
             s->track_bytes += H->n * trk;
             s->mem_bytes += (uint64_t)H->cap * (8 * d + 4 + (uint64_t)e->G * e->m * 4) +
                             e->K * (8 * d + 4);

@@ -24,10 +24,11 @@
  *
  * Bytes (every one counted in beta): per (layer, KV head), each kept token
  * 4*head_dim (fp16 K+V) + 4 (its position) + 4*G*D/E (tracking, G query
- * heads per KV head); each centroid slot 4*head_dim + 4 (count).  beta =
- * bytes / fp16 K+V bytes of all positions seen.  With a budget beta (and
- * max_cache_size 0), B is chosen at each prune so that the cache is at
- * beta half-way to the next prune.
+ * heads per KV head); each centroid in use (one member or more)
+ * 4*head_dim + 4 (count).  beta = bytes / fp16 K+V bytes of all positions
+ * seen.  With a budget beta (and max_cache_size 0), B is chosen at each
+ * prune so that the cache, with all K centroids in use, is at beta half-way
+ * to the next prune.
  *
  * Threads: as the evaluation cache (smartkv_evalcache.h): attend may run
  * concurrently for different query heads of one layer; the tracking state
