@@ -25,5 +25,6 @@
 #include "smartkv_merge.h"
 #include "smartkv_evalcache.h"
 #include "smartkv_eval.h"
+#include "smartkv_check.h"
 
 #endif
