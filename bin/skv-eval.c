@@ -37,13 +37,14 @@ static noreturn void usage(void)
            "Cache options:\n"
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
            "                         greedy, optimal, uniform:N, random, position,\n"
-           "                         layer-aware, prune-merge[:K] (needle: a comma list)\n"
+           "                         layer-aware, prune-merge[:K]; baselines q8_0, q4_0,\n"
+           "                         streaming, h2o, snapkv, mikv (needle: a comma list)\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized\n"
            "      --decay G          ema decay in [0,1) (default 0.9)\n"
            "      --realloc R        reallocate every R tokens (default 16)\n"
            "      --ideal            idealised cache: requantize from a full-precision copy\n"
-           "      --bits LIST        allowed widths (default 2,3,4,8,16)\n"
+           "      --bits LIST        allowed widths (default 2,3,4,8,16; 0 = evict)\n"
            "      --sinks N          first N tokens at the top width (default 4)\n"
            "      --recent N         newest N tokens at the top width (default 32)\n"
            "  -g, --group G          channels per scale group (default head_dim)\n"
@@ -363,6 +364,10 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
 
 static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int front)
 {
+    /* what the policy fixes: no budget for fixed layouts, its importance mode */
+    unsigned pf = skv_policy_flags(c->alloc.policy);
+    uint32_t imp = c->kind == SKV_EC_COMPRESS ? skv_policy_imp_mode(c->alloc.policy, c->imp_mode)
+                                              : c->imp_mode;
     char label[160], pol[32];
     skv_ec_describe(c, label, sizeof label);
     policy_text(c, pol, sizeof pol);
@@ -371,11 +376,11 @@ static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int f
             "%.6f\t%.6f\t%.6f\t%llu\t%.3f\t%.3f\t%.5f\t%.5f\n",
             label, pol, r->beta, (unsigned long long)r->stats.bytes, r->kl, r->ppl,
             r->ppl - r->ppl_ref, r->top1, r->ppl_ref, r->kl_max, front,
-            (c->kind == SKV_EC_COMPRESS && c->alloc.policy != SKV_POLICY_UNIFORM) ||
+            (c->kind == SKV_EC_COMPRESS && !(pf & SKV_PF_FIXED)) ||
                     (c->kind == SKV_EC_PRUNE_MERGE && !c->pm.max_cache_size)
                 ? c->alloc.budget
                 : 0,
-            skv_imp_mode_name(c->imp_mode), c->decay, c->realloc, c->ideal, r->beta_alloc,
+            skv_imp_mode_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
             r->beta_end, r->meta_frac, (unsigned long long)r->n_scored, r->seconds, r->ref_seconds,
             (double)r->stats.track_ns / dec, (double)r->stats.realloc_ns / dec);
 }
@@ -940,8 +945,6 @@ int main(int argc, char **argv)
         case O_IDEAL: o.cfg.ideal = 1; break;
         case O_BITS:
             o.cfg.alloc.width_mask = tool_opt_widths("--bits", optarg);
-            if (o.cfg.alloc.width_mask & 1u)
-                tool_usage_error("--bits: eviction (0) is not supported by the online cache");
             break;
         case O_SINKS: o.cfg.alloc.sinks = tool_opt_u32("--sinks", optarg, 0, 1u << 24); break;
         case O_RECENT: o.cfg.alloc.recent = tool_opt_u32("--recent", optarg, 0, 1u << 24); break;
