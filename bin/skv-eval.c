@@ -37,8 +37,8 @@ static noreturn void usage(void)
            "Cache options:\n"
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
            "                         greedy, optimal, uniform:N, random, position,\n"
-           "                         layer-aware; baselines q8_0, q4_0, streaming, h2o,\n"
-           "                         snapkv, mikv (needle: a comma list)\n"
+           "                         layer-aware, prune-merge[:K]; baselines q8_0, q4_0,\n"
+           "                         streaming, h2o, snapkv, mikv (needle: a comma list)\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized\n"
            "      --decay G          ema decay in [0,1) (default 0.9)\n"
@@ -63,6 +63,12 @@ static noreturn void usage(void)
            "      --value-group G    channels per value scale group (default --group)\n"
            "      --residual R       newest tokens kept fp16; they leave R at a time\n"
            "                         (same as --realloc; kivi default 32)\n"
+           "prune-merge options (policy prune-merge; -b, --sinks, --recent apply):\n"
+           "      --max-cache-size B kept tokens beyond sinks and recent (default: from -b)\n"
+           "      --num-clusters K   centroids per layer and KV head; 0 prunes only (default 8)\n"
+           "      --pruning-interval P  prune every P tokens (default 16)\n"
+           "      --lookback-window D   score by the attention of the last D queries (default 32)\n"
+           "      --kmeans-learning-rate ETA  centroid key step; 0 = 1/count (default 0)\n"
            "Evaluation options:\n"
            "  -m, --model FILE       GGUF model (required)\n"
            "  -f, --text FILE        text to score (ppl, sweep; - = stdin)\n"
@@ -100,7 +106,8 @@ enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
-    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR
+    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PM_B,
+    O_PM_K, O_PM_P, O_PM_D, O_PM_LR
 };
 
 static const struct option longopts[] = {
@@ -147,6 +154,11 @@ static const struct option longopts[] = {
     {"output", required_argument, NULL, 'o'},
     {"ref-cache", required_argument, NULL, O_REFCACHE},
     {"int8-matmul", no_argument, NULL, O_INT8},
+    {"max-cache-size", required_argument, NULL, O_PM_B},
+    {"num-clusters", required_argument, NULL, O_PM_K},
+    {"pruning-interval", required_argument, NULL, O_PM_P},
+    {"lookback-window", required_argument, NULL, O_PM_D},
+    {"kmeans-learning-rate", required_argument, NULL, O_PM_LR},
     TOOL_COMMON_OPTIONS,
     {NULL, 0, NULL, 0},
 };
@@ -205,6 +217,12 @@ static void set_policy(skv_ec_cfg *c, const char *p)
         c->kind = SKV_EC_F32;
         return;
     }
+    if (!strncmp(p, "prune-merge", 11) && (p[11] == '\0' || p[11] == ':')) {
+        c->kind = SKV_EC_PRUNE_MERGE;
+        if (p[11] == ':')  /* prune-merge:K sets the clusters (0: pruned-only) */
+            c->pm.num_clusters = tool_opt_u32("--policy prune-merge:K", p + 12, 0, 65536);
+        return;
+    }
     c->kind = SKV_EC_COMPRESS;
     int k = skv_ec_kivi_parse(p, c);
     if (k < 0)
@@ -212,7 +230,7 @@ static void set_policy(skv_ec_cfg *c, const char *p)
     if (k > 0)
         return;
     if (skv_policy_parse(p, &c->alloc.policy, &c->alloc.uniform_bits) < 0)
-        tool_usage_error("--policy: %s (also fp16, f32)", skv_errmsg());
+        tool_usage_error("--policy: %s (also fp16, f32, prune-merge[:K])", skv_errmsg());
 }
 
 static void check_policy_name(const char *p)
@@ -374,6 +392,8 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "f32");
     else if (c->kivi_bits)
         snprintf(buf, n, "kivi:%u", c->kivi_bits);
+    else if (c->kind == SKV_EC_PRUNE_MERGE)
+        snprintf(buf, n, "prune-merge:%u", c->pm.num_clusters);
     else if (c->alloc.policy == SKV_POLICY_UNIFORM)
         snprintf(buf, n, "uniform:%u", c->alloc.uniform_bits);
     else
@@ -394,7 +414,10 @@ static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int f
             "%.6f\t%.6f\t%.6f\t%llu\t%.3f\t%.3f\t%.5f\t%.5f\n",
             label, pol, r->beta, (unsigned long long)r->stats.bytes, r->kl, r->ppl,
             r->ppl - r->ppl_ref, r->top1, r->ppl_ref, r->kl_max, front,
-            c->kind == SKV_EC_COMPRESS && !(pf & SKV_PF_FIXED) ? c->alloc.budget : 0,
+            (c->kind == SKV_EC_COMPRESS && !(pf & SKV_PF_FIXED)) ||
+                    (c->kind == SKV_EC_PRUNE_MERGE && !c->pm.max_cache_size)
+                ? c->alloc.budget
+                : 0,
             skv_imp_mode_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
             r->beta_end, r->meta_frac, (unsigned long long)r->n_scored, r->seconds, r->ref_seconds,
             (double)r->stats.track_ns / dec, (double)r->stats.realloc_ns / dec);
@@ -653,10 +676,12 @@ static uint32_t make_rows(const opts *o, row **out)
         skv_ec_cfg base = o->cfg;
         set_policy(&base, o->policies[pi]);
         unsigned pf = base.kind == SKV_EC_COMPRESS ? skv_policy_flags(base.alloc.policy) : 0;
-        int budgeted = (pf & SKV_PF_BUDGET) != 0;
+        int budgeted = (pf & SKV_PF_BUDGET) != 0 ||
+                       (base.kind == SKV_EC_PRUNE_MERGE && !base.pm.max_cache_size);
         int tracked = budgeted && (pf & SKV_PF_IMPORTANCE);
         uint32_t nb = budgeted ? o->n_budgets : 1, ni = tracked ? o->n_imps : 1;
-        uint32_t nr = base.kind == SKV_EC_COMPRESS ? o->n_reallocs : 1;
+        uint32_t nr = base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE
+                          ? o->n_reallocs : 1;
         for (uint32_t bi = 0; bi < nb; bi++)
             for (uint32_t ii = 0; ii < ni; ii++) {
                 uint32_t nd = tracked && o->imps[ii] == SKV_IMP_EMA ? o->n_decays : 1;
@@ -670,7 +695,7 @@ static uint32_t make_rows(const opts *o, row **out)
                             if (c.imp_mode == SKV_IMP_EMA)
                                 c.decay = o->decays[di];
                         }
-                        if (base.kind == SKV_EC_COMPRESS)
+                        if (base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE)
                             c.realloc = o->reallocs[ri];
                         if (skv_ec_cfg_check(&c) < 0)
                             tool_usage_error("%s", skv_errmsg());
@@ -1034,6 +1059,19 @@ int main(int argc, char **argv)
             break;
         case O_VGROUP: vgroup = tool_opt_u32("--value-group", optarg, 1, SKV_MAX_HEAD_DIM); break;
         case O_RESIDUAL: o.cfg.realloc = tool_opt_u32("--residual", optarg, 1, 1u << 20); break;
+        case O_PM_B:
+            o.cfg.pm.max_cache_size = tool_opt_u32("--max-cache-size", optarg, 0, UINT32_MAX);
+            break;
+        case O_PM_K: o.cfg.pm.num_clusters = tool_opt_u32("--num-clusters", optarg, 0, 65536); break;
+        case O_PM_P:
+            o.cfg.pm.pruning_interval = tool_opt_u32("--pruning-interval", optarg, 1, 1u << 24);
+            break;
+        case O_PM_D:
+            o.cfg.pm.lookback_window = tool_opt_u32("--lookback-window", optarg, 1, 1u << 24);
+            break;
+        case O_PM_LR:
+            o.cfg.pm.kmeans_lr = tool_opt_double("--kmeans-learning-rate", optarg, 0, 1, 0);
+            break;
         case 'm': o.model = optarg; break;
         case 'f': o.text = optarg; break;
         case O_CTX: o.ctx = tool_opt_u32("--ctx", optarg, 2, 1u << 24); break;

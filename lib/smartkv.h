@@ -22,6 +22,7 @@
 #include "smartkv_importance.h"
 #include "smartkv_alloc.h"
 #include "smartkv_cuda.h"
+#include "smartkv_merge.h"
 #include "smartkv_evalcache.h"
 #include "smartkv_eval.h"
 #include "smartkv_check.h"

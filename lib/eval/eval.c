@@ -279,7 +279,9 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
     if (stride > ctx)
         return skv_error(SKV_EINVAL, "stride %llu exceeds the context %llu",
                          (unsigned long long)stride, (unsigned long long)ctx);
-    uint32_t B = o->block ? o->block : (cfg->kind == SKV_EC_COMPRESS ? cfg->realloc : 64);
+    uint32_t B = o->block ? o->block
+                         : (cfg->kind == SKV_EC_COMPRESS || cfg->kind == SKV_EC_PRUNE_MERGE
+                                ? cfg->realloc : 64);
     if (B > 64)
         B = 64;  /* the model evaluates at most 64 tokens per block anyway */
     uint32_t P = o->prefill;

@@ -78,10 +78,15 @@ void skv_ec_defaults(skv_ec_cfg *c)
     c->realloc = 16;
     c->ideal = 0;
     c->kernel = 0;
+    skv_pm_defaults(&c->pm);
 }
 
 int skv_ec_cfg_check(const skv_ec_cfg *c)
 {
+    if (c->kind == SKV_EC_PRUNE_MERGE) {  /* merge.c */
+        skv_pm_cfg p = skv_ec_pm_cfg(c);
+        return skv_pm_cfg_check(&p);
+    }
     if (c->kind > SKV_EC_F32)
         return skv_error(SKV_EINVAL, "unknown cache kind %u", c->kind);
     if (c->kind != SKV_EC_COMPRESS)
@@ -185,6 +190,11 @@ int skv_ec_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
 
 void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
 {
+    if (c->kind == SKV_EC_PRUNE_MERGE) {  /* merge.c */
+        skv_pm_cfg p = skv_ec_pm_cfg(c);
+        skv_pm_describe(&p, buf, n);
+        return;
+    }
     if (c->kind == SKV_EC_FP16) {
         snprintf(buf, n, "fp16");
         return;
@@ -533,6 +543,8 @@ int skv_ec_realloc(skv_kv_cache *cc)
 {
     if (skv_ecg_is(cc))
         return skv_ecg_realloc(cc);
+    if (skv_pm_is(cc))  /* merge.c */
+        return skv_pm_prune(cc);
     ec_cache *e = as_ec(cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
@@ -644,6 +656,7 @@ int skv_ec_realloc(skv_kv_cache *cc)
 void skv_ec_hold(skv_kv_cache *c, int hold)
 {
     skv_ecg_hold(c, hold);
+    skv_pm_hold(c, hold);  /* merge.c; no-op for other caches */
     ec_cache *e = as_ec(c);
     if (e)
         e->hold = hold;
@@ -826,6 +839,8 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
         return skv_error(SKV_EINVAL, "kv cache: bad shape (layers %u, heads %u/%u, head_dim %u, "
                          "capacity %llu)", n_layers, n_heads, n_kv_heads, head_dim,
                          (unsigned long long)capacity), NULL;
+    if (cfg->kind == SKV_EC_PRUNE_MERGE)  /* merge.c */
+        return skv_ec_pm_new(cfg, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     if (skv_ec_cfg_check(cfg) < 0)
         return NULL;
     if (cfg->kind == SKV_EC_COMPRESS && cfg->layout == SKV_EC_GROUPED)
@@ -923,6 +938,8 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
 {
     if (skv_ecg_is(cc))
         return skv_ecg_stats(cc, s);
+    if (skv_pm_is(cc))  /* merge.c */
+        return skv_ec_pm_stats(cc, s);
     ec_cache *e = as_ec((skv_kv_cache *)cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");

@@ -80,6 +80,7 @@
 #define SMARTKV_EVALCACHE_H
 
 #include "smartkv_alloc.h"
+#include "smartkv_merge.h"
 #include "smartkv_model.h"
 
 #include <stdint.h>
@@ -92,6 +93,7 @@ enum skv_ec_kind {
     SKV_EC_COMPRESS = 0,    /* tracked, allocated, packed */
     SKV_EC_FP16 = 1,        /* reference: fp16 rows, never compressed */
     SKV_EC_F32 = 2,         /* reference: float32 rows, never compressed */
+    SKV_EC_PRUNE_MERGE = 3, /* prune + merge (smartkv_merge.h), configured by pm */
 };
 
 typedef struct skv_ec_cfg {
@@ -113,6 +115,8 @@ typedef struct skv_ec_cfg {
     uint32_t kivi_bits;     /* kivi:N (fixed widths, no sinks, no tracking); 0 otherwise */
     double prior;           /* attention every token is assumed to draw, as a multiple of
                                1/T, added to the importance (grouped layout; <= 0: 0.05) */
+    skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are
+                               taken from alloc; realloc is the evaluation block */
 } skv_ec_cfg;
 
 enum skv_ec_layout {
@@ -189,6 +193,16 @@ SKV_EXPORT const uint8_t *skv_ec_widths(const skv_kv_cache *c, uint32_t layer, u
 
 /* Short description of a configuration, e.g. "smartkv beta=0.3 ema:0.9 R=16". */
 SKV_EXPORT void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n);
+
+/* ---- prune-merge behind the functions above (merge.c) ----
+ * skv_ec_new, skv_ec_cfg_check, skv_ec_describe, skv_ec_realloc (prune
+ * now), skv_ec_hold and skv_ec_stats_get hand SKV_EC_PRUNE_MERGE to these.
+ * In the stats, bytes include the tracking state (meta_bytes 0), hist
+ * counts the kept rows at 16 bits and n_realloc is 0. */
+SKV_EXPORT skv_pm_cfg skv_ec_pm_cfg(const skv_ec_cfg *c);
+SKV_EXPORT skv_kv_cache *skv_ec_pm_new(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
+                                       uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity);
+SKV_EXPORT int skv_ec_pm_stats(const skv_kv_cache *c, skv_ec_stats *s);
 
 #ifdef __cplusplus
 }

@@ -29,6 +29,10 @@ run skv-eval ppl --model m.gguf --text t.txt --tsv --json
 expect_rc 2 "--tsv with --json is a usage error"
 run skv-eval sweep --model m.gguf --text t.txt
 expect_rc 2 "sweep without -o is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p prune-merge --kmeans-learning-rate 2
+expect_rc 2 "a k-means learning rate above 1 is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p prune-merge:x
+expect_rc 2 "prune-merge:x is a usage error"
 run skv-eval needle --model m.gguf --depths 101
 expect_rc 2 "depth beyond 100 is a usage error"
 run skv-eval needle --model m.gguf --lengths 1X
@@ -74,6 +78,26 @@ run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p fp1
 expect_rc 0 "ppl with the fp16 cache itself"
 check "fp16 against itself: KL 0, top-1 1, beta 1" awk -F'\t' 'NR == 2 { exit !($5 == 0 && $8 == 1 && $3 == 1) } END { exit NR != 2 }' "$T/out"
 check "quiet: nothing on stderr" test ! -s "$T/err"
+
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p prune-merge \
+    --max-cache-size 100000 --json -q
+expect_rc 0 "ppl with prune-merge that never prunes"
+check "prune-merge that never prunes: attends like fp16, bytes = rows + positions + tracking" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["kl"] < 1e-3 and r["top1"] > 0.97, r
+# per (layer, KV head) and token: 256 fp16 K+V + 4 position + 3 query heads x 2 epochs x 4
+assert abs(r["beta_end"] - 284 / 256) < 1e-6 and abs(r["beta"] - 284 / 256) < 1e-6, r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 -p prune-merge:4 \
+    -b 0.3 --recent 16 --json -q
+expect_rc 0 "ppl with prune-merge:4 at beta 0.3"
+check "prune-merge beta 0.3: pruned by the window end, KL > 0" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["beta_end"] < 0.45 and r["beta"] < 1 and r["kl"] > 0, r
+assert r["cache"] == "prune-merge beta=0.3 K=4 P=16 D=32 sinks=4 recent=16", r
+' "$T/out"
 
 run skv-eval needle --model "$model" --lengths 128 --depths 0,100 -p uniform:8 --tsv -q
 expect_rc 0 "needle grid with uniform:8"

@@ -1,0 +1,366 @@
+/* test_merge.c -- prune-merge (smartkv_merge.h): the online k-means step
+ * against a hand-checked example and a float64 reference, the identity
+ * "a centroid of n identical tokens attends exactly like the n tokens" (one
+ * row, and through the cache with the model's interface), pruning to the
+ * budget and the byte model. */
+#include "smartkv.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 11) * 0x1p-53) * 2.0f - 1.0f;
+}
+
+/* x1..x5 = (0,0) (10,0) (1,0) (9,2) (0,1), values 1..5 in both channels.
+ * eta = 0: c0 = mean(x1, x3, x5) = (1/3, 1/3), c1 = mean(x2, x4) = (9.5, 1);
+ * eta = 0.5: c0 = (0,0) -> (0.5,0) -> (0.25,0.5), c1 = (10,0) -> (9.5,1);
+ * values always the members' mean: (1+3+5)/3 = 3, (2+4)/2 = 3. */
+START_TEST(test_km_hand)
+{
+    const float x[5][2] = {{0, 0}, {10, 0}, {1, 0}, {9, 2}, {0, 1}};
+    const uint32_t want_j[5] = {0, 1, 0, 1, 0};
+    for (int pass = 0; pass < 2; pass++) {
+        double eta = pass ? 0.5 : 0;
+        float ck[2][2] = {{0}}, cv[2][2] = {{0}};
+        uint32_t cnt[2] = {0, 0};
+        for (int i = 0; i < 5; i++) {
+            float v[2] = {(float)(i + 1), (float)(i + 1)};
+            uint32_t j = skv_km_update(&ck[0][0], &cv[0][0], cnt, 2, 2, x[i], v, eta);
+            ck_assert_uint_eq(j, want_j[i]);
+        }
+        ck_assert_uint_eq(cnt[0], 3);
+        ck_assert_uint_eq(cnt[1], 2);
+        const float w0[2][2] = {{1.0f / 3, 1.0f / 3}, {0.25f, 0.5f}};
+        ck_assert_float_eq_tol(ck[0][0], w0[pass][0], 1e-6);
+        ck_assert_float_eq_tol(ck[0][1], w0[pass][1], 1e-6);
+        ck_assert_float_eq_tol(ck[1][0], 9.5f, 1e-6);
+        ck_assert_float_eq_tol(ck[1][1], 1.0f, 1e-6);
+        for (int c = 0; c < 2; c++) {
+            ck_assert_float_eq_tol(cv[0][c], 3.0f, 1e-6);
+            ck_assert_float_eq_tol(cv[1][c], 3.0f, 1e-6);
+        }
+    }
+}
+END_TEST
+
+/* The same rule in float64. */
+static uint32_t km_ref(double *ck, double *cv, uint32_t *cnt, uint32_t K, uint32_t d,
+                       const float *x, const float *v, double eta)
+{
+    for (uint32_t j = 0; j < K; j++)
+        if (!cnt[j]) {
+            for (uint32_t i = 0; i < d; i++) {
+                ck[j * d + i] = x[i];
+                cv[j * d + i] = v[i];
+            }
+            cnt[j] = 1;
+            return j;
+        }
+    uint32_t b = 0;
+    double bd = INFINITY;
+    for (uint32_t j = 0; j < K; j++) {
+        double s = 0;
+        for (uint32_t i = 0; i < d; i++)
+            s += (x[i] - ck[j * d + i]) * (x[i] - ck[j * d + i]);
+        if (s < bd) {
+            bd = s;
+            b = j;
+        }
+    }
+    cnt[b]++;
+    double a = eta > 0 ? eta : 1.0 / cnt[b];
+    for (uint32_t i = 0; i < d; i++) {
+        ck[b * d + i] += a * (x[i] - ck[b * d + i]);
+        cv[b * d + i] += (v[i] - cv[b * d + i]) / cnt[b];
+    }
+    return b;
+}
+
+/* 400 tokens from 5 separated clusters into K = 5 centroids, d = 16:
+ * assignments identical, centroids within float rounding. */
+START_TEST(test_km_vs_f64)
+{
+    enum { N = 400, K = 5, D = 16 };
+    static float x[N][D], v[N][D], mu[K][D];
+    rng = 12345;
+    for (int j = 0; j < K; j++)
+        for (int i = 0; i < D; i++)
+            mu[j][i] = 8.0f * frand();
+    for (int n = 0; n < N; n++) {
+        int j = (int)((frand() + 1.0f) * 0.5f * K) % K;
+        for (int i = 0; i < D; i++) {
+            x[n][i] = mu[j][i] + 0.5f * frand();
+            v[n][i] = frand();
+        }
+    }
+    const double etas[2] = {0, 0.05};
+    for (int e = 0; e < 2; e++) {
+        float ck[K * D] = {0}, cv[K * D] = {0};
+        double rk[K * D] = {0}, rv[K * D] = {0};
+        uint32_t cnt[K] = {0}, rcnt[K] = {0};
+        for (int n = 0; n < N; n++) {
+            uint32_t a = skv_km_update(ck, cv, cnt, K, D, x[n], v[n], etas[e]);
+            uint32_t b = km_ref(rk, rv, rcnt, K, D, x[n], v[n], etas[e]);
+            ck_assert_uint_eq(a, b);
+        }
+        double err = 0;
+        for (int i = 0; i < K * D; i++) {
+            err = fmax(err, fabs(ck[i] - rk[i]) / (1 + fabs(rk[i])));
+            err = fmax(err, fabs(cv[i] - rv[i]) / (1 + fabs(rv[i])));
+        }
+        ck_assert_msg(err < 2e-5, "eta %g: max rel error %g against float64", etas[e], err);
+        for (int j = 0; j < K; j++)
+            ck_assert_uint_eq(cnt[j], rcnt[j]);
+    }
+}
+END_TEST
+
+/* n copies of (k0, v0) among m other rows, against one centroid (k0, v0, n):
+ * same output, and the centroid's mass is the copies' total. */
+START_TEST(test_identity_row)
+{
+    enum { D = 64, M = 7 };
+    const uint32_t ns[4] = {1, 2, 13, 1000};
+    rng = 777;
+    for (int t = 0; t < 4; t++) {
+        uint32_t n = ns[t];
+        float *k = malloc(sizeof(float) * (n + M) * D), *v = malloc(sizeof(float) * (n + M) * D);
+        float *p = malloc(sizeof(float) * (n + M + 1));
+        float q[D], k0[D], v0[D], o1[D], o2[D], p2[M + 1];
+        ck_assert(k && v && p);
+        for (int i = 0; i < D; i++) {
+            q[i] = frand();
+            k0[i] = 2 * frand();
+            v0[i] = frand();
+        }
+        for (uint32_t r = 0; r < n + M; r++)
+            for (int i = 0; i < D; i++) {
+                k[r * D + i] = r < M ? 2 * frand() : k0[i];
+                v[r * D + i] = r < M ? frand() : v0[i];
+            }
+        skv_pm_attend_row(q, D, 0.125f, k, v, n + M, NULL, NULL, NULL, 0, o1, p);
+        uint32_t cnt = n;
+        skv_pm_attend_row(q, D, 0.125f, k, v, M, k0, v0, &cnt, 1, o2, p2);
+        double mass = 0;
+        for (uint32_t r = M; r < n + M; r++)
+            mass += p[r];
+        ck_assert_msg(fabs(mass - p2[M]) < 1e-6 * fmax(1, mass), "n %u: mass %.9g vs centroid %.9g",
+                      n, mass, (double)p2[M]);
+        for (int r = 0; r < M; r++)
+            ck_assert_float_eq_tol(p[r], p2[r], 1e-6);
+        for (int i = 0; i < D; i++)
+            ck_assert_msg(fabsf(o1[i] - o2[i]) < 1e-5f, "n %u dim %d: %g vs %g", n, i,
+                          (double)o1[i], (double)o2[i]);
+        free(k);
+        free(v);
+        free(p);
+    }
+}
+END_TEST
+
+#define L_ 2
+#define H_ 4
+#define KH_ 2
+#define D_ 32
+#define T_ 160
+
+static float K_[L_][T_][KH_ * D_], V_[L_][T_][KH_ * D_], Q_[T_][H_ * D_];
+
+/* Run tokens through caches in blocks of 16 (as the model does: append
+ * layer l, attend its heads), comparing every output row. */
+static double run_pair(skv_kv_cache *a, skv_kv_cache *b)
+{
+    static float oa[H_ * D_], ob[H_ * D_], pa[T_], pb[T_];
+    double worst = 0;
+    for (uint32_t p0 = 0; p0 < T_; p0 += 16)
+        for (uint32_t l = 0; l < L_; l++) {
+            ck_assert_msg(a->ops->append(a, l, p0, 16, &K_[l][p0][0], &V_[l][p0][0]) == 0, "%s",
+                          skv_errmsg());
+            ck_assert_msg(b->ops->append(b, l, p0, 16, &K_[l][p0][0], &V_[l][p0][0]) == 0, "%s",
+                          skv_errmsg());
+            for (uint32_t h = 0; h < H_; h++)
+                for (uint32_t i = 0; i < 16; i++) {
+                    ck_assert_int_eq(a->ops->attend(a, l, h, p0 + i, 1, &Q_[p0 + i][h * D_], 0,
+                                                    0.2f, oa, 0, pa, 0), 0);
+                    ck_assert_int_eq(b->ops->attend(b, l, h, p0 + i, 1, &Q_[p0 + i][h * D_], 0,
+                                                    0.2f, ob, 0, pb, 0), 0);
+                    for (int j = 0; j < D_; j++)
+                        worst = fmax(worst, fabsf(oa[j] - ob[j]));
+                }
+        }
+    return worst;
+}
+
+/* Random sinks and recent tokens, every other token one repeated (k0, v0)
+ * per (layer, kv head): pruning to B = 4 with one centroid merges only
+ * copies of (k0, v0) (the random ones are recent or sinks, or kept), so the
+ * cache attends exactly like the full one. */
+START_TEST(test_identity_cache)
+{
+    rng = 4242;
+    for (int l = 0; l < L_; l++)
+        for (int h = 0; h < KH_; h++) {
+            float k0[D_], v0[D_];
+            for (int j = 0; j < D_; j++) {
+                k0[j] = frand();
+                v0[j] = frand();
+            }
+            for (int t = 0; t < T_; t++)
+                for (int j = 0; j < D_; j++) {
+                    int plain = t < 4 || t >= T_ - 48;  /* sinks, the last window */
+                    K_[l][t][h * D_ + j] = plain ? frand() : k0[j];
+                    V_[l][t][h * D_ + j] = plain ? frand() : v0[j];
+                }
+        }
+    for (int t = 0; t < T_; t++)
+        for (int j = 0; j < H_ * D_; j++)
+            Q_[t][j] = frand();
+    skv_pm_cfg full, pm;
+    skv_pm_defaults(&full);
+    full.budget = 0;
+    full.num_clusters = 0;
+    skv_pm_defaults(&pm);
+    pm.max_cache_size = 4;
+    pm.num_clusters = 1;
+    skv_kv_cache *a = skv_pm_new(&full, L_, H_, KH_, D_, T_);
+    skv_kv_cache *b = skv_pm_new(&pm, L_, H_, KH_, D_, T_);
+    ck_assert(a && b);
+    double worst = run_pair(a, b);
+    ck_assert_msg(worst < 1e-5, "merged cache differs from full by %g", worst);
+    skv_pm_stats sa, sb;
+    ck_assert_int_eq(skv_pm_stats_get(a, &sa), 0);
+    ck_assert_int_eq(skv_pm_stats_get(b, &sb), 0);
+    ck_assert_uint_eq(sa.kept, (uint64_t)L_ * KH_ * T_);
+    ck_assert_uint_gt(sb.n_prunes, 5);
+    ck_assert_uint_eq(sb.kept + sb.merged, (uint64_t)L_ * KH_ * T_);
+    ck_assert_uint_eq(sb.dropped, 0);
+    ck_assert_uint_eq(sb.centroids, L_ * KH_);
+    ck_assert_uint_lt(sb.kept, sa.kept / 2);
+    /* the same with random tokens differs (the test can fail) */
+    rng = 99;
+    for (int l = 0; l < L_; l++)
+        for (int t = 0; t < T_; t++)
+            for (int j = 0; j < KH_ * D_; j++)
+                K_[l][t][j] = 2 * frand();
+    skv_kv_cache_free(a);
+    skv_kv_cache_free(b);
+    a = skv_pm_new(&full, L_, H_, KH_, D_, T_);
+    b = skv_pm_new(&pm, L_, H_, KH_, D_, T_);
+    worst = run_pair(a, b);
+    ck_assert_msg(worst > 1e-3, "random tokens merged without any error (%g)", worst);
+    skv_kv_cache_free(a);
+    skv_kv_cache_free(b);
+}
+END_TEST
+
+/* A planted token that every query attends survives pruning; kept rows
+ * follow the budget; bytes are the documented byte model. */
+START_TEST(test_prune_budget_bytes)
+{
+    rng = 31337;
+    for (int l = 0; l < L_; l++)
+        for (int t = 0; t < T_; t++)
+            for (int j = 0; j < KH_ * D_; j++) {
+                K_[l][t][j] = 0.3f * frand();
+                V_[l][t][j] = frand();
+            }
+    for (int t = 0; t < T_; t++)
+        for (int j = 0; j < H_ * D_; j++)
+            Q_[t][j] = 1.0f;
+    for (int l = 0; l < L_; l++)
+        for (int j = 0; j < KH_ * D_; j++)
+            K_[l][40][j] = 1.0f;  /* planted at position 40 */
+    for (int k = 0; k < 2; k++) {
+        skv_pm_cfg c;
+        skv_pm_defaults(&c);
+        c.budget = 0.5;
+        c.recent = 8;
+        c.num_clusters = k ? 4 : 0;
+        skv_kv_cache *a = skv_pm_new(&c, L_, H_, KH_, D_, T_);
+        ck_assert(a);
+        static float o[D_], p[T_];
+        for (uint32_t p0 = 0; p0 < T_; p0 += 16)
+            for (uint32_t l = 0; l < L_; l++) {
+                ck_assert_int_eq(a->ops->append(a, l, p0, 16, &K_[l][p0][0], &V_[l][p0][0]), 0);
+                for (uint32_t h = 0; h < H_; h++)
+                    for (uint32_t i = 0; i < 16; i++) {
+                        ck_assert_int_eq(a->ops->attend(a, l, h, p0 + i, 1, &Q_[p0 + i][h * D_],
+                                                        0, 0.2f, o, 0, p, 0), 0);
+                        if (p0 + i >= 40)
+                            ck_assert_float_gt(p[40], 0.1f);  /* still held and attended */
+                    }
+            }
+        skv_pm_stats s;
+        ck_assert_int_eq(skv_pm_stats_get(a, &s), 0);
+        const uint64_t trk = 4ull * (H_ / KH_) * 2; /* G query heads, D/gcd(P,D) = 2 epochs */
+        ck_assert_uint_eq(s.bytes, s.kept * (4 * D_ + 4 + trk) + s.centroids * (4 * D_ + 4));
+        ck_assert_uint_eq(s.centroids, (uint64_t)L_ * KH_ * c.num_clusters);  /* all in use */
+        ck_assert_uint_eq(s.track_bytes, s.kept * trk);
+        ck_assert_uint_eq(s.fp16_bytes, (uint64_t)L_ * KH_ * T_ * 4 * D_);
+        double beta = (double)s.bytes / (double)s.fp16_bytes;
+        /* the last prune (at 144) aimed at 0.5 at 152; 16 rows came since */
+        ck_assert_msg(beta < 0.6 && beta > 0.4, "K %u: beta %g", c.num_clusters, beta);
+        ck_assert_uint_eq(s.kept + s.merged + s.dropped, (uint64_t)L_ * KH_ * T_);
+        if (k)
+            ck_assert_uint_eq(s.dropped, 0);
+        else
+            ck_assert_uint_eq(s.merged, 0);
+        /* forgetting a merged or pruned position is refused; 0 resets */
+        ck_assert_int_lt(a->ops->truncate(a, 50), 0);
+        ck_assert_int_eq(a->ops->truncate(a, 0), 0);
+        ck_assert_int_eq(skv_pm_stats_get(a, &s), 0);
+        ck_assert_uint_eq(s.kept + s.merged, 0);
+        skv_kv_cache_free(a);
+    }
+}
+END_TEST
+
+START_TEST(test_cfg_errors)
+{
+    skv_pm_cfg c;
+    skv_pm_defaults(&c);
+    ck_assert_int_eq(skv_pm_cfg_check(&c), 0);
+    c.pruning_interval = 0;
+    ck_assert_int_eq(skv_pm_cfg_check(&c), SKV_EINVAL);
+    skv_pm_defaults(&c);
+    c.kmeans_lr = 1.5;
+    ck_assert_int_eq(skv_pm_cfg_check(&c), SKV_EINVAL);
+    skv_pm_defaults(&c);
+    c.pruning_interval = 64;
+    c.lookback_window = 65 * 64;
+    ck_assert_int_eq(skv_pm_cfg_check(&c), SKV_EINVAL);
+    skv_pm_defaults(&c);
+    ck_assert_ptr_null(skv_pm_new(&c, 1, 3, 2, 64, 100));
+    char buf[96];
+    skv_pm_describe(&c, buf, sizeof buf);
+    ck_assert_str_eq(buf, "prune-merge beta=0.25 K=8 P=16 D=32");
+}
+END_TEST
+
+int main(void)
+{
+    Suite *su = suite_create("merge");
+    TCase *tc = tcase_create("merge");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_km_hand);
+    tcase_add_test(tc, test_km_vs_f64);
+    tcase_add_test(tc, test_identity_row);
+    tcase_add_test(tc, test_identity_cache);
+    tcase_add_test(tc, test_prune_budget_bytes);
+    tcase_add_test(tc, test_cfg_errors);
+    suite_add_tcase(su, tc);
+    SRunner *sr = srunner_create(su);
+    srunner_run_all(sr, CK_NORMAL);
+    int nf = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return nf != 0;
+}
