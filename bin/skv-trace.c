@@ -911,8 +911,10 @@ static int cmd_record(int argc, char **argv)
         {"threads", required_argument, 0, 'j'}, {"dtype", required_argument, 0, 't'},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
         {"progress", no_argument, 0, 1}, {"no-progress", no_argument, 0, 2},
+        {"hidden", no_argument, 0, 3},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     const char *model = getenv("SKV_MODEL"), *text_path = NULL, *prompt = NULL, *out = NULL;
+    int hidden = 0;
     uint64_t max_tokens = 0, gen = 0, layers = 0, threads = 0;
     int chat = 0, special = 0, level = -1, o, dtype = SKV_F16, prog = -1;
     while ((o = getopt_long(argc, argv, "m:f:p:g:cST:L:j:t:o:z::hV", opts, NULL)) != -1) {
@@ -934,6 +936,7 @@ static int cmd_record(int argc, char **argv)
         case 'z': level = parse_level(optarg); break;
         case 1: prog = 1; break;
         case 2: prog = 0; break;
+        case 3: hidden = 1; break;
         case 'h':
             printf(
 "Usage: skv-trace record --model M.gguf (--text FILE | --prompt TEXT) [options]\n"
@@ -953,7 +956,8 @@ static int cmd_record(int argc, char **argv)
 "  -o, --output FILE     write to FILE (default stdout)\n"
 "  -z, --compress[=L]    zlib-compress chunks at level L (6)\n"
 "      --progress        progress bar on stderr (default: when it is a terminal)\n"
-"      --no-progress     no progress bar\n");
+"      --no-progress     no progress bar\n"
+"      --hidden          also record each layer's input hidden states (hidn chunks)\n");
             return 0;
         case 'V': tool_version();
         default: tool_usage_error("bad option");
@@ -1025,7 +1029,8 @@ static int cmd_record(int argc, char **argv)
         n = n_all;
     }
     skv_stream *s = open_out(out, level);
-    skv_record_opts ro = {(uint32_t)dtype, (uint32_t)layers, n_prefill, 0, show_progress, &pr};
+    skv_record_opts ro = {(uint32_t)dtype, (uint32_t)layers, n_prefill, 0, show_progress, &pr,
+                          hidden};
     pr.what = "recording";
     if (skv_model_record(m, ids, n, s, &ro) < 0)
         fail_out(s, out);

@@ -59,3 +59,14 @@ expect_err "recording [" "progress bar on stderr"
 run skv-trace record --model "$model" --prompt "" -o empty.skv
 expect_rc 1 "an empty prompt is a data error"
 check "no output for an empty prompt" test ! -e empty.skv
+run skv-trace record --model "$model" --text fox.txt --layers 2 --hidden -o hid.skv
+expect_rc 0 "record with --hidden"
+run skv-trace info --json hid.skv
+check "--hidden: one hidn block per layer of n_embd f16 per token, the trace unchanged" python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1])); t = j["trace"]; h = j["chunk_types"]["hidn"]
+assert h["count"] == 2 and h["raw_bytes"] == 2 * (40 + t["tokens"] * 576 * 2), h
+assert j["chunk_types"]["TENS"]["count"] == 2 * (9 + 3 + 3), j
+' "$T/out"
+run sh -c "skv-trace cat hid.skv | skv-alloc -p uniform:8 | skv-trace info -"
+expect_rc 0 "a trace with hidn chunks passes through skv-alloc"
