@@ -21,6 +21,7 @@
 #include "smartkv_stats.h"
 #include "smartkv_importance.h"
 #include "smartkv_alloc.h"
+#include "smartkv_relevance.h"
 #include "smartkv_cuda.h"
 #include "smartkv_evalcache.h"
 #include "smartkv_eval.h"
