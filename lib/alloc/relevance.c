@@ -422,6 +422,15 @@ int skv_logreg_fit(const double *X, const uint8_t *y, uint64_t n, uint32_t d,
         for (uint32_t i = 0; i < k; i++)
             slope += g[i] * dir[i];
         double step = 1, Jn = J;
+        if (slope <= 1e-13 * (1 + fabs(J))) {
+            /* the decrease is below the objective's rounding: near the
+             * optimum Newton's full step is safe (quadratic convergence),
+             * and the gradient test above decides */
+            for (uint32_t i = 0; i < k; i++)
+                th[i] -= dir[i];
+            J = objective(Z, y, n, k, th, o->l2);
+            continue;
+        }
         for (int ls = 0; ls < 60; ls++, step *= 0.5) {
             for (uint32_t i = 0; i < k; i++)
                 tn[i] = th[i] - step * dir[i];
