@@ -1,6 +1,7 @@
 /* evalcache.c -- the compressed KV cache behind skv_kv_ops (see
  * smartkv_evalcache.h for what it models). */
 #include "smartkv_evalcache.h"
+#include "smartkv_atskv.h"
 #include "smartkv_attend.h"
 #include "smartkv_error.h"
 #include "smartkv_importance.h"
@@ -77,8 +78,13 @@ void skv_ec_defaults(skv_ec_cfg *c)
 
 int skv_ec_cfg_check(const skv_ec_cfg *c)
 {
-    if (c->kind > SKV_EC_F32)
+    if (c->kind > SKV_EC_ATSKV)
         return skv_error(SKV_EINVAL, "unknown cache kind %u", c->kind);
+    if (c->kind == SKV_EC_ATSKV) /* ATSKV (atskv.c): weights, budget, R */
+        return !c->rlv ? skv_error(SKV_EINVAL, "atskv needs relevance weights (skv-alloc train)")
+               : !(c->alloc.budget > 0 && isfinite(c->alloc.budget))
+                   ? skv_error(SKV_EINVAL, "atskv needs a budget beta > 0")
+               : !c->realloc ? skv_error(SKV_EINVAL, "reallocation interval must be >= 1") : 0;
     if (c->kind != SKV_EC_COMPRESS)
         return 0;
     const skv_alloc_cfg *a = &c->alloc;
@@ -114,6 +120,10 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
     }
     if (c->kind == SKV_EC_F32) {
         snprintf(buf, n, "f32");
+        return;
+    }
+    if (c->kind == SKV_EC_ATSKV) {
+        snprintf(buf, n, "atskv beta=%g R=%u", c->alloc.budget, c->realloc);
         return;
     }
     const skv_alloc_cfg *a = &c->alloc;
@@ -406,6 +416,8 @@ static int scratch(ec_cache *e, uint64_t T)
 
 int skv_ec_realloc(skv_kv_cache *cc)
 {
+    if (skv_atskv_is(cc))
+        return skv_atskv_select(cc);
     ec_cache *e = as_ec(cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
@@ -509,6 +521,7 @@ int skv_ec_realloc(skv_kv_cache *cc)
 
 void skv_ec_hold(skv_kv_cache *c, int hold)
 {
+    skv_atskv_hold(c, hold);
     ec_cache *e = as_ec(c);
     if (e)
         e->hold = hold;
@@ -678,6 +691,8 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
                          (unsigned long long)capacity), NULL;
     if (skv_ec_cfg_check(cfg) < 0)
         return NULL;
+    if (cfg->kind == SKV_EC_ATSKV)
+        return skv_atskv_new(cfg, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     ec_cache *e = skv_calloc(1, sizeof *e);
     if (!e)
         return NULL;
@@ -750,6 +765,8 @@ fail:
 
 int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
 {
+    if (skv_atskv_is(cc))
+        return skv_atskv_stats(cc, s);
     ec_cache *e = as_ec((skv_kv_cache *)cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
@@ -801,6 +818,7 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
 
 void skv_ec_stats_reset(skv_kv_cache *cc)
 {
+    skv_atskv_stats_reset(cc);
     ec_cache *e = as_ec(cc);
     if (!e)
         return;
