@@ -35,7 +35,7 @@ static noreturn void usage(void)
            "Cache options:\n"
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
            "                         greedy, optimal, uniform:N, random, position,\n"
-           "                         layer-aware, atskv (needle: a comma list)\n"
+           "                         layer-aware, atskv, atskv-ema (needle: a comma list)\n"
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized\n"
@@ -171,8 +171,29 @@ static uint32_t split_list(const char *opt, const char *s, char **items, uint32_
 /* ATSKV's weights (--weights), loaded once and shared by every row. */
 static skv_rlv_model *atskv_weights;
 
+/* atskv-ema: the same two tiers and thresholds ranked by smartkv's EMA
+ * importance alone (a learned model with one weight), to show what the
+ * learned relevance adds. */
+static skv_rlv_model *ema_only_model(void)
+{
+    static skv_rlv_model *m;
+    if (!m) {
+        if (!(m = skv_rlv_model_new(SKV_MAX_LAYERS, 0)))
+            tool_fail("atskv-ema");
+        for (uint32_t l = 0; l < m->n_layers; l++)
+            m->layers[l].w[SKV_RLV_LOG_EMA] = 1;
+        m->label = "atskv-ema";
+    }
+    return m;
+}
+
 static void set_policy(skv_ec_cfg *c, const char *p)
 {
+    if (!strcmp(p, "atskv-ema")) {
+        c->kind = SKV_EC_ATSKV;
+        c->rlv = ema_only_model();
+        return;
+    }
     if (!strcmp(p, "atskv")) {
         c->kind = SKV_EC_ATSKV;
         c->rlv = atskv_weights;
@@ -351,7 +372,7 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
     else if (c->kind == SKV_EC_F32)
         snprintf(buf, n, "f32");
     else if (c->kind == SKV_EC_ATSKV)
-        snprintf(buf, n, "atskv");
+        snprintf(buf, n, "%s", c->rlv && c->rlv->label ? c->rlv->label : "atskv");
     else if (c->alloc.policy == SKV_POLICY_UNIFORM)
         snprintf(buf, n, "uniform:%u", c->alloc.uniform_bits);
     else

@@ -99,6 +99,7 @@ typedef struct skv_rlv_layer {
 typedef struct skv_rlv_model {
     uint32_t n_layers, n_embd;   /* n_embd 0: no hidden-state term */
     skv_rlv_layer *layers;
+    const char *label;           /* policy name when not "atskv" (an ablation), or NULL */
 } skv_rlv_model;
 
 SKV_EXPORT skv_rlv_model *skv_rlv_model_new(uint32_t n_layers, uint32_t n_embd);

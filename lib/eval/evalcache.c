@@ -123,7 +123,8 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         return;
     }
     if (c->kind == SKV_EC_ATSKV) {
-        snprintf(buf, n, "atskv beta=%g R=%u", c->alloc.budget, c->realloc);
+        snprintf(buf, n, "%s beta=%g R=%u", c->rlv && c->rlv->label ? c->rlv->label : "atskv",
+                 c->alloc.budget, c->realloc);
         return;
     }
     const skv_alloc_cfg *a = &c->alloc;
