@@ -25,5 +25,6 @@
 #include "smartkv_cuda.h"
 #include "smartkv_evalcache.h"
 #include "smartkv_eval.h"
+#include "smartkv_atskv.h"
 
 #endif
