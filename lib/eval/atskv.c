@@ -233,7 +233,10 @@ static int select_layer(ats_cache *a, uint32_t l)
     double fp16_head = (double)t * 4.0 * a->base.head_dim;
     double avail = ac->budget * fp16_head -
                    (double)fixed_bytes(a) / ((double)a->base.n_layers * KVH);
-    uint64_t K = avail > 0 ? (uint64_t)(avail / (double)active_row_bytes(a)) : 0;
+    /* room is kept for the R tokens that arrive before the next selection,
+     * so that the active tier stays within the budget between selections */
+    double fit = avail / (double)active_row_bytes(a) - a->cfg.realloc;
+    uint64_t K = fit > 0 ? (uint64_t)fit : 0;
     ranked *rk = skv_malloc(t * sizeof *rk);
     double *srt = skv_malloc(t * sizeof *srt);
     uint32_t *ev = skv_malloc(t * sizeof *ev);

@@ -32,6 +32,11 @@ run skv-eval needle --model m.gguf --depths 101
 expect_rc 2 "depth beyond 100 is a usage error"
 run skv-eval needle --model m.gguf --lengths 1X
 expect_rc 2 "a bad length is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p atskv
+expect_rc 2 "atskv without --weights is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p atskv --weights nonexistent.skv
+expect_rc 1 "missing atskv weights are a data error"
+expect_err "nonexistent.skv" "the message names the weights file"
 echo hello > t.txt
 run skv-eval ppl --model nonexistent.gguf --text t.txt
 expect_rc 1 "a missing model is a data error"
@@ -67,6 +72,28 @@ run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p fp1
 expect_rc 0 "ppl with the fp16 cache itself"
 check "fp16 against itself: KL 0, top-1 1, beta 1" awk -F'\t' 'NR == 2 { exit !($5 == 0 && $8 == 1 && $3 == 1) } END { exit NR != 2 }' "$T/out"
 check "quiet: nothing on stderr" test ! -s "$T/err"
+
+# atskv: a predictor trained on the model's own trace (all layers, tiny fit)
+run skv-trace record --model "$model" --text "$text" --tokens 120 --hidden -o hid.skv
+expect_rc 0 "record all layers with hidden states"
+run skv-alloc train --model "$model" --t0 8 --horizon 8 --stride 4 --samples 2000 \
+    --hidden-dims 4 -o w.skv hid.skv
+expect_rc 0 "train relevance weights"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 --sinks 2 \
+    --recent 8 -p atskv -b 0.3 --weights w.skv --json -q
+expect_rc 0 "ppl with atskv"
+check "atskv JSON: active beta held at the window end, passive tier reported" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["cache"] == "atskv beta=0.3 R=16" and r["scored"] == 159 and r["windows"] == 1, r
+assert r["beta_end"] <= 0.3 + 1e-9 and r["beta"] > r["beta_end"], r
+assert r["passive_rows"] > 0 and r["passive_bytes"] > 0 and r["passive_evictions"] >= r["passive_rows"], r
+assert r["passive_recalls"] >= 0 and r["kl"] > 0 and 0 < r["top1"] <= 1, r
+assert r["widths"].startswith("2:0.0%"), r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p atskv-ema -b 0.3
+expect_rc 0 "ppl with the atskv-ema ablation (no weights needed)"
+check "text output has the passive line" grep -Eq '^passive +[0-9]+ rows, [0-9]+ bytes .* recalls' "$T/out"
 
 run skv-eval needle --model "$model" --lengths 128 --depths 0,100 -p uniform:8 --tsv -q
 expect_rc 0 "needle grid with uniform:8"
