@@ -4,7 +4,6 @@
 
 #include <getopt.h>
 #include <math.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,12 +156,15 @@ static uint8_t *vocab_classes(const char *model, uint32_t *n)
     return cls;
 }
 
-static double mean_of(const skv_rlv_eval *e, uint32_t n, size_t off)
+enum { AUC_EMA, AUC_NOHID, AUC_LEARNED };
+
+static double mean_of(const skv_rlv_eval *e, uint32_t n, int which)
 {
     double s = 0;
     uint32_t k = 0;
     for (uint32_t l = 0; l < n; l++) {
-        double v = *(const double *)((const char *)&e[l] + off);
+        double v = which == AUC_EMA ? e[l].auc_ema
+                   : which == AUC_NOHID ? e[l].auc_nohid : e[l].auc_learned;
         if (v == v) {
             s += v;
             k++;
@@ -236,7 +238,7 @@ static int cmd_train(int argc, char **argv)
         tool_fail(tool_out_name(out));
     printf("relevance predictor: %u layers, %u features + hidden state %s; label: mass over "
            "the next %u queries >= its q=%.2f quantile; l2 %g\n",
-           L, SKV_RLV_NFEAT, m->n_embd ? "(n_embd weights)" : "(none)", c.horizon, c.label_q,
+           L, (unsigned)SKV_RLV_NFEAT, m->n_embd ? "(n_embd weights)" : "(none)", c.horizon, c.label_q,
            c.fit.l2);
     printf("%-6s %8s %6s %5s %9s | %-20s | %s\n", "layer", "samples", "pos", "iters", "|grad|",
            "train AUC ema learned", held ? "held-out AUC ema  no-h  learned" : "(no --eval)");
@@ -249,12 +251,12 @@ static int cmd_train(int argc, char **argv)
         printf("\n");
     }
     printf("%-6s %8s %6s %5s %9s | %9.4f %10.4f |", "mean", "", "", "", "",
-           mean_of(tr, L, offsetof(skv_rlv_eval, auc_ema)),
-           mean_of(tr, L, offsetof(skv_rlv_eval, auc_learned)));
+           mean_of(tr, L, AUC_EMA),
+           mean_of(tr, L, AUC_LEARNED));
     if (ho) {
-        double e = mean_of(ho, Lh, offsetof(skv_rlv_eval, auc_ema)),
-               n0 = mean_of(ho, Lh, offsetof(skv_rlv_eval, auc_nohid)),
-               le = mean_of(ho, Lh, offsetof(skv_rlv_eval, auc_learned));
+        double e = mean_of(ho, Lh, AUC_EMA),
+               n0 = mean_of(ho, Lh, AUC_NOHID),
+               le = mean_of(ho, Lh, AUC_LEARNED);
         printf(" %16.4f %6.4f %8.4f\n", e, n0, le);
         printf("held-out: learned %s EMA (mean AUC %.4f vs %.4f, %+.4f)\n",
                le > e ? "beats" : "does NOT beat", le, e, le - e);

@@ -431,12 +431,13 @@ int skv_logreg_fit(const double *X, const uint8_t *y, uint64_t n, uint32_t d,
             J = objective(Z, y, n, k, th, o->l2);
             continue;
         }
-        for (int ls = 0; ls < 60; ls++, step *= 0.5) {
+        for (int ls = 0; ls < 60; ls++) {
             for (uint32_t i = 0; i < k; i++)
                 tn[i] = th[i] - step * dir[i];
             Jn = objective(Z, y, n, k, tn, o->l2);
             if (Jn <= J - 1e-4 * step * slope)
                 break;
+            step *= 0.5;
         }
         if (!(Jn <= J)) /* no descent possible in floating point: at the optimum */
             break;
