@@ -42,7 +42,7 @@ LIB_DIRS := $(sort $(dir $(wildcard lib/*/*.c lib/*/*.h)))
 LIB_INC := -Ilib $(patsubst %/,-I%,$(LIB_DIRS))
 ALL_CFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(SANFLAGS) -fPIC -pthread -fvisibility=hidden $(LIB_INC)
 ALL_LDFLAGS := $(LDFLAGS) $(SANFLAGS) -pthread
-LIBS := -lz -lm
+LIBS := -lz -lm -ldl
 
 # Sanitized objects live apart so switching SANITIZE never mixes builds.
 ifeq ($(SANITIZE),1)
@@ -78,6 +78,10 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRCS:tests/%.c=$(O)/tests/%)
 HEADERS := lib/smartkv.h $(wildcard lib/*/smartkv*.h lib/*/*/smartkv*.h)
 
+# The CUDA code is a backend the library loads at run time (dlopen, as ggml
+# loads its backends): lib/libsmartkv-cuda.so holds the kernels and links
+# cudart and cuBLAS; libsmartkv and the tools link no CUDA library and run
+# where CUDA is absent (lib/attend/cuda_loader.c, cuda_backend.h).
 ifeq ($(USE_CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
 # Kernels get no sanitizer flags, so both variants share one set of objects;
@@ -88,10 +92,11 @@ NVCC_ALL := $(NVCCFLAGS) -std=c++17 $(LIB_INC) -Ikernels -Xcompiler -fPIC,-fvisi
 	-Xcompiler -Wall,-Wextra,-Wshadow,-Wno-unused-parameter $(if $(filter 1,$(WERROR)),-Xcompiler -Werror) \
 	-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	-gencode arch=compute_90,code=compute_90 --Werror all-warnings
-ALL_CFLAGS += -DSKV_HAVE_CUDA=1
-LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+CUDA_BACKEND := lib/libsmartkv-cuda.so
 else
 CU_OBJS :=
+CUDA_BACKEND :=
 endif
 
 PKG_CHECK := $(shell pkg-config --cflags --libs check 2>/dev/null)
@@ -99,7 +104,7 @@ PKG_CHECK := $(shell pkg-config --cflags --libs check 2>/dev/null)
 .SECONDARY:
 .PHONY: all check test-unit test-fuzz test-cli test-cli-valgrind lint fuzz fuzz-build demo install uninstall clean deps help model bench
 
-all: lib/libsmartkv.a lib/libsmartkv.so $(TOOLS)
+all: lib/libsmartkv.a lib/libsmartkv.so $(TOOLS) $(CUDA_BACKEND)
 
 help:
 	@echo 'targets: all check demo install uninstall clean deps model help'
@@ -136,13 +141,24 @@ build/cuda/%.o: kernels/%.cu build/cuda/.flags
 
 -include $(wildcard build/cuda/*.d)
 
-$(O)/libsmartkv.a: $(LIB_OBJS) $(CU_OBJS)
+# The backend's entry, compiled like the kernels (no sanitizer: one build).
+build/cuda/backend.o: kernels/backend.c $(HEADERS) $(LIB_PRIV_HEADERS) build/cuda/.flags
+	$(call say,CC,$<)$(CC) -std=gnu11 $(WARN) $(CFLAGS) -fPIC -fvisibility=hidden $(LIB_INC) -c -o $@ $<
+
+lib/libsmartkv-cuda.so: $(CU_OBJS) build/cuda/backend.o kernels/backend.map
+	$(call say,LD,$@)$(CC) -shared -Wl,-Bsymbolic -Wl,--version-script=kernels/backend.map \
+		$(LDFLAGS) -o $@ $(filter %.o,$^) $(CUDA_LIBS) -lm -pthread
+
+# Where an installed library looks for the backend after its own directory.
+$(O)/lib/attend/cuda_loader.o: ALL_CFLAGS += -DSKV_CUDA_LIBDIR='"$(LIBDIR)"'
+
+$(O)/libsmartkv.a: $(LIB_OBJS)
 	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
 
 lib/libsmartkv.a: $(O)/libsmartkv.a build/.variant
 	$(Q)cp $< $@
 
-lib/libsmartkv.so: $(LIB_OBJS) $(CU_OBJS) build/.variant
+lib/libsmartkv.so: $(LIB_OBJS) build/.variant
 	$(call say,LD,$@)$(CC) -shared -Wl,-soname,libsmartkv.so.$(SOVERSION) $(ALL_LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS)
 
 bin/skv-%: $(O)/bin/skv-%.o $(TOOL_COMMON_OBJS) $(O)/libsmartkv.a build/.variant
@@ -205,7 +221,7 @@ check:
 	@$(MAKE) --no-print-directory test-unit test-fuzz test-cli
 
 test-unit: all $(TESTS)
-	@scripts/run-unit-tests $(TESTS)
+	@$(if $(CUDA_BACKEND),SKV_CUDA_BACKEND=$(CURDIR)/$(CUDA_BACKEND)) scripts/run-unit-tests $(TESTS)
 
 test-cli: all
 	@tests/cli/run $(if $(filter 1,$(SANITIZE)),--sanitize)
@@ -235,24 +251,29 @@ smartkv.pc: smartkv.pc.in Makefile
 
 install: all smartkv.pc
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR) \
-		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(PKGCONFIGDIR)
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man7 \
+		$(DESTDIR)$(PKGCONFIGDIR)
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)
 	install -m 644 lib/libsmartkv.a $(DESTDIR)$(LIBDIR)
 	install -m 755 lib/libsmartkv.so $(DESTDIR)$(LIBDIR)/libsmartkv.so.$(VERSION)
+	$(if $(CUDA_BACKEND),install -m 755 $(CUDA_BACKEND) $(DESTDIR)$(LIBDIR))
 	ln -sf libsmartkv.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libsmartkv.so.$(SOVERSION)
 	ln -sf libsmartkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libsmartkv.so
 	install -m 644 $(HEADERS) $(DESTDIR)$(INCDIR)
 	install -m 644 $(wildcard man/man1/*.1) $(DESTDIR)$(MANDIR)/man1
 	install -m 644 $(wildcard man/man5/*.5) $(DESTDIR)$(MANDIR)/man5
+	install -m 644 $(wildcard man/man7/*.7) $(DESTDIR)$(MANDIR)/man7
 	install -m 644 smartkv.pc $(DESTDIR)$(PKGCONFIGDIR)
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(TOOLS)))
-	rm -f $(DESTDIR)$(LIBDIR)/libsmartkv.a $(DESTDIR)$(LIBDIR)/libsmartkv.so*
+	rm -f $(DESTDIR)$(LIBDIR)/libsmartkv.a $(DESTDIR)$(LIBDIR)/libsmartkv.so* \
+		$(DESTDIR)$(LIBDIR)/libsmartkv-cuda.so
 	rm -f $(addprefix $(DESTDIR)$(INCDIR)/,$(notdir $(HEADERS)))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(wildcard man/man1/*.1)))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(wildcard man/man5/*.5)))
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man7/,$(notdir $(wildcard man/man7/*.7)))
 	rm -f $(DESTDIR)$(PKGCONFIGDIR)/smartkv.pc
 
 clean:
-	rm -rf build lib/libsmartkv.a lib/libsmartkv.so $(TOOLS) smartkv.pc
+	rm -rf build lib/libsmartkv.a lib/libsmartkv.so lib/libsmartkv-cuda.so $(TOOLS) smartkv.pc

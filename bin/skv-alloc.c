@@ -29,22 +29,24 @@ static void usage(void)
            "      --sinks N          first N tokens at the top width (default 4)\n"
            "      --recent N         last N tokens at the top width (default 32)\n"
            "      --seed S           seed of the random policy (default 1)\n"
-           "      --threads N        replay threads (default: one per CPU)\n"
-           "      --group G          channels per scale group for K and V (default head_dim)\n"
+           TOOL_THREADS_HELP
+           "  -g, --group G          channels per scale group for K and V (default head_dim)\n"
            "      --k-mode MODE      key quantizer: asym (default) or sym\n"
            "      --v-mode MODE      value quantizer: asym (default) or sym\n"
-           "      --summary          print the width histogram per layer to stderr\n"
+           "      --summary          print the width histogram per layer to stderr (also -v)\n"
+           "      --json             print the summary as one JSON object on stderr\n"
            "  -o, --output FILE      write to FILE (default stdout)\n"
            "  -z, --compress[=L]     zlib-compress the chunks written at level L (6)\n"
-           "      --help             show this help and exit\n"
-           "      --version          show the version and exit\n",
+           TOOL_COMMON_HELP
+           "Exit status: 0 success, 1 bad data (including a budget below the smallest\n"
+           "cache this trace allows) or I/O failure, 2 usage error.\n",
            tool_name);
     exit(0);
 }
 
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_WINDOW, O_SHARE, O_BITS, O_SINKS, O_RECENT, O_SEED,
-    O_THREADS, O_GROUP, O_KMODE, O_VMODE, O_SUMMARY, O_HELP, O_VERSION
+    O_KMODE, O_VMODE, O_SUMMARY
 };
 
 static const struct option longopts[] = {
@@ -59,15 +61,14 @@ static const struct option longopts[] = {
     {"sinks", required_argument, NULL, O_SINKS},
     {"recent", required_argument, NULL, O_RECENT},
     {"seed", required_argument, NULL, O_SEED},
-    {"threads", required_argument, NULL, O_THREADS},
-    {"group", required_argument, NULL, O_GROUP},
+    {"group", required_argument, NULL, 'g'},
     {"k-mode", required_argument, NULL, O_KMODE},
     {"v-mode", required_argument, NULL, O_VMODE},
     {"summary", no_argument, NULL, O_SUMMARY},
     {"output", required_argument, NULL, 'o'},
     {"compress", optional_argument, NULL, 'z'},
-    {"help", no_argument, NULL, O_HELP},
-    {"version", no_argument, NULL, O_VERSION},
+    {"json", no_argument, NULL, TOOL_OPT_JSON},
+    TOOL_COMMON_OPTIONS,
     {NULL, 0, NULL, 0},
 };
 
@@ -271,6 +272,37 @@ static int cmd_train(int argc, char **argv)
     return 0;
 }
 
+/* The same figures as summary(), as one JSON object on stderr. */
+static void summary_json(const skv_alloc *a, const skv_alloc_result *r, const skv_alloc_cfg *c)
+{
+    const skv_alloc_hdr *h = &a->hdr;
+    fprintf(stderr, "{\"bytes\": %llu, \"fp16_bytes\": %llu, \"beta\": %.6f, "
+            "\"budget_bytes\": %llu, \"min_bytes\": %llu, \"objective\": %.9g",
+            (unsigned long long)r->bytes, (unsigned long long)r->fp16_bytes,
+            (double)r->bytes / (double)r->fp16_bytes, (unsigned long long)r->budget_bytes,
+            (unsigned long long)r->min_bytes, r->objective);
+    if (c->policy == SKV_POLICY_OPTIMAL && r->bound > 0)
+        fprintf(stderr, ", \"lower_bound\": %.9g", r->bound);
+    fputs(", \"widths\": [", stderr);
+    for (int i = 0; i < SKV_NBITS; i++)
+        fprintf(stderr, "%s%u", i ? ", " : "", skv_bit_widths[i]);
+    fputs("], \"layers\": [", stderr);
+    uint64_t per = (uint64_t)h->n_kv_heads * h->n_tokens;
+    for (uint32_t l = 0; l < h->n_layers; l++) {
+        uint64_t n[SKV_NBITS] = {0};
+        for (uint64_t i = 0; i < per; i++)
+            n[skv_width_index(a->bits[l * per + i])]++;
+        fputs(l ? ", [" : "[", stderr);
+        for (int i = 0; i < SKV_NBITS; i++)
+            fprintf(stderr, "%s%llu", i ? ", " : "", (unsigned long long)n[i]);
+        fputc(']', stderr);
+    }
+    fputs("], \"total\": [", stderr);
+    for (int i = 0; i < SKV_NBITS; i++)
+        fprintf(stderr, "%s%llu", i ? ", " : "", (unsigned long long)r->hist[i]);
+    fputs("]}\n", stderr);
+}
+
 int main(int argc, char **argv)
 {
     tool_init("skv-alloc");
@@ -281,10 +313,10 @@ int main(int argc, char **argv)
     skv_alloc_cfg_defaults(&ac);
     skv_imp_defaults(&ic);
     const char *out = NULL;
-    int level = -1, want_summary = 0, have_budget = 0, have_bits = 0;
+    int level = -1, want_summary = 0, have_budget = 0, have_bits = 0, json = 0;
     uint32_t group = 0;
     int o;
-    while ((o = getopt_long(argc, argv, "p:b:o:z::", longopts, NULL)) != -1) {
+    while ((o = tool_getopt(argc, argv, "p:b:g:o:z::" TOOL_COMMON_SHORT, longopts)) != -1) {
         switch (o) {
         case 'p':
             tool_opt_policy("--policy", optarg, &ac.policy, &ac.uniform_bits);
@@ -318,8 +350,7 @@ int main(int argc, char **argv)
             if (tool_parse_u64(optarg, &ac.seed) < 0)
                 tool_usage_error("--seed: '%s' is not a whole number", optarg);
             break;
-        case O_THREADS: ic.threads = tool_opt_u32("--threads", optarg, 0, SKV_MAX_THREADS); break;
-        case O_GROUP: group = tool_opt_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
+        case 'g': group = tool_opt_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
         case O_KMODE: ac.qcfg.k_mode = tool_opt_qmode("--k-mode", optarg); break;
         case O_VMODE: ac.qcfg.v_mode = tool_opt_qmode("--v-mode", optarg); break;
         case O_SUMMARY: want_summary = 1; break;
@@ -327,9 +358,9 @@ int main(int argc, char **argv)
         case 'z':
             level = optarg ? (int)tool_opt_u32("--compress", optarg, 0, 9) : 6;
             break;
-        case O_HELP: usage(); break;
-        case O_VERSION: tool_version(); break;
-        default: tool_usage_error("unknown option");
+        case TOOL_OPT_JSON: json = 1; break;
+        case 'h': usage(); break;
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (argc - optind > 1)
@@ -348,7 +379,14 @@ int main(int argc, char **argv)
         tool_usage_error("%s allocates per layer; drop --share-layers",
                          skv_policy_name(ac.policy));
     ac.qcfg.k_group = ac.qcfg.v_group = group; /* 0: head_dim, set from the trace */
+    if (tool_threads)
+        ic.threads = tool_thread_count(SKV_MAX_THREADS);
+    if (tool_verbosity >= 2 || json)
+        want_summary = 1;
+    if (!tool_verbosity)
+        want_summary = 0;
 
+    tool_check_binary_input(in);
     tool_check_binary_output(out);
     skv_stream *is = skv_open_read(in);
     if (!is)
@@ -360,14 +398,17 @@ int main(int argc, char **argv)
     }
     skv_alloc *a = NULL;
     skv_alloc_result r;
+    tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
+    tool_progress_watch(pr, in);
     int rc = skv_alloc_filter(is, os, &ac, &ic, &a, &r);
+    tool_progress_end(pr);
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
         skv_discard(os);
         skv_close(is);
-        if (rc == SKV_EINVAL) /* a setting that cannot work for this trace */
-            tool_die(EXIT_USAGE, "%s: %s", tool_in_name(in), msg);
+        /* a setting that cannot work for this trace (a budget below its
+         * smallest cache) depends on the data too: exit 1 */
         tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), msg);
     }
     skv_close(is);
@@ -376,7 +417,7 @@ int main(int argc, char **argv)
         tool_fail(tool_out_name(out));
     }
     if (want_summary)
-        summary(a, &r, &ac);
+        (json ? summary_json : summary)(a, &r, &ac);
     skv_alloc_free(a);
     return 0;
 }

@@ -21,6 +21,7 @@ static noreturn void usage(void)
            "       %s needle --model M [--lengths LIST] [--depths LIST] [--policy LIST] [options]\n"
            "       %s sweep  --model M --text FILE -o OUT.tsv [--policies LIST] [--budgets LIST]\n"
            "                     [options]\n"
+           "       %s merge  -o OUT.tsv SHARD.tsv...\n"
            "Run a GGUF model with smartkv compressing its KV cache while it decodes and\n"
            "measure the end-to-end cost against the fp16 cache in the same run.\n"
            "\n"
@@ -30,7 +31,8 @@ static noreturn void usage(void)
            "  needle   pass-key retrieval grid (lengths x depths) per policy, with the fp16\n"
            "           baseline beside it\n"
            "  sweep    one TSV row per (policy, budget, importance, decay, realloc) into\n"
-           "           OUT.tsv; rows already there are skipped; -j N runs N at once\n"
+           "           OUT.tsv; rows already there are skipped; -j N runs N at once\n"           "  merge    add the rows of sweep tables (e.g. --shard runs) that OUT.tsv lacks\n"
+           "           and mark the Pareto front over all of them\n"
            "\n"
            "Cache options:\n"
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
@@ -45,16 +47,16 @@ static noreturn void usage(void)
            "      --bits LIST        allowed widths (default 2,3,4,8,16)\n"
            "      --sinks N          first N tokens at the top width (default 4)\n"
            "      --recent N         newest N tokens at the top width (default 32)\n"
-           "      --group G          channels per scale group (default head_dim)\n"
+           "  -g, --group G          channels per scale group (default head_dim)\n"
            "      --seed S           seed of the random policy and the pass keys (default 1)\n"
-           "      --kernel K         attention kernel: auto (default), scalar, avx2\n"
+           "  -k, --kernel K         attention kernel: auto (default), scalar, avx2\n"
            "Evaluation options:\n"
            "  -m, --model FILE       GGUF model (required)\n"
-           "      --text FILE        text to score (ppl, sweep; - = stdin)\n"
+           "  -f, --text FILE        text to score (ppl, sweep; - = stdin)\n"
            "      --ctx N            window tokens (default 512)\n"
            "      --stride S         window step (default ctx/2)\n"
            "      --max-tokens N     score only the first N tokens of the text\n"
-           "      --prefill N        first N tokens of each window as one prefill\n"
+           "  -P, --prefill N        first N tokens of each window as one prefill\n"
            "      --lengths LIST     needle prompt lengths (default 1K,2K,4K,8K)\n"
            "      --depths LIST      needle depths in percent (default 0,25,50,75,100)\n"
            "      --max-new N        needle decode steps (default 8)\n"
@@ -66,24 +68,21 @@ static noreturn void usage(void)
            "      --importances LIST sweep: importance modes (default: --importance)\n"
            "  -j, --jobs N           sweep: rows run at once (default 1)\n"
            "      --shard I/N        sweep: run only rows i with i %% N == I\n"
-           "  -t, --threads N        model threads (default 1)\n"
+           "  -@, --threads N        model threads (default: online CPUs, divided among\n"
+           "                         the sweep's jobs)\n"
            "Output:\n"
-           "      --tsv              tab-separated table\n"
-           "      --json             JSON\n"
+           "  -O, --format FMT       text (default), tsv or json\n"
+           "      --tsv, --json      short for -O tsv, -O json\n"
            "  -o, --output FILE      write to FILE (default stdout; sweep: required, appended)\n"
-           "  -q, --quiet            no progress on stderr\n"
-           "      --help             show this help and exit\n"
-           "      --version          show the version and exit\n",
-           tool_name, tool_name, tool_name);
+           TOOL_COMMON_HELP,
+           tool_name, tool_name, tool_name, tool_name);
     exit(0);
 }
 
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
-    O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_TSV, O_JSON, O_HELP,
-    O_VERSION,
-    O_WEIGHTS
+    O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_WEIGHTS
 };
 
 static const struct option longopts[] = {
@@ -96,16 +95,16 @@ static const struct option longopts[] = {
     {"bits", required_argument, NULL, O_BITS},
     {"sinks", required_argument, NULL, O_SINKS},
     {"recent", required_argument, NULL, O_RECENT},
-    {"group", required_argument, NULL, O_GROUP},
+    {"group", required_argument, NULL, 'g'},
     {"seed", required_argument, NULL, O_SEED},
-    {"kernel", required_argument, NULL, O_KERNEL},
+    {"kernel", required_argument, NULL, 'k'},
     {"weights", required_argument, NULL, O_WEIGHTS},
     {"model", required_argument, NULL, 'm'},
-    {"text", required_argument, NULL, O_TEXT},
+    {"text", required_argument, NULL, 'f'},
     {"ctx", required_argument, NULL, O_CTX},
     {"stride", required_argument, NULL, O_STRIDE},
     {"max-tokens", required_argument, NULL, O_MAXTOK},
-    {"prefill", required_argument, NULL, O_PREFILL},
+    {"prefill", required_argument, NULL, 'P'},
     {"lengths", required_argument, NULL, O_LENGTHS},
     {"depths", required_argument, NULL, O_DEPTHS},
     {"max-new", required_argument, NULL, O_MAXNEW},
@@ -116,13 +115,11 @@ static const struct option longopts[] = {
     {"importances", required_argument, NULL, O_IMPS},
     {"jobs", required_argument, NULL, 'j'},
     {"shard", required_argument, NULL, O_SHARD},
-    {"threads", required_argument, NULL, 't'},
-    {"tsv", no_argument, NULL, O_TSV},
-    {"json", no_argument, NULL, O_JSON},
+    {"tsv", no_argument, NULL, TOOL_OPT_TSV},
+    {"json", no_argument, NULL, TOOL_OPT_JSON},
+    {"format", required_argument, NULL, 'O'},
     {"output", required_argument, NULL, 'o'},
-    {"quiet", no_argument, NULL, 'q'},
-    {"help", no_argument, NULL, O_HELP},
-    {"version", no_argument, NULL, O_VERSION},
+    TOOL_COMMON_OPTIONS,
     {NULL, 0, NULL, 0},
 };
 
@@ -235,7 +232,7 @@ static char *read_text(const char *path, size_t *len)
 {
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     if (!f)
-        tool_die(EXIT_DATA, "%s: %s", path, strerror(errno));
+        tool_die(EXIT_DATA, "%s: cannot open: %s", path, strerror(errno));
     size_t cap = 1 << 16, n = 0;
     char *b = malloc(cap);
     for (;;) {
@@ -891,6 +888,51 @@ static int cmd_sweep(opts *o)
     return 0;
 }
 
+/* ---------------------------------------------------------------- merge */
+
+/* Append the rows of sweep tables (shards) that OUT lacks, by label, then
+ * recompute the front over all of them: the table of one whole sweep. */
+static int cmd_merge(const opts *o, int n, char **files)
+{
+    if (!o->out || !strcmp(o->out, "-"))
+        tool_usage_error("merge needs -o OUT.tsv (rows are appended; rows already there are kept)");
+    if (n < 1)
+        tool_usage_error("merge needs the sweep tables to merge: -o OUT.tsv SHARD.tsv...");
+    uint32_t added = 0;
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(files[i], o->out))
+            tool_usage_error("merge: %s is the output", files[i]);
+        FILE *f = fopen(files[i], "r");
+        if (!f)
+            tool_die(EXIT_DATA, "%s: cannot open: %s", files[i], strerror(errno));
+        char line[4096];
+        if (!fgets(line, sizeof line, f) || strcmp(line, tsv_head) != 0) {
+            fclose(f);
+            tool_die(EXIT_DATA, "%s: not a skv-eval sweep table (header)", files[i]);
+        }
+        for (uint64_t ln = 2; fgets(line, sizeof line, f); ln++) {
+            size_t len = strlen(line), tab = strcspn(line, "\t");
+            if (!len || line[len - 1] != '\n' || line[tab] != '\t') {
+                fclose(f);
+                tool_die(EXIT_DATA, "%s: line %llu: not a sweep row", files[i],
+                         (unsigned long long)ln);
+            }
+            line[tab] = '\0';
+            int done = row_done(o->out, line);
+            line[tab] = '\t';
+            if (!done) {
+                append_line(o->out, line);
+                added++;
+            }
+        }
+        fclose(f);
+    }
+    if (access(o->out, F_OK) == 0)
+        mark_front(o->out);
+    tool_note(1, "merge: %u rows added to %s", added, o->out);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 int main(int argc, char **argv)
@@ -902,7 +944,6 @@ int main(int argc, char **argv)
     o.cfg.alloc.budget = 0.3;
     o.policy = "smartkv";
     o.ctx = 512;
-    o.threads = 1;
     o.jobs = 1;
     o.shard_n = 1;
     o.seed = 1;
@@ -919,7 +960,7 @@ int main(int argc, char **argv)
         argv++;
     }
     int c;
-    while ((c = getopt_long(argc, argv, "p:b:m:j:t:o:q", longopts, NULL)) != -1) {
+    while ((c = tool_getopt(argc, argv, "p:b:g:k:m:f:P:j:o:O:" TOOL_COMMON_SHORT, longopts)) != -1) {
         switch (c) {
         case 'p': o.policy = optarg; break;
         case 'b':
@@ -939,7 +980,7 @@ int main(int argc, char **argv)
             break;
         case O_SINKS: o.cfg.alloc.sinks = tool_opt_u32("--sinks", optarg, 0, 1u << 24); break;
         case O_RECENT: o.cfg.alloc.recent = tool_opt_u32("--recent", optarg, 0, 1u << 24); break;
-        case O_GROUP: group = tool_opt_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
+        case 'g': group = tool_opt_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
         case O_SEED: {
             uint64_t v;
             if (tool_parse_u64(optarg, &v) < 0)
@@ -948,7 +989,7 @@ int main(int argc, char **argv)
             o.cfg.alloc.seed = v;
             break;
         }
-        case O_KERNEL:
+        case 'k':
             if (!strcmp(optarg, "auto"))
                 o.cfg.kernel = SKV_KERNEL_AUTO;
             else if (!strcmp(optarg, "scalar"))
@@ -959,11 +1000,11 @@ int main(int argc, char **argv)
                 tool_usage_error("--kernel: '%s' is not auto, scalar or avx2", optarg);
             break;
         case 'm': o.model = optarg; break;
-        case O_TEXT: o.text = optarg; break;
+        case 'f': o.text = optarg; break;
         case O_CTX: o.ctx = tool_opt_u32("--ctx", optarg, 2, 1u << 24); break;
         case O_STRIDE: o.stride = tool_opt_u32("--stride", optarg, 1, 1u << 24); break;
         case O_MAXTOK: o.max_tokens = tool_opt_u32("--max-tokens", optarg, 2, 1u << 30); break;
-        case O_PREFILL: o.prefill = tool_opt_u32("--prefill", optarg, 0, 1u << 24); break;
+        case 'P': o.prefill = tool_opt_u32("--prefill", optarg, 0, 1u << 24); break;
         case O_LENGTHS: lengths = optarg; break;
         case O_DEPTHS: depths = optarg; break;
         case O_MAXNEW: o.max_new = tool_opt_u32("--max-new", optarg, 1, 256); break;
@@ -989,32 +1030,44 @@ int main(int argc, char **argv)
             o.shard_n = (uint32_t)b;
             break;
         }
-        case 't': o.threads = tool_opt_u32("--threads", optarg, 1, SKV_MODEL_MAX_THREADS); break;
-        case O_TSV: o.tsv = 1; break;
-        case O_JSON: o.json = 1; break;
+        case TOOL_OPT_TSV: o.tsv = 1; break;
+        case TOOL_OPT_JSON: o.json = 1; break;
+        case 'O': {
+            int f = tool_opt_format(optarg, 1u << TOOL_FMT_TEXT | 1u << TOOL_FMT_TSV |
+                                    1u << TOOL_FMT_JSON);
+            o.tsv = f == TOOL_FMT_TSV;
+            o.json = f == TOOL_FMT_JSON;
+            break;
+        }
         case 'o': o.out = optarg; break;
-        case 'q': o.quiet = 1; break;
         case O_WEIGHTS:
             skv_rlv_model_free(atskv_weights);
             if (skv_rlv_load(optarg, &atskv_weights) < 0)
                 tool_fail(tool_in_name(optarg));
             break;
-        case O_HELP: usage();
-        case O_VERSION: tool_version();
-        default: tool_usage_error("unknown option");
+        case 'h': usage();
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (!o.cmd)
-        tool_usage_error("missing command (ppl, needle or sweep)");
+        tool_usage_error("missing command (ppl, needle, sweep or merge)");
+    if (!strcmp(o.cmd, "merge"))
+        return cmd_merge(&o, argc - optind, argv + optind);
+    if (strcmp(o.cmd, "ppl") != 0 && strcmp(o.cmd, "needle") != 0 && strcmp(o.cmd, "sweep") != 0)
+        tool_usage_error("unknown command '%s' (ppl, needle, sweep or merge)", o.cmd);
     if (optind < argc)
         tool_usage_error("unexpected argument '%s'", argv[optind]);
     if (o.tsv && o.json)
         tool_usage_error("--tsv and --json are exclusive");
     if (!o.model)
         tool_usage_error("%s needs --model FILE", o.cmd);
+    o.quiet = tool_verbosity == 0;
+    /* default: every online CPU, shared among the sweep's jobs */
+    o.threads = tool_threads ? tool_thread_count(SKV_MODEL_MAX_THREADS)
+                             : tool_thread_count(SKV_MODEL_MAX_THREADS) / o.jobs;
+    if (!o.threads)
+        o.threads = 1;
     o.cfg.alloc.qcfg.k_group = o.cfg.alloc.qcfg.v_group = group;
-    if (strcmp(o.cmd, "ppl") != 0 && strcmp(o.cmd, "needle") != 0 && strcmp(o.cmd, "sweep") != 0)
-        tool_usage_error("unknown command '%s' (ppl, needle or sweep)", o.cmd);
     if (!strcmp(o.cmd, "needle")) {
         uint32_t n = split_list("--lengths", lengths, items, MAX_LIST, &own[0]);
         for (uint32_t i = 0; i < n; i++) {

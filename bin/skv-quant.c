@@ -25,16 +25,20 @@ static void usage(void)
            "      --v-group=G        with --uniform: group size for values only\n"
            "      --k-mode=MODE      with --uniform: asym (zero-point, default) or sym\n"
            "      --v-mode=MODE      with --uniform: asym (default) or sym\n"
-           "      --drop-queries     do not keep the queries in the cache\n"
+           "      --keep-queries     keep the trace's queries in the cache (default: the\n"
+           "                         cache holds the cache; skv-attend --queries TRACE)\n"
+           "      --keep-alloc       keep the allocation record (ALOC: widths and importance\n"
+           "                         per row); the ALHD description is always kept\n"
+           "      --drop-queries     the default (kept for old scripts)\n"
+           "      --queries TRACE    with -d: take the queries from TRACE when the cache\n"
+           "                         has none\n"
            "  -d, --decompress       dequantize a packed cache into a float32 trace\n"
            "  -z, --compress[=LEVEL] zlib-compress chunks (LEVEL 0-9, default 6)\n"
-           "      --max-mem=SIZE     refuse single allocations above SIZE (K/M/G suffix)\n"
-           "  -q, --quiet            do not print the achieved budget and histogram\n"
-           "  -h, --help             show this help and exit\n"
-           "  -V, --version          show the version and exit\n"
+           "      --json             print the report as one JSON object\n"
+           TOOL_COMMON_HELP
            "\n"
            "The achieved budget beta (bytes of the PKHD and PBKT chunks as written, over the\n"
-           "fp16 bytes of K and V) and the rows per width go to standard error.\n"
+           "fp16 bytes of K and V) and the rows per width go to standard error (not with -q).\n"
            "Exit status: 0 success, 1 bad data or I/O failure, 2 usage error.\n",
            tool_name);
 }
@@ -45,6 +49,50 @@ static uint32_t parse_group(const char *s, const char *opt)
     if (tool_parse_u64(s, &g) < 0 || g == 0 || g > SKV_MAX_HEAD_DIM)
         tool_usage_error("%s: group size must be 1..%u, not '%s'", opt, SKV_MAX_HEAD_DIM, s);
     return (uint32_t)g;
+}
+
+static void drop_lone_alhd(skv_chunk_list *l)
+{
+    size_t n = 0;
+    int aloc = 0;
+    for (size_t i = 0; i < l->n; i++)
+        aloc |= !memcmp(l->v[i].type, SKV_T_ALOC, 4);
+    if (aloc)
+        return;
+    for (size_t i = 0; i < l->n; i++) {
+        if (!memcmp(l->v[i].type, SKV_T_ALHD, 4))
+            free(l->v[i].data);
+        else
+            l->v[n++] = l->v[i];
+    }
+    l->n = n;
+}
+
+static void report_json(const char *out, const skv_cache_stats *st, const skv_cache_plan *p)
+{
+    fputs("{\"output\": ", stderr);
+    const char *o = tool_out_name(out);
+    fputc('"', stderr);
+    for (; *o; o++)
+        if (*o == '"' || *o == '\\')
+            fprintf(stderr, "\\%c", *o);
+        else if ((unsigned char)*o < 0x20)
+            fprintf(stderr, "\\u%04x", (unsigned char)*o);
+        else
+            fputc(*o, stderr);
+    fprintf(stderr, "\", \"beta\": %.6f, \"cache_bytes\": %llu, \"fp16_bytes\": %llu, "
+            "\"model_bytes\": %llu, \"stream_bytes\": %llu",
+            st->fp16_bytes ? (double)st->cache_bytes / (double)st->fp16_bytes : 0.0,
+            (unsigned long long)st->cache_bytes, (unsigned long long)st->fp16_bytes,
+            (unsigned long long)st->model_bytes, (unsigned long long)st->stream_bytes);
+    if (p->from_alloc)
+        fprintf(stderr, ", \"alloc_beta\": %.6f", p->alloc_beta);
+    fputs(", \"rows_per_width\": {", stderr);
+    for (int i = 0, n = 0; i < SKV_NBITS; i++)
+        if (st->hist[i])
+            fprintf(stderr, "%s\"%u\": %llu", n++ ? ", " : "", skv_bit_widths[i],
+                    (unsigned long long)st->hist[i]);
+    fputs("}}\n", stderr);
 }
 
 static void report(const char *out, const skv_cache_stats *st, const skv_cache_plan *p)
@@ -72,7 +120,8 @@ static void report(const char *out, const skv_cache_stats *st, const skv_cache_p
 int main(int argc, char **argv)
 {
     tool_init("skv-quant");
-    enum { OPT_KGROUP = 256, OPT_VGROUP, OPT_KMODE, OPT_VMODE, OPT_DROPQ, OPT_MAXMEM };
+    enum { OPT_KGROUP = 256, OPT_VGROUP, OPT_KMODE, OPT_VMODE, OPT_DROPQ, OPT_KEEPQ, OPT_KEEPA,
+           OPT_QUERIES };
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'},
         {"uniform", required_argument, NULL, 'u'},
@@ -82,20 +131,21 @@ int main(int argc, char **argv)
         {"k-mode", required_argument, NULL, OPT_KMODE},
         {"v-mode", required_argument, NULL, OPT_VMODE},
         {"drop-queries", no_argument, NULL, OPT_DROPQ},
+        {"keep-queries", no_argument, NULL, OPT_KEEPQ},
+        {"keep-alloc", no_argument, NULL, OPT_KEEPA},
+        {"queries", required_argument, NULL, OPT_QUERIES},
         {"decompress", no_argument, NULL, 'd'},
         {"compress", optional_argument, NULL, 'z'},
-        {"max-mem", required_argument, NULL, OPT_MAXMEM},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        {"json", no_argument, NULL, TOOL_OPT_JSON},
+        TOOL_COMMON_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *out = NULL;
+    const char *out = NULL, *queries = NULL;
     uint32_t uniform = 0, k_group = 0, v_group = 0;
     uint32_t k_mode = SKV_QMODE_ASYM, v_mode = SKV_QMODE_ASYM;
-    int qopts = 0, drop = 0, decompress = 0, quiet = 0, level = -1;
+    int qopts = 0, drop = 0, keep_q = 0, keep_alloc = 0, decompress = 0, json = 0, level = -1;
     int c;
-    while ((c = getopt_long(argc, argv, "o:u:g:dz::qhV", longopts, NULL)) != -1) {
+    while ((c = tool_getopt(argc, argv, "o:u:g:dz::" TOOL_COMMON_SHORT, longopts)) != -1) {
         switch (c) {
         case 'o':
             out = optarg;
@@ -130,6 +180,15 @@ int main(int argc, char **argv)
         case OPT_DROPQ:
             drop = 1;
             break;
+        case OPT_KEEPQ:
+            keep_q = 1;
+            break;
+        case OPT_KEEPA:
+            keep_alloc = 1;
+            break;
+        case OPT_QUERIES:
+            queries = optarg;
+            break;
         case 'd':
             decompress = 1;
             break;
@@ -142,23 +201,14 @@ int main(int argc, char **argv)
                 level = (int)v;
             }
             break;
-        case OPT_MAXMEM: {
-            uint64_t v;
-            if (tool_parse_size(optarg, &v) < 0)
-                tool_usage_error("--max-mem: bad size '%s'", optarg);
-            skv_set_max_mem(v);
-            break;
-        }
-        case 'q':
-            quiet = 1;
+        case TOOL_OPT_JSON:
+            json = 1;
             break;
         case 'h':
             usage();
             return 0;
-        case 'V':
-            tool_version();
         default:
-            tool_usage_error("unknown or incomplete option");
+            tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (argc - optind > 1)
@@ -167,14 +217,26 @@ int main(int argc, char **argv)
     if (qopts && !uniform)
         tool_usage_error("--group, --k-group, --v-group, --k-mode and --v-mode need --uniform "
                          "(with an allocation the quantizer settings come from it)");
-    if (decompress && (uniform || drop || qopts))
-        tool_usage_error("-d cannot be combined with --uniform, --drop-queries or quantizer "
-                         "settings");
+    if (decompress && (uniform || drop || keep_q || keep_alloc || qopts))
+        tool_usage_error("-d cannot be combined with --uniform, --drop-queries, --keep-queries, "
+                         "--keep-alloc or quantizer settings");
+    if (drop && keep_q)
+        tool_usage_error("--drop-queries and --keep-queries are exclusive");
+    if (queries && !decompress)
+        tool_usage_error("--queries applies to -d (skv-attend takes it too)");
 
+    tool_check_binary_input(in);
     if (decompress) {
         skv_cache *cache;
         if (skv_cache_load(in, &cache) < 0)
             tool_fail(tool_in_name(in));
+        if (queries && skv_cache_queries_from(cache, queries) < 0) {
+            skv_cache_free(cache);
+            tool_fail(tool_in_name(queries));
+        }
+        /* an ALHD without its ALOC chunks would make the trace unusable for
+         * skv-quant: keep the allocation only when it is whole */
+        drop_lone_alhd(&cache->extra);
         tool_check_binary_output(out);
         skv_stream *s = skv_open_write(out, level);
         if (!s) {
@@ -195,7 +257,11 @@ int main(int argc, char **argv)
 
     skv_trace *t;
     skv_chunk_list extra = {0};
-    if (skv_cache_input_load(in, &t, &extra) < 0)
+    tool_progress *pr = tool_progress_start("skv-quant: reading", 0, "bytes");
+    tool_progress_watch(pr, in);
+    int lrc = skv_cache_input_load(in, &t, &extra);
+    tool_progress_end(pr);
+    if (lrc < 0)
         tool_fail(tool_in_name(in));
     skv_cache_plan plan;
     skv_chunk_list pass = {0}, *passp = &extra;
@@ -204,27 +270,33 @@ int main(int argc, char **argv)
                       v_group ? v_group : t->hdr.head_dim, k_mode, v_mode};
         if (skv_cache_plan_uniform(&plan, &t->hdr, &q, uniform) < 0)
             tool_fail(tool_in_name(in));
-        /* an allocation in the input does not describe this cache: drop it */
-        for (size_t i = 0; i < extra.n; i++)
-            if (memcmp(extra.v[i].type, SKV_T_ALHD, 4) != 0 &&
-                memcmp(extra.v[i].type, SKV_T_ALOC, 4) != 0) {
-                skv_chunk ch = {.raw_size = extra.v[i].size, .size = extra.v[i].size,
-                                .data = extra.v[i].data};
-                memcpy(ch.type, extra.v[i].type, 5);
-                if (skv_chunk_list_add(&pass, &ch) < 0)
-                    tool_fail(tool_in_name(in));
-            }
-        passp = &pass;
     } else if (skv_cache_plan_from_chunks(&plan, &t->hdr, &extra) < 0) {
         tool_fail(tool_in_name(in));
     }
+    /* the cache file holds the cache: ancillary chunks pass, the allocation
+     * record (ALOC) only when asked; an allocation in the input does not
+     * describe a --uniform cache at all */
+    for (size_t i = 0; i < extra.n; i++) {
+        int alhd = !memcmp(extra.v[i].type, SKV_T_ALHD, 4);
+        int aloc = !memcmp(extra.v[i].type, SKV_T_ALOC, 4);
+        if ((alhd || aloc) && uniform)
+            continue;
+        if (aloc && !keep_alloc)
+            continue;
+        skv_chunk ch = {.raw_size = extra.v[i].size, .size = extra.v[i].size,
+                        .data = extra.v[i].data};
+        memcpy(ch.type, extra.v[i].type, 5);
+        if (skv_chunk_list_add(&pass, &ch) < 0)
+            tool_fail(tool_in_name(in));
+    }
+    passp = &pass;
 
     tool_check_binary_output(out);
     skv_stream *s = skv_open_write(out, level);
     if (!s)
         tool_fail(tool_out_name(out));
     skv_cache_stats st;
-    int rc = skv_cache_write(s, t, &plan, passp, drop ? SKV_CACHE_DROP_QUERIES : 0, &st);
+    int rc = skv_cache_write(s, t, &plan, passp, keep_q ? 0 : SKV_CACHE_DROP_QUERIES, &st);
     if (rc < 0) {
         /* write failures are the output's; a value or an allocation that the
          * cache cannot hold is the input's */
@@ -233,8 +305,8 @@ int main(int argc, char **argv)
     }
     if (skv_close(s) < 0)
         tool_fail(tool_out_name(out));
-    if (!quiet)
-        report(out, &st, &plan);
+    if (tool_verbosity)
+        (json ? report_json : report)(out, &st, &plan);
     skv_cache_plan_free(&plan);
     skv_chunk_list_free(&pass);
     skv_chunk_list_free(&extra);

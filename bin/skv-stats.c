@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { FMT_TEXT, FMT_TSV, FMT_JSON };
+enum { FMT_TEXT = TOOL_FMT_TEXT, FMT_TSV = TOOL_FMT_TSV, FMT_JSON = TOOL_FMT_JSON };
 
 static void usage(FILE *f)
 {
@@ -24,13 +24,12 @@ static void usage(FILE *f)
 "                       against REF), sorted by bytes, Pareto front marked\n"
 "\n"
 "Options (every command):\n"
-"      --tsv            tab-separated output\n"
-"      --json           JSON output\n"
-"  -o, --output FILE    write to FILE instead of standard output\n"
-"  -h, --help           show this help and exit\n"
-"  -V, --version        show the version and exit\n"
+"  -O, --format FMT       text (default), tsv or json\n"
+"      --tsv, --json      short for -O tsv, -O json\n"
+"  -o, --output FILE      write to FILE instead of standard output\n"
+"%s"
 "\n"
-"FILE '-' means standard input (at most one of the files).\n");
+"FILE '-' means standard input (at most one of the files).\n", TOOL_COMMON_HELP);
 }
 
 static FILE *open_text_out(const char *out)
@@ -55,6 +54,7 @@ static void close_text_out(FILE *f, const char *out)
 static skv_attn *load(const char *path)
 {
     skv_attn *a;
+    tool_check_binary_input(path);
     if (skv_attn_load(path, &a) < 0)
         tool_fail(tool_in_name(path));
     return a;
@@ -350,21 +350,24 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "compare") != 0 && strcmp(cmd, "mem") != 0 && strcmp(cmd, "sweep") != 0)
         tool_usage_error("unknown command '%s' (compare, mem or sweep)", cmd);
     static const struct option opts[] = {
-        {"tsv", no_argument, 0, 1}, {"json", no_argument, 0, 2},
-        {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        {"tsv", no_argument, 0, TOOL_OPT_TSV}, {"json", no_argument, 0, TOOL_OPT_JSON},
+        {"format", required_argument, 0, 'O'}, {"output", required_argument, 0, 'o'},
+        TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
     int fmt = FMT_TEXT, o;
     const char *out = NULL;
     argc--;
     argv++;
-    while ((o = getopt_long(argc, argv, "o:hV", opts, NULL)) != -1) {
+    while ((o = tool_getopt(argc, argv, "o:O:" TOOL_COMMON_SHORT, opts)) != -1) {
         switch (o) {
-        case 1: fmt = FMT_TSV; break;
-        case 2: fmt = FMT_JSON; break;
+        case TOOL_OPT_TSV: fmt = FMT_TSV; break;
+        case TOOL_OPT_JSON: fmt = FMT_JSON; break;
+        case 'O':
+            fmt = tool_opt_format(optarg, 1u << TOOL_FMT_TEXT | 1u << TOOL_FMT_TSV |
+                                  1u << TOOL_FMT_JSON);
+            break;
         case 'o': out = optarg; break;
         case 'h': usage(stdout); return 0;
-        case 'V': tool_version();
-        default: tool_usage_error("unknown option");
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     argc -= optind;
@@ -384,6 +387,7 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
     if (argc != 1)
         tool_usage_error("mem needs one packed cache: CACHE");
     skv_cache *c;
+    tool_check_binary_input(argv[0]);
     if (skv_cache_load(argv[0], &c) < 0)
         tool_fail(tool_in_name(argv[0]));
     skv_mem m;

@@ -88,7 +88,7 @@ static int cmd_synth(int argc, char **argv)
         {"layers", required_argument, 0, 'L'}, {"heads", required_argument, 0, 'H'},
         {"kv-heads", required_argument, 0, 'K'}, {"head-dim", required_argument, 0, 'D'},
         {"tokens", required_argument, 0, 'T'}, {"prefill", required_argument, 0, 'P'},
-        {"dtype", required_argument, 0, 't'}, {"seed", required_argument, 0, 's'},
+        {"dtype", required_argument, 0, 't'}, {"seed", required_argument, 0, 13},
         {"rope-theta", required_argument, 0, 1}, {"sinks", required_argument, 0, 2},
         {"sink-logit", required_argument, 0, 3}, {"hitters", required_argument, 0, 4},
         {"hitter-logit", required_argument, 0, 5}, {"local-logit", required_argument, 0, 6},
@@ -96,12 +96,12 @@ static int cmd_synth(int argc, char **argv)
         {"needle-logit", required_argument, 0, 9}, {"outliers", required_argument, 0, 10},
         {"outlier-scale", required_argument, 0, 11}, {"noise", required_argument, 0, 12},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
-        TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
     skv_synth_cfg c;
     skv_synth_defaults(&c);
     const char *out = NULL;
     int level = -1, o;
-    while ((o = getopt_long(argc, argv, "L:H:K:D:T:P:t:s:o:z::hV", opts, NULL)) != -1) {
+    while ((o = tool_getopt(argc, argv, "L:H:K:D:T:P:t:o:z::" TOOL_COMMON_SHORT, opts)) != -1) {
         switch (o) {
         case 'L': c.n_layers = (uint32_t)need_u64("--layers", optarg, 1, SKV_MAX_LAYERS); break;
         case 'H': c.n_heads = (uint32_t)need_u64("--heads", optarg, 1, SKV_MAX_HEADS); break;
@@ -116,7 +116,7 @@ static int cmd_synth(int argc, char **argv)
             c.dtype = (uint32_t)dt;
             break;
         }
-        case 's': c.seed = need_u64("--seed", optarg, 0, UINT64_MAX); break;
+        case 13: c.seed = need_u64("--seed", optarg, 0, UINT64_MAX); break;
         case 1: c.rope_theta = need_float("--rope-theta", optarg, 1, 1e9); break;
         case 2: c.sinks = (uint32_t)need_u64("--sinks", optarg, 0, 1 << 20); break;
         case 3: c.sink_logit = need_float("--sink-logit", optarg, 0, 50); break;
@@ -140,7 +140,7 @@ static int cmd_synth(int argc, char **argv)
 "  -T, --tokens N         tokens, K suffix ok (4096)\n"
 "  -P, --prefill N        tokens before decoding starts (3/4 of --tokens)\n"
 "  -t, --dtype TYPE       f16 (default), f32 or bf16\n"
-"  -s, --seed N           random seed (1)\n"
+"      --seed N           random seed (1)\n"
 "      --rope-theta X     RoPE base (100000)\n"
 "      --sinks N          attention-sink tokens at the start (4)\n"
 "      --sink-logit X     typical sink logit (7)\n"
@@ -154,11 +154,9 @@ static int cmd_synth(int argc, char **argv)
 "      --outlier-scale X  offset of outlier channels (8)\n"
 "      --noise X          std of the noise part of q and k (1)\n"
 "  -o, --output FILE      write to FILE (default stdout)\n"
-"  -z, --compress[=L]     zlib-compress chunks at level L (6)\n" TOOL_MAX_MEM_HELP);
+"  -z, --compress[=L]     zlib-compress chunks at level L (6)\n" TOOL_COMMON_HELP);
             return 0;
-        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
-        case 'V': tool_version();
-        default: tool_usage_error("bad option");
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (optind < argc)
@@ -172,8 +170,23 @@ static int cmd_synth(int argc, char **argv)
     skv_trace_hdr h;
     if (skv_synth_header(&c, &h) < 0)
         tool_usage_error("%s", skv_errmsg());
+    if (tool_verbosity >= 2 && c.needles) { /* -v: where the needles are (scripts/plot-alloc) */
+        uint64_t *pos = calloc(c.needles, sizeof *pos);
+        if (pos && skv_synth_needles(&c, pos) == 0) {
+            fprintf(stderr, "%s: needles at", tool_name);
+            for (uint32_t i = 0; i < c.needles; i++)
+                fprintf(stderr, "%s%llu", i ? "," : " ", (unsigned long long)pos[i]);
+            fputc('\n', stderr);
+        }
+        free(pos);
+    }
     skv_stream *s = open_out(out, level);
-    if (skv_synth_write(&c, s) < 0)
+    tool_progress *pr = tool_progress_start(tool_name, c.n_layers, "layers");
+    c.progress = tool_progress_cb;
+    c.progress_ctx = pr;
+    int rc = skv_synth_write(&c, s);
+    tool_progress_end(pr);
+    if (rc < 0)
         fail_out(s, out);
     finish_out(s, out);
     return 0;
@@ -206,51 +219,50 @@ static void npy_open(npy_in *n, const char *path)
 static int cmd_import(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"queries", required_argument, 0, 'q'}, {"keys", required_argument, 0, 'k'},
-        {"values", required_argument, 0, 'v'}, {"prefill", required_argument, 0, 'P'},
-        {"model", required_argument, 0, 'm'}, {"post-rope", no_argument, 0, 'r'},
-        {"pre-rope", no_argument, 0, 'R'}, {"rope-theta", required_argument, 0, 1},
+        {"queries", required_argument, 0, 2}, {"keys", required_argument, 0, 3},
+        {"values", required_argument, 0, 4}, {"prefill", required_argument, 0, 'P'},
+        {"model", required_argument, 0, 'm'}, {"post-rope", no_argument, 0, 5},
+        {"pre-rope", no_argument, 0, 6}, {"rope-theta", required_argument, 0, 1},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
-        TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
     const char *qp = NULL, *kp = NULL, *vp = NULL, *out = NULL, *model = "imported";
     uint64_t prefill = 0;
     int have_prefill = 0, level = -1, post_rope = 1, o;
     float theta = 0;
-    while ((o = getopt_long(argc, argv, "q:k:v:P:m:o:z::hV", opts, NULL)) != -1) {
+    while ((o = tool_getopt(argc, argv, "P:m:o:z::" TOOL_COMMON_SHORT, opts)) != -1) {
         switch (o) {
-        case 'q': qp = optarg; break;
-        case 'k': kp = optarg; break;
-        case 'v': vp = optarg; break;
+        case 2: qp = optarg; break;
+        case 3: kp = optarg; break;
+        case 4: vp = optarg; break;
         case 'P': prefill = need_u64("--prefill", optarg, 0, SKV_MAX_TOKENS); have_prefill = 1; break;
         case 'm': model = optarg; break;
-        case 'r': post_rope = 1; break;
-        case 'R': post_rope = 0; break;
+        case 5: post_rope = 1; break;
+        case 6: post_rope = 0; break;
         case 1: theta = need_float("--rope-theta", optarg, 0, 1e9); break;
         case 'o': out = optarg; break;
         case 'z': level = parse_level(optarg); break;
         case 'h':
             printf(
-"Usage: skv-trace import -q Q.npy -k K.npy -v V.npy [options]\n"
+"Usage: skv-trace import --queries Q.npy --keys K.npy --values V.npy [options]\n"
 "Build a trace from NumPy arrays: Q [layers][heads][tokens][dim],\n"
 "K and V [layers][kv_heads][tokens][dim], all float16 or all float32, C order.\n"
 "The elements are copied bit for bit.\n"
-"  -q, --queries FILE   queries .npy        -k, --keys FILE    keys .npy\n"
-"  -v, --values FILE    values .npy\n"
+"      --queries FILE   queries .npy\n"
+"      --keys FILE      keys .npy\n"
+"      --values FILE    values .npy\n"
 "  -P, --prefill N      tokens before decoding starts (default: all tokens)\n"
 "  -m, --model NAME     source name recorded in the header\n"
 "      --post-rope      keys/queries already have RoPE applied (default)\n"
 "      --pre-rope       they do not\n"
 "      --rope-theta X   RoPE base to record (default 0: unknown)\n"
 "  -o, --output FILE    write to FILE (default stdout)\n"
-"  -z, --compress[=L]   zlib-compress chunks at level L (6)\n" TOOL_MAX_MEM_HELP);
+"  -z, --compress[=L]   zlib-compress chunks at level L (6)\n" TOOL_COMMON_HELP);
             return 0;
-        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
-        case 'V': tool_version();
-        default: tool_usage_error("bad option");
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (!qp || !kp || !vp)
-        tool_usage_error("import needs -q, -k and -v");
+        tool_usage_error("import needs --queries, --keys and --values");
     if (optind < argc)
         tool_usage_error("unexpected argument '%s'", argv[optind]);
     if (strlen(model) > SKV_MAX_NAME)
@@ -355,31 +367,29 @@ static void npy_create(npy_out *n, const char *prefix, const char *suffix, uint3
 static int cmd_export(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"prefix", required_argument, 0, 'p'}, TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        {"prefix", required_argument, 0, 1}, TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
     const char *prefix = NULL;
     int o;
-    while ((o = getopt_long(argc, argv, "p:hV", opts, NULL)) != -1) {
+    while ((o = tool_getopt(argc, argv, TOOL_COMMON_SHORT, opts)) != -1) {
         switch (o) {
-        case 'p': prefix = optarg; break;
+        case 1: prefix = optarg; break;
         case 'h':
             printf(
-"Usage: skv-trace export -p PREFIX [FILE]\n"
+"Usage: skv-trace export --prefix PREFIX [FILE]\n"
 "Write the trace's queries, keys and values to PREFIX.q.npy, PREFIX.k.npy and\n"
 "PREFIX.v.npy with shape [layers][heads][tokens][dim].  f16 and f32 traces are\n"
 "written bit for bit in their own type; bf16 traces are widened to float32.\n"
-"  -p, --prefix PREFIX  output path prefix\n" TOOL_MAX_MEM_HELP);
+"      --prefix PREFIX  output path prefix\n" TOOL_COMMON_HELP);
             return 0;
-        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
-        case 'V': tool_version();
-        default: tool_usage_error("bad option");
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (!prefix)
-        tool_usage_error("export needs -p PREFIX");
+        tool_usage_error("export needs --prefix PREFIX");
     if (argc - optind > 1)
         tool_usage_error("export takes one input");
     const char *in = optind < argc ? argv[optind] : "-";
+    tool_check_binary_input(in);
     skv_stream *s = skv_open_read(in);
     if (!s)
         tool_fail(tool_in_name(in));
@@ -502,30 +512,36 @@ typedef struct {
 static int cmd_info(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"json", no_argument, 0, 'j'}, TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        {"json", no_argument, 0, TOOL_OPT_JSON}, {"format", required_argument, 0, 'O'},
+        TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
     int json = 0, o;
-    while ((o = getopt_long(argc, argv, "jhV", opts, NULL)) != -1) {
+    while ((o = tool_getopt(argc, argv, "O:" TOOL_COMMON_SHORT, opts)) != -1) {
         switch (o) {
-        case 'j': json = 1; break;
+        case TOOL_OPT_JSON: json = 1; break;
+        case 'O':
+            json = tool_opt_format(optarg, 1u << TOOL_FMT_TEXT | 1u << TOOL_FMT_JSON) ==
+                   TOOL_FMT_JSON;
+            break;
         case 'h':
             printf(
 "Usage: skv-trace info [--json] [FILE]\n"
 "Read a whole stream, check every CRC and the end chunk, and summarise it:\n"
 "shapes, element type, source, chunk counts and sizes.\n"
-"  -j, --json   print one JSON object instead of text\n" TOOL_MAX_MEM_HELP);
+"  -O, --format FMT       text (default) or json\n"
+"      --json             short for -O json: one JSON object\n" TOOL_COMMON_HELP);
             return 0;
-        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
-        case 'V': tool_version();
-        default: tool_usage_error("bad option");
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (argc - optind > 1)
         tool_usage_error("info takes one input");
     const char *in = optind < argc ? argv[optind] : "-";
+    tool_check_binary_input(in);
     skv_stream *s = skv_open_read(in);
     if (!s)
         tool_fail(tool_in_name(in));
+    tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
+    tool_progress_watch(pr, in);
     chunk_stat st[32];
     int nst = 0;
     skv_trace_hdr h;
@@ -563,6 +579,7 @@ static int cmd_info(int argc, char **argv)
             rows[t.kind] += t.rows;
         }
     }
+    tool_progress_end(pr);
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
@@ -636,44 +653,44 @@ static int cmd_info(int argc, char **argv)
 static int cmd_cat(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"layers", required_argument, 0, 'l'}, {"tokens", required_argument, 0, 't'},
-        {"dtype", required_argument, 0, 'd'}, {"output", required_argument, 0, 'o'},
-        {"compress", optional_argument, 0, 'z'}, {"decompress", no_argument, 0, 'u'},
-        TOOL_MAX_MEM_OPTION, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        {"layers", required_argument, 0, 'L'}, {"tokens", required_argument, 0, 'T'},
+        {"dtype", required_argument, 0, 't'}, {"output", required_argument, 0, 'o'},
+        {"compress", optional_argument, 0, 'z'}, {"decompress", no_argument, 0, 'd'},
+        TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
     const char *layers_arg = NULL, *tokens_arg = NULL, *out = NULL;
     int level = SKV_LEVEL_KEEP, o, dtype = 0;
-    while ((o = getopt_long(argc, argv, "l:t:d:o:z::uhV", opts, NULL)) != -1) {
+    while ((o = tool_getopt(argc, argv, "L:l:T:t:o:z::d" TOOL_COMMON_SHORT, opts)) != -1) {
         switch (o) {
+        case 'L':
         case 'l': layers_arg = optarg; break;
-        case 't': tokens_arg = optarg; break;
-        case 'd':
+        case 'T': tokens_arg = optarg; break;
+        case 't':
             if ((dtype = skv_dtype_parse(optarg)) < 0)
                 tool_usage_error("--dtype must be f32, f16 or bf16, not '%s'", optarg);
             break;
         case 'o': out = optarg; break;
         case 'z': level = parse_level(optarg); break;
-        case 'u': level = -1; break;
+        case 'd': level = -1; break;
         case 'h':
             printf(
 "Usage: skv-trace cat [options] [FILE]\n"
 "Re-stream a trace, verifying every chunk; optionally select layers and tokens,\n"
 "convert the element type, or change compression.  Without selection or\n"
 "conversion, chunks of any kind are copied through.\n"
-"  -l, --layers LIST    keep these layers, e.g. 0-3,7 (renumbered from 0)\n"
-"  -t, --tokens A:B     keep tokens A..B-1 (A: or :B allowed)\n"
-"  -d, --dtype TYPE     convert elements to f32, f16 or bf16\n"
-"  -o, --output FILE    write to FILE (default stdout)\n"
-"  -z, --compress[=L]   zlib-compress chunks at level L (6)\n"
-"  -u, --decompress     store chunks uncompressed (default: as the input)\n" TOOL_MAX_MEM_HELP);
+"  -L, --layers LIST      keep these layers, e.g. 0-3,7 (renumbered from 0)\n"
+"  -T, --tokens A:B       keep tokens A..B-1 (A: or :B allowed)\n"
+"  -t, --dtype TYPE       convert elements to f32, f16 or bf16\n"
+"  -o, --output FILE      write to FILE (default stdout)\n"
+"  -z, --compress[=L]     zlib-compress chunks at level L (6)\n"
+"  -d, --decompress       store chunks uncompressed (default: as the input)\n" TOOL_COMMON_HELP);
             return 0;
-        case TOOL_OPT_MAX_MEM: tool_set_max_mem(optarg); break;
-        case 'V': tool_version();
-        default: tool_usage_error("bad option");
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (argc - optind > 1)
         tool_usage_error("cat takes one input");
     const char *in = optind < argc ? argv[optind] : "-";
+    tool_check_binary_input(in);
     tool_check_binary_output(out);
     skv_stream *s = skv_open_read(in);
     if (!s)
@@ -695,6 +712,8 @@ static int cmd_cat(int argc, char **argv)
         skv_close(s);
         tool_fail(tool_out_name(out));
     }
+    tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
+    tool_progress_watch(pr, in);
     while ((rc = skv_read(s, &c)) > 0) {
         if (!select) {
             if (skv_copy_chunk(w, &c) < 0)
@@ -812,6 +831,8 @@ static int cmd_cat(int argc, char **argv)
             goto wfail;
         }
     }
+    tool_progress_end(pr);
+    pr = NULL;
     if (rc < 0)
         goto rfail;
     skv_close(s);
@@ -835,6 +856,7 @@ usage:
     snprintf(msg, sizeof msg, "%s", usage_msg);
     code = EXIT_USAGE;
 cleanup:
+    tool_progress_end(pr);
     skv_discard(w);
     skv_close(s);
     free(lsel);
@@ -878,64 +900,37 @@ static char *slurp_text(const char *path, size_t *len)
     return b;
 }
 
-typedef struct progress {
-    int on;
-    const char *what;
-    int last;
-} progress;
-
-static void show_progress(void *ctx, uint64_t done, uint64_t total)
-{
-    progress *p = ctx;
-    if (!p->on || !total)
-        return;
-    int pct = (int)(100 * done / total);
-    if (pct == p->last && done != total)
-        return;
-    p->last = pct;
-    int w = 40, fill = (int)(w * done / total);
-    fprintf(stderr, "\r%s [%.*s%*s] %3d%%", p->what, fill,
-            "########################################", w - fill, "", pct);
-    if (done == total)
-        fputc('\n', stderr);
-    fflush(stderr);
-}
-
 static int cmd_record(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"text", required_argument, 0, 'f'},
-        {"prompt", required_argument, 0, 'p'}, {"generate", required_argument, 0, 'g'},
+        {"prompt", required_argument, 0, 1}, {"generate", required_argument, 0, 2},
         {"chat", no_argument, 0, 'c'}, {"special", no_argument, 0, 'S'},
         {"tokens", required_argument, 0, 'T'}, {"layers", required_argument, 0, 'L'},
-        {"threads", required_argument, 0, 'j'}, {"dtype", required_argument, 0, 't'},
+        {"dtype", required_argument, 0, 't'},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
-        {"progress", no_argument, 0, 1}, {"no-progress", no_argument, 0, 2},
         {"hidden", no_argument, 0, 3},
-        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+        TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
     const char *model = getenv("SKV_MODEL"), *text_path = NULL, *prompt = NULL, *out = NULL;
     int hidden = 0;
     uint64_t max_tokens = 0, gen = 0, layers = 0, threads = 0;
-    int chat = 0, special = 0, level = -1, o, dtype = SKV_F16, prog = -1;
-    while ((o = getopt_long(argc, argv, "m:f:p:g:cST:L:j:t:o:z::hV", opts, NULL)) != -1) {
+    int chat = 0, special = 0, level = -1, o, dtype = SKV_F16;
+    while ((o = tool_getopt(argc, argv, "m:f:cST:L:t:o:z::" TOOL_COMMON_SHORT, opts)) != -1) {
         switch (o) {
         case 'm': model = optarg; break;
         case 'f': text_path = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'g': gen = need_u64("--generate", optarg, 1, SKV_MAX_TOKENS); break;
+        case 1: prompt = optarg; break;
+        case 2: gen = need_u64("--generate", optarg, 1, SKV_MAX_TOKENS); break;
         case 'c': chat = 1; break;
         case 'S': special = 1; break;
         case 'T': max_tokens = need_u64("--tokens", optarg, 1, SKV_MAX_TOKENS); break;
         case 'L': layers = need_u64("--layers", optarg, 1, SKV_MAX_LAYERS); break;
-        case 'j': threads = need_u64("--threads", optarg, 1, SKV_MODEL_MAX_THREADS); break;
         case 't':
             if ((dtype = skv_dtype_parse(optarg)) < 0)
                 tool_usage_error("--dtype must be f32, f16 or bf16, not '%s'", optarg);
             break;
         case 'o': out = optarg; break;
         case 'z': level = parse_level(optarg); break;
-        case 1: prog = 1; break;
-        case 2: prog = 0; break;
         case 3: hidden = 1; break;
         case 'h':
             printf(
@@ -944,23 +939,21 @@ static int cmd_record(int argc, char **argv)
 "(post-RoPE, as cached) and values of every layer and head, with token ids.\n"
 "  -m, --model FILE      GGUF model (default: $SKV_MODEL); see skv-trace(1)\n"
 "  -f, --text FILE       text to run ('-' = standard input)\n"
-"  -p, --prompt TEXT     text given on the command line instead\n"
-"  -g, --generate N      then generate N tokens greedily and record them too\n"
+"      --prompt TEXT     text given on the command line instead\n"
+"      --generate N      then generate N tokens greedily and record them too\n"
 "                        (the trace's prefill is the input, the rest decode steps)\n"
 "  -c, --chat            wrap --prompt as a user turn in the model's chat template\n"
 "  -S, --special         recognise special tokens such as <|im_start|> in the text\n"
 "  -T, --tokens N        use at most the first N input tokens (K suffix ok)\n"
 "  -L, --layers N        record only the first N layers (default: all)\n"
-"  -j, --threads N       worker threads (default: online CPUs, at most 8)\n"
+"  -@, --threads N       worker threads (default: online CPUs, at most 8)\n"
 "  -t, --dtype TYPE      f16 (default), f32 or bf16\n"
 "  -o, --output FILE     write to FILE (default stdout)\n"
 "  -z, --compress[=L]    zlib-compress chunks at level L (6)\n"
-"      --progress        progress bar on stderr (default: when it is a terminal)\n"
-"      --no-progress     no progress bar\n"
-"      --hidden          also record each layer's input hidden states (hidn chunks)\n");
+"      --hidden          also record each layer's input hidden states (hidn chunks)\n"
+TOOL_COMMON_HELP);
             return 0;
-        case 'V': tool_version();
-        default: tool_usage_error("bad option");
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (optind < argc)
@@ -971,14 +964,16 @@ static int cmd_record(int argc, char **argv)
         tool_usage_error("give exactly one of --text FILE and --prompt TEXT");
     if (chat && !prompt)
         tool_usage_error("--chat applies to --prompt");
-    if (!threads) {
-        long nc = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = nc < 1 ? 1 : nc > 8 ? 8 : (uint64_t)nc;
-    }
-    progress pr = {prog < 0 ? isatty(2) : prog, "loading", -1};
+    threads = tool_threads ? tool_thread_count(SKV_MODEL_MAX_THREADS) : tool_thread_count(8);
     skv_model *m = skv_model_load(model, (int)threads);
     if (!m)
         tool_fail(model);
+    uint32_t model_layers = skv_model_get_params(m)->n_layers;
+    if (layers > model_layers) {
+        skv_model_free(m);
+        tool_die(EXIT_DATA, "%s: --layers %llu: the model has %u layers", model,
+                 (unsigned long long)layers, model_layers);
+    }
     const skv_tokenizer *tk = skv_model_tokenizer(m);
     if (!tk)
         tool_die(EXIT_DATA, "%s: %s", model, skv_model_tokenizer_error(m));
@@ -1018,9 +1013,7 @@ static int cmd_record(int argc, char **argv)
         if (n + gen > SKV_MAX_TOKENS)
             tool_usage_error("--generate: %llu tokens in all exceed the limit",
                              (unsigned long long)n + gen);
-        if (pr.on)
-            fprintf(stderr, "generating up to %llu tokens after %zu ...\n",
-                    (unsigned long long)gen, n);
+        tool_note(2, "generating up to %llu tokens after %zu ...", (unsigned long long)gen, n);
         if (skv_generate_greedy(m, ids, (uint32_t)n, (uint32_t)gen, 1, &all, &n_all) < 0)
             tool_fail(model);
         free(ids);
@@ -1029,15 +1022,17 @@ static int cmd_record(int argc, char **argv)
         n = n_all;
     }
     skv_stream *s = open_out(out, level);
-    skv_record_opts ro = {(uint32_t)dtype, (uint32_t)layers, n_prefill, 0, show_progress, &pr,
+    /* units: blocks of tokens through one layer */
+    tool_progress *pr = tool_progress_start("skv-trace record", 0, "blocks");
+    skv_record_opts ro = {(uint32_t)dtype, (uint32_t)layers, n_prefill, 0, tool_progress_cb, pr,
                           hidden};
-    pr.what = "recording";
-    if (skv_model_record(m, ids, n, s, &ro) < 0)
+    int rrc = skv_model_record(m, ids, n, s, &ro);
+    tool_progress_end(pr);
+    if (rrc < 0)
         fail_out(s, out);
     finish_out(s, out);
-    if (pr.on)
-        fprintf(stderr, "recorded %zu tokens (%llu prefill)\n", n,
-                (unsigned long long)(n_prefill ? n_prefill : n));
+    tool_note(2, "recorded %zu tokens (%llu prefill)", n,
+              (unsigned long long)(n_prefill ? n_prefill : n));
     free(ids);
     skv_model_free(m);
     return 0;
@@ -1066,6 +1061,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))
         tool_version();
+    if (argv[1][0] == '-')
+        tool_usage_error("options follow the command: skv-trace COMMAND [options]");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (!strcmp(argv[1], commands[i].name)) {
             char name[64];

@@ -5,6 +5,7 @@
 
 #include "smartkv.h"
 
+#include <getopt.h>
 #include <stdint.h>
 #include <stdnoreturn.h>
 
@@ -42,6 +43,73 @@ void tool_set_max_mem(const char *arg);
 
 /* Refuse binary output to a terminal (exit 2). */
 void tool_check_binary_output(const char *path);
+/* Refuse to read binary data from a terminal (exit 2), as zstd does: a
+ * forgotten input would otherwise wait silently for the keyboard. */
+void tool_check_binary_input(const char *path);
+
+/* ---- the option vocabulary every tool shares (smartkv(7)) ----
+ * -h --help, -V --version, -q --quiet, -v --verbose, --max-mem SIZE,
+ * --progress / --no-progress, and in tools that compute in parallel
+ * -@ --threads N.  A tool puts TOOL_COMMON_SHORT in its short-option
+ * string and TOOL_COMMON_OPTIONS in its table, and reads options through
+ * tool_getopt, which handles all of them but -h (the tool's own usage). */
+#define TOOL_OPT_PROGRESS 0x5050
+#define TOOL_OPT_NO_PROGRESS 0x5051
+#define TOOL_OPT_JSON 0x4a53
+#define TOOL_OPT_TSV 0x5453
+#define TOOL_COMMON_SHORT "hVqv@:"
+#define TOOL_COMMON_OPTIONS \
+    {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, \
+    {"quiet", no_argument, 0, 'q'}, {"verbose", no_argument, 0, 'v'}, \
+    {"threads", required_argument, 0, '@'}, {"progress", no_argument, 0, TOOL_OPT_PROGRESS}, \
+    {"no-progress", no_argument, 0, TOOL_OPT_NO_PROGRESS}, TOOL_MAX_MEM_OPTION
+#define TOOL_COMMON_HELP \
+    "  -q, --quiet            no reports or progress on stderr\n" \
+    "  -v, --verbose          say more on stderr (repeat for more)\n" \
+    "      --progress         progress lines on stderr even when it is not a terminal\n" \
+    "      --no-progress      no progress bar on a terminal\n" \
+    TOOL_MAX_MEM_HELP \
+    "  -h, --help             show this help and exit\n" \
+    "  -V, --version          show the version and exit\n"
+#define TOOL_THREADS_HELP \
+    "  -@, --threads N        worker threads (default: one per online CPU)\n"
+
+/* 0 with -q, 1 by default, 1 + the number of -v. */
+extern int tool_verbosity;
+/* -@ N, or 0 (the default: one thread per online CPU). */
+extern uint32_t tool_threads;
+/* --progress 1, --no-progress 0, default -1 (a bar when stderr is a terminal). */
+extern int tool_progress_mode;
+/* tool_threads, or the number of online CPUs when it is 0 (at least 1, at
+ * most max). */
+uint32_t tool_thread_count(uint32_t max);
+/* getopt_long that handles the common options itself and turns an unknown
+ * option or a missing value into one usage error (no second line). */
+int tool_getopt(int argc, char **argv, const char *shorts, const struct option *longs);
+/* "tool: msg" on stderr when tool_verbosity >= level. */
+void tool_note(int level, const char *fmt, ...) SKV_PRINTF(2, 3);
+
+/* Progress of a long step on stderr: a bar when stderr is a terminal, a line
+ * every few seconds with --progress (SKV_PROGRESS_INTERVAL seconds, default
+ * 10), nothing with -q or --no-progress; with the rate and the time left.
+ * tool_progress_start returns NULL when progress is off (every function
+ * accepts NULL).  The count comes from tool_progress_set (callbacks) or,
+ * after tool_progress_watch, from the read position of the input file
+ * (Linux /proc/self/fdinfo), sampled by a thread every 100 ms. */
+typedef struct tool_progress tool_progress;
+tool_progress *tool_progress_start(const char *what, uint64_t total, const char *unit);
+void tool_progress_set(tool_progress *p, uint64_t done);
+/* Count bytes read from path (NULL or "-": standard input); total is its
+ * size when it is a regular file, else unknown (no percentage, no ETA). */
+void tool_progress_watch(tool_progress *p, const char *path);
+/* skv_progress_fn-shaped callback: ctx is a tool_progress (or NULL). */
+void tool_progress_cb(void *ctx, uint64_t done, uint64_t total);
+void tool_progress_end(tool_progress *p);
+
+/* Output formats of the text reports: -O FMT / --format FMT, --tsv, --json. */
+enum { TOOL_FMT_TEXT, TOOL_FMT_TSV, TOOL_FMT_JSON, TOOL_FMT_STREAM };
+/* Parse FMT among the names allowed by the mask (1 << TOOL_FMT_*). */
+int tool_opt_format(const char *s, unsigned allowed);
 
 /* Print "tool (smartkv) VERSION" and exit 0. */
 noreturn void tool_version(void);

@@ -193,7 +193,12 @@ int skv_steps_parse(const char *spec, uint64_t n_tokens, uint64_t **steps, uint6
             } else {
                 goto bad;
             }
-            if (a >= b || b > n_tokens) {
+            if (a >= b) {
+                free(v);
+                return skv_error(SKV_EINVAL, "steps '%.*s' is empty: END must be above START "
+                                 "(a:b is half-open)", (int)strcspn(item, ","), item);
+            }
+            if (b > n_tokens) {
                 free(v);
                 return skv_error(SKV_EINVAL, "steps '%.*s' out of range: the trace has %llu "
                                  "tokens (steps 0..%llu)", (int)strcspn(item, ","), item,

@@ -1247,14 +1247,9 @@ done:
 /* Label of a packed cache: the allocation's description, else its width. */
 static void cache_label(const skv_cache *c, char *out, size_t n)
 {
-    skv_cache_plan plan;
-    memset(&plan, 0, sizeof plan);
-    if (skv_cache_plan_from_chunks(&plan, &c->hdr, &c->extra) == 0 && plan.from_alloc) {
-        snprintf(out, n, "%s", plan.alloc_text);
-        skv_cache_plan_free(&plan);
+    /* the ALHD chunk alone is enough: a cache keeps ALOC only on request */
+    if (skv_cache_alloc_text(&c->extra, &c->hdr, out, n) > 0)
         return;
-    }
-    skv_cache_plan_free(&plan);
     skv_error_clear();
     uint32_t width = 0;
     int mixed = 0;
@@ -1279,8 +1274,8 @@ static int attend_packed(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *ou
         return skv_error(SKV_EINVAL, "--dense needs a trace, and this is a packed cache (use "
                          "the default fused mode or --reference)");
     if (!c->q)
-        return skv_error(SKV_EFORMAT, "the packed cache has no queries (it was written with "
-                         "skv-quant --drop-queries)");
+        return skv_error(SKV_EFORMAT, "the packed cache has no queries (skv-quant keeps them "
+                         "only with --keep-queries): give its trace with --queries TRACE");
     uint64_t *steps = NULL, n_steps = 0;
     int rc = skv_steps_parse(req->steps, h->n_tokens, &steps, &n_steps);
     if (rc < 0)

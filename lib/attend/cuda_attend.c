@@ -45,8 +45,8 @@ static int attend_cache(const skv_cache *c, skv_stream *out, const skv_attend_re
 {
     const skv_trace_hdr *h = &c->hdr;
     if (!c->q)
-        return skv_error(SKV_EFORMAT, "the packed cache has no queries (it was written with "
-                         "skv-quant --drop-queries)");
+        return skv_error(SKV_EFORMAT, "the packed cache has no queries (skv-quant keeps them "
+                         "only with --keep-queries): give its trace with --queries TRACE");
     uint64_t *steps = NULL, S = 0;
     int rc = skv_steps_parse(req->steps, h->n_tokens, &steps, &S);
     if (rc < 0)
@@ -67,13 +67,8 @@ static int attend_cache(const skv_cache *c, skv_stream *out, const skv_attend_re
     if (req->label) {
         snprintf(A.label, sizeof A.label, "%s", req->label);
     } else {
-        skv_cache_plan plan;
-        memset(&plan, 0, sizeof plan);
-        if (skv_cache_plan_from_chunks(&plan, h, &c->extra) == 0 && plan.from_alloc)
-            snprintf(A.label, sizeof A.label, "%s", plan.alloc_text);
-        else
+        if (skv_cache_alloc_text(&c->extra, h, A.label, sizeof A.label) <= 0)
             snprintf(A.label, sizeof A.label, "policy=packed");
-        skv_cache_plan_free(&plan);
         skv_error_clear();
     }
     const uint32_t H = h->n_heads, d = h->head_dim;
@@ -123,7 +118,7 @@ done:
     return rc < 0 ? rc : 0;
 }
 
-int skv_cuda_attend_stream(const char *in, skv_stream *out, const skv_attend_req *req)
+static int check_req(const skv_attend_req *req)
 {
     if (req->mode != SKV_ATT_AUTO && req->mode != SKV_ATT_PACKED)
         return skv_error(SKV_EINVAL, "the CUDA device runs the fused packed kernel only "
@@ -132,6 +127,12 @@ int skv_cuda_attend_stream(const char *in, skv_stream *out, const skv_attend_req
         return skv_error(SKV_EINVAL, "the CUDA device does not write attention probabilities "
                          "(--probs)");
     int rc = skv_cuda_available();
+    return rc < 0 ? rc : 0;
+}
+
+int skv_cuda_attend_stream(const char *in, skv_stream *out, const skv_attend_req *req)
+{
+    int rc = check_req(req);
     if (rc < 0)
         return rc;
     skv_cache *c = NULL;
@@ -140,4 +141,10 @@ int skv_cuda_attend_stream(const char *in, skv_stream *out, const skv_attend_req
     rc = attend_cache(c, out, req);
     skv_cache_free(c);
     return rc;
+}
+
+int skv_cuda_attend_cache(const skv_cache *c, skv_stream *out, const skv_attend_req *req)
+{
+    int rc = check_req(req);
+    return rc < 0 ? rc : attend_cache(c, out, req);
 }

@@ -1,11 +1,12 @@
 /* smartkv_cuda.h -- CUDA decode attention over the bucketed packed cache,
  * the GPU quantize+pack kernel, and dense fp16 / cuBLAS baselines.
  *
- * Implemented in kernels/ (*.cu files) when the library is built with nvcc
- * (SKV_HAVE_CUDA); otherwise lib/attend/cuda_stub.c provides the same functions,
- * which fail with SKV_ENODEV "no CUDA support in this build".  In a CUDA
- * build without a usable device at run time every function that needs one
- * fails with SKV_ENODEV "no CUDA device available".
+ * Implemented in kernels/ (*.cu files), built with nvcc into the backend
+ * lib/libsmartkv-cuda.so, which the library loads with dlopen on the first
+ * call (lib/attend/cuda_loader.c): libsmartkv itself links no CUDA library.
+ * Without a loadable backend every function fails with SKV_ENODEV "no CUDA
+ * backend: ..." saying why (not built, not found, CUDA libraries missing);
+ * with one but no usable device, with SKV_ENODEV "no CUDA device available".
  *
  * Attention semantics (the same as the CPU path, smartkv_attend.h): for a
  * query of head h at token position pos, the output is
@@ -109,6 +110,9 @@ SKV_EXPORT skv_cuda_cache *skv_cuda_cache_from(const struct skv_cache *c);
  * device can be used. */
 SKV_EXPORT int skv_cuda_attend_stream(const char *in, struct skv_stream *out,
                                       const struct skv_attend_req *req);
+/* The same for a cache already in memory. */
+SKV_EXPORT int skv_cuda_attend_cache(const struct skv_cache *c, struct skv_stream *out,
+                                     const struct skv_attend_req *req);
 
 /* ---- dense baselines (benchmarks) ----
  * A dense cache holds K and V as fp16, [n_layers][n_kv_heads][n_tokens]

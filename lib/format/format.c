@@ -22,6 +22,7 @@ struct skv_stream {
     int owns_fd;          /* close fd on skv_close */
     int level;            /* zlib level, <0 none */
     int failed;           /* a write failed: never write DONE */
+    int head_pending;     /* writer: signature and HEAD wait for the first chunk */
     int done;             /* reader saw DONE */
     int major, minor;
     uint64_t offset;      /* bytes consumed/produced */
@@ -39,8 +40,10 @@ struct skv_stream {
 };
 
 const char *skv_stream_name(const skv_stream *s) { return s->name; }
-uint64_t skv_stream_offset(const skv_stream *s) { return s->offset; }
-uint64_t skv_stream_chunks(const skv_stream *s) { return s->nchunks; }
+/* A pending head counts as written: it is never compressed (40 bytes). */
+#define HEAD_BYTES (SKV_SIGNATURE_LEN + SKV_CHUNK_HEADER_LEN + HEAD_PAYLOAD_LEN + SKV_CHUNK_CRC_LEN)
+uint64_t skv_stream_offset(const skv_stream *s) { return s->offset + (s->head_pending ? HEAD_BYTES : 0); }
+uint64_t skv_stream_chunks(const skv_stream *s) { return s->nchunks + (s->head_pending ? 1 : 0); }
 int skv_stream_level(const skv_stream *s) { return s->level; }
 void skv_stream_version(const skv_stream *s, int *major, int *minor)
 {
@@ -429,6 +432,15 @@ static int write_head(skv_stream *s)
     return skv_write(s, SKV_T_HEAD, head, sizeof head);
 }
 
+/* The signature and HEAD go out with the first chunk, so that a tool that
+ * rejects its input after opening standard output has written nothing. */
+static int start_output(skv_stream *s)
+{
+    s->head_pending = 0;
+    int rc = write_all(s, SKV_SIGNATURE, SKV_SIGNATURE_LEN);
+    return rc < 0 ? rc : write_head(s);
+}
+
 skv_stream *skv_open_write(const char *path, int level)
 {
     skv_stream *s = stream_new(path, 1);
@@ -473,8 +485,7 @@ skv_stream *skv_open_write(const char *path, int level)
         }
         s->owns_fd = 1;
     }
-    if (write_all(s, SKV_SIGNATURE, SKV_SIGNATURE_LEN) < 0 || write_head(s) < 0)
-        goto fail;
+    s->head_pending = 1;
     return s;
 fail:
     skv_discard(s);
@@ -492,10 +503,7 @@ skv_stream *skv_open_write_fd(int fd, const char *name, int level)
         return NULL;
     s->level = level > 9 ? 9 : level < -1 ? SKV_LEVEL_KEEP : level;
     s->fd = fd;
-    if (write_all(s, SKV_SIGNATURE, SKV_SIGNATURE_LEN) < 0 || write_head(s) < 0) {
-        skv_discard(s);
-        return NULL;
-    }
+    s->head_pending = 1;
     return s;
 }
 
@@ -509,6 +517,8 @@ int skv_writev(skv_stream *s, const char *type, int npieces,
         return skv_error(SKV_EIO, "stream %s already failed", s->name);
     if (!valid_type((const uint8_t *)type))
         return skv_error(SKV_EINVAL, "bad chunk type \"%.4s\"", type);
+    if (s->head_pending && (rc = start_output(s)) < 0)
+        return rc;
     uint64_t n = 0;
     for (int i = 0; i < npieces; i++) {
         if (lens[i] > SKV_CHUNK_MAX || n + lens[i] > SKV_CHUNK_MAX)
@@ -595,6 +605,8 @@ int skv_copy_chunk(skv_stream *s, const skv_chunk *c)
     /* verbatim when the stored form is what we would write anyway */
     if (c->stored && !s->failed &&
         (s->level == SKV_LEVEL_KEEP || compressed == (s->level >= 0))) {
+        if (s->head_pending && start_output(s) < 0)
+            return SKV_EIO;
         int rc = write_all(s, c->stored, SKV_CHUNK_HEADER_LEN + (size_t)c->size + SKV_CHUNK_CRC_LEN);
         if (rc < 0)
             return rc;
@@ -631,6 +643,10 @@ int skv_close(skv_stream *s)
     }
     if (s->failed) {
         rc = skv_error(SKV_EIO, "stream %s failed; no end chunk written", s->name);
+        skv_discard(s);
+        return rc;
+    }
+    if (s->head_pending && (rc = start_output(s)) < 0) {
         skv_discard(s);
         return rc;
     }

@@ -33,6 +33,10 @@ typedef struct skv_synth_cfg {
     uint32_t outlier_channels; /* per KV head */
     float outlier_scale;
     float noise;             /* std of the noise part of q and k */
+    /* skv_synth_write calls progress(ctx, layers done, n_layers) after each
+     * layer when it is set (NULL by default) */
+    void (*progress)(void *ctx, uint64_t done, uint64_t total);
+    void *progress_ctx;
 } skv_synth_cfg;
 
 /* Defaults resembling a small Llama-family model (SmolLM2-135M shapes). */

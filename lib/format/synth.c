@@ -300,6 +300,8 @@ int skv_synth_write(const skv_synth_cfg *c, skv_stream *s)
             rc = skv_tens_write(s, SKV_TK_K, h.dtype, l, i, 0, h.n_tokens, h.head_dim, k + i * per);
         for (uint32_t i = 0; i < h.n_kv_heads && rc >= 0; i++)
             rc = skv_tens_write(s, SKV_TK_V, h.dtype, l, i, 0, h.n_tokens, h.head_dim, v + i * per);
+        if (rc >= 0 && c->progress)
+            c->progress(c->progress_ctx, l + 1, h.n_layers);
     }
 out:
     free(q);

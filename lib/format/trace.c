@@ -1,5 +1,6 @@
 /* trace.c -- trace header and tensor-block codecs, layer reader, loaders. */
 #include "smartkv_trace.h"
+#include "smartkv_fp16.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -59,58 +60,12 @@ const char *skv_tensor_kind_name(uint32_t kind)
 
 uint16_t skv_f32_to_f16(float f)
 {
-    union { float f; uint32_t u; } x = {f};
-    uint32_t u = x.u;
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t abs = u & 0x7fffffffu;
-    if (abs >= 0x7f800000u) /* Inf or NaN (NaN kept quiet, top payload bits) */
-        return (uint16_t)(sign | 0x7c00u | (abs > 0x7f800000u ? (0x200u | ((abs >> 13) & 0x3ffu)) : 0));
-    if (abs >= 0x477ff000u) /* rounds to >= 65520: overflow to Inf */
-        return (uint16_t)(sign | 0x7c00u);
-    if (abs < 0x38800000u) { /* subnormal half or zero */
-        if (abs < 0x33000000u) /* < 2^-25: rounds to zero */
-            return sign;
-        uint32_t e = abs >> 23;
-        uint32_t m = (abs & 0x7fffffu) | 0x800000u;
-        uint32_t shift = 126 - e;             /* 14..24 */
-        uint32_t hm = m >> shift;
-        uint32_t rem = m & ((1u << shift) - 1);
-        uint32_t half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (hm & 1)))
-            hm++;
-        return (uint16_t)(sign | hm);
-    }
-    uint32_t r = abs - 0x38000000u; /* rebias exponent 127 -> 15 */
-    uint32_t hm = r >> 13;
-    uint32_t rem = r & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (hm & 1)))
-        hm++;
-    return (uint16_t)(sign | hm);
+    return skv_qm_f2h(f);
 }
 
 float skv_f16_to_f32(uint16_t h)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    uint32_t u;
-    if (e == 0) {
-        if (m == 0) {
-            u = sign;
-        } else { /* subnormal: normalise */
-            e = 113;
-            while (!(m & 0x400u)) {
-                m <<= 1;
-                e--;
-            }
-            u = sign | (e << 23) | ((m & 0x3ffu) << 13);
-        }
-    } else if (e == 31) {
-        u = sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0);
-    } else {
-        u = sign | ((e + 112) << 23) | (m << 13);
-    }
-    union { uint32_t u; float f; } x = {u};
-    return x.f;
+    return skv_qm_h2f(h);
 }
 
 uint16_t skv_f32_to_bf16(float f)

@@ -2,6 +2,7 @@
  * reader, and the way back to a plain trace. */
 #include "smartkv_cache.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -198,6 +199,22 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
     for (size_t i = 0; i < L; i++)
         if (p->alloc_text[i] == '\0' || p->alloc_text[i] == '\n')
             p->alloc_text[i] = ' ';
+    return 0;
+}
+
+int skv_cache_alloc_text(const skv_chunk_list *chunks, const skv_trace_hdr *h, char *out,
+                         size_t n)
+{
+    for (size_t i = 0; chunks && i < chunks->n; i++)
+        if (!memcmp(chunks->v[i].type, SKV_T_ALHD, 4)) {
+            skv_cache_plan tmp;
+            memset(&tmp, 0, sizeof tmp);
+            int rc = parse_alhd(&chunks->v[i], &tmp, h);
+            if (rc < 0)
+                return rc;
+            snprintf(out, n, "%s", tmp.alloc_text);
+            return 1;
+        }
     return 0;
 }
 
@@ -454,6 +471,75 @@ int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
         return skv_error(SKV_EFORMAT, "internal error: wrote %llu cache bytes, the byte model "
                          "says %llu", (unsigned long long)st->cache_bytes,
                          (unsigned long long)st->model_bytes);
+    return 0;
+}
+
+/* ---- queries from the trace ---- */
+
+static int ignore_chunk(void *ctx, const skv_chunk *c)
+{
+    (void)ctx;
+    (void)c;
+    return 0;
+}
+
+int skv_cache_queries_from(skv_cache *c, const char *path)
+{
+    skv_trace_reader *r = skv_trace_reader_open(path, ignore_chunk, NULL);
+    if (!r)
+        return SKV_EIO;
+    const skv_trace_hdr *h = &r->hdr, *ch = &c->hdr;
+    int rc = 0;
+    if (h->flags & (SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES))
+        rc = skv_error(SKV_EFORMAT, "not a trace with queries (%s)",
+                       h->flags & SKV_TRACE_PACKED ? "a packed cache" : "its queries were dropped");
+    else if (h->n_layers != ch->n_layers || h->n_heads != ch->n_heads ||
+             h->n_kv_heads != ch->n_kv_heads || h->n_tokens != ch->n_tokens ||
+             h->head_dim != ch->head_dim)
+        rc = skv_error(SKV_EFORMAT, "the trace's shape (%u layers, %u heads, %u kv heads, %llu "
+                       "tokens, head_dim %u) is not the cache's (%u, %u, %u, %llu, %u)",
+                       h->n_layers, h->n_heads, h->n_kv_heads, (unsigned long long)h->n_tokens,
+                       h->head_dim, ch->n_layers, ch->n_heads, ch->n_kv_heads,
+                       (unsigned long long)ch->n_tokens, ch->head_dim);
+    else if (r->tokens && c->tokens)
+        for (uint64_t t = 0; t < h->n_tokens; t++)
+            if (r->tokens[t] != c->tokens[t]) {
+                rc = skv_error(SKV_EFORMAT, "not the trace of this cache: token %llu is id %d "
+                               "in the trace, %d in the cache", (unsigned long long)t,
+                               r->tokens[t], c->tokens[t]);
+                break;
+            }
+    float **q = NULL;
+    if (rc == 0 && !(q = skv_calloc(h->n_layers, sizeof *q)))
+        rc = SKV_ENOMEM;
+    for (uint32_t l = 0; rc == 0 && l < h->n_layers; l++) {
+        skv_layer L = {0};
+        rc = skv_trace_next_layer(r, &L);
+        if (rc == 0)
+            rc = skv_error(SKV_EFORMAT, "the trace ends before layer %u", l);
+        if (rc < 0)
+            break;
+        rc = 0;
+        q[l] = L.q; /* keep the queries, drop K and V at once */
+        L.q = NULL;
+        skv_layer_free(&L);
+    }
+    if (rc == 0)
+        rc = skv_trace_reader_finish(r);
+    skv_trace_reader_close(r);
+    if (rc < 0) {
+        for (uint32_t l = 0; q && l < h->n_layers; l++)
+            free(q[l]);
+        free(q);
+        return rc;
+    }
+    if (c->q) {
+        for (uint32_t l = 0; l < ch->n_layers; l++)
+            free(c->q[l]);
+        free(c->q);
+    }
+    c->q = q;
+    c->hdr.flags &= ~SKV_TRACE_NO_QUERIES;
     return 0;
 }
 
@@ -870,8 +956,9 @@ void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, uint32_t kv_h
 int skv_cache_write_trace(skv_stream *s, const skv_cache *c)
 {
     if (!c->q)
-        return skv_error(SKV_EFORMAT, "the cache has no queries (written with --drop-queries); "
-                         "a trace needs them");
+        return skv_error(SKV_EFORMAT, "the cache has no queries, and a trace needs them "
+                         "(skv-quant keeps them only with --keep-queries; give the trace with "
+                         "--queries TRACE)");
     skv_trace_hdr h = c->hdr;
     h.flags &= ~(SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES);
     h.dtype = SKV_F32;

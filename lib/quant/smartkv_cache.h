@@ -130,6 +130,10 @@ SKV_EXPORT int skv_cache_plan_uniform(skv_cache_plan *p, const skv_trace_hdr *h,
 SKV_EXPORT int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
                                           const skv_chunk_list *chunks);
 SKV_EXPORT void skv_cache_plan_free(skv_cache_plan *p);
+/* The description of the allocation in `chunks` (its ALHD text, checked
+ * against h) into out: 1, or 0 when there is no ALHD chunk, <0 on a bad one. */
+SKV_EXPORT int skv_cache_alloc_text(const skv_chunk_list *chunks, const skv_trace_hdr *h,
+                                    char *out, size_t n);
 /* The byte model of a plan: PKHD + all buckets' file bytes.  Returns 0 or <0. */
 SKV_EXPORT int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes);
 
@@ -139,6 +143,8 @@ SKV_EXPORT int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes);
 SKV_EXPORT int skv_cache_input_load(const char *path, skv_trace **t, skv_chunk_list *extra);
 
 /* ---- writer ---- */
+/* A cache holds the cache: skv-quant drops the queries unless asked to keep
+ * them (skv-attend can take them from the trace: skv_cache_queries_from). */
 #define SKV_CACHE_DROP_QUERIES 0x1u
 
 typedef struct skv_cache_stats {
@@ -191,6 +197,10 @@ SKV_EXPORT int skv_cache_load(const char *path, skv_cache **out);
  * that chunk, read from s just before. */
 SKV_EXPORT int skv_cache_read_after(skv_stream *s, const skv_chunk *first, skv_cache **out);
 SKV_EXPORT void skv_cache_free(skv_cache *c);
+/* Give c the queries of the trace at path ("-" = stdin), read one layer at a
+ * time: it must have the cache's shape and, when both carry token ids, the
+ * same ids.  Replaces any queries c has.  Returns 0 or <0. */
+SKV_EXPORT int skv_cache_queries_from(skv_cache *c, const char *path);
 
 static inline const skv_cache_head *skv_cache_head_at(const skv_cache *c, uint32_t layer,
                                                      uint32_t kv_head)

@@ -20,7 +20,7 @@ check "compare table has an overall line" grep -q '^all ' "$T/out"
 
 # the pipeline: synth | alloc | (quant) | attend
 if command -v skv-quant >/dev/null 2>&1; then
-    run sh -c 'skv-trace synth -L 2 -T 1000 | skv-alloc -b 0.25 | skv-quant | skv-attend -s 990: --probs > out.skv'
+    run sh -c 'skv-trace synth -L 2 -T 1000 | skv-alloc -b 0.25 | skv-quant --keep-queries | skv-attend -s 990: --probs > out.skv'
     expect_rc 0 "synth | alloc | quant | attend"
 else
     skip "synth | alloc | quant | attend" "skv-quant is not built in this tree"

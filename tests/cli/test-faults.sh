@@ -40,8 +40,8 @@ run_to /dev/full skv-trace info --json a.skv
 expect_rc 1 "ENOSPC: info --json > /dev/full"
 run_to /dev/full skv-trace synth --help
 expect_rc 1 "ENOSPC: --help > /dev/full"
-run skv-trace export -p ex a.skv
-run skv-trace import -q ex.q.npy -k ex.k.npy -v ex.v.npy -o /dev/full
+run skv-trace export --prefix ex a.skv
+run skv-trace import --queries ex.q.npy --keys ex.k.npy --values ex.v.npy -o /dev/full
 expect_rc 1 "ENOSPC: import -o /dev/full"
 one_msg "No space left on device" "ENOSPC: import, one message"
 
@@ -89,7 +89,7 @@ for cut in $(cat cuts.txt); do
         info)   run skv-trace info cut.skv ;;
         cat)    run skv-trace cat -o o.skv - < cut.skv ;;
         sel)    run skv-trace cat --layers 1 --tokens 3:40 -o o.skv cut.skv ;;
-        export) run skv-trace export -p ex2 cut.skv ;;
+        export) run skv-trace export --prefix ex2 cut.skv ;;
         esac
         if [ "$rc" != 1 ] || [ "$(wc -l < "$T/err")" != 1 ] || \
            ! grep -qE 'truncated|empty input' "$T/err" || [ -e o.skv ] || \
@@ -125,7 +125,7 @@ replace_case() {  # replace_case WHAT ACTION -- runs cat big.skv -o fifo
     wait $pid; rc=$?
 }
 cp big.skv orig.skv
-skv-trace synth -L 2 -T 1024 -s 9 -o other.skv
+skv-trace synth -L 2 -T 1024 --seed 9 -o other.skv
 replace_case "renamed over" "mv other.skv big.skv"
 expect_rc 0 "file renamed over while read: the open file is read to its end"
 check "file renamed over while read: output is the original" cmp rep.out orig.skv
@@ -165,8 +165,8 @@ oom_sweep "synth" skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 --needles 1 -o o.sk
 oom_sweep "info" skv-trace info a.skv
 oom_sweep "cat" skv-trace cat -z a.skv -o o.skv
 oom_sweep "cat with selection" skv-trace cat --layers 1 --tokens 3:40 --dtype bf16 a.skv -o o.skv
-oom_sweep "export" skv-trace export -p ex3 a.skv
-oom_sweep "import" skv-trace import -q ex.q.npy -k ex.k.npy -v ex.v.npy -o o.skv
+oom_sweep "export" skv-trace export --prefix ex3 a.skv
+oom_sweep "import" skv-trace import --queries ex.q.npy --keys ex.k.npy --values ex.v.npy -o o.skv
 
 # ---- address-space limit (ulimit -v) ----
 if [ -n "$SKV_SANITIZE$SKV_VALGRIND" ]; then
@@ -211,7 +211,7 @@ if command -v skv-quant >/dev/null && command -v skv-stats >/dev/null; then
         expect_rc 1 "ENOSPC: $cmd > /dev/full"
         one_msg "No space left on device" "ENOSPC: $cmd, one message"
     done
-    skv-quant -q -u 4 al.skv -o q.skv 2>/dev/null
+    skv-quant -q -u 4 --keep-queries al.skv -o q.skv 2>/dev/null
     run_to /dev/full skv-stats mem q.skv
     expect_rc 1 "ENOSPC: skv-stats mem > /dev/full"
     oom_sweep "skv-alloc" skv-alloc -b 4 --bits 0,2,4,16 --sinks 1 --recent 1 a.skv -o o.skv

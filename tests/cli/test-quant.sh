@@ -22,7 +22,7 @@ run skv-quant --version
 expect_rc 0 "--version exits 0"
 
 # ---- uniform ----
-run skv-quant --uniform 4 -o c.skv t.skv
+run skv-quant --uniform 4 --keep-queries -o c.skv t.skv
 expect_rc 0 "uniform 4"
 expect_err "beta" "uniform 4 reports beta"
 expect_err "4-bit 160 (100.0%)" "uniform 4 histogram"
@@ -59,11 +59,11 @@ expect_rc 1 "-d on a plain trace fails"
 expect_err "t.skv: this stream is a plain trace" "... naming the file"
 
 # ---- allocations ----
-run skv-quant -o ca.skv ta.skv
+run skv-quant --keep-queries --keep-alloc -o ca.skv ta.skv
 expect_rc 0 "quantize by the allocation"
 expect_err "requested beta 0.2500, policy=mktrace" "the allocation is reported"
 expect_err "0-bit 20 (12.5%) 2-bit 60 (37.5%)" "its histogram"
-check "allocation chunks pass through" \
+check "allocation chunks pass through with --keep-alloc" \
     sh -c "python3 '$SKV_TOP/tests/cli/mktrace.py' list ca.skv | grep -q '^ALOC'"
 run sh -c "skv-quant -d ca.skv | skv-quant -q > ca2.skv"
 expect_rc 0 "-d keeps the allocation: quantize | -d | quantize"
@@ -125,7 +125,7 @@ expect_rc 2 "unknown option"
 
 # ---- with skv-trace (once it exists) ----
 if command -v skv-trace >/dev/null 2>&1; then
-    run sh -c "skv-trace synth --tokens 64 | skv-quant -q --uniform 4 | skv-quant -d > p.skv"
+    run sh -c "skv-trace synth --tokens 64 | skv-quant -q --uniform 4 --keep-queries | skv-quant -d > p.skv"
     expect_rc 0 "skv-trace synth | skv-quant --uniform 4 | skv-quant -d"
     run skv-quant -q --uniform 8 -o p2.skv p.skv
     expect_rc 0 "... gives a trace"

@@ -14,7 +14,7 @@ run skv-trace info --json a.skv
 check "info --json is valid JSON" python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["trace"]["tokens"]==300' "$T/out"
 
 # cat: selection, compression round trip
-run sh -c 'skv-trace cat -z a.skv | skv-trace cat -u | cmp - a.skv'
+run sh -c 'skv-trace cat -z a.skv | skv-trace cat -d | cmp - a.skv'
 expect_rc 0 "cat -z | cat -u restores the bytes"
 run sh -c 'skv-trace cat --layers 1 --tokens 10:20 a.skv | skv-trace info --json -'
 check "cat --layers --tokens selects" python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["trace"]; assert (t["layers"],t["tokens"])==(1,10), t' "$T/out"
@@ -109,9 +109,9 @@ v = rng.standard_normal((3, 2, 33, 16)).astype(dt)
 k[0, 0, 0, 0] = -0.0
 np.save("q.npy", q); np.save("k.npy", k); np.save("v.npy", v)
 PYEOF
-        run skv-trace import -q q.npy -k k.npy -v v.npy --prefill 30 -o imp.skv
+        run skv-trace import --queries q.npy --keys k.npy --values v.npy --prefill 30 -o imp.skv
         expect_rc 0 "import $dt"
-        run skv-trace export -p exp imp.skv
+        run skv-trace export --prefix exp imp.skv
         expect_rc 0 "export $dt"
         check "numpy round trip is bit-exact ($dt)" $PY -c '
 import numpy as np
@@ -122,7 +122,7 @@ for n in "qkv":
 '
     done
     # export of a synthetic f16 trace matches what numpy reads
-    run skv-trace export -p syn a.skv
+    run skv-trace export --prefix syn a.skv
     check "export of synth gives [layers][heads][tokens][dim]" $PY -c '
 import numpy as np
 q = np.load("syn.q.npy"); k = np.load("syn.k.npy")
@@ -138,21 +138,21 @@ np.save("kbad.npy", np.zeros((3, 4, 33, 16), np.float16))
 np.save("big.npy", np.zeros((1, 2, 3, 4), ">f4"))
 a = np.asfortranarray(np.zeros((3, 2, 33, 16), np.float32)); np.save("fort.npy", a)
 '
-    run skv-trace import -q i32.npy -k k.npy -v v.npy -o x.skv
+    run skv-trace import --queries i32.npy --keys k.npy --values v.npy -o x.skv
     expect_rc 1 "import int32"
     expect_err "i32.npy: npy dtype '<i4' is not float16 or float32" "int32 message"
-    run skv-trace import -q f64.npy -k k.npy -v v.npy -o x.skv
+    run skv-trace import --queries f64.npy --keys k.npy --values v.npy -o x.skv
     expect_rc 1 "import float64"
-    run skv-trace import -q big.npy -k k.npy -v v.npy -o x.skv
+    run skv-trace import --queries big.npy --keys k.npy --values v.npy -o x.skv
     expect_err "big-endian" "big-endian message"
-    run skv-trace import -q three.npy -k k.npy -v v.npy -o x.skv
+    run skv-trace import --queries three.npy --keys k.npy --values v.npy -o x.skv
     expect_err "expected shape [layers][heads][tokens][dim]" "3-d array message"
-    run skv-trace import -q q.npy -k fort.npy -v fort.npy -o x.skv
+    run skv-trace import --queries q.npy --keys fort.npy --values fort.npy -o x.skv
     expect_err "Fortran order" "Fortran order message"
-    run skv-trace import -q q.npy -k kbad.npy -v v.npy -o x.skv
+    run skv-trace import --queries q.npy --keys kbad.npy --values v.npy -o x.skv
     expect_rc 1 "shape mismatch"
     head -c 200 q.npy > cut.npy
-    run skv-trace import -q cut.npy -k k.npy -v v.npy -o x.skv
+    run skv-trace import --queries cut.npy --keys k.npy --values v.npy -o x.skv
     expect_rc 1 "truncated npy"
     expect_err "does not match its header" "truncated npy message"
     check "no output after failed imports" test ! -e x.skv

@@ -1,0 +1,44 @@
+# The picture scripts: allocation map, attention heat map, pass-key grid.
+. "$SKV_TOP/tests/cli/lib.sh"
+
+if ! command -v gnuplot >/dev/null 2>&1; then
+    skip "plot-alloc, plot-attention, plot-needle" "gnuplot not installed (scripts/install-deps)"
+    exit 0
+fi
+s=$SKV_TOP/scripts
+png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ]; }
+
+run skv-trace synth -v -L 2 -T 512 -o t.skv
+needles=$(sed -n 's/.*needles at //p' "$T/err")
+check "synth -v says where the needles are" sh -c "echo '$needles' | grep -Eq '^[0-9]+(,[0-9]+)*\$'"
+skv-alloc -q -b 0.25 t.skv -o a.skv
+run "$s/plot-alloc" a.skv map 1 0 "$needles"
+check "plot-alloc writes a PNG and an SVG" sh -c "[ $rc = 0 ] && [ -s map.svg ]" 
+check "... the PNG is a PNG" png map.png
+check "... the SVG has the title and the widths axis" sh -c "grep -q 'Allocation map: layer 1, KV head 0' map.svg && grep -q 'bits' map.svg"
+run "$s/plot-alloc" t.skv x
+expect_rc 1 "plot-alloc on a trace without an allocation: exit 1"
+expect_err "no allocation" "... says so"
+run "$s/plot-alloc" a.skv
+expect_rc 2 "plot-alloc without OUT_PREFIX: usage"
+
+run "$s/plot-attention" t.skv att 1 mean 16
+check "plot-attention writes a PNG and an SVG" sh -c "[ $rc = 0 ] && [ -s att.svg ] && grep -q 'Attention of layer 1' att.svg"
+check "... the PNG is a PNG" png att.png
+run "$s/plot-attention" t.skv att0 0 3 8
+check "plot-attention of one head" sh -c "[ $rc = 0 ] && [ -s att0.png ]"
+
+printf 'cache\tlength\tdepth\tprompt_tokens\tkey\tcorrect\tfp16_correct\tagree\tbeta\n' > n.tsv
+for c in fp16 "smartkv b=0.3"; do
+    for L in 256 1024; do
+        for D in 0 50 100; do
+            printf '%s\t%s\t%s\t%s\t1234\t%s\t1\t1\t0.3\n' "$c" $L $D $L $(( (L + D) % 3 > 0 )) >> n.tsv
+        done
+    done
+done
+run "$s/plot-needle" n.tsv grid
+check "plot-needle: one panel per cache, with its score" sh -c "[ $rc = 0 ] &&
+    grep -q 'fp16 (4/6' grid.svg && grep -q 'smartkv b=0.3 (4/6' grid.svg"
+check "... the PNG is a PNG" png grid.png
+run "$s/plot-needle" t.skv grid
+expect_rc 1 "plot-needle on something else: exit 1"

@@ -1,0 +1,55 @@
+# Progress of long steps: a bar on a terminal, lines with --progress (every
+# SKV_PROGRESS_INTERVAL seconds; 0 here: at every 100 ms tick), nothing
+# with -q, nothing by default off a terminal.
+. "$SKV_TOP/tests/cli/lib.sh"
+
+export SKV_PROGRESS_INTERVAL=0
+run skv-trace synth --progress -L 3 -T 2048 -o t.skv
+expect_rc 0 "synth --progress"
+check "synth --progress: lines with the count, the rate and the end" sh -c "
+    grep -Eq '^skv-trace synth: [0-9]+ of 3 layers \\([0-9]+%\\), [0-9.]+ layers/s' '$T/err' &&
+    grep -q '^skv-trace synth: done: 3 layers in ' '$T/err'"
+check "... and it wrote the same trace as without" sh -c "skv-trace synth -L 3 -T 2048 | cmp - t.skv"
+run skv-trace synth -q --progress -L 3 -T 2048 -o q.skv
+check "-q: nothing on stderr, even with --progress" sh -c "[ $rc = 0 ] && [ ! -s '$T/err' ]"
+run skv-trace synth -L 3 -T 2048 -o q.skv
+check "off a terminal without --progress: nothing" sh -c "[ $rc = 0 ] && [ ! -s '$T/err' ]"
+
+for c in "skv-trace cat t.skv -o c.skv" "skv-trace info t.skv"; do
+    run $c --progress
+    check "${c%% t.skv*} --progress: a done line with the bytes read and the rate" sh -c "[ $rc = 0 ] &&
+        grep -Eq ': done: [0-9.]+ [KM]B in [0-9]+s \\([0-9.]+ [KM]?B/s\\)' '$T/err'"
+done
+# the slower steps also report on the way (a 100 ms tick)
+for c in "skv-alloc -b 0.3 t.skv -o a.skv" "skv-attend --reference -s 1000: t.skv -o r.skv"; do
+    run $c --progress
+    check "${c%% -*} --progress: lines with the input read, rate, and the end" sh -c "[ $rc = 0 ] &&
+        grep -Eq ' of [0-9.]+ [KM]B \\([0-9]+%\\), [0-9.]+ [KM]?B/s' '$T/err' &&
+        grep -Eq ': done: [0-9.]+ [KM]B in ' '$T/err'"
+done
+run sh -c 'skv-alloc --progress -b 0.3 < t.skv > b.skv'
+check "skv-alloc --progress < FILE: the size of standard input is known" sh -c "
+    grep -Eq ' of [0-9.]+ [KM]B \\(' '$T/err' && cmp a.skv b.skv"
+run skv-quant --progress --uniform 4 t.skv -o u.skv
+check "skv-quant --progress: the reading step" grep -q '^skv-quant: reading: done: ' "$T/err"
+
+if script -qec true /dev/null > /dev/null 2>&1; then
+    run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend --reference -s 1000: t.skv -o /dev/null" /dev/null
+    check "on a terminal: a bar redrawn in place, with the percentage and rate" sh -c "[ $rc = 0 ] &&
+        grep -q 'skv-attend: \\[#* *\\] *[0-9]*% ' '$T/out' && tr '\\r' '\\n' < '$T/out' | grep -c '%' | grep -qv '^[01]\$'"
+    run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend --no-progress --reference -s 1000: t.skv -o /dev/null" /dev/null
+    check "on a terminal with --no-progress: no bar" sh -c "[ $rc = 0 ] && ! grep -q '%' '$T/out'"
+    run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend -q --reference -s 1000: t.skv -o /dev/null" /dev/null
+    check "on a terminal with -q: no bar" sh -c "[ $rc = 0 ] && ! grep -q '%' '$T/out'"
+else
+    skip "progress bar on a terminal" "script(1) cannot allocate a terminal here"
+fi
+
+model=${SKV_MODEL:-$SKV_TOP/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+if [ -f "$model" ]; then
+    run skv-trace record --progress -@ 1 -m "$model" --prompt "The quick brown fox jumps over the lazy dog" -L 2 -o rec.skv
+    check "record --progress off a terminal: lines and the end" sh -c "[ $rc = 0 ] &&
+        grep -q '^skv-trace record: done: ' '$T/err'"
+else
+    skip "record --progress" "no model at $model"
+fi
