@@ -129,8 +129,8 @@ static void train_usage(void)
            "      --samples N        samples per layer (default 20000)\n"
            "      --tokens N         use the first N tokens of each trace (default 2048)\n"
            "      --t0 N, --stride N sample steps t0, t0+stride, ... (default 64, 16)\n"
-           "      --seed S           seed of the sample draw and projection (default 1)\n",
-           tool_name);
+           "      --seed S           seed of the sample draw and projection (default 1)\n"
+           TOOL_COMMON_HELP, tool_name);
     exit(0);
 }
 
@@ -177,7 +177,7 @@ static double mean_of(const skv_rlv_eval *e, uint32_t n, int which)
 static int cmd_train(int argc, char **argv)
 {
     enum { T_EVAL = 300, T_MODEL, T_HORIZON, T_Q, T_HDIMS, T_L2, T_TOL, T_ITER, T_SAMPLES,
-           T_TOKENS, T_T0, T_STRIDE, T_SEED, T_HELP };
+           T_TOKENS, T_T0, T_STRIDE, T_SEED };
     static const struct option opts[] = {
         {"output", required_argument, NULL, 'o'}, {"eval", required_argument, NULL, T_EVAL},
         {"model", required_argument, NULL, T_MODEL},
@@ -189,13 +189,13 @@ static int cmd_train(int argc, char **argv)
         {"samples", required_argument, NULL, T_SAMPLES},
         {"tokens", required_argument, NULL, T_TOKENS}, {"t0", required_argument, NULL, T_T0},
         {"stride", required_argument, NULL, T_STRIDE}, {"seed", required_argument, NULL, T_SEED},
-        {"help", no_argument, NULL, T_HELP}, {NULL, 0, NULL, 0}};
+        TOOL_COMMON_OPTIONS, {NULL, 0, NULL, 0}};
     skv_rlv_cfg c;
     skv_rlv_defaults(&c);
     const char *out = NULL, *held = NULL, *model = getenv("SKV_MODEL");
     int o;
     optind = 1;
-    while ((o = getopt_long(argc, argv, "o:", opts, NULL)) != -1) {
+    while ((o = tool_getopt(argc, argv, "o:" TOOL_COMMON_SHORT, opts)) != -1) {
         switch (o) {
         case 'o': out = optarg; break;
         case T_EVAL: held = optarg; break;
@@ -211,8 +211,8 @@ static int cmd_train(int argc, char **argv)
         case T_T0: c.t0 = tool_opt_u32("--t0", optarg, 1, 1u << 24); break;
         case T_STRIDE: c.stride = tool_opt_u32("--stride", optarg, 1, 1u << 24); break;
         case T_SEED: c.seed = tool_opt_u32("--seed", optarg, 0, UINT32_MAX); break;
-        case T_HELP: train_usage(); break;
-        default: tool_usage_error("unknown option");
+        case 'h': train_usage(); break;
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
     }
     if (optind != argc - 1)

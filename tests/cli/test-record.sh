@@ -53,9 +53,9 @@ import json, sys
 t = json.load(open(sys.argv[1]))["trace"]
 assert t["prefill"] == 5 and t["tokens"] == 11, t
 ' "$T/out"
-run skv-trace record --model "$model" --prompt "Say hi" --chat --generate 4 --layers 1 --progress -o chat.skv
+run env SKV_PROGRESS_INTERVAL=0 skv-trace record --model "$model" --prompt "Say hi" --chat --generate 4 --layers 1 --progress -o chat.skv
 expect_rc 0 "record a chat turn with --progress"
-expect_err "recording [" "progress bar on stderr"
+expect_err "skv-trace record: done: " "progress lines on stderr (smartkv(7) format)"
 run skv-trace record --model "$model" --prompt "" -o empty.skv
 expect_rc 1 "an empty prompt is a data error"
 check "no output for an empty prompt" test ! -e empty.skv
