@@ -253,6 +253,7 @@ int main(int argc, char **argv)
         if (fd < 0)
             tool_die(EXIT_DATA, "cannot create a temporary file %s", tmp);
         close(fd);
+        skv_tmp_register(tmp);
         target = tmp;
     } else {
         tool_check_binary_output(out);

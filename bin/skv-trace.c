@@ -354,6 +354,7 @@ static void npy_create(npy_out *n, const char *prefix, const char *suffix, uint3
     int fd = mkstemp(n->tmp);
     if (fd < 0 || !(n->f = fdopen(fd, "wb")))
         tool_die(EXIT_DATA, "%s: cannot create: %s", n->path, strerror(errno));
+    skv_tmp_register(n->tmp);
     mode_t um = umask(0);
     umask(um);
     fchmod(fd, 0666 & ~um);
@@ -403,7 +404,12 @@ static int cmd_export(int argc, char **argv)
     /* one pass: TENS blocks arrive in layer order, which is the npy order of
      * each file; blocks of each kind are appended to that kind's file */
     uint64_t expect_rows[3] = {0};
+    skv_checker *chk = skv_checker_new();
+    if (!chk)
+        tool_die(EXIT_DATA, "out of memory");
     while ((rc = skv_read(s, &c)) > 0) {
+        if (skv_check_chunk(chk, &c) < 0)
+            goto bad;
         if (skv_chunk_is(&c, SKV_T_TRHD)) {
             if (have_hdr || skv_trhd_decode(&c, &h) < 0) {
                 if (have_hdr)
@@ -467,12 +473,14 @@ static int cmd_export(int argc, char **argv)
             /* allocation and other analysis chunks do not go into .npy files */
         }
     }
-    if (rc < 0)
+    if (rc < 0 || skv_check_end(chk) < 0)
         goto bad;
     if (!have_hdr) {
         skv_error(SKV_EFORMAT, "no trace header (TRHD) in stream");
         goto bad;
     }
+    skv_checker_free(chk);
+    chk = NULL;
     for (int i = 0; i < 3; i++) {
         uint64_t want = (uint64_t)h.n_layers * (i ? h.n_kv_heads : h.n_heads) * h.n_tokens;
         if (expect_rows[i] != want) {
@@ -487,6 +495,7 @@ static int cmd_export(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         if (fclose(files[i].f) != 0 || rename(files[i].tmp, files[i].path) != 0)
             tool_die(EXIT_DATA, "%s: write error: %s", files[i].path, strerror(errno));
+        skv_tmp_unregister(files[i].tmp);
         free(files[i].path);
         free(files[i].tmp);
     }
@@ -494,10 +503,12 @@ static int cmd_export(int argc, char **argv)
 bad:;
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", skv_errmsg());
+    skv_checker_free(chk);
     if (have_hdr)
         for (int i = 0; i < 3; i++) {
             fclose(files[i].f);
             unlink(files[i].tmp);
+            skv_tmp_unregister(files[i].tmp);
         }
     tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), msg);
 }
@@ -548,7 +559,13 @@ static int cmd_info(int argc, char **argv)
     int have_hdr = 0, rc;
     uint64_t rows[6] = {0};
     skv_chunk c;
+    /* the same conformance rules as every tool that loads the stream */
+    skv_checker *chk = skv_checker_new();
+    if (!chk)
+        tool_die(EXIT_DATA, "out of memory");
     while ((rc = skv_read(s, &c)) > 0) {
+        if ((rc = skv_check_chunk(chk, &c)) < 0)
+            break;
         int i;
         for (i = 0; i < nst && strcmp(st[i].type, c.type) != 0; i++)
             ;
@@ -580,6 +597,9 @@ static int cmd_info(int argc, char **argv)
         }
     }
     tool_progress_end(pr);
+    if (rc == 0)
+        rc = skv_check_end(chk);
+    skv_checker_free(chk);
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
@@ -712,9 +732,15 @@ static int cmd_cat(int argc, char **argv)
         skv_close(s);
         tool_fail(tool_out_name(out));
     }
+    skv_checker *chk = skv_checker_new();
+    if (!chk)
+        tool_die(EXIT_DATA, "out of memory");
     tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
     tool_progress_watch(pr, in);
     while ((rc = skv_read(s, &c)) > 0) {
+        /* nothing is copied that a reader of the output would reject */
+        if ((rc = skv_check_chunk(chk, &c)) < 0)
+            break;
         if (!select) {
             if (skv_copy_chunk(w, &c) < 0)
                 goto wfail;
@@ -833,8 +859,9 @@ static int cmd_cat(int argc, char **argv)
     }
     tool_progress_end(pr);
     pr = NULL;
-    if (rc < 0)
+    if (rc < 0 || skv_check_end(chk) < 0)
         goto rfail;
+    skv_checker_free(chk);
     skv_close(s);
     free(lsel);
     free(lmap);
@@ -856,6 +883,7 @@ usage:
     snprintf(msg, sizeof msg, "%s", usage_msg);
     code = EXIT_USAGE;
 cleanup:
+    skv_checker_free(chk);
     tool_progress_end(pr);
     skv_discard(w);
     skv_close(s);

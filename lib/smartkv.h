@@ -26,5 +26,6 @@
 #include "smartkv_evalcache.h"
 #include "smartkv_eval.h"
 #include "smartkv_atskv.h"
+#include "smartkv_check.h"
 
 #endif

@@ -454,7 +454,7 @@ START_TEST(test_plan_errors)
     free(l.v[l.n - 1].data);
     l.n--;
     ck_assert_int_eq(skv_cache_plan_from_chunks(&p2, &t->hdr, &l), SKV_EFORMAT);
-    expect(strstr(skv_errmsg(), "no ALOC chunk for layer 1 kv head 1"));
+    expect(strstr(skv_errmsg(), "3 ALOC chunks for 4 (layer, kv head) pairs"));
     skv_chunk_list_free(&l);
     /* a width not in the allowed mask (mask without 4-bit) */
     add_alloc_chunks(&l, &p, bytes, MASK_ALL & ~(1u << 4), "x");

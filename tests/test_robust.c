@@ -92,22 +92,39 @@ END_TEST
 
 START_TEST(test_memory_cap)
 {
-    skv_set_max_mem(1000);
-    void *p = skv_malloc(1000);
+    /* the cap bounds the process: every live allocation counts */
+    uint64_t base = skv_mem_live();
+    ck_assert_uint_gt(base, 0);
+    skv_set_max_mem(base + (1 << 20));
+    ck_assert_ptr_null(skv_malloc((size_t)(base + (1 << 20)) + 1)); /* one request alone */
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "memory cap"));
+    void *p = skv_malloc(512 << 10);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_null(skv_malloc(768 << 10)); /* each fits, both do not */
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "memory cap"));
+    ck_assert_ptr_null(skv_calloc(768, 1024));
+    ck_assert_ptr_null(skv_realloc(p, 2 << 20));
+    free(p); /* realloc failure leaves the block; freed with plain free(): still seen */
+    p = skv_malloc(768 << 10);
     ck_assert_ptr_nonnull(p);
     free(p);
-    ck_assert_ptr_null(skv_malloc(1001));
+    /* many small allocations are bounded like one large one */
+    void **v = calloc(4096, sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    int n = 0;
+    while (n < 4096 && (v[n] = skv_malloc(1024)) != NULL)
+        n++;
+    ck_assert_int_lt(n, 4096);
+    ck_assert_int_gt(n, 64);
     ck_assert_ptr_nonnull(strstr(skv_errmsg(), "memory cap"));
-    ck_assert_ptr_null(skv_calloc(11, 100));
-    p = skv_malloc(10);
-    ck_assert_ptr_nonnull(p);
-    ck_assert_ptr_null(skv_realloc(p, 2000));
-    free(p); /* realloc failure leaves the block */
+    while (n > 0)
+        free(v[--n]);
+    free(v);
     ck_assert_int_eq(skv_check_mem(1000, "x"), 0);
-    ck_assert_int_eq(skv_check_mem(1001, "the thing"), SKV_ELIMIT);
-    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "the thing needs 1001 bytes"));
+    ck_assert_int_eq(skv_check_mem((2 << 20), "the thing"), SKV_ELIMIT);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "the thing needs 2097152 bytes"));
     /* a whole trace counts in total, though each allocation is small */
-    skv_set_max_mem(100000);
+    skv_set_max_mem(skv_mem_live() + 200000);
     skv_trace_hdr h = {0};
     h.n_layers = 64;
     h.n_heads = h.n_kv_heads = 1;
@@ -117,11 +134,7 @@ START_TEST(test_memory_cap)
     skv_trace *t = skv_trace_new(&h); /* 64 layers x 3 x 512 bytes = 98304 */
     ck_assert_ptr_nonnull(t);
     skv_trace_free(t);
-    h.flags = SKV_TRACE_HAS_TOKENS; /* + 16 x 4 token bytes: still fits */
-    t = skv_trace_new(&h);
-    ck_assert_ptr_nonnull(t);
-    skv_trace_free(t);
-    h.n_layers = 66; /* 66 x 1536 + 64 = 101440 > 100000 */
+    h.n_layers = 140; /* 140 x 1536 = 215040 > 200000 */
     ck_assert_ptr_null(skv_trace_new(&h));
     ck_assert_ptr_nonnull(strstr(skv_errmsg(), "the whole trace"));
     skv_set_max_mem(0);
@@ -131,8 +144,8 @@ START_TEST(test_memory_cap)
 }
 END_TEST
 
-/* A TRHD declaring the largest shape, followed by nothing: loading must stop
- * at the cap (or the missing data) without allocating for the shape. */
+/* A TRHD declaring the largest shape, followed by nothing: loading stops at
+ * the missing data without allocating for the shape, cap or no cap. */
 START_TEST(test_hostile_header)
 {
     uint8_t buf[4096], p[256];
@@ -144,18 +157,19 @@ START_TEST(test_hostile_header)
     ck_assert_int_eq(write(fd, buf, n), (ssize_t)n);
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    skv_set_max_mem((uint64_t)64 << 20);
+    /* no cap: the readers allocate nothing for rows that never come */
     skv_trace *t = (skv_trace *)1;
+    uint64_t before = skv_mem_live();
     ck_assert_int_lt(skv_trace_load(path, &t), 0);
     ck_assert_ptr_null(t);
-    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "memory cap"));
-    /* the streaming reader: the header is fine, one layer is not */
+    ck_assert_msg(strstr(skv_errmsg(), "truncated"), "%s", skv_errmsg()); /* no DONE */
+    /* the streaming reader: the header is fine, the layer is missing */
     skv_trace_reader *r = skv_trace_reader_open(path, NULL, NULL);
     ck_assert_ptr_nonnull(r);
     skv_layer L = {0};
-    ck_assert_int_eq(skv_trace_next_layer(r, &L), SKV_ELIMIT);
-    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "one layer"));
+    ck_assert_int_eq(skv_trace_next_layer(r, &L), SKV_ETRUNC);
     ck_assert_ptr_null(L.q);
+    ck_assert_uint_lt(skv_mem_live(), before + (4 << 20));
     skv_trace_reader_close(r);
     skv_set_max_mem(0);
     close(fd);
@@ -171,11 +185,12 @@ START_TEST(test_declared_size_not_allocated)
     size_t n = stream_start(buf);
     put_chunk(buf, &n, "TENS", zero, sizeof zero, (uint64_t)60 << 20);
     n -= 4; /* the CRC would be after 60 MiB */
-    skv_set_max_mem((uint64_t)2 << 20);
+    skv_set_max_mem(skv_mem_live() + ((uint64_t)4 << 20));
     skv_stream *s = skv_open_mem(buf, n, "hostile");
     ck_assert_ptr_nonnull(s);
     skv_chunk c;
-    ck_assert_int_eq(skv_read(s, &c), SKV_ETRUNC);
+    int rrc = skv_read(s, &c);
+    ck_assert_msg(rrc == SKV_ETRUNC, "%d %s", rrc, skv_errmsg());
     ck_assert_ptr_nonnull(strstr(skv_errmsg(), "truncated"));
     skv_close(s);
     /* a real 3 MiB chunk does need more than 2 MiB: that is refused */
@@ -197,6 +212,110 @@ START_TEST(test_declared_size_not_allocated)
     skv_close(s);
     free(b);
     free(payload);
+}
+END_TEST
+
+/* The conformance checker over a stream the library wrote, and over the
+ * same chunks with one rule broken (valid CRCs: the writer computes them). */
+static int check_chunks(const uint8_t *buf, size_t n)
+{
+    skv_stream *s = skv_open_mem(buf, n, "check");
+    ck_assert_ptr_nonnull(s);
+    skv_checker *k = skv_checker_new();
+    ck_assert_ptr_nonnull(k);
+    skv_chunk c;
+    int rc;
+    while ((rc = skv_read(s, &c)) > 0)
+        if ((rc = skv_check_chunk(k, &c)) < 0)
+            break;
+    if (rc == 0)
+        rc = skv_check_end(k);
+    skv_checker_free(k);
+    skv_close(s);
+    return rc;
+}
+
+/* Write a small trace with `edit` applied to its chunk sequence: 0 none,
+ * 1 an unknown critical chunk at the end, 2 the second TENS twice, 3 the last
+ * TENS left out, 4 an unknown ancillary chunk after TRHD. */
+static uint8_t *edited_trace(int edit, size_t *n)
+{
+    skv_trace_hdr h = {0};
+    h.n_layers = 1;
+    h.n_heads = 2;
+    h.n_kv_heads = 1;
+    h.head_dim = 8;
+    h.n_tokens = 4;
+    h.dtype = SKV_F32;
+    skv_trace *t = skv_trace_new(&h);
+    ck_assert_ptr_nonnull(t);
+    int fd = memfd_create("checked", 0);
+    ck_assert_int_ge(fd, 0);
+    skv_stream *w = skv_open_write_fd(fd, "checked", -1);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_int_eq(skv_trhd_write(w, &h), 0);
+    if (edit == 4)
+        ck_assert_int_eq(skv_write(w, "zzzz", "x", 1), 0);
+    for (int i = 0; i < 4; i++) { /* Q0 Q1 K0 V0 */
+        uint32_t kind = i < 2 ? SKV_TK_Q : (uint32_t)(i + 0);
+        if (edit == 3 && i == 3)
+            break;
+        ck_assert_int_eq(skv_tens_write(w, kind, SKV_F32, 0, i < 2 ? (uint32_t)i : 0, 0, 4, 8,
+                                        t->q[0]), 0);
+        if (edit == 2 && i == 1)
+            ck_assert_int_eq(skv_tens_write(w, kind, SKV_F32, 0, 1, 0, 4, 8, t->q[0]), 0);
+    }
+    if (edit == 1)
+        ck_assert_int_eq(skv_write(w, "ZZZZ", "x", 1), 0);
+    ck_assert_int_eq(skv_close(w), 0);
+    off_t size = lseek(fd, 0, SEEK_END);
+    uint8_t *buf = malloc((size_t)size);
+    ck_assert_ptr_nonnull(buf);
+    ck_assert_int_eq(pread(fd, buf, (size_t)size, 0), size);
+    close(fd);
+    skv_trace_free(t);
+    *n = (size_t)size;
+    return buf;
+}
+
+START_TEST(test_checker)
+{
+    static const struct { int edit, rc; const char *msg; } cases[] = {
+        {0, 0, NULL},
+        {1, SKV_EUNSUP, "unknown critical chunk ZZZZ"},
+        {2, SKV_EFORMAT, "expected K layer 0 head 0"},
+        {3, SKV_EFORMAT, "stream ends inside layer 0 (V head 0"},
+        {4, 0, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n;
+        uint8_t *buf = edited_trace(cases[i].edit, &n);
+        int rc = check_chunks(buf, n);
+        ck_assert_msg(rc == cases[i].rc, "edit %d: rc %d (%s)", cases[i].edit, rc, skv_errmsg());
+        if (cases[i].msg)
+            ck_assert_msg(strstr(skv_errmsg(), cases[i].msg), "edit %d: %s", cases[i].edit,
+                          skv_errmsg());
+        free(buf);
+    }
+}
+END_TEST
+
+/* skv_grow: doubling within the limit, the limit enforced, cap kept on error */
+START_TEST(test_grow)
+{
+    void *p = NULL;
+    size_t cap = 0;
+    ck_assert_int_eq(skv_grow(&p, &cap, 10, 100000), 0);
+    ck_assert_uint_eq(cap, 4096);
+    ck_assert_int_eq(skv_grow(&p, &cap, 5000, 100000), 0);
+    ck_assert_uint_eq(cap, 8192);
+    ck_assert_int_eq(skv_grow(&p, &cap, 70000, 100000), 0);
+    ck_assert_uint_eq(cap, 70000);
+    ck_assert_int_eq(skv_grow(&p, &cap, 90000, 100000), 0);
+    ck_assert_uint_eq(cap, 100000); /* doubling stops at the limit */
+    ck_assert_int_eq(skv_grow(&p, &cap, 100001, 100000), SKV_ELIMIT);
+    ck_assert_uint_eq(cap, 100000);
+    free(p);
 }
 END_TEST
 
@@ -323,6 +442,8 @@ int main(void)
     tcase_add_test(tc, test_memory_cap);
     tcase_add_test(tc, test_hostile_header);
     tcase_add_test(tc, test_declared_size_not_allocated);
+    tcase_add_test(tc, test_checker);
+    tcase_add_test(tc, test_grow);
     tcase_add_test(tc, test_open_fd_and_mem);
     tcase_add_test(tc, test_alloc_failure_sweep_mem);
     suite_add_tcase(s, tc);

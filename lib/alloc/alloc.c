@@ -473,3 +473,59 @@ int skv_alloc_match_trace(const skv_alloc_hdr *a, const skv_trace_hdr *t)
                          (unsigned long long)t->n_tokens, t->head_dim);
     return 0;
 }
+
+/* ---- allocation chunks in stream order ---- */
+
+int skv_alloc_seq_chunk(skv_alloc_seq *q, const skv_trace_hdr *th, const skv_chunk *c)
+{
+    unsigned long long off = (unsigned long long)c->offset;
+    int rc;
+    if (skv_chunk_is(c, SKV_T_ALHD)) {
+        if (q->have_hdr)
+            return skv_error(SKV_EFORMAT, "second ALHD chunk at byte %llu (a stream holds one "
+                             "allocation)", off);
+        if ((rc = skv_alhd_decode(c, &q->h)) < 0)
+            return rc;
+        if (q->h.n_layers != th->n_layers || q->h.n_kv_heads != th->n_kv_heads ||
+            q->h.n_tokens != th->n_tokens || q->h.qcfg.head_dim != th->head_dim)
+            return skv_error(SKV_EFORMAT, "ALHD chunk at byte %llu is for %u layers, %u kv "
+                             "heads, %llu tokens, head_dim %u; the trace has %u, %u, %llu, %u",
+                             off, q->h.n_layers, q->h.n_kv_heads,
+                             (unsigned long long)q->h.n_tokens, q->h.qcfg.head_dim,
+                             th->n_layers, th->n_kv_heads, (unsigned long long)th->n_tokens,
+                             th->head_dim);
+        q->have_hdr = 1;
+        return 0;
+    }
+    if (!skv_chunk_is(c, SKV_T_ALOC))
+        return skv_error(SKV_EINVAL, "%s chunk at byte %llu is not an allocation chunk",
+                         c->type, off);
+    if (!q->have_hdr)
+        return skv_error(SKV_EFORMAT, "ALOC chunk at byte %llu before the allocation header "
+                         "(ALHD)", off);
+    uint32_t l, h;
+    uint64_t n;
+    const uint8_t *bits;
+    const float *imp;
+    if ((rc = skv_aloc_decode(c, &l, &h, &n, &bits, &imp)) < 0)
+        return rc;
+    if ((rc = skv_aloc_check(&q->h, l, h, n, bits)) < 0)
+        return skv_error(rc, "ALOC chunk at byte %llu: %s", off, skv_errmsg());
+    uint64_t at = (uint64_t)l * q->h.n_kv_heads + h;
+    if (at != q->next)
+        return skv_error(SKV_EFORMAT, "ALOC chunk at byte %llu is for layer %u kv head %u; "
+                         "expected layer %llu kv head %llu (ascending, once each)", off, l, h,
+                         (unsigned long long)(q->next / q->h.n_kv_heads),
+                         (unsigned long long)(q->next % q->h.n_kv_heads));
+    q->next++;
+    return 0;
+}
+
+int skv_alloc_seq_end(const skv_alloc_seq *q)
+{
+    uint64_t want = (uint64_t)q->h.n_layers * q->h.n_kv_heads;
+    if (q->have_hdr && q->next != want)
+        return skv_error(SKV_EFORMAT, "the allocation ends after %llu of %llu ALOC chunks",
+                         (unsigned long long)q->next, (unsigned long long)want);
+    return 0;
+}

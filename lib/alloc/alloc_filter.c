@@ -25,14 +25,25 @@ typedef struct filt {
     float *imp;          /* [n_layers][n_kv][T] */
     float *err;          /* [n_layers][n_kv][T][SKV_NBITS] */
     float *ent;          /* [n_layers][n_kv] */
+    size_t cap[3];       /* bytes allocated of imp, err, ent (grown per layer) */
+    skv_alloc_seq old;   /* an earlier allocation in the input, checked then replaced */
     skv_qcfg q;
 } filt;
 
 static int layer_done(filt *f, const skv_imp_cfg *icfg)
 {
     const skv_trace_hdr *h = &f->hdr;
-    size_t per = (size_t)h->n_kv_heads * h->n_tokens;
-    int rc = skv_importance_layer(icfg, h, &f->L, f->imp + (size_t)f->layer * per,
+    size_t per = (size_t)h->n_kv_heads * h->n_tokens, nl = (size_t)f->layer + 1;
+    size_t full = (size_t)h->n_layers * per * sizeof(float);
+    /* grown layer by layer: a header alone costs nothing */
+    int rc;
+    if ((rc = skv_grow((void **)&f->imp, &f->cap[0], nl * per * sizeof(float), full)) < 0 ||
+        (rc = skv_grow((void **)&f->err, &f->cap[1], nl * per * SKV_NBITS * sizeof(float),
+                       full * SKV_NBITS)) < 0 ||
+        (rc = skv_grow((void **)&f->ent, &f->cap[2], nl * h->n_kv_heads * sizeof(float),
+                       (size_t)h->n_layers * h->n_kv_heads * sizeof(float))) < 0)
+        return rc;
+    rc = skv_importance_layer(icfg, h, &f->L, f->imp + (size_t)f->layer * per,
                                   f->ent + (size_t)f->layer * h->n_kv_heads);
     if (rc < 0)
         return rc;
@@ -69,21 +80,11 @@ static int on_trhd(filt *f, const skv_chunk *c, const skv_alloc_cfg *acfg)
         f->q.v_group = h->head_dim;
     if ((rc = skv_qcfg_check(&f->q)) < 0)
         return rc; /* SKV_EINVAL: a setting that does not fit this trace */
-    size_t nq, nkv, per, nerr;
-    if ((rc = skv_trace_layer_floats(h, &nq, &nkv)) < 0)
-        return rc;
+    size_t per, nerr;
     if (skv_mul_sizes(&per, 3, (size_t)h->n_layers, (size_t)h->n_kv_heads, (size_t)h->n_tokens) ||
-        skv_mul_sizes(&nerr, 2, per, (size_t)SKV_NBITS))
+        skv_mul_sizes(&nerr, 3, per, (size_t)SKV_NBITS, sizeof(float)))
         return skv_error(SKV_ELIMIT, "trace too large to allocate");
-    f->L.q = skv_malloc(nq * sizeof(float));
-    f->L.k = skv_malloc(nkv * sizeof(float));
-    f->L.v = skv_malloc(nkv * sizeof(float));
-    f->imp = skv_calloc(per, sizeof(float));
-    f->err = skv_calloc(nerr, sizeof(float));
-    f->ent = skv_calloc((size_t)h->n_layers * h->n_kv_heads, sizeof(float));
-    if (!f->L.q || !f->L.k || !f->L.v || !f->imp || !f->err || !f->ent)
-        return SKV_ENOMEM;
-    return 0;
+    return 0; /* buffers grow as the layers arrive (on_tens, layer_done) */
 }
 
 static int on_toks(filt *f, const skv_chunk *c)
@@ -130,8 +131,13 @@ static int on_tens(filt *f, const skv_chunk *c, const skv_imp_cfg *icfg)
                          skv_dtype_name(t.dtype), skv_tensor_kind_name(kinds[f->kind]),
                          f->layer, f->head, (unsigned long long)f->row, h->head_dim,
                          skv_dtype_name(h->dtype));
-    float *dst = f->kind == 0 ? f->L.q : f->kind == 1 ? f->L.k : f->L.v;
-    skv_tens_to_f32(&t, dst + ((size_t)f->head * h->n_tokens + f->row) * h->head_dim);
+    float **dst = f->kind == 0 ? &f->L.q : f->kind == 1 ? &f->L.k : &f->L.v;
+    size_t at = ((size_t)f->head * h->n_tokens + f->row) * h->head_dim;
+    size_t full = (size_t)(f->kind ? h->n_kv_heads : h->n_heads) * h->n_tokens * h->head_dim;
+    if ((rc = skv_grow((void **)dst, &f->L.cap[f->kind], (at + (size_t)t.rows * h->head_dim) *
+                       sizeof(float), full * sizeof(float))) < 0)
+        return rc;
+    skv_tens_to_f32(&t, *dst + at);
     f->row += t.rows;
     if (f->row < h->n_tokens)
         return 0;
@@ -196,7 +202,15 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
             else
                 rc = on_tens(f, &c, icfg);
         } else if (skv_chunk_is(&c, SKV_T_ALHD) || skv_chunk_is(&c, SKV_T_ALOC)) {
-            continue; /* an earlier allocation: replaced by ours */
+            /* an earlier allocation: checked like any input, then replaced by ours */
+            if (!f->have_hdr || f->layer < f->hdr.n_layers)
+                rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu before the last layer",
+                               c.type, (unsigned long long)c.offset);
+            else
+                rc = skv_alloc_seq_chunk(&f->old, &f->hdr, &c);
+            if (rc < 0)
+                goto out;
+            continue;
         } else if (skv_chunk_is_critical(c.type)) {
             rc = skv_error(SKV_EUNSUP, "unknown critical chunk %s at byte %llu", c.type,
                            (unsigned long long)c.offset);
@@ -217,6 +231,8 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
                        (unsigned long long)f->row, (unsigned long long)h->n_tokens);
         goto out;
     }
+    if ((rc = skv_alloc_seq_end(&f->old)) < 0)
+        goto out;
     skv_layer_free(&f->L);
     if (acfg->share_layers)
         skv_importance_share_layers(f->imp, h->n_layers, h->n_kv_heads, h->n_tokens);

@@ -94,6 +94,21 @@ SKV_EXPORT int skv_aloc_check(const skv_alloc_hdr *h, uint32_t layer, uint32_t k
 /* Check a header's fields (what skv_alhd_decode checks). */
 SKV_EXPORT int skv_alhd_check(const skv_alloc_hdr *h);
 
+/* The allocation chunks of a stream, checked as they arrive (smartkv(5),
+ * ALLOCATIONS): at most one ALHD, matching the trace header th; then one
+ * ALOC per (layer, kv head) in ascending order, each valid and allowed by
+ * the ALHD.  Zero-initialise, pass every ALHD and ALOC chunk to
+ * skv_alloc_seq_chunk, then call skv_alloc_seq_end at the end of the
+ * stream.  Constant memory.  Each returns 0 or <0. */
+typedef struct skv_alloc_seq {
+    int have_hdr;
+    skv_alloc_hdr h;
+    uint64_t next;            /* layer * n_kv_heads + kv_head of the next ALOC */
+} skv_alloc_seq;
+SKV_EXPORT int skv_alloc_seq_chunk(skv_alloc_seq *q, const skv_trace_hdr *th,
+                                   const skv_chunk *c);
+SKV_EXPORT int skv_alloc_seq_end(const skv_alloc_seq *q);
+
 /* ---- widths ---- */
 /* Index of width b in skv_bit_widths[], or -1. */
 SKV_EXPORT int skv_width_index(uint32_t bits);

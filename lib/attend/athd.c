@@ -304,7 +304,7 @@ int skv_attn_load(const char *path, skv_attn **res)
     int rc = a ? 0 : SKV_ENOMEM;
     skv_chunk c;
     int have_hdr = 0;
-    size_t n_out = 0, n_prob = 0, rows_total = 0;
+    size_t n_out = 0, n_prob = 0, rows_total = 0, ocap = 0, pcap = 0;
     /* expected position: layer, kind, head, next row */
     uint32_t el = 0, ek = SKV_TK_OUT, eh = 0;
     uint64_t er = 0;
@@ -329,20 +329,7 @@ int skv_attn_load(const char *path, skv_attn **res)
                                (unsigned long long)c.offset);
                 break;
             }
-            /* out and prob together within the memory cap (saturating sum) */
-            uint64_t need = (uint64_t)n_out * sizeof(float);
-            uint64_t pb = (a->h.flags & SKV_ATHD_PROBS) ? (uint64_t)n_prob * sizeof(float) : 0;
-            if ((rc = skv_check_mem(pb > UINT64_MAX - need ? UINT64_MAX : need + pb,
-                                    "the attention outputs")) < 0)
-                break;
-            if (!(a->out = skv_malloc(n_out * sizeof(float)))) {
-                rc = SKV_ENOMEM;
-                break;
-            }
-            if ((a->h.flags & SKV_ATHD_PROBS) && !(a->prob = skv_malloc(n_prob * sizeof(float)))) {
-                rc = SKV_ENOMEM;
-                break;
-            }
+            /* out and prob grow as their blocks arrive (below) */
             continue;
         }
         if (skv_chunk_is(&c, SKV_T_TENS)) {
@@ -367,10 +354,13 @@ int skv_attn_load(const char *path, skv_attn **res)
                                (unsigned long long)er);
                 break;
             }
-            float *dst = t.kind == SKV_TK_OUT
-                ? a->out + (((size_t)el * h->n_heads + eh) * h->n_steps + er) * h->head_dim
-                : a->prob + (((size_t)el * h->n_heads + eh) * h->n_steps + er) * h->n_tokens;
-            skv_tens_to_f32(&t, dst);
+            int po = t.kind == SKV_TK_OUT;
+            size_t at = (((size_t)el * h->n_heads + eh) * h->n_steps + er) * (size_t)cols;
+            if ((rc = skv_grow(po ? (void **)&a->out : (void **)&a->prob, po ? &ocap : &pcap,
+                               (at + (size_t)t.rows * cols) * sizeof(float),
+                               (po ? n_out : n_prob) * sizeof(float))) < 0)
+                break;
+            skv_tens_to_f32(&t, (po ? a->out : a->prob) + at);
             er += t.rows;
             if (er == h->n_steps) {
                 er = 0;

@@ -9,6 +9,7 @@
  * once per group), the tile's max, exp, then the weighted V rows (each V row
  * decoded once per group).  Nothing beyond one tile's scores is kept. */
 #include "smartkv_attend.h"
+#include "smartkv_alloc.h"
 #include "smartkv_error.h"
 #include "smartkv_pack.h"
 #include "smartkv_cache.h"
@@ -1147,10 +1148,20 @@ uint64_t skv_attend_bytes_read(const skv_kv_view *L, uint64_t t)
 
 /* Chunks other than the trace's inside an input trace: allocation and
  * ancillary chunks are skipped; other critical chunks are rejected. */
+/* Chunks around a trace's layers: allocation chunks are checked in stream
+ * order (and kept, with ancillary ones, when the trace is packed here). */
+typedef struct {
+    skv_chunk_list list;
+    skv_alloc_seq seq;
+    skv_trace_hdr h;
+} trace_extra;
+
 static int other_chunk(void *ctx, const skv_chunk *c)
 {
-    (void)ctx;
-    if (!skv_chunk_is_critical(c->type) || skv_chunk_is(c, "ALHD") || skv_chunk_is(c, "ALOC"))
+    trace_extra *x = ctx;
+    if (skv_chunk_is(c, "ALHD") || skv_chunk_is(c, "ALOC"))
+        return skv_alloc_seq_chunk(&x->seq, &x->h, c);
+    if (!skv_chunk_is_critical(c->type))
         return 0;
     return skv_error(SKV_EUNSUP, "unexpected critical chunk %s at byte %llu in a trace", c->type,
                      (unsigned long long)c->offset);
@@ -1159,9 +1170,9 @@ static int other_chunk(void *ctx, const skv_chunk *c)
 /* Keep allocation and ancillary chunks (for packing a trace in memory). */
 static int collect_chunk(void *ctx, const skv_chunk *c)
 {
-    if (!skv_chunk_is_critical(c->type) || skv_chunk_is(c, "ALHD") || skv_chunk_is(c, "ALOC"))
-        return skv_chunk_list_add(ctx, c);
-    return other_chunk(NULL, c);
+    trace_extra *x = ctx;
+    int rc = other_chunk(ctx, c);
+    return rc < 0 ? rc : skv_chunk_list_add(&x->list, c);
 }
 
 static void fill_athd(skv_athd *A, const skv_trace_hdr *h, uint32_t mode, int probs,
@@ -1207,19 +1218,18 @@ static int attend_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_stream *ou
         rc = skv_error(SKV_ELIMIT, "attention outputs too large");
         goto done;
     }
-    o = skv_malloc(no * sizeof *o);
-    if (!o || (req->probs && !(p = skv_malloc(np * sizeof *p)))) {
-        rc = SKV_ENOMEM;
-        goto done;
-    }
-    if (mode == SKV_ATT_DENSE_F16 &&
-        (!(k16 = skv_malloc(nkv * 2)) || !(v16 = skv_malloc(nkv * 2)))) {
-        rc = SKV_ENOMEM;
-        goto done;
-    }
     if ((rc = skv_athd_write(out, &A)) < 0)
         goto done;
     while ((rc = skv_trace_next_layer(r, &layer)) == 1) {
+        /* outputs allocated once a whole layer has been read: never more
+         * memory than the input has shown to be real */
+        if (!o && (!(o = skv_malloc(no * sizeof *o)) ||
+                   (req->probs && !(p = skv_malloc(np * sizeof *p))) ||
+                   (mode == SKV_ATT_DENSE_F16 &&
+                    (!(k16 = skv_malloc(nkv * 2)) || !(v16 = skv_malloc(nkv * 2)))))) {
+            rc = SKV_ENOMEM;
+            goto done;
+        }
         skv_kv_view L = {SKV_KV_F32, h->n_heads, h->n_kv_heads, h->head_dim, h->n_tokens,
                          layer.q, layer.k, layer.v, NULL};
         if (mode == SKV_ATT_DENSE_F16) {
@@ -1348,18 +1358,10 @@ done:
 static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chunk_list *extra,
                               skv_stream *out, const skv_attend_req *req)
 {
-    skv_trace *t = skv_trace_new(&r->hdr);
-    if (!t)
-        return SKV_ENOMEM;
-    int rc = 0;
-    for (uint32_t l = 0; l < t->hdr.n_layers && rc == 0; l++) {
-        skv_layer L = {.q = t->q[l], .k = t->k[l], .v = t->v[l]};
-        if ((rc = skv_trace_next_layer(r, &L)) == 0)
-            rc = skv_error(SKV_EFORMAT, "missing layers");
-        rc = rc < 0 ? rc : 0;
-    }
-    if (rc == 0)
-        rc = skv_trace_reader_finish(r);
+    skv_trace *t = NULL;
+    int rc = skv_trace_read_all(r, &t);
+    if (rc < 0)
+        return rc;
     skv_cache_plan plan;
     memset(&plan, 0, sizeof plan);
     if (rc == 0 && (rc = skv_cache_plan_from_chunks(&plan, &t->hdr, extra)) < 0)
@@ -1375,6 +1377,7 @@ static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chun
             tmp[0] = 0;
         } else {
             close(fd);
+            skv_tmp_register(tmp);
         }
     }
     skv_cache *c = NULL;
@@ -1391,8 +1394,10 @@ static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chun
     skv_cache_plan_free(&plan);
     if (rc == 0)
         rc = skv_cache_load(tmp, &c);
-    if (tmp[0])
+    if (tmp[0]) {
         unlink(tmp);
+        skv_tmp_unregister(tmp);
+    }
     if (rc == 0)
         rc = skv_attend_cache(ctx, c, out, req);
     skv_cache_free(c);
@@ -1447,7 +1452,9 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
     }
     if (mode == SKV_ATT_AUTO)
         mode = SKV_ATT_REFERENCE;
-    skv_chunk_list extra = {0};
+    trace_extra extra;
+    memset(&extra, 0, sizeof extra);
+    extra.h = h;
     if (h.flags & SKV_TRACE_NO_QUERIES) {
         skv_close(s);
         return skv_error(SKV_EFORMAT, "the trace has no queries");
@@ -1477,7 +1484,7 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
                 rc = skv_error(SKV_EFORMAT, "%s chunk at byte %llu where token ids were expected",
                                c.type, (unsigned long long)c.offset);
             else
-                rc = r->other(&extra, &c);
+                rc = r->other(r->other_ctx, &c);
             continue;
         }
         uint64_t t0 = c.raw_size >= 16 ? skv_get64(c.data) : UINT64_MAX;
@@ -1489,12 +1496,14 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
             have += n;
     }
     if (rc == 0 && mode == SKV_ATT_PACKED)
-        rc = attend_alloc_trace(ctx, r, &extra, out, req);
+        rc = attend_alloc_trace(ctx, r, &extra.list, out, req);
     else if (rc == 0)
         rc = attend_trace(ctx, r, out, req, mode);
     if (rc == 0 && mode != SKV_ATT_PACKED)
         rc = skv_trace_reader_finish(r);
+    if (rc == 0)
+        rc = skv_alloc_seq_end(&extra.seq);
     skv_trace_reader_close(r);
-    skv_chunk_list_free(&extra);
+    skv_chunk_list_free(&extra.list);
     return rc;
 }

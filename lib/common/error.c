@@ -2,6 +2,7 @@
 #include "smartkv_error.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,8 +112,72 @@ uint64_t skv_get_max_mem(void)
     return max_mem;
 }
 
-static int alloc_allowed(size_t n)
+/* Bytes the process holds in live heap allocations (every malloc, not only
+ * the library's): the allocator's own count, so a free() anywhere is seen
+ * without wrapping it.  0 where the allocator cannot tell. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SKV_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define SKV_ASAN 1
+#endif
+#ifdef SKV_ASAN
+/* from the sanitizer runtime (sanitizer/allocator_interface.h, which gcc
+ * does not install) */
+size_t __sanitizer_get_current_allocated_bytes(void);
+static uint64_t live_bytes(void) { return __sanitizer_get_current_allocated_bytes(); }
+#elif defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+static uint64_t live_bytes(void)
 {
+    struct mallinfo2 mi = mallinfo2();
+    return (uint64_t)mi.uordblks + (uint64_t)mi.hblkhd;
+}
+#else
+static uint64_t live_bytes(void) { return 0; }
+#endif
+
+uint64_t skv_mem_live(void) { return live_bytes(); }
+
+/* Small requests are summed and the live total is looked up once per
+ * CHECK_EVERY bytes, so the cap costs nothing on hot small allocations yet
+ * bounds many small ones as it bounds one large one. */
+#define CHECK_EVERY ((size_t)1 << 20)
+static _Thread_local size_t unchecked;
+static _Thread_local int last_fail = SKV_ENOMEM; /* why the last request failed */
+
+/* May the process allocate n more bytes (replacing a block of `old` bytes)? */
+static int within_cap(size_t n, size_t old)
+{
+    uint64_t cap = skv_get_max_mem();
+    if (!cap)
+        return 1;
+    if (n > cap) {
+        skv_error(SKV_ELIMIT, "allocation of %zu bytes exceeds the memory cap of %llu bytes",
+                  n, (unsigned long long)cap);
+        last_fail = SKV_ELIMIT;
+        return 0;
+    }
+    if (n <= old)
+        return 1;
+    if (n - old < CHECK_EVERY / 16 && (unchecked += n - old) < CHECK_EVERY)
+        return 1;
+    unchecked = 0;
+    uint64_t live = live_bytes(), grow = n - old;
+    if (live + grow > cap) {
+        skv_error(SKV_ELIMIT, "allocation of %zu bytes would bring the process to %llu bytes, "
+                  "beyond the memory cap of %llu bytes", n, (unsigned long long)(live + grow),
+                  (unsigned long long)cap);
+        last_fail = SKV_ELIMIT;
+        return 0;
+    }
+    return 1;
+}
+
+static int alloc_allowed(size_t n, size_t old)
+{
+    last_fail = SKV_ENOMEM;
     if (fail_countdown < 0) {
         const char *e = getenv("SKV_FAIL_ALLOC");
         char *end = NULL;
@@ -123,18 +188,12 @@ static int alloc_allowed(size_t n)
         skv_error(SKV_ENOMEM, "out of memory allocating %zu bytes (injected failure)", n);
         return 0;
     }
-    uint64_t cap = skv_get_max_mem();
-    if (cap && n > cap) {
-        skv_error(SKV_ELIMIT, "allocation of %zu bytes exceeds the memory cap of %llu bytes",
-                  n, (unsigned long long)cap);
-        return 0;
-    }
-    return 1;
+    return within_cap(n, old);
 }
 
 void *skv_malloc(size_t n)
 {
-    if (!alloc_allowed(n))
+    if (!alloc_allowed(n, 0))
         return NULL;
     void *p = malloc(n ? n : 1);
     if (!p)
@@ -149,7 +208,7 @@ void *skv_calloc(size_t n, size_t size)
         skv_error(SKV_ELIMIT, "allocation size overflows (%zu x %zu)", n, size);
         return NULL;
     }
-    if (!alloc_allowed(total))
+    if (!alloc_allowed(total, 0))
         return NULL;
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p)
@@ -159,7 +218,7 @@ void *skv_calloc(size_t n, size_t size)
 
 void *skv_realloc(void *old, size_t n)
 {
-    if (!alloc_allowed(n))
+    if (!alloc_allowed(n, old ? malloc_usable_size(old) : 0))
         return NULL;
     void *p = realloc(old, n ? n : 1);
     if (!p)
@@ -169,9 +228,30 @@ void *skv_realloc(void *old, size_t n)
 
 int skv_check_mem(uint64_t bytes, const char *what)
 {
-    uint64_t cap = skv_get_max_mem();
-    if (cap && bytes > cap)
-        return skv_error(SKV_ELIMIT, "%s needs %llu bytes, beyond the memory cap of %llu bytes",
-                         what, (unsigned long long)bytes, (unsigned long long)cap);
+    uint64_t cap = skv_get_max_mem(), live = cap ? live_bytes() : 0;
+    if (cap && (bytes > cap || live > cap - bytes))
+        return skv_error(SKV_ELIMIT, "%s needs %llu bytes, beyond the memory cap of %llu bytes"
+                         " (%llu in use)", what, (unsigned long long)bytes,
+                         (unsigned long long)cap, (unsigned long long)live);
+    return 0;
+}
+
+int skv_grow(void **p, size_t *cap, size_t need, size_t limit)
+{
+    if (need <= *cap)
+        return 0;
+    if (need > limit)
+        return skv_error(SKV_ELIMIT, "a buffer of %zu bytes exceeds its limit of %zu", need,
+                         limit);
+    size_t n = *cap > limit / 2 ? limit : *cap * 2;
+    if (n < need)
+        n = need;
+    if (n < 4096 && limit >= 4096)
+        n = 4096;
+    void *q = skv_realloc(*p, n);
+    if (!q)
+        return last_fail;
+    *p = q;
+    *cap = n;
     return 0;
 }

@@ -80,17 +80,28 @@ SKV_EXPORT void *skv_realloc(void *p, size_t n);
  * (0 disables).  Also settable with the SKV_FAIL_ALLOC environment variable. */
 SKV_EXPORT void skv_fail_alloc_after(long n);
 
-/* Memory cap for any single allocation request, in bytes (0 = none).  Set
- * from SKV_MAX_MEM (bytes, or with K/M/G suffix) at first use, or by tools'
- * --max-mem.  A hostile header cannot make the library ask for more than
- * this in one request; requests beyond it fail with SKV_ELIMIT. */
+/* Memory cap for the process, in bytes (0 = none).  Set from SKV_MAX_MEM
+ * (bytes, or with K/M/G suffix) at first use, or by tools' --max-mem.  Every
+ * skv_malloc/calloc/realloc checks it against the bytes the whole process
+ * has live in the heap (the allocator's count, so memory freed with plain
+ * free() is seen) plus the request; requests beyond it fail with
+ * SKV_ELIMIT.  Requests under 64 KiB are checked once per MiB of them. */
 SKV_EXPORT void skv_set_max_mem(uint64_t bytes);
 SKV_EXPORT uint64_t skv_get_max_mem(void);
+/* Bytes the process holds in live heap allocations, as the cap counts them
+ * (0 where the allocator cannot tell). */
+SKV_EXPORT uint64_t skv_mem_live(void);
 
 /* Check, before allocating, that an object of `bytes` in total (made of
  * several allocations, e.g. a whole trace) fits the memory cap.  Returns 0,
  * or SKV_ELIMIT with a message naming `what`. */
 SKV_EXPORT int skv_check_mem(uint64_t bytes, const char *what);
+
+/* Grow *p (of *cap bytes, may be NULL/0) to hold at least need bytes,
+ * doubling but never beyond limit: a buffer filled as data arrives costs
+ * at most twice the bytes actually stored, whatever a header declared.
+ * Returns 0, SKV_ELIMIT when need > limit, or SKV_ENOMEM (*p kept). */
+SKV_EXPORT int skv_grow(void **p, size_t *cap, size_t need, size_t limit);
 
 #ifdef __cplusplus
 }

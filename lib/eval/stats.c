@@ -177,21 +177,20 @@ int skv_cache_mem(const skv_cache *c, skv_mem *m)
     for (uint32_t l = 0; l < L; l++)
         for (uint32_t h = 0; h < H; h++) {
             const skv_cache_head *ch = skv_cache_head_at(c, l, h);
-            for (uint64_t t = 0; t < c->pk.n_tokens; t++) {
-                int w = 0;
-                while (w < SKV_NBITS && skv_bit_widths[w] != ch->bits[t])
-                    w++;
-                if (w == SKV_NBITS)
-                    return skv_error(SKV_EFORMAT, "layer %u kv head %u token %llu: width %u",
-                                     l, h, (unsigned long long)t, ch->bits[t]);
-                m->layer_rows[(size_t)l * SKV_NBITS + w]++;
-                m->width_rows[w]++;
-            }
+            /* rows per width from the buckets (the reader checked them), so the
+             * time is that of the data read, not of the declared token count */
+            uint64_t evicted = c->pk.n_tokens - ch->n_stored;
+            m->layer_rows[(size_t)l * SKV_NBITS] += evicted;
+            m->width_rows[0] += evicted;
             for (uint32_t b = 0; b < ch->n_buckets; b++) {
                 const skv_bucket *B = &ch->buckets[b];
                 int w = 0;
                 while (w < SKV_NBITS && skv_bit_widths[w] != B->bits)
                     w++;
+                if (w < SKV_NBITS) {
+                    m->layer_rows[(size_t)l * SKV_NBITS + w] += B->n;
+                    m->width_rows[w] += B->n;
+                }
                 uint64_t n = B->n, pay = 2 * n * B->row_stride, par = n * ((uint64_t)B->k_par_stride + B->v_par_stride);
                 uint64_t idx = 4 * n, frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
                 uint64_t pad = B->payload_bytes - SKV_PBKT_HEADER_LEN - pay - par - idx;

@@ -5,6 +5,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,23 +67,8 @@ static const char *zerr(int rc)
 
 static int grow(uint8_t **p, size_t *cap, size_t need)
 {
-    if (need <= *cap)
-        return 0;
-    uint64_t max = skv_get_max_mem();
-    if (max && need > max)
-        return skv_error(SKV_ELIMIT, "a buffer of %zu bytes exceeds the memory cap of %llu "
-                         "bytes", need, (unsigned long long)max);
-    size_t n = *cap ? *cap : 4096;
-    while (n < need)
-        n = n > SIZE_MAX / 2 ? need : n * 2;
-    if (max && n > max)
-        n = (size_t)max; /* doubling stops at the cap; need <= max */
-    uint8_t *q = skv_realloc(*p, n);
-    if (!q)
-        return SKV_ENOMEM;
-    *p = q;
-    *cap = n;
-    return 0;
+    /* a stored chunk: header, at most SKV_CHUNK_MAX bytes, CRC */
+    return skv_grow((void **)p, cap, need, SKV_CHUNK_MAX + SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN);
 }
 
 /* ---- reading ---- */
@@ -286,6 +274,10 @@ static skv_stream *read_start(skv_stream *s)
     }
     s->major = skv_get16(c.data);
     s->minor = skv_get16(c.data + 2);
+    if (skv_get32(c.data + 4)) {
+        skv_error(SKV_EFORMAT, "HEAD chunk: reserved bytes 4..7 are not zero");
+        goto fail;
+    }
     if (s->major != SKV_VERSION_MAJOR) {
         skv_error(SKV_EVERSION, "unsupported format version %d.%d (this reader "
                   "supports %d.x)", s->major, s->minor, SKV_VERSION_MAJOR);
@@ -401,6 +393,78 @@ int skv_read(skv_stream *s, skv_chunk *c)
     return 1;
 }
 
+/* ---- temporary files removed on SIGINT, SIGTERM and SIGHUP ----
+ * As zstd and xz do: a handler unlinks every registered temporary name, then
+ * restores the default action and re-raises, so the exit status still tells
+ * the signal.  Only signals left at their default action are taken over.
+ * SIGKILL cannot be caught: a stale OUT.tmpXXXXXX stays after kill -9 (the
+ * next run writes a fresh temporary and renames it over OUT). */
+#define TMP_SLOTS 16
+#define TMP_NAME_MAX 4096
+static char tmp_names[TMP_SLOTS][TMP_NAME_MAX];
+static atomic_int tmp_used[TMP_SLOTS];
+static pthread_mutex_t tmp_lock = PTHREAD_MUTEX_INITIALIZER;
+static int tmp_handlers;
+static const int tmp_signals[] = {SIGINT, SIGTERM, SIGHUP};
+
+static void tmp_on_signal(int sig)
+{
+    int e = errno;
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (atomic_load(&tmp_used[i]))
+            unlink(tmp_names[i]);  /* async-signal-safe */
+    signal(sig, SIG_DFL);
+    raise(sig);
+    errno = e;
+}
+
+int skv_tmp_register(const char *path)
+{
+    if (strlen(path) >= TMP_NAME_MAX)
+        return -1;
+    int slot = -1;
+    pthread_mutex_lock(&tmp_lock);
+    if (!tmp_handlers) {
+        tmp_handlers = 1;
+        for (size_t i = 0; i < sizeof tmp_signals / sizeof tmp_signals[0]; i++) {
+            struct sigaction old, sa;
+            if (sigaction(tmp_signals[i], NULL, &old) != 0 || old.sa_handler != SIG_DFL)
+                continue;  /* the program handles or ignores it (nohup) */
+            memset(&sa, 0, sizeof sa);
+            sa.sa_handler = tmp_on_signal;
+            sigfillset(&sa.sa_mask);
+            sigaction(tmp_signals[i], &sa, NULL);
+        }
+    }
+    for (int i = 0; i < TMP_SLOTS && slot < 0; i++)
+        if (!atomic_load(&tmp_used[i])) {
+            memcpy(tmp_names[i], path, strlen(path) + 1);
+            atomic_store(&tmp_used[i], 1);
+            slot = i;
+        }
+    pthread_mutex_unlock(&tmp_lock);
+    return slot < 0 ? -1 : 0;
+}
+
+void skv_tmp_unregister(const char *path)
+{
+    pthread_mutex_lock(&tmp_lock);
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (atomic_load(&tmp_used[i]) && strcmp(tmp_names[i], path) == 0) {
+            atomic_store(&tmp_used[i], 0);
+            break;
+        }
+    pthread_mutex_unlock(&tmp_lock);
+}
+
+/* fsync before the rename, so that after a crash the name holds either the
+ * old file or the whole new one; SKV_NO_FSYNC=1 skips it. */
+static int want_fsync(void)
+{
+    const char *e = getenv("SKV_NO_FSYNC");
+    return !(e && *e && strcmp(e, "0") != 0);
+}
+
 /* ---- writing ---- */
 
 static int write_all(skv_stream *s, const void *buf, size_t n)
@@ -469,6 +533,7 @@ skv_stream *skv_open_write(const char *path, int level)
                 s->tmppath = NULL;
                 goto fail;
             }
+            skv_tmp_register(s->tmppath);
             mode_t um = umask(0);
             umask(um);
             if (fchmod(s->fd, 0666 & ~um) != 0) {
@@ -627,6 +692,7 @@ void skv_discard(skv_stream *s)
                 close(s->fd);
             s->fd = -1;
             unlink(s->tmppath);
+            skv_tmp_unregister(s->tmppath);
         }
     }
     stream_free(s);
@@ -665,18 +731,25 @@ int skv_close(skv_stream *s)
     if (s->owns_fd) {
         int fd = s->fd;
         s->fd = -1;
-        if (close(fd) != 0) {
-            rc = skv_error(SKV_EIO, "write error on close: %s", strerror(errno));
-            if (s->tmppath)
+        int bad = s->tmppath && want_fsync() && fsync(fd) != 0;
+        if (close(fd) != 0 || bad) {
+            rc = skv_error(SKV_EIO, "write error on %s: %s", bad ? "fsync" : "close",
+                           strerror(errno));
+            if (s->tmppath) {
                 unlink(s->tmppath);
+                skv_tmp_unregister(s->tmppath);
+            }
             stream_free(s);
             return rc;
         }
     }
-    if (s->tmppath && rename(s->tmppath, s->path) != 0) {
-        rc = skv_error(SKV_EIO, "cannot rename %s to %s: %s", s->tmppath, s->path,
-                       strerror(errno));
-        unlink(s->tmppath);
+    if (s->tmppath) {
+        if (rename(s->tmppath, s->path) != 0) {
+            rc = skv_error(SKV_EIO, "cannot rename %s to %s: %s", s->tmppath, s->path,
+                           strerror(errno));
+            unlink(s->tmppath);
+        }
+        skv_tmp_unregister(s->tmppath);
     }
     stream_free(s);
     return rc;

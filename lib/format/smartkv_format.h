@@ -109,6 +109,17 @@ SKV_EXPORT int skv_close(skv_stream *s);
 /* Abandon a writer: no DONE chunk, temporary file removed.  Frees s. */
 SKV_EXPORT void skv_discard(skv_stream *s);
 
+/* Temporary files to remove if the process gets SIGINT, SIGTERM or SIGHUP
+ * (the handler unlinks them, restores the default action and re-raises;
+ * signals the program already handles or ignores are left alone).
+ * skv_open_write registers its own; a tool that writes other temporary files
+ * registers them too.  At most 16 at a time.  Returns 0, or -1 when the name
+ * is too long or every slot is taken (then it is not removed on a signal).
+ * A file is synced (fsync) before skv_close renames it into place unless
+ * the environment sets SKV_NO_FSYNC=1. */
+SKV_EXPORT int skv_tmp_register(const char *path);
+SKV_EXPORT void skv_tmp_unregister(const char *path);
+
 SKV_EXPORT const char *skv_stream_name(const skv_stream *s);  /* "-" shows as "(stdin)"/"(stdout)" */
 SKV_EXPORT uint64_t skv_stream_offset(const skv_stream *s);   /* bytes read/written so far */
 SKV_EXPORT uint64_t skv_stream_chunks(const skv_stream *s);   /* chunks read/written so far */

@@ -147,6 +147,7 @@ typedef struct skv_layer {
     float *q;   /* [n_heads][n_tokens][head_dim] */
     float *k;   /* [n_kv_heads][n_tokens][head_dim] */
     float *v;   /* [n_kv_heads][n_tokens][head_dim] */
+    size_t cap[3]; /* bytes of q, k, v the reader allocated; 0: the caller's */
 } skv_layer;
 
 typedef int (*skv_chunk_fn)(void *ctx, const skv_chunk *c);
@@ -169,8 +170,10 @@ SKV_EXPORT skv_trace_reader *skv_trace_reader_open(const char *path, skv_chunk_f
                                                    void *ctx);
 /* Returns 1 with *layer filled, 0 after the last layer once the rest of the
  * stream and its DONE chunk have been read and verified, <0 on error.  If
- * layer->q is NULL on entry the buffers are allocated (free them with
- * skv_layer_free); otherwise the caller's buffers are filled. */
+ * layer->q is NULL on entry the buffers are allocated and grow as the rows
+ * arrive, so a header that declares a huge layer costs only the bytes that
+ * follow it (free them with skv_layer_free; pass them back for the next
+ * layer); otherwise the caller's full-size buffers are filled. */
 SKV_EXPORT int skv_trace_next_layer(skv_trace_reader *r, skv_layer *layer);
 SKV_EXPORT void skv_layer_free(skv_layer *layer);
 /* Read on to the end of the stream (after the last layer), passing chunks to
@@ -192,6 +195,10 @@ SKV_EXPORT int skv_trace_load(const char *path, skv_trace **out);
  * skv_trace_reader_open); skv_trace_load rejects unknown critical ones. */
 SKV_EXPORT int skv_trace_load_with(const char *path, skv_chunk_fn other, void *ctx,
                                    skv_trace **out);
+/* Read every layer left in r (then the rest of the stream) into a new trace.
+ * Memory grows with the rows read, not with the header's shape.  The
+ * caller still closes r.  Returns 0 or <0. */
+SKV_EXPORT int skv_trace_read_all(skv_trace_reader *r, skv_trace **out);
 /* Write a whole trace (HEAD..DONE) to path with the header's dtype. */
 SKV_EXPORT int skv_trace_save(const skv_trace *t, const char *path, int level);
 /* Write the trace chunks only (TRHD, TOKS, layers) to an open stream. */

@@ -245,6 +245,9 @@ int skv_trhd_decode(const skv_chunk *c, skv_trace_hdr *h)
     h->flags = skv_get32(p + 36);
     h->rope_theta = skv_getf32(p + 40);
     size_t a = skv_get16(p + 48), b = skv_get16(p + 50);
+    if (skv_get32(p + 44))
+        return skv_error(SKV_EFORMAT, "TRHD chunk at byte %llu: reserved bytes 44..47 are not "
+                         "zero", (unsigned long long)c->offset);
     if (a > SKV_MAX_NAME || b > SKV_MAX_NAME ||
         SKV_TRHD_FIXED_LEN + a + b > c->raw_size)
         return skv_error(SKV_EFORMAT, "TRHD chunk at byte %llu: name lengths %zu+%zu "
@@ -278,6 +281,9 @@ int skv_tens_decode(const skv_chunk *c, skv_tens *t)
     t->rows = skv_get64(p + 24);
     t->cols = skv_get32(p + 32);
     t->data = p + SKV_TENS_HEADER_LEN;
+    if (skv_get32(p + 36))
+        return skv_error(SKV_EFORMAT, "TENS chunk at byte %llu: reserved bytes 36..39 are not "
+                         "zero", (unsigned long long)c->offset);
     size_t es = skv_dtype_size(t->dtype);
     if (!es)
         return skv_error(SKV_EFORMAT, "TENS chunk at byte %llu: unknown element type %u",
@@ -585,10 +591,8 @@ skv_trace_reader *skv_trace_reader_open(const char *path, skv_chunk_fn other, vo
         goto fail;
     }
     if (r->hdr.flags & SKV_TRACE_HAS_TOKENS) {
-        r->tokens = skv_calloc((size_t)r->hdr.n_tokens, sizeof(int32_t));
-        if (!r->tokens)
-            goto fail;
         uint64_t have = 0;
+        size_t tcap = 0;
         while (have < r->hdr.n_tokens) {
             rc = next_chunk(r, &c);
             if (rc <= 0) {
@@ -621,6 +625,10 @@ skv_trace_reader *skv_trace_reader_open(const char *path, skv_chunk_fn other, vo
                           (unsigned long long)r->hdr.n_tokens, (unsigned long long)c.raw_size);
                 goto fail;
             }
+            /* the ids array grows with the TOKS chunks read */
+            if (skv_grow((void **)&r->tokens, &tcap, (size_t)(have + n) * sizeof(int32_t),
+                         (size_t)r->hdr.n_tokens * sizeof(int32_t)) < 0)
+                goto fail;
             memcpy(r->tokens + have, c.data + 16, n * 4);
             have += n;
         }
@@ -646,6 +654,7 @@ void skv_layer_free(skv_layer *L)
     free(L->k);
     free(L->v);
     L->q = L->k = L->v = NULL;
+    L->cap[0] = L->cap[1] = L->cap[2] = 0;
 }
 
 int skv_trace_next_layer(skv_trace_reader *r, skv_layer *L)
@@ -657,22 +666,15 @@ int skv_trace_next_layer(skv_trace_reader *r, skv_layer *L)
     int rc = skv_trace_layer_floats(h, &nq, &nkv);
     if (rc < 0)
         return rc;
-    /* buffers are reused across layers: the caller passes back what we gave */
-    if (!L->q) {
-        if ((rc = skv_check_mem(((uint64_t)nq + 2 * (uint64_t)nkv) * sizeof(float),
-                                "one layer of the trace")) < 0)
-            return rc;
-        L->q = skv_malloc(nq * sizeof(float));
-        L->k = skv_malloc(nkv * sizeof(float));
-        L->v = skv_malloc(nkv * sizeof(float));
-        if (!L->q || !L->k || !L->v)
-            return SKV_ENOMEM;
-    }
+    /* Buffers are reused across layers: the caller passes back what we gave.
+     * Ours grow as rows arrive (below); a caller's are full size. */
+    int grow = !L->q || L->cap[0];
     L->index = r->next_layer;
     const uint32_t kinds[3] = {SKV_TK_Q, SKV_TK_K, SKV_TK_V};
     for (int ki = 0; ki < 3; ki++) {
         uint32_t nh = ki == 0 ? h->n_heads : h->n_kv_heads;
-        float *dst = ki == 0 ? L->q : ki == 1 ? L->k : L->v;
+        float **dstp = ki == 0 ? &L->q : ki == 1 ? &L->k : &L->v;
+        size_t full = (ki == 0 ? nq : nkv) * sizeof(float);
         for (uint32_t head = 0; head < nh; head++) {
             uint64_t have = 0;
             while (have < h->n_tokens) {
@@ -711,7 +713,11 @@ int skv_trace_next_layer(skv_trace_reader *r, skv_layer *L)
                                      skv_tensor_kind_name(kinds[ki]), L->index, head,
                                      (unsigned long long)have, h->head_dim,
                                      skv_dtype_name(h->dtype));
-                skv_tens_to_f32(&t, dst + ((size_t)head * h->n_tokens + have) * h->head_dim);
+                size_t at = ((size_t)head * h->n_tokens + have) * h->head_dim;
+                if (grow && (rc = skv_grow((void **)dstp, &L->cap[ki], (at + (size_t)t.rows *
+                                           h->head_dim) * sizeof(float), full)) < 0)
+                    return rc;
+                skv_tens_to_f32(&t, *dstp + at);
                 have += t.rows;
             }
         }
@@ -808,36 +814,56 @@ int skv_trace_load(const char *path, skv_trace **out)
     return skv_trace_load_with(path, reject_critical, NULL, out);
 }
 
+int skv_trace_read_all(skv_trace_reader *r, skv_trace **out)
+{
+    *out = NULL;
+    if (r->next_layer)
+        return skv_error(SKV_EINVAL, "skv_trace_read_all: %u layers were already read",
+                         r->next_layer);
+    /* a shell whose layers are filled (and allocated) as their rows arrive */
+    skv_trace *t = skv_calloc(1, sizeof *t);
+    if (!t)
+        return SKV_ENOMEM;
+    t->hdr = r->hdr;
+    t->q = skv_calloc(t->hdr.n_layers, sizeof(float *));
+    t->k = skv_calloc(t->hdr.n_layers, sizeof(float *));
+    t->v = skv_calloc(t->hdr.n_layers, sizeof(float *));
+    int rc = 0;
+    if (!t->q || !t->k || !t->v) {
+        rc = SKV_ENOMEM;
+        goto fail;
+    }
+    for (uint32_t l = 0; l < t->hdr.n_layers; l++) {
+        skv_layer L = {0};
+        if ((rc = skv_trace_next_layer(r, &L)) <= 0) {
+            skv_layer_free(&L);
+            if (rc == 0)
+                rc = skv_error(SKV_EFORMAT, "missing layers");
+            goto fail;
+        }
+        t->q[l] = L.q;
+        t->k[l] = L.k;
+        t->v[l] = L.v;
+    }
+    if ((rc = skv_trace_reader_finish(r)) < 0)
+        goto fail;
+    t->tokens = r->tokens;  /* complete: the reader checked every id */
+    r->tokens = NULL;
+    *out = t;
+    return 0;
+fail:
+    skv_trace_free(t);
+    return rc;
+}
+
 int skv_trace_load_with(const char *path, skv_chunk_fn other, void *ctx, skv_trace **out)
 {
     *out = NULL;
     skv_trace_reader *r = skv_trace_reader_open(path, other, ctx);
     if (!r)
         return SKV_EFORMAT;
-    skv_trace *t = skv_trace_new(&r->hdr);
-    if (!t) {
-        skv_trace_reader_close(r);
-        return SKV_ENOMEM;
-    }
-    if (r->tokens && t->tokens)
-        memcpy(t->tokens, r->tokens, (size_t)t->hdr.n_tokens * sizeof(int32_t));
-    int rc;
-    for (uint32_t l = 0; l < t->hdr.n_layers; l++) {
-        skv_layer L = {.q = t->q[l], .k = t->k[l], .v = t->v[l]};
-        if ((rc = skv_trace_next_layer(r, &L)) <= 0) {
-            if (rc == 0)
-                rc = skv_error(SKV_EFORMAT, "missing layers");
-            goto fail;
-        }
-    }
-    if ((rc = skv_trace_reader_finish(r)) < 0)
-        goto fail;
+    int rc = skv_trace_read_all(r, out);
     skv_trace_reader_close(r);
-    *out = t;
-    return 0;
-fail:
-    skv_trace_reader_close(r);
-    skv_trace_free(t);
     return rc;
 }
 

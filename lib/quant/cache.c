@@ -2,6 +2,7 @@
  * reader, and the way back to a plain trace. */
 #include "smartkv_cache.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,6 +169,9 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
     if (c->size < ALHD_FIXED || c->size != ALHD_FIXED + (uint64_t)skv_get16(b + 64))
         return skv_error(SKV_EFORMAT, "ALHD chunk: %llu bytes do not match its text length",
                          (unsigned long long)c->size);
+    if (skv_get32(b + 28) & ~1u || skv_get32(b + 52))
+        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown flags 0x%x or reserved bytes 52..55 "
+                         "not zero", skv_get32(b + 28));
     uint32_t nl = skv_get32(b + 8), nk = skv_get32(b + 12), hd = skv_get32(b + 32);
     uint64_t nt = skv_get64(b + 16);
     if (nl != h->n_layers || nk != h->n_kv_heads || nt != h->n_tokens || hd != h->head_dim)
@@ -223,18 +227,27 @@ int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
 {
     int rc;
     const skv_raw_chunk *alhd = NULL;
+    size_t naloc = 0, nheads = (size_t)h->n_layers * h->n_kv_heads;
     for (size_t i = 0; chunks && i < chunks->n; i++)
         if (!memcmp(chunks->v[i].type, SKV_T_ALHD, 4)) {
             if (alhd)
                 return skv_error(SKV_EFORMAT, "more than one allocation header (ALHD chunk)");
             alhd = &chunks->v[i];
+        } else if (!memcmp(chunks->v[i].type, SKV_T_ALOC, 4)) {
+            if (!alhd)
+                return skv_error(SKV_EFORMAT, "ALOC chunk before the allocation header (ALHD)");
+            naloc++;
         }
     if (!alhd)
         return skv_error(SKV_EFORMAT, "no allocation in the stream (run skv-alloc first, or "
                          "use --uniform N)");
+    /* counted before the plan is allocated: its size must be backed by data */
+    if (naloc != nheads)
+        return skv_error(SKV_EFORMAT, "the allocation has %zu ALOC chunks for %zu (layer, kv "
+                         "head) pairs", naloc, nheads);
     if ((rc = plan_alloc(p, h)) < 0)
         return rc;
-    size_t nheads = (size_t)h->n_layers * h->n_kv_heads;
+    size_t next = 0;
     uint8_t *seen = skv_calloc(nheads, 1);
     if (!seen) {
         rc = SKV_ENOMEM;
@@ -269,9 +282,27 @@ int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
             goto fail;
         }
         size_t hi = (size_t)l * h->n_kv_heads + kh;
-        if (seen[hi]++) {
-            rc = skv_error(SKV_EFORMAT, "two ALOC chunks for layer %u kv head %u", l, kh);
+        if (seen[hi]++ || hi != next) {
+            rc = skv_error(SKV_EFORMAT, "%s ALOC chunk for layer %u kv head %u (they go in "
+                           "ascending layer, kv head order, once each)",
+                           seen[hi] > 1 ? "a second" : "out of order:", l, kh);
             goto fail;
+        }
+        next++;
+        for (uint64_t t = n; t < ((n + 3) & ~(uint64_t)3); t++)
+            if (b[16 + t]) {
+                rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: padding bytes "
+                               "are not zero", l, kh);
+                goto fail;
+            }
+        for (uint64_t t = 0; t < n; t++) {
+            float imp = skv_getf32(b + 16 + ((n + 3) & ~(uint64_t)3) + 4 * t);
+            if (!isfinite(imp) || imp < 0) {
+                rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: token %llu has "
+                               "importance %g (must be finite and >= 0)", l, kh,
+                               (unsigned long long)t, (double)imp);
+                goto fail;
+            }
         }
         uint8_t *dst = p->bits + hi * h->n_tokens;
         for (uint64_t t = 0; t < n; t++) {
@@ -352,10 +383,20 @@ static int keep_chunk(void *ctx, const skv_chunk *c)
                      (unsigned long long)c->offset);
 }
 
+static int check_alloc_chunks(const skv_trace_hdr *h, const skv_chunk_list *extra,
+                              const char *what);
+
 int skv_cache_input_load(const char *path, skv_trace **out, skv_chunk_list *extra)
 {
     input_ctx ctx = {extra};
-    return skv_trace_load_with(path, keep_chunk, &ctx, out);
+    int rc = skv_trace_load_with(path, keep_chunk, &ctx, out);
+    /* an allocation is checked even when it will not be used (--uniform),
+     * since it is passed on into the packed cache */
+    if (rc == 0 && (rc = check_alloc_chunks(&(*out)->hdr, extra, "")) < 0) {
+        skv_trace_free(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 /* ---- writer ---- */
@@ -557,7 +598,8 @@ void skv_cache_free(skv_cache *c)
                 free(h->owned[b]);
             free(h->owned);
             free(h->buckets);
-            free(h->bits);
+            if (h->bits != c->zero_bits)
+                free(h->bits);
         }
         free(c->heads);
     }
@@ -567,6 +609,7 @@ void skv_cache_free(skv_cache *c)
         free(c->q);
     }
     free(c->tokens);
+    free(c->zero_bits);
     skv_chunk_list_free(&c->extra);
     free(c);
 }
@@ -577,6 +620,7 @@ typedef struct {
     uint64_t toks;          /* token ids read */
     uint32_t ql, qh;        /* next expected Q block: layer, head, row */
     uint64_t qrow;
+    size_t tcap, qcap;      /* bytes allocated of tokens and of q[ql] so far */
     int have_pbkt;          /* a PBKT was read: key of the last one */
     uint32_t pl, ph, pw, ppart, pn, plast;
 } rd;
@@ -616,6 +660,8 @@ static int read_pkhd(rd *r, const skv_chunk *ch)
                                            p->q.head_dim))
         return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: fp16 byte count %llu is wrong",
                          (unsigned long long)ch->offset, (unsigned long long)p->fp16_bytes);
+    /* Only the per-head records here (at most 2^20 of them); the queries,
+     * buckets and width arrays are allocated as their chunks arrive. */
     size_t nh = (size_t)p->n_layers * p->n_kv_heads;
     c->heads = skv_calloc(nh, sizeof *c->heads);
     if (!c->heads)
@@ -623,20 +669,11 @@ static int read_pkhd(rd *r, const skv_chunk *ch)
     for (size_t i = 0; i < nh; i++) {
         c->heads[i].layer = (uint32_t)(i / p->n_kv_heads);
         c->heads[i].kv_head = (uint32_t)(i % p->n_kv_heads);
-        c->heads[i].bits = skv_calloc((size_t)p->n_tokens, 1);
-        if (!c->heads[i].bits)
-            return SKV_ENOMEM;
     }
     if (!(c->hdr.flags & SKV_TRACE_NO_QUERIES)) {
-        size_t nq, nkv;
-        if ((rc = skv_trace_layer_floats(&c->hdr, &nq, &nkv)) < 0)
-            return rc;
         c->q = skv_calloc(p->n_layers, sizeof *c->q);
         if (!c->q)
             return SKV_ENOMEM;
-        for (uint32_t l = 0; l < p->n_layers; l++)
-            if (!(c->q[l] = skv_malloc(nq * sizeof(float))))
-                return SKV_ENOMEM;
     } else {
         r->ql = p->n_layers;  /* nothing to wait for */
     }
@@ -669,13 +706,19 @@ static int read_q(rd *r, const skv_chunk *ch)
                          t.head, (unsigned long long)t.row0, (unsigned long long)t.rows, r->ql,
                          r->qh, (unsigned long long)r->qrow, h->head_dim,
                          skv_dtype_name(h->dtype));
-    skv_tens_to_f32(&t, c->q[r->ql] + ((size_t)r->qh * h->n_tokens + r->qrow) * h->head_dim);
+    size_t at = ((size_t)r->qh * h->n_tokens + r->qrow) * h->head_dim;
+    size_t full = (size_t)h->n_heads * h->n_tokens * h->head_dim * sizeof(float);
+    if ((rc = skv_grow((void **)&c->q[r->ql], &r->qcap, (at + (size_t)t.rows * h->head_dim) *
+                       sizeof(float), full)) < 0)
+        return rc;
+    skv_tens_to_f32(&t, c->q[r->ql] + at);
     r->qrow += t.rows;
     if (r->qrow == h->n_tokens) {
         r->qrow = 0;
         if (++r->qh == h->n_heads) {
             r->qh = 0;
             r->ql++;
+            r->qcap = 0;
         }
     }
     return 0;
@@ -732,6 +775,10 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
                          "%u): %s", at, b.layer, b.kv_head, b.bits, b.part, bad);
     }
     skv_cache_head *h = &c->heads[(size_t)b.layer * p->n_kv_heads + b.kv_head];
+    if (!h->bits && !(h->bits = skv_calloc((size_t)p->n_tokens, 1))) {
+        free(mem);
+        return SKV_ENOMEM;
+    }
     for (uint32_t i = 0; i < b.n; i++) {
         uint32_t t = b.idx[i];
         if (h->bits[t]) {
@@ -768,6 +815,9 @@ static int read_finish(rd *r)
     if (c->q && r->ql < p->n_layers)
         return skv_error(SKV_EFORMAT, "stream ends inside the queries (layer %u head %u row "
                          "%llu)", r->ql, r->qh, (unsigned long long)r->qrow);
+    if (r->toks < ((c->hdr.flags & SKV_TRACE_HAS_TOKENS) ? c->hdr.n_tokens : 0))
+        return skv_error(SKV_EFORMAT, "stream ends inside the token ids (%llu of %llu)",
+                         (unsigned long long)r->toks, (unsigned long long)c->hdr.n_tokens);
     uint64_t bytes = skv_pkhd_file_bytes(), stored = 0;
     for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++) {
         const skv_cache_head *h = &c->heads[i];
@@ -785,7 +835,42 @@ static int read_finish(rd *r)
     if (bytes != p->cache_bytes)
         return skv_error(SKV_EFORMAT, "the buckets take %llu bytes, the PKHD chunk says %llu",
                          (unsigned long long)bytes, (unsigned long long)p->cache_bytes);
+    /* heads with every token evicted share one array of zero widths */
+    for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++)
+        if (!c->heads[i].bits) {
+            if (!c->zero_bits && !(c->zero_bits = skv_calloc((size_t)p->n_tokens, 1)))
+                return SKV_ENOMEM;
+            c->heads[i].bits = c->zero_bits;
+        }
     return 0;
+}
+
+/* The allocation chunks a cache carries are checked as skv-quant checks them,
+ * though only their text is used after loading. */
+static int check_alloc_chunks(const skv_trace_hdr *h, const skv_chunk_list *extra,
+                              const char *what)
+{
+    const skv_raw_chunk *alhd = NULL;
+    size_t nalhd = 0, naloc = 0;
+    for (size_t i = 0; i < extra->n; i++) {
+        if (!memcmp(extra->v[i].type, SKV_T_ALHD, 4) && !nalhd++)
+            alhd = &extra->v[i];
+        naloc += !memcmp(extra->v[i].type, SKV_T_ALOC, 4);
+    }
+    int rc = 0;
+    skv_cache_plan plan;
+    if (nalhd == 1 && naloc == 0 && what[0]) {
+        /* a cache keeps the ALHD alone by default (skv-quant without
+         * --keep-alloc): the header is checked, there are no widths */
+        memset(&plan, 0, sizeof plan);
+        rc = parse_alhd(alhd, &plan, h);
+    } else if (nalhd || naloc) {
+        if ((rc = skv_cache_plan_from_chunks(&plan, h, extra)) == 0)
+            skv_cache_plan_free(&plan);
+    }
+    if (rc < 0 && what[0])
+        return skv_error(rc, "%s: %s", what, skv_errmsg());
+    return rc;
 }
 
 static int read_chunk(rd *r, const skv_chunk *ch)
@@ -801,11 +886,6 @@ static int read_chunk(rd *r, const skv_chunk *ch)
         if (!(c->hdr.flags & SKV_TRACE_PACKED))
             return skv_error(SKV_EFORMAT, "this stream is a plain trace, not a packed cache "
                              "(make one with skv-quant)");
-        if (c->hdr.flags & SKV_TRACE_HAS_TOKENS) {
-            c->tokens = skv_calloc((size_t)c->hdr.n_tokens, sizeof(int32_t));
-            if (!c->tokens)
-                return SKV_ENOMEM;
-        }
         r->state = 1;
         return 0;
     }
@@ -826,6 +906,9 @@ static int read_chunk(rd *r, const skv_chunk *ch)
             return skv_error(SKV_EFORMAT, "TOKS chunk at byte %llu: tokens %llu+%llu do not "
                              "continue at %llu", at, (unsigned long long)t0,
                              (unsigned long long)n, (unsigned long long)r->toks);
+        if ((rc = skv_grow((void **)&c->tokens, &r->tcap, (size_t)(r->toks + n) * 4,
+                           (size_t)want_toks * 4)) < 0)
+            return rc;
         memcpy(c->tokens + r->toks, ch->data + 16, n * 4);
         r->toks += n;
         return 0;
@@ -841,6 +924,8 @@ static int read_chunk(rd *r, const skv_chunk *ch)
     if (skv_chunk_is(ch, SKV_T_PKHD)) {
         if (r->state != 1)
             return skv_error(SKV_EFORMAT, "second PKHD chunk at byte %llu", at);
+        if ((rc = check_alloc_chunks(&c->hdr, &c->extra, "the cache's allocation")) < 0)
+            return rc;
         return read_pkhd(r, ch);
     }
     if (skv_chunk_is(ch, SKV_T_TENS) || skv_chunk_is(ch, SKV_T_PBKT)) {

@@ -172,7 +172,8 @@ typedef struct skv_cache_head {
     uint32_t n_buckets;
     skv_bucket *buckets;    /* ascending width, then part */
     uint64_t n_stored;      /* sum of buckets[i].n */
-    uint8_t *bits;          /* [n_tokens] width per token, 0 = evicted */
+    uint8_t *bits;          /* [n_tokens] width per token, 0 = evicted; heads
+                               with no bucket share one zero array */
     void **owned;           /* internal: allocations behind the payloads */
 } skv_cache_head;
 
@@ -184,6 +185,7 @@ typedef struct skv_cache {
     skv_cache_head *heads;  /* [n_layers * n_kv_heads] */
     skv_chunk_list extra;   /* ALHD/ALOC and ancillary chunks, stream order */
     uint64_t stored_bytes;  /* PKHD + PBKT bytes as read (compressed size) */
+    uint8_t *zero_bits;     /* internal: the bits of every head with no bucket */
 } skv_cache;
 
 /* Read a whole packed cache from an open stream (up to and including DONE)

@@ -1,11 +1,23 @@
 /* fuzz_cache -- the packed-cache reader end to end (skv_cache_read over a
- * memory stream); a cache that loads is dequantized head by head and
+ * memory stream with recomputed CRCs): skv-stats mem's accounting, and, as
+ * skv-quant -d does, a cache with queries is dequantized head by head and
  * written back as a trace. */
 #include "fuzz.h"
 
+static int one(const uint8_t *data, size_t size);
+
+/* every CRC made right: the input reaches the decoders */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_init();
+    uint8_t *fixed = fuzz_fix_crcs(data, size);
+    int rc = one(fixed, size);
+    free(fixed);
+    return rc;
+}
+
+static int one(const uint8_t *data, size_t size)
+{
     skv_stream *s = skv_open_mem(data, size, "fuzz");
     if (!s)
         return 0;
@@ -17,14 +29,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     FUZZ_ASSERT(c);
-    size_t nel = (size_t)c->hdr.n_tokens * c->hdr.head_dim;
-    float *k = malloc(nel * sizeof *k + 1), *v = malloc(nel * sizeof *v + 1);
-    FUZZ_ASSERT(k && v);
-    for (uint32_t l = 0; l < c->hdr.n_layers; l++)
-        for (uint32_t h = 0; h < c->hdr.n_kv_heads; h++)
-            skv_cache_dequantize_head(c, l, h, k, v);
-    free(k);
-    free(v);
+    /* skv-stats mem: the byte accounting must add up to the stored bytes */
+    skv_mem m;
+    FUZZ_ASSERT(skv_cache_mem(c, &m) == 0);
+    FUZZ_ASSERT(m.total == c->pk.cache_bytes);
+    skv_mem_free(&m);
+    /* skv-quant -d: dequantizing needs the queries (a head is n_tokens rows,
+     * no more than one head's queries, which were read) */
+    if (c->q) {
+        size_t nel = (size_t)c->hdr.n_tokens * c->hdr.head_dim;
+        float *k = malloc(nel * sizeof *k + 1), *v = malloc(nel * sizeof *v + 1);
+        FUZZ_ASSERT(k && v);
+        for (uint32_t l = 0; l < c->hdr.n_layers; l++)
+            for (uint32_t h = 0; h < c->hdr.n_kv_heads; h++)
+                skv_cache_dequantize_head(c, l, h, k, v);
+        free(k);
+        free(v);
+    }
     skv_stream *w = skv_open_write_fd(fuzz_memfd(), "trace", -1);
     FUZZ_ASSERT(w);
     if (skv_cache_write_trace(w, c) == 0)

@@ -1,0 +1,185 @@
+# Hostile but well-formed input (valid CRCs, tests/cli/hostile.py): memory
+# bounded by the data read, one set of conformance rules for every reader,
+# temporary files on signals, and concurrent writers to one output name.
+. "$SKV_TOP/tests/cli/lib.sh"
+H="python3 $SKV_TOP/tests/cli/hostile.py"
+
+# Peak RSS (KiB) of a command and its exit status in $rc, from GNU time
+# (a wrapper in python or sh would count its own RSS: ru_maxrss survives
+# exec).  Without GNU time the RSS checks are skipped, not passed.
+if /usr/bin/time -f %M true > /dev/null 2>&1; then have_time=1; else have_time=; fi
+peak() {
+    if [ -n "$have_time" ]; then
+        /usr/bin/time -o "$T/peak" -f %M "$@" > /dev/null 2> "$T/err"; rc=$?
+        kb=$(tail -1 "$T/peak")
+    else
+        "$@" > /dev/null 2> "$T/err"; rc=$?
+        kb=
+    fi
+}
+# Without sanitizers or valgrind, an address-space limit keeps a regression
+# from taking the machine down: it fails the test instead.
+if [ -n "$SKV_SANITIZE$SKV_VALGRIND" ]; then limit=unlimited; else limit=8000000; fi
+
+# ---- items 1 and 2: declared shapes, no data ----
+for k in pkhd-big pkhd-big-q trhd-big trhd-big-toks athd-big; do
+    $H $k $k.skv || exit 1
+done
+size=$(wc -c < pkhd-big.skv)
+for spec in "pkhd-big-q:skv-quant -d -o o.skv" "pkhd-big-q:skv-attend -o o.skv" \
+            "pkhd-big-q:skv-attend --reference -o o.skv" "pkhd-big-q:skv-stats mem" \
+            "pkhd-big:skv-quant -d -o o.skv" "pkhd-big:skv-stats mem" \
+            "trhd-big:skv-quant --uniform 4 -o o.skv" "trhd-big:skv-attend -o o.skv" \
+            "trhd-big:skv-attend --reference -o o.skv" "trhd-big-toks:skv-quant --uniform 4 -o o.skv" \
+            "trhd-big:skv-trace info" "athd-big:skv-stats compare athd-big.skv"; do
+    k=${spec%%:*} cmd=${spec#*:}
+    size=$(wc -c < $k.skv)
+    # shellcheck disable=SC2086
+    peak sh -c "ulimit -v $limit; exec $cmd $k.skv"
+    if [ -n "$SKV_SANITIZE$SKV_VALGRIND" ] || [ -z "$have_time" ]; then
+        skip "$cmd $k: peak RSS" "sanitizers and valgrind change the RSS, or no GNU time"
+    elif [ "$kb" -lt 131072 ]; then
+        ok "$cmd $k ($size-byte input): peak RSS $kb KiB < 128 MiB"
+    else
+        echo "       peak RSS $kb KiB for a $size-byte input"
+        bad "$cmd $k: peak RSS bounded"
+    fi
+    if grep -qE 'memory|Sanitizer|==[0-9]+==' "$T/err"; then
+        bad "$cmd $k: no memory error"
+    else
+        ok "$cmd $k: $(head -c 100 "$T/err")"
+    fi
+done
+run skv-quant --uniform 4 -o o.skv trhd-big.skv
+expect_err "stream ends inside layer 0" "trace header alone: 'stream ends inside layer 0', not 'out of memory'"
+run skv-stats mem pkhd-big.skv
+expect_rc 0 "a cache with every token evicted is valid (skv-stats mem)"
+
+# peak RSS against input size: 100 times the input costs no more memory
+skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 -o small.skv || exit 1
+skv-trace synth -L 1 -T 6400 -H 2 -K 1 -D 16 -o large.skv || exit 1
+if [ -z "$SKV_SANITIZE$SKV_VALGRIND" ] && [ -n "$have_time" ]; then
+    peak skv-trace info trhd-big.skv; base=$kb
+    peak skv-quant --uniform 4 -o o.skv large.skv; kl=$kb
+    peak skv-quant --uniform 4 -o o.skv trhd-big.skv; kh=$kb
+    if [ "$kh" -le "$kl" ]; then
+        ok "peak RSS: hostile 204-byte header $kh KiB <= 1.3 MB trace $kl KiB (info: $base KiB)"
+    else
+        echo "       hostile header $kh KiB, real trace $kl KiB"
+        bad "peak RSS grows with the data, not the header"
+    fi
+fi
+
+# ---- item 3, 5, 6: one set of rules for every reader ----
+for k in crit crit-mid res-head res-trhd res-tens res-alhd res-athd tens-dup tens-swap \
+         tens-del trhd-dim aloc-layer aloc-head aloc-n7 aloc-width7 aloc-twice aloc-missing \
+         aloc-pad aloc-nan; do
+    $H $k $k.skv || exit 1
+    run skv-trace info $k.skv
+    expect_rc 1 "info rejects $k"
+    run skv-trace cat -o c-$k.skv $k.skv
+    expect_rc 1 "cat rejects $k"
+    check "cat leaves no output for $k" test ! -e c-$k.skv
+    run skv-trace export --prefix x-$k $k.skv
+    expect_rc 1 "export rejects $k"
+done
+run skv-trace info crit.skv
+expect_err "unknown critical chunk ZZZZ" "info names the unknown critical chunk"
+$H ancillary anc.skv && $H ok ok.skv || exit 1
+run skv-trace info anc.skv
+expect_rc 0 "an unknown ancillary chunk is accepted"
+run skv-trace cat -o c.skv anc.skv
+expect_rc 0 "cat passes an ancillary chunk"
+for k in crit res-trhd res-tens tens-swap aloc-twice; do
+    run skv-quant --uniform 4 -o o.skv $k.skv
+    expect_rc 1 "skv-quant rejects $k too"
+done
+
+# ---- item 4: allocation contents, in every reader ----
+for k in cache-aloc-layer cache-aloc-width7 cache-aloc-n; do
+    $H $k $k.skv || exit 1
+    for cmd in "skv-quant -d -o o.skv" "skv-attend -o o.skv" "skv-stats mem"; do
+        # shellcheck disable=SC2086
+        run $cmd $k.skv
+        expect_rc 1 "$cmd rejects $k"
+        expect_err "the cache's allocation" "$cmd names the cache's allocation ($k)"
+    done
+done
+$H cache-aloc-ok cok.skv || exit 1
+run skv-stats mem cok.skv
+expect_rc 0 "a cache with a valid allocation loads"
+for k in aloc-layer aloc-head aloc-n7 aloc-width7 aloc-twice aloc-missing aloc-pad aloc-nan; do
+    run skv-attend --reference -o o.skv $k.skv
+    expect_rc 1 "skv-attend --reference rejects $k"
+    run skv-alloc --policy uniform:4 -o o.skv $k.skv
+    expect_rc 1 "skv-alloc rejects $k"
+done
+run skv-attend --reference -o o.skv ok.skv
+expect_rc 0 "skv-attend --reference on the valid small trace"
+
+# ---- item 7: temporary files and signals ----
+# a writer blocked on its input (a FIFO held open): its temporary exists
+tmps() { ls -a | grep -c '^out\.skv\.tmp' ; }
+for sig in TERM INT HUP; do
+    rm -f fifo out.skv
+    mkfifo fifo
+    # the first 200 bytes of a stream, then the writer holds the FIFO open
+    ( head -c 200 large.skv; sleep 30 ) > fifo &
+    feeder=$!
+    # background jobs of sh ignore SIGINT: start the tool with it at default
+    python3 -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execvp(sys.argv[1], sys.argv[1:])' skv-trace cat -o out.skv fifo 2> "$T/err" &
+    pid=$!
+    n=0
+    while [ "$(tmps)" = 0 ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+    have=$(tmps)
+    kill -$sig $pid
+    wait $pid
+    st=$?
+    kill $feeder 2> /dev/null
+    wait $feeder 2> /dev/null
+    if [ "$have" = 1 ] && [ "$(tmps)" = 0 ] && [ ! -e out.skv ] && [ $st -gt 128 ]; then
+        ok "SIG$sig removes the temporary file (exit $st)"
+    else
+        echo "       temporaries before $have, after $(tmps), exit $st"
+        bad "SIG$sig removes the temporary file"
+    fi
+done
+if [ -z "$SKV_VALGRIND" ]; then
+    rm -f fifo out.skv
+    mkfifo fifo
+    ( head -c 200 large.skv; sleep 30 ) > fifo &
+    feeder=$!
+    skv-trace cat -o out.skv fifo 2> /dev/null &
+    pid=$!
+    n=0
+    while [ "$(tmps)" = 0 ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+    kill -KILL $pid
+    wait $pid 2> /dev/null
+    kill $feeder 2> /dev/null
+    wait $feeder 2> /dev/null
+    check "kill -9 leaves a stale out.skv.tmpXXXXXX (documented)" test "$(tmps)" = 1
+    run skv-trace cat -o out.skv small.skv
+    expect_rc 0 "a later run is unaffected by the stale temporary"
+    check "the later run wrote the whole stream" cmp out.skv small.skv
+    rm -f out.skv.tmp*
+fi
+
+# ---- concurrent writers to one output name ----
+rm -f out.skv
+skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 --seed 2 -o s2.skv || exit 1
+skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 --seed 3 -o s3.skv || exit 1
+for i in 1 2 3 4; do
+    for f in small s2 s3 large; do skv-trace cat -o out.skv $f.skv & done
+done
+wait
+run skv-trace info out.skv
+expect_rc 0 "16 concurrent writers: the output is one complete stream"
+if cmp -s out.skv small.skv || cmp -s out.skv s2.skv || cmp -s out.skv s3.skv || \
+   cmp -s out.skv large.skv; then
+    ok "16 concurrent writers: the output is one of the inputs, whole"
+else
+    bad "16 concurrent writers: the output is one of the inputs, whole"
+fi
+check "16 concurrent writers: no temporary left" test "$(tmps)" = 0
