@@ -18,13 +18,13 @@ check "off a terminal without --progress: nothing" sh -c "[ $rc = 0 ] && [ ! -s 
 for c in "skv-trace cat t.skv -o c.skv" "skv-trace info t.skv"; do
     run $c --progress
     check "${c%% t.skv*} --progress: a done line with the bytes read and the rate" sh -c "[ $rc = 0 ] &&
-        grep -Eq ': done: [0-9.]+ [KM]B in [0-9]+s \\([0-9.]+ [KM]?B/s\\)' '$T/err'"
+        grep -Eq ': done: [0-9.]+ [KM]B in [0-9]+s \\([0-9.]+ [KMG]?B/s\\)' '$T/err'"
 done
 # the slower steps also report on the way (a 100 ms tick)
 for c in "skv-alloc -b 0.3 t.skv -o a.skv" "skv-attend --reference -s 1000: t.skv -o r.skv"; do
     run $c --progress
     check "${c%% -*} --progress: lines with the input read, rate, and the end" sh -c "[ $rc = 0 ] &&
-        grep -Eq ' of [0-9.]+ [KM]B \\([0-9]+%\\), [0-9.]+ [KM]?B/s' '$T/err' &&
+        grep -Eq ' of [0-9.]+ [KM]B \\([0-9]+%\\), [0-9.]+ [KMG]?B/s' '$T/err' &&
         grep -Eq ': done: [0-9.]+ [KM]B in ' '$T/err'"
 done
 run sh -c 'skv-alloc --progress -b 0.3 < t.skv > b.skv'
