@@ -16,7 +16,8 @@ static void usage(void)
            "the fp16 K+V bytes, and write the trace with the allocation appended.\n"
            "\n"
            "  -p, --policy POLICY    smartkv (default), greedy, optimal, uniform:N, random,\n"
-           "                         position, layer-aware\n"
+           "                         position, layer-aware; baselines q8_0, q4_0,\n"
+           "                         streaming, h2o, snapkv, mikv\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.25; none for\n"
            "                         uniform:N); BETA >= 1 stores everything at 16 bits\n"
            "      --importance MODE  ema (default), cumulative, normalized, window, oracle\n"
@@ -31,8 +32,8 @@ static void usage(void)
            "      --seed S           seed of the random policy (default 1)\n"
            TOOL_THREADS_HELP
            "  -g, --group G          channels per scale group for K and V (default head_dim)\n"
-           "      --k-mode MODE      key quantizer: asym (default) or sym\n"
-           "      --v-mode MODE      value quantizer: asym (default) or sym\n"
+           "      --k-mode MODE      key quantizer: asym (default), sym or ggml\n"
+           "      --v-mode MODE      value quantizer: asym (default), sym or ggml\n"
            "      --summary          print the width histogram per layer to stderr (also -v)\n"
            "      --json             print the summary as one JSON object on stderr\n"
            "  -o, --output FILE      write to FILE (default stdout)\n"
@@ -379,6 +380,8 @@ int main(int argc, char **argv)
         tool_usage_error("%s allocates per layer; drop --share-layers",
                          skv_policy_name(ac.policy));
     ac.qcfg.k_group = ac.qcfg.v_group = group; /* 0: head_dim, set from the trace */
+    if (skv_alloc_cfg_resolve(&ac) < 0) /* q8_0/q4_0 layout, eviction widths */
+        tool_usage_error("%s", skv_errmsg());
     if (tool_threads)
         ic.threads = tool_thread_count(SKV_MAX_THREADS);
     if (tool_verbosity >= 2 || json)

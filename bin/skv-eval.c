@@ -37,14 +37,15 @@ static noreturn void usage(void)
            "Cache options:\n"
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
            "                         greedy, optimal, uniform:N, random, position,\n"
-           "                         layer-aware, atskv, atskv-ema (needle: a comma list)\n"
+           "                         layer-aware; baselines q8_0, q4_0, streaming, h2o,\n"
+           "                         snapkv, mikv; atskv, atskv-ema (needle: a comma list)\n"
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized\n"
            "      --decay G          ema decay in [0,1) (default 0.9)\n"
            "      --realloc R        reallocate every R tokens (default 16)\n"
            "      --ideal            idealised cache: requantize from a full-precision copy\n"
-           "      --bits LIST        allowed widths (default 2,3,4,8,16)\n"
+           "      --bits LIST        allowed widths (default 2,3,4,8,16; 0 = evict)\n"
            "      --sinks N          first N tokens at the top width (default 4)\n"
            "      --recent N         newest N tokens at the top width (default 32)\n"
            "  -g, --group G          channels per scale group (default head_dim)\n"
@@ -70,6 +71,10 @@ static noreturn void usage(void)
            "      --shard I/N        sweep: run only rows i with i %% N == I\n"
            "  -@, --threads N        model threads (default: online CPUs, divided among\n"
            "                         the sweep's jobs)\n"
+           "      --ref-cache DIR    ppl, sweep: keep the fp16 reference's logits in DIR and\n"
+           "                         reuse them (one model run per row instead of two)\n"
+           "      --int8-matmul      ppl, sweep: matrix products on int8 activations (faster;\n"
+           "                         adds a KL noise floor, see skv-eval(1)); needle uses them\n"
            "Output:\n"
            "  -O, --format FMT       text (default), tsv or json\n"
            "      --tsv, --json      short for -O tsv, -O json\n"
@@ -82,7 +87,8 @@ static noreturn void usage(void)
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
-    O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_WEIGHTS
+    O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8,
+    O_WEIGHTS
 };
 
 static const struct option longopts[] = {
@@ -119,6 +125,8 @@ static const struct option longopts[] = {
     {"json", no_argument, NULL, TOOL_OPT_JSON},
     {"format", required_argument, NULL, 'O'},
     {"output", required_argument, NULL, 'o'},
+    {"ref-cache", required_argument, NULL, O_REFCACHE},
+    {"int8-matmul", no_argument, NULL, O_INT8},
     TOOL_COMMON_OPTIONS,
     {NULL, 0, NULL, 0},
 };
@@ -145,6 +153,8 @@ typedef struct opts {
     uint32_t reallocs[MAX_LIST], n_reallocs;
     uint32_t imps[MAX_LIST], n_imps;
     int tsv, json, quiet;
+    const char *ref_cache;  /* --ref-cache DIR */
+    int int8;               /* --int8-matmul */
 } opts;
 
 /* Split a comma list into a fresh copy's items. */
@@ -378,6 +388,10 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
 
 static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int front)
 {
+    /* what the policy fixes: no budget for fixed layouts, its importance mode */
+    unsigned pf = skv_policy_flags(c->alloc.policy);
+    uint32_t imp = c->kind == SKV_EC_COMPRESS ? skv_policy_imp_mode(c->alloc.policy, c->imp_mode)
+                                              : c->imp_mode;
     char label[160], pol[32];
     skv_ec_describe(c, label, sizeof label);
     policy_text(c, pol, sizeof pol);
@@ -386,11 +400,10 @@ static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int f
             "%.6f\t%.6f\t%.6f\t%llu\t%.3f\t%.3f\t%.5f\t%.5f\n",
             label, pol, r->beta, (unsigned long long)r->stats.bytes, r->kl, r->ppl,
             r->ppl - r->ppl_ref, r->top1, r->ppl_ref, r->kl_max, front,
-            (c->kind == SKV_EC_COMPRESS && c->alloc.policy != SKV_POLICY_UNIFORM) ||
-                    c->kind == SKV_EC_ATSKV
+            (c->kind == SKV_EC_COMPRESS && !(pf & SKV_PF_FIXED)) || c->kind == SKV_EC_ATSKV
                 ? c->alloc.budget
                 : 0,
-            skv_imp_mode_name(c->imp_mode), c->decay, c->realloc, c->ideal, r->beta_alloc,
+            skv_imp_mode_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
             r->beta_end, r->meta_frac, (unsigned long long)r->n_scored, r->seconds, r->ref_seconds,
             (double)r->stats.track_ns / dec, (double)r->stats.realloc_ns / dec);
 }
@@ -486,6 +499,8 @@ static skv_ppl_opts ppl_opts(const opts *o, prog *p)
     po.prefill = o->prefill;
     po.max_tokens = o->max_tokens;
     po.reference = 1;
+    po.ref_cache = o->ref_cache;
+    po.int8 = o->int8;
     po.progress = progress;
     po.progress_ctx = p;
     return po;
@@ -975,8 +990,6 @@ int main(int argc, char **argv)
         case O_IDEAL: o.cfg.ideal = 1; break;
         case O_BITS:
             o.cfg.alloc.width_mask = tool_opt_widths("--bits", optarg);
-            if (o.cfg.alloc.width_mask & 1u)
-                tool_usage_error("--bits: eviction (0) is not supported by the online cache");
             break;
         case O_SINKS: o.cfg.alloc.sinks = tool_opt_u32("--sinks", optarg, 0, 1u << 24); break;
         case O_RECENT: o.cfg.alloc.recent = tool_opt_u32("--recent", optarg, 0, 1u << 24); break;
@@ -1032,6 +1045,8 @@ int main(int argc, char **argv)
         }
         case TOOL_OPT_TSV: o.tsv = 1; break;
         case TOOL_OPT_JSON: o.json = 1; break;
+        case O_REFCACHE: o.ref_cache = optarg; break;
+        case O_INT8: o.int8 = 1; break;
         case 'O': {
             int f = tool_opt_format(optarg, 1u << TOOL_FMT_TEXT | 1u << TOOL_FMT_TSV |
                                     1u << TOOL_FMT_JSON);

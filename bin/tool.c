@@ -395,12 +395,14 @@ double tool_opt_double(const char *opt, const char *s, double lo, double hi, int
 uint32_t tool_opt_qmode(const char *opt, const char *s)
 {
     if (!s)
-        tool_usage_error("%s needs a value (asym or sym)", opt);
+        tool_usage_error("%s needs a value (asym, sym or ggml)", opt);
     if (!strcmp(s, "asym"))
         return SKV_QMODE_ASYM;
     if (!strcmp(s, "sym"))
         return SKV_QMODE_SYM;
-    tool_usage_error("%s: '%s' is not asym or sym", opt, s);
+    if (!strcmp(s, "ggml"))
+        return SKV_QMODE_GGML;
+    tool_usage_error("%s: '%s' is not asym, sym or ggml", opt, s);
 }
 
 void tool_opt_policy(const char *opt, const char *s, uint32_t *policy, uint32_t *ubits)

@@ -132,7 +132,7 @@ int tool_parse_range(const char *s, uint64_t limit, uint64_t *a, uint64_t *b, co
 uint32_t tool_opt_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi);
 /* A number in [lo, hi] ([lo, hi) when hi_open). */
 double tool_opt_double(const char *opt, const char *s, double lo, double hi, int hi_open);
-/* "asym" or "sym": SKV_QMODE_ASYM or SKV_QMODE_SYM. */
+/* "asym", "sym" or "ggml": SKV_QMODE_ASYM, SKV_QMODE_SYM or SKV_QMODE_GGML. */
 uint32_t tool_opt_qmode(const char *opt, const char *s);
 /* A policy name (skv_policy_parse): sets *policy and, for uniform:N, *ubits. */
 void tool_opt_policy(const char *opt, const char *s, uint32_t *policy, uint32_t *ubits);

@@ -945,8 +945,8 @@ static int parse_pbkt(const skv_cuda_shape *sh, const uint8_t *p, uint64_t size,
                          "or token count %u (of %llu) wrong", s->layer, s->kvh, s->bits, hd,
                          sh->head_dim, s->n, (unsigned long long)sh->n_tokens);
     if (s->kgroup == 0 || hd % s->kgroup || s->vgroup == 0 || hd % s->vgroup ||
-        (s->kmode != SKV_QMODE_ASYM && s->kmode != SKV_QMODE_SYM) ||
-        (s->vmode != SKV_QMODE_ASYM && s->vmode != SKV_QMODE_SYM))
+        s->kmode < SKV_QMODE_ASYM || s->kmode > SKV_QMODE_GGML ||
+        s->vmode < SKV_QMODE_ASYM || s->vmode > SKV_QMODE_GGML)
         return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u: bad groups %u/%u or modes %u/%u",
                          s->layer, s->kvh, s->kgroup, s->vgroup, s->kmode, s->vmode);
     skv_qcfg cfg = {hd, s->kgroup, s->vgroup, s->kmode, s->vmode};

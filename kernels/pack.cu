@@ -105,7 +105,7 @@ extern "C" int skv_cuda_pack(const skv_qcfg *cfg, uint32_t layer, uint32_t kv_he
     if (d == 0 || d > 1024 || cfg->k_group == 0 || d % cfg->k_group || cfg->v_group == 0 ||
         d % cfg->v_group ||
         (cfg->k_mode != SKV_QMODE_ASYM && cfg->k_mode != SKV_QMODE_SYM) ||
-        (cfg->v_mode != SKV_QMODE_ASYM && cfg->v_mode != SKV_QMODE_SYM))
+        (cfg->v_mode != SKV_QMODE_ASYM && cfg->v_mode != SKV_QMODE_SYM)) /* no GGML rule on the GPU */
         return skv_error(SKV_EINVAL, "CUDA pack: bad quantizer configuration (head_dim %u, "
                          "groups %u/%u, modes %u/%u)", d, cfg->k_group, cfg->v_group,
                          cfg->k_mode, cfg->v_mode);

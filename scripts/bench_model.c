@@ -1,6 +1,12 @@
-/* bench_model.c -- built and run by scripts/bench-model: prompt processing
- * and decode speed of the C forward pass, and the cost of recording a trace,
- * all measured side by side in one run. */
+/* bench_model.c -- built and run by scripts/bench-model.
+ *
+ *   bench_model prompt MODEL TEXT N_PROMPT N_DECODE OUTDIR THREADS...
+ *     prompt processing and decode speed of the C forward pass, and the cost
+ *     of recording a trace, all measured side by side in one run;
+ *   bench_model decode MODEL TEXT N_DECODE THREADS DEPTH [float]
+ *     one line "tok/s": decode speed with the fp16 cache after a prefill of
+ *     DEPTH tokens (llama-bench's tg at depth d), on int8 activations or,
+ *     with "float", on float32 ones. */
 #include "smartkv.h"
 
 #include <stdio.h>
@@ -21,34 +27,91 @@ static void die(const char *what)
     exit(1);
 }
 
-int main(int argc, char **argv)
+static int32_t *load_tokens(skv_model *m, const char *text, size_t *n)
 {
-    if (argc < 6) {
-        fprintf(stderr, "usage: bench_model MODEL TEXT N_PROMPT N_DECODE OUTDIR [THREADS...]\n");
-        return 2;
-    }
-    const char *model = argv[1], *text = argv[2], *dir = argv[5];
-    uint32_t np = (uint32_t)atoi(argv[3]), nd = (uint32_t)atoi(argv[4]);
     FILE *f = fopen(text, "rb");
     if (!f) {
         perror(text);
-        return 1;
+        exit(1);
     }
     static char buf[1 << 20];
     size_t len = fread(buf, 1, sizeof buf, f);
     fclose(f);
+    const skv_tokenizer *tk = skv_model_tokenizer(m);
+    int32_t *ids;
+    if (!tk || skv_tokenize(tk, buf, len, 0, &ids, n) < 0)
+        die("tokenize");
+    return ids;
+}
+
+static int decode(int argc, char **argv)
+{
+    if (argc < 7) {
+        fprintf(stderr, "usage: bench_model decode MODEL TEXT N_DECODE THREADS DEPTH [float]\n");
+        return 2;
+    }
+    uint32_t nd = (uint32_t)atoi(argv[4]), depth = (uint32_t)atoi(argv[6]);
+    skv_model *m = skv_model_load(argv[2], atoi(argv[5]));
+    if (!m)
+        die(argv[2]);
+    if (argc > 7 && !strcmp(argv[7], "float"))
+        skv_model_set_q8(m, 0);
+    size_t nt;
+    int32_t *ids = load_tokens(m, argv[3], &nt);
+    const skv_model_params *p = skv_model_get_params(m);
+    uint32_t total = depth + nd + 1;
+    int32_t *tok = malloc(total * sizeof *tok);
+    float *logits = malloc((size_t)p->n_vocab * sizeof(float));
+    if (!tok || !logits)
+        die("memory");
+    for (uint32_t i = 0; i < total; i++)
+        tok[i] = ids[i % nt];
+    skv_ec_cfg c;
+    skv_ec_defaults(&c);
+    c.kind = SKV_EC_FP16;
+    skv_kv_cache *kc = skv_ec_new(&c, p->n_layers, p->n_heads, p->n_kv_heads, p->head_dim, total);
+    skv_session *s = kc ? skv_session_new(m, kc, total) : NULL;
+    if (!s)
+        die("session");
+    /* warm-up token (pages in the weights), then the context */
+    if (skv_session_eval(s, tok, 1, logits, SKV_LOGITS_LAST) < 0 ||
+        (depth > 1 && skv_session_eval(s, tok + 1, depth - 1, logits, SKV_LOGITS_LAST) < 0))
+        die("prefill");
+    if (depth == 0 && skv_session_reset(s) < 0)
+        die("reset");
+    /* decode: the text's next tokens, one at a time, logits each step */
+    double t0 = now();
+    for (uint32_t i = 0; i < nd; i++)
+        if (skv_session_eval(s, tok + depth + i, 1, logits, SKV_LOGITS_LAST) < 0)
+            die("decode");
+    double t1 = now();
+    printf("%.2f\n", nd / (t1 - t0));
+    skv_session_free(s);
+    skv_kv_cache_free(kc);
+    free(tok);
+    free(logits);
+    free(ids);
+    skv_model_free(m);
+    return 0;
+}
+
+static int prompt(int argc, char **argv)
+{
+    if (argc < 8) {
+        fprintf(stderr, "usage: bench_model prompt MODEL TEXT N_PROMPT N_DECODE OUTDIR THREADS...\n");
+        return 2;
+    }
+    const char *model = argv[2], *text = argv[3], *dir = argv[6];
+    uint32_t np = (uint32_t)atoi(argv[4]), nd = (uint32_t)atoi(argv[5]);
     printf("%-8s %12s %12s %12s %12s %10s\n", "threads", "prompt tok/s", "decode tok/s",
            "record tok/s", "eval tok/s", "rec/eval");
-    for (int a = 6; a < argc; a++) {
+    for (int a = 7; a < argc; a++) {
         int th = atoi(argv[a]);
         skv_model *m = skv_model_load(model, th);
         if (!m)
             die(model);
-        const skv_tokenizer *tk = skv_model_tokenizer(m);
-        int32_t *ids;
         size_t n;
-        if (!tk || skv_tokenize(tk, buf, len, 0, &ids, &n) < 0)
-            die("tokenize");
+        int32_t *ids = load_tokens(m, text, &n);
         if (n < np)
             np = (uint32_t)n;
         uint32_t V = skv_model_get_params(m)->n_vocab;
@@ -101,4 +164,14 @@ int main(int argc, char **argv)
     printf("(%u prompt tokens, %u decode steps; rec/eval = recording time / plain prefill time)\n",
            np, nd);
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "decode"))
+        return decode(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "prompt"))
+        return prompt(argc, argv);
+    fprintf(stderr, "usage: bench_model prompt|decode ...\n");
+    return 2;
 }

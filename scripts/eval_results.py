@@ -3,7 +3,8 @@ check the method's claims.  Standard library only."""
 import csv
 import sys
 
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+only_baselines = sys.argv[1] == "--baselines-only"
+rows = list(csv.DictReader(open(sys.argv[-1]), delimiter="\t"))
 by = {r["label"]: r for r in rows}
 
 
@@ -31,6 +32,36 @@ def table(title, labels):
         print(line(by[l]))
 
 
+# every baseline in its default setting (R = 16, default widths), fixed
+# layouts first, then by budget
+BASE = ["fp16", "q8_0", "uniform:8", "kivi:4", "q4_0", "uniform:4", "kivi:2", "uniform:2",
+        "streaming", "h2o", "snapkv", "mikv", "smartkv"]
+
+
+def baselines(title):
+    for r in rows:  # fixed layouts spend no budget (older rows recorded the default)
+        if r["policy"] in ("q8_0", "q4_0") or r["policy"].startswith(("uniform", "kivi")):
+            r["budget"] = "0"
+    sel = [r for r in rows if r["policy"] in BASE and r["budget"] in ("0", "0.2", "0.3", "0.5")
+           and not any(t in r["label"] for t in (" bits=", " ideal", " sinks=", " group="))
+           and r["realloc"] == "16" and r["label"].count("ema:") <= 1
+           and ("ema:" not in r["label"] or "ema:0.9 " in r["label"])]
+    if not sel:
+        return
+    sel.sort(key=lambda r: (float(r["budget"]), BASE.index(r["policy"]), -f(r, "beta")))
+    print("\n### " + title + "\n")
+    print("| cache | beta (mean) | beta (window end) | PPL | dPPL | KL (nats/token) | top-1 |\n"
+          "|---|---|---|---|---|---|---|")
+    for r in sel:
+        print("| %s | %.3f | %.3f | %.3f | %+.3f | %.4g | %.3f |" % (
+            r["label"], f(r, "beta"), f(r, "beta_end"), f(r, "ppl"), f(r, "dppl"), f(r, "kl"),
+            f(r, "top1")))
+
+
+if only_baselines:
+    baselines("Baselines")
+    sys.exit(0)
+
 B = ["0.25", "0.3", "0.4", "0.5"]
 W = " bits=4,8,16"
 table("Uniform widths and the fp16 reference",
@@ -45,6 +76,8 @@ table("Importance ablations (smartkv, widths 4,8,16, beta 0.4)",
       [f"smartkv beta=0.4 normalized R=16{W}"])
 table("Real cache vs idealised (requantize from full precision)",
       [f"smartkv beta={b} ema:0.9 R=16{W}{s}" for b in ("0.3", "0.5") for s in ("", " ideal")])
+
+baselines("Baselines at equal budgets (fixed layouts first)")
 
 print("\n### Claims\n")
 
@@ -79,4 +112,20 @@ for tag, sfx in (("widths 2..16", ""), ("widths 4,8,16", W)):
                 b, f(s, "kl"), f(r, "kl"), f(s, "beta"), f(r, "beta")))
     if tot:
         claim(f"smartkv beats random at equal bytes ({tag})", wins == tot,
+              "%d/%d budgets; " % (wins, tot) + "; ".join(det))
+
+# the baselines at equal budgets (same beta requested; mean beta printed)
+for p in ("streaming", "h2o", "snapkv", "mikv"):
+    wins, tot, det = 0, 0, []
+    for b in ("0.2", "0.3", "0.5"):
+        s = next((r for r in rows if r["label"] == f"smartkv beta={b} ema:0.9 R=16"), None)
+        o = next((r for r in rows if r["policy"] == p and r["budget"] == b
+                  and r["realloc"] == "16" and " bits=" not in r["label"]), None)
+        if s and o:
+            tot += 1
+            wins += f(s, "kl") < f(o, "kl")
+            det.append("beta %s: KL %.4g vs %.4g (beta %.3f vs %.3f)" % (
+                b, f(s, "kl"), f(o, "kl"), f(s, "beta"), f(o, "beta")))
+    if tot:
+        claim(f"smartkv (widths 2..16) beats {p} on KL at equal budgets", wins == tot,
               "%d/%d budgets; " % (wins, tot) + "; ".join(det))

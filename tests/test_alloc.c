@@ -76,7 +76,7 @@ static void make_planted(planted *pl, uint32_t L, uint32_t H, uint64_t T, uint32
         pl->ent[i] = (float)(1 + 4 * urand());
     free(k);
     free(v);
-    pl->p = (skv_alloc_problem){L, H, T, pl->imp, pl->err, pl->ent};
+    pl->p = (skv_alloc_problem){L, H, T, pl->imp, pl->err, pl->ent, NULL};
 }
 
 static void free_planted(planted *pl)
@@ -502,7 +502,7 @@ START_TEST(test_alhd_validation)
     } bad[] = {
         {8, 0, "n_layers"},         {12, 0, "n_kv_heads"},     {24, 0, "width mask"},
         {24, 1u << 5, "width mask"}, {28, 2, "flags"},          {32, 0, "head_dim"},
-        {36, 48, "group"},          {40, 0, "group"},          {44, 3, "modes"},
+        {36, 48, "group"},          {40, 0, "group"},          {44, 4, "modes"},
         {52, 1, "reserved"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -464,8 +464,55 @@ START_TEST(test_model_ppl)
 }
 END_TEST
 
+/* The reference kept on disk gives the numbers of the lockstep run exactly
+ * (on the integer path a token's logits do not depend on the blocks), is
+ * made once and then read (ref_seconds 0), and a file that does not match
+ * its key is recomputed, not trusted. */
+START_TEST(test_model_ref_cache)
+{
+    char dir[] = "/tmp/skv-refcache-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    skv_ec_cfg c;
+    skv_ec_defaults(&c);
+    ck_assert_int_eq(skv_policy_parse("uniform:4", &c.alloc.policy, &c.alloc.uniform_bits), 0);
+    c.alloc.recent = 8;
+    skv_ppl_opts o = {0};
+    o.ctx = 64;
+    o.stride = 32;
+    o.prefill = 8;
+    o.reference = 1;
+    skv_ppl_result a, b, d, e;
+    ck_assert_msg(skv_eval_ppl(m, ids, n_ids, &c, &o, &a) == 0, "%s", skv_errmsg());
+    o.ref_cache = dir;
+    ck_assert_msg(skv_eval_ppl(m, ids, n_ids, &c, &o, &b) == 0, "%s", skv_errmsg());
+    ck_assert(b.ref_seconds > 0);
+    c.realloc = 8;   /* another row of a sweep: the same reference */
+    ck_assert_msg(skv_eval_ppl(m, ids, n_ids, &c, &o, &d) == 0, "%s", skv_errmsg());
+    ck_assert(d.ref_seconds == 0);
+    ck_assert_msg(a.nll_ref == b.nll_ref && a.kl == b.kl && a.top1 == b.top1 && a.nll == b.nll &&
+                  a.kl_max == b.kl_max, "lockstep kl %.9g nll_ref %.9g, cached kl %.9g nll_ref %.9g",
+                  a.kl, a.nll_ref, b.kl, b.nll_ref);
+    ck_assert(d.nll_ref == a.nll_ref);
+    /* corrupt the file (same size, other logits): recomputed, same numbers */
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "for f in %s/ref-*.bin; do printf 'XXXX' | dd of=$f bs=1 seek=8 "
+             "conv=notrunc 2>/dev/null; done", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_msg(skv_eval_ppl(m, ids, n_ids, &c, &o, &e) == 0, "%s", skv_errmsg());
+    ck_assert(e.ref_seconds > 0 && e.nll_ref == a.nll_ref && e.kl == d.kl);
+    /* a directory that cannot be made is an error, not a crash */
+    o.ref_cache = "/proc/skv-no-such-dir/x";
+    ck_assert_int_lt(skv_eval_ppl(m, ids, n_ids, &c, &o, &e), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_model_f32_cache)
 {
+    /* float32 activations: on int8 ones the rounding differences of the two
+     * attention paths move activations across quantization steps */
+    skv_model_set_q8(m, 0);
     const skv_model_params *p = skv_model_get_params(m);
     uint32_t n = 48, nv = p->n_vocab;
     float *a = malloc((size_t)n * nv * 4), *b = malloc((size_t)n * nv * 4);
@@ -532,6 +579,7 @@ int main(void)
         tcase_add_checked_fixture(tm, msetup, mteardown);
         tcase_add_test(tm, test_model_ppl);
         tcase_add_test(tm, test_model_f32_cache);
+        tcase_add_test(tm, test_model_ref_cache);
         tcase_add_test(tm, test_model_needle_prompt);
         suite_add_tcase(su, tm);
     }
@@ -540,6 +588,6 @@ int main(void)
     int nf = srunner_ntests_failed(sr);
     srunner_free(sr);
     if (!have_model)
-        report_skip("eval", 3);
+        report_skip("eval", 4);
     return nf != 0;
 }

@@ -442,6 +442,157 @@ START_TEST(test_vec_kernels)
 }
 END_TEST
 
+
+/* Integer dot products: quantization is the same bit for bit in every path,
+ * each SIMD level (AVX2, AVX-VNNI) matches the scalar reference for 1..4
+ * rows, and the result is close to the float dot product it replaces. */
+static const uint32_t q8_types[] = {SKV_GGML_Q4_0, SKV_GGML_Q4_1, SKV_GGML_Q8_0};
+
+START_TEST(test_q8_matches_scalar)
+{
+    uint32_t type = q8_types[_i];
+    srand(300 + (unsigned)_i);
+    const size_t n = 1536, nb = n / SKV_Q8_BLOCK;
+    uint64_t rb;
+    ck_assert_int_eq(skv_ggml_row_bytes(type, n, &rb), 0);
+    ck_assert(skv_ggml_q8_supported(type));
+    uint8_t *w = malloc(rb);
+    float *x = malloc(4 * n * 4);
+    skv_q8_block *qr = malloc(4 * nb * sizeof *qr), *qs = malloc(4 * nb * sizeof *qs);
+    for (int rep = 0; rep < 20; rep++) {
+        fill_blocks(type, w, n / skv_ggml_block_elems(type));
+        for (size_t i = 0; i < 4 * n; i++)
+            x[i] = ((float)rand() / RAND_MAX * 2 - 1) * (rep % 3 ? 1.0f : 40.0f);
+        for (size_t i = 0; i < n; i += 97)
+            x[i] = 0;   /* zeros, and one all-zero block (scale 0) */
+        memset(x + n, 0, SKV_Q8_BLOCK * sizeof(float));
+        skv_q8_quantize_ref(x, qr, 4 * n);
+        /* the float reference with the dequantized activations */
+        double exact[4] = {0}, mag[4] = {0};
+        static float wf[1536];
+        skv_ggml_dequant_ref(type, w, wf, n);
+        for (uint32_t t = 0; t < 4; t++)
+            for (size_t i = 0; i < n; i++) {
+                const skv_q8_block *b = qr + t * nb + i / SKV_Q8_BLOCK;
+                double xv = (double)b->d * b->qs[i % SKV_Q8_BLOCK];
+                exact[t] += (double)wf[i] * xv;
+                mag[t] += fabs((double)wf[i] * xv);
+                ck_assert(fabs(xv - x[t * n + i]) <= 0.5001 * b->d);
+            }
+        for (int level = SKV_SIMD_SCALAR; level <= SKV_SIMD_VNNI; level++) {
+            int got = skv_simd_set_level(level);
+            skv_q8_quantize(x, qs, 4 * n);
+            ck_assert_msg(!memcmp(qr, qs, 4 * nb * sizeof *qr), "level %d: quantization differs", got);
+            float ref[4], o[4];
+            for (uint32_t nt = 1; nt <= 4; nt++) {
+                skv_ggml_dot_q8_ref(type, w, qr, nb, n, nt, ref);
+                skv_ggml_dot_q8(type, w, qs, nb, n, nt, o);
+                for (uint32_t t = 0; t < nt; t++) {
+                    ck_assert_msg(fabs(ref[t] - exact[t]) <= 1e-5 * mag[t] + 1e-6,
+                                  "%s row %u: reference %g exact %g", skv_ggml_type_name(type), t,
+                                  ref[t], exact[t]);
+                    ck_assert_msg(fabs(o[t] - ref[t]) <= 1e-5 * mag[t] + 1e-6,
+                                  "%s level %d nt %u row %u: %g vs reference %g",
+                                  skv_ggml_type_name(type), got, nt, t, o[t], ref[t]);
+                }
+            }
+        }
+        skv_simd_enable(1);
+    }
+    ck_assert(!skv_ggml_q8_supported(SKV_GGML_Q6_K) && !skv_ggml_q8_supported(SKV_GGML_F16));
+    free(w);
+    free(x);
+    free(qr);
+    free(qs);
+}
+END_TEST
+
+/* Hand-worked values: a q8 block of 1..32 against known weight blocks. */
+START_TEST(test_q8_known)
+{
+    float x[32];
+    for (int i = 0; i < 32; i++)
+        x[i] = (float)(i + 1) * (127.0f / 32.0f);   /* max 127: scale 1, q = round(i+1 * 127/32) */
+    skv_q8_block q;
+    skv_q8_quantize_ref(x, &q, 32);
+    ck_assert(q.d == 1.0f && q.qs[31] == 127 && q.qs[0] == 4);   /* 3.97 -> 4 */
+    int sum = 0;
+    for (int i = 0; i < 32; i++)
+        sum += q.qs[i];
+    ck_assert(q.sum == sum);
+    uint8_t q41[20] = {0};
+    skv_put16(q41, 0x4000);            /* d = 2 */
+    skv_put16(q41 + 2, 0xBC00);        /* m = -1 */
+    q41[4] = 0x31;                     /* element 0: 1, element 16: 3 */
+    float o[4] = {0};
+    /* 2*(1*q0 + 3*q16) - sum */
+    float want = 2.0f * (q.qs[0] + 3.0f * q.qs[16]) - (float)sum;
+    for (int level = SKV_SIMD_SCALAR; level <= SKV_SIMD_VNNI; level++) {
+        skv_simd_set_level(level);
+        skv_ggml_dot_q8(SKV_GGML_Q4_1, q41, &q, 1, 32, 1, o);
+        ck_assert_msg(o[0] == want, "level %d: %g, want %g", level, o[0], want);
+    }
+    skv_simd_enable(1);
+}
+END_TEST
+
+
+/* Rows packed by 8: the reference on the packed layout equals the row-wise
+ * reference on the ggml rows, and every SIMD level matches it. */
+START_TEST(test_q8x8_matches_rows)
+{
+    uint32_t type = q8_types[_i];
+    srand(500 + (unsigned)_i);
+    const size_t n = 576, nb = n / SKV_Q8_BLOCK, rows = 16;
+    uint64_t rb;
+    ck_assert_int_eq(skv_ggml_row_bytes(type, n, &rb), 0);
+    uint64_t pb = skv_q8x8_bytes(type, n, rows);
+    ck_assert_uint_eq(pb, rb * rows);   /* the same size as the ggml rows */
+    ck_assert_uint_eq(skv_q8x8_bytes(type, n, 12), 0);
+    ck_assert_uint_eq(skv_q8x8_bytes(type, 48, 8), 0);
+    ck_assert_uint_eq(skv_q8x8_bytes(SKV_GGML_Q6_K, 512, 8), 0);
+    uint8_t *w = malloc(rb * rows), *pk = malloc(pb);
+    float x[4 * 576];
+    skv_q8_block q[4 * 18];
+    for (int rep = 0; rep < 10; rep++) {
+        fill_blocks(type, w, rows * n / skv_ggml_block_elems(type));
+        for (size_t i = 0; i < 4 * n; i++)
+            x[i] = ((float)rand() / RAND_MAX * 2 - 1) * (rep % 2 ? 1.0f : 30.0f);
+        skv_q8_quantize_ref(x, q, 4 * n);
+        skv_q8x8_pack(type, w, (size_t)rb, n, rows, pk);
+        for (uint32_t nt = 1; nt <= 4; nt++) {
+            float want[4][16], ref[4][16], got[4][16];
+            for (size_t r = 0; r < rows; r++) {
+                float o[4];
+                skv_ggml_dot_q8_ref(type, w + r * rb, q, nb, n, nt, o);
+                for (uint32_t t = 0; t < nt; t++)
+                    want[t][r] = o[t];
+            }
+            for (size_t g = 0; g < rows / 8; g++)
+                skv_q8x8_dot_ref(type, pk + g * (pb / 2), q, nb, n, nt, &ref[0][8 * g], 16);
+            for (int level = SKV_SIMD_SCALAR; level <= SKV_SIMD_VNNI; level++) {
+                int lv = skv_simd_set_level(level);
+                for (size_t g = 0; g < rows / 8; g++)
+                    skv_q8x8_dot(type, pk + g * (pb / 2), q, nb, n, nt, &got[0][8 * g], 16);
+                for (uint32_t t = 0; t < nt; t++)
+                    for (size_t r = 0; r < rows; r++) {
+                        double mag = 1e-5 * (fabs(want[t][r]) + 30 * n * 0.1) + 1e-6;
+                        ck_assert_msg(fabs(ref[t][r] - want[t][r]) <= mag, "%s row %zu: packed ref "
+                                      "%g, rows %g", skv_ggml_type_name(type), r, ref[t][r],
+                                      want[t][r]);
+                        ck_assert_msg(fabs(got[t][r] - ref[t][r]) <= mag, "%s level %d nt %u t %u "
+                                      "row %zu: %g, ref %g", skv_ggml_type_name(type), lv, nt, t, r,
+                                      got[t][r], ref[t][r]);
+                    }
+            }
+            skv_simd_enable(1);
+        }
+    }
+    free(w);
+    free(pk);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("gguf");
@@ -454,9 +605,13 @@ int main(void)
     tcase_add_test(tc, test_open_file);
     suite_add_tcase(su, tc);
     TCase *tq = tcase_create("quant");
+    tcase_set_timeout(tq, 60);
     tcase_add_loop_test(tq, test_simd_matches_scalar, 0, (int)(sizeof all_types / sizeof all_types[0]));
     tcase_add_test(tq, test_known_blocks);
     tcase_add_test(tq, test_vec_kernels);
+    tcase_add_loop_test(tq, test_q8_matches_scalar, 0, (int)(sizeof q8_types / sizeof q8_types[0]));
+    tcase_add_test(tq, test_q8_known);
+    tcase_add_loop_test(tq, test_q8x8_matches_rows, 0, (int)(sizeof q8_types / sizeof q8_types[0]));
     suite_add_tcase(su, tq);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -146,8 +146,11 @@ START_TEST(test_prefill_matches_decode)
 }
 END_TEST
 
-/* 1 and 2 threads split the same work: identical logits.  The scalar path
- * agrees with the SIMD path to rounding. */
+/* 1 and 2 threads split the same work: identical logits.  On float
+ * activations the scalar path agrees with the SIMD path to rounding.  (On
+ * int8 activations a rounding difference upstream can move an activation by
+ * one quantization step, so the paths agree only to the quantization noise:
+ * test_q8_vs_float bounds that, test_gguf compares the kernels.) */
 START_TEST(test_threads_and_simd)
 {
     size_t n;
@@ -163,6 +166,9 @@ START_TEST(test_threads_and_simd)
     ck_assert_int_eq(skv_session_eval(s, ids, (uint32_t)n, b, SKV_LOGITS_LAST), 0);
     ck_assert(!memcmp(a, b, V * sizeof(float)));
     skv_session_reset(s);
+    skv_model_set_q8(m1, 0);
+    ck_assert_int_eq(skv_session_eval(s, ids, (uint32_t)n, a, SKV_LOGITS_LAST), 0);
+    skv_session_reset(s);
     skv_simd_enable(0);
     ck_assert_int_eq(skv_session_eval(s, ids, (uint32_t)n, c, SKV_LOGITS_LAST), 0);
     skv_simd_enable(1);
@@ -177,6 +183,69 @@ START_TEST(test_threads_and_simd)
     free(a);
     free(b);
     free(c);
+    free(ids);
+}
+END_TEST
+
+/* Int8 activations (the default) against float32 activations over the
+ * first 512 tokens of GPL-3: the quantization noise of the activations is
+ * small next to the model's own (Q4_1 weights).  Bounds: mean KL divergence
+ * of the next-token distributions below 0.02 nats, the same top token at 90%
+ * of positions or more, perplexity within 2.5%.  Measured here: 0.004-0.005
+ * nats, 95%, and perplexity -1.0% (rows packed by 8) or +0.1% (ggml rows):
+ * the sums differ only in rounding, but a rounding difference can move an
+ * activation across a quantization step, so the perplexity of a short text
+ * moves by about 1% between equally exact paths. */
+START_TEST(test_q8_vs_float)
+{
+    FILE *f = fopen("/usr/share/common-licenses/GPL-3", "rb");
+    if (!f) {
+        printf("SKIP: /usr/share/common-licenses/GPL-3 absent: int8 vs float not compared\n");
+        return;
+    }
+    static char buf[8192];
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = 0;
+    size_t n;
+    int32_t *ids = encode(buf, 0, &n);
+    ck_assert_uint_ge(n, 512);
+    n = 512;
+    uint32_t V = skv_model_get_params(m)->n_vocab;
+    float *lg[2];
+    double ppl[2];
+    for (int q8 = 0; q8 < 2; q8++) {
+        skv_model_set_q8(m, q8);
+        lg[q8] = malloc(n * V * sizeof(float));
+        skv_session *s = skv_session_new(m, NULL, n);
+        ck_assert_int_eq(skv_session_eval(s, ids, (uint32_t)n, lg[q8], SKV_LOGITS_ALL), 0);
+        double nll = 0;
+        for (size_t i = 0; i + 1 < n; i++)
+            nll -= skv_logprob(lg[q8] + i * V, V, ids[i + 1]);
+        ppl[q8] = exp(nll / (n - 1));
+        skv_session_free(s);
+    }
+    skv_model_set_q8(m, 1);
+    double kl = 0;
+    size_t agree = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float *p = lg[0] + i * V, *q = lg[1] + i * V;
+        double lzp = skv_logprob(p, V, 0) - p[0], lzq = skv_logprob(q, V, 0) - q[0];
+        for (uint32_t v = 0; v < V; v++) {
+            double lp = p[v] + lzp, lq = q[v] + lzq;
+            kl += exp(lp) * (lp - lq);
+        }
+        agree += skv_argmax(p, V) == skv_argmax(q, V);
+    }
+    kl /= (double)n;
+    printf("int8 vs float activations, 512 tokens of GPL-3: perplexity %.4f vs %.4f (%+.3f%%), "
+           "mean KL %.5f nats, same top token at %zu/%zu\n", ppl[1], ppl[0],
+           100 * (ppl[1] / ppl[0] - 1), kl, agree, n);
+    ck_assert_msg(fabs(ppl[1] / ppl[0] - 1) < 0.025, "perplexity %g vs %g", ppl[1], ppl[0]);
+    ck_assert_msg(kl < 0.02, "mean KL %g", kl);
+    ck_assert_msg(agree * 10 >= n * 9, "top token agrees at %zu/%zu", agree, n);
+    free(lg[0]);
+    free(lg[1]);
     free(ids);
 }
 END_TEST
@@ -287,7 +356,7 @@ END_TEST
 int main(void)
 {
     if (!test_model_path()) {
-        report_skip("model", 7);
+        report_skip("model", 8);
         return 0;
     }
     Suite *su = suite_create("model");
@@ -299,6 +368,7 @@ int main(void)
     tcase_add_test(tc, test_perplexity);
     tcase_add_test(tc, test_prefill_matches_decode);
     tcase_add_test(tc, test_threads_and_simd);
+    tcase_add_test(tc, test_q8_vs_float);
     tcase_add_test(tc, test_attention_rows);
     tcase_add_test(tc, test_record);
     suite_add_tcase(su, tc);

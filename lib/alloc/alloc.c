@@ -125,6 +125,8 @@ static double range_term(const float *x, uint32_t d, uint32_t g, uint32_t mode)
 
 static double levels(uint32_t bits, uint32_t mode)
 {
+    if (mode == SKV_QMODE_GGML && bits < 8) /* q4_0: d = max / -2^(b-1) */
+        return (double)(1u << (bits - 1));
     return mode == SKV_QMODE_ASYM ? (double)((1u << bits) - 1)
                                   : (double)((1u << (bits - 1)) - 1);
 }

@@ -181,8 +181,19 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
     memset(&r, 0, sizeof r);
     if (out_alloc)
         *out_alloc = NULL;
-    int rc = skv_imp_cfg_check(icfg);
+    /* what the policy fixes: widths, layout, importance mode (snapkv's
+     * observation window is the recent window) */
+    skv_alloc_cfg ra = *acfg;
+    skv_imp_cfg ri = *icfg;
+    int rc = skv_alloc_cfg_resolve(&ra);
     if (rc < 0)
+        return rc;
+    ri.mode = skv_policy_imp_mode(ra.policy, ri.mode);
+    if ((skv_policy_flags(ra.policy) & SKV_PF_VOTES) && ra.recent)
+        ri.window = ra.recent;
+    acfg = &ra;
+    icfg = &ri;
+    if ((rc = skv_imp_cfg_check(icfg)) < 0)
         return rc;
     for (;;) {
         skv_chunk c;
@@ -253,7 +264,7 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
     }
     skv_alloc_cfg cfg = *acfg;
     cfg.qcfg = f->q;
-    skv_alloc_problem p = {h->n_layers, h->n_kv_heads, h->n_tokens, f->imp, f->err, f->ent};
+    skv_alloc_problem p = {h->n_layers, h->n_kv_heads, h->n_tokens, f->imp, f->err, f->ent, NULL};
     if ((rc = skv_alloc_solve(&cfg, &p, a->bits, &r)) < 0)
         goto out;
     a->hdr.predicted_bytes = r.bytes;

@@ -46,6 +46,16 @@ static void solver_free(solver *s)
     free(s->cnt);
 }
 
+/* Every item at position pos, except the gone ones (at the lowest). */
+static uint64_t sv_set_all_kept(solver *s, int pos)
+{
+    sv_set_all(s, 0, s->nu, pos);
+    for (uint64_t it = 0; it < s->N; it++)
+        if (sv_gone(s, it))
+            sv_move(s, it, s->lo);
+    return sv_bytes_of(s, 0, s->nu);
+}
+
 int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_t *bits,
                     skv_alloc_result *res)
 {
@@ -53,6 +63,17 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
     solver S, *s = &S;
     memset(s, 0, sizeof S);
     memset(res, 0, sizeof *res);
+    /* what the policy fixes (widths, layout); the layout must already be
+     * the caller's, since it quantizes with it */
+    skv_alloc_cfg rcfg = *cfg;
+    if ((rc = skv_alloc_cfg_resolve(&rcfg)) < 0)
+        return rc;
+    if (memcmp(&rcfg.qcfg, &cfg->qcfg, sizeof rcfg.qcfg) != 0)
+        return skv_error(SKV_EINVAL, "policy %s needs its quantizer layout (groups %u/%u, modes "
+                         "%u/%u; skv_alloc_cfg_resolve)", skv_policy_name(cfg->policy),
+                         rcfg.qcfg.k_group, rcfg.qcfg.v_group, rcfg.qcfg.k_mode,
+                         rcfg.qcfg.v_mode);
+    cfg = &rcfg;
     s->cfg = cfg;
     s->p = p;
     s->q = cfg->qcfg;
@@ -70,6 +91,14 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
     if ((pol->flags & SKV_PF_PER_LAYER) && cfg->share_layers)
         return skv_error(SKV_EINVAL, "%s allocates per layer; it cannot be combined "
                          "with shared layers", pol->name);
+    if (p->stored && cfg->share_layers)
+        return skv_error(SKV_EINVAL, "stored widths (an online cache) cannot share layers");
+    if (p->stored && !(cfg->width_mask & 1u)) {
+        uint64_t n = (uint64_t)p->n_layers * p->n_kv_heads * p->n_tokens;
+        for (uint64_t i = 0; i < n; i++)
+            if (p->stored[i] == 0)
+                return skv_error(SKV_EINVAL, "evicted tokens need width 0 in the allowed set");
+    }
     s->L = p->n_layers;
     s->H = p->n_kv_heads;
     s->T = p->n_tokens;
@@ -154,7 +183,7 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
         for (int k = 0; k < s->na; k++)
             if (skv_bit_widths[s->aw[k]] == cfg->uniform_bits)
                 pos = k;
-        cur = sv_set_all(s, 0, s->nu, pos);
+        cur = sv_set_all_kept(s, pos);
         if (budget && cur + s->pkhd > budget) {
             rc = skv_error(SKV_EINVAL, "uniform:%u takes %llu bytes, beta %.6g of the fp16 "
                            "cache; the budget beta %g allows %llu", cfg->uniform_bits,
@@ -164,7 +193,7 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
             goto out;
         }
     } else if (cfg->budget >= 1) {
-        cur = sv_set_all(s, 0, s->nu, s->top); /* no compression asked for */
+        cur = sv_set_all_kept(s, s->top); /* no compression asked for */
     } else {
         if (budget == 0) {
             rc = skv_error(SKV_EINVAL, "policy %s needs a budget beta > 0",

@@ -1,6 +1,7 @@
 /* policies.c -- the table of allocation policies (one per file in
  * lib/alloc/policy/, listed once by SKV_POLICY_LIST) and their names. */
 #include "policy.h"
+#include "smartkv_error.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,15 +50,52 @@ int skv_policy_parse(const char *str, uint32_t *policy, uint32_t *ubits)
         return 0;
     }
     for (uint32_t p = SKV_POLICY_NONE + 1; p < SKV_POLICY_END; p++)
-        if (!(table[p]->flags & SKV_PF_FIXED) && !strcmp(str, table[p]->name)) {
+        if ((!(table[p]->flags & SKV_PF_FIXED) || table[p]->bits) &&
+            !strcmp(str, table[p]->name)) {
             *policy = p;
-            *ubits = 0;
+            *ubits = table[p]->bits;
             return 0;
         }
     char names[512];
     size_t w = 0;
     for (uint32_t p = SKV_POLICY_NONE + 1; p < SKV_POLICY_END && w < sizeof names; p++)
         w += (size_t)snprintf(names + w, sizeof names - w, "%s%s%s", w ? ", " : "",
-                              table[p]->name, table[p]->flags & SKV_PF_FIXED ? ":N" : "");
+                              table[p]->name,
+                              (table[p]->flags & SKV_PF_FIXED) && !table[p]->bits ? ":N" : "");
     return skv_error(SKV_EINVAL, "unknown policy '%s' (%s)", str, names);
+}
+
+uint32_t skv_policy_imp_mode(uint32_t policy, uint32_t mode)
+{
+    unsigned f = skv_policy_flags(policy);
+    return f & SKV_PF_CUMULATIVE ? SKV_IMP_CUMULATIVE : f & SKV_PF_VOTES ? SKV_IMP_WINDOW : mode;
+}
+
+int skv_alloc_cfg_resolve(skv_alloc_cfg *c)
+{
+    const skv_policy_def *d = skv_policy_def_of(c->policy);
+    if (!d)
+        return skv_error(SKV_EINVAL, "unknown policy %u", c->policy);
+    if ((d->flags & SKV_PF_FIXED) && d->bits) {
+        c->uniform_bits = d->bits;
+        c->width_mask = 1u << d->bits;
+    }
+    if (d->flags & SKV_PF_LAYOUT) {
+        c->qcfg.k_group = c->qcfg.v_group = d->group;
+        c->qcfg.k_mode = c->qcfg.v_mode = d->qmode;
+    }
+    if (d->flags & (SKV_PF_EVICT | SKV_PF_LOWBIT)) {
+        uint32_t m = c->width_mask & SKV_WIDTH_MASK_ALL, top = 0, low = 0;
+        for (int i = SKV_NBITS - 1; i > 0; i--)
+            if (m & (1u << skv_bit_widths[i])) {
+                if (!top)
+                    top = skv_bit_widths[i];
+                low = skv_bit_widths[i];
+            }
+        if (!top || ((d->flags & SKV_PF_LOWBIT) && low == top))
+            return skv_error(SKV_EINVAL, "policy %s needs %s in the allowed widths", d->name,
+                             d->flags & SKV_PF_LOWBIT ? "two non-zero widths" : "a non-zero width");
+        c->width_mask = (1u << top) | (d->flags & SKV_PF_LOWBIT ? 1u << low : 1u);
+    }
+    return 0;
 }

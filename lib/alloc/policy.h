@@ -12,6 +12,8 @@ typedef struct skv_policy_def {
     const char *name;       /* as given to -p ("uniform" takes ":N") */
     const char *summary;    /* one line for --help and man pages */
     unsigned flags;         /* SKV_PF_* (smartkv_alloc.h) */
+    uint32_t bits;          /* SKV_PF_FIXED by name (q8_0: 8); 0 = given as name:N */
+    uint32_t group, qmode;  /* SKV_PF_LAYOUT: K and V scale groups and mode */
     /* Move items from the minimum to spend the budget: *cur and limit are
      * bytes without the PKHD (solver.h).  bound: optional lower bound on the
      * objective (0 when none).  Not called for SKV_PF_FIXED policies or a

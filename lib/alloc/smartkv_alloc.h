@@ -136,7 +136,8 @@ SKV_EXPORT int skv_qcfg_check(const skv_qcfg *c);
  *   width 0:  sum of x^2 over K and V (the token is gone)
  *   2..8:     sum over scale groups of n_g * step^2 / 12 (uniform rounding
  *             error), step = (max - min) / (2^b - 1) for asym,
- *             max|x| / (2^(b-1) - 1) for sym
+ *             max|x| / (2^(b-1) - 1) for sym, max|x| / 2^(b-1) for
+ *             ggml below 8 bits (q4_0's rule; q8_0's is sym's)
  *   16:       sum of x^2 * 2^-21 / 12 (fp16 rounding, half an ulp ~ |x| 2^-11)
  * made non-increasing in the width; non-finite values become 1e30. */
 SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const float *v,
@@ -152,7 +153,13 @@ SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const 
     X(UNIFORM, uniform)         /* every token uniform_bits */ \
     X(RANDOM, random)           /* smartkv's histogram, shuffled */ \
     X(POSITION, position)       /* newest tokens highest */ \
-    X(LAYER_AWARE, layer_aware) /* per-layer budgets from attention entropy */
+    X(LAYER_AWARE, layer_aware) /* per-layer budgets from attention entropy */ \
+    X(Q8_0, q8_0)               /* llama.cpp q8_0 blocks for K and V */ \
+    X(Q4_0, q4_0)               /* llama.cpp q4_0 blocks for K and V */ \
+    X(STREAMING, streaming)     /* StreamingLLM: sinks + recent window */ \
+    X(H2O, h2o)                 /* H2O: heavy hitters + recent window */ \
+    X(SNAPKV, snapkv)           /* SnapKV: observation-window votes, pooled */ \
+    X(MIKV, mikv)               /* MiKV: h2o's choice high, the rest low-bit */
 
 enum skv_policy {
     SKV_POLICY_NONE = 0,
@@ -170,7 +177,19 @@ enum skv_policy_flag {
     SKV_PF_ENTROPY = 1u << 3,    /* reads per-(layer, head) attention entropy */
     SKV_PF_PER_LAYER = 1u << 4,  /* cannot share widths across layers */
     SKV_PF_FIXED = 1u << 5,      /* widths fixed by the name (uniform:N), budget optional */
+    SKV_PF_EVICT = 1u << 6,      /* two widths: 0 (evicted) and the top allowed one */
+    SKV_PF_LOWBIT = 1u << 7,     /* two widths: the lowest non-zero and the top allowed */
+    SKV_PF_CUMULATIVE = 1u << 8, /* importance is accumulated attention (any other mode
+                                    the caller asks for is replaced) */
+    SKV_PF_VOTES = 1u << 9,      /* importance is the attention of the last W queries
+                                    before the allocation (SnapKV's observation window;
+                                    W = the recent window) */
+    SKV_PF_LAYOUT = 1u << 10,    /* fixes the quantizer layout (group, mode) */
 };
+
+/* SnapKV's pooling of the votes over positions (avg_pool1d, kernel 5,
+ * stride 1, zero padding, as FasterDecoding/SnapKV's default). */
+#define SKV_SNAPKV_KERNEL 5
 
 typedef struct skv_alloc_cfg {
     uint32_t policy;        /* enum skv_policy */
@@ -184,6 +203,15 @@ typedef struct skv_alloc_cfg {
 } skv_alloc_cfg;
 
 SKV_EXPORT void skv_alloc_cfg_defaults(skv_alloc_cfg *c);
+/* Apply what the policy fixes, once the policy is set: the width of q8_0 /
+ * q4_0 and their layout (groups of 32, mode ggml, K and V); the two widths
+ * of the eviction (0 and the top of width_mask) and low-bit (the lowest
+ * non-zero and the top of width_mask) policies.  Idempotent; <0 (message
+ * set) when the width mask leaves the policy nothing to choose. */
+SKV_EXPORT int skv_alloc_cfg_resolve(skv_alloc_cfg *c);
+/* The importance mode a policy needs (SKV_IMP_CUMULATIVE for h2o and mikv,
+ * SKV_IMP_WINDOW for snapkv), or `mode` when it takes the caller's. */
+SKV_EXPORT uint32_t skv_policy_imp_mode(uint32_t policy, uint32_t mode);
 /* "smartkv", "uniform:4", ...; <0 with a message if unknown. */
 SKV_EXPORT int skv_policy_parse(const char *s, uint32_t *policy, uint32_t *uniform_bits);
 SKV_EXPORT const char *skv_policy_name(uint32_t policy);
@@ -199,6 +227,12 @@ typedef struct skv_alloc_problem {
     const float *importance; /* [n_layers][n_kv_heads][n_tokens], finite, >= 0 */
     const float *err;        /* [n_layers][n_kv_heads][n_tokens][SKV_NBITS] */
     const float *entropy;    /* [n_layers][n_kv_heads]; layer-aware only, else may be NULL */
+    /* Online caches (may be NULL): the width each token is stored at now
+     * (16 for tokens not yet allocated), same shape as importance.  A token
+     * stored at 0 is gone: it stays evicted under every policy.  The two-width
+     * policies (SKV_PF_EVICT, SKV_PF_LOWBIT) raise no token stored below the
+     * top width (its precision is lost). */
+    const uint8_t *stored;
 } skv_alloc_problem;
 
 typedef struct skv_alloc_result {

@@ -4,6 +4,7 @@
  * The policies (lib/alloc/policy/) are built from these; the driver is
  * lib/alloc/alloc_solve.c.  See solver.h for the problem. */
 #include "solver.h"
+#include "smartkv_error.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -58,7 +59,7 @@ uint64_t sv_set_min(solver *s, uint32_t u0, uint32_t u1)
     for (uint32_t u = u0; u < u1; u++) {
         memset(s->cnt + (size_t)u * SKV_NBITS, 0, SKV_NBITS * sizeof(uint64_t));
         for (uint64_t j = 0; j < s->T; j++) {
-            int pos = s->prot[j] ? s->top : s->lo;
+            int pos = sv_gone(s, (uint64_t)u * s->T + j) ? s->lo : s->prot[j] ? s->top : s->lo;
             s->w[(size_t)u * s->T + j] = (uint8_t)pos;
             s->cnt[(size_t)u * SKV_NBITS + pos]++;
         }
@@ -180,7 +181,7 @@ int sv_heap_fill(solver *s, uint32_t u0, uint32_t u1, uint64_t *cur, uint64_t li
     if (!h.v)
         return SKV_ENOMEM;
     for (uint64_t it = (uint64_t)u0 * s->T; it < (uint64_t)u1 * s->T; it++) {
-        if (s->prot[it % s->T])
+        if (sv_fixed(s, it))
             continue;
         double key;
         int to = sv_next_step(s, it, s->w[it], hull, &key);
@@ -266,7 +267,7 @@ int sv_rank_policy(solver *s, int by_position, uint64_t limit, uint64_t *cur)
         return SKV_ENOMEM;
     for (uint64_t it = 0; it < s->N; it++) {
         uint64_t j = it % s->T;
-        if (s->prot[j])
+        if (sv_fixed(s, it))
             continue;
         r[n].key = by_position ? (double)j : s->imp[it];
         r[n].item = it;
@@ -352,7 +353,7 @@ int sv_polish(solver *s, uint64_t limit, uint64_t *cur, int iters)
         for (size_t i = 0; i < nt; i++)
             best[i].item = UINT64_MAX;
         for (uint64_t x = 0; x < s->N; x++) {
-            if (s->prot[x % s->T])
+            if (sv_fixed(s, x))
                 continue;
             uint32_t u = (uint32_t)(x / s->T);
             int a = s->w[x];
@@ -423,3 +424,69 @@ double sv_objective(const solver *s)
     return o;
 }
 
+
+/* ---- two-width policies ---- */
+
+int sv_keepable(const solver *s, uint64_t item)
+{
+    if (!s->p->stored)
+        return 1;
+    return s->p->stored[item] >= skv_bit_widths[s->aw[s->top]];
+}
+
+int sv_two_level(solver *s, uint64_t limit, uint64_t *cur, sv_choose_fn choose, void *ctx)
+{
+    const uint32_t nu = s->nu;
+    const int lo = s->lo, top = s->top;
+    uint64_t *avail = skv_calloc(nu, sizeof(uint64_t)), *k = skv_calloc(nu, sizeof(uint64_t));
+    uint8_t *stop = skv_calloc(nu, 1), *keep = skv_malloc(s->T ? s->T : 1);
+    int rc = SKV_ENOMEM;
+    if (!avail || !k || !stop || !keep)
+        goto out;
+    *cur = sv_set_all(s, 0, nu, lo);
+    for (uint32_t u = 0; u < nu; u++)
+        for (uint64_t j = 0; j < s->T; j++)
+            avail[u] += (uint64_t)sv_keepable(s, (uint64_t)u * s->T + j);
+    /* the counts first: bytes depend on them only */
+    for (int more = 1; more;) {
+        more = 0;
+        for (uint32_t u = 0; u < nu; u++) {
+            if (stop[u] || k[u] >= avail[u])
+                continue;
+            int64_t d = sv_move_delta(s, u, lo, top);
+            if ((int64_t)*cur + d > (int64_t)limit) {
+                stop[u] = 1;
+                continue;
+            }
+            uint64_t *c = s->cnt + (size_t)u * SKV_NBITS;
+            c[lo]--;
+            c[top]++;
+            k[u]++;
+            *cur = (uint64_t)((int64_t)*cur + d);
+            more = 1;
+        }
+    }
+    /* then which tokens */
+    for (uint32_t u = 0; u < nu; u++) {
+        memset(keep, 0, s->T);
+        choose(s, u, k[u], keep, ctx);
+        uint64_t n = 0;
+        for (uint64_t j = 0; j < s->T; j++) {
+            uint64_t it = (uint64_t)u * s->T + j;
+            s->w[it] = (uint8_t)(keep[j] && sv_keepable(s, it) ? top : lo);
+            n += s->w[it] == top;
+        }
+        if (n != k[u]) {
+            rc = skv_error(SKV_EINVAL, "internal: unit %u keeps %llu tokens, not %llu", u,
+                           (unsigned long long)n, (unsigned long long)k[u]);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    free(avail);
+    free(k);
+    free(stop);
+    free(keep);
+    return rc;
+}

@@ -72,6 +72,29 @@ int sv_polish(solver *s, uint64_t limit, uint64_t *cur, int iters);
 /* sum of importance * error of the current assignment */
 double sv_objective(const solver *s);
 
+/* An item no policy may move: protected (kept at the top width) or gone
+ * (stored at width 0 by an online cache, kept at 0). */
+static inline int sv_gone(const solver *s, uint64_t item)
+{
+    return s->p->stored && s->p->stored[item] == 0;
+}
+static inline int sv_fixed(const solver *s, uint64_t item)
+{
+    return s->prot[item % s->T] || sv_gone(s, item);
+}
+
+/* Two-width policies (streaming, h2o, snapkv, mikv): every unit keeps k_u
+ * items at the top width and the rest at the lowest; the k_u are as equal
+ * across units as the exact bytes allow (round robin, one item per unit
+ * per round, while it fits), each at most the unit's items that can be
+ * kept (not gone, not stored below the top).  choose(s, u, k, keep, ctx)
+ * marks in keep[T] which k of unit u's tokens to keep (only keepable ones).
+ * Starts from every item at the lowest width. */
+typedef void (*sv_choose_fn)(const solver *s, uint32_t u, uint64_t k, uint8_t *keep, void *ctx);
+int sv_two_level(solver *s, uint64_t limit, uint64_t *cur, sv_choose_fn choose, void *ctx);
+/* Can item be kept at the top width (not gone, not stored below the top)? */
+int sv_keepable(const solver *s, uint64_t item);
+
 static inline float sv_item_err(const solver *s, uint64_t item, int pos)
 {
     return s->ue[item * SKV_NBITS + s->aw[pos]];

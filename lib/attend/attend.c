@@ -104,12 +104,20 @@ static void run_job(skv_attend_ctx *c, job_fn fn, void *arg, size_t n)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* Detected once: CPUID traps to the hypervisor in a VM (microseconds), and
+ * skv_attend_rows asks on every call. */
 static int cpu_avx2(void)
 {
 #ifdef SKV_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           skv_x86_f16c() && __builtin_cpu_supports("bmi2");
+    static int state = -1;
+    int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
+    if (s < 0) {
+        __builtin_cpu_init();
+        s = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && skv_x86_f16c() &&
+            __builtin_cpu_supports("bmi2");
+        __atomic_store_n(&state, s, __ATOMIC_RELAXED);
+    }
+    return s;
 #else
     return 0;
 #endif

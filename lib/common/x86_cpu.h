@@ -18,7 +18,17 @@ static inline int skv_x86_f16c(void)
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return (lo & 6u) == 6u;
 }
+
+/* AVX-VNNI (VEX-encoded vpdpbusd on YMM): CPUID leaf 7 subleaf 1, EAX bit 4. */
+static inline int skv_x86_avxvnni(void)
+{
+    unsigned a, b, c, d;
+    if (!skv_x86_f16c() || !__get_cpuid_count(7, 1, &a, &b, &c, &d))
+        return 0;
+    return (a >> 4) & 1u;
+}
 #else
 static inline int skv_x86_f16c(void) { return 0; }
+static inline int skv_x86_avxvnni(void) { return 0; }
 #endif
 #endif

@@ -7,11 +7,17 @@
 #include "smartkv_tokenizer.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now_s(void)
 {
@@ -67,6 +73,196 @@ static double cache_beta(skv_kv_cache *c)
     return (double)s.bytes / (double)s.fp16_bytes;
 }
 
+/* ---------------------------------------------------------------- reference reuse */
+
+#define REF_BLOCK 64u
+
+typedef struct ref_hdr {
+    char magic[8];          /* "SKVREF1" */
+    uint64_t model_hash, tok_hash;
+    uint64_t n, ctx, stride, prefill, n_scored;
+    uint32_t n_vocab, q8;
+} ref_hdr;
+
+typedef struct ref_map {
+    void *base;
+    size_t size;
+    const float *logits;    /* [n_scored][n_vocab] */
+    uint64_t n_scored;
+} ref_map;
+
+static uint64_t hash_bytes(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (; n >= 8; n -= 8, b += 8) {
+        uint64_t w;
+        memcpy(&w, b, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+        h ^= h >> 29;
+    }
+    for (; n; n--, b++)
+        h = (h ^ *b) * 0x100000001b3ull;
+    return h;
+}
+
+/* Positions scored by the windows (b, b+ctx) every stride, in order. */
+static uint64_t count_scored(uint64_t n, uint64_t ctx, uint64_t stride)
+{
+    uint64_t k = 0, prev_end = 0;
+    for (uint64_t b = 0;; b += stride) {
+        uint64_t e = b + ctx < n ? b + ctx : n, from = prev_end > b + 1 ? prev_end : b + 1;
+        k += e > from ? e - from : 0;
+        prev_end = e;
+        if (e == n)
+            return k;
+    }
+}
+
+/* The fp16 reference over every window, the logits of each scored position
+ * appended to f in order. */
+static int ref_run(skv_model *m, const int32_t *tokens, const ref_hdr *h, FILE *f, const char *path)
+{
+    const skv_model_params *p = skv_model_get_params(m);
+    const uint32_t V = p->n_vocab, P = (uint32_t)h->prefill;
+    uint32_t maxchunk = P > REF_BLOCK ? P : REF_BLOCK;
+    skv_ec_cfg rcfg;
+    skv_ec_defaults(&rcfg);
+    rcfg.kind = SKV_EC_FP16;
+    skv_kv_cache *c = cache_for(p, &rcfg, h->ctx);
+    skv_session *s = c ? skv_session_new(m, c, h->ctx) : NULL;
+    float *lr = skv_malloc((size_t)maxchunk * V * sizeof(float));
+    int rc = SKV_ENOMEM;
+    if (!s || !lr)
+        goto out;
+    uint64_t prev_end = 0, k = 0;
+    for (uint64_t b = 0;; b += h->stride) {
+        uint64_t e = b + h->ctx < h->n ? b + h->ctx : h->n, len = e - b;
+        uint64_t from = prev_end > b + 1 ? prev_end : b + 1;
+        if ((rc = skv_session_reset(s)) < 0)
+            goto out;
+        for (uint64_t c0 = 0; c0 < len;) {
+            uint64_t c1 = c0 == 0 && P > 1 ? (P < len ? P : len)
+                                            : (c0 + REF_BLOCK < len ? c0 + REF_BLOCK : len);
+            int want = b + c1 >= from;
+            if ((rc = skv_session_eval(s, tokens + b + c0, (uint32_t)(c1 - c0), want ? lr : NULL,
+                                       want ? SKV_LOGITS_ALL : SKV_LOGITS_NONE)) < 0)
+                goto out;
+            for (uint64_t i = c0; want && i < c1; i++) {
+                uint64_t t = b + i + 1;
+                if (t < from || t >= e)
+                    continue;
+                if (fwrite(lr + (size_t)(i - c0) * V, sizeof(float), V, f) != V) {
+                    rc = skv_error(SKV_EIO, "%s: write error: %s", path, strerror(errno));
+                    goto out;
+                }
+                k++;
+            }
+            c0 = c1;
+        }
+        prev_end = e;
+        if (e == h->n)
+            break;
+    }
+    rc = k == h->n_scored ? 0 : skv_error(SKV_EINVAL, "reference: %llu positions scored, %llu "
+                                          "expected", (unsigned long long)k,
+                                          (unsigned long long)h->n_scored);
+out:
+    skv_session_free(s);
+    skv_kv_cache_free(c);
+    free(lr);
+    return rc;
+}
+
+/* Map an existing reference file: 1 when it holds h's key, 0 when absent or
+ * stale (then it is recomputed), <0 on an I/O error. */
+static int ref_open(const char *path, const ref_hdr *h, ref_map *rm)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : skv_error(SKV_EIO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    ref_hdr got;
+    size_t want = sizeof *h + (size_t)h->n_scored * h->n_vocab * sizeof(float);
+    if (fstat(fd, &st) < 0 || (size_t)st.st_size != want ||
+        pread(fd, &got, sizeof got, 0) != (ssize_t)sizeof got || memcmp(&got, h, sizeof got) != 0) {
+        close(fd);
+        return 0;
+    }
+    void *b = mmap(NULL, want, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (b == MAP_FAILED)
+        return skv_error(SKV_EIO, "%s: mmap: %s", path, strerror(errno));
+    rm->base = b;
+    rm->size = want;
+    const void *data = (const uint8_t *)b + sizeof *h;   /* 8-byte aligned: floats */
+    rm->logits = data;
+    rm->n_scored = h->n_scored;
+    return 1;
+}
+
+/* Find or make the reference for these windows; *secs: time spent making it. */
+static int ref_get(skv_model *m, const int32_t *tokens, uint64_t n, uint64_t ctx, uint64_t stride,
+                   uint32_t prefill, const char *dir, ref_map *rm, double *secs)
+{
+    const skv_gguf *g = skv_model_gguf(m);
+    ref_hdr h;
+    memset(&h, 0, sizeof h);
+    memcpy(h.magic, "SKVREF1", 8);
+    h.model_hash = hash_bytes(0xcbf29ce484222325ull, g->base, g->size);
+    h.tok_hash = hash_bytes(0xcbf29ce484222325ull, tokens, n * sizeof *tokens);
+    h.n = n;
+    h.ctx = ctx;
+    h.stride = stride;
+    h.prefill = prefill;
+    h.n_scored = count_scored(n, ctx, stride);
+    h.n_vocab = skv_model_get_params(m)->n_vocab;
+    h.q8 = (uint32_t)skv_model_q8(m);
+    uint64_t key = hash_bytes(0x84222325cbf29ce4ull, &h, sizeof h);
+    char path[4096], lock[4096], tmp[4096 + 32];
+    int w = snprintf(path, sizeof path, "%s/ref-%016llx.bin", dir, (unsigned long long)key);
+    snprintf(lock, sizeof lock, "%s/ref-%016llx.lock", dir, (unsigned long long)key);
+    snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
+    if (w < 0 || (size_t)w + 16 >= sizeof path)
+        return skv_error(SKV_EINVAL, "%s: reference cache directory name too long", dir);
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        return skv_error(SKV_EIO, "%s: %s", dir, strerror(errno));
+    int lfd = open(lock, O_RDWR | O_CREAT, 0644);
+    if (lfd < 0)
+        return skv_error(SKV_EIO, "%s: %s", lock, strerror(errno));
+    int rc;
+    *secs = 0;
+    if (flock(lfd, LOCK_EX) < 0) {
+        rc = skv_error(SKV_EIO, "%s: lock: %s", lock, strerror(errno));
+        goto out;
+    }
+    if ((rc = ref_open(path, &h, rm)) != 0)
+        goto out;   /* found (1) or error */
+    double t0 = now_s();
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        rc = skv_error(SKV_EIO, "%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (fwrite(&h, sizeof h, 1, f) != 1)
+        rc = skv_error(SKV_EIO, "%s: write error: %s", tmp, strerror(errno));
+    else
+        rc = ref_run(m, tokens, &h, f, tmp);
+    if (fclose(f) != 0 && rc >= 0)
+        rc = skv_error(SKV_EIO, "%s: write error: %s", tmp, strerror(errno));
+    if (rc >= 0 && rename(tmp, path) != 0)
+        rc = skv_error(SKV_EIO, "%s: %s", path, strerror(errno));
+    if (rc < 0) {
+        unlink(tmp);
+        goto out;
+    }
+    *secs = now_s() - t0;
+    if ((rc = ref_open(path, &h, rm)) == 0)
+        rc = skv_error(SKV_EIO, "%s: written but unreadable", path);
+out:
+    close(lfd);   /* releases the lock */
+    return rc < 0 ? rc : 0;
+}
+
 int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_cfg *cfg,
                  const skv_ppl_opts *o, skv_ppl_result *r)
 {
@@ -100,13 +296,15 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
     if (P > ctx)
         P = (uint32_t)ctx;
     uint32_t maxchunk = P > B ? P : B;
-    int rc = 0;
+    int rc = 0, q8_was = skv_model_set_q8(m, o->int8);
     skv_ec_cfg rcfg;
     skv_ec_defaults(&rcfg);
     rcfg.kind = SKV_EC_FP16;
     skv_kv_cache *tc = NULL, *rc_cache = NULL;
     skv_session *ts = NULL, *rs = NULL;
     float *lt = NULL, *lr = NULL;
+    ref_map rm = {NULL, 0, NULL, 0};
+    double t_made = 0;
     size_t nl;
     if (skv_mul_sizes(&nl, 3, (size_t)maxchunk, (size_t)V, sizeof(float)) < 0) {
         rc = skv_error(SKV_ELIMIT, "logits buffer overflows");
@@ -117,9 +315,13 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
         !(lt = skv_malloc(nl)))
         goto out;
     skv_atskv_attach(tc, ts, skv_model_tokenizer(m));
-    if (o->reference && (!(rc_cache = cache_for(p, &rcfg, ctx)) ||
-                         !(rs = skv_session_new(m, rc_cache, ctx)) || !(lr = skv_malloc(nl))))
+    if (o->reference && o->ref_cache) {
+        if ((rc = ref_get(m, tokens, n, ctx, stride, P, o->ref_cache, &rm, &t_made)) < 0)
+            goto out;
+    } else if (o->reference && (!(rc_cache = cache_for(p, &rcfg, ctx)) ||
+                                !(rs = skv_session_new(m, rc_cache, ctx)) || !(lr = skv_malloc(nl)))) {
         goto out;
+    }
     /* total work for progress */
     uint64_t total = 0;
     for (uint64_t b = 0;; b += stride) {
@@ -128,7 +330,7 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
         if (e == n)
             break;
     }
-    uint64_t done = 0, prev_end = 0, n_win = 0;
+    uint64_t done = 0, prev_end = 0, n_win = 0, k_ref = 0;
     double nll = 0, nll_ref = 0, kl = 0, top1 = 0, beta = 0, beta_end = 0, meta = 0;
     double t_test = 0, t_ref = 0;
     skv_ec_stats acc;
@@ -171,8 +373,13 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
                         continue;
                     const float *a = lt + (size_t)(i - c0) * V;
                     nll -= skv_logprob(a, V, tokens[t]);
-                    if (rs) {
-                        const float *f = lr + (size_t)(i - c0) * V;
+                    if (rm.logits && k_ref >= rm.n_scored) {
+                        rc = skv_error(SKV_EINVAL, "reference: more positions scored than cached");
+                        goto out;
+                    }
+                    const float *f = rm.logits ? rm.logits + (size_t)k_ref++ * V
+                                     : rs ? lr + (size_t)(i - c0) * V : NULL;
+                    if (f) {
                         nll_ref -= skv_logprob(f, V, tokens[t]);
                         double k = skv_logits_kl(f, a, V);
                         kl += k;
@@ -204,7 +411,7 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
     double ns = r->n_scored ? (double)r->n_scored : 1;
     r->nll = nll / ns;
     r->ppl = exp(r->nll);
-    if (rs) {
+    if (rs || rm.logits) {
         r->nll_ref = nll_ref / ns;
         r->ppl_ref = exp(r->nll_ref);
         r->kl = kl / ns;
@@ -218,9 +425,12 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
     r->beta_alloc = acc.n_realloc ? acc.alloc_beta_sum / (double)acc.n_realloc : r->beta_end;
     r->stats = acc;
     r->seconds = t_test;
-    r->ref_seconds = t_ref;
+    r->ref_seconds = rm.logits ? t_made : t_ref;
     rc = 0;
 out:
+    skv_model_set_q8(m, q8_was);
+    if (rm.base)
+        munmap(rm.base, rm.size);
     skv_session_free(ts);
     skv_session_free(rs);
     skv_kv_cache_free(tc);

@@ -39,16 +39,20 @@ typedef struct ec_cache {
     uint32_t G;             /* query heads per kv head */
     int hold;
     int track;              /* importance needed by the policy */
+    int votes;              /* snapkv: the last W query rows kept per query head */
+    uint32_t W;             /* observation window (votes) */
     int entropy;            /* layer-aware: track attention entropy */
     uint64_t *len;          /* [n_layers] positions held */
     uint64_t n_alloc;
     ec_head *heads;         /* [n_layers][n_kv_heads] */
     float *imp;             /* [n_layers][n_heads][capacity] */
+    float *ring;            /* votes: [n_layers][n_heads][W][capacity] probability rows */
+    uint64_t *ring_q;       /* votes: [n_layers][n_heads][W] query position + 1 of each row */
     double *ent_sum;        /* [n_layers][n_heads] */
     uint64_t *ent_cnt;      /* [n_layers][n_heads] */
     /* scratch for reallocation */
     float *s_imp, *s_err, *s_ent;
-    uint8_t *s_bits;
+    uint8_t *s_bits, *s_stored;
     uint64_t s_cap;
     uint32_t *src_part, *src_row;   /* [capacity] */
     uint32_t *idx;                  /* [capacity] */
@@ -98,6 +102,9 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
     if ((pf & SKV_PF_FIXED) &&
         (!skv_bits_valid(a->uniform_bits) || !(a->width_mask & (1u << a->uniform_bits))))
         return skv_error(SKV_EINVAL, "uniform:%u: not an allowed width", a->uniform_bits);
+    skv_alloc_cfg ra = *a;
+    if (skv_alloc_cfg_resolve(&ra) < 0)
+        return SKV_EINVAL;
     if ((pf & SKV_PF_BUDGET) && !(a->budget > 0 && isfinite(a->budget)))
         return skv_error(SKV_EINVAL, "policy %s needs a budget beta > 0",
                          skv_policy_name(a->policy));
@@ -128,33 +135,38 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         return;
     }
     const skv_alloc_cfg *a = &c->alloc;
+    const unsigned pf = skv_policy_flags(a->policy);
     char pol[32];
     if (a->policy == SKV_POLICY_UNIFORM)
         snprintf(pol, sizeof pol, "uniform:%u", a->uniform_bits);
     else
         snprintf(pol, sizeof pol, "%s", skv_policy_name(a->policy));
     char imp[48];
-    if (c->imp_mode == SKV_IMP_EMA)
+    if (pf & SKV_PF_VOTES)
+        snprintf(imp, sizeof imp, "votes:%u", a->recent);
+    else if (pf & SKV_PF_CUMULATIVE)
+        snprintf(imp, sizeof imp, "cumulative");
+    else if (c->imp_mode == SKV_IMP_EMA)
         snprintf(imp, sizeof imp, "ema:%g", c->decay);
     else
         snprintf(imp, sizeof imp, "%s", skv_imp_mode_name(c->imp_mode));
     char extra[96] = "";
     size_t w = 0;
-    if (a->policy != SKV_POLICY_UNIFORM && a->width_mask != SKV_WIDTH_MASK_DEFAULT) {
+    if (!(pf & SKV_PF_FIXED) && a->width_mask != SKV_WIDTH_MASK_DEFAULT) {
         char wl[32];
         skv_width_mask_format(a->width_mask, wl, sizeof wl);
         w += (size_t)snprintf(extra + w, sizeof extra - w, " bits=%s", wl);
     }
     if (a->qcfg.k_group && w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " group=%u", a->qcfg.k_group);
-    if (a->policy != SKV_POLICY_UNIFORM && (a->sinks != 4 || a->recent != 32) && w < sizeof extra)
+    if (!(pf & SKV_PF_FIXED) && (a->sinks != 4 || a->recent != 32) && w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " sinks=%u recent=%u", a->sinks,
                               a->recent);
     if (c->ideal && w < sizeof extra)
         snprintf(extra + w, sizeof extra - w, " ideal");
-    if (a->policy == SKV_POLICY_UNIFORM)
+    if (pf & SKV_PF_FIXED)
         snprintf(buf, n, "%s R=%u%s", pol, c->realloc, extra);
-    else if (a->policy == SKV_POLICY_POSITION)
+    else if (!(pf & SKV_PF_IMPORTANCE))
         snprintf(buf, n, "%s beta=%g R=%u%s", pol, a->budget, c->realloc, extra);
     else
         snprintf(buf, n, "%s beta=%g %s R=%u%s", pol, a->budget, imp, c->realloc, extra);
@@ -309,6 +321,11 @@ static int rebuild_head(ec_cache *e, uint32_t l, uint32_t h, const uint8_t *nb, 
                     memcpy(vd, ob->v_dat + (size_t)r * ob->row_stride, rb);
                     continue;
                 }
+                if (!e->cfg.ideal && t < old_alloc && H->bits[t] == 0) {
+                    rc = skv_error(SKV_EINVAL, "kv cache: internal: layer %u kv head %u token "
+                                   "%u was evicted and cannot come back", l, h, t);
+                    break;
+                }
                 if (e->cfg.ideal) {
                     sk = H->fk + (size_t)t * d;
                     sv = H->fv + (size_t)t * d;
@@ -382,7 +399,11 @@ static int cut_to(ec_cache *e, uint64_t T)
     for (uint32_t l = 0; l < c->n_layers; l++)
         if (e->len[l] > T)
             e->len[l] = T;
-    /* tracking state of forgotten tokens */
+    /* tracking state of forgotten tokens (and queries) */
+    if (e->ring_q)
+        for (size_t i = 0; i < (size_t)c->n_layers * c->n_heads * e->W; i++)
+            if (e->ring_q[i] > T)
+                e->ring_q[i] = 0;
     if (e->imp)
         for (size_t r = 0; r < (size_t)c->n_layers * c->n_heads; r++)
             memset(e->imp + r * c->capacity + T, 0, (size_t)(c->capacity - T) * sizeof(float));
@@ -404,15 +425,39 @@ static int scratch(ec_cache *e, uint64_t T)
     free(e->s_imp);
     free(e->s_err);
     free(e->s_bits);
+    free(e->s_stored);
     e->s_imp = skv_malloc(n * sizeof(float));
     e->s_err = skv_malloc(n * SKV_NBITS * sizeof(float));
     e->s_bits = skv_malloc(n);
-    if (!e->s_imp || !e->s_err || !e->s_bits) {
+    e->s_stored = skv_malloc(n);
+    if (!e->s_imp || !e->s_err || !e->s_bits || !e->s_stored) {
         e->s_cap = 0;
         return SKV_ENOMEM;
     }
     e->s_cap = c->capacity;
     return 0;
+}
+
+/* SnapKV's votes of KV head (l, h) over tokens 0..T-1: the probability
+ * rows of the last W queries before T (each query head's ring of rows),
+ * summed over the window and averaged over the query heads of the group. */
+static void fold_votes(const ec_cache *e, uint32_t l, uint32_t h, uint64_t T, float *dst)
+{
+    const skv_kv_cache *c = &e->base;
+    memset(dst, 0, (size_t)T * sizeof(float));
+    for (uint32_t g = 0; g < e->G; g++) {
+        size_t r = (size_t)l * c->n_heads + (size_t)h * e->G + g;
+        for (uint32_t slot = 0; slot < e->W; slot++) {
+            uint64_t q1 = e->ring_q[r * e->W + slot]; /* query position + 1 */
+            if (!q1 || q1 > T || q1 + e->W <= T)
+                continue; /* empty, forgotten, or before the window */
+            const float *p = e->ring + (r * e->W + slot) * c->capacity;
+            for (uint64_t j = 0; j < q1; j++)
+                dst[j] += p[j];
+        }
+    }
+    for (uint64_t j = 0; j < T; j++)
+        dst[j] /= (float)e->G;
 }
 
 int skv_ec_realloc(skv_kv_cache *cc)
@@ -454,12 +499,21 @@ int skv_ec_realloc(skv_kv_cache *cc)
             float *dst = e->s_imp + ((size_t)l * KH + h) * T;
             float *de = e->s_err + ((size_t)l * KH + h) * T * SKV_NBITS;
             const ec_head *H = head_at(e, l, h);
+            if (e->votes)
+                fold_votes(e, l, h, T, dst);
+            /* the widths tokens are stored at (an evicted one is gone; the
+             * idealised cache can restore anything) */
+            if (!e->cfg.ideal)
+                memcpy(e->s_stored + ((size_t)l * KH + h) * T, H->bits, (size_t)T);
             for (uint64_t t = 0; t < T; t++) {
                 double s = 0;
-                if (e->track)
+                if (e->votes) {
+                    s = dst[t];
+                } else if (e->track) {
                     for (uint32_t g = 0; g < G; g++)
                         s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + t];
-                s /= G;
+                    s /= G;
+                }
                 if (e->cfg.imp_mode == SKV_IMP_NORMALIZED)
                     s /= (double)(T - t);
                 dst[t] = isfinite(s) && s > 0 ? (float)s : 0.0f;
@@ -483,7 +537,8 @@ int skv_ec_realloc(skv_kv_cache *cc)
                 ent[l * KH + h] = (float)(s / G);
             }
     }
-    skv_alloc_problem P = {L, KH, T, e->s_imp, e->s_err, ent};
+    skv_alloc_problem P = {L, KH, T, e->s_imp, e->s_err, ent,
+                           e->cfg.ideal ? NULL : e->s_stored};
     skv_alloc_cfg ac = e->cfg.alloc;
     ac.seed = e->cfg.alloc.seed + e->st.n_realloc;
     unsigned pf = skv_policy_flags(ac.policy);
@@ -503,9 +558,6 @@ int skv_ec_realloc(skv_kv_cache *cc)
     if (rc < 0)
         return skv_error(rc, "kv cache: allocation at %llu tokens: %s", (unsigned long long)T,
                          skv_errmsg());
-    for (uint64_t i = 0; i < (uint64_t)L * KH * T; i++)
-        if (e->s_bits[i] == 0)
-            return skv_error(SKV_EINVAL, "kv cache: eviction (width 0) is not supported online");
     for (uint32_t l = 0; l < L; l++)
         for (uint32_t h = 0; h < KH; h++) {
             /* rebuild_head needs the old widths of allocated tokens; pending
@@ -613,9 +665,21 @@ static int ec_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
             return rc;
     uint64_t t1 = now_ns();
     atomic_fetch_add_explicit(&e->attend_ns, t1 - t0, memory_order_relaxed);
+    size_t r = (size_t)layer * c->n_heads + head;
+    if (e->votes) {
+        /* keep the rows of the newest W queries (SnapKV's observation window) */
+        const uint32_t W = e->W ? e->W : 1; /* >= 1 by construction */
+        for (uint32_t i = n > W ? n - W : 0; i < n; i++) {
+            uint64_t qp = pos + i, slot = qp % W;
+            memcpy(e->ring + (r * W + slot) * c->capacity, probs + i * probs_stride,
+                   (size_t)(qp + 1) * sizeof(float));
+            e->ring_q[r * W + slot] = qp + 1;
+        }
+        atomic_fetch_add_explicit(&e->track_ns, now_ns() - t1, memory_order_relaxed);
+        return 0;
+    }
     if (!e->track)
         return 0;
-    size_t r = (size_t)layer * c->n_heads + head;
     float *I = e->imp + r * c->capacity;
     const float g = (float)e->cfg.decay, a = 1.0f - g;
     for (uint32_t i = 0; i < n; i++) {
@@ -668,12 +732,15 @@ static void ec_destroy(skv_kv_cache *c)
     free(e->heads);
     free(e->len);
     free(e->imp);
+    free(e->ring);
+    free(e->ring_q);
     free(e->ent_sum);
     free(e->ent_cnt);
     free(e->s_imp);
     free(e->s_err);
     free(e->s_ent);
     free(e->s_bits);
+    free(e->s_stored);
     free(e->src_part);
     free(e->src_row);
     free(e->idx);
@@ -705,6 +772,12 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
     e->base.capacity = capacity;
     e->cfg = *cfg;
     e->G = n_heads / n_kv_heads;
+    if (cfg->kind == SKV_EC_COMPRESS) {
+        /* what the policy fixes: widths, layout, importance mode */
+        if (skv_alloc_cfg_resolve(&e->cfg.alloc) < 0)
+            goto fail;
+        e->cfg.imp_mode = skv_policy_imp_mode(cfg->alloc.policy, cfg->imp_mode);
+    }
     skv_qcfg *q = &e->cfg.alloc.qcfg;
     q->head_dim = head_dim;
     if (!q->k_group)
@@ -721,7 +794,9 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
     if (e->cfg.ideal && !compress)
         e->cfg.ideal = 0;
     unsigned pf = skv_policy_flags(cfg->alloc.policy);
-    e->track = compress && (pf & SKV_PF_IMPORTANCE);
+    e->votes = compress && (pf & SKV_PF_VOTES);
+    e->track = compress && (pf & SKV_PF_IMPORTANCE) && !e->votes;
+    e->W = e->cfg.alloc.recent ? e->cfg.alloc.recent : 1;
     e->entropy = compress && (pf & SKV_PF_ENTROPY);
     size_t nh = (size_t)n_layers * n_kv_heads, ni;
     if (!(e->len = skv_calloc(n_layers, sizeof *e->len)) ||
@@ -748,6 +823,17 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
                 goto fail;
             }
             if (!(e->imp = skv_calloc(1, ni)))
+                goto fail;
+        }
+        if (e->votes) {
+            size_t nr;
+            if (skv_mul_sizes(&nr, 5, (size_t)n_layers, (size_t)n_heads, (size_t)e->W,
+                              (size_t)capacity, sizeof(float)) < 0) {
+                skv_error(SKV_ELIMIT, "kv cache: observation window state overflows");
+                goto fail;
+            }
+            if (!(e->ring = skv_malloc(nr)) ||
+                !(e->ring_q = skv_calloc((size_t)n_layers * n_heads * e->W, sizeof(uint64_t))))
                 goto fail;
         }
         if (e->entropy &&
@@ -808,11 +894,14 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
                 s->mem_bytes += (uint64_t)e->len[l] * d * 2 * sizeof(float);
             /* width + error model per allocated token (the allocator's input;
              * uniform needs neither) */
-            if (e->track)
+            if (e->track || e->votes)
                 s->meta_bytes += e->n_alloc * (1 + SKV_NBITS * sizeof(float));
         }
     if (e->track)
         s->meta_bytes += (uint64_t)c->n_layers * c->n_heads * s->n_tokens * sizeof(float);
+    if (e->votes) /* the window's rows */
+        s->meta_bytes += (uint64_t)c->n_layers * c->n_heads *
+                         (s->n_tokens < e->W ? s->n_tokens : e->W) * s->n_tokens * sizeof(float);
     s->bytes = bytes;
     return 0;
 }

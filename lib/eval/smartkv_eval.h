@@ -18,6 +18,27 @@
  *   vocabulary, float64), top-1 agreement of the two argmaxes,
  * and the cache's beta (byte model / fp16 bytes) at that moment.
  *
+ * Activations.  Int8 activations (skv_model_set_q8) are discontinuous: a
+ * tiny change in the cache moves some activations across a quantization
+ * step, so two caches that differ by a rounding already differ by a KL of
+ * about 1e-3 nats (measured: uniform:16 against fp16), which would hide the
+ * differences of the good caches (uniform:8 is about 3e-4).  The evaluation
+ * therefore runs on float32 activations unless int8 is asked for.
+ *
+ * Reference reuse (ref_cache set).  The fp16 reference depends only on the
+ * model, the tokens and the windows, not on the cache under test, so a
+ * sweep need not rerun it for every row: it is run once, window by window
+ * in blocks of 64 tokens after the prefill, and the logits of every scored
+ * position are kept in DIR/ref-KEY.bin (float32, about 0.2 GB per 1000
+ * scored positions of a 49K vocabulary), KEY hashing the model file, the
+ * activation setting, the tokens and (n, ctx, stride, prefill).  Later
+ * runs with the same key read it instead (ref_seconds is then 0).  A lock
+ * file serialises concurrent runs; the file is written under a temporary
+ * name and renamed, and one that does not match its key is recomputed.
+ * Per token, the model's logits do not depend on how the tokens are cut
+ * into blocks (integer path) or only to float rounding (float path), so
+ * the numbers equal the lockstep run's, or nearly.
+ *
  * Pass-key retrieval (skv_eval_needle).  A prompt of about `length` tokens:
  * an instruction, filler sentences, the pass key (a random 5-digit number
  * from the seed) stated once at `depth` percent of the filler, more filler
@@ -45,6 +66,9 @@ typedef struct skv_ppl_opts {
     uint32_t prefill;       /* first tokens of each window as one prefill (0 = none) */
     uint64_t max_tokens;    /* use the first max_tokens tokens of the text (0 = all) */
     int reference;          /* 1: run the fp16 reference beside it (default); 0: skip it */
+    const char *ref_cache;  /* directory for reference logits reused across runs, or NULL */
+    int int8;               /* 1: the model's int8-activation products (faster, see below);
+                             * 0 (default): float32 activations for the evaluation */
     skv_progress_fn progress;   /* tokens done / total, may be NULL */
     void *progress_ctx;
 } skv_ppl_opts;

@@ -17,28 +17,7 @@
 #error "GGUF tensors are read in place: a little-endian host is required"
 #endif
 
-#define QK 32      /* elements per block for the legacy types */
-#define QK_K 256   /* elements per super-block for the k-quants */
-
-typedef uint16_t half;
-
-typedef struct { half d; uint8_t qs[QK / 2]; } blk_q4_0;
-typedef struct { half d, m; uint8_t qs[QK / 2]; } blk_q4_1;
-typedef struct { half d; uint8_t qh[4]; uint8_t qs[QK / 2]; } blk_q5_0;
-typedef struct { half d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } blk_q5_1;
-typedef struct { half d; int8_t qs[QK]; } blk_q8_0;
-typedef struct { half d, dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } blk_q4_K;
-typedef struct { half d, dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } blk_q5_K;
-typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; half d; } blk_q6_K;
-
-_Static_assert(sizeof(blk_q4_0) == 18, "q4_0 block");
-_Static_assert(sizeof(blk_q4_1) == 20, "q4_1 block");
-_Static_assert(sizeof(blk_q5_0) == 22, "q5_0 block");
-_Static_assert(sizeof(blk_q5_1) == 24, "q5_1 block");
-_Static_assert(sizeof(blk_q8_0) == 34, "q8_0 block");
-_Static_assert(sizeof(blk_q4_K) == 144, "q4_K block");
-_Static_assert(sizeof(blk_q5_K) == 176, "q5_K block");
-_Static_assert(sizeof(blk_q6_K) == 210, "q6_K block");
+#include "ggml_blocks.h"
 
 typedef struct type_info {
     const char *name;
@@ -528,20 +507,21 @@ AVX2 static float dot_avx2(uint32_t t, const void *w, const float *x, size_t n)
 
 /* ---------------- dispatch ---------------- */
 
-static int simd_state = -1;   /* -1: not yet detected */
+static int simd_state = -1;   /* level in use; -1: not yet detected */
 
 static int detect(void)
 {
 #if HAVE_X86
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           skv_x86_f16c();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !skv_x86_f16c())
+        return SKV_SIMD_SCALAR;
+    return skv_x86_avxvnni() ? SKV_SIMD_VNNI : SKV_SIMD_AVX2;
 #else
-    return 0;
+    return SKV_SIMD_SCALAR;
 #endif
 }
 
-int skv_simd_active(void)
+int skv_simd_level(void)
 {
     int s = __atomic_load_n(&simd_state, __ATOMIC_RELAXED);
     if (s < 0) {
@@ -551,10 +531,18 @@ int skv_simd_active(void)
     return s;
 }
 
+int skv_simd_set_level(int max)
+{
+    int d = detect();
+    __atomic_store_n(&simd_state, max < d ? (max < 0 ? 0 : max) : d, __ATOMIC_RELAXED);
+    return skv_simd_level();
+}
+
+int skv_simd_active(void) { return skv_simd_level() != SKV_SIMD_SCALAR; }
+
 int skv_simd_enable(int on)
 {
-    __atomic_store_n(&simd_state, on ? detect() : 0, __ATOMIC_RELAXED);
-    return skv_simd_active();
+    return skv_simd_set_level(on ? SKV_SIMD_VNNI : SKV_SIMD_SCALAR) != SKV_SIMD_SCALAR;
 }
 
 void skv_ggml_dequant(uint32_t t, const void *src, float *dst, size_t n)

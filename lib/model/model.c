@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,7 @@
 #endif
 
 #define BLOCK_DEFAULT 64u   /* tokens per prefill block */
-#define ROWS_PER_TASK 16u   /* output rows per matmul task */
+#define ROWS_PER_TASK 16u   /* output rows per matmul task (a multiple of 8) */
 
 /* ---------------- thread pool ----------------
  *
@@ -198,8 +199,12 @@ struct skv_model {
     layer_w *layers;
     float *inv_freq;        /* n_rot/2 */
     uint32_t max_k;         /* longest matmul input row */
+    int act_q8;             /* matrix products on int8 activations where the type allows */
     pool pool;
     int pool_ok;
+    const uint8_t **x8;     /* per GGUF tensor: its rows packed by 8 (skv_q8x8), or NULL */
+    void *wmem;             /* the mapping that holds them */
+    size_t wmem_size;
 };
 
 static int get_tensor(skv_model *m, const char *name, uint64_t ne0, uint64_t ne1, int optional,
@@ -371,6 +376,59 @@ static int load_weights(skv_model *m)
     return 0;
 }
 
+/* The matrices with integer products (skv_q8x8_*) repacked in groups of 8
+ * rows, in one anonymous mapping with 2 MiB pages where the kernel grants
+ * them (decode streams every weight once per token: fewer TLB misses).
+ * The file mapping stays for the float path and the embedding lookup.
+ * Best effort: without the memory the model runs on the ggml rows. */
+static uint64_t x8_size(const skv_gguf_tensor *t)
+{
+    return skv_q8x8_bytes(t->type, t->ne[0], t->ne[1]);
+}
+
+static void pack_weights(skv_model *m)
+{
+    const skv_gguf_tensor *mats[7 * SKV_MAX_LAYERS + 1];
+    size_t nm = 0;
+    uint64_t total = 0;
+    for (uint32_t l = 0; l < m->p.n_layers; l++) {
+        const layer_w *w = &m->layers[l];
+        const skv_gguf_tensor *lt[7] = {w->wq, w->wk, w->wv, w->wo, w->gate, w->up, w->down};
+        for (int i = 0; i < 7; i++)
+            mats[nm++] = lt[i];
+    }
+    mats[nm++] = m->output;
+    for (size_t i = 0; i < nm; i++)
+        total += (x8_size(mats[i]) + 63) / 64 * 64;
+    if (!total || !(m->x8 = skv_calloc(m->g->n_tensors, sizeof *m->x8)))
+        return;
+    const size_t huge = (size_t)2 << 20;
+    size_t n = (size_t)((total + huge - 1) / huge * huge);
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        free(m->x8);
+        m->x8 = NULL;
+        return;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(p, n, MADV_HUGEPAGE);
+#endif
+    uint8_t *o = p;
+    for (size_t i = 0; i < nm; i++) {
+        const skv_gguf_tensor *t = mats[i];
+        size_t k = (size_t)(t - m->g->tensors);
+        uint64_t sz = x8_size(t), rb;
+        if (!sz || m->x8[k])   /* none, or already packed (a tensor used twice) */
+            continue;
+        skv_ggml_row_bytes(t->type, t->ne[0], &rb);
+        skv_q8x8_pack(t->type, t->data, (size_t)rb, t->ne[0], t->ne[1], o);
+        m->x8[k] = o;
+        o += (sz + 63) / 64 * 64;
+    }
+    m->wmem = p;
+    m->wmem_size = n;
+}
+
 skv_model *skv_model_load(const char *path, int n_threads)
 {
     skv_model *m = skv_calloc(1, sizeof *m);
@@ -378,6 +436,7 @@ skv_model *skv_model_load(const char *path, int n_threads)
         return NULL;
     if (!(m->g = skv_gguf_open(path)) || load_params(m) < 0 || load_weights(m) < 0)
         goto fail;
+    pack_weights(m);
     m->tok = skv_tokenizer_load(m->g);
     if (!m->tok)
         snprintf(m->tok_err, sizeof m->tok_err, "%s", skv_errmsg());
@@ -390,6 +449,7 @@ skv_model *skv_model_load(const char *path, int n_threads)
         goto fail;
     }
     m->pool_ok = 1;
+    m->act_q8 = 1;
     skv_error_clear();
     return m;
 fail:
@@ -417,6 +477,9 @@ void skv_model_free(skv_model *m)
     free(m->inv_freq);
     skv_tokenizer_free(m->tok);
     skv_gguf_close(m->g);
+    if (m->wmem)
+        munmap(m->wmem, m->wmem_size);
+    free(m->x8);
     free(m);
 }
 
@@ -426,6 +489,15 @@ const char *skv_model_tokenizer_error(const skv_model *m) { return m->tok ? "" :
 const skv_gguf *skv_model_gguf(const skv_model *m) { return m->g; }
 int skv_model_threads(const skv_model *m) { return m->pool.n; }
 
+int skv_model_q8(const skv_model *m) { return m->act_q8; }
+
+int skv_model_set_q8(skv_model *m, int on)
+{
+    int was = m->act_q8;
+    m->act_q8 = on != 0;
+    return was;
+}
+
 /* ---------------- workspace ---------------- */
 
 typedef struct workspace {
@@ -434,6 +506,7 @@ typedef struct workspace {
     int n_threads;
     float *xn, *q, *k, *v, *att, *gate, *up, *tmp;
     float *rope;            /* [block][n_rot/2][2] cos, sin */
+    skv_q8_block *xq;       /* [block][max_k/32] quantized matmul input */
     float *wbuf[SKV_MODEL_MAX_THREADS];   /* 4 dequantized rows */
     float *probs[SKV_MODEL_MAX_THREADS];  /* block * ctx */
     /* error from a worker thread */
@@ -455,6 +528,7 @@ static void ws_free(workspace *w)
     free(w->up);
     free(w->tmp);
     free(w->rope);
+    free(w->xq);
     for (int i = 0; i < SKV_MODEL_MAX_THREADS; i++) {
         free(w->wbuf[i]);
         free(w->probs[i]);
@@ -485,7 +559,8 @@ static workspace *ws_new(const skv_model *m, uint32_t block, uint64_t ctx)
         !(w->k = skv_malloc(B * KV * 4)) || !(w->v = skv_malloc(B * KV * 4)) ||
         !(w->att = skv_malloc(B * Q * 4)) || !(w->gate = skv_malloc(B * F * 4)) ||
         !(w->up = skv_malloc(B * F * 4)) || !(w->tmp = skv_malloc(B * E * 4)) ||
-        !(w->rope = skv_malloc(B * (p->n_rot / 2 + 1) * 2 * 4)))
+        !(w->rope = skv_malloc(B * (p->n_rot / 2 + 1) * 2 * 4)) ||
+        !(w->xq = skv_malloc(B * (m->max_k / SKV_Q8_BLOCK + 1) * sizeof(skv_q8_block))))
         goto fail;
     for (int i = 0; i < w->n_threads; i++)
         if (!(w->wbuf[i] = skv_malloc((size_t)4 * m->max_k * 4)) || !(w->probs[i] = skv_malloc(pr)))
@@ -567,6 +642,8 @@ AVX2 static void dot4x2_avx2(const float *w, const float *x0, const float *x1, s
 typedef struct mm_job {
     const skv_gguf_tensor *w;
     const float *x;
+    const skv_q8_block *xq;     /* x quantized ([n_tok][K/32]), or NULL: float path */
+    const uint8_t *x8;          /* w packed by 8 rows (skv_q8x8), or NULL */
     size_t ldx;
     float *y;
     size_t ldy;
@@ -583,6 +660,30 @@ static void mm_task(void *ctx, uint32_t task, int thread)
         r1 = j->N;
     const uint8_t *W = j->w->data;
     uint32_t type = j->w->type, K = j->K;
+    if (j->x8) {
+        /* ROWS_PER_TASK is a multiple of 8; up to 4 tokens per weight load */
+        size_t nbk = K / SKV_Q8_BLOCK, gb = (size_t)skv_q8x8_bytes(type, K, 8);
+        for (uint32_t r = r0; r < r1; r += 8)
+            for (uint32_t t = 0; t < j->n_tok; t += 4) {
+                uint32_t nt = j->n_tok - t < 4 ? j->n_tok - t : 4;
+                skv_q8x8_dot(type, j->x8 + (size_t)(r / 8) * gb, j->xq + t * nbk, nbk, K, nt,
+                             j->y + t * j->ldy + r, j->ldy);
+            }
+        return;
+    }
+    if (j->xq) {
+        /* up to 4 tokens share each weight block loaded */
+        size_t nbk = K / SKV_Q8_BLOCK;
+        for (uint32_t r = r0; r < r1; r++)
+            for (uint32_t t = 0; t < j->n_tok; t += 4) {
+                uint32_t nt = j->n_tok - t < 4 ? j->n_tok - t : 4;
+                float o[4];
+                skv_ggml_dot_q8(type, W + (size_t)r * j->row_bytes, j->xq + t * nbk, nbk, K, nt, o);
+                for (uint32_t i = 0; i < nt; i++)
+                    j->y[(t + i) * j->ldy + r] = o[i];
+            }
+        return;
+    }
     if (j->n_tok == 1) {
         for (uint32_t r = r0; r < r1; r++)
             j->y[r] = skv_ggml_dot(type, W + (size_t)r * j->row_bytes, j->x, K);
@@ -616,7 +717,14 @@ static void mm_task(void *ctx, uint32_t task, int thread)
 static void matmul(skv_model *m, workspace *ws, const skv_gguf_tensor *w, const float *x,
                    size_t ldx, float *y, size_t ldy, uint32_t n_tok)
 {
-    mm_job j = {w, x, ldx, y, ldy, n_tok, (uint32_t)w->ne[0], (uint32_t)w->ne[1], 0, ws};
+    mm_job j = {w, x, NULL, NULL, ldx, y, ldy, n_tok, (uint32_t)w->ne[0], (uint32_t)w->ne[1], 0, ws};
+    if (m->act_q8 && skv_ggml_q8_supported(w->type) && j.K % SKV_Q8_BLOCK == 0) {
+        size_t nbk = j.K / SKV_Q8_BLOCK;
+        for (uint32_t t = 0; t < n_tok; t++)
+            skv_q8_quantize(x + t * ldx, ws->xq + t * nbk, j.K);
+        j.xq = ws->xq;
+        j.x8 = m->x8 ? m->x8[w - m->g->tensors] : NULL;
+    }
     uint64_t rb;
     skv_ggml_row_bytes(w->type, w->ne[0], &rb);   /* validated at load */
     j.row_bytes = (size_t)rb;

@@ -142,11 +142,66 @@ SKV_EXPORT float skv_ggml_dot_ref(uint32_t type, const void *w, const float *x, 
 SKV_EXPORT float skv_vec_dot(const float *a, const float *b, size_t n);
 SKV_EXPORT void skv_vec_axpy(float *y, float a, const float *x, size_t n);   /* y += a*x */
 
+/* ---- integer dot products on int8 activations (as ggml's vec_dot) ----
+ *
+ * Activations are quantized in blocks of 32 to int8 with one float scale
+ * (ggml's block_q8_1): x[i] ~ d * qs[i], d = max|x| / 127, rounding to
+ * nearest even; sum = sum(qs) serves the types with an offset.  The weight
+ * blocks are then multiplied in integers and scaled once per block. */
+#define SKV_Q8_BLOCK 32
+typedef struct skv_q8_block {
+    float d;                    /* scale */
+    int32_t sum;                /* sum of qs */
+    int8_t qs[SKV_Q8_BLOCK];
+} skv_q8_block;
+
+/* Quantize n floats (n a multiple of 32) into n/32 blocks. */
+SKV_EXPORT void skv_q8_quantize(const float *x, skv_q8_block *y, size_t n);
+SKV_EXPORT void skv_q8_quantize_ref(const float *x, skv_q8_block *y, size_t n);
+/* 1 for the weight types with integer dot products (q4_0, q4_1, q8_0). */
+SKV_EXPORT int skv_ggml_q8_supported(uint32_t type);
+/* out[t] = (row w of n elements) . (activation row t), t < nt <= 4; row t
+ * starts at x + t*x_stride blocks.  Unsupported types leave out unchanged. */
+SKV_EXPORT void skv_ggml_dot_q8(uint32_t type, const void *w, const skv_q8_block *x,
+                                size_t x_stride, size_t n, uint32_t nt, float *out);
+SKV_EXPORT void skv_ggml_dot_q8_ref(uint32_t type, const void *w, const skv_q8_block *x,
+                                    size_t x_stride, size_t n, uint32_t nt, float *out);
+
+/* Rows repacked in groups of 8 for the integer products (the ggml AMX/
+ * repack idea): per block of 32 columns, the 8 rows' fp16 scales (and
+ * offsets), then their quants interleaved 4 bytes per row, so that one
+ * vector holds 4 columns of all 8 rows and one broadcast of 4 activations
+ * feeds it (vpdpbusd); scales convert 8 at a time.  Same size as the ggml
+ * rows.  Group layout per block: q4_1: d[8] m[8] (fp16), then 4 x 32 bytes,
+ * byte 32c+4r+p = row r's qs[4c+p] (low nibble column 4c+p, high nibble
+ * 16+4c+p); q4_0: d[8], the same 128 bytes; q8_0: d[8], then 8 x 32 bytes,
+ * byte 32c+4r+p = row r's qs[4c+p].
+ * skv_q8x8_bytes: the packed size of rows x n (0 when the type has no
+ * integer products, n is not a multiple of 32 or rows of 8). */
+SKV_EXPORT uint64_t skv_q8x8_bytes(uint32_t type, uint64_t n, uint64_t rows);
+/* Pack `rows` ggml rows of n elements (row_bytes apart) into dst. */
+SKV_EXPORT void skv_q8x8_pack(uint32_t type, const void *src, size_t row_bytes, uint64_t n,
+                              uint64_t rows, void *dst);
+/* One group of 8 packed rows (at g) times activation rows t < nt <= 4 (at
+ * x + t*x_stride blocks): out[t*ldo + r] for rows r < 8. */
+SKV_EXPORT void skv_q8x8_dot(uint32_t type, const void *g, const skv_q8_block *x, size_t x_stride,
+                             size_t n, uint32_t nt, float *out, size_t ldo);
+SKV_EXPORT void skv_q8x8_dot_ref(uint32_t type, const void *g, const skv_q8_block *x,
+                                 size_t x_stride, size_t n, uint32_t nt, float *out, size_t ldo);
+
 /* SIMD selection: 1 when the AVX2/FMA path is in use.  skv_simd_enable(0)
  * forces the scalar paths (tests compare the two); enable(1) restores
  * run-time detection.  Returns the resulting state. */
 SKV_EXPORT int skv_simd_active(void);
 SKV_EXPORT int skv_simd_enable(int on);
+/* Level in use: 0 scalar, 1 AVX2/FMA/F16C, 2 AVX2 with AVX-VNNI integer
+ * dot products.  skv_simd_set_level(max) caps it at what the CPU has
+ * (tests run each path) and returns the level now active. */
+#define SKV_SIMD_SCALAR 0
+#define SKV_SIMD_AVX2 1
+#define SKV_SIMD_VNNI 2
+SKV_EXPORT int skv_simd_level(void);
+SKV_EXPORT int skv_simd_set_level(int max);
 
 #ifdef __cplusplus
 }

@@ -7,7 +7,10 @@
  * grouped-query causal attention over a KV cache -> output projection ->
  * residual, RMSNorm -> SwiGLU MLP -> residual; final RMSNorm and the output
  * head (output.weight, or the token embedding when tied).  Activations are
- * float32; weights stay in their GGUF types and are dequantized on the fly.
+ * float32; weights stay in their GGUF types.  Matrix products quantize the
+ * activation row to int8 blocks and use integer dot products where the
+ * weight type has them (q4_0, q4_1, q8_0: skv_model_set_q8), and dequantize
+ * the weights on the fly otherwise.
  *
  * GGUF "llama" files store the Q and K weight rows permuted so that the
  * rotary pairs are adjacent channels (2i, 2i+1); keys in the cache and in
@@ -63,6 +66,12 @@ SKV_EXPORT const skv_tokenizer *skv_model_tokenizer(const skv_model *m);
 SKV_EXPORT const char *skv_model_tokenizer_error(const skv_model *m);
 SKV_EXPORT const skv_gguf *skv_model_gguf(const skv_model *m);
 SKV_EXPORT int skv_model_threads(const skv_model *m);
+/* Matrix products on int8-quantized activations (skv_q8_block) for the
+ * weight types that have integer dot products: on by default, as in
+ * llama.cpp; off runs float32 activations against dequantized weights.
+ * Returns the previous setting. */
+SKV_EXPORT int skv_model_set_q8(skv_model *m, int on);
+SKV_EXPORT int skv_model_q8(const skv_model *m);
 
 /* ---- KV cache interface ----
  *

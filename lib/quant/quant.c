@@ -5,6 +5,7 @@
 #include "smartkv_qencode.h"
 #include "smartkv_trace.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,10 +27,10 @@ int skv_qcfg_check(const skv_qcfg *c)
     if (c->v_group == 0 || c->head_dim % c->v_group)
         return skv_error(SKV_EINVAL, "value group %u does not divide head_dim %u", c->v_group,
                          c->head_dim);
-    if (c->k_mode != SKV_QMODE_ASYM && c->k_mode != SKV_QMODE_SYM)
-        return skv_error(SKV_EINVAL, "unknown K quantization mode %u (modes: 1 asym, 2 sym)", c->k_mode);
-    if (c->v_mode != SKV_QMODE_ASYM && c->v_mode != SKV_QMODE_SYM)
-        return skv_error(SKV_EINVAL, "unknown V quantization mode %u (modes: 1 asym, 2 sym)", c->v_mode);
+    if (c->k_mode < SKV_QMODE_ASYM || c->k_mode > SKV_QMODE_GGML)
+        return skv_error(SKV_EINVAL, "unknown K quantization mode %u (modes: 1 asym, 2 sym, 3 ggml)", c->k_mode);
+    if (c->v_mode < SKV_QMODE_ASYM || c->v_mode > SKV_QMODE_GGML)
+        return skv_error(SKV_EINVAL, "unknown V quantization mode %u (modes: 1 asym, 2 sym, 3 ggml)", c->v_mode);
     return 0;
 }
 
@@ -43,7 +44,7 @@ static int check_args(uint32_t d, uint32_t bits, uint32_t group, uint32_t mode)
         return 0;
     if (group == 0 || d % group)
         return skv_error(SKV_EINVAL, "group size %u does not divide vector length %u", group, d);
-    if (mode != SKV_QMODE_ASYM && mode != SKV_QMODE_SYM)
+    if (mode < SKV_QMODE_ASYM || mode > SKV_QMODE_GGML)
         return skv_error(SKV_EINVAL, "unknown quantization mode %u", mode);
     return 0;
 }
@@ -58,11 +59,47 @@ static int range_error(const float *x, uint32_t n, uint32_t base)
     return skv_error(SKV_EFORMAT, "value out of range");
 }
 
+/* ---- llama.cpp's block rule (SKV_QMODE_GGML), scalar only ----
+ * quantize_row_q8_0_ref: d = amax / 127, q = roundf(x / d) in -127..127;
+ * quantize_row_q4_0_ref (and below 8 bits): m = the value of largest
+ * magnitude (the first one on ties), d = m / -2^(b-1),
+ * q = min(2^b - 1, (int)(x / d + 2^(b-1) + 0.5)).  Both multiply by the
+ * float32 reciprocal of the unrounded d and store d as the nearest fp16,
+ * as ggml does; the code is stored offset by 2^(b-1) (x = (code -
+ * 2^(b-1)) * d16, the SYM decoding). */
+static uint16_t ggml_group(const float *x, uint32_t n, uint32_t bits, uint8_t *codes)
+{
+    const int half = 1 << (bits - 1);
+    float amax = 0.0f, m = 0.0f;
+    for (uint32_t i = 0; i < n; i++)
+        if (amax < fabsf(x[i])) {
+            amax = fabsf(x[i]);
+            m = x[i];
+        }
+    float d = bits == 8 ? amax / 127.0f : m / (float)-half;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (uint32_t i = 0; i < n; i++) {
+        if (bits == 8) {
+            codes[i] = (uint8_t)((int)roundf(x[i] * id) + half);
+        } else {
+            int q = (int)(int8_t)(x[i] * id + (float)half + 0.5f);
+            codes[i] = (uint8_t)(q < 2 * half - 1 ? q : 2 * half - 1);
+        }
+    }
+    return skv_f32_to_f16(d);
+}
+
 /* ---- parameters: the rule of smartkv_qencode.h (shared with CUDA) ---- */
 
 void skv_quant_group_params(const float *x, uint32_t n, uint32_t bits, uint32_t mode,
                             uint16_t *scale16, uint16_t *min16)
 {
+    if (mode == SKV_QMODE_GGML) {
+        uint8_t codes[SKV_MAX_HEAD_DIM];
+        *scale16 = ggml_group(x, n <= SKV_MAX_HEAD_DIM ? n : SKV_MAX_HEAD_DIM, bits, codes);
+        *min16 = 0;
+        return;
+    }
     float mn = x[0], mx = x[0];
     for (uint32_t i = 1; i < n; i++) {
         mn = x[i] < mn ? x[i] : mn;
@@ -143,6 +180,10 @@ int skv_quantize_row_ref(const float *x, uint32_t d, uint32_t bits, uint32_t gro
     }
     uint8_t codes[SKV_MAX_HEAD_DIM];
     for (uint32_t g = 0; g < d / group; g++) {
+        if (mode == SKV_QMODE_GGML) {
+            skv_put16(par + 2 * g, ggml_group(x + g * group, group, bits, codes + g * group));
+            continue;
+        }
         uint16_t s16, m16;
         skv_quant_group_params(x + g * group, group, bits, mode, &s16, &m16);
         put_params(par, g, mode, s16, m16);
@@ -470,7 +511,7 @@ int skv_quantize_row_avx2(const float *x, uint32_t d, uint32_t bits, uint32_t gr
                           uint32_t mode, uint8_t *par, uint8_t *dat)
 {
 #ifdef SKV_QX86
-    if (cpu_has_avx2()) {
+    if (cpu_has_avx2() && mode != SKV_QMODE_GGML) { /* GGML: the reference only */
         int rc = check_args(d, bits, group, mode);
         return rc < 0 ? rc : quantize_row_avx2(x, d, bits, group, mode, par, dat);
     }

@@ -55,7 +55,11 @@ extern "C" {
 #define SKV_PBKT_HEADER_LEN 64
 #define SKV_ALIGN 64
 
-enum skv_qmode { SKV_QMODE_ASYM = 1, SKV_QMODE_SYM = 2 };
+/* GGML: llama.cpp's symmetric block rule (q8_0 at 8 bits, q4_0 below 8);
+ * stored and decoded exactly like SYM (one fp16 scale per group, code
+ * offset by 2^(bits-1)), only the choice of scale and codes differs
+ * (smartkv_quant.h). */
+enum skv_qmode { SKV_QMODE_ASYM = 1, SKV_QMODE_SYM = 2, SKV_QMODE_GGML = 3 };
 
 /* The widths a token may get; 0 means evicted (not stored). */
 #define SKV_NBITS 6

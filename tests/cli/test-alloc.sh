@@ -133,3 +133,14 @@ expect_err "missing.skv: cannot open" "missing file message"
 run sh -c 'skv-alloc -b 0.3 a.skv | head -c 5000 | skv-alloc -b 0.3 -o x.skv'
 expect_rc 1 "truncated pipe input"
 expect_err "skv-alloc: (stdin): truncated" "truncated pipe message"
+
+# the baselines offline: each packs, attends, and fits its budget
+for p in q4_0 streaming h2o snapkv mikv; do
+    run sh -c "skv-alloc -p $p -b 0.3 --threads 1 a.skv | skv-quant -o b.skv && skv-attend -s 8:16 --queries a.skv b.skv -o o.skv"
+    expect_rc 0 "$p: allocate, pack and attend"
+    check "$p: the packed cache fits beta 0.3" grep -q 'b\.skv: beta 0\.\(2[0-9]*\|3000\) ' "$T/err"
+done
+run skv-alloc -p q8_0 -b 0.3 a.skv -o x.skv
+expect_rc 1 "q8_0 does not fit beta 0.3"
+run skv-alloc -p mikv --bits 16 a.skv -o x.skv
+expect_rc 2 "mikv needs two widths"

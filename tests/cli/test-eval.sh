@@ -22,8 +22,9 @@ run skv-eval ppl --model m.gguf --text t.txt --decay 1
 expect_rc 2 "decay 1 is a usage error"
 run skv-eval ppl --model m.gguf --text t.txt --importance oracle
 expect_rc 2 "an offline-only importance mode is a usage error"
-run skv-eval ppl --model m.gguf --text t.txt --bits 0,2,16
-expect_rc 2 "eviction is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p mikv --bits 16
+expect_rc 2 "mikv with one width is a usage error"
+expect_err "two non-zero widths" "mikv's message says what it needs"
 run skv-eval ppl --model m.gguf --text t.txt --tsv --json
 expect_rc 2 "--tsv with --json is a usage error"
 run skv-eval sweep --model m.gguf --text t.txt
@@ -119,3 +120,18 @@ run skv-eval sweep --model "$model" --text "$text" --max-tokens 64 --ctx 64 \
 expect_rc 0 "sweep resumes"
 expect_err "2 already in sw.tsv, 1 to run" "resumed sweep skips done rows"
 check "resumed sweep appended one row, kept the others" sh -c "test \$(wc -l < sw.tsv) = 4 && grep -c 'uniform:8' sw.tsv | grep -qx 1"
+
+# every baseline keeps the JSON fields, with eviction in the online cache
+for p in q8_0 q4_0 streaming h2o snapkv mikv; do
+    run skv-eval ppl --model "$model" --text "$text" --max-tokens 80 --ctx 80 -p $p -b 0.3 --json
+    expect_rc 0 "ppl $p on 80 tokens"
+    check "ppl $p JSON: kl, ppl, ppl_ref, top1 and beta present and sane" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k in ("kl", "ppl", "ppl_ref", "top1", "beta", "beta_end", "bytes", "fp16_bytes"):
+    assert k in r, k
+assert r["kl"] >= 0 and r["ppl"] > 1 and 0 <= r["top1"] <= 1 and 0 < r["beta"] < 1, r
+if sys.argv[2] in ("streaming", "h2o", "snapkv"):
+    assert r["widths"].endswith("16:100.0%"), r  # stored rows: all fp16, the rest evicted
+' "$T/out" $p
+done

@@ -44,7 +44,7 @@ static int solve(solver *s, uint64_t limit, uint64_t *cur, double *bound)
         int k = s->w[it];
         base += s->imp[it] * sv_item_err(s, it, k);
         lin0 += s->lin[s->aw[k]] * s->mult;
-        if (s->prot[it % s->T])
+        if (sv_fixed(s, it))
             continue;
         double key;
         int m;

@@ -22,12 +22,12 @@ static void shuffle_units(solver *s, uint64_t seed)
         /* Fisher-Yates over the unprotected tokens (the protected keep the top) */
         uint64_t n = 0;
         for (uint64_t j = 0; j < s->T; j++)
-            n += !s->prot[j];
+            n += !sv_fixed(s, (uint64_t)u * s->T + j);
         if (!idx && !(idx = skv_malloc((s->T ? s->T : 1) * sizeof(uint64_t))))
             return; /* cannot happen in practice; leaves smartkv's order */
         n = 0;
         for (uint64_t j = 0; j < s->T; j++)
-            if (!s->prot[j])
+            if (!sv_fixed(s, (uint64_t)u * s->T + j))
                 idx[n++] = j;
         for (uint64_t i = n; i > 1; i--) {
             uint64_t k = splitmix(&st) % i;
