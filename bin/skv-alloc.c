@@ -3,6 +3,7 @@
 #include "tool.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,173 @@ static void summary(const skv_alloc *a, const skv_alloc_result *r, const skv_all
     fprintf(stderr, "\n");
 }
 
+/* ---- skv-alloc train: fit ATSKV's relevance predictor (smartkv_relevance.h) ---- */
+
+static void train_usage(void)
+{
+    printf("Usage: %s train --output WEIGHTS [options] TRACE\n"
+           "Fit ATSKV's per-layer relevance predictor (L2-regularised logistic regression\n"
+           "by Newton's method) on TRACE, recorded with skv-trace record --hidden; write\n"
+           "the weights (rlvw chunks) and print the AUC of the learned score next to the\n"
+           "EMA importance, on the training samples and on a held-out trace.\n"
+           "\n"
+           "  -o, --output FILE      weights file (required)\n"
+           "      --eval TRACE       held-out trace (a text not trained on) for the AUC\n"
+           "      --model FILE       GGUF whose tokenizer classes tokens (newline,\n"
+           "                         punctuation; default $SKV_MODEL; without: class 0)\n"
+           "      --horizon N        label: mass over the next N queries (default 32)\n"
+           "      --label-q Q        label: at least the Q quantile of it (default 0.8)\n"
+           "      --hidden-dims D    hidden-state projection for the fit (default 32;\n"
+           "                         0: no hidden-state term)\n"
+           "      --l2 L             L2 penalty on standardised weights (default 0.001)\n"
+           "      --tol T            max |gradient| at convergence (default 1e-8)\n"
+           "      --max-iter N       Newton steps at most (default 50)\n"
+           "      --samples N        samples per layer (default 20000)\n"
+           "      --tokens N         use the first N tokens of each trace (default 2048)\n"
+           "      --t0 N, --stride N sample steps t0, t0+stride, ... (default 64, 16)\n"
+           "      --seed S           seed of the sample draw and projection (default 1)\n"
+           TOOL_COMMON_HELP, tool_name);
+    exit(0);
+}
+
+static uint8_t *vocab_classes(const char *model, uint32_t *n)
+{
+    skv_gguf *g = skv_gguf_open(model);
+    if (!g)
+        tool_fail(model);
+    skv_tokenizer *tk = skv_tokenizer_load(g);
+    if (!tk)
+        tool_fail(model);
+    skv_gguf_close(g);
+    *n = skv_tokenizer_n_vocab(tk);
+    uint8_t *cls = calloc(*n ? *n : 1, 1);
+    if (!cls)
+        tool_die(EXIT_DATA, "out of memory");
+    char buf[256];
+    for (uint32_t i = 0; i < *n; i++) {
+        int len = skv_token_bytes(tk, (int32_t)i, 0, buf, sizeof buf);
+        if (len > 0)
+            cls[i] = skv_rlv_token_class(buf, len < (int)sizeof buf ? len : (int)sizeof buf);
+    }
+    skv_tokenizer_free(tk);
+    return cls;
+}
+
+enum { AUC_EMA, AUC_NOHID, AUC_LEARNED };
+
+static double mean_of(const skv_rlv_eval *e, uint32_t n, int which)
+{
+    double s = 0;
+    uint32_t k = 0;
+    for (uint32_t l = 0; l < n; l++) {
+        double v = which == AUC_EMA ? e[l].auc_ema
+                   : which == AUC_NOHID ? e[l].auc_nohid : e[l].auc_learned;
+        if (v == v) {
+            s += v;
+            k++;
+        }
+    }
+    return k ? s / k : NAN;
+}
+
+static int cmd_train(int argc, char **argv)
+{
+    enum { T_EVAL = 300, T_MODEL, T_HORIZON, T_Q, T_HDIMS, T_L2, T_TOL, T_ITER, T_SAMPLES,
+           T_TOKENS, T_T0, T_STRIDE, T_SEED };
+    static const struct option opts[] = {
+        {"output", required_argument, NULL, 'o'}, {"eval", required_argument, NULL, T_EVAL},
+        {"model", required_argument, NULL, T_MODEL},
+        {"horizon", required_argument, NULL, T_HORIZON},
+        {"label-q", required_argument, NULL, T_Q},
+        {"hidden-dims", required_argument, NULL, T_HDIMS},
+        {"l2", required_argument, NULL, T_L2}, {"tol", required_argument, NULL, T_TOL},
+        {"max-iter", required_argument, NULL, T_ITER},
+        {"samples", required_argument, NULL, T_SAMPLES},
+        {"tokens", required_argument, NULL, T_TOKENS}, {"t0", required_argument, NULL, T_T0},
+        {"stride", required_argument, NULL, T_STRIDE}, {"seed", required_argument, NULL, T_SEED},
+        TOOL_COMMON_OPTIONS, {NULL, 0, NULL, 0}};
+    skv_rlv_cfg c;
+    skv_rlv_defaults(&c);
+    const char *out = NULL, *held = NULL, *model = getenv("SKV_MODEL");
+    int o;
+    optind = 1;
+    while ((o = tool_getopt(argc, argv, "o:" TOOL_COMMON_SHORT, opts)) != -1) {
+        switch (o) {
+        case 'o': out = optarg; break;
+        case T_EVAL: held = optarg; break;
+        case T_MODEL: model = optarg; break;
+        case T_HORIZON: c.horizon = tool_opt_u32("--horizon", optarg, 1, 1u << 20); break;
+        case T_Q: c.label_q = tool_opt_double("--label-q", optarg, 0, 1, 1); break;
+        case T_HDIMS: c.hidden_dims = tool_opt_u32("--hidden-dims", optarg, 0, 1024); break;
+        case T_L2: c.fit.l2 = tool_opt_double("--l2", optarg, 0, 1e6, 0); break;
+        case T_TOL: c.fit.tol = tool_opt_double("--tol", optarg, 1e-15, 1, 0); break;
+        case T_ITER: c.fit.max_iter = tool_opt_u32("--max-iter", optarg, 1, 10000); break;
+        case T_SAMPLES: c.max_samples = tool_opt_u32("--samples", optarg, 100, 10000000); break;
+        case T_TOKENS: c.max_tokens = tool_opt_u32("--tokens", optarg, 2, 65536); break;
+        case T_T0: c.t0 = tool_opt_u32("--t0", optarg, 1, 1u << 24); break;
+        case T_STRIDE: c.stride = tool_opt_u32("--stride", optarg, 1, 1u << 24); break;
+        case T_SEED: c.seed = tool_opt_u32("--seed", optarg, 0, UINT32_MAX); break;
+        case 'h': train_usage(); break;
+        default: tool_usage_error("unhandled option"); /* a table entry without a case */
+        }
+    }
+    if (optind != argc - 1)
+        tool_usage_error("train takes one training trace");
+    if (!out)
+        tool_usage_error("train needs --output WEIGHTS");
+    tool_check_binary_output(out);
+    const char *in = argv[optind];
+    skv_rlv_vocab voc = {0, NULL};
+    uint8_t *cls = NULL;
+    if (model && *model) {
+        cls = vocab_classes(model, &voc.n);
+        voc.cls = cls;
+    }
+    skv_rlv_model *m = NULL, *m0 = NULL;
+    skv_rlv_eval *tr = NULL, *ho = NULL;
+    uint32_t L = 0, Lh = 0;
+    if (skv_rlv_train(in, &c, &voc, &m, &m0, &tr, &L) < 0)
+        tool_fail(tool_in_name(in));
+    if (held && skv_rlv_evaluate(held, &c, &voc, m, m0, &ho, &Lh) < 0)
+        tool_fail(tool_in_name(held));
+    skv_stream *s = skv_open_write(out, -1);
+    if (!s || skv_rlv_write(s, m) < 0 || skv_close(s) < 0)
+        tool_fail(tool_out_name(out));
+    printf("relevance predictor: %u layers, %u features + hidden state %s; label: mass over "
+           "the next %u queries >= its q=%.2f quantile; l2 %g\n",
+           L, (unsigned)SKV_RLV_NFEAT, m->n_embd ? "(n_embd weights)" : "(none)", c.horizon, c.label_q,
+           c.fit.l2);
+    printf("%-6s %8s %6s %5s %9s | %-20s | %s\n", "layer", "samples", "pos", "iters", "|grad|",
+           "train AUC ema learned", held ? "held-out AUC ema  no-h  learned" : "(no --eval)");
+    for (uint32_t l = 0; l < L; l++) {
+        printf("%-6u %8llu %6llu %5u %9.2e | %9.4f %10.4f |", l, (unsigned long long)tr[l].n,
+               (unsigned long long)tr[l].pos, tr[l].iters, tr[l].grad_norm, tr[l].auc_ema,
+               tr[l].auc_learned);
+        if (ho && l < Lh)
+            printf(" %16.4f %6.4f %8.4f", ho[l].auc_ema, ho[l].auc_nohid, ho[l].auc_learned);
+        printf("\n");
+    }
+    printf("%-6s %8s %6s %5s %9s | %9.4f %10.4f |", "mean", "", "", "", "",
+           mean_of(tr, L, AUC_EMA),
+           mean_of(tr, L, AUC_LEARNED));
+    if (ho) {
+        double e = mean_of(ho, Lh, AUC_EMA),
+               n0 = mean_of(ho, Lh, AUC_NOHID),
+               le = mean_of(ho, Lh, AUC_LEARNED);
+        printf(" %16.4f %6.4f %8.4f\n", e, n0, le);
+        printf("held-out: learned %s EMA (mean AUC %.4f vs %.4f, %+.4f)\n",
+               le > e ? "beats" : "does NOT beat", le, e, le - e);
+    } else {
+        printf("\n");
+    }
+    skv_rlv_model_free(m);
+    skv_rlv_model_free(m0);
+    free(tr);
+    free(ho);
+    free(cls);
+    return 0;
+}
+
 /* The same figures as summary(), as one JSON object on stderr. */
 static void summary_json(const skv_alloc *a, const skv_alloc_result *r, const skv_alloc_cfg *c)
 {
@@ -139,6 +307,8 @@ static void summary_json(const skv_alloc *a, const skv_alloc_result *r, const sk
 int main(int argc, char **argv)
 {
     tool_init("skv-alloc");
+    if (argc > 1 && !strcmp(argv[1], "train"))
+        return cmd_train(argc - 1, argv + 1);
     skv_alloc_cfg ac;
     skv_imp_cfg ic;
     skv_alloc_cfg_defaults(&ac);

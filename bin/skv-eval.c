@@ -38,7 +38,9 @@ static noreturn void usage(void)
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
            "                         greedy, optimal, uniform:N, random, position,\n"
            "                         layer-aware, prune-merge[:K]; baselines q8_0, q4_0,\n"
-           "                         streaming, h2o, snapkv, mikv (needle: a comma list)\n"
+           "                         streaming, h2o, snapkv, mikv; atskv, atskv-ema\n"
+           "                         (needle: a comma list)\n"
+           "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized\n"
            "      --decay G          ema decay in [0,1) (default 0.9)\n"
@@ -107,7 +109,7 @@ enum {
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PM_B,
-    O_PM_K, O_PM_P, O_PM_D, O_PM_LR
+    O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS
 };
 
 static const struct option longopts[] = {
@@ -132,6 +134,7 @@ static const struct option longopts[] = {
     {"residual", required_argument, NULL, O_RESIDUAL},
     {"grouped", no_argument, NULL, O_GROUPED},
     {"prior", required_argument, NULL, O_PRIOR},
+    {"weights", required_argument, NULL, O_WEIGHTS},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
     {"ctx", required_argument, NULL, O_CTX},
@@ -207,8 +210,39 @@ static uint32_t split_list(const char *opt, const char *s, char **items, uint32_
     return n;
 }
 
+/* ATSKV's weights (--weights), loaded once and shared by every row. */
+static skv_rlv_model *atskv_weights;
+
+/* atskv-ema: the same two tiers and thresholds ranked by smartkv's EMA
+ * importance alone (a learned model with one weight), to show what the
+ * learned relevance adds. */
+static skv_rlv_model *ema_only_model(void)
+{
+    static skv_rlv_model *m;
+    if (!m) {
+        if (!(m = skv_rlv_model_new(SKV_MAX_LAYERS, 0)))
+            tool_fail("atskv-ema");
+        for (uint32_t l = 0; l < m->n_layers; l++)
+            m->layers[l].w[SKV_RLV_LOG_EMA] = 1;
+        m->label = "atskv-ema";
+    }
+    return m;
+}
+
 static void set_policy(skv_ec_cfg *c, const char *p)
 {
+    if (!strcmp(p, "atskv-ema")) {
+        c->kind = SKV_EC_ATSKV;
+        c->rlv = ema_only_model();
+        return;
+    }
+    if (!strcmp(p, "atskv")) {
+        c->kind = SKV_EC_ATSKV;
+        c->rlv = atskv_weights;
+        if (!atskv_weights)
+            tool_usage_error("--policy atskv needs --weights FILE (skv-alloc train)");
+        return;
+    }
     if (!strcmp(p, "fp16")) {
         c->kind = SKV_EC_FP16;
         return;
@@ -394,6 +428,8 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "kivi:%u", c->kivi_bits);
     else if (c->kind == SKV_EC_PRUNE_MERGE)
         snprintf(buf, n, "prune-merge:%u", c->pm.num_clusters);
+    else if (c->kind == SKV_EC_ATSKV)
+        snprintf(buf, n, "%s", c->rlv && c->rlv->label ? c->rlv->label : "atskv");
     else if (c->alloc.policy == SKV_POLICY_UNIFORM)
         snprintf(buf, n, "uniform:%u", c->alloc.uniform_bits);
     else
@@ -415,7 +451,8 @@ static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int f
             label, pol, r->beta, (unsigned long long)r->stats.bytes, r->kl, r->ppl,
             r->ppl - r->ppl_ref, r->top1, r->ppl_ref, r->kl_max, front,
             (c->kind == SKV_EC_COMPRESS && !(pf & SKV_PF_FIXED)) ||
-                    (c->kind == SKV_EC_PRUNE_MERGE && !c->pm.max_cache_size)
+                    (c->kind == SKV_EC_PRUNE_MERGE && !c->pm.max_cache_size) ||
+                    c->kind == SKV_EC_ATSKV
                 ? c->alloc.budget
                 : 0,
             skv_imp_mode_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
@@ -457,8 +494,20 @@ static void ppl_report(FILE *f, const opts *o, const skv_ec_cfg *c, const skv_pp
                 (unsigned long long)r->stats.downgrades);
         json_str(f, hist);
         fprintf(f, ", \"seconds\": %.3f, \"ref_seconds\": %.3f, \"track_frac\": %.6f, "
-                "\"realloc_frac\": %.6f}\n", r->seconds, r->ref_seconds,
+                "\"realloc_frac\": %.6f", r->seconds, r->ref_seconds,
                 (double)r->stats.track_ns / dec, (double)r->stats.realloc_ns / dec);
+        if (c->kind == SKV_EC_ATSKV)
+            fprintf(f, ", \"passive_rows\": %llu, \"passive_bytes\": %llu, "
+                    "\"passive_frac\": %.6f, \"passive_evictions\": %llu, "
+                    "\"passive_recalls\": %llu, \"passive_recalls_per_step\": %.6f, "
+                    "\"passive_recall_us\": %.3f",
+                    (unsigned long long)r->stats.passive_rows,
+                    (unsigned long long)r->stats.passive_bytes,
+                    r->stats.fp16_bytes ? (double)r->stats.passive_bytes / (double)r->stats.fp16_bytes : 0,
+                    (unsigned long long)r->stats.evictions, (unsigned long long)r->stats.recalls,
+                    r->n_tokens ? (double)r->stats.recalls / (double)r->n_tokens : 0,
+                    r->stats.recalls ? (double)r->stats.recall_ns / 1e3 / (double)r->stats.recalls : 0);
+        fprintf(f, "}\n");
     } else {
         fprintf(f, "model       %s\n", model_name);
         fprintf(f, "text        %s: %llu tokens, %llu window(s) of %u (stride %u), %llu scored\n",
@@ -482,6 +531,15 @@ static void ppl_report(FILE *f, const opts *o, const skv_ec_cfg *c, const skv_pp
         fprintf(f, "time        %.2f s with this cache, %.2f s fp16; tracking %.2f%%, "
                 "reallocation %.2f%% of this cache's time\n", r->seconds, r->ref_seconds,
                 100.0 * (double)r->stats.track_ns / dec, 100.0 * (double)r->stats.realloc_ns / dec);
+        if (c->kind == SKV_EC_ATSKV)
+            fprintf(f, "passive     %llu rows, %llu bytes (%.4f of fp16) at the end; %llu "
+                    "evictions, %llu recalls (%.4f per step, %.1f us each)\n",
+                    (unsigned long long)r->stats.passive_rows,
+                    (unsigned long long)r->stats.passive_bytes,
+                    r->stats.fp16_bytes ? (double)r->stats.passive_bytes / (double)r->stats.fp16_bytes : 0,
+                    (unsigned long long)r->stats.evictions, (unsigned long long)r->stats.recalls,
+                    r->n_tokens ? (double)r->stats.recalls / (double)r->n_tokens : 0,
+                    r->stats.recalls ? (double)r->stats.recall_ns / 1e3 / (double)r->stats.recalls : 0);
     }
 }
 
@@ -676,11 +734,12 @@ static uint32_t make_rows(const opts *o, row **out)
         skv_ec_cfg base = o->cfg;
         set_policy(&base, o->policies[pi]);
         unsigned pf = base.kind == SKV_EC_COMPRESS ? skv_policy_flags(base.alloc.policy) : 0;
-        int budgeted = (pf & SKV_PF_BUDGET) != 0 ||
+        int atskv = base.kind == SKV_EC_ATSKV;
+        int budgeted = (pf & SKV_PF_BUDGET) != 0 || atskv ||
                        (base.kind == SKV_EC_PRUNE_MERGE && !base.pm.max_cache_size);
         int tracked = budgeted && (pf & SKV_PF_IMPORTANCE);
         uint32_t nb = budgeted ? o->n_budgets : 1, ni = tracked ? o->n_imps : 1;
-        uint32_t nr = base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE
+        uint32_t nr = base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE || atskv
                           ? o->n_reallocs : 1;
         for (uint32_t bi = 0; bi < nb; bi++)
             for (uint32_t ii = 0; ii < ni; ii++) {
@@ -695,7 +754,7 @@ static uint32_t make_rows(const opts *o, row **out)
                             if (c.imp_mode == SKV_IMP_EMA)
                                 c.decay = o->decays[di];
                         }
-                        if (base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE)
+                        if (base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE || atskv)
                             c.realloc = o->reallocs[ri];
                         if (skv_ec_cfg_check(&c) < 0)
                             tool_usage_error("%s", skv_errmsg());
@@ -1115,6 +1174,11 @@ int main(int argc, char **argv)
             break;
         }
         case 'o': o.out = optarg; break;
+        case O_WEIGHTS:
+            skv_rlv_model_free(atskv_weights);
+            if (skv_rlv_load(optarg, &atskv_weights) < 0)
+                tool_fail(tool_in_name(optarg));
+            break;
         case 'h': usage();
         default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }

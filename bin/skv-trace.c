@@ -937,8 +937,10 @@ static int cmd_record(int argc, char **argv)
         {"tokens", required_argument, 0, 'T'}, {"layers", required_argument, 0, 'L'},
         {"dtype", required_argument, 0, 't'},
         {"output", required_argument, 0, 'o'}, {"compress", optional_argument, 0, 'z'},
+        {"hidden", no_argument, 0, 3},
         TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
     const char *model = getenv("SKV_MODEL"), *text_path = NULL, *prompt = NULL, *out = NULL;
+    int hidden = 0;
     uint64_t max_tokens = 0, gen = 0, layers = 0, threads = 0;
     int chat = 0, special = 0, level = -1, o, dtype = SKV_F16;
     while ((o = tool_getopt(argc, argv, "m:f:cST:L:t:o:z::" TOOL_COMMON_SHORT, opts)) != -1) {
@@ -957,6 +959,7 @@ static int cmd_record(int argc, char **argv)
             break;
         case 'o': out = optarg; break;
         case 'z': level = parse_level(optarg); break;
+        case 3: hidden = 1; break;
         case 'h':
             printf(
 "Usage: skv-trace record --model M.gguf (--text FILE | --prompt TEXT) [options]\n"
@@ -974,7 +977,9 @@ static int cmd_record(int argc, char **argv)
 "  -@, --threads N       worker threads (default: online CPUs, at most 8)\n"
 "  -t, --dtype TYPE      f16 (default), f32 or bf16\n"
 "  -o, --output FILE     write to FILE (default stdout)\n"
-"  -z, --compress[=L]    zlib-compress chunks at level L (6)\n" TOOL_COMMON_HELP);
+"  -z, --compress[=L]    zlib-compress chunks at level L (6)\n"
+"      --hidden          also record each layer's input hidden states (hidn chunks)\n"
+TOOL_COMMON_HELP);
             return 0;
         default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
@@ -1047,7 +1052,8 @@ static int cmd_record(int argc, char **argv)
     skv_stream *s = open_out(out, level);
     /* units: blocks of tokens through one layer */
     tool_progress *pr = tool_progress_start("skv-trace record", 0, "blocks");
-    skv_record_opts ro = {(uint32_t)dtype, (uint32_t)layers, n_prefill, 0, tool_progress_cb, pr};
+    skv_record_opts ro = {(uint32_t)dtype, (uint32_t)layers, n_prefill, 0, tool_progress_cb, pr,
+                          hidden};
     int rrc = skv_model_record(m, ids, n, s, &ro);
     tool_progress_end(pr);
     if (rrc < 0)

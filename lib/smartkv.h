@@ -21,10 +21,12 @@
 #include "smartkv_stats.h"
 #include "smartkv_importance.h"
 #include "smartkv_alloc.h"
+#include "smartkv_relevance.h"
 #include "smartkv_cuda.h"
 #include "smartkv_merge.h"
 #include "smartkv_evalcache.h"
 #include "smartkv_eval.h"
+#include "smartkv_atskv.h"
 #include "smartkv_check.h"
 
 #endif

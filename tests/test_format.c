@@ -149,6 +149,94 @@ START_TEST(test_roundtrip_dtypes)
 }
 END_TEST
 
+/* hidn chunks: written per layer into a trace, skipped by the trace loader,
+ * gathered exactly by skv_hidden_add; gaps, a wrong width and a bad kind
+ * are rejected. */
+static int gather_hidden(void *ctx, const skv_chunk *c) { return skv_hidden_add(ctx, c); }
+
+START_TEST(test_hidden_states)
+{
+    make_tmpdir();
+    skv_trace *t = small_trace(SKV_F32, 0);
+    const uint32_t L = t->hdr.n_layers, E = 7;
+    const uint64_t n = t->hdr.n_tokens;
+    float *h = malloc((size_t)n * E * sizeof(float));
+    for (size_t i = 0; i < (size_t)n * E; i++)
+        h[i] = (float)i * 0.25f - 3.0f;
+    skv_stream *s = skv_open_write(path_in("h.skv"), -1);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_int_eq(skv_trhd_write(s, &t->hdr), 0);
+    for (uint32_t l = 0; l < L; l++) {
+        /* two blocks per layer, layer l scaled by l+1 */
+        float *hl = malloc((size_t)n * E * sizeof(float));
+        for (size_t i = 0; i < (size_t)n * E; i++)
+            hl[i] = h[i] * (float)(l + 1);
+        ck_assert_int_eq(skv_hidn_write(s, SKV_F32, l, 0, 3, E, hl), 0);
+        ck_assert_int_eq(skv_hidn_write(s, SKV_F32, l, 3, n - 3, E, hl + 3 * E), 0);
+        free(hl);
+        for (uint32_t i = 0; i < t->hdr.n_heads; i++)
+            ck_assert_int_eq(skv_tens_write(s, SKV_TK_Q, SKV_F32, l, i, 0, n, t->hdr.head_dim,
+                                            t->q[l] + (size_t)i * n * t->hdr.head_dim), 0);
+        for (int kind = SKV_TK_K; kind <= SKV_TK_V; kind++)
+            for (uint32_t i = 0; i < t->hdr.n_kv_heads; i++)
+                ck_assert_int_eq(skv_tens_write(s, (uint32_t)kind, SKV_F32, l, i, 0, n,
+                                                t->hdr.head_dim,
+                                                (kind == SKV_TK_K ? t->k[l] : t->v[l]) +
+                                                    (size_t)i * n * t->hdr.head_dim), 0);
+    }
+    ck_assert_int_eq(skv_close(s), 0);
+    /* a reader that does not ask for them still loads the trace */
+    skv_trace *u = NULL;
+    ck_assert_msg(skv_trace_load(path_in("h.skv"), &u) == 0, "%s", skv_errmsg());
+    assert_traces_equal(t, u);
+    skv_trace_free(u);
+    skv_hidden *hs = skv_hidden_new(L, n);
+    ck_assert_ptr_nonnull(hs);
+    ck_assert_msg(skv_trace_load_with(path_in("h.skv"), gather_hidden, hs, &u) == 0, "%s",
+                  skv_errmsg());
+    ck_assert(skv_hidden_complete(hs));
+    ck_assert_uint_eq(hs->n_embd, E);
+    for (uint32_t l = 0; l < L; l++)
+        for (size_t i = 0; i < (size_t)n * E; i++)
+            ck_assert(hs->h[l][i] == h[i] * (float)(l + 1));
+    skv_trace_free(u);
+    skv_hidden_free(hs);
+
+    /* a gap, a different width, and a wrong kind */
+    hs = skv_hidden_new(L, n);
+    s = skv_open_write(path_in("g.skv"), -1);
+    ck_assert_int_eq(skv_hidn_write(s, SKV_F16, 0, 0, 2, E, h), 0);
+    ck_assert_int_eq(skv_hidn_write(s, SKV_F16, 0, 3, 2, E, h), 0);
+    ck_assert_int_eq(skv_hidn_write(s, SKV_F16, 1, 0, 2, E + 1, h), 0);
+    uint8_t bad[SKV_TENS_HEADER_LEN + 4] = {0};
+    bad[0] = SKV_TK_K;
+    bad[4] = SKV_F32;
+    bad[24] = 1;
+    bad[32] = 1;
+    ck_assert_int_eq(skv_write(s, SKV_T_HIDN, bad, sizeof bad), 0);
+    ck_assert_int_eq(skv_close(s), 0);
+    s = skv_open_read(path_in("g.skv"));
+    skv_chunk c;
+    ck_assert_int_eq(skv_read(s, &c), 1);
+    ck_assert_int_eq(skv_hidden_add(hs, &c), 0);
+    ck_assert_int_eq(skv_read(s, &c), 1);
+    ck_assert_int_lt(skv_hidden_add(hs, &c), 0);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "expected to start at 2"));
+    ck_assert_int_eq(skv_read(s, &c), 1);
+    ck_assert_int_lt(skv_hidden_add(hs, &c), 0);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "8 columns, earlier blocks 7"));
+    ck_assert_int_eq(skv_read(s, &c), 1);
+    ck_assert_int_lt(skv_hidden_add(hs, &c), 0);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "kind 2"));
+    ck_assert(!skv_hidden_complete(hs));
+    skv_close(s);
+    skv_hidden_free(hs);
+    free(h);
+    skv_trace_free(t);
+    rm_tmpdir();
+}
+END_TEST
+
 START_TEST(test_f16_conversion)
 {
     /* every finite half converts to float and back exactly */
@@ -505,6 +593,7 @@ int main(void)
     tcase_add_test(tc, test_alloc_failure_paths);
     tcase_add_test(tc, test_npy_headers);
     tcase_add_test(tc, test_tens_blocks);
+    tcase_add_test(tc, test_hidden_states);
     tcase_add_test(tc, test_synth_deterministic);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

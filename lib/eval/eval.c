@@ -1,6 +1,7 @@
 /* eval.c -- perplexity/KL against the fp16 cache and pass-key retrieval with
  * the compressed cache in the decode loop (smartkv_eval.h). */
 #include "smartkv_eval.h"
+#include "smartkv_atskv.h"
 #include "smartkv_error.h"
 #include "smartkv_gguf.h"
 #include "smartkv_tokenizer.h"
@@ -54,6 +55,14 @@ double skv_logits_kl(const float *lp, const float *lq, uint32_t n)
 static skv_kv_cache *cache_for(const skv_model_params *p, const skv_ec_cfg *cfg, uint64_t cap)
 {
     return skv_ec_new(cfg, p->n_layers, p->n_heads, p->n_kv_heads, p->head_dim, cap);
+}
+
+/* Evaluate tokens, telling an ATSKV cache their ids first. */
+static int sess_eval(skv_session *s, skv_kv_cache *c, const int32_t *ids, uint32_t n,
+                     float *logits, int mode)
+{
+    skv_atskv_tokens(c, ids, n);
+    return skv_session_eval(s, ids, n, logits, mode);
 }
 
 static double cache_beta(skv_kv_cache *c)
@@ -280,7 +289,8 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
         return skv_error(SKV_EINVAL, "stride %llu exceeds the context %llu",
                          (unsigned long long)stride, (unsigned long long)ctx);
     uint32_t B = o->block ? o->block
-                         : (cfg->kind == SKV_EC_COMPRESS || cfg->kind == SKV_EC_PRUNE_MERGE
+                         : (cfg->kind == SKV_EC_COMPRESS || cfg->kind == SKV_EC_PRUNE_MERGE ||
+                                    cfg->kind == SKV_EC_ATSKV
                                 ? cfg->realloc : 64);
     if (B > 64)
         B = 64;  /* the model evaluates at most 64 tokens per block anyway */
@@ -306,6 +316,7 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
     if (!(tc = cache_for(p, cfg, ctx)) || !(ts = skv_session_new(m, tc, ctx)) ||
         !(lt = skv_malloc(nl)))
         goto out;
+    skv_atskv_attach(tc, ts, skv_model_tokenizer(m));
     if (o->reference && o->ref_cache) {
         if ((rc = ref_get(m, tokens, n, ctx, stride, P, o->ref_cache, &rm, &t_made)) < 0)
             goto out;
@@ -344,7 +355,7 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
             double t0 = now_s();
             if (pre)
                 skv_ec_hold(tc, 1);
-            if ((rc = skv_session_eval(ts, tokens + b + c0, nc, want ? lt : NULL, mode)) < 0)
+            if ((rc = sess_eval(ts, tc, tokens + b + c0, nc, want ? lt : NULL, mode)) < 0)
                 goto out;
             if (pre) {
                 skv_ec_hold(tc, 0);
@@ -523,8 +534,9 @@ int skv_eval_needle(skv_model *m, const skv_ec_cfg *cfg, uint32_t length, uint32
     if (!(c = cache_for(p, cfg, np + max_new)) || !(ss = skv_session_new(m, c, np + max_new)) ||
         !(logits = skv_malloc((size_t)p->n_vocab * sizeof *logits)))
         goto out;
+    skv_atskv_attach(c, ss, tk);
     skv_ec_hold(c, 1);
-    if ((rc = skv_session_eval(ss, prompt, (uint32_t)np, logits, SKV_LOGITS_LAST)) < 0)
+    if ((rc = sess_eval(ss, c, prompt, (uint32_t)np, logits, SKV_LOGITS_LAST)) < 0)
         goto out;
     skv_ec_hold(c, 0);
     if ((rc = skv_ec_realloc(c)) < 0)
@@ -538,7 +550,7 @@ int skv_eval_needle(skv_model *m, const skv_ec_cfg *cfg, uint32_t length, uint32
         gen[ng++] = id;
         if (i + 1 == max_new)
             break;
-        if ((rc = skv_session_eval(ss, &id, 1, logits, SKV_LOGITS_LAST)) < 0)
+        if ((rc = sess_eval(ss, c, &id, 1, logits, SKV_LOGITS_LAST)) < 0)
             goto out;
     }
     r->seconds = now_s() - t0;

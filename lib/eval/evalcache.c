@@ -2,6 +2,7 @@
  * smartkv_evalcache.h for what it models). */
 #include "smartkv_evalcache.h"
 #include "ecgroup.h"
+#include "smartkv_atskv.h"
 #include "smartkv_attend.h"
 #include "smartkv_error.h"
 #include "smartkv_importance.h"
@@ -87,8 +88,13 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
         skv_pm_cfg p = skv_ec_pm_cfg(c);
         return skv_pm_cfg_check(&p);
     }
-    if (c->kind > SKV_EC_F32)
+    if (c->kind > SKV_EC_ATSKV)
         return skv_error(SKV_EINVAL, "unknown cache kind %u", c->kind);
+    if (c->kind == SKV_EC_ATSKV) /* ATSKV (atskv.c): weights, budget, R */
+        return !c->rlv ? skv_error(SKV_EINVAL, "atskv needs relevance weights (skv-alloc train)")
+               : !(c->alloc.budget > 0 && isfinite(c->alloc.budget))
+                   ? skv_error(SKV_EINVAL, "atskv needs a budget beta > 0")
+               : !c->realloc ? skv_error(SKV_EINVAL, "reallocation interval must be >= 1") : 0;
     if (c->kind != SKV_EC_COMPRESS)
         return 0;
     const skv_alloc_cfg *a = &c->alloc;
@@ -201,6 +207,11 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
     }
     if (c->kind == SKV_EC_F32) {
         snprintf(buf, n, "f32");
+        return;
+    }
+    if (c->kind == SKV_EC_ATSKV) {
+        snprintf(buf, n, "%s beta=%g R=%u", c->rlv && c->rlv->label ? c->rlv->label : "atskv",
+                 c->alloc.budget, c->realloc);
         return;
     }
     const skv_alloc_cfg *a = &c->alloc;
@@ -545,6 +556,8 @@ int skv_ec_realloc(skv_kv_cache *cc)
         return skv_ecg_realloc(cc);
     if (skv_pm_is(cc))  /* merge.c */
         return skv_pm_prune(cc);
+    if (skv_atskv_is(cc))
+        return skv_atskv_select(cc);
     ec_cache *e = as_ec(cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
@@ -657,6 +670,7 @@ void skv_ec_hold(skv_kv_cache *c, int hold)
 {
     skv_ecg_hold(c, hold);
     skv_pm_hold(c, hold);  /* merge.c; no-op for other caches */
+    skv_atskv_hold(c, hold);
     ec_cache *e = as_ec(c);
     if (e)
         e->hold = hold;
@@ -845,6 +859,8 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
         return NULL;
     if (cfg->kind == SKV_EC_COMPRESS && cfg->layout == SKV_EC_GROUPED)
         return skv_ecg_new(cfg, n_layers, n_heads, n_kv_heads, head_dim, capacity);
+    if (cfg->kind == SKV_EC_ATSKV)
+        return skv_atskv_new(cfg, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     ec_cache *e = skv_calloc(1, sizeof *e);
     if (!e)
         return NULL;
@@ -940,6 +956,8 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
         return skv_ecg_stats(cc, s);
     if (skv_pm_is(cc))  /* merge.c */
         return skv_ec_pm_stats(cc, s);
+    if (skv_atskv_is(cc))
+        return skv_atskv_stats(cc, s);
     ec_cache *e = as_ec((skv_kv_cache *)cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
@@ -995,6 +1013,7 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
 void skv_ec_stats_reset(skv_kv_cache *cc)
 {
     skv_ecg_stats_reset(cc);
+    skv_atskv_stats_reset(cc);
     ec_cache *e = as_ec(cc);
     if (!e)
         return;

@@ -94,7 +94,10 @@ enum skv_ec_kind {
     SKV_EC_FP16 = 1,        /* reference: fp16 rows, never compressed */
     SKV_EC_F32 = 2,         /* reference: float32 rows, never compressed */
     SKV_EC_PRUNE_MERGE = 3, /* prune + merge (smartkv_merge.h), configured by pm */
+    SKV_EC_ATSKV = 4,       /* ATSKV: learned relevance, active/passive tiers (smartkv_atskv.h) */
 };
+
+struct skv_rlv_model;
 
 typedef struct skv_ec_cfg {
     double decay;           /* ema, in [0, 1) */
@@ -117,6 +120,7 @@ typedef struct skv_ec_cfg {
                                1/T, added to the importance (grouped layout; <= 0: 0.05) */
     skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are
                                taken from alloc; realloc is the evaluation block */
+    const struct skv_rlv_model *rlv;  /* ATSKV: relevance weights (skv-alloc train) */
 } skv_ec_cfg;
 
 enum skv_ec_layout {
@@ -182,6 +186,11 @@ typedef struct skv_ec_stats {
     uint64_t track_ns;      /* time in importance tracking, summed over threads */
     uint64_t realloc_ns;    /* time in reallocation (solve + rebuild) */
     uint64_t attend_ns;     /* time in attention, summed over threads */
+    /* ATSKV's passive tier (0 for other kinds): */
+    uint64_t passive_rows;  /* (layer, KV head, token) rows in the passive tier now */
+    uint64_t passive_bytes; /* its bytes now: zlib blobs and headers, their tokens' state */
+    uint64_t evictions, recalls;   /* rows moved active -> passive, passive -> active */
+    uint64_t recall_ns;     /* time in recalls (inflate and copy back) */
 } skv_ec_stats;
 
 SKV_EXPORT int skv_ec_stats_get(const skv_kv_cache *c, skv_ec_stats *s);

@@ -25,7 +25,13 @@ enum skv_tensor_kind {
     SKV_TK_V = 3,      /* values   [n_kv_heads][n_tokens][head_dim] */
     SKV_TK_OUT = 4,    /* attention outputs [n_heads][n_steps][head_dim] */
     SKV_TK_PROB = 5,   /* attention probabilities [n_heads][n_steps][n_tokens] */
+    SKV_TK_HIDDEN = 6, /* hidden states [n_tokens][n_embd] (hidn chunks only) */
 };
+
+/* Ancillary chunk: a block of one layer's hidden states (the residual stream
+ * entering the layer), payload laid out like TENS with kind 6 and head 0.
+ * Ancillary so that every tool that does not use it skips or passes it. */
+#define SKV_T_HIDN "hidn"
 
 #define SKV_TRACE_POST_ROPE 0x1u  /* keys (and queries) are post-RoPE */
 #define SKV_TRACE_HAS_TOKENS 0x2u /* TOKS chunks follow the header */
@@ -94,6 +100,29 @@ SKV_EXPORT int skv_tens_write_raw(skv_stream *s, uint32_t kind, uint32_t dtype, 
                                   const void *data);
 /* Convert a decoded block's elements to float32 (rows*cols values). */
 SKV_EXPORT void skv_tens_to_f32(const skv_tens *t, float *out);
+/* hidn chunks: write rows [row0, row0+rows) of layer's hidden states (cols =
+ * n_embd floats each), converting to dtype and splitting into blocks; decode
+ * one (checks kind 6, head 0, shape against the payload). */
+SKV_EXPORT int skv_hidn_write(skv_stream *s, uint32_t dtype, uint32_t layer, uint64_t row0,
+                              uint64_t rows, uint32_t cols, const float *data);
+SKV_EXPORT int skv_hidn_decode(const skv_chunk *c, skv_tens *t);
+
+/* Hidden states gathered from hidn chunks: per layer [n_tokens][n_embd]
+ * float32.  Blocks of a layer must arrive in order and cover every row
+ * exactly once; n_embd is set by the first block.  skv_hidden_complete()
+ * says whether layers 0..n_layers-1 are all covered. */
+typedef struct skv_hidden {
+    uint32_t n_layers, n_embd;
+    uint64_t n_tokens;
+    float **h;              /* [n_layers], each NULL until its first block */
+    uint64_t *rows;         /* rows received per layer */
+} skv_hidden;
+
+SKV_EXPORT skv_hidden *skv_hidden_new(uint32_t n_layers, uint64_t n_tokens);
+SKV_EXPORT void skv_hidden_free(skv_hidden *hs);
+/* Take one hidn chunk (others: returns 0, untouched).  <0 on a bad block. */
+SKV_EXPORT int skv_hidden_add(skv_hidden *hs, const skv_chunk *c);
+SKV_EXPORT int skv_hidden_complete(const skv_hidden *hs);
 SKV_EXPORT int skv_toks_write(skv_stream *s, uint64_t t0, uint64_t n, const int32_t *ids);
 
 /* Element conversion (round-to-nearest-even; NaN and Inf preserved). */

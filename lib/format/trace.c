@@ -51,6 +51,7 @@ const char *skv_tensor_kind_name(uint32_t kind)
     case SKV_TK_V: return "V";
     case SKV_TK_OUT: return "OUT";
     case SKV_TK_PROB: return "PROB";
+    case SKV_TK_HIDDEN: return "HIDDEN";
     default: return "?";
     }
 }
@@ -326,9 +327,9 @@ static uint64_t rows_per_block(uint32_t cols, size_t es)
     return r ? r : 1;
 }
 
-int skv_tens_write_raw(skv_stream *s, uint32_t kind, uint32_t dtype, uint32_t layer,
-                       uint32_t head, uint64_t row0, uint64_t rows, uint32_t cols,
-                       const void *data)
+static int blocks_write_raw(skv_stream *s, const char *type, uint32_t kind, uint32_t dtype,
+                            uint32_t layer, uint32_t head, uint64_t row0, uint64_t rows,
+                            uint32_t cols, const void *data)
 {
     size_t es = skv_dtype_size(dtype);
     if (!es || (uint64_t)cols * es > SKV_CHUNK_MAX - SKV_TENS_HEADER_LEN)
@@ -341,7 +342,7 @@ int skv_tens_write_raw(skv_stream *s, uint32_t kind, uint32_t dtype, uint32_t la
         tens_header(h, kind, dtype, layer, head, row0 + done, n, cols);
         const void *pieces[2] = {h, p};
         uint64_t lens[2] = {SKV_TENS_HEADER_LEN, n * cols * es};
-        int rc = skv_writev(s, SKV_T_TENS, 2, pieces, lens);
+        int rc = skv_writev(s, type, 2, pieces, lens);
         if (rc < 0)
             return rc;
         p += n * cols * es;
@@ -352,11 +353,19 @@ int skv_tens_write_raw(skv_stream *s, uint32_t kind, uint32_t dtype, uint32_t la
     return 0;
 }
 
-int skv_tens_write(skv_stream *s, uint32_t kind, uint32_t dtype, uint32_t layer, uint32_t head,
-                   uint64_t row0, uint64_t rows, uint32_t cols, const float *data)
+int skv_tens_write_raw(skv_stream *s, uint32_t kind, uint32_t dtype, uint32_t layer,
+                       uint32_t head, uint64_t row0, uint64_t rows, uint32_t cols,
+                       const void *data)
+{
+    return blocks_write_raw(s, SKV_T_TENS, kind, dtype, layer, head, row0, rows, cols, data);
+}
+
+static int blocks_write(skv_stream *s, const char *type, uint32_t kind, uint32_t dtype,
+                        uint32_t layer, uint32_t head, uint64_t row0, uint64_t rows,
+                        uint32_t cols, const float *data)
 {
     if (dtype == SKV_F32)
-        return skv_tens_write_raw(s, kind, dtype, layer, head, row0, rows, cols, data);
+        return blocks_write_raw(s, type, kind, dtype, layer, head, row0, rows, cols, data);
     size_t es = skv_dtype_size(dtype);
     if (!es)
         return skv_error(SKV_EINVAL, "TENS: bad dtype %u", dtype);
@@ -370,11 +379,130 @@ int skv_tens_write(skv_stream *s, uint32_t kind, uint32_t dtype, uint32_t layer,
     for (uint64_t done = 0; done < rows && rc == 0;) {
         uint64_t n = rows - done < per ? rows - done : per;
         skv_convert_from_f32(dtype, data + done * cols, tmp, (size_t)(n * cols));
-        rc = skv_tens_write_raw(s, kind, dtype, layer, head, row0 + done, n, cols, tmp);
+        rc = blocks_write_raw(s, type, kind, dtype, layer, head, row0 + done, n, cols, tmp);
         done += n;
     }
     free(tmp);
     return rc;
+}
+
+int skv_tens_write(skv_stream *s, uint32_t kind, uint32_t dtype, uint32_t layer, uint32_t head,
+                   uint64_t row0, uint64_t rows, uint32_t cols, const float *data)
+{
+    return blocks_write(s, SKV_T_TENS, kind, dtype, layer, head, row0, rows, cols, data);
+}
+
+/* ---- hidden states (hidn) ---- */
+
+int skv_hidn_write(skv_stream *s, uint32_t dtype, uint32_t layer, uint64_t row0, uint64_t rows,
+                   uint32_t cols, const float *data)
+{
+    return blocks_write(s, SKV_T_HIDN, SKV_TK_HIDDEN, dtype, layer, 0, row0, rows, cols, data);
+}
+
+int skv_hidn_decode(const skv_chunk *c, skv_tens *t)
+{
+    const uint8_t *p = c->data;
+    if (c->raw_size < SKV_TENS_HEADER_LEN)
+        return skv_error(SKV_EFORMAT, "hidn chunk at byte %llu too short",
+                         (unsigned long long)c->offset);
+    t->kind = skv_get32(p);
+    t->dtype = skv_get32(p + 4);
+    t->layer = skv_get32(p + 8);
+    t->head = skv_get32(p + 12);
+    t->row0 = skv_get64(p + 16);
+    t->rows = skv_get64(p + 24);
+    t->cols = skv_get32(p + 32);
+    t->data = p + SKV_TENS_HEADER_LEN;
+    size_t es = skv_dtype_size(t->dtype), n;
+    if (t->kind != SKV_TK_HIDDEN || t->head != 0 || !es || skv_get32(p + 36) != 0)
+        return skv_error(SKV_EFORMAT, "hidn chunk at byte %llu: kind %u, head %u, type %u "
+                         "(need 6, 0, a known type, reserved zero)",
+                         (unsigned long long)c->offset, t->kind, t->head, t->dtype);
+    if (t->rows < 1 || t->rows > SKV_MAX_TOKENS || t->cols < 1 || t->cols > SKV_MAX_TOKENS ||
+        skv_mul_sizes(&n, 3, (size_t)t->rows, (size_t)t->cols, es) ||
+        n + SKV_TENS_HEADER_LEN != c->raw_size)
+        return skv_error(SKV_EFORMAT, "hidn chunk at byte %llu: %llu rows x %u cols of %s "
+                         "do not match its payload of %llu bytes",
+                         (unsigned long long)c->offset, (unsigned long long)t->rows, t->cols,
+                         skv_dtype_name(t->dtype), (unsigned long long)c->raw_size);
+    return 0;
+}
+
+skv_hidden *skv_hidden_new(uint32_t n_layers, uint64_t n_tokens)
+{
+    if (!n_layers || n_layers > SKV_MAX_LAYERS || !n_tokens || n_tokens > SKV_MAX_TOKENS) {
+        skv_error(SKV_EINVAL, "hidden states: %u layers x %llu tokens out of range", n_layers,
+                  (unsigned long long)n_tokens);
+        return NULL;
+    }
+    skv_hidden *hs = skv_calloc(1, sizeof *hs);
+    if (!hs)
+        return NULL;
+    hs->n_layers = n_layers;
+    hs->n_tokens = n_tokens;
+    hs->h = skv_calloc(n_layers, sizeof *hs->h);
+    hs->rows = skv_calloc(n_layers, sizeof *hs->rows);
+    if (!hs->h || !hs->rows) {
+        skv_hidden_free(hs);
+        return NULL;
+    }
+    return hs;
+}
+
+void skv_hidden_free(skv_hidden *hs)
+{
+    if (!hs)
+        return;
+    if (hs->h)
+        for (uint32_t l = 0; l < hs->n_layers; l++)
+            free(hs->h[l]);
+    free(hs->h);
+    free(hs->rows);
+    free(hs);
+}
+
+int skv_hidden_add(skv_hidden *hs, const skv_chunk *c)
+{
+    if (!skv_chunk_is(c, SKV_T_HIDN))
+        return 0;
+    skv_tens t;
+    int rc = skv_hidn_decode(c, &t);
+    if (rc < 0)
+        return rc;
+    if (t.layer >= hs->n_layers)
+        return skv_error(SKV_EFORMAT, "hidn chunk at byte %llu: layer %u of %u",
+                         (unsigned long long)c->offset, t.layer, hs->n_layers);
+    if (hs->n_embd && t.cols != hs->n_embd)
+        return skv_error(SKV_EFORMAT, "hidn chunk at byte %llu: %u columns, earlier blocks %u",
+                         (unsigned long long)c->offset, t.cols, hs->n_embd);
+    if (t.row0 != hs->rows[t.layer] || t.rows > hs->n_tokens - t.row0)
+        return skv_error(SKV_EFORMAT, "hidn chunk at byte %llu: layer %u rows %llu..%llu, "
+                         "expected to start at %llu of %llu", (unsigned long long)c->offset,
+                         t.layer, (unsigned long long)t.row0,
+                         (unsigned long long)(t.row0 + t.rows),
+                         (unsigned long long)hs->rows[t.layer], (unsigned long long)hs->n_tokens);
+    if (!hs->n_embd) {
+        size_t n;
+        if (skv_mul_sizes(&n, 3, (size_t)hs->n_tokens, (size_t)t.cols, sizeof(float)) < 0)
+            return skv_error(SKV_ELIMIT, "hidden states: %llu x %u floats overflow",
+                             (unsigned long long)hs->n_tokens, t.cols);
+        hs->n_embd = t.cols;
+    }
+    if (!hs->h[t.layer] &&
+        !(hs->h[t.layer] = skv_malloc((size_t)hs->n_tokens * hs->n_embd * sizeof(float))))
+        return SKV_ENOMEM;
+    skv_tens_to_f32(&t, hs->h[t.layer] + (size_t)t.row0 * hs->n_embd);
+    hs->rows[t.layer] += t.rows;
+    return 0;
+}
+
+int skv_hidden_complete(const skv_hidden *hs)
+{
+    for (uint32_t l = 0; l < hs->n_layers; l++)
+        if (hs->rows[l] != hs->n_tokens)
+            return 0;
+    return 1;
 }
 
 int skv_toks_write(skv_stream *s, uint64_t t0, uint64_t n, const int32_t *ids)

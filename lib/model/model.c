@@ -880,6 +880,8 @@ struct skv_session {
     float *x;               /* [block][E] */
     skv_attn_fn hook;
     void *hook_ctx;
+    skv_hidden_fn hidden;   /* observer of the residual stream per layer */
+    void *hidden_ctx;
 };
 
 skv_session *skv_session_new(skv_model *m, skv_kv_cache *cache, uint64_t n_ctx)
@@ -933,6 +935,12 @@ void skv_session_set_attn_hook(skv_session *s, skv_attn_fn fn, void *ctx)
     s->hook_ctx = ctx;
 }
 
+void skv_session_set_hidden_hook(skv_session *s, skv_hidden_fn fn, void *ctx)
+{
+    s->hidden = fn;
+    s->hidden_ctx = ctx;
+}
+
 uint64_t skv_session_pos(const skv_session *s) { return s->pos; }
 skv_kv_cache *skv_session_cache(skv_session *s) { return s->cache; }
 
@@ -958,10 +966,13 @@ int skv_session_eval(skv_session *s, const int32_t *tokens, uint32_t n, float *l
         if (rc < 0)
             return rc;
         rope_table(m, s->ws, s->pos, nb);
-        for (uint32_t l = 0; l < p->n_layers; l++)
+        for (uint32_t l = 0; l < p->n_layers; l++) {
+            if (s->hidden)
+                s->hidden(s->hidden_ctx, l, s->pos, nb, s->x, E);
             if ((rc = layer_block(m, s->ws, l, s->x, nb, s->pos, s->cache, l, NULL, 0, s->hook,
                                   s->hook_ctx)) < 0)
                 return rc;
+        }
         s->pos += nb;
         if (logits_mode == SKV_LOGITS_ALL) {
             for (uint32_t t = 0; t < nb; t++)
@@ -1098,6 +1109,8 @@ int skv_model_record(skv_model *m, const int32_t *tokens, uint64_t n, skv_stream
     }
     uint64_t nblocks = (n + B - 1) / B, done_units = 0, total_units = nblocks * L;
     for (uint32_t l = 0; l < L; l++) {
+        if (o.hidden && (rc = skv_hidn_write(s, o.dtype, l, 0, n, E, X)) < 0)
+            goto done;
         cache->ops->truncate(cache, 0);
         for (uint64_t b = 0; b < n; b += B) {
             uint32_t nb = n - b < B ? (uint32_t)(n - b) : B;

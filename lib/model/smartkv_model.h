@@ -134,6 +134,12 @@ typedef void (*skv_attn_fn)(void *ctx, uint32_t layer, uint32_t head, uint64_t p
 SKV_EXPORT skv_session *skv_session_new(skv_model *m, skv_kv_cache *cache, uint64_t n_ctx);
 SKV_EXPORT void skv_session_free(skv_session *s);
 SKV_EXPORT void skv_session_set_attn_hook(skv_session *s, skv_attn_fn fn, void *ctx);
+/* Hidden-state observer: the residual stream entering layer `layer` for
+ * positions pos..pos+n-1 (n rows of n_embd floats), called before the
+ * layer runs, from the evaluating thread. */
+typedef void (*skv_hidden_fn)(void *ctx, uint32_t layer, uint64_t pos, uint32_t n,
+                              const float *x, uint32_t n_embd);
+SKV_EXPORT void skv_session_set_hidden_hook(skv_session *s, skv_hidden_fn fn, void *ctx);
 SKV_EXPORT uint64_t skv_session_pos(const skv_session *s);
 SKV_EXPORT int skv_session_reset(skv_session *s);
 SKV_EXPORT skv_kv_cache *skv_session_cache(skv_session *s);
@@ -163,7 +169,8 @@ SKV_EXPORT int skv_generate_greedy(skv_model *m, const int32_t *prompt, uint32_t
  * Runs the model layer by layer over the whole token sequence (each layer
  * in blocks of tokens, with a one-layer KV cache) and writes a trace to an
  * open stream: TRHD (model name, tokenizer source, POST_ROPE|HAS_TOKENS,
- * rope theta), TOKS, then per layer Q (post-RoPE, per query head), K
+ * rope theta), TOKS, then per layer (with opts->hidden) the hidn blocks of
+ * the residual stream entering the layer, Q (post-RoPE, per query head), K
  * (post-RoPE, as cached) and V (per KV head).  Memory: the weights plus one
  * layer's activations for all tokens (hidden states, Q, K, V). */
 typedef void (*skv_progress_fn)(void *ctx, uint64_t done, uint64_t total);
@@ -175,6 +182,7 @@ typedef struct skv_record_opts {
     uint32_t block;         /* tokens per block (0 = default) */
     skv_progress_fn progress;
     void *progress_ctx;
+    int hidden;             /* nonzero: also write hidn chunks (hidden states) */
 } skv_record_opts;
 
 SKV_EXPORT int skv_model_record(skv_model *m, const int32_t *tokens, uint64_t n, skv_stream *s,

@@ -43,6 +43,11 @@ run skv-eval ppl --model m.gguf --text t.txt --keys diagonal
 expect_rc 2 "an unknown key layout is a usage error"
 run skv-eval ppl --model m.gguf --text t.txt --error l2
 expect_rc 2 "an unknown error model is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p atskv
+expect_rc 2 "atskv without --weights is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p atskv --weights nonexistent.skv
+expect_rc 1 "missing atskv weights are a data error"
+expect_err "nonexistent.skv" "the message names the weights file"
 echo hello > t.txt
 run skv-eval ppl --model nonexistent.gguf --text t.txt
 expect_rc 1 "a missing model is a data error"
@@ -98,6 +103,27 @@ r = json.load(open(sys.argv[1]))
 assert r["beta_end"] < 0.45 and r["beta"] < 1 and r["kl"] > 0, r
 assert r["cache"] == "prune-merge beta=0.3 K=4 P=16 D=32 sinks=4 recent=16", r
 ' "$T/out"
+# atskv: a predictor trained on the model's own trace (all layers, tiny fit)
+run skv-trace record --model "$model" --text "$text" --tokens 120 --hidden -o hid.skv
+expect_rc 0 "record all layers with hidden states"
+run skv-alloc train --model "$model" --t0 8 --horizon 8 --stride 4 --samples 2000 \
+    --hidden-dims 4 -o w.skv hid.skv
+expect_rc 0 "train relevance weights"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 --sinks 2 \
+    --recent 8 -p atskv -b 0.3 --weights w.skv --json -q
+expect_rc 0 "ppl with atskv"
+check "atskv JSON: active beta held at the window end, passive tier reported" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["cache"] == "atskv beta=0.3 R=16" and r["scored"] == 159 and r["windows"] == 1, r
+assert r["beta_end"] <= 0.3 + 1e-9 and r["beta"] > r["beta_end"], r
+assert r["passive_rows"] > 0 and r["passive_bytes"] > 0 and r["passive_evictions"] >= r["passive_rows"], r
+assert r["passive_recalls"] >= 0 and r["kl"] > 0 and 0 < r["top1"] <= 1, r
+assert r["widths"].startswith("2:0.0%"), r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p atskv-ema -b 0.3
+expect_rc 0 "ppl with the atskv-ema ablation (no weights needed)"
+check "text output has the passive line" grep -Eq '^passive +[0-9]+ rows, [0-9]+ bytes .* recalls' "$T/out"
 
 run skv-eval needle --model "$model" --lengths 128 --depths 0,100 -p uniform:8 --tsv -q
 expect_rc 0 "needle grid with uniform:8"

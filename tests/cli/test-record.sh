@@ -59,3 +59,38 @@ expect_err "skv-trace record: done: " "progress lines on stderr (off a terminal,
 run skv-trace record --model "$model" --prompt "" -o empty.skv
 expect_rc 1 "an empty prompt is a data error"
 check "no output for an empty prompt" test ! -e empty.skv
+run skv-trace record --model "$model" --text fox.txt --layers 2 --hidden -o hid.skv
+expect_rc 0 "record with --hidden"
+run skv-trace info --json hid.skv
+check "--hidden: one hidn block per layer of n_embd f16 per token, the trace unchanged" python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1])); t = j["trace"]; h = j["chunk_types"]["hidn"]
+assert h["count"] == 2 and h["raw_bytes"] == 2 * (40 + t["tokens"] * 576 * 2), h
+assert j["chunk_types"]["TENS"]["count"] == 2 * (9 + 3 + 3), j
+' "$T/out"
+run sh -c "skv-trace cat hid.skv | skv-alloc -p uniform:8 | skv-trace info -"
+expect_rc 0 "a trace with hidn chunks passes through skv-alloc"
+
+# skv-alloc train: the relevance predictor on the recorded hidden states
+run skv-alloc train hid.skv
+expect_rc 2 "train without --output is a usage error"
+run skv-alloc train --output w.skv --label-q 1 hid.skv
+expect_rc 2 "train --label-q 1 is a usage error"
+run skv-alloc train --output w.skv fox.skv
+expect_rc 1 "train on a trace too short for the sample steps is a data error"
+expect_err "too few" "the message says the trace is too short"
+run skv-alloc train --output w.skv --t0 2 --horizon 3 --stride 1 fox.skv
+expect_rc 1 "train on a trace without hidden states is a data error"
+expect_err "record --hidden" "the message says how to record them"
+check "no weights after a failed train" test ! -e w.skv
+run skv-alloc train --model "$model" --output w.skv --t0 2 --horizon 3 --stride 1 --hidden-dims 4 --eval hid.skv hid.skv
+expect_rc 0 "train with a held-out trace"
+check "train prints per-layer AUC of EMA and the learned score, and the verdict" sh -c "
+grep -Eq '^mean +\| +[01]\.[0-9]{4} +[01]\.[0-9]{4} +\| +[01]\.[0-9]{4} [01]\.[0-9]{4} +[01]\.[0-9]{4}' '$T/out' &&
+grep -Eq '^held-out: learned (beats|does NOT beat) EMA' '$T/out'"
+run skv-trace info --json w.skv
+check "the weights file holds one rlvw chunk per layer" python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["chunk_types"]["rlvw"]["count"] == 2 and j["complete"], j
+' "$T/out"

@@ -1,0 +1,662 @@
+/* atskv.c -- ATSKV's two-tier cache in the decode loop (smartkv_atskv.h). */
+#include "smartkv_atskv.h"
+
+#include "smartkv_error.h"
+#include "smartkv_trace.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zlib.h>
+
+#define ATS_GAIN 0.5        /* quantile controller gain per selection */
+
+enum { T_NONE = 0, T_ACTIVE = 1, T_PASSIVE = 2 };
+
+typedef struct {
+    uint8_t *z;             /* zlib stream of rows x (K, V) fp16 rows */
+    uint32_t zlen, rows, live;
+} blob;
+
+typedef struct {
+    float *k, *v;           /* [cap][hd], fp16-rounded; zero when not active */
+    uint8_t *tier;          /* [cap] */
+    skv_rlv_tok *tk;        /* [cap] */
+    uint32_t *blob_of, *row_of;   /* passive tokens: where their rows are */
+    blob *blobs;
+    uint32_t n_blobs, cap_blobs;
+    uint64_t n_active, n_passive;
+} ats_head;
+
+typedef struct {
+    skv_kv_cache base;
+    skv_ec_cfg cfg;
+    const skv_rlv_model *rlv;
+    ats_head *heads;        /* [layer][kv] */
+    float *hterm;           /* [layer][cap]: w_h . h */
+    double *q;              /* [layer] quantile controller */
+    uint64_t *len;          /* [layer] positions held */
+    uint64_t *last_sel;     /* [layer] t of the last selection */
+    int32_t *ids;           /* [cap] token ids (-1 unknown) */
+    uint64_t n_ids;
+    uint32_t *count;        /* [cap] occurrences of ids[i] among tokens appended so far */
+    const skv_tokenizer *tok;
+    float *pbuf;            /* [n_heads][block][cap] probabilities of the last attend */
+    uint32_t pb_rows;
+    uint64_t pb_pos;
+    int pb_layer;           /* layer whose probabilities wait to be folded, -1 none */
+    int hold, err;
+    uint32_t n_embd;
+    skv_ec_stats st;
+    _Atomic uint64_t attend_ns;
+    uint64_t recall_ns;
+} ats_cache;
+
+#define PB_BLOCK 64u
+
+static const skv_kv_ops ats_ops;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static ats_cache *as_ats(skv_kv_cache *c) { return c && c->ops == &ats_ops ? (ats_cache *)c : NULL; }
+int skv_atskv_is(const skv_kv_cache *c) { return c && c->ops == &ats_ops; }
+
+static ats_head *head_at(ats_cache *a, uint32_t l, uint32_t kv)
+{
+    return &a->heads[(size_t)l * a->base.n_kv_heads + kv];
+}
+
+static float r16(float x) { return skv_f16_to_f32(skv_f32_to_f16(x)); }
+
+/* ---------------------------------------------------------------- tiers */
+
+static void blobs_clear(ats_head *H)
+{
+    for (uint32_t b = 0; b < H->n_blobs; b++)
+        free(H->blobs[b].z);
+    H->n_blobs = 0;
+}
+
+/* Move the listed active tokens of one head to the passive tier as one blob. */
+static int evict(ats_cache *a, ats_head *H, const uint32_t *idx, uint32_t n)
+{
+    if (!n)
+        return 0;
+    uint32_t hd = a->base.head_dim;
+    size_t raw = (size_t)n * 2 * hd * sizeof(uint16_t);
+    uint16_t *buf = skv_malloc(raw);
+    uLongf zl = compressBound((uLong)raw);
+    uint8_t *z = skv_malloc(zl);
+    if (!buf || !z) {
+        free(buf);
+        free(z);
+        return SKV_ENOMEM;
+    }
+    for (uint32_t r = 0; r < n; r++) {
+        uint64_t i = idx[r];
+        for (uint32_t e = 0; e < hd; e++) {
+            buf[(size_t)r * 2 * hd + e] = skv_f32_to_f16(H->k[i * hd + e]);
+            buf[(size_t)r * 2 * hd + hd + e] = skv_f32_to_f16(H->v[i * hd + e]);
+        }
+    }
+    if (compress2(z, &zl, (const Bytef *)buf, (uLong)raw, 1) != Z_OK) {
+        free(buf);
+        free(z);
+        return skv_error(SKV_EZLIB, "atskv: zlib compress failed");
+    }
+    free(buf);
+    if (H->n_blobs == H->cap_blobs) {
+        uint32_t nc = H->cap_blobs ? H->cap_blobs * 2 : 16;
+        blob *nb = skv_realloc(H->blobs, nc * sizeof *nb);
+        if (!nb) {
+            free(z);
+            return SKV_ENOMEM;
+        }
+        H->blobs = nb;
+        H->cap_blobs = nc;
+    }
+    uint8_t *zs = skv_realloc(z, zl ? zl : 1);
+    blob *B = &H->blobs[H->n_blobs];
+    B->z = zs ? zs : z;
+    B->zlen = (uint32_t)zl;
+    B->rows = B->live = n;
+    for (uint32_t r = 0; r < n; r++) {
+        uint64_t i = idx[r];
+        H->tier[i] = T_PASSIVE;
+        H->blob_of[i] = H->n_blobs;
+        H->row_of[i] = r;
+        memset(H->k + i * hd, 0, hd * sizeof(float));
+        memset(H->v + i * hd, 0, hd * sizeof(float));
+    }
+    H->n_blobs++;
+    H->n_active -= n;
+    H->n_passive += n;
+    a->st.evictions += n;
+    return 0;
+}
+
+static int recall(ats_cache *a, ats_head *H, uint64_t i)
+{
+    uint64_t t0 = now_ns();
+    uint32_t hd = a->base.head_dim;
+    blob *B = &H->blobs[H->blob_of[i]];
+    uLongf raw = (uLongf)B->rows * 2 * hd * sizeof(uint16_t);
+    uint16_t *buf = skv_malloc(raw);
+    if (!buf)
+        return SKV_ENOMEM;
+    if (uncompress((Bytef *)buf, &raw, B->z, B->zlen) != Z_OK) {
+        free(buf);
+        return skv_error(SKV_EZLIB, "atskv: a passive blob does not inflate");
+    }
+    const uint16_t *row = buf + (size_t)H->row_of[i] * 2 * hd;
+    for (uint32_t e = 0; e < hd; e++) {
+        H->k[i * hd + e] = skv_f16_to_f32(row[e]);
+        H->v[i * hd + e] = skv_f16_to_f32(row[hd + e]);
+    }
+    free(buf);
+    if (--B->live == 0) {
+        free(B->z);
+        B->z = NULL;
+        B->zlen = 0;
+    }
+    H->tier[i] = T_ACTIVE;
+    H->n_active++;
+    H->n_passive--;
+    a->st.recalls++;
+    a->recall_ns += now_ns() - t0;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- bytes */
+
+/* Per (layer, KV head, token): tracking state, w_h . h, position index. */
+#define TOK_META (sizeof(skv_rlv_tok) + sizeof(float) + sizeof(uint32_t))
+
+static uint64_t fixed_bytes(const ats_cache *a)
+{
+    /* predictor weights, token ids and their counts */
+    return (uint64_t)a->base.n_layers * (8 + 4 * (SKV_RLV_NFEAT + (uint64_t)a->rlv->n_embd)) +
+           a->n_ids * (sizeof(int32_t) + sizeof(uint32_t));
+}
+
+static uint64_t active_row_bytes(const ats_cache *a)
+{
+    return 4ull * a->base.head_dim + TOK_META;
+}
+
+/* ---------------------------------------------------------------- selection */
+
+typedef struct {
+    double r;
+    uint32_t i;
+} ranked;
+
+static int cmp_ranked_desc(const void *x, const void *y)
+{
+    const ranked *p = x, *q = y;
+    if (p->r != q->r)
+        return p->r < q->r ? 1 : -1;
+    return (p->i > q->i) - (p->i < q->i);
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double p = *(const double *)x, q = *(const double *)y;
+    return (p > q) - (p < q);
+}
+
+static uint8_t tok_class(const ats_cache *a, int32_t id)
+{
+    if (!a->tok || id < 0)
+        return 0;
+    char buf[64];
+    int n = skv_token_bytes(a->tok, id, 0, buf, sizeof buf);
+    return n > 0 ? skv_rlv_token_class(buf, n < (int)sizeof buf ? n : (int)sizeof buf) : 0;
+}
+
+static int select_layer(ats_cache *a, uint32_t l)
+{
+    uint64_t t = a->len[l];
+    if (!t)
+        return 0;
+    uint64_t t0 = now_ns();
+    const skv_alloc_cfg *ac = &a->cfg.alloc;
+    uint32_t KVH = a->base.n_kv_heads;
+    /* the layer's share of the budget, per KV head, in active tokens */
+    double fp16_head = (double)t * 4.0 * a->base.head_dim;
+    double avail = ac->budget * fp16_head -
+                   (double)fixed_bytes(a) / ((double)a->base.n_layers * KVH);
+    /* room is kept for the R tokens that arrive before the next selection,
+     * so that the active tier stays within the budget between selections */
+    double fit = avail / (double)active_row_bytes(a) - a->cfg.realloc;
+    uint64_t K = fit > 0 ? (uint64_t)fit : 0;
+    ranked *rk = skv_malloc(t * sizeof *rk);
+    double *srt = skv_malloc(t * sizeof *srt);
+    uint32_t *ev = skv_malloc(t * sizeof *ev);
+    uint8_t *keep = skv_malloc(t);
+    int rc = SKV_ENOMEM;
+    if (!rk || !srt || !ev || !keep)
+        goto out;
+    double frac_sum = 0;
+    for (uint32_t kv = 0; kv < KVH; kv++) {
+        ats_head *H = head_at(a, l, kv);
+        for (uint64_t i = 0; i < t; i++) {
+            double x[SKV_RLV_NFEAT];
+            int32_t id = i < a->n_ids ? a->ids[i] : -1;
+            skv_rlv_features(&H->tk[i], i, t, tok_class(a, id), id >= 0 ? a->count[i] : 0, x);
+            double z = skv_rlv_logit(a->rlv, l, x, a->hterm[(size_t)l * a->base.capacity + i]);
+            rk[i].r = 1.0 / (1.0 + exp(-z));
+            rk[i].i = (uint32_t)i;
+            srt[i] = rk[i].r;
+        }
+        /* tau = beta_l * quantile(r, q_l) */
+        qsort(srt, t, sizeof *srt, cmp_double);
+        double q = a->q[l];
+        uint64_t qi = (uint64_t)floor(q * (double)(t - 1) + 0.5);
+        double tau = 1.0 * srt[qi];
+        uint64_t above = 0;
+        for (uint64_t i = 0; i < t; i++)
+            above += rk[i].r > tau;
+        frac_sum += (double)above / (double)t;
+        /* active: protected first, then above tau by r, at most K */
+        memset(keep, 0, t);
+        uint64_t nk = 0;
+        for (uint64_t i = 0; i < t; i++)
+            if (i < ac->sinks || t - i <= ac->recent) {
+                keep[i] = 1;
+                nk++;
+            }
+        qsort(rk, t, sizeof *rk, cmp_ranked_desc);
+        for (uint64_t j = 0; j < t && nk < K; j++)
+            if (!keep[rk[j].i] && rk[j].r > tau) {
+                keep[rk[j].i] = 1;
+                nk++;
+            }
+        uint32_t ne = 0;
+        for (uint64_t i = 0; i < t; i++) {
+            if (keep[i] && H->tier[i] == T_PASSIVE) {
+                if ((rc = recall(a, H, i)) < 0)
+                    goto out;
+            } else if (!keep[i] && H->tier[i] == T_ACTIVE) {
+                ev[ne++] = (uint32_t)i;
+            }
+        }
+        if ((rc = evict(a, H, ev, ne)) < 0)
+            goto out;
+    }
+    /* steer q_l so that the threshold alone asks for the target fraction */
+    double target = t ? (double)K / (double)t : 0;
+    double qn = a->q[l] + ATS_GAIN * (frac_sum / KVH - target);
+    a->q[l] = qn < 0 ? 0 : qn > 1 ? 1 : qn;
+    a->last_sel[l] = t;
+    a->st.n_realloc += l == 0;
+    rc = 0;
+out:
+    a->st.realloc_ns += now_ns() - t0;
+    free(rk);
+    free(srt);
+    free(ev);
+    free(keep);
+    return rc;
+}
+
+/* Fold the waiting layer's attention into the trackers (group mean and max
+ * over the query heads of each KV head), then select if it is time. */
+static int fold(ats_cache *a)
+{
+    if (a->pb_layer < 0)
+        return 0;
+    uint32_t l = (uint32_t)a->pb_layer;
+    a->pb_layer = -1;
+    uint64_t t0 = now_ns();
+    uint32_t H = a->base.n_heads, KVH = a->base.n_kv_heads, G = H / KVH;
+    uint64_t cap = a->base.capacity;
+    float *mean = skv_malloc(cap * sizeof(float)), *mx = skv_malloc(cap * sizeof(float));
+    if (!mean || !mx) {
+        free(mean);
+        free(mx);
+        return SKV_ENOMEM;
+    }
+    for (uint32_t kv = 0; kv < KVH; kv++) {
+        ats_head *Hd = head_at(a, l, kv);
+        for (uint32_t r = 0; r < a->pb_rows; r++) {
+            uint64_t s = a->pb_pos + r;
+            for (uint64_t i = 0; i <= s; i++) {
+                float sm = 0, m = 0;
+                for (uint32_t g = 0; g < G; g++) {
+                    float p = a->pbuf[((size_t)(kv * G + g) * PB_BLOCK + r) * cap + i];
+                    sm += p;
+                    if (p > m)
+                        m = p;
+                }
+                mean[i] = sm / (float)G;
+                mx[i] = m;
+            }
+            skv_rlv_track_step(Hd->tk, s, mean, mx);
+        }
+    }
+    free(mean);
+    free(mx);
+    a->st.track_ns += now_ns() - t0;
+    if (!a->hold && a->len[l] >= a->last_sel[l] + a->cfg.realloc)
+        return select_layer(a, l);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- kv ops */
+
+static int ats_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
+                      const float *v)
+{
+    ats_cache *a = as_ats(c);
+    int rc;
+    if (a->err)
+        return a->err;
+    if ((rc = fold(a)) < 0)
+        return rc;
+    if (n > PB_BLOCK)
+        return skv_error(SKV_EINVAL, "atskv: %u rows in one append (at most %u)", n, PB_BLOCK);
+    if (pos != a->len[layer] || pos + n > c->capacity)
+        return skv_error(SKV_EINVAL, "atskv: append at %llu (+%u), layer %u holds %llu of %llu",
+                         (unsigned long long)pos, n, layer, (unsigned long long)a->len[layer],
+                         (unsigned long long)c->capacity);
+    uint32_t hd = c->head_dim, KVH = c->n_kv_heads;
+    for (uint32_t kv = 0; kv < KVH; kv++) {
+        ats_head *H = head_at(a, layer, kv);
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t p = pos + i;
+            const float *kr = k + (size_t)i * KVH * hd + (size_t)kv * hd;
+            const float *vr = v + (size_t)i * KVH * hd + (size_t)kv * hd;
+            for (uint32_t e = 0; e < hd; e++) {
+                H->k[p * hd + e] = r16(kr[e]);
+                H->v[p * hd + e] = r16(vr[e]);
+            }
+            H->tier[p] = T_ACTIVE;
+            H->n_active++;
+        }
+    }
+    if (layer == 0) {
+        /* occurrences of each id among the tokens held (O(n) per token: fine
+         * at evaluation lengths; a hash table in production) */
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t p = pos + i;
+            int32_t id = p < a->n_ids ? a->ids[p] : -1;
+            uint32_t cnt = 1;
+            for (uint64_t j = 0; j < p && id >= 0; j++)
+                if (a->ids[j] == id) {
+                    a->count[j]++;
+                    cnt++;
+                }
+            a->count[p] = id >= 0 ? cnt : 0;
+        }
+    }
+    /* the attention of this block follows: attend() fills pbuf */
+    a->pb_layer = (int)layer;
+    a->pb_pos = pos;
+    a->pb_rows = n;
+    a->len[layer] = pos + n;
+    return 0;
+}
+
+static int ats_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t pos, uint32_t n,
+                      const float *q, size_t q_stride, float scale, float *out, size_t out_stride,
+                      float *probs, size_t probs_stride)
+{
+    ats_cache *a = as_ats(c);
+    uint64_t t0 = now_ns();
+    uint32_t hd = c->head_dim, G = c->n_heads / c->n_kv_heads;
+    ats_head *H = head_at(a, layer, head / G);
+    if (n > PB_BLOCK)
+        return skv_error(SKV_EINVAL, "atskv: %u query rows in one call (at most %u)", n, PB_BLOCK);
+    for (uint32_t r = 0; r < n; r++) {
+        uint64_t P = pos + r;
+        const float *qr = q + r * q_stride;
+        float *pr = probs + r * probs_stride, *o = out + r * out_stride;
+        float mx = -INFINITY;
+        for (uint64_t j = 0; j <= P; j++) {
+            if (H->tier[j] != T_ACTIVE) {
+                pr[j] = -INFINITY;
+                continue;
+            }
+            const float *kr = H->k + j * hd;
+            float d = 0;
+            for (uint32_t e = 0; e < hd; e++)
+                d += qr[e] * kr[e];
+            pr[j] = d * scale;
+            if (pr[j] > mx)
+                mx = pr[j];
+        }
+        double z = 0;
+        for (uint64_t j = 0; j <= P; j++) {
+            pr[j] = H->tier[j] == T_ACTIVE ? expf(pr[j] - mx) : 0.0f;
+            z += pr[j];
+        }
+        float iz = (float)(1.0 / z);
+        memset(o, 0, hd * sizeof(float));
+        for (uint64_t j = 0; j <= P; j++) {
+            pr[j] *= iz;
+            if (pr[j] != 0) {
+                const float *vr = H->v + j * hd;
+                for (uint32_t e = 0; e < hd; e++)
+                    o[e] += pr[j] * vr[e];
+            }
+        }
+        for (uint64_t j = P + 1; j < pos + n; j++)
+            pr[j] = 0;
+        memcpy(a->pbuf + ((size_t)head * PB_BLOCK + r) * c->capacity, pr, (P + 1) * sizeof(float));
+    }
+    atomic_fetch_add(&a->attend_ns, now_ns() - t0);
+    return 0;
+}
+
+static int ats_truncate(skv_kv_cache *c, uint64_t n)
+{
+    ats_cache *a = as_ats(c);
+    if (n != 0)
+        return skv_error(SKV_EUNSUP, "atskv: truncation to %llu positions (only to 0)",
+                         (unsigned long long)n);
+    a->pb_layer = -1;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        a->len[l] = a->last_sel[l] = 0;
+        a->q[l] = 1 - a->cfg.alloc.budget;
+        if (a->q[l] < 0)
+            a->q[l] = 0;
+        for (uint32_t kv = 0; kv < c->n_kv_heads; kv++) {
+            ats_head *H = head_at(a, l, kv);
+            blobs_clear(H);
+            memset(H->tier, 0, c->capacity);
+            H->n_active = H->n_passive = 0;
+        }
+    }
+    for (uint64_t i = 0; i < c->capacity; i++)
+        a->ids[i] = -1;
+    a->n_ids = 0;
+    a->err = 0;
+    return 0;
+}
+
+static void ats_destroy(skv_kv_cache *c)
+{
+    ats_cache *a = as_ats(c);
+    if (!a)
+        return;
+    if (a->heads)
+        for (size_t h = 0; h < (size_t)c->n_layers * c->n_kv_heads; h++) {
+            ats_head *H = &a->heads[h];
+            blobs_clear(H);
+            free(H->blobs);
+            free(H->k);
+            free(H->v);
+            free(H->tier);
+            free(H->tk);
+            free(H->blob_of);
+            free(H->row_of);
+        }
+    free(a->heads);
+    free(a->hterm);
+    free(a->q);
+    free(a->len);
+    free(a->last_sel);
+    free(a->ids);
+    free(a->count);
+    free(a->pbuf);
+    free(a);
+}
+
+static const skv_kv_ops ats_ops = {ats_append, ats_attend, ats_truncate, ats_destroy};
+
+skv_kv_cache *skv_atskv_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_heads,
+                            uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity)
+{
+    if (!cfg->rlv) {
+        skv_error(SKV_EINVAL, "atskv needs relevance weights (skv-alloc train)");
+        return NULL;
+    }
+    if (cfg->rlv->n_layers < n_layers) {
+        skv_error(SKV_EINVAL, "atskv: the weights cover %u layers, the model has %u",
+                  cfg->rlv->n_layers, n_layers);
+        return NULL;
+    }
+    if (!capacity || capacity > UINT32_MAX || !n_kv_heads || n_heads % n_kv_heads) {
+        skv_error(SKV_EINVAL, "atskv: bad shape");
+        return NULL;
+    }
+    ats_cache *a = skv_calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->base.ops = &ats_ops;
+    a->base.n_layers = n_layers;
+    a->base.n_heads = n_heads;
+    a->base.n_kv_heads = n_kv_heads;
+    a->base.head_dim = head_dim;
+    a->base.capacity = capacity;
+    a->cfg = *cfg;
+    a->rlv = cfg->rlv;
+    a->pb_layer = -1;
+    size_t NH = (size_t)n_layers * n_kv_heads, cap = (size_t)capacity;
+    if (!(a->heads = skv_calloc(NH, sizeof *a->heads)) ||
+        !(a->hterm = skv_calloc((size_t)n_layers * cap, sizeof(float))) ||
+        !(a->q = skv_calloc(n_layers, sizeof(double))) ||
+        !(a->len = skv_calloc(n_layers, sizeof(uint64_t))) ||
+        !(a->last_sel = skv_calloc(n_layers, sizeof(uint64_t))) ||
+        !(a->ids = skv_calloc(cap, sizeof(int32_t))) ||
+        !(a->count = skv_calloc(cap, sizeof(uint32_t))) ||
+        !(a->pbuf = skv_calloc((size_t)n_heads * PB_BLOCK * cap, sizeof(float))))
+        goto fail;
+    for (size_t h = 0; h < NH; h++) {
+        ats_head *H = &a->heads[h];
+        if (!(H->k = skv_calloc(cap * head_dim, sizeof(float))) ||
+            !(H->v = skv_calloc(cap * head_dim, sizeof(float))) || !(H->tier = skv_calloc(cap, 1)) ||
+            !(H->tk = skv_calloc(cap, sizeof *H->tk)) ||
+            !(H->blob_of = skv_calloc(cap, sizeof(uint32_t))) ||
+            !(H->row_of = skv_calloc(cap, sizeof(uint32_t))))
+            goto fail;
+    }
+    ats_truncate(&a->base, 0);
+    return &a->base;
+fail:
+    ats_destroy(&a->base);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- hooks */
+
+static void hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n, const float *x,
+                        uint32_t n_embd)
+{
+    ats_cache *a = ctx;
+    if (a->rlv->n_embd && a->rlv->n_embd != n_embd) {
+        a->err = skv_error(SKV_EINVAL, "atskv: the weights expect hidden states of %u, the model "
+                           "has %u", a->rlv->n_embd, n_embd);
+        return;
+    }
+    for (uint32_t i = 0; i < n && pos + i < a->base.capacity; i++)
+        a->hterm[(size_t)layer * a->base.capacity + pos + i] =
+            (float)skv_rlv_hidden_term(a->rlv, layer, x + (size_t)i * n_embd);
+}
+
+void skv_atskv_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)
+{
+    ats_cache *a = as_ats(c);
+    if (!a)
+        return;
+    a->tok = tk;
+    skv_session_set_hidden_hook(s, hidden_hook, a);
+}
+
+void skv_atskv_tokens(skv_kv_cache *c, const int32_t *ids, uint32_t n)
+{
+    ats_cache *a = as_ats(c);
+    if (!a)
+        return;
+    /* the next tokens start where layer 0 ends */
+    uint64_t p = a->len[0];
+    for (uint32_t i = 0; i < n && p + i < c->capacity; i++)
+        a->ids[p + i] = ids[i];
+    if (p + n > a->n_ids)
+        a->n_ids = p + n < c->capacity ? p + n : c->capacity;
+}
+
+/* ---------------------------------------------------------------- evalcache */
+
+int skv_atskv_select(skv_kv_cache *c)
+{
+    ats_cache *a = as_ats(c);
+    int rc = fold(a);
+    for (uint32_t l = 0; rc == 0 && l < c->n_layers; l++)
+        rc = select_layer(a, l);
+    return rc;
+}
+
+void skv_atskv_hold(skv_kv_cache *c, int hold)
+{
+    ats_cache *a = as_ats(c);
+    if (a)
+        a->hold = hold;
+}
+
+int skv_atskv_stats(const skv_kv_cache *cc, skv_ec_stats *s)
+{
+    ats_cache *a = as_ats((skv_kv_cache *)cc);
+    const skv_kv_cache *c = cc;
+    *s = a->st;
+    s->attend_ns = atomic_load(&a->attend_ns);
+    s->recall_ns = a->recall_ns;
+    s->n_tokens = a->len[0];
+    s->n_alloc = a->len[0];
+    s->fp16_bytes = skv_alloc_fp16_bytes(c->n_layers, c->n_kv_heads, s->n_tokens, c->head_dim);
+    memset(s->hist, 0, sizeof s->hist);
+    uint64_t act = 0, pas = 0, zb = 0;
+    for (size_t h = 0; h < (size_t)c->n_layers * c->n_kv_heads; h++) {
+        const ats_head *H = &a->heads[h];
+        act += H->n_active;
+        pas += H->n_passive;
+        for (uint32_t b = 0; b < H->n_blobs; b++)
+            zb += H->blobs[b].z ? H->blobs[b].zlen + sizeof(blob) : 0;
+    }
+    s->hist[0] = pas;
+    s->hist[SKV_NBITS - 1] = act;
+    s->bytes = act * active_row_bytes(a) + fixed_bytes(a);
+    s->meta_bytes = 0; /* the tracking state is inside bytes */
+    s->passive_rows = pas;
+    s->passive_bytes = zb + pas * (TOK_META + 2 * sizeof(uint32_t));
+    s->mem_bytes = act * 4ull * c->head_dim + zb;
+    return 0;
+}
+
+void skv_atskv_stats_reset(skv_kv_cache *c)
+{
+    ats_cache *a = as_ats(c);
+    if (!a)
+        return;
+    memset(&a->st, 0, sizeof a->st);
+    atomic_store(&a->attend_ns, 0);
+    a->recall_ns = 0;
+}

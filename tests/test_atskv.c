@@ -1,0 +1,149 @@
+/* test_atskv.c -- ATSKV's two-tier cache driven directly: the active set
+ * stays within the budget after every selection, attention covers exactly
+ * the active tokens, a passive token whose relevance rises is recalled, and
+ * its rows come back from the zlib tier as the fp16 values that went in. */
+#include "smartkv.h"
+#include "smartkv_atskv.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { HD = 64, N = 48, ODD = 5, ID = 42 };
+
+static float r16(float x) { return skv_f16_to_f32(skv_f32_to_f16(x)); }
+
+/* Attention of q over the tokens with probs > 0, from the original rows
+ * rounded to fp16: the reference for the cache's output. */
+static void reference(const float *q, const float *K, const float *V, const float *probs,
+                      uint64_t n, float *out)
+{
+    double m = -INFINITY, z = 0, o[HD] = {0};
+    double *s = malloc(n * sizeof *s);
+    for (uint64_t j = 0; j < n; j++) {
+        s[j] = -INFINITY;
+        if (probs[j] <= 0)
+            continue;
+        double d = 0;
+        for (int e = 0; e < HD; e++)
+            d += (double)q[e] * r16(K[j * HD + e]);
+        s[j] = d / sqrt(HD);
+        if (s[j] > m)
+            m = s[j];
+    }
+    for (uint64_t j = 0; j < n; j++)
+        if (probs[j] > 0) {
+            double p = exp(s[j] - m);
+            z += p;
+            for (int e = 0; e < HD; e++)
+                o[e] += p * r16(V[j * HD + e]);
+        }
+    for (int e = 0; e < HD; e++)
+        out[e] = (float)(o[e] / z);
+    free(s);
+}
+
+START_TEST(test_two_tiers)
+{
+    skv_rlv_model *m = skv_rlv_model_new(1, 0);
+    /* relevance grows with the occurrences of a token's id, and with the
+     * attention it gets */
+    m->layers[0].w[SKV_RLV_LOG_FREQ] = 4;
+    m->layers[0].w[SKV_RLV_LOG_EMA] = 0.5f;
+    skv_ec_cfg cfg;
+    skv_ec_defaults(&cfg);
+    cfg.kind = SKV_EC_ATSKV;
+    cfg.rlv = m;
+    cfg.alloc.budget = 0.5;
+    cfg.alloc.sinks = 1;
+    cfg.alloc.recent = 2;
+    cfg.realloc = 4;
+    skv_kv_cache *c = skv_ec_new(&cfg, 1, 1, 1, HD, N + 1);
+    ck_assert_msg(c != NULL, "%s", skv_errmsg());
+    ck_assert(skv_atskv_is(c));
+    float *K = malloc(sizeof(float) * (N + 1) * HD), *V = malloc(sizeof(float) * (N + 1) * HD);
+    uint64_t seed = 7;
+    for (int i = 0; i < (N + 1) * HD; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        double u = (double)(seed >> 11) * 0x1.0p-53;
+        K[i] = (float)(0.5 + u);      /* every key leans on the all-ones query */
+        V[i] = (float)(u * 4 - 2);
+    }
+    for (int e = 0; e < HD; e++)
+        K[ODD * HD + e] = -1.0f;      /* token ODD: no attention from those queries */
+    float q[HD], out[HD], ref[HD], probs[N + 1];
+    for (int e = 0; e < HD; e++)
+        q[e] = 0.1f;
+    int32_t ids[N + 1];
+    for (int p = 0; p <= N; p++)
+        ids[p] = p == ODD || p >= N - 12 ? ID : 100 + p;
+    int was_passive = 0;
+    for (uint64_t p = 0; p < N; p += 4) {
+        skv_atskv_tokens(c, ids + p, 4);
+        ck_assert_int_eq(c->ops->append(c, 0, p, 4, K + p * HD, V + p * HD), 0);
+        for (uint32_t r = 0; r < 4; r++) {
+            ck_assert_int_eq(c->ops->attend(c, 0, 0, p + r, 1, q, HD, 1.0f / sqrtf(HD), out, HD,
+                                            probs, N + 1), 0);
+            reference(q, K, V, probs, p + r + 1, ref);
+            for (int e = 0; e < HD; e++)
+                ck_assert_msg(fabsf(out[e] - ref[e]) < 1e-4f, "step %llu: %g vs %g",
+                              (unsigned long long)(p + r), out[e], ref[e]);
+        }
+        if (p + 4 >= 12 && probs[ODD] == 0)
+            was_passive = 1;
+        ck_assert_int_eq(skv_ec_realloc(c), 0);
+        skv_ec_stats st;
+        ck_assert_int_eq(skv_ec_stats_get(c, &st), 0);
+        /* the active tier within the budget once more than the protected
+         * tokens fit */
+        if (p + 4 >= 16)
+            ck_assert_msg(st.bytes <= 0.5 * (double)st.fp16_bytes, "t=%llu: %llu > %g",
+                          (unsigned long long)(p + 4), (unsigned long long)st.bytes,
+                          0.5 * (double)st.fp16_bytes);
+        ck_assert_uint_eq(st.hist[0] + st.hist[SKV_NBITS - 1], p + 4);
+        ck_assert_uint_eq(st.passive_rows, st.hist[0]);
+        ck_assert(st.passive_rows == 0 || st.passive_bytes > st.passive_rows * HD);
+    }
+    ck_assert_msg(was_passive, "token %d never left the active tier", ODD);
+    skv_ec_stats st;
+    ck_assert_int_eq(skv_ec_stats_get(c, &st), 0);
+    ck_assert_msg(st.recalls >= 1, "no recall (evictions %llu)", (unsigned long long)st.evictions);
+    /* the recalled token answers a query aimed at it, from its fp16 rows */
+    for (int e = 0; e < HD; e++)
+        q[e] = -8.0f;
+    ck_assert_int_eq(c->ops->append(c, 0, N, 1, K + N * HD, V + N * HD), 0);
+    ck_assert_int_eq(c->ops->attend(c, 0, 0, N, 1, q, HD, 1.0f / sqrtf(HD), out, HD, probs, N + 1), 0);
+    ck_assert_msg(probs[ODD] > 0.9f, "recalled token's attention %g", probs[ODD]);
+    reference(q, K, V, probs, N + 1, ref);
+    for (int e = 0; e < HD; e++)
+        ck_assert_msg(fabsf(out[e] - ref[e]) < 1e-4f, "%g vs %g", out[e], ref[e]);
+    /* a reset empties both tiers */
+    ck_assert_int_eq(c->ops->truncate(c, 0), 0);
+    ck_assert_int_eq(skv_ec_stats_get(c, &st), 0);
+    ck_assert_uint_eq(st.passive_rows + st.hist[SKV_NBITS - 1], 0);
+    ck_assert_int_lt(c->ops->truncate(c, 3), 0);
+    skv_kv_cache_free(c);
+    /* without weights: refused */
+    cfg.rlv = NULL;
+    ck_assert_ptr_null(skv_ec_new(&cfg, 1, 1, 1, HD, N));
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "weights"));
+    skv_rlv_model_free(m);
+    free(K);
+    free(V);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("atskv");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_two_tiers);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int nf = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return nf ? 1 : 0;
+}
