@@ -314,7 +314,7 @@ START_TEST(test_record)
     close(fd);
     skv_stream *out = skv_open_write(path, -1);
     ck_assert_ptr_nonnull(out);
-    skv_record_opts o = {SKV_F32, 3, 0, 8, NULL, NULL};   /* 3 layers, blocks of 8 */
+    skv_record_opts o = {SKV_F32, 3, 0, 8, NULL, NULL, 0};   /* 3 layers, blocks of 8 */
     ck_assert_msg(skv_model_record(m, ids, n, out, &o) == 0, "%s", skv_errmsg());
     ck_assert_int_eq(skv_close(out), 0);
     skv_trace *t;
