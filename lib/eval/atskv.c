@@ -363,10 +363,11 @@ static int ats_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
         return rc;
     if (n > PB_BLOCK)
         return skv_error(SKV_EINVAL, "atskv: %u rows in one append (at most %u)", n, PB_BLOCK);
-    if (pos != a->len[layer] || pos + n > c->capacity)
-        return skv_error(SKV_EINVAL, "atskv: append at %llu (+%u), layer %u holds %llu of %llu",
-                         (unsigned long long)pos, n, layer, (unsigned long long)a->len[layer],
-                         (unsigned long long)c->capacity);
+    if ((rc = skv_kv_append_check(c, layer, pos, n, a->len)) > 0) /* no re-evaluation */
+        return skv_error(SKV_EINVAL, "atskv: append at %llu (+%u), layer %u holds %llu",
+                         (unsigned long long)pos, n, layer, (unsigned long long)a->len[layer]);
+    if (rc < 0)
+        return rc;
     uint32_t hd = c->head_dim, KVH = c->n_kv_heads;
     for (uint32_t kv = 0; kv < KVH; kv++) {
         ats_head *H = head_at(a, layer, kv);

@@ -385,19 +385,11 @@ static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
 {
     ecg *e = (ecg *)c;
     int rc;
-    if (layer >= c->n_layers)
-        return skv_error(SKV_EINVAL, "kv cache: layer %u out of range (%u)", layer, c->n_layers);
-    if (pos > c->capacity || n > c->capacity - pos)
-        return skv_error(SKV_ELIMIT, "kv cache: positions %llu..%llu exceed its capacity of %llu",
-                         (unsigned long long)pos, (unsigned long long)(pos + n),
-                         (unsigned long long)c->capacity);
-    if (pos != e->len[layer]) {
-        if (pos > e->len[layer])
-            return skv_error(SKV_EINVAL, "kv cache: layer %u append at position %llu, %llu held",
-                             layer, (unsigned long long)pos, (unsigned long long)e->len[layer]);
-        if ((rc = cut_to(e, pos)) < 0)
-            return rc;
-    }
+    /* pos < held: re-evaluation of forgotten positions, dropped everywhere */
+    if ((rc = skv_kv_append_check(c, layer, pos, n, e->len)) > 0)
+        rc = cut_to(e, pos);
+    if (rc < 0)
+        return rc;
     if (layer == 0 && !e->hold && pos >= e->n_alloc + e->RES)
         if ((rc = skv_ecg_realloc(c)) < 0)
             return rc;

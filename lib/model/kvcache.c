@@ -16,16 +16,30 @@ static size_t slab(const skv_kv_cache *c, uint32_t layer, uint32_t kvh)
     return (((size_t)layer * c->n_kv_heads + kvh) * c->capacity) * c->head_dim;
 }
 
-static int dense_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
-                        const float *v)
+int skv_kv_append_check(const skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
+                        const uint64_t *len)
 {
-    dense_cache *d = (dense_cache *)c;
     if (layer >= c->n_layers)
         return skv_error(SKV_EINVAL, "kv cache: layer %u out of range (%u)", layer, c->n_layers);
     if (pos > c->capacity || n > c->capacity - pos)
         return skv_error(SKV_ELIMIT, "kv cache: positions %llu..%llu exceed its capacity of %llu",
                          (unsigned long long)pos, (unsigned long long)pos + n,
                          (unsigned long long)c->capacity);
+    if (!len || pos == len[layer])
+        return 0;
+    if (pos > len[layer])
+        return skv_error(SKV_EINVAL, "kv cache: layer %u append at position %llu, %llu held",
+                         layer, (unsigned long long)pos, (unsigned long long)len[layer]);
+    return 1;
+}
+
+static int dense_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
+                        const float *v)
+{
+    dense_cache *d = (dense_cache *)c;
+    int rc = skv_kv_append_check(c, layer, pos, n, NULL);
+    if (rc < 0)
+        return rc;
     uint32_t hd = c->head_dim, row = c->n_kv_heads * hd;
     for (uint32_t h = 0; h < c->n_kv_heads; h++) {
         float *kd = d->k + slab(c, layer, h) + pos * hd, *vd = d->v + slab(c, layer, h) + pos * hd;

@@ -117,6 +117,13 @@ SKV_EXPORT skv_kv_cache *skv_kv_dense_new(uint32_t n_layers, uint32_t n_heads,
 SKV_EXPORT float *skv_kv_dense_keys(skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
 SKV_EXPORT float *skv_kv_dense_values(skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
 SKV_EXPORT void skv_kv_cache_free(skv_kv_cache *c);
+/* The checks every cache makes on an append of n rows at pos to layer: the
+ * layer exists, pos..pos+n fits the capacity and, with len (positions held
+ * per layer; NULL: not checked), leaves no gap after what the layer holds.
+ * Returns 0 when the append continues the layer, 1 when pos < len[layer]
+ * (the caller first drops the positions >= pos), <0 (message set). */
+SKV_EXPORT int skv_kv_append_check(const skv_kv_cache *c, uint32_t layer, uint64_t pos,
+                                   uint32_t n, const uint64_t *len);
 
 /* ---- Evaluation ---- */
 
