@@ -65,7 +65,9 @@ if command -v pkg-config >/dev/null && command -v cc >/dev/null &&
    make -s -C "$SKV_TOP" smartkv.pc >/dev/null 2>&1; then
     check "smartkv.pc names no CUDA library" sh -c "! grep -Eq 'cudart|cublas' '$SKV_TOP/smartkv.pc'"
     printf '#include "smartkv.h"\n#include <stdio.h>\nint main(void) { skv_set_max_mem(0); puts(SKV_LIB_VERSION); return skv_cuda_available() > 0 ? 3 : 0; }\n' > pc.c
-    run sh -c "cc pc.c \$(printf -- '-I%s ' '$SKV_TOP/lib' '$SKV_TOP'/lib/*/) '$SKV_TOP/lib/libsmartkv.a' \
+    # the library of a SANITIZE=1 build needs the sanitizer runtimes at link time
+    san=; [ -n "$SKV_SANITIZE" ] && san="-fsanitize=address,undefined"
+    run sh -c "cc $san pc.c \$(printf -- '-I%s ' '$SKV_TOP/lib' '$SKV_TOP'/lib/*/) '$SKV_TOP/lib/libsmartkv.a' \
         \$(PKG_CONFIG_PATH='$SKV_TOP' pkg-config --static --libs-only-l smartkv | sed 's/-lsmartkv//') -o pc && ./pc"
     check "a program linked with pkg-config --static flags builds and runs" sh -c "[ $rc = 0 ] || [ $rc = 3 ]"
 else
