@@ -4,19 +4,22 @@
 . "$SKV_TOP/tests/cli/lib.sh"
 
 export SKV_PROGRESS_INTERVAL=0
-# inputs big enough that each step runs for several 100 ms ticks
-run skv-trace synth --progress -L 3 -T 16384 -o big.skv
+# inputs big enough that each step runs for several 100 ms ticks; under
+# valgrind (about 30x slower) smaller ones do, and keep the run short
+if [ -n "$SKV_VALGRIND" ]; then nb=2048 nt=1024 n4=2048; else nb=16384 nt=2048 n4=4096; fi
+s1=$((nt / 2)) s4=$((n4 / 2))
+run skv-trace synth --progress -L 3 -T $nb -o big.skv
 expect_rc 0 "synth --progress"
 check "synth --progress: lines with the count, the rate and the end" sh -c "
     grep -Eq '^skv-trace synth: [0-9]+ of 3 layers \\([0-9]+%\\), [0-9.]+ layers/s' '$T/err' &&
     grep -q '^skv-trace synth: done: 3 layers in ' '$T/err'"
-check "... and it wrote the same trace as without" sh -c "skv-trace synth -L 3 -T 16384 | cmp - big.skv"
+check "... and it wrote the same trace as without" sh -c "skv-trace synth -L 3 -T $nb | cmp - big.skv"
 rm -f big.skv
-skv-trace synth -L 3 -T 2048 -o t.skv
-skv-trace synth -L 2 -T 4096 -o t4.skv
-run skv-trace synth -q --progress -L 3 -T 2048 -o q.skv
+skv-trace synth -L 3 -T $nt -o t.skv
+skv-trace synth -L 2 -T $n4 -o t4.skv
+run skv-trace synth -q --progress -L 3 -T $nt -o q.skv
 check "-q: nothing on stderr, even with --progress" sh -c "[ $rc = 0 ] && [ ! -s '$T/err' ]"
-run skv-trace synth -L 3 -T 2048 -o q.skv
+run skv-trace synth -L 3 -T $nt -o q.skv
 check "off a terminal without --progress: nothing" sh -c "[ $rc = 0 ] && [ ! -s '$T/err' ]"
 
 for c in "skv-trace cat t.skv -o c.skv" "skv-trace info t.skv"; do
@@ -25,7 +28,7 @@ for c in "skv-trace cat t.skv -o c.skv" "skv-trace info t.skv"; do
         grep -Eq ': done: [0-9.]+ [KM]B in [0-9]+s \\([0-9.]+ [KMGT]?B/s\\)' '$T/err'"
 done
 # the slower steps also report on the way (a 100 ms tick)
-for c in "skv-alloc -b 0.3 t4.skv -o a4.skv" "skv-attend --reference -s 2000: t4.skv -o r.skv"; do
+for c in "skv-alloc -b 0.3 t4.skv -o a4.skv" "skv-attend --reference -s $s4: t4.skv -o r.skv"; do
     run $c --progress
     check "${c%% -*} --progress: lines with the input read, rate, and the end" sh -c "[ $rc = 0 ] &&
         grep -Eq ' of [0-9.]+ [KM]B \\([0-9]+%\\), [0-9.]+ [KMGT]?B/s' '$T/err' &&
@@ -38,12 +41,12 @@ run skv-quant --progress --uniform 4 t.skv -o u.skv
 check "skv-quant --progress: the reading step" grep -q '^skv-quant: reading: done: ' "$T/err"
 
 if script -qec true /dev/null > /dev/null 2>&1; then
-    run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend --reference -s 1000: t.skv -o /dev/null" /dev/null
+    run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend --reference -s $s1: t.skv -o /dev/null" /dev/null
     check "on a terminal: a bar redrawn in place, with the percentage and rate" sh -c "[ $rc = 0 ] &&
         grep -q 'skv-attend: \\[#* *\\] *[0-9]*% ' '$T/out' && tr '\\r' '\\n' < '$T/out' | grep -c '%' | grep -qv '^[01]\$'"
-    run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend --no-progress --reference -s 1000: t.skv -o /dev/null" /dev/null
+    run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend --no-progress --reference -s $s1: t.skv -o /dev/null" /dev/null
     check "on a terminal with --no-progress: no bar" sh -c "[ $rc = 0 ] && ! grep -q '%' '$T/out'"
-    run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend -q --reference -s 1000: t.skv -o /dev/null" /dev/null
+    run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend -q --reference -s $s1: t.skv -o /dev/null" /dev/null
     check "on a terminal with -q: no bar" sh -c "[ $rc = 0 ] && ! grep -q '%' '$T/out'"
 else
     skip "progress bar on a terminal" "script(1) cannot allocate a terminal here"
