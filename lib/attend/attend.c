@@ -1370,6 +1370,10 @@ static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chun
     int rc = skv_trace_read_all(r, &t);
     if (rc < 0)
         return rc;
+    /* the token ids were checked and passed over on the way in; the
+     * temporary cache below serves attention only and carries none */
+    if (!t->tokens)
+        t->hdr.flags &= ~SKV_TRACE_HAS_TOKENS;
     skv_cache_plan plan;
     memset(&plan, 0, sizeof plan);
     if (rc == 0 && (rc = skv_cache_plan_from_chunks(&plan, &t->hdr, extra)) < 0)

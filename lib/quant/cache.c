@@ -436,6 +436,8 @@ int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
         h.flags |= SKV_TRACE_NO_QUERIES;
     if ((rc = skv_trhd_write(s, &h)) < 0)
         return rc;
+    if ((h.flags & SKV_TRACE_HAS_TOKENS) && !t->tokens)
+        return skv_error(SKV_EINVAL, "the trace header flags token ids the trace does not hold");
     if ((h.flags & SKV_TRACE_HAS_TOKENS) &&
         (rc = skv_toks_write(s, 0, h.n_tokens, t->tokens)) < 0)
         return rc;

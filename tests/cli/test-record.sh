@@ -53,6 +53,10 @@ import json, sys
 t = json.load(open(sys.argv[1]))["trace"]
 assert t["prefill"] == 5 and t["tokens"] == 11, t
 ' "$T/out"
+# a recorded trace carries token ids: the fused path on an allocation of it
+# (the demo's pipeline) packs a temporary cache without them
+run sh -c 'skv-alloc -b 1 gen.skv -o gen.alloc.skv && skv-attend --packed -s 8:11 gen.alloc.skv -o gen.att.skv'
+expect_rc 0 "skv-attend --packed on an allocated trace with token ids"
 run env SKV_PROGRESS_INTERVAL=0 skv-trace record --model "$model" --prompt "Say hi" --chat --generate 4 --layers 1 --progress -o chat.skv
 expect_rc 0 "record a chat turn with --progress"
 expect_err "skv-trace record: done: " "progress lines on stderr (off a terminal, with --progress)"
