@@ -425,17 +425,14 @@ static int ecg_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t p
                       float *probs, size_t probs_stride)
 {
     ecg *e = (ecg *)c;
-    if (layer >= c->n_layers || head >= c->n_heads)
-        return skv_error(SKV_EINVAL, "kv cache: layer %u head %u out of range", layer, head);
-    if (pos + n > e->len[layer])
-        return skv_error(SKV_EINVAL, "kv cache: attention to position %llu beyond the %llu cached",
-                         (unsigned long long)(pos + n - 1), (unsigned long long)e->len[layer]);
+    int rc = skv_kv_attend_check(c, layer, head, pos, n, e->len);
+    if (rc < 0)
+        return rc;
     uint64_t t0 = now_ns();
     const uint32_t d = c->head_dim;
     const gh *H = head_at(e, layer, head / e->G);
     skv_att_rows R = {d, 0, NULL, H->k, H->v, 0, e->len[layer]};
     uint64_t ctx = pos + n;
-    int rc;
     size_t r = (size_t)layer * c->n_heads + head;
     for (uint32_t i = 0; i < n; i++) {
         float qr[SKV_MAX_HEAD_DIM] = {0};

@@ -735,17 +735,14 @@ static int ec_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
                      float *probs, size_t probs_stride)
 {
     ec_cache *e = (ec_cache *)c;
-    if (layer >= c->n_layers || head >= c->n_heads)
-        return skv_error(SKV_EINVAL, "kv cache: layer %u head %u out of range", layer, head);
-    if (pos + n > e->len[layer])
-        return skv_error(SKV_EINVAL, "kv cache: attention to position %llu beyond the %llu cached",
-                         (unsigned long long)(pos + n - 1), (unsigned long long)e->len[layer]);
+    int rc = skv_kv_attend_check(c, layer, head, pos, n, e->len);
+    if (rc < 0)
+        return rc;
     uint64_t t0 = now_ns();
     const ec_head *H = head_at(e, layer, head / e->G);
     skv_att_rows R = {c->head_dim, H->n_parts, H->bk, H->tk, H->tv, e->n_alloc,
                       e->len[layer] - e->n_alloc};
     uint64_t ctx = pos + n;
-    int rc;
     for (uint32_t i = 0; i < n; i++)
         if ((rc = skv_attend_rows(e->cfg.kernel, &R, q + i * q_stride, 1, scale, pos + i,
                                   out + i * out_stride, probs + i * probs_stride, 0, ctx)) < 0)

@@ -505,11 +505,9 @@ static int pm_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
                      float *probs, size_t probs_stride)
 {
     pm_cache *e = (pm_cache *)c;
-    if (layer >= c->n_layers || head >= c->n_heads)
-        return skv_error(SKV_EINVAL, "kv cache: layer %u head %u out of range", layer, head);
-    if (pos + n > e->len[layer])
-        return skv_error(SKV_EINVAL, "kv cache: attention to position %llu beyond the %llu cached",
-                         (unsigned long long)(pos + n - 1), (unsigned long long)e->len[layer]);
+    int rc = skv_kv_attend_check(c, layer, head, pos, n, e->len);
+    if (rc < 0)
+        return rc;
     const uint32_t d = c->head_dim, g = head % e->G, m = e->m;
     pm_head *H = head_at(e, layer, head / e->G);
     float *sc = H->sc + (size_t)g * (H->cap + e->K);

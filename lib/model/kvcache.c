@@ -33,6 +33,17 @@ int skv_kv_append_check(const skv_kv_cache *c, uint32_t layer, uint64_t pos, uin
     return 1;
 }
 
+int skv_kv_attend_check(const skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t pos,
+                        uint32_t n, const uint64_t *len)
+{
+    if (layer >= c->n_layers || head >= c->n_heads)
+        return skv_error(SKV_EINVAL, "kv cache: layer %u head %u out of range", layer, head);
+    if (pos + n > len[layer])
+        return skv_error(SKV_EINVAL, "kv cache: attention to position %llu beyond the %llu cached",
+                         (unsigned long long)(pos + n - 1), (unsigned long long)len[layer]);
+    return 0;
+}
+
 static int dense_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
                         const float *v)
 {

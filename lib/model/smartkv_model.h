@@ -124,6 +124,11 @@ SKV_EXPORT void skv_kv_cache_free(skv_kv_cache *c);
  * (the caller first drops the positions >= pos), <0 (message set). */
 SKV_EXPORT int skv_kv_append_check(const skv_kv_cache *c, uint32_t layer, uint64_t pos,
                                    uint32_t n, const uint64_t *len);
+/* The checks every cache with positions held per layer (len) makes on an
+ * attention call: layer and query head exist and pos..pos+n is held.
+ * Returns 0 or <0 (message set). */
+SKV_EXPORT int skv_kv_attend_check(const skv_kv_cache *c, uint32_t layer, uint32_t head,
+                                   uint64_t pos, uint32_t n, const uint64_t *len);
 
 /* ---- Evaluation ---- */
 
