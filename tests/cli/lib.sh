@@ -11,7 +11,7 @@ bad()  { echo "fail $1" >> "$SKV_RESULTS"; echo "  FAIL $1"; [ -s "$T/err" ] && 
 skip() { echo "skip $1" >> "$SKV_RESULTS"; echo "  skip $1 ($2)"; }
 vg() {
     if [ -n "$SKV_VALGRIND" ]; then
-        case $1 in skv-*) set -- valgrind -q --error-exitcode=99 --leak-check=full \
+        case $1 in skv-*) set -- valgrind -q --error-exitcode=99 --leak-check=full --suppressions="$SKV_TOP/tests/cli/valgrind.supp" \
             --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
             "$@" ;; esac
     fi

@@ -111,7 +111,7 @@ replace_case() {  # replace_case WHAT ACTION -- runs cat big.skv -o fifo
     rm -f fifo; mkfifo fifo
     # started directly (not through the vg function) so $! is its pid
     set -- skv-trace cat big.skv -o fifo
-    [ -n "$SKV_VALGRIND" ] && set -- valgrind -q --error-exitcode=99 --leak-check=full \
+    [ -n "$SKV_VALGRIND" ] && set -- valgrind -q --error-exitcode=99 --leak-check=full --suppressions="$SKV_TOP/tests/cli/valgrind.supp" \
         --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect "$@"
     "$@" 2> "$T/err" &
     pid=$!
