@@ -166,6 +166,33 @@ SKV_EXPORT int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cach
                                const skv_chunk_list *pass, unsigned flags,
                                skv_cache_stats *st);
 
+/* ---- streaming quantizer (skv-quant) ---- */
+
+/* Keep the allocation record (ALOC chunks) in the cache; the ALHD is kept
+ * whenever the cache was made from an allocation. */
+#define SKV_CACHE_KEEP_ALLOC 0x2u
+
+typedef struct skv_quantize_opts {
+    uint32_t uniform;       /* 0: the input's allocation; else every token at this width */
+    skv_qcfg q;             /* with uniform: groups (0: head_dim) and modes */
+    unsigned flags;         /* SKV_CACHE_DROP_QUERIES, SKV_CACHE_KEEP_ALLOC */
+    void (*progress)(void *ctx, uint64_t done, uint64_t total); /* layers written */
+    void *progress_ctx;
+} skv_quantize_opts;
+
+/* Quantize the trace read from `in` (open for reading; closed by this
+ * function, also on failure) into a packed cache written to `out`
+ * (everything after HEAD and before DONE), holding one layer at a time.
+ * The allocation follows the trace's last layer, so the input is read
+ * twice: `path` is reopened when it is a regular file, otherwise the first
+ * reading copies the stream to an unlinked temporary file in $TMPDIR.
+ * `first`, when not NULL, is the first chunk after HEAD, already read from
+ * `in` (not with uniform).  The plan is returned in *plan (free it with
+ * skv_cache_plan_free; nothing to free on failure).  Returns 0 or <0. */
+SKV_EXPORT int skv_cache_quantize(skv_stream *in, const skv_chunk *first, const char *path,
+                                  skv_stream *out, const skv_quantize_opts *o,
+                                  skv_cache_plan *plan, skv_cache_stats *st);
+
 /* ---- reader ---- */
 typedef struct skv_cache_head {
     uint32_t layer, kv_head;
@@ -199,6 +226,27 @@ SKV_EXPORT int skv_cache_load(const char *path, skv_cache **out);
  * that chunk, read from s just before. */
 SKV_EXPORT int skv_cache_read_after(skv_stream *s, const skv_chunk *first, skv_cache **out);
 SKV_EXPORT void skv_cache_free(skv_cache *c);
+
+/* ---- reading one layer at a time ----
+ *
+ * skv_cache_reader_open() reads a packed cache up to and including its PKHD
+ * (c->hdr, c->pk, c->tokens and c->extra are then set; `first` as in
+ * skv_cache_read_after, or NULL).  skv_cache_reader_next() returns 1 with
+ * *layer set when that layer's queries and buckets are in c (the previous
+ * layer's are freed then), 0 at the end once DONE and the PKHD totals are
+ * verified, <0 on error.  Only the layer handed out (and the first chunk
+ * of the next) is held; ancillary chunks after the PKHD are skipped.  The
+ * reader owns s. */
+typedef struct skv_cache_reader skv_cache_reader;
+SKV_EXPORT skv_cache_reader *skv_cache_reader_open(skv_stream *s, const skv_chunk *first);
+SKV_EXPORT const skv_cache *skv_cache_reader_cache(const skv_cache_reader *r);
+SKV_EXPORT int skv_cache_reader_next(skv_cache_reader *r, uint32_t *layer);
+SKV_EXPORT void skv_cache_reader_close(skv_cache_reader *r);
+
+/* Queries for a cache that has none, one layer at a time from a trace
+ * (checked against the cache's shape and token ids as by
+ * skv_cache_queries_from). */
+SKV_EXPORT skv_trace_reader *skv_cache_queries_open(const skv_cache *c, const char *path);
 /* Give c the queries of the trace at path ("-" = stdin), read one layer at a
  * time: it must have the cache's shape and, when both carry token ids, the
  * same ids.  Replaces any queries c has.  Returns 0 or <0. */
