@@ -264,19 +264,22 @@ int main(int argc, char **argv)
             unlink(tmp);
         tool_fail(tool_out_name(out));
     }
-    skv_cache *cache = NULL;
     int qfail = 0, rc;
     tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
     tool_progress_watch(pr, in); /* a trace is read a layer at a time */
-    if (queries) {
+    if (queries && cuda) {
         /* a cache without queries: take them from its trace */
+        skv_cache *cache = NULL;
         if (skv_cache_load(in, &cache) < 0)
             rc = -1;
         else if ((rc = skv_cache_queries_from(cache, queries)) < 0)
             qfail = 1;
         else
-            rc = cuda ? skv_cuda_attend_cache(cache, s, &req) : skv_attend_cache(ctx, cache, s, &req);
+            rc = skv_cuda_attend_cache(cache, s, &req);
         skv_cache_free(cache);
+    } else if (queries) {
+        /* read alongside the cache, one layer at a time */
+        rc = skv_attend_stream_queries(ctx, in, queries, s, &req, &qfail);
     } else {
         rc = cuda ? skv_cuda_attend_stream(in, s, &req) : skv_attend_stream(ctx, in, s, &req);
     }

@@ -55,7 +55,11 @@ static skv_attn *load(const char *path)
 {
     skv_attn *a;
     tool_check_binary_input(path);
-    if (skv_attn_load(path, &a) < 0)
+    tool_progress *pr = tool_progress_start("skv-stats: reading", 0, "bytes");
+    tool_progress_watch(pr, path);
+    int rc = skv_attn_load(path, &a);
+    tool_progress_end(pr);
+    if (rc < 0)
         tool_fail(tool_in_name(path));
     return a;
 }
@@ -386,13 +390,28 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
 {
     if (argc != 1)
         tool_usage_error("mem needs one packed cache: CACHE");
-    skv_cache *c;
     tool_check_binary_input(argv[0]);
-    if (skv_cache_load(argv[0], &c) < 0)
-        tool_fail(tool_in_name(argv[0]));
+    /* counted one layer at a time: the cache is never held whole */
+    tool_progress *pr = tool_progress_start("skv-stats mem", 0, "bytes");
+    tool_progress_watch(pr, argv[0]);
+    skv_stream *is = skv_open_read(argv[0]);
+    skv_cache_reader *cr = is ? skv_cache_reader_open(is, NULL) : NULL;
     skv_mem m;
-    if (skv_cache_mem(c, &m) < 0)
-        tool_fail(tool_in_name(argv[0]));
+    memset(&m, 0, sizeof m);
+    int rc = cr ? skv_mem_begin(&m, skv_cache_reader_cache(cr)) : -1;
+    uint32_t layer;
+    while (rc >= 0 && (rc = skv_cache_reader_next(cr, &layer)) == 1)
+        skv_mem_layer(&m, skv_cache_reader_cache(cr), layer);
+    tool_progress_end(pr);
+    if (rc < 0) {
+        char msg[1024]; /* free first: valgrind counts what exit() drops as lost */
+        snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        skv_mem_free(&m);
+        skv_cache_reader_close(cr);
+        tool_die(EXIT_DATA, "%s: %s", tool_in_name(argv[0]), msg);
+    }
+    skv_mem_end(&m);
+    skv_cache_reader_close(cr);
     double f16 = (double)m.fp16_bytes, i8 = f16 / 2;
     uint64_t rows = 0;
     for (int w = 0; w < SKV_NBITS; w++)
@@ -465,6 +484,6 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
     }
     close_text_out(f, out);
     skv_mem_free(&m);
-    skv_cache_free(c);
+
     return 0;
 }

@@ -15,6 +15,7 @@
 #include "smartkv_cache.h"
 #include "x86_cpu.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -1154,12 +1155,9 @@ uint64_t skv_attend_bytes_read(const skv_kv_view *L, uint64_t t)
 
 /* ---------------------------------------------------------------- streams */
 
-/* Chunks other than the trace's inside an input trace: allocation and
- * ancillary chunks are skipped; other critical chunks are rejected. */
 /* Chunks around a trace's layers: allocation chunks are checked in stream
- * order (and kept, with ancillary ones, when the trace is packed here). */
+ * order, ancillary ones skipped, other critical ones rejected. */
 typedef struct {
-    skv_chunk_list list;
     skv_alloc_seq seq;
     skv_trace_hdr h;
 } trace_extra;
@@ -1173,14 +1171,6 @@ static int other_chunk(void *ctx, const skv_chunk *c)
         return 0;
     return skv_error(SKV_EUNSUP, "unexpected critical chunk %s at byte %llu in a trace", c->type,
                      (unsigned long long)c->offset);
-}
-
-/* Keep allocation and ancillary chunks (for packing a trace in memory). */
-static int collect_chunk(void *ctx, const skv_chunk *c)
-{
-    trace_extra *x = ctx;
-    int rc = other_chunk(ctx, c);
-    return rc < 0 ? rc : skv_chunk_list_add(&x->list, c);
 }
 
 static void fill_athd(skv_athd *A, const skv_trace_hdr *h, uint32_t mode, int probs,
@@ -1262,158 +1252,173 @@ done:
     return rc < 0 ? rc : 0;
 }
 
-/* Label of a packed cache: the allocation's description, else its width. */
+/* Label of a packed cache: the allocation's description, else its width,
+ * from the PKHD totals alone (so a cache read one layer at a time can be
+ * labelled before its first layer): every row stored and exactly the bytes
+ * of every row at one width. */
 static void cache_label(const skv_cache *c, char *out, size_t n)
 {
     /* the ALHD chunk alone is enough: a cache keeps ALOC only on request */
     if (skv_cache_alloc_text(&c->extra, &c->hdr, out, n) > 0)
         return;
     skv_error_clear();
-    uint32_t width = 0;
-    int mixed = 0;
-    for (size_t i = 0; i < (size_t)c->pk.n_layers * c->pk.n_kv_heads; i++)
-        for (uint32_t b = 0; b < c->heads[i].n_buckets; b++) {
-            uint32_t w = c->heads[i].buckets[b].bits;
-            if (width && w != width)
-                mixed = 1;
-            width = w;
+    const skv_pkhd *p = &c->pk;
+    uint64_t heads = (uint64_t)p->n_layers * p->n_kv_heads;
+    snprintf(out, n, "policy=packed");
+    if (p->n_stored != heads * p->n_tokens)
+        return;
+    for (int w = 1; w < SKV_NBITS; w++) {
+        uint32_t bits = skv_bit_widths[w];
+        if (skv_pkhd_file_bytes() + heads * skv_bucket_file_bytes(&p->q, bits, p->n_tokens) ==
+            p->cache_bytes) {
+            snprintf(out, n, "policy=uniform-%u bits=%u", bits, bits);
+            return;
         }
-    if (mixed || !width)
-        snprintf(out, n, "policy=packed");
+    }
+}
+
+/* Attention over a packed cache, one layer at a time. */
+typedef struct pjob {
+    uint32_t mode;
+    skv_athd A;
+    uint64_t *steps, n_steps;
+    float *o, *p, *k, *v;
+    uint8_t *mask;
+} pjob;
+
+static void pjob_free(pjob *j)
+{
+    free(j->o);
+    free(j->p);
+    free(j->k);
+    free(j->v);
+    free(j->mask);
+    free(j->steps);
+}
+
+static int pjob_begin(pjob *j, const skv_cache *c, int has_q, skv_stream *out,
+                      const skv_attend_req *req, uint32_t mode)
+{
+    const skv_trace_hdr *h = &c->hdr;
+    memset(j, 0, sizeof *j);
+    j->mode = mode;
+    if (mode == SKV_ATT_DENSE_F16 || mode == SKV_ATT_DENSE_F32)
+        return skv_error(SKV_EINVAL, "--dense needs a trace, and this is a packed cache (use "
+                         "the default fused mode or --reference)");
+    if (!has_q)
+        return skv_error(SKV_EFORMAT, "the packed cache has no queries (skv-quant keeps them "
+                         "only with --keep-queries): give its trace with --queries TRACE");
+    int rc = skv_steps_parse(req->steps, h->n_tokens, &j->steps, &j->n_steps);
+    if (rc < 0)
+        return rc;
+    skv_athd *A = &j->A;
+    fill_athd(A, h, mode, req->probs, j->steps, j->n_steps);
+    A->kv_bytes = c->pk.cache_bytes;
+    A->fp16_bytes = c->pk.fp16_bytes;
+    if (req->label)
+        snprintf(A->label, sizeof A->label, "%s", req->label);
     else
-        snprintf(out, n, "policy=uniform-%u bits=%u", width, width);
+        cache_label(c, A->label, sizeof A->label);
+    size_t no, np = 0, nkv;
+    uint32_t Hkv = h->n_kv_heads;
+    uint64_t T = h->n_tokens;
+    if (skv_mul_sizes(&no, 3, (size_t)h->n_heads, (size_t)j->n_steps, (size_t)h->head_dim) < 0 ||
+        (req->probs && skv_mul_sizes(&np, 3, (size_t)h->n_heads, (size_t)j->n_steps,
+                                     (size_t)T) < 0) ||
+        skv_mul_sizes(&nkv, 3, (size_t)Hkv, (size_t)T, (size_t)h->head_dim) < 0)
+        return skv_error(SKV_ELIMIT, "attention outputs too large");
+    if (!(j->o = skv_malloc(no * sizeof *j->o)) ||
+        (req->probs && !(j->p = skv_malloc(np * sizeof *j->p))))
+        return SKV_ENOMEM;
+    if (mode == SKV_ATT_REFERENCE &&
+        (!(j->k = skv_malloc(nkv * sizeof *j->k)) || !(j->v = skv_malloc(nkv * sizeof *j->v)) ||
+         !(j->mask = skv_malloc((size_t)Hkv * T))))
+        return SKV_ENOMEM;
+    return skv_athd_write(out, A);
+}
+
+static int pjob_layer(pjob *j, skv_attend_ctx *ctx, const skv_cache *c, uint32_t l,
+                      const float *q, skv_stream *out)
+{
+    const skv_trace_hdr *h = &c->hdr;
+    uint32_t Hkv = h->n_kv_heads;
+    uint64_t T = h->n_tokens;
+    int rc;
+    skv_kv_view L = {SKV_KV_PACKED, h->n_heads, Hkv, h->head_dim, T, q, NULL, NULL,
+                     skv_cache_head_at(c, l, 0)};
+    if (j->mode == SKV_ATT_REFERENCE) {
+        size_t per = (size_t)T * h->head_dim;
+        for (uint32_t kh = 0; kh < Hkv; kh++) {
+            skv_cache_dequantize_head(c, l, kh, j->k + kh * per, j->v + kh * per);
+            const uint8_t *bits = skv_cache_head_at(c, l, kh)->bits;
+            for (uint64_t t = 0; t < T; t++)
+                j->mask[(size_t)kh * T + t] = bits[t] != 0;
+        }
+        L.kind = SKV_KV_F32;
+        L.k = j->k;
+        L.v = j->v;
+        rc = attend_ref_masked(ctx, &L, j->mask, j->steps, j->n_steps, j->o, j->p);
+    } else {
+        rc = skv_attend_layer(ctx, &L, j->steps, j->n_steps, j->o, j->p);
+    }
+    if (rc < 0 || (rc = skv_attn_write_layer(out, &j->A, l, j->o, j->p)) < 0)
+        return rc;
+    return 0;
 }
 
 static int attend_packed(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
                          const skv_attend_req *req, uint32_t mode)
 {
-    const skv_trace_hdr *h = &c->hdr;
-    if (mode == SKV_ATT_DENSE_F16 || mode == SKV_ATT_DENSE_F32)
-        return skv_error(SKV_EINVAL, "--dense needs a trace, and this is a packed cache (use "
-                         "the default fused mode or --reference)");
-    if (!c->q)
-        return skv_error(SKV_EFORMAT, "the packed cache has no queries (skv-quant keeps them "
-                         "only with --keep-queries): give its trace with --queries TRACE");
-    uint64_t *steps = NULL, n_steps = 0;
-    int rc = skv_steps_parse(req->steps, h->n_tokens, &steps, &n_steps);
-    if (rc < 0)
-        return rc;
-    skv_athd A;
-    fill_athd(&A, h, mode, req->probs, steps, n_steps);
-    A.kv_bytes = c->pk.cache_bytes;
-    A.fp16_bytes = c->pk.fp16_bytes;
-    if (req->label)
-        snprintf(A.label, sizeof A.label, "%s", req->label);
-    else
-        cache_label(c, A.label, sizeof A.label);
-    float *o = NULL, *p = NULL, *k = NULL, *v = NULL;
-    uint8_t *mask = NULL;
-    size_t no, np = 0, nkv;
-    uint32_t Hkv = h->n_kv_heads;
-    uint64_t T = h->n_tokens;
-    if (skv_mul_sizes(&no, 3, (size_t)h->n_heads, (size_t)n_steps, (size_t)h->head_dim) < 0 ||
-        (req->probs && skv_mul_sizes(&np, 3, (size_t)h->n_heads, (size_t)n_steps, (size_t)T) < 0) ||
-        skv_mul_sizes(&nkv, 3, (size_t)Hkv, (size_t)T, (size_t)h->head_dim) < 0) {
-        rc = skv_error(SKV_ELIMIT, "attention outputs too large");
-        goto done;
-    }
-    o = skv_malloc(no * sizeof *o);
-    if (!o || (req->probs && !(p = skv_malloc(np * sizeof *p)))) {
-        rc = SKV_ENOMEM;
-        goto done;
-    }
-    if (mode == SKV_ATT_REFERENCE &&
-        (!(k = skv_malloc(nkv * sizeof *k)) || !(v = skv_malloc(nkv * sizeof *v)) ||
-         !(mask = skv_malloc((size_t)Hkv * T)))) {
-        rc = SKV_ENOMEM;
-        goto done;
-    }
-    if ((rc = skv_athd_write(out, &A)) < 0)
-        goto done;
-    for (uint32_t l = 0; l < h->n_layers; l++) {
-        skv_kv_view L = {SKV_KV_PACKED, h->n_heads, Hkv, h->head_dim, T, c->q[l], NULL, NULL,
-                         skv_cache_head_at(c, l, 0)};
-        if (mode == SKV_ATT_REFERENCE) {
-            size_t per = (size_t)T * h->head_dim;
-            for (uint32_t kh = 0; kh < Hkv; kh++) {
-                skv_cache_dequantize_head(c, l, kh, k + kh * per, v + kh * per);
-                const uint8_t *bits = skv_cache_head_at(c, l, kh)->bits;
-                for (uint64_t t = 0; t < T; t++)
-                    mask[(size_t)kh * T + t] = bits[t] != 0;
-            }
-            L.kind = SKV_KV_F32;
-            L.k = k;
-            L.v = v;
-            rc = attend_ref_masked(ctx, &L, mask, steps, n_steps, o, p);
-        } else {
-            rc = skv_attend_layer(ctx, &L, steps, n_steps, o, p);
-        }
-        if (rc < 0 || (rc = skv_attn_write_layer(out, &A, l, o, p)) < 0)
-            goto done;
-    }
-done:
-    free(o);
-    free(p);
-    free(k);
-    free(v);
-    free(mask);
-    free(steps);
+    pjob j;
+    int rc = pjob_begin(&j, c, c->q != NULL, out, req, mode);
+    for (uint32_t l = 0; rc == 0 && l < c->hdr.n_layers; l++)
+        rc = pjob_layer(&j, ctx, c, l, c->q[l], out);
+    pjob_free(&j);
     return rc < 0 ? rc : 0;
 }
 
-/* A trace with an allocation (skv-alloc output) in PACKED mode: read it
- * whole, pack it as skv-quant would (through a temporary file), attend. */
-static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chunk_list *extra,
-                              skv_stream *out, const skv_attend_req *req)
+/* A packed cache read one layer at a time, its queries from the cache or
+ * from a trace read alongside (qpath). *qbad is set when the trace is what
+ * failed. */
+static int attend_packed_stream(skv_attend_ctx *ctx, skv_cache_reader *cr, const char *qpath,
+                                skv_stream *out, const skv_attend_req *req, uint32_t mode,
+                                int *qbad)
 {
-    skv_trace *t = NULL;
-    int rc = skv_trace_read_all(r, &t);
-    if (rc < 0)
-        return rc;
-    /* the token ids were checked and passed over on the way in; the
-     * temporary cache below serves attention only and carries none */
-    if (!t->tokens)
-        t->hdr.flags &= ~SKV_TRACE_HAS_TOKENS;
-    skv_cache_plan plan;
-    memset(&plan, 0, sizeof plan);
-    if (rc == 0 && (rc = skv_cache_plan_from_chunks(&plan, &t->hdr, extra)) < 0)
-        rc = skv_error(rc, "%s (the fused kernel needs a packed cache, or a trace with an "
-                       "allocation from skv-alloc)", skv_errmsg());
-    char tmp[4096] = "";
-    if (rc == 0) {
-        const char *td = getenv("TMPDIR");
-        snprintf(tmp, sizeof tmp, "%s/skv-attend-cache.XXXXXX", td && *td ? td : "/tmp");
-        int fd = mkstemp(tmp);
-        if (fd < 0) {
-            rc = skv_error(SKV_EIO, "cannot create a temporary file %s", tmp);
-            tmp[0] = 0;
-        } else {
-            close(fd);
-            skv_tmp_register(tmp);
+    const skv_cache *c = skv_cache_reader_cache(cr);
+    skv_trace_reader *qr = NULL;
+    skv_layer Q = {0};
+    pjob j;
+    memset(&j, 0, sizeof j);
+    int rc = 0;
+    if (qpath && !(qr = skv_cache_queries_open(c, qpath))) {
+        *qbad = 1;
+        return SKV_EFORMAT;
+    }
+    if ((rc = pjob_begin(&j, c, qr || c->q, out, req, mode)) < 0)
+        goto done;
+    uint32_t l;
+    while ((rc = skv_cache_reader_next(cr, &l)) == 1) {
+        const float *q = c->q ? c->q[l] : NULL;
+        if (qr) {
+            rc = skv_trace_next_layer(qr, &Q);
+            if (rc <= 0) {
+                *qbad = 1;
+                if (rc == 0)
+                    rc = skv_error(SKV_EFORMAT, "the trace ends before layer %u", l);
+                goto done;
+            }
+            q = Q.q;
         }
+        if ((rc = pjob_layer(&j, ctx, c, l, q, out)) < 0)
+            goto done;
     }
-    skv_cache *c = NULL;
-    if (rc == 0) {
-        skv_stream *s = skv_open_write(tmp, -1);
-        if (!s)
-            rc = SKV_EIO;
-        else if ((rc = skv_cache_write(s, t, &plan, extra, 0, NULL)) < 0)
-            skv_discard(s);
-        else
-            rc = skv_close(s);
-    }
-    skv_trace_free(t);
-    skv_cache_plan_free(&plan);
-    if (rc == 0)
-        rc = skv_cache_load(tmp, &c);
-    if (tmp[0]) {
-        unlink(tmp);
-        skv_tmp_unregister(tmp);
-    }
-    if (rc == 0)
-        rc = skv_attend_cache(ctx, c, out, req);
-    skv_cache_free(c);
-    return rc;
+    if (rc == 0 && qr && (rc = skv_trace_reader_finish(qr)) < 0)
+        *qbad = 1;
+done:
+    skv_layer_free(&Q);
+    skv_trace_reader_close(qr);
+    pjob_free(&j);
+    return rc < 0 ? rc : 0;
 }
 
 int skv_attend_cache(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
@@ -1428,6 +1433,64 @@ int skv_attend_cache(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
 int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
                       const skv_attend_req *req)
 {
+    return skv_attend_stream_queries(ctx, in, NULL, out, req, NULL);
+}
+
+/* A trace with an allocation (skv-alloc output) in PACKED mode: packed as
+ * skv-quant packs it, one layer at a time, into an unlinked temporary
+ * file, then attended one layer at a time. */
+static int attend_alloc_trace(skv_attend_ctx *ctx, skv_stream *s, const skv_chunk *trhd,
+                              const char *in, skv_stream *out, const skv_attend_req *req)
+{
+    const char *td = getenv("TMPDIR");
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s/skv-attend-cache.XXXXXX", td && *td ? td : "/tmp");
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        skv_close(s);
+        return skv_error(SKV_EIO, "cannot create a temporary file %s", tmp);
+    }
+    unlink(tmp);
+    skv_quantize_opts qo;
+    memset(&qo, 0, sizeof qo);
+    skv_cache_plan plan;
+    int rc;
+    skv_stream *w = skv_open_write_fd(fd, "(temporary cache)", -1);
+    if (!w) {
+        skv_close(s);
+        rc = SKV_EIO;
+    } else if ((rc = skv_cache_quantize(s, trhd, in, w, &qo, &plan, NULL)) < 0) {
+        skv_discard(w);
+        if (strstr(skv_errmsg(), "no allocation"))
+            rc = skv_error(rc, "%s (the fused kernel needs a packed cache, or a trace with an "
+                           "allocation from skv-alloc)", skv_errmsg());
+    } else {
+        skv_cache_plan_free(&plan);
+        rc = skv_close(w);
+    }
+    skv_stream *r = NULL;
+    if (rc == 0 && lseek(fd, 0, SEEK_SET) != 0)
+        rc = skv_error(SKV_EIO, "temporary cache: %s", strerror(errno));
+    if (rc == 0 && !(r = skv_open_fd(fd, "(temporary cache)")))
+        rc = SKV_EIO;
+    skv_cache_reader *cr = NULL;
+    if (rc == 0 && !(cr = skv_cache_reader_open(r, NULL)))
+        rc = SKV_EFORMAT;
+    int qbad = 0;
+    if (rc == 0)
+        rc = attend_packed_stream(ctx, cr, NULL, out, req, SKV_ATT_PACKED, &qbad);
+    skv_cache_reader_close(cr);
+    close(fd);
+    return rc;
+}
+
+int skv_attend_stream_queries(skv_attend_ctx *ctx, const char *in, const char *queries,
+                              skv_stream *out, const skv_attend_req *req, int *qbad)
+{
+    int qb = 0;
+    if (!qbad)
+        qbad = &qb;
+    *qbad = 0;
     uint32_t mode = req->mode;
     if (mode > SKV_ATT_PACKED)
         return skv_error(SKV_EINVAL, "unknown attention mode %u", mode);
@@ -1454,14 +1517,21 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
         return rc;
     }
     if (h.flags & SKV_TRACE_PACKED) {
-        skv_cache *cache = NULL;
-        rc = skv_cache_read_after(s, &c, &cache);
-        skv_close(s);
-        if (rc == 0)
-            rc = skv_attend_cache(ctx, cache, out, req);
-        skv_cache_free(cache);
+        skv_cache_reader *cr = skv_cache_reader_open(s, &c);
+        if (!cr)
+            return SKV_EFORMAT;
+        rc = attend_packed_stream(ctx, cr, queries, out, req,
+                                  mode == SKV_ATT_AUTO ? SKV_ATT_PACKED : mode, qbad);
+        skv_cache_reader_close(cr);
         return rc;
     }
+    if (queries) {
+        skv_close(s);
+        return skv_error(SKV_EFORMAT, "this stream is a plain trace, not a packed cache "
+                         "(--queries gives the queries of a packed cache)");
+    }
+    if (mode == SKV_ATT_PACKED && !(h.flags & SKV_TRACE_NO_QUERIES))
+        return attend_alloc_trace(ctx, s, &c, in, out, req);
     if (mode == SKV_ATT_AUTO)
         mode = SKV_ATT_REFERENCE;
     trace_extra extra;
@@ -1479,7 +1549,7 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
     }
     r->s = s;
     r->hdr = h;
-    r->other = mode == SKV_ATT_PACKED ? collect_chunk : other_chunk;
+    r->other = other_chunk;
     r->other_ctx = &extra;
     uint64_t have = 0;
     while (rc == 0 && (h.flags & SKV_TRACE_HAS_TOKENS) && have < h.n_tokens) {
@@ -1507,15 +1577,12 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
         else
             have += n;
     }
-    if (rc == 0 && mode == SKV_ATT_PACKED)
-        rc = attend_alloc_trace(ctx, r, &extra.list, out, req);
-    else if (rc == 0)
+    if (rc == 0)
         rc = attend_trace(ctx, r, out, req, mode);
-    if (rc == 0 && mode != SKV_ATT_PACKED)
+    if (rc == 0)
         rc = skv_trace_reader_finish(r);
     if (rc == 0)
         rc = skv_alloc_seq_end(&extra.seq);
     skv_trace_reader_close(r);
-    skv_chunk_list_free(&extra.list);
     return rc;
 }

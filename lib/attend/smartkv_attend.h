@@ -182,10 +182,18 @@ typedef struct skv_attend_req {
 } skv_attend_req;
 
 /* Read a trace or packed cache from `in` ("-" = stdin), compute attention
- * and write ATHD and the OUT/PROB tensors to the open stream `out`.  A
- * trace is read one layer at a time.  Returns 0 or <0. */
+ * and write ATHD and the OUT/PROB tensors to the open stream `out`.  Both
+ * are read one layer at a time (a trace with an allocation in PACKED mode
+ * is packed layer by layer into an unlinked temporary file first).
+ * Returns 0 or <0. */
 SKV_EXPORT int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
                                  const skv_attend_req *req);
+/* The same, a packed cache's queries read alongside it, layer by layer,
+ * from the trace `queries` (NULL: the cache's own); *qbad (may be NULL) is
+ * set to 1 when the failure is that trace's. */
+SKV_EXPORT int skv_attend_stream_queries(skv_attend_ctx *ctx, const char *in,
+                                         const char *queries, skv_stream *out,
+                                         const skv_attend_req *req, int *qbad);
 
 struct skv_cache;
 /* The same for a packed cache already in memory (AUTO = PACKED; REFERENCE
