@@ -51,23 +51,6 @@ static uint32_t parse_group(const char *s, const char *opt)
     return (uint32_t)g;
 }
 
-static void drop_lone_alhd(skv_chunk_list *l)
-{
-    size_t n = 0;
-    int aloc = 0;
-    for (size_t i = 0; i < l->n; i++)
-        aloc |= !memcmp(l->v[i].type, SKV_T_ALOC, 4);
-    if (aloc)
-        return;
-    for (size_t i = 0; i < l->n; i++) {
-        if (!memcmp(l->v[i].type, SKV_T_ALHD, 4))
-            free(l->v[i].data);
-        else
-            l->v[n++] = l->v[i];
-    }
-    l->n = n;
-}
-
 static void report_json(const char *out, const skv_cache_stats *st, const skv_cache_plan *p)
 {
     fputs("{\"output\": ", stderr);
@@ -245,29 +228,23 @@ int main(int argc, char **argv)
 
     tool_check_binary_input(in);
     if (decompress) {
-        skv_cache *cache;
-        if (skv_cache_load(in, &cache) < 0)
+        /* one layer at a time, the queries read alongside from --queries */
+        skv_stream *is = skv_open_read(in);
+        if (!is)
             tool_fail(tool_in_name(in));
-        if (queries && skv_cache_queries_from(cache, queries) < 0) {
-            skv_cache_free(cache);
-            tool_fail(tool_in_name(queries));
-        }
-        /* an ALHD without its ALOC chunks would make the trace unusable for
-         * skv-quant: keep the allocation only when it is whole */
-        drop_lone_alhd(&cache->extra);
         tool_check_binary_output(out);
         skv_stream *s = skv_open_write(out, level);
         if (!s) {
-            skv_cache_free(cache);
+            skv_close(is);
             tool_fail(tool_out_name(out));
         }
-        if (skv_cache_write_trace(s, cache) < 0) {
-            int bad_input = cache->q == NULL;
+        int qbad = 0;
+        if (skv_cache_dequantize_stream(is, queries, s, &qbad) < 0) {
+            const char *m = skv_errmsg();
+            int outside = !strncmp(m, "write error", 11) || !strncmp(m, "stream ", 7);
             skv_discard(s);
-            skv_cache_free(cache);
-            tool_fail(bad_input ? tool_in_name(in) : tool_out_name(out));
+            tool_fail(outside ? tool_out_name(out) : tool_in_name(qbad ? queries : in));
         }
-        skv_cache_free(cache);
         if (skv_close(s) < 0)
             tool_fail(tool_out_name(out));
         return 0;

@@ -1484,3 +1484,88 @@ int skv_cache_write_trace(skv_stream *s, const skv_cache *c)
         return rc;
     return skv_chunk_list_write(s, &c->extra);
 }
+
+int skv_cache_dequantize_stream(skv_stream *in, const char *queries, skv_stream *out,
+                                int *qbad)
+{
+    int qb = 0, rc = 0;
+    if (!qbad)
+        qbad = &qb;
+    *qbad = 0;
+    skv_cache_reader *cr = skv_cache_reader_open(in, NULL);
+    if (!cr)
+        return SKV_EFORMAT;
+    skv_cache *c = cr->r.c;
+    skv_trace_reader *qr = NULL;
+    skv_layer Q = {0};
+    float *k = NULL, *v = NULL;
+    if (queries && !(qr = skv_cache_queries_open(c, queries))) {
+        *qbad = 1;
+        rc = SKV_EFORMAT;
+        goto done;
+    }
+    if (!qr && !c->q) {
+        rc = skv_error(SKV_EFORMAT, "the cache has no queries, and a trace needs them "
+                       "(skv-quant keeps them only with --keep-queries; give the trace with "
+                       "--queries TRACE)");
+        goto done;
+    }
+    skv_trace_hdr h = c->hdr;
+    h.flags &= ~(SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES);
+    h.dtype = SKV_F32;
+    if ((rc = skv_trhd_write(out, &h)) < 0 ||
+        ((h.flags & SKV_TRACE_HAS_TOKENS) &&
+         (rc = skv_toks_write(out, 0, h.n_tokens, c->tokens)) < 0))
+        goto done;
+    const size_t T = (size_t)h.n_tokens, d = h.head_dim;
+    if (!(k = skv_malloc(T * d * sizeof(float))) || !(v = skv_malloc(T * d * sizeof(float)))) {
+        rc = SKV_ENOMEM;
+        goto done;
+    }
+    uint32_t l;
+    while ((rc = skv_cache_reader_next(cr, &l)) == 1) {
+        const float *q = c->q ? c->q[l] : NULL;
+        if (qr) {
+            if ((rc = skv_trace_next_layer(qr, &Q)) <= 0) {
+                *qbad = 1;
+                if (rc == 0)
+                    rc = skv_error(SKV_EFORMAT, "the trace ends before layer %u", l);
+                goto done;
+            }
+            q = Q.q;
+        }
+        for (uint32_t i = 0; i < h.n_heads && rc >= 0; i++)
+            rc = skv_tens_write(out, SKV_TK_Q, SKV_F32, l, i, 0, T, (uint32_t)d, q + i * T * d);
+        /* K of every kv head, then V of every kv head (canonical trace order) */
+        for (int kind = SKV_TK_K; kind <= SKV_TK_V && rc >= 0; kind++)
+            for (uint32_t kh = 0; kh < h.n_kv_heads && rc >= 0; kh++) {
+                skv_cache_dequantize_head(c, l, kh, kind == SKV_TK_K ? k : NULL,
+                                          kind == SKV_TK_V ? v : NULL);
+                rc = skv_tens_write(out, (uint32_t)kind, SKV_F32, l, kh, 0, T, (uint32_t)d,
+                                    kind == SKV_TK_K ? k : v);
+            }
+        if (rc < 0)
+            goto done;
+    }
+    if (rc < 0)
+        goto done;
+    if (qr && (rc = skv_trace_reader_finish(qr)) < 0) {
+        *qbad = 1;
+        goto done;
+    }
+    /* an ALHD without its ALOC chunks would make the trace unusable for
+     * skv-quant: the allocation goes along only when it is whole */
+    int aloc = 0;
+    for (size_t i = 0; i < c->extra.n; i++)
+        aloc |= !memcmp(c->extra.v[i].type, SKV_T_ALOC, 4);
+    for (size_t i = 0; i < c->extra.n && rc >= 0; i++)
+        if (aloc || memcmp(c->extra.v[i].type, SKV_T_ALHD, 4) != 0)
+            rc = skv_write(out, c->extra.v[i].type, c->extra.v[i].data, c->extra.v[i].size);
+done:
+    free(k);
+    free(v);
+    skv_layer_free(&Q);
+    skv_trace_reader_close(qr);
+    skv_cache_reader_close(cr);
+    return rc < 0 ? rc : 0;
+}

@@ -272,6 +272,13 @@ SKV_EXPORT void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, ui
  * Q/K/V TENS with K and V dequantized, then the extra chunks) to an open
  * stream.  Fails with SKV_EFORMAT if the cache has no queries. */
 SKV_EXPORT int skv_cache_write_trace(skv_stream *s, const skv_cache *c);
+/* The same from a packed cache read one layer at a time from `in` (owned
+ * and closed), its queries from the cache or, when `queries` is not NULL,
+ * from that trace read alongside (*qbad, may be NULL, is set to 1 when the
+ * failure is that trace's).  The allocation is written only when whole
+ * (an ALHD without ALOC chunks is dropped).  Returns 0 or <0. */
+SKV_EXPORT int skv_cache_dequantize_stream(skv_stream *in, const char *queries, skv_stream *out,
+                                           int *qbad);
 
 #ifdef __cplusplus
 }
