@@ -110,12 +110,12 @@ typedef struct quant_progress {
 static void on_progress(void *ctx, uint64_t done, uint64_t total)
 {
     quant_progress *q = ctx;
-    if (!q->writing && q->pr) {
+    if (!q->writing) {
         tool_progress_end(q->pr);
         q->pr = tool_progress_start("skv-quant: writing", total, "layers");
     }
     q->writing = 1;
-    tool_progress_set(q->pr, done);
+    tool_progress_cb(q->pr, done, total);
 }
 
 int main(int argc, char **argv)
@@ -261,9 +261,12 @@ int main(int argc, char **argv)
         skv_close(is);
         tool_fail(tool_out_name(out));
     }
-    quant_progress qp = {tool_progress_start(uniform ? "skv-quant" : "skv-quant: reading", 0,
-                                             "bytes"), 0};
+    /* with an allocation the input is read once for it first */
+    quant_progress qp = {uniform ? NULL : tool_progress_start("skv-quant: reading", 0, "bytes"),
+                         uniform};
     tool_progress_watch(qp.pr, in);
+    if (uniform)
+        qp.pr = tool_progress_start("skv-quant: writing", 0, "layers");
     skv_quantize_opts qo = {uniform, {0, k_group, v_group, k_mode, v_mode},
                             (keep_q ? 0 : SKV_CACHE_DROP_QUERIES) |
                             (keep_alloc ? SKV_CACHE_KEEP_ALLOC : 0), on_progress, &qp};

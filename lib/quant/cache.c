@@ -671,6 +671,8 @@ int skv_cache_quantize(skv_stream *in, const skv_chunk *first, const char *path,
             }
         }
         rc = quant_pass1(in, first, spool, &h, &alloc);
+        if (rc == 0 && o->progress) /* the reading is over (before its file is closed) */
+            o->progress(o->progress_ctx, 0, h.n_layers);
         snprintf(name, sizeof name, "%s", skv_stream_name(in));
         skv_close(in);
         in = NULL;
@@ -745,6 +747,8 @@ int skv_cache_quantize(skv_stream *in, const skv_chunk *first, const char *path,
     skv_chunk_list_free(&x.pending);
     if ((rc = cw_begin(&w, out, h, r->tokens, plan, &pass, o->flags, st)) < 0)
         goto done;
+    if (o->uniform && o->progress)
+        o->progress(o->progress_ctx, 0, h->n_layers);
     x.started = 1;
     skv_chunk_list_free(&pass);
     for (uint32_t l = 0; l < h->n_layers; l++) {
