@@ -139,7 +139,14 @@ START_TEST(test_steps_parse)
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         ck_assert_msg(skv_steps_parse(bad[i], 10, &st, &n) == SKV_EINVAL, "accepted '%s'", bad[i]);
         ck_assert_ptr_null(st);
+        ck_assert_msg(skv_steps_parse(bad[i], 10, NULL, &n) == SKV_EINVAL,
+                      "syntax check accepted '%s'", bad[i]);
     }
+    /* the syntax check allocates nothing, even for 16M steps under a 1 MiB cap */
+    skv_set_max_mem(1 << 20);
+    ck_assert_int_eq(skv_steps_parse("8:,3", SKV_MAX_TOKENS, NULL, &n), 0);
+    ck_assert_int_lt(skv_steps_parse("8:", SKV_MAX_TOKENS, &st, &n), 0); /* a full parse cannot */
+    skv_set_max_mem(0);
 }
 END_TEST
 

@@ -74,7 +74,8 @@ SKV_EXPORT void skv_athd_free(skv_athd *h);
 /* Parse a steps list: "LAST" (or "last"), "all", "N", "a:b" (half-open,
  * "a:" and ":b" allowed) or a comma list of these, for a trace of n_tokens;
  * the result is sorted and duplicates removed.  Returns 0 with *steps
- * allocated, or <0 (SKV_EINVAL with a message). */
+ * allocated, or <0 (SKV_EINVAL with a message).  steps NULL: check the
+ * syntax and ranges only, allocating nothing. */
 SKV_EXPORT int skv_steps_parse(const char *spec, uint64_t n_tokens, uint64_t **steps,
                                uint64_t *n_steps);
 
