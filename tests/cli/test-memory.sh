@@ -38,9 +38,9 @@ run skv-attend -q -r -s $((n - 8)): t.skv -o r1.skv
 check "skv-attend --reference within 4 layers" sh -c "[ $rc = 0 ] && cmp r.skv r1.skv"
 run skv-attend -q -r -s $((n - 8)): --queries t.skv c.skv -o rq.skv
 expect_rc 0 "skv-attend --reference on a packed cache within 4 layers"
-run skv-stats mem c.skv
-check "skv-stats mem within 4 layers: the total is the byte model" sh -c "[ $rc = 0 ] &&
-    sed -n '1s/^c.skv: \\([0-9]*\\) bytes (byte model \\([0-9]*\\)).*/\\1 \\2/p' '$T/out' |
+run skv-stats mem cq.skv
+check "skv-stats mem (a cache with its queries) within 4 layers: the total is the byte model" sh -c "[ $rc = 0 ] &&
+    sed -n '1s/^cq.skv: \\([0-9]*\\) bytes (byte model \\([0-9]*\\)).*/\\1 \\2/p' '$T/out' |
         awk '{ ok = \$1 == \$2 && \$1 > 0 } END { exit !ok }'"
 run skv-alloc -q -b 0.25 t.skv -o a1.skv
 check "skv-alloc within 4 layers: the same allocation" sh -c "[ $rc = 0 ] && cmp a.skv a1.skv"
