@@ -1280,9 +1280,11 @@ static void cache_label(const skv_cache *c, char *out, size_t n)
 /* Attention over a packed cache, one layer at a time. */
 typedef struct pjob {
     uint32_t mode;
+    int probs;
     skv_athd A;
     uint64_t *steps, n_steps;
-    float *o, *p, *k, *v;
+    size_t no, np, nkv;     /* floats of o, p, and of k and v each */
+    float *o, *p, *k, *v;   /* allocated with the first layer, not for a header alone */
     uint8_t *mask;
 } pjob;
 
@@ -1319,21 +1321,14 @@ static int pjob_begin(pjob *j, const skv_cache *c, int has_q, skv_stream *out,
         snprintf(A->label, sizeof A->label, "%s", req->label);
     else
         cache_label(c, A->label, sizeof A->label);
-    size_t no, np = 0, nkv;
-    uint32_t Hkv = h->n_kv_heads;
     uint64_t T = h->n_tokens;
-    if (skv_mul_sizes(&no, 3, (size_t)h->n_heads, (size_t)j->n_steps, (size_t)h->head_dim) < 0 ||
-        (req->probs && skv_mul_sizes(&np, 3, (size_t)h->n_heads, (size_t)j->n_steps,
+    j->probs = req->probs;
+    if (skv_mul_sizes(&j->no, 3, (size_t)h->n_heads, (size_t)j->n_steps,
+                      (size_t)h->head_dim) < 0 ||
+        (req->probs && skv_mul_sizes(&j->np, 3, (size_t)h->n_heads, (size_t)j->n_steps,
                                      (size_t)T) < 0) ||
-        skv_mul_sizes(&nkv, 3, (size_t)Hkv, (size_t)T, (size_t)h->head_dim) < 0)
+        skv_mul_sizes(&j->nkv, 3, (size_t)h->n_kv_heads, (size_t)T, (size_t)h->head_dim) < 0)
         return skv_error(SKV_ELIMIT, "attention outputs too large");
-    if (!(j->o = skv_malloc(no * sizeof *j->o)) ||
-        (req->probs && !(j->p = skv_malloc(np * sizeof *j->p))))
-        return SKV_ENOMEM;
-    if (mode == SKV_ATT_REFERENCE &&
-        (!(j->k = skv_malloc(nkv * sizeof *j->k)) || !(j->v = skv_malloc(nkv * sizeof *j->v)) ||
-         !(j->mask = skv_malloc((size_t)Hkv * T))))
-        return SKV_ENOMEM;
     return skv_athd_write(out, A);
 }
 
@@ -1344,6 +1339,13 @@ static int pjob_layer(pjob *j, skv_attend_ctx *ctx, const skv_cache *c, uint32_t
     uint32_t Hkv = h->n_kv_heads;
     uint64_t T = h->n_tokens;
     int rc;
+    if (!j->o && (!(j->o = skv_malloc(j->no * sizeof *j->o)) ||
+                  (j->probs && !(j->p = skv_malloc(j->np * sizeof *j->p))) ||
+                  (j->mode == SKV_ATT_REFERENCE &&
+                   (!(j->k = skv_malloc(j->nkv * sizeof *j->k)) ||
+                    !(j->v = skv_malloc(j->nkv * sizeof *j->v)) ||
+                    !(j->mask = skv_malloc((size_t)Hkv * T))))))
+        return SKV_ENOMEM;
     skv_kv_view L = {SKV_KV_PACKED, h->n_heads, Hkv, h->head_dim, T, q, NULL, NULL,
                      skv_cache_head_at(c, l, 0)};
     if (j->mode == SKV_ATT_REFERENCE) {

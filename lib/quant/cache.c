@@ -354,6 +354,11 @@ static int count_widths(const uint8_t *bits, uint64_t n, uint64_t cnt[SKV_NBITS]
 int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes)
 {
     uint64_t total = skv_pkhd_file_bytes(), cnt[SKV_NBITS];
+    if (!p->bits) { /* every token at p->uniform */
+        *bytes = total + (uint64_t)p->n_layers * p->n_kv_heads *
+                             skv_bucket_file_bytes(&p->q, p->uniform, p->n_tokens);
+        return 0;
+    }
     for (uint32_t l = 0; l < p->n_layers; l++)
         for (uint32_t h = 0; h < p->n_kv_heads; h++) {
             const uint8_t *b = p->bits + ((size_t)l * p->n_kv_heads + h) * p->n_tokens;
@@ -413,7 +418,8 @@ typedef struct cwriter {
     unsigned flags;
     skv_cache_stats *st;
     uint64_t model;
-    uint32_t *order;
+    uint32_t *order;        /* allocated with the first layer: never for a header alone */
+    uint8_t *row;           /* a uniform plan's widths of one head */
     uint8_t *buf;
     size_t bufcap;
 } cwriter;
@@ -436,7 +442,9 @@ static int cw_begin(cwriter *w, skv_stream *s, const skv_trace_hdr *th, const in
     if ((rc = skv_cache_plan_bytes(p, &pk.cache_bytes)) < 0)
         return rc;
     const size_t T = (size_t)th->n_tokens;
-    for (size_t i = 0; i < (size_t)th->n_layers * th->n_kv_heads * T; i++)
+    if (!p->bits)
+        pk.n_stored = (uint64_t)th->n_layers * th->n_kv_heads * T;
+    for (size_t i = 0; p->bits && i < (size_t)th->n_layers * th->n_kv_heads * T; i++)
         pk.n_stored += p->bits[i] != 0;
     if (p->from_alloc && p->alloc_bytes != pk.cache_bytes)
         return skv_error(SKV_EFORMAT, "the allocation predicts %llu cache bytes but the "
@@ -464,8 +472,6 @@ static int cw_begin(cwriter *w, skv_stream *s, const skv_trace_hdr *th, const in
     if ((rc = skv_pkhd_write(s, &pk)) < 0)
         return rc;
     st->cache_bytes += skv_stream_offset(s) - before;
-    if (!(w->order = skv_malloc((T ? T : 1) * sizeof(uint32_t))))
-        return SKV_ENOMEM;
     return 0;
 }
 
@@ -478,11 +484,18 @@ static int cw_layer(cwriter *w, uint32_t l, const float *q, const float *k, cons
     skv_cache_stats *st = w->st;
     const size_t T = (size_t)h->n_tokens, d = h->head_dim;
     int rc = 0;
+    if (!w->order && !(w->order = skv_malloc((T ? T : 1) * sizeof(uint32_t))))
+        return SKV_ENOMEM;
+    if (!p->bits && !w->row) {
+        if (!(w->row = skv_malloc(T ? T : 1)))
+            return SKV_ENOMEM;
+        memset(w->row, (int)p->uniform, T);
+    }
     if (!(w->flags & SKV_CACHE_DROP_QUERIES))
         for (uint32_t i = 0; i < h->n_heads && rc == 0; i++)
             rc = skv_tens_write(w->s, SKV_TK_Q, h->dtype, l, i, 0, T, (uint32_t)d, q + i * T * d);
     for (uint32_t kh = 0; kh < h->n_kv_heads && rc == 0; kh++) {
-        const uint8_t *bits = p->bits + ((size_t)l * h->n_kv_heads + kh) * T;
+        const uint8_t *bits = p->bits ? p->bits + ((size_t)l * h->n_kv_heads + kh) * T : w->row;
         uint64_t cnt[SKV_NBITS], start[SKV_NBITS], pos[SKV_NBITS];
         if ((rc = count_widths(bits, T, cnt, l, kh)) < 0)
             break;
@@ -542,8 +555,10 @@ static int cw_end(cwriter *w)
 static void cw_free(cwriter *w)
 {
     free(w->order);
+    free(w->row);
     free(w->buf);
     w->order = NULL;
+    w->row = NULL;
     w->buf = NULL;
 }
 
@@ -730,8 +745,19 @@ int skv_cache_quantize(skv_stream *in, const skv_chunk *first, const char *path,
             q.k_group = h->head_dim;
         if (!q.v_group)
             q.v_group = h->head_dim;
-        if ((rc = skv_cache_plan_uniform(plan, h, &q, o->uniform)) < 0)
+        if ((rc = skv_qcfg_check(&q)) < 0)
             goto done;
+        if (!skv_bits_valid(o->uniform) || !o->uniform) {
+            rc = skv_error(SKV_EINVAL, "width %u is not one of 2, 3, 4, 8, 16", o->uniform);
+            goto done;
+        }
+        /* no widths array: nothing the size of the header's shape before
+         * its data has been read */
+        plan->q = q;
+        plan->n_layers = h->n_layers;
+        plan->n_kv_heads = h->n_kv_heads;
+        plan->n_tokens = h->n_tokens;
+        plan->uniform = o->uniform;
     } else if (h->n_layers != plan->n_layers || h->n_kv_heads != plan->n_kv_heads ||
                h->n_tokens != plan->n_tokens || h->head_dim != plan->q.head_dim) {
         rc = skv_error(SKV_EFORMAT, "the input changed between its two readings");
@@ -1522,12 +1548,14 @@ int skv_cache_dequantize_stream(skv_stream *in, const char *queries, skv_stream 
          (rc = skv_toks_write(out, 0, h.n_tokens, c->tokens)) < 0))
         goto done;
     const size_t T = (size_t)h.n_tokens, d = h.head_dim;
-    if (!(k = skv_malloc(T * d * sizeof(float))) || !(v = skv_malloc(T * d * sizeof(float)))) {
-        rc = SKV_ENOMEM;
-        goto done;
-    }
     uint32_t l;
     while ((rc = skv_cache_reader_next(cr, &l)) == 1) {
+        /* with the first layer read: never for a header alone */
+        if (!k && (!(k = skv_malloc(T * d * sizeof(float))) ||
+                   !(v = skv_malloc(T * d * sizeof(float))))) {
+            rc = SKV_ENOMEM;
+            goto done;
+        }
         const float *q = c->q ? c->q[l] : NULL;
         if (qr) {
             if ((rc = skv_trace_next_layer(qr, &Q)) <= 0) {

@@ -112,7 +112,9 @@ typedef struct skv_cache_plan {
     skv_qcfg q;
     uint32_t n_layers, n_kv_heads;
     uint64_t n_tokens;
-    uint8_t *bits;          /* [n_layers][n_kv_heads][n_tokens]: 0,2,3,4,8,16 */
+    uint8_t *bits;          /* [n_layers][n_kv_heads][n_tokens]: 0,2,3,4,8,16; NULL
+                               when `uniform` says every token has one width */
+    uint32_t uniform;       /* with bits NULL: the width of every token */
     int from_alloc;         /* 1 when read from ALHD/ALOC chunks */
     double alloc_beta;      /* ALHD: budget requested */
     uint64_t alloc_bytes;   /* ALHD: cache bytes predicted by the allocator */
