@@ -3,6 +3,7 @@
 #include "smartkv.h"
 
 #include <check.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -667,6 +668,147 @@ START_TEST(test_multipart_bucket)
 }
 END_TEST
 
+/* Bytes of a file. */
+static size_t file_bytes(const char *path, uint8_t **out)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *out = malloc((size_t)n + 1);
+    ck_assert_ptr_nonnull(*out);
+    ck_assert_uint_eq(fread(*out, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    return (size_t)n;
+}
+
+static void expect_same_file(const char *a, const char *b)
+{
+    uint8_t *x, *y;
+    size_t nx = file_bytes(a, &x), ny = file_bytes(b, &y);
+    expect_msg(nx == ny && !memcmp(x, y, nx), "%s (%zu bytes) differs from %s (%zu bytes)", a,
+               nx, b, ny);
+    free(x);
+    free(y);
+}
+
+/* One layer at a time (skv_cache_quantize: a file reopened, or a stream
+ * copied to a temporary file) writes exactly what the whole-trace writer
+ * writes; the layer reader hands out what skv_cache_load reads. */
+START_TEST(test_streamed_equals_whole)
+{
+    skv_trace *t = make_trace(3, 4, 2, 300, 32, SKV_F16, 1);
+    char tp[512], ap[512], c0[512];  /* tmpfile_name's buffers are reused */
+    snprintf(tp, sizeof tp, "%s", tmpfile_name("st.skv"));
+    snprintf(ap, sizeof ap, "%s", tmpfile_name("sa.skv"));
+    snprintf(c0, sizeof c0, "%s", tmpfile_name("c0.skv"));
+    ck_assert_int_eq(skv_trace_save(t, tp, -1), 0);
+    skv_alloc_cfg ac;
+    skv_alloc_cfg_defaults(&ac);
+    ac.budget = 0.5; /* 300 tokens: the sinks and the recent window take a share */
+    skv_imp_cfg ic;
+    skv_imp_defaults(&ic);
+    ic.threads = 1;
+    skv_stream *in = skv_open_read(tp), *out = skv_open_write(ap, -1);
+    ck_assert_ptr_nonnull(in);
+    ck_assert_ptr_nonnull(out);
+    expect_msg(skv_alloc_filter(in, out, &ac, &ic, NULL, NULL) == 0, "alloc: %s", skv_errmsg());
+    skv_close(in);
+    ck_assert_int_eq(skv_close(out), 0);
+
+    /* whole: load, plan from the allocation, keep its ALHD */
+    skv_trace *w;
+    skv_chunk_list extra = {0}, pass = {0};
+    ck_assert_int_eq(skv_cache_input_load(ap, &w, &extra), 0);
+    skv_cache_plan plan;
+    ck_assert_int_eq(skv_cache_plan_from_chunks(&plan, &w->hdr, &extra), 0);
+    for (size_t i = 0; i < extra.n; i++)
+        if (!memcmp(extra.v[i].type, SKV_T_ALHD, 4)) {
+            skv_chunk c = {.raw_size = extra.v[i].size, .size = extra.v[i].size,
+                           .data = extra.v[i].data};
+            memcpy(c.type, extra.v[i].type, 5);
+            ck_assert_int_eq(skv_chunk_list_add(&pass, &c), 0);
+        }
+    write_cache(c0, w, &plan, &pass, SKV_CACHE_DROP_QUERIES, -1);
+    skv_cache_plan_free(&plan);
+    skv_chunk_list_free(&extra);
+    skv_chunk_list_free(&pass);
+    skv_trace_free(w);
+
+    /* streamed: from the file by name, then from a descriptor (spooled) */
+    skv_quantize_opts qo;
+    memset(&qo, 0, sizeof qo);
+    qo.flags = SKV_CACHE_DROP_QUERIES;
+    for (int spool = 0; spool < 2; spool++) {
+        const char *c1 = tmpfile_name(spool ? "c2.skv" : "c1.skv");
+        int fd = spool ? open(ap, O_RDONLY) : -1;
+        in = spool ? skv_open_fd(fd, "fd") : skv_open_read(ap);
+        out = skv_open_write(c1, -1);
+        ck_assert_ptr_nonnull(in);
+        ck_assert_ptr_nonnull(out);
+        skv_cache_stats st;
+        int rc = skv_cache_quantize(in, NULL, spool ? NULL : ap, out, &qo, &plan, &st);
+        expect_msg(rc == 0, "quantize: %s", skv_errmsg());
+        ck_assert_int_eq(skv_close(out), 0);
+        ck_assert(plan.from_alloc);
+        ck_assert_uint_eq(st.cache_bytes, st.model_bytes);
+        skv_cache_plan_free(&plan);
+        if (fd >= 0)
+            close(fd);
+        expect_same_file(c0, c1);
+    }
+
+    /* uniform: no widths array, the same bytes as a uniform plan */
+    skv_qcfg q = qcfg(32, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM);
+    ck_assert_int_eq(skv_cache_plan_uniform(&plan, &t->hdr, &q, 3), 0);
+    const char *u0 = tmpfile_name("u0.skv"), *u1 = tmpfile_name("u1.skv");
+    write_cache(u0, t, &plan, NULL, 0, -1);
+    skv_cache_plan_free(&plan);
+    qo.uniform = 3;
+    qo.q = q;
+    qo.flags = 0;
+    in = skv_open_read(tp);
+    out = skv_open_write(u1, -1);
+    expect_msg(skv_cache_quantize(in, NULL, tp, out, &qo, &plan, NULL) == 0, "uniform: %s",
+               skv_errmsg());
+    ck_assert_ptr_null(plan.bits);
+    ck_assert_int_eq(skv_close(out), 0);
+    skv_cache_plan_free(&plan);
+    expect_same_file(u0, u1);
+
+    /* the layer reader against the whole cache */
+    skv_cache *whole;
+    ck_assert_int_eq(skv_cache_load(u1, &whole), 0);
+    skv_cache_reader *cr = skv_cache_reader_open(skv_open_read(u1), NULL);
+    ck_assert_ptr_nonnull(cr);
+    const skv_cache *c = skv_cache_reader_cache(cr);
+    uint32_t l, want = 0;
+    int rc;
+    while ((rc = skv_cache_reader_next(cr, &l)) == 1) {
+        ck_assert_uint_eq(l, want++);
+        size_t nq = (size_t)t->hdr.n_heads * t->hdr.n_tokens * t->hdr.head_dim;
+        ck_assert(!memcmp(c->q[l], whole->q[l], nq * sizeof(float)));
+        for (uint32_t kh = 0; kh < t->hdr.n_kv_heads; kh++) {
+            const skv_cache_head *a = skv_cache_head_at(c, l, kh), *b = skv_cache_head_at(whole, l, kh);
+            ck_assert_uint_eq(a->n_buckets, b->n_buckets);
+            ck_assert_uint_eq(a->n_stored, b->n_stored);
+            ck_assert(!memcmp(a->bits, b->bits, (size_t)t->hdr.n_tokens));
+            for (uint32_t i = 0; i < a->n_buckets; i++)
+                ck_assert(!memcmp(a->buckets[i].payload, b->buckets[i].payload,
+                                  a->buckets[i].payload_bytes));
+        }
+        if (l > 0) /* the layer before was released */
+            ck_assert_ptr_null(c->q[l - 1]);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_uint_eq(want, t->hdr.n_layers);
+    skv_cache_reader_close(cr);
+    skv_cache_free(whole);
+    skv_trace_free(t);
+}
+END_TEST
+
 START_TEST(test_pkhd_codec)
 {
     skv_pkhd a = {.q = qcfg(128, 32, 64, SKV_QMODE_SYM, SKV_QMODE_ASYM), .n_layers = 3,
@@ -707,6 +849,7 @@ int main(void)
     tcase_add_test(tc, test_truncated_and_wrong_input);
     tcase_add_test(tc, test_pkhd_codec);
     tcase_add_test(tc, test_multipart_bucket);
+    tcase_add_test(tc, test_streamed_equals_whole);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
