@@ -51,7 +51,7 @@ int skv_policy_parse(const char *str, uint32_t *policy, uint32_t *ubits)
     for (uint32_t p = SKV_POLICY_NONE + 1; p < SKV_POLICY_END; p++) {
         size_t k = strlen(table[p]->name);
         if (!(table[p]->flags & SKV_PF_FIXED) || table[p]->bits ||
-            strncmp(str, table[p]->name, k) || str[k] != ':')
+            strncmp(str, table[p]->name, k) != 0 || str[k] != ':')
             continue;
         char *end = NULL;
         const char *n = str + k + 1;

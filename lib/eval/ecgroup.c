@@ -848,13 +848,14 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
     }
     /* damage and bytes per width */
-    float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * 4), *kin = buf + (size_t)2 * e->KT * d;
+    float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * 4);
     uint32_t *idx = skv_malloc((size_t)e->KT * sizeof *idx);
     if (!buf || !idx) {
         free(buf);
         free(idx);
         return SKV_ENOMEM;
     }
+    float *kin = buf + (size_t)2 * e->KT * d;
     float vbar[SKV_MAX_HEAD_DIM] = {0}, q2[SKV_MAX_HEAD_DIM] = {0};
     uint32_t last_unit = UINT32_MAX;
     uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
