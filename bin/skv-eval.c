@@ -764,6 +764,8 @@ static uint32_t make_rows(const opts *o, row **out)
                         }
                         if (base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE || atskv)
                             c.realloc = o->reallocs[ri];
+                        if (c.kivi_bits && c.realloc % 32)  /* as skv_ec_kivi_parse */
+                            c.realloc = 32;
                         if (skv_ec_cfg_check(&c) < 0)
                             tool_usage_error("%s", skv_errmsg());
                         if (n == cap) {
