@@ -320,7 +320,10 @@ static void check_loaded(const skv_cache *c, const skv_trace *t, const skv_cache
         for (uint32_t kh = 0; kh < h->n_kv_heads; kh++) {
             const skv_cache_head *ch = skv_cache_head_at(c, l, kh);
             const uint8_t *bits = p->bits + ((size_t)l * h->n_kv_heads + kh) * T;
-            expect(memcmp(ch->bits, bits, T) == 0);
+            uint8_t *got = malloc(T + 1);
+            skv_cache_head_widths(ch, T, got);
+            expect(memcmp(got, bits, T) == 0);
+            free(got);
             uint32_t prev = 0;
             for (uint32_t b = 0; b < ch->n_buckets; b++) {
                 expect(ch->buckets[b].bits >= prev);
@@ -581,7 +584,11 @@ START_TEST(test_corrupt_rejected)
             expect((h->n_buckets) == (3));
             expect((h->n_stored) == (7));
             const uint8_t want[12] = {4, 2, 4, 2, 16, 2, 0, 4, 0, 0, 0, 0};
-            expect(memcmp(h->bits, want, 12) == 0);
+            uint8_t got[12];
+            skv_cache_head_widths(h, 12, got);
+            expect(memcmp(got, want, 12) == 0);
+            for (uint64_t t = 0; t < 12; t++)
+                expect(skv_cache_width(h, t) == want[t]);
             skv_cache_free(c);
             continue;
         }
@@ -654,6 +661,13 @@ START_TEST(test_multipart_bucket)
     expect((h->buckets[1].n) == (2));
     expect((h->buckets[1].part) == (1));
     expect((h->buckets[1].idx[1]) == (T - 1));
+    /* lookups across the parts (no per-token array behind them) */
+    const skv_bucket *fb;
+    uint32_t row;
+    expect(skv_cache_width(h, 7) == 0 && skv_cache_width(h, 6) == 16);
+    expect(skv_cache_find(h, max, &fb, &row) == 1 && fb == &h->buckets[0] && row == max - 1);
+    expect(skv_cache_find(h, max + 1, &fb, &row) == 1 && fb == &h->buckets[1] && row == 0);
+    expect(skv_cache_find(h, T - 1, &fb, &row) == 1 && fb == &h->buckets[1] && row == 1);
     /* fp16 traces survive 16-bit storage exactly */
     float *k = malloc(sizeof(float) * T * 1024);
     skv_cache_dequantize_head(c, 0, 0, k, NULL);

@@ -600,8 +600,6 @@ void skv_cache_free(skv_cache *c)
                 free(h->owned[b]);
             free(h->owned);
             free(h->buckets);
-            if (h->bits != c->zero_bits)
-                free(h->bits);
         }
         free(c->heads);
     }
@@ -611,7 +609,6 @@ void skv_cache_free(skv_cache *c)
         free(c->q);
     }
     free(c->tokens);
-    free(c->zero_bits);
     skv_chunk_list_free(&c->extra);
     free(c);
 }
@@ -626,6 +623,36 @@ typedef struct {
     int have_pbkt;          /* a PBKT was read: key of the last one */
     uint32_t pl, ph, pw, ppart, pn, plast;
 } rd;
+
+/* Token t in a run of buckets of one width (its parts: disjoint, ascending
+ * token ranges): 1 with *bi (bucket within the run) and *row set, or 0. */
+static int run_find(const skv_bucket *b, uint32_t n, uint64_t t, uint32_t *bi, uint32_t *row)
+{
+    uint32_t lo = 0, hi = n;  /* parts [0, lo) start at or before t */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (b[mid].idx[0] <= t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return 0;
+    const skv_bucket *p = &b[lo - 1];
+    uint32_t a = 0, z = p->n;  /* first index >= t */
+    while (a < z) {
+        uint32_t mid = a + (z - a) / 2;
+        if (p->idx[mid] < t)
+            a = mid + 1;
+        else
+            z = mid;
+    }
+    if (a == p->n || p->idx[a] != t)
+        return 0;
+    *bi = lo - 1;
+    *row = a;
+    return 1;
+}
 
 static int add_bucket(skv_cache_head *h, const skv_bucket *b, void *mem)
 {
@@ -776,21 +803,27 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu (layer %u kv head %u %u-bit part "
                          "%u): %s", at, b.layer, b.kv_head, b.bits, b.part, bad);
     }
+    /* no token in two buckets of the head: parts of one width ascend (checked
+     * above), so each token is looked up in the runs of the earlier widths;
+     * no per-token array, whatever n_tokens the header declares */
     skv_cache_head *h = &c->heads[(size_t)b.layer * p->n_kv_heads + b.kv_head];
-    if (!h->bits && !(h->bits = skv_calloc((size_t)p->n_tokens, 1))) {
-        free(mem);
-        return SKV_ENOMEM;
-    }
-    for (uint32_t i = 0; i < b.n; i++) {
-        uint32_t t = b.idx[i];
-        if (h->bits[t]) {
-            free(mem);
-            return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u kv "
-                             "head %u is already stored at %u bits", at, t, b.layer, b.kv_head,
-                             h->bits[t]);
+    uint32_t run[SKV_NBITS + 1], nrun = 0, lim = 0;
+    while (lim < h->n_buckets && h->buckets[lim].bits != b.bits)
+        lim++;  /* buckets [0, lim) have smaller widths; the rest are parts of this one */
+    for (uint32_t i = 0; i < lim; i++)
+        if (i == 0 || h->buckets[i].bits != h->buckets[i - 1].bits)
+            run[nrun++] = i;
+    run[nrun] = lim;
+    for (uint32_t i = 0; i < b.n; i++)
+        for (uint32_t k = 0; k < nrun; k++) {
+            uint32_t bi, row;
+            if (run_find(h->buckets + run[k], run[k + 1] - run[k], b.idx[i], &bi, &row)) {
+                free(mem);
+                return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u "
+                                 "kv head %u is already stored at %u bits", at, b.idx[i],
+                                 b.layer, b.kv_head, h->buckets[run[k]].bits);
+            }
         }
-        h->bits[t] = (uint8_t)b.bits;
-    }
     if ((rc = add_bucket(h, &b, mem)) < 0) {
         free(mem);
         return rc;
@@ -837,13 +870,6 @@ static int read_finish(rd *r)
     if (bytes != p->cache_bytes)
         return skv_error(SKV_EFORMAT, "the buckets take %llu bytes, the PKHD chunk says %llu",
                          (unsigned long long)bytes, (unsigned long long)p->cache_bytes);
-    /* heads with every token evicted share one array of zero widths */
-    for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++)
-        if (!c->heads[i].bits) {
-            if (!c->zero_bits && !(c->zero_bits = skv_calloc((size_t)p->n_tokens, 1)))
-                return SKV_ENOMEM;
-            c->heads[i].bits = c->zero_bits;
-        }
     return 0;
 }
 
@@ -1002,29 +1028,31 @@ int skv_cache_load(const char *path, skv_cache **out)
 
 int skv_cache_find(const skv_cache_head *h, uint64_t t, const skv_bucket **bp, uint32_t *row)
 {
-    uint8_t bits = h->bits[t];
-    if (!bits)
-        return 0;
-    for (uint32_t i = 0; i < h->n_buckets; i++) {
-        const skv_bucket *b = &h->buckets[i];
-        if (b->bits != bits || t > b->idx[b->n - 1])
-            continue;
-        uint32_t lo = 0, hi = b->n;  /* first idx >= t */
-        while (lo < hi) {
-            uint32_t mid = lo + (hi - lo) / 2;
-            if (b->idx[mid] < t)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo < b->n && b->idx[lo] == t) {
-            *bp = b;
-            *row = lo;
+    for (uint32_t i = 0, j; i < h->n_buckets; i = j) {
+        for (j = i + 1; j < h->n_buckets && h->buckets[j].bits == h->buckets[i].bits; j++)
+            ;
+        uint32_t bi;
+        if (run_find(h->buckets + i, j - i, t, &bi, row)) {
+            *bp = &h->buckets[i + bi];
             return 1;
         }
-        return 0;
     }
     return 0;
+}
+
+uint32_t skv_cache_width(const skv_cache_head *h, uint64_t t)
+{
+    const skv_bucket *b;
+    uint32_t row;
+    return skv_cache_find(h, t, &b, &row) ? b->bits : 0;
+}
+
+void skv_cache_head_widths(const skv_cache_head *h, uint64_t n_tokens, uint8_t *out)
+{
+    memset(out, 0, (size_t)n_tokens);
+    for (uint32_t b = 0; b < h->n_buckets; b++)
+        for (uint32_t i = 0; i < h->buckets[b].n; i++)
+            out[h->buckets[b].idx[i]] = (uint8_t)h->buckets[b].bits;
 }
 
 void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, uint32_t kv_head, float *k,

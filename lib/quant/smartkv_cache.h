@@ -23,7 +23,10 @@
  *   skv_cache_head
  *     buckets[0..n_buckets)  skv_bucket (smartkv_pack.h), ascending width
  *                        then part; tokens of all entries are disjoint
- *     bits[n_tokens]     width of every token (0 = evicted, not stored)
+ *   There is no per-token array: a token's width is found in the buckets
+ *   (skv_cache_find, skv_cache_width), or written out densely by
+ *   skv_cache_head_widths into a buffer the caller sizes, so a cache costs
+ *   memory for the rows it stores, never for the tokens it declares.
  *
  * Each bucket's payload is a private copy whose start is 64-byte aligned;
  * every section (idx, k_par, k_dat, v_par, v_dat) starts at a multiple of 64
@@ -41,8 +44,8 @@
  *                  (skv_qmath.h: skv_qm_group_par, skv_qm_unpack8, ...)
  *   softmax over the stored tokens only (evicted tokens take no part),
  *   then out = sum_t p[t] * V_t, V_t decoded the same way from v_par/v_dat.
- * Scores can be written to a dense [n_tokens] array at idx positions (use
- * bits[t] == 0 to skip evicted ones) or kept per bucket; causal masking is
+ * Scores can be written to a dense [n_tokens] array at idx positions
+ * (tokens in no bucket are evicted) or kept per bucket; causal masking is
  * a comparison of idx against the query position.  Within a bucket all rows
  * have the same width, group size and mode, so the inner loop has no
  * per-token branching.  skv_dequantize_row() decodes one row (AVX2).
@@ -172,8 +175,6 @@ typedef struct skv_cache_head {
     uint32_t n_buckets;
     skv_bucket *buckets;    /* ascending width, then part */
     uint64_t n_stored;      /* sum of buckets[i].n */
-    uint8_t *bits;          /* [n_tokens] width per token, 0 = evicted; heads
-                               with no bucket share one zero array */
     void **owned;           /* internal: allocations behind the payloads */
 } skv_cache_head;
 
@@ -185,7 +186,6 @@ typedef struct skv_cache {
     skv_cache_head *heads;  /* [n_layers * n_kv_heads] */
     skv_chunk_list extra;   /* ALHD/ALOC and ancillary chunks, stream order */
     uint64_t stored_bytes;  /* PKHD + PBKT bytes as read (compressed size) */
-    uint8_t *zero_bits;     /* internal: the bits of every head with no bucket */
 } skv_cache;
 
 /* Read a whole packed cache from an open stream (up to and including DONE)
@@ -211,9 +211,14 @@ static inline const skv_cache_head *skv_cache_head_at(const skv_cache *c, uint32
 }
 
 /* Where token t of a head is stored: returns 1 with *b and *row (its
- * position in b) set, or 0 if the token is evicted. */
+ * position in b) set, or 0 if the token is evicted.  O(widths * log n). */
 SKV_EXPORT int skv_cache_find(const skv_cache_head *h, uint64_t t, const skv_bucket **b,
                               uint32_t *row);
+/* The width token t of a head is stored at, 0 when it is evicted. */
+SKV_EXPORT uint32_t skv_cache_width(const skv_cache_head *h, uint64_t t);
+/* Every token's width (0 = evicted) into out[n_tokens], n_tokens of the
+ * cache the head belongs to. */
+SKV_EXPORT void skv_cache_head_widths(const skv_cache_head *h, uint64_t n_tokens, uint8_t *out);
 
 /* Dequantize one (layer, kv head) into k and v [n_tokens][head_dim]
  * (either may be NULL); evicted tokens become zero rows. */

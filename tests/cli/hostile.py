@@ -37,10 +37,35 @@ def trhd(L, H, KV, D, T, dtype=2, flags=0, reserved=0):
                                      0.0, reserved, 4, 0) + b"host")
 
 
-def pkhd(L, KV, D, T, reserved=0):
+def pkhd(L, KV, D, T, reserved=0, cache_bytes=92, n_stored=0):
     fp16 = 2 * L * KV * T * D * 2
-    return chunk("PKHD", struct.pack("<IIIIIIIIQQQQ", D, D, D, 1, 1, L, KV, reserved, T, 92,
-                                     fp16, 0))
+    return chunk("PKHD", struct.pack("<IIIIIIIIQQQQ", D, D, D, 1, 1, L, KV, reserved, T,
+                                     cache_bytes, fp16, n_stored))
+
+
+def a64(n):
+    return (n + 63) // 64 * 64
+
+
+def pbkt16(layer, h, D, idx):
+    """A 16-bit bucket (no quantizer parameters) of the tokens idx, with the
+    settings pkhd() writes (groups of D, mode 1)."""
+    n, row = len(idx), 2 * D
+    kp = 64 + a64(4 * n)
+    vp = kp + a64(n * row)
+    p = struct.pack("<10I", layer, h, 16, n, D, D, D, 1, 1, 0) + b"\0" * 24
+    p += struct.pack("<%dI" % n, *idx).ljust(kp - 64, b"\0")
+    rows = b"".join(struct.pack("<%de" % D, *[(t % 7 - 3) / 4.0] * D) for t in idx)
+    p += rows.ljust(vp - kp, b"\0") + rows.ljust(a64(n * row), b"\0")
+    return chunk("PBKT", p)
+
+
+def packed_one_bucket(L, KV, D, T, idx):
+    """A packed cache without queries that declares L x KV heads of T tokens
+    and holds one small 16-bit bucket, in its last (layer, KV head)."""
+    b = pbkt16(L - 1, KV - 1, D, idx)
+    return stream([trhd(L, KV, KV, D, T, flags=0x4 | 0x8),
+                   pkhd(L, KV, D, T, cache_bytes=92 + len(b), n_stored=len(idx)), b])
 
 
 def tens(kind, layer, h, row0, rows, D, dtype=1, reserved=0, seed=0):
@@ -105,6 +130,9 @@ KINDS = {
                                                                BIG["T"])]),
     "trhd-big": lambda: stream([trhd(**BIG)]),
     "trhd-big-toks": lambda: stream([trhd(**BIG, flags=0x2)]),
+    # a valid cache of one small bucket: memory for the rows read, none per
+    # declared token (16M) and, with one (layer, KV head), none per head
+    "pkhd-bucket": lambda: packed_one_bucket(1, 1, 8, 1 << 24, [5, (1 << 24) - 1]),
     "athd-big": lambda: stream([athd(1024, 1024, 1024, 1024, 1 << 24, 1)]),
     # item 3: an unknown critical chunk in a valid trace
     "crit": lambda: stream(small_trace_chunks() + [chunk("ZZZZ", b"x")]),

@@ -55,6 +55,34 @@ expect_err "stream ends inside layer 0" "trace header alone: 'stream ends inside
 run skv-stats mem pkhd-big.skv
 expect_rc 0 "a cache with every token evicted is valid (skv-stats mem)"
 
+# a valid cache of one 2-token bucket that declares 16M tokens: the readers
+# hold its rows, not a width per declared token (16 MiB before), so a 1 MiB
+# cap is enough for every tool that loads or checks it
+$H pkhd-bucket pb.skv || exit 1
+for cmd in "skv-stats mem" "skv-trace info" "skv-trace cat -o o.skv"; do
+    # shellcheck disable=SC2086
+    SKV_MAX_MEM=1M run $cmd pb.skv
+    expect_rc 0 "$cmd: a $(wc -c < pb.skv)-byte cache declaring 16M tokens loads under a 1 MiB cap"
+done
+SKV_MAX_MEM=1M run skv-stats mem pb.skv
+check "skv-stats mem counts the 16777214 evicted tokens without a map of them" \
+    grep -qE "0-bit +16777214 " "$T/out"
+for cmd in "skv-quant -d -o o.skv" "skv-attend -o o.skv" "skv-attend --reference -o o.skv"; do
+    # shellcheck disable=SC2086
+    SKV_MAX_MEM=1M run $cmd pb.skv
+    expect_rc 1 "$cmd on the one-bucket cache: exit 1"
+    expect_err "no queries" "$cmd on the one-bucket cache: the missing queries, not memory"
+done
+if [ -z "$SKV_SANITIZE$SKV_VALGRIND" ] && [ -n "$have_time" ]; then
+    peak skv-stats mem pb.skv; kb1=$kb
+    if [ "$rc" = 0 ] && [ "$kb1" -lt 8192 ]; then
+        ok "skv-stats mem on the one-bucket cache: peak RSS $kb1 KiB < 8 MiB (16 MiB of tokens declared)"
+    else
+        echo "       exit $rc, peak RSS $kb1 KiB"
+        bad "skv-stats mem on the one-bucket cache: peak RSS bounded by the data"
+    fi
+fi
+
 # peak RSS against input size: 100 times the input costs no more memory
 skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 -o small.skv || exit 1
 skv-trace synth -L 1 -T 6400 -H 2 -K 1 -D 16 -o large.skv || exit 1
