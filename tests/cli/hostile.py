@@ -68,20 +68,24 @@ def packed_one_bucket(L, KV, D, T, idx):
                    pkhd(L, KV, D, T, cache_bytes=92 + len(b), n_stored=len(idx)), b])
 
 
-def tens(kind, layer, h, row0, rows, D, dtype=1, reserved=0, seed=0):
+def tens(kind, layer, h, row0, rows, D, dtype=1, reserved=0, seed=0, poke=None):
     fmt = "<%d%s" % (rows * D, "f" if dtype == 1 else "e")
     vals = [((i * 7 + seed) % 13 - 6) / 8.0 for i in range(rows * D)]
+    if poke:
+        vals[poke[0]] = poke[1]
     return chunk("TENS", struct.pack("<IIIIQQII", kind, dtype, layer, h, row0, rows, D,
                                      reserved) + struct.pack(fmt, *vals))
 
 
-def small_trace_chunks(L=1, H=2, KV=1, D=8, T=4, order=None):
-    """TRHD and the layers of a tiny f32 trace; `order` edits the TENS list."""
+def small_trace_chunks(L=1, H=2, KV=1, D=8, T=4, order=None, poke=None):
+    """TRHD and the layers of a tiny f32 trace; `order` edits the TENS list;
+    poke = (kind, element, value) sets one value of layer 0, head 0."""
     ts = []
     for layer in range(L):
         for kind, nh in ((1, H), (2, KV), (3, KV)):
             for h in range(nh):
-                ts.append(tens(kind, layer, h, 0, T, D, seed=layer * 31 + kind * 7 + h))
+                p = poke[1:] if poke and poke[0] == kind and layer == 0 and h == 0 else None
+                ts.append(tens(kind, layer, h, 0, T, D, seed=layer * 31 + kind * 7 + h, poke=p))
     if order:
         ts = order(ts)
     return [trhd(L, H, KV, D, T, dtype=1)] + ts
@@ -154,6 +158,16 @@ KINDS = {
     "cache-aloc-width7": lambda: packed_with_alloc([aloc(0, 0, 4, [0, 7])]),
     "cache-aloc-n": lambda: packed_with_alloc([aloc(0, 0, (1 << 64) - 28, [0], nbits=4)]),
     "cache-aloc-ok": lambda: packed_with_alloc([aloc(0, 0, 4, [0])]),
+    # values outside what skv-alloc and skv-quant accept (one rule for both):
+    # Q finite, K and V finite and within the f16 range (element 13 is
+    # token 1, channel 5)
+    "val-q-nan": lambda: stream(small_trace_chunks(poke=(1, 13, float("nan")))),
+    "val-q-big": lambda: stream(small_trace_chunks(poke=(1, 13, 1e30))),
+    "val-k-inf": lambda: stream(small_trace_chunks(poke=(2, 13, float("inf")))),
+    "val-k-big": lambda: stream(small_trace_chunks(poke=(2, 13, 70000.0))),
+    "val-v-nan": lambda: stream(small_trace_chunks(poke=(3, 13, float("nan")))),
+    "val-v-big": lambda: stream(small_trace_chunks(poke=(3, 13, -65520.0))),
+    "val-v-max": lambda: stream(small_trace_chunks(poke=(3, 13, -65504.0))),
     # item 5: reserved fields
     "res-head": lambda: stream(small_trace_chunks(), head_reserved=1),
     "res-trhd": lambda: stream([trhd(1, 2, 1, 8, 4, dtype=1, reserved=5)] +

@@ -123,6 +123,35 @@ for k in crit res-trhd res-tens tens-swap aloc-twice; do
     expect_rc 1 "skv-quant rejects $k too"
 done
 
+# ---- values: one rule for skv-alloc and skv-quant ----
+# every Q, K and V value finite and within the fp16 range; both tools refuse
+# the same traces with the same message, naming the value and its place
+for k in val-q-nan val-q-big val-k-inf val-k-big val-v-nan val-v-big; do
+    $H $k $k.skv || exit 1
+    run skv-alloc --policy uniform:4 -o a.skv $k.skv
+    expect_rc 1 "skv-alloc rejects $k"
+    check "skv-alloc leaves no output for $k" test ! -e a.skv
+    amsg=$err
+    run skv-quant --uniform 4 -o q.skv $k.skv
+    expect_rc 1 "skv-quant rejects $k"
+    qmsg=$err
+    kind=$(echo "$k" | cut -d- -f2 | tr qkv QKV)
+    case $amsg in
+    "skv-alloc: $k.skv: value "*" is not finite or beyond the fp16 range ($kind of layer 0 "*"head 0, token 1, channel 5)")
+        ok "skv-alloc names the file, the value and its place ($k)" ;;
+    *) echo "       got: $amsg"; bad "skv-alloc names the file, the value and its place ($k)" ;;
+    esac
+    check "skv-quant's message is skv-alloc's ($k)" test "${qmsg#skv-quant: }" = "${amsg#skv-alloc: }"
+done
+$H val-v-max vmax.skv || exit 1
+run skv-alloc --policy uniform:4 -o a.skv vmax.skv
+expect_rc 0 "skv-alloc accepts -65504 (the fp16 limit)"
+run skv-quant --uniform 4 -o q.skv a.skv
+expect_rc 0 "skv-quant packs skv-alloc's output at the fp16 limit"
+run skv-alloc -b 0.3 -o a.skv val-k-big.skv
+expect_rc 1 "skv-alloc rejects val-k-big with an adaptive policy too"
+expect_err "is not finite or beyond the fp16 range" "... with the same message"
+
 # ---- item 4: allocation contents, in every reader ----
 for k in cache-aloc-layer cache-aloc-width7 cache-aloc-n; do
     $H $k $k.skv || exit 1
