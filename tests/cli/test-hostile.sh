@@ -83,6 +83,39 @@ if [ -z "$SKV_SANITIZE$SKV_VALGRIND" ] && [ -n "$have_time" ]; then
     fi
 fi
 
+# which file an error names: the input for what is wrong with the data
+# ("stream ends inside ..."), the output only when a write to it failed
+for mode in "" "--reference" "--json"; do
+    # shellcheck disable=SC2086
+    run skv-attend $mode -o out.x trhd-big.skv
+    expect_rc 1 "skv-attend $mode: a header without data"
+    expect_err "skv-attend: trhd-big.skv: stream ends inside layer 0" \
+        "skv-attend $mode names the input, not the output, for 'stream ends inside'"
+    check "skv-attend $mode leaves no output" test ! -e out.x
+done
+if [ -c /dev/full ]; then
+    skv-trace synth -L 1 -T 16 -H 2 -K 1 -D 8 -o tiny.skv || exit 1
+    for mode in "" "--json"; do
+        # shellcheck disable=SC2086
+        run skv-attend $mode -o /dev/full tiny.skv
+        expect_rc 1 "skv-attend $mode -o /dev/full: exit 1"
+        expect_err "skv-attend: /dev/full: write error" "skv-attend $mode names the output on a write error"
+    done
+    run skv-alloc --policy uniform:4 -o /dev/full tiny.skv
+    expect_rc 1 "skv-alloc -o /dev/full: exit 1"
+    expect_err "skv-alloc: /dev/full: write error" "skv-alloc names the output on a write error"
+    skv-quant -q --uniform 4 --keep-queries -o tinyc.skv tiny.skv || exit 1
+    run skv-stats mem -o /dev/full tinyc.skv
+    expect_err "skv-stats: /dev/full: write error" "skv-stats names the output on a write error"
+    check "a failed text write removes no device (/dev/full is still a character device)" \
+        test -c /dev/full
+    run skv-attend -o o.skv --queries trhd-big.skv tinyc.skv
+    expect_rc 1 "skv-attend --queries with another trace's header"
+    expect_err "skv-attend: trhd-big.skv: " "skv-attend names the --queries file for its errors"
+else
+    skip "write errors name the output" "no /dev/full"
+fi
+
 # peak RSS against input size: 100 times the input costs no more memory
 skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 -o small.skv || exit 1
 skv-trace synth -L 1 -T 6400 -H 2 -K 1 -D 16 -o large.skv || exit 1
