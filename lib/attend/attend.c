@@ -1271,13 +1271,16 @@ static void cache_label(const skv_cache *c, char *out, size_t n)
     skv_error_clear();
     uint32_t width = 0;
     int mixed = 0;
-    for (size_t i = 0; i < (size_t)c->pk.n_layers * c->pk.n_kv_heads; i++)
-        for (uint32_t b = 0; b < c->heads[i].n_buckets; b++) {
-            uint32_t w = c->heads[i].buckets[b].bits;
+    for (size_t i = 0; i < (size_t)c->pk.n_layers * c->pk.n_kv_heads; i++) {
+        const skv_cache_head *hd = skv_cache_head_at(c, (uint32_t)(i / c->pk.n_kv_heads),
+                                                     (uint32_t)(i % c->pk.n_kv_heads));
+        for (uint32_t b = 0; b < hd->n_buckets; b++) {
+            uint32_t w = hd->buckets[b].bits;
             if (width && w != width)
                 mixed = 1;
             width = w;
         }
+    }
     if (mixed || !width)
         snprintf(out, n, "policy=packed");
     else

@@ -612,17 +612,20 @@ void skv_cache_free(skv_cache *c)
 {
     if (!c)
         return;
-    if (c->heads) {
-        size_t nh = (size_t)c->pk.n_layers * c->pk.n_kv_heads;
-        for (size_t i = 0; i < nh; i++) {
-            skv_cache_head *h = &c->heads[i];
+    for (uint32_t l = 0; c->layers && l < c->pk.n_layers; l++) {
+        if (c->layers[l] == c->empty)
+            continue;
+        for (uint32_t kh = 0; kh < c->pk.n_kv_heads; kh++) {
+            skv_cache_head *h = &c->layers[l][kh];
             for (uint32_t b = 0; b < h->n_buckets; b++)
                 free(h->owned[b]);
             free(h->owned);
             free(h->buckets);
         }
-        free(c->heads);
+        free(c->layers[l]);
     }
+    free(c->layers);
+    free(c->empty);
     if (c->q) {
         for (uint32_t l = 0; l < c->pk.n_layers; l++)
             free(c->q[l]);
@@ -709,16 +712,15 @@ static int read_pkhd(rd *r, const skv_chunk *ch)
                                            p->q.head_dim))
         return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: fp16 byte count %llu is wrong",
                          (unsigned long long)ch->offset, (unsigned long long)p->fp16_bytes);
-    /* Only the per-head records here (at most 2^20 of them); the queries,
-     * buckets and width arrays are allocated as their chunks arrive. */
-    size_t nh = (size_t)p->n_layers * p->n_kv_heads;
-    c->heads = skv_calloc(nh, sizeof *c->heads);
-    if (!c->heads)
+    /* A pointer per layer, all to one array of empty heads: a layer's own
+     * records, its queries and its buckets are allocated as its chunks
+     * arrive, so a header alone costs a few KiB whatever shape it declares. */
+    c->layers = skv_calloc(p->n_layers, sizeof *c->layers);
+    c->empty = skv_calloc(p->n_kv_heads, sizeof *c->empty);
+    if (!c->layers || !c->empty)
         return SKV_ENOMEM;
-    for (size_t i = 0; i < nh; i++) {
-        c->heads[i].layer = (uint32_t)(i / p->n_kv_heads);
-        c->heads[i].kv_head = (uint32_t)(i % p->n_kv_heads);
-    }
+    for (uint32_t l = 0; l < p->n_layers; l++)
+        c->layers[l] = c->empty;
     if (!(c->hdr.flags & SKV_TRACE_NO_QUERIES)) {
         c->q = skv_calloc(p->n_layers, sizeof *c->q);
         if (!c->q)
@@ -826,7 +828,13 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
     /* no token in two buckets of the head: parts of one width ascend (checked
      * above), so each token is looked up in the runs of the earlier widths;
      * no per-token array, whatever n_tokens the header declares */
-    skv_cache_head *h = &c->heads[(size_t)b.layer * p->n_kv_heads + b.kv_head];
+    if (c->layers[b.layer] == c->empty &&
+        !(c->layers[b.layer] = skv_calloc(p->n_kv_heads, sizeof *c->empty))) {
+        c->layers[b.layer] = c->empty;
+        free(mem);
+        return SKV_ENOMEM;
+    }
+    skv_cache_head *h = &c->layers[b.layer][b.kv_head];
     uint32_t run[SKV_NBITS + 1], nrun = 0, lim = 0;
     while (lim < h->n_buckets && h->buckets[lim].bits != b.bits)
         lim++;  /* buckets [0, lim) have smaller widths; the rest are parts of this one */
@@ -875,7 +883,9 @@ static int read_finish(rd *r)
                          (unsigned long long)r->toks, (unsigned long long)c->hdr.n_tokens);
     uint64_t bytes = skv_pkhd_file_bytes(), stored = 0;
     for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++) {
-        const skv_cache_head *h = &c->heads[i];
+        if (c->layers[i / p->n_kv_heads] == c->empty)
+            continue;  /* no bucket in the layer */
+        const skv_cache_head *h = &c->layers[i / p->n_kv_heads][i % p->n_kv_heads];
         uint64_t cnt[SKV_NBITS] = {0};
         for (uint32_t b = 0; b < h->n_buckets; b++)
             cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;

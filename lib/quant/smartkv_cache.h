@@ -19,7 +19,9 @@
  *     hdr, pk            trace header and quantizer settings
  *     q[layer]           float32 queries [n_heads][n_tokens][head_dim]
  *                        (NULL when the cache was written without queries)
- *     heads[layer * pk.n_kv_heads + kv_head]   one skv_cache_head each
+ *     layers[layer][kv_head]  one skv_cache_head each (skv_cache_head_at);
+ *                        the heads of one layer are contiguous, and layers
+ *                        with no bucket share one array of empty heads
  *   skv_cache_head
  *     buckets[0..n_buckets)  skv_bucket (smartkv_pack.h), ascending width
  *                        then part; tokens of all entries are disjoint
@@ -37,7 +39,7 @@
  * bucket at k_dat + i*row_stride), NOT individually aligned.
  *
  * How an attention kernel uses it, for one (layer, kv head) and a query q:
- *   for each bucket b of heads[l*H + h]:
+ *   for each bucket b of *skv_cache_head_at(c, l, h):
  *     for i in 0..b->n:  token t = b->idx[i]
  *       score[t] = dot(q, K_t) with K_t decoded from
  *                  b->k_par + i*b->k_par_stride, b->k_dat + i*b->row_stride
@@ -171,7 +173,6 @@ SKV_EXPORT int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cach
 
 /* ---- reader ---- */
 typedef struct skv_cache_head {
-    uint32_t layer, kv_head;
     uint32_t n_buckets;
     skv_bucket *buckets;    /* ascending width, then part */
     uint64_t n_stored;      /* sum of buckets[i].n */
@@ -183,7 +184,9 @@ typedef struct skv_cache {
     skv_pkhd pk;
     int32_t *tokens;        /* [n_tokens] when SKV_TRACE_HAS_TOKENS, else NULL */
     float **q;              /* [n_layers] -> [n_heads][n_tokens][head_dim], or NULL */
-    skv_cache_head *heads;  /* [n_layers * n_kv_heads] */
+    skv_cache_head **layers; /* [n_layers] -> [n_kv_heads] heads; every layer
+                               without a bucket points to `empty` */
+    skv_cache_head *empty;  /* internal: [n_kv_heads] heads with no bucket */
     skv_chunk_list extra;   /* ALHD/ALOC and ancillary chunks, stream order */
     uint64_t stored_bytes;  /* PKHD + PBKT bytes as read (compressed size) */
 } skv_cache;
@@ -207,7 +210,7 @@ SKV_EXPORT int skv_cache_queries_from(skv_cache *c, const char *path);
 static inline const skv_cache_head *skv_cache_head_at(const skv_cache *c, uint32_t layer,
                                                      uint32_t kv_head)
 {
-    return &c->heads[(size_t)layer * c->pk.n_kv_heads + kv_head];
+    return &c->layers[layer][kv_head];
 }
 
 /* Where token t of a head is stored: returns 1 with *b and *row (its

@@ -134,9 +134,12 @@ KINDS = {
                                                                BIG["T"])]),
     "trhd-big": lambda: stream([trhd(**BIG)]),
     "trhd-big-toks": lambda: stream([trhd(**BIG, flags=0x2)]),
+    # the most tokens an allocation can hold (smartkv(5) LIMITS: ALOC n)
+    "trhd-big-alloc": lambda: stream([trhd(**dict(BIG, T=13421769))]),
     # a valid cache of one small bucket: memory for the rows read, none per
     # declared token (16M) and, with one (layer, KV head), none per head
     "pkhd-bucket": lambda: packed_one_bucket(1, 1, 8, 1 << 24, [5, (1 << 24) - 1]),
+    "pkhd-big-bucket": lambda: packed_one_bucket(1024, 1024, 8, 1 << 24, [5, (1 << 24) - 1]),
     "athd-big": lambda: stream([athd(1024, 1024, 1024, 1024, 1 << 24, 1)]),
     # item 3: an unknown critical chunk in a valid trace
     "crit": lambda: stream(small_trace_chunks() + [chunk("ZZZZ", b"x")]),

@@ -22,7 +22,7 @@ peak() {
 if [ -n "$SKV_SANITIZE$SKV_VALGRIND" ]; then limit=unlimited; else limit=8000000; fi
 
 # ---- items 1 and 2: declared shapes, no data ----
-for k in pkhd-big pkhd-big-q trhd-big trhd-big-toks athd-big; do
+for k in pkhd-big pkhd-big-q trhd-big trhd-big-toks trhd-big-alloc athd-big; do
     $H $k $k.skv || exit 1
 done
 size=$(wc -c < pkhd-big.skv)
@@ -31,15 +31,16 @@ for spec in "pkhd-big-q:skv-quant -d -o o.skv" "pkhd-big-q:skv-attend -o o.skv" 
             "pkhd-big:skv-quant -d -o o.skv" "pkhd-big:skv-stats mem" \
             "trhd-big:skv-quant --uniform 4 -o o.skv" "trhd-big:skv-attend -o o.skv" \
             "trhd-big:skv-attend --reference -o o.skv" "trhd-big-toks:skv-quant --uniform 4 -o o.skv" \
-            "trhd-big:skv-trace info" "athd-big:skv-stats compare athd-big.skv"; do
+            "trhd-big:skv-trace info" "athd-big:skv-stats compare athd-big.skv" \
+            "trhd-big-alloc:skv-alloc -o o.skv" "trhd-big-alloc:skv-alloc --policy uniform:4 -o o.skv"; do
     k=${spec%%:*} cmd=${spec#*:}
     size=$(wc -c < $k.skv)
     # shellcheck disable=SC2086
     peak sh -c "ulimit -v $limit; exec $cmd $k.skv"
     if [ -n "$SKV_SANITIZE$SKV_VALGRIND" ] || [ -z "$have_time" ]; then
         skip "$cmd $k: peak RSS" "sanitizers and valgrind change the RSS, or no GNU time"
-    elif [ "$kb" -lt 131072 ]; then
-        ok "$cmd $k ($size-byte input): peak RSS $kb KiB < 128 MiB"
+    elif [ "$kb" -lt 16384 ]; then
+        ok "$cmd $k ($size-byte input): peak RSS $kb KiB < 16 MiB"
     else
         echo "       peak RSS $kb KiB for a $size-byte input"
         bad "$cmd $k: peak RSS bounded"
@@ -52,17 +53,23 @@ for spec in "pkhd-big-q:skv-quant -d -o o.skv" "pkhd-big-q:skv-attend -o o.skv" 
 done
 run skv-quant --uniform 4 -o o.skv trhd-big.skv
 expect_err "stream ends inside layer 0" "trace header alone: 'stream ends inside layer 0', not 'out of memory'"
+run skv-alloc -o o.skv trhd-big-alloc.skv
+expect_err "stream ends inside layer 0" "skv-alloc on a header alone: 'stream ends inside layer 0'"
 run skv-stats mem pkhd-big.skv
 expect_rc 0 "a cache with every token evicted is valid (skv-stats mem)"
 
 # a valid cache of one 2-token bucket that declares 16M tokens: the readers
 # hold its rows, not a width per declared token (16 MiB before), so a 1 MiB
 # cap is enough for every tool that loads or checks it
-$H pkhd-bucket pb.skv || exit 1
+$H pkhd-bucket pb.skv && $H pkhd-big-bucket pbb.skv || exit 1
 for cmd in "skv-stats mem" "skv-trace info" "skv-trace cat -o o.skv"; do
     # shellcheck disable=SC2086
     SKV_MAX_MEM=1M run $cmd pb.skv
     expect_rc 0 "$cmd: a $(wc -c < pb.skv)-byte cache declaring 16M tokens loads under a 1 MiB cap"
+    # and declaring 1024 x 1024 (layer, KV head) pairs, one bucket in the last
+    # shellcheck disable=SC2086
+    SKV_MAX_MEM=1M run $cmd pbb.skv
+    expect_rc 0 "$cmd: the same declaring 2^20 (layer, KV head) pairs loads under a 1 MiB cap"
 done
 SKV_MAX_MEM=1M run skv-stats mem pb.skv
 check "skv-stats mem counts the 16777214 evicted tokens without a map of them" \
