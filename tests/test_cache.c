@@ -500,12 +500,12 @@ END_TEST
 
 enum {
     M_NONE, M_IDX_DESC, M_IDX_RANGE, M_DUP_TOKEN, M_BAD_BITS, M_SHORT, M_PADDING, M_ORDER,
-    M_MISSING, M_QCFG, M_PART, M_RESERVED, M_BEFORE_Q, M_NSTORED, M_COUNT
+    M_MISSING, M_QCFG, M_PART, M_RESERVED, M_BEFORE_Q, M_NSTORED, M_DUP_FAR, M_COUNT
 };
 static const char *const m_expect[M_COUNT] = {
     "", "not ascending", "out of range", "already stored", "bad width", "payload is",
     "padding", "out of order", "PBKT chunks", "quantizer settings", "part 0", "reserved",
-    "queries of its layer", "PBKT chunks"};
+    "queries of its layer", "PBKT chunks", "already stored"};
 
 /* One layer, one kv head, T=12 tokens, d=16; buckets: 2-bit {1,3,5}, 4-bit {0,2,7},
  * 16-bit {4}; the others evicted. */
@@ -522,6 +522,8 @@ static void write_custom(const char *path, int m)
     }
     if (m == M_DUP_TOKEN)
         bk[1].idx[1] = 3;  /* token 3 also in the 2-bit bucket */
+    if (m == M_DUP_FAR)
+        bk[2].idx[0] = 1;  /* the 16-bit token is also in the 2-bit bucket, two widths back */
     skv_stream *s = skv_open_write(path, -1);
     skv_trace_hdr h = t->hdr;
     h.flags |= SKV_TRACE_PACKED;
@@ -596,6 +598,29 @@ START_TEST(test_corrupt_rejected)
         ck_assert_ptr_null(c);
         expect_msg(strstr(skv_errmsg(), m_expect[m]), "mutation %d: message \"%s\" lacks "
                       "\"%s\"", m, skv_errmsg(), m_expect[m]);
+    }
+    /* the conformance checker (skv-trace info, cat) rejects exactly these */
+    for (int m = 0; m < M_COUNT; m++) {
+        const char *path = tmpfile_name("custom.skv");
+        write_custom(path, m);
+        skv_stream *s = skv_open_read(path);
+        skv_checker *k = skv_checker_new();
+        expect(s && k);
+        skv_chunk ch;
+        int rc;
+        while ((rc = skv_read(s, &ch)) > 0)
+            if ((rc = skv_check_chunk(k, &ch)) < 0)
+                break;
+        if (rc == 0)
+            rc = skv_check_end(k);
+        skv_checker_free(k);
+        skv_close(s);
+        if (m == M_NONE)
+            expect_msg(rc == 0, "checker: %s", skv_errmsg());
+        else
+            expect_msg(rc < 0 && strstr(skv_errmsg(), m == M_DUP_TOKEN || m == M_DUP_FAR
+                                                          ? "already stored" : ""),
+                       "checker, mutation %d: rc %d (%s)", m, rc, skv_errmsg());
     }
 }
 END_TEST
