@@ -160,6 +160,13 @@ KINDS = {
     "cache-aloc-layer": lambda: packed_with_alloc([aloc(1 << 31, 0, 4, [0])]),
     "cache-aloc-width7": lambda: packed_with_alloc([aloc(0, 0, 4, [0, 7])]),
     "cache-aloc-n": lambda: packed_with_alloc([aloc(0, 0, (1 << 64) - 28, [0], nbits=4)]),
+    "cache-aloc-head": lambda: packed_with_alloc([aloc(0, 1024, 4, [0])]),
+    "cache-aloc-n7": lambda: packed_with_alloc([aloc(0, 0, 7, [0])]),
+    "aloc-layer4095": lambda: alloc_trace(lambda: [aloc(4095, 0, 4, [4])]),
+    "aloc-width9": lambda: alloc_trace(lambda: [aloc(0, 0, 4, [4, 9])]),
+    "aloc-width32": lambda: alloc_trace(lambda: [aloc(0, 0, 4, [32])]),
+    "aloc-width128": lambda: alloc_trace(lambda: [aloc(0, 0, 4, [128, 4])]),
+    "aloc-n513": lambda: alloc_trace(lambda: [aloc(0, 0, 513, [4])]),
     "cache-aloc-ok": lambda: packed_with_alloc([aloc(0, 0, 4, [0])]),
     # values outside what skv-alloc and skv-quant accept (one rule for both):
     # Q finite, K and V finite and within the f16 range (element 13 is
@@ -180,6 +187,7 @@ KINDS = {
     "res-alhd": lambda: stream(small_trace_chunks() + [alhd(1, 1, 4, 8, reserved=3),
                                                        aloc(0, 0, 4, [4])]),
     "res-athd": lambda: stream([athd(1, 1, 1, 8, 4, 1, reserved=1)]),
+    "res-pkhd": lambda: stream([trhd(1, 2, 1, 8, 4, flags=0x4 | 0x8), pkhd(1, 1, 8, 4, reserved=1)]),
     # item 6: structure that only a full reader checked
     "tens-dup": lambda: stream(small_trace_chunks(order=lambda ts: ts[:2] + ts[1:])),
     "tens-swap": lambda: stream(small_trace_chunks(order=lambda ts: [ts[1], ts[0]] + ts[2:])),

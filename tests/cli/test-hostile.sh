@@ -153,6 +153,21 @@ for k in crit crit-mid res-head res-trhd res-tens res-alhd res-athd tens-dup ten
 done
 run skv-trace info crit.skv
 expect_err "unknown critical chunk ZZZZ" "info names the unknown critical chunk"
+# reserved fields in the tools that load the stream, not only info and cat
+$H res-pkhd res-pkhd.skv || exit 1
+for cmd in "skv-trace info" "skv-stats mem" "skv-quant -d -o o.skv"; do
+    # shellcheck disable=SC2086
+    run $cmd res-pkhd.skv
+    expect_rc 1 "$cmd rejects a non-zero PKHD reserved field"
+    expect_err "reserved" "$cmd says which field (PKHD reserved)"
+done
+run skv-stats compare res-athd.skv res-athd.skv
+expect_rc 1 "skv-stats compare rejects a non-zero ATHD reserved field"
+expect_err "reserved bytes 60..63" "skv-stats compare names the ATHD field"
+run skv-attend --reference -o o.skv res-trhd.skv
+expect_rc 1 "skv-attend rejects a non-zero TRHD reserved field"
+run skv-alloc -o o.skv res-head.skv
+expect_rc 1 "skv-alloc rejects a non-zero HEAD reserved field"
 $H ancillary anc.skv && $H ok ok.skv || exit 1
 run skv-trace info anc.skv
 expect_rc 0 "an unknown ancillary chunk is accepted"
@@ -193,7 +208,7 @@ expect_rc 1 "skv-alloc rejects val-k-big with an adaptive policy too"
 expect_err "is not finite or beyond the fp16 range" "... with the same message"
 
 # ---- item 4: allocation contents, in every reader ----
-for k in cache-aloc-layer cache-aloc-width7 cache-aloc-n; do
+for k in cache-aloc-layer cache-aloc-head cache-aloc-n7 cache-aloc-width7 cache-aloc-n; do
     $H $k $k.skv || exit 1
     for cmd in "skv-quant -d -o o.skv" "skv-attend -o o.skv" "skv-stats mem"; do
         # shellcheck disable=SC2086
@@ -205,7 +220,15 @@ done
 $H cache-aloc-ok cok.skv || exit 1
 run skv-stats mem cok.skv
 expect_rc 0 "a cache with a valid allocation loads"
-for k in aloc-layer aloc-head aloc-n7 aloc-width7 aloc-twice aloc-missing aloc-pad aloc-nan; do
+for k in aloc-layer4095 aloc-width9 aloc-width32 aloc-width128 aloc-n513; do
+    $H $k $k.skv || exit 1
+done
+for k in aloc-layer aloc-head aloc-n7 aloc-width7 aloc-twice aloc-missing aloc-pad aloc-nan \
+         aloc-layer4095 aloc-width9 aloc-width32 aloc-width128 aloc-n513; do
+    run skv-trace info $k.skv
+    expect_rc 1 "skv-trace info rejects $k"
+    run skv-quant --uniform 4 -o o.skv $k.skv
+    expect_rc 1 "skv-quant rejects $k (an allocation is checked even with --uniform)"
     run skv-attend --reference -o o.skv $k.skv
     expect_rc 1 "skv-attend --reference rejects $k"
     run skv-alloc --policy uniform:4 -o o.skv $k.skv
