@@ -286,6 +286,21 @@ if [ -z "$SKV_VALGRIND" ]; then
     rm -f out.skv.tmp*
 fi
 
+# fsync before the rename (the data is on disk before the name points to
+# it), and SKV_NO_FSYNC=1 skips it
+if command -v strace > /dev/null 2>&1 && strace -f -o /dev/null true 2> /dev/null; then
+    strace -f -e trace=fsync,fdatasync,rename,renameat,renameat2 -o st.log \
+        skv-trace cat -o fs.skv small.skv 2> /dev/null
+    check "the output is fsynced before its rename" \
+        awk '/fsync\(/ && !f { f = NR } /rename/ { r = NR } END { exit !(f && r && f < r) }' st.log
+    SKV_NO_FSYNC=1 strace -f -e trace=fsync,fdatasync,rename,renameat,renameat2 -o st.log \
+        skv-trace cat -o fs.skv small.skv 2> /dev/null
+    check "SKV_NO_FSYNC=1: renamed without fsync" \
+        awk '/fsync\(/ { f = 1 } /rename/ { r = 1 } END { exit !(!f && r) }' st.log
+else
+    skip "fsync before rename" "no strace, or ptrace not permitted"
+fi
+
 # ---- concurrent writers to one output name ----
 rm -f out.skv
 skv-trace synth -L 1 -T 64 -H 2 -K 1 -D 16 --seed 2 -o s2.skv || exit 1
