@@ -390,26 +390,6 @@ int skv_cache_input_load(const char *path, skv_trace **out, skv_chunk_list *extr
 {
     input_ctx ctx = {extra};
     int rc = skv_trace_load_with(path, keep_chunk, &ctx, out);
-    /* skv-alloc's rule too: every value is checked, not only the rows a
-     * plan stores, so that both tools accept the same traces */
-    int loaded = rc == 0;
-    for (uint32_t l = 0; rc == 0 && l < (*out)->hdr.n_layers; l++) {
-        const skv_trace_hdr *h = &(*out)->hdr;
-        const size_t per = (size_t)h->n_tokens * h->head_dim;
-        for (uint32_t i = 0; rc == 0 && i < h->n_heads; i++)
-            rc = skv_trace_values_check(SKV_TK_Q, l, i, 0, h->n_tokens, h->head_dim,
-                                        (*out)->q[l] + i * per);
-        for (uint32_t i = 0; rc == 0 && i < 2 * h->n_kv_heads; i++)
-            rc = skv_trace_values_check(i < h->n_kv_heads ? SKV_TK_K : SKV_TK_V, l,
-                                        i % h->n_kv_heads, 0, h->n_tokens, h->head_dim,
-                                        (i < h->n_kv_heads ? (*out)->k[l] : (*out)->v[l]) +
-                                            (i % h->n_kv_heads) * per);
-    }
-    if (rc < 0 && loaded) {
-        skv_trace_free(*out);
-        *out = NULL;
-        return rc;
-    }
     /* an allocation is checked even when it will not be used (--uniform),
      * since it is passed on into the packed cache */
     if (rc == 0 && (rc = check_alloc_chunks(&(*out)->hdr, extra, "")) < 0) {
@@ -421,6 +401,25 @@ int skv_cache_input_load(const char *path, skv_trace **out, skv_chunk_list *extr
 
 /* ---- writer ---- */
 
+int skv_trace_check_values(const skv_trace *t)
+{
+    const skv_trace_hdr *h = &t->hdr;
+    const size_t per = (size_t)h->n_tokens * h->head_dim;
+    int rc = 0;
+    for (uint32_t l = 0; rc == 0 && l < h->n_layers; l++) {
+        for (uint32_t i = 0; rc == 0 && i < h->n_heads; i++)
+            rc = skv_trace_values_check(SKV_TK_Q, l, i, 0, h->n_tokens, h->head_dim,
+                                        t->q[l] + i * per);
+        for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+            rc = skv_trace_values_check(SKV_TK_K, l, i, 0, h->n_tokens, h->head_dim,
+                                        t->k[l] + i * per);
+        for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+            rc = skv_trace_values_check(SKV_TK_V, l, i, 0, h->n_tokens, h->head_dim,
+                                        t->v[l] + i * per);
+    }
+    return rc;
+}
+
 int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
                     const skv_chunk_list *pass, unsigned flags, skv_cache_stats *st)
 {
@@ -430,6 +429,10 @@ int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
         p->n_tokens != th->n_tokens || p->q.head_dim != th->head_dim)
         return skv_error(SKV_EINVAL, "the plan's shape differs from the trace's");
     if ((rc = skv_qcfg_check(&p->q)) < 0)
+        return rc;
+    /* skv-alloc's rule: every value, not only the rows the plan stores, so
+     * that both tools accept the same traces */
+    if ((rc = skv_trace_check_values(t)) < 0)
         return rc;
     skv_cache_stats local;
     if (!st)

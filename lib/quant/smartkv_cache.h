@@ -148,6 +148,11 @@ SKV_EXPORT int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes);
 SKV_EXPORT int skv_cache_input_load(const char *path, skv_trace **t, skv_chunk_list *extra);
 
 /* ---- writer ---- */
+/* Every Q, K and V value of t finite and within the fp16 range
+ * (skv_trace_values_check, the rule skv-alloc applies as it reads): 0, or
+ * SKV_EFORMAT naming the first bad value.  skv_cache_write checks it first. */
+SKV_EXPORT int skv_trace_check_values(const skv_trace *t);
+
 /* A cache holds the cache: skv-quant drops the queries unless asked to keep
  * them (skv-attend can take them from the trace: skv_cache_queries_from). */
 #define SKV_CACHE_DROP_QUERIES 0x1u
@@ -165,7 +170,8 @@ typedef struct skv_cache_stats {
  * (everything after HEAD and before DONE; the caller closes or discards).
  * `pass` chunks (may be NULL) are written after TOKS and before PKHD.
  * When p came from an allocation, its predicted bytes must equal the byte
- * model (else SKV_EFORMAT: the two tools disagree).  Uncompressed, the
+ * model (else SKV_EFORMAT: the two tools disagree); a value skv-alloc
+ * would refuse is SKV_EFORMAT before anything is written.  Uncompressed, the
  * PKHD and PBKT chunks take exactly model_bytes (checked).  st may be NULL. */
 SKV_EXPORT int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
                                const skv_chunk_list *pass, unsigned flags,

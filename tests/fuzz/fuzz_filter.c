@@ -63,8 +63,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     skv_stream *ps = skv_open_write_fd(pfd, "cache", -1);
     FUZZ_ASSERT(ps);
     skv_cache_stats st;
-    /* one rule for the values (skv_trace_values_check): what skv-alloc
-     * accepted, skv-quant packs */
+    /* one rule for the values (skv_trace_check_values, which
+     * skv_cache_write applies first): what skv-alloc accepted, skv-quant packs */
     rc = skv_cache_write(ps, t, &plan, &extra, 0, &st);
     if (rc < 0)
         fprintf(stderr, "skv-quant fails on skv-alloc's output: %s\n", skv_errmsg());
