@@ -718,7 +718,7 @@ static int read_pkhd(rd *r, const skv_chunk *ch)
     /* A pointer per layer, all to one array of empty heads: a layer's own
      * records, its queries and its buckets are allocated as its chunks
      * arrive, so a header alone costs a few KiB whatever shape it declares. */
-    c->layers = skv_calloc(p->n_layers, sizeof *c->layers);
+    c->layers = skv_calloc(p->n_layers, sizeof(skv_cache_head *));
     c->empty = skv_calloc(p->n_kv_heads, sizeof *c->empty);
     if (!c->layers || !c->empty)
         return SKV_ENOMEM;
