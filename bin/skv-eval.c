@@ -36,7 +36,8 @@ static noreturn void usage(void)
            "\n"
            "Cache options:\n"
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
-           "                         greedy, optimal, uniform:N, random, position,\n"
+           "                         greedy, optimal, uniform:N, uniform-protect:N,\n"
+           "                         random, position,\n"
            "                         layer-aware, prune-merge[:K]; baselines q8_0, q4_0,\n"
            "                         streaming, h2o, snapkv, mikv; atskv, atskv-ema\n"
            "                         (needle: a comma list)\n"
@@ -65,6 +66,12 @@ static noreturn void usage(void)
            "      --value-group G    channels per value scale group (default --group)\n"
            "      --residual R       newest tokens kept fp16; they leave R at a time\n"
            "                         (same as --realloc; kivi default 32)\n"
+           "      --imp-power P      1: importance is the EMA of attention p (default);\n"
+           "                         2: of p^2 (errors weighted as the output feels them)\n"
+           "      --recency W        smartkv: add a 1/age prior of mass W to the tracked\n"
+           "                         attention (mass 1) (grouped layout; default 0)\n"
+           "      --protect-bits N   sinks and residual quantized per token at N bits\n"
+           "                         (8 or 4) as they enter; 16 (default): fp16\n"
            "prune-merge options (policy prune-merge; -b, --sinks, --recent apply):\n"
            "      --max-cache-size B kept tokens beyond sinks and recent (default: from -b)\n"
            "      --num-clusters K   centroids per layer and KV head; 0 prunes only (default 8)\n"
@@ -108,7 +115,7 @@ enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
-    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PM_B,
+    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS, O_IMPPOW, O_RECENCY, O_PM_B,
     O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS
 };
 
@@ -134,6 +141,9 @@ static const struct option longopts[] = {
     {"residual", required_argument, NULL, O_RESIDUAL},
     {"grouped", no_argument, NULL, O_GROUPED},
     {"prior", required_argument, NULL, O_PRIOR},
+    {"protect-bits", required_argument, NULL, O_PROTBITS},
+    {"imp-power", required_argument, NULL, O_IMPPOW},
+    {"recency", required_argument, NULL, O_RECENCY},
     {"weights", required_argument, NULL, O_WEIGHTS},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
@@ -430,10 +440,8 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "prune-merge:%u", c->pm.num_clusters);
     else if (c->kind == SKV_EC_ATSKV)
         snprintf(buf, n, "%s", c->rlv && c->rlv->label ? c->rlv->label : "atskv");
-    else if (c->alloc.policy == SKV_POLICY_UNIFORM)
-        snprintf(buf, n, "uniform:%u", c->alloc.uniform_bits);
     else
-        snprintf(buf, n, "%s", skv_policy_name(c->alloc.policy));
+        skv_policy_format(c->alloc.policy, c->alloc.uniform_bits, buf, n);
 }
 
 static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int front)
@@ -756,6 +764,8 @@ static uint32_t make_rows(const opts *o, row **out)
                         }
                         if (base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE || atskv)
                             c.realloc = o->reallocs[ri];
+                        if (c.kivi_bits && c.realloc % 32)  /* as skv_ec_kivi_parse */
+                            c.realloc = 32;
                         if (skv_ec_cfg_check(&c) < 0)
                             tool_usage_error("%s", skv_errmsg());
                         if (n == cap) {
@@ -1107,6 +1117,20 @@ int main(int argc, char **argv)
         case O_KVSPLIT: o.cfg.layout = SKV_EC_GROUPED; o.cfg.kv_split = 1; break;
         case O_GROUPED: o.cfg.layout = SKV_EC_GROUPED; break;
         case O_PRIOR: o.cfg.prior = tool_opt_double("--prior", optarg, 0, 1e6, 0); break;
+        case O_RECENCY:
+            o.cfg.layout = SKV_EC_GROUPED;
+            o.cfg.recency = tool_opt_double("--recency", optarg, 0, 1e6, 0);
+            break;
+        case O_IMPPOW:
+            o.cfg.layout = SKV_EC_GROUPED;
+            o.cfg.imp_power = tool_opt_u32("--imp-power", optarg, 1, 2);
+            break;
+        case O_PROTBITS:
+            o.cfg.layout = SKV_EC_GROUPED;
+            o.cfg.protect_bits = tool_opt_u32("--protect-bits", optarg, 4, 16);
+            if (o.cfg.protect_bits != 4 && o.cfg.protect_bits != 8 && o.cfg.protect_bits != 16)
+                tool_usage_error("--protect-bits: %u is not 4, 8 or 16", o.cfg.protect_bits);
+            break;
         case O_ERROR:
             o.cfg.layout = SKV_EC_GROUPED;
             if (!strcmp(optarg, "imp-mse"))
