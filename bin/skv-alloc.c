@@ -410,11 +410,12 @@ int main(int argc, char **argv)
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        int outside = skv_stream_failed(os); /* a write failed: the output's */
         skv_discard(os);
         skv_close(is);
         /* a setting that cannot work for this trace (a budget below its
          * smallest cache) depends on the data too: exit 1 */
-        tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), msg);
+        tool_die(EXIT_DATA, "%s: %s", outside ? tool_out_name(out) : tool_in_name(in), msg);
     }
     skv_close(is);
     if (skv_close(os) < 0) {

@@ -286,12 +286,14 @@ int main(int argc, char **argv)
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        /* the output's fault only when a write to it failed; "stream ends
+         * inside ..." and every other message is about an input */
+        int outside = skv_stream_failed(s);
         skv_discard(s);
         skv_attend_free(ctx);
         if (*tmp)
             unlink(tmp);
-        int outside = !strncmp(msg, "write error", 11) || !strncmp(msg, "stream ", 7);
-        tool_die(EXIT_DATA, "%s: %s", outside ? tool_out_name(out)
+        tool_die(EXIT_DATA, "%s: %s", outside ? (*tmp ? tmp : tool_out_name(out))
                  : qfail ? tool_in_name(queries) : tool_in_name(in), msg);
     }
     skv_attend_free(ctx);
@@ -306,13 +308,10 @@ int main(int argc, char **argv)
         unlink(tmp);
         if (rc < 0)
             tool_fail(tmp);
-        FILE *f = out && strcmp(out, "-") != 0 ? fopen(out, "w") : stdout;
-        if (!f)
-            tool_die(EXIT_DATA, "%s: cannot open for writing", out);
+        FILE *f = tool_text_open(out);
         (fmt == TOOL_FMT_JSON ? print_json : print_tsv)(f, a);
         skv_attn_free(a);
-        if (fflush(f) != 0 || ferror(f) || (f != stdout && fclose(f) != 0))
-            tool_die(EXIT_DATA, "%s: write error", tool_out_name(out));
+        tool_text_close(f, out);
     }
     return 0;
 }

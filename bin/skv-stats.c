@@ -32,25 +32,6 @@ static void usage(FILE *f)
 "FILE '-' means standard input (at most one of the files).\n", TOOL_COMMON_HELP);
 }
 
-static FILE *open_text_out(const char *out)
-{
-    if (!out || !strcmp(out, "-"))
-        return stdout;
-    FILE *f = fopen(out, "w");
-    if (!f)
-        tool_die(EXIT_DATA, "%s: cannot open for writing", out);
-    return f;
-}
-
-static void close_text_out(FILE *f, const char *out)
-{
-    if (fflush(f) != 0 || ferror(f) || (f != stdout && fclose(f) != 0)) {
-        if (out && strcmp(out, "-") != 0)
-            remove(out);
-        tool_die(EXIT_DATA, "%s: write error", tool_out_name(out));
-    }
-}
-
 static skv_attn *load(const char *path)
 {
     skv_attn *a;
@@ -147,7 +128,7 @@ static int cmd_compare(int fmt, const char *out, int argc, char **argv)
         skv_attn_free(test);
         tool_die(EXIT_DATA, "%s and %s: %s", tool_in_name(argv[0]), tool_in_name(argv[1]), msg);
     }
-    FILE *f = open_text_out(out);
+    FILE *f = tool_text_open(out);
     if (fmt == FMT_JSON) {
         fputs("{\"reference\": ", f);
         jstr(f, argv[0]);
@@ -186,7 +167,7 @@ static int cmd_compare(int fmt, const char *out, int argc, char **argv)
         if (fmt == FMT_TEXT && !c.all.has_probs)
             fputs("(no attention probabilities: run skv-attend --probs for KL and top-k)\n", f);
     }
-    close_text_out(f, out);
+    tool_text_close(f, out);
     skv_compare_free(&c);
     skv_attn_free(ref);
     skv_attn_free(test);
@@ -276,7 +257,7 @@ static int cmd_sweep(int fmt, const char *out, int argc, char **argv)
     skv_pareto(bx, ex, n, on);
     for (uint32_t i = 0; i < n; i++)
         pt[i].pareto = on[i];
-    FILE *f = open_text_out(out);
+    FILE *f = tool_text_open(out);
     if (fmt == FMT_JSON) {
         fputs("{\"reference\": ", f);
         jstr(f, argv[0]);
@@ -327,7 +308,7 @@ static int cmd_sweep(int fmt, const char *out, int argc, char **argv)
               "reference;\n* : on the Pareto front (no other point has fewer bytes and lower "
               "error)\n", f);
     }
-    close_text_out(f, out);
+    tool_text_close(f, out);
     skv_attn_free(ref);
     free(pt);
     free(bx);
@@ -416,7 +397,7 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
     uint64_t rows = 0;
     for (int w = 0; w < SKV_NBITS; w++)
         rows += m.width_rows[w];
-    FILE *f = open_text_out(out);
+    FILE *f = tool_text_open(out);
     if (fmt == FMT_JSON) {
         fprintf(f, "{\"cache\": ");
         jstr(f, argv[0]);
@@ -482,7 +463,7 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
             fprintf(f, "   %llu bytes\n", (unsigned long long)m.layer_bytes[l]);
         }
     }
-    close_text_out(f, out);
+    tool_text_close(f, out);
     skv_mem_free(&m);
 
     return 0;

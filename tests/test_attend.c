@@ -438,7 +438,8 @@ static void packed_case(const pk_case *pc)
     skv_attend_opts o1 = {1, SKV_KERNEL_SCALAR, 0};
     skv_attend_ctx *c1 = skv_attend_new(&o1);
     for (uint32_t h = 0; h < Hkv; h++) {
-        const uint8_t *bits = skv_cache_head_at(c, 0, h)->bits;
+        uint8_t *bits = malloc(T);
+        skv_cache_head_widths(skv_cache_head_at(c, 0, h), T, bits);
         for (uint64_t si = 0; si < S; si++) {
             uint64_t tt = steps[si], n = 0;
             for (uint64_t u = 0; u <= tt; u++)
@@ -476,6 +477,7 @@ static void packed_case(const pk_case *pc)
             }
             free(qq); free(kk); free(vv); free(map);
         }
+        free(bits);
     }
     skv_attend_free(c1);
     for (int kern = SKV_KERNEL_SCALAR; kern <= SKV_KERNEL_AVX2; kern++) {

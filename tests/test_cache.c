@@ -321,7 +321,10 @@ static void check_loaded(const skv_cache *c, const skv_trace *t, const skv_cache
         for (uint32_t kh = 0; kh < h->n_kv_heads; kh++) {
             const skv_cache_head *ch = skv_cache_head_at(c, l, kh);
             const uint8_t *bits = p->bits + ((size_t)l * h->n_kv_heads + kh) * T;
-            expect(memcmp(ch->bits, bits, T) == 0);
+            uint8_t *got = malloc(T + 1);
+            skv_cache_head_widths(ch, T, got);
+            expect(memcmp(got, bits, T) == 0);
+            free(got);
             uint32_t prev = 0;
             for (uint32_t b = 0; b < ch->n_buckets; b++) {
                 expect(ch->buckets[b].bits >= prev);
@@ -498,12 +501,12 @@ END_TEST
 
 enum {
     M_NONE, M_IDX_DESC, M_IDX_RANGE, M_DUP_TOKEN, M_BAD_BITS, M_SHORT, M_PADDING, M_ORDER,
-    M_MISSING, M_QCFG, M_PART, M_RESERVED, M_BEFORE_Q, M_NSTORED, M_COUNT
+    M_MISSING, M_QCFG, M_PART, M_RESERVED, M_BEFORE_Q, M_NSTORED, M_DUP_FAR, M_COUNT
 };
 static const char *const m_expect[M_COUNT] = {
     "", "not ascending", "out of range", "already stored", "bad width", "payload is",
     "padding", "out of order", "PBKT chunks", "quantizer settings", "part 0", "reserved",
-    "queries of its layer", "PBKT chunks"};
+    "queries of its layer", "PBKT chunks", "already stored"};
 
 /* One layer, one kv head, T=12 tokens, d=16; buckets: 2-bit {1,3,5}, 4-bit {0,2,7},
  * 16-bit {4}; the others evicted. */
@@ -520,6 +523,8 @@ static void write_custom(const char *path, int m)
     }
     if (m == M_DUP_TOKEN)
         bk[1].idx[1] = 3;  /* token 3 also in the 2-bit bucket */
+    if (m == M_DUP_FAR)
+        bk[2].idx[0] = 1;  /* the 16-bit token is also in the 2-bit bucket, two widths back */
     skv_stream *s = skv_open_write(path, -1);
     skv_trace_hdr h = t->hdr;
     h.flags |= SKV_TRACE_PACKED;
@@ -582,7 +587,11 @@ START_TEST(test_corrupt_rejected)
             expect((h->n_buckets) == (3));
             expect((h->n_stored) == (7));
             const uint8_t want[12] = {4, 2, 4, 2, 16, 2, 0, 4, 0, 0, 0, 0};
-            expect(memcmp(h->bits, want, 12) == 0);
+            uint8_t got[12];
+            skv_cache_head_widths(h, 12, got);
+            expect(memcmp(got, want, 12) == 0);
+            for (uint64_t t = 0; t < 12; t++)
+                expect(skv_cache_width(h, t) == want[t]);
             skv_cache_free(c);
             continue;
         }
@@ -590,6 +599,29 @@ START_TEST(test_corrupt_rejected)
         ck_assert_ptr_null(c);
         expect_msg(strstr(skv_errmsg(), m_expect[m]), "mutation %d: message \"%s\" lacks "
                       "\"%s\"", m, skv_errmsg(), m_expect[m]);
+    }
+    /* the conformance checker (skv-trace info, cat) rejects exactly these */
+    for (int m = 0; m < M_COUNT; m++) {
+        const char *path = tmpfile_name("custom.skv");
+        write_custom(path, m);
+        skv_stream *s = skv_open_read(path);
+        skv_checker *k = skv_checker_new();
+        expect(s && k);
+        skv_chunk ch;
+        int rc;
+        while ((rc = skv_read(s, &ch)) > 0)
+            if ((rc = skv_check_chunk(k, &ch)) < 0)
+                break;
+        if (rc == 0)
+            rc = skv_check_end(k);
+        skv_checker_free(k);
+        skv_close(s);
+        if (m == M_NONE)
+            expect_msg(rc == 0, "checker: %s", skv_errmsg());
+        else
+            expect_msg(rc < 0 && strstr(skv_errmsg(), m == M_DUP_TOKEN || m == M_DUP_FAR
+                                                          ? "already stored" : ""),
+                       "checker, mutation %d: rc %d (%s)", m, rc, skv_errmsg());
     }
 }
 END_TEST
@@ -655,6 +687,13 @@ START_TEST(test_multipart_bucket)
     expect((h->buckets[1].n) == (2));
     expect((h->buckets[1].part) == (1));
     expect((h->buckets[1].idx[1]) == (T - 1));
+    /* lookups across the parts (no per-token array behind them) */
+    const skv_bucket *fb;
+    uint32_t row;
+    expect(skv_cache_width(h, 7) == 0 && skv_cache_width(h, 6) == 16);
+    expect(skv_cache_find(h, max, &fb, &row) == 1 && fb == &h->buckets[0] && row == max - 1);
+    expect(skv_cache_find(h, max + 1, &fb, &row) == 1 && fb == &h->buckets[1] && row == 0);
+    expect(skv_cache_find(h, T - 1, &fb, &row) == 1 && fb == &h->buckets[1] && row == 1);
     /* fp16 traces survive 16-bit storage exactly */
     float *k = malloc(sizeof(float) * T * 1024);
     skv_cache_dequantize_head(c, 0, 0, k, NULL);
@@ -793,7 +832,11 @@ START_TEST(test_streamed_equals_whole)
             const skv_cache_head *a = skv_cache_head_at(c, l, kh), *b = skv_cache_head_at(whole, l, kh);
             ck_assert_uint_eq(a->n_buckets, b->n_buckets);
             ck_assert_uint_eq(a->n_stored, b->n_stored);
-            ck_assert(!memcmp(a->bits, b->bits, (size_t)t->hdr.n_tokens));
+            static uint8_t wa[4096], wb[4096];
+            ck_assert_uint_le(t->hdr.n_tokens, sizeof wa);
+            skv_cache_head_widths(a, t->hdr.n_tokens, wa);
+            skv_cache_head_widths(b, t->hdr.n_tokens, wb);
+            ck_assert(!memcmp(wa, wb, (size_t)t->hdr.n_tokens));
             for (uint32_t i = 0; i < a->n_buckets; i++)
                 ck_assert(!memcmp(a->buckets[i].payload, b->buckets[i].payload,
                                   a->buckets[i].payload_bytes));

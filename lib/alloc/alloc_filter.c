@@ -7,6 +7,7 @@
  * per-layer importance and error-model arrays (O(layers * kv heads *
  * tokens)) are kept for the global budget, which spans all layers. */
 #include "smartkv_alloc.h"
+#include "smartkv_quant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -138,6 +139,10 @@ static int on_tens(filt *f, const skv_chunk *c, const skv_imp_cfg *icfg)
                        sizeof(float), full * sizeof(float))) < 0)
         return rc;
     skv_tens_to_f32(&t, *dst + at);
+    /* skv-quant's rule, so that no allocation is made for a trace it refuses */
+    if ((rc = skv_trace_values_check(t.kind, t.layer, t.head, t.row0, t.rows, t.cols,
+                                     *dst + at)) < 0)
+        return rc;
     f->row += t.rows;
     if (f->row < h->n_tokens)
         return 0;

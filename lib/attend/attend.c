@@ -1352,9 +1352,8 @@ static int pjob_layer(pjob *j, skv_attend_ctx *ctx, const skv_cache *c, uint32_t
         size_t per = (size_t)T * h->head_dim;
         for (uint32_t kh = 0; kh < Hkv; kh++) {
             skv_cache_dequantize_head(c, l, kh, j->k + kh * per, j->v + kh * per);
-            const uint8_t *bits = skv_cache_head_at(c, l, kh)->bits;
-            for (uint64_t t = 0; t < T; t++)
-                j->mask[(size_t)kh * T + t] = bits[t] != 0;
+            /* the widths, as a mask: non-zero for the stored tokens */
+            skv_cache_head_widths(skv_cache_head_at(c, l, kh), T, j->mask + (size_t)kh * T);
         }
         L.kind = SKV_KV_F32;
         L.k = j->k;

@@ -409,6 +409,25 @@ int skv_cache_input_load(const char *path, skv_trace **out, skv_chunk_list *extr
 
 /* ---- writer ---- */
 
+int skv_trace_check_values(const skv_trace *t)
+{
+    const skv_trace_hdr *h = &t->hdr;
+    const size_t per = (size_t)h->n_tokens * h->head_dim;
+    int rc = 0;
+    for (uint32_t l = 0; rc == 0 && l < h->n_layers; l++) {
+        for (uint32_t i = 0; rc == 0 && i < h->n_heads; i++)
+            rc = skv_trace_values_check(SKV_TK_Q, l, i, 0, h->n_tokens, h->head_dim,
+                                        t->q[l] + i * per);
+        for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+            rc = skv_trace_values_check(SKV_TK_K, l, i, 0, h->n_tokens, h->head_dim,
+                                        t->k[l] + i * per);
+        for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+            rc = skv_trace_values_check(SKV_TK_V, l, i, 0, h->n_tokens, h->head_dim,
+                                        t->v[l] + i * per);
+    }
+    return rc;
+}
+
 /* One cache being written: the header as written, the plan, and the
  * scratch buffers reused from layer to layer. */
 typedef struct cwriter {
@@ -484,6 +503,16 @@ static int cw_layer(cwriter *w, uint32_t l, const float *q, const float *k, cons
     skv_cache_stats *st = w->st;
     const size_t T = (size_t)h->n_tokens, d = h->head_dim;
     int rc = 0;
+    /* skv-alloc's rule: every value, not only the rows the plan stores, so
+     * that both tools accept the same traces */
+    for (uint32_t i = 0; q && rc == 0 && i < h->n_heads; i++)
+        rc = skv_trace_values_check(SKV_TK_Q, l, i, 0, h->n_tokens, h->head_dim, q + i * T * d);
+    for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+        rc = skv_trace_values_check(SKV_TK_K, l, i, 0, h->n_tokens, h->head_dim, k + i * T * d);
+    for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+        rc = skv_trace_values_check(SKV_TK_V, l, i, 0, h->n_tokens, h->head_dim, v + i * T * d);
+    if (rc < 0)
+        return rc;
     if (!w->order && !(w->order = skv_malloc((T ? T : 1) * sizeof(uint32_t))))
         return SKV_ENOMEM;
     if (!p->bits && !w->row) {
@@ -897,26 +926,26 @@ void skv_cache_free(skv_cache *c)
 {
     if (!c)
         return;
-    if (c->heads) {
-        size_t nh = (size_t)c->pk.n_layers * c->pk.n_kv_heads;
-        for (size_t i = 0; i < nh; i++) {
-            skv_cache_head *h = &c->heads[i];
+    for (uint32_t l = 0; c->layers && l < c->pk.n_layers; l++) {
+        if (c->layers[l] == c->empty)
+            continue;
+        for (uint32_t kh = 0; kh < c->pk.n_kv_heads; kh++) {
+            skv_cache_head *h = &c->layers[l][kh];
             for (uint32_t b = 0; b < h->n_buckets; b++)
                 free(h->owned[b]);
             free(h->owned);
             free(h->buckets);
-            if (h->bits != c->zero_bits)
-                free(h->bits);
         }
-        free(c->heads);
+        free(c->layers[l]);
     }
+    free(c->layers);
+    free(c->empty);
     if (c->q) {
         for (uint32_t l = 0; l < c->pk.n_layers; l++)
             free(c->q[l]);
         free(c->q);
     }
     free(c->tokens);
-    free(c->zero_bits);
     skv_chunk_list_free(&c->extra);
     free(c);
 }
@@ -932,6 +961,36 @@ typedef struct {
     uint32_t pl, ph, pw, ppart, pn, plast;
     uint64_t rel_bytes, rel_stored; /* of the layers a layer reader has released */
 } rd;
+
+/* Token t in a run of buckets of one width (its parts: disjoint, ascending
+ * token ranges): 1 with *bi (bucket within the run) and *row set, or 0. */
+static int run_find(const skv_bucket *b, uint32_t n, uint64_t t, uint32_t *bi, uint32_t *row)
+{
+    uint32_t lo = 0, hi = n;  /* parts [0, lo) start at or before t */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (b[mid].idx[0] <= t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return 0;
+    const skv_bucket *p = &b[lo - 1];
+    uint32_t a = 0, z = p->n;  /* first index >= t */
+    while (a < z) {
+        uint32_t mid = a + (z - a) / 2;
+        if (p->idx[mid] < t)
+            a = mid + 1;
+        else
+            z = mid;
+    }
+    if (a == p->n || p->idx[a] != t)
+        return 0;
+    *bi = lo - 1;
+    *row = a;
+    return 1;
+}
 
 static int add_bucket(skv_cache_head *h, const skv_bucket *b, void *mem)
 {
@@ -968,16 +1027,15 @@ static int read_pkhd(rd *r, const skv_chunk *ch)
                                            p->q.head_dim))
         return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: fp16 byte count %llu is wrong",
                          (unsigned long long)ch->offset, (unsigned long long)p->fp16_bytes);
-    /* Only the per-head records here (at most 2^20 of them); the queries,
-     * buckets and width arrays are allocated as their chunks arrive. */
-    size_t nh = (size_t)p->n_layers * p->n_kv_heads;
-    c->heads = skv_calloc(nh, sizeof *c->heads);
-    if (!c->heads)
+    /* A pointer per layer, all to one array of empty heads: a layer's own
+     * records, its queries and its buckets are allocated as its chunks
+     * arrive, so a header alone costs a few KiB whatever shape it declares. */
+    c->layers = skv_calloc(p->n_layers, sizeof(skv_cache_head *));
+    c->empty = skv_calloc(p->n_kv_heads, sizeof *c->empty);
+    if (!c->layers || !c->empty)
         return SKV_ENOMEM;
-    for (size_t i = 0; i < nh; i++) {
-        c->heads[i].layer = (uint32_t)(i / p->n_kv_heads);
-        c->heads[i].kv_head = (uint32_t)(i % p->n_kv_heads);
-    }
+    for (uint32_t l = 0; l < p->n_layers; l++)
+        c->layers[l] = c->empty;
     if (!(c->hdr.flags & SKV_TRACE_NO_QUERIES)) {
         c->q = skv_calloc(p->n_layers, sizeof *c->q);
         if (!c->q)
@@ -1082,21 +1140,33 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu (layer %u kv head %u %u-bit part "
                          "%u): %s", at, b.layer, b.kv_head, b.bits, b.part, bad);
     }
-    skv_cache_head *h = &c->heads[(size_t)b.layer * p->n_kv_heads + b.kv_head];
-    if (!h->bits && !(h->bits = skv_calloc((size_t)p->n_tokens, 1))) {
+    /* no token in two buckets of the head: parts of one width ascend (checked
+     * above), so each token is looked up in the runs of the earlier widths;
+     * no per-token array, whatever n_tokens the header declares */
+    if (c->layers[b.layer] == c->empty &&
+        !(c->layers[b.layer] = skv_calloc(p->n_kv_heads, sizeof *c->empty))) {
+        c->layers[b.layer] = c->empty;
         free(mem);
         return SKV_ENOMEM;
     }
-    for (uint32_t i = 0; i < b.n; i++) {
-        uint32_t t = b.idx[i];
-        if (h->bits[t]) {
-            free(mem);
-            return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u kv "
-                             "head %u is already stored at %u bits", at, t, b.layer, b.kv_head,
-                             h->bits[t]);
+    skv_cache_head *h = &c->layers[b.layer][b.kv_head];
+    uint32_t run[SKV_NBITS + 1], nrun = 0, lim = 0;
+    while (lim < h->n_buckets && h->buckets[lim].bits != b.bits)
+        lim++;  /* buckets [0, lim) have smaller widths; the rest are parts of this one */
+    for (uint32_t i = 0; i < lim; i++)
+        if (i == 0 || h->buckets[i].bits != h->buckets[i - 1].bits)
+            run[nrun++] = i;
+    run[nrun] = lim;
+    for (uint32_t i = 0; i < b.n; i++)
+        for (uint32_t k = 0; k < nrun; k++) {
+            uint32_t bi, row;
+            if (run_find(h->buckets + run[k], run[k + 1] - run[k], b.idx[i], &bi, &row)) {
+                free(mem);
+                return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u "
+                                 "kv head %u is already stored at %u bits", at, b.idx[i],
+                                 b.layer, b.kv_head, h->buckets[run[k]].bits);
+            }
         }
-        h->bits[t] = (uint8_t)b.bits;
-    }
     if ((rc = add_bucket(h, &b, mem)) < 0) {
         free(mem);
         return rc;
@@ -1128,7 +1198,9 @@ static int read_finish(rd *r)
                          (unsigned long long)r->toks, (unsigned long long)c->hdr.n_tokens);
     uint64_t bytes = skv_pkhd_file_bytes() + r->rel_bytes, stored = r->rel_stored;
     for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++) {
-        const skv_cache_head *h = &c->heads[i];
+        if (c->layers[i / p->n_kv_heads] == c->empty)
+            continue;  /* no bucket in the layer */
+        const skv_cache_head *h = &c->layers[i / p->n_kv_heads][i % p->n_kv_heads];
         uint64_t cnt[SKV_NBITS] = {0};
         for (uint32_t b = 0; b < h->n_buckets; b++)
             cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
@@ -1143,13 +1215,6 @@ static int read_finish(rd *r)
     if (bytes != p->cache_bytes)
         return skv_error(SKV_EFORMAT, "the buckets take %llu bytes, the PKHD chunk says %llu",
                          (unsigned long long)bytes, (unsigned long long)p->cache_bytes);
-    /* heads with every token evicted share one array of zero widths */
-    for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++)
-        if (!c->heads[i].bits) {
-            if (!c->zero_bits && !(c->zero_bits = skv_calloc((size_t)p->n_tokens, 1)))
-                return SKV_ENOMEM;
-            c->heads[i].bits = c->zero_bits;
-        }
     return 0;
 }
 
@@ -1322,25 +1387,22 @@ static void release_layer(rd *r, uint32_t l)
 {
     skv_cache *c = r->c;
     const skv_pkhd *p = &c->pk;
-    for (uint32_t kh = 0; kh < p->n_kv_heads; kh++) {
-        skv_cache_head *h = &c->heads[(size_t)l * p->n_kv_heads + kh];
-        uint64_t cnt[SKV_NBITS] = {0};
-        for (uint32_t b = 0; b < h->n_buckets; b++) {
-            cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
-            free(h->owned[b]);
+    if (c->layers && c->layers[l] && c->layers[l] != c->empty) {
+        for (uint32_t kh = 0; kh < p->n_kv_heads; kh++) {
+            skv_cache_head *h = &c->layers[l][kh];
+            uint64_t cnt[SKV_NBITS] = {0};
+            for (uint32_t b = 0; b < h->n_buckets; b++) {
+                cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
+                free(h->owned[b]);
+            }
+            for (int w = 1; w < SKV_NBITS; w++)
+                r->rel_bytes += skv_bucket_file_bytes(&p->q, skv_bit_widths[w], cnt[w]);
+            r->rel_stored += h->n_stored;
+            free(h->owned);
+            free(h->buckets);
         }
-        for (int w = 1; w < SKV_NBITS; w++)
-            r->rel_bytes += skv_bucket_file_bytes(&p->q, skv_bit_widths[w], cnt[w]);
-        r->rel_stored += h->n_stored;
-        free(h->owned);
-        free(h->buckets);
-        if (h->bits != c->zero_bits)
-            free(h->bits);
-        h->owned = NULL;
-        h->buckets = NULL;
-        h->bits = NULL;
-        h->n_buckets = 0;
-        h->n_stored = 0;
+        free(c->layers[l]);
+        c->layers[l] = c->empty;
     }
     if (c->q) {
         free(c->q[l]);
@@ -1412,14 +1474,6 @@ int skv_cache_reader_next(skv_cache_reader *cr, uint32_t *layer)
             cr->avail = touched < L ? touched : L;
     }
     uint32_t l = cr->next++;
-    for (uint32_t kh = 0; kh < c->pk.n_kv_heads; kh++) {
-        skv_cache_head *h = &c->heads[(size_t)l * c->pk.n_kv_heads + kh];
-        if (!h->bits) {
-            if (!c->zero_bits && !(c->zero_bits = skv_calloc((size_t)c->pk.n_tokens, 1)))
-                return SKV_ENOMEM;
-            h->bits = c->zero_bits;
-        }
-    }
     cr->held = 1;
     cr->held_layer = l;
     *layer = l;
@@ -1437,29 +1491,31 @@ void skv_cache_reader_close(skv_cache_reader *cr)
 
 int skv_cache_find(const skv_cache_head *h, uint64_t t, const skv_bucket **bp, uint32_t *row)
 {
-    uint8_t bits = h->bits[t];
-    if (!bits)
-        return 0;
-    for (uint32_t i = 0; i < h->n_buckets; i++) {
-        const skv_bucket *b = &h->buckets[i];
-        if (b->bits != bits || t > b->idx[b->n - 1])
-            continue;
-        uint32_t lo = 0, hi = b->n;  /* first idx >= t */
-        while (lo < hi) {
-            uint32_t mid = lo + (hi - lo) / 2;
-            if (b->idx[mid] < t)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo < b->n && b->idx[lo] == t) {
-            *bp = b;
-            *row = lo;
+    for (uint32_t i = 0, j; i < h->n_buckets; i = j) {
+        for (j = i + 1; j < h->n_buckets && h->buckets[j].bits == h->buckets[i].bits; j++)
+            ;
+        uint32_t bi;
+        if (run_find(h->buckets + i, j - i, t, &bi, row)) {
+            *bp = &h->buckets[i + bi];
             return 1;
         }
-        return 0;
     }
     return 0;
+}
+
+uint32_t skv_cache_width(const skv_cache_head *h, uint64_t t)
+{
+    const skv_bucket *b;
+    uint32_t row;
+    return skv_cache_find(h, t, &b, &row) ? b->bits : 0;
+}
+
+void skv_cache_head_widths(const skv_cache_head *h, uint64_t n_tokens, uint8_t *out)
+{
+    memset(out, 0, (size_t)n_tokens);
+    for (uint32_t b = 0; b < h->n_buckets; b++)
+        for (uint32_t i = 0; i < h->buckets[b].n; i++)
+            out[h->buckets[b].idx[i]] = (uint8_t)h->buckets[b].bits;
 }
 
 void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, uint32_t kv_head, float *k,

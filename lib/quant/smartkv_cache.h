@@ -19,11 +19,16 @@
  *     hdr, pk            trace header and quantizer settings
  *     q[layer]           float32 queries [n_heads][n_tokens][head_dim]
  *                        (NULL when the cache was written without queries)
- *     heads[layer * pk.n_kv_heads + kv_head]   one skv_cache_head each
+ *     layers[layer][kv_head]  one skv_cache_head each (skv_cache_head_at);
+ *                        the heads of one layer are contiguous, and layers
+ *                        with no bucket share one array of empty heads
  *   skv_cache_head
  *     buckets[0..n_buckets)  skv_bucket (smartkv_pack.h), ascending width
  *                        then part; tokens of all entries are disjoint
- *     bits[n_tokens]     width of every token (0 = evicted, not stored)
+ *   There is no per-token array: a token's width is found in the buckets
+ *   (skv_cache_find, skv_cache_width), or written out densely by
+ *   skv_cache_head_widths into a buffer the caller sizes, so a cache costs
+ *   memory for the rows it stores, never for the tokens it declares.
  *
  * Each bucket's payload is a private copy whose start is 64-byte aligned;
  * every section (idx, k_par, k_dat, v_par, v_dat) starts at a multiple of 64
@@ -34,15 +39,15 @@
  * bucket at k_dat + i*row_stride), NOT individually aligned.
  *
  * How an attention kernel uses it, for one (layer, kv head) and a query q:
- *   for each bucket b of heads[l*H + h]:
+ *   for each bucket b of *skv_cache_head_at(c, l, h):
  *     for i in 0..b->n:  token t = b->idx[i]
  *       score[t] = dot(q, K_t) with K_t decoded from
  *                  b->k_par + i*b->k_par_stride, b->k_dat + i*b->row_stride
  *                  (skv_qmath.h: skv_qm_group_par, skv_qm_unpack8, ...)
  *   softmax over the stored tokens only (evicted tokens take no part),
  *   then out = sum_t p[t] * V_t, V_t decoded the same way from v_par/v_dat.
- * Scores can be written to a dense [n_tokens] array at idx positions (use
- * bits[t] == 0 to skip evicted ones) or kept per bucket; causal masking is
+ * Scores can be written to a dense [n_tokens] array at idx positions
+ * (tokens in no bucket are evicted) or kept per bucket; causal masking is
  * a comparison of idx against the query position.  Within a bucket all rows
  * have the same width, group size and mode, so the inner loop has no
  * per-token branching.  skv_dequantize_row() decodes one row (AVX2).
@@ -145,6 +150,11 @@ SKV_EXPORT int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes);
 SKV_EXPORT int skv_cache_input_load(const char *path, skv_trace **t, skv_chunk_list *extra);
 
 /* ---- writer ---- */
+/* Every Q, K and V value of t finite and within the fp16 range
+ * (skv_trace_values_check, the rule skv-alloc applies as it reads): 0, or
+ * SKV_EFORMAT naming the first bad value.  skv_cache_write checks it first. */
+SKV_EXPORT int skv_trace_check_values(const skv_trace *t);
+
 /* A cache holds the cache: skv-quant drops the queries unless asked to keep
  * them (skv-attend can take them from the trace: skv_cache_queries_from). */
 #define SKV_CACHE_DROP_QUERIES 0x1u
@@ -162,7 +172,8 @@ typedef struct skv_cache_stats {
  * (everything after HEAD and before DONE; the caller closes or discards).
  * `pass` chunks (may be NULL) are written after TOKS and before PKHD.
  * When p came from an allocation, its predicted bytes must equal the byte
- * model (else SKV_EFORMAT: the two tools disagree).  Uncompressed, the
+ * model (else SKV_EFORMAT: the two tools disagree); a value skv-alloc
+ * would refuse is SKV_EFORMAT before anything is written.  Uncompressed, the
  * PKHD and PBKT chunks take exactly model_bytes (checked).  st may be NULL. */
 SKV_EXPORT int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
                                const skv_chunk_list *pass, unsigned flags,
@@ -197,12 +208,9 @@ SKV_EXPORT int skv_cache_quantize(skv_stream *in, const skv_chunk *first, const 
 
 /* ---- reader ---- */
 typedef struct skv_cache_head {
-    uint32_t layer, kv_head;
     uint32_t n_buckets;
     skv_bucket *buckets;    /* ascending width, then part */
     uint64_t n_stored;      /* sum of buckets[i].n */
-    uint8_t *bits;          /* [n_tokens] width per token, 0 = evicted; heads
-                               with no bucket share one zero array */
     void **owned;           /* internal: allocations behind the payloads */
 } skv_cache_head;
 
@@ -211,10 +219,11 @@ typedef struct skv_cache {
     skv_pkhd pk;
     int32_t *tokens;        /* [n_tokens] when SKV_TRACE_HAS_TOKENS, else NULL */
     float **q;              /* [n_layers] -> [n_heads][n_tokens][head_dim], or NULL */
-    skv_cache_head *heads;  /* [n_layers * n_kv_heads] */
+    skv_cache_head **layers; /* [n_layers] -> [n_kv_heads] heads; every layer
+                               without a bucket points to `empty` */
+    skv_cache_head *empty;  /* internal: [n_kv_heads] heads with no bucket */
     skv_chunk_list extra;   /* ALHD/ALOC and ancillary chunks, stream order */
     uint64_t stored_bytes;  /* PKHD + PBKT bytes as read (compressed size) */
-    uint8_t *zero_bits;     /* internal: the bits of every head with no bucket */
 } skv_cache;
 
 /* Read a whole packed cache from an open stream (up to and including DONE)
@@ -257,13 +266,18 @@ SKV_EXPORT int skv_cache_queries_from(skv_cache *c, const char *path);
 static inline const skv_cache_head *skv_cache_head_at(const skv_cache *c, uint32_t layer,
                                                      uint32_t kv_head)
 {
-    return &c->heads[(size_t)layer * c->pk.n_kv_heads + kv_head];
+    return &c->layers[layer][kv_head];
 }
 
 /* Where token t of a head is stored: returns 1 with *b and *row (its
- * position in b) set, or 0 if the token is evicted. */
+ * position in b) set, or 0 if the token is evicted.  O(widths * log n). */
 SKV_EXPORT int skv_cache_find(const skv_cache_head *h, uint64_t t, const skv_bucket **b,
                               uint32_t *row);
+/* The width token t of a head is stored at, 0 when it is evicted. */
+SKV_EXPORT uint32_t skv_cache_width(const skv_cache_head *h, uint64_t t);
+/* Every token's width (0 = evicted) into out[n_tokens], n_tokens of the
+ * cache the head belongs to. */
+SKV_EXPORT void skv_cache_head_widths(const skv_cache_head *h, uint64_t n_tokens, uint8_t *out);
 
 /* Dequantize one (layer, kv head) into k and v [n_tokens][head_dim]
  * (either may be NULL); evicted tokens become zero rows. */
