@@ -178,7 +178,7 @@ static void solve(const char *pol, uint32_t units, double beta, const float *imp
     static float err[2 * TT * SKV_NBITS];
     for (size_t i = 0; i < sizeof err / sizeof *err; i++)
         err[i] = (float)(SKV_NBITS - i % SKV_NBITS); /* decreasing in the width */
-    skv_alloc_problem p = {1, units, TT, imp, err, NULL, stored};
+    skv_alloc_problem p = {1, units, TT, imp, err, NULL, stored, NULL};
     skv_alloc_result r;
     ck_assert_msg(skv_alloc_solve(&c, &p, bits, &r) == 0, "%s: %s", pol, skv_errmsg());
     ck_assert_uint_le(r.bytes, r.budget_bytes);

@@ -143,6 +143,15 @@ SKV_EXPORT int skv_qcfg_check(const skv_qcfg *c);
 SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const float *v,
                                        uint64_t n, float *err /* [n][SKV_NBITS] */);
 
+/* ---- matrix entropy of keys (uncomp) ----
+ * g is a d x d Gram matrix of unit-normalised key rows (upper triangle,
+ * row-major) followed by one count: d * d + 1 doubles, zeroed to start.
+ * skv_gram_add adds n rows k[n][d] (zero rows skipped);
+ * skv_matrix_entropy sets *h = -sum l ln l over the eigenvalues l of
+ * g / count (0 with no rows).  0 or SKV_ENOMEM. */
+SKV_EXPORT void skv_gram_add(double *g, uint32_t d, const float *k, uint64_t n);
+SKV_EXPORT int skv_matrix_entropy(const double *g, uint32_t d, double *h);
+
 /* ---- policies ----
  * One file per policy in lib/alloc/policy/; this list names each once
  * (X(ENUM_SUFFIX, file_symbol)): a new policy is one file plus one line. */
@@ -159,7 +168,10 @@ SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const 
     X(STREAMING, streaming)     /* StreamingLLM: sinks + recent window */ \
     X(H2O, h2o)                 /* H2O: heavy hitters + recent window */ \
     X(SNAPKV, snapkv)           /* SnapKV: observation-window votes, pooled */ \
-    X(MIKV, mikv)               /* MiKV: h2o's choice high, the rest low-bit */
+    X(MIKV, mikv)               /* MiKV: h2o's choice high, the rest low-bit */ \
+    X(SLIDING, sliding)         /* sliding window: recent tokens only, no sinks */ \
+    X(DYNAMICKV, dynamickv)     /* DynamicKV: layer budgets from window top-k counts */ \
+    X(UNCOMP, uncomp)           /* UNComp: head budgets from key matrix entropy */
 
 enum skv_policy {
     SKV_POLICY_NONE = 0,
@@ -185,6 +197,8 @@ enum skv_policy_flag {
                                     before the allocation (SnapKV's observation window;
                                     W = the recent window) */
     SKV_PF_LAYOUT = 1u << 10,    /* fixes the quantizer layout (group, mode) */
+    SKV_PF_KENTROPY = 1u << 11,  /* reads the matrix entropy of each (layer, KV head)'s
+                                    keys (skv_alloc_problem.kentropy) */
 };
 
 /* SnapKV's pooling of the votes over positions (avg_pool1d, kernel 5,
@@ -233,6 +247,9 @@ typedef struct skv_alloc_problem {
      * policies (SKV_PF_EVICT, SKV_PF_LOWBIT) raise no token stored below the
      * top width (its precision is lost). */
     const uint8_t *stored;
+    /* [n_layers][n_kv_heads] matrix entropy of the keys so far
+     * (skv_matrix_entropy); SKV_PF_KENTROPY policies only, else may be NULL */
+    const float *kentropy;
 } skv_alloc_problem;
 
 typedef struct skv_alloc_result {

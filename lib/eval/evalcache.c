@@ -50,9 +50,10 @@ typedef struct ec_cache {
     float *ring;            /* votes: [n_layers][n_heads][W][capacity] probability rows */
     uint64_t *ring_q;       /* votes: [n_layers][n_heads][W] query position + 1 of each row */
     double *ent_sum;        /* [n_layers][n_heads] */
+    double *gram;           /* uncomp: [n_layers][n_kv_heads][d * d + 1] keys' Gram (kentropy.c) */
     uint64_t *ent_cnt;      /* [n_layers][n_heads] */
     /* scratch for reallocation */
-    float *s_imp, *s_err, *s_ent;
+    float *s_imp, *s_err, *s_ent, *s_kent;
     uint8_t *s_bits, *s_stored;
     uint64_t s_cap;
     uint32_t *src_part, *src_row;   /* [capacity] */
@@ -501,6 +502,9 @@ static int cut_to(ec_cache *e, uint64_t T)
         memset(e->ent_sum, 0, (size_t)c->n_layers * c->n_heads * sizeof(double));
         memset(e->ent_cnt, 0, (size_t)c->n_layers * c->n_heads * sizeof(uint64_t));
     }
+    if (T == 0 && e->gram) /* like the entropy: forgotten only all at once */
+        memset(e->gram, 0, (size_t)c->n_layers * c->n_kv_heads *
+                               ((size_t)c->head_dim * c->head_dim + 1) * sizeof(double));
     return 0;
 }
 
@@ -584,6 +588,14 @@ int skv_ec_realloc(skv_kv_cache *cc)
         for (uint32_t h = 0; h < KH; h++) {
             ec_head *H = head_at(e, l, h);
             skv_alloc_token_errors(q, H->tk, H->tv, T - old, H->err + old * SKV_NBITS);
+            if (e->gram) { /* uncomp: the keys' matrix entropy, every key so far */
+                const uint32_t d = c->head_dim;
+                double *g = e->gram + ((size_t)l * KH + h) * ((size_t)d * d + 1), he;
+                skv_gram_add(g, d, H->tk, T - old);
+                if ((rc = skv_matrix_entropy(g, d, &he)) < 0)
+                    return rc;
+                e->s_kent[l * KH + h] = (float)he;
+            }
             for (uint64_t t = old; t < T; t++)
                 H->bits[t] = 16;  /* pending rows are fp16 */
         }
@@ -632,7 +644,7 @@ int skv_ec_realloc(skv_kv_cache *cc)
             }
     }
     skv_alloc_problem P = {L, KH, T, e->s_imp, e->s_err, ent,
-                           e->cfg.ideal ? NULL : e->s_stored};
+                           e->cfg.ideal ? NULL : e->s_stored, e->gram ? e->s_kent : NULL};
     skv_alloc_cfg ac = e->cfg.alloc;
     ac.seed = e->cfg.alloc.seed + e->st.n_realloc;
     unsigned pf = skv_policy_flags(ac.policy);
@@ -820,6 +832,8 @@ static void ec_destroy(skv_kv_cache *c)
     free(e->ring_q);
     free(e->ent_sum);
     free(e->ent_cnt);
+    free(e->gram);
+    free(e->s_kent);
     free(e->s_imp);
     free(e->s_err);
     free(e->s_ent);
@@ -929,6 +943,10 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
              !(e->ent_cnt = skv_calloc((size_t)n_layers * n_heads, sizeof(uint64_t))) ||
              !(e->s_ent = skv_calloc(nh, sizeof(float)))))
             goto fail;
+        if ((pf & SKV_PF_KENTROPY) &&
+            (!(e->gram = skv_calloc(nh * ((size_t)head_dim * head_dim + 1), sizeof(double))) ||
+             !(e->s_kent = skv_calloc(nh, sizeof(float)))))
+            goto fail;
     }
     return &e->base;
 fail:
@@ -991,6 +1009,8 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
         }
     if (e->track)
         s->meta_bytes += (uint64_t)c->n_layers * c->n_heads * s->n_tokens * sizeof(float);
+    if (e->gram) /* uncomp: one Gram matrix per (layer, kv head) */
+        s->meta_bytes += (uint64_t)c->n_layers * c->n_kv_heads * ((uint64_t)d * d + 1) * 8;
     if (e->votes) /* the window's rows */
         s->meta_bytes += (uint64_t)c->n_layers * c->n_heads *
                          (s->n_tokens < e->W ? s->n_tokens : e->W) * s->n_tokens * sizeof(float);
