@@ -43,6 +43,7 @@
 #include "smartkv_importance.h"
 
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -152,6 +153,28 @@ SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const 
 SKV_EXPORT void skv_gram_add(double *g, uint32_t d, const float *k, uint64_t n);
 SKV_EXPORT int skv_matrix_entropy(const double *g, uint32_t d, double *h);
 
+/* ---- per-head scores (razor) ----
+ * RazorAttention's induction and echo scores of every (layer, query head),
+ * as skv-trace heads writes them (text, heads.c; skv_induction_scores in
+ * smartkv_model.h computes them with the model). */
+typedef struct skv_head_scores {
+    uint32_t n_layers, n_heads;
+    float *induction, *echo;  /* [n_layers][n_heads], in [0, 1] */
+} skv_head_scores;
+/* Read a scores file; 0, or <0 with "PATH: line N: what" (hs left empty). */
+SKV_EXPORT int skv_head_scores_read(const char *path, skv_head_scores *hs);
+SKV_EXPORT int skv_head_scores_write(FILE *f, const skv_head_scores *hs);
+SKV_EXPORT void skv_head_scores_free(skv_head_scores *hs);
+/* RazorAttention's retrieval heads: the query heads in the top 14% by
+ * induction score or the top 1% by echo score (the paper's protection
+ * ratios; a score of 0 never counts); a KV head is a retrieval head when
+ * one of its query heads is.  mask[n_layers][n_kv_heads] = 1 for those.
+ * SKV_EINVAL when the shapes do not fit. */
+#define SKV_RAZOR_INDUCTION 0.14
+#define SKV_RAZOR_ECHO 0.01
+SKV_EXPORT int skv_razor_mask(const skv_head_scores *hs, uint32_t n_layers, uint32_t n_kv_heads,
+                              uint8_t *mask);
+
 /* ---- policies ----
  * One file per policy in lib/alloc/policy/; this list names each once
  * (X(ENUM_SUFFIX, file_symbol)): a new policy is one file plus one line. */
@@ -171,7 +194,8 @@ SKV_EXPORT int skv_matrix_entropy(const double *g, uint32_t d, double *h);
     X(MIKV, mikv)               /* MiKV: h2o's choice high, the rest low-bit */ \
     X(SLIDING, sliding)         /* sliding window: recent tokens only, no sinks */ \
     X(DYNAMICKV, dynamickv)     /* DynamicKV: layer budgets from window top-k counts */ \
-    X(UNCOMP, uncomp)           /* UNComp: head budgets from key matrix entropy */
+    X(UNCOMP, uncomp)           /* UNComp: head budgets from key matrix entropy */ \
+    X(RAZOR, razor)             /* RazorAttention: retrieval heads keep everything */
 
 enum skv_policy {
     SKV_POLICY_NONE = 0,
@@ -199,6 +223,7 @@ enum skv_policy_flag {
     SKV_PF_LAYOUT = 1u << 10,    /* fixes the quantizer layout (group, mode) */
     SKV_PF_KENTROPY = 1u << 11,  /* reads the matrix entropy of each (layer, KV head)'s
                                     keys (skv_alloc_problem.kentropy) */
+    SKV_PF_HEADS = 1u << 12,     /* reads per-head scores (skv_alloc_cfg.heads) */
 };
 
 /* SnapKV's pooling of the votes over positions (avg_pool1d, kernel 5,
@@ -214,6 +239,7 @@ typedef struct skv_alloc_cfg {
     uint64_t seed;          /* random */
     uint32_t share_layers;  /* one width per (kv head, token) for all layers */
     skv_qcfg qcfg;
+    const skv_head_scores *heads; /* razor: induction / echo scores (not owned) */
 } skv_alloc_cfg;
 
 SKV_EXPORT void skv_alloc_cfg_defaults(skv_alloc_cfg *c);

@@ -519,7 +519,7 @@ int sv_two_level_counts(solver *s, uint64_t limit, const double *share, const ui
     int rc = SKV_ENOMEM;
     if (!avail || !t || !stop)
         goto out;
-    double smax = 0;
+    double smin = 0;
     for (uint32_t u = 0; u < nu; u++) {
         for (uint64_t j = 0; j < s->T; j++)
             avail[u] += (uint64_t)sv_keepable(s, (uint64_t)u * s->T + j);
@@ -529,14 +529,17 @@ int sv_two_level_counts(solver *s, uint64_t limit, const double *share, const ui
             rc = skv_error(SKV_EINVAL, "internal: unit %u has share %g", u, share[u]);
             goto out;
         }
-        smax = share[u] > smax ? share[u] : smax;
+        if (share[u] > 0 && (smin == 0 || share[u] < smin))
+            smin = share[u];
     }
     /* the largest x with k[u] = min(avail[u], floor(x share[u])) within the
      * limit (bytes never fall as a count grows: the lowest width is 0 here,
      * or the count only moves items up) */
-    double a = 0, z = smax > 0 ? (double)(s->T + 1) / smax : 0;
-    for (int it = 0; it < 64 && z > 0; it++) {
+    double a = 0, z = smin > 0 ? (double)(s->T + 1) / smin : 0;
+    for (int it = 0; it < 200 && z > 0 && a < z; it++) {
         double x = 0.5 * (a + z);
+        if (x <= a || x >= z)
+            break;
         for (uint32_t u = 0; u < nu; u++) {
             double v = floor(x * share[u]);
             t[u] = v >= (double)avail[u] ? avail[u] : (uint64_t)v;
