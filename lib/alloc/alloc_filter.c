@@ -51,14 +51,15 @@ static int layer_done(filt *f, const skv_imp_cfg *icfg)
         return rc;
     if (f->want_kent) {
         const uint32_t d = h->head_dim;
-        double *g = skv_malloc(((size_t)d * d + 1) * sizeof(double));
+        float *g = skv_malloc(SKV_GRAM_LEN(d) * sizeof(float));
         if (!g)
             return SKV_ENOMEM;
         for (uint32_t kh = 0; kh < h->n_kv_heads && rc == 0; kh++) {
             double e;
-            memset(g, 0, ((size_t)d * d + 1) * sizeof(double));
-            skv_gram_add(g, d, f->L.k + (size_t)kh * h->n_tokens * d, h->n_tokens);
-            if ((rc = skv_matrix_entropy(g, d, &e)) == 0)
+            uint64_t n = 0;
+            memset(g, 0, SKV_GRAM_LEN(d) * sizeof(float));
+            skv_gram_add(g, &n, d, f->L.k + (size_t)kh * h->n_tokens * d, h->n_tokens);
+            if ((rc = skv_matrix_entropy(g, n, d, &e)) == 0)
                 f->kent[(size_t)f->layer * h->n_kv_heads + kh] = (float)e;
         }
         free(g);

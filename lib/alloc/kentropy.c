@@ -3,6 +3,8 @@
  *   S = (1/n) sum_i k_i k_i^T   (d x d, trace 1)
  *   H = - sum_j l_j ln l_j      over the eigenvalues l_j of S
  * 0 when every key points one way, ln d when they fill the space evenly.
+ * S is kept as its upper triangle in float32 (d(d+1)/2 numbers) and a
+ * count: the state an online cache pays per (layer, KV head).
  * The eigenvalues come from cyclic Jacobi rotations in float64. */
 #include "smartkv_alloc.h"
 #include "smartkv_error.h"
@@ -11,7 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-void skv_gram_add(double *g, uint32_t d, const float *k, uint64_t n)
+/* index of (a, b), a <= b, in the upper triangle stored row by row */
+static size_t tri(uint32_t d, uint32_t a, uint32_t b)
+{
+    return (size_t)a * d - (size_t)a * (a - 1) / 2 + (b - a);
+}
+
+void skv_gram_add(float *g, uint64_t *count, uint32_t d, const float *k, uint64_t n)
 {
     for (uint64_t i = 0; i < n; i++) {
         const float *x = k + i * d;
@@ -21,25 +29,28 @@ void skv_gram_add(double *g, uint32_t d, const float *k, uint64_t n)
         if (!(s > 0) || !isfinite(s))
             continue; /* a zero row has no direction */
         double inv = 1.0 / s;
-        for (uint32_t a = 0; a < d; a++)
+        for (uint32_t a = 0; a < d; a++) {
+            float *row = g + tri(d, a, a);
+            double xa = (double)x[a] * inv;
             for (uint32_t b = a; b < d; b++)
-                g[(size_t)a * d + b] += (double)x[a] * x[b] * inv;
-        g[(size_t)d * d] += 1; /* rows counted */
+                row[b - a] += (float)(xa * x[b]);
+        }
+        (*count)++;
     }
 }
 
-int skv_matrix_entropy(const double *g, uint32_t d, double *h)
+int skv_matrix_entropy(const float *g, uint64_t count, uint32_t d, double *h)
 {
     *h = 0;
-    double n = g[(size_t)d * d];
-    if (!(n > 0))
+    if (!count)
         return 0;
+    double n = (double)count;
     double *a = skv_malloc((size_t)d * d * sizeof(double));
     if (!a)
         return SKV_ENOMEM;
     for (uint32_t i = 0; i < d; i++)
         for (uint32_t j = i; j < d; j++)
-            a[(size_t)i * d + j] = a[(size_t)j * d + i] = g[(size_t)i * d + j] / n;
+            a[(size_t)i * d + j] = a[(size_t)j * d + i] = g[tri(d, i, j)] / n;
     for (int sweep = 0; sweep < 100; sweep++) {
         double off = 0, diag = 0;
         for (uint32_t i = 0; i < d; i++) {
@@ -47,7 +58,7 @@ int skv_matrix_entropy(const double *g, uint32_t d, double *h)
             for (uint32_t j = i + 1; j < d; j++)
                 off += a[(size_t)i * d + j] * a[(size_t)i * d + j];
         }
-        if (off <= 1e-30 * diag || off == 0)
+        if (off <= 1e-24 * diag || off == 0)
             break;
         for (uint32_t p = 0; p + 1 < d; p++)
             for (uint32_t q = p + 1; q < d; q++) {

@@ -145,13 +145,14 @@ SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const 
                                        uint64_t n, float *err /* [n][SKV_NBITS] */);
 
 /* ---- matrix entropy of keys (uncomp) ----
- * g is a d x d Gram matrix of unit-normalised key rows (upper triangle,
- * row-major) followed by one count: d * d + 1 doubles, zeroed to start.
- * skv_gram_add adds n rows k[n][d] (zero rows skipped);
+ * g is the Gram matrix of unit-normalised key rows as its upper triangle,
+ * row by row (SKV_GRAM_LEN(d) floats, zeroed to start), *count the rows in
+ * it.  skv_gram_add adds n rows k[n][d] (zero or non-finite rows skipped);
  * skv_matrix_entropy sets *h = -sum l ln l over the eigenvalues l of
  * g / count (0 with no rows).  0 or SKV_ENOMEM. */
-SKV_EXPORT void skv_gram_add(double *g, uint32_t d, const float *k, uint64_t n);
-SKV_EXPORT int skv_matrix_entropy(const double *g, uint32_t d, double *h);
+#define SKV_GRAM_LEN(d) ((size_t)(d) * ((size_t)(d) + 1) / 2)
+SKV_EXPORT void skv_gram_add(float *g, uint64_t *count, uint32_t d, const float *k, uint64_t n);
+SKV_EXPORT int skv_matrix_entropy(const float *g, uint64_t count, uint32_t d, double *h);
 
 /* ---- per-head scores (razor) ----
  * RazorAttention's induction and echo scores of every (layer, query head),

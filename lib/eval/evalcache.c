@@ -50,7 +50,9 @@ typedef struct ec_cache {
     float *ring;            /* votes: [n_layers][n_heads][W][capacity] probability rows */
     uint64_t *ring_q;       /* votes: [n_layers][n_heads][W] query position + 1 of each row */
     double *ent_sum;        /* [n_layers][n_heads] */
-    double *gram;           /* uncomp: [n_layers][n_kv_heads][d * d + 1] keys' Gram (kentropy.c) */
+    float *gram;            /* uncomp: [n_layers][n_kv_heads][SKV_GRAM_LEN(d)] keys' Gram */
+    uint64_t *gram_n;       /* uncomp: [n_layers][n_kv_heads] keys in it, and at the last */
+    uint64_t *gram_at;      /*   entropy computed (redone when the keys grew by 1/8) */
     uint64_t *ent_cnt;      /* [n_layers][n_heads] */
     /* scratch for reallocation */
     float *s_imp, *s_err, *s_ent, *s_kent;
@@ -502,9 +504,12 @@ static int cut_to(ec_cache *e, uint64_t T)
         memset(e->ent_sum, 0, (size_t)c->n_layers * c->n_heads * sizeof(double));
         memset(e->ent_cnt, 0, (size_t)c->n_layers * c->n_heads * sizeof(uint64_t));
     }
-    if (T == 0 && e->gram) /* like the entropy: forgotten only all at once */
-        memset(e->gram, 0, (size_t)c->n_layers * c->n_kv_heads *
-                               ((size_t)c->head_dim * c->head_dim + 1) * sizeof(double));
+    if (T == 0 && e->gram) { /* like the entropy: forgotten only all at once */
+        size_t nh = (size_t)c->n_layers * c->n_kv_heads;
+        memset(e->gram, 0, nh * SKV_GRAM_LEN(c->head_dim) * sizeof(float));
+        memset(e->gram_n, 0, nh * sizeof(uint64_t));
+        memset(e->gram_at, 0, nh * sizeof(uint64_t));
+    }
     return 0;
 }
 
@@ -590,11 +595,18 @@ int skv_ec_realloc(skv_kv_cache *cc)
             skv_alloc_token_errors(q, H->tk, H->tv, T - old, H->err + old * SKV_NBITS);
             if (e->gram) { /* uncomp: the keys' matrix entropy, every key so far */
                 const uint32_t d = c->head_dim;
-                double *g = e->gram + ((size_t)l * KH + h) * ((size_t)d * d + 1), he;
-                skv_gram_add(g, d, H->tk, T - old);
-                if ((rc = skv_matrix_entropy(g, d, &he)) < 0)
-                    return rc;
-                e->s_kent[l * KH + h] = (float)he;
+                size_t u = (size_t)l * KH + h;
+                float *g = e->gram + u * SKV_GRAM_LEN(d);
+                double he;
+                skv_gram_add(g, &e->gram_n[u], d, H->tk, T - old);
+                /* an eigen solve per head is O(d^3): redone only when the
+                 * keys grew by an eighth since the last one */
+                if (!e->gram_at[u] || e->gram_n[u] >= e->gram_at[u] + e->gram_at[u] / 8 + 1) {
+                    if ((rc = skv_matrix_entropy(g, e->gram_n[u], d, &he)) < 0)
+                        return rc;
+                    e->s_kent[u] = (float)he;
+                    e->gram_at[u] = e->gram_n[u];
+                }
             }
             for (uint64_t t = old; t < T; t++)
                 H->bits[t] = 16;  /* pending rows are fp16 */
@@ -833,6 +845,8 @@ static void ec_destroy(skv_kv_cache *c)
     free(e->ent_sum);
     free(e->ent_cnt);
     free(e->gram);
+    free(e->gram_n);
+    free(e->gram_at);
     free(e->s_kent);
     free(e->s_imp);
     free(e->s_err);
@@ -944,7 +958,9 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
              !(e->s_ent = skv_calloc(nh, sizeof(float)))))
             goto fail;
         if ((pf & SKV_PF_KENTROPY) &&
-            (!(e->gram = skv_calloc(nh * ((size_t)head_dim * head_dim + 1), sizeof(double))) ||
+            (!(e->gram = skv_calloc(nh * SKV_GRAM_LEN(head_dim), sizeof(float))) ||
+             !(e->gram_n = skv_calloc(nh, sizeof(uint64_t))) ||
+             !(e->gram_at = skv_calloc(nh, sizeof(uint64_t))) ||
              !(e->s_kent = skv_calloc(nh, sizeof(float)))))
             goto fail;
     }
@@ -1010,7 +1026,8 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
     if (e->track)
         s->meta_bytes += (uint64_t)c->n_layers * c->n_heads * s->n_tokens * sizeof(float);
     if (e->gram) /* uncomp: one Gram matrix per (layer, kv head) */
-        s->meta_bytes += (uint64_t)c->n_layers * c->n_kv_heads * ((uint64_t)d * d + 1) * 8;
+        s->meta_bytes += (uint64_t)c->n_layers * c->n_kv_heads *
+                         (SKV_GRAM_LEN(d) * sizeof(float) + 2 * sizeof(uint64_t) + sizeof(float));
     if (e->votes) /* the window's rows */
         s->meta_bytes += (uint64_t)c->n_layers * c->n_heads *
                          (s->n_tokens < e->W ? s->n_tokens : e->W) * s->n_tokens * sizeof(float);
