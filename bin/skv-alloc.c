@@ -84,6 +84,10 @@ static void summary(const skv_alloc *a, const skv_alloc_result *r, const skv_all
     if (r->budget_bytes)
         fprintf(stderr, " (budget %llu bytes, %.3f%% used)", (unsigned long long)r->budget_bytes,
                 100.0 * (double)r->bytes / (double)r->budget_bytes);
+    if (r->aux_bytes)
+        fprintf(stderr, "\n%s: plus %llu bytes of page key bounds (stage 2) = beta %.6f",
+                tool_name, (unsigned long long)r->aux_bytes,
+                (double)(r->bytes + r->aux_bytes) / (double)r->fp16_bytes);
     fprintf(stderr, "\n%s: fp16 K+V %llu bytes; smallest cache %llu bytes; objective %.9g",
             tool_name, (unsigned long long)r->fp16_bytes, (unsigned long long)r->min_bytes,
             r->objective);
@@ -287,6 +291,10 @@ static void summary_json(const skv_alloc *a, const skv_alloc_result *r, const sk
             (unsigned long long)r->min_bytes, r->objective);
     if (c->policy == SKV_POLICY_OPTIMAL && r->bound > 0)
         fprintf(stderr, ", \"lower_bound\": %.9g", r->bound);
+    if (r->aux_bytes) /* state beside the cache (rocketkv's page key bounds) */
+        fprintf(stderr, ", \"aux_bytes\": %llu, \"beta_with_aux\": %.6f",
+                (unsigned long long)r->aux_bytes,
+                (double)(r->bytes + r->aux_bytes) / (double)r->fp16_bytes);
     fputs(", \"widths\": [", stderr);
     for (int i = 0; i < SKV_NBITS; i++)
         fprintf(stderr, "%s%u", i ? ", " : "", skv_bit_widths[i]);

@@ -196,7 +196,8 @@ SKV_EXPORT int skv_razor_mask(const skv_head_scores *hs, uint32_t n_layers, uint
     X(SLIDING, sliding)         /* sliding window: recent tokens only, no sinks */ \
     X(DYNAMICKV, dynamickv)     /* DynamicKV: layer budgets from window top-k counts */ \
     X(UNCOMP, uncomp)           /* UNComp: head budgets from key matrix entropy */ \
-    X(RAZOR, razor)             /* RazorAttention: retrieval heads keep everything */
+    X(RAZOR, razor)             /* RazorAttention: retrieval heads keep everything */ \
+    X(ROCKETKV, rocketkv)       /* RocketKV: SnapKV-style eviction + top-k at decode */
 
 enum skv_policy {
     SKV_POLICY_NONE = 0,
@@ -226,6 +227,20 @@ enum skv_policy_flag {
                                     keys (skv_alloc_problem.kentropy) */
     SKV_PF_HEADS = 1u << 12,     /* reads per-head scores (skv_alloc_cfg.heads) */
 };
+
+/* RocketKV (rocketkv.c; stage 2 in the online cache): pages of
+ * SKV_ROCKET_PAGE kept tokens, each with the element-wise min and max of
+ * its keys in fp16 (SKV_ROCKET_PAGE_BYTES(d) bytes per page and KV head);
+ * at decode every query attends to the top 1/SKV_ROCKET_TOPK_DIV of the
+ * held tokens, ranked by its SKV_ROCKET_TOPR(d) largest |q| dimensions
+ * against the page bounds. */
+#define SKV_ROCKET_PAGE 16
+#define SKV_ROCKET_PAGE_BYTES(d) ((uint64_t)(d) * 2 * 2)
+#define SKV_ROCKET_TOPK_DIV 2
+#define SKV_ROCKET_TOPR(d) ((d) / 4 ? (d) / 4 : 1)
+/* auxiliary bytes of a unit holding n tokens */
+#define SKV_ROCKET_AUX(n, d) \
+    (((uint64_t)(n) + SKV_ROCKET_PAGE - 1) / SKV_ROCKET_PAGE * SKV_ROCKET_PAGE_BYTES(d))
 
 /* SnapKV's pooling of the votes over positions (avg_pool1d, kernel 5,
  * stride 1, zero padding, as FasterDecoding/SnapKV's default). */
@@ -288,6 +303,8 @@ typedef struct skv_alloc_result {
     double bound;            /* optimal only: lower bound on the objective (the
                                 linear-cost relaxation), else 0 */
     uint64_t hist[SKV_NBITS];/* tokens per width over all (layer, kv head) */
+    uint64_t aux_bytes;      /* state the policy keeps beside the cache (rocketkv's
+                                page key bounds); bytes + aux_bytes fit the budget */
 } skv_alloc_result;
 
 /* Solve: fill bits[n_layers][n_kv_heads][n_tokens].  With share_layers the

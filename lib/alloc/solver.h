@@ -43,6 +43,7 @@ typedef struct solver {
     uint8_t *w;               /* position in aw per item */
     uint64_t *cnt;            /* [nu][SKV_NBITS] tokens per width position */
     uint64_t pkhd;
+    uint64_t aux;             /* bytes the policy keeps beside the cache (rocketkv) */
 } solver;
 
 /* exact bytes of n tokens at width index wi in one bucket stream */
