@@ -358,6 +358,68 @@ START_TEST(test_induction_model)
 }
 END_TEST
 
+/* RocketKV's stage 2 by hand: d = 2, pages of 2, the top 1 dimension of
+ * |q|.  Keys (1,0) (3,0) | (0,5) (-2,0).  q = (1, 0.5): dimension 0, q > 0
+ * reads the page maxima 3 and 0: page 0 wins, tokens 0 and 1.  q = (-1,
+ * 0.5): the minima 1 and -2 score -1 and 2: page 1, tokens 2 and 3.  top 3
+ * with q = (1, 0.5): page 0 and the newer token of page 1 (3). */
+START_TEST(test_rocket_select_by_hand)
+{
+    float k[4][2] = {{1, 0}, {3, 0}, {0, 5}, {-2, 0}};
+    const float *rows[4] = {k[0], k[1], k[2], k[3]};
+    uint64_t sel[4];
+    static char work[SKV_ROCKET_WORK_BYTES(2, 4)];
+    float q1[2] = {1, 0.5f}, q2[2] = {-1, 0.5f};
+    ck_assert_uint_eq(skv_rocket_select(q1, 2, rows, 4, 2, 1, 2, sel, work), 2);
+    ck_assert_uint_eq(sel[0], 0);
+    ck_assert_uint_eq(sel[1], 1);
+    ck_assert_uint_eq(skv_rocket_select(q2, 2, rows, 4, 2, 1, 2, sel, work), 2);
+    ck_assert_uint_eq(sel[0], 2);
+    ck_assert_uint_eq(sel[1], 3);
+    ck_assert_uint_eq(skv_rocket_select(q1, 2, rows, 4, 3, 1, 2, sel, work), 3);
+    ck_assert_uint_eq(sel[0], 0);
+    ck_assert_uint_eq(sel[1], 1);
+    ck_assert_uint_eq(sel[2], 3);
+    /* q = (1, 1): one dimension (ties: the lower, 0) picks page 0 (3 vs 0);
+     * both dimensions pick page 1 (0 + 5 = 5 against 3 + 0) */
+    float q3[2] = {1, 1};
+    ck_assert_uint_eq(skv_rocket_select(q3, 2, rows, 4, 2, 1, 2, sel, work), 2);
+    ck_assert_uint_eq(sel[0], 0);
+    ck_assert_uint_eq(skv_rocket_select(q3, 2, rows, 4, 2, 2, 2, sel, work), 2);
+    ck_assert_uint_eq(sel[0], 2);
+    ck_assert_uint_eq(sel[1], 3);
+    /* top-k of at least m: everything */
+    ck_assert_uint_eq(skv_rocket_select(q1, 2, rows, 4, 9, 1, 2, sel, work), 4);
+}
+END_TEST
+
+/* rocketkv's stage 1: the page bounds are paid from the budget.  Bytes for
+ * 6 kept tokens plus their one page (SKV_ROCKET_PAGE_BYTES = 256): 6 kept,
+ * W = 1: 19 and the top max-pooled votes (a vote at 9 pools to 7..11, ties
+ * newer first: 11, 10, 9, 8, 7).  Bytes for 6 tokens without the page: one
+ * token less room than 6 + page, so 5 (the largest count whose cache and
+ * page fit). */
+START_TEST(test_rocketkv_stage1_by_hand)
+{
+    uint8_t bits[TT];
+    float imp[TT] = {0};
+    imp[9] = 1;
+    skv_qcfg q = qc();
+    uint64_t fp = skv_alloc_fp16_bytes(1, 1, TT, HD);
+    uint64_t b6 = skv_alloc_pkhd_bytes(&q) + skv_bucket_file_bytes(&q, 16, 6);
+    solve("rocketkv", 1, 1, ((double)(b6 + SKV_ROCKET_PAGE_BYTES(HD)) + 0.5) / (double)fp, imp,
+          NULL, NULL, bits, 4, 1);
+    int w[] = {7, 8, 9, 10, 11, 19};
+    expect(bits, 0, w, 6);
+    solve("rocketkv", 1, 1, ((double)b6 + 0.5) / (double)fp, imp, NULL, NULL, bits, 4, 1);
+    uint64_t k5 = skv_alloc_pkhd_bytes(&q) + skv_bucket_file_bytes(&q, 16, 5) +
+                  SKV_ROCKET_PAGE_BYTES(HD);
+    ck_assert_uint_le(k5, b6); /* 5 and a page fit, 6 and a page do not */
+    int w5[] = {8, 9, 10, 11, 19};
+    expect(bits, 0, w5, 5);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- online */
 
 #define L_ 2
@@ -384,7 +446,7 @@ static float OUT[D_ * 16], PR[16 * T_];
  * is never kept again. */
 START_TEST(test_online_new_policies)
 {
-    static const char *pols[] = {"sliding", "dynamickv", "uncomp", "razor"};
+    static const char *pols[] = {"sliding", "dynamickv", "uncomp", "razor", "rocketkv"};
     float ind[L_ * H_] = {0.9f, 0, 0, 0, 0, 0, 0, 0}, ech[L_ * H_] = {0};
     skv_head_scores hs = {L_, H_, ind, ech};
     for (size_t pi = 0; pi < sizeof pols / sizeof *pols; pi++) {
@@ -445,6 +507,109 @@ START_TEST(test_online_new_policies)
 }
 END_TEST
 
+static float f16r(float x) { return skv_f16_to_f32(skv_f32_to_f16(x)); }
+
+/* rocketkv online: a 64-token prefill, its eviction, then 16 decode rows
+ * one at a time.  Every decode row of every query head attends to exactly
+ * ceil(m/2) of its m held tokens (the kept ones and the pending ones up to
+ * itself), those skv_rocket_select picks over the fp16 rows, and its output
+ * is float64 attention over exactly them; the bytes include the page
+ * bounds of every held token and stay within beta plus the pending rows. */
+START_TEST(test_online_rocketkv)
+{
+    rng = 88172645463325252ull;
+    for (int l = 0; l < L_; l++)
+        for (int t = 0; t < T_; t++)
+            for (int j = 0; j < KH_ * D_; j++) {
+                K[l][t][j] = frand() * 2.0f;
+                V[l][t][j] = frand();
+            }
+    for (int t = 0; t < T_; t++)
+        for (int j = 0; j < H_ * D_; j++)
+            Q[t][j] = frand();
+    skv_ec_cfg c;
+    skv_ec_defaults(&c);
+    ck_assert_int_eq(skv_policy_parse("rocketkv", &c.alloc.policy, &c.alloc.uniform_bits), 0);
+    c.alloc.budget = 0.45;
+    skv_kv_cache *k = skv_ec_new(&c, L_, H_, KH_, D_, T_);
+    ck_assert_ptr_nonnull(k);
+    static float pre_out[D_ * 64], pre_pr[64 * T_];
+    skv_ec_hold(k, 1);
+    for (uint32_t l = 0; l < L_; l++) {
+        ck_assert_int_eq(k->ops->append(k, l, 0, 64, &K[l][0][0], &V[l][0][0]), 0);
+        for (uint32_t h = 0; h < H_; h++)
+            ck_assert_int_eq(k->ops->attend(k, l, h, 0, 64, &Q[0][h * D_], H_ * D_, 0.125f,
+                                            pre_out, D_, pre_pr, T_), 0);
+    }
+    skv_ec_hold(k, 0);
+    ck_assert_msg(skv_ec_realloc(k) == 0, "%s", skv_errmsg());
+    skv_ec_stats st;
+    ck_assert_int_eq(skv_ec_stats_get(k, &st), 0);
+    ck_assert_msg((double)st.bytes <= 0.45 * (double)st.fp16_bytes, "%llu of %llu",
+                  (unsigned long long)st.bytes, (unsigned long long)st.fp16_bytes);
+    static const float *rows[T_], *vals[T_];
+    static float fk[T_][D_], fv[T_][D_];
+    static uint64_t pos[T_], sel[T_];
+    static char work[SKV_ROCKET_WORK_BYTES(D_, T_)];
+    for (uint32_t p = 64; p < 80; p++) {
+        for (uint32_t l = 0; l < L_; l++) {
+            ck_assert_int_eq(k->ops->append(k, l, p, 1, &K[l][p][0], &V[l][p][0]), 0);
+            for (uint32_t h = 0; h < H_; h++) {
+                float out[D_], pr[T_];
+                ck_assert_int_eq(k->ops->attend(k, l, h, p, 1, &Q[p][h * D_], H_ * D_, 0.125f,
+                                                out, D_, pr, T_), 0);
+                /* the reference */
+                const uint32_t kh = h / (H_ / KH_);
+                const uint8_t *w = skv_ec_widths(k, l, kh);
+                uint64_t m = 0;
+                for (uint32_t t = 0; t <= p; t++)
+                    if (t >= 64 || w[t]) {
+                        for (int j = 0; j < D_; j++) {
+                            fk[m][j] = f16r(K[l][t][kh * D_ + j]);
+                            fv[m][j] = f16r(V[l][t][kh * D_ + j]);
+                        }
+                        rows[m] = fk[m];
+                        vals[m] = fv[m];
+                        pos[m++] = t;
+                    }
+                uint64_t want = (m + 1) / 2;
+                uint64_t ns = skv_rocket_select(&Q[p][h * D_], D_, rows, m, want, D_ / 4,
+                                                SKV_ROCKET_PAGE, sel, work);
+                ck_assert_uint_eq(ns, want);
+                double sc[T_], mx = -1e300, z = 0, o[D_] = {0};
+                for (uint64_t a = 0; a < ns; a++) {
+                    double s = 0;
+                    for (int j = 0; j < D_; j++)
+                        s += (double)Q[p][h * D_ + j] * rows[sel[a]][j];
+                    sc[a] = 0.125 * s;
+                    mx = sc[a] > mx ? sc[a] : mx;
+                }
+                for (uint64_t a = 0; a < ns; a++)
+                    z += (sc[a] = exp(sc[a] - mx));
+                uint32_t nz = 0;
+                for (uint32_t t = 0; t <= p; t++)
+                    nz += pr[t] > 0;
+                ck_assert_uint_eq(nz, ns);
+                for (uint64_t a = 0; a < ns; a++) {
+                    ck_assert_double_eq_tol(pr[pos[sel[a]]], sc[a] / z, 1e-6);
+                    for (int j = 0; j < D_; j++)
+                        o[j] += sc[a] / z * vals[sel[a]][j];
+                }
+                for (int j = 0; j < D_; j++)
+                    ck_assert_double_eq_tol(out[j], o[j], 1e-5);
+            }
+        }
+        ck_assert_int_eq(skv_ec_stats_get(k, &st), 0);
+        /* pending rows are fp16 until the next allocation: the budget plus
+         * their rows and pages at most */
+        uint64_t pend = (uint64_t)L_ * KH_ * (p + 1 - 64);
+        ck_assert_uint_le(st.bytes, (uint64_t)(0.45 * (double)((uint64_t)L_ * KH_ * 64 * D_ * 4)) +
+                                        pend * (4 + 4 * D_) + 4096 + L_ * KH_ * 2 * 256);
+    }
+    skv_kv_cache_free(k);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("seedbase");
@@ -459,6 +624,9 @@ int main(void)
     tcase_add_test(tc, test_head_scores_file);
     tcase_add_test(tc, test_induction_model);
     tcase_add_test(tc, test_online_new_policies);
+    tcase_add_test(tc, test_rocket_select_by_hand);
+    tcase_add_test(tc, test_rocketkv_stage1_by_hand);
+    tcase_add_test(tc, test_online_rocketkv);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
