@@ -18,7 +18,7 @@ static void usage(void)
            "  -p, --policy POLICY    smartkv (default), greedy, optimal, uniform:N, random,\n"
            "                         position, layer-aware; baselines q8_0, q4_0,\n"
            "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
-           "                         uncomp, razor (needs --heads)\n"
+           "                         uncomp, razor (needs --heads), rocketkv\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.25; none for\n"
            "                         uniform:N); BETA >= 1 stores everything at 16 bits\n"
            "      --importance MODE  ema (default), cumulative, normalized, window, oracle\n"

@@ -39,7 +39,7 @@ static noreturn void usage(void)
            "                         greedy, optimal, uniform:N, random, position,\n"
            "                         layer-aware, prune-merge[:K]; baselines q8_0, q4_0,\n"
            "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
-           "                         uncomp, razor (--heads); atskv, atskv-ema\n"
+           "                         uncomp, razor (--heads), rocketkv; atskv, atskv-ema\n"
            "                         (needle: a comma list)\n"
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
            "      --heads FILE       razor: head scores from skv-trace heads\n"

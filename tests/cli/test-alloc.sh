@@ -135,7 +135,7 @@ expect_rc 1 "truncated pipe input"
 expect_err "skv-alloc: (stdin): truncated" "truncated pipe message"
 
 # the baselines offline: each packs, attends, and fits its budget
-for p in q4_0 streaming h2o snapkv mikv sliding dynamickv uncomp; do
+for p in q4_0 streaming h2o snapkv mikv sliding dynamickv uncomp rocketkv; do
     run sh -c "skv-alloc -p $p -b 0.3 --threads 1 a.skv | skv-quant -o b.skv && skv-attend -s 8:16 --queries a.skv b.skv -o o.skv"
     expect_rc 0 "$p: allocate, pack and attend"
     check "$p: the packed cache fits beta 0.3" grep -q 'b\.skv: beta 0\.\(2[0-9]*\|3000\) ' "$T/err"

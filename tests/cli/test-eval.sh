@@ -158,7 +158,7 @@ expect_err "2 already in sw.tsv, 1 to run" "resumed sweep skips done rows"
 check "resumed sweep appended one row, kept the others" sh -c "test \$(wc -l < sw.tsv) = 4 && grep -c 'uniform:8' sw.tsv | grep -qx 1"
 
 # every baseline keeps the JSON fields, with eviction in the online cache
-for p in q8_0 q4_0 streaming h2o snapkv mikv sliding dynamickv uncomp razor; do
+for p in q8_0 q4_0 streaming h2o snapkv mikv sliding dynamickv uncomp razor rocketkv; do
     run skv-eval ppl --model "$model" --text "$text" --max-tokens 80 --ctx 80 -p $p -b 0.3 --json \
         --heads "$SKV_TOP/results/heads/SmolLM2-135M-Instruct.Q4_1.txt"
     expect_rc 0 "ppl $p on 80 tokens"
@@ -169,7 +169,7 @@ for k in ("kl", "ppl", "ppl_ref", "top1", "beta", "beta_end", "bytes", "fp16_byt
     assert k in r, k
 # beta counts the tracking state too (meta_frac); the cache itself is below fp16
 assert r["kl"] >= 0 and r["ppl"] > 1 and 0 <= r["top1"] <= 1 and 0 < r["beta"] - r["meta_frac"] < 1, r
-if sys.argv[2] in ("streaming", "h2o", "snapkv", "sliding", "dynamickv", "uncomp", "razor"):
+if sys.argv[2] in ("streaming", "h2o", "snapkv", "sliding", "dynamickv", "uncomp", "razor", "rocketkv"):
     assert r["widths"].endswith("16:100.0%"), r  # stored rows: all fp16, the rest evicted
 ' "$T/out" $p
 done
