@@ -1133,10 +1133,12 @@ TOOL_COMMON_HELP);
             "twice, seed %llu\n# layer head induction echo\n", p->name, (unsigned long long)n,
             (unsigned long long)seed);
     int wrc = skv_head_scores_write(f, &hs);
-    if (f != stdout && fclose(f) != 0)
+    if (f == stdout) {
+        if (fflush(f) != 0)
+            wrc = -1;
+    } else if (fclose(f) != 0) {
         wrc = -1;
-    else if (f == stdout && fflush(f) != 0)
-        wrc = -1;
+    }
     skv_head_scores_free(&hs);
     skv_model_free(m);
     if (wrc < 0) {

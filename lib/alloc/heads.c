@@ -20,6 +20,48 @@ void skv_head_scores_free(skv_head_scores *hs)
     memset(hs, 0, sizeof *hs);
 }
 
+/* an unsigned number at *p (after blanks), *p moved past it; -1 if none */
+static int num_u(const char **p, unsigned *v)
+{
+    char *end;
+    *p += strspn(*p, " \t");
+    if (**p < '0' || **p > '9')
+        return -1;
+    unsigned long x = strtoul(*p, &end, 10);
+    if (x > 4096u * 4096u)
+        return -1;
+    *v = (unsigned)x;
+    *p = end;
+    return 0;
+}
+
+static int num_d(const char **p, double *v)
+{
+    char *end;
+    *v = strtod(*p, &end);
+    if (end == *p)
+        return -1;
+    *p = end;
+    return 0;
+}
+
+/* *p (after blanks) starts with word; moved past it */
+static int word(const char **p, const char *w)
+{
+    *p += strspn(*p, " \t");
+    size_t n = strlen(w);
+    if (strncmp(*p, w, n) != 0)
+        return -1;
+    *p += n;
+    return 0;
+}
+
+/* only blanks (and the newline) left */
+static int at_end(const char *p)
+{
+    return p[strspn(p, " \t\r\n")] == '\0';
+}
+
 /* next line that is not a comment or blank; 0 at the end */
 static int next_line(FILE *f, char *buf, size_t n, unsigned *line)
 {
@@ -39,10 +81,11 @@ int skv_head_scores_read(const char *path, skv_head_scores *hs)
     if (!f)
         return skv_error(SKV_EIO, "%s: cannot open", path);
     char buf[256];
-    unsigned line = 0, L, H;
-    int rc = SKV_EFORMAT, used;
-    if (!next_line(f, buf, sizeof buf, &line) ||
-        sscanf(buf, "layers %u heads %u %n", &L, &H, &used) != 2 || buf[used] ||
+    unsigned line = 0, L = 0, H = 0;
+    int rc = SKV_EFORMAT;
+    const char *p0 = buf;
+    if (!next_line(f, buf, sizeof buf, &line) || word(&p0, "layers") || num_u(&p0, &L) ||
+        word(&p0, "heads") || num_u(&p0, &H) || !at_end(p0) ||
         L == 0 || H == 0 || L > 4096 || H > 4096) {
         rc = skv_error(SKV_EFORMAT, "%s: line %u: expected 'layers L heads H' (1 to 4096 each)",
                        path, line);
@@ -64,7 +107,8 @@ int skv_head_scores_read(const char *path, skv_head_scores *hs)
                            (size_t)L * H);
             goto out;
         }
-        if (sscanf(buf, "%u %u %lf %lf %n", &l, &h, &a, &b, &used) != 4 || buf[used] ||
+        const char *q = buf;
+        if (num_u(&q, &l) || num_u(&q, &h) || num_d(&q, &a) || num_d(&q, &b) || !at_end(q) ||
             l != r / H || h != r % H || !(a >= 0 && a <= 1) || !(b >= 0 && b <= 1)) {
             rc = skv_error(SKV_EFORMAT, "%s: line %u: expected '%zu %zu INDUCTION ECHO' with "
                            "scores in [0, 1]", path, line, r / H, r % H);

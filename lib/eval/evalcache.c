@@ -559,10 +559,13 @@ static int rocket_refresh(ec_cache *e, uint32_t l, uint32_t h)
             return SKV_ENOMEM;
         H->rcap = n;
     }
-    float *tk = n ? skv_malloc(n * d * sizeof(float)) : NULL;
-    float *tv = n ? skv_malloc(n * d * sizeof(float)) : NULL;
-    kr *ord = n ? skv_malloc(n * sizeof(kr)) : NULL;
-    if (n && (!tk || !tv || !ord)) {
+    H->rn = 0;
+    if (n == 0)
+        return 0;
+    float *tk = skv_malloc(n * d * sizeof(float));
+    float *tv = skv_malloc(n * d * sizeof(float));
+    kr *ord = skv_malloc(n * sizeof(kr));
+    if (!tk || !tv || !ord) {
         free(tk);
         free(tv);
         free(ord);
@@ -581,8 +584,7 @@ static int rocket_refresh(ec_cache *e, uint32_t l, uint32_t h)
             ord[at] = (kr){b->idx[i], at};
         }
     }
-    if (n)
-        qsort(ord, n, sizeof *ord, kr_cmp);
+    qsort(ord, n, sizeof *ord, kr_cmp);
     for (uint64_t i = 0; i < n; i++) {
         memcpy(H->rk + i * d, tk + ord[i].src * d, d * sizeof(float));
         memcpy(H->rv + i * d, tv + ord[i].src * d, d * sizeof(float));
