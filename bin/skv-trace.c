@@ -1123,7 +1123,7 @@ TOOL_COMMON_HELP);
         skv_model_free(m);
         tool_fail(model);
     }
-    FILE *f = out && strcmp(out, "-") ? fopen(out, "w") : stdout;
+    FILE *f = out && strcmp(out, "-") != 0 ? fopen(out, "w") : stdout;
     if (!f) {
         skv_head_scores_free(&hs);
         skv_model_free(m);
@@ -1142,7 +1142,7 @@ TOOL_COMMON_HELP);
     skv_head_scores_free(&hs);
     skv_model_free(m);
     if (wrc < 0) {
-        if (out && strcmp(out, "-"))
+        if (out && strcmp(out, "-") != 0)
             remove(out);
         tool_die(EXIT_DATA, "%s: write error", out ? out : "(stdout)");
     }

@@ -86,7 +86,8 @@ static int solve(solver *s, uint64_t limit, uint64_t *cur, double *bound)
     for (uint64_t i = 0; i < nc && i < want; i++)
         cnt[c[i].layer]++;
     for (uint32_t u = 0; u < nu; u++) {
-        share[u] = (double)W + (double)cnt[u / H] / H;
+        const uint32_t layer = u / H;
+        share[u] = (double)W + (double)cnt[layer] / (double)H;
         cap[u] = W + per;
     }
     rc = sv_two_level_shares(s, limit, cur, share, cap, sv_votes_choose, &v);
