@@ -276,7 +276,7 @@ START_TEST(test_policies_by_hand)
         static float uerr[TT * SKV_NBITS];
         for (size_t i = 0; i < sizeof uerr / sizeof *uerr; i++)
             uerr[i] = (float)(SKV_NBITS - i % SKV_NBITS);
-        skv_alloc_problem up_p = {1, 1, TT, imp, uerr, NULL, NULL};
+        skv_alloc_problem up_p = {1, 1, TT, imp, uerr, NULL, NULL, NULL};
         skv_alloc_result ur;
         ck_assert_msg(skv_alloc_solve(&u, &up_p, bits, &ur) == 0, "%s: %s", pol, skv_errmsg());
         int prot[] = {0, 1, 17, 18, 19};
