@@ -18,7 +18,8 @@ static void usage(void)
            "  -p, --policy POLICY    smartkv (default), greedy, optimal, uniform:N,\n"
            "                         uniform-protect:N, random,\n"
            "                         position, layer-aware; baselines q8_0, q4_0,\n"
-           "                         streaming, h2o, snapkv, mikv\n"
+           "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
+           "                         uncomp, razor (needs --heads), rocketkv\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.25; none for\n"
            "                         uniform:N); BETA >= 1 stores everything at 16 bits\n"
            "      --importance MODE  ema (default), cumulative, normalized, window, oracle\n"
@@ -31,6 +32,7 @@ static void usage(void)
            "      --sinks N          first N tokens at the top width (default 4)\n"
            "      --recent N         last N tokens at the top width (default 32)\n"
            "      --seed S           seed of the random policy (default 1)\n"
+           "      --heads FILE       razor: head scores from skv-trace heads\n"
            TOOL_THREADS_HELP
            "  -g, --group G          channels per scale group for K and V (default head_dim)\n"
            "      --k-mode MODE      key quantizer: asym (default), sym or ggml\n"
@@ -48,7 +50,7 @@ static void usage(void)
 
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_WINDOW, O_SHARE, O_BITS, O_SINKS, O_RECENT, O_SEED,
-    O_KMODE, O_VMODE, O_SUMMARY
+    O_KMODE, O_VMODE, O_SUMMARY, O_HEADS
 };
 
 static const struct option longopts[] = {
@@ -67,6 +69,7 @@ static const struct option longopts[] = {
     {"k-mode", required_argument, NULL, O_KMODE},
     {"v-mode", required_argument, NULL, O_VMODE},
     {"summary", no_argument, NULL, O_SUMMARY},
+    {"heads", required_argument, NULL, O_HEADS},
     {"output", required_argument, NULL, 'o'},
     {"compress", optional_argument, NULL, 'z'},
     {"json", no_argument, NULL, TOOL_OPT_JSON},
@@ -82,6 +85,10 @@ static void summary(const skv_alloc *a, const skv_alloc_result *r, const skv_all
     if (r->budget_bytes)
         fprintf(stderr, " (budget %llu bytes, %.3f%% used)", (unsigned long long)r->budget_bytes,
                 100.0 * (double)r->bytes / (double)r->budget_bytes);
+    if (r->aux_bytes)
+        fprintf(stderr, "\n%s: plus %llu bytes of page key bounds (stage 2) = beta %.6f",
+                tool_name, (unsigned long long)r->aux_bytes,
+                (double)(r->bytes + r->aux_bytes) / (double)r->fp16_bytes);
     fprintf(stderr, "\n%s: fp16 K+V %llu bytes; smallest cache %llu bytes; objective %.9g",
             tool_name, (unsigned long long)r->fp16_bytes, (unsigned long long)r->min_bytes,
             r->objective);
@@ -285,6 +292,10 @@ static void summary_json(const skv_alloc *a, const skv_alloc_result *r, const sk
             (unsigned long long)r->min_bytes, r->objective);
     if (c->policy == SKV_POLICY_OPTIMAL && r->bound > 0)
         fprintf(stderr, ", \"lower_bound\": %.9g", r->bound);
+    if (r->aux_bytes) /* state beside the cache (rocketkv's page key bounds) */
+        fprintf(stderr, ", \"aux_bytes\": %llu, \"beta_with_aux\": %.6f",
+                (unsigned long long)r->aux_bytes,
+                (double)(r->bytes + r->aux_bytes) / (double)r->fp16_bytes);
     fputs(", \"widths\": [", stderr);
     for (int i = 0; i < SKV_NBITS; i++)
         fprintf(stderr, "%s%u", i ? ", " : "", skv_bit_widths[i]);
@@ -316,6 +327,7 @@ int main(int argc, char **argv)
     skv_imp_defaults(&ic);
     const char *out = NULL;
     int level = -1, want_summary = 0, have_budget = 0, have_bits = 0, json = 0;
+    skv_head_scores heads = {0, 0, NULL, NULL};
     uint32_t group = 0;
     int o;
     while ((o = tool_getopt(argc, argv, "p:b:g:o:z::" TOOL_COMMON_SHORT, longopts)) != -1) {
@@ -356,6 +368,12 @@ int main(int argc, char **argv)
         case O_KMODE: ac.qcfg.k_mode = tool_opt_qmode("--k-mode", optarg); break;
         case O_VMODE: ac.qcfg.v_mode = tool_opt_qmode("--v-mode", optarg); break;
         case O_SUMMARY: want_summary = 1; break;
+        case O_HEADS:
+            skv_head_scores_free(&heads);
+            if (skv_head_scores_read(optarg, &heads) < 0)
+                tool_die(EXIT_DATA, "%s", skv_errmsg());
+            ac.heads = &heads;
+            break;
         case 'o': out = optarg; break;
         case 'z':
             level = optarg ? (int)tool_opt_u32("--compress", optarg, 0, 9) : 6;
@@ -378,6 +396,8 @@ int main(int argc, char **argv)
             tool_usage_error("uniform:%u: width %u is not in --bits", ac.uniform_bits,
                              ac.uniform_bits);
     }
+    if ((skv_policy_flags(ac.policy) & SKV_PF_HEADS) && !ac.heads)
+        tool_usage_error("%s needs --heads FILE (skv-trace heads)", skv_policy_name(ac.policy));
     if ((skv_policy_flags(ac.policy) & SKV_PF_PER_LAYER) && ac.share_layers)
         tool_usage_error("%s allocates per layer; drop --share-layers",
                          skv_policy_name(ac.policy));
@@ -415,6 +435,7 @@ int main(int argc, char **argv)
         skv_close(is);
         /* a setting that cannot work for this trace (a budget below its
          * smallest cache) depends on the data too: exit 1 */
+        skv_head_scores_free(&heads);
         tool_die(EXIT_DATA, "%s: %s", outside ? tool_out_name(out) : tool_in_name(in), msg);
     }
     skv_close(is);
@@ -425,5 +446,6 @@ int main(int argc, char **argv)
     if (want_summary)
         (json ? summary_json : summary)(a, &r, &ac);
     skv_alloc_free(a);
+    skv_head_scores_free(&heads);
     return 0;
 }

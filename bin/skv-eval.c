@@ -39,9 +39,11 @@ static noreturn void usage(void)
            "                         greedy, optimal, uniform:N, uniform-protect:N,\n"
            "                         random, position,\n"
            "                         layer-aware, prune-merge[:K]; baselines q8_0, q4_0,\n"
-           "                         streaming, h2o, snapkv, mikv; atskv, atskv-ema\n"
+           "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
+           "                         uncomp, razor (--heads), rocketkv; atskv, atskv-ema\n"
            "                         (needle: a comma list)\n"
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
+           "      --heads FILE       razor: head scores from skv-trace heads\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized\n"
            "      --decay G          ema decay in [0,1) (default 0.9)\n"
@@ -115,8 +117,8 @@ enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
-    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS, O_IMPPOW, O_RECENCY, O_PM_B,
-    O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS
+    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
+    O_IMPPOW, O_RECENCY, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS, O_HEADS
 };
 
 static const struct option longopts[] = {
@@ -145,6 +147,7 @@ static const struct option longopts[] = {
     {"imp-power", required_argument, NULL, O_IMPPOW},
     {"recency", required_argument, NULL, O_RECENCY},
     {"weights", required_argument, NULL, O_WEIGHTS},
+    {"heads", required_argument, NULL, O_HEADS},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
     {"ctx", required_argument, NULL, O_CTX},
@@ -220,6 +223,9 @@ static uint32_t split_list(const char *opt, const char *s, char **items, uint32_
     return n;
 }
 
+/* RazorAttention's head scores (--heads), loaded once and shared by every row. */
+static skv_head_scores razor_heads;
+
 /* ATSKV's weights (--weights), loaded once and shared by every row. */
 static skv_rlv_model *atskv_weights;
 
@@ -275,6 +281,11 @@ static void set_policy(skv_ec_cfg *c, const char *p)
         return;
     if (skv_policy_parse(p, &c->alloc.policy, &c->alloc.uniform_bits) < 0)
         tool_usage_error("--policy: %s (also fp16, f32, prune-merge[:K])", skv_errmsg());
+    if (skv_policy_flags(c->alloc.policy) & SKV_PF_HEADS) {
+        if (!razor_heads.n_layers)
+            tool_usage_error("--policy %s needs --heads FILE (skv-trace heads)", p);
+        c->alloc.heads = &razor_heads;
+    }
 }
 
 static void check_policy_name(const char *p)
@@ -1198,6 +1209,11 @@ int main(int argc, char **argv)
             break;
         }
         case 'o': o.out = optarg; break;
+        case O_HEADS:
+            skv_head_scores_free(&razor_heads);
+            if (skv_head_scores_read(optarg, &razor_heads) < 0)
+                tool_die(EXIT_DATA, "%s", skv_errmsg());
+            break;
         case O_WEIGHTS:
             skv_rlv_model_free(atskv_weights);
             if (skv_rlv_load(optarg, &atskv_weights) < 0)

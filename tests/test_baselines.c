@@ -178,7 +178,7 @@ static void solve(const char *pol, uint32_t units, double beta, const float *imp
     static float err[2 * TT * SKV_NBITS];
     for (size_t i = 0; i < sizeof err / sizeof *err; i++)
         err[i] = (float)(SKV_NBITS - i % SKV_NBITS); /* decreasing in the width */
-    skv_alloc_problem p = {1, units, TT, imp, err, NULL, stored};
+    skv_alloc_problem p = {1, units, TT, imp, err, NULL, stored, NULL};
     skv_alloc_result r;
     ck_assert_msg(skv_alloc_solve(&c, &p, bits, &r) == 0, "%s: %s", pol, skv_errmsg());
     ck_assert_uint_le(r.bytes, r.budget_bytes);
@@ -276,7 +276,7 @@ START_TEST(test_policies_by_hand)
         static float uerr[TT * SKV_NBITS];
         for (size_t i = 0; i < sizeof uerr / sizeof *uerr; i++)
             uerr[i] = (float)(SKV_NBITS - i % SKV_NBITS);
-        skv_alloc_problem up_p = {1, 1, TT, imp, uerr, NULL, NULL};
+        skv_alloc_problem up_p = {1, 1, TT, imp, uerr, NULL, NULL, NULL};
         skv_alloc_result ur;
         ck_assert_msg(skv_alloc_solve(&u, &up_p, bits, &ur) == 0, "%s: %s", pol, skv_errmsg());
         int prot[] = {0, 1, 17, 18, 19};

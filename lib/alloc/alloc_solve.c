@@ -243,12 +243,13 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
                        (unsigned long long)check, (unsigned long long)cur + s->pkhd);
         goto out;
     }
-    if (budget && cfg->budget < 1 && check > budget) {
+    if (budget && cfg->budget < 1 && check + s->aux > budget) {
         rc = skv_error(SKV_EINVAL, "internal: allocation over budget (%llu > %llu)",
                        (unsigned long long)check, (unsigned long long)budget);
         goto out;
     }
     res->bytes = check;
+    res->aux_bytes = s->aux;
     res->objective = skv_alloc_objective(p, bits);
     uint64_t n = (uint64_t)s->L * s->H * s->T;
     for (uint64_t i = 0; i < n; i++)

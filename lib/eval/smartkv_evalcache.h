@@ -202,6 +202,18 @@ typedef struct skv_ec_stats {
     uint64_t recall_ns;     /* time in recalls (inflate and copy back) */
 } skv_ec_stats;
 
+/* RocketKV's stage 2 (rocket.c): the tokens one query attends to among m
+ * candidates rows[0..m) (key rows of d floats, position order): the top
+ * topk by the score of their page (pages of `page` candidates; the query's
+ * topr largest |q_i| dimensions against the page's fp16 key min/max).
+ * Writes their indices, ascending, to sel[] and returns their count
+ * (min(topk, m)).  work: SKV_ROCKET_WORK_BYTES(d, m) bytes. */
+#define SKV_ROCKET_DIMS_BYTES(d) ((((size_t)(d) * 4) + 15) & ~(size_t)15)
+#define SKV_ROCKET_WORK_BYTES(d, m) (SKV_ROCKET_DIMS_BYTES(d) + ((size_t)(m) + 1) * 16)
+SKV_EXPORT uint64_t skv_rocket_select(const float *q, uint32_t d, const float *const *rows,
+                                      uint64_t m, uint64_t topk, uint32_t topr, uint32_t page,
+                                      uint64_t *sel, void *work);
+
 SKV_EXPORT int skv_ec_stats_get(const skv_kv_cache *c, skv_ec_stats *s);
 SKV_EXPORT void skv_ec_stats_reset(skv_kv_cache *c);
 

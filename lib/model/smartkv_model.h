@@ -165,6 +165,18 @@ SKV_EXPORT skv_kv_cache *skv_session_cache(skv_session *s);
 SKV_EXPORT int skv_session_eval(skv_session *s, const int32_t *tokens, uint32_t n, float *logits,
                                 int logits_mode);
 
+/* RazorAttention's head scores (induction.c): run n distinct random token
+ * ids (drawn from [n_vocab/16, n_vocab) with seed) twice and score every
+ * (layer, query head) by its mean attention, over the n queries of the
+ * second copy, to the token after the earlier occurrence (induction[L][H])
+ * and to the earlier occurrence itself (echo[L][H]).  0 or <0 (message). */
+SKV_EXPORT int skv_induction_scores(skv_model *m, uint32_t n, uint64_t seed, float *induction,
+                                    float *echo);
+/* The sums behind them for rows pos..pos+rows-1 of one head (probs as the
+ * attention hook gets them): adds to *induction and *echo. */
+SKV_EXPORT void skv_induction_rows(uint32_t n, uint64_t pos, uint32_t rows, const float *probs,
+                                   size_t stride, double *induction, double *echo);
+
 SKV_EXPORT int32_t skv_argmax(const float *v, uint32_t n);
 /* log-softmax probability of id under logits (natural log). */
 SKV_EXPORT double skv_logprob(const float *logits, uint32_t n, int32_t id);
