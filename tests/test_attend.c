@@ -44,9 +44,9 @@ static double urand(void)
 /* The int8 kernels' bounds (relative L2 error of each output vector): the
  * query rounded to int8 and the softmax weights to u8 per tile cost about
  * 1e-3 of the output norm on these caches. */
-#define I8_TOL 1e-2
+#define I8_TOL 2e-3
 #define I8_PTOL 2e-3
-#define I8_SIMD_TOL 2e-3
+#define I8_SIMD_TOL 1e-3
 static double i8_worst, i8_simd_worst;
 
 /* Largest per-vector relative L2 difference of n vectors of d floats. */
@@ -581,7 +581,7 @@ START_TEST(test_i8_blocks)
 {
     static const uint32_t dims[] = {32, 64, 96, 128};
     static const uint32_t rows_n[] = {1, 5, 33, 64, 70};
-    static const uint32_t ngs[] = {1, 3, 8};
+    static const uint32_t ngs[] = {1, 3, 16};
     for (int bits = 2; bits <= 4; bits++)
         for (size_t di = 0; di < 4; di++)
             for (size_t ni = 0; ni < 5; ni++)
@@ -590,13 +590,13 @@ START_TEST(test_i8_blocks)
                     size_t rs = (size_t)d / 8 * (size_t)bits + (ni & 1) * 3; /* odd strides too */
                     uint8_t *rows = malloc(rs * n);
                     int8_t *q = malloc((size_t)ng * d);
-                    uint8_t *w = malloc((size_t)ng * n);
+                    int8_t *w = malloc((size_t)ng * n);
                     for (size_t i = 0; i < rs * n; i++)
                         rows[i] = (uint8_t)(urand() * 256);
                     for (size_t i = 0; i < (size_t)ng * d; i++)
                         q[i] = (int8_t)(urand() * 255 - 127);
                     for (size_t i = 0; i < (size_t)ng * n; i++)
-                        w[i] = (uint8_t)(urand() * 256);
+                        w[i] = (int8_t)(urand() * 255 - 127);
                     int32_t *dref = malloc((size_t)ng * n * 4), *dots = malloc((size_t)ng * n * 4);
                     int32_t *aref = calloc((size_t)ng * d, 4), *acc = malloc((size_t)ng * d * 4);
                     ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, (uint32_t)bits, d, rows,
@@ -642,7 +642,7 @@ START_TEST(test_i8_blocks)
     ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 8, 64, r, 64, 1, q, 1, o), SKV_EINVAL);
     ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 4, 48, r, 24, 1, q, 1, o), SKV_EINVAL);
     ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_AVX2, 4, 64, r, 32, 1, q, 1, o), SKV_EINVAL);
-    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 4, 64, r, 32, 1, q, 9, o), SKV_EINVAL);
+    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 4, 64, r, 32, 1, q, 17, o), SKV_EINVAL);
     ck_assert_int_eq(skv_att_kernel_parse("int8-vnni"), SKV_KERNEL_I8_VNNI);
     ck_assert_int_eq(skv_att_kernel_parse("avx2"), SKV_KERNEL_AVX2);
     ck_assert_int_eq(skv_att_kernel_parse("int9"), -1);
@@ -714,12 +714,15 @@ START_TEST(test_stream_paths)
     ck_assert_uint_eq(b->h.mode, SKV_ATT_REFERENCE);
     ck_assert_uint_eq(a->h.n_layers, 2);
     ck_assert(a->h.kv_bytes > 0 && a->h.kv_bytes < a->h.fp16_bytes * 2);
+    /* the default kernel is an int8 one where the CPU has AVX2 */
+    double tol = skv_attend_kernel(ctx) >= SKV_KERNEL_I8_SCALAR ? I8_TOL : 1e-5;
     double e = max_rel(a->out, b->out, (size_t)2 * 6 * 80, 32);
-    ck_assert_msg(e <= 1e-5, "fused vs --reference on the cache: %g", e);
+    ck_assert_msg(e <= tol, "fused (%s) vs --reference on the cache: %g",
+                  skv_att_kernel_name(skv_attend_kernel(ctx)), e);
     skv_compare cmp;
     ck_assert_int_eq(skv_attn_compare(b, a, &cmp), 0);
-    ck_assert_double_le(cmp.all.rel_l2, 1e-5);
-    ck_assert_double_ge(cmp.all.cos, 1 - 1e-6);
+    ck_assert_double_le(cmp.all.rel_l2, tol);
+    ck_assert_double_ge(cmp.all.cos, 1 - tol * tol);
     ck_assert_double_ge(cmp.all.top[0], 0.99);
     skv_compare_free(&cmp);
     skv_attn_free(a);

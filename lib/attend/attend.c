@@ -379,13 +379,19 @@ static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, 
 }
 
 /* ---- int8 kernels: shared arithmetic and the scalar reference ----
- * (smartkv_attend.h describes the scheme.)  Scores:
+ * (smartkv_attend.h describes the scheme.)  One int8 vector cannot hold
+ * a query or a tile's weights finely enough (attention is peaked: a score
+ * error of 1% moves the output by several %), so each is two int8 vectors,
+ * a coarse one and the rounding left over in units 254 times smaller:
+ *   x ~ u * (254 * x1 + x2),   x1 = round(x / (254 u)), x2 in -127..127
+ * and every integer sum is formed for both and combined in int32
+ * (254 * a1 + a2): twice the integer work, the precision of ~15 bits.
+ * Scores:
  *   s = (sum_j qi_j * code_j) * qs * scale + bias * sum_j q_j
- * with q ~ qs * qi (qi in -127..127, one qs per head); the bias term uses
- * the float query, so only the code part carries the query's rounding.
- * Values, per tile of TILE rows and per head:
- *   acc += wsc * sum_i wq_i * codes_i + sum_i p_i * bias_i
- * with wq = round(p * scale / wsc) in 0..255, wsc = max(p * scale) / 255. */
+ * (the bias term with the float query).  Values, per tile of TILE rows
+ * and per head, w_i = p_i * scale_i:
+ *   acc += ws * sum_i wi_i * codes_i + sum_i p_i * bias_i */
+#define I8_QMAX (2 * SKV_GMAX)  /* int8 vectors per call: two per head */
 
 /* The rows an int8 kernel takes: packed 2-4 bits, one group per row. */
 static int i8_ok(const run *R, uint32_t d)
@@ -393,7 +399,19 @@ static int i8_ok(const run *R, uint32_t d)
     return R->bits >= 2 && R->bits <= 4 && R->kg == d && R->vg == d && d % 32 == 0;
 }
 
-/* qi[g][d] and qs[g] (q ~ qs * qi), qsum[g] = sum of q (float). */
+/* x in units of u (|x / u| <= 254 * 127.5) -> the two int8 levels. */
+static inline void i8_split(float t, int8_t *x1, int8_t *x2)
+{
+    /* t = x / (254 u) in -127..127; NaN lands on 0 */
+    t = t >= 127.0f ? 127.0f : t <= -127.0f ? -127.0f : t == t ? t : 0.0f;
+    float r = rintf(t);
+    float f = rintf((t - r) * 254.0f);
+    *x1 = (int8_t)r;
+    *x2 = (int8_t)(f > 127.0f ? 127.0f : f < -127.0f ? -127.0f : f);
+}
+
+/* qi[2][ng][d] (level 1 of every head, then level 2) and qs[g] with
+ * q ~ qs * (254 qi1 + qi2); qsum[g] = sum of q (float). */
 static void i8_quant_q(const float *q, uint32_t ng, uint32_t d, int8_t *qi, float *qs,
                        float *qsum)
 {
@@ -406,31 +424,23 @@ static void i8_quant_q(const float *q, uint32_t ng, uint32_t d, int8_t *qi, floa
             sum += x[j];
         }
         float inv = amax > 0 && amax <= 3e38f ? 127.0f / amax : 0.0f;
-        for (uint32_t j = 0; j < d; j++) {
-            float r = x[j] * inv;
-            /* NaN and out-of-range land on 0 or +-127 */
-            qi[(size_t)g * d + j] = (int8_t)(r >= 127.0f ? 127 : r <= -127.0f ? -127
-                                             : r == r ? lrintf(r) : 0);
-        }
-        qs[g] = inv > 0 ? amax / 127.0f : 0.0f;
+        for (uint32_t j = 0; j < d; j++)
+            i8_split(x[j] * inv, &qi[(size_t)g * d + j], &qi[((size_t)ng + g) * d + j]);
+        qs[g] = inv > 0 ? amax / (127.0f * 254.0f) : 0.0f;
         qsum[g] = sum;
     }
 }
 
-static inline float i8_wscale(float wmax)
+/* The unit of a tile's weights (|w| <= wmax; negative with a ggml scale)
+ * and 1 / (254 unit), the factor to i8_split's argument. */
+static inline float i8_wunit(float wmax)
 {
-    return wmax > 0 && wmax <= 3e38f ? wmax / 255.0f : 0.0f;
+    return wmax > 0 && wmax <= 3e38f ? wmax / (127.0f * 254.0f) : 0.0f;
 }
 
 static inline float i8_winv(float wmax)
 {
-    return wmax > 0 && wmax <= 3e38f ? 255.0f / wmax : 0.0f;
-}
-
-static inline uint32_t i8_wq(float w, float inv)
-{
-    float r = w * inv;
-    return r >= 255.0f ? 255u : r > 0 ? (uint32_t)lrintf(r) : 0u;
+    return wmax > 0 && wmax <= 3e38f ? 127.0f / wmax : 0.0f;
 }
 
 /* The SIMD kernels unpack 32 channels of a row at a time into a permuted
@@ -475,12 +485,12 @@ static void i8_codes(const run *R, int which, uint64_t i, uint32_t d, uint8_t *c
 static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t ng,
                            uint32_t d, skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride)
 {
-    int8_t qi[SKV_GMAX * SKV_MAX_HEAD_DIM];
+    int8_t qi[I8_QMAX * SKV_MAX_HEAD_DIM];
     float qs[SKV_GMAX], qsum[SKV_GMAX];
     float s[SKV_GMAX][TILE] = {{0}};
     float vsc[TILE], vbi[TILE];
     uint8_t cb[TILE * SKV_MAX_HEAD_DIM];
-    int32_t ia[SKV_MAX_HEAD_DIM];
+    int32_t ia[2][SKV_MAX_HEAD_DIM];
     i8_quant_q(q, ng, d, qi, qs, qsum);
     for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
         uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
@@ -489,11 +499,13 @@ static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *
             group_par(R->kp + (t0 + i) * R->kps, 0, R->bits, R->kmode, &ks, &kb);
             i8_codes(R, 0, t0 + i, d, cb);
             for (uint32_t g = 0; g < ng; g++) {
-                const int8_t *qg = qi + (size_t)g * d;
-                int32_t a = 0;
-                for (uint32_t j = 0; j < d; j++)
-                    a += (int32_t)qg[j] * cb[j];
-                float f = (float)a * qs[g] * ks;
+                const int8_t *q1 = qi + (size_t)g * d, *q2 = qi + ((size_t)ng + g) * d;
+                int32_t a1 = 0, a2 = 0;
+                for (uint32_t j = 0; j < d; j++) {
+                    a1 += (int32_t)q1[j] * cb[j];
+                    a2 += (int32_t)q2[j] * cb[j];
+                }
+                float f = (float)(254 * a1 + a2) * qs[g] * ks;
                 s[g][i] = f + kb * qsum[g];
             }
         }
@@ -515,20 +527,23 @@ static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *
                 float p = expf(s[g][i] - m);
                 l += p;
                 b += p * vbi[i];
-                s[g][i] = p * vsc[i];
-                wmax = s[g][i] > wmax ? s[g][i] : wmax;
+                s[g][i] = p * vsc[i];  /* < 0 where a ggml scale is */
+                wmax = fabsf(s[g][i]) > wmax ? fabsf(s[g][i]) : wmax;
             }
             st[g].l += l;
-            float ws = i8_wscale(wmax), inv = i8_winv(wmax);
-            memset(ia, 0, (size_t)d * sizeof *ia);
+            float wu = i8_wunit(wmax), inv = i8_winv(wmax);
+            memset(ia, 0, sizeof ia);
             for (uint32_t i = 0; i < n; i++) {
-                int32_t w = (int32_t)i8_wq(s[g][i], inv);
+                int8_t w1, w2;
+                i8_split(s[g][i] * inv, &w1, &w2);
                 const uint8_t *c = cb + (size_t)i * d;
-                for (uint32_t j = 0; j < d; j++)
-                    ia[j] += w * c[j];
+                for (uint32_t j = 0; j < d; j++) {
+                    ia[0][j] += w1 * c[j];
+                    ia[1][j] += w2 * c[j];
+                }
             }
             for (uint32_t j = 0; j < d; j++)
-                ag[j] += (float)ia[j] * ws + b;
+                ag[j] += (float)(254 * ia[0][j] + ia[1][j]) * wu + b;
         }
     }
 }
@@ -1029,7 +1044,7 @@ static int i8_args(int kernel, uint32_t bits, uint32_t d, const void *rows, uint
         return skv_error(SKV_EUNSUP, "int8 blocks: this CPU cannot run %s",
                          skv_att_kernel_name(kernel));
     if (bits < 2 || bits > 4 || d == 0 || d % 32 || d > SKV_MAX_HEAD_DIM || ng == 0 ||
-        ng > SKV_GMAX || (n && (!rows || !x || !out)))
+        ng > I8_QMAX || (n && (!rows || !x || !out)))
         return skv_error(SKV_EINVAL, "int8 blocks: bad arguments (bits %u, head_dim %u, %u heads)",
                          bits, d, ng);
     return 0;
@@ -1043,7 +1058,7 @@ int skv_att_i8_dots(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows, 
         return rc;
 #ifdef SKV_X86
     if (kernel != SKV_KERNEL_I8_SCALAR) {
-        int8_t qp[SKV_GMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+        int8_t qp[I8_QMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
         i8_permute_q(q, ng, d, (int)bits, qp);
         if (kernel == SKV_KERNEL_I8_AVX2)
             i8_dots_rows_avx2(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
@@ -1065,7 +1080,7 @@ int skv_att_i8_dots(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows, 
 }
 
 int skv_att_i8_vacc(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows, size_t stride,
-                    uint32_t n, const uint8_t *w, uint32_t ng, int32_t *acc)
+                    uint32_t n, const int8_t *w, uint32_t ng, int32_t *acc)
 {
     int rc = i8_args(kernel, bits, d, rows, n, w, ng, acc);
     if (rc < 0)

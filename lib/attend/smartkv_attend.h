@@ -42,16 +42,16 @@ enum skv_att_mode {
 };
 
 /* The int8 kernels (integer dot products on packed rows): the query of each
- * head is quantized to int8 (one scale per head and step), K codes meet it
- * in integer dot products and the row's fp16 scale and bias are applied to
- * the integer sum; the softmax weights times each V row's scale are
- * quantized to u8 per tile of 32 tokens (one scale per tile and head) and
- * V codes are accumulated in int32, scaled once per tile, the bias added
- * once.  They cover rows of 2, 3 and 4 bits with one scale group per row
+ * head is quantized to two int8 vectors (a coarse one and its rounding; one
+ * scale per head and step), K codes meet both in integer dot products and
+ * the row's fp16 scale and bias are applied to the integer sum; the softmax
+ * weights times each V row's scale are quantized the same way per tile of
+ * 32 tokens (one scale per tile and head) and V codes are accumulated in
+ * int32, scaled once per tile, the bias added once.  They cover rows of 2, 3 and 4 bits with one scale group per row
  * (the default) and head_dim a multiple of 32; other rows (8, 16 bits,
  * several groups, float tails) go to the float kernels (int8-scalar to
- * scalar, the others to avx2).  Error against the float kernels: about
- * 1e-3 of the output norm (tests/test_attend.c states the bound). */
+ * scalar, the others to avx2).  Error against the float kernels: well
+ * below 1e-3 of the output norm (tests/test_attend.c states the bound). */
 enum skv_att_kernel {
     SKV_KERNEL_AUTO = 0,    /* best the CPU supports: int8-vnni, int8-avx2, scalar */
     SKV_KERNEL_SCALAR = 1,  /* portable C reference kernels (float) */
@@ -72,16 +72,18 @@ SKV_EXPORT int skv_att_kernel_available(int kernel);
 
 /* The integer building blocks of the int8 kernels (exposed for the tests),
  * on n rows of one packed width bits (2, 3 or 4), row i at rows + i*stride,
- * head_dim d a multiple of 32, ng (1..8) heads:
- *   dots[g*n + i]  = sum_j q[g*d + j] * code_j(row i)        (q: int8, |q| <= 127)
- *   acc[g*d + j]  += sum_i w[g*n + i] * code_j(row i)        (w: u8)
- * kernel: one of the int8 kernels (the SIMD ones must give exactly what
- * int8-scalar gives).  Returns 0, SKV_EINVAL or SKV_EUNSUP. */
+ * head_dim d a multiple of 32, ng (1..16) int8 vectors (the kernels use two
+ * per head: a coarse one and its rounding, see attend.c):
+ *   dots[g*n + i]  = sum_j q[g*d + j] * code_j(row i)
+ *   acc[g*d + j]  += sum_i w[g*n + i] * code_j(row i)
+ * (q and w in -127..127).  kernel: one of the int8 kernels (the SIMD ones
+ * must give exactly what int8-scalar gives).  Returns 0, SKV_EINVAL or
+ * SKV_EUNSUP. */
 SKV_EXPORT int skv_att_i8_dots(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows,
                                size_t stride, uint32_t n, const int8_t *q, uint32_t ng,
                                int32_t *dots);
 SKV_EXPORT int skv_att_i8_vacc(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows,
-                               size_t stride, uint32_t n, const uint8_t *w, uint32_t ng,
+                               size_t stride, uint32_t n, const int8_t *w, uint32_t ng,
                                int32_t *acc);
 
 /* ---- the attention-output header (ATHD) ---- */
