@@ -973,6 +973,39 @@ AVX2_FN static inline __attribute__((always_inline)) __m256i i8_hsum8(const __m2
                             _mm256_permute2x128_si256(a, b, 0x31));
 }
 
+/* Scale and bias of rows [0, n) of a single-group parameter section
+ * (stride 2: sym/ggml scale; 4: asym scale, min) into sc[TILE], bi[TILE],
+ * zeros beyond n: eight rows per F16C conversion. */
+AVX2_FN static inline __attribute__((always_inline)) void
+i8_tile_par(const uint8_t *par, uint32_t ps, uint32_t mode, const int bits, uint32_t n, float *sc,
+            float *bi)
+{
+    uint32_t i = 0;
+    if (mode == SKV_QMODE_ASYM && ps == 4) {
+        for (; i + 8 <= n; i += 8) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(par + 4 * (size_t)i));
+            /* halves: s0 m0 s1 m1 ... -> scales in the low 4 words of each lane */
+            x = _mm256_shuffle_epi8(x, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10,
+                                                        11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3,
+                                                        6, 7, 10, 11, 14, 15));
+            x = _mm256_permute4x64_epi64(x, 0xd8); /* scales 0-7, then mins 0-7 */
+            _mm256_store_ps(sc + i, _mm256_cvtph_ps(_mm256_castsi256_si128(x)));
+            _mm256_store_ps(bi + i, _mm256_cvtph_ps(_mm256_extracti128_si256(x, 1)));
+        }
+    } else if (mode != SKV_QMODE_ASYM && ps == 2) {
+        __m256 off = _mm256_set1_ps(-(float)(1u << (bits - 1)));
+        for (; i + 8 <= n; i += 8) {
+            __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(par + 2 * (size_t)i)));
+            _mm256_store_ps(sc + i, v);
+            _mm256_store_ps(bi + i, _mm256_mul_ps(v, off));
+        }
+    }
+    for (; i < n; i++)
+        group_par_f16c(par + (size_t)i * ps, 0, bits, mode, &sc[i], &bi[i]);
+    for (; i < TILE; i++)
+        sc[i] = bi[i] = 0;
+}
+
 #define I8_ISA avx2
 #define I8_TARGET "avx2,fma,f16c,bmi2"
 #define I8_DP(acc, a, b)                                                                       \

@@ -104,14 +104,8 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, ui
             accp[(size_t)g * d + x] = acc[(size_t)g * d + i8_vchan(bits, x)];
     for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
         uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
-        for (uint32_t i = 0; i < TILE; i++) {
-            if (i < n) {
-                group_par_f16c(R->kp + (t0 + i) * R->kps, 0, bits, R->kmode, &ksc[i], &kbi[i]);
-                group_par_f16c(R->vp + (t0 + i) * R->vps, 0, bits, R->vmode, &vsc[i], &vbi[i]);
-            } else {
-                ksc[i] = kbi[i] = vsc[i] = vbi[i] = 0;
-            }
-        }
+        i8_tile_par(R->kp + t0 * R->kps, R->kps, R->kmode, bits, n, ksc, kbi);
+        i8_tile_par(R->vp + t0 * R->vps, R->vps, R->vmode, bits, n, vsc, vbi);
         /* scores: (254 a1 + a2) * qs * scale + bias * sum(q) */
         I8_NAME(i8_kdots)(R->kd + t0 * R->rs, R->rs, n, qp, d, bits, 2 * ng, isum);
         for (int g = 0; g < ng; g++) {
