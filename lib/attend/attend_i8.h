@@ -23,21 +23,21 @@ I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, u
     for (uint32_t i0 = 0; i0 < n; i0 += 8) {
         for (uint32_t k = 0; k < 8; k++) {
             __m256i a[I8_QMAX];
-            for (int g = 0; g < nq; g++)
+            _Pragma("GCC unroll 16") for (int g = 0; g < I8_QMAX; g++)
                 a[g] = _mm256_setzero_si256();
             if (i0 + k < n) {
                 const uint8_t *r = row + (size_t)(i0 + k) * rs;
-                for (uint32_t c = 0; c < nch; c++) {
+                _Pragma("GCC unroll 8") for (uint32_t c = 0; c < nch; c++) {
                     __m256i x = i8_unpack(r, c, bits);
-                    for (int g = 0; g < nq; g++)
+                    _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
                         a[g] = I8_DP(a[g], x,
                                      _mm256_load_si256((const __m256i *)(qp + (size_t)g * d + 32 * c)));
                 }
             }
-            for (int g = 0; g < nq; g++)
+            _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
                 buf[g][k] = a[g];
         }
-        for (int g = 0; g < nq; g++)
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             _mm256_storeu_si256((__m256i *)&isum[g][i0], i8_hsum8(buf[g]));
     }
 }
@@ -62,14 +62,14 @@ I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n, const uint32_t w4[][
         }
     for (uint32_t kv = 0; kv < nv; kv++) {
         __m256i a[I8_QMAX];
-        for (int g = 0; g < nq; g++)
+        _Pragma("GCC unroll 16") for (int g = 0; g < I8_QMAX; g++)
             a[g] = _mm256_setzero_si256();
         for (uint32_t qd = 0; qd < nquad; qd++) {
             __m256i x = _mm256_load_si256(vt + (size_t)qd * nv + kv);
-            for (int g = 0; g < nq; g++)
+            _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
                 a[g] = I8_DP(a[g], x, _mm256_set1_epi32((int)w4[g][qd]));
         }
-        for (int g = 0; g < nq; g++)
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             _mm256_storeu_si256((__m256i *)&ia[g][8 * kv], a[g]);
     }
 }
@@ -212,7 +212,7 @@ I8_FN static void I8_NAME(i8_dots_rows)(const uint8_t *rows, size_t stride, uint
     for (uint32_t i0 = 0; i0 < n; i0 += TILE) {
         uint32_t m = n - i0 < TILE ? n - i0 : TILE;
         I8_NAME(i8_kdots)(rows + (size_t)i0 * stride, stride, m, qp, d, bits, nq, isum);
-        for (int g = 0; g < nq; g++)
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             for (uint32_t i = 0; i < m; i++)
                 dots[(size_t)g * n + i0 + i] = isum[g][i];
     }
@@ -227,7 +227,7 @@ I8_FN static void I8_NAME(i8_vacc_rows)(const uint8_t *rows, size_t stride, uint
     __m256i vt[TILE / 4 * SKV_MAX_HEAD_DIM / 8];
     for (uint32_t i0 = 0; i0 < n; i0 += TILE) {
         uint32_t m = n - i0 < TILE ? n - i0 : TILE;
-        for (int g = 0; g < nq; g++)
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             for (uint32_t k = 0; k < TILE / 4; k++) {
                 uint32_t x = 0;
                 for (uint32_t b = 0; b < 4; b++)
@@ -236,7 +236,7 @@ I8_FN static void I8_NAME(i8_vacc_rows)(const uint8_t *rows, size_t stride, uint
                 w4[g][k] = x;
             }
         I8_NAME(i8_vacc)(rows + (size_t)i0 * stride, stride, m, w4, d, bits, nq, vt, ia);
-        for (int g = 0; g < nq; g++)
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             for (uint32_t x = 0; x < d; x++)
                 acc[(size_t)g * d + i8_vchan(bits, x)] += ia[g][x];
     }
