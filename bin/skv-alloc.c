@@ -15,7 +15,8 @@ static void usage(void)
            "token) a width from {0,2,3,4,8,16} so that the packed cache fits BETA times\n"
            "the fp16 K+V bytes, and write the trace with the allocation appended.\n"
            "\n"
-           "  -p, --policy POLICY    smartkv (default), greedy, optimal, uniform:N, random,\n"
+           "  -p, --policy POLICY    smartkv (default), greedy, optimal, uniform:N,\n"
+           "                         uniform-protect:N, random,\n"
            "                         position, layer-aware; baselines q8_0, q4_0,\n"
            "                         streaming, h2o, snapkv, mikv\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.25; none for\n"
@@ -370,8 +371,9 @@ int main(int argc, char **argv)
     if (skv_policy_flags(ac.policy) & SKV_PF_FIXED) {
         if (!have_budget)
             ac.budget = 0;
-        if (!have_bits)
-            ac.width_mask = 1u << ac.uniform_bits;
+        if (!have_bits)     /* uniform-protect:N keeps the protected at 16 */
+            ac.width_mask = 1u << ac.uniform_bits |
+                            (skv_policy_flags(ac.policy) & SKV_PF_PROTECT ? 1u << 16 : 0);
         else if (!(ac.width_mask & (1u << ac.uniform_bits)))
             tool_usage_error("uniform:%u: width %u is not in --bits", ac.uniform_bits,
                              ac.uniform_bits);

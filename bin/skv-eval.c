@@ -36,7 +36,8 @@ static noreturn void usage(void)
            "\n"
            "Cache options:\n"
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
-           "                         greedy, optimal, uniform:N, random, position,\n"
+           "                         greedy, optimal, uniform:N, uniform-protect:N,\n"
+           "                         random, position,\n"
            "                         layer-aware, prune-merge[:K]; baselines q8_0, q4_0,\n"
            "                         streaming, h2o, snapkv, mikv; atskv, atskv-ema\n"
            "                         (needle: a comma list)\n"
@@ -440,10 +441,8 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "prune-merge:%u", c->pm.num_clusters);
     else if (c->kind == SKV_EC_ATSKV)
         snprintf(buf, n, "%s", c->rlv && c->rlv->label ? c->rlv->label : "atskv");
-    else if (c->alloc.policy == SKV_POLICY_UNIFORM)
-        snprintf(buf, n, "uniform:%u", c->alloc.uniform_bits);
     else
-        snprintf(buf, n, "%s", skv_policy_name(c->alloc.policy));
+        skv_policy_format(c->alloc.policy, c->alloc.uniform_bits, buf, n);
 }
 
 static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int front)
@@ -766,6 +765,8 @@ static uint32_t make_rows(const opts *o, row **out)
                         }
                         if (base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE || atskv)
                             c.realloc = o->reallocs[ri];
+                        if (c.kivi_bits && c.realloc % 32)  /* as skv_ec_kivi_parse */
+                            c.realloc = 32;
                         if (skv_ec_cfg_check(&c) < 0)
                             tool_usage_error("%s", skv_errmsg());
                         if (n == cap) {

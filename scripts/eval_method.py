@@ -2,12 +2,15 @@
 claims of issue 14, each PASS or FAIL with its numbers.  Standard library
 only.  beta is the mean while scoring with every byte counted (tracking
 state included); "equal bytes" means the other cache has at least the
-smartkv row's beta (within 0.002 for the controls, which run the same
-solver at the same budget)."""
+smartkv row's beta (for the controls, which run the same solver at the same
+budget: smartkv's beta at most 2% above theirs, since with eviction the
+exact bytes land a little under the solver's estimate, by an amount that
+depends on which tokens go)."""
 import csv
 import sys
 
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+plot_tsv = sys.argv[2] if len(sys.argv) > 2 else None  # the rows to plot: baselines + method
 by = {r["label"]: r for r in rows}
 GROUPED = (" kch", " ktok")
 EVICTION = ("streaming", "h2o", "snapkv")
@@ -21,11 +24,21 @@ def grouped(r):
     return any(g in r["label"] for g in GROUPED)
 
 
+def ladder(budget):
+    """The method's width ladders for a budget (as the label shows them)."""
+    b = float(budget)
+    if b <= 0.2:
+        return (" bits=0,2,3,4,8,16 ",)
+    if b <= 0.3:
+        return (" R=32 kch", " bits=3,4,8,16 ")   # 2..16 is the default: no bits= shown
+    return (" bits=4,8,16 ",)
+
+
 def method(r):
     """A row of the method's configuration (the ablations differ from it)."""
     lab = r["label"]
-    return (grouped(r) and " kch kv protect=8" in lab and "logit" not in lab and " p2" not in lab
-            and "+rot" not in lab and " rec=" not in lab)
+    return (grouped(r) and lab.endswith(" kch kv protect=8") and any(w in lab for w in ladder(r["budget"]))
+            and ("bits=" in lab or " R=32 kch" in lab))
 
 
 HEAD = ("| cache | beta (mean) | beta (window end) | of it tracking | PPL | dPPL | KL | top-1 |\n"
@@ -153,7 +166,7 @@ for other in ("random", "position"):
         if not o:
             continue
         tot += 1
-        ok = f(r, "kl") < f(o, "kl") and f(r, "beta") <= f(o, "beta") + 0.002
+        ok = f(r, "kl") < f(o, "kl") and f(r, "beta") <= 1.02 * f(o, "beta")
         wins += ok
         det.append("%s KL %.4g vs %.4g (beta %.3f vs %.3f)" % (
             r["label"].split(" ema")[0].replace("smartkv ", "") + " " + r["label"].split()[4],
@@ -199,3 +212,12 @@ for pol in ("kivi:4", "kivi:2", "uniform:4", "uniform:8"):
     elif b:
         claim("smartkv below %s's KL with equal or fewer bytes" % pol, False,
               "no smartkv row at or below beta %.3f" % f(b, "beta"))
+
+if plot_tsv:
+    with open(plot_tsv, "w", newline="") as out:
+        w = csv.DictWriter(out, fieldnames=list(rows[0].keys()), delimiter="\t",
+                           lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            if method(r) or not grouped(r) or r["policy"].startswith("kivi"):
+                w.writerow(r)

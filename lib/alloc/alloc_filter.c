@@ -161,10 +161,7 @@ static void describe(char *buf, size_t n, const skv_alloc_cfg *a, const skv_imp_
     char wl[32];
     skv_width_mask_format(a->width_mask, wl, sizeof wl);
     char pol[32];
-    if (a->policy == SKV_POLICY_UNIFORM)
-        snprintf(pol, sizeof pol, "uniform:%u", a->uniform_bits);
-    else
-        snprintf(pol, sizeof pol, "%s", skv_policy_name(a->policy));
+    skv_policy_format(a->policy, a->uniform_bits, pol, sizeof pol);
     snprintf(buf, n, "policy=%s beta=%.10g importance=%s decay=%.10g realloc=%u window=%u "
              "bits=%s sinks=%u recent=%u seed=%llu share-layers=%u",
              pol, a->budget, skv_imp_mode_name(i->mode), i->decay, i->realloc, i->window, wl,

@@ -184,6 +184,12 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
             if (skv_bit_widths[s->aw[k]] == cfg->uniform_bits)
                 pos = k;
         cur = sv_set_all_kept(s, pos);
+        if (pol->flags & SKV_PF_PROTECT) {   /* uniform-protect:N */
+            for (uint64_t it = 0; it < s->N; it++)
+                if (s->prot[it % s->T] && !sv_gone(s, it))
+                    sv_move(s, it, s->top);
+            cur = sv_bytes_of(s, 0, s->nu);
+        }
         if (budget && cur + s->pkhd > budget) {
             rc = skv_error(SKV_EINVAL, "uniform:%u takes %llu bytes, beta %.6g of the fp16 "
                            "cache; the budget beta %g allows %llu", cfg->uniform_bits,

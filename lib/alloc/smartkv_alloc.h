@@ -151,6 +151,7 @@ SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const 
     X(GREEDY, greedy)           /* rank thresholds 8/4/2 fitted to the budget */ \
     X(OPTIMAL, optimal)         /* Lagrangian MCKP over convex hulls + fix-up */ \
     X(UNIFORM, uniform)         /* every token uniform_bits */ \
+    X(UNIFORM_PROTECT, uniform_protect) /* uniform_bits, sinks + recent at the top */ \
     X(RANDOM, random)           /* smartkv's histogram, shuffled */ \
     X(POSITION, position)       /* newest tokens highest */ \
     X(LAYER_AWARE, layer_aware) /* per-layer budgets from attention entropy */ \
@@ -212,8 +213,11 @@ SKV_EXPORT int skv_alloc_cfg_resolve(skv_alloc_cfg *c);
 /* The importance mode a policy needs (SKV_IMP_CUMULATIVE for h2o and mikv,
  * SKV_IMP_WINDOW for snapkv), or `mode` when it takes the caller's. */
 SKV_EXPORT uint32_t skv_policy_imp_mode(uint32_t policy, uint32_t mode);
-/* "smartkv", "uniform:4", ...; <0 with a message if unknown. */
+/* "smartkv", "uniform:4", "uniform-protect:4", ...; <0 with a message if unknown. */
 SKV_EXPORT int skv_policy_parse(const char *s, uint32_t *policy, uint32_t *uniform_bits);
+/* The name skv_policy_parse reads back: "uniform:4" for the policies whose
+ * width is given in the name (SKV_PF_FIXED without fixed bits), else the name. */
+SKV_EXPORT void skv_policy_format(uint32_t policy, uint32_t uniform_bits, char *buf, size_t n);
 SKV_EXPORT const char *skv_policy_name(uint32_t policy);
 /* SKV_PF_* of a policy; 0 for an unknown one. */
 SKV_EXPORT unsigned skv_policy_flags(uint32_t policy);

@@ -221,10 +221,7 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "kivi:%u residual=%u", c->kivi_bits, c->realloc);
         return;
     }
-    if (a->policy == SKV_POLICY_UNIFORM)
-        snprintf(pol, sizeof pol, "uniform:%u", a->uniform_bits);
-    else
-        snprintf(pol, sizeof pol, "%s", skv_policy_name(a->policy));
+    skv_policy_format(a->policy, a->uniform_bits, pol, sizeof pol);
     char imp[48];
     if (pf & SKV_PF_VOTES)
         snprintf(imp, sizeof imp, "votes:%u", a->recent);

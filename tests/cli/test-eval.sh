@@ -172,6 +172,22 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["cache"] == "kivi:2 residual=32" and r["meta_frac"] == 0 and 0.1 < r["beta_end"] < 0.5, r
 ' "$T/out"
+run skv-eval sweep -q --model "$model" --text "$text" --max-tokens 96 --ctx 96 \
+    --policies kivi:2,uniform-protect:4 -o sw.tsv
+expect_rc 0 "sweep of kivi:2 (residual 32 whatever --realloc says) and uniform-protect:4"
+check "sweep: kivi:2 residual=32 and uniform-protect:4 rows" sh -c \
+    "grep -q '^kivi:2 residual=32	' sw.tsv && grep -q '^uniform-protect:4 R=16	' sw.tsv"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.2 \
+    --keys channel --kv-split --residual 32 --protect-bits 8 --bits 0,2,3,4,8,16 --json -q
+expect_rc 0 "ppl with smartkv, 8-bit sinks and residual, eviction allowed"
+check "protect-bits 8 and eviction: the label says so, beta after each reallocation within 0.2" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["beta_alloc"] <= 0.2 and r["cache"].endswith("protect=8"), r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.2 \
+    --keys channel --residual 32 --bits 0,2,4,8,16 -q
+expect_rc 2 "eviction in the grouped layout without --kv-split is a usage error"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
     --keys channel --kv-split --error logit --residual 32 --json -q
 expect_rc 0 "ppl with smartkv in the grouped layout"
