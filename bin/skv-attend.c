@@ -33,7 +33,7 @@ static void usage(FILE *f)
 "      --label TEXT      label the outputs (default: the cache's allocation,\n"
 "                        e.g. \"policy=smartkv beta=0.25\"), shown by skv-stats\n"
 "  -@, --threads N       worker threads (default: one per online CPU)\n"
-"  -k, --kernel NAME     auto (default), scalar or avx2\n"
+"  -k, --kernel NAME     auto (default), scalar, avx2, int8-scalar, int8-avx2, int8-vnni\n"
 "      --split N         tokens per work item (default %u)\n"
 "      --device NAME     cpu (default) or cuda: the fused packed kernel on\n"
 "                        the GPU (no --reference, --dense or --probs)\n"
@@ -170,16 +170,13 @@ int main(int argc, char **argv)
             req.label = optarg;
             break;
         case 'k':
-            if (!strcmp(optarg, "auto")) /* NOLINT(clang-analyzer-core.NonNullParamChecker): getopt sets optarg for required_argument */
-                ao.kernel = SKV_KERNEL_AUTO;
-            else if (!strcmp(optarg, "scalar"))
-                ao.kernel = SKV_KERNEL_SCALAR;
-            else if (!strcmp(optarg, "avx2"))
-                ao.kernel = SKV_KERNEL_AVX2;
-            else
-                tool_usage_error("--kernel must be auto, scalar or avx2, not '%s'", optarg);
+            ao.kernel = skv_att_kernel_parse(optarg);
+            if (ao.kernel < 0)
+                tool_usage_error("--kernel must be auto, scalar, avx2, int8-scalar, int8-avx2 or "
+                                 "int8-vnni, not '%s'", optarg);
             if (!skv_att_kernel_available(ao.kernel))
-                tool_usage_error("--kernel %s: this CPU lacks AVX2, FMA or F16C", optarg);
+                tool_usage_error("--kernel %s: this CPU lacks AVX2, FMA, F16C%s", optarg,
+                                 ao.kernel == SKV_KERNEL_I8_VNNI ? " or VNNI" : "");
             break;
         case 2:
             if (tool_parse_size(optarg, &v) < 0 || v < 1 || v > (1u << 30))

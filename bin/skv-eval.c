@@ -54,7 +54,8 @@ static noreturn void usage(void)
            "      --recent N         newest N tokens at the top width (default 32)\n"
            "  -g, --group G          channels per scale group (default head_dim)\n"
            "      --seed S           seed of the random policy and the pass keys (default 1)\n"
-           "  -k, --kernel K         attention kernel: auto (default), scalar, avx2\n"
+           "  -k, --kernel K         attention kernel: auto (default), scalar, avx2, int8-scalar,\n"
+           "                         int8-avx2, int8-vnni\n"
            "Grouped layout (any of these selects it; kivi:N always uses it):\n"
            "      --grouped          the grouped layout (keys per token unless --keys)\n"
            "      --keys L           token (per token, --group channels) or channel\n"
@@ -1105,14 +1106,10 @@ int main(int argc, char **argv)
             break;
         }
         case 'k':
-            if (!strcmp(optarg, "auto"))
-                o.cfg.kernel = SKV_KERNEL_AUTO;
-            else if (!strcmp(optarg, "scalar"))
-                o.cfg.kernel = SKV_KERNEL_SCALAR;
-            else if (!strcmp(optarg, "avx2"))
-                o.cfg.kernel = SKV_KERNEL_AVX2;
-            else
-                tool_usage_error("--kernel: '%s' is not auto, scalar or avx2", optarg);
+            o.cfg.kernel = skv_att_kernel_parse(optarg);
+            if (o.cfg.kernel < 0)
+                tool_usage_error("--kernel: '%s' is not auto, scalar, avx2, int8-scalar, int8-avx2 "
+                                 "or int8-vnni", optarg);
             break;
         case O_KEYS:
             o.cfg.layout = SKV_EC_GROUPED;
