@@ -85,7 +85,9 @@ void skv_ec_defaults(skv_ec_cfg *c)
     c->decay = 0.9;
     c->realloc = 16;
     c->ideal = 0;
-    c->kernel = 0;
+    /* the best float kernel: an evaluation measures the compression, not the
+     * int8 kernels' rounding (chosen with kernel = SKV_KERNEL_AUTO or by name) */
+    c->kernel = skv_att_kernel_available(SKV_KERNEL_AVX2) ? SKV_KERNEL_AVX2 : SKV_KERNEL_SCALAR;
     skv_pm_defaults(&c->pm);
 }
 
