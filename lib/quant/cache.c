@@ -1161,9 +1161,10 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
         for (uint32_t k = 0; k < nrun; k++) {
             uint32_t bi, row;
             if (run_find(h->buckets + run[k], run[k + 1] - run[k], b.idx[i], &bi, &row)) {
+                uint32_t tok = b.idx[i];  /* b.idx points into mem */
                 free(mem);
                 return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u "
-                                 "kv head %u is already stored at %u bits", at, b.idx[i],
+                                 "kv head %u is already stored at %u bits", at, tok,
                                  b.layer, b.kv_head, h->buckets[run[k]].bits);
             }
         }

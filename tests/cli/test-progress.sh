@@ -34,9 +34,17 @@ for c in "skv-alloc -b 0.3 t4.skv -o a4.skv" "skv-attend --reference -s $s4: t4.
         grep -Eq ' of [0-9.]+ [KM]B \\([0-9]+%\\), [0-9.]+ [KMGT]?B/s' '$T/err' &&
         grep -Eq ': done: [0-9.]+ [KM]B in ' '$T/err'"
 done
+# these two runs are not under valgrind (a shell and script(1) start the
+# tool), so with valgrind's small inputs they end before a tick: timing
+# checks, run by the plain and sanitizer runs only
+if [ -n "$SKV_VALGRIND" ]; then
+    skip "skv-alloc --progress < FILE: the size of standard input is known" \
+        "a timing check; valgrind runs use inputs too small for a tick"
+else
 run sh -c 'skv-alloc --progress -b 0.3 < t4.skv > b.skv'
 check "skv-alloc --progress < FILE: the size of standard input is known" sh -c "
     grep -Eq ' of [0-9.]+ [KM]B \\(' '$T/err' && cmp a4.skv b.skv"
+fi
 run skv-quant --progress --uniform 4 t.skv -o u.skv
 check "skv-quant --progress --uniform: the write step, in layers" \
     grep -q '^skv-quant: writing: done: 3 layers in ' "$T/err"
@@ -62,7 +70,9 @@ run skv-stats compare --progress o.skv o.skv
 check "skv-stats compare --progress: each file read" sh -c "[ $rc = 0 ] &&
     [ \$(grep -c '^skv-stats: reading: done: ' '$T/err') = 2 ]"
 
-if script -qec true /dev/null > /dev/null 2>&1; then
+if [ -n "$SKV_VALGRIND" ]; then
+    skip "progress bar on a terminal" "a timing check; valgrind runs use inputs too small for a tick"
+elif script -qec true /dev/null > /dev/null 2>&1; then
     run script -qec "SKV_PROGRESS_INTERVAL=0 skv-attend --reference -s $s1: t.skv -o /dev/null" /dev/null
     check "on a terminal: a bar redrawn in place, with the percentage and rate" sh -c "[ $rc = 0 ] &&
         grep -q 'skv-attend: \\[#* *\\] *[0-9]*% ' '$T/out' && tr '\\r' '\\n' < '$T/out' | grep -c '%' | grep -qv '^[01]\$'"
