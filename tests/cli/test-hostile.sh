@@ -319,15 +319,3 @@ else
 fi
 check "16 concurrent writers: no temporary left" test "$(tmps)" = 0
 
-# the temporary file is synced before it is renamed into place (a crash
-# leaves the old file or the whole new one); SKV_NO_FSYNC=1 skips the sync
-if command -v strace > /dev/null 2>&1 && strace -o /dev/null true 2> /dev/null; then
-    run strace -f -e trace=fsync,rename,renameat,renameat2 skv-trace synth -L 1 -T 64 -o s.skv
-    check "-o FILE: fsync of the temporary, then the rename" sh -c "[ $rc = 0 ] &&
-        grep -E '^(\\[pid +[0-9]+\\] )?(fsync|rename)' '$T/err' | cut -c1-6 | tr -d '(\\n' | grep -qx fsyncrename"
-    run env SKV_NO_FSYNC=1 strace -f -e trace=fsync,rename,renameat,renameat2 skv-trace synth -L 1 -T 64 -o s.skv
-    check "SKV_NO_FSYNC=1: the rename without the fsync" sh -c "[ $rc = 0 ] &&
-        grep -q 'rename' '$T/err' && ! grep -q '^fsync' '$T/err'"
-else
-    skip "fsync before rename" "strace cannot run here"
-fi
