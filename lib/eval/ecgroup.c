@@ -462,9 +462,10 @@ static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
 }
 
 /* Attention of one query over the rows [0, lim] of H that are not evicted
- * (value width 0), in float64 sums: the rows are few and this path only
- * runs when eviction is allowed.  prob gets n_prob entries (0 for evicted
- * tokens and beyond lim). */
+ * (value width 0), in float64 sums: a reference loop, slow at long
+ * contexts, that only runs when eviction is allowed (the README's rows
+ * come from it; a float version moved one row's KL by 10%).  prob gets
+ * n_prob entries (0 for evicted tokens and beyond lim). */
 static void attend_masked(const gh *H, const float *q, uint32_t d, float scale, uint64_t lim,
                           float *out, float *prob, uint64_t n_prob)
 {
