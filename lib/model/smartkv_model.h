@@ -129,6 +129,9 @@ SKV_EXPORT int skv_kv_append_check(const skv_kv_cache *c, uint32_t layer, uint64
  * Returns 0 or <0 (message set). */
 SKV_EXPORT int skv_kv_attend_check(const skv_kv_cache *c, uint32_t layer, uint32_t head,
                                    uint64_t pos, uint32_t n, const uint64_t *len);
+/* Whether truncating to n positions drops anything some layer holds (len:
+ * positions held per layer): 1 if so, 0 if not. */
+SKV_EXPORT int skv_kv_truncates(const skv_kv_cache *c, uint64_t n, const uint64_t *len);
 
 /* ---- Evaluation ---- */
 
