@@ -591,10 +591,12 @@ START_TEST(test_i8_blocks)
     static const uint32_t dims[] = {32, 64, 96, 128};
     static const uint32_t rows_n[] = {1, 5, 33, 64, 70};
     static const uint32_t ngs[] = {1, 3, 16};
-    for (int bits = 2; bits <= 4; bits++)
+    static const int widths[] = {2, 3, 4, 8};
+    for (size_t wi = 0; wi < 4; wi++)
         for (size_t di = 0; di < 4; di++)
             for (size_t ni = 0; ni < 5; ni++)
                 for (size_t gi = 0; gi < 3; gi++) {
+                    int bits = widths[wi];
                     uint32_t d = dims[di], n = rows_n[ni], ng = ngs[gi];
                     size_t rs = (size_t)d / 8 * (size_t)bits + (ni & 1) * 3; /* odd strides too */
                     uint8_t *rows = malloc(rs * n);
@@ -648,7 +650,10 @@ START_TEST(test_i8_blocks)
     uint8_t r[64] = {0};
     int8_t q[64] = {0};
     int32_t o[64];
-    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 8, 64, r, 64, 1, q, 1, o), SKV_EINVAL);
+    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 16, 64, r, 64, 1, q, 1, o), SKV_EINVAL);
+    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 5, 64, r, 64, 1, q, 1, o), SKV_EINVAL);
+    /* 8 bits beyond head_dim 256: the int32 sums could overflow */
+    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 8, 288, r, 288, 0, q, 1, o), SKV_EINVAL);
     ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 4, 48, r, 24, 1, q, 1, o), SKV_EINVAL);
     ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_AVX2, 4, 64, r, 32, 1, q, 1, o), SKV_EINVAL);
     ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 4, 64, r, 32, 1, q, 17, o), SKV_EINVAL);
@@ -668,6 +673,8 @@ START_TEST(test_packed_int8)
         {3, 1, 96, 45, 96, 96, SKV_QMODE_GGML, SKV_QMODE_ASYM, 0},
         {8, 1, 128, 90, 128, 128, SKV_QMODE_ASYM, SKV_QMODE_GGML, 2},
         {5, 5, 64, 37, 64, 64, SKV_QMODE_SYM, SKV_QMODE_ASYM, 3},
+        {6, 2, 64, 75, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 8},
+        {3, 1, 256, 40, 256, 256, SKV_QMODE_SYM, SKV_QMODE_GGML, 8}, /* the largest 8-bit dim */
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         packed_case(&cases[i]);

@@ -394,10 +394,21 @@ static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, 
  *   acc += ws * sum_i wi_i * codes_i + sum_i p_i * bias_i */
 #define I8_QMAX (2 * SKV_GMAX)  /* int8 vectors per call: two per head */
 
-/* The rows an int8 kernel takes: packed 2-4 bits, one group per row. */
+/* 8-bit rows: the scores' int32 sum 254 * a1 + a2 stays below 2^31 up to
+ * head_dim 256 (256 * 127 * 255 * 254 + 256 * 127 * 255 < 2^31). */
+#define I8_MAX_D8 256u
+
+/* The widths the int8 kernels take: packed 2, 3, 4 bits, and 8 bits up to
+ * head_dim I8_MAX_D8. */
+static int i8_width_ok(uint32_t bits, uint32_t d)
+{
+    return (bits >= 2 && bits <= 4) || (bits == 8 && d <= I8_MAX_D8);
+}
+
+/* The rows an int8 kernel takes: one of those widths, one group per row. */
 static int i8_ok(const run *R, uint32_t d)
 {
-    return R->bits >= 2 && R->bits <= 4 && R->kg == d && R->vg == d && d % 32 == 0;
+    return i8_width_ok(R->bits, d) && R->kg == d && R->vg == d && d % 32 == 0;
 }
 
 /* x in units of u (|x / u| <= 254 * 127.5) -> the two int8 levels. */
@@ -449,6 +460,8 @@ static inline float i8_winv(float wmax)
  * 32 * chunk + i8_perm(bits, p). */
 static inline uint32_t i8_perm(int bits, uint32_t p)
 {
+    if (bits == 8)
+        return p;
     if (bits == 4)
         return p < 16 ? 2 * p : 2 * (p - 16) + 1;
     if (bits == 2) {
@@ -920,6 +933,8 @@ AVX2_FN static inline __attribute__((always_inline)) __m256i
 i8_unpack(const uint8_t *row, uint32_t c, const int bits)
 {
     const __m128i m15 = _mm_set1_epi8(0x0f);
+    if (bits == 8)
+        return _mm256_loadu_si256((const __m256i *)(const void *)(row + 32 * (size_t)c));
     if (bits == 4) {
         __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(row + 16 * (size_t)c));
         return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m15), _mm_and_si128(x, m15));
@@ -1012,30 +1027,47 @@ i8_tile_par(const uint8_t *par, uint32_t ps, uint32_t mode, const int bits, uint
 #define I8_DP(acc, a, b)                                                                       \
     _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((a), (b)),                  \
                                               _mm256_set1_epi16(1)))
+/* 8-bit codes: vpmaddubsw would saturate (2 * 255 * 127 > 32767), so the
+ * codes go in as two nibbles, code = lo + 16 hi, each sum exact */
+#define I8_DP8(acc, a, b)                                                                      \
+    _mm256_add_epi32(                                                                          \
+        (acc),                                                                                 \
+        _mm256_add_epi32(I8_DP(_mm256_setzero_si256(),                                          \
+                               _mm256_and_si256((a), _mm256_set1_epi8(0x0f)), (b)),            \
+                         _mm256_slli_epi32(I8_DP(_mm256_setzero_si256(),                        \
+                                                 _mm256_and_si256(_mm256_srli_epi16((a), 4),   \
+                                                                  _mm256_set1_epi8(0x0f)),     \
+                                                 (b)),                                         \
+                                           4)))
 #include "attend_i8.h"
 #undef I8_ISA
 #undef I8_TARGET
 #undef I8_DP
+#undef I8_DP8
 
 #define I8_ISA vnni512
 #define I8_TARGET "avx2,fma,f16c,bmi2,avx512f,avx512vl,avx512vnni"
 #define I8_DP(acc, a, b) _mm256_dpbusd_epi32((acc), (a), (b))
+#define I8_DP8 I8_DP /* no saturation: exact for 8-bit codes too */
 #include "attend_i8.h"
 #undef I8_ISA
 #undef I8_TARGET
 #undef I8_DP
+#undef I8_DP8
 
 #define I8_ISA avxvnni
 #define I8_TARGET "avx2,fma,f16c,bmi2,avxvnni"
 #define I8_DP(acc, a, b) _mm256_dpbusd_avx_epi32((acc), (a), (b))
+#define I8_DP8 I8_DP
 #include "attend_i8.h"
 #undef I8_ISA
 #undef I8_TARGET
 #undef I8_DP
+#undef I8_DP8
 
 static kern_fn i8_kernel(int kernel, uint32_t bits, uint32_t ng)
 {
-    int b = bits == 2 ? 0 : bits == 3 ? 1 : 2;
+    int b = bits == 2 ? 0 : bits == 3 ? 1 : bits == 4 ? 2 : 3;
     if (kernel == SKV_KERNEL_I8_VNNI)
         return cpu_vnni() == 1 ? i8_kernels_vnni512[b][ng - 1] : i8_kernels_avxvnni[b][ng - 1];
     return i8_kernels_avx2[b][ng - 1];
@@ -1077,7 +1109,7 @@ static int i8_args(int kernel, uint32_t bits, uint32_t d, const void *rows, uint
     if (!skv_att_kernel_available(kernel))
         return skv_error(SKV_EUNSUP, "int8 blocks: this CPU cannot run %s",
                          skv_att_kernel_name(kernel));
-    if (bits < 2 || bits > 4 || d == 0 || d % 32 || d > SKV_MAX_HEAD_DIM || ng == 0 ||
+    if (!i8_width_ok(bits, d) || d == 0 || d % 32 || d > SKV_MAX_HEAD_DIM || ng == 0 ||
         ng > I8_QMAX || (n && (!rows || !x || !out)))
         return skv_error(SKV_EINVAL, "int8 blocks: bad arguments (bits %u, head_dim %u, %u heads)",
                          bits, d, ng);

@@ -3,6 +3,8 @@
  *   I8_ISA     name suffix (avx2, vnni512, avxvnni)
  *   I8_TARGET  the target attribute string
  *   I8_DP(acc, a, b)  acc + the sums of 4 products u8 a * s8 b per int32 lane
+ *                     (a < 16: the 2-4 bit codes)
+ *   I8_DP8(acc, a, b) the same for any u8 a (the 8-bit codes)
  * Only the dot-product instruction differs, so the three give identical
  * results; attend.c holds the shared unpacking, the scalar reference and
  * the dispatch. */
@@ -10,6 +12,7 @@
 #define I8_CAT(a, b) I8_CAT2(a, b)
 #define I8_NAME(x) I8_CAT(x, I8_ISA)
 #define I8_FN __attribute__((target(I8_TARGET)))
+#define I8_DPB(acc, a, b) (bits == 8 ? I8_DP8(acc, a, b) : I8_DP(acc, a, b))
 
 /* Integer dot products of n (<= TILE) packed K rows with nq permuted int8
  * vectors qp[k][d]: isum[k][i] for i < n rounded up to 8 (pad rows 0).
@@ -30,8 +33,8 @@ I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, u
                 _Pragma("GCC unroll 8") for (uint32_t c = 0; c < nch; c++) {
                     __m256i x = i8_unpack(r, c, bits);
                     _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
-                        a[g] = I8_DP(a[g], x,
-                                     _mm256_load_si256((const __m256i *)(qp + (size_t)g * d + 32 * c)));
+                        a[g] = I8_DPB(a[g], x,
+                                      _mm256_load_si256((const __m256i *)(qp + (size_t)g * d + 32 * c)));
                 }
             }
             _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
@@ -66,15 +69,16 @@ I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n, const uint32_t w4[][
             a[g] = _mm256_setzero_si256();
         for (uint32_t qd = 0; qd < nquad; qd++) {
             __m256i x = _mm256_load_si256(vt + (size_t)qd * nv + kv);
-            _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
-                a[g] = I8_DP(a[g], x, _mm256_set1_epi32((int)w4[g][qd]));
+            /* g < I8_QMAX: nq's bound, for the compiler's bounds checks */
+            _Pragma("GCC unroll 16") for (int g = 0; g < nq && g < I8_QMAX; g++)
+                a[g] = I8_DPB(a[g], x, _mm256_set1_epi32((int)w4[g][qd]));
         }
         _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             _mm256_storeu_si256((__m256i *)&ia[g][8 * kv], a[g]);
     }
 }
 
-/* The fused kernel over rows [r0, r1) of a run of 2-, 3- or 4-bit rows
+/* The fused kernel over rows [r0, r1) of a run of 2-, 3-, 4- or 8-bit rows
  * with one scale group per row (i8_ok); same arithmetic as kern_i8_scalar. */
 I8_FN static inline __attribute__((always_inline)) void
 I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d,
@@ -191,7 +195,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, ui
     }
 #define I8_KBG(B) I8_KB(B, 1) I8_KB(B, 2) I8_KB(B, 3) I8_KB(B, 4) I8_KB(B, 5) I8_KB(B, 6)       \
     I8_KB(B, 7) I8_KB(B, 8)
-I8_KBG(2) I8_KBG(3) I8_KBG(4)
+I8_KBG(2) I8_KBG(3) I8_KBG(4) I8_KBG(8)
 #undef I8_KBG
 #undef I8_KB
 
@@ -200,7 +204,8 @@ I8_KBG(2) I8_KBG(3) I8_KBG(4)
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 3), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 4), \
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 5), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 6), \
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 7), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 8) }
-static const kern_fn I8_NAME(i8_kernels)[3][SKV_GMAX] = {I8_KROW(2), I8_KROW(3), I8_KROW(4)};
+static const kern_fn I8_NAME(i8_kernels)[4][SKV_GMAX] = {I8_KROW(2), I8_KROW(3), I8_KROW(4),
+                                                         I8_KROW(8)};
 #undef I8_KROW
 
 /* The building blocks for skv_att_i8_dots / skv_att_i8_vacc (any bits, nq). */
@@ -242,6 +247,7 @@ I8_FN static void I8_NAME(i8_vacc_rows)(const uint8_t *rows, size_t stride, uint
     }
 }
 
+#undef I8_DPB
 #undef I8_FN
 #undef I8_NAME
 #undef I8_CAT

@@ -47,9 +47,11 @@ enum skv_att_mode {
  * the row's fp16 scale and bias are applied to the integer sum; the softmax
  * weights times each V row's scale are quantized the same way per tile of
  * 32 tokens (one scale per tile and head) and V codes are accumulated in
- * int32, scaled once per tile, the bias added once.  They cover rows of 2, 3 and 4 bits with one scale group per row
- * (the default) and head_dim a multiple of 32; other rows (8, 16 bits,
- * several groups, float tails) go to the float kernels (int8-scalar to
+ * int32, scaled once per tile, the bias added once.  They cover rows of
+ * 2, 3, 4 and 8 bits with one scale group per row (the default) and
+ * head_dim a multiple of 32 (at most 256 for 8 bits, where the int32 sums
+ * would otherwise overflow); other rows (16 bits, several groups, float
+ * tails) go to the float kernels (int8-scalar to
  * scalar, the others to avx2).  Error against the float kernels: well
  * below 1e-3 of the output norm (tests/test_attend.c states the bound). */
 enum skv_att_kernel {
@@ -71,7 +73,8 @@ SKV_EXPORT int skv_att_kernel_parse(const char *name);
 SKV_EXPORT int skv_att_kernel_available(int kernel);
 
 /* The integer building blocks of the int8 kernels (exposed for the tests),
- * on n rows of one packed width bits (2, 3 or 4), row i at rows + i*stride,
+ * on n rows of one packed width bits (2, 3, 4, or 8 with d <= 256), row i
+ * at rows + i*stride,
  * head_dim d a multiple of 32, ng (1..16) int8 vectors (the kernels use two
  * per head: a coarse one and its rounding, see attend.c):
  *   dots[g*n + i]  = sum_j q[g*d + j] * code_j(row i)
