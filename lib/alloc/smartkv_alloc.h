@@ -22,7 +22,9 @@
  *   40  u32  v_group     | the skv_qcfg of the byte model; skv-quant
  *   44  u32  k_mode      | quantizes with exactly these
  *   48  u32  v_mode     /
- *   52  u32  reserved, 0
+ *   52  u32  clusters K: with flag SKV_ALHD_MERGE, the evicted tokens of each
+ *            (layer, KV head) are merged into min(K, evicted) centroids (CNTR
+ *            chunks of the packed cache, smartkv_pack.h); else 0
  *   56  u64  predicted cache bytes (byte model total, PKHD included)
  *   64  u16  text length L (<= SKV_ALHD_MAX_TEXT)
  *   66  L    text, e.g. "policy=smartkv importance=ema decay=0.9 realloc=16 ..."
@@ -54,7 +56,8 @@ extern "C" {
 #define SKV_ALHD_FIXED_LEN 66
 #define SKV_ALHD_MAX_TEXT 1024u
 #define SKV_ALHD_SHARE_LAYERS 0x1u
-#define SKV_ALHD_FLAGS_KNOWN 0x1u
+#define SKV_ALHD_MERGE 0x2u         /* evicted tokens merged into centroids (prune-merge) */
+#define SKV_ALHD_FLAGS_KNOWN 0x3u
 #define SKV_ALOC_HEADER_LEN 16
 /* Largest n_tokens whose ALOC payload fits one chunk (SKV_CHUNK_MAX). */
 #define SKV_ALOC_MAX_TOKENS 13421769ull
@@ -73,6 +76,7 @@ typedef struct skv_alloc_hdr {
     uint32_t flags;           /* SKV_ALHD_* */
     skv_qcfg qcfg;            /* head_dim, k_group, v_group, k_mode, v_mode */
     uint64_t predicted_bytes; /* byte model total, PKHD included */
+    uint32_t clusters;        /* SKV_ALHD_MERGE: centroids per (layer, KV head), else 0 */
     char text[SKV_ALHD_MAX_TEXT + 1]; /* policy and parameters, NUL-terminated */
 } skv_alloc_hdr;
 
