@@ -204,6 +204,21 @@ typedef struct skv_alloc_cfg {
     uint64_t seed;          /* random */
     uint32_t share_layers;  /* one width per (kv head, token) for all layers */
     skv_qcfg qcfg;
+    /* prune-merge, offline (skv_alloc_filter only; skv_pm_alloc): one prune at
+     * the end of the trace.  Each (layer, KV head) keeps the sinks, the recent
+     * window and the pm_max_cache tokens with the most attention from the last
+     * pm_lookback queries (importance mode window, summed over the query heads
+     * of the KV head); the ALHD asks skv-quant to merge the others into at most
+     * pm_clusters centroids (SKV_ALHD_MERGE; 0 = pruned only).  With
+     * pm_max_cache 0, B follows from the budget with the kept tokens at the top
+     * allowed width.  With both B and a budget, `policy` (smartkv) spends the
+     * budget, less the centroids' bytes, on the kept tokens over the allowed
+     * widths (merge + mixed precision); otherwise kept tokens take the top
+     * width.  Centroids are stored at the top allowed width. */
+    uint32_t prune_merge;   /* 1: prune-merge */
+    uint32_t pm_max_cache;  /* B; 0 = from the budget */
+    uint32_t pm_clusters;   /* K <= SKV_CNTR_MAX */
+    uint32_t pm_lookback;   /* D >= 1 */
 } skv_alloc_cfg;
 
 SKV_EXPORT void skv_alloc_cfg_defaults(skv_alloc_cfg *c);
@@ -256,6 +271,14 @@ typedef struct skv_alloc_result {
  * smallest cache, uniform width not allowed, bad qcfg. */
 SKV_EXPORT int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p,
                                uint8_t *bits, skv_alloc_result *res);
+/* The offline prune-merge allocation (see skv_alloc_cfg): bits as
+ * skv_alloc_solve, res->bytes includes the CNTR chunks skv-quant will
+ * write (min(K, evicted tokens) centroids per head at the top width).
+ * p->importance must be the window importance of the last pm_lookback
+ * queries.  SKV_EINVAL (message set) when the budget cannot hold the
+ * protected tokens and the centroids. */
+SKV_EXPORT int skv_pm_alloc(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_t *bits,
+                            skv_alloc_result *res);
 /* Sum of importance * err[width] over every (layer, kv head, token). */
 SKV_EXPORT double skv_alloc_objective(const skv_alloc_problem *p, const uint8_t *bits);
 
