@@ -207,6 +207,22 @@ int skv_cache_mem(const skv_cache *c, skv_mem *m)
                 }
                 m->layer_bytes[l] += fb;
             }
+            if (ch->cent.n) {
+                const skv_bucket *B = &ch->cent;
+                uint64_t n = B->n, pay = 2 * n * B->row_stride,
+                         par = n * ((uint64_t)B->k_par_stride + B->v_par_stride), idx = 8 * n;
+                uint64_t frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
+                m->kind[SKV_MEM_PAYLOAD] += pay;
+                m->kind[SKV_MEM_SCALES] += par;
+                m->kind[SKV_MEM_INDICES] += idx;  /* last member and member count */
+                m->kind[SKV_MEM_HEADERS] += SKV_PBKT_HEADER_LEN;
+                m->kind[SKV_MEM_PADDING] += B->payload_bytes - SKV_PBKT_HEADER_LEN - pay - par - idx;
+                m->kind[SKV_MEM_FRAMING] += frame;
+                m->centroids += n;
+                m->centroid_bytes += B->payload_bytes + frame;
+                m->centroid_chunks++;
+                m->layer_bytes[l] += B->payload_bytes + frame;
+            }
         }
     for (int k = 0; k < SKV_MEM_NKINDS; k++)
         m->total += m->kind[k];
