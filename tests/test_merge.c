@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static float frand(void)
@@ -346,6 +347,126 @@ START_TEST(test_cfg_errors)
 }
 END_TEST
 
+
+/* ---- offline: centroids in the packed cache (CNTR) ---- */
+
+static skv_cache *pack(const skv_trace *t, const skv_cache_plan *p)
+{
+    char path[] = "/tmp/skv-test-merge-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    skv_stream *s = skv_open_write(path, -1);
+    ck_assert_ptr_nonnull(s);
+    int rc = skv_cache_write(s, t, p, NULL, 0, NULL);
+    ck_assert_msg(rc == 0, "write: %s", skv_errmsg());
+    ck_assert_int_eq(skv_close(s), 0);
+    skv_cache *c = NULL;
+    rc = skv_cache_load(path, &c);
+    ck_assert_msg(rc == 0, "load: %s", skv_errmsg());
+    unlink(path);
+    return c;
+}
+
+/* KV head 0: tokens 10..19 share one K/V row; KV head 1: tokens 30..34.
+ * Evicted and merged (one centroid per head, counts 10 and 5, exact means),
+ * the packed cache must attend exactly like the cache that stores them, for
+ * every query after a centroid's last member, and must leave a centroid out
+ * before it (steps 20..29: head 1's tokens 30..34 not yet seen in either). */
+START_TEST(test_identity_packed)
+{
+    const uint32_t H = 4, KV = 2, d = 32;
+    const uint64_t T = 64;
+    skv_trace_hdr h;
+    memset(&h, 0, sizeof h);
+    h.n_layers = 1;
+    h.n_heads = H;
+    h.n_kv_heads = KV;
+    h.head_dim = d;
+    h.n_tokens = T;
+    h.n_prefill = T;
+    h.dtype = SKV_F16;
+    snprintf(h.model, sizeof h.model, "identity");
+    skv_trace *t = skv_trace_new(&h);
+    ck_assert_ptr_nonnull(t);
+    for (size_t i = 0; i < (size_t)H * T * d; i++)
+        t->q[0][i] = skv_f16_to_f32(skv_f32_to_f16(2.0f * frand()));
+    for (size_t i = 0; i < (size_t)KV * T * d; i++) {
+        t->k[0][i] = skv_f16_to_f32(skv_f32_to_f16(2.0f * frand()));
+        t->v[0][i] = skv_f16_to_f32(skv_f32_to_f16(frand()));
+    }
+    for (uint64_t u = 11; u < 20; u++) {
+        memcpy(t->k[0] + u * d, t->k[0] + 10 * d, d * sizeof(float));
+        memcpy(t->v[0] + u * d, t->v[0] + 10 * d, d * sizeof(float));
+    }
+    for (uint64_t u = 31; u < 35; u++) {
+        memcpy(t->k[0] + (T + u) * d, t->k[0] + (T + 30) * d, d * sizeof(float));
+        memcpy(t->v[0] + (T + u) * d, t->v[0] + (T + 30) * d, d * sizeof(float));
+    }
+    skv_qcfg q = {d, d, d, SKV_QMODE_ASYM, SKV_QMODE_ASYM};
+    skv_cache_plan pa, pb;
+    ck_assert_int_eq(skv_cache_plan_uniform(&pa, &h, &q, 16), 0);
+    ck_assert_int_eq(skv_cache_plan_uniform(&pb, &h, &q, 16), 0);
+    for (uint64_t u = 10; u < 20; u++)
+        pb.bits[u] = 0;
+    for (uint64_t u = 30; u < 35; u++)
+        pb.bits[T + u] = 0;
+    pb.merge_clusters = 1;
+    pb.merge_bits = 16;
+    skv_cache *ca = pack(t, &pa), *cb = pack(t, &pb);
+    const skv_cache_head *hb = skv_cache_head_at(cb, 0, 0), *hb1 = skv_cache_head_at(cb, 0, 1);
+    ck_assert_uint_eq(cb->n_centroids, 2);
+    ck_assert_uint_eq(hb->cent.n, 1);
+    ck_assert_uint_eq(hb1->cent.n, 1);
+    ck_assert_uint_eq(hb->cent_cnt[0], 10);
+    ck_assert_uint_eq(hb1->cent_cnt[0], 5);
+    ck_assert_uint_eq(hb->cent.idx[0], 19);
+    ck_assert_uint_eq(hb1->cent.idx[0], 34);
+    ck_assert_uint_eq(hb->n_stored, T - 10);
+    ck_assert_uint_eq(hb1->n_stored, T - 5);
+    uint64_t bytes = 0;
+    ck_assert_int_eq(skv_cache_plan_bytes(&pb, &bytes), 0);
+    ck_assert_uint_eq(bytes, cb->pk.cache_bytes);
+    ck_assert_uint_eq(cb->stored_bytes, cb->pk.cache_bytes);
+
+    uint64_t steps[T];
+    uint64_t ns = 0;
+    for (uint64_t u = 20; u < T; u++)
+        if (u < 30 || u >= 34)
+            steps[ns++] = u;
+    for (int kernel = SKV_KERNEL_SCALAR; kernel <= SKV_KERNEL_AVX2; kernel++) {
+        if (!skv_att_kernel_available(kernel))
+            continue;
+        skv_attend_opts o = {1, kernel, 0};
+        skv_attend_ctx *ctx = skv_attend_new(&o);
+        ck_assert_ptr_nonnull(ctx);
+        float *oa = calloc((size_t)H * ns * d, sizeof *oa), *ob = calloc((size_t)H * ns * d, sizeof *ob);
+        skv_kv_view La = {SKV_KV_PACKED, H, KV, d, T, t->q[0], NULL, NULL,
+                          skv_cache_head_at(ca, 0, 0)};
+        skv_kv_view Lb = La;
+        Lb.packed = hb;
+        ck_assert_int_eq(skv_attend_layer(ctx, &La, steps, ns, oa, NULL), 0);
+        ck_assert_int_eq(skv_attend_layer(ctx, &Lb, steps, ns, ob, NULL), 0);
+        double worst = 0, mx = 0;
+        for (size_t i = 0; i < (size_t)H * ns * d; i++) {
+            worst = fmax(worst, fabs((double)oa[i] - ob[i]));
+            mx = fmax(mx, fabs((double)oa[i]));
+        }
+        /* the same sums in another order, and log(n) rounded once */
+        ck_assert_msg(worst <= 1e-6 * mx, "%s kernel: outputs differ by %g (max |out| %g)",
+                      skv_att_kernel_name(kernel), worst, mx);
+        free(oa);
+        free(ob);
+        skv_attend_free(ctx);
+    }
+    skv_cache_free(ca);
+    skv_cache_free(cb);
+    skv_cache_plan_free(&pa);
+    skv_cache_plan_free(&pb);
+    skv_trace_free(t);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("merge");
@@ -357,6 +478,7 @@ int main(void)
     tcase_add_test(tc, test_identity_cache);
     tcase_add_test(tc, test_prune_budget_bytes);
     tcase_add_test(tc, test_cfg_errors);
+    tcase_add_test(tc, test_identity_packed);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
