@@ -67,7 +67,7 @@ int main(int argc, char **argv)
             die(eq + 1);
         uint64_t rows = 0;
         for (size_t i = 0; i < (size_t)L * h->n_kv_heads; i++)
-            rows += c->heads[i].n_stored + c->heads[i].cent.n;
+            rows += c->heads[i].n_stored + (c->heads[i].cent ? c->heads[i].cent->rows.n : 0);
         double err = 0, nrm = 0, t0 = now(), t1;
         uint64_t reps = 0;
         do {

@@ -811,7 +811,7 @@ static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32
     }
     if (L->kind == SKV_KV_PACKED) {
         for (uint32_t h = 0; h < H; h++)
-            total += L->packed[h].n_buckets + (L->packed[h].cent.n ? 1 : 0);
+            total += L->packed[h].n_buckets + (L->packed[h].cent ? 1 : 0);
         run *r = skv_calloc(total ? total : 1, sizeof *r);
         if (!r)
             return SKV_ENOMEM;
@@ -819,10 +819,10 @@ static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32
         for (uint32_t h = 0; h < H; h++) {
             const skv_cache_head *ch = &L->packed[h];
             (*first)[h] = (uint32_t)k;
-            (*count)[h] = ch->n_buckets + (ch->cent.n ? 1 : 0);
+            (*count)[h] = ch->n_buckets + (ch->cent ? 1 : 0);
             for (uint32_t b = 0; b < (*count)[h]; b++, k++) {
-                const skv_bucket *B = b < ch->n_buckets ? &ch->buckets[b] : &ch->cent;
-                r[k].bias = b < ch->n_buckets ? NULL : ch->cent_bias;
+                const skv_bucket *B = b < ch->n_buckets ? &ch->buckets[b] : &ch->cent->rows;
+                r[k].bias = b < ch->n_buckets ? NULL : ch->cent->bias;
                 if (B->head_dim != d) {
                     free(r);
                     return skv_error(SKV_EINVAL, "bucket of %u-bit rows has head_dim %u, not %u",

@@ -207,8 +207,8 @@ int skv_cache_mem(const skv_cache *c, skv_mem *m)
                 }
                 m->layer_bytes[l] += fb;
             }
-            if (ch->cent.n) {
-                const skv_bucket *B = &ch->cent;
+            if (ch->cent) {
+                const skv_bucket *B = &ch->cent->rows;
                 uint64_t n = B->n, pay = 2 * n * B->row_stride,
                          par = n * ((uint64_t)B->k_par_stride + B->v_par_stride), idx = 8 * n;
                 uint64_t frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;

@@ -690,8 +690,11 @@ void skv_cache_free(skv_cache *c)
                 free(h->owned[b]);
             free(h->owned);
             free(h->buckets);
-            free(h->cent_mem);
-            free(h->cent_bias);
+            if (h->cent) {
+                free(h->cent->mem);
+                free(h->cent->bias);
+                free(h->cent);
+            }
             if (h->bits != c->zero_bits)
                 free(h->bits);
         }
@@ -943,15 +946,21 @@ static int read_cntr(rd *r, const skv_chunk *ch)
         return skv_error(SKV_EFORMAT, "CNTR chunk at byte %llu (layer %u kv head %u): %s", at,
                          b.layer, b.kv_head, bad);
     }
-    if (!(h->cent_bias = skv_malloc((size_t)b.n * sizeof *h->cent_bias))) {
+    skv_cache_cent *ce = skv_calloc(1, sizeof *ce);
+    float *bias = skv_malloc((size_t)b.n * sizeof *bias);
+    if (!ce || !bias) {
+        free(ce);
+        free(bias);
         free(mem);
         return SKV_ENOMEM;
     }
     for (uint32_t i = 0; i < b.n; i++)
-        h->cent_bias[i] = logf((float)cnt[i]);
-    h->cent = b;
-    h->cent_cnt = cnt;
-    h->cent_mem = mem;
+        bias[i] = logf((float)cnt[i]);
+    ce->rows = b;
+    ce->cnt = cnt;
+    ce->bias = bias;
+    ce->mem = mem;
+    h->cent = ce;
     c->n_centroids += b.n;
     r->have_pbkt = 1;
     r->pl = b.layer;
@@ -982,7 +991,8 @@ static int read_finish(rd *r)
             cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
         for (int w = 1; w < SKV_NBITS; w++)
             bytes += skv_bucket_file_bytes(&p->q, skv_bit_widths[w], cnt[w]);
-        bytes += skv_cntr_file_bytes(&p->q, h->cent.bits, h->cent.n);
+        if (h->cent)
+            bytes += skv_cntr_file_bytes(&p->q, h->cent->rows.bits, h->cent->rows.n);
         stored += h->n_stored;
     }
     if (stored != p->n_stored)

@@ -173,6 +173,16 @@ SKV_EXPORT int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cach
                                skv_cache_stats *st);
 
 /* ---- reader ---- */
+/* The centroids of one (layer, kv head) (a CNTR chunk), allocated when the
+ * chunk arrives (a head record stays small: a header may declare 2^20). */
+typedef struct skv_cache_cent {
+    skv_bucket rows;        /* rows.idx: each centroid's last member, ascending (a
+                               query at position t attends those with last <= t) */
+    const uint32_t *cnt;    /* member counts */
+    float *bias;            /* log(cnt[i]), added to centroid i's logit */
+    void *mem;              /* internal: the payload's allocation */
+} skv_cache_cent;
+
 typedef struct skv_cache_head {
     uint32_t layer, kv_head;
     uint32_t n_buckets;
@@ -181,14 +191,7 @@ typedef struct skv_cache_head {
     uint8_t *bits;          /* [n_tokens] width per token, 0 = evicted; heads
                                with no bucket share one zero array */
     void **owned;           /* internal: allocations behind the payloads */
-    /* Centroids of merged tokens (CNTR chunk; cent.n == 0: none): cent.idx
-     * holds each centroid's last member, ascending (a query at position t
-     * attends the centroids with last <= t); cent_bias[i] = log(cent_cnt[i])
-     * is added to the centroid's logit. */
-    skv_bucket cent;
-    const uint32_t *cent_cnt;
-    float *cent_bias;
-    void *cent_mem;         /* internal */
+    struct skv_cache_cent *cent;  /* centroids of merged tokens, or NULL */
 } skv_cache_head;
 
 typedef struct skv_cache {
