@@ -334,7 +334,7 @@ int main(int argc, char **argv)
     while ((o = tool_getopt(argc, argv, "p:b:g:o:z::" TOOL_COMMON_SHORT, longopts)) != -1) {
         switch (o) {
         case 'p':
-            if (!strncmp(optarg, "prune-merge", 11) && (optarg[11] == '\0' || optarg[11] == ':')) {
+            if (optarg && !strncmp(optarg, "prune-merge", 11) && (optarg[11] == '\0' || optarg[11] == ':')) {
                 ac.prune_merge = 1;
                 ac.policy = SKV_POLICY_SMARTKV;  /* spends the budget on kept tokens */
                 if (optarg[11] == ':')  /* prune-merge:K sets the clusters (0: pruned only) */

@@ -932,14 +932,15 @@ static int read_cntr(rd *r, const skv_chunk *ch)
     else if (r->have_pbkt && (b.layer < r->pl || (b.layer == r->pl && (b.kv_head < r->ph ||
              (b.kv_head == r->ph && r->pw >= SKV_NBITS)))))
         bad = "out of order (after the buckets of its head, once per head, heads ascending)";
-    skv_cache_head *h = bad ? NULL : &c->heads[(size_t)b.layer * p->n_kv_heads + b.kv_head];
+    skv_cache_head *h = &c->heads[(size_t)(bad ? 0 : b.layer) * p->n_kv_heads +
+                                  (bad ? 0 : b.kv_head)];
     uint64_t members = 0;
-    for (uint32_t i = 0; h && i < b.n; i++) {
+    for (uint32_t i = 0; !bad && i < b.n; i++) {
         members += cnt[i];
         if (h->bits && h->bits[b.idx[i]])
             bad = "a centroid's last member is a stored token";
     }
-    if (!bad && h && members > p->n_tokens - h->n_stored)
+    if (!bad && members > p->n_tokens - h->n_stored)
         bad = "more members than the head's evicted tokens";
     if (bad) {
         free(mem);
