@@ -65,6 +65,10 @@ static noreturn void usage(void)
            "      --value-group G    channels per value scale group (default --group)\n"
            "      --residual R       newest tokens kept fp16; they leave R at a time\n"
            "                         (same as --realloc; kivi default 32)\n"
+           "      --imp-power P      1: importance is the EMA of attention p (default);\n"
+           "                         2: of p^2 (errors weighted as the output feels them)\n"
+           "      --protect-bits N   sinks and residual quantized per token at N bits\n"
+           "                         (8 or 4) as they enter; 16 (default): fp16\n"
            "prune-merge options (policy prune-merge; -b, --sinks, --recent apply):\n"
            "      --max-cache-size B kept tokens beyond sinks and recent (default: from -b)\n"
            "      --num-clusters K   centroids per layer and KV head; 0 prunes only (default 8)\n"
@@ -108,7 +112,7 @@ enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
-    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PM_B,
+    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS, O_IMPPOW, O_PM_B,
     O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS
 };
 
@@ -134,6 +138,8 @@ static const struct option longopts[] = {
     {"residual", required_argument, NULL, O_RESIDUAL},
     {"grouped", no_argument, NULL, O_GROUPED},
     {"prior", required_argument, NULL, O_PRIOR},
+    {"protect-bits", required_argument, NULL, O_PROTBITS},
+    {"imp-power", required_argument, NULL, O_IMPPOW},
     {"weights", required_argument, NULL, O_WEIGHTS},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
@@ -1107,6 +1113,16 @@ int main(int argc, char **argv)
         case O_KVSPLIT: o.cfg.layout = SKV_EC_GROUPED; o.cfg.kv_split = 1; break;
         case O_GROUPED: o.cfg.layout = SKV_EC_GROUPED; break;
         case O_PRIOR: o.cfg.prior = tool_opt_double("--prior", optarg, 0, 1e6, 0); break;
+        case O_IMPPOW:
+            o.cfg.layout = SKV_EC_GROUPED;
+            o.cfg.imp_power = tool_opt_u32("--imp-power", optarg, 1, 2);
+            break;
+        case O_PROTBITS:
+            o.cfg.layout = SKV_EC_GROUPED;
+            o.cfg.protect_bits = tool_opt_u32("--protect-bits", optarg, 4, 16);
+            if (o.cfg.protect_bits != 4 && o.cfg.protect_bits != 8 && o.cfg.protect_bits != 16)
+                tool_usage_error("--protect-bits: %u is not 4, 8 or 16", o.cfg.protect_bits);
+            break;
         case O_ERROR:
             o.cfg.layout = SKV_EC_GROUPED;
             if (!strcmp(optarg, "imp-mse"))

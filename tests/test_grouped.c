@@ -1,7 +1,8 @@
 /* test_grouped.c -- the grouped layout of the online cache: its quantizer on
  * a small example worked out by hand, kivi:2 against a float64 reference
  * (attention and bytes), the budget held by smartkv with separate K/V
- * widths, and the rotation leaving attention unchanged. */
+ * widths, the rotation leaving attention unchanged, protected rows at 8
+ * bits against a float64 reference, and eviction (width 0) by value items. */
 #include "smartkv.h"
 #include "../lib/eval/ecgroup.h"
 
@@ -242,6 +243,138 @@ START_TEST(test_rotation_exact)
 }
 END_TEST
 
+/* Protected rows at 8 bits: while every token is in the residual, the cache
+ * attends over the per-token 8-bit rows (one scale and minimum per 64
+ * channels, fp16), as a float64 reference computes them, and counts
+ * 2 x (64 + 4) bytes per token and KV head. */
+START_TEST(test_protect_bits)
+{
+    fill();
+    skv_ec_cfg c;
+    skv_ec_defaults(&c);
+    c.layout = SKV_EC_GROUPED;
+    c.k_layout = SKV_EC_KEYS_CHANNEL;
+    c.kv_split = 1;
+    c.realloc = 32;
+    c.protect_bits = 8;
+    c.alloc.budget = 0.3;
+    skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
+    ck_assert_msg(a != NULL, "%s", skv_errmsg());
+    enum { N = 20 };
+    static float out[L_ * H_ * N * D_], probs[L_ * H_ * N * N];
+    append(a, 0, N);
+    attend(a, 0, N, out, probs);
+    static float kq[N][D_], vq[N][D_];
+    for (int l = 0; l < L_; l++)
+        for (int h = 0; h < H_; h++) {
+            int g = h / (H_ / KH_);
+            for (int t = 0; t < N; t++) {
+                float kr[D_], vr[D_];
+                for (int j = 0; j < D_; j++) {
+                    kr[j] = (float)h16(K[l][t][g * D_ + j]);
+                    vr[j] = (float)h16(V[l][t][g * D_ + j]);
+                }
+                skv_ecg_quant_span(kr, kq[t], D_, 1, 8);
+                skv_ecg_quant_span(vr, vq[t], D_, 1, 8);
+            }
+            for (int i = 0; i < N; i++) {
+                double sc[N], mx = -INFINITY, z = 0, o[D_] = {0};
+                for (int t = 0; t <= i; t++) {
+                    double d = 0;
+                    for (int j = 0; j < D_; j++)
+                        d += (double)Q[i][h * D_ + j] * kq[t][j];
+                    sc[t] = 0.125 * d;
+                    mx = sc[t] > mx ? sc[t] : mx;
+                }
+                for (int t = 0; t <= i; t++) {
+                    double w = exp(sc[t] - mx);
+                    z += w;
+                    for (int j = 0; j < D_; j++)
+                        o[j] += w * vq[t][j];
+                }
+                const float *got = out + ((size_t)(l * H_ + h) * N + i) * D_;
+                for (int j = 0; j < D_; j++)
+                    ck_assert_msg(fabs(got[j] - o[j] / z) <= 1e-4, "l%d h%d i%d j%d: %g vs %g", l,
+                                  h, i, j, got[j], o[j] / z);
+            }
+        }
+    skv_ec_stats s;
+    ck_assert_int_eq(skv_ec_stats_get(a, &s), 0);
+    /* header 64, per (layer, kv head) 16 + N tokens x 2 x (64 codes + 4) */
+    ck_assert_uint_eq(s.bytes, 64 + (uint64_t)L_ * KH_ * (16 + N * 2 * (64 + 4)));
+    skv_kv_cache_free(a);
+    /* 4, 8 or 16 only */
+    c.protect_bits = 3;
+    ck_assert_ptr_null(skv_ec_new(&c, L_, H_, KH_, D_, T_));
+}
+END_TEST
+
+/* Eviction: value items may take width 0; an evicted token draws no
+ * attention, never returns, costs no bytes, and the budget holds. */
+START_TEST(test_evict)
+{
+    fill();
+    skv_ec_cfg c;
+    skv_ec_defaults(&c);
+    c.layout = SKV_EC_GROUPED;
+    c.k_layout = SKV_EC_KEYS_CHANNEL;
+    c.kv_split = 1;
+    c.realloc = 32;
+    c.protect_bits = 8;
+    c.alloc.budget = 0.12;
+    c.alloc.width_mask = (1u << 0) | (1u << 2) | (1u << 4) | (1u << 8) | (1u << 16);
+    skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
+    ck_assert_msg(a != NULL, "%s", skv_errmsg());
+    static float out[L_ * H_ * 32 * D_], probs[L_ * H_ * 32 * T_];
+    static uint8_t gone[L_][KH_][T_];
+    uint32_t n_gone = 0;
+    for (uint32_t p = 0; p < T_; p += 32) {
+        append(a, p, p + 32);
+        attend(a, p, p + 32, out, probs);
+        for (uint32_t l = 0; l < L_; l++)
+            for (uint32_t h = 0; h < H_; h++)
+                for (uint32_t i = 0; i < 32; i++) {
+                    const float *pr = probs + ((size_t)(l * H_ + h) * 32 + i) * (p + 32);
+                    double sum = 0;
+                    for (uint32_t t = 0; t <= p + i; t++) {
+                        if (gone[l][h / (H_ / KH_)][t])
+                            ck_assert_msg(pr[t] == 0, "evicted token %u drew %g", t, pr[t]);
+                        sum += pr[t];
+                    }
+                    ck_assert_msg(fabs(sum - 1) < 1e-5, "probabilities sum to %g", sum);
+                }
+        ck_assert_int_eq(skv_ec_realloc(a), 0);
+        for (uint32_t l = 0; l < L_; l++)
+            for (uint32_t h = 0; h < KH_; h++) {
+                const uint8_t *w = skv_ecg_widths(a, l, h);
+                for (uint32_t t = 0; t < p + 32; t++) {
+                    ck_assert_msg(!gone[l][h][t] || w[t] == 0, "token %u came back", t);
+                    if (!w[t] && !gone[l][h][t]) {
+                        gone[l][h][t] = 1;
+                        n_gone++;
+                    }
+                }
+            }
+        skv_ec_stats s;
+        ck_assert_int_eq(skv_ec_stats_get(a, &s), 0);
+        if (s.n_budget_raised == 0)
+            ck_assert_msg(s.bytes + s.meta_bytes <= (uint64_t)(0.12 * (double)s.fp16_bytes),
+                          "%llu + %llu bytes over 0.12 x %llu", (unsigned long long)s.bytes,
+                          (unsigned long long)s.meta_bytes, (unsigned long long)s.fp16_bytes);
+    }
+    ck_assert_msg(n_gone > 0, "nothing evicted at beta 0.12");
+    /* the sinks are never evicted */
+    for (uint32_t l = 0; l < L_; l++)
+        for (uint32_t h = 0; h < KH_; h++)
+            for (uint32_t t = 0; t < 4; t++)
+                ck_assert(!gone[l][h][t]);
+    skv_kv_cache_free(a);
+    /* joint widths cannot evict per token */
+    c.kv_split = 0;
+    ck_assert_ptr_null(skv_ec_new(&c, L_, H_, KH_, D_, T_));
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("grouped");
@@ -251,6 +384,8 @@ int main(void)
     tcase_add_test(tc, test_kivi2_reference);
     tcase_add_test(tc, test_smartkv_split_budget);
     tcase_add_test(tc, test_rotation_exact);
+    tcase_add_test(tc, test_protect_bits);
+    tcase_add_test(tc, test_evict);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

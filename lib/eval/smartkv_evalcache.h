@@ -55,9 +55,10 @@
  * documents the damage model and every byte).  Keys per token or per
  * channel over aligned groups of key_tokens tokens (one key width per
  * group), optionally after a randomized Hadamard rotation (queries rotated
- * alike); values per token.  Tokens stay fp16 in a residual and leave it
+ * alike); values per token.  Tokens stay in a residual and leave it
  * `realloc` tokens at a time (then the allocation is solved again); the
- * first alloc.sinks tokens stay fp16.  Key and value widths are separate
+ * first alloc.sinks tokens stay as they entered.  Residual and sinks are
+ * fp16, or quantized per token at protect_bits (8 or 4) when they enter.  Key and value widths are separate
  * (kv_split) or joint.  The solver spends the budget (every byte, tracking
  * state included) on the upgrade saving the most predicted damage per byte
  * (err_model: importance x squared error, or the logit model: key error
@@ -116,6 +117,11 @@ typedef struct skv_ec_cfg {
     uint32_t err_model;     /* enum skv_ec_err */
     uint32_t key_tokens;    /* G: tokens per per-channel key group (default 32) */
     uint32_t kivi_bits;     /* kivi:N (fixed widths, no sinks, no tracking); 0 otherwise */
+    uint32_t imp_power;     /* grouped: 2 tracks the EMA of p^2 (the output error of
+                               independent row errors grows with sum p_i^2 e_i^2), 1
+                               (default when 0) the EMA of p */
+    uint32_t protect_bits;  /* grouped: width of the sinks and the residual, per token
+                               (16 = fp16, the default when 0; 8 or 4) */
     double prior;           /* attention every token is assumed to draw, as a multiple of
                                1/T, added to the importance (grouped layout; <= 0: 0.05) */
     skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are
