@@ -67,6 +67,8 @@ static noreturn void usage(void)
            "                         (same as --realloc; kivi default 32)\n"
            "      --imp-power P      1: importance is the EMA of attention p (default);\n"
            "                         2: of p^2 (errors weighted as the output feels them)\n"
+           "      --recency W        smartkv: add a 1/age prior of mass W to the tracked\n"
+           "                         attention (mass 1) (grouped layout; default 0)\n"
            "      --protect-bits N   sinks and residual quantized per token at N bits\n"
            "                         (8 or 4) as they enter; 16 (default): fp16\n"
            "prune-merge options (policy prune-merge; -b, --sinks, --recent apply):\n"
@@ -112,7 +114,7 @@ enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
-    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS, O_IMPPOW, O_PM_B,
+    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS, O_IMPPOW, O_RECENCY, O_PM_B,
     O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS
 };
 
@@ -140,6 +142,7 @@ static const struct option longopts[] = {
     {"prior", required_argument, NULL, O_PRIOR},
     {"protect-bits", required_argument, NULL, O_PROTBITS},
     {"imp-power", required_argument, NULL, O_IMPPOW},
+    {"recency", required_argument, NULL, O_RECENCY},
     {"weights", required_argument, NULL, O_WEIGHTS},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
@@ -1113,6 +1116,10 @@ int main(int argc, char **argv)
         case O_KVSPLIT: o.cfg.layout = SKV_EC_GROUPED; o.cfg.kv_split = 1; break;
         case O_GROUPED: o.cfg.layout = SKV_EC_GROUPED; break;
         case O_PRIOR: o.cfg.prior = tool_opt_double("--prior", optarg, 0, 1e6, 0); break;
+        case O_RECENCY:
+            o.cfg.layout = SKV_EC_GROUPED;
+            o.cfg.recency = tool_opt_double("--recency", optarg, 0, 1e6, 0);
+            break;
         case O_IMPPOW:
             o.cfg.layout = SKV_EC_GROUPED;
             o.cfg.imp_power = tool_opt_u32("--imp-power", optarg, 1, 2);

@@ -44,7 +44,7 @@ int main(int argc, char **argv)
         die("tokenize");
     const skv_model_params *p = skv_model_get_params(m);
     float *logits = malloc((size_t)p->n_vocab * 4);
-    printf("%-7s %-34s %10s %9s %9s %9s %9s %9s %8s\n", "context", "cache", "prefill_s", "decode/s",
+    printf("%-7s %-50s %10s %9s %9s %9s %9s %9s %8s\n", "context", "cache", "prefill_s", "decode/s",
            "vs_fp16", "track%", "realloc%", "attend%", "beta");
     for (int ai = 5; ai < argc; ai++) {
         uint32_t N = (uint32_t)atoi(argv[ai]);
@@ -52,7 +52,7 @@ int main(int argc, char **argv)
         for (uint32_t i = 0; i < N; i++)
             tok[i] = ids[i % nt];
         double ref_tps = 0;
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < 6; k++) {
             skv_ec_cfg c;
             skv_ec_defaults(&c);
             if (k == 0) {
@@ -60,9 +60,24 @@ int main(int argc, char **argv)
             } else if (k == 1) {
                 c.alloc.budget = 0.3;
                 c.alloc.width_mask = (1u << 4) | (1u << 8) | (1u << 16);
-            } else {
+            } else if (k == 2) {
                 c.alloc.policy = SKV_POLICY_UNIFORM;
                 c.alloc.uniform_bits = 4;
+            } else if (k == 3) {
+                c.realloc = 32;
+                if (skv_ec_kivi_parse("kivi:4", &c) != 1)
+                    die("kivi");
+            } else {
+                /* the method (scripts/eval-method): keys per channel, split
+                 * widths, sinks and residual at 8 bits; eviction at 0.2 */
+                c.layout = SKV_EC_GROUPED;
+                c.k_layout = SKV_EC_KEYS_CHANNEL;
+                c.kv_split = 1;
+                c.realloc = 32;
+                c.protect_bits = 8;
+                c.alloc.budget = k == 4 ? 0.3 : 0.2;
+                c.alloc.width_mask = (k == 4 ? 0u : 1u) | (1u << 2) | (1u << 3) | (1u << 4) |
+                                     (1u << 8) | (1u << 16);
             }
             char label[160];
             skv_ec_describe(&c, label, sizeof label);
@@ -92,7 +107,7 @@ int main(int argc, char **argv)
             double tps = D / dec;
             if (k == 0)
                 ref_tps = tps;
-            printf("%-7u %-34s %10.2f %9.2f %9.3f %9.2f %9.2f %9.2f %8.3f\n", N, label, t1 - t0, tps,
+            printf("%-7u %-50s %10.2f %9.2f %9.3f %9.2f %9.2f %9.2f %8.3f\n", N, label, t1 - t0, tps,
                    tps / ref_tps, 100.0 * (double)st.track_ns * 1e-9 / dec / threads,
                    100.0 * (double)st.realloc_ns * 1e-9 / dec,
                    100.0 * (double)st.attend_ns * 1e-9 / dec / threads,

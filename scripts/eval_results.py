@@ -42,20 +42,27 @@ def baselines(title):
     for r in rows:  # fixed layouts spend no budget (older rows recorded the default)
         if r["policy"] in ("q8_0", "q4_0") or r["policy"].startswith(("uniform", "kivi")):
             r["budget"] = "0"
+    # the method (scripts/eval-method): grouped layout, one width ladder per
+    # budget range (0..16 at 0.2, 2..16 at 0.3, 4,8,16 at 0.5)
+    meth = {"0.2": " bits=0,2,3,4,8,16 kch kv protect=8", "0.3": " kch kv protect=8",
+            "0.5": " bits=4,8,16 kch kv protect=8"}
     sel = [r for r in rows if r["policy"] in BASE and r["budget"] in ("0", "0.2", "0.3", "0.5")
-           and not any(t in r["label"] for t in (" bits=", " ideal", " sinks=", " group="))
-           and r["realloc"] == "16" and r["label"].count("ema:") <= 1
-           and ("ema:" not in r["label"] or "ema:0.9 " in r["label"])]
+           and ((not any(t in r["label"] for t in (" bits=", " ideal", " sinks=", " group=",
+                                                   " kch", " ktok"))
+                 and (r["realloc"] == "16" or r["policy"].startswith("kivi"))
+                 and r["label"].count("ema:") <= 1
+                 and ("ema:" not in r["label"] or "ema:0.9 " in r["label"]))
+                or (r["policy"] == "smartkv" and r["label"].endswith(" R=32" + meth.get(r["budget"], "?"))))]
     if not sel:
         return
     sel.sort(key=lambda r: (float(r["budget"]), BASE.index(r["policy"]), -f(r, "beta")))
     print("\n### " + title + "\n")
-    print("| cache | beta (mean) | beta (window end) | PPL | dPPL | KL (nats/token) | top-1 |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| cache | beta (mean) | of it tracking | beta (window end) | PPL | dPPL | "
+          "KL (nats/token) | top-1 |\n|---|---|---|---|---|---|---|---|")
     for r in sel:
-        print("| %s | %.3f | %.3f | %.3f | %+.3f | %.4g | %.3f |" % (
-            r["label"], f(r, "beta"), f(r, "beta_end"), f(r, "ppl"), f(r, "dppl"), f(r, "kl"),
-            f(r, "top1")))
+        print("| %s | %.3f | %.3f | %.3f | %.3f | %+.3f | %.4g | %.3f |" % (
+            r["label"], f(r, "beta"), f(r, "meta_frac"), f(r, "beta_end"), f(r, "ppl"),
+            f(r, "dppl"), f(r, "kl"), f(r, "top1")))
 
 
 if only_baselines:

@@ -859,6 +859,9 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     uint32_t last_unit = UINT32_MAX;
     uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
     const int sq = e->track && e->cfg.imp_power == 2;
+    double hT = 0;  /* harmonic number: the 1/age prior sums to 1 over T tokens */
+    for (uint64_t a = 1; a <= T; a++)
+        hT += 1.0 / (double)a;
     for (size_t i = 0; i < e->n_it; i++) {
         item *it = &e->it[i];
         uint32_t l = it->unit / KH, h = it->unit % KH;
@@ -912,6 +915,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                     /* folded per kv head, one byte: a log in steps of 1/16
                      * (of p) or 1/8 (of p^2: twice the octaves) */
                     w = imp8(s / G, sq ? 8.0 : 16.0);
+                    if (e->cfg.recency > 0)     /* H2O's recent window, as a prior */
+                        w += e->cfg.recency / (hT * (double)(T - tt));
                 } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
                     w = 1.0 / (double)(T - tt);
                 } else {

@@ -255,6 +255,9 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
     if (c->layout == SKV_EC_GROUPED && c->imp_power == 2 && (pf & SKV_PF_IMPORTANCE) &&
         w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " p2");
+    if (c->layout == SKV_EC_GROUPED && c->recency > 0 && (pf & SKV_PF_IMPORTANCE) &&
+        w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " rec=%g", c->recency);
     if (c->layout == SKV_EC_GROUPED && c->protect_bits && c->protect_bits < 16 && !c->kivi_bits &&
         w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " protect=%u", c->protect_bits);

@@ -120,6 +120,9 @@ typedef struct skv_ec_cfg {
     uint32_t imp_power;     /* grouped: 2 tracks the EMA of p^2 (the output error of
                                independent row errors grows with sum p_i^2 e_i^2), 1
                                (default when 0) the EMA of p */
+    double recency;         /* grouped, smartkv: mass of a 1/age prior (normalized to sum
+                               1 over the held tokens) added to the tracked attention,
+                               which sums to 1 per query; 0 = none */
     uint32_t protect_bits;  /* grouped: width of the sinks and the residual, per token
                                (16 = fp16, the default when 0; 8 or 4) */
     double prior;           /* attention every token is assumed to draw, as a multiple of
