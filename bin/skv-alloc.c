@@ -15,9 +15,11 @@ static void usage(void)
            "token) a width from {0,2,3,4,8,16} so that the packed cache fits BETA times\n"
            "the fp16 K+V bytes, and write the trace with the allocation appended.\n"
            "\n"
-           "  -p, --policy POLICY    smartkv (default), greedy, optimal, uniform:N, random,\n"
+           "  -p, --policy POLICY    smartkv (default), greedy, optimal, uniform:N,\n"
+           "                         uniform-protect:N, random,\n"
            "                         position, layer-aware; baselines q8_0, q4_0,\n"
-           "                         streaming, h2o, snapkv, mikv; prune-merge[:K]\n"
+           "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
+           "                         uncomp, razor (needs --heads), rocketkv; prune-merge[:K]\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.25; none for\n"
            "                         uniform:N); BETA >= 1 stores everything at 16 bits\n"
            "      --importance MODE  ema (default), cumulative, normalized, window, oracle\n"
@@ -30,6 +32,7 @@ static void usage(void)
            "      --sinks N          first N tokens at the top width (default 4)\n"
            "      --recent N         last N tokens at the top width (default 32)\n"
            "      --seed S           seed of the random policy (default 1)\n"
+           "      --heads FILE       razor: head scores from skv-trace heads\n"
            "prune-merge (one prune at the end of the trace; skv-quant merges the pruned\n"
            "tokens into centroids; -b, --bits, --sinks, --recent apply):\n"
            "      --max-cache-size B tokens kept per (layer, KV head) beside sinks and\n"
@@ -54,7 +57,7 @@ static void usage(void)
 
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_WINDOW, O_SHARE, O_BITS, O_SINKS, O_RECENT, O_SEED,
-    O_KMODE, O_VMODE, O_SUMMARY, O_PM_B, O_PM_K, O_PM_D, O_PM_P, O_PM_LR
+    O_KMODE, O_VMODE, O_SUMMARY, O_HEADS, O_PM_B, O_PM_K, O_PM_D, O_PM_P, O_PM_LR
 };
 
 static const struct option longopts[] = {
@@ -73,6 +76,7 @@ static const struct option longopts[] = {
     {"k-mode", required_argument, NULL, O_KMODE},
     {"v-mode", required_argument, NULL, O_VMODE},
     {"summary", no_argument, NULL, O_SUMMARY},
+    {"heads", required_argument, NULL, O_HEADS},
     {"max-cache-size", required_argument, NULL, O_PM_B},
     {"num-clusters", required_argument, NULL, O_PM_K},
     {"lookback-window", required_argument, NULL, O_PM_D},
@@ -93,6 +97,10 @@ static void summary(const skv_alloc *a, const skv_alloc_result *r, const skv_all
     if (r->budget_bytes)
         fprintf(stderr, " (budget %llu bytes, %.3f%% used)", (unsigned long long)r->budget_bytes,
                 100.0 * (double)r->bytes / (double)r->budget_bytes);
+    if (r->aux_bytes)
+        fprintf(stderr, "\n%s: plus %llu bytes of page key bounds (stage 2) = beta %.6f",
+                tool_name, (unsigned long long)r->aux_bytes,
+                (double)(r->bytes + r->aux_bytes) / (double)r->fp16_bytes);
     fprintf(stderr, "\n%s: fp16 K+V %llu bytes; smallest cache %llu bytes; objective %.9g",
             tool_name, (unsigned long long)r->fp16_bytes, (unsigned long long)r->min_bytes,
             r->objective);
@@ -296,6 +304,10 @@ static void summary_json(const skv_alloc *a, const skv_alloc_result *r, const sk
             (unsigned long long)r->min_bytes, r->objective);
     if (c->policy == SKV_POLICY_OPTIMAL && r->bound > 0)
         fprintf(stderr, ", \"lower_bound\": %.9g", r->bound);
+    if (r->aux_bytes) /* state beside the cache (rocketkv's page key bounds) */
+        fprintf(stderr, ", \"aux_bytes\": %llu, \"beta_with_aux\": %.6f",
+                (unsigned long long)r->aux_bytes,
+                (double)(r->bytes + r->aux_bytes) / (double)r->fp16_bytes);
     fputs(", \"widths\": [", stderr);
     for (int i = 0; i < SKV_NBITS; i++)
         fprintf(stderr, "%s%u", i ? ", " : "", skv_bit_widths[i]);
@@ -327,6 +339,7 @@ int main(int argc, char **argv)
     skv_imp_defaults(&ic);
     const char *out = NULL;
     int level = -1, want_summary = 0, have_budget = 0, have_bits = 0, json = 0;
+    skv_head_scores heads = {0, 0, NULL, NULL};
     uint32_t group = 0, pm_b = 0, pm_d = 32;
     int64_t pm_k = -1;
     int o;
@@ -389,6 +402,12 @@ int main(int argc, char **argv)
         case O_KMODE: ac.qcfg.k_mode = tool_opt_qmode("--k-mode", optarg); break;
         case O_VMODE: ac.qcfg.v_mode = tool_opt_qmode("--v-mode", optarg); break;
         case O_SUMMARY: want_summary = 1; break;
+        case O_HEADS:
+            skv_head_scores_free(&heads);
+            if (skv_head_scores_read(optarg, &heads) < 0)
+                tool_die(EXIT_DATA, "%s", skv_errmsg());
+            ac.heads = &heads;
+            break;
         case 'o': out = optarg; break;
         case 'z':
             level = optarg ? (int)tool_opt_u32("--compress", optarg, 0, 9) : 6;
@@ -415,12 +434,15 @@ int main(int argc, char **argv)
     if (skv_policy_flags(ac.policy) & SKV_PF_FIXED) {
         if (!have_budget)
             ac.budget = 0;
-        if (!have_bits)
-            ac.width_mask = 1u << ac.uniform_bits;
+        if (!have_bits)     /* uniform-protect:N keeps the protected at 16 */
+            ac.width_mask = 1u << ac.uniform_bits |
+                            (skv_policy_flags(ac.policy) & SKV_PF_PROTECT ? 1u << 16 : 0);
         else if (!(ac.width_mask & (1u << ac.uniform_bits)))
             tool_usage_error("uniform:%u: width %u is not in --bits", ac.uniform_bits,
                              ac.uniform_bits);
     }
+    if ((skv_policy_flags(ac.policy) & SKV_PF_HEADS) && !ac.heads)
+        tool_usage_error("%s needs --heads FILE (skv-trace heads)", skv_policy_name(ac.policy));
     if ((skv_policy_flags(ac.policy) & SKV_PF_PER_LAYER) && ac.share_layers)
         tool_usage_error("%s allocates per layer; drop --share-layers",
                          skv_policy_name(ac.policy));
@@ -453,11 +475,13 @@ int main(int argc, char **argv)
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        int outside = skv_stream_failed(os); /* a write failed: the output's */
         skv_discard(os);
         skv_close(is);
         /* a setting that cannot work for this trace (a budget below its
          * smallest cache) depends on the data too: exit 1 */
-        tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), msg);
+        skv_head_scores_free(&heads);
+        tool_die(EXIT_DATA, "%s: %s", outside ? tool_out_name(out) : tool_in_name(in), msg);
     }
     skv_close(is);
     if (skv_close(os) < 0) {
@@ -467,5 +491,6 @@ int main(int argc, char **argv)
     if (want_summary)
         (json ? summary_json : summary)(a, &r, &ac);
     skv_alloc_free(a);
+    skv_head_scores_free(&heads);
     return 0;
 }

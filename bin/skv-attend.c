@@ -33,7 +33,7 @@ static void usage(FILE *f)
 "      --label TEXT      label the outputs (default: the cache's allocation,\n"
 "                        e.g. \"policy=smartkv beta=0.25\"), shown by skv-stats\n"
 "  -@, --threads N       worker threads (default: one per online CPU)\n"
-"  -k, --kernel NAME     auto (default), scalar or avx2\n"
+"  -k, --kernel NAME     auto (default), scalar, avx2, int8-scalar, int8-avx2, int8-vnni\n"
 "      --split N         tokens per work item (default %u)\n"
 "      --device NAME     cpu (default) or cuda: the fused packed kernel on\n"
 "                        the GPU (no --reference, --dense or --probs)\n"
@@ -170,16 +170,13 @@ int main(int argc, char **argv)
             req.label = optarg;
             break;
         case 'k':
-            if (!strcmp(optarg, "auto")) /* NOLINT(clang-analyzer-core.NonNullParamChecker): getopt sets optarg for required_argument */
-                ao.kernel = SKV_KERNEL_AUTO;
-            else if (!strcmp(optarg, "scalar"))
-                ao.kernel = SKV_KERNEL_SCALAR;
-            else if (!strcmp(optarg, "avx2"))
-                ao.kernel = SKV_KERNEL_AVX2;
-            else
-                tool_usage_error("--kernel must be auto, scalar or avx2, not '%s'", optarg);
+            ao.kernel = skv_att_kernel_parse(optarg);
+            if (ao.kernel < 0)
+                tool_usage_error("--kernel must be auto, scalar, avx2, int8-scalar, int8-avx2 or "
+                                 "int8-vnni, not '%s'", optarg);
             if (!skv_att_kernel_available(ao.kernel))
-                tool_usage_error("--kernel %s: this CPU lacks AVX2, FMA or F16C", optarg);
+                tool_usage_error("--kernel %s: this CPU lacks AVX2, FMA, F16C%s", optarg,
+                                 ao.kernel == SKV_KERNEL_I8_VNNI ? " or VNNI" : "");
             break;
         case 2:
             if (tool_parse_size(optarg, &v) < 0 || v < 1 || v > (1u << 30))
@@ -214,13 +211,12 @@ int main(int argc, char **argv)
     if (req.steps) {
         /* syntax check before reading any input; the range against the
          * input's token count is checked when it is read */
-        uint64_t *st, n;
-        int src = skv_steps_parse(req.steps, SKV_MAX_TOKENS, &st, &n);
+        uint64_t n;
+        int src = skv_steps_parse(req.steps, SKV_MAX_TOKENS, NULL, &n);
         if (src == SKV_ENOMEM || src == SKV_ELIMIT) /* not the user's syntax */
             tool_die(EXIT_DATA, "%s", skv_errmsg());
         if (src < 0 && !strstr(skv_errmsg(), "out of range"))
             tool_usage_error("%s", skv_errmsg());
-        free(st);
     }
     tool_check_binary_input(in);
     if (queries && !strcmp(queries, "-") && !strcmp(in, "-"))
@@ -264,19 +260,22 @@ int main(int argc, char **argv)
             unlink(tmp);
         tool_fail(tool_out_name(out));
     }
-    skv_cache *cache = NULL;
     int qfail = 0, rc;
     tool_progress *pr = tool_progress_start(tool_name, 0, "bytes");
     tool_progress_watch(pr, in); /* a trace is read a layer at a time */
-    if (queries) {
+    if (queries && cuda) {
         /* a cache without queries: take them from its trace */
+        skv_cache *cache = NULL;
         if (skv_cache_load(in, &cache) < 0)
             rc = -1;
         else if ((rc = skv_cache_queries_from(cache, queries)) < 0)
             qfail = 1;
         else
-            rc = cuda ? skv_cuda_attend_cache(cache, s, &req) : skv_attend_cache(ctx, cache, s, &req);
+            rc = skv_cuda_attend_cache(cache, s, &req);
         skv_cache_free(cache);
+    } else if (queries) {
+        /* read alongside the cache, one layer at a time */
+        rc = skv_attend_stream_queries(ctx, in, queries, s, &req, &qfail);
     } else {
         rc = cuda ? skv_cuda_attend_stream(in, s, &req) : skv_attend_stream(ctx, in, s, &req);
     }
@@ -284,12 +283,14 @@ int main(int argc, char **argv)
     if (rc < 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        /* the output's fault only when a write to it failed; "stream ends
+         * inside ..." and every other message is about an input */
+        int outside = skv_stream_failed(s);
         skv_discard(s);
         skv_attend_free(ctx);
         if (*tmp)
             unlink(tmp);
-        int outside = !strncmp(msg, "write error", 11) || !strncmp(msg, "stream ", 7);
-        tool_die(EXIT_DATA, "%s: %s", outside ? tool_out_name(out)
+        tool_die(EXIT_DATA, "%s: %s", outside ? (*tmp ? tmp : tool_out_name(out))
                  : qfail ? tool_in_name(queries) : tool_in_name(in), msg);
     }
     skv_attend_free(ctx);
@@ -304,13 +305,10 @@ int main(int argc, char **argv)
         unlink(tmp);
         if (rc < 0)
             tool_fail(tmp);
-        FILE *f = out && strcmp(out, "-") != 0 ? fopen(out, "w") : stdout;
-        if (!f)
-            tool_die(EXIT_DATA, "%s: cannot open for writing", out);
+        FILE *f = tool_text_open(out);
         (fmt == TOOL_FMT_JSON ? print_json : print_tsv)(f, a);
         skv_attn_free(a);
-        if (fflush(f) != 0 || ferror(f) || (f != stdout && fclose(f) != 0))
-            tool_die(EXIT_DATA, "%s: write error", tool_out_name(out));
+        tool_text_close(f, out);
     }
     return 0;
 }

@@ -36,11 +36,14 @@ static noreturn void usage(void)
            "\n"
            "Cache options:\n"
            "  -p, --policy P         fp16 (the reference itself), f32, smartkv (default),\n"
-           "                         greedy, optimal, uniform:N, random, position,\n"
+           "                         greedy, optimal, uniform:N, uniform-protect:N,\n"
+           "                         random, position,\n"
            "                         layer-aware, prune-merge[:K]; baselines q8_0, q4_0,\n"
-           "                         streaming, h2o, snapkv, mikv; atskv, atskv-ema\n"
+           "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
+           "                         uncomp, razor (--heads), rocketkv; atskv, atskv-ema\n"
            "                         (needle: a comma list)\n"
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
+           "      --heads FILE       razor: head scores from skv-trace heads\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized\n"
            "      --decay G          ema decay in [0,1) (default 0.9)\n"
@@ -51,7 +54,9 @@ static noreturn void usage(void)
            "      --recent N         newest N tokens at the top width (default 32)\n"
            "  -g, --group G          channels per scale group (default head_dim)\n"
            "      --seed S           seed of the random policy and the pass keys (default 1)\n"
-           "  -k, --kernel K         attention kernel: auto (default), scalar, avx2\n"
+           "  -k, --kernel K         attention kernel: avx2 (default; scalar without AVX2),\n"
+           "                         scalar, auto (the best int8), int8-scalar, int8-avx2,\n"
+           "                         int8-vnni\n"
            "Grouped layout (any of these selects it; kivi:N always uses it):\n"
            "      --grouped          the grouped layout (keys per token unless --keys)\n"
            "      --keys L           token (per token, --group channels) or channel\n"
@@ -114,8 +119,8 @@ enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
-    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS, O_IMPPOW, O_RECENCY, O_PM_B,
-    O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS
+    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
+    O_IMPPOW, O_RECENCY, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS, O_HEADS
 };
 
 static const struct option longopts[] = {
@@ -144,6 +149,7 @@ static const struct option longopts[] = {
     {"imp-power", required_argument, NULL, O_IMPPOW},
     {"recency", required_argument, NULL, O_RECENCY},
     {"weights", required_argument, NULL, O_WEIGHTS},
+    {"heads", required_argument, NULL, O_HEADS},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
     {"ctx", required_argument, NULL, O_CTX},
@@ -219,6 +225,9 @@ static uint32_t split_list(const char *opt, const char *s, char **items, uint32_
     return n;
 }
 
+/* RazorAttention's head scores (--heads), loaded once and shared by every row. */
+static skv_head_scores razor_heads;
+
 /* ATSKV's weights (--weights), loaded once and shared by every row. */
 static skv_rlv_model *atskv_weights;
 
@@ -274,6 +283,11 @@ static void set_policy(skv_ec_cfg *c, const char *p)
         return;
     if (skv_policy_parse(p, &c->alloc.policy, &c->alloc.uniform_bits) < 0)
         tool_usage_error("--policy: %s (also fp16, f32, prune-merge[:K])", skv_errmsg());
+    if (skv_policy_flags(c->alloc.policy) & SKV_PF_HEADS) {
+        if (!razor_heads.n_layers)
+            tool_usage_error("--policy %s needs --heads FILE (skv-trace heads)", p);
+        c->alloc.heads = &razor_heads;
+    }
 }
 
 static void check_policy_name(const char *p)
@@ -439,10 +453,8 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "prune-merge:%u", c->pm.num_clusters);
     else if (c->kind == SKV_EC_ATSKV)
         snprintf(buf, n, "%s", c->rlv && c->rlv->label ? c->rlv->label : "atskv");
-    else if (c->alloc.policy == SKV_POLICY_UNIFORM)
-        snprintf(buf, n, "uniform:%u", c->alloc.uniform_bits);
     else
-        snprintf(buf, n, "%s", skv_policy_name(c->alloc.policy));
+        skv_policy_format(c->alloc.policy, c->alloc.uniform_bits, buf, n);
 }
 
 static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int front)
@@ -765,6 +777,8 @@ static uint32_t make_rows(const opts *o, row **out)
                         }
                         if (base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE || atskv)
                             c.realloc = o->reallocs[ri];
+                        if (c.kivi_bits && c.realloc % 32)  /* as skv_ec_kivi_parse */
+                            c.realloc = 32;
                         if (skv_ec_cfg_check(&c) < 0)
                             tool_usage_error("%s", skv_errmsg());
                         if (n == cap) {
@@ -1093,14 +1107,10 @@ int main(int argc, char **argv)
             break;
         }
         case 'k':
-            if (!strcmp(optarg, "auto"))
-                o.cfg.kernel = SKV_KERNEL_AUTO;
-            else if (!strcmp(optarg, "scalar"))
-                o.cfg.kernel = SKV_KERNEL_SCALAR;
-            else if (!strcmp(optarg, "avx2"))
-                o.cfg.kernel = SKV_KERNEL_AVX2;
-            else
-                tool_usage_error("--kernel: '%s' is not auto, scalar or avx2", optarg);
+            o.cfg.kernel = skv_att_kernel_parse(optarg);
+            if (o.cfg.kernel < 0)
+                tool_usage_error("--kernel: '%s' is not auto, scalar, avx2, int8-scalar, int8-avx2 "
+                                 "or int8-vnni", optarg);
             break;
         case O_KEYS:
             o.cfg.layout = SKV_EC_GROUPED;
@@ -1197,6 +1207,11 @@ int main(int argc, char **argv)
             break;
         }
         case 'o': o.out = optarg; break;
+        case O_HEADS:
+            skv_head_scores_free(&razor_heads);
+            if (skv_head_scores_read(optarg, &razor_heads) < 0)
+                tool_die(EXIT_DATA, "%s", skv_errmsg());
+            break;
         case O_WEIGHTS:
             skv_rlv_model_free(atskv_weights);
             if (skv_rlv_load(optarg, &atskv_weights) < 0)

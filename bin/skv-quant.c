@@ -51,23 +51,6 @@ static uint32_t parse_group(const char *s, const char *opt)
     return (uint32_t)g;
 }
 
-static void drop_lone_alhd(skv_chunk_list *l)
-{
-    size_t n = 0;
-    int aloc = 0;
-    for (size_t i = 0; i < l->n; i++)
-        aloc |= !memcmp(l->v[i].type, SKV_T_ALOC, 4);
-    if (aloc)
-        return;
-    for (size_t i = 0; i < l->n; i++) {
-        if (!memcmp(l->v[i].type, SKV_T_ALHD, 4))
-            free(l->v[i].data);
-        else
-            l->v[n++] = l->v[i];
-    }
-    l->n = n;
-}
-
 static void report_json(const char *out, const skv_cache_stats *st, const skv_cache_plan *p)
 {
     fputs("{\"output\": ", stderr);
@@ -115,6 +98,24 @@ static void report(const char *out, const skv_cache_stats *st, const skv_cache_p
                     (unsigned long long)st->hist[i],
                     rows ? 100.0 * (double)st->hist[i] / (double)rows : 0.0);
     fprintf(stderr, "\n");
+}
+
+/* Reading (the bytes of the input), then writing (layers); the library
+ * says when the layers start with done = 0. */
+typedef struct quant_progress {
+    tool_progress *pr;
+    int writing;
+} quant_progress;
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    quant_progress *q = ctx;
+    if (!q->writing) {
+        tool_progress_end(q->pr);
+        q->pr = tool_progress_start("skv-quant: writing", total, "layers");
+    }
+    q->writing = 1;
+    tool_progress_cb(q->pr, done, total);
 }
 
 int main(int argc, char **argv)
@@ -227,88 +228,64 @@ int main(int argc, char **argv)
 
     tool_check_binary_input(in);
     if (decompress) {
-        skv_cache *cache;
-        if (skv_cache_load(in, &cache) < 0)
+        /* one layer at a time, the queries read alongside from --queries */
+        skv_stream *is = skv_open_read(in);
+        if (!is)
             tool_fail(tool_in_name(in));
-        if (queries && skv_cache_queries_from(cache, queries) < 0) {
-            skv_cache_free(cache);
-            tool_fail(tool_in_name(queries));
-        }
-        /* an ALHD without its ALOC chunks would make the trace unusable for
-         * skv-quant: keep the allocation only when it is whole */
-        drop_lone_alhd(&cache->extra);
         tool_check_binary_output(out);
         skv_stream *s = skv_open_write(out, level);
         if (!s) {
-            skv_cache_free(cache);
+            skv_close(is);
             tool_fail(tool_out_name(out));
         }
-        if (skv_cache_write_trace(s, cache) < 0) {
-            int bad_input = cache->q == NULL;
+        int qbad = 0;
+        if (skv_cache_dequantize_stream(is, queries, s, &qbad) < 0) {
+            const char *m = skv_errmsg();
+            int outside = !strncmp(m, "write error", 11) || !strncmp(m, "stream ", 7);
             skv_discard(s);
-            skv_cache_free(cache);
-            tool_fail(bad_input ? tool_in_name(in) : tool_out_name(out));
+            tool_fail(outside ? tool_out_name(out) : tool_in_name(qbad ? queries : in));
         }
-        skv_cache_free(cache);
         if (skv_close(s) < 0)
             tool_fail(tool_out_name(out));
         return 0;
     }
 
-    skv_trace *t;
-    skv_chunk_list extra = {0};
-    tool_progress *pr = tool_progress_start("skv-quant: reading", 0, "bytes");
-    tool_progress_watch(pr, in);
-    int lrc = skv_cache_input_load(in, &t, &extra);
-    tool_progress_end(pr);
-    if (lrc < 0)
+    /* one layer at a time: read the allocation, then quantize each layer
+     * as it is read again (skv_cache_quantize) */
+    skv_stream *is = skv_open_read(in);
+    if (!is)
         tool_fail(tool_in_name(in));
-    skv_cache_plan plan;
-    skv_chunk_list pass = {0};
-    if (uniform) {
-        skv_qcfg q = {t->hdr.head_dim, k_group ? k_group : t->hdr.head_dim,
-                      v_group ? v_group : t->hdr.head_dim, k_mode, v_mode};
-        if (skv_cache_plan_uniform(&plan, &t->hdr, &q, uniform) < 0)
-            tool_fail(tool_in_name(in));
-    } else if (skv_cache_plan_from_chunks(&plan, &t->hdr, &extra) < 0) {
-        tool_fail(tool_in_name(in));
-    }
-    /* the cache file holds the cache: ancillary chunks pass, the allocation
-     * record (ALOC) only when asked; an allocation in the input does not
-     * describe a --uniform cache at all */
-    for (size_t i = 0; i < extra.n; i++) {
-        int alhd = !memcmp(extra.v[i].type, SKV_T_ALHD, 4);
-        int aloc = !memcmp(extra.v[i].type, SKV_T_ALOC, 4);
-        if ((alhd || aloc) && uniform)
-            continue;
-        if (aloc && !keep_alloc)
-            continue;
-        skv_chunk ch = {.raw_size = extra.v[i].size, .size = extra.v[i].size,
-                        .data = extra.v[i].data};
-        memcpy(ch.type, extra.v[i].type, 5);
-        if (skv_chunk_list_add(&pass, &ch) < 0)
-            tool_fail(tool_in_name(in));
-    }
-
     tool_check_binary_output(out);
     skv_stream *s = skv_open_write(out, level);
-    if (!s)
+    if (!s) {
+        skv_close(is);
         tool_fail(tool_out_name(out));
+    }
+    /* with an allocation the input is read once for it first */
+    quant_progress qp = {uniform ? NULL : tool_progress_start("skv-quant: reading", 0, "bytes"),
+                         uniform};
+    tool_progress_watch(qp.pr, in);
+    if (uniform)
+        qp.pr = tool_progress_start("skv-quant: writing", 0, "layers");
+    skv_quantize_opts qo = {uniform, {0, k_group, v_group, k_mode, v_mode},
+                            (keep_q ? 0 : SKV_CACHE_DROP_QUERIES) |
+                            (keep_alloc ? SKV_CACHE_KEEP_ALLOC : 0), on_progress, &qp};
+    skv_cache_plan plan;
     skv_cache_stats st;
-    int rc = skv_cache_write(s, t, &plan, &pass, keep_q ? 0 : SKV_CACHE_DROP_QUERIES, &st);
+    int rc = skv_cache_quantize(is, NULL, in, s, &qo, &plan, &st);
+    tool_progress_end(qp.pr);
     if (rc < 0) {
         /* write failures are the output's; a value or an allocation that the
          * cache cannot hold is the input's */
         skv_discard(s);
-        tool_fail(rc == SKV_EIO ? tool_out_name(out) : tool_in_name(in));
+        const char *m = skv_errmsg();
+        tool_fail(rc == SKV_EIO && (!strncmp(m, "write error", 11) || !strncmp(m, "stream ", 7))
+                  ? tool_out_name(out) : tool_in_name(in));
     }
     if (skv_close(s) < 0)
         tool_fail(tool_out_name(out));
     if (tool_verbosity)
         (json ? report_json : report)(out, &st, &plan);
     skv_cache_plan_free(&plan);
-    skv_chunk_list_free(&pass);
-    skv_chunk_list_free(&extra);
-    skv_trace_free(t);
     return 0;
 }

@@ -32,30 +32,15 @@ static void usage(FILE *f)
 "FILE '-' means standard input (at most one of the files).\n", TOOL_COMMON_HELP);
 }
 
-static FILE *open_text_out(const char *out)
-{
-    if (!out || !strcmp(out, "-"))
-        return stdout;
-    FILE *f = fopen(out, "w");
-    if (!f)
-        tool_die(EXIT_DATA, "%s: cannot open for writing", out);
-    return f;
-}
-
-static void close_text_out(FILE *f, const char *out)
-{
-    if (fflush(f) != 0 || ferror(f) || (f != stdout && fclose(f) != 0)) {
-        if (out && strcmp(out, "-") != 0)
-            remove(out);
-        tool_die(EXIT_DATA, "%s: write error", tool_out_name(out));
-    }
-}
-
 static skv_attn *load(const char *path)
 {
     skv_attn *a;
     tool_check_binary_input(path);
-    if (skv_attn_load(path, &a) < 0)
+    tool_progress *pr = tool_progress_start("skv-stats: reading", 0, "bytes");
+    tool_progress_watch(pr, path);
+    int rc = skv_attn_load(path, &a);
+    tool_progress_end(pr);
+    if (rc < 0)
         tool_fail(tool_in_name(path));
     return a;
 }
@@ -143,7 +128,7 @@ static int cmd_compare(int fmt, const char *out, int argc, char **argv)
         skv_attn_free(test);
         tool_die(EXIT_DATA, "%s and %s: %s", tool_in_name(argv[0]), tool_in_name(argv[1]), msg);
     }
-    FILE *f = open_text_out(out);
+    FILE *f = tool_text_open(out);
     if (fmt == FMT_JSON) {
         fputs("{\"reference\": ", f);
         jstr(f, argv[0]);
@@ -182,7 +167,7 @@ static int cmd_compare(int fmt, const char *out, int argc, char **argv)
         if (fmt == FMT_TEXT && !c.all.has_probs)
             fputs("(no attention probabilities: run skv-attend --probs for KL and top-k)\n", f);
     }
-    close_text_out(f, out);
+    tool_text_close(f, out);
     skv_compare_free(&c);
     skv_attn_free(ref);
     skv_attn_free(test);
@@ -272,7 +257,7 @@ static int cmd_sweep(int fmt, const char *out, int argc, char **argv)
     skv_pareto(bx, ex, n, on);
     for (uint32_t i = 0; i < n; i++)
         pt[i].pareto = on[i];
-    FILE *f = open_text_out(out);
+    FILE *f = tool_text_open(out);
     if (fmt == FMT_JSON) {
         fputs("{\"reference\": ", f);
         jstr(f, argv[0]);
@@ -323,7 +308,7 @@ static int cmd_sweep(int fmt, const char *out, int argc, char **argv)
               "reference;\n* : on the Pareto front (no other point has fewer bytes and lower "
               "error)\n", f);
     }
-    close_text_out(f, out);
+    tool_text_close(f, out);
     skv_attn_free(ref);
     free(pt);
     free(bx);
@@ -386,18 +371,33 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
 {
     if (argc != 1)
         tool_usage_error("mem needs one packed cache: CACHE");
-    skv_cache *c;
     tool_check_binary_input(argv[0]);
-    if (skv_cache_load(argv[0], &c) < 0)
-        tool_fail(tool_in_name(argv[0]));
+    /* counted one layer at a time: the cache is never held whole */
+    tool_progress *pr = tool_progress_start("skv-stats mem", 0, "bytes");
+    tool_progress_watch(pr, argv[0]);
+    skv_stream *is = skv_open_read(argv[0]);
+    skv_cache_reader *cr = is ? skv_cache_reader_open(is, NULL) : NULL;
     skv_mem m;
-    if (skv_cache_mem(c, &m) < 0)
-        tool_fail(tool_in_name(argv[0]));
+    memset(&m, 0, sizeof m);
+    int rc = cr ? skv_mem_begin(&m, skv_cache_reader_cache(cr)) : -1;
+    uint32_t layer;
+    while (rc >= 0 && (rc = skv_cache_reader_next(cr, &layer)) == 1)
+        skv_mem_layer(&m, skv_cache_reader_cache(cr), layer);
+    tool_progress_end(pr);
+    if (rc < 0) {
+        char msg[1024]; /* free first: valgrind counts what exit() drops as lost */
+        snprintf(msg, sizeof msg, "%s", skv_errmsg());
+        skv_mem_free(&m);
+        skv_cache_reader_close(cr);
+        tool_die(EXIT_DATA, "%s: %s", tool_in_name(argv[0]), msg);
+    }
+    skv_mem_end(&m);
+    skv_cache_reader_close(cr);
     double f16 = (double)m.fp16_bytes, i8 = f16 / 2;
     uint64_t rows = 0;
     for (int w = 0; w < SKV_NBITS; w++)
         rows += m.width_rows[w];
-    FILE *f = open_text_out(out);
+    FILE *f = tool_text_open(out);
     if (fmt == FMT_JSON) {
         fprintf(f, "{\"cache\": ");
         jstr(f, argv[0]);
@@ -474,8 +474,8 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
             fprintf(f, "   %llu bytes\n", (unsigned long long)m.layer_bytes[l]);
         }
     }
-    close_text_out(f, out);
+    tool_text_close(f, out);
     skv_mem_free(&m);
-    skv_cache_free(c);
+
     return 0;
 }

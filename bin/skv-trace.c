@@ -22,6 +22,7 @@ static void usage(FILE *f)
 "  info     summarise a stream (shapes, dtype, chunks, CRC status)\n"
 "  cat      re-stream, optionally selecting layers/tokens or (de)compressing\n"
 "  record   run a GGUF model over a text and record its real Q, K and V\n"
+"  heads    RazorAttention's induction and echo scores of every head (the model)\n"
 "\n"
 "Run 'skv-trace COMMAND --help' for a command's options.\n"
 "FILE '-' or no FILE means standard input; output goes to standard output\n"
@@ -1066,6 +1067,88 @@ TOOL_COMMON_HELP);
     return 0;
 }
 
+/* ---- heads ---- */
+
+/* RazorAttention's head scores with the real model (skv_induction_scores),
+ * written as text for skv-alloc/skv-eval --heads (the file is the cache:
+ * compute once per model). */
+static int cmd_heads(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, 'n'},
+        {"seed", required_argument, 0, 's'}, {"output", required_argument, 0, 'o'},
+        TOOL_COMMON_OPTIONS, {0, 0, 0, 0}};
+    const char *model = getenv("SKV_MODEL"), *out = NULL;
+    uint64_t n = 256, seed = 1;
+    int o;
+    while ((o = tool_getopt(argc, argv, "m:n:s:o:" TOOL_COMMON_SHORT, opts)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'n': n = need_u64("--tokens", optarg, 2, 1u << 20); break;
+        case 's': seed = need_u64("--seed", optarg, 0, UINT64_MAX); break;
+        case 'o': out = optarg; break;
+        case 'h':
+            printf(
+"Usage: skv-trace heads --model M.gguf [-n N] [--seed S] [-o FILE]\n"
+"Score every (layer, query head) as RazorAttention does: run N distinct random\n"
+"tokens twice and average, over the second copy, the attention to the token\n"
+"after the earlier occurrence (induction) and to the earlier occurrence (echo).\n"
+"Writes the scores as text for skv-alloc/skv-eval -p razor --heads FILE.\n"
+"  -m, --model FILE      GGUF model (default: $SKV_MODEL)\n"
+"  -n, --tokens N        random tokens per copy (default 256)\n"
+"  -s, --seed S          seed of the random tokens (default 1)\n"
+"  -@, --threads N       worker threads (default: online CPUs, at most 8)\n"
+"  -o, --output FILE     write to FILE (default stdout)\n"
+TOOL_COMMON_HELP);
+            return 0;
+        default: tool_usage_error("unhandled option");
+        }
+    }
+    if (optind < argc)
+        tool_usage_error("heads takes no file arguments");
+    if (!model || !*model)
+        tool_usage_error("--model FILE is required (or set SKV_MODEL)");
+    uint64_t threads = tool_threads ? tool_thread_count(SKV_MODEL_MAX_THREADS) : tool_thread_count(8);
+    skv_model *m = skv_model_load(model, (int)threads);
+    if (!m)
+        tool_fail(model);
+    const skv_model_params *p = skv_model_get_params(m);
+    skv_head_scores hs = {p->n_layers, p->n_heads,
+                          calloc((size_t)p->n_layers * p->n_heads, sizeof(float)),
+                          calloc((size_t)p->n_layers * p->n_heads, sizeof(float))};
+    if (!hs.induction || !hs.echo)
+        tool_die(EXIT_DATA, "out of memory");
+    if (skv_induction_scores(m, (uint32_t)n, seed, hs.induction, hs.echo) < 0) {
+        skv_head_scores_free(&hs);
+        skv_model_free(m);
+        tool_fail(model);
+    }
+    FILE *f = out && strcmp(out, "-") != 0 ? fopen(out, "w") : stdout;
+    if (!f) {
+        skv_head_scores_free(&hs);
+        skv_model_free(m);
+        tool_die(EXIT_DATA, "%s: cannot open: %s", out, strerror(errno));
+    }
+    fprintf(f, "# RazorAttention head scores (skv-trace heads): model %s, %llu random tokens "
+            "twice, seed %llu\n# layer head induction echo\n", p->name, (unsigned long long)n,
+            (unsigned long long)seed);
+    int wrc = skv_head_scores_write(f, &hs);
+    if (f == stdout) {
+        if (fflush(f) != 0)
+            wrc = -1;
+    } else if (fclose(f) != 0) {
+        wrc = -1;
+    }
+    skv_head_scores_free(&hs);
+    skv_model_free(m);
+    if (wrc < 0) {
+        if (out && strcmp(out, "-") != 0)
+            remove(out);
+        tool_die(EXIT_DATA, "%s: write error", out ? out : "(stdout)");
+    }
+    return 0;
+}
+
 /* ---- dispatch ---- */
 
 static const struct {
@@ -1074,6 +1157,7 @@ static const struct {
 } commands[] = {
     {"synth", cmd_synth}, {"import", cmd_import}, {"export", cmd_export},
     {"info", cmd_info},   {"cat", cmd_cat},       {"record", cmd_record},
+    {"heads", cmd_heads},
 };
 
 int main(int argc, char **argv)

@@ -98,6 +98,26 @@ const char *tool_in_name(const char *path)
     return !path || !strcmp(path, "-") ? "(stdin)" : path;
 }
 
+FILE *tool_text_open(const char *path)
+{
+    if (!path || !strcmp(path, "-"))
+        return stdout;
+    FILE *f = fopen(path, "w");
+    if (!f)
+        tool_die(EXIT_DATA, "%s: cannot open for writing: %s", path, strerror(errno));
+    return f;
+}
+
+void tool_text_close(FILE *f, const char *path)
+{
+    if (fflush(f) == 0 && !ferror(f) && (f == stdout || fclose(f) == 0))
+        return;
+    struct stat st;
+    if (f != stdout && stat(path, &st) == 0 && S_ISREG(st.st_mode))
+        remove(path);
+    tool_die(EXIT_DATA, "%s: write error", tool_out_name(path));
+}
+
 const char *tool_out_name(const char *path)
 {
     return !path || !strcmp(path, "-") ? "(stdout)" : path;

@@ -7,6 +7,7 @@
 
 #include <getopt.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdnoreturn.h>
 
 #define EXIT_DATA 1   /* bad data or runtime failure */
@@ -40,6 +41,14 @@ const char *tool_out_name(const char *path);
     "      --max-mem SIZE   refuse inputs that need more memory than SIZE\n" \
     "                       (K, M or G suffix; default $SKV_MAX_MEM or no cap)\n"
 void tool_set_max_mem(const char *arg);
+
+/* Text output: FILE (created or truncated), or stdout for NULL or "-";
+ * exits 1 naming FILE when it cannot be opened. */
+FILE *tool_text_open(const char *path);
+/* Flush and close what tool_text_open gave.  On a write error exit 1 with
+ * "FILE: write error", removing a half-written regular file (never a
+ * device such as /dev/full, or a FIFO). */
+void tool_text_close(FILE *f, const char *path);
 
 /* Refuse binary output to a terminal (exit 2). */
 void tool_check_binary_output(const char *path);

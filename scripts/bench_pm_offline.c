@@ -66,8 +66,11 @@ int main(int argc, char **argv)
         if (skv_cache_load(eq + 1, &c) < 0 || skv_cache_queries_from(c, argv[1]) < 0)
             die(eq + 1);
         uint64_t rows = 0;
-        for (size_t i = 0; i < (size_t)L * h->n_kv_heads; i++)
-            rows += c->heads[i].n_stored + (c->heads[i].cent ? c->heads[i].cent->rows.n : 0);
+        for (uint32_t l = 0; l < L; l++)
+            for (uint32_t kh = 0; kh < h->n_kv_heads; kh++) {
+                const skv_cache_head *ch = skv_cache_head_at(c, l, kh);
+                rows += ch->n_stored + (ch->cent ? ch->cent->rows.n : 0);
+            }
         double err = 0, nrm = 0, t0 = now(), t1;
         uint64_t reps = 0;
         do {

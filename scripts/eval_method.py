@@ -10,6 +10,7 @@ import csv
 import sys
 
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+plot_tsv = sys.argv[2] if len(sys.argv) > 2 else None  # the rows to plot: baselines + method
 by = {r["label"]: r for r in rows}
 GROUPED = (" kch", " ktok")
 EVICTION = ("streaming", "h2o", "snapkv")
@@ -211,3 +212,12 @@ for pol in ("kivi:4", "kivi:2", "uniform:4", "uniform:8"):
     elif b:
         claim("smartkv below %s's KL with equal or fewer bytes" % pol, False,
               "no smartkv row at or below beta %.3f" % f(b, "beta"))
+
+if plot_tsv:
+    with open(plot_tsv, "w", newline="") as out:
+        w = csv.DictWriter(out, fieldnames=list(rows[0].keys()), delimiter="\t",
+                           lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            if method(r) or not grouped(r) or r["policy"].startswith("kivi"):
+                w.writerow(r)

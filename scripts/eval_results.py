@@ -72,7 +72,8 @@ if only_baselines:
 B = ["0.25", "0.3", "0.4", "0.5"]
 W = " bits=4,8,16"
 table("Uniform widths and the fp16 reference",
-      ["fp16", "uniform:8 R=16", "uniform:4 R=16", "uniform:2 R=16"])
+      ["fp16", "uniform:8 R=16", "uniform-protect:8 R=16", "uniform:4 R=16",
+       "uniform-protect:4 R=16", "uniform:2 R=16", "uniform-protect:2 R=16"])
 table("smartkv vs random, default widths 2,3,4,8,16",
       [f"{p} beta={b} ema:0.9 R=16" for b in B for p in ("smartkv", "random")])
 table("smartkv vs random, widths 4,8,16",

@@ -2,8 +2,8 @@
 file per length, from `skv-eval needle --tsv`) as a markdown table: one row
 per cache, one column per length (the depths' results in order), the cells
 of lengths not run printed as "not run (time)", and each cache's agreement
-with the fp16 cache over the cells run.  Also writes DIR/needle.dat for
-scripts/plot-needle-grid.  Standard library only."""
+with the fp16 cache over the cells run (scripts/plot-needle draws the same
+files).  Standard library only."""
 import csv
 import glob
 import os
@@ -31,27 +31,20 @@ print("\n### Pass-key retrieval (beta 0.25; depths %s%%)\n" % "/".join(map(str, 
 print("| cache | " + " | ".join("%dK" % (n // 1024) if n % 1024 == 0 else str(n)
                                  for n in LENGTHS) + " | agree with fp16 | beta (after prefill) |")
 print("|---" * (len(LENGTHS) + 3) + "|")
-with open(os.path.join(d, "needle.dat"), "w") as out:
-    for ci, c in enumerate(caches):
-        cols, agree, run, betas = [], 0, 0, []
-        for li, n in enumerate(LENGTHS):
-            got = [cells.get((c, n, dp)) for dp in DEPTHS]
-            if not any(got):
-                cols.append("not run (time)")
-            else:
-                cols.append(" / ".join("-" if g is None else ("ok" if g["correct"] == "1" else "x")
-                                       for g in got))
-            for di, g in enumerate(got):
-                v = -1 if g is None else int(g["correct"])
-                out.write("%d %d %d %d\n" % (ci, li, di, v))
-                if g is not None:
-                    run += 1
-                    agree += g["agree"] == "1"
-                    betas.append(float(g["beta"]))
-        beta = "%.3f" % (sum(betas) / len(betas)) if betas else "-"
-        print("| %s | %s | %s | %s |" % (c, " | ".join(cols),
-                                        "" if c == "fp16" else "%d/%d" % (agree, run), beta))
-with open(os.path.join(d, "needle.caches"), "w") as out:
-    out.write("\n".join(caches) + "\n")
-with open(os.path.join(d, "needle.lengths"), "w") as out:
-    out.write("\n".join(map(str, LENGTHS)) + "\n")
+for c in caches:
+    cols, agree, run, betas = [], 0, 0, []
+    for n in LENGTHS:
+        got = [cells.get((c, n, dp)) for dp in DEPTHS]
+        if not any(got):
+            cols.append("not run (time)")
+        else:
+            cols.append(" / ".join("-" if g is None else ("ok" if g["correct"] == "1" else "x")
+                                   for g in got))
+        for g in got:
+            if g is not None:
+                run += 1
+                agree += g["agree"] == "1"
+                betas.append(float(g["beta"]))
+    beta = "%.3f" % (sum(betas) / len(betas)) if betas else "-"
+    print("| %s | %s | %s | %s |" % (c, " | ".join(cols),
+                                    "" if c == "fp16" else "%d/%d" % (agree, run), beta))

@@ -76,7 +76,7 @@ static void make_planted(planted *pl, uint32_t L, uint32_t H, uint64_t T, uint32
         pl->ent[i] = (float)(1 + 4 * urand());
     free(k);
     free(v);
-    pl->p = (skv_alloc_problem){L, H, T, pl->imp, pl->err, pl->ent, NULL};
+    pl->p = (skv_alloc_problem){L, H, T, pl->imp, pl->err, pl->ent, NULL, NULL};
 }
 
 static void free_planted(planted *pl)

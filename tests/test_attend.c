@@ -41,6 +41,14 @@ static double urand(void)
     return (double)(rng >> 11) / 9007199254740992.0;
 }
 
+/* The int8 kernels' bounds (relative L2 error of each output vector): the
+ * query rounded to int8 and the softmax weights to u8 per tile cost about
+ * 1e-3 of the output norm on these caches. */
+#define I8_TOL 2e-3
+#define I8_PTOL 2e-3
+#define I8_SIMD_TOL 1e-3
+static double i8_worst, i8_simd_worst;
+
 /* Largest per-vector relative L2 difference of n vectors of d floats. */
 static double max_rel(const float *a, const float *b, size_t n, uint32_t d)
 {
@@ -139,7 +147,14 @@ START_TEST(test_steps_parse)
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         ck_assert_msg(skv_steps_parse(bad[i], 10, &st, &n) == SKV_EINVAL, "accepted '%s'", bad[i]);
         ck_assert_ptr_null(st);
+        ck_assert_msg(skv_steps_parse(bad[i], 10, NULL, &n) == SKV_EINVAL,
+                      "syntax check accepted '%s'", bad[i]);
     }
+    /* the syntax check allocates nothing, even for 16M steps under a 1 MiB cap */
+    skv_set_max_mem(1 << 20);
+    ck_assert_int_eq(skv_steps_parse("8:,3", SKV_MAX_TOKENS, NULL, &n), 0);
+    ck_assert_int_lt(skv_steps_parse("8:", SKV_MAX_TOKENS, &st, &n), 0); /* a full parse cannot */
+    skv_set_max_mem(0);
 }
 END_TEST
 
@@ -431,7 +446,8 @@ static void packed_case(const pk_case *pc)
     skv_attend_opts o1 = {1, SKV_KERNEL_SCALAR, 0};
     skv_attend_ctx *c1 = skv_attend_new(&o1);
     for (uint32_t h = 0; h < Hkv; h++) {
-        const uint8_t *bits = skv_cache_head_at(c, 0, h)->bits;
+        uint8_t *bits = malloc(T);
+        skv_cache_head_widths(skv_cache_head_at(c, 0, h), T, bits);
         for (uint64_t si = 0; si < S; si++) {
             uint64_t tt = steps[si], n = 0;
             for (uint64_t u = 0; u <= tt; u++)
@@ -469,6 +485,7 @@ static void packed_case(const pk_case *pc)
             }
             free(qq); free(kk); free(vv); free(map);
         }
+        free(bits);
     }
     skv_attend_free(c1);
     for (int kern = SKV_KERNEL_SCALAR; kern <= SKV_KERNEL_AVX2; kern++) {
@@ -490,6 +507,52 @@ static void packed_case(const pk_case *pc)
          * --reference on a packed cache) agrees too */
         skv_attend_free(ctx);
     }
+    /* the int8 kernels (integer arithmetic on 2-4 bit rows, float on the
+     * rest): within I8_TOL of the oracle; the SIMD ones within I8_SIMD_TOL
+     * of int8-scalar (same arithmetic; exp and rounding order differ) and
+     * bit-identical to each other (only the dot-product instruction differs) */
+    float *o8s = malloc(no * 4), *o8a = malloc(no * 4);
+    int have_a = 0;
+    for (int kern = SKV_KERNEL_I8_SCALAR; kern <= SKV_KERNEL_I8_VNNI; kern++) {
+        if (!skv_att_kernel_available(kern)) {
+            printf("test_attend: %s skipped (not on this CPU)\n", skv_att_kernel_name(kern));
+            continue;
+        }
+        skv_attend_opts opt = {2, kern, 13};
+        skv_attend_ctx *ctx = skv_attend_new(&opt);
+        ck_assert_ptr_nonnull(ctx);
+        skv_kv_view L = {SKV_KV_PACKED, H, Hkv, d, T, c->q[0], NULL, NULL, skv_cache_head_at(c, 0, 0)};
+        ck_assert_int_eq(skv_attend_layer(ctx, &L, steps, S, o, p), 0);
+        double e = max_rel(o, ref, (size_t)H * S, d);
+        if (e > i8_worst)
+            i8_worst = e;
+        ck_assert_msg(e <= I8_TOL, "packed %s width %d H=%u/%u d=%u T=%llu groups %u/%u modes "
+                      "%u/%u: rel error %g > %g", skv_att_kernel_name(kern), pc->width, H, Hkv, d,
+                      (unsigned long long)T, pc->kg, pc->vg, pc->kmode, pc->vmode, e, I8_TOL);
+        double pe = 0;
+        for (size_t i = 0; i < np; i++)
+            pe = fmax(pe, fabs(p[i] - pref[i]));
+        ck_assert_msg(pe <= I8_PTOL, "%s: probabilities differ by %g", skv_att_kernel_name(kern),
+                      pe);
+        if (kern == SKV_KERNEL_I8_SCALAR) {
+            memcpy(o8s, o, no * 4);
+        } else {
+            double es = max_rel(o, o8s, (size_t)H * S, d);
+            if (es > i8_simd_worst)
+                i8_simd_worst = es;
+            ck_assert_msg(es <= I8_SIMD_TOL, "%s vs int8-scalar: rel difference %g",
+                          skv_att_kernel_name(kern), es);
+            if (kern == SKV_KERNEL_I8_AVX2) {
+                memcpy(o8a, o, no * 4);
+                have_a = 1;
+            } else if (have_a) {
+                ck_assert_msg(memcmp(o, o8a, no * 4) == 0, "int8-vnni differs from int8-avx2");
+            }
+        }
+        skv_attend_free(ctx);
+    }
+    free(o8s);
+    free(o8a);
     /* every-token-16-bit cache of an fp16 trace: equals the reference on the trace */
     if (pc->width == 16) {
         skv_kv_view Lt = {SKV_KV_F32, H, Hkv, d, T, t->q[0], t->k[0], t->v[0], NULL};
@@ -516,6 +579,100 @@ START_TEST(test_packed_widths)
         pk_case pc2 = {4, 1, 32, 40, 16, 8, SKV_QMODE_SYM, SKV_QMODE_ASYM, widths[i]};
         packed_case(&pc2);
     }
+    rm_tmpdir();
+}
+END_TEST
+
+/* The integer blocks: every int8 SIMD kernel gives exactly int8-scalar's
+ * dot products and value sums, for every width and shape (the unpacking
+ * permutations and the transposition included). */
+START_TEST(test_i8_blocks)
+{
+    static const uint32_t dims[] = {32, 64, 96, 128};
+    static const uint32_t rows_n[] = {1, 5, 33, 64, 70};
+    static const uint32_t ngs[] = {1, 3, 16};
+    for (int bits = 2; bits <= 4; bits++)
+        for (size_t di = 0; di < 4; di++)
+            for (size_t ni = 0; ni < 5; ni++)
+                for (size_t gi = 0; gi < 3; gi++) {
+                    uint32_t d = dims[di], n = rows_n[ni], ng = ngs[gi];
+                    size_t rs = (size_t)d / 8 * (size_t)bits + (ni & 1) * 3; /* odd strides too */
+                    uint8_t *rows = malloc(rs * n);
+                    int8_t *q = malloc((size_t)ng * d);
+                    int8_t *w = malloc((size_t)ng * n);
+                    for (size_t i = 0; i < rs * n; i++)
+                        rows[i] = (uint8_t)(urand() * 256);
+                    for (size_t i = 0; i < (size_t)ng * d; i++)
+                        q[i] = (int8_t)(urand() * 255 - 127);
+                    for (size_t i = 0; i < (size_t)ng * n; i++)
+                        w[i] = (int8_t)(urand() * 255 - 127);
+                    int32_t *dref = malloc((size_t)ng * n * 4), *dots = malloc((size_t)ng * n * 4);
+                    int32_t *aref = calloc((size_t)ng * d, 4), *acc = malloc((size_t)ng * d * 4);
+                    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, (uint32_t)bits, d, rows,
+                                                     rs, n, q, ng, dref), 0);
+                    ck_assert_int_eq(skv_att_i8_vacc(SKV_KERNEL_I8_SCALAR, (uint32_t)bits, d, rows,
+                                                     rs, n, w, ng, aref), 0);
+                    /* the reference itself, one entry by hand */
+                    int32_t x = 0, y = 0;
+                    for (uint32_t j = 0; j < d; j++) {
+                        uint32_t code = 0;
+                        for (int b = 0; b < bits; b++) {
+                            size_t bit = (size_t)(j / 8) * 8 * (size_t)bits + (j % 8) * (size_t)bits + (size_t)b;
+                            code |= (uint32_t)((rows[(n - 1) * rs + bit / 8] >> (bit % 8)) & 1) << b;
+                        }
+                        x += q[(size_t)(ng - 1) * d + j] * (int32_t)code;
+                    }
+                    for (uint32_t i = 0; i < n; i++)
+                        y += w[i] * (int32_t)((rows[i * rs] >> 0) & ((1u << bits) - 1));
+                    ck_assert_int_eq(dref[(size_t)(ng - 1) * n + n - 1], x);
+                    ck_assert_int_eq(aref[0], y);
+                    for (int kern = SKV_KERNEL_I8_AVX2; kern <= SKV_KERNEL_I8_VNNI; kern++) {
+                        if (!skv_att_kernel_available(kern))
+                            continue;
+                        for (size_t i = 0; i < (size_t)ng * d; i++)
+                            acc[i] = 0;
+                        ck_assert_int_eq(skv_att_i8_dots(kern, (uint32_t)bits, d, rows, rs, n, q,
+                                                         ng, dots), 0);
+                        ck_assert_int_eq(skv_att_i8_vacc(kern, (uint32_t)bits, d, rows, rs, n, w,
+                                                         ng, acc), 0);
+                        ck_assert_msg(!memcmp(dots, dref, (size_t)ng * n * 4),
+                                      "%s dots differ: bits %d d %u n %u ng %u",
+                                      skv_att_kernel_name(kern), bits, d, n, ng);
+                        ck_assert_msg(!memcmp(acc, aref, (size_t)ng * d * 4),
+                                      "%s value sums differ: bits %d d %u n %u ng %u",
+                                      skv_att_kernel_name(kern), bits, d, n, ng);
+                    }
+                    free(rows); free(q); free(w); free(dref); free(dots); free(aref); free(acc);
+                }
+    /* what they refuse */
+    uint8_t r[64] = {0};
+    int8_t q[64] = {0};
+    int32_t o[64];
+    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 8, 64, r, 64, 1, q, 1, o), SKV_EINVAL);
+    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 4, 48, r, 24, 1, q, 1, o), SKV_EINVAL);
+    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_AVX2, 4, 64, r, 32, 1, q, 1, o), SKV_EINVAL);
+    ck_assert_int_eq(skv_att_i8_dots(SKV_KERNEL_I8_SCALAR, 4, 64, r, 32, 1, q, 17, o), SKV_EINVAL);
+    ck_assert_int_eq(skv_att_kernel_parse("int8-vnni"), SKV_KERNEL_I8_VNNI);
+    ck_assert_int_eq(skv_att_kernel_parse("avx2"), SKV_KERNEL_AVX2);
+    ck_assert_int_eq(skv_att_kernel_parse("int9"), -1);
+}
+END_TEST
+
+/* Single-group caches of other widths and modes, where the int8 kernels
+ * take the packed rows (head_dim 32, 96, 128; sym, ggml). */
+START_TEST(test_packed_int8)
+{
+    make_tmpdir();
+    pk_case cases[] = {
+        {4, 2, 32, 70, 32, 32, SKV_QMODE_SYM, SKV_QMODE_SYM, 0},
+        {3, 1, 96, 45, 96, 96, SKV_QMODE_GGML, SKV_QMODE_ASYM, 0},
+        {8, 1, 128, 90, 128, 128, SKV_QMODE_ASYM, SKV_QMODE_GGML, 2},
+        {5, 5, 64, 37, 64, 64, SKV_QMODE_SYM, SKV_QMODE_ASYM, 3},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        packed_case(&cases[i]);
+    printf("test_attend: int8 kernels: worst rel error %.3g vs the oracle (bound %g), "
+           "SIMD vs int8-scalar %.3g (bound %g)\n", i8_worst, I8_TOL, i8_simd_worst, I8_SIMD_TOL);
     rm_tmpdir();
 }
 END_TEST
@@ -566,12 +723,15 @@ START_TEST(test_stream_paths)
     ck_assert_uint_eq(b->h.mode, SKV_ATT_REFERENCE);
     ck_assert_uint_eq(a->h.n_layers, 2);
     ck_assert(a->h.kv_bytes > 0 && a->h.kv_bytes < a->h.fp16_bytes * 2);
+    /* the default kernel is an int8 one where the CPU has AVX2 */
+    double tol = skv_attend_kernel(ctx) >= SKV_KERNEL_I8_SCALAR ? I8_TOL : 1e-5;
     double e = max_rel(a->out, b->out, (size_t)2 * 6 * 80, 32);
-    ck_assert_msg(e <= 1e-5, "fused vs --reference on the cache: %g", e);
+    ck_assert_msg(e <= tol, "fused (%s) vs --reference on the cache: %g",
+                  skv_att_kernel_name(skv_attend_kernel(ctx)), e);
     skv_compare cmp;
     ck_assert_int_eq(skv_attn_compare(b, a, &cmp), 0);
-    ck_assert_double_le(cmp.all.rel_l2, 1e-5);
-    ck_assert_double_ge(cmp.all.cos, 1 - 1e-6);
+    ck_assert_double_le(cmp.all.rel_l2, tol);
+    ck_assert_double_ge(cmp.all.cos, 1 - tol * tol);
     ck_assert_double_ge(cmp.all.top[0], 0.99);
     skv_compare_free(&cmp);
     skv_attn_free(a);
@@ -607,6 +767,8 @@ int main(void)
     tcase_add_test(tc, test_dense_vs_reference);
     tcase_add_test(tc, test_packed_widths);
     tcase_add_test(tc, test_packed_shapes);
+    tcase_add_test(tc, test_i8_blocks);
+    tcase_add_test(tc, test_packed_int8);
     tcase_add_test(tc, test_stream_paths);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

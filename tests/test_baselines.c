@@ -178,7 +178,7 @@ static void solve(const char *pol, uint32_t units, double beta, const float *imp
     static float err[2 * TT * SKV_NBITS];
     for (size_t i = 0; i < sizeof err / sizeof *err; i++)
         err[i] = (float)(SKV_NBITS - i % SKV_NBITS); /* decreasing in the width */
-    skv_alloc_problem p = {1, units, TT, imp, err, NULL, stored};
+    skv_alloc_problem p = {1, units, TT, imp, err, NULL, stored, NULL};
     skv_alloc_result r;
     ck_assert_msg(skv_alloc_solve(&c, &p, bits, &r) == 0, "%s: %s", pol, skv_errmsg());
     ck_assert_uint_le(r.bytes, r.budget_bytes);
@@ -196,6 +196,8 @@ static void expect(const uint8_t *bits, const int *kept, int nk, uint32_t top, u
 
 START_TEST(test_policies_by_hand)
 {
+    skv_alloc_cfg c0;
+    skv_alloc_cfg_defaults(&c0);
     uint8_t bits[2 * TT];
     float imp[2 * TT] = {0};
     /* streaming, 2 sinks, 6 tokens' bytes: sinks 0, 1 and the newest 4 */
@@ -257,6 +259,30 @@ START_TEST(test_policies_by_hand)
     }
     ck_assert_int_eq(n0, 5);
     ck_assert_int_eq(n1, 4);
+    /* uniform-protect:4, 2 sinks and 3 recent: those at 16, the rest at 4;
+     * uniform:4 protects nothing; both names read back as written */
+    for (int up = 0; up < 2; up++) {
+        const char *pol = up ? "uniform-protect:4" : "uniform:4";
+        skv_alloc_cfg u;
+        skv_alloc_cfg_defaults(&u);
+        ck_assert_int_eq(skv_policy_parse(pol, &u.policy, &u.uniform_bits), 0);
+        char name[32];
+        skv_policy_format(u.policy, u.uniform_bits, name, sizeof name);
+        ck_assert_str_eq(name, pol);
+        u.budget = 0;
+        u.sinks = 2;
+        u.recent = 3;
+        u.qcfg = qc();
+        static float uerr[TT * SKV_NBITS];
+        for (size_t i = 0; i < sizeof uerr / sizeof *uerr; i++)
+            uerr[i] = (float)(SKV_NBITS - i % SKV_NBITS);
+        skv_alloc_problem up_p = {1, 1, TT, imp, uerr, NULL, NULL, NULL};
+        skv_alloc_result ur;
+        ck_assert_msg(skv_alloc_solve(&u, &up_p, bits, &ur) == 0, "%s: %s", pol, skv_errmsg());
+        int prot[] = {0, 1, 17, 18, 19};
+        expect(bits, prot, up ? 5 : 0, 16, 4);
+    }
+    ck_assert_int_lt(skv_policy_parse("uniform-protect:5", &c0.policy, &c0.uniform_bits), 0);
     /* q8_0: every token at 8 bits in groups of 32 (mode ggml), bytes by hand:
      * per token 4 (index) + 2 x (2 scales x 2 + 64 codes) = 140 */
     skv_alloc_cfg c;

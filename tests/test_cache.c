@@ -3,6 +3,7 @@
 #include "smartkv.h"
 
 #include <check.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -320,7 +321,10 @@ static void check_loaded(const skv_cache *c, const skv_trace *t, const skv_cache
         for (uint32_t kh = 0; kh < h->n_kv_heads; kh++) {
             const skv_cache_head *ch = skv_cache_head_at(c, l, kh);
             const uint8_t *bits = p->bits + ((size_t)l * h->n_kv_heads + kh) * T;
-            expect(memcmp(ch->bits, bits, T) == 0);
+            uint8_t *got = malloc(T + 1);
+            skv_cache_head_widths(ch, T, got);
+            expect(memcmp(got, bits, T) == 0);
+            free(got);
             uint32_t prev = 0;
             for (uint32_t b = 0; b < ch->n_buckets; b++) {
                 expect(ch->buckets[b].bits >= prev);
@@ -497,12 +501,12 @@ END_TEST
 
 enum {
     M_NONE, M_IDX_DESC, M_IDX_RANGE, M_DUP_TOKEN, M_BAD_BITS, M_SHORT, M_PADDING, M_ORDER,
-    M_MISSING, M_QCFG, M_PART, M_RESERVED, M_BEFORE_Q, M_NSTORED, M_COUNT
+    M_MISSING, M_QCFG, M_PART, M_RESERVED, M_BEFORE_Q, M_NSTORED, M_DUP_FAR, M_COUNT
 };
 static const char *const m_expect[M_COUNT] = {
     "", "not ascending", "out of range", "already stored", "bad width", "payload is",
     "padding", "out of order", "PBKT chunks", "quantizer settings", "part 0", "reserved",
-    "queries of its layer", "PBKT chunks"};
+    "queries of its layer", "PBKT chunks", "already stored"};
 
 /* One layer, one kv head, T=12 tokens, d=16; buckets: 2-bit {1,3,5}, 4-bit {0,2,7},
  * 16-bit {4}; the others evicted. */
@@ -519,6 +523,8 @@ static void write_custom(const char *path, int m)
     }
     if (m == M_DUP_TOKEN)
         bk[1].idx[1] = 3;  /* token 3 also in the 2-bit bucket */
+    if (m == M_DUP_FAR)
+        bk[2].idx[0] = 1;  /* the 16-bit token is also in the 2-bit bucket, two widths back */
     skv_stream *s = skv_open_write(path, -1);
     skv_trace_hdr h = t->hdr;
     h.flags |= SKV_TRACE_PACKED;
@@ -581,7 +587,11 @@ START_TEST(test_corrupt_rejected)
             expect((h->n_buckets) == (3));
             expect((h->n_stored) == (7));
             const uint8_t want[12] = {4, 2, 4, 2, 16, 2, 0, 4, 0, 0, 0, 0};
-            expect(memcmp(h->bits, want, 12) == 0);
+            uint8_t got[12];
+            skv_cache_head_widths(h, 12, got);
+            expect(memcmp(got, want, 12) == 0);
+            for (uint64_t t = 0; t < 12; t++)
+                expect(skv_cache_width(h, t) == want[t]);
             skv_cache_free(c);
             continue;
         }
@@ -589,6 +599,29 @@ START_TEST(test_corrupt_rejected)
         ck_assert_ptr_null(c);
         expect_msg(strstr(skv_errmsg(), m_expect[m]), "mutation %d: message \"%s\" lacks "
                       "\"%s\"", m, skv_errmsg(), m_expect[m]);
+    }
+    /* the conformance checker (skv-trace info, cat) rejects exactly these */
+    for (int m = 0; m < M_COUNT; m++) {
+        const char *path = tmpfile_name("custom.skv");
+        write_custom(path, m);
+        skv_stream *s = skv_open_read(path);
+        skv_checker *k = skv_checker_new();
+        expect(s && k);
+        skv_chunk ch;
+        int rc;
+        while ((rc = skv_read(s, &ch)) > 0)
+            if ((rc = skv_check_chunk(k, &ch)) < 0)
+                break;
+        if (rc == 0)
+            rc = skv_check_end(k);
+        skv_checker_free(k);
+        skv_close(s);
+        if (m == M_NONE)
+            expect_msg(rc == 0, "checker: %s", skv_errmsg());
+        else
+            expect_msg(rc < 0 && strstr(skv_errmsg(), m == M_DUP_TOKEN || m == M_DUP_FAR
+                                                          ? "already stored" : ""),
+                       "checker, mutation %d: rc %d (%s)", m, rc, skv_errmsg());
     }
 }
 END_TEST
@@ -654,6 +687,13 @@ START_TEST(test_multipart_bucket)
     expect((h->buckets[1].n) == (2));
     expect((h->buckets[1].part) == (1));
     expect((h->buckets[1].idx[1]) == (T - 1));
+    /* lookups across the parts (no per-token array behind them) */
+    const skv_bucket *fb;
+    uint32_t row;
+    expect(skv_cache_width(h, 7) == 0 && skv_cache_width(h, 6) == 16);
+    expect(skv_cache_find(h, max, &fb, &row) == 1 && fb == &h->buckets[0] && row == max - 1);
+    expect(skv_cache_find(h, max + 1, &fb, &row) == 1 && fb == &h->buckets[1] && row == 0);
+    expect(skv_cache_find(h, T - 1, &fb, &row) == 1 && fb == &h->buckets[1] && row == 1);
     /* fp16 traces survive 16-bit storage exactly */
     float *k = malloc(sizeof(float) * T * 1024);
     skv_cache_dequantize_head(c, 0, 0, k, NULL);
@@ -663,6 +703,151 @@ START_TEST(test_multipart_bucket)
     free(k);
     skv_cache_free(c);
     skv_cache_plan_free(&p);
+    skv_trace_free(t);
+}
+END_TEST
+
+/* Bytes of a file. */
+static size_t file_bytes(const char *path, uint8_t **out)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *out = malloc((size_t)n + 1);
+    ck_assert_ptr_nonnull(*out);
+    ck_assert_uint_eq(fread(*out, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    return (size_t)n;
+}
+
+static void expect_same_file(const char *a, const char *b)
+{
+    uint8_t *x, *y;
+    size_t nx = file_bytes(a, &x), ny = file_bytes(b, &y);
+    expect_msg(nx == ny && !memcmp(x, y, nx), "%s (%zu bytes) differs from %s (%zu bytes)", a,
+               nx, b, ny);
+    free(x);
+    free(y);
+}
+
+/* One layer at a time (skv_cache_quantize: a file reopened, or a stream
+ * copied to a temporary file) writes exactly what the whole-trace writer
+ * writes; the layer reader hands out what skv_cache_load reads. */
+START_TEST(test_streamed_equals_whole)
+{
+    skv_trace *t = make_trace(3, 4, 2, 300, 32, SKV_F16, 1);
+    char tp[512], ap[512], c0[512];  /* tmpfile_name's buffers are reused */
+    snprintf(tp, sizeof tp, "%s", tmpfile_name("st.skv"));
+    snprintf(ap, sizeof ap, "%s", tmpfile_name("sa.skv"));
+    snprintf(c0, sizeof c0, "%s", tmpfile_name("c0.skv"));
+    ck_assert_int_eq(skv_trace_save(t, tp, -1), 0);
+    skv_alloc_cfg ac;
+    skv_alloc_cfg_defaults(&ac);
+    ac.budget = 0.5; /* 300 tokens: the sinks and the recent window take a share */
+    skv_imp_cfg ic;
+    skv_imp_defaults(&ic);
+    ic.threads = 1;
+    skv_stream *in = skv_open_read(tp), *out = skv_open_write(ap, -1);
+    ck_assert_ptr_nonnull(in);
+    ck_assert_ptr_nonnull(out);
+    expect_msg(skv_alloc_filter(in, out, &ac, &ic, NULL, NULL) == 0, "alloc: %s", skv_errmsg());
+    skv_close(in);
+    ck_assert_int_eq(skv_close(out), 0);
+
+    /* whole: load, plan from the allocation, keep its ALHD */
+    skv_trace *w;
+    skv_chunk_list extra = {0}, pass = {0};
+    ck_assert_int_eq(skv_cache_input_load(ap, &w, &extra), 0);
+    skv_cache_plan plan;
+    ck_assert_int_eq(skv_cache_plan_from_chunks(&plan, &w->hdr, &extra), 0);
+    for (size_t i = 0; i < extra.n; i++)
+        if (!memcmp(extra.v[i].type, SKV_T_ALHD, 4)) {
+            skv_chunk c = {.raw_size = extra.v[i].size, .size = extra.v[i].size,
+                           .data = extra.v[i].data};
+            memcpy(c.type, extra.v[i].type, 5);
+            ck_assert_int_eq(skv_chunk_list_add(&pass, &c), 0);
+        }
+    write_cache(c0, w, &plan, &pass, SKV_CACHE_DROP_QUERIES, -1);
+    skv_cache_plan_free(&plan);
+    skv_chunk_list_free(&extra);
+    skv_chunk_list_free(&pass);
+    skv_trace_free(w);
+
+    /* streamed: from the file by name, then from a descriptor (spooled) */
+    skv_quantize_opts qo;
+    memset(&qo, 0, sizeof qo);
+    qo.flags = SKV_CACHE_DROP_QUERIES;
+    for (int spool = 0; spool < 2; spool++) {
+        const char *c1 = tmpfile_name(spool ? "c2.skv" : "c1.skv");
+        int fd = spool ? open(ap, O_RDONLY) : -1;
+        in = spool ? skv_open_fd(fd, "fd") : skv_open_read(ap);
+        out = skv_open_write(c1, -1);
+        ck_assert_ptr_nonnull(in);
+        ck_assert_ptr_nonnull(out);
+        skv_cache_stats st;
+        int rc = skv_cache_quantize(in, NULL, spool ? NULL : ap, out, &qo, &plan, &st);
+        expect_msg(rc == 0, "quantize: %s", skv_errmsg());
+        ck_assert_int_eq(skv_close(out), 0);
+        ck_assert(plan.from_alloc);
+        ck_assert_uint_eq(st.cache_bytes, st.model_bytes);
+        skv_cache_plan_free(&plan);
+        if (fd >= 0)
+            close(fd);
+        expect_same_file(c0, c1);
+    }
+
+    /* uniform: no widths array, the same bytes as a uniform plan */
+    skv_qcfg q = qcfg(32, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM);
+    ck_assert_int_eq(skv_cache_plan_uniform(&plan, &t->hdr, &q, 3), 0);
+    const char *u0 = tmpfile_name("u0.skv"), *u1 = tmpfile_name("u1.skv");
+    write_cache(u0, t, &plan, NULL, 0, -1);
+    skv_cache_plan_free(&plan);
+    qo.uniform = 3;
+    qo.q = q;
+    qo.flags = 0;
+    in = skv_open_read(tp);
+    out = skv_open_write(u1, -1);
+    expect_msg(skv_cache_quantize(in, NULL, tp, out, &qo, &plan, NULL) == 0, "uniform: %s",
+               skv_errmsg());
+    ck_assert_ptr_null(plan.bits);
+    ck_assert_int_eq(skv_close(out), 0);
+    skv_cache_plan_free(&plan);
+    expect_same_file(u0, u1);
+
+    /* the layer reader against the whole cache */
+    skv_cache *whole;
+    ck_assert_int_eq(skv_cache_load(u1, &whole), 0);
+    skv_cache_reader *cr = skv_cache_reader_open(skv_open_read(u1), NULL);
+    ck_assert_ptr_nonnull(cr);
+    const skv_cache *c = skv_cache_reader_cache(cr);
+    uint32_t l, want = 0;
+    int rc;
+    while ((rc = skv_cache_reader_next(cr, &l)) == 1) {
+        ck_assert_uint_eq(l, want++);
+        size_t nq = (size_t)t->hdr.n_heads * t->hdr.n_tokens * t->hdr.head_dim;
+        ck_assert(!memcmp(c->q[l], whole->q[l], nq * sizeof(float)));
+        for (uint32_t kh = 0; kh < t->hdr.n_kv_heads; kh++) {
+            const skv_cache_head *a = skv_cache_head_at(c, l, kh), *b = skv_cache_head_at(whole, l, kh);
+            ck_assert_uint_eq(a->n_buckets, b->n_buckets);
+            ck_assert_uint_eq(a->n_stored, b->n_stored);
+            static uint8_t wa[4096], wb[4096];
+            ck_assert_uint_le(t->hdr.n_tokens, sizeof wa);
+            skv_cache_head_widths(a, t->hdr.n_tokens, wa);
+            skv_cache_head_widths(b, t->hdr.n_tokens, wb);
+            ck_assert(!memcmp(wa, wb, (size_t)t->hdr.n_tokens));
+            for (uint32_t i = 0; i < a->n_buckets; i++)
+                ck_assert(!memcmp(a->buckets[i].payload, b->buckets[i].payload,
+                                  a->buckets[i].payload_bytes));
+        }
+        if (l > 0) /* the layer before was released */
+            ck_assert_ptr_null(c->q[l - 1]);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_uint_eq(want, t->hdr.n_layers);
+    skv_cache_reader_close(cr);
+    skv_cache_free(whole);
     skv_trace_free(t);
 }
 END_TEST
@@ -707,6 +892,7 @@ int main(void)
     tcase_add_test(tc, test_truncated_and_wrong_input);
     tcase_add_test(tc, test_pkhd_codec);
     tcase_add_test(tc, test_multipart_bucket);
+    tcase_add_test(tc, test_streamed_equals_whole);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

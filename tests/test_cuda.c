@@ -238,8 +238,6 @@ static void mcache_build(mcache *m, uint32_t L, uint32_t H, uint32_t Hkv, uint32
             if (!width && T > 1)
                 bits[0] = 16, bits[T - 1] = 0;
             skv_cache_head *ch = &m->heads[(size_t)l * Hkv + h];
-            ch->layer = l;
-            ch->kv_head = h;
             ch->buckets = calloc(16, sizeof *ch->buckets);
             for (int wi = 1; wi < 6; wi++) {
                 uint32_t n = 0;

@@ -161,6 +161,9 @@ START_TEST(test_uniform4_matches_manual)
     c.alloc.policy = SKV_POLICY_UNIFORM;
     c.alloc.uniform_bits = 4;
     c.realloc = 16;
+    /* the float kernels: the int8 ones (the default) round the query and
+     * the weights (about 1e-4 relative, tests/test_attend.c) */
+    c.kernel = skv_att_kernel_available(SKV_KERNEL_AVX2) ? SKV_KERNEL_AVX2 : SKV_KERNEL_SCALAR;
     skv_kv_cache *a = ec(&c);
     append(a, 0, 64);
     append(a, 64, 80);   /* reallocation at 64 (>= R past 0): 0..63 at 4 bits */

@@ -7,6 +7,7 @@
  * per-layer importance and error-model arrays (O(layers * kv heads *
  * tokens)) are kept for the global budget, which spans all layers. */
 #include "smartkv_alloc.h"
+#include "smartkv_quant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -25,6 +26,8 @@ typedef struct filt {
     float *imp;          /* [n_layers][n_kv][T] */
     float *err;          /* [n_layers][n_kv][T][SKV_NBITS] */
     float *ent;          /* [n_layers][n_kv] */
+    float *kent;         /* [n_layers][n_kv] matrix entropy of the keys (uncomp) */
+    int want_kent;
     size_t cap[3];       /* bytes allocated of imp, err, ent (grown per layer) */
     skv_alloc_seq old;   /* an earlier allocation in the input, checked then replaced */
     skv_qcfg q;
@@ -47,6 +50,23 @@ static int layer_done(filt *f, const skv_imp_cfg *icfg)
                                   f->ent + (size_t)f->layer * h->n_kv_heads);
     if (rc < 0)
         return rc;
+    if (f->want_kent) {
+        const uint32_t d = h->head_dim;
+        float *g = skv_malloc(SKV_GRAM_LEN(d) * sizeof(float));
+        if (!g)
+            return SKV_ENOMEM;
+        for (uint32_t kh = 0; kh < h->n_kv_heads && rc == 0; kh++) {
+            double e;
+            uint64_t n = 0;
+            memset(g, 0, SKV_GRAM_LEN(d) * sizeof(float));
+            skv_gram_add(g, &n, d, f->L.k + (size_t)kh * h->n_tokens * d, h->n_tokens);
+            if ((rc = skv_matrix_entropy(g, n, d, &e)) == 0)
+                f->kent[(size_t)f->layer * h->n_kv_heads + kh] = (float)e;
+        }
+        free(g);
+        if (rc < 0)
+            return rc;
+    }
     for (uint32_t kh = 0; kh < h->n_kv_heads; kh++) {
         size_t at = (size_t)kh * h->n_tokens * h->head_dim;
         skv_alloc_token_errors(&f->q, f->L.k + at, f->L.v + at, h->n_tokens,
@@ -84,6 +104,10 @@ static int on_trhd(filt *f, const skv_chunk *c, const skv_alloc_cfg *acfg)
     if (skv_mul_sizes(&per, 3, (size_t)h->n_layers, (size_t)h->n_kv_heads, (size_t)h->n_tokens) ||
         skv_mul_sizes(&nerr, 3, per, (size_t)SKV_NBITS, sizeof(float)))
         return skv_error(SKV_ELIMIT, "trace too large to allocate");
+    if ((skv_policy_flags(acfg->policy) & SKV_PF_KENTROPY) &&
+        !(f->kent = skv_calloc((size_t)h->n_layers * h->n_kv_heads, sizeof(float))))
+        return SKV_ENOMEM;
+    f->want_kent = f->kent != NULL;
     return 0; /* buffers grow as the layers arrive (on_tens, layer_done) */
 }
 
@@ -138,6 +162,10 @@ static int on_tens(filt *f, const skv_chunk *c, const skv_imp_cfg *icfg)
                        sizeof(float), full * sizeof(float))) < 0)
         return rc;
     skv_tens_to_f32(&t, *dst + at);
+    /* skv-quant's rule, so that no allocation is made for a trace it refuses */
+    if ((rc = skv_trace_values_check(t.kind, t.layer, t.head, t.row0, t.rows, t.cols,
+                                     *dst + at)) < 0)
+        return rc;
     f->row += t.rows;
     if (f->row < h->n_tokens)
         return 0;
@@ -168,10 +196,7 @@ static void describe(char *buf, size_t n, const skv_alloc_cfg *a, const skv_imp_
                  a->recent, a->pm_max_cache && a->budget > 0 ? " kept=smartkv" : "");
         return;
     }
-    if (a->policy == SKV_POLICY_UNIFORM)
-        snprintf(pol, sizeof pol, "uniform:%u", a->uniform_bits);
-    else
-        snprintf(pol, sizeof pol, "%s", skv_policy_name(a->policy));
+    skv_policy_format(a->policy, a->uniform_bits, pol, sizeof pol);
     snprintf(buf, n, "policy=%s beta=%.10g importance=%s decay=%.10g realloc=%u window=%u "
              "bits=%s sinks=%u recent=%u seed=%llu share-layers=%u",
              pol, a->budget, skv_imp_mode_name(i->mode), i->decay, i->realloc, i->window, wl,
@@ -283,7 +308,8 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
     }
     skv_alloc_cfg cfg = *acfg;
     cfg.qcfg = f->q;
-    skv_alloc_problem p = {h->n_layers, h->n_kv_heads, h->n_tokens, f->imp, f->err, f->ent, NULL};
+    skv_alloc_problem p = {h->n_layers, h->n_kv_heads, h->n_tokens, f->imp, f->err, f->ent, NULL,
+                           f->kent};
     if ((rc = (cfg.prune_merge ? skv_pm_alloc : skv_alloc_solve)(&cfg, &p, a->bits, &r)) < 0)
         goto out;
     a->hdr.predicted_bytes = r.bytes;
@@ -297,6 +323,7 @@ out:
     free(f->imp);
     free(f->err);
     free(f->ent);
+    free(f->kent);
     if (rc == 0 && out_alloc)
         *out_alloc = a;
     else

@@ -184,6 +184,12 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
             if (skv_bit_widths[s->aw[k]] == cfg->uniform_bits)
                 pos = k;
         cur = sv_set_all_kept(s, pos);
+        if (pol->flags & SKV_PF_PROTECT) {   /* uniform-protect:N */
+            for (uint64_t it = 0; it < s->N; it++)
+                if (s->prot[it % s->T] && !sv_gone(s, it))
+                    sv_move(s, it, s->top);
+            cur = sv_bytes_of(s, 0, s->nu);
+        }
         if (budget && cur + s->pkhd > budget) {
             rc = skv_error(SKV_EINVAL, "uniform:%u takes %llu bytes, beta %.6g of the fp16 "
                            "cache; the budget beta %g allows %llu", cfg->uniform_bits,
@@ -237,12 +243,13 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
                        (unsigned long long)check, (unsigned long long)cur + s->pkhd);
         goto out;
     }
-    if (budget && cfg->budget < 1 && check > budget) {
+    if (budget && cfg->budget < 1 && check + s->aux > budget) {
         rc = skv_error(SKV_EINVAL, "internal: allocation over budget (%llu > %llu)",
                        (unsigned long long)check, (unsigned long long)budget);
         goto out;
     }
     res->bytes = check;
+    res->aux_bytes = s->aux;
     res->objective = skv_alloc_objective(p, bits);
     uint64_t n = (uint64_t)s->L * s->H * s->T;
     for (uint64_t i = 0; i < n; i++)

@@ -36,16 +36,30 @@ const char *skv_policy_summary(uint32_t p)
     return d ? d->summary : NULL;
 }
 
+void skv_policy_format(uint32_t p, uint32_t ubits, char *buf, size_t n)
+{
+    const skv_policy_def *d = skv_policy_def_of(p);
+    if (d && (d->flags & SKV_PF_FIXED) && !d->bits)
+        snprintf(buf, n, "%s:%u", d->name, ubits);
+    else
+        snprintf(buf, n, "%s", d ? d->name : "?");
+}
+
 int skv_policy_parse(const char *str, uint32_t *policy, uint32_t *ubits)
 {
-    if (!strncmp(str, "uniform:", 8)) {
-        char *end;
-        const char *n = str + 8;
+    /* NAME:N for the policies whose width is in the name */
+    for (uint32_t p = SKV_POLICY_NONE + 1; p < SKV_POLICY_END; p++) {
+        size_t k = strlen(table[p]->name);
+        if (!(table[p]->flags & SKV_PF_FIXED) || table[p]->bits ||
+            strncmp(str, table[p]->name, k) != 0 || str[k] != ':')
+            continue;
+        char *end = NULL;
+        const char *n = str + k + 1;
         unsigned long v = (*n >= '0' && *n <= '9') ? strtoul(n, &end, 10) : 99;
-        if (v > 16 || *end || skv_width_index((uint32_t)v) < 0)
-            return skv_error(SKV_EINVAL, "uniform:N needs N in 0, 2, 3, 4, 8, 16 (got '%s')",
-                             str);
-        *policy = SKV_POLICY_UNIFORM;
+        if (v > 16 || (end && *end) || skv_width_index((uint32_t)v) < 0)
+            return skv_error(SKV_EINVAL, "%s:N needs N in 0, 2, 3, 4, 8, 16 (got '%s')",
+                             table[p]->name, str);
+        *policy = p;
         *ubits = (uint32_t)v;
         return 0;
     }

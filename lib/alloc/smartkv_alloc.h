@@ -45,6 +45,7 @@
 #include "smartkv_importance.h"
 
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -147,6 +148,38 @@ SKV_EXPORT int skv_qcfg_check(const skv_qcfg *c);
 SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const float *v,
                                        uint64_t n, float *err /* [n][SKV_NBITS] */);
 
+/* ---- matrix entropy of keys (uncomp) ----
+ * g is the Gram matrix of unit-normalised key rows as its upper triangle,
+ * row by row (SKV_GRAM_LEN(d) floats, zeroed to start), *count the rows in
+ * it.  skv_gram_add adds n rows k[n][d] (zero or non-finite rows skipped);
+ * skv_matrix_entropy sets *h = -sum l ln l over the eigenvalues l of
+ * g / count (0 with no rows).  0 or SKV_ENOMEM. */
+#define SKV_GRAM_LEN(d) ((size_t)(d) * ((size_t)(d) + 1) / 2)
+SKV_EXPORT void skv_gram_add(float *g, uint64_t *count, uint32_t d, const float *k, uint64_t n);
+SKV_EXPORT int skv_matrix_entropy(const float *g, uint64_t count, uint32_t d, double *h);
+
+/* ---- per-head scores (razor) ----
+ * RazorAttention's induction and echo scores of every (layer, query head),
+ * as skv-trace heads writes them (text, heads.c; skv_induction_scores in
+ * smartkv_model.h computes them with the model). */
+typedef struct skv_head_scores {
+    uint32_t n_layers, n_heads;
+    float *induction, *echo;  /* [n_layers][n_heads], in [0, 1] */
+} skv_head_scores;
+/* Read a scores file; 0, or <0 with "PATH: line N: what" (hs left empty). */
+SKV_EXPORT int skv_head_scores_read(const char *path, skv_head_scores *hs);
+SKV_EXPORT int skv_head_scores_write(FILE *f, const skv_head_scores *hs);
+SKV_EXPORT void skv_head_scores_free(skv_head_scores *hs);
+/* RazorAttention's retrieval heads: the query heads in the top 14% by
+ * induction score or the top 1% by echo score (the paper's protection
+ * ratios; a score of 0 never counts); a KV head is a retrieval head when
+ * one of its query heads is.  mask[n_layers][n_kv_heads] = 1 for those.
+ * SKV_EINVAL when the shapes do not fit. */
+#define SKV_RAZOR_INDUCTION 0.14
+#define SKV_RAZOR_ECHO 0.01
+SKV_EXPORT int skv_razor_mask(const skv_head_scores *hs, uint32_t n_layers, uint32_t n_kv_heads,
+                              uint8_t *mask);
+
 /* ---- policies ----
  * One file per policy in lib/alloc/policy/; this list names each once
  * (X(ENUM_SUFFIX, file_symbol)): a new policy is one file plus one line. */
@@ -155,6 +188,7 @@ SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const 
     X(GREEDY, greedy)           /* rank thresholds 8/4/2 fitted to the budget */ \
     X(OPTIMAL, optimal)         /* Lagrangian MCKP over convex hulls + fix-up */ \
     X(UNIFORM, uniform)         /* every token uniform_bits */ \
+    X(UNIFORM_PROTECT, uniform_protect) /* uniform_bits, sinks + recent at the top */ \
     X(RANDOM, random)           /* smartkv's histogram, shuffled */ \
     X(POSITION, position)       /* newest tokens highest */ \
     X(LAYER_AWARE, layer_aware) /* per-layer budgets from attention entropy */ \
@@ -163,7 +197,12 @@ SKV_EXPORT void skv_alloc_token_errors(const skv_qcfg *c, const float *k, const 
     X(STREAMING, streaming)     /* StreamingLLM: sinks + recent window */ \
     X(H2O, h2o)                 /* H2O: heavy hitters + recent window */ \
     X(SNAPKV, snapkv)           /* SnapKV: observation-window votes, pooled */ \
-    X(MIKV, mikv)               /* MiKV: h2o's choice high, the rest low-bit */
+    X(MIKV, mikv)               /* MiKV: h2o's choice high, the rest low-bit */ \
+    X(SLIDING, sliding)         /* sliding window: recent tokens only, no sinks */ \
+    X(DYNAMICKV, dynamickv)     /* DynamicKV: layer budgets from window top-k counts */ \
+    X(UNCOMP, uncomp)           /* UNComp: head budgets from key matrix entropy */ \
+    X(RAZOR, razor)             /* RazorAttention: retrieval heads keep everything */ \
+    X(ROCKETKV, rocketkv)       /* RocketKV: SnapKV-style eviction + top-k at decode */
 
 enum skv_policy {
     SKV_POLICY_NONE = 0,
@@ -189,7 +228,24 @@ enum skv_policy_flag {
                                     before the allocation (SnapKV's observation window;
                                     W = the recent window) */
     SKV_PF_LAYOUT = 1u << 10,    /* fixes the quantizer layout (group, mode) */
+    SKV_PF_KENTROPY = 1u << 11,  /* reads the matrix entropy of each (layer, KV head)'s
+                                    keys (skv_alloc_problem.kentropy) */
+    SKV_PF_HEADS = 1u << 12,     /* reads per-head scores (skv_alloc_cfg.heads) */
 };
+
+/* RocketKV (rocketkv.c; stage 2 in the online cache): pages of
+ * SKV_ROCKET_PAGE kept tokens, each with the element-wise min and max of
+ * its keys in fp16 (SKV_ROCKET_PAGE_BYTES(d) bytes per page and KV head);
+ * at decode every query attends to the top 1/SKV_ROCKET_TOPK_DIV of the
+ * held tokens, ranked by its SKV_ROCKET_TOPR(d) largest |q| dimensions
+ * against the page bounds. */
+#define SKV_ROCKET_PAGE 16
+#define SKV_ROCKET_PAGE_BYTES(d) ((uint64_t)(d) * 2 * 2)
+#define SKV_ROCKET_TOPK_DIV 2
+#define SKV_ROCKET_TOPR(d) ((d) / 4 ? (d) / 4 : 1)
+/* auxiliary bytes of a unit holding n tokens */
+#define SKV_ROCKET_AUX(n, d) \
+    (((uint64_t)(n) + SKV_ROCKET_PAGE - 1) / SKV_ROCKET_PAGE * SKV_ROCKET_PAGE_BYTES(d))
 
 /* SnapKV's pooling of the votes over positions (avg_pool1d, kernel 5,
  * stride 1, zero padding, as FasterDecoding/SnapKV's default). */
@@ -204,6 +260,7 @@ typedef struct skv_alloc_cfg {
     uint64_t seed;          /* random */
     uint32_t share_layers;  /* one width per (kv head, token) for all layers */
     skv_qcfg qcfg;
+    const skv_head_scores *heads; /* razor: induction / echo scores (not owned) */
     /* prune-merge, offline (skv_alloc_filter only; skv_pm_alloc): one prune at
      * the end of the trace.  Each (layer, KV head) keeps the sinks, the recent
      * window and the pm_max_cache tokens with the most attention from the last
@@ -231,8 +288,11 @@ SKV_EXPORT int skv_alloc_cfg_resolve(skv_alloc_cfg *c);
 /* The importance mode a policy needs (SKV_IMP_CUMULATIVE for h2o and mikv,
  * SKV_IMP_WINDOW for snapkv), or `mode` when it takes the caller's. */
 SKV_EXPORT uint32_t skv_policy_imp_mode(uint32_t policy, uint32_t mode);
-/* "smartkv", "uniform:4", ...; <0 with a message if unknown. */
+/* "smartkv", "uniform:4", "uniform-protect:4", ...; <0 with a message if unknown. */
 SKV_EXPORT int skv_policy_parse(const char *s, uint32_t *policy, uint32_t *uniform_bits);
+/* The name skv_policy_parse reads back: "uniform:4" for the policies whose
+ * width is given in the name (SKV_PF_FIXED without fixed bits), else the name. */
+SKV_EXPORT void skv_policy_format(uint32_t policy, uint32_t uniform_bits, char *buf, size_t n);
 SKV_EXPORT const char *skv_policy_name(uint32_t policy);
 /* SKV_PF_* of a policy; 0 for an unknown one. */
 SKV_EXPORT unsigned skv_policy_flags(uint32_t policy);
@@ -252,6 +312,9 @@ typedef struct skv_alloc_problem {
      * policies (SKV_PF_EVICT, SKV_PF_LOWBIT) raise no token stored below the
      * top width (its precision is lost). */
     const uint8_t *stored;
+    /* [n_layers][n_kv_heads] matrix entropy of the keys so far
+     * (skv_matrix_entropy); SKV_PF_KENTROPY policies only, else may be NULL */
+    const float *kentropy;
 } skv_alloc_problem;
 
 typedef struct skv_alloc_result {
@@ -263,6 +326,8 @@ typedef struct skv_alloc_result {
     double bound;            /* optimal only: lower bound on the objective (the
                                 linear-cost relaxation), else 0 */
     uint64_t hist[SKV_NBITS];/* tokens per width over all (layer, kv head) */
+    uint64_t aux_bytes;      /* state the policy keeps beside the cache (rocketkv's
+                                page key bounds); bytes + aux_bytes fit the budget */
 } skv_alloc_result;
 
 /* Solve: fill bits[n_layers][n_kv_heads][n_tokens].  With share_layers the

@@ -434,6 +434,27 @@ int sv_keepable(const solver *s, uint64_t item)
     return s->p->stored[item] >= skv_bit_widths[s->aw[s->top]];
 }
 
+/* then which tokens: unit u keeps the k[u] tokens choose marks */
+static int choose_all(solver *s, const uint64_t *k, uint8_t *keep, sv_choose_fn choose,
+                      void *ctx)
+{
+    const int lo = s->lo, top = s->top;
+    for (uint32_t u = 0; u < s->nu; u++) {
+        memset(keep, 0, s->T);
+        choose(s, u, k[u], keep, ctx);
+        uint64_t n = 0;
+        for (uint64_t j = 0; j < s->T; j++) {
+            uint64_t it = (uint64_t)u * s->T + j;
+            s->w[it] = (uint8_t)(keep[j] && sv_keepable(s, it) ? top : lo);
+            n += s->w[it] == top;
+        }
+        if (n != k[u])
+            return skv_error(SKV_EINVAL, "internal: unit %u keeps %llu tokens, not %llu", u,
+                             (unsigned long long)n, (unsigned long long)k[u]);
+    }
+    return 0;
+}
+
 int sv_two_level(solver *s, uint64_t limit, uint64_t *cur, sv_choose_fn choose, void *ctx)
 {
     const uint32_t nu = s->nu;
@@ -466,27 +487,118 @@ int sv_two_level(solver *s, uint64_t limit, uint64_t *cur, sv_choose_fn choose, 
             more = 1;
         }
     }
-    /* then which tokens */
+    rc = choose_all(s, k, keep, choose, ctx);
+out:
+    free(avail);
+    free(k);
+    free(stop);
+    free(keep);
+    return rc;
+}
+
+/* bytes of every unit with k[u] items at the top width, the rest at the lowest */
+static uint64_t counts_bytes(solver *s, const uint64_t *k)
+{
+    uint64_t b = 0;
+    for (uint32_t u = 0; u < s->nu; u++) {
+        uint64_t *c = s->cnt + (size_t)u * SKV_NBITS;
+        memset(c, 0, SKV_NBITS * sizeof(uint64_t));
+        c[s->top] += k[u];
+        c[s->lo] += s->T - k[u];
+        b += sv_unit_bytes(s, u);
+    }
+    return b;
+}
+
+int sv_two_level_counts(solver *s, uint64_t limit, const double *share, const uint64_t *cap,
+                        uint64_t *k, uint64_t *cur)
+{
+    const uint32_t nu = s->nu;
+    uint64_t *avail = skv_calloc(nu, sizeof(uint64_t)), *t = skv_calloc(nu, sizeof(uint64_t));
+    uint8_t *stop = skv_calloc(nu, 1);
+    int rc = SKV_ENOMEM;
+    if (!avail || !t || !stop)
+        goto out;
+    double smin = 0;
     for (uint32_t u = 0; u < nu; u++) {
-        memset(keep, 0, s->T);
-        choose(s, u, k[u], keep, ctx);
-        uint64_t n = 0;
-        for (uint64_t j = 0; j < s->T; j++) {
-            uint64_t it = (uint64_t)u * s->T + j;
-            s->w[it] = (uint8_t)(keep[j] && sv_keepable(s, it) ? top : lo);
-            n += s->w[it] == top;
-        }
-        if (n != k[u]) {
-            rc = skv_error(SKV_EINVAL, "internal: unit %u keeps %llu tokens, not %llu", u,
-                           (unsigned long long)n, (unsigned long long)k[u]);
+        for (uint64_t j = 0; j < s->T; j++)
+            avail[u] += (uint64_t)sv_keepable(s, (uint64_t)u * s->T + j);
+        if (cap && cap[u] < avail[u])
+            avail[u] = cap[u];
+        if (!(share[u] >= 0) || !isfinite(share[u])) {
+            rc = skv_error(SKV_EINVAL, "internal: unit %u has share %g", u, share[u]);
             goto out;
+        }
+        if (share[u] > 0 && (smin == 0 || share[u] < smin))
+            smin = share[u];
+    }
+    /* the largest x with k[u] = min(avail[u], floor(x share[u])) within the
+     * limit (bytes never fall as a count grows: the lowest width is 0 here,
+     * or the count only moves items up) */
+    double a = 0, z = smin > 0 ? (double)(s->T + 1) / smin : 0;
+    for (int it = 0; it < 200 && z > 0 && a < z; it++) {
+        double x = 0.5 * (a + z);
+        if (x <= a || x >= z)
+            break;
+        for (uint32_t u = 0; u < nu; u++) {
+            double v = floor(x * share[u]);
+            t[u] = v >= (double)avail[u] ? avail[u] : (uint64_t)v;
+        }
+        if (counts_bytes(s, t) <= limit)
+            a = x;
+        else
+            z = x;
+    }
+    for (uint32_t u = 0; u < nu; u++) {
+        double v = floor(a * share[u]);
+        k[u] = v >= (double)avail[u] ? avail[u] : (uint64_t)v;
+    }
+    *cur = counts_bytes(s, k);
+    if (*cur > limit) {
+        rc = skv_error(SKV_EINVAL, "internal: counts over the limit (%llu > %llu)",
+                       (unsigned long long)*cur, (unsigned long long)limit);
+        goto out;
+    }
+    /* what rounding left: one more item per unit, round robin, where it fits */
+    for (int more = 1; more;) {
+        more = 0;
+        for (uint32_t u = 0; u < nu; u++) {
+            if (stop[u] || k[u] >= avail[u] || share[u] <= 0)
+                continue;
+            int64_t d = sv_move_delta(s, u, s->lo, s->top);
+            if ((int64_t)*cur + d > (int64_t)limit) {
+                stop[u] = 1;
+                continue;
+            }
+            uint64_t *c = s->cnt + (size_t)u * SKV_NBITS;
+            c[s->lo]--;
+            c[s->top]++;
+            k[u]++;
+            *cur = (uint64_t)((int64_t)*cur + d);
+            more = 1;
         }
     }
     rc = 0;
 out:
     free(avail);
-    free(k);
+    free(t);
     free(stop);
+    return rc;
+}
+
+int sv_two_level_shares(solver *s, uint64_t limit, uint64_t *cur, const double *share,
+                        const uint64_t *cap, sv_choose_fn choose, void *ctx)
+{
+    uint64_t *k = skv_calloc(s->nu, sizeof(uint64_t));
+    uint8_t *keep = skv_malloc(s->T ? s->T : 1);
+    int rc = SKV_ENOMEM;
+    if (k && keep) {
+        sv_set_all(s, 0, s->nu, s->lo);
+        rc = sv_two_level_counts(s, limit, share, cap, k, cur);
+        if (rc == 0)
+            rc = choose_all(s, k, keep, choose, ctx);
+    }
+    free(k);
     free(keep);
     return rc;
 }

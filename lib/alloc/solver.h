@@ -43,6 +43,7 @@ typedef struct solver {
     uint8_t *w;               /* position in aw per item */
     uint64_t *cnt;            /* [nu][SKV_NBITS] tokens per width position */
     uint64_t pkhd;
+    uint64_t aux;             /* bytes the policy keeps beside the cache (rocketkv) */
 } solver;
 
 /* exact bytes of n tokens at width index wi in one bucket stream */
@@ -92,6 +93,16 @@ static inline int sv_fixed(const solver *s, uint64_t item)
  * Starts from every item at the lowest width. */
 typedef void (*sv_choose_fn)(const solver *s, uint32_t u, uint64_t k, uint8_t *keep, void *ctx);
 int sv_two_level(solver *s, uint64_t limit, uint64_t *cur, sv_choose_fn choose, void *ctx);
+/* Two-width allocation with per-unit shares (dynamickv, uncomp, razor):
+ * k_u = min(cap_u, keepable_u, floor(x share_u)) with the largest x whose
+ * exact bytes fit, then one more item per unit (round robin) while it fits;
+ * a unit with share 0 keeps nothing.  cap may be NULL.  _counts only sets the
+ * counts (k[nu], *cur = their bytes; the solver's counts follow); _shares
+ * also chooses the tokens as sv_two_level does. */
+int sv_two_level_counts(solver *s, uint64_t limit, const double *share, const uint64_t *cap,
+                        uint64_t *k, uint64_t *cur);
+int sv_two_level_shares(solver *s, uint64_t limit, uint64_t *cur, const double *share,
+                        const uint64_t *cap, sv_choose_fn choose, void *ctx);
 /* Can item be kept at the top width (not gone, not stored below the top)? */
 int sv_keepable(const solver *s, uint64_t item);
 

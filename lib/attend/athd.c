@@ -156,7 +156,8 @@ static int parse_num(const char **p, uint64_t *v)
 
 int skv_steps_parse(const char *spec, uint64_t n_tokens, uint64_t **steps, uint64_t *n_steps)
 {
-    *steps = NULL;
+    if (steps)
+        *steps = NULL;
     *n_steps = 0;
     if (!spec)
         spec = "LAST";
@@ -207,6 +208,12 @@ int skv_steps_parse(const char *spec, uint64_t n_tokens, uint64_t **steps, uint6
         }
         if (*p != ',' && *p != 0)
             goto bad;
+        if (!steps) { /* the syntax only: nothing to hold */
+            if (*p == 0)
+                return 0;
+            p++;
+            continue;
+        }
         if (!v || n + (b - a) > cap) {
             uint64_t nc = n + (b - a);
             uint64_t *nv = skv_realloc(v, (size_t)nc * sizeof *v);

@@ -15,6 +15,7 @@
 #include "smartkv_cache.h"
 #include "x86_cpu.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -123,19 +124,56 @@ static int cpu_avx2(void)
 #endif
 }
 
+/* vpdpbusd on YMM: 1 = AVX-512 VNNI + VL, 2 = AVX-VNNI, 0 = neither
+ * (detected once, like cpu_avx2). */
+static int cpu_vnni(void)
+{
+#ifdef SKV_X86
+    static int state = -1;
+    int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
+    if (s < 0) {
+        s = !cpu_avx2() ? 0 : skv_x86_avx512vnni() ? 1 : skv_x86_avxvnni() ? 2 : 0;
+        __atomic_store_n(&state, s, __ATOMIC_RELAXED);
+    }
+    return s;
+#else
+    return 0;
+#endif
+}
+
 int skv_att_kernel_available(int k)
 {
-    return k == SKV_KERNEL_SCALAR || k == SKV_KERNEL_AUTO || (k == SKV_KERNEL_AVX2 && cpu_avx2());
+    switch (k) {
+    case SKV_KERNEL_AUTO:
+    case SKV_KERNEL_SCALAR:
+    case SKV_KERNEL_I8_SCALAR: return 1;
+    case SKV_KERNEL_AVX2:
+    case SKV_KERNEL_I8_AVX2: return cpu_avx2();
+    case SKV_KERNEL_I8_VNNI: return cpu_vnni() != 0;
+    }
+    return 0;
 }
+
+/* AUTO: the fastest this CPU runs. */
+static int kernel_best(void)
+{
+    return cpu_vnni() ? SKV_KERNEL_I8_VNNI : cpu_avx2() ? SKV_KERNEL_I8_AVX2 : SKV_KERNEL_SCALAR;
+}
+
+static const char *const kernel_names[] = {"auto", "scalar", "avx2", "int8-scalar", "int8-avx2",
+                                           "int8-vnni"};
 
 const char *skv_att_kernel_name(int k)
 {
-    switch (k) {
-    case SKV_KERNEL_AUTO: return "auto";
-    case SKV_KERNEL_SCALAR: return "scalar";
-    case SKV_KERNEL_AVX2: return "avx2";
-    }
-    return "unknown";
+    return k >= 0 && k <= SKV_KERNEL_LAST ? kernel_names[k] : "unknown";
+}
+
+int skv_att_kernel_parse(const char *name)
+{
+    for (int k = 0; name && k <= SKV_KERNEL_LAST; k++)
+        if (!strcmp(name, kernel_names[k]))
+            return k;
+    return -1;
 }
 
 skv_attend_ctx *skv_attend_new(const skv_attend_opts *o)
@@ -147,14 +185,14 @@ skv_attend_ctx *skv_attend_new(const skv_attend_opts *o)
         skv_error(SKV_EINVAL, "threads must be 0..1024, not %d", o->threads);
         return NULL;
     }
-    int k = o->kernel == SKV_KERNEL_AUTO ? (cpu_avx2() ? SKV_KERNEL_AVX2 : SKV_KERNEL_SCALAR)
-                                         : o->kernel;
-    if (k != SKV_KERNEL_SCALAR && k != SKV_KERNEL_AVX2) {
+    int k = o->kernel == SKV_KERNEL_AUTO ? kernel_best() : o->kernel;
+    if (k < SKV_KERNEL_SCALAR || k > SKV_KERNEL_LAST) {
         skv_error(SKV_EINVAL, "unknown kernel %d", o->kernel);
         return NULL;
     }
-    if (k == SKV_KERNEL_AVX2 && !cpu_avx2()) {
-        skv_error(SKV_EUNSUP, "the avx2 kernels need a CPU with AVX2, FMA and F16C");
+    if (!skv_att_kernel_available(k)) {
+        skv_error(SKV_EUNSUP, "the %s kernels need a CPU with AVX2, FMA and F16C%s",
+                  skv_att_kernel_name(k), k == SKV_KERNEL_I8_VNNI ? " and VNNI" : "");
         return NULL;
     }
     skv_attend_ctx *c = skv_calloc(1, sizeof *c);
@@ -339,6 +377,176 @@ static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, 
                 for (uint32_t j = 0; j < d; j++)
                     ag[j] += p * x[j];
             }
+        }
+    }
+}
+
+/* ---- int8 kernels: shared arithmetic and the scalar reference ----
+ * (smartkv_attend.h describes the scheme.)  One int8 vector cannot hold
+ * a query or a tile's weights finely enough (attention is peaked: a score
+ * error of 1% moves the output by several %), so each is two int8 vectors,
+ * a coarse one and the rounding left over in units 254 times smaller:
+ *   x ~ u * (254 * x1 + x2),   x1 = round(x / (254 u)), x2 in -127..127
+ * and every integer sum is formed for both and combined in int32
+ * (254 * a1 + a2): twice the integer work, the precision of ~15 bits.
+ * Scores:
+ *   s = (sum_j qi_j * code_j) * qs * scale + bias * sum_j q_j
+ * (the bias term with the float query).  Values, per tile of TILE rows
+ * and per head, w_i = p_i * scale_i:
+ *   acc += ws * sum_i wi_i * codes_i + sum_i p_i * bias_i */
+#define I8_QMAX (2 * SKV_GMAX)  /* int8 vectors per call: two per head */
+
+/* The rows an int8 kernel takes: packed 2-4 bits, one group per row. */
+static int i8_ok(const run *R, uint32_t d)
+{
+    return R->bits >= 2 && R->bits <= 4 && R->kg == d && R->vg == d && d % 32 == 0;
+}
+
+/* x in units of u (|x / u| <= 254 * 127.5) -> the two int8 levels. */
+static inline void i8_split(float t, int8_t *x1, int8_t *x2)
+{
+    /* t = x / (254 u) in -127..127; NaN lands on 0 */
+    t = t >= 127.0f ? 127.0f : t <= -127.0f ? -127.0f : t == t ? t : 0.0f;
+    float r = rintf(t);
+    float f = rintf((t - r) * 254.0f);
+    *x1 = (int8_t)r;
+    *x2 = (int8_t)(f > 127.0f ? 127.0f : f < -127.0f ? -127.0f : f);
+}
+
+/* qi[2][ng][d] (level 1 of every head, then level 2) and qs[g] with
+ * q ~ qs * (254 qi1 + qi2); qsum[g] = sum of q (float). */
+static void i8_quant_q(const float *q, uint32_t ng, uint32_t d, int8_t *qi, float *qs,
+                       float *qsum)
+{
+    for (uint32_t g = 0; g < ng; g++) {
+        const float *x = q + (size_t)g * d;
+        float amax = 0, sum = 0;
+        for (uint32_t j = 0; j < d; j++) {
+            float a = fabsf(x[j]);
+            amax = a > amax ? a : amax;
+            sum += x[j];
+        }
+        float inv = amax > 0 && amax <= 3e38f ? 127.0f / amax : 0.0f;
+        for (uint32_t j = 0; j < d; j++)
+            i8_split(x[j] * inv, &qi[(size_t)g * d + j], &qi[((size_t)ng + g) * d + j]);
+        qs[g] = inv > 0 ? amax / (127.0f * 254.0f) : 0.0f;
+        qsum[g] = sum;
+    }
+}
+
+/* The unit of a tile's weights (|w| <= wmax; negative with a ggml scale)
+ * and 1 / (254 unit), the factor to i8_split's argument. */
+static inline float i8_wunit(float wmax)
+{
+    return wmax > 0 && wmax <= 3e38f ? wmax / (127.0f * 254.0f) : 0.0f;
+}
+
+static inline float i8_winv(float wmax)
+{
+    return wmax > 0 && wmax <= 3e38f ? 127.0f / wmax : 0.0f;
+}
+
+/* The SIMD kernels unpack 32 channels of a row at a time into a permuted
+ * order (cheapest for each width): position p of a chunk holds channel
+ * 32 * chunk + i8_perm(bits, p). */
+static inline uint32_t i8_perm(int bits, uint32_t p)
+{
+    if (bits == 4)
+        return p < 16 ? 2 * p : 2 * (p - 16) + 1;
+    if (bits == 2) {
+        uint32_t i = p & 15, hi = p >> 4;
+        return i < 8 ? 4 * i + hi : 4 * (i - 8) + 2 + hi;
+    }
+    return p < 8 ? p : p < 16 ? p + 8 : p < 24 ? p - 8 : p;  /* 3 */
+}
+
+/* Channel of entry x of the V accumulators: four rows' chunks are
+ * transposed so that vector 4*chunk + k, lane l holds position
+ * 4k + l (l < 4) or 16 + 4k + l - 4 of the chunk. */
+static inline uint32_t i8_vchan(int bits, uint32_t x)
+{
+    uint32_t r = x & 31, k = r >> 3, l = r & 7;
+    return (x & ~31u) + i8_perm(bits, l < 4 ? 4 * k + l : 12 + 4 * k + l);
+}
+
+static void i8_permute_q(const int8_t *qi, uint32_t ng, uint32_t d, int bits, int8_t *qp)
+{
+    for (uint32_t g = 0; g < ng; g++)
+        for (uint32_t c = 0; c < d; c += 32)
+            for (uint32_t p = 0; p < 32; p++)
+                qp[(size_t)g * d + c + p] = qi[(size_t)g * d + c + i8_perm(bits, p)];
+}
+
+/* Codes of row i of K (which = 0) or V (1), channel order. */
+static void i8_codes(const run *R, int which, uint64_t i, uint32_t d, uint8_t *c)
+{
+    const uint8_t *row = (which ? R->vd : R->kd) + i * R->rs;
+    for (uint32_t j = 0; j < d; j++)
+        c[j] = (uint8_t)code_at(row, R->bits, j);
+}
+
+static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t ng,
+                           uint32_t d, skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride)
+{
+    int8_t qi[I8_QMAX * SKV_MAX_HEAD_DIM];
+    float qs[SKV_GMAX], qsum[SKV_GMAX];
+    float s[SKV_GMAX][TILE] = {{0}};
+    float vsc[TILE], vbi[TILE];
+    uint8_t cb[TILE * SKV_MAX_HEAD_DIM];
+    int32_t ia[2][SKV_MAX_HEAD_DIM];
+    i8_quant_q(q, ng, d, qi, qs, qsum);
+    for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
+        uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
+        for (uint32_t i = 0; i < n; i++) {
+            float ks, kb;
+            group_par(R->kp + (t0 + i) * R->kps, 0, R->bits, R->kmode, &ks, &kb);
+            i8_codes(R, 0, t0 + i, d, cb);
+            for (uint32_t g = 0; g < ng; g++) {
+                const int8_t *q1 = qi + (size_t)g * d, *q2 = qi + ((size_t)ng + g) * d;
+                int32_t a1 = 0, a2 = 0;
+                for (uint32_t j = 0; j < d; j++) {
+                    a1 += (int32_t)q1[j] * cb[j];
+                    a2 += (int32_t)q2[j] * cb[j];
+                }
+                float f = (float)(254 * a1 + a2) * qs[g] * ks;
+                s[g][i] = f + kb * qsum[g];
+            }
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            group_par(R->vp + (t0 + i) * R->vps, 0, R->bits, R->vmode, &vsc[i], &vbi[i]);
+            i8_codes(R, 1, t0 + i, d, cb + (size_t)i * d);
+        }
+        for (uint32_t g = 0; g < ng; g++) {
+            float mx = s[g][0];
+            for (uint32_t i = 1; i < n; i++)
+                mx = s[g][i] > mx ? s[g][i] : mx;
+            if (sc)
+                for (uint32_t i = 0; i < n; i++)
+                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
+            float *ag = acc + (size_t)g * d;
+            float m = skv_sm_block_begin(&st[g], ag, mx, d);
+            float l = 0, b = 0, wmax = 0;
+            for (uint32_t i = 0; i < n; i++) {
+                float p = expf(s[g][i] - m);
+                l += p;
+                b += p * vbi[i];
+                s[g][i] = p * vsc[i];  /* < 0 where a ggml scale is */
+                wmax = fabsf(s[g][i]) > wmax ? fabsf(s[g][i]) : wmax;
+            }
+            st[g].l += l;
+            float wu = i8_wunit(wmax), inv = i8_winv(wmax);
+            memset(ia, 0, sizeof ia);
+            for (uint32_t i = 0; i < n; i++) {
+                int8_t w1, w2;
+                i8_split(s[g][i] * inv, &w1, &w2);
+                const uint8_t *c = cb + (size_t)i * d;
+                for (uint32_t j = 0; j < d; j++) {
+                    ia[0][j] += w1 * c[j];
+                    ia[1][j] += w2 * c[j];
+                }
+            }
+            for (uint32_t j = 0; j < d; j++)
+                ag[j] += (float)(254 * ia[0][j] + ia[1][j]) * wu + b;
         }
     }
 }
@@ -697,21 +905,244 @@ static kern_fn avx2_kernel(uint32_t bits, uint32_t ng)
     int b = bits == 2 ? 0 : bits == 3 ? 1 : bits == 4 ? 2 : bits == 8 ? 3 : bits == 16 ? 4 : 5;
     return avx2_kernels[b][ng - 1];
 }
+
+/* ---- int8 kernels: SIMD ---- */
+
+AVX2_FN static inline float hmax256(__m256 v)
+{
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    return _mm_cvtss_f32(m4);
+}
+
+/* 32 codes (chunk c) of a packed row as bytes, in i8_perm order.  Loads
+ * stay inside the row. */
+AVX2_FN static inline __attribute__((always_inline)) __m256i
+i8_unpack(const uint8_t *row, uint32_t c, const int bits)
+{
+    const __m128i m15 = _mm_set1_epi8(0x0f);
+    if (bits == 4) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(row + 16 * (size_t)c));
+        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m15), _mm_and_si128(x, m15));
+    }
+    if (bits == 2) {
+        __m128i x = _mm_loadl_epi64((const __m128i *)(const void *)(row + 8 * (size_t)c));
+        __m128i nb = _mm_unpacklo_epi64(_mm_and_si128(x, m15),
+                                        _mm_and_si128(_mm_srli_epi16(x, 4), m15));
+        const __m128i m3 = _mm_set1_epi8(3);
+        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(nb, 2), m3), _mm_and_si128(nb, m3));
+    }
+    /* 3 bits: each value's 16-bit window, shifted to the top by a multiply,
+     * then down: blocks 0 and 1 in A, 2 and 3 in B (one per 128-bit lane) */
+    const uint8_t *p = row + 12 * (size_t)c;
+    uint32_t w2;
+    memcpy(&w2, p + 8, 4);
+    __m128i x = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(const void *)p),
+                                   _mm_cvtsi32_si128((int)w2));
+    __m256i xx = _mm256_broadcastsi128_si256(x);
+    const __m256i ca = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 1, 2, 1, 2, 1, 2, 2, 3, 2, 3, 3, 4, 3, 4,
+                                        3, 4, 4, 5, 4, 5, 4, 5, 5, 6, 5, 6);
+    const __m256i cbk = _mm256_setr_epi8(6, 7, 6, 7, 6, 7, 7, 8, 7, 8, 7, 8, 8, 9, 8, 9, 9, 10, 9,
+                                         10, 9, 10, 10, 11, 10, 11, 10, 11, 11, 12, 11, 12);
+    const __m256i mul = _mm256_setr_epi16(1 << 13, 1 << 10, 1 << 7, 1 << 12, 1 << 9, 1 << 6,
+                                          1 << 11, 1 << 8, 1 << 13, 1 << 10, 1 << 7, 1 << 12,
+                                          1 << 9, 1 << 6, 1 << 11, 1 << 8);
+    __m256i a = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(xx, ca), mul), 13);
+    __m256i b = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(xx, cbk), mul), 13);
+    return _mm256_packus_epi16(a, b);
+}
+
+/* x[0..3]: the same chunk of four rows -> t[k], lane l = the four rows'
+ * bytes at position 4k + l (l < 4) or 12 + 4k + l (l >= 4). */
+AVX2_FN static inline __attribute__((always_inline)) void i8_transpose4(const __m256i *x,
+                                                                        __m256i *t)
+{
+    __m256i a = _mm256_unpacklo_epi8(x[0], x[1]), b = _mm256_unpackhi_epi8(x[0], x[1]);
+    __m256i c = _mm256_unpacklo_epi8(x[2], x[3]), e = _mm256_unpackhi_epi8(x[2], x[3]);
+    _mm256_store_si256(t + 0, _mm256_unpacklo_epi16(a, c));
+    _mm256_store_si256(t + 1, _mm256_unpackhi_epi16(a, c));
+    _mm256_store_si256(t + 2, _mm256_unpacklo_epi16(b, e));
+    _mm256_store_si256(t + 3, _mm256_unpackhi_epi16(b, e));
+}
+
+/* The lane sums of v[0..7], one per lane. */
+AVX2_FN static inline __attribute__((always_inline)) __m256i i8_hsum8(const __m256i *v)
+{
+    __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
+                            _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* Scale and bias of rows [0, n) of a single-group parameter section
+ * (stride 2: sym/ggml scale; 4: asym scale, min) into sc[TILE], bi[TILE],
+ * zeros beyond n: eight rows per F16C conversion. */
+AVX2_FN static inline __attribute__((always_inline)) void
+i8_tile_par(const uint8_t *par, uint32_t ps, uint32_t mode, const int bits, uint32_t n, float *sc,
+            float *bi)
+{
+    uint32_t i = 0;
+    if (mode == SKV_QMODE_ASYM && ps == 4) {
+        for (; i + 8 <= n; i += 8) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(par + 4 * (size_t)i));
+            /* halves: s0 m0 s1 m1 ... -> scales in the low 4 words of each lane */
+            x = _mm256_shuffle_epi8(x, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10,
+                                                        11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3,
+                                                        6, 7, 10, 11, 14, 15));
+            x = _mm256_permute4x64_epi64(x, 0xd8); /* scales 0-7, then mins 0-7 */
+            _mm256_store_ps(sc + i, _mm256_cvtph_ps(_mm256_castsi256_si128(x)));
+            _mm256_store_ps(bi + i, _mm256_cvtph_ps(_mm256_extracti128_si256(x, 1)));
+        }
+    } else if (mode != SKV_QMODE_ASYM && ps == 2) {
+        __m256 off = _mm256_set1_ps(-(float)(1u << (bits - 1)));
+        for (; i + 8 <= n; i += 8) {
+            __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(par + 2 * (size_t)i)));
+            _mm256_store_ps(sc + i, v);
+            _mm256_store_ps(bi + i, _mm256_mul_ps(v, off));
+        }
+    }
+    for (; i < n; i++)
+        group_par_f16c(par + (size_t)i * ps, 0, bits, mode, &sc[i], &bi[i]);
+    for (; i < TILE; i++)
+        sc[i] = bi[i] = 0;
+}
+
+#define I8_ISA avx2
+#define I8_TARGET "avx2,fma,f16c,bmi2"
+#define I8_DP(acc, a, b)                                                                       \
+    _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((a), (b)),                  \
+                                              _mm256_set1_epi16(1)))
+#include "attend_i8.h"
+#undef I8_ISA
+#undef I8_TARGET
+#undef I8_DP
+
+#define I8_ISA vnni512
+#define I8_TARGET "avx2,fma,f16c,bmi2,avx512f,avx512vl,avx512vnni"
+#define I8_DP(acc, a, b) _mm256_dpbusd_epi32((acc), (a), (b))
+#include "attend_i8.h"
+#undef I8_ISA
+#undef I8_TARGET
+#undef I8_DP
+
+#define I8_ISA avxvnni
+#define I8_TARGET "avx2,fma,f16c,bmi2,avxvnni"
+#define I8_DP(acc, a, b) _mm256_dpbusd_avx_epi32((acc), (a), (b))
+#include "attend_i8.h"
+#undef I8_ISA
+#undef I8_TARGET
+#undef I8_DP
+
+static kern_fn i8_kernel(int kernel, uint32_t bits, uint32_t ng)
+{
+    int b = bits == 2 ? 0 : bits == 3 ? 1 : 2;
+    if (kernel == SKV_KERNEL_I8_VNNI)
+        return cpu_vnni() == 1 ? i8_kernels_vnni512[b][ng - 1] : i8_kernels_avxvnni[b][ng - 1];
+    return i8_kernels_avx2[b][ng - 1];
+}
 #endif /* SKV_X86 */
 
 /* Fold rows [r0, r1) of run R into the state of ng heads. */
 static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t ng,
                  uint32_t d, skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride)
 {
-#ifdef SKV_X86
     /* centroids (a few rows per head with a logit bias) take the scalar kernel */
-    if (kernel == SKV_KERNEL_AVX2 && !R->bias && avx2_ok(R, d)) {
+    if (R->bias) {
+        kern_scalar(R, r0, r1, q, ng, d, st, acc, sc, sc_stride);
+        return;
+    }
+    if (kernel >= SKV_KERNEL_I8_SCALAR && i8_ok(R, d)) {
+#ifdef SKV_X86
+        if (kernel != SKV_KERNEL_I8_SCALAR) {
+            i8_kernel(kernel, R->bits, ng)(R, r0, r1, q, d, st, acc, sc, sc_stride);
+            return;
+        }
+#endif
+        kern_i8_scalar(R, r0, r1, q, ng, d, st, acc, sc, sc_stride);
+        return;
+    }
+#ifdef SKV_X86
+    if ((kernel == SKV_KERNEL_AVX2 || kernel == SKV_KERNEL_I8_AVX2 ||
+         kernel == SKV_KERNEL_I8_VNNI) && avx2_ok(R, d)) {
         avx2_kernel(R->bits, ng)(R, r0, r1, q, d, st, acc, sc, sc_stride);
         return;
     }
 #endif
-    (void)kernel;
     kern_scalar(R, r0, r1, q, ng, d, st, acc, sc, sc_stride);
+}
+
+/* ---------------------------------------------------------------- int8 blocks */
+
+static int i8_args(int kernel, uint32_t bits, uint32_t d, const void *rows, uint32_t n,
+                   const void *x, uint32_t ng, const void *out)
+{
+    if (kernel < SKV_KERNEL_I8_SCALAR || kernel > SKV_KERNEL_LAST)
+        return skv_error(SKV_EINVAL, "int8 blocks: %s is not an int8 kernel",
+                         skv_att_kernel_name(kernel));
+    if (!skv_att_kernel_available(kernel))
+        return skv_error(SKV_EUNSUP, "int8 blocks: this CPU cannot run %s",
+                         skv_att_kernel_name(kernel));
+    if (bits < 2 || bits > 4 || d == 0 || d % 32 || d > SKV_MAX_HEAD_DIM || ng == 0 ||
+        ng > I8_QMAX || (n && (!rows || !x || !out)))
+        return skv_error(SKV_EINVAL, "int8 blocks: bad arguments (bits %u, head_dim %u, %u heads)",
+                         bits, d, ng);
+    return 0;
+}
+
+int skv_att_i8_dots(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows, size_t stride,
+                    uint32_t n, const int8_t *q, uint32_t ng, int32_t *dots)
+{
+    int rc = i8_args(kernel, bits, d, rows, n, q, ng, dots);
+    if (rc < 0)
+        return rc;
+#ifdef SKV_X86
+    if (kernel != SKV_KERNEL_I8_SCALAR) {
+        int8_t qp[I8_QMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+        i8_permute_q(q, ng, d, (int)bits, qp);
+        if (kernel == SKV_KERNEL_I8_AVX2)
+            i8_dots_rows_avx2(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
+        else if (cpu_vnni() == 1)
+            i8_dots_rows_vnni512(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
+        else
+            i8_dots_rows_avxvnni(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
+        return 0;
+    }
+#endif
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t g = 0; g < ng; g++) {
+            int32_t a = 0;
+            for (uint32_t j = 0; j < d; j++)
+                a += (int32_t)q[(size_t)g * d + j] * (int32_t)code_at(rows + i * stride, bits, j);
+            dots[(size_t)g * n + i] = a;
+        }
+    return 0;
+}
+
+int skv_att_i8_vacc(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows, size_t stride,
+                    uint32_t n, const int8_t *w, uint32_t ng, int32_t *acc)
+{
+    int rc = i8_args(kernel, bits, d, rows, n, w, ng, acc);
+    if (rc < 0)
+        return rc;
+#ifdef SKV_X86
+    if (kernel != SKV_KERNEL_I8_SCALAR) {
+        if (kernel == SKV_KERNEL_I8_AVX2)
+            i8_vacc_rows_avx2(rows, stride, n, w, d, (int)bits, (int)ng, acc);
+        else if (cpu_vnni() == 1)
+            i8_vacc_rows_vnni512(rows, stride, n, w, d, (int)bits, (int)ng, acc);
+        else
+            i8_vacc_rows_avxvnni(rows, stride, n, w, d, (int)bits, (int)ng, acc);
+        return 0;
+    }
+#endif
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t g = 0; g < ng; g++)
+            for (uint32_t j = 0; j < d; j++)
+                acc[(size_t)g * d + j] += (int32_t)w[(size_t)g * n + i] *
+                                          (int32_t)code_at(rows + i * stride, bits, j);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- layer */
@@ -975,9 +1406,13 @@ int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32
         return skv_error(SKV_EINVAL, "attention rows: token %llu beyond the %llu probabilities",
                          (unsigned long long)limit, (unsigned long long)n_prob);
     if (kernel == SKV_KERNEL_AUTO)
-        kernel = cpu_avx2() ? SKV_KERNEL_AVX2 : SKV_KERNEL_SCALAR;
-    else if (kernel == SKV_KERNEL_AVX2 && !cpu_avx2())
-        kernel = SKV_KERNEL_SCALAR;
+        kernel = kernel_best();
+    else if (kernel == SKV_KERNEL_I8_VNNI && !cpu_vnni())
+        kernel = cpu_avx2() ? SKV_KERNEL_I8_AVX2 : SKV_KERNEL_I8_SCALAR;
+    else if ((kernel == SKV_KERNEL_AVX2 || kernel == SKV_KERNEL_I8_AVX2) && !cpu_avx2())
+        kernel = kernel == SKV_KERNEL_AVX2 ? SKV_KERNEL_SCALAR : SKV_KERNEL_I8_SCALAR;
+    else if (kernel < SKV_KERNEL_SCALAR || kernel > SKV_KERNEL_LAST)
+        return skv_error(SKV_EINVAL, "attention rows: unknown kernel %d", kernel);
     float qs[SKV_GMAX * SKV_MAX_HEAD_DIM];
     float acc[SKV_GMAX * SKV_MAX_HEAD_DIM];
     skv_sm_state st[SKV_GMAX];
@@ -1158,12 +1593,9 @@ uint64_t skv_attend_bytes_read(const skv_kv_view *L, uint64_t t)
 
 /* ---------------------------------------------------------------- streams */
 
-/* Chunks other than the trace's inside an input trace: allocation and
- * ancillary chunks are skipped; other critical chunks are rejected. */
 /* Chunks around a trace's layers: allocation chunks are checked in stream
- * order (and kept, with ancillary ones, when the trace is packed here). */
+ * order, ancillary ones skipped, other critical ones rejected. */
 typedef struct {
-    skv_chunk_list list;
     skv_alloc_seq seq;
     skv_trace_hdr h;
 } trace_extra;
@@ -1177,14 +1609,6 @@ static int other_chunk(void *ctx, const skv_chunk *c)
         return 0;
     return skv_error(SKV_EUNSUP, "unexpected critical chunk %s at byte %llu in a trace", c->type,
                      (unsigned long long)c->offset);
-}
-
-/* Keep allocation and ancillary chunks (for packing a trace in memory). */
-static int collect_chunk(void *ctx, const skv_chunk *c)
-{
-    trace_extra *x = ctx;
-    int rc = other_chunk(ctx, c);
-    return rc < 0 ? rc : skv_chunk_list_add(&x->list, c);
 }
 
 static void fill_athd(skv_athd *A, const skv_trace_hdr *h, uint32_t mode, int probs,
@@ -1266,163 +1690,188 @@ done:
     return rc < 0 ? rc : 0;
 }
 
-/* Label of a packed cache: the allocation's description, else its width. */
+/* Label of a packed cache: the allocation's description, else its width,
+ * from the PKHD totals alone (so a cache read one layer at a time can be
+ * labelled before its first layer): every row stored and exactly the bytes
+ * of every row at one width. */
 static void cache_label(const skv_cache *c, char *out, size_t n)
 {
     /* the ALHD chunk alone is enough: a cache keeps ALOC only on request */
     if (skv_cache_alloc_text(&c->extra, &c->hdr, out, n) > 0)
         return;
     skv_error_clear();
-    uint32_t width = 0;
-    int mixed = 0;
-    for (size_t i = 0; i < (size_t)c->pk.n_layers * c->pk.n_kv_heads; i++)
-        for (uint32_t b = 0; b < c->heads[i].n_buckets; b++) {
-            uint32_t w = c->heads[i].buckets[b].bits;
-            if (width && w != width)
-                mixed = 1;
-            width = w;
+    const skv_pkhd *p = &c->pk;
+    uint64_t heads = (uint64_t)p->n_layers * p->n_kv_heads;
+    snprintf(out, n, "policy=packed");
+    if (p->n_stored != heads * p->n_tokens)
+        return;
+    for (int w = 1; w < SKV_NBITS; w++) {
+        uint32_t bits = skv_bit_widths[w];
+        if (skv_pkhd_file_bytes() + heads * skv_bucket_file_bytes(&p->q, bits, p->n_tokens) ==
+            p->cache_bytes) {
+            snprintf(out, n, "policy=uniform-%u bits=%u", bits, bits);
+            return;
         }
-    if (mixed || !width)
-        snprintf(out, n, "policy=packed");
+    }
+}
+
+/* Attention over a packed cache, one layer at a time. */
+typedef struct pjob {
+    uint32_t mode;
+    int probs;
+    skv_athd A;
+    uint64_t *steps, n_steps;
+    size_t no, np, nkv;     /* floats of o, p, and of k and v each */
+    float *o, *p, *k, *v;   /* allocated with the first layer, not for a header alone */
+    uint8_t *mask;
+} pjob;
+
+/* --reference attends the dequantized tokens: it has no rule for centroids */
+static int ref_centroids(uint64_t n)
+{
+    return skv_error(SKV_EINVAL, "--reference dequantizes the cache's tokens, and this cache "
+                     "also holds %llu centroids of merged tokens (use the default fused mode; "
+                     "the reference of a trace is --reference on the trace)",
+                     (unsigned long long)n);
+}
+
+static void pjob_free(pjob *j)
+{
+    free(j->o);
+    free(j->p);
+    free(j->k);
+    free(j->v);
+    free(j->mask);
+    free(j->steps);
+}
+
+static int pjob_begin(pjob *j, const skv_cache *c, int has_q, skv_stream *out,
+                      const skv_attend_req *req, uint32_t mode)
+{
+    const skv_trace_hdr *h = &c->hdr;
+    memset(j, 0, sizeof *j);
+    j->mode = mode;
+    if (mode == SKV_ATT_DENSE_F16 || mode == SKV_ATT_DENSE_F32)
+        return skv_error(SKV_EINVAL, "--dense needs a trace, and this is a packed cache (use "
+                         "the default fused mode or --reference)");
+    if (mode == SKV_ATT_REFERENCE && c->n_centroids)
+        return ref_centroids(c->n_centroids);
+    if (!has_q)
+        return skv_error(SKV_EFORMAT, "the packed cache has no queries (skv-quant keeps them "
+                         "only with --keep-queries): give its trace with --queries TRACE");
+    int rc = skv_steps_parse(req->steps, h->n_tokens, &j->steps, &j->n_steps);
+    if (rc < 0)
+        return rc;
+    skv_athd *A = &j->A;
+    fill_athd(A, h, mode, req->probs, j->steps, j->n_steps);
+    A->kv_bytes = c->pk.cache_bytes;
+    A->fp16_bytes = c->pk.fp16_bytes;
+    if (req->label)
+        snprintf(A->label, sizeof A->label, "%s", req->label);
     else
-        snprintf(out, n, "policy=uniform-%u bits=%u", width, width);
+        cache_label(c, A->label, sizeof A->label);
+    uint64_t T = h->n_tokens;
+    j->probs = req->probs;
+    if (skv_mul_sizes(&j->no, 3, (size_t)h->n_heads, (size_t)j->n_steps,
+                      (size_t)h->head_dim) < 0 ||
+        (req->probs && skv_mul_sizes(&j->np, 3, (size_t)h->n_heads, (size_t)j->n_steps,
+                                     (size_t)T) < 0) ||
+        skv_mul_sizes(&j->nkv, 3, (size_t)h->n_kv_heads, (size_t)T, (size_t)h->head_dim) < 0)
+        return skv_error(SKV_ELIMIT, "attention outputs too large");
+    return skv_athd_write(out, A);
+}
+
+static int pjob_layer(pjob *j, skv_attend_ctx *ctx, const skv_cache *c, uint32_t l,
+                      const float *q, skv_stream *out)
+{
+    const skv_trace_hdr *h = &c->hdr;
+    uint32_t Hkv = h->n_kv_heads;
+    uint64_t T = h->n_tokens;
+    int rc;
+    if (!j->o && (!(j->o = skv_malloc(j->no * sizeof *j->o)) ||
+                  (j->probs && !(j->p = skv_malloc(j->np * sizeof *j->p))) ||
+                  (j->mode == SKV_ATT_REFERENCE &&
+                   (!(j->k = skv_malloc(j->nkv * sizeof *j->k)) ||
+                    !(j->v = skv_malloc(j->nkv * sizeof *j->v)) ||
+                    !(j->mask = skv_malloc((size_t)Hkv * T))))))
+        return SKV_ENOMEM;
+    skv_kv_view L = {SKV_KV_PACKED, h->n_heads, Hkv, h->head_dim, T, q, NULL, NULL,
+                     skv_cache_head_at(c, l, 0)};
+    if (j->mode == SKV_ATT_REFERENCE) {
+        size_t per = (size_t)T * h->head_dim;
+        for (uint32_t kh = 0; kh < Hkv; kh++)
+            if (skv_cache_head_at(c, l, kh)->cent)
+                return ref_centroids(c->n_centroids);
+        for (uint32_t kh = 0; kh < Hkv; kh++) {
+            skv_cache_dequantize_head(c, l, kh, j->k + kh * per, j->v + kh * per);
+            /* the widths, as a mask: non-zero for the stored tokens */
+            skv_cache_head_widths(skv_cache_head_at(c, l, kh), T, j->mask + (size_t)kh * T);
+        }
+        L.kind = SKV_KV_F32;
+        L.k = j->k;
+        L.v = j->v;
+        rc = attend_ref_masked(ctx, &L, j->mask, j->steps, j->n_steps, j->o, j->p);
+    } else {
+        rc = skv_attend_layer(ctx, &L, j->steps, j->n_steps, j->o, j->p);
+    }
+    if (rc < 0 || (rc = skv_attn_write_layer(out, &j->A, l, j->o, j->p)) < 0)
+        return rc;
+    return 0;
 }
 
 static int attend_packed(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
                          const skv_attend_req *req, uint32_t mode)
 {
-    const skv_trace_hdr *h = &c->hdr;
-    if (mode == SKV_ATT_DENSE_F16 || mode == SKV_ATT_DENSE_F32)
-        return skv_error(SKV_EINVAL, "--dense needs a trace, and this is a packed cache (use "
-                         "the default fused mode or --reference)");
-    if (mode == SKV_ATT_REFERENCE && c->n_centroids)
-        return skv_error(SKV_EINVAL, "--reference dequantizes the cache's tokens, and this "
-                         "cache also holds %llu centroids of merged tokens (use the default "
-                         "fused mode; the reference of a trace is --reference on the trace)",
-                         (unsigned long long)c->n_centroids);
-    if (!c->q)
-        return skv_error(SKV_EFORMAT, "the packed cache has no queries (skv-quant keeps them "
-                         "only with --keep-queries): give its trace with --queries TRACE");
-    uint64_t *steps = NULL, n_steps = 0;
-    int rc = skv_steps_parse(req->steps, h->n_tokens, &steps, &n_steps);
-    if (rc < 0)
-        return rc;
-    skv_athd A;
-    fill_athd(&A, h, mode, req->probs, steps, n_steps);
-    A.kv_bytes = c->pk.cache_bytes;
-    A.fp16_bytes = c->pk.fp16_bytes;
-    if (req->label)
-        snprintf(A.label, sizeof A.label, "%s", req->label);
-    else
-        cache_label(c, A.label, sizeof A.label);
-    float *o = NULL, *p = NULL, *k = NULL, *v = NULL;
-    uint8_t *mask = NULL;
-    size_t no, np = 0, nkv;
-    uint32_t Hkv = h->n_kv_heads;
-    uint64_t T = h->n_tokens;
-    if (skv_mul_sizes(&no, 3, (size_t)h->n_heads, (size_t)n_steps, (size_t)h->head_dim) < 0 ||
-        (req->probs && skv_mul_sizes(&np, 3, (size_t)h->n_heads, (size_t)n_steps, (size_t)T) < 0) ||
-        skv_mul_sizes(&nkv, 3, (size_t)Hkv, (size_t)T, (size_t)h->head_dim) < 0) {
-        rc = skv_error(SKV_ELIMIT, "attention outputs too large");
-        goto done;
-    }
-    o = skv_malloc(no * sizeof *o);
-    if (!o || (req->probs && !(p = skv_malloc(np * sizeof *p)))) {
-        rc = SKV_ENOMEM;
-        goto done;
-    }
-    if (mode == SKV_ATT_REFERENCE &&
-        (!(k = skv_malloc(nkv * sizeof *k)) || !(v = skv_malloc(nkv * sizeof *v)) ||
-         !(mask = skv_malloc((size_t)Hkv * T)))) {
-        rc = SKV_ENOMEM;
-        goto done;
-    }
-    if ((rc = skv_athd_write(out, &A)) < 0)
-        goto done;
-    for (uint32_t l = 0; l < h->n_layers; l++) {
-        skv_kv_view L = {SKV_KV_PACKED, h->n_heads, Hkv, h->head_dim, T, c->q[l], NULL, NULL,
-                         skv_cache_head_at(c, l, 0)};
-        if (mode == SKV_ATT_REFERENCE) {
-            size_t per = (size_t)T * h->head_dim;
-            for (uint32_t kh = 0; kh < Hkv; kh++) {
-                skv_cache_dequantize_head(c, l, kh, k + kh * per, v + kh * per);
-                const uint8_t *bits = skv_cache_head_at(c, l, kh)->bits;
-                for (uint64_t t = 0; t < T; t++)
-                    mask[(size_t)kh * T + t] = bits[t] != 0;
-            }
-            L.kind = SKV_KV_F32;
-            L.k = k;
-            L.v = v;
-            rc = attend_ref_masked(ctx, &L, mask, steps, n_steps, o, p);
-        } else {
-            rc = skv_attend_layer(ctx, &L, steps, n_steps, o, p);
-        }
-        if (rc < 0 || (rc = skv_attn_write_layer(out, &A, l, o, p)) < 0)
-            goto done;
-    }
-done:
-    free(o);
-    free(p);
-    free(k);
-    free(v);
-    free(mask);
-    free(steps);
+    pjob j;
+    int rc = pjob_begin(&j, c, c->q != NULL, out, req, mode);
+    for (uint32_t l = 0; rc == 0 && l < c->hdr.n_layers; l++)
+        rc = pjob_layer(&j, ctx, c, l, c->q[l], out);
+    pjob_free(&j);
     return rc < 0 ? rc : 0;
 }
 
-/* A trace with an allocation (skv-alloc output) in PACKED mode: read it
- * whole, pack it as skv-quant would (through a temporary file), attend. */
-static int attend_alloc_trace(skv_attend_ctx *ctx, skv_trace_reader *r, skv_chunk_list *extra,
-                              skv_stream *out, const skv_attend_req *req)
+/* A packed cache read one layer at a time, its queries from the cache or
+ * from a trace read alongside (qpath). *qbad is set when the trace is what
+ * failed. */
+static int attend_packed_stream(skv_attend_ctx *ctx, skv_cache_reader *cr, const char *qpath,
+                                skv_stream *out, const skv_attend_req *req, uint32_t mode,
+                                int *qbad)
 {
-    skv_trace *t = NULL;
-    int rc = skv_trace_read_all(r, &t);
-    if (rc < 0)
-        return rc;
-    /* the token ids were checked and passed over on the way in; the
-     * temporary cache below serves attention only and carries none */
-    if (!t->tokens)
-        t->hdr.flags &= ~SKV_TRACE_HAS_TOKENS;
-    skv_cache_plan plan;
-    memset(&plan, 0, sizeof plan);
-    if (rc == 0 && (rc = skv_cache_plan_from_chunks(&plan, &t->hdr, extra)) < 0)
-        rc = skv_error(rc, "%s (the fused kernel needs a packed cache, or a trace with an "
-                       "allocation from skv-alloc)", skv_errmsg());
-    char tmp[4096] = "";
-    if (rc == 0) {
-        const char *td = getenv("TMPDIR");
-        snprintf(tmp, sizeof tmp, "%s/skv-attend-cache.XXXXXX", td && *td ? td : "/tmp");
-        int fd = mkstemp(tmp);
-        if (fd < 0) {
-            rc = skv_error(SKV_EIO, "cannot create a temporary file %s", tmp);
-            tmp[0] = 0;
-        } else {
-            close(fd);
-            skv_tmp_register(tmp);
+    const skv_cache *c = skv_cache_reader_cache(cr);
+    skv_trace_reader *qr = NULL;
+    skv_layer Q = {0};
+    pjob j;
+    memset(&j, 0, sizeof j);
+    int rc = 0;
+    if (qpath && !(qr = skv_cache_queries_open(c, qpath))) {
+        *qbad = 1;
+        return SKV_EFORMAT;
+    }
+    if ((rc = pjob_begin(&j, c, qr || c->q, out, req, mode)) < 0)
+        goto done;
+    uint32_t l;
+    while ((rc = skv_cache_reader_next(cr, &l)) == 1) {
+        const float *q = c->q ? c->q[l] : NULL;
+        if (qr) {
+            rc = skv_trace_next_layer(qr, &Q);
+            if (rc <= 0) {
+                *qbad = 1;
+                if (rc == 0)
+                    rc = skv_error(SKV_EFORMAT, "the trace ends before layer %u", l);
+                goto done;
+            }
+            q = Q.q;
         }
+        if ((rc = pjob_layer(&j, ctx, c, l, q, out)) < 0)
+            goto done;
     }
-    skv_cache *c = NULL;
-    if (rc == 0) {
-        skv_stream *s = skv_open_write(tmp, -1);
-        if (!s)
-            rc = SKV_EIO;
-        else if ((rc = skv_cache_write(s, t, &plan, extra, 0, NULL)) < 0)
-            skv_discard(s);
-        else
-            rc = skv_close(s);
-    }
-    skv_trace_free(t);
-    skv_cache_plan_free(&plan);
-    if (rc == 0)
-        rc = skv_cache_load(tmp, &c);
-    if (tmp[0]) {
-        unlink(tmp);
-        skv_tmp_unregister(tmp);
-    }
-    if (rc == 0)
-        rc = skv_attend_cache(ctx, c, out, req);
-    skv_cache_free(c);
-    return rc;
+    if (rc == 0 && qr && (rc = skv_trace_reader_finish(qr)) < 0)
+        *qbad = 1;
+done:
+    skv_layer_free(&Q);
+    skv_trace_reader_close(qr);
+    pjob_free(&j);
+    return rc < 0 ? rc : 0;
 }
 
 int skv_attend_cache(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
@@ -1437,6 +1886,64 @@ int skv_attend_cache(skv_attend_ctx *ctx, const skv_cache *c, skv_stream *out,
 int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
                       const skv_attend_req *req)
 {
+    return skv_attend_stream_queries(ctx, in, NULL, out, req, NULL);
+}
+
+/* A trace with an allocation (skv-alloc output) in PACKED mode: packed as
+ * skv-quant packs it, one layer at a time, into an unlinked temporary
+ * file, then attended one layer at a time. */
+static int attend_alloc_trace(skv_attend_ctx *ctx, skv_stream *s, const skv_chunk *trhd,
+                              const char *in, skv_stream *out, const skv_attend_req *req)
+{
+    const char *td = getenv("TMPDIR");
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s/skv-attend-cache.XXXXXX", td && *td ? td : "/tmp");
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        skv_close(s);
+        return skv_error(SKV_EIO, "cannot create a temporary file %s", tmp);
+    }
+    unlink(tmp);
+    skv_quantize_opts qo;
+    memset(&qo, 0, sizeof qo);
+    skv_cache_plan plan;
+    int rc;
+    skv_stream *w = skv_open_write_fd(fd, "(temporary cache)", -1);
+    if (!w) {
+        skv_close(s);
+        rc = SKV_EIO;
+    } else if ((rc = skv_cache_quantize(s, trhd, in, w, &qo, &plan, NULL)) < 0) {
+        skv_discard(w);
+        if (strstr(skv_errmsg(), "no allocation"))
+            rc = skv_error(rc, "%s (the fused kernel needs a packed cache, or a trace with an "
+                           "allocation from skv-alloc)", skv_errmsg());
+    } else {
+        skv_cache_plan_free(&plan);
+        rc = skv_close(w);
+    }
+    skv_stream *r = NULL;
+    if (rc == 0 && lseek(fd, 0, SEEK_SET) != 0)
+        rc = skv_error(SKV_EIO, "temporary cache: %s", strerror(errno));
+    if (rc == 0 && !(r = skv_open_fd(fd, "(temporary cache)")))
+        rc = SKV_EIO;
+    skv_cache_reader *cr = NULL;
+    if (rc == 0 && !(cr = skv_cache_reader_open(r, NULL)))
+        rc = SKV_EFORMAT;
+    int qbad = 0;
+    if (rc == 0)
+        rc = attend_packed_stream(ctx, cr, NULL, out, req, SKV_ATT_PACKED, &qbad);
+    skv_cache_reader_close(cr);
+    close(fd);
+    return rc;
+}
+
+int skv_attend_stream_queries(skv_attend_ctx *ctx, const char *in, const char *queries,
+                              skv_stream *out, const skv_attend_req *req, int *qbad)
+{
+    int qb = 0;
+    if (!qbad)
+        qbad = &qb;
+    *qbad = 0;
     uint32_t mode = req->mode;
     if (mode > SKV_ATT_PACKED)
         return skv_error(SKV_EINVAL, "unknown attention mode %u", mode);
@@ -1463,14 +1970,21 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
         return rc;
     }
     if (h.flags & SKV_TRACE_PACKED) {
-        skv_cache *cache = NULL;
-        rc = skv_cache_read_after(s, &c, &cache);
-        skv_close(s);
-        if (rc == 0)
-            rc = skv_attend_cache(ctx, cache, out, req);
-        skv_cache_free(cache);
+        skv_cache_reader *cr = skv_cache_reader_open(s, &c);
+        if (!cr)
+            return SKV_EFORMAT;
+        rc = attend_packed_stream(ctx, cr, queries, out, req,
+                                  mode == SKV_ATT_AUTO ? SKV_ATT_PACKED : mode, qbad);
+        skv_cache_reader_close(cr);
         return rc;
     }
+    if (queries) {
+        skv_close(s);
+        return skv_error(SKV_EFORMAT, "this stream is a plain trace, not a packed cache "
+                         "(--queries gives the queries of a packed cache)");
+    }
+    if (mode == SKV_ATT_PACKED && !(h.flags & SKV_TRACE_NO_QUERIES))
+        return attend_alloc_trace(ctx, s, &c, in, out, req);
     if (mode == SKV_ATT_AUTO)
         mode = SKV_ATT_REFERENCE;
     trace_extra extra;
@@ -1488,7 +2002,7 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
     }
     r->s = s;
     r->hdr = h;
-    r->other = mode == SKV_ATT_PACKED ? collect_chunk : other_chunk;
+    r->other = other_chunk;
     r->other_ctx = &extra;
     uint64_t have = 0;
     while (rc == 0 && (h.flags & SKV_TRACE_HAS_TOKENS) && have < h.n_tokens) {
@@ -1516,15 +2030,12 @@ int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
         else
             have += n;
     }
-    if (rc == 0 && mode == SKV_ATT_PACKED)
-        rc = attend_alloc_trace(ctx, r, &extra.list, out, req);
-    else if (rc == 0)
+    if (rc == 0)
         rc = attend_trace(ctx, r, out, req, mode);
-    if (rc == 0 && mode != SKV_ATT_PACKED)
+    if (rc == 0)
         rc = skv_trace_reader_finish(r);
     if (rc == 0)
         rc = skv_alloc_seq_end(&extra.seq);
     skv_trace_reader_close(r);
-    skv_chunk_list_free(&extra.list);
     return rc;
 }

@@ -18,18 +18,21 @@ skv_cuda_cache *skv_cuda_cache_from(const skv_cache *c)
         return NULL;
     }
     size_t n = 0, nh = (size_t)c->pk.n_layers * c->pk.n_kv_heads;
+#define HEAD(i) skv_cache_head_at(c, (uint32_t)((i) / c->pk.n_kv_heads), \
+                                  (uint32_t)((i) % c->pk.n_kv_heads))
     for (size_t i = 0; i < nh; i++)
-        n += c->heads[i].n_buckets;
+        n += HEAD(i)->n_buckets;
     const uint8_t **p = skv_calloc(n ? n : 1, sizeof *p);
     uint64_t *sz = skv_calloc(n ? n : 1, sizeof *sz);
     skv_cuda_cache *cc = NULL;
     if (p && sz) {
         size_t k = 0;
         for (size_t i = 0; i < nh; i++)
-            for (uint32_t b = 0; b < c->heads[i].n_buckets; b++, k++) {
-                p[k] = c->heads[i].buckets[b].payload;
-                sz[k] = c->heads[i].buckets[b].payload_bytes;
+            for (uint32_t b = 0; b < HEAD(i)->n_buckets; b++, k++) {
+                p[k] = HEAD(i)->buckets[b].payload;
+                sz[k] = HEAD(i)->buckets[b].payload_bytes;
             }
+#undef HEAD
         skv_cuda_shape sh = {c->hdr.n_layers, c->hdr.n_heads, c->hdr.n_kv_heads,
                              c->hdr.head_dim, c->hdr.n_tokens};
         cc = skv_cuda_cache_upload(&sh, p, sz, n);

@@ -41,16 +41,50 @@ enum skv_att_mode {
     SKV_ATT_PACKED = 4,     /* packed mixed-precision cache */
 };
 
+/* The int8 kernels (integer dot products on packed rows): the query of each
+ * head is quantized to two int8 vectors (a coarse one and its rounding; one
+ * scale per head and step), K codes meet both in integer dot products and
+ * the row's fp16 scale and bias are applied to the integer sum; the softmax
+ * weights times each V row's scale are quantized the same way per tile of
+ * 32 tokens (one scale per tile and head) and V codes are accumulated in
+ * int32, scaled once per tile, the bias added once.  They cover rows of 2, 3 and 4 bits with one scale group per row
+ * (the default) and head_dim a multiple of 32; other rows (8, 16 bits,
+ * several groups, float tails) go to the float kernels (int8-scalar to
+ * scalar, the others to avx2).  Error against the float kernels: well
+ * below 1e-3 of the output norm (tests/test_attend.c states the bound). */
 enum skv_att_kernel {
-    SKV_KERNEL_AUTO = 0,    /* best the CPU supports */
-    SKV_KERNEL_SCALAR = 1,  /* portable C reference kernels */
-    SKV_KERNEL_AVX2 = 2,    /* AVX2 + FMA + F16C (x86-64, runtime detected) */
+    SKV_KERNEL_AUTO = 0,    /* best the CPU supports: int8-vnni, int8-avx2, scalar */
+    SKV_KERNEL_SCALAR = 1,  /* portable C reference kernels (float) */
+    SKV_KERNEL_AVX2 = 2,    /* AVX2 + FMA + F16C float kernels (x86-64, runtime detected) */
+    SKV_KERNEL_I8_SCALAR = 3, /* int8 arithmetic, portable C: the reference of the two below */
+    SKV_KERNEL_I8_AVX2 = 4, /* int8, AVX2 vpmaddubsw/vpmaddwd */
+    SKV_KERNEL_I8_VNNI = 5, /* int8, vpdpbusd (AVX-512 VNNI + VL, or AVX-VNNI) */
 };
+#define SKV_KERNEL_LAST SKV_KERNEL_I8_VNNI
 
 SKV_EXPORT const char *skv_att_mode_name(uint32_t mode);      /* "reference", ... */
 SKV_EXPORT const char *skv_att_kernel_name(int kernel);
+/* The kernel of a name ("auto", "scalar", "avx2", "int8-scalar",
+ * "int8-avx2", "int8-vnni"), or -1. */
+SKV_EXPORT int skv_att_kernel_parse(const char *name);
 /* 1 if this build and CPU can run the kernel. */
 SKV_EXPORT int skv_att_kernel_available(int kernel);
+
+/* The integer building blocks of the int8 kernels (exposed for the tests),
+ * on n rows of one packed width bits (2, 3 or 4), row i at rows + i*stride,
+ * head_dim d a multiple of 32, ng (1..16) int8 vectors (the kernels use two
+ * per head: a coarse one and its rounding, see attend.c):
+ *   dots[g*n + i]  = sum_j q[g*d + j] * code_j(row i)
+ *   acc[g*d + j]  += sum_i w[g*n + i] * code_j(row i)
+ * (q and w in -127..127).  kernel: one of the int8 kernels (the SIMD ones
+ * must give exactly what int8-scalar gives).  Returns 0, SKV_EINVAL or
+ * SKV_EUNSUP. */
+SKV_EXPORT int skv_att_i8_dots(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows,
+                               size_t stride, uint32_t n, const int8_t *q, uint32_t ng,
+                               int32_t *dots);
+SKV_EXPORT int skv_att_i8_vacc(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows,
+                               size_t stride, uint32_t n, const int8_t *w, uint32_t ng,
+                               int32_t *acc);
 
 /* ---- the attention-output header (ATHD) ---- */
 typedef struct skv_athd {
@@ -74,7 +108,8 @@ SKV_EXPORT void skv_athd_free(skv_athd *h);
 /* Parse a steps list: "LAST" (or "last"), "all", "N", "a:b" (half-open,
  * "a:" and ":b" allowed) or a comma list of these, for a trace of n_tokens;
  * the result is sorted and duplicates removed.  Returns 0 with *steps
- * allocated, or <0 (SKV_EINVAL with a message). */
+ * allocated, or <0 (SKV_EINVAL with a message).  steps NULL: check the
+ * syntax and ranges only, allocating nothing. */
 SKV_EXPORT int skv_steps_parse(const char *spec, uint64_t n_tokens, uint64_t **steps,
                                uint64_t *n_steps);
 
@@ -182,10 +217,18 @@ typedef struct skv_attend_req {
 } skv_attend_req;
 
 /* Read a trace or packed cache from `in` ("-" = stdin), compute attention
- * and write ATHD and the OUT/PROB tensors to the open stream `out`.  A
- * trace is read one layer at a time.  Returns 0 or <0. */
+ * and write ATHD and the OUT/PROB tensors to the open stream `out`.  Both
+ * are read one layer at a time (a trace with an allocation in PACKED mode
+ * is packed layer by layer into an unlinked temporary file first).
+ * Returns 0 or <0. */
 SKV_EXPORT int skv_attend_stream(skv_attend_ctx *ctx, const char *in, skv_stream *out,
                                  const skv_attend_req *req);
+/* The same, a packed cache's queries read alongside it, layer by layer,
+ * from the trace `queries` (NULL: the cache's own); *qbad (may be NULL) is
+ * set to 1 when the failure is that trace's. */
+SKV_EXPORT int skv_attend_stream_queries(skv_attend_ctx *ctx, const char *in,
+                                         const char *queries, skv_stream *out,
+                                         const skv_attend_req *req, int *qbad);
 
 struct skv_cache;
 /* The same for a packed cache already in memory (AUTO = PACKED; REFERENCE

@@ -34,10 +34,11 @@ struct skv_checker {
     int have_pbkt;
     uint32_t pl, ph, pw, ppart, pn, plast;
     uint64_t stored, bytes;        /* rows and uncompressed file bytes of PBKT chunks */
-    uint8_t *seen;                 /* bit per token: stored in the current head */
-    size_t seen_cap;
-    uint32_t *set;                 /* indices set in `seen` (to clear them) */
+    uint32_t *set;                 /* token indices of the current head, as read: one
+                                      ascending run per width */
     size_t nset, set_cap;          /* entries; bytes allocated */
+    size_t run[SKV_NBITS + 1];     /* where each width's run starts in `set` */
+    uint32_t nrun;
     /* attention outputs */
     skv_athd a;
     int have_athd;
@@ -52,7 +53,6 @@ void skv_checker_free(skv_checker *k)
 {
     if (!k)
         return;
-    free(k->seen);
     free(k->set);
     skv_athd_free(&k->a);
     free(k);
@@ -180,12 +180,18 @@ static int on_pkhd(skv_checker *k, const skv_chunk *c)
     return 0;
 }
 
-/* Forget the token set of the previous (layer, kv head). */
-static void clear_set(skv_checker *k)
+/* Is t in the ascending run v[0..n)? */
+static int run_has(const uint32_t *v, size_t n, uint32_t t)
 {
-    for (size_t i = 0; i < k->nset; i++)
-        k->seen[k->set[i] >> 3] = 0;
-    k->nset = 0;
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid] < t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && v[lo] == t;
 }
 
 static int on_pbkt(skv_checker *k, const skv_chunk *c)
@@ -223,29 +229,25 @@ static int on_pbkt(skv_checker *k, const skv_chunk *c)
     if (bad)
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu (layer %u kv head %u %u-bit part "
                          "%u): %s", at, b.layer, b.kv_head, b.bits, b.part, bad);
-    /* no token in two buckets of one head: a bit per token, cleared per head */
+    /* no token in two buckets of one head: the indices read so far (memory
+     * for the rows read, not for n_tokens) form one ascending run per width,
+     * so each new token is looked up in the runs of the earlier widths */
     if (!same_head)
-        clear_set(k);
-    size_t need = (size_t)(b.idx[b.n - 1] >> 3) + 1;
-    if (need > k->seen_cap) {
-        size_t old = k->seen_cap;
-        if ((rc = skv_grow((void **)&k->seen, &k->seen_cap, need,
-                           (size_t)(p->n_tokens + 7) / 8)) < 0)
-            return rc;
-        memset(k->seen + old, 0, k->seen_cap - old);
-    }
+        k->nset = k->nrun = 0;
+    if (!same_head || k->pw != w)
+        k->run[k->nrun++] = k->nset;
+    k->run[k->nrun] = k->nset;
+    for (uint32_t i = 0; i < b.n; i++)
+        for (uint32_t r = 0; r + 1 < k->nrun; r++)
+            if (run_has(k->set + k->run[r], k->run[r + 1] - k->run[r], b.idx[i]))
+                return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u "
+                                 "kv head %u is already stored in another bucket", at,
+                                 b.idx[i], b.layer, b.kv_head);
     if ((rc = skv_grow((void **)&k->set, &k->set_cap, (k->nset + b.n) * sizeof *k->set,
                        (size_t)p->n_tokens * sizeof *k->set)) < 0)
         return rc;
-    for (uint32_t i = 0; i < b.n; i++) {
-        uint32_t t = b.idx[i];
-        if (k->seen[t >> 3] & (1u << (t & 7)))
-            return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u kv "
-                             "head %u is already stored in another bucket", at, t, b.layer,
-                             b.kv_head);
-        k->seen[t >> 3] |= (uint8_t)(1u << (t & 7));
-        k->set[k->nset++] = t;
-    }
+    memcpy(k->set + k->nset, b.idx, (size_t)b.n * sizeof *k->set);
+    k->nset += b.n;
     k->have_pbkt = 1;
     k->pl = b.layer;
     k->ph = b.kv_head;
@@ -281,14 +283,18 @@ static int on_cntr(skv_checker *k, const skv_chunk *c)
              (b.kv_head == k->ph && k->pw >= SKV_NBITS)))))
         bad = "out of order (after the buckets of its head, once per head, heads ascending)";
     if (!bad) {
+        /* the head's stored tokens are the runs of indices read (none when
+         * the head has no bucket) */
         if (!same_head)
-            clear_set(k);
+            k->nset = k->nrun = 0;
+        k->run[k->nrun] = k->nset;
         uint64_t members = 0;
         for (uint32_t i = 0; i < b.n; i++) {
             uint32_t t = b.idx[i];
             members += skv_get32((const uint8_t *)(cnt + i));
-            if ((size_t)(t >> 3) < k->seen_cap && (k->seen[t >> 3] & (1u << (t & 7))))
-                bad = "a centroid's last member is a stored token";
+            for (uint32_t r = 0; r < k->nrun && !bad; r++)
+                if (run_has(k->set + k->run[r], k->run[r + 1] - k->run[r], t))
+                    bad = "a centroid's last member is a stored token";
         }
         if (members > p->n_tokens - k->nset)
             bad = "more members than the head's evicted tokens";

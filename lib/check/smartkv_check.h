@@ -11,9 +11,9 @@
  * the ATHD outputs.  skv-trace info, cat and export check a stream with it,
  * so they accept exactly what the tools that load a stream accept.
  *
- * Memory: a few hundred bytes, plus, while reading a packed cache, one bit
- * per token index seen in the current (layer, kv head) and the list of
- * those indices (both grow with the PBKT data read).
+ * Memory: a few hundred bytes, plus, while reading a packed cache, the
+ * token indices of the current (layer, kv head) as read (4 bytes per row
+ * of PBKT data read; nothing per declared token).
  */
 #ifndef SMARTKV_CHECK_H
 #define SMARTKV_CHECK_H

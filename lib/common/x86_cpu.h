@@ -27,8 +27,24 @@ static inline int skv_x86_avxvnni(void)
         return 0;
     return (a >> 4) & 1u;
 }
+
+/* AVX-512 VNNI with VL (EVEX vpdpbusd on YMM): CPUID leaf 7 EBX bits 16
+ * (F) and 31 (VL), ECX bit 11; the OS must save the opmask and ZMM state
+ * (XCR0 bits 5-7) even for the 256-bit forms. */
+static inline int skv_x86_avx512vnni(void)
+{
+    unsigned a, b, c, d;
+    if (!skv_x86_f16c() || !__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    if (!((b >> 16) & 1u) || !((b >> 31) & 1u) || !((c >> 11) & 1u))
+        return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xe6u) == 0xe6u;
+}
 #else
 static inline int skv_x86_f16c(void) { return 0; }
 static inline int skv_x86_avxvnni(void) { return 0; }
+static inline int skv_x86_avx512vnni(void) { return 0; }
 #endif
 #endif

@@ -462,9 +462,10 @@ static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
 }
 
 /* Attention of one query over the rows [0, lim] of H that are not evicted
- * (value width 0), in float64 sums: the rows are few and this path only
- * runs when eviction is allowed.  prob gets n_prob entries (0 for evicted
- * tokens and beyond lim). */
+ * (value width 0), in float64 sums: a reference loop, slow at long
+ * contexts, that only runs when eviction is allowed (the README's rows
+ * come from it; a float version moved one row's KL by 10%).  prob gets
+ * n_prob entries (0 for evicted tokens and beyond lim). */
 static void attend_masked(const gh *H, const float *q, uint32_t d, float scale, uint64_t lim,
                           float *out, float *prob, uint64_t n_prob)
 {
@@ -562,12 +563,7 @@ static int ecg_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t p
 static int ecg_truncate(skv_kv_cache *c, uint64_t n)
 {
     ecg *e = (ecg *)c;
-    uint64_t mx = 0;
-    for (uint32_t l = 0; l < c->n_layers; l++)
-        mx = e->len[l] > mx ? e->len[l] : mx;
-    if (n >= mx)
-        return 0;
-    return cut_to(e, n);
+    return skv_kv_truncates(c, n, e->len) ? cut_to(e, n) : 0;
 }
 
 static const skv_kv_ops ecg_ops = {ecg_append, ecg_attend, ecg_truncate, ecg_destroy};
@@ -848,13 +844,14 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
     }
     /* damage and bytes per width */
-    float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * 4), *kin = buf + (size_t)2 * e->KT * d;
+    float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * 4);
     uint32_t *idx = skv_malloc((size_t)e->KT * sizeof *idx);
     if (!buf || !idx) {
         free(buf);
         free(idx);
         return SKV_ENOMEM;
     }
+    float *kin = buf + (size_t)2 * e->KT * d;
     float vbar[SKV_MAX_HEAD_DIM] = {0}, q2[SKV_MAX_HEAD_DIM] = {0};
     uint32_t last_unit = UINT32_MAX;
     uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;

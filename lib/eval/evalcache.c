@@ -32,6 +32,9 @@ typedef struct ec_head {
     uint64_t tail_cap;
     float *fk, *fv;         /* ideal: every token [full_cap][head_dim] */
     uint64_t full_cap;
+    float *rk, *rv;         /* rocketkv: the allocated kept rows, dequantized, */
+    uint64_t *rpos;         /*   in position order, and their positions */
+    uint64_t rn, rcap;
 } ec_head;
 
 typedef struct ec_cache {
@@ -43,6 +46,7 @@ typedef struct ec_cache {
     int votes;              /* snapkv: the last W query rows kept per query head */
     uint32_t W;             /* observation window (votes) */
     int entropy;            /* layer-aware: track attention entropy */
+    int rocket;             /* rocketkv: top-k sparse attention after the first allocation */
     uint64_t *len;          /* [n_layers] positions held */
     uint64_t n_alloc;
     ec_head *heads;         /* [n_layers][n_kv_heads] */
@@ -50,9 +54,12 @@ typedef struct ec_cache {
     float *ring;            /* votes: [n_layers][n_heads][W][capacity] probability rows */
     uint64_t *ring_q;       /* votes: [n_layers][n_heads][W] query position + 1 of each row */
     double *ent_sum;        /* [n_layers][n_heads] */
+    float *gram;            /* uncomp: [n_layers][n_kv_heads][SKV_GRAM_LEN(d)] keys' Gram */
+    uint64_t *gram_n;       /* uncomp: [n_layers][n_kv_heads] keys in it, and at the last */
+    uint64_t *gram_at;      /*   entropy computed (redone when the keys grew by 1/8) */
     uint64_t *ent_cnt;      /* [n_layers][n_heads] */
     /* scratch for reallocation */
-    float *s_imp, *s_err, *s_ent;
+    float *s_imp, *s_err, *s_ent, *s_kent;
     uint8_t *s_bits, *s_stored;
     uint64_t s_cap;
     uint32_t *src_part, *src_row;   /* [capacity] */
@@ -78,7 +85,9 @@ void skv_ec_defaults(skv_ec_cfg *c)
     c->decay = 0.9;
     c->realloc = 16;
     c->ideal = 0;
-    c->kernel = 0;
+    /* the best float kernel: an evaluation measures the compression, not the
+     * int8 kernels' rounding (chosen with kernel = SKV_KERNEL_AUTO or by name) */
+    c->kernel = skv_att_kernel_available(SKV_KERNEL_AVX2) ? SKV_KERNEL_AVX2 : SKV_KERNEL_SCALAR;
     skv_pm_defaults(&c->pm);
 }
 
@@ -221,10 +230,7 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "kivi:%u residual=%u", c->kivi_bits, c->realloc);
         return;
     }
-    if (a->policy == SKV_POLICY_UNIFORM)
-        snprintf(pol, sizeof pol, "uniform:%u", a->uniform_bits);
-    else
-        snprintf(pol, sizeof pol, "%s", skv_policy_name(a->policy));
+    skv_policy_format(a->policy, a->uniform_bits, pol, sizeof pol);
     char imp[48];
     if (pf & SKV_PF_VOTES)
         snprintf(imp, sizeof imp, "votes:%u", a->recent);
@@ -275,6 +281,7 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
 
 static ec_cache *as_ec(skv_kv_cache *c);
 static const skv_kv_ops ec_ops;
+static int rocket_refresh(ec_cache *e, uint32_t l, uint32_t h);
 
 static ec_cache *as_ec(skv_kv_cache *c)
 {
@@ -492,6 +499,8 @@ static int cut_to(ec_cache *e, uint64_t T)
                     free_parts(H);
                 else if ((rc = rebuild_head(e, l, h, H->bits, T, e->n_alloc)) < 0)
                     return rc;
+                if (e->rocket && (rc = rocket_refresh(e, l, h)) < 0)
+                    return rc;
             }
         e->n_alloc = T;
     }
@@ -510,7 +519,151 @@ static int cut_to(ec_cache *e, uint64_t T)
         memset(e->ent_sum, 0, (size_t)c->n_layers * c->n_heads * sizeof(double));
         memset(e->ent_cnt, 0, (size_t)c->n_layers * c->n_heads * sizeof(uint64_t));
     }
+    if (T == 0 && e->gram) { /* like the entropy: forgotten only all at once */
+        size_t nh = (size_t)c->n_layers * c->n_kv_heads;
+        memset(e->gram, 0, nh * SKV_GRAM_LEN(c->head_dim) * sizeof(float));
+        memset(e->gram_n, 0, nh * sizeof(uint64_t));
+        memset(e->gram_at, 0, nh * sizeof(uint64_t));
+    }
     return 0;
+}
+
+/* rocketkv: the kept rows of (l, h) as the attention reads them (the
+ * packed rows dequantized), in position order, for stage 2 */
+typedef struct kr {
+    uint64_t pos, src;
+} kr;
+
+static int kr_cmp(const void *a, const void *b)
+{
+    const kr *x = a, *y = b;
+    return (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+static int rocket_refresh(ec_cache *e, uint32_t l, uint32_t h)
+{
+    ec_head *H = head_at(e, l, h);
+    const uint32_t d = e->base.head_dim;
+    uint64_t n = 0;
+    for (uint32_t p = 0; p < H->n_parts; p++)
+        n += H->bk[p].n;
+    if (n > H->rcap) {
+        free(H->rk);
+        free(H->rv);
+        free(H->rpos);
+        H->rcap = 0;
+        if (!(H->rk = skv_malloc(n * d * sizeof(float))) ||
+            !(H->rv = skv_malloc(n * d * sizeof(float))) ||
+            !(H->rpos = skv_malloc(n * sizeof(uint64_t))))
+            return SKV_ENOMEM;
+        H->rcap = n;
+    }
+    H->rn = 0;
+    if (n == 0)
+        return 0;
+    float *tk = skv_malloc(n * d * sizeof(float));
+    float *tv = skv_malloc(n * d * sizeof(float));
+    kr *ord = skv_malloc(n * sizeof(kr));
+    if (!tk || !tv || !ord) {
+        free(tk);
+        free(tv);
+        free(ord);
+        return SKV_ENOMEM;
+    }
+    uint64_t at = 0;
+    for (uint32_t p = 0; p < H->n_parts; p++) {
+        const skv_bucket *b = &H->bk[p];
+        for (uint32_t i = 0; i < b->n; i++, at++) { /* row by row, packed order */
+            skv_dequantize_row(b->k_par + (size_t)i * b->k_par_stride,
+                               b->k_dat + (size_t)i * b->row_stride, d, b->bits, b->k_group,
+                               b->k_mode, tk + at * d);
+            skv_dequantize_row(b->v_par + (size_t)i * b->v_par_stride,
+                               b->v_dat + (size_t)i * b->row_stride, d, b->bits, b->v_group,
+                               b->v_mode, tv + at * d);
+            ord[at] = (kr){b->idx[i], at};
+        }
+    }
+    qsort(ord, n, sizeof *ord, kr_cmp);
+    for (uint64_t i = 0; i < n; i++) {
+        memcpy(H->rk + i * d, tk + ord[i].src * d, d * sizeof(float));
+        memcpy(H->rv + i * d, tv + ord[i].src * d, d * sizeof(float));
+        H->rpos[i] = ord[i].pos;
+    }
+    H->rn = n;
+    free(tk);
+    free(tv);
+    free(ord);
+    return 0;
+}
+
+/* rocketkv's stage 2 for query rows pos..pos+n-1 of one query head: each
+ * attends to the top 1/SKV_ROCKET_TOPK_DIV of the held tokens (the kept
+ * allocated rows and the pending ones up to itself) that skv_rocket_select
+ * picks, exactly (float64 scores and softmax); the others get probability
+ * 0. */
+static int rocket_attend(ec_cache *e, const ec_head *H, uint32_t layer, uint64_t pos, uint32_t n,
+                         const float *q, size_t q_stride, float scale, float *out,
+                         size_t out_stride, float *probs, size_t probs_stride)
+{
+    const uint32_t d = e->base.head_dim;
+    const uint64_t na = e->n_alloc, mmax = H->rn + (e->len[layer] - na);
+    const float **rows = skv_malloc((mmax + 1) * sizeof *rows);
+    const float **vals = skv_malloc((mmax + 1) * sizeof *vals);
+    uint64_t *rp = skv_malloc((mmax + 1) * sizeof *rp), *sel = skv_malloc((mmax + 1) * sizeof *sel);
+    double *sc = skv_malloc((mmax + 1) * sizeof *sc);
+    void *work = skv_malloc(SKV_ROCKET_WORK_BYTES(d, mmax));
+    int rc = SKV_ENOMEM;
+    if (!rows || !vals || !rp || !sel || !sc || !work)
+        goto out;
+    for (uint64_t j = 0; j < H->rn; j++) {
+        rows[j] = H->rk + j * d;
+        vals[j] = H->rv + j * d;
+        rp[j] = H->rpos[j];
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const uint64_t qp = pos + i;
+        uint64_t m = H->rn;
+        for (uint64_t t = na; t <= qp; t++, m++) {
+            rows[m] = H->tk + (t - na) * d;
+            vals[m] = H->tv + (t - na) * d;
+            rp[m] = t;
+        }
+        const float *qi = q + i * q_stride;
+        uint64_t k = (m + SKV_ROCKET_TOPK_DIV - 1) / SKV_ROCKET_TOPK_DIV;
+        uint64_t ns = skv_rocket_select(qi, d, rows, m, k, SKV_ROCKET_TOPR(d), SKV_ROCKET_PAGE,
+                                        sel, work);
+        double mx = -INFINITY, z = 0;
+        for (uint64_t a = 0; a < ns; a++) {
+            const float *kr_ = rows[sel[a]];
+            double s = 0;
+            for (uint32_t c = 0; c < d; c++)
+                s += (double)qi[c] * kr_[c];
+            sc[a] = s * scale;
+            mx = sc[a] > mx ? sc[a] : mx;
+        }
+        for (uint64_t a = 0; a < ns; a++)
+            z += (sc[a] = exp(sc[a] - mx));
+        float *o = out + i * out_stride, *pr = probs + i * probs_stride;
+        memset(pr, 0, (size_t)(pos + n) * sizeof(float));
+        double acc[SKV_MAX_HEAD_DIM] = {0};
+        for (uint64_t a = 0; a < ns; a++) {
+            double p = sc[a] / z;
+            pr[rp[sel[a]]] = (float)p;
+            for (uint32_t c = 0; c < d; c++)
+                acc[c] += p * vals[sel[a]][c];
+        }
+        for (uint32_t c = 0; c < d; c++)
+            o[c] = (float)acc[c];
+    }
+    rc = 0;
+out:
+    free(rows);
+    free(vals);
+    free(rp);
+    free(sel);
+    free(sc);
+    free(work);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- realloc */
@@ -593,6 +746,21 @@ int skv_ec_realloc(skv_kv_cache *cc)
         for (uint32_t h = 0; h < KH; h++) {
             ec_head *H = head_at(e, l, h);
             skv_alloc_token_errors(q, H->tk, H->tv, T - old, H->err + old * SKV_NBITS);
+            if (e->gram) { /* uncomp: the keys' matrix entropy, every key so far */
+                const uint32_t d = c->head_dim;
+                size_t u = (size_t)l * KH + h;
+                float *g = e->gram + u * SKV_GRAM_LEN(d);
+                double he;
+                skv_gram_add(g, &e->gram_n[u], d, H->tk, T - old);
+                /* an eigen solve per head is O(d^3): redone only when the
+                 * keys grew by an eighth since the last one */
+                if (!e->gram_at[u] || e->gram_n[u] >= e->gram_at[u] + e->gram_at[u] / 8 + 1) {
+                    if ((rc = skv_matrix_entropy(g, e->gram_n[u], d, &he)) < 0)
+                        return rc;
+                    e->s_kent[u] = (float)he;
+                    e->gram_at[u] = e->gram_n[u];
+                }
+            }
             for (uint64_t t = old; t < T; t++)
                 H->bits[t] = 16;  /* pending rows are fp16 */
         }
@@ -641,7 +809,7 @@ int skv_ec_realloc(skv_kv_cache *cc)
             }
     }
     skv_alloc_problem P = {L, KH, T, e->s_imp, e->s_err, ent,
-                           e->cfg.ideal ? NULL : e->s_stored};
+                           e->cfg.ideal ? NULL : e->s_stored, e->gram ? e->s_kent : NULL};
     skv_alloc_cfg ac = e->cfg.alloc;
     ac.seed = e->cfg.alloc.seed + e->st.n_realloc;
     unsigned pf = skv_policy_flags(ac.policy);
@@ -666,6 +834,8 @@ int skv_ec_realloc(skv_kv_cache *cc)
             /* rebuild_head needs the old widths of allocated tokens; pending
              * ones were marked 16 above but live in the tail */
             if ((rc = rebuild_head(e, l, h, e->s_bits + ((size_t)l * KH + h) * T, T, old)) < 0)
+                return rc;
+            if (e->rocket && (rc = rocket_refresh(e, l, h)) < 0)
                 return rc;
         }
     e->n_alloc = T;
@@ -752,10 +922,16 @@ static int ec_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
     skv_att_rows R = {c->head_dim, H->n_parts, H->bk, H->tk, H->tv, e->n_alloc,
                       e->len[layer] - e->n_alloc};
     uint64_t ctx = pos + n;
-    for (uint32_t i = 0; i < n; i++)
-        if ((rc = skv_attend_rows(e->cfg.kernel, &R, q + i * q_stride, 1, scale, pos + i,
-                                  out + i * out_stride, probs + i * probs_stride, 0, ctx)) < 0)
+    if (e->rocket && e->n_alloc > 0) { /* RocketKV's stage 2 after the first eviction */
+        if ((rc = rocket_attend(e, H, layer, pos, n, q, q_stride, scale, out, out_stride, probs,
+                                probs_stride)) < 0)
             return rc;
+    } else {
+        for (uint32_t i = 0; i < n; i++)
+            if ((rc = skv_attend_rows(e->cfg.kernel, &R, q + i * q_stride, 1, scale, pos + i,
+                                      out + i * out_stride, probs + i * probs_stride, 0, ctx)) < 0)
+                return rc;
+    }
     uint64_t t1 = now_ns();
     atomic_fetch_add_explicit(&e->attend_ns, t1 - t0, memory_order_relaxed);
     size_t r = (size_t)layer * c->n_heads + head;
@@ -800,12 +976,7 @@ static int ec_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
 static int ec_truncate(skv_kv_cache *c, uint64_t n)
 {
     ec_cache *e = (ec_cache *)c;
-    uint64_t mx = 0;
-    for (uint32_t l = 0; l < c->n_layers; l++)
-        mx = e->len[l] > mx ? e->len[l] : mx;
-    if (n >= mx)
-        return 0;
-    return cut_to(e, n);
+    return skv_kv_truncates(c, n, e->len) ? cut_to(e, n) : 0;
 }
 
 static void ec_destroy(skv_kv_cache *c)
@@ -821,6 +992,9 @@ static void ec_destroy(skv_kv_cache *c)
             free(H->tv);
             free(H->fk);
             free(H->fv);
+            free(H->rk);
+            free(H->rv);
+            free(H->rpos);
         }
     free(e->heads);
     free(e->len);
@@ -829,6 +1003,10 @@ static void ec_destroy(skv_kv_cache *c)
     free(e->ring_q);
     free(e->ent_sum);
     free(e->ent_cnt);
+    free(e->gram);
+    free(e->gram_n);
+    free(e->gram_at);
+    free(e->s_kent);
     free(e->s_imp);
     free(e->s_err);
     free(e->s_ent);
@@ -895,6 +1073,7 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
     e->track = compress && (pf & SKV_PF_IMPORTANCE) && !e->votes;
     e->W = e->cfg.alloc.recent ? e->cfg.alloc.recent : 1;
     e->entropy = compress && (pf & SKV_PF_ENTROPY);
+    e->rocket = compress && cfg->alloc.policy == SKV_POLICY_ROCKETKV;
     size_t nh = (size_t)n_layers * n_kv_heads, ni;
     if (!(e->len = skv_calloc(n_layers, sizeof *e->len)) ||
         !(e->heads = skv_calloc(nh, sizeof *e->heads)))
@@ -937,6 +1116,12 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
             (!(e->ent_sum = skv_calloc((size_t)n_layers * n_heads, sizeof(double))) ||
              !(e->ent_cnt = skv_calloc((size_t)n_layers * n_heads, sizeof(uint64_t))) ||
              !(e->s_ent = skv_calloc(nh, sizeof(float)))))
+            goto fail;
+        if ((pf & SKV_PF_KENTROPY) &&
+            (!(e->gram = skv_calloc(nh * SKV_GRAM_LEN(head_dim), sizeof(float))) ||
+             !(e->gram_n = skv_calloc(nh, sizeof(uint64_t))) ||
+             !(e->gram_at = skv_calloc(nh, sizeof(uint64_t))) ||
+             !(e->s_kent = skv_calloc(nh, sizeof(float)))))
             goto fail;
     }
     return &e->base;
@@ -990,6 +1175,10 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
             cnt[width_pos(16)] += pend;
             for (int w = 1; w < SKV_NBITS; w++)
                 bytes += skv_bucket_file_bytes(q, skv_bit_widths[w], cnt[w]);
+            if (e->rocket) { /* stage 2's page key bounds over every held token */
+                bytes += SKV_ROCKET_AUX(H->rn + pend, d);
+                s->mem_bytes += H->rn * d * 2 * sizeof(float); /* the dequantized copy */
+            }
             s->mem_bytes += pend * d * 2 * sizeof(float);
             if (e->cfg.ideal)
                 s->mem_bytes += (uint64_t)e->len[l] * d * 2 * sizeof(float);
@@ -1000,6 +1189,9 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
         }
     if (e->track)
         s->meta_bytes += (uint64_t)c->n_layers * c->n_heads * s->n_tokens * sizeof(float);
+    if (e->gram) /* uncomp: one Gram matrix per (layer, kv head) */
+        s->meta_bytes += (uint64_t)c->n_layers * c->n_kv_heads *
+                         (SKV_GRAM_LEN(d) * sizeof(float) + 2 * sizeof(uint64_t) + sizeof(float));
     if (e->votes) /* the window's rows */
         s->meta_bytes += (uint64_t)c->n_layers * c->n_heads *
                          (s->n_tokens < e->W ? s->n_tokens : e->W) * s->n_tokens * sizeof(float);

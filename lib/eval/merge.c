@@ -504,12 +504,7 @@ static int pm_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
 static int pm_truncate(skv_kv_cache *c, uint64_t n)
 {
     pm_cache *e = (pm_cache *)c;
-    uint64_t mx = 0;
-    for (uint32_t l = 0; l < c->n_layers; l++)
-        mx = e->len[l] > mx ? e->len[l] : mx;
-    if (n >= mx)
-        return 0;
-    return cut_to(e, n);
+    return skv_kv_truncates(c, n, e->len) ? cut_to(e, n) : 0;
 }
 
 static void pm_destroy(skv_kv_cache *c)

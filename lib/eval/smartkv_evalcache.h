@@ -120,11 +120,11 @@ typedef struct skv_ec_cfg {
     uint32_t imp_power;     /* grouped: 2 tracks the EMA of p^2 (the output error of
                                independent row errors grows with sum p_i^2 e_i^2), 1
                                (default when 0) the EMA of p */
+    uint32_t protect_bits;  /* grouped: width of the sinks and the residual, per token
+                               (16 = fp16, the default when 0; 8 or 4) */
     double recency;         /* grouped, smartkv: mass of a 1/age prior (normalized to sum
                                1 over the held tokens) added to the tracked attention,
                                which sums to 1 per query; 0 = none */
-    uint32_t protect_bits;  /* grouped: width of the sinks and the residual, per token
-                               (16 = fp16, the default when 0; 8 or 4) */
     double prior;           /* attention every token is assumed to draw, as a multiple of
                                1/T, added to the importance (grouped layout; <= 0: 0.05) */
     skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are
@@ -201,6 +201,18 @@ typedef struct skv_ec_stats {
     uint64_t evictions, recalls;   /* rows moved active -> passive, passive -> active */
     uint64_t recall_ns;     /* time in recalls (inflate and copy back) */
 } skv_ec_stats;
+
+/* RocketKV's stage 2 (rocket.c): the tokens one query attends to among m
+ * candidates rows[0..m) (key rows of d floats, position order): the top
+ * topk by the score of their page (pages of `page` candidates; the query's
+ * topr largest |q_i| dimensions against the page's fp16 key min/max).
+ * Writes their indices, ascending, to sel[] and returns their count
+ * (min(topk, m)).  work: SKV_ROCKET_WORK_BYTES(d, m) bytes. */
+#define SKV_ROCKET_DIMS_BYTES(d) ((((size_t)(d) * 4) + 15) & ~(size_t)15)
+#define SKV_ROCKET_WORK_BYTES(d, m) (SKV_ROCKET_DIMS_BYTES(d) + ((size_t)(m) + 1) * 16)
+SKV_EXPORT uint64_t skv_rocket_select(const float *q, uint32_t d, const float *const *rows,
+                                      uint64_t m, uint64_t topk, uint32_t topr, uint32_t page,
+                                      uint64_t *sel, void *work);
 
 SKV_EXPORT int skv_ec_stats_get(const skv_kv_cache *c, skv_ec_stats *s);
 SKV_EXPORT void skv_ec_stats_reset(skv_kv_cache *c);

@@ -78,6 +78,11 @@ typedef struct skv_mem {
 
 /* Account every byte of a packed cache.  Returns 0 or <0. */
 SKV_EXPORT int skv_cache_mem(const struct skv_cache *c, skv_mem *m);
+/* The same one layer at a time (skv_cache_reader): begin with the header
+ * (PKHD) read, add each layer while it is held, end to sum the kinds. */
+SKV_EXPORT int skv_mem_begin(skv_mem *m, const struct skv_cache *c);
+SKV_EXPORT void skv_mem_layer(skv_mem *m, const struct skv_cache *c, uint32_t layer);
+SKV_EXPORT void skv_mem_end(skv_mem *m);
 SKV_EXPORT void skv_mem_free(skv_mem *m);
 
 #ifdef __cplusplus

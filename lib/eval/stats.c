@@ -158,10 +158,10 @@ int skv_pareto(const double *bytes, const double *err, uint32_t n, uint8_t *on)
     return 0;
 }
 
-int skv_cache_mem(const skv_cache *c, skv_mem *m)
+int skv_mem_begin(skv_mem *m, const skv_cache *c)
 {
     memset(m, 0, sizeof *m);
-    uint32_t L = c->pk.n_layers, H = c->pk.n_kv_heads;
+    uint32_t L = c->pk.n_layers;
     m->n_layers = L;
     m->layer_rows = skv_calloc((size_t)L * SKV_NBITS, sizeof *m->layer_rows);
     m->layer_bytes = skv_calloc(L ? L : 1, sizeof *m->layer_bytes);
@@ -174,58 +174,78 @@ int skv_cache_mem(const skv_cache *c, skv_mem *m)
     uint64_t pk = skv_pkhd_file_bytes();
     m->kind[SKV_MEM_FRAMING] += SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
     m->kind[SKV_MEM_HEADERS] += pk - SKV_CHUNK_HEADER_LEN - SKV_CHUNK_CRC_LEN;
-    for (uint32_t l = 0; l < L; l++)
-        for (uint32_t h = 0; h < H; h++) {
-            const skv_cache_head *ch = skv_cache_head_at(c, l, h);
-            /* rows per width from the buckets (the reader checked them), so the
-             * time is that of the data read, not of the declared token count */
-            uint64_t evicted = c->pk.n_tokens - ch->n_stored;
-            m->layer_rows[(size_t)l * SKV_NBITS] += evicted;
-            m->width_rows[0] += evicted;
-            for (uint32_t b = 0; b < ch->n_buckets; b++) {
-                const skv_bucket *B = &ch->buckets[b];
-                int w = 0;
-                while (w < SKV_NBITS && skv_bit_widths[w] != B->bits)
-                    w++;
-                if (w < SKV_NBITS) {
-                    m->layer_rows[(size_t)l * SKV_NBITS + w] += B->n;
-                    m->width_rows[w] += B->n;
-                }
-                uint64_t n = B->n, pay = 2 * n * B->row_stride, par = n * ((uint64_t)B->k_par_stride + B->v_par_stride);
-                uint64_t idx = 4 * n, frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
-                uint64_t pad = B->payload_bytes - SKV_PBKT_HEADER_LEN - pay - par - idx;
-                m->kind[SKV_MEM_PAYLOAD] += pay;
-                m->kind[SKV_MEM_SCALES] += par;
-                m->kind[SKV_MEM_INDICES] += idx;
-                m->kind[SKV_MEM_HEADERS] += SKV_PBKT_HEADER_LEN;
-                m->kind[SKV_MEM_PADDING] += pad;
-                m->kind[SKV_MEM_FRAMING] += frame;
-                uint64_t fb = B->payload_bytes + frame;
-                if (w < SKV_NBITS) {
-                    m->width_bytes[w] += fb;
-                    m->width_chunks[w]++;
-                }
-                m->layer_bytes[l] += fb;
+    return 0;
+}
+
+void skv_mem_layer(skv_mem *m, const skv_cache *c, uint32_t l)
+{
+    uint32_t H = c->pk.n_kv_heads;
+    for (uint32_t h = 0; h < H; h++) {
+        const skv_cache_head *ch = skv_cache_head_at(c, l, h);
+        /* rows per width from the buckets (the reader checked them), so the
+         * time is that of the data read, not of the declared token count */
+        uint64_t evicted = c->pk.n_tokens - ch->n_stored;
+        m->layer_rows[(size_t)l * SKV_NBITS] += evicted;
+        m->width_rows[0] += evicted;
+        for (uint32_t b = 0; b < ch->n_buckets; b++) {
+            const skv_bucket *B = &ch->buckets[b];
+            int w = 0;
+            while (w < SKV_NBITS && skv_bit_widths[w] != B->bits)
+                w++;
+            if (w < SKV_NBITS) {
+                m->layer_rows[(size_t)l * SKV_NBITS + w] += B->n;
+                m->width_rows[w] += B->n;
             }
-            if (ch->cent) {
-                const skv_bucket *B = &ch->cent->rows;
-                uint64_t n = B->n, pay = 2 * n * B->row_stride,
-                         par = n * ((uint64_t)B->k_par_stride + B->v_par_stride), idx = 8 * n;
-                uint64_t frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
-                m->kind[SKV_MEM_PAYLOAD] += pay;
-                m->kind[SKV_MEM_SCALES] += par;
-                m->kind[SKV_MEM_INDICES] += idx;  /* last member and member count */
-                m->kind[SKV_MEM_HEADERS] += SKV_PBKT_HEADER_LEN;
-                m->kind[SKV_MEM_PADDING] += B->payload_bytes - SKV_PBKT_HEADER_LEN - pay - par - idx;
-                m->kind[SKV_MEM_FRAMING] += frame;
-                m->centroids += n;
-                m->centroid_bytes += B->payload_bytes + frame;
-                m->centroid_chunks++;
-                m->layer_bytes[l] += B->payload_bytes + frame;
+            uint64_t n = B->n, pay = 2 * n * B->row_stride, par = n * ((uint64_t)B->k_par_stride + B->v_par_stride);
+            uint64_t idx = 4 * n, frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
+            uint64_t pad = B->payload_bytes - SKV_PBKT_HEADER_LEN - pay - par - idx;
+            m->kind[SKV_MEM_PAYLOAD] += pay;
+            m->kind[SKV_MEM_SCALES] += par;
+            m->kind[SKV_MEM_INDICES] += idx;
+            m->kind[SKV_MEM_HEADERS] += SKV_PBKT_HEADER_LEN;
+            m->kind[SKV_MEM_PADDING] += pad;
+            m->kind[SKV_MEM_FRAMING] += frame;
+            uint64_t fb = B->payload_bytes + frame;
+            if (w < SKV_NBITS) {
+                m->width_bytes[w] += fb;
+                m->width_chunks[w]++;
             }
+            m->layer_bytes[l] += fb;
         }
+        if (ch->cent) {
+            const skv_bucket *B = &ch->cent->rows;
+            uint64_t n = B->n, pay = 2 * n * B->row_stride,
+                     par = n * ((uint64_t)B->k_par_stride + B->v_par_stride), idx = 8 * n;
+            uint64_t frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
+            m->kind[SKV_MEM_PAYLOAD] += pay;
+            m->kind[SKV_MEM_SCALES] += par;
+            m->kind[SKV_MEM_INDICES] += idx;  /* last member and member count */
+            m->kind[SKV_MEM_HEADERS] += SKV_PBKT_HEADER_LEN;
+            m->kind[SKV_MEM_PADDING] += B->payload_bytes - SKV_PBKT_HEADER_LEN - pay - par - idx;
+            m->kind[SKV_MEM_FRAMING] += frame;
+            m->centroids += n;
+            m->centroid_bytes += B->payload_bytes + frame;
+            m->centroid_chunks++;
+            m->layer_bytes[l] += B->payload_bytes + frame;
+        }
+    }
+}
+
+void skv_mem_end(skv_mem *m)
+{
+    m->total = 0;
     for (int k = 0; k < SKV_MEM_NKINDS; k++)
         m->total += m->kind[k];
+}
+
+int skv_cache_mem(const skv_cache *c, skv_mem *m)
+{
+    int rc = skv_mem_begin(m, c);
+    if (rc < 0)
+        return rc;
+    for (uint32_t l = 0; l < c->pk.n_layers; l++)
+        skv_mem_layer(m, c, l);
+    skv_mem_end(m);
     return 0;
 }
 

@@ -47,6 +47,7 @@ const char *skv_stream_name(const skv_stream *s) { return s->name; }
 #define HEAD_BYTES (SKV_SIGNATURE_LEN + SKV_CHUNK_HEADER_LEN + HEAD_PAYLOAD_LEN + SKV_CHUNK_CRC_LEN)
 uint64_t skv_stream_offset(const skv_stream *s) { return s->offset + (s->head_pending ? HEAD_BYTES : 0); }
 uint64_t skv_stream_chunks(const skv_stream *s) { return s->nchunks + (s->head_pending ? 1 : 0); }
+int skv_stream_failed(const skv_stream *s) { return s->failed; }
 int skv_stream_level(const skv_stream *s) { return s->level; }
 void skv_stream_version(const skv_stream *s, int *major, int *minor)
 {

@@ -125,6 +125,9 @@ SKV_EXPORT uint64_t skv_stream_offset(const skv_stream *s);   /* bytes read/writ
 SKV_EXPORT uint64_t skv_stream_chunks(const skv_stream *s);   /* chunks read/written so far */
 SKV_EXPORT void skv_stream_version(const skv_stream *s, int *major, int *minor);
 SKV_EXPORT int skv_stream_level(const skv_stream *s);         /* compression level, <0 none */
+/* Has a write to s failed?  (Tells a tool whether an error is its output's
+ * or its input's.) */
+SKV_EXPORT int skv_stream_failed(const skv_stream *s);
 
 /* Little-endian field access used by every chunk codec. */
 static inline uint16_t skv_get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }

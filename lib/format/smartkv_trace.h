@@ -168,6 +168,10 @@ typedef struct skv_trace_reader {
  * TRHD too.  Returns NULL on error. */
 SKV_EXPORT skv_trace_reader *skv_trace_reader_open(const char *path, skv_chunk_fn other,
                                                    void *ctx);
+/* The same over a stream opened for reading (positioned after HEAD); the
+ * reader owns s from then on, also when it fails. */
+SKV_EXPORT skv_trace_reader *skv_trace_reader_open_stream(skv_stream *s, skv_chunk_fn other,
+                                                          void *ctx);
 /* Returns 1 with *layer filled, 0 after the last layer once the rest of the
  * stream and its DONE chunk have been read and verified, <0 on error.  If
  * layer->q is NULL on entry the buffers are allocated and grow as the rows

@@ -554,14 +554,20 @@ static int is_trace_chunk(const skv_chunk *c)
 
 skv_trace_reader *skv_trace_reader_open(const char *path, skv_chunk_fn other, void *ctx)
 {
+    skv_stream *s = skv_open_read(path);
+    return s ? skv_trace_reader_open_stream(s, other, ctx) : NULL;
+}
+
+skv_trace_reader *skv_trace_reader_open_stream(skv_stream *s, skv_chunk_fn other, void *ctx)
+{
     skv_trace_reader *r = skv_calloc(1, sizeof *r);
-    if (!r)
+    if (!r) {
+        skv_close(s);
         return NULL;
+    }
     r->other = other;
     r->other_ctx = ctx;
-    r->s = skv_open_read(path);
-    if (!r->s)
-        goto fail;
+    r->s = s;
     skv_chunk c;
     int rc;
     for (;;) {

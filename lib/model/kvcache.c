@@ -44,6 +44,14 @@ int skv_kv_attend_check(const skv_kv_cache *c, uint32_t layer, uint32_t head, ui
     return 0;
 }
 
+int skv_kv_truncates(const skv_kv_cache *c, uint64_t n, const uint64_t *len)
+{
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        if (len[l] > n)
+            return 1;
+    return 0;
+}
+
 static int dense_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
                         const float *v)
 {

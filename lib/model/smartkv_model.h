@@ -129,6 +129,9 @@ SKV_EXPORT int skv_kv_append_check(const skv_kv_cache *c, uint32_t layer, uint64
  * Returns 0 or <0 (message set). */
 SKV_EXPORT int skv_kv_attend_check(const skv_kv_cache *c, uint32_t layer, uint32_t head,
                                    uint64_t pos, uint32_t n, const uint64_t *len);
+/* Whether truncating to n positions drops anything some layer holds (len:
+ * positions held per layer): 1 if so, 0 if not. */
+SKV_EXPORT int skv_kv_truncates(const skv_kv_cache *c, uint64_t n, const uint64_t *len);
 
 /* ---- Evaluation ---- */
 
@@ -164,6 +167,18 @@ SKV_EXPORT skv_kv_cache *skv_session_cache(skv_session *s);
  * it.  Returns 0 or <0 (position beyond the cache, bad token id, ...). */
 SKV_EXPORT int skv_session_eval(skv_session *s, const int32_t *tokens, uint32_t n, float *logits,
                                 int logits_mode);
+
+/* RazorAttention's head scores (induction.c): run n distinct random token
+ * ids (drawn from [n_vocab/16, n_vocab) with seed) twice and score every
+ * (layer, query head) by its mean attention, over the n queries of the
+ * second copy, to the token after the earlier occurrence (induction[L][H])
+ * and to the earlier occurrence itself (echo[L][H]).  0 or <0 (message). */
+SKV_EXPORT int skv_induction_scores(skv_model *m, uint32_t n, uint64_t seed, float *induction,
+                                    float *echo);
+/* The sums behind them for rows pos..pos+rows-1 of one head (probs as the
+ * attention hook gets them): adds to *induction and *echo. */
+SKV_EXPORT void skv_induction_rows(uint32_t n, uint64_t pos, uint32_t rows, const float *probs,
+                                   size_t stride, double *induction, double *echo);
 
 SKV_EXPORT int32_t skv_argmax(const float *v, uint32_t n);
 /* log-softmax probability of id under logits (natural log). */

@@ -2,10 +2,13 @@
  * reader, and the way back to a plain trace. */
 #include "smartkv_cache.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* ---- chunk lists ---- */
 
@@ -365,6 +368,11 @@ static int count_widths(const uint8_t *bits, uint64_t n, uint64_t cnt[SKV_NBITS]
 int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes)
 {
     uint64_t total = skv_pkhd_file_bytes(), cnt[SKV_NBITS];
+    if (!p->bits) { /* every token at p->uniform */
+        *bytes = total + (uint64_t)p->n_layers * p->n_kv_heads *
+                             skv_bucket_file_bytes(&p->q, p->uniform, p->n_tokens);
+        return 0;
+    }
     for (uint32_t l = 0; l < p->n_layers; l++)
         for (uint32_t h = 0; h < p->n_kv_heads; h++) {
             const uint8_t *b = p->bits + ((size_t)l * p->n_kv_heads + h) * p->n_tokens;
@@ -418,6 +426,25 @@ int skv_cache_input_load(const char *path, skv_trace **out, skv_chunk_list *extr
 }
 
 /* ---- writer ---- */
+
+int skv_trace_check_values(const skv_trace *t)
+{
+    const skv_trace_hdr *h = &t->hdr;
+    const size_t per = (size_t)h->n_tokens * h->head_dim;
+    int rc = 0;
+    for (uint32_t l = 0; rc == 0 && l < h->n_layers; l++) {
+        for (uint32_t i = 0; rc == 0 && i < h->n_heads; i++)
+            rc = skv_trace_values_check(SKV_TK_Q, l, i, 0, h->n_tokens, h->head_dim,
+                                        t->q[l] + i * per);
+        for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+            rc = skv_trace_values_check(SKV_TK_K, l, i, 0, h->n_tokens, h->head_dim,
+                                        t->k[l] + i * per);
+        for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+            rc = skv_trace_values_check(SKV_TK_V, l, i, 0, h->n_tokens, h->head_dim,
+                                        t->v[l] + i * per);
+    }
+    return rc;
+}
 
 typedef struct cent_ord {
     uint32_t last, j;
@@ -486,45 +513,62 @@ static int write_centroids(skv_stream *s, const skv_cache_plan *p, uint32_t l, u
     return rc;
 }
 
-int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
-                    const skv_chunk_list *pass, unsigned flags, skv_cache_stats *st)
+/* One cache being written: the header as written, the plan, and the
+ * scratch buffers reused from layer to layer. */
+typedef struct cwriter {
+    skv_stream *s;
+    const skv_cache_plan *p;
+    skv_trace_hdr h;
+    unsigned flags;
+    skv_cache_stats *st;
+    uint64_t model;
+    uint32_t *order;        /* allocated with the first layer: never for a header alone */
+    uint8_t *row;           /* a uniform plan's widths of one head */
+    uint8_t *buf;
+    size_t bufcap;
+} cwriter;
+
+static int cw_begin(cwriter *w, skv_stream *s, const skv_trace_hdr *th, const int32_t *tokens,
+                    const skv_cache_plan *p, const skv_chunk_list *pass, unsigned flags,
+                    skv_cache_stats *st)
 {
-    const skv_trace_hdr *th = &t->hdr;
     int rc;
+    memset(w, 0, sizeof *w);
     if (p->n_layers != th->n_layers || p->n_kv_heads != th->n_kv_heads ||
         p->n_tokens != th->n_tokens || p->q.head_dim != th->head_dim)
         return skv_error(SKV_EINVAL, "the plan's shape differs from the trace's");
     if ((rc = skv_qcfg_check(&p->q)) < 0)
         return rc;
-    skv_cache_stats local;
-    if (!st)
-        st = &local;
     memset(st, 0, sizeof *st);
-
     skv_pkhd pk = {.q = p->q, .n_layers = th->n_layers, .n_kv_heads = th->n_kv_heads,
                    .n_tokens = th->n_tokens};
     pk.fp16_bytes = skv_fp16_kv_bytes(th->n_layers, th->n_kv_heads, th->n_tokens, th->head_dim);
     if ((rc = skv_cache_plan_bytes(p, &pk.cache_bytes)) < 0)
         return rc;
-    const size_t T = (size_t)th->n_tokens, d = th->head_dim;
-    for (size_t i = 0; i < (size_t)th->n_layers * th->n_kv_heads * T; i++)
+    const size_t T = (size_t)th->n_tokens;
+    if (!p->bits)
+        pk.n_stored = (uint64_t)th->n_layers * th->n_kv_heads * T;
+    for (size_t i = 0; p->bits && i < (size_t)th->n_layers * th->n_kv_heads * T; i++)
         pk.n_stored += p->bits[i] != 0;
     if (p->from_alloc && p->alloc_bytes != pk.cache_bytes)
         return skv_error(SKV_EFORMAT, "the allocation predicts %llu cache bytes but the "
                          "packed cache takes %llu (skv-alloc and skv-quant disagree on the "
                          "byte model)", (unsigned long long)p->alloc_bytes,
                          (unsigned long long)pk.cache_bytes);
-
-    skv_trace_hdr h = *th;
-    h.flags |= SKV_TRACE_PACKED;
+    w->s = s;
+    w->p = p;
+    w->h = *th;
+    w->flags = flags;
+    w->st = st;
+    w->model = pk.cache_bytes;
+    w->h.flags |= SKV_TRACE_PACKED;
     if (flags & SKV_CACHE_DROP_QUERIES)
-        h.flags |= SKV_TRACE_NO_QUERIES;
-    if ((rc = skv_trhd_write(s, &h)) < 0)
-        return rc;
-    if ((h.flags & SKV_TRACE_HAS_TOKENS) && !t->tokens)
+        w->h.flags |= SKV_TRACE_NO_QUERIES;
+    if ((w->h.flags & SKV_TRACE_HAS_TOKENS) && !tokens)
         return skv_error(SKV_EINVAL, "the trace header flags token ids the trace does not hold");
-    if ((h.flags & SKV_TRACE_HAS_TOKENS) &&
-        (rc = skv_toks_write(s, 0, h.n_tokens, t->tokens)) < 0)
+    if ((rc = skv_trhd_write(s, &w->h)) < 0)
+        return rc;
+    if ((w->h.flags & SKV_TRACE_HAS_TOKENS) && (rc = skv_toks_write(s, 0, T, tokens)) < 0)
         return rc;
     if ((rc = skv_chunk_list_write(s, pass)) < 0)
         return rc;
@@ -532,79 +576,355 @@ int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
     if ((rc = skv_pkhd_write(s, &pk)) < 0)
         return rc;
     st->cache_bytes += skv_stream_offset(s) - before;
+    return 0;
+}
 
-    uint32_t *order = skv_malloc((T ? T : 1) * sizeof(uint32_t));
-    uint8_t *buf = NULL;
-    size_t bufcap = 0;
-    if (!order)
-        return SKV_ENOMEM;
-    for (uint32_t l = 0; l < h.n_layers && rc == 0; l++) {
-        if (!(flags & SKV_CACHE_DROP_QUERIES))
-            for (uint32_t i = 0; i < h.n_heads && rc == 0; i++)
-                rc = skv_tens_write(s, SKV_TK_Q, h.dtype, l, i, 0, T, (uint32_t)d,
-                                    t->q[l] + i * T * d);
-        for (uint32_t kh = 0; kh < h.n_kv_heads && rc == 0; kh++) {
-            const uint8_t *bits = p->bits + ((size_t)l * h.n_kv_heads + kh) * T;
-            uint64_t cnt[SKV_NBITS], start[SKV_NBITS], pos[SKV_NBITS];
-            if ((rc = count_widths(bits, T, cnt, l, kh)) < 0)
-                break;
-            /* counting sort: token indices grouped by width, ascending within */
-            start[0] = 0;
-            for (int w = 1; w < SKV_NBITS; w++)
-                start[w] = start[w - 1] + cnt[w - 1];
-            memcpy(pos, start, sizeof pos);
-            for (size_t tk = 0; tk < T; tk++)
-                order[pos[width_index(bits[tk])]++] = (uint32_t)tk;
-            for (int w = 1; w < SKV_NBITS; w++)
-                st->hist[w] += cnt[w];
-            st->hist[0] += cnt[0];
-            const float *K = t->k[l] + (size_t)kh * T * d, *V = t->v[l] + (size_t)kh * T * d;
-            for (int w = 1; w < SKV_NBITS && rc == 0; w++) {
-                uint32_t bw = skv_bit_widths[w];
-                uint64_t max = skv_pbkt_max_tokens(&p->q, bw);
-                for (uint64_t done = 0, part = 0; done < cnt[w] && rc == 0; part++) {
-                    uint64_t n = cnt[w] - done < max ? cnt[w] - done : max;
-                    uint64_t size = skv_pbkt_payload_bytes(&p->q, bw, n);
-                    if (size > bufcap) {
-                        uint8_t *nb = skv_realloc(buf, (size_t)size);
-                        if (!nb) {
-                            rc = SKV_ENOMEM;
-                            break;
-                        }
-                        buf = nb;
-                        bufcap = (size_t)size;
-                    }
-                    rc = skv_pbkt_encode(buf, size, &p->q, l, kh, bw, (uint32_t)part,
-                                         order + start[w] + done, (uint32_t)n, K, V);
-                    if (rc < 0)
-                        break;
-                    before = skv_stream_offset(s);
-                    if ((rc = skv_write(s, SKV_T_PBKT, buf, size)) < 0)
-                        break;
-                    st->cache_bytes += skv_stream_offset(s) - before;
-                    st->n_pbkt++;
-                    done += n;
-                }
-            }
-            if (rc == 0 && p->merge_clusters && cnt[0]) {
-                before = skv_stream_offset(s);
-                rc = write_centroids(s, p, l, kh, order, cnt[0], K, V);
-                st->cache_bytes += skv_stream_offset(s) - before;
-            }
-        }
-    }
-    free(order);
-    free(buf);
+/* Layer l: its queries (unless dropped), then the buckets of each kv head.
+ * q is [n_heads][T][d], k and v [n_kv_heads][T][d]. */
+static int cw_layer(cwriter *w, uint32_t l, const float *q, const float *k, const float *v)
+{
+    const skv_trace_hdr *h = &w->h;
+    const skv_cache_plan *p = w->p;
+    skv_cache_stats *st = w->st;
+    const size_t T = (size_t)h->n_tokens, d = h->head_dim;
+    int rc = 0;
+    /* skv-alloc's rule: every value, not only the rows the plan stores, so
+     * that both tools accept the same traces */
+    for (uint32_t i = 0; q && rc == 0 && i < h->n_heads; i++)
+        rc = skv_trace_values_check(SKV_TK_Q, l, i, 0, h->n_tokens, h->head_dim, q + i * T * d);
+    for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+        rc = skv_trace_values_check(SKV_TK_K, l, i, 0, h->n_tokens, h->head_dim, k + i * T * d);
+    for (uint32_t i = 0; rc == 0 && i < h->n_kv_heads; i++)
+        rc = skv_trace_values_check(SKV_TK_V, l, i, 0, h->n_tokens, h->head_dim, v + i * T * d);
     if (rc < 0)
         return rc;
-    st->model_bytes = pk.cache_bytes;
-    st->fp16_bytes = pk.fp16_bytes;
-    st->stream_bytes = skv_stream_offset(s);
-    if (skv_stream_level(s) < 0 && st->cache_bytes != st->model_bytes)
+    if (!w->order && !(w->order = skv_malloc((T ? T : 1) * sizeof(uint32_t))))
+        return SKV_ENOMEM;
+    if (!p->bits && !w->row) {
+        if (!(w->row = skv_malloc(T ? T : 1)))
+            return SKV_ENOMEM;
+        memset(w->row, (int)p->uniform, T);
+    }
+    if (!(w->flags & SKV_CACHE_DROP_QUERIES))
+        for (uint32_t i = 0; i < h->n_heads && rc == 0; i++)
+            rc = skv_tens_write(w->s, SKV_TK_Q, h->dtype, l, i, 0, T, (uint32_t)d, q + i * T * d);
+    for (uint32_t kh = 0; kh < h->n_kv_heads && rc == 0; kh++) {
+        const uint8_t *bits = p->bits ? p->bits + ((size_t)l * h->n_kv_heads + kh) * T : w->row;
+        uint64_t cnt[SKV_NBITS], start[SKV_NBITS], pos[SKV_NBITS];
+        if ((rc = count_widths(bits, T, cnt, l, kh)) < 0)
+            break;
+        /* counting sort: token indices grouped by width, ascending within */
+        start[0] = 0;
+        for (int wi = 1; wi < SKV_NBITS; wi++)
+            start[wi] = start[wi - 1] + cnt[wi - 1];
+        memcpy(pos, start, sizeof pos);
+        for (size_t tk = 0; tk < T; tk++)
+            w->order[pos[width_index(bits[tk])]++] = (uint32_t)tk;
+        for (int wi = 0; wi < SKV_NBITS; wi++)
+            st->hist[wi] += cnt[wi];
+        const float *K = k + (size_t)kh * T * d, *V = v + (size_t)kh * T * d;
+        for (int wi = 1; wi < SKV_NBITS && rc == 0; wi++) {
+            uint32_t bw = skv_bit_widths[wi];
+            uint64_t max = skv_pbkt_max_tokens(&p->q, bw);
+            for (uint64_t done = 0, part = 0; done < cnt[wi] && rc == 0; part++) {
+                uint64_t n = cnt[wi] - done < max ? cnt[wi] - done : max;
+                uint64_t size = skv_pbkt_payload_bytes(&p->q, bw, n);
+                if (size > w->bufcap) {
+                    uint8_t *nb = skv_realloc(w->buf, (size_t)size);
+                    if (!nb)
+                        return SKV_ENOMEM;
+                    w->buf = nb;
+                    w->bufcap = (size_t)size;
+                }
+                rc = skv_pbkt_encode(w->buf, size, &p->q, l, kh, bw, (uint32_t)part,
+                                     w->order + start[wi] + done, (uint32_t)n, K, V);
+                if (rc < 0)
+                    break;
+                uint64_t before = skv_stream_offset(w->s);
+                if ((rc = skv_write(w->s, SKV_T_PBKT, w->buf, size)) < 0)
+                    break;
+                st->cache_bytes += skv_stream_offset(w->s) - before;
+                st->n_pbkt++;
+                done += n;
+            }
+        }
+        if (rc == 0 && p->merge_clusters && cnt[0]) {
+            uint64_t before = skv_stream_offset(w->s);
+            rc = write_centroids(w->s, p, l, kh, w->order, cnt[0], K, V);
+            st->cache_bytes += skv_stream_offset(w->s) - before;
+        }
+    }
+    return rc < 0 ? rc : 0;
+}
+
+static int cw_end(cwriter *w)
+{
+    skv_cache_stats *st = w->st;
+    st->model_bytes = w->model;
+    st->fp16_bytes = skv_fp16_kv_bytes(w->h.n_layers, w->h.n_kv_heads, w->h.n_tokens,
+                                       w->h.head_dim);
+    st->stream_bytes = skv_stream_offset(w->s);
+    if (skv_stream_level(w->s) < 0 && st->cache_bytes != st->model_bytes)
         return skv_error(SKV_EFORMAT, "internal error: wrote %llu cache bytes, the byte model "
                          "says %llu", (unsigned long long)st->cache_bytes,
                          (unsigned long long)st->model_bytes);
     return 0;
+}
+
+static void cw_free(cwriter *w)
+{
+    free(w->order);
+    free(w->row);
+    free(w->buf);
+    w->order = NULL;
+    w->row = NULL;
+    w->buf = NULL;
+}
+
+int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
+                    const skv_chunk_list *pass, unsigned flags, skv_cache_stats *st)
+{
+    skv_cache_stats local;
+    cwriter w;
+    int rc = cw_begin(&w, s, &t->hdr, t->tokens, p, pass, flags, st ? st : &local);
+    for (uint32_t l = 0; rc == 0 && l < t->hdr.n_layers; l++)
+        rc = cw_layer(&w, l, t->q[l], t->k[l], t->v[l]);
+    if (rc == 0)
+        rc = cw_end(&w);
+    cw_free(&w);
+    return rc;
+}
+
+/* ---- streaming quantizer ---- */
+
+/* Pass 2: chunks that are not part of the trace. */
+typedef struct qpass {
+    skv_stream *out;
+    int started;            /* the header is written: ancillary chunks go straight out */
+    int uniform;            /* an input allocation is checked, not used */
+    skv_chunk_list pending; /* ancillary chunks before the header was written */
+    skv_chunk_list alloc;   /* with uniform: the input's allocation, checked at the end */
+} qpass;
+
+static int qpass_chunk(void *ctx, const skv_chunk *c)
+{
+    qpass *x = ctx;
+    if (skv_chunk_is(c, SKV_T_ALHD) || skv_chunk_is(c, SKV_T_ALOC))
+        return x->uniform ? skv_chunk_list_add(&x->alloc, c) : 0; /* read in pass 1 */
+    if (skv_chunk_is(c, SKV_T_PKHD) || skv_chunk_is(c, SKV_T_PBKT))
+        return skv_error(SKV_EFORMAT, "%s chunk at byte %llu: the input is already a packed "
+                         "cache", c->type, (unsigned long long)c->offset);
+    if (skv_chunk_is_critical(c->type))
+        return skv_error(SKV_EUNSUP, "unknown critical chunk %s at byte %llu", c->type,
+                         (unsigned long long)c->offset);
+    return x->started ? skv_copy_chunk(x->out, c) : skv_chunk_list_add(&x->pending, c);
+}
+
+/* Pass 1: the allocation chunks (and the header, to check them against),
+ * copying every chunk to the spool when there is one. */
+static int quant_pass1(skv_stream *in, const skv_chunk *first, skv_stream *spool,
+                       skv_trace_hdr *h, skv_chunk_list *alloc)
+{
+    int rc, have = 0;
+    skv_chunk c;
+    for (int i = 0;; i++) {
+        if (i == 0 && first)
+            c = *first;
+        else if ((rc = skv_read(in, &c)) <= 0)
+            break;
+        if (skv_chunk_is(&c, SKV_T_TRHD) && !have) {
+            if ((rc = skv_trhd_decode(&c, h)) < 0)
+                return rc;
+            have = 1;
+        } else if (skv_chunk_is(&c, SKV_T_ALHD) || skv_chunk_is(&c, SKV_T_ALOC)) {
+            if ((rc = skv_chunk_list_add(alloc, &c)) < 0)
+                return rc;
+        }
+        if (spool && (rc = skv_copy_chunk(spool, &c)) < 0)
+            return skv_error(rc, "temporary copy of the input: %s", skv_errmsg());
+    }
+    if (rc < 0)
+        return rc;
+    if (!have)
+        return skv_error(SKV_EFORMAT, "no trace header (TRHD) in stream");
+    if (h->flags & (SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES))
+        return skv_error(SKV_EFORMAT, "this stream holds a packed cache, not a trace");
+    return 0;
+}
+
+/* An unlinked temporary file in $TMPDIR (nothing to clean up on a signal). */
+static int spool_fd(void)
+{
+    const char *td = getenv("TMPDIR");
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s/skv-spool.XXXXXX", td && *td ? td : "/tmp");
+    int fd = mkstemp(tmp);
+    if (fd < 0)
+        return skv_error(SKV_EIO, "cannot create a temporary file in %s: %s",
+                         td && *td ? td : "/tmp", strerror(errno));
+    unlink(tmp);
+    return fd;
+}
+
+static int is_regular(const char *path)
+{
+    struct stat st;
+    return path && strcmp(path, "-") != 0 && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int skv_cache_quantize(skv_stream *in, const skv_chunk *first, const char *path,
+                       skv_stream *out, const skv_quantize_opts *o, skv_cache_plan *plan,
+                       skv_cache_stats *st)
+{
+    int rc = 0, fd = -1;
+    skv_chunk_list alloc = {0}, pass = {0};
+    qpass x = {.out = out, .uniform = o->uniform != 0};
+    skv_stream *s2 = NULL;
+    skv_trace_reader *r = NULL;
+    skv_layer L = {0};
+    char name[256] = "";
+    cwriter w;
+    memset(&w, 0, sizeof w);
+    memset(plan, 0, sizeof *plan);
+    skv_cache_stats local;
+    if (!st)
+        st = &local;
+    if (!o->uniform) {
+        /* the allocation follows the last layer: read the input once for
+         * it, then again for the layers (a file is reopened, a pipe is
+         * copied to a temporary file on the way) */
+        skv_trace_hdr h;
+        skv_stream *spool = NULL;
+        int reg = is_regular(path);
+        if (!reg) {
+            if ((fd = spool_fd()) < 0)
+                return fd;
+            if (!(spool = skv_open_write_fd(fd, "(temporary copy)", SKV_LEVEL_KEEP))) {
+                rc = SKV_EIO;
+                goto done;
+            }
+        }
+        rc = quant_pass1(in, first, spool, &h, &alloc);
+        if (rc == 0 && o->progress) /* the reading is over (before its file is closed) */
+            o->progress(o->progress_ctx, 0, h.n_layers);
+        snprintf(name, sizeof name, "%s", skv_stream_name(in));
+        skv_close(in);
+        in = NULL;
+        if (spool) {
+            if (rc == 0)
+                rc = skv_close(spool);
+            else
+                skv_discard(spool);
+        }
+        if (rc == 0 && (rc = skv_cache_plan_from_chunks(plan, &h, &alloc)) < 0)
+            goto done;
+        if (rc < 0)
+            goto done;
+        if (reg) {
+            s2 = skv_open_read(path);
+        } else if (lseek(fd, 0, SEEK_SET) != 0) {
+            rc = skv_error(SKV_EIO, "temporary copy of the input: %s", strerror(errno));
+            goto done;
+        } else {
+            s2 = skv_open_fd(fd, name);
+        }
+        if (!s2) {
+            rc = SKV_EIO;
+            goto done;
+        }
+        for (size_t i = 0; i < alloc.n; i++) {
+            int aloc = !memcmp(alloc.v[i].type, SKV_T_ALOC, 4);
+            skv_chunk ch = {.raw_size = alloc.v[i].size, .size = alloc.v[i].size,
+                            .data = alloc.v[i].data};
+            memcpy(ch.type, alloc.v[i].type, 5);
+            if ((!aloc || (o->flags & SKV_CACHE_KEEP_ALLOC)) &&
+                (rc = skv_chunk_list_add(&pass, &ch)) < 0)
+                goto done;
+        }
+        skv_chunk_list_free(&alloc);
+    } else {
+        if (first) {
+            rc = skv_error(SKV_EINVAL, "skv_cache_quantize: --uniform reads from the start");
+            goto done;
+        }
+        s2 = in;
+        in = NULL;
+    }
+    r = skv_trace_reader_open_stream(s2, qpass_chunk, &x);
+    s2 = NULL;
+    if (!r) {
+        rc = SKV_EFORMAT;
+        goto done;
+    }
+    const skv_trace_hdr *h = &r->hdr;
+    if (o->uniform) {
+        skv_qcfg q = o->q;
+        q.head_dim = h->head_dim;
+        if (!q.k_group)
+            q.k_group = h->head_dim;
+        if (!q.v_group)
+            q.v_group = h->head_dim;
+        if ((rc = skv_qcfg_check(&q)) < 0)
+            goto done;
+        if (!skv_bits_valid(o->uniform) || !o->uniform) {
+            rc = skv_error(SKV_EINVAL, "width %u is not one of 2, 3, 4, 8, 16", o->uniform);
+            goto done;
+        }
+        /* no widths array: nothing the size of the header's shape before
+         * its data has been read */
+        plan->q = q;
+        plan->n_layers = h->n_layers;
+        plan->n_kv_heads = h->n_kv_heads;
+        plan->n_tokens = h->n_tokens;
+        plan->uniform = o->uniform;
+    } else if (h->n_layers != plan->n_layers || h->n_kv_heads != plan->n_kv_heads ||
+               h->n_tokens != plan->n_tokens || h->head_dim != plan->q.head_dim) {
+        rc = skv_error(SKV_EFORMAT, "the input changed between its two readings");
+        goto done;
+    }
+    for (size_t i = 0; i < x.pending.n; i++) {
+        skv_chunk ch = {.raw_size = x.pending.v[i].size, .size = x.pending.v[i].size,
+                        .data = x.pending.v[i].data};
+        memcpy(ch.type, x.pending.v[i].type, 5);
+        if ((rc = skv_chunk_list_add(&pass, &ch)) < 0)
+            goto done;
+    }
+    skv_chunk_list_free(&x.pending);
+    if ((rc = cw_begin(&w, out, h, r->tokens, plan, &pass, o->flags, st)) < 0)
+        goto done;
+    if (o->uniform && o->progress)
+        o->progress(o->progress_ctx, 0, h->n_layers);
+    x.started = 1;
+    skv_chunk_list_free(&pass);
+    for (uint32_t l = 0; l < h->n_layers; l++) {
+        rc = skv_trace_next_layer(r, &L);
+        if (rc == 0)
+            rc = skv_error(SKV_EFORMAT, "the trace ends before layer %u", l);
+        if (rc < 0 || (rc = cw_layer(&w, l, L.q, L.k, L.v)) < 0)
+            goto done;
+        if (o->progress)
+            o->progress(o->progress_ctx, l + 1, h->n_layers);
+    }
+    if ((rc = skv_trace_reader_finish(r)) < 0)
+        goto done;
+    if (o->uniform && (rc = check_alloc_chunks(h, &x.alloc, "")) < 0)
+        goto done;
+    rc = cw_end(&w);
+done:
+    skv_trace_reader_close(r);
+    skv_close(s2);
+    skv_close(in);
+    if (fd >= 0)
+        close(fd);
+    skv_layer_free(&L);
+    cw_free(&w);
+    skv_chunk_list_free(&alloc);
+    skv_chunk_list_free(&pass);
+    skv_chunk_list_free(&x.pending);
+    skv_chunk_list_free(&x.alloc);
+    if (rc < 0)
+        skv_cache_plan_free(plan);
+    return rc < 0 ? rc : 0;
 }
 
 /* ---- queries from the trace ---- */
@@ -616,11 +936,11 @@ static int ignore_chunk(void *ctx, const skv_chunk *c)
     return 0;
 }
 
-int skv_cache_queries_from(skv_cache *c, const char *path)
+skv_trace_reader *skv_cache_queries_open(const skv_cache *c, const char *path)
 {
     skv_trace_reader *r = skv_trace_reader_open(path, ignore_chunk, NULL);
     if (!r)
-        return SKV_EIO;
+        return NULL;
     const skv_trace_hdr *h = &r->hdr, *ch = &c->hdr;
     int rc = 0;
     if (h->flags & (SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES))
@@ -642,8 +962,22 @@ int skv_cache_queries_from(skv_cache *c, const char *path)
                                r->tokens[t], c->tokens[t]);
                 break;
             }
+    if (rc < 0) {
+        skv_trace_reader_close(r);
+        return NULL;
+    }
+    return r;
+}
+
+int skv_cache_queries_from(skv_cache *c, const char *path)
+{
+    skv_trace_reader *r = skv_cache_queries_open(c, path);
+    if (!r)
+        return SKV_EFORMAT;
+    const skv_trace_hdr *h = &r->hdr, *ch = &c->hdr;
+    int rc = 0;
     float **q = NULL;
-    if (rc == 0 && !(q = skv_calloc(h->n_layers, sizeof *q)))
+    if (!(q = skv_calloc(h->n_layers, sizeof *q)))
         rc = SKV_ENOMEM;
     for (uint32_t l = 0; rc == 0 && l < h->n_layers; l++) {
         skv_layer L = {0};
@@ -678,35 +1012,41 @@ int skv_cache_queries_from(skv_cache *c, const char *path)
 
 /* ---- reader ---- */
 
+static void cent_free(skv_cache_head *h)
+{
+    if (h->cent) {
+        free(h->cent->mem);
+        free(h->cent->bias);
+        free(h->cent);
+        h->cent = NULL;
+    }
+}
+
 void skv_cache_free(skv_cache *c)
 {
     if (!c)
         return;
-    if (c->heads) {
-        size_t nh = (size_t)c->pk.n_layers * c->pk.n_kv_heads;
-        for (size_t i = 0; i < nh; i++) {
-            skv_cache_head *h = &c->heads[i];
+    for (uint32_t l = 0; c->layers && l < c->pk.n_layers; l++) {
+        if (c->layers[l] == c->empty)
+            continue;
+        for (uint32_t kh = 0; kh < c->pk.n_kv_heads; kh++) {
+            skv_cache_head *h = &c->layers[l][kh];
             for (uint32_t b = 0; b < h->n_buckets; b++)
                 free(h->owned[b]);
             free(h->owned);
             free(h->buckets);
-            if (h->cent) {
-                free(h->cent->mem);
-                free(h->cent->bias);
-                free(h->cent);
-            }
-            if (h->bits != c->zero_bits)
-                free(h->bits);
+            cent_free(h);
         }
-        free(c->heads);
+        free(c->layers[l]);
     }
+    free(c->layers);
+    free(c->empty);
     if (c->q) {
         for (uint32_t l = 0; l < c->pk.n_layers; l++)
             free(c->q[l]);
         free(c->q);
     }
     free(c->tokens);
-    free(c->zero_bits);
     skv_chunk_list_free(&c->extra);
     free(c);
 }
@@ -720,7 +1060,38 @@ typedef struct {
     size_t tcap, qcap;      /* bytes allocated of tokens and of q[ql] so far */
     int have_pbkt;          /* a PBKT was read: key of the last one */
     uint32_t pl, ph, pw, ppart, pn, plast;
+    uint64_t rel_bytes, rel_stored; /* of the layers a layer reader has released */
 } rd;
+
+/* Token t in a run of buckets of one width (its parts: disjoint, ascending
+ * token ranges): 1 with *bi (bucket within the run) and *row set, or 0. */
+static int run_find(const skv_bucket *b, uint32_t n, uint64_t t, uint32_t *bi, uint32_t *row)
+{
+    uint32_t lo = 0, hi = n;  /* parts [0, lo) start at or before t */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (b[mid].idx[0] <= t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return 0;
+    const skv_bucket *p = &b[lo - 1];
+    uint32_t a = 0, z = p->n;  /* first index >= t */
+    while (a < z) {
+        uint32_t mid = a + (z - a) / 2;
+        if (p->idx[mid] < t)
+            a = mid + 1;
+        else
+            z = mid;
+    }
+    if (a == p->n || p->idx[a] != t)
+        return 0;
+    *bi = lo - 1;
+    *row = a;
+    return 1;
+}
 
 static int add_bucket(skv_cache_head *h, const skv_bucket *b, void *mem)
 {
@@ -757,16 +1128,15 @@ static int read_pkhd(rd *r, const skv_chunk *ch)
                                            p->q.head_dim))
         return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: fp16 byte count %llu is wrong",
                          (unsigned long long)ch->offset, (unsigned long long)p->fp16_bytes);
-    /* Only the per-head records here (at most 2^20 of them); the queries,
-     * buckets and width arrays are allocated as their chunks arrive. */
-    size_t nh = (size_t)p->n_layers * p->n_kv_heads;
-    c->heads = skv_calloc(nh, sizeof *c->heads);
-    if (!c->heads)
+    /* A pointer per layer, all to one array of empty heads: a layer's own
+     * records, its queries and its buckets are allocated as its chunks
+     * arrive, so a header alone costs a few KiB whatever shape it declares. */
+    c->layers = skv_calloc(p->n_layers, sizeof(skv_cache_head *));
+    c->empty = skv_calloc(p->n_kv_heads, sizeof *c->empty);
+    if (!c->layers || !c->empty)
         return SKV_ENOMEM;
-    for (size_t i = 0; i < nh; i++) {
-        c->heads[i].layer = (uint32_t)(i / p->n_kv_heads);
-        c->heads[i].kv_head = (uint32_t)(i % p->n_kv_heads);
-    }
+    for (uint32_t l = 0; l < p->n_layers; l++)
+        c->layers[l] = c->empty;
     if (!(c->hdr.flags & SKV_TRACE_NO_QUERIES)) {
         c->q = skv_calloc(p->n_layers, sizeof *c->q);
         if (!c->q)
@@ -871,21 +1241,34 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu (layer %u kv head %u %u-bit part "
                          "%u): %s", at, b.layer, b.kv_head, b.bits, b.part, bad);
     }
-    skv_cache_head *h = &c->heads[(size_t)b.layer * p->n_kv_heads + b.kv_head];
-    if (!h->bits && !(h->bits = skv_calloc((size_t)p->n_tokens, 1))) {
+    /* no token in two buckets of the head: parts of one width ascend (checked
+     * above), so each token is looked up in the runs of the earlier widths;
+     * no per-token array, whatever n_tokens the header declares */
+    if (c->layers[b.layer] == c->empty &&
+        !(c->layers[b.layer] = skv_calloc(p->n_kv_heads, sizeof *c->empty))) {
+        c->layers[b.layer] = c->empty;
         free(mem);
         return SKV_ENOMEM;
     }
-    for (uint32_t i = 0; i < b.n; i++) {
-        uint32_t t = b.idx[i];
-        if (h->bits[t]) {
-            free(mem);
-            return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u kv "
-                             "head %u is already stored at %u bits", at, t, b.layer, b.kv_head,
-                             h->bits[t]);
+    skv_cache_head *h = &c->layers[b.layer][b.kv_head];
+    uint32_t run[SKV_NBITS + 1], nrun = 0, lim = 0;
+    while (lim < h->n_buckets && h->buckets[lim].bits != b.bits)
+        lim++;  /* buckets [0, lim) have smaller widths; the rest are parts of this one */
+    for (uint32_t i = 0; i < lim; i++)
+        if (i == 0 || h->buckets[i].bits != h->buckets[i - 1].bits)
+            run[nrun++] = i;
+    run[nrun] = lim;
+    for (uint32_t i = 0; i < b.n; i++)
+        for (uint32_t k = 0; k < nrun; k++) {
+            uint32_t bi, row;
+            if (run_find(h->buckets + run[k], run[k + 1] - run[k], b.idx[i], &bi, &row)) {
+                uint32_t tok = b.idx[i];  /* b.idx points into mem */
+                free(mem);
+                return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: token %u of layer %u "
+                                 "kv head %u is already stored at %u bits", at, tok,
+                                 b.layer, b.kv_head, h->buckets[run[k]].bits);
+            }
         }
-        h->bits[t] = (uint8_t)b.bits;
-    }
     if ((rc = add_bucket(h, &b, mem)) < 0) {
         free(mem);
         return rc;
@@ -932,12 +1315,19 @@ static int read_cntr(rd *r, const skv_chunk *ch)
     else if (r->have_pbkt && (b.layer < r->pl || (b.layer == r->pl && (b.kv_head < r->ph ||
              (b.kv_head == r->ph && r->pw >= SKV_NBITS)))))
         bad = "out of order (after the buckets of its head, once per head, heads ascending)";
-    skv_cache_head *h = &c->heads[(size_t)(bad ? 0 : b.layer) * p->n_kv_heads +
-                                  (bad ? 0 : b.kv_head)];
+    if (!bad && c->layers[b.layer] == c->empty &&
+        !(c->layers[b.layer] = skv_calloc(p->n_kv_heads, sizeof *c->empty))) {
+        c->layers[b.layer] = c->empty;
+        free(mem);
+        return SKV_ENOMEM;
+    }
+    /* its buckets are all read (they come first): a last member must be
+     * one of the head's evicted tokens, found by the sparse lookup */
+    const skv_cache_head *h = bad ? NULL : &c->layers[b.layer][b.kv_head];
     uint64_t members = 0;
     for (uint32_t i = 0; !bad && i < b.n; i++) {
         members += cnt[i];
-        if (h->bits && h->bits[b.idx[i]])
+        if (skv_cache_width(h, b.idx[i]))
             bad = "a centroid's last member is a stored token";
     }
     if (!bad && members > p->n_tokens - h->n_stored)
@@ -961,7 +1351,7 @@ static int read_cntr(rd *r, const skv_chunk *ch)
     ce->cnt = cnt;
     ce->bias = bias;
     ce->mem = mem;
-    h->cent = ce;
+    c->layers[b.layer][b.kv_head].cent = ce;
     c->n_centroids += b.n;
     r->have_pbkt = 1;
     r->pl = b.layer;
@@ -984,9 +1374,11 @@ static int read_finish(rd *r)
     if (r->toks < ((c->hdr.flags & SKV_TRACE_HAS_TOKENS) ? c->hdr.n_tokens : 0))
         return skv_error(SKV_EFORMAT, "stream ends inside the token ids (%llu of %llu)",
                          (unsigned long long)r->toks, (unsigned long long)c->hdr.n_tokens);
-    uint64_t bytes = skv_pkhd_file_bytes(), stored = 0;
+    uint64_t bytes = skv_pkhd_file_bytes() + r->rel_bytes, stored = r->rel_stored;
     for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++) {
-        const skv_cache_head *h = &c->heads[i];
+        if (c->layers[i / p->n_kv_heads] == c->empty)
+            continue;  /* no bucket in the layer */
+        const skv_cache_head *h = &c->layers[i / p->n_kv_heads][i % p->n_kv_heads];
         uint64_t cnt[SKV_NBITS] = {0};
         for (uint32_t b = 0; b < h->n_buckets; b++)
             cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
@@ -1004,13 +1396,6 @@ static int read_finish(rd *r)
         return skv_error(SKV_EFORMAT, "the buckets and centroids take %llu bytes, the PKHD "
                          "chunk says %llu",
                          (unsigned long long)bytes, (unsigned long long)p->cache_bytes);
-    /* heads with every token evicted share one array of zero widths */
-    for (size_t i = 0; i < (size_t)p->n_layers * p->n_kv_heads; i++)
-        if (!c->heads[i].bits) {
-            if (!c->zero_bits && !(c->zero_bits = skv_calloc((size_t)p->n_tokens, 1)))
-                return SKV_ENOMEM;
-            c->heads[i].bits = c->zero_bits;
-        }
     return 0;
 }
 
@@ -1170,31 +1555,154 @@ int skv_cache_load(const char *path, skv_cache **out)
     return rc;
 }
 
+/* ---- one layer at a time ---- */
+
+struct skv_cache_reader {
+    skv_stream *s;
+    rd r;
+    uint32_t next;          /* next layer to hand out */
+    uint32_t avail;         /* layers below this are complete */
+    int held, end;
+    uint32_t held_layer;
+};
+
+/* Free a layer's buckets and queries, counting them for the PKHD totals. */
+static void release_layer(rd *r, uint32_t l)
+{
+    skv_cache *c = r->c;
+    const skv_pkhd *p = &c->pk;
+    if (c->layers && c->layers[l] && c->layers[l] != c->empty) {
+        for (uint32_t kh = 0; kh < p->n_kv_heads; kh++) {
+            skv_cache_head *h = &c->layers[l][kh];
+            uint64_t cnt[SKV_NBITS] = {0};
+            for (uint32_t b = 0; b < h->n_buckets; b++) {
+                cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
+                free(h->owned[b]);
+            }
+            for (int w = 1; w < SKV_NBITS; w++)
+                r->rel_bytes += skv_bucket_file_bytes(&p->q, skv_bit_widths[w], cnt[w]);
+            if (h->cent)
+                r->rel_bytes += skv_cntr_file_bytes(&p->q, h->cent->rows.bits, h->cent->rows.n);
+            r->rel_stored += h->n_stored;
+            free(h->owned);
+            free(h->buckets);
+            cent_free(h);
+        }
+        free(c->layers[l]);
+        c->layers[l] = c->empty;
+    }
+    if (c->q) {
+        free(c->q[l]);
+        c->q[l] = NULL;
+    }
+}
+
+skv_cache_reader *skv_cache_reader_open(skv_stream *s, const skv_chunk *first)
+{
+    skv_cache_reader *cr = skv_calloc(1, sizeof *cr);
+    if (!cr || !(cr->r.c = skv_calloc(1, sizeof *cr->r.c))) {
+        free(cr);
+        skv_close(s);
+        return NULL;
+    }
+    cr->s = s;
+    int rc = first ? read_chunk(&cr->r, first) : 0;
+    while (rc == 0 && cr->r.state < 2) {
+        skv_chunk ch;
+        if ((rc = skv_read(s, &ch)) == 0)
+            rc = read_finish(&cr->r); /* says which header is missing */
+        else if (rc > 0)
+            rc = read_chunk(&cr->r, &ch);
+    }
+    if (rc < 0) {
+        skv_cache_reader_close(cr);
+        return NULL;
+    }
+    return cr;
+}
+
+const skv_cache *skv_cache_reader_cache(const skv_cache_reader *cr)
+{
+    return cr->r.c;
+}
+
+int skv_cache_reader_next(skv_cache_reader *cr, uint32_t *layer)
+{
+    rd *r = &cr->r;
+    skv_cache *c = r->c;
+    const uint32_t L = c->pk.n_layers;
+    int rc;
+    if (cr->held) {
+        release_layer(r, cr->held_layer);
+        cr->held = 0;
+    }
+    while (cr->next >= cr->avail) {
+        if (cr->end)
+            return 0;
+        skv_chunk ch;
+        if ((rc = skv_read(cr->s, &ch)) < 0)
+            return rc;
+        if (rc == 0) {
+            if ((rc = read_finish(r)) < 0)
+                return rc;
+            cr->avail = L;
+            cr->end = 1;
+            continue;
+        }
+        if (!skv_chunk_is_critical(ch.type))
+            continue;
+        /* a chunk of layer l means every layer before l is complete */
+        uint32_t touched = skv_chunk_is(&ch, SKV_T_TENS) ? r->ql : 0;
+        if ((rc = read_chunk(r, &ch)) < 0)
+            return rc;
+        if (skv_chunk_is(&ch, SKV_T_PBKT) || skv_chunk_is(&ch, SKV_T_CNTR))
+            touched = r->pl;
+        if (touched > cr->avail)
+            cr->avail = touched < L ? touched : L;
+    }
+    uint32_t l = cr->next++;
+    cr->held = 1;
+    cr->held_layer = l;
+    *layer = l;
+    return 1;
+}
+
+void skv_cache_reader_close(skv_cache_reader *cr)
+{
+    if (!cr)
+        return;
+    skv_close(cr->s);
+    skv_cache_free(cr->r.c);
+    free(cr);
+}
+
 int skv_cache_find(const skv_cache_head *h, uint64_t t, const skv_bucket **bp, uint32_t *row)
 {
-    uint8_t bits = h->bits[t];
-    if (!bits)
-        return 0;
-    for (uint32_t i = 0; i < h->n_buckets; i++) {
-        const skv_bucket *b = &h->buckets[i];
-        if (b->bits != bits || t > b->idx[b->n - 1])
-            continue;
-        uint32_t lo = 0, hi = b->n;  /* first idx >= t */
-        while (lo < hi) {
-            uint32_t mid = lo + (hi - lo) / 2;
-            if (b->idx[mid] < t)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo < b->n && b->idx[lo] == t) {
-            *bp = b;
-            *row = lo;
+    for (uint32_t i = 0, j; i < h->n_buckets; i = j) {
+        for (j = i + 1; j < h->n_buckets && h->buckets[j].bits == h->buckets[i].bits; j++)
+            ;
+        uint32_t bi;
+        if (run_find(h->buckets + i, j - i, t, &bi, row)) {
+            *bp = &h->buckets[i + bi];
             return 1;
         }
-        return 0;
     }
     return 0;
+}
+
+uint32_t skv_cache_width(const skv_cache_head *h, uint64_t t)
+{
+    const skv_bucket *b;
+    uint32_t row;
+    return skv_cache_find(h, t, &b, &row) ? b->bits : 0;
+}
+
+void skv_cache_head_widths(const skv_cache_head *h, uint64_t n_tokens, uint8_t *out)
+{
+    memset(out, 0, (size_t)n_tokens);
+    for (uint32_t b = 0; b < h->n_buckets; b++)
+        for (uint32_t i = 0; i < h->buckets[b].n; i++)
+            out[h->buckets[b].idx[i]] = (uint8_t)h->buckets[b].bits;
 }
 
 void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, uint32_t kv_head, float *k,
@@ -1251,4 +1759,104 @@ int skv_cache_write_trace(skv_stream *s, const skv_cache *c)
     if (rc < 0)
         return rc;
     return skv_chunk_list_write(s, &c->extra);
+}
+
+int skv_cache_dequantize_stream(skv_stream *in, const char *queries, skv_stream *out,
+                                int *qbad)
+{
+    int qb = 0, rc = 0;
+    if (!qbad)
+        qbad = &qb;
+    *qbad = 0;
+    skv_cache_reader *cr = skv_cache_reader_open(in, NULL);
+    if (!cr)
+        return SKV_EFORMAT;
+    skv_cache *c = cr->r.c;
+    skv_trace_reader *qr = NULL;
+    skv_layer Q = {0};
+    float *k = NULL, *v = NULL;
+    if (queries && !(qr = skv_cache_queries_open(c, queries))) {
+        *qbad = 1;
+        rc = SKV_EFORMAT;
+        goto done;
+    }
+    /* the allocation says so before any layer is read (the ALHD was checked) */
+    for (size_t i = 0; i < c->extra.n; i++)
+        if (!memcmp(c->extra.v[i].type, SKV_T_ALHD, 4) && c->extra.v[i].size >= 32 &&
+            (skv_get32(c->extra.v[i].data + 28) & 2u)) {
+            rc = skv_error(SKV_EFORMAT, "the cache's allocation merges evicted tokens into "
+                           "centroids, which a trace cannot hold");
+            goto done;
+        }
+    if (!qr && !c->q) {
+        rc = skv_error(SKV_EFORMAT, "the cache has no queries, and a trace needs them "
+                       "(skv-quant keeps them only with --keep-queries; give the trace with "
+                       "--queries TRACE)");
+        goto done;
+    }
+    skv_trace_hdr h = c->hdr;
+    h.flags &= ~(SKV_TRACE_PACKED | SKV_TRACE_NO_QUERIES);
+    h.dtype = SKV_F32;
+    if ((rc = skv_trhd_write(out, &h)) < 0 ||
+        ((h.flags & SKV_TRACE_HAS_TOKENS) &&
+         (rc = skv_toks_write(out, 0, h.n_tokens, c->tokens)) < 0))
+        goto done;
+    const size_t T = (size_t)h.n_tokens, d = h.head_dim;
+    uint32_t l;
+    while ((rc = skv_cache_reader_next(cr, &l)) == 1) {
+        if (c->n_centroids) {
+            rc = skv_error(SKV_EFORMAT, "the cache holds centroids of merged tokens (layer %u), "
+                           "which a trace cannot hold", l);
+            goto done;
+        }
+        /* with the first layer read: never for a header alone */
+        if (!k && (!(k = skv_malloc(T * d * sizeof(float))) ||
+                   !(v = skv_malloc(T * d * sizeof(float))))) {
+            rc = SKV_ENOMEM;
+            goto done;
+        }
+        const float *q = c->q ? c->q[l] : NULL;
+        if (qr) {
+            if ((rc = skv_trace_next_layer(qr, &Q)) <= 0) {
+                *qbad = 1;
+                if (rc == 0)
+                    rc = skv_error(SKV_EFORMAT, "the trace ends before layer %u", l);
+                goto done;
+            }
+            q = Q.q;
+        }
+        for (uint32_t i = 0; i < h.n_heads && rc >= 0; i++)
+            rc = skv_tens_write(out, SKV_TK_Q, SKV_F32, l, i, 0, T, (uint32_t)d, q + i * T * d);
+        /* K of every kv head, then V of every kv head (canonical trace order) */
+        for (int kind = SKV_TK_K; kind <= SKV_TK_V && rc >= 0; kind++)
+            for (uint32_t kh = 0; kh < h.n_kv_heads && rc >= 0; kh++) {
+                skv_cache_dequantize_head(c, l, kh, kind == SKV_TK_K ? k : NULL,
+                                          kind == SKV_TK_V ? v : NULL);
+                rc = skv_tens_write(out, (uint32_t)kind, SKV_F32, l, kh, 0, T, (uint32_t)d,
+                                    kind == SKV_TK_K ? k : v);
+            }
+        if (rc < 0)
+            goto done;
+    }
+    if (rc < 0)
+        goto done;
+    if (qr && (rc = skv_trace_reader_finish(qr)) < 0) {
+        *qbad = 1;
+        goto done;
+    }
+    /* an ALHD without its ALOC chunks would make the trace unusable for
+     * skv-quant: the allocation goes along only when it is whole */
+    int aloc = 0;
+    for (size_t i = 0; i < c->extra.n; i++)
+        aloc |= !memcmp(c->extra.v[i].type, SKV_T_ALOC, 4);
+    for (size_t i = 0; i < c->extra.n && rc >= 0; i++)
+        if (aloc || memcmp(c->extra.v[i].type, SKV_T_ALHD, 4) != 0)
+            rc = skv_write(out, c->extra.v[i].type, c->extra.v[i].data, c->extra.v[i].size);
+done:
+    free(k);
+    free(v);
+    skv_layer_free(&Q);
+    skv_trace_reader_close(qr);
+    skv_cache_reader_close(cr);
+    return rc < 0 ? rc : 0;
 }

@@ -49,6 +49,24 @@ static int check_args(uint32_t d, uint32_t bits, uint32_t group, uint32_t mode)
     return 0;
 }
 
+int skv_trace_values_check(uint32_t kind, uint32_t layer, uint32_t head, uint64_t row0,
+                           uint64_t rows, uint32_t cols, const float *x)
+{
+    const size_t n = (size_t)rows * cols;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++)
+        bad |= !(fabsf(x[i]) <= SKV_FP16_MAX);  /* NaN fails too; no branch: vectorizes */
+    if (!bad)
+        return 0;
+    size_t i = 0;
+    while (fabsf(x[i]) <= SKV_FP16_MAX)
+        i++;
+    return skv_error(SKV_EFORMAT, "value %g is not finite or beyond the fp16 range (%s of "
+                     "layer %u %s %u, token %llu, channel %zu)", (double)x[i],
+                     skv_tensor_kind_name(kind), layer, kind == SKV_TK_Q ? "head" : "kv head",
+                     head, (unsigned long long)(row0 + i / cols), i % cols);
+}
+
 /* Name the first bad element of x[n] (called only on failure). */
 static int range_error(const float *x, uint32_t n, uint32_t base)
 {

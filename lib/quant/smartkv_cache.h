@@ -19,11 +19,16 @@
  *     hdr, pk            trace header and quantizer settings
  *     q[layer]           float32 queries [n_heads][n_tokens][head_dim]
  *                        (NULL when the cache was written without queries)
- *     heads[layer * pk.n_kv_heads + kv_head]   one skv_cache_head each
+ *     layers[layer][kv_head]  one skv_cache_head each (skv_cache_head_at);
+ *                        the heads of one layer are contiguous, and layers
+ *                        with no bucket share one array of empty heads
  *   skv_cache_head
  *     buckets[0..n_buckets)  skv_bucket (smartkv_pack.h), ascending width
  *                        then part; tokens of all entries are disjoint
- *     bits[n_tokens]     width of every token (0 = evicted, not stored)
+ *   There is no per-token array: a token's width is found in the buckets
+ *   (skv_cache_find, skv_cache_width), or written out densely by
+ *   skv_cache_head_widths into a buffer the caller sizes, so a cache costs
+ *   memory for the rows it stores, never for the tokens it declares.
  *
  * Each bucket's payload is a private copy whose start is 64-byte aligned;
  * every section (idx, k_par, k_dat, v_par, v_dat) starts at a multiple of 64
@@ -34,15 +39,15 @@
  * bucket at k_dat + i*row_stride), NOT individually aligned.
  *
  * How an attention kernel uses it, for one (layer, kv head) and a query q:
- *   for each bucket b of heads[l*H + h]:
+ *   for each bucket b of *skv_cache_head_at(c, l, h):
  *     for i in 0..b->n:  token t = b->idx[i]
  *       score[t] = dot(q, K_t) with K_t decoded from
  *                  b->k_par + i*b->k_par_stride, b->k_dat + i*b->row_stride
  *                  (skv_qmath.h: skv_qm_group_par, skv_qm_unpack8, ...)
  *   softmax over the stored tokens only (evicted tokens take no part),
  *   then out = sum_t p[t] * V_t, V_t decoded the same way from v_par/v_dat.
- * Scores can be written to a dense [n_tokens] array at idx positions (use
- * bits[t] == 0 to skip evicted ones) or kept per bucket; causal masking is
+ * Scores can be written to a dense [n_tokens] array at idx positions
+ * (tokens in no bucket are evicted) or kept per bucket; causal masking is
  * a comparison of idx against the query position.  Within a bucket all rows
  * have the same width, group size and mode, so the inner loop has no
  * per-token branching.  skv_dequantize_row() decodes one row (AVX2).
@@ -112,7 +117,9 @@ typedef struct skv_cache_plan {
     skv_qcfg q;
     uint32_t n_layers, n_kv_heads;
     uint64_t n_tokens;
-    uint8_t *bits;          /* [n_layers][n_kv_heads][n_tokens]: 0,2,3,4,8,16 */
+    uint8_t *bits;          /* [n_layers][n_kv_heads][n_tokens]: 0,2,3,4,8,16; NULL
+                               when `uniform` says every token has one width */
+    uint32_t uniform;       /* with bits NULL: the width of every token */
     int from_alloc;         /* 1 when read from ALHD/ALOC chunks */
     double alloc_beta;      /* ALHD: budget requested */
     uint64_t alloc_bytes;   /* ALHD: cache bytes predicted by the allocator */
@@ -149,6 +156,11 @@ SKV_EXPORT int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes);
 SKV_EXPORT int skv_cache_input_load(const char *path, skv_trace **t, skv_chunk_list *extra);
 
 /* ---- writer ---- */
+/* Every Q, K and V value of t finite and within the fp16 range
+ * (skv_trace_values_check, the rule skv-alloc applies as it reads): 0, or
+ * SKV_EFORMAT naming the first bad value.  skv_cache_write checks it first. */
+SKV_EXPORT int skv_trace_check_values(const skv_trace *t);
+
 /* A cache holds the cache: skv-quant drops the queries unless asked to keep
  * them (skv-attend can take them from the trace: skv_cache_queries_from). */
 #define SKV_CACHE_DROP_QUERIES 0x1u
@@ -166,11 +178,39 @@ typedef struct skv_cache_stats {
  * (everything after HEAD and before DONE; the caller closes or discards).
  * `pass` chunks (may be NULL) are written after TOKS and before PKHD.
  * When p came from an allocation, its predicted bytes must equal the byte
- * model (else SKV_EFORMAT: the two tools disagree).  Uncompressed, the
+ * model (else SKV_EFORMAT: the two tools disagree); a value skv-alloc
+ * would refuse is SKV_EFORMAT before anything is written.  Uncompressed, the
  * PKHD and PBKT chunks take exactly model_bytes (checked).  st may be NULL. */
 SKV_EXPORT int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
                                const skv_chunk_list *pass, unsigned flags,
                                skv_cache_stats *st);
+
+/* ---- streaming quantizer (skv-quant) ---- */
+
+/* Keep the allocation record (ALOC chunks) in the cache; the ALHD is kept
+ * whenever the cache was made from an allocation. */
+#define SKV_CACHE_KEEP_ALLOC 0x2u
+
+typedef struct skv_quantize_opts {
+    uint32_t uniform;       /* 0: the input's allocation; else every token at this width */
+    skv_qcfg q;             /* with uniform: groups (0: head_dim) and modes */
+    unsigned flags;         /* SKV_CACHE_DROP_QUERIES, SKV_CACHE_KEEP_ALLOC */
+    void (*progress)(void *ctx, uint64_t done, uint64_t total); /* layers written */
+    void *progress_ctx;
+} skv_quantize_opts;
+
+/* Quantize the trace read from `in` (open for reading; closed by this
+ * function, also on failure) into a packed cache written to `out`
+ * (everything after HEAD and before DONE), holding one layer at a time.
+ * The allocation follows the trace's last layer, so the input is read
+ * twice: `path` is reopened when it is a regular file, otherwise the first
+ * reading copies the stream to an unlinked temporary file in $TMPDIR.
+ * `first`, when not NULL, is the first chunk after HEAD, already read from
+ * `in` (not with uniform).  The plan is returned in *plan (free it with
+ * skv_cache_plan_free; nothing to free on failure).  Returns 0 or <0. */
+SKV_EXPORT int skv_cache_quantize(skv_stream *in, const skv_chunk *first, const char *path,
+                                  skv_stream *out, const skv_quantize_opts *o,
+                                  skv_cache_plan *plan, skv_cache_stats *st);
 
 /* ---- reader ---- */
 /* The centroids of one (layer, kv head) (a CNTR chunk), allocated when the
@@ -184,12 +224,9 @@ typedef struct skv_cache_cent {
 } skv_cache_cent;
 
 typedef struct skv_cache_head {
-    uint32_t layer, kv_head;
     uint32_t n_buckets;
     skv_bucket *buckets;    /* ascending width, then part */
     uint64_t n_stored;      /* sum of buckets[i].n */
-    uint8_t *bits;          /* [n_tokens] width per token, 0 = evicted; heads
-                               with no bucket share one zero array */
     void **owned;           /* internal: allocations behind the payloads */
     struct skv_cache_cent *cent;  /* centroids of merged tokens, or NULL */
 } skv_cache_head;
@@ -199,11 +236,12 @@ typedef struct skv_cache {
     skv_pkhd pk;
     int32_t *tokens;        /* [n_tokens] when SKV_TRACE_HAS_TOKENS, else NULL */
     float **q;              /* [n_layers] -> [n_heads][n_tokens][head_dim], or NULL */
-    skv_cache_head *heads;  /* [n_layers * n_kv_heads] */
+    skv_cache_head **layers; /* [n_layers] -> [n_kv_heads] heads; every layer
+                               without a bucket points to `empty` */
+    skv_cache_head *empty;  /* internal: [n_kv_heads] heads with no bucket */
     skv_chunk_list extra;   /* ALHD/ALOC and ancillary chunks, stream order */
     uint64_t stored_bytes;  /* PKHD + PBKT bytes as read (compressed size) */
-    uint8_t *zero_bits;     /* internal: the bits of every head with no bucket */
-    uint64_t n_centroids;   /* centroids over all heads (CNTR chunks) */
+    uint64_t n_centroids;   /* centroids over all heads read so far (CNTR chunks) */
 } skv_cache;
 
 /* Read a whole packed cache from an open stream (up to and including DONE)
@@ -217,6 +255,27 @@ SKV_EXPORT int skv_cache_load(const char *path, skv_cache **out);
  * that chunk, read from s just before. */
 SKV_EXPORT int skv_cache_read_after(skv_stream *s, const skv_chunk *first, skv_cache **out);
 SKV_EXPORT void skv_cache_free(skv_cache *c);
+
+/* ---- reading one layer at a time ----
+ *
+ * skv_cache_reader_open() reads a packed cache up to and including its PKHD
+ * (c->hdr, c->pk, c->tokens and c->extra are then set; `first` as in
+ * skv_cache_read_after, or NULL).  skv_cache_reader_next() returns 1 with
+ * *layer set when that layer's queries and buckets are in c (the previous
+ * layer's are freed then), 0 at the end once DONE and the PKHD totals are
+ * verified, <0 on error.  Only the layer handed out (and the first chunk
+ * of the next) is held; ancillary chunks after the PKHD are skipped.  The
+ * reader owns s. */
+typedef struct skv_cache_reader skv_cache_reader;
+SKV_EXPORT skv_cache_reader *skv_cache_reader_open(skv_stream *s, const skv_chunk *first);
+SKV_EXPORT const skv_cache *skv_cache_reader_cache(const skv_cache_reader *r);
+SKV_EXPORT int skv_cache_reader_next(skv_cache_reader *r, uint32_t *layer);
+SKV_EXPORT void skv_cache_reader_close(skv_cache_reader *r);
+
+/* Queries for a cache that has none, one layer at a time from a trace
+ * (checked against the cache's shape and token ids as by
+ * skv_cache_queries_from). */
+SKV_EXPORT skv_trace_reader *skv_cache_queries_open(const skv_cache *c, const char *path);
 /* Give c the queries of the trace at path ("-" = stdin), read one layer at a
  * time: it must have the cache's shape and, when both carry token ids, the
  * same ids.  Replaces any queries c has.  Returns 0 or <0. */
@@ -225,13 +284,18 @@ SKV_EXPORT int skv_cache_queries_from(skv_cache *c, const char *path);
 static inline const skv_cache_head *skv_cache_head_at(const skv_cache *c, uint32_t layer,
                                                      uint32_t kv_head)
 {
-    return &c->heads[(size_t)layer * c->pk.n_kv_heads + kv_head];
+    return &c->layers[layer][kv_head];
 }
 
 /* Where token t of a head is stored: returns 1 with *b and *row (its
- * position in b) set, or 0 if the token is evicted. */
+ * position in b) set, or 0 if the token is evicted.  O(widths * log n). */
 SKV_EXPORT int skv_cache_find(const skv_cache_head *h, uint64_t t, const skv_bucket **b,
                               uint32_t *row);
+/* The width token t of a head is stored at, 0 when it is evicted. */
+SKV_EXPORT uint32_t skv_cache_width(const skv_cache_head *h, uint64_t t);
+/* Every token's width (0 = evicted) into out[n_tokens], n_tokens of the
+ * cache the head belongs to. */
+SKV_EXPORT void skv_cache_head_widths(const skv_cache_head *h, uint64_t n_tokens, uint8_t *out);
 
 /* Dequantize one (layer, kv head) into k and v [n_tokens][head_dim]
  * (either may be NULL); evicted tokens become zero rows (centroids are not
@@ -244,6 +308,13 @@ SKV_EXPORT void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, ui
  * stream.  Fails with SKV_EFORMAT if the cache has no queries or holds
  * centroids (a trace cannot). */
 SKV_EXPORT int skv_cache_write_trace(skv_stream *s, const skv_cache *c);
+/* The same from a packed cache read one layer at a time from `in` (owned
+ * and closed), its queries from the cache or, when `queries` is not NULL,
+ * from that trace read alongside (*qbad, may be NULL, is set to 1 when the
+ * failure is that trace's).  The allocation is written only when whole
+ * (an ALHD without ALOC chunks is dropped).  Returns 0 or <0. */
+SKV_EXPORT int skv_cache_dequantize_stream(skv_stream *in, const char *queries, skv_stream *out,
+                                           int *qbad);
 
 #ifdef __cplusplus
 }

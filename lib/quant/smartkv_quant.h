@@ -45,6 +45,18 @@ extern "C" {
  * dividing head_dim, known modes.  Returns 0 or SKV_EINVAL with a message. */
 SKV_EXPORT int skv_qcfg_check(const skv_qcfg *c);
 
+/* The values a trace must hold for skv-alloc and skv-quant alike (one rule,
+ * so that an allocation is never made for a trace that cannot be packed):
+ * every Q, K and V value finite and within the fp16 range.  K and V must
+ * be, to be quantized; Q too, so that every attention score is finite
+ * (|q.k| <= 1024 * 65504^2).  x holds rows [row0, row0 + rows) of head
+ * `head` of tensor `kind` (SKV_TK_Q, _K or _V) of `layer`, cols values each.
+ * Returns 0, or SKV_EFORMAT "value X is not finite or beyond the fp16 range
+ * (K of layer L kv head H, token T, channel C)" for the first bad value. */
+SKV_EXPORT int skv_trace_values_check(uint32_t kind, uint32_t layer, uint32_t head,
+                                      uint64_t row0, uint64_t rows, uint32_t cols,
+                                      const float *x);
+
 /* Is `bits` a storable width (2, 3, 4, 8, 16)? */
 static inline int skv_bits_valid(uint32_t bits)
 {

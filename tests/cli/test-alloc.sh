@@ -135,11 +135,35 @@ expect_rc 1 "truncated pipe input"
 expect_err "skv-alloc: (stdin): truncated" "truncated pipe message"
 
 # the baselines offline: each packs, attends, and fits its budget
-for p in q4_0 streaming h2o snapkv mikv; do
+for p in q4_0 streaming h2o snapkv mikv sliding dynamickv uncomp rocketkv; do
     run sh -c "skv-alloc -p $p -b 0.3 --threads 1 a.skv | skv-quant -o b.skv && skv-attend -s 8:16 --queries a.skv b.skv -o o.skv"
     expect_rc 0 "$p: allocate, pack and attend"
     check "$p: the packed cache fits beta 0.3" grep -q 'b\.skv: beta 0\.\(2[0-9]*\|3000\) ' "$T/err"
 done
+# razor: head scores from a file (skv-trace heads); 2 layers x 9 query heads
+{ echo "layers 2 heads 9"; for l in 0 1; do for h in 0 1 2 3 4 5 6 7 8; do
+    if [ $l$h = 14 ]; then echo "$l $h 0.9 0"; else echo "$l $h 0 0"; fi; done; done; } > heads.txt
+run sh -c "skv-alloc -p razor --heads heads.txt -b 0.3 --threads 1 --json a.skv | skv-quant -o b.skv && skv-attend -s 8:16 --queries a.skv b.skv -o o.skv"
+expect_rc 0 "razor: allocate, pack and attend"
+check "razor: the packed cache fits beta 0.3" grep -q 'b\.skv: beta 0\.\(2[0-9]*\|3000\) ' "$T/err"
+run skv-alloc -p razor --heads heads.txt -b 0.3 --threads 1 --json a.skv -o x.skv
+check "razor: KV head 1 of layer 1 (query heads 3..5, one of them a retrieval head) keeps all 300 tokens" python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+assert r["layers"][1][-1] >= 300 and r["layers"][0][-1] < 300, r["layers"]
+' "$T/err"
+run skv-alloc -p razor -b 0.3 a.skv -o x.skv
+expect_rc 2 "razor without --heads"
+printf 'layers 3 heads 9\n' > h3.txt
+run skv-alloc -p razor --heads h3.txt -b 0.3 a.skv -o x.skv
+expect_rc 1 "truncated head-score file"
+expect_err "h3.txt: ends after 0 of 27 heads" "truncated head-score file: message"
+{ echo "layers 3 heads 9"; for l in 0 1 2; do for h in 0 1 2 3 4 5 6 7 8; do echo "$l $h 0 0"; done; done; } > h3.txt
+rm -f x.skv
+run skv-alloc -p razor --heads h3.txt -b 0.3 a.skv -o x.skv
+expect_rc 1 "head scores of another shape"
+expect_err "do not fit 2 layers" "head scores of another shape: message"
+check "no output left after the failure" test ! -e x.skv
 run skv-alloc -p q8_0 -b 0.3 a.skv -o x.skv
 expect_rc 1 "q8_0 does not fit beta 0.3"
 run skv-alloc -p mikv --bits 16 a.skv -o x.skv

@@ -22,6 +22,13 @@ run skv-eval ppl --model m.gguf --text t.txt --decay 1
 expect_rc 2 "decay 1 is a usage error"
 run skv-eval ppl --model m.gguf --text t.txt --importance oracle
 expect_rc 2 "an offline-only importance mode is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p razor
+expect_rc 2 "razor without --heads is a usage error"
+expect_err "needs --heads FILE" "razor without --heads: message"
+printf 'layers 1 heads 1\n0 0 2 0\n' > badheads.txt
+run skv-eval ppl --model m.gguf --text t.txt -p razor --heads badheads.txt
+expect_rc 1 "a bad head-score file is a data error"
+expect_err "badheads.txt: line 2:" "bad head-score file: message with its line"
 run skv-eval ppl --model m.gguf --text t.txt -p mikv --bits 16
 expect_rc 2 "mikv with one width is a usage error"
 expect_err "two non-zero widths" "mikv's message says what it needs"
@@ -151,8 +158,9 @@ expect_err "2 already in sw.tsv, 1 to run" "resumed sweep skips done rows"
 check "resumed sweep appended one row, kept the others" sh -c "test \$(wc -l < sw.tsv) = 4 && grep -c 'uniform:8' sw.tsv | grep -qx 1"
 
 # every baseline keeps the JSON fields, with eviction in the online cache
-for p in q8_0 q4_0 streaming h2o snapkv mikv; do
-    run skv-eval ppl --model "$model" --text "$text" --max-tokens 80 --ctx 80 -p $p -b 0.3 --json
+for p in q8_0 q4_0 streaming h2o snapkv mikv sliding dynamickv uncomp razor rocketkv; do
+    run skv-eval ppl --model "$model" --text "$text" --max-tokens 80 --ctx 80 -p $p -b 0.3 --json \
+        --heads "$SKV_TOP/results/heads/SmolLM2-135M-Instruct.Q4_1.txt"
     expect_rc 0 "ppl $p on 80 tokens"
     check "ppl $p JSON: kl, ppl, ppl_ref, top1 and beta present and sane" python3 -c '
 import json, sys
@@ -161,7 +169,7 @@ for k in ("kl", "ppl", "ppl_ref", "top1", "beta", "beta_end", "bytes", "fp16_byt
     assert k in r, k
 # beta counts the tracking state too (meta_frac); the cache itself is below fp16
 assert r["kl"] >= 0 and r["ppl"] > 1 and 0 <= r["top1"] <= 1 and 0 < r["beta"] - r["meta_frac"] < 1, r
-if sys.argv[2] in ("streaming", "h2o", "snapkv"):
+if sys.argv[2] in ("streaming", "h2o", "snapkv", "sliding", "dynamickv", "uncomp", "razor", "rocketkv"):
     assert r["widths"].endswith("16:100.0%"), r  # stored rows: all fp16, the rest evicted
 ' "$T/out" $p
 done
@@ -172,6 +180,22 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["cache"] == "kivi:2 residual=32" and r["meta_frac"] == 0 and 0.1 < r["beta_end"] < 0.5, r
 ' "$T/out"
+run skv-eval sweep -q --model "$model" --text "$text" --max-tokens 96 --ctx 96 \
+    --policies kivi:2,uniform-protect:4 -o sw.tsv
+expect_rc 0 "sweep of kivi:2 (residual 32 whatever --realloc says) and uniform-protect:4"
+check "sweep: kivi:2 residual=32 and uniform-protect:4 rows" sh -c \
+    "grep -q '^kivi:2 residual=32	' sw.tsv && grep -q '^uniform-protect:4 R=16	' sw.tsv"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.2 \
+    --keys channel --kv-split --residual 32 --protect-bits 8 --bits 0,2,3,4,8,16 --json -q
+expect_rc 0 "ppl with smartkv, 8-bit sinks and residual, eviction allowed"
+check "protect-bits 8 and eviction: the label says so, beta after each reallocation within 0.2" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["beta_alloc"] <= 0.2 and r["cache"].endswith("protect=8"), r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.2 \
+    --keys channel --residual 32 --bits 0,2,4,8,16 -q
+expect_rc 2 "eviction in the grouped layout without --kv-split is a usage error"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
     --keys channel --kv-split --error logit --residual 32 --json -q
 expect_rc 0 "ppl with smartkv in the grouped layout"

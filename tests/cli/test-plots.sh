@@ -40,5 +40,23 @@ run "$s/plot-needle" n.tsv grid
 check "plot-needle: one panel per cache, with its score" sh -c "[ $rc = 0 ] &&
     grep -q 'fp16 (4/6' grid.svg && grep -q 'smartkv b=0.3 (4/6' grid.svg"
 check "... the PNG is a PNG" png grid.png
+(head -1 n.tsv; grep '	256	' n.tsv) > n256.tsv
+(head -1 n.tsv; grep '	1024	' n.tsv) > n1024.tsv
+run "$s/plot-needle" --lengths 256,1024,4096 n256.tsv n1024.tsv grid2
+check "plot-needle: one table per length merged, a length not run shown (grey)" sh -c "[ $rc = 0 ] &&
+    grep -q 'fp16 (4/6' grid2.svg && grep -q '>4K<' grid2.svg && grep -q 'grey: not run' grid2.svg"
 run "$s/plot-needle" t.skv grid
 expect_rc 1 "plot-needle on something else: exit 1"
+
+# make demo draws the README's pictures through scripts/pictures (the
+# pass-key grid needs the model: without one it says it skips it)
+if [ -n "$SKV_VALGRIND" ]; then
+    skip "scripts/pictures" "a minute of model-free tools; covered by the plain run"
+else
+    run env SKV_MODEL=/nonexistent.gguf "$s/pictures" pics
+    check "scripts/pictures: the allocation map and the attention heat map, PNG and SVG" sh -c "
+        [ $rc = 0 ] && for f in alloc attention; do [ -s pics/\$f.svg ] && [ -s pics/\$f.png ] || exit 1; done"
+    check "... and without a model it says it skips the pass-key grid" sh -c "
+        grep -q 'pass-key grid is skipped' '$T/err' && [ ! -e pics/needle.png ]"
+    check "make demo calls scripts/pictures" grep -q 'scripts/pictures' "$SKV_TOP/scripts/demo"
+fi

@@ -98,6 +98,14 @@ elif how == "dup":
     chunks.insert(i + 1, list(chunks[i]))
 elif how == "n-big":
     struct.pack_into("<I", p, 12, n + 1)
+elif how == "layer-big":   # a layer the header does not have
+    struct.pack_into("<I", p, 0, 99)
+elif how == "members":     # counts summing to n_tokens: more than the evicted tokens
+    cnt = struct.unpack_from("<%dI" % n, p, 64)
+    struct.pack_into("<I", p, 64, 400 - sum(cnt[1:]))
+elif how == "late":        # layer 0's centroids after layer 1's buckets
+    c = chunks.pop([k for k, c in enumerate(chunks) if c[0] == "CNTR"][0])
+    chunks.insert(len(chunks) - 1, c)
 out = bytearray(b[:8])
 for k, (typ, flags, pay) in enumerate(chunks):
     if typ == "DONE":
@@ -110,7 +118,9 @@ PY
 for how in count0:"has no members" count-huge:"member count above n_tokens" \
            part:"part is 1" last-stored:"last member is a stored token" \
            last-order:"not ascending" pad:"padding bytes" dup:"out of order" \
-           n-big:"payload is"; do
+           n-big:"payload is" layer-big:"out of range" \
+           members:"more members than the head's evicted tokens" \
+           late:"out of order"; do
     h=${how%%:*}
     msg=${how#*:}
     edit pm.skv bad-$h.skv $h
@@ -119,6 +129,9 @@ for how in count0:"has no members" count-huge:"member count above n_tokens" \
     expect_err "$msg" "... with the message '$msg'"
     run skv-trace info bad-$h.skv
     expect_rc 1 "hostile CNTR ($h) rejected by skv-trace info (the checker)"
+    run skv-stats mem bad-$h.skv
+    expect_rc 1 "hostile CNTR ($h) rejected by skv-stats mem (layer reader)"
+    expect_err "bad-$h.skv: " "... naming the file"
 done
 skv-alloc -p prune-merge -b 0.3 tr.skv > al.skv
 edit al.skv bad-alhd.skv alhd-k0

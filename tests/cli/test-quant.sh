@@ -88,7 +88,7 @@ expect_err "disagree on the byte model" "... says so"
 mk trace tnan.skv --nan
 run skv-quant --uniform 4 -o x.skv tnan.skv
 expect_rc 1 "NaN in the keys"
-expect_err "tnan.skv: K of layer 1 kv head 0 token 0: value nan at channel 5" "... located exactly"
+expect_err "tnan.skv: value nan is not finite or beyond the fp16 range (K of layer 1 kv head 0, token 0, channel 5)" "... located exactly"
 check "... no output left" test ! -e x.skv
 head -c 3000 ta.skv > cut.skv
 run skv-quant -o x.skv cut.skv

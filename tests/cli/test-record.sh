@@ -21,6 +21,16 @@ check "no output after a failed record" test ! -e x.skv
 run skv-trace record --model nonexistent.gguf --prompt hi -o x.skv
 expect_rc 1 "a missing model is a data error"
 
+run skv-trace heads --help
+expect_rc 0 "heads --help exits 0"
+run env SKV_MODEL= skv-trace heads -o h.txt
+expect_rc 2 "heads without --model is a usage error"
+run skv-trace heads --model m.gguf -n 1 -o h.txt
+expect_rc 2 "heads -n 1 is a usage error"
+run skv-trace heads --model bad.gguf -o h.txt
+expect_rc 1 "heads with a truncated GGUF is a data error"
+check "no scores after a failed heads" test ! -e h.txt
+
 model=${SKV_MODEL:-$SKV_TOP/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 if [ ! -r "$model" ]; then
     skip "record with the real model" "model absent: run scripts/fetch-model"
@@ -98,3 +108,17 @@ import json, sys
 j = json.load(open(sys.argv[1]))
 assert j["chunk_types"]["rlvw"]["count"] == 2 and j["complete"], j
 ' "$T/out"
+
+# RazorAttention's head scores with the model, read back by skv-alloc
+run skv-trace heads --model "$model" -n 48 --seed 3 --threads 1 -o h.txt
+expect_rc 0 "heads: scores of every head"
+check "heads: 30 x 9 scores in [0, 1], some induction head above 0.5" python3 -c '
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if not l.startswith("#")]
+assert rows[0] == ["layers", "30", "heads", "9"], rows[0]
+s = [(int(a), int(b), float(c), float(d)) for a, b, c, d in rows[1:]]
+assert len(s) == 270 and all(0 <= c <= 1 and 0 <= d <= 1 for _, _, c, d in s)
+assert max(c for _, _, c, _ in s) > 0.5, max(c for _, _, c, _ in s)
+' h.txt
+run skv-trace heads --model "$model" -n 48 --seed 3 --threads 1 -o h2.txt
+check "heads: the same seed gives the same file" cmp h.txt h2.txt

@@ -1,5 +1,6 @@
 /* fuzz_cache -- the packed-cache reader end to end (skv_cache_read over a
- * memory stream with recomputed CRCs): skv-stats mem's accounting, and, as
+ * memory stream with recomputed CRCs): skv-stats mem's accounting, every
+ * stored token found by skv_cache_find in its bucket, and, as
  * skv-quant -d does, a cache with queries is dequantized head by head and
  * written back as a trace; a cache with centroids is attended at its last
  * step. */
@@ -35,6 +36,21 @@ static int one(const uint8_t *data, size_t size)
     FUZZ_ASSERT(skv_cache_mem(c, &m) == 0);
     FUZZ_ASSERT(m.total == c->pk.cache_bytes);
     skv_mem_free(&m);
+    /* every stored token is found where it is, at its bucket's width (the
+     * lookups behind skv_cache_width: no per-token array) */
+    for (uint32_t l = 0; l < c->pk.n_layers; l++)
+        for (uint32_t h = 0; h < c->pk.n_kv_heads; h++) {
+            const skv_cache_head *ch = skv_cache_head_at(c, l, h);
+            uint64_t n = 0;
+            for (uint32_t b = 0; b < ch->n_buckets; b++)
+                for (uint32_t i = 0; i < ch->buckets[b].n; i++, n++) {
+                    const skv_bucket *fb = NULL;
+                    uint32_t row = 0;
+                    FUZZ_ASSERT(skv_cache_find(ch, ch->buckets[b].idx[i], &fb, &row) == 1);
+                    FUZZ_ASSERT(fb == &ch->buckets[b] && row == i);
+                }
+            FUZZ_ASSERT(n == ch->n_stored);
+        }
     /* skv-quant -d: dequantizing needs the queries (a head is n_tokens rows,
      * no more than one head's queries, which were read) */
     if (c->q) {

@@ -1,0 +1,248 @@
+/* attend_i8.h -- internal: the SIMD int8 kernels, included by attend.c once
+ * per instruction set with
+ *   I8_ISA     name suffix (avx2, vnni512, avxvnni)
+ *   I8_TARGET  the target attribute string
+ *   I8_DP(acc, a, b)  acc + the sums of 4 products u8 a * s8 b per int32 lane
+ * Only the dot-product instruction differs, so the three give identical
+ * results; attend.c holds the shared unpacking, the scalar reference and
+ * the dispatch. */
+#define I8_CAT2(a, b) a##_##b
+#define I8_CAT(a, b) I8_CAT2(a, b)
+#define I8_NAME(x) I8_CAT(x, I8_ISA)
+#define I8_FN __attribute__((target(I8_TARGET)))
+
+/* Integer dot products of n (<= TILE) packed K rows with nq permuted int8
+ * vectors qp[k][d]: isum[k][i] for i < n rounded up to 8 (pad rows 0).
+ * Each row is unpacked once and meets every query vector of the group. */
+I8_FN static inline __attribute__((always_inline)) void
+I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, uint32_t d,
+                  const int bits, const int nq, int32_t isum[][TILE])
+{
+    __m256i buf[I8_QMAX][8];
+    const uint32_t nch = d / 32;
+    for (uint32_t i0 = 0; i0 < n; i0 += 8) {
+        for (uint32_t k = 0; k < 8; k++) {
+            __m256i a[I8_QMAX];
+            _Pragma("GCC unroll 16") for (int g = 0; g < I8_QMAX; g++)
+                a[g] = _mm256_setzero_si256();
+            if (i0 + k < n) {
+                const uint8_t *r = row + (size_t)(i0 + k) * rs;
+                _Pragma("GCC unroll 8") for (uint32_t c = 0; c < nch; c++) {
+                    __m256i x = i8_unpack(r, c, bits);
+                    _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
+                        a[g] = I8_DP(a[g], x,
+                                     _mm256_load_si256((const __m256i *)(qp + (size_t)g * d + 32 * c)));
+                }
+            }
+            _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
+                buf[g][k] = a[g];
+        }
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
+            _mm256_storeu_si256((__m256i *)&isum[g][i0], i8_hsum8(buf[g]));
+    }
+}
+
+/* V: ia[k][d] (vt order, see i8_vchan) = sum_i w_i * codes of n (<= TILE)
+ * rows for nq weight vectors; w4[k][quad] holds the int8 weights of rows
+ * 4*quad .. 4*quad+3 (zero beyond n).  Rows are transposed four at a time into vt (one dword = one
+ * channel of four rows) so that each vpdpbusd adds four rows for eight
+ * channels, and each transposed vector serves the whole group. */
+I8_FN static inline __attribute__((always_inline)) void
+I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n, const uint32_t w4[][TILE / 4],
+                 uint32_t d, const int bits, const int nq, __m256i *vt, int32_t ia[][SKV_MAX_HEAD_DIM])
+{
+    const uint32_t nch = d / 32, nv = d / 8, nquad = (n + 3) / 4;
+    for (uint32_t qd = 0; qd < nquad; qd++)
+        for (uint32_t c = 0; c < nch; c++) {
+            __m256i x[4];
+            for (uint32_t k = 0; k < 4; k++)
+                x[k] = 4 * qd + k < n ? i8_unpack(row + (size_t)(4 * qd + k) * rs, c, bits)
+                                      : _mm256_setzero_si256();
+            i8_transpose4(x, vt + (size_t)qd * nv + 4 * c);
+        }
+    for (uint32_t kv = 0; kv < nv; kv++) {
+        __m256i a[I8_QMAX];
+        _Pragma("GCC unroll 16") for (int g = 0; g < I8_QMAX; g++)
+            a[g] = _mm256_setzero_si256();
+        for (uint32_t qd = 0; qd < nquad; qd++) {
+            __m256i x = _mm256_load_si256(vt + (size_t)qd * nv + kv);
+            _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
+                a[g] = I8_DP(a[g], x, _mm256_set1_epi32((int)w4[g][qd]));
+        }
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
+            _mm256_storeu_si256((__m256i *)&ia[g][8 * kv], a[g]);
+    }
+}
+
+/* The fused kernel over rows [r0, r1) of a run of 2-, 3- or 4-bit rows
+ * with one scale group per row (i8_ok); same arithmetic as kern_i8_scalar. */
+I8_FN static inline __attribute__((always_inline)) void
+I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d,
+                      skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride, const int bits,
+                      const int ng)
+{
+    int8_t qi[I8_QMAX * SKV_MAX_HEAD_DIM];
+    int8_t qp[I8_QMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    float qs[SKV_GMAX], qsum[SKV_GMAX];
+    float accp[SKV_GMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    float s[SKV_GMAX][TILE] __attribute__((aligned(32)));
+    float ksc[TILE] __attribute__((aligned(32))), kbi[TILE] __attribute__((aligned(32)));
+    float vsc[TILE] __attribute__((aligned(32))), vbi[TILE] __attribute__((aligned(32)));
+    int32_t isum[I8_QMAX][TILE] __attribute__((aligned(32)));
+    int32_t ia[I8_QMAX][SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    uint32_t w4[I8_QMAX][TILE / 4];
+    __m256i vt[TILE / 4 * SKV_MAX_HEAD_DIM / 8];
+    const uint32_t nv = d / 8;
+    const __m256i bsel = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1);
+    const __m256i k254 = _mm256_set1_epi32(254);
+    i8_quant_q(q, (uint32_t)ng, d, qi, qs, qsum);
+    i8_permute_q(qi, 2 * (uint32_t)ng, d, bits, qp);
+    for (int g = 0; g < ng; g++)
+        for (uint32_t x = 0; x < d; x++)
+            accp[(size_t)g * d + x] = acc[(size_t)g * d + i8_vchan(bits, x)];
+    for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
+        uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
+        i8_tile_par(R->kp + t0 * R->kps, R->kps, R->kmode, bits, n, ksc, kbi);
+        i8_tile_par(R->vp + t0 * R->vps, R->vps, R->vmode, bits, n, vsc, vbi);
+        /* scores: (254 a1 + a2) * qs * scale + bias * sum(q) */
+        I8_NAME(i8_kdots)(R->kd + t0 * R->rs, R->rs, n, qp, d, bits, 2 * ng, isum);
+        for (int g = 0; g < ng; g++) {
+            __m256 vq = _mm256_set1_ps(qs[g]), vs = _mm256_set1_ps(qsum[g]);
+            for (uint32_t i = 0; i < n; i += 8) {
+                __m256i a = _mm256_add_epi32(
+                    _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)&isum[g][i]), k254),
+                    _mm256_load_si256((const __m256i *)&isum[ng + g][i]));
+                __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), vq),
+                                         _mm256_load_ps(&ksc[i]));
+                _mm256_store_ps(&s[g][i], _mm256_add_ps(f, _mm256_mul_ps(_mm256_load_ps(&kbi[i]), vs)));
+            }
+            for (uint32_t i = n; i < TILE; i++)
+                s[g][i] = -INFINITY;
+        }
+        /* softmax of the tile, the weights p * V scale in two int8 levels,
+         * and the bias sum */
+        float wu[SKV_GMAX], bsum[SKV_GMAX];
+        for (int g = 0; g < ng; g++) {
+            __m256 mv = _mm256_load_ps(&s[g][0]);
+            for (int i = 8; i < TILE; i += 8)
+                mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
+            float mx = hmax256(mv);
+            if (sc)
+                for (uint32_t i = 0; i < n; i++)
+                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
+            float m = skv_sm_block_begin(&st[g], accp + (size_t)g * d, mx, d);
+            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps(), wv = _mm256_setzero_ps();
+            __m256 bv = _mm256_setzero_ps();
+            for (int i = 0; i < TILE; i += 8) {
+                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
+                lv = _mm256_add_ps(lv, p);
+                bv = _mm256_add_ps(bv, _mm256_mul_ps(p, _mm256_load_ps(&vbi[i])));
+                p = _mm256_mul_ps(p, _mm256_load_ps(&vsc[i]));
+                _mm256_store_ps(&s[g][i], p);
+                wv = _mm256_max_ps(wv, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), p));
+            }
+            st[g].l += hsum256(lv);
+            bsum[g] = hsum256(bv);
+            float wmax = hmax256(wv);
+            wu[g] = i8_wunit(wmax);
+            __m256 inv = _mm256_set1_ps(i8_winv(wmax)), c127 = _mm256_set1_ps(127.0f);
+            for (int i = 0; i < TILE; i += 8) {
+                __m256 t = _mm256_mul_ps(_mm256_load_ps(&s[g][i]), inv);
+                t = _mm256_max_ps(_mm256_min_ps(t, c127), _mm256_set1_ps(-127.0f));
+                __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                __m256 f = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(t, r), _mm256_set1_ps(254.0f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                f = _mm256_max_ps(_mm256_min_ps(f, c127), _mm256_set1_ps(-127.0f));
+                /* byte 0 of each int32 -> one dword per 4 rows */
+                __m256i w1 = _mm256_shuffle_epi8(_mm256_cvtps_epi32(r), bsel);
+                __m256i w2 = _mm256_shuffle_epi8(_mm256_cvtps_epi32(f), bsel);
+                w4[g][i / 4] = (uint32_t)_mm256_extract_epi32(w1, 0);
+                w4[g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w1, 4);
+                w4[ng + g][i / 4] = (uint32_t)_mm256_extract_epi32(w2, 0);
+                w4[ng + g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w2, 4);
+            }
+        }
+        I8_NAME(i8_vacc)(R->vd + t0 * R->rs, R->rs, n, w4, d, bits, 2 * ng, vt, ia);
+        for (int g = 0; g < ng; g++) {
+            __m256 ws = _mm256_set1_ps(wu[g]), bs = _mm256_set1_ps(bsum[g]);
+            float *ap = accp + (size_t)g * d;
+            for (uint32_t x = 0; x < nv; x++) {
+                __m256i a = _mm256_add_epi32(
+                    _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)&ia[g][8 * x]), k254),
+                    _mm256_load_si256((const __m256i *)&ia[ng + g][8 * x]));
+                __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), ws), bs);
+                _mm256_store_ps(ap + 8 * x, _mm256_add_ps(_mm256_load_ps(ap + 8 * x), f));
+            }
+        }
+    }
+    for (int g = 0; g < ng; g++)
+        for (uint32_t x = 0; x < d; x++)
+            acc[(size_t)g * d + i8_vchan(bits, x)] = accp[(size_t)g * d + x];
+}
+
+#define I8_KB(B, G)                                                                            \
+    I8_FN static void I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), G)(                         \
+        const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d, skv_sm_state *st,  \
+        float *acc, float *sc, uint64_t ss)                                                     \
+    {                                                                                           \
+        I8_NAME(kern_i8_body)(R, r0, r1, q, d, st, acc, sc, ss, B, G);                          \
+    }
+#define I8_KBG(B) I8_KB(B, 1) I8_KB(B, 2) I8_KB(B, 3) I8_KB(B, 4) I8_KB(B, 5) I8_KB(B, 6)       \
+    I8_KB(B, 7) I8_KB(B, 8)
+I8_KBG(2) I8_KBG(3) I8_KBG(4)
+#undef I8_KBG
+#undef I8_KB
+
+#define I8_KROW(B)                                                                             \
+    { I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 1), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 2), \
+      I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 3), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 4), \
+      I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 5), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 6), \
+      I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 7), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 8) }
+static const kern_fn I8_NAME(i8_kernels)[3][SKV_GMAX] = {I8_KROW(2), I8_KROW(3), I8_KROW(4)};
+#undef I8_KROW
+
+/* The building blocks for skv_att_i8_dots / skv_att_i8_vacc (any bits, nq). */
+I8_FN static void I8_NAME(i8_dots_rows)(const uint8_t *rows, size_t stride, uint32_t n,
+                                        const int8_t *qp, uint32_t d, int bits, int nq,
+                                        int32_t *dots)
+{
+    int32_t isum[I8_QMAX][TILE] __attribute__((aligned(32)));
+    for (uint32_t i0 = 0; i0 < n; i0 += TILE) {
+        uint32_t m = n - i0 < TILE ? n - i0 : TILE;
+        I8_NAME(i8_kdots)(rows + (size_t)i0 * stride, stride, m, qp, d, bits, nq, isum);
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
+            for (uint32_t i = 0; i < m; i++)
+                dots[(size_t)g * n + i0 + i] = isum[g][i];
+    }
+}
+
+I8_FN static void I8_NAME(i8_vacc_rows)(const uint8_t *rows, size_t stride, uint32_t n,
+                                        const int8_t *w, uint32_t d, int bits, int nq,
+                                        int32_t *acc)
+{
+    int32_t ia[I8_QMAX][SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    uint32_t w4[I8_QMAX][TILE / 4];
+    __m256i vt[TILE / 4 * SKV_MAX_HEAD_DIM / 8];
+    for (uint32_t i0 = 0; i0 < n; i0 += TILE) {
+        uint32_t m = n - i0 < TILE ? n - i0 : TILE;
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
+            for (uint32_t k = 0; k < TILE / 4; k++) {
+                uint32_t x = 0;
+                for (uint32_t b = 0; b < 4; b++)
+                    if (4 * k + b < m)
+                        x |= (uint32_t)(uint8_t)w[(size_t)g * n + i0 + 4 * k + b] << (8 * b);
+                w4[g][k] = x;
+            }
+        I8_NAME(i8_vacc)(rows + (size_t)i0 * stride, stride, m, w4, d, bits, nq, vt, ia);
+        _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
+            for (uint32_t x = 0; x < d; x++)
+                acc[(size_t)g * d + i8_vchan(bits, x)] += ia[g][x];
+    }
+}
+
+#undef I8_FN
+#undef I8_NAME
+#undef I8_CAT
+#undef I8_CAT2
