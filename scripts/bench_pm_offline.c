@@ -2,7 +2,8 @@
  * offline: for each packed cache given (made by skv-alloc | skv-quant from
  * TRACE), its bytes, beta, rows per (layer, KV head) (stored tokens and
  * centroids), the decode time of its attention (the fused CPU kernels, one
- * thread, all layers, the last S steps, repeated until 0.3 s have passed)
+ * thread, all layers, the last S steps, repeated until 0.3 s have passed;
+ * float kernels: avx2, else scalar)
  * and the relative L2 error of its attention outputs against float64
  * attention on TRACE.  The caches are timed in turn in one process, so
  * their times are measured under the same load. */
@@ -46,7 +47,10 @@ int main(int argc, char **argv)
     const uint32_t L = h->n_layers, H = h->n_heads, d = h->head_dim;
     size_t per = (size_t)H * S * d;
     float *ref = malloc((size_t)L * per * sizeof *ref), *out = malloc(per * sizeof *out);
-    skv_attend_opts o = {1, SKV_KERNEL_AUTO, 0};
+    /* the float kernels, as the evaluations use: the error is the
+     * compression's, not the int8 kernels' rounding */
+    skv_attend_opts o = {1, skv_att_kernel_available(SKV_KERNEL_AVX2) ? SKV_KERNEL_AVX2
+                                                                     : SKV_KERNEL_SCALAR, 0};
     skv_attend_ctx *ctx = skv_attend_new(&o);
     if (!steps || !ref || !out || !ctx)
         die("setup");
