@@ -2,7 +2,7 @@
  * against a hand-checked example and a float64 reference, the identity
  * "a centroid of n identical tokens attends exactly like the n tokens" (one
  * row, and through the cache with the model's interface), pruning to the
- * budget and the byte model. */
+ * budget and the byte model, merge + mixed precision online. */
 #include "smartkv.h"
 
 #include <check.h>
@@ -325,6 +325,98 @@ START_TEST(test_prune_budget_bytes)
 }
 END_TEST
 
+/* Merge + mixed precision online: one run of the cache over the planted
+ * data of test_prune_budget_bytes with kept tokens at 4/8/16 bits.  Rows
+ * below 16 bits are used, the planted token is still attended, bytes are
+ * the documented byte model row by row (the width byte included), and at
+ * the same budget it keeps more rows than fp16 alone.  Returns the stats. */
+static void run_pm(const skv_pm_cfg *c, skv_pm_stats *s, float *planted_min)
+{
+    skv_kv_cache *a = skv_pm_new(c, L_, H_, KH_, D_, T_);
+    ck_assert_msg(a != NULL, "%s", skv_errmsg());
+    static float o[D_], p[T_];
+    *planted_min = 1;
+    for (uint32_t p0 = 0; p0 < T_; p0 += 16)
+        for (uint32_t l = 0; l < L_; l++) {
+            ck_assert_int_eq(a->ops->append(a, l, p0, 16, &K_[l][p0][0], &V_[l][p0][0]), 0);
+            for (uint32_t h = 0; h < H_; h++)
+                for (uint32_t i = 0; i < 16; i++) {
+                    ck_assert_int_eq(a->ops->attend(a, l, h, p0 + i, 1, &Q_[p0 + i][h * D_],
+                                                    0, 0.2f, o, 0, p, 0), 0);
+                    if (p0 + i >= 40 && p[40] < *planted_min)
+                        *planted_min = p[40];
+                }
+        }
+    ck_assert_int_eq(skv_pm_stats_get(a, s), 0);
+    skv_kv_cache_free(a);
+}
+
+START_TEST(test_mixed_budget)
+{
+    rng = 4242;
+    for (int l = 0; l < L_; l++)
+        for (int t = 0; t < T_; t++)
+            for (int j = 0; j < KH_ * D_; j++) {
+                K_[l][t][j] = 0.3f * frand();
+                V_[l][t][j] = frand();
+            }
+    for (int t = 0; t < T_; t++)
+        for (int j = 0; j < H_ * D_; j++)
+            Q_[t][j] = 1.0f;
+    for (int l = 0; l < L_; l++)
+        for (int j = 0; j < KH_ * D_; j++)
+            K_[l][40][j] = 1.0f;
+    skv_pm_cfg c;
+    skv_pm_defaults(&c);
+    c.budget = 0.5;
+    c.recent = 8;
+    c.num_clusters = 4;
+    skv_pm_stats f, f16, m;
+    float pf, pf16, pm;
+    run_pm(&c, &f, &pf);
+    c.kept_mask = 1u << 16;  /* 16 alone: exactly the fp16 cache */
+    run_pm(&c, &f16, &pf16);
+    ck_assert_uint_eq(f16.bytes, f.bytes);
+    ck_assert_uint_eq(f16.kept, f.kept);
+    ck_assert_float_eq(pf16, pf);
+    c.kept_mask = 1u << 4 | 1u << 8 | 1u << 16;
+    run_pm(&c, &m, &pm);
+    ck_assert_float_gt(pm, 0.1f);  /* the planted token: still held and attended */
+    const uint64_t trk = 4ull * (H_ / KH_) * 2;
+    uint64_t bytes = m.centroids * (4 * D_ + 4), rows = 0;
+    for (int wi = 1; wi < SKV_NBITS; wi++) {
+        uint32_t w = skv_bit_widths[wi];
+        uint64_t rb = w == 16 ? 4 * D_
+                              : 2 * (skv_row_bytes(w, D_) + skv_par_bytes(w, D_, D_, SKV_QMODE_ASYM));
+        bytes += m.hist[wi] * (rb + 4 + 1 + trk);
+        rows += m.hist[wi];
+    }
+    ck_assert_uint_eq(rows, m.kept);
+    ck_assert_uint_eq(m.bytes, bytes);
+    ck_assert_uint_eq(m.hist[skv_width_index(2)] + m.hist[skv_width_index(3)], 0);
+    ck_assert_uint_gt(m.hist[skv_width_index(4)] + m.hist[skv_width_index(8)], 0);
+    ck_assert_uint_eq(m.kept + m.merged + m.dropped, (uint64_t)L_ * KH_ * T_);
+    double bm = (double)m.bytes / (double)m.fp16_bytes, bf = (double)f.bytes / (double)f.fp16_bytes;
+    ck_assert_msg(bm < 0.6 && bm > 0.4, "mixed beta %g", bm);
+    ck_assert_msg(fabs(bm - bf) < 0.03, "mixed beta %g, fp16 beta %g", bm, bf);
+    ck_assert_msg(m.kept > f.kept, "mixed kept %llu rows, fp16 %llu", (unsigned long long)m.kept,
+                  (unsigned long long)f.kept);
+    /* settings mixed precision cannot take */
+    c.max_cache_size = 10;
+    ck_assert_int_eq(skv_pm_cfg_check(&c), SKV_EINVAL);
+    c.max_cache_size = 0;
+    c.budget = 0;
+    ck_assert_int_eq(skv_pm_cfg_check(&c), SKV_EINVAL);
+    c.budget = 0.5;
+    c.kept_mask |= 1u << 5;
+    ck_assert_int_eq(skv_pm_cfg_check(&c), SKV_EINVAL);
+    c.kept_mask = 1u << 4 | 1u << 16;
+    char buf[96];
+    skv_pm_describe(&c, buf, sizeof buf);
+    ck_assert_str_eq(buf, "prune-merge beta=0.5 K=4 P=16 D=32 sinks=4 recent=8 bits=4,16");
+}
+END_TEST
+
 START_TEST(test_cfg_errors)
 {
     skv_pm_cfg c;
@@ -479,6 +571,7 @@ int main(void)
     tcase_add_test(tc, test_identity_row);
     tcase_add_test(tc, test_identity_cache);
     tcase_add_test(tc, test_prune_budget_bytes);
+    tcase_add_test(tc, test_mixed_budget);
     tcase_add_test(tc, test_cfg_errors);
     tcase_add_test(tc, test_identity_packed);
     suite_add_tcase(su, tc);
