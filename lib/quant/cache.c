@@ -465,18 +465,18 @@ static int write_centroids(skv_stream *s, const skv_cache_plan *p, uint32_t l, u
 {
     const uint32_t d = p->q.head_dim;
     const uint32_t nc = (uint32_t)(n0 < p->merge_clusters ? n0 : p->merge_clusters);
+    if (skv_cntr_payload_bytes(&p->q, p->merge_bits, nc) > SKV_CHUNK_MAX)
+        return skv_error(SKV_ELIMIT, "%u centroids of layer %u kv head %u do not fit one chunk",
+                         nc, l, kh);
     float *ck = skv_calloc((size_t)nc * d * 2, sizeof *ck);
     uint32_t *cnt = skv_calloc(nc, sizeof *cnt), *last = skv_calloc(nc, sizeof *last);
     uint32_t *scnt = skv_calloc(nc, sizeof *scnt), *slast = skv_calloc(nc, sizeof *slast);
     float *sk = skv_calloc((size_t)nc * d * 2, sizeof *sk);
     cent_ord *o = skv_calloc(nc, sizeof *o);
     uint64_t size = skv_cntr_payload_bytes(&p->q, p->merge_bits, nc);
-    uint8_t *buf = size <= SKV_CHUNK_MAX ? skv_malloc((size_t)size) : NULL;
+    uint8_t *buf = skv_malloc((size_t)size);
     int rc = 0;
-    if (size > SKV_CHUNK_MAX)
-        rc = skv_error(SKV_ELIMIT, "%u centroids of layer %u kv head %u do not fit one chunk",
-                       nc, l, kh);
-    else if (!ck || !cnt || !last || !scnt || !slast || !sk || !o || !buf)
+    if (!ck || !cnt || !last || !scnt || !slast || !sk || !o || !buf)
         rc = SKV_ENOMEM;
     for (uint64_t i = 0; i < n0 && rc == 0; i++) {
         uint32_t t = ev[i];
