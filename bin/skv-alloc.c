@@ -19,7 +19,7 @@ static void usage(void)
            "                         uniform-protect:N, random,\n"
            "                         position, layer-aware; baselines q8_0, q4_0,\n"
            "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
-           "                         uncomp, razor (needs --heads), rocketkv\n"
+           "                         uncomp, razor (needs --heads), rocketkv; prune-merge[:K]\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.25; none for\n"
            "                         uniform:N); BETA >= 1 stores everything at 16 bits\n"
            "      --importance MODE  ema (default), cumulative, normalized, window, oracle\n"
@@ -33,6 +33,13 @@ static void usage(void)
            "      --recent N         last N tokens at the top width (default 32)\n"
            "      --seed S           seed of the random policy (default 1)\n"
            "      --heads FILE       razor: head scores from skv-trace heads\n"
+           "prune-merge (one prune at the end of the trace; skv-quant merges the pruned\n"
+           "tokens into centroids; -b, --bits, --sinks, --recent apply):\n"
+           "      --max-cache-size B tokens kept per (layer, KV head) beside sinks and\n"
+           "                         recent (default: from -b at the top width); with -b\n"
+           "                         too, smartkv spends -b on them over --bits\n"
+           "      --num-clusters K   centroids per (layer, KV head); 0 prunes only (default 8)\n"
+           "      --lookback-window D  score by the attention of the last D queries (default 32)\n"
            TOOL_THREADS_HELP
            "  -g, --group G          channels per scale group for K and V (default head_dim)\n"
            "      --k-mode MODE      key quantizer: asym (default), sym or ggml\n"
@@ -50,7 +57,7 @@ static void usage(void)
 
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_WINDOW, O_SHARE, O_BITS, O_SINKS, O_RECENT, O_SEED,
-    O_KMODE, O_VMODE, O_SUMMARY, O_HEADS
+    O_KMODE, O_VMODE, O_SUMMARY, O_HEADS, O_PM_B, O_PM_K, O_PM_D, O_PM_P, O_PM_LR
 };
 
 static const struct option longopts[] = {
@@ -70,6 +77,11 @@ static const struct option longopts[] = {
     {"v-mode", required_argument, NULL, O_VMODE},
     {"summary", no_argument, NULL, O_SUMMARY},
     {"heads", required_argument, NULL, O_HEADS},
+    {"max-cache-size", required_argument, NULL, O_PM_B},
+    {"num-clusters", required_argument, NULL, O_PM_K},
+    {"lookback-window", required_argument, NULL, O_PM_D},
+    {"pruning-interval", required_argument, NULL, O_PM_P},
+    {"kmeans-learning-rate", required_argument, NULL, O_PM_LR},
     {"output", required_argument, NULL, 'o'},
     {"compress", optional_argument, NULL, 'z'},
     {"json", no_argument, NULL, TOOL_OPT_JSON},
@@ -328,12 +340,34 @@ int main(int argc, char **argv)
     const char *out = NULL;
     int level = -1, want_summary = 0, have_budget = 0, have_bits = 0, json = 0;
     skv_head_scores heads = {0, 0, NULL, NULL};
-    uint32_t group = 0;
+    uint32_t group = 0, pm_b = 0, pm_d = 32;
+    int64_t pm_k = -1;
     int o;
+    ac.pm_clusters = 8;
     while ((o = tool_getopt(argc, argv, "p:b:g:o:z::" TOOL_COMMON_SHORT, longopts)) != -1) {
         switch (o) {
         case 'p':
+            if (optarg && !strncmp(optarg, "prune-merge", 11) && (optarg[11] == '\0' || optarg[11] == ':')) {
+                ac.prune_merge = 1;
+                ac.policy = SKV_POLICY_SMARTKV;  /* spends the budget on kept tokens */
+                if (optarg[11] == ':')  /* prune-merge:K sets the clusters (0: pruned only) */
+                    ac.pm_clusters = tool_opt_u32("--policy prune-merge:K", optarg + 12, 0,
+                                                  SKV_CNTR_MAX);
+                break;
+            }
+            ac.prune_merge = 0;
             tool_opt_policy("--policy", optarg, &ac.policy, &ac.uniform_bits);
+            break;
+        case O_PM_B: pm_b = tool_opt_u32("--max-cache-size", optarg, 1, UINT32_MAX); break;
+        case O_PM_K: pm_k = (int64_t)tool_opt_u32("--num-clusters", optarg, 0, SKV_CNTR_MAX); break;
+        case O_PM_D: pm_d = tool_opt_u32("--lookback-window", optarg, 1, UINT32_MAX); break;
+        case O_PM_P:
+            tool_usage_error("--pruning-interval: skv-alloc prunes once, at the end of the "
+                             "trace (pruning every P tokens is skv-eval's prune-merge)");
+            break;
+        case O_PM_LR:
+            tool_usage_error("--kmeans-learning-rate: skv-quant's centroids are the exact mean "
+                             "of their members (step 1/count); a learning rate is skv-eval's");
             break;
         case 'b':
             if (tool_parse_double(optarg, &ac.budget) < 0 || !(ac.budget > 0))
@@ -386,6 +420,17 @@ int main(int argc, char **argv)
     if (argc - optind > 1)
         tool_usage_error("at most one input trace");
     const char *in = optind < argc ? argv[optind] : NULL;
+    if (!ac.prune_merge && (pm_b || pm_k >= 0 || pm_d != 32))
+        tool_usage_error("--max-cache-size, --num-clusters and --lookback-window are options "
+                         "of -p prune-merge");
+    if (ac.prune_merge) {
+        ac.pm_max_cache = pm_b;
+        ac.pm_lookback = pm_d;
+        if (pm_k >= 0)
+            ac.pm_clusters = (uint32_t)pm_k;
+        if (pm_b && !have_budget)
+            ac.budget = 0;  /* B alone: kept tokens at the top width, no budget */
+    }
     if (skv_policy_flags(ac.policy) & SKV_PF_FIXED) {
         if (!have_budget)
             ac.budget = 0;

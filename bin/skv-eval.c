@@ -87,6 +87,8 @@ static noreturn void usage(void)
            "      --pruning-interval P  prune every P tokens (default 16)\n"
            "      --lookback-window D   score by the attention of the last D queries (default 32)\n"
            "      --kmeans-learning-rate ETA  centroid key step; 0 = 1/count (default 0)\n"
+           "      --kept-bits LIST   widths of kept tokens (default 16); lower widths:\n"
+           "                         merge + mixed precision within -b\n"
            "Evaluation options:\n"
            "  -m, --model FILE       GGUF model (required)\n"
            "  -f, --text FILE        text to score (ppl, sweep; - = stdin)\n"
@@ -125,7 +127,8 @@ enum {
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
-    O_IMPPOW, O_RECENCY, O_PARAMBITS, O_VROTATE, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS, O_HEADS
+    O_IMPPOW, O_RECENCY, O_PARAMBITS, O_VROTATE, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR,
+    O_PM_BITS, O_WEIGHTS, O_HEADS
 };
 
 static const struct option longopts[] = {
@@ -184,6 +187,7 @@ static const struct option longopts[] = {
     {"pruning-interval", required_argument, NULL, O_PM_P},
     {"lookback-window", required_argument, NULL, O_PM_D},
     {"kmeans-learning-rate", required_argument, NULL, O_PM_LR},
+    {"kept-bits", required_argument, NULL, O_PM_BITS},
     TOOL_COMMON_OPTIONS,
     {NULL, 0, NULL, 0},
 };
@@ -1178,6 +1182,11 @@ int main(int argc, char **argv)
         case O_PM_LR:
             o.cfg.pm.kmeans_lr = tool_opt_double("--kmeans-learning-rate", optarg, 0, 1, 0);
             break;
+        case O_PM_BITS:
+            o.cfg.pm.kept_mask = tool_opt_widths("--kept-bits", optarg);
+            if (o.cfg.pm.kept_mask & 1u)
+                tool_usage_error("--kept-bits: 0 is not a width of a kept token");
+            break;
         case 'm': o.model = optarg; break;
         case 'f': o.text = optarg; break;
         case O_CTX: o.ctx = tool_opt_u32("--ctx", optarg, 2, 1u << 24); break;
@@ -1243,6 +1252,14 @@ int main(int argc, char **argv)
         tool_usage_error("unknown command '%s' (ppl, needle, sweep or merge)", o.cmd);
     if (optind < argc)
         tool_usage_error("unexpected argument '%s'", argv[optind]);
+    if (o.cfg.pm.kept_mask) {
+        const char *pl = strcmp(o.cmd, "sweep") != 0 ? o.policy : policies;
+        if (!pl || !strstr(pl, "prune-merge"))
+            tool_usage_error("--kept-bits is an option of -p prune-merge");
+        skv_pm_cfg pc = skv_ec_pm_cfg(&o.cfg);
+        if (skv_pm_cfg_check(&pc) < 0)
+            tool_usage_error("%s", skv_errmsg());
+    }
     if (o.tsv && o.json)
         tool_usage_error("--tsv and --json are exclusive");
     if (!o.model)

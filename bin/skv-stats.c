@@ -413,7 +413,10 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
             fprintf(f, "%s{\"bits\": %u, \"rows\": %llu, \"chunks\": %llu, \"bytes\": %llu}",
                     w ? ", " : "", skv_bit_widths[w], (unsigned long long)m.width_rows[w],
                     (unsigned long long)m.width_chunks[w], (unsigned long long)m.width_bytes[w]);
-        fputs("],\n \"layers\": [", f);
+        fprintf(f, "],\n \"centroids\": {\"n\": %llu, \"chunks\": %llu, \"bytes\": %llu}",
+                (unsigned long long)m.centroids, (unsigned long long)m.centroid_chunks,
+                (unsigned long long)m.centroid_bytes);
+        fputs(",\n \"layers\": [", f);
         for (uint32_t l = 0; l < m.n_layers; l++) {
             fprintf(f, "%s{\"layer\": %u, \"bytes\": %llu, \"rows\": [", l ? ",\n  " : "\n  ", l,
                     (unsigned long long)m.layer_bytes[l]);
@@ -432,6 +435,10 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
             fprintf(f, "width\t%u\t%llu\t%llu\t%llu\t%.6f\n", skv_bit_widths[w],
                     (unsigned long long)m.width_bytes[w], (unsigned long long)m.width_rows[w],
                     (unsigned long long)m.width_chunks[w], rows ? m.width_rows[w] / (double)rows : 0);
+        if (m.centroids)
+            fprintf(f, "centroids\tmerged\t%llu\t%llu\t%llu\t%.6f\n",
+                    (unsigned long long)m.centroid_bytes, (unsigned long long)m.centroids,
+                    (unsigned long long)m.centroid_chunks, m.centroid_bytes / (double)m.total);
         for (uint32_t l = 0; l < m.n_layers; l++)
             for (int w = 0; w < SKV_NBITS; w++)
                 fprintf(f, "layer%u\t%u\t\t%llu\t\t\n", l, skv_bit_widths[w],
@@ -452,6 +459,10 @@ int stats_mem(int fmt, const char *out, int argc, char **argv)
             fprintf(f, "  %2u-bit %10llu %5.1f%% %10llu %12llu\n", skv_bit_widths[w],
                     (unsigned long long)m.width_rows[w], rows ? 100.0 * m.width_rows[w] / rows : 0,
                     (unsigned long long)m.width_chunks[w], (unsigned long long)m.width_bytes[w]);
+        if (m.centroids)
+            fprintf(f, "  centroids %7llu %17llu %12llu  (merged tokens; bytes in beta)\n",
+                    (unsigned long long)m.centroids, (unsigned long long)m.centroid_chunks,
+                    (unsigned long long)m.centroid_bytes);
         fputs("\nbit histogram per layer (% of rows at 0/2/3/4/8/16 bits):\n", f);
         for (uint32_t l = 0; l < m.n_layers; l++) {
             uint64_t lr = 0;

@@ -501,9 +501,9 @@ START_TEST(test_alhd_validation)
         const char *why;
     } bad[] = {
         {8, 0, "n_layers"},         {12, 0, "n_kv_heads"},     {24, 0, "width mask"},
-        {24, 1u << 5, "width mask"}, {28, 2, "flags"},          {32, 0, "head_dim"},
+        {24, 1u << 5, "width mask"}, {28, 4, "flags"},          {32, 0, "head_dim"},
         {36, 48, "group"},          {40, 0, "group"},          {44, 4, "modes"},
-        {52, 1, "reserved"},
+        {52, 1, "clusters"},        {28, 2, "clusters"},  /* merge flag and K go together */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         uint8_t q[2048];

@@ -2,7 +2,7 @@
  * against a hand-checked example and a float64 reference, the identity
  * "a centroid of n identical tokens attends exactly like the n tokens" (one
  * row, and through the cache with the model's interface), pruning to the
- * budget and the byte model. */
+ * budget and the byte model, merge + mixed precision online. */
 #include "smartkv.h"
 
 #include <check.h>
@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static float frand(void)
@@ -324,6 +325,98 @@ START_TEST(test_prune_budget_bytes)
 }
 END_TEST
 
+/* Merge + mixed precision online: one run of the cache over the planted
+ * data of test_prune_budget_bytes with kept tokens at 4/8/16 bits.  Rows
+ * below 16 bits are used, the planted token is still attended, bytes are
+ * the documented byte model row by row (the width byte included), and at
+ * the same budget it keeps more rows than fp16 alone.  Returns the stats. */
+static void run_pm(const skv_pm_cfg *c, skv_pm_stats *s, float *planted_min)
+{
+    skv_kv_cache *a = skv_pm_new(c, L_, H_, KH_, D_, T_);
+    ck_assert_msg(a != NULL, "%s", skv_errmsg());
+    static float o[D_], p[T_];
+    *planted_min = 1;
+    for (uint32_t p0 = 0; p0 < T_; p0 += 16)
+        for (uint32_t l = 0; l < L_; l++) {
+            ck_assert_int_eq(a->ops->append(a, l, p0, 16, &K_[l][p0][0], &V_[l][p0][0]), 0);
+            for (uint32_t h = 0; h < H_; h++)
+                for (uint32_t i = 0; i < 16; i++) {
+                    ck_assert_int_eq(a->ops->attend(a, l, h, p0 + i, 1, &Q_[p0 + i][h * D_],
+                                                    0, 0.2f, o, 0, p, 0), 0);
+                    if (p0 + i >= 40 && p[40] < *planted_min)
+                        *planted_min = p[40];
+                }
+        }
+    ck_assert_int_eq(skv_pm_stats_get(a, s), 0);
+    skv_kv_cache_free(a);
+}
+
+START_TEST(test_mixed_budget)
+{
+    rng = 4242;
+    for (int l = 0; l < L_; l++)
+        for (int t = 0; t < T_; t++)
+            for (int j = 0; j < KH_ * D_; j++) {
+                K_[l][t][j] = 0.3f * frand();
+                V_[l][t][j] = frand();
+            }
+    for (int t = 0; t < T_; t++)
+        for (int j = 0; j < H_ * D_; j++)
+            Q_[t][j] = 1.0f;
+    for (int l = 0; l < L_; l++)
+        for (int j = 0; j < KH_ * D_; j++)
+            K_[l][40][j] = 1.0f;
+    skv_pm_cfg c;
+    skv_pm_defaults(&c);
+    c.budget = 0.5;
+    c.recent = 8;
+    c.num_clusters = 4;
+    skv_pm_stats f, f16, m;
+    float pf, pf16, pm;
+    run_pm(&c, &f, &pf);
+    c.kept_mask = 1u << 16;  /* 16 alone: exactly the fp16 cache */
+    run_pm(&c, &f16, &pf16);
+    ck_assert_uint_eq(f16.bytes, f.bytes);
+    ck_assert_uint_eq(f16.kept, f.kept);
+    ck_assert_float_eq(pf16, pf);
+    c.kept_mask = 1u << 4 | 1u << 8 | 1u << 16;
+    run_pm(&c, &m, &pm);
+    ck_assert_float_gt(pm, 0.1f);  /* the planted token: still held and attended */
+    const uint64_t trk = 4ull * (H_ / KH_) * 2;
+    uint64_t bytes = m.centroids * (4 * D_ + 4), rows = 0;
+    for (int wi = 1; wi < SKV_NBITS; wi++) {
+        uint32_t w = skv_bit_widths[wi];
+        uint64_t rb = w == 16 ? 4 * D_
+                              : 2 * (skv_row_bytes(w, D_) + skv_par_bytes(w, D_, D_, SKV_QMODE_ASYM));
+        bytes += m.hist[wi] * (rb + 4 + 1 + trk);
+        rows += m.hist[wi];
+    }
+    ck_assert_uint_eq(rows, m.kept);
+    ck_assert_uint_eq(m.bytes, bytes);
+    ck_assert_uint_eq(m.hist[skv_width_index(2)] + m.hist[skv_width_index(3)], 0);
+    ck_assert_uint_gt(m.hist[skv_width_index(4)] + m.hist[skv_width_index(8)], 0);
+    ck_assert_uint_eq(m.kept + m.merged + m.dropped, (uint64_t)L_ * KH_ * T_);
+    double bm = (double)m.bytes / (double)m.fp16_bytes, bf = (double)f.bytes / (double)f.fp16_bytes;
+    ck_assert_msg(bm < 0.6 && bm > 0.4, "mixed beta %g", bm);
+    ck_assert_msg(fabs(bm - bf) < 0.03, "mixed beta %g, fp16 beta %g", bm, bf);
+    ck_assert_msg(m.kept > f.kept, "mixed kept %llu rows, fp16 %llu", (unsigned long long)m.kept,
+                  (unsigned long long)f.kept);
+    /* settings mixed precision cannot take */
+    c.max_cache_size = 10;
+    ck_assert_int_eq(skv_pm_cfg_check(&c), SKV_EINVAL);
+    c.max_cache_size = 0;
+    c.budget = 0;
+    ck_assert_int_eq(skv_pm_cfg_check(&c), SKV_EINVAL);
+    c.budget = 0.5;
+    c.kept_mask |= 1u << 5;
+    ck_assert_int_eq(skv_pm_cfg_check(&c), SKV_EINVAL);
+    c.kept_mask = 1u << 4 | 1u << 16;
+    char buf[96];
+    skv_pm_describe(&c, buf, sizeof buf);
+    ck_assert_str_eq(buf, "prune-merge beta=0.5 K=4 P=16 D=32 sinks=4 recent=8 bits=4,16");
+}
+END_TEST
+
 START_TEST(test_cfg_errors)
 {
     skv_pm_cfg c;
@@ -346,6 +439,128 @@ START_TEST(test_cfg_errors)
 }
 END_TEST
 
+
+/* ---- offline: centroids in the packed cache (CNTR) ---- */
+
+static skv_cache *pack(const skv_trace *t, const skv_cache_plan *p)
+{
+    char path[] = "/tmp/skv-test-merge-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    skv_stream *s = skv_open_write(path, -1);
+    ck_assert_ptr_nonnull(s);
+    int rc = skv_cache_write(s, t, p, NULL, 0, NULL);
+    ck_assert_msg(rc == 0, "write: %s", skv_errmsg());
+    ck_assert_int_eq(skv_close(s), 0);
+    skv_cache *c = NULL;
+    rc = skv_cache_load(path, &c);
+    ck_assert_msg(rc == 0, "load: %s", skv_errmsg());
+    unlink(path);
+    return c;
+}
+
+/* KV head 0: tokens 10..19 share one K/V row; KV head 1: tokens 30..34.
+ * Evicted and merged (one centroid per head, counts 10 and 5, exact means),
+ * the packed cache must attend exactly like the cache that stores them, for
+ * every query after a centroid's last member, and must leave a centroid out
+ * before it (steps 20..29: head 1's tokens 30..34 not yet seen in either). */
+START_TEST(test_identity_packed)
+{
+    const uint32_t H = 4, KV = 2, d = 32;
+    const uint64_t T = 64;
+    skv_trace_hdr h;
+    memset(&h, 0, sizeof h);
+    h.n_layers = 1;
+    h.n_heads = H;
+    h.n_kv_heads = KV;
+    h.head_dim = d;
+    h.n_tokens = T;
+    h.n_prefill = T;
+    h.dtype = SKV_F16;
+    snprintf(h.model, sizeof h.model, "identity");
+    skv_trace *t = skv_trace_new(&h);
+    ck_assert_ptr_nonnull(t);
+    for (size_t i = 0; i < (size_t)H * T * d; i++)
+        t->q[0][i] = skv_f16_to_f32(skv_f32_to_f16(2.0f * frand()));
+    for (size_t i = 0; i < (size_t)KV * T * d; i++) {
+        t->k[0][i] = skv_f16_to_f32(skv_f32_to_f16(2.0f * frand()));
+        t->v[0][i] = skv_f16_to_f32(skv_f32_to_f16(frand()));
+    }
+    for (uint64_t u = 11; u < 20; u++) {
+        memcpy(t->k[0] + u * d, t->k[0] + 10 * d, d * sizeof(float));
+        memcpy(t->v[0] + u * d, t->v[0] + 10 * d, d * sizeof(float));
+    }
+    for (uint64_t u = 31; u < 35; u++) {
+        memcpy(t->k[0] + (T + u) * d, t->k[0] + (T + 30) * d, d * sizeof(float));
+        memcpy(t->v[0] + (T + u) * d, t->v[0] + (T + 30) * d, d * sizeof(float));
+    }
+    skv_qcfg q = {d, d, d, SKV_QMODE_ASYM, SKV_QMODE_ASYM};
+    skv_cache_plan pa, pb;
+    ck_assert_int_eq(skv_cache_plan_uniform(&pa, &h, &q, 16), 0);
+    ck_assert_int_eq(skv_cache_plan_uniform(&pb, &h, &q, 16), 0);
+    for (uint64_t u = 10; u < 20; u++)
+        pb.bits[u] = 0;
+    for (uint64_t u = 30; u < 35; u++)
+        pb.bits[T + u] = 0;
+    pb.merge_clusters = 1;
+    pb.merge_bits = 16;
+    skv_cache *ca = pack(t, &pa), *cb = pack(t, &pb);
+    const skv_cache_head *hb = skv_cache_head_at(cb, 0, 0), *hb1 = skv_cache_head_at(cb, 0, 1);
+    ck_assert_uint_eq(cb->n_centroids, 2);
+    ck_assert_ptr_nonnull(hb->cent);
+    ck_assert_ptr_nonnull(hb1->cent);
+    ck_assert_uint_eq(hb->cent->rows.n, 1);
+    ck_assert_uint_eq(hb1->cent->rows.n, 1);
+    ck_assert_uint_eq(hb->cent->cnt[0], 10);
+    ck_assert_uint_eq(hb1->cent->cnt[0], 5);
+    ck_assert_uint_eq(hb->cent->rows.idx[0], 19);
+    ck_assert_uint_eq(hb1->cent->rows.idx[0], 34);
+    ck_assert_uint_eq(hb->n_stored, T - 10);
+    ck_assert_uint_eq(hb1->n_stored, T - 5);
+    uint64_t bytes = 0;
+    ck_assert_int_eq(skv_cache_plan_bytes(&pb, &bytes), 0);
+    ck_assert_uint_eq(bytes, cb->pk.cache_bytes);
+    ck_assert_uint_eq(cb->stored_bytes, cb->pk.cache_bytes);
+
+    uint64_t steps[T];
+    uint64_t ns = 0;
+    for (uint64_t u = 20; u < T; u++)
+        if (u < 30 || u >= 34)
+            steps[ns++] = u;
+    for (int kernel = SKV_KERNEL_SCALAR; kernel <= SKV_KERNEL_AVX2; kernel++) {
+        if (!skv_att_kernel_available(kernel))
+            continue;
+        skv_attend_opts o = {1, kernel, 0};
+        skv_attend_ctx *ctx = skv_attend_new(&o);
+        ck_assert_ptr_nonnull(ctx);
+        float *oa = calloc((size_t)H * ns * d, sizeof *oa), *ob = calloc((size_t)H * ns * d, sizeof *ob);
+        skv_kv_view La = {SKV_KV_PACKED, H, KV, d, T, t->q[0], NULL, NULL,
+                          skv_cache_head_at(ca, 0, 0)};
+        skv_kv_view Lb = La;
+        Lb.packed = hb;
+        ck_assert_int_eq(skv_attend_layer(ctx, &La, steps, ns, oa, NULL), 0);
+        ck_assert_int_eq(skv_attend_layer(ctx, &Lb, steps, ns, ob, NULL), 0);
+        double worst = 0, mx = 0;
+        for (size_t i = 0; i < (size_t)H * ns * d; i++) {
+            worst = fmax(worst, fabs((double)oa[i] - ob[i]));
+            mx = fmax(mx, fabs((double)oa[i]));
+        }
+        /* the same sums in another order, and log(n) rounded once */
+        ck_assert_msg(worst <= 1e-6 * mx, "%s kernel: outputs differ by %g (max |out| %g)",
+                      skv_att_kernel_name(kernel), worst, mx);
+        free(oa);
+        free(ob);
+        skv_attend_free(ctx);
+    }
+    skv_cache_free(ca);
+    skv_cache_free(cb);
+    skv_cache_plan_free(&pa);
+    skv_cache_plan_free(&pb);
+    skv_trace_free(t);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("merge");
@@ -356,7 +571,9 @@ int main(void)
     tcase_add_test(tc, test_identity_row);
     tcase_add_test(tc, test_identity_cache);
     tcase_add_test(tc, test_prune_budget_bytes);
+    tcase_add_test(tc, test_mixed_budget);
     tcase_add_test(tc, test_cfg_errors);
+    tcase_add_test(tc, test_identity_packed);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -185,6 +185,12 @@ int skv_alhd_check(const skv_alloc_hdr *h)
                          h->width_mask);
     if (h->flags & ~SKV_ALHD_FLAGS_KNOWN)
         return skv_error(SKV_EFORMAT, "unknown allocation flags 0x%x", h->flags);
+    if ((h->flags & SKV_ALHD_MERGE) ? h->clusters == 0 || h->clusters > SKV_CNTR_MAX
+                                    : h->clusters != 0)
+        return skv_error(SKV_EFORMAT, "clusters %u: must be 1..%u with the merge flag (0x2), "
+                         "0 without", h->clusters, SKV_CNTR_MAX);
+    if ((h->flags & SKV_ALHD_MERGE) && !(h->width_mask & 1u))
+        return skv_error(SKV_EFORMAT, "the merge flag (0x2) needs width 0 in the allowed set");
     if (skv_qcfg_check(&h->qcfg) < 0) {
         char msg[256];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
@@ -215,7 +221,7 @@ int skv_alhd_write(skv_stream *s, const skv_alloc_hdr *h)
     skv_put32(buf + 40, h->qcfg.v_group);
     skv_put32(buf + 44, h->qcfg.k_mode);
     skv_put32(buf + 48, h->qcfg.v_mode);
-    skv_put32(buf + 52, 0);
+    skv_put32(buf + 52, h->clusters);
     skv_put64(buf + 56, h->predicted_bytes);
     skv_put16(buf + 64, (uint16_t)L);
     memcpy(buf + SKV_ALHD_FIXED_LEN, h->text, L);
@@ -244,12 +250,9 @@ int skv_alhd_decode(const skv_chunk *c, skv_alloc_hdr *h)
     h->qcfg.v_group = skv_get32(p + 40);
     h->qcfg.k_mode = skv_get32(p + 44);
     h->qcfg.v_mode = skv_get32(p + 48);
-    uint32_t reserved = skv_get32(p + 52);
+    h->clusters = skv_get32(p + 52);
     h->predicted_bytes = skv_get64(p + 56);
     size_t L = skv_get16(p + 64);
-    if (reserved != 0)
-        return skv_error(SKV_EFORMAT, "ALHD chunk at byte %llu: reserved field is 0x%x, not 0",
-                         off, reserved);
     if (L > SKV_ALHD_MAX_TEXT || SKV_ALHD_FIXED_LEN + L != c->raw_size)
         return skv_error(SKV_EFORMAT, "ALHD chunk at byte %llu: text length %zu does not match "
                          "its %llu-byte payload (limit %u)", off, L,

@@ -189,6 +189,13 @@ static void describe(char *buf, size_t n, const skv_alloc_cfg *a, const skv_imp_
     char wl[32];
     skv_width_mask_format(a->width_mask, wl, sizeof wl);
     char pol[32];
+    if (a->prune_merge) {
+        snprintf(buf, n, "policy=prune-merge beta=%.10g max-cache-size=%u num-clusters=%u "
+                 "lookback-window=%u kmeans-learning-rate=0 bits=%s sinks=%u recent=%u%s",
+                 a->budget, a->pm_max_cache, a->pm_clusters, a->pm_lookback, wl, a->sinks,
+                 a->recent, a->pm_max_cache && a->budget > 0 ? " kept=smartkv" : "");
+        return;
+    }
     skv_policy_format(a->policy, a->uniform_bits, pol, sizeof pol);
     snprintf(buf, n, "policy=%s beta=%.10g importance=%s decay=%.10g realloc=%u window=%u "
              "bits=%s sinks=%u recent=%u seed=%llu share-layers=%u",
@@ -216,6 +223,14 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
     ri.mode = skv_policy_imp_mode(ra.policy, ri.mode);
     if ((skv_policy_flags(ra.policy) & SKV_PF_VOTES) && ra.recent)
         ri.window = ra.recent;
+    if (ra.prune_merge) {
+        /* scores: the attention of the last D queries (the lookback window) */
+        if (ra.share_layers)
+            return skv_error(SKV_EINVAL, "prune-merge keeps tokens per layer; it cannot share "
+                             "layers");
+        ri.mode = SKV_IMP_WINDOW;
+        ri.window = ra.pm_lookback;
+    }
     acfg = &ra;
     icfg = &ri;
     if ((rc = skv_imp_cfg_check(icfg)) < 0)
@@ -279,8 +294,12 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
     ah.n_layers = h->n_layers;
     ah.n_kv_heads = h->n_kv_heads;
     ah.n_tokens = h->n_tokens;
-    ah.width_mask = acfg->width_mask;
+    ah.width_mask = acfg->width_mask | (acfg->prune_merge ? 1u : 0u);
     ah.flags = acfg->share_layers ? SKV_ALHD_SHARE_LAYERS : 0;
+    if (acfg->prune_merge && acfg->pm_clusters) {
+        ah.flags |= SKV_ALHD_MERGE;
+        ah.clusters = acfg->pm_clusters;
+    }
     ah.qcfg = f->q;
     describe(ah.text, sizeof ah.text, acfg, icfg);
     if (!(a = skv_alloc_new(&ah))) {
@@ -291,7 +310,7 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
     cfg.qcfg = f->q;
     skv_alloc_problem p = {h->n_layers, h->n_kv_heads, h->n_tokens, f->imp, f->err, f->ent, NULL,
                            f->kent};
-    if ((rc = skv_alloc_solve(&cfg, &p, a->bits, &r)) < 0)
+    if ((rc = (cfg.prune_merge ? skv_pm_alloc : skv_alloc_solve)(&cfg, &p, a->bits, &r)) < 0)
         goto out;
     a->hdr.predicted_bytes = r.bytes;
     memcpy(a->importance, f->imp, (size_t)h->n_layers * h->n_kv_heads * h->n_tokens *

@@ -22,7 +22,9 @@
  *   40  u32  v_group     | the skv_qcfg of the byte model; skv-quant
  *   44  u32  k_mode      | quantizes with exactly these
  *   48  u32  v_mode     /
- *   52  u32  reserved, 0
+ *   52  u32  clusters K: with flag SKV_ALHD_MERGE, the evicted tokens of each
+ *            (layer, KV head) are merged into min(K, evicted) centroids (CNTR
+ *            chunks of the packed cache, smartkv_pack.h); else 0
  *   56  u64  predicted cache bytes (byte model total, PKHD included)
  *   64  u16  text length L (<= SKV_ALHD_MAX_TEXT)
  *   66  L    text, e.g. "policy=smartkv importance=ema decay=0.9 realloc=16 ..."
@@ -55,7 +57,8 @@ extern "C" {
 #define SKV_ALHD_FIXED_LEN 66
 #define SKV_ALHD_MAX_TEXT 1024u
 #define SKV_ALHD_SHARE_LAYERS 0x1u
-#define SKV_ALHD_FLAGS_KNOWN 0x1u
+#define SKV_ALHD_MERGE 0x2u         /* evicted tokens merged into centroids (prune-merge) */
+#define SKV_ALHD_FLAGS_KNOWN 0x3u
 #define SKV_ALOC_HEADER_LEN 16
 /* Largest n_tokens whose ALOC payload fits one chunk (SKV_CHUNK_MAX). */
 #define SKV_ALOC_MAX_TOKENS 13421769ull
@@ -74,6 +77,7 @@ typedef struct skv_alloc_hdr {
     uint32_t flags;           /* SKV_ALHD_* */
     skv_qcfg qcfg;            /* head_dim, k_group, v_group, k_mode, v_mode */
     uint64_t predicted_bytes; /* byte model total, PKHD included */
+    uint32_t clusters;        /* SKV_ALHD_MERGE: centroids per (layer, KV head), else 0 */
     char text[SKV_ALHD_MAX_TEXT + 1]; /* policy and parameters, NUL-terminated */
 } skv_alloc_hdr;
 
@@ -257,6 +261,21 @@ typedef struct skv_alloc_cfg {
     uint32_t share_layers;  /* one width per (kv head, token) for all layers */
     skv_qcfg qcfg;
     const skv_head_scores *heads; /* razor: induction / echo scores (not owned) */
+    /* prune-merge, offline (skv_alloc_filter only; skv_pm_alloc): one prune at
+     * the end of the trace.  Each (layer, KV head) keeps the sinks, the recent
+     * window and the pm_max_cache tokens with the most attention from the last
+     * pm_lookback queries (importance mode window, summed over the query heads
+     * of the KV head); the ALHD asks skv-quant to merge the others into at most
+     * pm_clusters centroids (SKV_ALHD_MERGE; 0 = pruned only).  With
+     * pm_max_cache 0, B follows from the budget with the kept tokens at the top
+     * allowed width.  With both B and a budget, `policy` (smartkv) spends the
+     * budget, less the centroids' bytes, on the kept tokens over the allowed
+     * widths (merge + mixed precision); otherwise kept tokens take the top
+     * width.  Centroids are stored at the top allowed width. */
+    uint32_t prune_merge;   /* 1: prune-merge */
+    uint32_t pm_max_cache;  /* B; 0 = from the budget */
+    uint32_t pm_clusters;   /* K <= SKV_CNTR_MAX */
+    uint32_t pm_lookback;   /* D >= 1 */
 } skv_alloc_cfg;
 
 SKV_EXPORT void skv_alloc_cfg_defaults(skv_alloc_cfg *c);
@@ -317,6 +336,14 @@ typedef struct skv_alloc_result {
  * smallest cache, uniform width not allowed, bad qcfg. */
 SKV_EXPORT int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p,
                                uint8_t *bits, skv_alloc_result *res);
+/* The offline prune-merge allocation (see skv_alloc_cfg): bits as
+ * skv_alloc_solve, res->bytes includes the CNTR chunks skv-quant will
+ * write (min(K, evicted tokens) centroids per head at the top width).
+ * p->importance must be the window importance of the last pm_lookback
+ * queries.  SKV_EINVAL (message set) when the budget cannot hold the
+ * protected tokens and the centroids. */
+SKV_EXPORT int skv_pm_alloc(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_t *bits,
+                            skv_alloc_result *res);
 /* Sum of importance * err[width] over every (layer, kv head, token). */
 SKV_EXPORT double skv_alloc_objective(const skv_alloc_problem *p, const uint8_t *bits);
 

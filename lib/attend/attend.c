@@ -257,6 +257,8 @@ typedef struct run {
     const uint32_t *idx;        /* token of row i, or NULL: token = t0 + i */
     uint64_t t0;
     uint64_t n;                 /* rows */
+    const float *bias;          /* centroids: log(member count) added to row i's logit
+                                   (idx = last members); NULL for tokens */
 } run;
 
 static inline uint64_t row_token(const run *R, uint64_t i)
@@ -350,14 +352,14 @@ static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, 
                 float a = 0;
                 for (uint32_t j = 0; j < d; j++)
                     a += qg[j] * x[j];
-                s[g][i] = a;
+                s[g][i] = R->bias ? a + R->bias[t0 + i] : a;
             }
         }
         for (uint32_t g = 0; g < ng; g++) {
             float mx = s[g][0];
             for (uint32_t i = 1; i < n; i++)
                 mx = s[g][i] > mx ? s[g][i] : mx;
-            if (sc)
+            if (sc && !R->bias)  /* centroids are not tokens: no PROB entry */
                 for (uint32_t i = 0; i < n; i++)
                     sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
             float m = skv_sm_block_begin(&st[g], acc + (size_t)g * d, mx, d);
@@ -1078,6 +1080,11 @@ static kern_fn i8_kernel(int kernel, uint32_t bits, uint32_t ng)
 static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t ng,
                  uint32_t d, skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride)
 {
+    /* centroids (a few rows per head with a logit bias) take the scalar kernel */
+    if (R->bias) {
+        kern_scalar(R, r0, r1, q, ng, d, st, acc, sc, sc_stride);
+        return;
+    }
     if (kernel >= SKV_KERNEL_I8_SCALAR && i8_ok(R, d)) {
 #ifdef SKV_X86
         if (kernel != SKV_KERNEL_I8_SCALAR) {
@@ -1267,7 +1274,7 @@ static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32
     }
     if (L->kind == SKV_KV_PACKED) {
         for (uint32_t h = 0; h < H; h++)
-            total += L->packed[h].n_buckets;
+            total += L->packed[h].n_buckets + (L->packed[h].cent ? 1 : 0);
         run *r = skv_calloc(total ? total : 1, sizeof *r);
         if (!r)
             return SKV_ENOMEM;
@@ -1275,9 +1282,10 @@ static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32
         for (uint32_t h = 0; h < H; h++) {
             const skv_cache_head *ch = &L->packed[h];
             (*first)[h] = (uint32_t)k;
-            (*count)[h] = ch->n_buckets;
-            for (uint32_t b = 0; b < ch->n_buckets; b++, k++) {
-                const skv_bucket *B = &ch->buckets[b];
+            (*count)[h] = ch->n_buckets + (ch->cent ? 1 : 0);
+            for (uint32_t b = 0; b < (*count)[h]; b++, k++) {
+                const skv_bucket *B = b < ch->n_buckets ? &ch->buckets[b] : &ch->cent->rows;
+                r[k].bias = b < ch->n_buckets ? NULL : ch->cent->bias;
                 if (B->head_dim != d) {
                     free(r);
                     return skv_error(SKV_EINVAL, "bucket of %u-bit rows has head_dim %u, not %u",
@@ -1750,6 +1758,15 @@ typedef struct pjob {
     uint8_t *mask;
 } pjob;
 
+/* --reference attends the dequantized tokens: it has no rule for centroids */
+static int ref_centroids(uint64_t n)
+{
+    return skv_error(SKV_EINVAL, "--reference dequantizes the cache's tokens, and this cache "
+                     "also holds %llu centroids of merged tokens (use the default fused mode; "
+                     "the reference of a trace is --reference on the trace)",
+                     (unsigned long long)n);
+}
+
 static void pjob_free(pjob *j)
 {
     free(j->o);
@@ -1769,6 +1786,8 @@ static int pjob_begin(pjob *j, const skv_cache *c, int has_q, skv_stream *out,
     if (mode == SKV_ATT_DENSE_F16 || mode == SKV_ATT_DENSE_F32)
         return skv_error(SKV_EINVAL, "--dense needs a trace, and this is a packed cache (use "
                          "the default fused mode or --reference)");
+    if (mode == SKV_ATT_REFERENCE && c->n_centroids)
+        return ref_centroids(c->n_centroids);
     if (!has_q)
         return skv_error(SKV_EFORMAT, "the packed cache has no queries (skv-quant keeps them "
                          "only with --keep-queries): give its trace with --queries TRACE");
@@ -1812,6 +1831,9 @@ static int pjob_layer(pjob *j, skv_attend_ctx *ctx, const skv_cache *c, uint32_t
                      skv_cache_head_at(c, l, 0)};
     if (j->mode == SKV_ATT_REFERENCE) {
         size_t per = (size_t)T * h->head_dim;
+        for (uint32_t kh = 0; kh < Hkv; kh++)
+            if (skv_cache_head_at(c, l, kh)->cent)
+                return ref_centroids(c->n_centroids);
         for (uint32_t kh = 0; kh < Hkv; kh++) {
             skv_cache_dequantize_head(c, l, kh, j->k + kh * per, j->v + kh * per);
             /* the widths, as a mask: non-zero for the stored tokens */

@@ -47,6 +47,10 @@ skv_cuda_cache *skv_cuda_cache_from(const skv_cache *c)
 static int attend_cache(const skv_cache *c, skv_stream *out, const skv_attend_req *req)
 {
     const skv_trace_hdr *h = &c->hdr;
+    if (c->n_centroids)
+        return skv_error(SKV_EUNSUP, "the CUDA kernels do not attend centroids, and this cache "
+                         "holds %llu of merged tokens (CNTR chunks): use --device cpu",
+                         (unsigned long long)c->n_centroids);
     if (!c->q)
         return skv_error(SKV_EFORMAT, "the packed cache has no queries (skv-quant keeps them "
                          "only with --keep-queries): give its trace with --queries TRACE");

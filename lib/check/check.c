@@ -71,7 +71,7 @@ static int known_critical(const skv_chunk *c)
 {
     static const char *const reg[] = {SKV_T_HEAD, SKV_T_DONE, SKV_T_TRHD, SKV_T_TOKS,
                                       SKV_T_TENS, SKV_T_ALHD, SKV_T_ALOC, SKV_T_PKHD,
-                                      SKV_T_PBKT, SKV_T_ATHD};
+                                      SKV_T_PBKT, SKV_T_ATHD, SKV_T_CNTR};
     for (size_t i = 0; i < sizeof reg / sizeof reg[0]; i++)
         if (is(c, reg[i]))
             return 1;
@@ -260,6 +260,56 @@ static int on_pbkt(skv_checker *k, const skv_chunk *c)
     return 0;
 }
 
+/* CNTR: once per (layer, kv head), after that head's PBKT chunks. */
+static int on_cntr(skv_checker *k, const skv_chunk *c)
+{
+    const skv_pkhd *p = &k->pk;
+    unsigned long long at = (unsigned long long)c->offset;
+    skv_bucket b;
+    const uint32_t *cnt;
+    int rc = skv_cntr_decode(c->data, c->raw_size, p->n_tokens, &b, &cnt);
+    if (rc < 0)
+        return skv_error(rc, "CNTR chunk at byte %llu: %s", at, skv_errmsg());
+    int same_head = k->have_pbkt && k->pl == b.layer && k->ph == b.kv_head;
+    const char *bad = NULL;
+    if (b.layer >= p->n_layers || b.kv_head >= p->n_kv_heads)
+        bad = "layer or kv head out of range";
+    else if (b.head_dim != p->q.head_dim || b.k_group != p->q.k_group ||
+             b.v_group != p->q.v_group || b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode)
+        bad = "quantizer settings differ from the PKHD chunk's";
+    else if (b.layer >= k->layer)
+        bad = "before the queries of its layer are complete";
+    else if (k->have_pbkt && (b.layer < k->pl || (b.layer == k->pl && (b.kv_head < k->ph ||
+             (b.kv_head == k->ph && k->pw >= SKV_NBITS)))))
+        bad = "out of order (after the buckets of its head, once per head, heads ascending)";
+    if (!bad) {
+        /* the head's stored tokens are the runs of indices read (none when
+         * the head has no bucket) */
+        if (!same_head)
+            k->nset = k->nrun = 0;
+        k->run[k->nrun] = k->nset;
+        uint64_t members = 0;
+        for (uint32_t i = 0; i < b.n; i++) {
+            uint32_t t = b.idx[i];
+            members += skv_get32((const uint8_t *)(cnt + i));
+            for (uint32_t r = 0; r < k->nrun && !bad; r++)
+                if (run_has(k->set + k->run[r], k->run[r + 1] - k->run[r], t))
+                    bad = "a centroid's last member is a stored token";
+        }
+        if (members > p->n_tokens - k->nset)
+            bad = "more members than the head's evicted tokens";
+    }
+    if (bad)
+        return skv_error(SKV_EFORMAT, "CNTR chunk at byte %llu (layer %u kv head %u): %s", at,
+                         b.layer, b.kv_head, bad);
+    k->have_pbkt = 1;
+    k->pl = b.layer;
+    k->ph = b.kv_head;
+    k->pw = SKV_NBITS;
+    k->bytes += SKV_CHUNK_HEADER_LEN + c->raw_size + SKV_CHUNK_CRC_LEN;
+    return 0;
+}
+
 static int on_attn_tens(skv_checker *k, const skv_chunk *c)
 {
     const skv_athd *h = &k->a;
@@ -353,6 +403,8 @@ int skv_check_chunk(skv_checker *k, const skv_chunk *c)
         }
         if (is(c, SKV_T_PBKT))
             return on_pbkt(k, c);
+        if (is(c, SKV_T_CNTR))
+            return on_cntr(k, c);
         return misplaced(c, "inside the packed cache");
     }
     case P_ATTN:
@@ -389,7 +441,8 @@ int skv_check_end(skv_checker *k)
             return skv_error(SKV_EFORMAT, "the buckets hold %llu rows, the PKHD chunk says %llu",
                              (unsigned long long)k->stored, (unsigned long long)k->pk.n_stored);
         if (k->bytes + skv_pkhd_file_bytes() != k->pk.cache_bytes)
-            return skv_error(SKV_EFORMAT, "the buckets take %llu bytes, the PKHD chunk says %llu",
+            return skv_error(SKV_EFORMAT, "the buckets and centroids take %llu bytes, the PKHD "
+                             "chunk says %llu",
                              (unsigned long long)(k->bytes + skv_pkhd_file_bytes()),
                              (unsigned long long)k->pk.cache_bytes);
         return 0;

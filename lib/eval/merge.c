@@ -15,52 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-/* ---------------------------------------------------------------- k-means */
-
-uint32_t skv_km_nearest(const float *ck, const uint32_t *cnt, uint32_t K, uint32_t d,
-                        const float *x)
-{
-    uint32_t best = 0;
-    float bd = INFINITY;
-    for (uint32_t j = 0; j < K; j++) {
-        if (!cnt[j])
-            continue;
-        const float *c = ck + (size_t)j * d;
-        float s = 0;
-        for (uint32_t i = 0; i < d; i++) {
-            float t = x[i] - c[i];
-            s += t * t;
-        }
-        if (s < bd) {
-            bd = s;
-            best = j;
-        }
-    }
-    return best;
-}
-
-uint32_t skv_km_update(float *ck, float *cv, uint32_t *cnt, uint32_t K, uint32_t d,
-                       const float *x, const float *v, double eta)
-{
-    for (uint32_t j = 0; j < K; j++)
-        if (!cnt[j]) {
-            memcpy(ck + (size_t)j * d, x, d * sizeof(float));
-            memcpy(cv + (size_t)j * d, v, d * sizeof(float));
-            cnt[j] = 1;
-            return j;
-        }
-    uint32_t j = skv_km_nearest(ck, cnt, K, d, x);
-    float *c = ck + (size_t)j * d, *w = cv + (size_t)j * d;
-    if (cnt[j] < UINT32_MAX)
-        cnt[j]++;
-    const float inv = 1.0f / (float)cnt[j];
-    const float a = eta > 0 ? (float)eta : inv;
-    for (uint32_t i = 0; i < d; i++) {
-        c[i] += a * (x[i] - c[i]);
-        w[i] += inv * (v[i] - w[i]);
-    }
-    return j;
-}
+/* The k-means step (skv_km_update) is in lib/quant/kmeans.c: skv-quant
+ * merges offline with it too. */
 
 /* Eight partial sums (the compiler keeps them in vector lanes); the order
  * is fixed, so results do not depend on the build's instruction set. */
@@ -156,8 +112,17 @@ int skv_pm_cfg_check(const skv_pm_cfg *c)
                          c->kmeans_lr);
     if (!(c->budget >= 0 && isfinite(c->budget)))
         return skv_error(SKV_EINVAL, "prune-merge: bad budget %g", c->budget);
+    const uint32_t widths = 1u << 2 | 1u << 3 | 1u << 4 | 1u << 8 | 1u << 16;
+    if (c->kept_mask & ~widths)
+        return skv_error(SKV_EINVAL, "prune-merge: kept widths 0x%x are not among 2, 3, 4, 8, 16",
+                         c->kept_mask);
+    if ((c->kept_mask & ~(1u << 16)) && (c->max_cache_size || !(c->budget > 0)))
+        return skv_error(SKV_EINVAL, "prune-merge: mixed precision spends the budget: give -b "
+                         "and no --max-cache-size");
     return 0;
 }
+
+static int pm_mixed(const skv_pm_cfg *c) { return (c->kept_mask & ~(1u << 16)) != 0; }
 
 static int pm_prunes(const skv_pm_cfg *c) { return c->max_cache_size > 0 || c->budget > 0; }
 
@@ -178,8 +143,14 @@ void skv_pm_describe(const skv_pm_cfg *c, char *buf, size_t n)
     char sr[48] = "";
     if (c->sinks != 4 || c->recent != 32)
         snprintf(sr, sizeof sr, " sinks=%u recent=%u", c->sinks, c->recent);
-    snprintf(buf, n, "prune-merge %s K=%u P=%u D=%u%s%s", b, c->num_clusters,
-             c->pruning_interval, c->lookback_window, lr, sr);
+    char bl[40] = "";
+    if (pm_mixed(c)) {
+        char wl[24];
+        skv_width_mask_format(c->kept_mask | 1u << 16, wl, sizeof wl);
+        snprintf(bl, sizeof bl, " bits=%s", wl);
+    }
+    snprintf(buf, n, "prune-merge %s K=%u P=%u D=%u%s%s%s", b, c->num_clusters,
+             c->pruning_interval, c->lookback_window, lr, sr, bl);
 }
 
 /* ---------------------------------------------------------------- cache */
@@ -187,6 +158,7 @@ void skv_pm_describe(const skv_pm_cfg *c, char *buf, size_t n)
 typedef struct pm_head {
     float *k, *v;           /* [cap][d] kept rows, fp16 values */
     uint32_t *pos;          /* [cap] their positions, ascending */
+    uint8_t *w;             /* [cap] their widths (16, or lower with mixed precision) */
     uint32_t n, cap;
     float *ck, *cv;         /* [K][d] centroids, fp16 values */
     uint32_t *cnt;          /* [K] members */
@@ -205,7 +177,10 @@ typedef struct pm_cache {
     skv_kv_cache base;
     skv_pm_cfg cfg;
     uint32_t G, K, E, m;    /* query heads per kv head, clusters, epoch, slots */
-    int track, hold;
+    int track, hold, mixed;
+    skv_qcfg q;             /* mixed precision: the quantizer of rows below 16 bits */
+    float *err;             /* mixed: [capacity][SKV_NBITS] prune scratch */
+    uint8_t *wsel;          /* mixed: [capacity] */
     uint64_t *len;          /* [n_layers] positions seen */
     uint64_t *next;         /* [n_layers] next scheduled prune */
     pm_head *heads;         /* [n_layers][n_kv_heads] */
@@ -264,6 +239,10 @@ static int head_reserve(pm_cache *e, pm_head *H, uint32_t need)
     if (!pos)
         return SKV_ENOMEM;
     H->pos = pos;
+    uint8_t *w = grow(H->w, nc, 1);
+    if (!w)
+        return SKV_ENOMEM;
+    H->w = w;
     float *sc = grow(H->sc, (size_t)G * (nc + e->K), sizeof(float));
     if (!sc)
         return SKV_ENOMEM;
@@ -314,6 +293,100 @@ static uint64_t budget_rows(const pm_cache *e, uint64_t t, uint64_t prot)
     return rows > 0 ? (uint64_t)rows : 0;
 }
 
+/* Bytes of one kept row at width w (see smartkv_merge.h). */
+static uint64_t row_bytes_at(const pm_cache *e, uint32_t w)
+{
+    const uint32_t d = e->base.head_dim;
+    uint64_t b = w == 16 ? 4ull * d
+                         : 2 * (skv_row_bytes(w, d) + skv_par_bytes(w, d, d, SKV_QMODE_ASYM));
+    return b + 4 + (e->mixed ? 1 : 0) + (e->track ? 4ull * e->G * e->m : 0);
+}
+
+/* Mixed precision: the widths of the nc candidate rows r0.. of H (their
+ * scores in e->rank[i].score, row order) into e->wsel, the bytes within
+ * the head's share R of the budget.  Each row takes the width minimising
+ * s * err(w) + lambda * bytes(w) among 0 and the allowed widths at or
+ * below its own; lambda is the smallest (to 1e-6 relative) that fits. */
+static void choose_widths(pm_cache *e, const pm_head *H, uint32_t r0, uint32_t nc, double R)
+{
+    const uint32_t d = e->base.head_dim;
+    uint64_t bw[SKV_NBITS];
+    for (int wi = 0; wi < SKV_NBITS; wi++)
+        bw[wi] = wi ? row_bytes_at(e, skv_bit_widths[wi]) : 0;
+    for (uint32_t i = 0; i < nc; i++)
+        skv_alloc_token_errors(&e->q, H->k + (size_t)(r0 + i) * d, H->v + (size_t)(r0 + i) * d,
+                               1, e->err + (size_t)i * SKV_NBITS);
+    double lo = 0, hi = 1e-12;
+    for (int pass = 0; pass < 200; pass++) {
+        const double lam = pass < 100 ? hi : 0.5 * (lo + hi);
+        double total = 0;
+        for (uint32_t i = 0; i < nc; i++) {
+            const float *er = e->err + (size_t)i * SKV_NBITS;
+            const double s = (double)e->rank[i].score + 1e-12; /* unattended rows: cheapest */
+            double best = s * er[0];
+            int bi = 0;
+            for (int wi = 1; wi < SKV_NBITS; wi++) {
+                uint32_t w = skv_bit_widths[wi];
+                if (!(e->cfg.kept_mask & (1u << w)) || w > H->w[r0 + i])
+                    continue;
+                double c = s * er[wi] + lam * (double)bw[wi];
+                if (c < best) {
+                    best = c;
+                    bi = wi;
+                }
+            }
+            e->wsel[i] = (uint8_t)skv_bit_widths[bi];
+            total += (double)bw[bi];
+        }
+        if (pass < 100) {          /* grow hi until it fits */
+            if (total <= R)
+                pass = 99;
+            else {
+                lo = hi;
+                hi *= 4;
+            }
+        } else if (total <= R) {
+            hi = lam;
+        } else {
+            lo = lam;
+        }
+        if (pass >= 100 && hi - lo <= 1e-6 * hi)
+            break;
+    }
+    /* the last choice may be lo's: redo at hi, which fits */
+    for (uint32_t i = 0; i < nc; i++) {
+        const float *er = e->err + (size_t)i * SKV_NBITS;
+        const double s = (double)e->rank[i].score + 1e-12;
+        double best = s * er[0];
+        int bi = 0;
+        for (int wi = 1; wi < SKV_NBITS; wi++) {
+            uint32_t w = skv_bit_widths[wi];
+            if (!(e->cfg.kept_mask & (1u << w)) || w > H->w[r0 + i])
+                continue;
+            double c = s * er[wi] + hi * (double)bw[wi];
+            if (c < best) {
+                best = c;
+                bi = wi;
+            }
+        }
+        e->wsel[i] = (uint8_t)skv_bit_widths[bi];
+    }
+}
+
+/* Store row r of H at width w < 16: quantized, held dequantized. */
+static void lower_row(pm_cache *e, pm_head *H, uint32_t r, uint32_t w)
+{
+    const uint32_t d = e->base.head_dim;
+    uint8_t par[64], dat[SKV_MAX_HEAD_DIM];
+    for (int kv = 0; kv < 2; kv++) {
+        float *x = (kv ? H->v : H->k) + (size_t)r * d;
+        /* rows were fp16 when appended: the quantizer takes them */
+        if (skv_quantize_row(x, d, w, d, SKV_QMODE_ASYM, par, dat) == 0)
+            skv_dequantize_row(par, dat, d, w, d, SKV_QMODE_ASYM, x);
+    }
+    H->w[r] = (uint8_t)w;
+}
+
 static int prune_layer(pm_cache *e, uint32_t l, uint64_t t)
 {
     const skv_kv_cache *c = &e->base;
@@ -328,10 +401,23 @@ static int prune_layer(pm_cache *e, uint32_t l, uint64_t t)
             r0++;
         while (r1 > r0 && (uint64_t)H->pos[r1 - 1] + W >= t)
             r1--;
-        uint64_t B = budget_rows(e, t, r0 + (H->n - r1));
-        if (r1 - r0 <= B)
-            continue;
         uint32_t nc = r1 - r0;
+        uint64_t B = e->mixed ? 0 : budget_rows(e, t, r0 + (H->n - r1));
+        double R = 0;
+        if (e->mixed) {
+            const uint64_t half = e->cfg.pruning_interval / 2;
+            const double cent = (double)K * (double)(4ull * d + 4);
+            R = e->cfg.budget * (double)(t + half) * (double)(4ull * d) - cent -
+                (double)(r0 + (H->n - r1) + half) * (double)row_bytes_at(e, 16);
+            R = R > 0 ? R : 0;
+            double cur = 0;
+            for (uint32_t i = r0; i < r1; i++)
+                cur += (double)row_bytes_at(e, H->w[i]);
+            if (cur <= R)
+                continue;
+        } else if (nc <= B) {
+            continue;
+        }
         for (uint32_t i = 0; i < nc; i++) {
             double s = 0;
             for (uint32_t g = 0; g < G; g++)
@@ -342,10 +428,19 @@ static int prune_layer(pm_cache *e, uint32_t l, uint64_t t)
                 }
             e->rank[i] = (pm_rank){(float)s, H->pos[r0 + i], i};
         }
-        qsort(e->rank, nc, sizeof *e->rank, cmp_rank);
         memset(e->keep, 0, nc);
-        for (uint64_t i = 0; i < B; i++)
-            e->keep[e->rank[i].row] = 1;
+        if (e->mixed) {
+            choose_widths(e, H, r0, nc, R);  /* rank[i] is row r0 + i, unsorted */
+            for (uint32_t i = 0; i < nc; i++) {
+                e->keep[i] = e->wsel[i] != 0;
+                if (e->wsel[i] && e->wsel[i] < H->w[r0 + i])
+                    lower_row(e, H, r0 + i, e->wsel[i]);
+            }
+        } else {
+            qsort(e->rank, nc, sizeof *e->rank, cmp_rank);
+            for (uint64_t i = 0; i < B; i++)
+                e->keep[e->rank[i].row] = 1;
+        }
         /* merge the pruned ones in position order, then compact */
         uint32_t w = r0;
         for (uint32_t r = r0; r < H->n; r++) {
@@ -367,6 +462,7 @@ static int prune_layer(pm_cache *e, uint32_t l, uint64_t t)
                 memcpy(H->k + (size_t)w * d, H->k + (size_t)r * d, d * sizeof(float));
                 memcpy(H->v + (size_t)w * d, H->v + (size_t)r * d, d * sizeof(float));
                 H->pos[w] = H->pos[r];
+                H->w[w] = H->w[r];
                 if (e->track)
                     for (size_t s = 0; s < (size_t)G * m; s++)
                         H->acc[s * H->cap + w] = H->acc[s * H->cap + r];
@@ -490,6 +586,7 @@ static int pm_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, 
                 dv[j] = skv_f16_to_f32(skv_f32_to_f16(sv[j]));
             }
             H->pos[H->n + i] = (uint32_t)(pos + i);
+            H->w[H->n + i] = 16;
             if (e->track)
                 for (size_t s = 0; s < (size_t)e->G * e->m; s++)
                     H->acc[s * H->cap + H->n + i] = 0;
@@ -560,6 +657,7 @@ static void pm_destroy(skv_kv_cache *c)
             free(H->k);
             free(H->v);
             free(H->pos);
+            free(H->w);
             free(H->ck);
             free(H->cv);
             free(H->cnt);
@@ -572,6 +670,8 @@ static void pm_destroy(skv_kv_cache *c)
     free(e->next);
     free(e->rank);
     free(e->keep);
+    free(e->err);
+    free(e->wsel);
     free(e);
 }
 
@@ -602,12 +702,17 @@ skv_kv_cache *skv_pm_new(const skv_pm_cfg *cfg, uint32_t n_layers, uint32_t n_he
     e->K = e->track ? cfg->num_clusters : 0;
     e->E = gcd_u32(cfg->pruning_interval, cfg->lookback_window);
     e->m = cfg->lookback_window / e->E;
+    e->mixed = e->track && pm_mixed(cfg);
+    e->q = (skv_qcfg){head_dim, head_dim, head_dim, SKV_QMODE_ASYM, SKV_QMODE_ASYM};
     const size_t nh = (size_t)n_layers * n_kv_heads;
     if (!(e->len = skv_calloc(n_layers, sizeof *e->len)) ||
         !(e->next = skv_calloc(n_layers, sizeof *e->next)) ||
         !(e->heads = skv_calloc(nh, sizeof *e->heads)) ||
         !(e->rank = skv_malloc((size_t)capacity * sizeof *e->rank)) ||
         !(e->keep = skv_malloc((size_t)capacity)))
+        goto fail;
+    if (e->mixed && (!(e->err = skv_malloc((size_t)capacity * SKV_NBITS * sizeof(float))) ||
+                     !(e->wsel = skv_malloc((size_t)capacity))))
         goto fail;
     for (uint32_t l = 0; l < n_layers; l++)
         e->next[l] = cfg->pruning_interval;
@@ -658,7 +763,11 @@ int skv_pm_stats_get(const skv_kv_cache *cc, skv_pm_stats *s)
             s->centroids += live;
             s->dropped += e->len[l] - H->n - members;
             /* a centroid is stored from its first member on */
-            s->bytes += H->n * (4 * d + 4 + trk) + live * (4 * d + 4);
+            for (uint32_t r = 0; r < H->n; r++) {
+                s->bytes += row_bytes_at(e, H->w[r]);
+                s->hist[skv_width_index(H->w[r])]++;
+            }
+            s->bytes += live * (4 * d + 4);
             s->track_bytes += H->n * trk;
             s->mem_bytes += (uint64_t)H->cap * (8 * d + 4 + (uint64_t)e->G * e->m * 4) +
                             e->K * (8 * d + 4);
@@ -711,7 +820,7 @@ int skv_ec_pm_stats(const skv_kv_cache *c, skv_ec_stats *s)
     s->bytes = p.bytes;
     s->fp16_bytes = p.fp16_bytes;
     s->mem_bytes = p.mem_bytes;
-    s->hist[skv_width_index(16)] = p.kept;
+    memcpy(s->hist, p.hist, sizeof s->hist);
     s->realloc_ns = p.prune_ns;
     s->attend_ns = p.attend_ns;
     s->track_ns = p.track_ns;

@@ -30,6 +30,18 @@
  * prune so that the cache, with all K centroids in use, is at beta half-way
  * to the next prune.
  *
+ * Merge + mixed precision (kept_mask with a width below 16): at each prune
+ * the kept tokens get per-token widths from kept_mask (or 0: merged), the
+ * budget spent as smartkv spends it: minimise sum_i s_i * err_i(w_i) (s_i
+ * the token's lookback attention, err_i the expected squared error of its
+ * K and V at width w, skv_alloc_token_errors; width 0 its whole norm) with
+ * the bytes of the candidates within the head's share of the budget, by
+ * bisection on the Lagrange multiplier.  A token's width only goes down;
+ * a row below 16 bits is quantized (asym, one group per row) and held
+ * dequantized.  Such a row costs 2 * (packed row + scale/min) + 4
+ * (position) + 1 (width) + its tracking; sinks, recent window and new
+ * tokens stay fp16 (4*head_dim + 5 + tracking).
+ *
  * Threads: as the evaluation cache (smartkv_evalcache.h): attend may run
  * concurrently for different query heads of one layer; the tracking state
  * is per query head.
@@ -38,6 +50,7 @@
 #define SMARTKV_MERGE_H
 
 #include "smartkv_model.h"
+#include "smartkv_pack.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -46,20 +59,8 @@
 extern "C" {
 #endif
 
-/* ---- online k-means (the merge step) ----
- *
- * Centroids ck, cv: [K][d]; cnt [K] (0 = empty slot).  One token (x, v):
- * the first empty slot takes it as it is (count 1); otherwise the nearest
- * centroid j by squared L2 distance on the keys (ties: lowest j) absorbs
- * it: cnt_j += 1,
- *     key    ck_j += a * (x - ck_j),  a = eta if eta > 0, else 1/cnt_j
- *     value  cv_j += (v - cv_j) / cnt_j   (the mean of the members' values)
- * With eta = 0 the key is the exact mean of the members (MacQueen); a
- * fixed eta weights recent members more.  Returns the slot used. */
-SKV_EXPORT uint32_t skv_km_nearest(const float *ck, const uint32_t *cnt, uint32_t K, uint32_t d,
-                                   const float *x);
-SKV_EXPORT uint32_t skv_km_update(float *ck, float *cv, uint32_t *cnt, uint32_t K, uint32_t d,
-                                  const float *x, const float *v, double eta);
+/* The online k-means step, skv_km_nearest and skv_km_update, is declared
+ * in smartkv_quant.h (skv-quant merges offline with it too). */
 
 /* One query row over n rows (k, v: [n][d]) and K centroids (cnt 0 slots
  * are skipped): writes out [d] and p [n + K]: the softmax probabilities of
@@ -79,6 +80,9 @@ typedef struct skv_pm_cfg {
     double kmeans_lr;           /* eta in [0, 1]; 0 = 1/count */
     uint32_t sinks, recent;     /* protected first / last positions */
     double budget;              /* beta when max_cache_size is 0; 0 with B 0 = never prune */
+    uint32_t kept_mask;         /* widths of kept tokens (bit w: width w): 0 or 16 alone =
+                                   fp16; with lower widths, merge + mixed precision (needs
+                                   the budget, not max_cache_size) */
 } skv_pm_cfg;
 
 /* B 0, K 8, P 16, D 32, eta 0, sinks 4, recent 32, budget 0.25. */
@@ -109,6 +113,7 @@ typedef struct skv_pm_stats {
     uint64_t fp16_bytes;    /* fp16 K+V bytes of n_tokens */
     uint64_t mem_bytes;     /* bytes actually held (float32 rows and centroids) */
     uint64_t n_prunes;      /* prunes of layer 0 */
+    uint64_t hist[SKV_NBITS]; /* kept rows per width (skv_bit_widths; [0] unused) */
     uint64_t prune_ns, attend_ns, track_ns;
 } skv_pm_stats;
 

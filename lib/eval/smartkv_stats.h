@@ -59,13 +59,18 @@ enum skv_mem_kind {
 };
 
 typedef struct skv_mem {
-    uint64_t total;                       /* = the sum of kind[] = PKHD + PBKT file bytes */
+    uint64_t total;                       /* = the sum of kind[] = PKHD + PBKT + CNTR file bytes */
     uint64_t model_bytes;                 /* PKHD cache_bytes (the byte model) */
     uint64_t fp16_bytes;                  /* fp16 K+V of the shape */
     uint64_t kind[SKV_MEM_NKINDS];
     uint64_t width_bytes[SKV_NBITS];      /* file bytes of the buckets of each width */
     uint64_t width_rows[SKV_NBITS];       /* (layer, kv head, token) rows per width (0: evicted) */
     uint64_t width_chunks[SKV_NBITS];
+    uint64_t centroids;                   /* centroids of merged tokens (CNTR chunks) */
+    uint64_t centroid_bytes;              /* their file bytes (in total and the kinds:
+                                             rows as payload and scales, last member and
+                                             count as indices) */
+    uint64_t centroid_chunks;
     uint32_t n_layers;
     uint64_t *layer_rows;                 /* [n_layers][SKV_NBITS] rows per width */
     uint64_t *layer_bytes;                /* [n_layers] file bytes of the layer's buckets */

@@ -212,6 +212,22 @@ void skv_mem_layer(skv_mem *m, const skv_cache *c, uint32_t l)
             }
             m->layer_bytes[l] += fb;
         }
+        if (ch->cent) {
+            const skv_bucket *B = &ch->cent->rows;
+            uint64_t n = B->n, pay = 2 * n * B->row_stride,
+                     par = n * ((uint64_t)B->k_par_stride + B->v_par_stride), idx = 8 * n;
+            uint64_t frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
+            m->kind[SKV_MEM_PAYLOAD] += pay;
+            m->kind[SKV_MEM_SCALES] += par;
+            m->kind[SKV_MEM_INDICES] += idx;  /* last member and member count */
+            m->kind[SKV_MEM_HEADERS] += SKV_PBKT_HEADER_LEN;
+            m->kind[SKV_MEM_PADDING] += B->payload_bytes - SKV_PBKT_HEADER_LEN - pay - par - idx;
+            m->kind[SKV_MEM_FRAMING] += frame;
+            m->centroids += n;
+            m->centroid_bytes += B->payload_bytes + frame;
+            m->centroid_chunks++;
+            m->layer_bytes[l] += B->payload_bytes + frame;
+        }
     }
 }
 

@@ -172,9 +172,13 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
     if (c->size < ALHD_FIXED || c->size != ALHD_FIXED + (uint64_t)skv_get16(b + 64))
         return skv_error(SKV_EFORMAT, "ALHD chunk: %llu bytes do not match its text length",
                          (unsigned long long)c->size);
-    if (skv_get32(b + 28) & ~1u || skv_get32(b + 52))
-        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown flags 0x%x or reserved bytes 52..55 "
-                         "not zero", skv_get32(b + 28));
+    uint32_t aflags = skv_get32(b + 28), clusters = skv_get32(b + 52);
+    if (aflags & ~3u)
+        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown flags 0x%x", aflags);
+    if ((aflags & 2u) ? clusters == 0 || clusters > SKV_CNTR_MAX || !(skv_get32(b + 24) & 1u)
+                      : clusters != 0)
+        return skv_error(SKV_EFORMAT, "ALHD chunk: clusters %u must be 1..%u with the merge "
+                         "flag 0x2 (and width 0 allowed), 0 without", clusters, SKV_CNTR_MAX);
     uint32_t nl = skv_get32(b + 8), nk = skv_get32(b + 12), hd = skv_get32(b + 32);
     uint64_t nt = skv_get64(b + 16);
     if (nl != h->n_layers || nk != h->n_kv_heads || nt != h->n_tokens || hd != h->head_dim)
@@ -191,6 +195,16 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
     p->q.k_mode = skv_get32(b + 44);
     p->q.v_mode = skv_get32(b + 48);
     p->alloc_bytes = skv_get64(b + 56);
+    p->merge_clusters = clusters;
+    p->merge_bits = 0;
+    for (int i = SKV_NBITS - 1; i > 0 && clusters; i--)
+        if (p->alloc_mask & (1u << skv_bit_widths[i])) {
+            p->merge_bits = skv_bit_widths[i];
+            break;
+        }
+    if (clusters && !p->merge_bits)
+        return skv_error(SKV_EFORMAT, "ALHD chunk: the merge flag needs a non-zero width for "
+                         "the centroids");
     uint32_t all = 0;
     for (int i = 0; i < SKV_NBITS; i++)
         all |= 1u << skv_bit_widths[i];
@@ -367,6 +381,10 @@ int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes)
                 return rc;
             for (int i = 1; i < SKV_NBITS; i++)
                 total += skv_bucket_file_bytes(&p->q, skv_bit_widths[i], cnt[i]);
+            if (p->merge_clusters)
+                total += skv_cntr_file_bytes(&p->q, p->merge_bits,
+                                             cnt[0] < p->merge_clusters ? cnt[0]
+                                                                        : p->merge_clusters);
         }
     *bytes = total;
     return 0;
@@ -425,6 +443,73 @@ int skv_trace_check_values(const skv_trace *t)
             rc = skv_trace_values_check(SKV_TK_V, l, i, 0, h->n_tokens, h->head_dim,
                                         t->v[l] + i * per);
     }
+    return rc;
+}
+
+typedef struct cent_ord {
+    uint32_t last, j;
+} cent_ord;
+
+static int by_last(const void *a, const void *b)
+{
+    const cent_ord *x = a, *y = b;
+    return (x->last > y->last) - (x->last < y->last);
+}
+
+/* The CNTR chunk of one (layer, kv head): its n0 evicted tokens ev[] (in
+ * position order) merged by online k-means on the keys with step 1/count
+ * (every centroid the exact mean of its members), at most
+ * p->merge_clusters centroids, ordered by their last member. */
+static int write_centroids(skv_stream *s, const skv_cache_plan *p, uint32_t l, uint32_t kh,
+                           const uint32_t *ev, uint64_t n0, const float *K, const float *V)
+{
+    const uint32_t d = p->q.head_dim;
+    const uint32_t nc = (uint32_t)(n0 < p->merge_clusters ? n0 : p->merge_clusters);
+    if (skv_cntr_payload_bytes(&p->q, p->merge_bits, nc) > SKV_CHUNK_MAX)
+        return skv_error(SKV_ELIMIT, "%u centroids of layer %u kv head %u do not fit one chunk",
+                         nc, l, kh);
+    float *ck = skv_calloc((size_t)nc * d * 2, sizeof *ck);
+    uint32_t *cnt = skv_calloc(nc, sizeof *cnt), *last = skv_calloc(nc, sizeof *last);
+    uint32_t *scnt = skv_calloc(nc, sizeof *scnt), *slast = skv_calloc(nc, sizeof *slast);
+    float *sk = skv_calloc((size_t)nc * d * 2, sizeof *sk);
+    cent_ord *o = skv_calloc(nc, sizeof *o);
+    uint64_t size = skv_cntr_payload_bytes(&p->q, p->merge_bits, nc);
+    uint8_t *buf = skv_malloc((size_t)size);
+    int rc = 0;
+    if (!ck || !cnt || !last || !scnt || !slast || !sk || !o || !buf)
+        rc = SKV_ENOMEM;
+    for (uint64_t i = 0; i < n0 && rc == 0; i++) {
+        uint32_t t = ev[i];
+        uint32_t j = skv_km_update(ck, ck + (size_t)nc * d, cnt, nc, d, K + (size_t)t * d,
+                                   V + (size_t)t * d, 0.0);
+        last[j] = t;  /* tokens come in position order */
+    }
+    if (rc == 0) {
+        for (uint32_t j = 0; j < nc; j++)
+            o[j] = (cent_ord){last[j], j};
+        qsort(o, nc, sizeof *o, by_last);
+        for (uint32_t i = 0; i < nc; i++) {
+            uint32_t j = o[i].j;
+            scnt[i] = cnt[j];
+            slast[i] = last[j];
+            memcpy(sk + (size_t)i * d, ck + (size_t)j * d, d * sizeof *sk);
+            memcpy(sk + ((size_t)nc + i) * d, ck + ((size_t)nc + j) * d, d * sizeof *sk);
+        }
+        rc = skv_cntr_encode(buf, size, &p->q, l, kh, p->merge_bits, nc, scnt, slast, sk,
+                             sk + (size_t)nc * d);
+        if (rc < 0)
+            rc = skv_error(rc, "centroids of layer %u kv head %u: %s", l, kh, skv_errmsg());
+    }
+    if (rc == 0)
+        rc = skv_write(s, SKV_T_CNTR, buf, size);
+    free(ck);
+    free(cnt);
+    free(last);
+    free(scnt);
+    free(slast);
+    free(sk);
+    free(o);
+    free(buf);
     return rc;
 }
 
@@ -562,6 +647,11 @@ static int cw_layer(cwriter *w, uint32_t l, const float *q, const float *k, cons
                 st->n_pbkt++;
                 done += n;
             }
+        }
+        if (rc == 0 && p->merge_clusters && cnt[0]) {
+            uint64_t before = skv_stream_offset(w->s);
+            rc = write_centroids(w->s, p, l, kh, w->order, cnt[0], K, V);
+            st->cache_bytes += skv_stream_offset(w->s) - before;
         }
     }
     return rc < 0 ? rc : 0;
@@ -922,6 +1012,16 @@ int skv_cache_queries_from(skv_cache *c, const char *path)
 
 /* ---- reader ---- */
 
+static void cent_free(skv_cache_head *h)
+{
+    if (h->cent) {
+        free(h->cent->mem);
+        free(h->cent->bias);
+        free(h->cent);
+        h->cent = NULL;
+    }
+}
+
 void skv_cache_free(skv_cache *c)
 {
     if (!c)
@@ -935,6 +1035,7 @@ void skv_cache_free(skv_cache *c)
                 free(h->owned[b]);
             free(h->owned);
             free(h->buckets);
+            cent_free(h);
         }
         free(c->layers[l]);
     }
@@ -1184,6 +1285,82 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
     return 0;
 }
 
+/* CNTR: after the PBKT chunks of its (layer, kv head), at most one per head
+ * (key width slot SKV_NBITS, above every bucket's). */
+static int read_cntr(rd *r, const skv_chunk *ch)
+{
+    skv_cache *c = r->c;
+    const skv_pkhd *p = &c->pk;
+    unsigned long long at = (unsigned long long)ch->offset;
+    uint8_t *mem = skv_malloc((size_t)ch->raw_size + SKV_ALIGN);
+    if (!mem)
+        return SKV_ENOMEM;
+    uint8_t *al = (uint8_t *)(((uintptr_t)mem + SKV_ALIGN - 1) & ~(uintptr_t)(SKV_ALIGN - 1));
+    memcpy(al, ch->data, (size_t)ch->raw_size);
+    skv_bucket b;
+    const uint32_t *cnt = NULL;
+    const char *bad = NULL;
+    int rc = skv_cntr_decode(al, ch->raw_size, p->n_tokens, &b, &cnt);
+    if (rc < 0) {
+        free(mem);
+        return skv_error(rc, "CNTR chunk at byte %llu: %s", at, skv_errmsg());
+    }
+    if (b.layer >= p->n_layers || b.kv_head >= p->n_kv_heads)
+        bad = "layer or kv head out of range";
+    else if (b.head_dim != p->q.head_dim || b.k_group != p->q.k_group ||
+             b.v_group != p->q.v_group || b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode)
+        bad = "quantizer settings differ from the PKHD chunk's";
+    else if (b.layer >= r->ql && c->q)
+        bad = "before the queries of its layer are complete";
+    else if (r->have_pbkt && (b.layer < r->pl || (b.layer == r->pl && (b.kv_head < r->ph ||
+             (b.kv_head == r->ph && r->pw >= SKV_NBITS)))))
+        bad = "out of order (after the buckets of its head, once per head, heads ascending)";
+    if (!bad && c->layers[b.layer] == c->empty &&
+        !(c->layers[b.layer] = skv_calloc(p->n_kv_heads, sizeof *c->empty))) {
+        c->layers[b.layer] = c->empty;
+        free(mem);
+        return SKV_ENOMEM;
+    }
+    /* its buckets are all read (they come first): a last member must be
+     * one of the head's evicted tokens, found by the sparse lookup */
+    const skv_cache_head *h = bad ? NULL : &c->layers[b.layer][b.kv_head];
+    uint64_t members = 0;
+    for (uint32_t i = 0; !bad && i < b.n; i++) {
+        members += cnt[i];
+        if (skv_cache_width(h, b.idx[i]))
+            bad = "a centroid's last member is a stored token";
+    }
+    if (!bad && members > p->n_tokens - h->n_stored)
+        bad = "more members than the head's evicted tokens";
+    if (bad) {
+        free(mem);
+        return skv_error(SKV_EFORMAT, "CNTR chunk at byte %llu (layer %u kv head %u): %s", at,
+                         b.layer, b.kv_head, bad);
+    }
+    skv_cache_cent *ce = skv_calloc(1, sizeof *ce);
+    float *bias = skv_malloc((size_t)b.n * sizeof *bias);
+    if (!ce || !bias) {
+        free(ce);
+        free(bias);
+        free(mem);
+        return SKV_ENOMEM;
+    }
+    for (uint32_t i = 0; i < b.n; i++)
+        bias[i] = logf((float)cnt[i]);
+    ce->rows = b;
+    ce->cnt = cnt;
+    ce->bias = bias;
+    ce->mem = mem;
+    c->layers[b.layer][b.kv_head].cent = ce;
+    c->n_centroids += b.n;
+    r->have_pbkt = 1;
+    r->pl = b.layer;
+    r->ph = b.kv_head;
+    r->pw = SKV_NBITS;
+    c->stored_bytes += SKV_CHUNK_HEADER_LEN + ch->size + SKV_CHUNK_CRC_LEN;
+    return 0;
+}
+
 static int read_finish(rd *r)
 {
     skv_cache *c = r->c;
@@ -1207,6 +1384,8 @@ static int read_finish(rd *r)
             cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
         for (int w = 1; w < SKV_NBITS; w++)
             bytes += skv_bucket_file_bytes(&p->q, skv_bit_widths[w], cnt[w]);
+        if (h->cent)
+            bytes += skv_cntr_file_bytes(&p->q, h->cent->rows.bits, h->cent->rows.n);
         stored += h->n_stored;
     }
     if (stored != p->n_stored)
@@ -1214,7 +1393,8 @@ static int read_finish(rd *r)
                          "(missing or extra PBKT chunks)", (unsigned long long)stored,
                          (unsigned long long)p->n_stored);
     if (bytes != p->cache_bytes)
-        return skv_error(SKV_EFORMAT, "the buckets take %llu bytes, the PKHD chunk says %llu",
+        return skv_error(SKV_EFORMAT, "the buckets and centroids take %llu bytes, the PKHD "
+                         "chunk says %llu",
                          (unsigned long long)bytes, (unsigned long long)p->cache_bytes);
     return 0;
 }
@@ -1302,11 +1482,14 @@ static int read_chunk(rd *r, const skv_chunk *ch)
             return rc;
         return read_pkhd(r, ch);
     }
-    if (skv_chunk_is(ch, SKV_T_TENS) || skv_chunk_is(ch, SKV_T_PBKT)) {
+    if (skv_chunk_is(ch, SKV_T_TENS) || skv_chunk_is(ch, SKV_T_PBKT) ||
+        skv_chunk_is(ch, SKV_T_CNTR)) {
         if (r->state != 2)
             return skv_error(SKV_EFORMAT, "%s chunk at byte %llu before the packed-cache header "
                              "(PKHD)", ch->type, at);
-        return skv_chunk_is(ch, SKV_T_TENS) ? read_q(r, ch) : read_pbkt(r, ch);
+        return skv_chunk_is(ch, SKV_T_TENS)   ? read_q(r, ch)
+               : skv_chunk_is(ch, SKV_T_PBKT) ? read_pbkt(r, ch)
+                                              : read_cntr(r, ch);
     }
     if (!skv_chunk_is_critical(ch->type))
         return skv_chunk_list_add(&c->extra, ch);
@@ -1398,9 +1581,12 @@ static void release_layer(rd *r, uint32_t l)
             }
             for (int w = 1; w < SKV_NBITS; w++)
                 r->rel_bytes += skv_bucket_file_bytes(&p->q, skv_bit_widths[w], cnt[w]);
+            if (h->cent)
+                r->rel_bytes += skv_cntr_file_bytes(&p->q, h->cent->rows.bits, h->cent->rows.n);
             r->rel_stored += h->n_stored;
             free(h->owned);
             free(h->buckets);
+            cent_free(h);
         }
         free(c->layers[l]);
         c->layers[l] = c->empty;
@@ -1469,7 +1655,7 @@ int skv_cache_reader_next(skv_cache_reader *cr, uint32_t *layer)
         uint32_t touched = skv_chunk_is(&ch, SKV_T_TENS) ? r->ql : 0;
         if ((rc = read_chunk(r, &ch)) < 0)
             return rc;
-        if (skv_chunk_is(&ch, SKV_T_PBKT))
+        if (skv_chunk_is(&ch, SKV_T_PBKT) || skv_chunk_is(&ch, SKV_T_CNTR))
             touched = r->pl;
         if (touched > cr->avail)
             cr->avail = touched < L ? touched : L;
@@ -1534,6 +1720,9 @@ void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, uint32_t kv_h
 
 int skv_cache_write_trace(skv_stream *s, const skv_cache *c)
 {
+    if (c->n_centroids)
+        return skv_error(SKV_EFORMAT, "the cache holds %llu centroids of merged tokens, which "
+                         "a trace cannot hold", (unsigned long long)c->n_centroids);
     if (!c->q)
         return skv_error(SKV_EFORMAT, "the cache has no queries, and a trace needs them "
                          "(skv-quant keeps them only with --keep-queries; give the trace with "
@@ -1591,6 +1780,14 @@ int skv_cache_dequantize_stream(skv_stream *in, const char *queries, skv_stream 
         rc = SKV_EFORMAT;
         goto done;
     }
+    /* the allocation says so before any layer is read (the ALHD was checked) */
+    for (size_t i = 0; i < c->extra.n; i++)
+        if (!memcmp(c->extra.v[i].type, SKV_T_ALHD, 4) && c->extra.v[i].size >= 32 &&
+            (skv_get32(c->extra.v[i].data + 28) & 2u)) {
+            rc = skv_error(SKV_EFORMAT, "the cache's allocation merges evicted tokens into "
+                           "centroids, which a trace cannot hold");
+            goto done;
+        }
     if (!qr && !c->q) {
         rc = skv_error(SKV_EFORMAT, "the cache has no queries, and a trace needs them "
                        "(skv-quant keeps them only with --keep-queries; give the trace with "
@@ -1607,6 +1804,11 @@ int skv_cache_dequantize_stream(skv_stream *in, const char *queries, skv_stream 
     const size_t T = (size_t)h.n_tokens, d = h.head_dim;
     uint32_t l;
     while ((rc = skv_cache_reader_next(cr, &l)) == 1) {
+        if (c->n_centroids) {
+            rc = skv_error(SKV_EFORMAT, "the cache holds centroids of merged tokens (layer %u), "
+                           "which a trace cannot hold", l);
+            goto done;
+        }
         /* with the first layer read: never for a header alone */
         if (!k && (!(k = skv_malloc(T * d * sizeof(float))) ||
                    !(v = skv_malloc(T * d * sizeof(float))))) {

@@ -3,6 +3,7 @@
 #include "smartkv_pack.h"
 #include "smartkv_quant.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 uint64_t skv_pbkt_max_tokens(const skv_qcfg *c, uint32_t bits)
@@ -44,10 +45,11 @@ typedef struct {
     uint64_t idx, k_par, k_dat, v_par, v_dat, end;
 } pbkt_layout;
 
-static void layout(const skv_qcfg *c, uint32_t bits, uint64_t n, pbkt_layout *L)
+/* extra: bytes of a section between the header and idx (CNTR's counts) */
+static void layout(const skv_qcfg *c, uint32_t bits, uint64_t n, uint64_t extra, pbkt_layout *L)
 {
     uint64_t rb = skv_row_bytes(bits, c->head_dim);
-    L->idx = SKV_PBKT_HEADER_LEN;
+    L->idx = SKV_PBKT_HEADER_LEN + extra;
     L->k_par = L->idx + skv_align64(4 * n);
     L->k_dat = L->k_par + skv_align64(n * skv_par_bytes(bits, c->head_dim, c->k_group, c->k_mode));
     L->v_par = L->k_dat + skv_align64(n * rb);
@@ -65,7 +67,7 @@ int skv_pbkt_encode(uint8_t *out, uint64_t size, const skv_qcfg *c, uint32_t lay
     if (!skv_bits_valid(bits) || n == 0 || n > skv_pbkt_max_tokens(c, bits))
         return skv_error(SKV_EINVAL, "PBKT: bad width %u or token count %u", bits, n);
     pbkt_layout L;
-    layout(c, bits, n, &L);
+    layout(c, bits, n, 0, &L);
     if (size != L.end || L.end != skv_pbkt_payload_bytes(c, bits, n))
         return skv_error(SKV_EINVAL, "PBKT: buffer of %llu bytes, payload needs %llu",
                          (unsigned long long)size, (unsigned long long)L.end);
@@ -110,12 +112,15 @@ static int all_zero(const uint8_t *p, uint64_t n)
     return 1;
 }
 
-int skv_pbkt_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv_bucket *b)
+/* PBKT (cntr 0) or CNTR (cntr 1) payload: the common checks. */
+static int bucket_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv_bucket *b,
+                         int cntr)
 {
+    const char *what = cntr ? "CNTR" : "PBKT";
     if ((uintptr_t)p & 3)
-        return skv_error(SKV_EINVAL, "PBKT payload not 4-byte aligned in memory");
+        return skv_error(SKV_EINVAL, "%s payload not 4-byte aligned in memory", what);
     if (size < SKV_PBKT_HEADER_LEN)
-        return skv_error(SKV_EFORMAT, "PBKT payload too short (%llu bytes)",
+        return skv_error(SKV_EFORMAT, "%s payload too short (%llu bytes)", what,
                          (unsigned long long)size);
     memset(b, 0, sizeof *b);
     b->layer = skv_get32(p);
@@ -129,26 +134,29 @@ int skv_pbkt_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv_buck
     b->v_mode = skv_get32(p + 32);
     b->part = skv_get32(p + 36);
     if (!all_zero(p + 40, 24))
-        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u: reserved header bytes "
-                         "are not zero", b->layer, b->kv_head);
+        return skv_error(SKV_EFORMAT, "%s layer %u kv head %u: reserved header bytes "
+                         "are not zero", what, b->layer, b->kv_head);
     skv_qcfg c = {b->head_dim, b->k_group, b->v_group, b->k_mode, b->v_mode};
     int rc = skv_qcfg_check(&c);
     if (rc < 0)
-        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u: %s", b->layer, b->kv_head,
+        return skv_error(SKV_EFORMAT, "%s layer %u kv head %u: %s", what, b->layer, b->kv_head,
                          skv_errmsg());
+    if (cntr && b->part != 0)
+        return skv_error(SKV_EFORMAT, "CNTR layer %u kv head %u: part is %u, not 0", b->layer,
+                         b->kv_head, b->part);
     if (!skv_bits_valid(b->bits))
-        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u: bad width %u (not 2, 3, 4, "
-                         "8 or 16)", b->layer, b->kv_head, b->bits);
-    uint64_t max = skv_pbkt_max_tokens(&c, b->bits);
+        return skv_error(SKV_EFORMAT, "%s layer %u kv head %u: bad width %u (not 2, 3, 4, "
+                         "8 or 16)", what, b->layer, b->kv_head, b->bits);
+    uint64_t max = cntr ? SKV_CNTR_MAX : skv_pbkt_max_tokens(&c, b->bits);
     if (b->n == 0 || b->n > max || b->n > n_tokens)
-        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u %u-bit: token count %u "
-                         "outside 1..%llu", b->layer, b->kv_head, b->bits, b->n,
+        return skv_error(SKV_EFORMAT, "%s layer %u kv head %u %u-bit: token count %u "
+                         "outside 1..%llu", what, b->layer, b->kv_head, b->bits, b->n,
                          (unsigned long long)(max < n_tokens ? max : n_tokens));
     pbkt_layout L;
-    layout(&c, b->bits, b->n, &L);
+    layout(&c, b->bits, b->n, cntr ? skv_align64(4ull * b->n) : 0, &L);
     if (size != L.end)
-        return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u %u-bit: payload is %llu "
-                         "bytes, %u tokens need %llu", b->layer, b->kv_head, b->bits,
+        return skv_error(SKV_EFORMAT, "%s layer %u kv head %u %u-bit: payload is %llu "
+                         "bytes, %u tokens need %llu", what, b->layer, b->kv_head, b->bits,
                          (unsigned long long)size, b->n, (unsigned long long)L.end);
     const uint32_t d = b->head_dim;
     const uint64_t rb = skv_row_bytes(b->bits, d);
@@ -161,15 +169,19 @@ int skv_pbkt_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv_buck
     const uint64_t next[5] = {L.k_par, L.k_dat, L.v_par, L.v_dat, L.end};
     for (int s = 0; s < 5; s++)
         if (!all_zero(p + used[s][0] + used[s][1], next[s] - used[s][0] - used[s][1]))
-            return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u %u-bit: padding bytes "
-                             "are not zero", b->layer, b->kv_head, b->bits);
+            return skv_error(SKV_EFORMAT, "%s layer %u kv head %u %u-bit: padding bytes "
+                             "are not zero", what, b->layer, b->kv_head, b->bits);
+    if (cntr && !all_zero(p + SKV_PBKT_HEADER_LEN + 4ull * b->n,
+                          skv_align64(4ull * b->n) - 4ull * b->n))
+        return skv_error(SKV_EFORMAT, "CNTR layer %u kv head %u: padding bytes are not zero",
+                         b->layer, b->kv_head);
     b->idx = (const uint32_t *)(const void *)(p + L.idx);
     uint64_t prev = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         uint32_t t = skv_get32(p + L.idx + 4 * (uint64_t)i);
         if (t >= n_tokens || (i && t <= prev))
-            return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u %u-bit: token index %u "
-                             "at position %u is %s", b->layer, b->kv_head, b->bits, t, i,
+            return skv_error(SKV_EFORMAT, "%s layer %u kv head %u %u-bit: token index %u "
+                             "at position %u is %s", what, b->layer, b->kv_head, b->bits, t, i,
                              t >= n_tokens ? "out of range" : "not ascending");
         prev = t;
     }
@@ -182,6 +194,72 @@ int skv_pbkt_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv_buck
     b->v_dat = p + L.v_dat;
     b->payload = p;
     b->payload_bytes = size;
+    return 0;
+}
+
+int skv_pbkt_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv_bucket *b)
+{
+    return bucket_decode(p, size, n_tokens, b, 0);
+}
+
+int skv_cntr_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv_bucket *b,
+                    const uint32_t **cnt)
+{
+    int rc = bucket_decode(p, size, n_tokens, b, 1);
+    if (rc < 0)
+        return rc;
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < b->n; i++) {
+        uint32_t m = skv_get32(p + SKV_PBKT_HEADER_LEN + 4ull * i);
+        sum += m;
+        if (m == 0 || sum > n_tokens)
+            return skv_error(SKV_EFORMAT, "CNTR layer %u kv head %u: centroid %u %s", b->layer,
+                             b->kv_head, i, m == 0 ? "has no members"
+                                                   : "brings the member count above n_tokens");
+    }
+    *cnt = (const uint32_t *)(const void *)(p + SKV_PBKT_HEADER_LEN);
+    return 0;
+}
+
+uint64_t skv_cntr_file_bytes(const skv_qcfg *c, uint32_t bits, uint64_t n)
+{
+    if (n == 0)
+        return 0;
+    return SKV_CHUNK_HEADER_LEN + skv_cntr_payload_bytes(c, bits, n) + SKV_CHUNK_CRC_LEN;
+}
+
+int skv_cntr_encode(uint8_t *out, uint64_t size, const skv_qcfg *c, uint32_t layer,
+                    uint32_t kv_head, uint32_t bits, uint32_t n, const uint32_t *cnt,
+                    const uint32_t *last, const float *ck, const float *cv)
+{
+    if (n == 0 || n > SKV_CNTR_MAX)
+        return skv_error(SKV_EINVAL, "CNTR: %u centroids outside 1..%u", n, SKV_CNTR_MAX);
+    const uint64_t extra = skv_align64(4ull * n);
+    if (size != skv_cntr_payload_bytes(c, bits, n))
+        return skv_error(SKV_EINVAL, "CNTR: buffer of %llu bytes, payload needs %llu",
+                         (unsigned long long)size,
+                         (unsigned long long)skv_cntr_payload_bytes(c, bits, n));
+    /* the rows as a PBKT of rows 0..n-1 placed after the counts, then the
+     * header moved to the front and the indices replaced by the last members */
+    uint32_t *seq = skv_malloc((size_t)n * sizeof *seq);
+    if (!seq)
+        return SKV_ENOMEM;
+    for (uint32_t i = 0; i < n; i++)
+        seq[i] = i;
+    int rc = skv_pbkt_encode(out + extra, size - extra, c, layer, kv_head, bits, 0, seq, n, ck,
+                             cv);
+    free(seq);
+    if (rc < 0)
+        return rc;
+    memmove(out, out + extra, SKV_PBKT_HEADER_LEN);
+    memset(out + SKV_PBKT_HEADER_LEN, 0, (size_t)extra);
+    for (uint32_t i = 0; i < n; i++) {
+        if (cnt[i] == 0 || (i && last[i] <= last[i - 1]))
+            return skv_error(SKV_EINVAL, "CNTR: centroid %u: empty or last members not "
+                             "ascending", i);
+        skv_put32(out + SKV_PBKT_HEADER_LEN + 4ull * i, cnt[i]);
+        skv_put32(out + SKV_PBKT_HEADER_LEN + extra + 4ull * i, last[i]);
+    }
     return 0;
 }
 

@@ -125,6 +125,10 @@ typedef struct skv_cache_plan {
     uint64_t alloc_bytes;   /* ALHD: cache bytes predicted by the allocator */
     uint32_t alloc_mask;    /* ALHD: allowed widths (bit b set: width b allowed) */
     char alloc_text[1024];  /* ALHD: "policy=... " description */
+    uint32_t merge_clusters;/* ALHD flag SKV_ALHD_MERGE: the width-0 tokens of each
+                               (layer, kv head) are merged into at most this many
+                               centroids (a CNTR chunk), else 0 */
+    uint32_t merge_bits;    /* width of the centroids: the top width allowed */
 } skv_cache_plan;
 
 /* Every token of every (layer, kv head) at `bits` (2, 3, 4, 8 or 16). */
@@ -141,7 +145,9 @@ SKV_EXPORT void skv_cache_plan_free(skv_cache_plan *p);
  * against h) into out: 1, or 0 when there is no ALHD chunk, <0 on a bad one. */
 SKV_EXPORT int skv_cache_alloc_text(const skv_chunk_list *chunks, const skv_trace_hdr *h,
                                     char *out, size_t n);
-/* The byte model of a plan: PKHD + all buckets' file bytes.  Returns 0 or <0. */
+/* The byte model of a plan: PKHD + all buckets' file bytes + the CNTR
+ * chunks of a merging plan (min(clusters, evicted tokens) centroids per
+ * (layer, kv head) at merge_bits).  Returns 0 or <0. */
 SKV_EXPORT int skv_cache_plan_bytes(const skv_cache_plan *p, uint64_t *bytes);
 
 /* Load a trace (whole, float32) keeping the chunks that are not part of it:
@@ -207,11 +213,22 @@ SKV_EXPORT int skv_cache_quantize(skv_stream *in, const skv_chunk *first, const 
                                   skv_cache_plan *plan, skv_cache_stats *st);
 
 /* ---- reader ---- */
+/* The centroids of one (layer, kv head) (a CNTR chunk), allocated when the
+ * chunk arrives (a head record stays small: a header may declare 2^20). */
+typedef struct skv_cache_cent {
+    skv_bucket rows;        /* rows.idx: each centroid's last member, ascending (a
+                               query at position t attends those with last <= t) */
+    const uint32_t *cnt;    /* member counts */
+    float *bias;            /* log(cnt[i]), added to centroid i's logit */
+    void *mem;              /* internal: the payload's allocation */
+} skv_cache_cent;
+
 typedef struct skv_cache_head {
     uint32_t n_buckets;
     skv_bucket *buckets;    /* ascending width, then part */
     uint64_t n_stored;      /* sum of buckets[i].n */
     void **owned;           /* internal: allocations behind the payloads */
+    struct skv_cache_cent *cent;  /* centroids of merged tokens, or NULL */
 } skv_cache_head;
 
 typedef struct skv_cache {
@@ -224,6 +241,7 @@ typedef struct skv_cache {
     skv_cache_head *empty;  /* internal: [n_kv_heads] heads with no bucket */
     skv_chunk_list extra;   /* ALHD/ALOC and ancillary chunks, stream order */
     uint64_t stored_bytes;  /* PKHD + PBKT bytes as read (compressed size) */
+    uint64_t n_centroids;   /* centroids over all heads read so far (CNTR chunks) */
 } skv_cache;
 
 /* Read a whole packed cache from an open stream (up to and including DONE)
@@ -280,13 +298,15 @@ SKV_EXPORT uint32_t skv_cache_width(const skv_cache_head *h, uint64_t t);
 SKV_EXPORT void skv_cache_head_widths(const skv_cache_head *h, uint64_t n_tokens, uint8_t *out);
 
 /* Dequantize one (layer, kv head) into k and v [n_tokens][head_dim]
- * (either may be NULL); evicted tokens become zero rows. */
+ * (either may be NULL); evicted tokens become zero rows (centroids are not
+ * tokens: they are left out). */
 SKV_EXPORT void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, uint32_t kv_head,
                                           float *k, float *v);
 
 /* Write the cache back as a plain float32 trace (TRHD, TOKS, layers of
  * Q/K/V TENS with K and V dequantized, then the extra chunks) to an open
- * stream.  Fails with SKV_EFORMAT if the cache has no queries. */
+ * stream.  Fails with SKV_EFORMAT if the cache has no queries or holds
+ * centroids (a trace cannot). */
 SKV_EXPORT int skv_cache_write_trace(skv_stream *s, const skv_cache *c);
 /* The same from a packed cache read one layer at a time from `in` (owned
  * and closed), its queries from the cache or, when `queries` is not NULL,

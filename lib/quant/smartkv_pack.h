@@ -157,6 +157,41 @@ SKV_EXPORT int skv_pbkt_decode(const uint8_t *p, uint64_t size, uint64_t n_token
  * indices (k or v may be NULL); other rows are left untouched. */
 SKV_EXPORT void skv_bucket_dequantize(const skv_bucket *b, float *k, float *v);
 
+/* ---- CNTR: the centroids of one (layer, KV head) (smartkv(5)) ----
+ * Written by skv-quant for an allocation with merged tokens (ALHD flag
+ * SKV_ALHD_MERGE): the tokens the allocation evicts are merged into at most
+ * K centroids by online k-means on the keys.  Attention to centroid c adds
+ * log(cnt[c]) to its logit, so a centroid of n identical tokens attends
+ * exactly like the n tokens.  The payload is a PBKT payload whose index
+ * section holds each centroid's last member (its position, strictly
+ * ascending: a query at position t attends the centroids with last <= t)
+ * and which has one more section, the member counts, right after the
+ * 64-byte header:
+ *   0    64    header as PBKT (part 0; n = centroids, 1..SKV_CNTR_MAX)
+ *   64   4n    cnt   u32 member counts, >= 1 (padded to 64 bytes)
+ *   ...        last  u32[n] (the PBKT idx section), then k_par, k_dat,
+ *              v_par, v_dat as in PBKT */
+#define SKV_T_CNTR "CNTR"
+#define SKV_CNTR_MAX 65536u
+
+static inline uint64_t skv_cntr_payload_bytes(const skv_qcfg *c, uint32_t bits, uint64_t n)
+{
+    return skv_pbkt_payload_bytes(c, bits, n) + skv_align64(4 * n);
+}
+/* File bytes of a CNTR chunk of n centroids (framing included); 0 for n 0. */
+SKV_EXPORT uint64_t skv_cntr_file_bytes(const skv_qcfg *c, uint32_t bits, uint64_t n);
+/* Build a CNTR payload: n centroids (ck, cv [n][head_dim], cnt [n] >= 1,
+ * last [n] strictly ascending).  out holds exactly
+ * skv_cntr_payload_bytes(c, bits, n) bytes.  Returns 0 or <0. */
+SKV_EXPORT int skv_cntr_encode(uint8_t *out, uint64_t size, const skv_qcfg *c, uint32_t layer,
+                               uint32_t kv_head, uint32_t bits, uint32_t n, const uint32_t *cnt,
+                               const uint32_t *last, const float *ck, const float *cv);
+/* Validate a CNTR payload (p 4-byte aligned) and point *b (idx = last
+ * members) and *cnt into it: every PBKT rule, part 0, n <= SKV_CNTR_MAX,
+ * counts >= 1 and their sum <= n_tokens. */
+SKV_EXPORT int skv_cntr_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens,
+                               skv_bucket *b, const uint32_t **cnt);
+
 #ifdef __cplusplus
 }
 #endif

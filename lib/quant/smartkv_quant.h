@@ -103,6 +103,21 @@ SKV_EXPORT int skv_quant_set_simd(int on);
 SKV_EXPORT void skv_quant_group_params(const float *x, uint32_t n, uint32_t bits, uint32_t mode,
                                        uint16_t *scale16, uint16_t *min16);
 
+/* ---- online k-means (the merge step) ----
+ *
+ * Centroids ck, cv: [K][d]; cnt [K] (0 = empty slot).  One token (x, v):
+ * the first empty slot takes it as it is (count 1); otherwise the nearest
+ * centroid j by squared L2 distance on the keys (ties: lowest j) absorbs
+ * it: cnt_j += 1,
+ *     key    ck_j += a * (x - ck_j),  a = eta if eta > 0, else 1/cnt_j
+ *     value  cv_j += (v - cv_j) / cnt_j   (the mean of the members' values)
+ * With eta = 0 the key is the exact mean of the members (MacQueen); a
+ * fixed eta weights recent members more.  Returns the slot used. */
+SKV_EXPORT uint32_t skv_km_nearest(const float *ck, const uint32_t *cnt, uint32_t K, uint32_t d,
+                                   const float *x);
+SKV_EXPORT uint32_t skv_km_update(float *ck, float *cv, uint32_t *cnt, uint32_t K, uint32_t d,
+                                  const float *x, const float *v, double eta);
+
 #ifdef __cplusplus
 }
 #endif

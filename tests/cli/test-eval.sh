@@ -40,6 +40,13 @@ run skv-eval ppl --model m.gguf --text t.txt -p prune-merge --kmeans-learning-ra
 expect_rc 2 "a k-means learning rate above 1 is a usage error"
 run skv-eval ppl --model m.gguf --text t.txt -p prune-merge:x
 expect_rc 2 "prune-merge:x is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p h2o --kept-bits 4,16
+expect_rc 2 "--kept-bits without prune-merge is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p prune-merge --kept-bits 4,16 --max-cache-size 10
+expect_rc 2 "--kept-bits with --max-cache-size is a usage error"
+expect_err "spends the budget" "... saying why"
+run skv-eval ppl --model m.gguf --text t.txt -p prune-merge --kept-bits 0,4
+expect_rc 2 "--kept-bits with 0 is a usage error"
 run skv-eval needle --model m.gguf --depths 101
 expect_rc 2 "depth beyond 100 is a usage error"
 run skv-eval needle --model m.gguf --lengths 1X
@@ -110,6 +117,19 @@ r = json.load(open(sys.argv[1]))
 assert r["beta_end"] < 0.45 and r["beta"] < 1 and r["kl"] > 0, r
 assert r["cache"] == "prune-merge beta=0.3 K=4 P=16 D=32 sinks=4 recent=16", r
 ' "$T/out"
+cp "$T/out" pm16.json
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 -p prune-merge:4 \
+    -b 0.3 --recent 16 --kept-bits 4,8,16 --json -q
+expect_rc 0 "ppl with prune-merge:4 and mixed precision (--kept-bits 4,8,16) at beta 0.3"
+check "merge + mixed precision: rows below 16 bits, at the budget of the fp16 run" python3 -c '
+import json, sys
+r, f = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+assert r["cache"] == "prune-merge beta=0.3 K=4 P=16 D=32 sinks=4 recent=16 bits=4,8,16", r
+assert r["beta_end"] < 0.45 and r["kl"] > 0, r
+assert abs(r["beta_end"] - f["beta_end"]) < 0.05, (r["beta_end"], f["beta_end"])
+w = dict(x.rstrip("%").split(":") for x in r["widths"].split())
+assert float(w["4"]) + float(w["8"]) > 0 and float(w["2"]) == 0, w
+' "$T/out" pm16.json
 # atskv: a predictor trained on the model's own trace (all layers, tiny fit)
 run skv-trace record --model "$model" --text "$text" --tokens 120 --hidden -o hid.skv
 expect_rc 0 "record all layers with hidden states"

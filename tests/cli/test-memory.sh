@@ -14,7 +14,22 @@ skv-quant -q a.skv -o c.skv
 skv-quant -q --keep-queries a.skv -o cq.skv
 skv-attend -q -s $((n - 8)): --queries t.skv c.skv -o o.skv
 skv-attend -q -r -s $((n - 8)): t.skv -o r.skv
+skv-alloc -q -p prune-merge -b 0.25 t.skv -o pa.skv
+skv-quant -q pa.skv -o pc.skv
+skv-attend -q -s $((n - 8)): --queries t.skv pc.skv -o po.skv
 export SKV_MAX_MEM=$cap
+run skv-alloc -q -p prune-merge -b 0.25 t.skv -o pa1.skv
+check "skv-alloc -p prune-merge within 4 layers: the same allocation" sh -c "[ $rc = 0 ] && cmp pa.skv pa1.skv"
+run sh -c 'cat pa.skv | skv-quant -q > pc1.skv'
+check "skv-quant (pipe) of a merging allocation within 4 layers: the same cache, centroids too" \
+    sh -c "[ $rc = 0 ] && cmp pc.skv pc1.skv"
+run skv-attend -q -s $((n - 8)): --queries t.skv pc.skv -o po1.skv
+check "skv-attend on a merged cache within 4 layers: the same outputs" sh -c "[ $rc = 0 ] && cmp po.skv po1.skv"
+run skv-stats mem pc.skv
+check "skv-stats mem on a merged cache within 4 layers: total = byte model, centroids counted" sh -c "[ $rc = 0 ] &&
+    grep -q centroids '$T/out' &&
+    sed -n '1s/^pc.skv: \\([0-9]*\\) bytes (byte model \\([0-9]*\\)).*/\\1 \\2/p' '$T/out' |
+        awk '{ ok = \$1 == \$2 && \$1 > 0 } END { exit !ok }'"
 run skv-quant -q a.skv -o c1.skv
 check "skv-quant (file) within 4 layers: the same cache" sh -c "[ $rc = 0 ] && cmp c.skv c1.skv"
 run sh -c 'cat a.skv | skv-quant -q > c2.skv'

@@ -2,7 +2,8 @@
  * memory stream with recomputed CRCs): skv-stats mem's accounting, every
  * stored token found by skv_cache_find in its bucket, and, as
  * skv-quant -d does, a cache with queries is dequantized head by head and
- * written back as a trace. */
+ * written back as a trace; a cache with centroids is attended at its last
+ * step. */
 #include "fuzz.h"
 
 static int one(const uint8_t *data, size_t size);
@@ -61,6 +62,22 @@ static int one(const uint8_t *data, size_t size)
                 skv_cache_dequantize_head(c, l, h, k, v);
         free(k);
         free(v);
+        /* centroids (CNTR): the fused kernels attend them at the last step */
+        if (c->n_centroids) {
+            skv_attend_opts o = {1, SKV_KERNEL_AUTO, 0};
+            skv_attend_ctx *ctx = skv_attend_new(&o);
+            float *out = malloc((size_t)c->hdr.n_heads * c->hdr.head_dim * sizeof *out);
+            FUZZ_ASSERT(ctx && out);
+            uint64_t step = c->hdr.n_tokens - 1;
+            for (uint32_t l = 0; l < c->hdr.n_layers; l++) {
+                skv_kv_view L = {SKV_KV_PACKED, c->hdr.n_heads, c->hdr.n_kv_heads,
+                                 c->hdr.head_dim, c->hdr.n_tokens, c->q[l], NULL, NULL,
+                                 skv_cache_head_at(c, l, 0)};
+                FUZZ_ASSERT(skv_attend_layer(ctx, &L, &step, 1, out, NULL) == 0);
+            }
+            free(out);
+            skv_attend_free(ctx);
+        }
     }
     skv_stream *w = skv_open_write_fd(fuzz_memfd(), "trace", -1);
     FUZZ_ASSERT(w);
