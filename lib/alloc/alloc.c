@@ -215,7 +215,7 @@ int skv_alhd_write(skv_stream *s, const skv_alloc_hdr *h)
     skv_put32(buf + 40, h->qcfg.v_group);
     skv_put32(buf + 44, h->qcfg.k_mode);
     skv_put32(buf + 48, h->qcfg.v_mode);
-    skv_put32(buf + 52, 0);
+    skv_put32(buf + 52, h->qcfg.k_tokens);
     skv_put64(buf + 56, h->predicted_bytes);
     skv_put16(buf + 64, (uint16_t)L);
     memcpy(buf + SKV_ALHD_FIXED_LEN, h->text, L);
@@ -244,12 +244,9 @@ int skv_alhd_decode(const skv_chunk *c, skv_alloc_hdr *h)
     h->qcfg.v_group = skv_get32(p + 40);
     h->qcfg.k_mode = skv_get32(p + 44);
     h->qcfg.v_mode = skv_get32(p + 48);
-    uint32_t reserved = skv_get32(p + 52);
+    h->qcfg.k_tokens = skv_get32(p + 52);  /* reserved (zero) before format 1.2 */
     h->predicted_bytes = skv_get64(p + 56);
     size_t L = skv_get16(p + 64);
-    if (reserved != 0)
-        return skv_error(SKV_EFORMAT, "ALHD chunk at byte %llu: reserved field is 0x%x, not 0",
-                         off, reserved);
     if (L > SKV_ALHD_MAX_TEXT || SKV_ALHD_FIXED_LEN + L != c->raw_size)
         return skv_error(SKV_EFORMAT, "ALHD chunk at byte %llu: text length %zu does not match "
                          "its %llu-byte payload (limit %u)", off, L,

@@ -22,7 +22,8 @@
  *   40  u32  v_group     | the skv_qcfg of the byte model; skv-quant
  *   44  u32  k_mode      | quantizes with exactly these
  *   48  u32  v_mode     /
- *   52  u32  reserved, 0
+ *   52  u32  k_tokens: rows per key group with k_mode 4 (channel), else 0
+ *            (format 1.2; reserved, zero before)
  *   56  u64  predicted cache bytes (byte model total, PKHD included)
  *   64  u16  text length L (<= SKV_ALHD_MAX_TEXT)
  *   66  L    text, e.g. "policy=smartkv importance=ema decay=0.9 realloc=16 ..."

@@ -74,6 +74,7 @@ int skv_pkhd_write(skv_stream *s, const skv_pkhd *p)
     skv_put32(b + 16, p->q.v_mode);
     skv_put32(b + 20, p->n_layers);
     skv_put32(b + 24, p->n_kv_heads);
+    skv_put32(b + 28, p->q.k_tokens);
     skv_put64(b + 32, p->n_tokens);
     skv_put64(b + 40, p->cache_bytes);
     skv_put64(b + 48, p->fp16_bytes);
@@ -100,9 +101,7 @@ int skv_pkhd_decode(const skv_chunk *c, skv_pkhd *p)
     p->cache_bytes = skv_get64(b + 40);
     p->fp16_bytes = skv_get64(b + 48);
     p->n_stored = skv_get64(b + 56);
-    if (skv_get32(b + 28))
-        return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: reserved field is not zero",
-                         (unsigned long long)c->offset);
+    p->q.k_tokens = skv_get32(b + 28);  /* reserved (zero) before format 1.2 */
     if (skv_qcfg_check(&p->q) < 0)
         return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: %s",
                          (unsigned long long)c->offset, skv_errmsg());
@@ -172,9 +171,8 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
     if (c->size < ALHD_FIXED || c->size != ALHD_FIXED + (uint64_t)skv_get16(b + 64))
         return skv_error(SKV_EFORMAT, "ALHD chunk: %llu bytes do not match its text length",
                          (unsigned long long)c->size);
-    if (skv_get32(b + 28) & ~1u || skv_get32(b + 52))
-        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown flags 0x%x or reserved bytes 52..55 "
-                         "not zero", skv_get32(b + 28));
+    if (skv_get32(b + 28) & ~1u)
+        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown flags 0x%x", skv_get32(b + 28));
     uint32_t nl = skv_get32(b + 8), nk = skv_get32(b + 12), hd = skv_get32(b + 32);
     uint64_t nt = skv_get64(b + 16);
     if (nl != h->n_layers || nk != h->n_kv_heads || nt != h->n_tokens || hd != h->head_dim)
@@ -190,6 +188,7 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
     p->q.v_group = skv_get32(b + 40);
     p->q.k_mode = skv_get32(b + 44);
     p->q.v_mode = skv_get32(b + 48);
+    p->q.k_tokens = skv_get32(b + 52);  /* reserved (zero) before format 1.2 */
     p->alloc_bytes = skv_get64(b + 56);
     uint32_t all = 0;
     for (int i = 0; i < SKV_NBITS; i++)
@@ -1113,7 +1112,8 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
                          "range", at, b.layer, b.kv_head);
     }
     if (b.head_dim != p->q.head_dim || b.k_group != p->q.k_group ||
-        b.v_group != p->q.v_group || b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode) {
+        b.v_group != p->q.v_group || b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode ||
+        b.k_tokens != p->q.k_tokens) {
         free(mem);
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: quantizer settings differ "
                          "from the PKHD chunk's", at);
