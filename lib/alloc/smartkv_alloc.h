@@ -199,7 +199,8 @@ SKV_EXPORT int skv_razor_mask(const skv_head_scores *hs, uint32_t n_layers, uint
     X(DYNAMICKV, dynamickv)     /* DynamicKV: layer budgets from window top-k counts */ \
     X(UNCOMP, uncomp)           /* UNComp: head budgets from key matrix entropy */ \
     X(RAZOR, razor)             /* RazorAttention: retrieval heads keep everything */ \
-    X(ROCKETKV, rocketkv)       /* RocketKV: SnapKV-style eviction + top-k at decode */
+    X(ROCKETKV, rocketkv)       /* RocketKV: SnapKV-style eviction + top-k at decode */ \
+    X(KIVI, kivi)               /* KIVI: keys per channel, fp16 residual */
 
 enum skv_policy {
     SKV_POLICY_NONE = 0,
@@ -228,6 +229,8 @@ enum skv_policy_flag {
     SKV_PF_KENTROPY = 1u << 11,  /* reads the matrix entropy of each (layer, KV head)'s
                                     keys (skv_alloc_problem.kentropy) */
     SKV_PF_HEADS = 1u << 12,     /* reads per-head scores (skv_alloc_cfg.heads) */
+    SKV_PF_RESIDUAL = 1u << 13,  /* SKV_PF_FIXED with the newest tokens at 16 bits: the
+                                    first floor(T / recent) * recent tokens at N (KIVI) */
 };
 
 /* RocketKV (rocketkv.c; stage 2 in the online cache): pages of
