@@ -33,8 +33,8 @@ int skv_qcfg_check(const skv_qcfg *c)
         return skv_error(SKV_EINVAL, "key group of %u tokens (keys per channel: 2..%u)",
                          c->k_tokens, SKV_KEY_TOKENS_MAX);
     if (c->k_mode != SKV_QMODE_CHAN && c->k_tokens)
-        return skv_error(SKV_EINVAL, "key tokens %u without keys per channel (mode 4)",
-                         c->k_tokens);
+        return skv_error(SKV_EINVAL, "key tokens %u without keys per channel (k_mode 4); the "
+                         "field is reserved (zero) otherwise", c->k_tokens);
     if (c->v_mode < SKV_QMODE_ASYM || c->v_mode > SKV_QMODE_GGML)
         return skv_error(SKV_EINVAL, "unknown V quantization mode %u (modes: 1 asym, 2 sym, 3 ggml)", c->v_mode);
     return 0;
