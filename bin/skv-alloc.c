@@ -380,9 +380,7 @@ int main(int argc, char **argv)
             kmode_set = 1;
             break;
         case O_KEYS:
-            if (strcmp(optarg, "token") && strcmp(optarg, "channel"))
-                tool_usage_error("--keys: token or channel, not '%s'", optarg);
-            keys = !strcmp(optarg, "channel") ? 2 : 1;
+            keys = tool_opt_keys("--keys", optarg) ? 2 : 1;
             break;
         case O_KTOK: ac.qcfg.k_tokens = tool_opt_u32("--key-tokens", optarg, 2,
                                                      SKV_KEY_TOKENS_MAX); break;

@@ -227,7 +227,7 @@ int main(int argc, char **argv)
                              "or --dense)");
         if (req.probs)
             tool_usage_error("--device cuda does not write probabilities (--probs)");
-        if (strcmp(in, "-")) {
+        if (strcmp(in, "-") != 0) {
             /* a layout without a GPU path is refused before any device is
              * looked for (the header is enough: read up to the PKHD) */
             skv_stream *ps = skv_open_read(in);

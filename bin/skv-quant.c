@@ -184,9 +184,7 @@ int main(int argc, char **argv)
             qopts = kmode_set = 1;
             break;
         case OPT_KEYS:
-            if (strcmp(optarg, "token") && strcmp(optarg, "channel"))
-                tool_usage_error("--keys: token or channel, not '%s'", optarg);
-            chan = !strcmp(optarg, "channel");
+            chan = tool_opt_keys("--keys", optarg);
             qopts = 1;
             break;
         case OPT_KTOK:
