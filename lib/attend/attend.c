@@ -759,7 +759,19 @@ kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_
     float bsum[SKV_GMAX][SKV_MAX_GROUPS];
     float qsum[SKV_GMAX][SKV_MAX_GROUPS];
     const uint32_t nc = d / 8, kg = R->kg, vg = R->vg;
-    const uint32_t kng = d / kg, vng = d / vg, kcpg = kg / 8, vcpg = vg / 8;
+    /* keys per channel (a run of one key group, bucket_runs): the group's
+     * scales fold into the query, its zero points into one bias per head:
+     * q.x = (q*scale).codes + q.min */
+    const int kchan = R->kps == 0 && kg == 1;
+    float qk[SKV_GMAX * SKV_MAX_HEAD_DIM], qb[SKV_GMAX] = {0};
+    for (int g = 0; kchan && g < ng; g++)
+        for (uint32_t c = 0; c < d; c++) {
+            float scl, bi;
+            group_par_f16c(R->kp, c, bits, R->kmode, &scl, &bi);
+            qk[(size_t)g * d + c] = q[(size_t)g * d + c] * scl;
+            qb[g] += q[(size_t)g * d + c] * bi;
+        }
+    const uint32_t kng = kchan ? 0 : d / kg, vng = d / vg, kcpg = kg / 8, vcpg = vg / 8;
     for (int g = 0; g < ng; g++)
         for (uint32_t gi = 0; gi < kng; gi++) {
             float a = 0;
@@ -771,7 +783,19 @@ kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_
         uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
         /* scores */
         const uint8_t *row = R->kd + t0 * R->rs, *par = R->kp + t0 * R->kps;
-        for (uint32_t i = 0; i < n; i++, row += R->rs, par += R->kps) {
+        for (uint32_t i = 0; kchan && i < n; i++, row += R->rs) {
+            __m256 a[SKV_GMAX];
+            for (int g = 0; g < ng; g++)
+                a[g] = _mm256_setzero_ps();
+            for (uint32_t c = 0; c < nc; c++) {
+                __m256 x = u8x8_to_ps(codes_u8x8(row, c, bits));
+                for (int g = 0; g < ng; g++)
+                    a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qk + (size_t)g * d + 8 * c), x, a[g]);
+            }
+            for (int g = 0; g < ng; g++)
+                s[g][i] = hsum256(a[g]) + qb[g];
+        }
+        for (uint32_t i = 0; !kchan && i < n; i++, row += R->rs, par += R->kps) {
             __m256 tot[SKV_GMAX];
             float bias[SKV_GMAX];
             for (int g = 0; g < ng; g++) {
@@ -895,7 +919,8 @@ static int avx2_ok(const run *R, uint32_t d)
 {
     if (d % 8 || d / 8 > SKV_MAX_GROUPS)
         return 0;
-    if (R->bits < 16 && (R->kg % 8 || R->vg % 8))
+    /* keys per channel: kg 1 with parameters shared by the run (kps 0) */
+    if (R->bits < 16 && ((R->kg % 8 && !(R->kg == 1 && R->kps == 0)) || R->vg % 8))
         return 0;
     return 1;
 }
