@@ -19,7 +19,8 @@ static void usage(void)
            "                         uniform-protect:N, random,\n"
            "                         position, layer-aware; baselines q8_0, q4_0,\n"
            "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
-           "                         uncomp, razor (needs --heads), rocketkv; prune-merge[:K]\n"
+           "                         uncomp, razor (needs --heads), rocketkv, kivi:N;\n"
+           "                         prune-merge[:K]\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.25; none for\n"
            "                         uniform:N); BETA >= 1 stores everything at 16 bits\n"
            "      --importance MODE  ema (default), cumulative, normalized, window, oracle\n"
@@ -30,7 +31,9 @@ static void usage(void)
            "                         the importance summed over layers\n"
            "      --bits LIST        allowed widths (default 2,3,4,8,16; 0 = evict)\n"
            "      --sinks N          first N tokens at the top width (default 4)\n"
-           "      --recent N         last N tokens at the top width (default 32)\n"
+           "      --recent N         last N tokens at the top width (default 32); kivi:N:\n"
+           "                         the fp16 residual, left N tokens at a time\n"
+           "      --residual N       the same as --recent\n"
            "      --seed S           seed of the random policy (default 1)\n"
            "      --heads FILE       razor: head scores from skv-trace heads\n"
            "prune-merge (one prune at the end of the trace; skv-quant merges the pruned\n"
@@ -44,6 +47,10 @@ static void usage(void)
            "  -g, --group G          channels per scale group for K and V (default head_dim)\n"
            "      --k-mode MODE      key quantizer: asym (default), sym or ggml\n"
            "      --v-mode MODE      value quantizer: asym (default), sym or ggml\n"
+           "      --keys LAYOUT      token (default) or channel: keys per channel over\n"
+           "                         groups of --key-tokens tokens of a bucket (kivi:N)\n"
+           "      --key-tokens G     tokens per key group with keys per channel (2..4096,\n"
+           "                         default 32)\n"
            "      --summary          print the width histogram per layer to stderr (also -v)\n"
            "      --json             print the summary as one JSON object on stderr\n"
            "  -o, --output FILE      write to FILE (default stdout)\n"
@@ -57,7 +64,8 @@ static void usage(void)
 
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_WINDOW, O_SHARE, O_BITS, O_SINKS, O_RECENT, O_SEED,
-    O_KMODE, O_VMODE, O_SUMMARY, O_HEADS, O_PM_B, O_PM_K, O_PM_D, O_PM_P, O_PM_LR
+    O_KMODE, O_VMODE, O_SUMMARY, O_HEADS, O_PM_B, O_PM_K, O_PM_D, O_PM_P, O_PM_LR, O_KEYS,
+    O_KTOK
 };
 
 static const struct option longopts[] = {
@@ -71,6 +79,9 @@ static const struct option longopts[] = {
     {"bits", required_argument, NULL, O_BITS},
     {"sinks", required_argument, NULL, O_SINKS},
     {"recent", required_argument, NULL, O_RECENT},
+    {"residual", required_argument, NULL, O_RECENT},
+    {"keys", required_argument, NULL, O_KEYS},
+    {"key-tokens", required_argument, NULL, O_KTOK},
     {"seed", required_argument, NULL, O_SEED},
     {"group", required_argument, NULL, 'g'},
     {"k-mode", required_argument, NULL, O_KMODE},
@@ -339,6 +350,7 @@ int main(int argc, char **argv)
     skv_imp_defaults(&ic);
     const char *out = NULL;
     int level = -1, want_summary = 0, have_budget = 0, have_bits = 0, json = 0;
+    int keys = 0, kmode_set = 0;  /* keys: 0 default, 1 token, 2 channel */
     skv_head_scores heads = {0, 0, NULL, NULL};
     uint32_t group = 0, pm_b = 0, pm_d = 32;
     int64_t pm_k = -1;
@@ -399,7 +411,15 @@ int main(int argc, char **argv)
                 tool_usage_error("--seed: '%s' is not a whole number", optarg);
             break;
         case 'g': group = tool_opt_u32("--group", optarg, 1, SKV_MAX_HEAD_DIM); break;
-        case O_KMODE: ac.qcfg.k_mode = tool_opt_qmode("--k-mode", optarg); break;
+        case O_KMODE:
+            ac.qcfg.k_mode = tool_opt_qmode("--k-mode", optarg);
+            kmode_set = 1;
+            break;
+        case O_KEYS:
+            keys = tool_opt_keys("--keys", optarg) ? 2 : 1;
+            break;
+        case O_KTOK: ac.qcfg.k_tokens = tool_opt_u32("--key-tokens", optarg, 2,
+                                                     SKV_KEY_TOKENS_MAX); break;
         case O_VMODE: ac.qcfg.v_mode = tool_opt_qmode("--v-mode", optarg); break;
         case O_SUMMARY: want_summary = 1; break;
         case O_HEADS:
@@ -447,6 +467,17 @@ int main(int argc, char **argv)
         tool_usage_error("%s allocates per layer; drop --share-layers",
                          skv_policy_name(ac.policy));
     ac.qcfg.k_group = ac.qcfg.v_group = group; /* 0: head_dim, set from the trace */
+    int kivi = ac.policy == SKV_POLICY_KIVI;
+    if (keys == 1 && kivi)
+        tool_usage_error("kivi:N keeps keys per channel (no --keys token)");
+    if ((keys == 2 || kivi) && kmode_set)
+        tool_usage_error("keys per channel set the key mode (asym per channel): no --k-mode");
+    if (ac.qcfg.k_tokens && keys != 2 && !kivi)
+        tool_usage_error("--key-tokens needs --keys channel (or kivi:N)");
+    if (keys == 2) {
+        ac.qcfg.k_mode = SKV_QMODE_CHAN;
+        ac.qcfg.k_tokens = ac.qcfg.k_tokens ? ac.qcfg.k_tokens : 32;
+    }
     if (skv_alloc_cfg_resolve(&ac) < 0) /* q8_0/q4_0 layout, eviction widths */
         tool_usage_error("%s", skv_errmsg());
     if (tool_threads)

@@ -227,6 +227,17 @@ int main(int argc, char **argv)
                              "or --dense)");
         if (req.probs)
             tool_usage_error("--device cuda does not write probabilities (--probs)");
+        if (strcmp(in, "-") != 0) {
+            /* a layout without a GPU path is refused before any device is
+             * looked for (the header is enough: read up to the PKHD) */
+            skv_stream *ps = skv_open_read(in);
+            skv_cache_reader *pr = ps ? skv_cache_reader_open(ps, NULL) : NULL;
+            int bad = pr && skv_cuda_cache_supported(skv_cache_reader_cache(pr)) < 0;
+            skv_cache_reader_close(pr);
+            if (bad)
+                tool_die(EXIT_DATA, "%s: %s", tool_in_name(in), skv_errmsg());
+            skv_error_clear();  /* other problems: reported when the file is read */
+        }
         if (skv_cuda_available() < 0) {
             const char *m = skv_errmsg();
             if (!strncmp(m, "no CUDA", 7)) /* says which: backend or device */

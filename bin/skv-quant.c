@@ -25,6 +25,11 @@ static void usage(void)
            "      --v-group=G        with --uniform: group size for values only\n"
            "      --k-mode=MODE      with --uniform: asym (zero-point, default) or sym\n"
            "      --v-mode=MODE      with --uniform: asym (default) or sym\n"
+           "      --keys=LAYOUT      with --uniform: token (default: each key row its own\n"
+           "                         parameters) or channel (KIVI: asym per channel over\n"
+           "                         groups of --key-tokens rows of a bucket)\n"
+           "      --key-tokens=G     with --keys channel: rows per key group (2..4096,\n"
+           "                         default 32)\n"
            "      --keep-queries     keep the trace's queries in the cache (default: the\n"
            "                         cache holds the cache; skv-attend --queries TRACE)\n"
            "      --keep-alloc       keep the allocation record (ALOC: widths and importance\n"
@@ -122,7 +127,7 @@ int main(int argc, char **argv)
 {
     tool_init("skv-quant");
     enum { OPT_KGROUP = 256, OPT_VGROUP, OPT_KMODE, OPT_VMODE, OPT_DROPQ, OPT_KEEPQ, OPT_KEEPA,
-           OPT_QUERIES };
+           OPT_QUERIES, OPT_KEYS, OPT_KTOK };
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'},
         {"uniform", required_argument, NULL, 'u'},
@@ -131,6 +136,8 @@ int main(int argc, char **argv)
         {"v-group", required_argument, NULL, OPT_VGROUP},
         {"k-mode", required_argument, NULL, OPT_KMODE},
         {"v-mode", required_argument, NULL, OPT_VMODE},
+        {"keys", required_argument, NULL, OPT_KEYS},
+        {"key-tokens", required_argument, NULL, OPT_KTOK},
         {"drop-queries", no_argument, NULL, OPT_DROPQ},
         {"keep-queries", no_argument, NULL, OPT_KEEPQ},
         {"keep-alloc", no_argument, NULL, OPT_KEEPA},
@@ -144,6 +151,8 @@ int main(int argc, char **argv)
     const char *out = NULL, *queries = NULL;
     uint32_t uniform = 0, k_group = 0, v_group = 0;
     uint32_t k_mode = SKV_QMODE_ASYM, v_mode = SKV_QMODE_ASYM;
+    uint32_t k_tokens = 0;
+    int chan = 0, kmode_set = 0;
     int qopts = 0, drop = 0, keep_q = 0, keep_alloc = 0, decompress = 0, json = 0, level = -1;
     int c;
     while ((c = tool_getopt(argc, argv, "o:u:g:dz::" TOOL_COMMON_SHORT, longopts)) != -1) {
@@ -172,6 +181,14 @@ int main(int argc, char **argv)
             break;
         case OPT_KMODE:
             k_mode = tool_opt_qmode("--k-mode", optarg);
+            qopts = kmode_set = 1;
+            break;
+        case OPT_KEYS:
+            chan = tool_opt_keys("--keys", optarg);
+            qopts = 1;
+            break;
+        case OPT_KTOK:
+            k_tokens = tool_opt_u32("--key-tokens", optarg, 2, SKV_KEY_TOKENS_MAX);
             qopts = 1;
             break;
         case OPT_VMODE:
@@ -216,8 +233,17 @@ int main(int argc, char **argv)
         tool_usage_error("at most one input file");
     const char *in = optind < argc ? argv[optind] : "-";
     if (qopts && !uniform)
-        tool_usage_error("--group, --k-group, --v-group, --k-mode and --v-mode need --uniform "
-                         "(with an allocation the quantizer settings come from it)");
+        tool_usage_error("--group, --k-group, --v-group, --k-mode, --v-mode, --keys and "
+                         "--key-tokens need --uniform (with an allocation the quantizer "
+                         "settings come from it)");
+    if (k_tokens && !chan)
+        tool_usage_error("--key-tokens needs --keys channel");
+    if (chan && kmode_set)
+        tool_usage_error("--keys channel sets the key mode (asym per channel): no --k-mode");
+    if (chan) {
+        k_mode = SKV_QMODE_CHAN;
+        k_tokens = k_tokens ? k_tokens : 32;
+    }
     if (decompress && (uniform || drop || keep_q || keep_alloc || qopts))
         tool_usage_error("-d cannot be combined with --uniform, --drop-queries, --keep-queries, "
                          "--keep-alloc or quantizer settings");
@@ -267,7 +293,7 @@ int main(int argc, char **argv)
     tool_progress_watch(qp.pr, in);
     if (uniform)
         qp.pr = tool_progress_start("skv-quant: writing", 0, "layers");
-    skv_quantize_opts qo = {uniform, {0, k_group, v_group, k_mode, v_mode},
+    skv_quantize_opts qo = {uniform, {0, k_group, v_group, k_mode, v_mode, k_tokens},
                             (keep_q ? 0 : SKV_CACHE_DROP_QUERIES) |
                             (keep_alloc ? SKV_CACHE_KEEP_ALLOC : 0), on_progress, &qp};
     skv_cache_plan plan;

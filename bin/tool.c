@@ -425,6 +425,17 @@ uint32_t tool_opt_qmode(const char *opt, const char *s)
     tool_usage_error("%s: '%s' is not asym, sym or ggml", opt, s);
 }
 
+int tool_opt_keys(const char *opt, const char *s)
+{
+    if (!s)
+        tool_usage_error("%s needs a value (token or channel)", opt);
+    if (!strcmp(s, "token"))
+        return 0;
+    if (!strcmp(s, "channel"))
+        return 1;
+    tool_usage_error("%s: token or channel, not '%s'", opt, s);
+}
+
 void tool_opt_policy(const char *opt, const char *s, uint32_t *policy, uint32_t *ubits)
 {
     if (!s || skv_policy_parse(s, policy, ubits) < 0)

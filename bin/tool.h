@@ -143,6 +143,8 @@ uint32_t tool_opt_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi);
 double tool_opt_double(const char *opt, const char *s, double lo, double hi, int hi_open);
 /* "asym", "sym" or "ggml": SKV_QMODE_ASYM, SKV_QMODE_SYM or SKV_QMODE_GGML. */
 uint32_t tool_opt_qmode(const char *opt, const char *s);
+/* --keys: "token" (0) or "channel" (1, keys per channel; smartkv(5)). */
+int tool_opt_keys(const char *opt, const char *s);
 /* A policy name (skv_policy_parse): sets *policy and, for uniform:N, *ubits. */
 void tool_opt_policy(const char *opt, const char *s, uint32_t *policy, uint32_t *ubits);
 /* A width list such as "2,3,4,8,16" (skv_width_mask_parse) as a mask. */

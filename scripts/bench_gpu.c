@@ -50,7 +50,7 @@ static skv_cuda_cache *make_cache(const skv_cuda_shape *sh, const float *k, cons
 {
     const uint32_t d = sh->head_dim;
     const uint64_t T = sh->n_tokens;
-    skv_qcfg q = {d, d, d, SKV_QMODE_ASYM, SKV_QMODE_ASYM};
+    skv_qcfg q = {d, d, d, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
     uint8_t *w = malloc(T);
     uint32_t *idx = malloc(T * 4);
     float *kr = malloc((size_t)T * d * 4), *vr = malloc((size_t)T * d * 4);

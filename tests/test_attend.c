@@ -407,7 +407,7 @@ static skv_trace *make_trace(const pk_case *pc, uint32_t layers)
 
 static skv_cache *make_cache(const skv_trace *t, const pk_case *pc)
 {
-    skv_qcfg q = {pc->d, pc->kg, pc->vg, pc->kmode, pc->vmode};
+    skv_qcfg q = {pc->d, pc->kg, pc->vg, pc->kmode, pc->vmode, 0};
     skv_cache_plan plan;
     memset(&plan, 0, sizeof plan);
     ck_assert_int_eq(skv_cache_plan_uniform(&plan, &t->hdr, &q, pc->width ? pc->width : 16), 0);

@@ -19,7 +19,7 @@
 
 static skv_qcfg qc(void)
 {
-    skv_qcfg q = {HD, HD, HD, SKV_QMODE_ASYM, SKV_QMODE_ASYM};
+    skv_qcfg q = {HD, HD, HD, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
     return q;
 }
 

@@ -219,7 +219,8 @@ int skv_alhd_write(skv_stream *s, const skv_alloc_hdr *h)
     skv_put32(buf + 32, h->qcfg.head_dim);
     skv_put32(buf + 36, h->qcfg.k_group);
     skv_put32(buf + 40, h->qcfg.v_group);
-    skv_put32(buf + 44, h->qcfg.k_mode);
+    skv_put16(buf + 44, (uint16_t)h->qcfg.k_mode);
+    skv_put16(buf + 46, (uint16_t)h->qcfg.k_tokens);
     skv_put32(buf + 48, h->qcfg.v_mode);
     skv_put32(buf + 52, h->clusters);
     skv_put64(buf + 56, h->predicted_bytes);
@@ -248,7 +249,8 @@ int skv_alhd_decode(const skv_chunk *c, skv_alloc_hdr *h)
     h->qcfg.head_dim = skv_get32(p + 32);
     h->qcfg.k_group = skv_get32(p + 36);
     h->qcfg.v_group = skv_get32(p + 40);
-    h->qcfg.k_mode = skv_get32(p + 44);
+    h->qcfg.k_mode = skv_get16(p + 44);
+    h->qcfg.k_tokens = skv_get16(p + 46);  /* the high half of k_mode (zero) before 1.2 */
     h->qcfg.v_mode = skv_get32(p + 48);
     h->clusters = skv_get32(p + 52);
     h->predicted_bytes = skv_get64(p + 56);

@@ -98,6 +98,9 @@ static int on_trhd(filt *f, const skv_chunk *c, const skv_alloc_cfg *acfg)
         f->q.k_group = h->head_dim;
     if (!f->q.v_group)
         f->q.v_group = h->head_dim;
+    if (f->q.k_mode == SKV_QMODE_CHAN && (skv_policy_flags(acfg->policy) & SKV_PF_LAYOUT) &&
+        h->head_dim % f->q.v_group)
+        f->q.v_group = h->head_dim;  /* kivi: as skv_alloc_cfg_resolve with head_dim known */
     if ((rc = skv_qcfg_check(&f->q)) < 0)
         return rc; /* SKV_EINVAL: a setting that does not fit this trace */
     size_t per, nerr;
@@ -201,6 +204,9 @@ static void describe(char *buf, size_t n, const skv_alloc_cfg *a, const skv_imp_
              "bits=%s sinks=%u recent=%u seed=%llu share-layers=%u",
              pol, a->budget, skv_imp_mode_name(i->mode), i->decay, i->realloc, i->window, wl,
              a->sinks, a->recent, (unsigned long long)a->seed, a->share_layers ? 1u : 0u);
+    size_t w = strlen(buf);
+    if (a->qcfg.k_mode == SKV_QMODE_CHAN && w < n)
+        snprintf(buf + w, n - w, " keys=channel key-tokens=%u", a->qcfg.k_tokens);
 }
 
 int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,

@@ -184,6 +184,13 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
             if (skv_bit_widths[s->aw[k]] == cfg->uniform_bits)
                 pos = k;
         cur = sv_set_all_kept(s, pos);
+        if (pol->flags & SKV_PF_RESIDUAL) {  /* kivi:N: the residual at 16 bits */
+            uint64_t R = cfg->recent, nq = R ? s->T / R * R : s->T;
+            for (uint64_t it = 0; it < s->N; it++)
+                if (it % s->T >= nq)
+                    sv_move(s, it, s->top);
+            cur = sv_bytes_of(s, 0, s->nu);
+        }
         if (pol->flags & SKV_PF_PROTECT) {   /* uniform-protect:N */
             for (uint64_t it = 0; it < s->N; it++)
                 if (s->prot[it % s->T] && !sv_gone(s, it))
@@ -191,8 +198,8 @@ int skv_alloc_solve(const skv_alloc_cfg *cfg, const skv_alloc_problem *p, uint8_
             cur = sv_bytes_of(s, 0, s->nu);
         }
         if (budget && cur + s->pkhd > budget) {
-            rc = skv_error(SKV_EINVAL, "uniform:%u takes %llu bytes, beta %.6g of the fp16 "
-                           "cache; the budget beta %g allows %llu", cfg->uniform_bits,
+            rc = skv_error(SKV_EINVAL, "%s:%u takes %llu bytes, beta %.6g of the fp16 "
+                           "cache; the budget beta %g allows %llu", pol->name, cfg->uniform_bits,
                            (unsigned long long)cur + s->pkhd,
                            (double)(cur + s->pkhd) / (double)res->fp16_bytes, cfg->budget,
                            (unsigned long long)budget);

@@ -94,7 +94,23 @@ int skv_alloc_cfg_resolve(skv_alloc_cfg *c)
         c->uniform_bits = d->bits;
         c->width_mask = 1u << d->bits;
     }
-    if (d->flags & SKV_PF_LAYOUT) {
+    if ((d->flags & SKV_PF_LAYOUT) && d->qmode == SKV_QMODE_CHAN) {
+        /* KIVI: keys per channel (k_group: the partial group's rows), values
+         * per token in groups of d->group channels (the whole row when
+         * head_dim is not a multiple) */
+        uint32_t hd = c->qcfg.head_dim;
+        c->qcfg.k_mode = SKV_QMODE_CHAN;
+        c->qcfg.k_tokens = c->qcfg.k_tokens ? c->qcfg.k_tokens : 32;
+        c->qcfg.v_mode = SKV_QMODE_ASYM;
+        c->qcfg.v_group = hd && hd % d->group ? hd : d->group;
+        if (c->uniform_bits < 2 || c->uniform_bits > 8)
+            return skv_error(SKV_EINVAL, "%s:N needs N in 2, 3, 4, 8 (got %u)", d->name,
+                             c->uniform_bits);
+        if (c->recent % c->qcfg.k_tokens)
+            return skv_error(SKV_EINVAL, "%s: the residual (--recent %u) must be a multiple of "
+                             "the key group (%u tokens)", d->name, c->recent, c->qcfg.k_tokens);
+        c->width_mask = 1u << c->uniform_bits | 1u << 16;
+    } else if (d->flags & SKV_PF_LAYOUT) {
         c->qcfg.k_group = c->qcfg.v_group = d->group;
         c->qcfg.k_mode = c->qcfg.v_mode = d->qmode;
     }

@@ -20,8 +20,10 @@
  *   32  u32  head_dim
  *   36  u32  k_group    \
  *   40  u32  v_group     | the skv_qcfg of the byte model; skv-quant
- *   44  u32  k_mode      | quantizes with exactly these
- *   48  u32  v_mode     /
+ *   44  u16  k_mode      | quantizes with exactly these
+ *   46  u16  k_tokens    | (k_tokens: rows per key group with k_mode 4,
+ *   48  u32  v_mode     /   channel, else 0; the high half of a u32 k_mode,
+ *                            zero, before format 1.2)
  *   52  u32  clusters K: with flag SKV_ALHD_MERGE, the evicted tokens of each
  *            (layer, KV head) are merged into min(K, evicted) centroids (CNTR
  *            chunks of the packed cache, smartkv_pack.h); else 0
@@ -202,7 +204,8 @@ SKV_EXPORT int skv_razor_mask(const skv_head_scores *hs, uint32_t n_layers, uint
     X(DYNAMICKV, dynamickv)     /* DynamicKV: layer budgets from window top-k counts */ \
     X(UNCOMP, uncomp)           /* UNComp: head budgets from key matrix entropy */ \
     X(RAZOR, razor)             /* RazorAttention: retrieval heads keep everything */ \
-    X(ROCKETKV, rocketkv)       /* RocketKV: SnapKV-style eviction + top-k at decode */
+    X(ROCKETKV, rocketkv)       /* RocketKV: SnapKV-style eviction + top-k at decode */ \
+    X(KIVI, kivi)               /* KIVI: keys per channel, fp16 residual */
 
 enum skv_policy {
     SKV_POLICY_NONE = 0,
@@ -231,6 +234,8 @@ enum skv_policy_flag {
     SKV_PF_KENTROPY = 1u << 11,  /* reads the matrix entropy of each (layer, KV head)'s
                                     keys (skv_alloc_problem.kentropy) */
     SKV_PF_HEADS = 1u << 12,     /* reads per-head scores (skv_alloc_cfg.heads) */
+    SKV_PF_RESIDUAL = 1u << 13,  /* SKV_PF_FIXED with the newest tokens at 16 bits: the
+                                    first floor(T / recent) * recent tokens at N (KIVI) */
 };
 
 /* RocketKV (rocketkv.c; stage 2 in the online cache): pages of

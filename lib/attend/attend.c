@@ -259,6 +259,8 @@ typedef struct run {
     uint64_t n;                 /* rows */
     const float *bias;          /* centroids: log(member count) added to row i's logit
                                    (idx = last members); NULL for tokens */
+    uint32_t kgb;               /* bytes of parameters shared by all rows (a key
+                                   group per channel: kps 0, kg 1) */
 } run;
 
 static inline uint64_t row_token(const run *R, uint64_t i)
@@ -772,7 +774,19 @@ kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_
     float bsum[SKV_GMAX][SKV_MAX_GROUPS];
     float qsum[SKV_GMAX][SKV_MAX_GROUPS];
     const uint32_t nc = d / 8, kg = R->kg, vg = R->vg;
-    const uint32_t kng = d / kg, vng = d / vg, kcpg = kg / 8, vcpg = vg / 8;
+    /* keys per channel (a run of one key group, bucket_runs): the group's
+     * scales fold into the query, its zero points into one bias per head:
+     * q.x = (q*scale).codes + q.min */
+    const int kchan = R->kps == 0 && kg == 1;
+    float qk[SKV_GMAX * SKV_MAX_HEAD_DIM], qb[SKV_GMAX] = {0};
+    for (int g = 0; kchan && g < ng; g++)
+        for (uint32_t c = 0; c < d; c++) {
+            float scl, bi;
+            group_par_f16c(R->kp, c, bits, R->kmode, &scl, &bi);
+            qk[(size_t)g * d + c] = q[(size_t)g * d + c] * scl;
+            qb[g] += q[(size_t)g * d + c] * bi;
+        }
+    const uint32_t kng = kchan ? 0 : d / kg, vng = d / vg, kcpg = kg / 8, vcpg = vg / 8;
     for (int g = 0; g < ng; g++)
         for (uint32_t gi = 0; gi < kng; gi++) {
             float a = 0;
@@ -784,7 +798,19 @@ kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_
         uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
         /* scores */
         const uint8_t *row = R->kd + t0 * R->rs, *par = R->kp + t0 * R->kps;
-        for (uint32_t i = 0; i < n; i++, row += R->rs, par += R->kps) {
+        for (uint32_t i = 0; kchan && i < n; i++, row += R->rs) {
+            __m256 a[SKV_GMAX];
+            for (int g = 0; g < ng; g++)
+                a[g] = _mm256_setzero_ps();
+            for (uint32_t c = 0; c < nc; c++) {
+                __m256 x = u8x8_to_ps(codes_u8x8(row, c, bits));
+                for (int g = 0; g < ng; g++)
+                    a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qk + (size_t)g * d + 8 * c), x, a[g]);
+            }
+            for (int g = 0; g < ng; g++)
+                s[g][i] = hsum256(a[g]) + qb[g];
+        }
+        for (uint32_t i = 0; !kchan && i < n; i++, row += R->rs, par += R->kps) {
             __m256 tot[SKV_GMAX];
             float bias[SKV_GMAX];
             for (int g = 0; g < ng; g++) {
@@ -908,7 +934,8 @@ static int avx2_ok(const run *R, uint32_t d)
 {
     if (d % 8 || d / 8 > SKV_MAX_GROUPS)
         return 0;
-    if (R->bits < 16 && (R->kg % 8 || R->vg % 8))
+    /* keys per channel: kg 1 with parameters shared by the run (kps 0) */
+    if (R->bits < 16 && ((R->kg % 8 && !(R->kg == 1 && R->kps == 0)) || R->vg % 8))
         return 0;
     return 1;
 }
@@ -1245,7 +1272,62 @@ static uint64_t rows_upto(const run *R, uint64_t t)
     return lo;
 }
 
-/* The runs of KV head h of a layer: dense -> one run; packed -> one per bucket. */
+/* The runs of one bucket into r (when not NULL); returns their number.  A
+ * bucket with keys per channel (smartkv_pack.h) is one run per full key
+ * group, whose rows share one parameter block of d one-channel asym groups
+ * (kps 0, kg 1), and one run of its partial group's per-token rows: the
+ * kernels then need no case of their own. */
+static size_t bucket_runs(const skv_bucket *B, run *r)
+{
+    run R = {0};
+    R.bits = B->bits;
+    R.kg = B->k_group;
+    R.vg = B->v_group;
+    R.kmode = B->k_mode;
+    R.vmode = B->v_mode;
+    R.kps = B->k_par_stride;
+    R.vps = B->v_par_stride;
+    R.rs = B->row_stride;
+    R.kd = B->k_dat;
+    R.vd = B->v_dat;
+    R.kp = B->k_par;
+    R.vp = B->v_par;
+    R.idx = B->idx;
+    R.n = B->n;
+    if (B->k_mode != SKV_QMODE_CHAN || B->bits == 16) {
+        if (r)
+            *r = R;
+        return 1;
+    }
+    const uint32_t kt = B->k_tokens, d = B->head_dim;
+    size_t k = 0;
+    for (uint32_t i0 = 0; i0 < B->n; k++) {
+        uint32_t n = i0 < B->k_full ? kt : B->n - i0;
+        if (r) {
+            run *o = &r[k];
+            *o = R;
+            o->kmode = SKV_QMODE_ASYM;
+            if (i0 < B->k_full) {
+                o->kg = 1;
+                o->kps = 0;
+                o->kgb = 4 * d;
+                o->kp = B->k_par + (size_t)(i0 / kt) * 4 * d;
+            } else {
+                o->kp = B->k_tail_par;
+            }
+            o->kd = B->k_dat + (size_t)i0 * B->row_stride;
+            o->vd = B->v_dat + (size_t)i0 * B->row_stride;
+            o->vp = B->v_par + (size_t)i0 * B->v_par_stride;
+            o->idx = B->idx + i0;
+            o->n = n;
+        }
+        i0 += n;
+    }
+    return k;
+}
+
+/* The runs of KV head h of a layer: dense -> one run; packed -> one per bucket
+ * (per key group with keys per channel). */
 static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32_t **count)
 {
     uint32_t H = L->n_kv_heads, d = L->head_dim;
@@ -1273,8 +1355,11 @@ static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32
         return 0;
     }
     if (L->kind == SKV_KV_PACKED) {
-        for (uint32_t h = 0; h < H; h++)
-            total += L->packed[h].n_buckets + (L->packed[h].cent ? 1 : 0);
+        for (uint32_t h = 0; h < H; h++) {
+            total += (L->packed[h].cent ? 1 : 0);
+            for (uint32_t b = 0; b < L->packed[h].n_buckets; b++)
+                total += bucket_runs(&L->packed[h].buckets[b], NULL);
+        }
         run *r = skv_calloc(total ? total : 1, sizeof *r);
         if (!r)
             return SKV_ENOMEM;
@@ -1282,30 +1367,19 @@ static int layer_runs(const skv_kv_view *L, run **runs, uint32_t **first, uint32
         for (uint32_t h = 0; h < H; h++) {
             const skv_cache_head *ch = &L->packed[h];
             (*first)[h] = (uint32_t)k;
-            (*count)[h] = ch->n_buckets + (ch->cent ? 1 : 0);
-            for (uint32_t b = 0; b < (*count)[h]; b++, k++) {
+            for (uint32_t b = 0; b < ch->n_buckets + (ch->cent ? 1u : 0u); b++) {
                 const skv_bucket *B = b < ch->n_buckets ? &ch->buckets[b] : &ch->cent->rows;
-                r[k].bias = b < ch->n_buckets ? NULL : ch->cent->bias;
                 if (B->head_dim != d) {
                     free(r);
                     return skv_error(SKV_EINVAL, "bucket of %u-bit rows has head_dim %u, not %u",
                                      B->bits, B->head_dim, d);
                 }
-                r[k].bits = B->bits;
-                r[k].kg = B->k_group;
-                r[k].vg = B->v_group;
-                r[k].kmode = B->k_mode;
-                r[k].vmode = B->v_mode;
-                r[k].kps = B->k_par_stride;
-                r[k].vps = B->v_par_stride;
-                r[k].rs = B->row_stride;
-                r[k].kd = B->k_dat;
-                r[k].vd = B->v_dat;
-                r[k].kp = B->k_par;
-                r[k].vp = B->v_par;
-                r[k].idx = B->idx;
-                r[k].n = B->n;
+                size_t k0 = k;
+                k += bucket_runs(B, r + k);
+                if (b >= ch->n_buckets)     /* centroids: one run of keys per token */
+                    r[k0].bias = ch->cent->bias;
             }
+            (*count)[h] = (uint32_t)(k - (*first)[h]);
         }
         *runs = r;
         return 0;
@@ -1465,6 +1539,9 @@ int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32
             if (B->head_dim != d)
                 return skv_error(SKV_EINVAL, "attention rows: bucket of %u-bit rows has head_dim "
                                  "%u, not %u", B->bits, B->head_dim, d);
+            if (B->k_mode == SKV_QMODE_CHAN)  /* the online cache never makes one */
+                return skv_error(SKV_EINVAL, "attention rows: keys per channel are not "
+                                 "supported here");
             R.bits = B->bits;
             R.kg = B->k_group;
             R.vg = B->v_group;
@@ -1614,7 +1691,7 @@ uint64_t skv_attend_bytes_read(const skv_kv_view *L, uint64_t t)
             for (uint32_t i = 0; i < count[h]; i++) {
                 const run *R = &runs[first[h] + i];
                 uint64_t r = rows_upto(R, t);
-                b += r * (4 + R->kps + R->vps + 2ull * R->rs);
+                b += r * (4 + R->kps + R->vps + 2ull * R->rs) + (r ? R->kgb : 0);
             }
     }
     free(runs);

@@ -44,6 +44,14 @@ skv_cuda_cache *skv_cuda_cache_from(const skv_cache *c)
 
 #define STEP_CHUNK 256u /* steps per kernel launch */
 
+int skv_cuda_cache_supported(const skv_cache *c)
+{
+    if (c->pk.q.k_mode == SKV_QMODE_CHAN)
+        return skv_error(SKV_EUNSUP, "keys per channel (k_mode 4, format 1.2) have no CUDA "
+                         "kernel: use --device cpu");
+    return 0;
+}
+
 static int attend_cache(const skv_cache *c, skv_stream *out, const skv_attend_req *req)
 {
     const skv_trace_hdr *h = &c->hdr;
@@ -51,11 +59,14 @@ static int attend_cache(const skv_cache *c, skv_stream *out, const skv_attend_re
         return skv_error(SKV_EUNSUP, "the CUDA kernels do not attend centroids, and this cache "
                          "holds %llu of merged tokens (CNTR chunks): use --device cpu",
                          (unsigned long long)c->n_centroids);
+    int rc = skv_cuda_cache_supported(c);
+    if (rc < 0)
+        return rc;
     if (!c->q)
         return skv_error(SKV_EFORMAT, "the packed cache has no queries (skv-quant keeps them "
                          "only with --keep-queries): give its trace with --queries TRACE");
     uint64_t *steps = NULL, S = 0;
-    int rc = skv_steps_parse(req->steps, h->n_tokens, &steps, &S);
+    rc = skv_steps_parse(req->steps, h->n_tokens, &steps, &S);
     if (rc < 0)
         return rc;
     skv_athd A;

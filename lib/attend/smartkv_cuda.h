@@ -108,6 +108,9 @@ SKV_EXPORT skv_cuda_cache *skv_cuda_cache_from(const struct skv_cache *c);
  * default (packed) mode without probabilities is supported (SKV_EINVAL
  * otherwise).  Fails with SKV_ENODEV before reading anything when no
  * device can be used. */
+/* 0 when the CUDA kernels can attend on cache c (its PKHD read), else
+ * SKV_EUNSUP with a message: keys per channel (k_mode 4) have no GPU path. */
+SKV_EXPORT int skv_cuda_cache_supported(const struct skv_cache *c);
 SKV_EXPORT int skv_cuda_attend_stream(const char *in, struct skv_stream *out,
                                       const struct skv_attend_req *req);
 /* The same for a cache already in memory. */

@@ -206,7 +206,7 @@ static int on_pbkt(skv_checker *k, const skv_chunk *c)
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: layer %u kv head %u out of "
                          "range", at, b.layer, b.kv_head);
     if (b.head_dim != p->q.head_dim || b.k_group != p->q.k_group || b.v_group != p->q.v_group ||
-        b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode)
+        b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode || b.k_tokens != p->q.k_tokens)
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: quantizer settings differ "
                          "from the PKHD chunk's", at);
     uint32_t w = (uint32_t)skv_width_index(b.bits);

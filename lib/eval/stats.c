@@ -196,7 +196,7 @@ void skv_mem_layer(skv_mem *m, const skv_cache *c, uint32_t l)
                 m->layer_rows[(size_t)l * SKV_NBITS + w] += B->n;
                 m->width_rows[w] += B->n;
             }
-            uint64_t n = B->n, pay = 2 * n * B->row_stride, par = n * ((uint64_t)B->k_par_stride + B->v_par_stride);
+            uint64_t n = B->n, pay = 2 * n * B->row_stride, par = skv_bucket_kpar_bytes(B) + n * (uint64_t)B->v_par_stride;
             uint64_t idx = 4 * n, frame = SKV_CHUNK_HEADER_LEN + SKV_CHUNK_CRC_LEN;
             uint64_t pad = B->payload_bytes - SKV_PBKT_HEADER_LEN - pay - par - idx;
             m->kind[SKV_MEM_PAYLOAD] += pay;

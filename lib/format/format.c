@@ -284,6 +284,14 @@ static skv_stream *read_start(skv_stream *s)
                   "supports %d.x)", s->major, s->minor, SKV_VERSION_MAJOR);
         goto fail;
     }
+    /* a newer minor version may give meaning to fields this reader takes
+     * as reserved or to values it does not know: refuse it by name */
+    if (s->minor > SKV_VERSION_MINOR) {
+        skv_error(SKV_EVERSION, "format version %d.%d is newer than this reader (%d.0 to "
+                  "%d.%d); upgrade smartkv", s->major, s->minor, SKV_VERSION_MAJOR,
+                  SKV_VERSION_MAJOR, SKV_VERSION_MINOR);
+        goto fail;
+    }
     s->nchunks = 1;
     return s;
 fail:

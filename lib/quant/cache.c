@@ -74,6 +74,7 @@ int skv_pkhd_write(skv_stream *s, const skv_pkhd *p)
     skv_put32(b + 16, p->q.v_mode);
     skv_put32(b + 20, p->n_layers);
     skv_put32(b + 24, p->n_kv_heads);
+    skv_put32(b + 28, p->q.k_tokens);
     skv_put64(b + 32, p->n_tokens);
     skv_put64(b + 40, p->cache_bytes);
     skv_put64(b + 48, p->fp16_bytes);
@@ -100,9 +101,7 @@ int skv_pkhd_decode(const skv_chunk *c, skv_pkhd *p)
     p->cache_bytes = skv_get64(b + 40);
     p->fp16_bytes = skv_get64(b + 48);
     p->n_stored = skv_get64(b + 56);
-    if (skv_get32(b + 28))
-        return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: reserved field is not zero",
-                         (unsigned long long)c->offset);
+    p->q.k_tokens = skv_get32(b + 28);  /* reserved (zero) before format 1.2 */
     if (skv_qcfg_check(&p->q) < 0)
         return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: %s",
                          (unsigned long long)c->offset, skv_errmsg());
@@ -192,8 +191,12 @@ static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace
     p->q.head_dim = hd;
     p->q.k_group = skv_get32(b + 36);
     p->q.v_group = skv_get32(b + 40);
-    p->q.k_mode = skv_get32(b + 44);
+    p->q.k_mode = skv_get16(b + 44);
+    p->q.k_tokens = skv_get16(b + 46);  /* the high half of k_mode (zero) before 1.2 */
     p->q.v_mode = skv_get32(b + 48);
+    if (clusters && p->q.k_mode == SKV_QMODE_CHAN)
+        return skv_error(SKV_EFORMAT, "ALHD chunk: merged centroids (flag 0x2) with keys per "
+                         "channel (k_mode 4) are not supported");
     p->alloc_bytes = skv_get64(b + 56);
     p->merge_clusters = clusters;
     p->merge_bits = 0;
@@ -1214,7 +1217,8 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
                          "range", at, b.layer, b.kv_head);
     }
     if (b.head_dim != p->q.head_dim || b.k_group != p->q.k_group ||
-        b.v_group != p->q.v_group || b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode) {
+        b.v_group != p->q.v_group || b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode ||
+        b.k_tokens != p->q.k_tokens) {
         free(mem);
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: quantizer settings differ "
                          "from the PKHD chunk's", at);

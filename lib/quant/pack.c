@@ -9,6 +9,7 @@
 uint64_t skv_pbkt_max_tokens(const skv_qcfg *c, uint32_t bits)
 {
     /* payload grows by at most per-token bytes plus 5 sections' padding */
+    /* (with CHAN the per-token tail block bounds the per-group share) */
     uint64_t per = 4 + skv_par_bytes(bits, c->head_dim, c->k_group, c->k_mode) +
                    skv_par_bytes(bits, c->head_dim, c->v_group, c->v_mode) +
                    2 * skv_row_bytes(bits, c->head_dim);
@@ -18,6 +19,9 @@ uint64_t skv_pbkt_max_tokens(const skv_qcfg *c, uint32_t bits)
     /* the estimate may be low by a few tokens: take the most that fit */
     while (skv_pbkt_payload_bytes(c, bits, n + 1) <= SKV_CHUNK_MAX)
         n++;
+    /* keys per channel: every part but the last holds whole key groups */
+    if (c->k_mode == SKV_QMODE_CHAN && bits != 16 && c->k_tokens && n >= c->k_tokens)
+        n -= n % c->k_tokens;
     return n;
 }
 
@@ -51,7 +55,7 @@ static void layout(const skv_qcfg *c, uint32_t bits, uint64_t n, uint64_t extra,
     uint64_t rb = skv_row_bytes(bits, c->head_dim);
     L->idx = SKV_PBKT_HEADER_LEN + extra;
     L->k_par = L->idx + skv_align64(4 * n);
-    L->k_dat = L->k_par + skv_align64(n * skv_par_bytes(bits, c->head_dim, c->k_group, c->k_mode));
+    L->k_dat = L->k_par + skv_align64(skv_kpar_bytes(c, bits, n));
     L->v_par = L->k_dat + skv_align64(n * rb);
     L->v_dat = L->v_par + skv_align64(n * skv_par_bytes(bits, c->head_dim, c->v_group, c->v_mode));
     L->end = L->v_dat + skv_align64(n * rb);
@@ -82,17 +86,45 @@ int skv_pbkt_encode(uint8_t *out, uint64_t size, const skv_qcfg *c, uint32_t lay
     skv_put32(out + 28, c->k_mode);
     skv_put32(out + 32, c->v_mode);
     skv_put32(out + 36, part);
+    skv_put32(out + 40, c->k_tokens);
     const uint32_t d = c->head_dim;
     const uint64_t rb = skv_row_bytes(bits, d);
     const uint64_t kpb = skv_par_bytes(bits, d, c->k_group, c->k_mode);
     const uint64_t vpb = skv_par_bytes(bits, d, c->v_group, c->v_mode);
+    /* keys per channel: rows [0, full) in groups, the rest per token (asym) */
+    const int chan = c->k_mode == SKV_QMODE_CHAN && bits != 16;
+    const uint32_t kt = c->k_tokens, full = chan ? n / kt * kt : 0;
+    const uint64_t tail_par = chan ? (uint64_t)(full / kt) * 4 * d : 0;
+    float *grp = NULL;
+    if (chan && full) {
+        grp = skv_malloc((size_t)kt * d * sizeof *grp);
+        if (!grp)
+            return SKV_ENOMEM;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (i && idx[i] <= idx[i - 1]) {
+            free(grp);
+            return skv_error(SKV_EINVAL, "PBKT: token indices not ascending at %u", i);
+        }
+    }
+    for (uint32_t g = 0; g < full / (kt ? kt : 1); g++) {
+        for (uint32_t r = 0; r < kt; r++)
+            memcpy(grp + (size_t)r * d, k + (size_t)idx[g * kt + r] * d, d * sizeof *grp);
+        if ((rc = skv_quantize_chan_ref(grp, d, kt, d, bits, out + L.k_par + (uint64_t)g * 4 * d,
+                                        out + L.k_dat + (uint64_t)g * kt * rb)) < 0) {
+            free(grp);
+            return skv_error(rc, "K of layer %u kv head %u tokens %u..%u: %s", layer, kv_head,
+                             idx[g * kt], idx[g * kt + kt - 1], skv_errmsg());
+        }
+    }
+    free(grp);
     for (uint32_t i = 0; i < n; i++) {
         uint32_t t = idx[i];
-        if (i && t <= idx[i - 1])
-            return skv_error(SKV_EINVAL, "PBKT: token indices not ascending at %u", i);
         skv_put32(out + L.idx + 4 * (uint64_t)i, t);
         const float *kr = k + (size_t)t * d, *vr = v + (size_t)t * d;
-        if ((rc = skv_quantize_row(kr, d, bits, c->k_group, c->k_mode, out + L.k_par + i * kpb,
+        if (i >= full &&
+            (rc = skv_quantize_row(kr, d, bits, c->k_group, chan ? SKV_QMODE_ASYM : c->k_mode,
+                                   out + L.k_par + tail_par + (i - full) * kpb,
                                    out + L.k_dat + i * rb)) < 0)
             return skv_error(rc, "K of layer %u kv head %u token %u: %s", layer, kv_head, t,
                              skv_errmsg());
@@ -133,10 +165,14 @@ static int bucket_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv
     b->k_mode = skv_get32(p + 28);
     b->v_mode = skv_get32(p + 32);
     b->part = skv_get32(p + 36);
-    if (!all_zero(p + 40, 24))
+    b->k_tokens = skv_get32(p + 40);
+    if (!all_zero(p + 44, 20))
         return skv_error(SKV_EFORMAT, "%s layer %u kv head %u: reserved header bytes "
                          "are not zero", what, b->layer, b->kv_head);
-    skv_qcfg c = {b->head_dim, b->k_group, b->v_group, b->k_mode, b->v_mode};
+    if (cntr && b->k_tokens)
+        return skv_error(SKV_EFORMAT, "CNTR layer %u kv head %u: k_tokens %u (centroids hold "
+                         "keys per token)", b->layer, b->kv_head, b->k_tokens);
+    skv_qcfg c = {b->head_dim, b->k_group, b->v_group, b->k_mode, b->v_mode, b->k_tokens};
     int rc = skv_qcfg_check(&c);
     if (rc < 0)
         return skv_error(SKV_EFORMAT, "%s layer %u kv head %u: %s", what, b->layer, b->kv_head,
@@ -163,7 +199,7 @@ static int bucket_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv
     const uint64_t kpb = skv_par_bytes(b->bits, d, b->k_group, b->k_mode);
     const uint64_t vpb = skv_par_bytes(b->bits, d, b->v_group, b->v_mode);
     /* padding after each section must be zero (one canonical encoding) */
-    const uint64_t used[5][2] = {{L.idx, 4ull * b->n}, {L.k_par, b->n * kpb},
+    const uint64_t used[5][2] = {{L.idx, 4ull * b->n}, {L.k_par, skv_kpar_bytes(&c, b->bits, b->n)},
                                  {L.k_dat, b->n * rb}, {L.v_par, b->n * vpb},
                                  {L.v_dat, b->n * rb}};
     const uint64_t next[5] = {L.k_par, L.k_dat, L.v_par, L.v_dat, L.end};
@@ -184,6 +220,10 @@ static int bucket_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv
                              "at position %u is %s", what, b->layer, b->kv_head, b->bits, t, i,
                              t >= n_tokens ? "out of range" : "not ascending");
         prev = t;
+    }
+    if (c.k_mode == SKV_QMODE_CHAN && b->bits != 16) {
+        b->k_full = b->n / b->k_tokens * b->k_tokens;
+        b->k_tail_par = p + L.k_par + (uint64_t)(b->k_full / b->k_tokens) * 4 * d;
     }
     b->k_par_stride = (uint32_t)kpb;
     b->v_par_stride = (uint32_t)vpb;
@@ -268,7 +308,15 @@ void skv_bucket_dequantize(const skv_bucket *b, float *k, float *v)
     const uint32_t d = b->head_dim;
     for (uint32_t i = 0; i < b->n; i++) {
         size_t t = b->idx[i];
-        if (k)
+        if (k && i < b->k_full)  /* keys per channel, a full group */
+            skv_dequantize_row(b->k_par + (size_t)(i / b->k_tokens) * 4 * d,
+                               b->k_dat + (size_t)i * b->row_stride, d, b->bits, 1,
+                               SKV_QMODE_ASYM, k + t * d);
+        else if (k && b->k_tail_par)  /* keys per channel, the partial group */
+            skv_dequantize_row(b->k_tail_par + (size_t)(i - b->k_full) * b->k_par_stride,
+                               b->k_dat + (size_t)i * b->row_stride, d, b->bits, b->k_group,
+                               SKV_QMODE_ASYM, k + t * d);
+        else if (k)
             skv_dequantize_row(b->k_par + (size_t)i * b->k_par_stride,
                                b->k_dat + (size_t)i * b->row_stride, d, b->bits, b->k_group,
                                b->k_mode, k + t * d);

@@ -27,8 +27,14 @@ int skv_qcfg_check(const skv_qcfg *c)
     if (c->v_group == 0 || c->head_dim % c->v_group)
         return skv_error(SKV_EINVAL, "value group %u does not divide head_dim %u", c->v_group,
                          c->head_dim);
-    if (c->k_mode < SKV_QMODE_ASYM || c->k_mode > SKV_QMODE_GGML)
-        return skv_error(SKV_EINVAL, "unknown K quantization mode %u (modes: 1 asym, 2 sym, 3 ggml)", c->k_mode);
+    if (c->k_mode < SKV_QMODE_ASYM || c->k_mode > SKV_QMODE_CHAN)
+        return skv_error(SKV_EINVAL, "unknown K quantization mode %u (modes: 1 asym, 2 sym, 3 ggml, 4 channel)", c->k_mode);
+    if (c->k_mode == SKV_QMODE_CHAN && (c->k_tokens < 2 || c->k_tokens > SKV_KEY_TOKENS_MAX))
+        return skv_error(SKV_EINVAL, "key group of %u tokens (keys per channel: 2..%u)",
+                         c->k_tokens, SKV_KEY_TOKENS_MAX);
+    if (c->k_mode != SKV_QMODE_CHAN && c->k_tokens)
+        return skv_error(SKV_EINVAL, "key tokens %u without keys per channel (k_mode 4); the "
+                         "field is reserved (zero) otherwise", c->k_tokens);
     if (c->v_mode < SKV_QMODE_ASYM || c->v_mode > SKV_QMODE_GGML)
         return skv_error(SKV_EINVAL, "unknown V quantization mode %u (modes: 1 asym, 2 sym, 3 ggml)", c->v_mode);
     return 0;
@@ -134,6 +140,48 @@ static void put_params(uint8_t *par, uint32_t gi, uint32_t mode, uint16_t s16, u
     } else {
         skv_put16(par + 2 * gi, s16);
     }
+}
+
+int skv_quantize_chan_ref(const float *x, size_t stride, uint32_t n, uint32_t d, uint32_t bits,
+                          uint8_t *par, uint8_t *dat)
+{
+    if (bits < 2 || bits > 8 || !skv_bits_valid(bits) || n == 0 || d == 0 ||
+        d > SKV_MAX_HEAD_DIM)
+        return skv_error(SKV_EINVAL, "keys per channel: bad width %u, rows %u or channels %u",
+                         bits, n, d);
+    const uint64_t rb = skv_row_bytes(bits, d);
+    const float qmax = (float)((1u << bits) - 1u);
+    uint8_t codes[SKV_MAX_HEAD_DIM];
+    for (uint32_t r = 0; r < n; r++)
+        for (uint32_t c = 0; c < d; c++)
+            if (!skv_qe_in_range(x[r * stride + c]))
+                return skv_error(SKV_EFORMAT, "value %g at row %u channel %u is not finite or "
+                                 "beyond the fp16 range", (double)x[r * stride + c], r, c);
+    for (uint32_t c = 0; c < d; c++) {
+        float mn = x[c], mx = x[c];
+        for (uint32_t r = 1; r < n; r++) {
+            float a = x[r * stride + c];
+            mn = a < mn ? a : mn;
+            mx = a > mx ? a : mx;
+        }
+        uint16_t s16 = skv_f32_to_f16((mx - mn) / qmax), z16 = skv_f32_to_f16(mn);
+        skv_put16(par + 4 * (size_t)c, s16);
+        skv_put16(par + 4 * (size_t)c + 2, z16);
+    }
+    for (uint32_t r = 0; r < n; r++) {
+        for (uint32_t c = 0; c < d; c++) {
+            float s = skv_f16_to_f32((uint16_t)skv_get16(par + 4 * (size_t)c));
+            float z = skv_f16_to_f32((uint16_t)skv_get16(par + 4 * (size_t)c + 2));
+            float q = 0;
+            if (s > 0) {
+                q = nearbyintf((x[r * stride + c] - z) / s);
+                q = q < 0 ? 0 : q > qmax ? qmax : q;
+            }
+            codes[c] = (uint8_t)q;
+        }
+        skv_pack_codes_ref(codes, d, bits, dat + r * rb);
+    }
+    return 0;
 }
 
 /* ---- packing, reference ---- */

@@ -19,13 +19,26 @@
  *   28   4     k_mode          SKV_QMODE_*
  *   32   4     v_mode
  *   36   4     part            index of this chunk within the bucket (0..)
- *   40   24    reserved, zero
+ *   40   4     k_tokens        SKV_QMODE_CHAN: rows per key group (2..4096);
+ *                              otherwise 0 (format 1.2; reserved before)
+ *   44   20    reserved, zero
  *   64   ...   idx    u32[n] token indices, strictly ascending
  *   then, each section padded to 64 bytes:
  *         k_par  per token, per group: fp16 scale (+ fp16 min for asym)
  *         k_dat  per token: skv_row_bytes(bits, head_dim) packed bytes
  *         v_par, v_dat as for K
  * For bits == 16 there are no parameters: rows are IEEE fp16 values.
+ *
+ * Keys per channel (k_mode SKV_QMODE_CHAN, format 1.2; KIVI's layout):
+ * rows 0..n-1 of the chunk are cut into F = floor(n / k_tokens) full groups
+ * of k_tokens consecutive rows and a trailing partial group of n mod
+ * k_tokens rows.  k_par holds, for each full group f, head_dim (fp16 scale,
+ * fp16 min) pairs, channel order (4*head_dim bytes, the per-token asym
+ * block of a group of one channel, shared by the group's rows), then, for
+ * each row of the partial group, an ordinary per-token asym block of
+ * k_group channels per group.  k_dat is unchanged: one packed row per token.
+ * Each part of a bucket is grouped on its own (parts hold a multiple of
+ * k_tokens rows but the last).  Values are per token as always.
  *
  * Packed rows (values taken in channel order, the row padded with zeros to
  * a multiple of 8 values):
@@ -59,7 +72,11 @@ extern "C" {
  * stored and decoded exactly like SYM (one fp16 scale per group, code
  * offset by 2^(bits-1)), only the choice of scale and codes differs
  * (smartkv_quant.h). */
-enum skv_qmode { SKV_QMODE_ASYM = 1, SKV_QMODE_SYM = 2, SKV_QMODE_GGML = 3 };
+enum skv_qmode { SKV_QMODE_ASYM = 1, SKV_QMODE_SYM = 2, SKV_QMODE_GGML = 3,
+                 SKV_QMODE_CHAN = 4 /* keys only: asym per channel over k_tokens rows */ };
+
+/* Rows per key group of SKV_QMODE_CHAN (KIVI uses 32). */
+#define SKV_KEY_TOKENS_MAX 4096u
 
 /* The widths a token may get; 0 means evicted (not stored). */
 #define SKV_NBITS 6
@@ -68,7 +85,8 @@ static const uint8_t skv_bit_widths[SKV_NBITS] = {0, 2, 3, 4, 8, 16};
 typedef struct skv_qcfg {
     uint32_t head_dim;
     uint32_t k_group, v_group;   /* channels per scale group */
-    uint32_t k_mode, v_mode;     /* enum skv_qmode */
+    uint32_t k_mode, v_mode;     /* enum skv_qmode (SKV_QMODE_CHAN: K only) */
+    uint32_t k_tokens;           /* SKV_QMODE_CHAN: rows per key group; else 0 */
 } skv_qcfg;
 
 static inline uint64_t skv_align64(uint64_t n) { return (n + (SKV_ALIGN - 1)) & ~(uint64_t)(SKV_ALIGN - 1); }
@@ -87,14 +105,25 @@ static inline uint64_t skv_par_bytes(uint32_t bits, uint32_t head_dim, uint32_t 
     if (bits == 16 || bits == 0)
         return 0;
     uint64_t groups = (head_dim + group - 1) / group;
-    return groups * (mode == SKV_QMODE_ASYM ? 4u : 2u);
+    /* CHAN: the per-token (asym) blocks of a partial group's rows */
+    return groups * (mode == SKV_QMODE_ASYM || mode == SKV_QMODE_CHAN ? 4u : 2u);
+}
+
+/* Bytes of the k_par section of n rows at this width: n per-token blocks,
+ * or with SKV_QMODE_CHAN one 4*head_dim block per full group of k_tokens
+ * rows plus a per-token block per row of the partial group. */
+static inline uint64_t skv_kpar_bytes(const skv_qcfg *c, uint32_t bits, uint64_t n)
+{
+    uint64_t per = skv_par_bytes(bits, c->head_dim, c->k_group, c->k_mode);
+    if (c->k_mode != SKV_QMODE_CHAN || bits == 16 || bits == 0 || c->k_tokens == 0)
+        return n * per;
+    return n / c->k_tokens * 4 * (uint64_t)c->head_dim + n % c->k_tokens * per;
 }
 
 /* Payload bytes of a PBKT chunk holding n tokens at this width. */
 static inline uint64_t skv_pbkt_payload_bytes(const skv_qcfg *c, uint32_t bits, uint64_t n)
 {
-    return SKV_PBKT_HEADER_LEN + skv_align64(4 * n) +
-           skv_align64(n * skv_par_bytes(bits, c->head_dim, c->k_group, c->k_mode)) +
+    return SKV_PBKT_HEADER_LEN + skv_align64(4 * n) + skv_align64(skv_kpar_bytes(c, bits, n)) +
            skv_align64(n * skv_row_bytes(bits, c->head_dim)) +
            skv_align64(n * skv_par_bytes(bits, c->head_dim, c->v_group, c->v_mode)) +
            skv_align64(n * skv_row_bytes(bits, c->head_dim));
@@ -128,7 +157,15 @@ typedef struct skv_bucket {
     uint32_t head_dim;
     uint32_t k_group, v_group;  /* channels per parameter group */
     uint32_t k_mode, v_mode;    /* enum skv_qmode */
-    uint32_t k_par_stride;      /* parameter bytes per token (0 for 16-bit) */
+    uint32_t k_tokens;          /* SKV_QMODE_CHAN: rows per key group, else 0 */
+    uint32_t k_full;            /* SKV_QMODE_CHAN: rows in full key groups (rows
+                                   [0, k_full) take the group block at k_par +
+                                   (i / k_tokens) * 4 * head_dim, channel c's
+                                   scale and min at + 4c); else 0 */
+    uint32_t k_par_stride;      /* parameter bytes per token (0 for 16-bit); with
+                                   CHAN, of the rows i >= k_full, whose blocks
+                                   start at k_tail_par */
+    const uint8_t *k_tail_par;  /* CHAN: k_par + (k_full / k_tokens) * 4 * head_dim */
     uint32_t v_par_stride;
     uint32_t row_stride;        /* packed bytes per token row: skv_row_bytes(bits, head_dim) */
     const uint32_t *idx;        /* [n] token indices, strictly ascending */
@@ -136,6 +173,15 @@ typedef struct skv_bucket {
     const uint8_t *payload;     /* start of the PBKT payload */
     uint64_t payload_bytes;
 } skv_bucket;
+
+/* Bytes of a decoded bucket's k_par section in use (padding excluded). */
+static inline uint64_t skv_bucket_kpar_bytes(const skv_bucket *b)
+{
+    if (b->k_tail_par)
+        return (uint64_t)(b->k_full / b->k_tokens) * 4 * b->head_dim +
+               (uint64_t)(b->n - b->k_full) * b->k_par_stride;
+    return (uint64_t)b->n * b->k_par_stride;
+}
 
 /* Build the PBKT payload of n tokens idx[0..n) (strictly ascending) of one
  * (layer, kv head) at `bits`: k and v are that head's [n_tokens][head_dim]

@@ -92,6 +92,21 @@ SKV_EXPORT void skv_unpack_codes_ref(const uint8_t *in, uint32_t n, uint32_t bit
 SKV_EXPORT void skv_unpack_codes_avx2(const uint8_t *in, uint32_t n, uint32_t bits, uint8_t *codes);
 SKV_EXPORT void skv_unpack_codes(const uint8_t *in, uint32_t n, uint32_t bits, uint8_t *codes);
 
+/* Keys per channel (SKV_QMODE_CHAN, smartkv_pack.h): quantize one group of
+ * n rows of d channels (row r at x + r*stride) at bits 2, 3, 4 or 8, the
+ * arithmetic of the online cache's grouped layout (lib/eval/ecgroup.c) so
+ * that both give the same numbers: per channel, min and max over the n
+ * rows, min16 = fp16 nearest to the min, scale16 = fp16 nearest to
+ * (max - min) / (2^bits - 1), code = round_half_even((x - min16) /
+ * scale16) clamped to [0, 2^bits - 1] (0 when scale16 is 0).  Writes par
+ * (4*d bytes: scale16, min16 per channel) and n packed rows, row r at
+ * dat + r*skv_row_bytes(bits, d).  A row decodes with skv_dequantize_row(par,
+ * row, d, bits, 1, SKV_QMODE_ASYM, out).  Returns 0, SKV_EINVAL or
+ * SKV_EFORMAT (a value not finite or beyond the fp16 range; names row and
+ * channel). */
+SKV_EXPORT int skv_quantize_chan_ref(const float *x, size_t stride, uint32_t n, uint32_t d,
+                                     uint32_t bits, uint8_t *par, uint8_t *dat);
+
 /* 1 if the _avx2 functions really use AVX2 on this CPU and build. */
 SKV_EXPORT int skv_quant_have_avx2(void);
 /* Enable (1) or disable (0) SIMD in the dispatchers; returns the previous
