@@ -173,7 +173,7 @@ START_TEST(test_kernels_vs_float64)
     expect(n2 % G && n4 % G);  /* both have a partial group */
     skv_bucket_dequantize(&bk[0], dk, dv);
     skv_bucket_dequantize(&bk[1], dk, dv);
-    skv_cache_head head = {2, bk, n2 + n4, NULL};
+    skv_cache_head head = {2, bk, n2 + n4, NULL, NULL};
     const uint64_t steps[S] = {10, 77, T - 1};
     /* float64 attention by hand */
     double want[H][S][d];
