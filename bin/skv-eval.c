@@ -45,7 +45,9 @@ static noreturn void usage(void)
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
            "      --heads FILE       razor: head scores from skv-trace heads\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
-           "      --importance MODE  ema (default), cumulative, normalized\n"
+           "      --importance MODE  ema (default), cumulative, normalized; atskv (smartkv\n"
+           "                         in the grouped layout: the learned relevance of\n"
+           "                         --weights, its state counted in beta)\n"
            "      --decay G          ema decay in [0,1) (default 0.9)\n"
            "      --realloc R        reallocate every R tokens (default 16)\n"
            "      --ideal            idealised cache: requantize from a full-precision copy\n"
@@ -299,10 +301,17 @@ static void check_policy_name(const char *p)
 
 static int imp_parse(const char *s)
 {
+    if (!strcmp(s, "atskv"))
+        return (int)SKV_EC_IMP_ATSKV;   /* needs --weights: checked after the options */
     int m = skv_imp_mode_parse(s);
     if (m < 0 || (m != SKV_IMP_EMA && m != SKV_IMP_CUMULATIVE && m != SKV_IMP_NORMALIZED))
-        tool_usage_error("--importance: '%s' is not ema, cumulative or normalized", s);
+        tool_usage_error("--importance: '%s' is not ema, cumulative, normalized or atskv", s);
     return m;
+}
+
+static const char *imp_name(uint32_t m)
+{
+    return m == SKV_EC_IMP_ATSKV ? "atskv" : skv_imp_mode_name(m);
 }
 
 /* ---------------------------------------------------------------- helpers */
@@ -476,7 +485,7 @@ static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int f
                     c->kind == SKV_EC_ATSKV
                 ? c->alloc.budget
                 : 0,
-            skv_imp_mode_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
+            imp_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
             r->beta_end, r->meta_frac, (unsigned long long)r->n_scored, r->seconds, r->ref_seconds,
             (double)r->stats.track_ns / dec, (double)r->stats.realloc_ns / dec);
 }
@@ -1295,6 +1304,14 @@ int main(int argc, char **argv)
             o.n_imps = 1;
         }
     }
+    /* the learned importance reads the weights of --weights */
+    int want_rlv = o.cfg.imp_mode == SKV_EC_IMP_ATSKV;
+    for (uint32_t i = 0; i < o.n_imps; i++)
+        want_rlv |= o.imps[i] == SKV_EC_IMP_ATSKV;
+    if (want_rlv && !atskv_weights)
+        tool_usage_error("--importance atskv needs --weights FILE (skv-alloc train)");
+    if (atskv_weights)
+        o.cfg.rlv = atskv_weights;
     int rc;
     if (!strcmp(o.cmd, "ppl"))
         rc = cmd_ppl(&o);

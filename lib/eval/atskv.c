@@ -1,6 +1,8 @@
 /* atskv.c -- ATSKV's two-tier cache in the decode loop (smartkv_atskv.h). */
 #include "smartkv_atskv.h"
 
+#include "ecgroup.h"
+
 #include "smartkv_error.h"
 #include "smartkv_trace.h"
 
@@ -586,8 +588,10 @@ static void hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n, con
 void skv_atskv_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)
 {
     ats_cache *a = as_ats(c);
-    if (!a)
+    if (!a) {
+        skv_ecg_attach(c, s, tk);   /* a grouped cache with importance atskv */
         return;
+    }
     a->tok = tk;
     skv_session_set_hidden_hook(s, hidden_hook, a);
 }
@@ -595,8 +599,10 @@ void skv_atskv_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)
 void skv_atskv_tokens(skv_kv_cache *c, const int32_t *ids, uint32_t n)
 {
     ats_cache *a = as_ats(c);
-    if (!a)
+    if (!a) {
+        skv_ecg_tokens(c, ids, n);
         return;
+    }
     /* the next tokens start where layer 0 ends */
     uint64_t p = a->len[0];
     for (uint32_t i = 0; i < n && p + i < c->capacity; i++)

@@ -132,6 +132,14 @@ typedef struct skv_ec_cfg {
     const struct skv_rlv_model *rlv;  /* ATSKV: relevance weights (skv-alloc train) */
 } skv_ec_cfg;
 
+/* imp_mode of the grouped layout (policy smartkv): the learned relevance of
+ * rlv (skv-alloc train, smartkv_relevance.h) replaces the attention EMA as
+ * the importance.  Its state (per token and KV head the attention features,
+ * per token and layer w_h . h, the token ids, the weights) is counted in
+ * meta_bytes, inside the budget.  The caller must attach the session and
+ * pass the token ids (skv_atskv_attach, skv_atskv_tokens). */
+#define SKV_EC_IMP_ATSKV 16u
+
 enum skv_ec_layout {
     SKV_EC_PACKED = 0,      /* PBKT buckets, one width per token (the library's format) */
     SKV_EC_GROUPED = 1,     /* key groups, separate K/V widths, byte model below */
