@@ -43,6 +43,8 @@ static noreturn void usage(void)
            "                         uncomp, razor (--heads), rocketkv; atskv, atskv-ema\n"
            "                         (needle: a comma list)\n"
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
+           "      --offload FILE     atskv: the passive tier in FILE (created, removed at\n"
+           "                         the end) instead of host memory\n"
            "      --heads FILE       razor: head scores from skv-trace heads\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized; atskv (smartkv\n"
@@ -122,7 +124,8 @@ enum {
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
-    O_IMPPOW, O_RECENCY, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS, O_HEADS
+    O_IMPPOW, O_RECENCY, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS, O_HEADS,
+    O_OFFLOAD
 };
 
 static const struct option longopts[] = {
@@ -151,6 +154,7 @@ static const struct option longopts[] = {
     {"imp-power", required_argument, NULL, O_IMPPOW},
     {"recency", required_argument, NULL, O_RECENCY},
     {"weights", required_argument, NULL, O_WEIGHTS},
+    {"offload", required_argument, NULL, O_OFFLOAD},
     {"heads", required_argument, NULL, O_HEADS},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
@@ -537,6 +541,12 @@ static void ppl_report(FILE *f, const opts *o, const skv_ec_cfg *c, const skv_pp
                     (unsigned long long)r->stats.evictions, (unsigned long long)r->stats.recalls,
                     r->n_tokens ? (double)r->stats.recalls / (double)r->n_tokens : 0,
                     r->stats.recalls ? (double)r->stats.recall_ns / 1e3 / (double)r->stats.recalls : 0);
+        if (c->kind == SKV_EC_ATSKV && c->offload)
+            fprintf(f, ", \"passive_offload_written\": %llu, \"passive_offload_read\": %llu, "
+                    "\"passive_offload_file\": %llu",
+                    (unsigned long long)r->stats.offload_written,
+                    (unsigned long long)r->stats.offload_read,
+                    (unsigned long long)r->stats.offload_file);
         fprintf(f, "}\n");
     } else {
         fprintf(f, "model       %s\n", model_name);
@@ -570,6 +580,11 @@ static void ppl_report(FILE *f, const opts *o, const skv_ec_cfg *c, const skv_pp
                     (unsigned long long)r->stats.evictions, (unsigned long long)r->stats.recalls,
                     r->n_tokens ? (double)r->stats.recalls / (double)r->n_tokens : 0,
                     r->stats.recalls ? (double)r->stats.recall_ns / 1e3 / (double)r->stats.recalls : 0);
+        if (c->kind == SKV_EC_ATSKV && c->offload)
+            fprintf(f, "offload     %s: %llu bytes written, %llu read back; %llu bytes at the "
+                    "end (removed)\n", c->offload, (unsigned long long)r->stats.offload_written,
+                    (unsigned long long)r->stats.offload_read,
+                    (unsigned long long)r->stats.offload_file);
     }
 }
 
@@ -609,6 +624,15 @@ static int check_budget(const skv_model *m, const skv_ec_cfg *c, uint64_t ctx)
     return 0;
 }
 
+/* The file a runtime error names: the offload file when the message is
+ * about it, else the model. */
+static const char *fail_name(const opts *o)
+{
+    const char *f = o->cfg.offload;
+    size_t n = f ? strlen(f) : 0;
+    return f && !strncmp(skv_errmsg(), f, n) && skv_errmsg()[n] == ':' ? f : o->model;
+}
+
 static int cmd_ppl(opts *o)
 {
     if (!o->text)
@@ -634,7 +658,7 @@ static int cmd_ppl(opts *o)
     skv_ppl_opts po = ppl_opts(o, &p);
     skv_ppl_result r;
     if (skv_eval_ppl(m, ids, n, &c, &po, &r) < 0)
-        tool_fail(o->model);
+        tool_fail(fail_name(o));
     FILE *f = open_out(o->out);
     ppl_report(f, o, &c, &r, skv_model_get_params(m)->name);
     close_out(f, o->out);
@@ -678,7 +702,7 @@ static int cmd_needle(opts *o)
                 char label[160];
                 skv_ec_describe(&cfgs[ci], label, sizeof label);
                 if (skv_eval_needle(m, &cfgs[ci], o->lengths[li], o->depths[di], &no, r) < 0)
-                    tool_fail(o->model);
+                    tool_fail(fail_name(o));
                 done++;
                 if (!o->quiet)
                     fprintf(stderr, "%s: needle %llu/%llu: %s length %u depth %u%%: key %u, "
@@ -1221,6 +1245,7 @@ int main(int argc, char **argv)
             if (skv_head_scores_read(optarg, &razor_heads) < 0)
                 tool_die(EXIT_DATA, "%s", skv_errmsg());
             break;
+        case O_OFFLOAD: o.cfg.offload = optarg; break;
         case O_WEIGHTS:
             skv_rlv_model_free(atskv_weights);
             if (skv_rlv_load(optarg, &atskv_weights) < 0)
@@ -1304,6 +1329,8 @@ int main(int argc, char **argv)
             o.n_imps = 1;
         }
     }
+    if (o.cfg.offload && o.jobs > 1)
+        tool_usage_error("--offload: one file for one cache at a time (not with --jobs %u)", o.jobs);
     /* the learned importance reads the weights of --weights */
     int want_rlv = o.cfg.imp_mode == SKV_EC_IMP_ATSKV;
     for (uint32_t i = 0; i < o.n_imps; i++)
