@@ -198,7 +198,8 @@ SKV_EXPORT int skv_razor_mask(const skv_head_scores *hs, uint32_t n_layers, uint
     X(DYNAMICKV, dynamickv)     /* DynamicKV: layer budgets from window top-k counts */ \
     X(UNCOMP, uncomp)           /* UNComp: head budgets from key matrix entropy */ \
     X(RAZOR, razor)             /* RazorAttention: retrieval heads keep everything */ \
-    X(ROCKETKV, rocketkv)       /* RocketKV: SnapKV-style eviction + top-k at decode */
+    X(ROCKETKV, rocketkv)       /* RocketKV: SnapKV-style eviction + top-k at decode */ \
+    X(ATSKV, atskv)             /* ATSKV: learned relevance over adaptive thresholds */
 
 enum skv_policy {
     SKV_POLICY_NONE = 0,
@@ -227,6 +228,8 @@ enum skv_policy_flag {
     SKV_PF_KENTROPY = 1u << 11,  /* reads the matrix entropy of each (layer, KV head)'s
                                     keys (skv_alloc_problem.kentropy) */
     SKV_PF_HEADS = 1u << 12,     /* reads per-head scores (skv_alloc_cfg.heads) */
+    SKV_PF_RELEVANCE = 1u << 13, /* importance is ATSKV's learned relevance at the trace's
+                                    end (skv_alloc_cfg.rlv; skv_alloc_filter computes it) */
 };
 
 /* RocketKV (rocketkv.c; stage 2 in the online cache): pages of
@@ -257,6 +260,8 @@ typedef struct skv_alloc_cfg {
     uint32_t share_layers;  /* one width per (kv head, token) for all layers */
     skv_qcfg qcfg;
     const skv_head_scores *heads; /* razor: induction / echo scores (not owned) */
+    const struct skv_rlv_model *rlv;       /* atskv: relevance weights (not owned) */
+    const struct skv_rlv_vocab *rlv_voc;   /* atskv: token classes, or NULL */
 } skv_alloc_cfg;
 
 SKV_EXPORT void skv_alloc_cfg_defaults(skv_alloc_cfg *c);

@@ -110,6 +110,9 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
     unsigned pf = skv_policy_flags(a->policy);
     if (!pf)
         return skv_error(SKV_EINVAL, "unknown policy %u", a->policy);
+    if (pf & SKV_PF_RELEVANCE)
+        return skv_error(SKV_EINVAL, "policy %s is offline (skv-alloc); in the decode loop the "
+                         "atskv cache kind or importance atskv", skv_policy_name(a->policy));
     if (a->share_layers)
         return skv_error(SKV_EINVAL, "the online cache allocates per layer (no shared layers)");
     if (a->width_mask == 0 || (a->width_mask & ~SKV_WIDTH_MASK_ALL))

@@ -133,6 +133,20 @@ assert r["passive_recalls"] >= 0 and r["kl"] > 0 and 0 < r["top1"] <= 1, r
 assert r["widths"].startswith("2:0.0%"), r
 ' "$T/out"
 cp "$T/out" atskv.json
+# ATSKV offline: skv-alloc -p atskv on the trace, the learned relevance as importance
+run skv-alloc -p atskv -b 0.3 --weights w.skv --model "$model" --json -v -o hid.alloc.skv hid.skv
+expect_rc 0 "skv-alloc -p atskv on a trace with hidden states"
+check "skv-alloc -p atskv: within the budget, tokens kept at 16 bits, the rest evicted" python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+assert 0.25 < r["beta"] <= 0.3, r
+for l in r["layers"]:
+    assert l[1] == l[2] == l[3] == l[4] == 0 and l[0] > 0 and l[5] > 0, l
+' "$T/err"
+run skv-trace record --model "$model" --text "$text" --tokens 40 -o nohid.skv
+run skv-alloc -p atskv -b 0.3 --weights w.skv -o x.skv nohid.skv
+expect_rc 1 "skv-alloc -p atskv on a trace without hidden states is a data error"
+expect_err "hidden states" "the message says what is missing"
 # the passive tier in a file: the same numbers, bytes written, the file removed
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 --sinks 2 \
     --recent 8 -p atskv -b 0.3 --weights w.skv --json -q --offload off.bin
