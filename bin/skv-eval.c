@@ -45,6 +45,8 @@ static noreturn void usage(void)
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
            "      --offload FILE     atskv: the passive tier in FILE (created, removed at\n"
            "                         the end) instead of host memory\n"
+           "      --active-bits N    atskv: active rows quantized per token at N = 4 or 8\n"
+           "                         bits (default 16: fp16)\n"
            "      --heads FILE       razor: head scores from skv-trace heads\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized; atskv (smartkv\n"
@@ -125,7 +127,7 @@ enum {
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
     O_IMPPOW, O_RECENCY, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS, O_HEADS,
-    O_OFFLOAD
+    O_OFFLOAD, O_ACTIVE_BITS
 };
 
 static const struct option longopts[] = {
@@ -155,6 +157,7 @@ static const struct option longopts[] = {
     {"recency", required_argument, NULL, O_RECENCY},
     {"weights", required_argument, NULL, O_WEIGHTS},
     {"offload", required_argument, NULL, O_OFFLOAD},
+    {"active-bits", required_argument, NULL, O_ACTIVE_BITS},
     {"heads", required_argument, NULL, O_HEADS},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
@@ -1246,6 +1249,11 @@ int main(int argc, char **argv)
                 tool_die(EXIT_DATA, "%s", skv_errmsg());
             break;
         case O_OFFLOAD: o.cfg.offload = optarg; break;
+        case O_ACTIVE_BITS:
+            o.cfg.active_bits = tool_opt_u32("--active-bits", optarg, 4, 16);
+            if (o.cfg.active_bits != 4 && o.cfg.active_bits != 8 && o.cfg.active_bits != 16)
+                tool_usage_error("--active-bits: %u is not 4, 8 or 16", o.cfg.active_bits);
+            break;
         case O_WEIGHTS:
             skv_rlv_model_free(atskv_weights);
             if (skv_rlv_load(optarg, &atskv_weights) < 0)

@@ -259,9 +259,15 @@ static uint64_t fixed_bytes(const ats_cache *a)
            a->n_ids * (sizeof(int32_t) + sizeof(uint32_t));
 }
 
+/* Channels per scale group of a quantized active row (active_bits). */
+static uint32_t active_group(uint32_t hd) { return hd % 32 == 0 ? 32 : hd; }
+
 static uint64_t active_row_bytes(const ats_cache *a)
 {
-    return 4ull * a->base.head_dim + TOK_META;
+    const uint32_t hd = a->base.head_dim, b = a->cfg.active_bits;
+    if (b && b < 16)    /* K and V: packed codes + an fp16 scale and minimum per group */
+        return 2ull * ((hd * b + 7) / 8 + 4 * (hd / active_group(hd))) + TOK_META;
+    return 4ull * hd + TOK_META;
 }
 
 /* ---------------------------------------------------------------- selection */
@@ -451,6 +457,14 @@ static int ats_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
             for (uint32_t e = 0; e < hd; e++) {
                 H->k[p * hd + e] = r16(kr[e]);
                 H->v[p * hd + e] = r16(vr[e]);
+            }
+            if (a->cfg.active_bits && a->cfg.active_bits < 16) {
+                /* the active tier holds what the codes decode to */
+                const uint32_t g = active_group(hd), b = a->cfg.active_bits;
+                for (uint32_t e = 0; e < hd; e += g) {
+                    skv_ecg_quant_span(H->k + p * hd + e, H->k + p * hd + e, g, 1, b);
+                    skv_ecg_quant_span(H->v + p * hd + e, H->v + p * hd + e, g, 1, b);
+                }
             }
             H->tier[p] = T_ACTIVE;
             H->n_active++;

@@ -103,7 +103,12 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
         return !c->rlv ? skv_error(SKV_EINVAL, "atskv needs relevance weights (skv-alloc train)")
                : !(c->alloc.budget > 0 && isfinite(c->alloc.budget))
                    ? skv_error(SKV_EINVAL, "atskv needs a budget beta > 0")
-               : !c->realloc ? skv_error(SKV_EINVAL, "reallocation interval must be >= 1") : 0;
+               : !c->realloc ? skv_error(SKV_EINVAL, "reallocation interval must be >= 1")
+               : c->active_bits && c->active_bits != 4 && c->active_bits != 8 &&
+                       c->active_bits != 16
+                   ? skv_error(SKV_EINVAL, "atskv: active rows at %u bits (4, 8 or 16)",
+                               c->active_bits)
+                   : 0;
     if (c->kind != SKV_EC_COMPRESS)
         return 0;
     const skv_alloc_cfg *a = &c->alloc;
@@ -224,8 +229,13 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         return;
     }
     if (c->kind == SKV_EC_ATSKV) {
-        snprintf(buf, n, "%s beta=%g R=%u", c->rlv && c->rlv->label ? c->rlv->label : "atskv",
-                 c->alloc.budget, c->realloc);
+        if (c->active_bits && c->active_bits < 16)
+            snprintf(buf, n, "%s beta=%g R=%u active=%u",
+                     c->rlv && c->rlv->label ? c->rlv->label : "atskv", c->alloc.budget,
+                     c->realloc, c->active_bits);
+        else
+            snprintf(buf, n, "%s beta=%g R=%u", c->rlv && c->rlv->label ? c->rlv->label : "atskv",
+                     c->alloc.budget, c->realloc);
         return;
     }
     const skv_alloc_cfg *a = &c->alloc;

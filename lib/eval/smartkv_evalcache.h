@@ -130,6 +130,8 @@ typedef struct skv_ec_cfg {
     skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are
                                taken from alloc; realloc is the evaluation block */
     const struct skv_rlv_model *rlv;  /* ATSKV: relevance weights (skv-alloc train) */
+    uint32_t active_bits;   /* ATSKV: active rows quantized per token at 4 or 8 bits (groups
+                               of 32 channels, fp16 scale and minimum); 0 or 16: fp16 */
     const char *offload;    /* ATSKV: the passive tier in this file instead of host memory
                                (created, refused if it exists; closed and removed with the
                                cache); NULL: host memory */
