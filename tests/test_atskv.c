@@ -228,6 +228,52 @@ START_TEST(test_grouped_importance)
 }
 END_TEST
 
+/* --active-bits 4: the active rows hold 4-bit codes (per token, groups of
+ * 32 channels): fewer bytes per active row by exactly the packed width, and
+ * the rows the attention reads are within half a step of the fp16 ones. */
+START_TEST(test_active_bits)
+{
+    enum { T = 16 };
+    skv_rlv_model *m = skv_rlv_model_new(1, 0);
+    uint64_t bytes[2];
+    float outs[2][HD];
+    float K[T * HD], V[T * HD], q[HD], probs[T];
+    for (int i = 0; i < T * HD; i++) {
+        K[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+        V[i] = (float)((i * 53) % 97) / 48.0f - 1.0f;
+    }
+    for (int e = 0; e < HD; e++)
+        q[e] = 0.05f * (float)(e % 7);
+    for (int b = 0; b < 2; b++) {
+        skv_ec_cfg cfg;
+        skv_ec_defaults(&cfg);
+        cfg.kind = SKV_EC_ATSKV;
+        cfg.rlv = m;
+        cfg.alloc.budget = 1;
+        cfg.active_bits = b ? 4 : 0;
+        skv_kv_cache *c = skv_ec_new(&cfg, 1, 1, 1, HD, T);
+        ck_assert_msg(c != NULL, "%s", skv_errmsg());
+        skv_ec_hold(c, 1);
+        ck_assert_int_eq(c->ops->append(c, 0, 0, T, K, V), 0);
+        ck_assert_int_eq(c->ops->attend(c, 0, 0, T - 1, 1, q, HD, 1.0f / sqrtf(HD), outs[b], HD,
+                                        probs, T), 0);
+        skv_ec_stats st;
+        ck_assert_int_eq(skv_ec_stats_get(c, &st), 0);
+        ck_assert_uint_eq(st.hist[SKV_NBITS - 1], T);
+        bytes[b] = st.bytes;
+        skv_kv_cache_free(c);
+    }
+    /* per row: 4 * HD fp16 bytes against 2 * (HD / 2 + 4 * HD / 32) */
+    ck_assert_uint_eq(bytes[0] - bytes[1], (uint64_t)T * (4 * HD - 2 * (HD / 2 + 4 * HD / 32)));
+    double diff = 0;
+    for (int e = 0; e < HD; e++)
+        diff += fabs((double)outs[0][e] - outs[1][e]);
+    /* a 4-bit step of a [-1, 1] group is 2/15: outputs move, but not far */
+    ck_assert_msg(diff > 0 && diff / HD < 2.0 / 15, "mean |diff| %g", diff / HD);
+    skv_rlv_model_free(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("atskv");
@@ -235,6 +281,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_two_tiers);
     tcase_add_test(tc, test_grouped_importance);
+    tcase_add_test(tc, test_active_bits);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -59,6 +59,8 @@ run skv-eval ppl --model m.gguf --text t.txt --grouped --importance atskv
 expect_rc 2 "--importance atskv without --weights is a usage error"
 run skv-eval sweep --model m.gguf --text t.txt --policies atskv -o x.tsv -j 2 --offload o.bin
 expect_rc 2 "--offload with two sweep jobs is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p atskv --active-bits 3
+expect_rc 2 "--active-bits 3 is a usage error"
 echo hello > t.txt
 run skv-eval ppl --model nonexistent.gguf --text t.txt
 expect_rc 1 "a missing model is a data error"
