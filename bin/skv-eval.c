@@ -69,6 +69,8 @@ static noreturn void usage(void)
            "                         (per channel over --key-tokens tokens)\n"
            "      --key-tokens G     tokens per per-channel key group (default 32)\n"
            "      --rotate           randomized Hadamard rotation of keys and queries\n"
+           "      --rotate-values    values quantized after a randomized Hadamard rotation\n"
+           "                         (each row rotated back: the attention is unchanged)\n"
            "      --kv-split         separate widths for the key and the value of a token\n"
            "      --error M          error model: imp-mse (default) or logit\n"
            "      --prior P          attention every token is assumed to draw, x 1/T\n"
@@ -82,6 +84,9 @@ static noreturn void usage(void)
            "                         attention (mass 1) (grouped layout; default 0)\n"
            "      --protect-bits N   sinks and residual quantized per token at N bits\n"
            "                         (8 or 4) as they enter; 16 (default): fp16\n"
+           "      --param-bits N     8: scales and zero points of key groups (per\n"
+           "                         channel) and values as 8-bit codes on per-group\n"
+           "                         fp16 grids; 16 (default): fp16\n"
            "prune-merge options (policy prune-merge; -b, --sinks, --recent apply):\n"
            "      --max-cache-size B kept tokens beyond sinks and recent (default: from -b)\n"
            "      --num-clusters K   centroids per layer and KV head; 0 prunes only (default 8)\n"
@@ -126,8 +131,8 @@ enum {
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
-    O_IMPPOW, O_RECENCY, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR, O_WEIGHTS, O_HEADS,
-    O_OFFLOAD, O_ACTIVE_BITS
+    O_IMPPOW, O_RECENCY, O_PARAMBITS, O_VROTATE, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR,
+    O_WEIGHTS, O_HEADS, O_OFFLOAD, O_ACTIVE_BITS
 };
 
 static const struct option longopts[] = {
@@ -146,6 +151,7 @@ static const struct option longopts[] = {
     {"keys", required_argument, NULL, O_KEYS},
     {"key-tokens", required_argument, NULL, O_KEYTOK},
     {"rotate", no_argument, NULL, O_ROTATE},
+    {"rotate-values", no_argument, NULL, O_VROTATE},
     {"kv-split", no_argument, NULL, O_KVSPLIT},
     {"error", required_argument, NULL, O_ERROR},
     {"value-group", required_argument, NULL, O_VGROUP},
@@ -153,6 +159,7 @@ static const struct option longopts[] = {
     {"grouped", no_argument, NULL, O_GROUPED},
     {"prior", required_argument, NULL, O_PRIOR},
     {"protect-bits", required_argument, NULL, O_PROTBITS},
+    {"param-bits", required_argument, NULL, O_PARAMBITS},
     {"imp-power", required_argument, NULL, O_IMPPOW},
     {"recency", required_argument, NULL, O_RECENCY},
     {"weights", required_argument, NULL, O_WEIGHTS},
@@ -1159,6 +1166,7 @@ int main(int argc, char **argv)
             break;
         case O_KEYTOK: o.cfg.key_tokens = tool_opt_u32("--key-tokens", optarg, 2, 4096); break;
         case O_ROTATE: o.cfg.layout = SKV_EC_GROUPED; o.cfg.rotate = 1; break;
+        case O_VROTATE: o.cfg.layout = SKV_EC_GROUPED; o.cfg.rotate_values = 1; break;
         case O_KVSPLIT: o.cfg.layout = SKV_EC_GROUPED; o.cfg.kv_split = 1; break;
         case O_GROUPED: o.cfg.layout = SKV_EC_GROUPED; break;
         case O_PRIOR: o.cfg.prior = tool_opt_double("--prior", optarg, 0, 1e6, 0); break;
@@ -1175,6 +1183,12 @@ int main(int argc, char **argv)
             o.cfg.protect_bits = tool_opt_u32("--protect-bits", optarg, 4, 16);
             if (o.cfg.protect_bits != 4 && o.cfg.protect_bits != 8 && o.cfg.protect_bits != 16)
                 tool_usage_error("--protect-bits: %u is not 4, 8 or 16", o.cfg.protect_bits);
+            break;
+        case O_PARAMBITS:
+            o.cfg.layout = SKV_EC_GROUPED;
+            o.cfg.param_bits = tool_opt_u32("--param-bits", optarg, 8, 16);
+            if (o.cfg.param_bits != 8 && o.cfg.param_bits != 16)
+                tool_usage_error("--param-bits: %u is not 8 or 16", o.cfg.param_bits);
             break;
         case O_ERROR:
             o.cfg.layout = SKV_EC_GROUPED;

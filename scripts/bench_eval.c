@@ -69,10 +69,14 @@ int main(int argc, char **argv)
                     die("kivi");
             } else {
                 /* the method (scripts/eval-method) at 0.3: keys per channel,
-                 * split widths, sinks and residual at 8 bits (its eviction
-                 * rows attend with a float64 reference loop: not timed) */
+                 * keys and values rotated, 8-bit parameters, split widths,
+                 * sinks and residual at 8 bits (its eviction rows attend
+                 * with a float64 reference loop: not timed) */
                 c.layout = SKV_EC_GROUPED;
                 c.k_layout = SKV_EC_KEYS_CHANNEL;
+                c.rotate = 1;
+                c.rotate_values = 1;
+                c.param_bits = 8;
                 c.kv_split = 1;
                 c.realloc = 32;
                 c.protect_bits = 8;

@@ -36,6 +36,8 @@ typedef struct gh {
     float *k, *v;           /* [cap][d] fp16 values or what the codes decode to
                                (keys in the rotated basis when rotating) */
     uint8_t *kb, *vb;       /* [cap] key / value width of each token (16: fp16) */
+    float *vsup;            /* 8-bit parameters: [cap / RES][3] super-parameters of the
+                               values of each residual block (zlo, zhi, rmax) */
     float sign[SKV_MAX_HEAD_DIM];
 } gh;
 
@@ -55,6 +57,7 @@ typedef struct ecg {
     skv_kv_cache base;
     skv_ec_cfg cfg;
     uint32_t G, KT, RES, sinks, PB;  /* PB: bits of sinks and residual rows */
+    uint32_t PQ;            /* bits of a quantized group's scale and zero point (8 or 16) */
     uint32_t wmask;         /* allowed width indices (bit i: ecg_widths[i]) */
     int hold, track, fixed, qtrack;
     int evict;              /* width 0 allowed: a token's value item may evict it */
@@ -149,6 +152,101 @@ void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uin
     }
 }
 
+/* fp16 roundings that never move x inward: a floor for a grid's lowest
+ * zero point, a ceiling for its largest range (fp16 keeps 11 bits). */
+static float h16_down(float x)
+{
+    float y = h16(x);
+    return y <= x ? y : h16(x - fabsf(x) * 0x1p-10f - 0x1p-24f);
+}
+
+static float h16_up(float x)
+{
+    float y = h16(x);
+    return y >= x ? y : h16(x + fabsf(x) * 0x1p-10f + 0x1p-24f);
+}
+
+/* 8-bit parameters (param_bits 8).  A span's zero point is the largest
+ * of 256 steps from zlo to zhi not above its minimum; its range (qmax
+ * times the scale) the smallest rmax * 2^(-u/16), u = 0..255, that still
+ * reaches its maximum: 2.2% coarser steps on average than fp16
+ * parameters, at half their bytes. */
+static float grid_zero(float mn, float zlo, float zhi)
+{
+    float st = (zhi - zlo) / 255.0f;
+    if (!(st > 0))
+        return zlo;
+    float k = floorf((mn - zlo) / st);
+    k = k < 0 ? 0 : k > 255 ? 255 : k;
+    return zlo + k * st;
+}
+
+static float grid_range(float r, float rmax)
+{
+    if (!(r > 0) || !(rmax > 0))
+        return 0;
+    float u = floorf(16.0f * log2f(rmax / r));
+    u = u < 0 ? 0 : u > 255 ? 255 : u;
+    return rmax * exp2f(-u / 16.0f);
+}
+
+static void span_minmax(const float *x, uint32_t n, size_t stride, float *mn, float *mx)
+{
+    float a = x[0], b = x[0];
+    for (uint32_t i = 1; i < n; i++) {
+        float v = x[i * stride];
+        a = v < a ? v : a;
+        b = v > b ? v : b;
+    }
+    *mn = a;
+    *mx = b;
+}
+
+/* Quantize a span at bits with its parameters on the grid (zlo, zhi, rmax). */
+static void quant_span_grid(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits,
+                            const float sup[3])
+{
+    float mn, mx;
+    span_minmax(x, n, stride, &mn, &mx);
+    const float qmax = (float)((1u << bits) - 1u);
+    const float z = grid_zero(mn, sup[0], sup[1]), s = grid_range(mx - z, sup[2]) / qmax;
+    for (uint32_t i = 0; i < n; i++) {
+        float c = 0;
+        if (s > 0) {
+            c = nearbyintf((x[i * stride] - z) / s);
+            c = c < 0 ? 0 : c > qmax ? qmax : c;
+        }
+        y[i * stride] = z + c * s;
+    }
+}
+
+/* Super-parameters of spans: zlo, zhi over their minima, then the largest
+ * range above each span's zero point on that grid. */
+typedef struct span_set {
+    const float *x;
+    uint32_t n_spans, n, stride_in, stride_span;  /* span i starts at x + i * stride_span */
+} span_set;
+
+static void grid_fit(const span_set *S, float sup[3])
+{
+    float zlo = INFINITY, zhi = -INFINITY, rmax = 0;
+    for (uint32_t i = 0; i < S->n_spans; i++) {
+        float mn, mx;
+        span_minmax(S->x + (size_t)i * S->stride_span, S->n, S->stride_in, &mn, &mx);
+        zlo = mn < zlo ? mn : zlo;
+        zhi = mn > zhi ? mn : zhi;
+    }
+    sup[0] = h16_down(zlo);
+    sup[1] = h16(zhi) >= sup[0] ? h16(zhi) : sup[0];
+    for (uint32_t i = 0; i < S->n_spans; i++) {
+        float mn, mx;
+        span_minmax(S->x + (size_t)i * S->stride_span, S->n, S->stride_in, &mn, &mx);
+        float r = mx - grid_zero(mn, sup[0], sup[1]);
+        rmax = r > rmax ? r : rmax;
+    }
+    sup[2] = h16_up(rmax);
+}
+
 /* Walsh-Hadamard transform in place, scaled to be orthogonal (d = 2^k). */
 static void fwht(float *x, uint32_t d)
 {
@@ -171,6 +269,14 @@ static void rotate(const gh *H, const float *x, float *y, uint32_t d)
     fwht(y, d);
 }
 
+static void unrotate(const gh *H, const float *x, float *y, uint32_t d)
+{
+    memcpy(y, x, d * sizeof(float));
+    fwht(y, d);
+    for (uint32_t j = 0; j < d; j++)
+        y[j] *= H->sign[j];
+}
+
 /* ---------------------------------------------------------------- config */
 
 int skv_ecg_cfg_check(const skv_ec_cfg *c)
@@ -182,11 +288,15 @@ int skv_ecg_cfg_check(const skv_ec_cfg *c)
         return skv_error(SKV_EINVAL, "the grouped layout supports smartkv, random, position, "
                          "uniform:N and kivi:N (not %s)", skv_policy_name(p));
     if (c->k_layout > SKV_EC_KEYS_CHANNEL || c->err_model > SKV_EC_ERR_LOGIT || c->rotate > 1 ||
+        c->rotate_values > 1 ||
         c->kv_split > 1)
         return skv_error(SKV_EINVAL, "grouped layout: bad key layout, error model or flag");
     if ((a->width_mask & 1u) && !c->kv_split && p != SKV_POLICY_UNIFORM)
         return skv_error(SKV_EINVAL, "grouped layout: eviction (width 0) needs separate key "
                          "and value widths (--kv-split)");
+    if (c->param_bits && c->param_bits != 8 && c->param_bits != 16)
+        return skv_error(SKV_EINVAL, "grouped layout: parameters at %u bits (8 or 16)",
+                         c->param_bits);
     if (c->imp_power > 2)
         return skv_error(SKV_EINVAL, "grouped layout: importance power %u (1 or 2)", c->imp_power);
     if (c->imp_mode == SKV_EC_IMP_ATSKV &&
@@ -229,7 +339,7 @@ static uint32_t kbytes(const ecg *e, uint32_t m, uint32_t bits)
     if (bits >= 16)
         return m * d * 2;
     if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL)
-        return (m * d * bits + 7) / 8 + 4 * d;
+        return (m * d * bits + 7) / 8 + (e->PQ == 8 ? 2 * d + 6 : 4 * d);
     return m * ((d * bits + 7) / 8 + 4 * (d / e->cfg.alloc.qcfg.k_group));
 }
 
@@ -240,6 +350,9 @@ static uint32_t vbytes(const ecg *e, uint32_t m, uint32_t bits)
         return 0;
     if (bits >= 16)
         return m * d * 2;
+    if (e->PQ == 8)     /* plus the block's 6 bytes of super-parameters, rounded up */
+        return m * ((d * bits + 7) / 8 + 2 * (d / e->cfg.alloc.qcfg.v_group) +
+                    (6 + e->RES - 1) / e->RES);
     return m * ((d * bits + 7) / 8 + 4 * (d / e->cfg.alloc.qcfg.v_group));
 }
 
@@ -281,7 +394,13 @@ static void quant_keys(const ecg *e, const float *src, float *dst, uint32_t m, u
             memcpy(dst, src, (size_t)m * d * sizeof(float));
         return;
     }
-    if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL) {
+    if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL && e->PQ == 8) {
+        float sup[3];
+        span_set S = {src, d, m, d, 1};
+        grid_fit(&S, sup);
+        for (uint32_t c = 0; c < d; c++)
+            quant_span_grid(src + c, dst + c, m, d, bits, sup);
+    } else if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL) {
         for (uint32_t c = 0; c < d; c++)
             skv_ecg_quant_span(src + c, dst + c, m, d, bits);
     } else {
@@ -292,7 +411,10 @@ static void quant_keys(const ecg *e, const float *src, float *dst, uint32_t m, u
     }
 }
 
-static void quant_values(const ecg *e, const float *src, float *dst, uint32_t m, uint32_t bits)
+/* Value rows of tokens [t0, t0 + m) of H (8-bit parameters: on the grids
+ * of their residual blocks). */
+static void quant_values(const ecg *e, const gh *H, uint64_t t0, const float *src, float *dst,
+                         uint32_t m, uint32_t bits)
 {
     const uint32_t d = e->base.head_dim, g = e->cfg.alloc.qcfg.v_group;
     if (bits >= 16) {
@@ -300,9 +422,24 @@ static void quant_values(const ecg *e, const float *src, float *dst, uint32_t m,
             memcpy(dst, src, (size_t)m * d * sizeof(float));
         return;
     }
-    for (uint32_t t = 0; t < m; t++)
-        for (uint32_t j = 0; j < d; j += g)
-            skv_ecg_quant_span(src + (size_t)t * d + j, dst + (size_t)t * d + j, g, 1, bits);
+    for (uint32_t t = 0; t < m; t++) {
+        float rs[SKV_MAX_HEAD_DIM], rq[SKV_MAX_HEAD_DIM];
+        const float *row = src + (size_t)t * d;
+        if (e->cfg.rotate_values)
+            rotate(H, row, rs, d);
+        else
+            memcpy(rs, row, d * sizeof(float));
+        for (uint32_t j = 0; j < d; j += g) {
+            if (e->PQ == 8)
+                quant_span_grid(rs + j, rq + j, g, 1, bits, H->vsup + (t0 + t) / e->RES * 3);
+            else
+                skv_ecg_quant_span(rs + j, rq + j, g, 1, bits);
+        }
+        if (e->cfg.rotate_values)
+            unrotate(H, rq, dst + (size_t)t * d, d);
+        else
+            memcpy(dst + (size_t)t * d, rq, d * sizeof(float));
+    }
 }
 
 /* ---------------------------------------------------------------- create */
@@ -316,6 +453,7 @@ static void ecg_destroy(skv_kv_cache *c)
             free(e->heads[i].v);
             free(e->heads[i].kb);
             free(e->heads[i].vb);
+            free(e->heads[i].vsup);
         }
     free(e->heads);
     free(e->len);
@@ -338,7 +476,7 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
 {
     if (skv_ecg_cfg_check(cfg) < 0)
         return NULL;
-    if (cfg->rotate && (head_dim & (head_dim - 1)))
+    if ((cfg->rotate || cfg->rotate_values) && (head_dim & (head_dim - 1)))
         return skv_error(SKV_EINVAL, "rotation needs a power-of-two head_dim (%u)", head_dim),
                NULL;
     ecg *e = skv_calloc(1, sizeof *e);
@@ -367,6 +505,7 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
     e->cfg.key_tokens = e->KT;
     e->RES = cfg->realloc;
     e->PB = cfg->protect_bits && !cfg->kivi_bits ? cfg->protect_bits : 16;
+    e->PQ = cfg->param_bits == 8 && !cfg->kivi_bits ? 8 : 16;
     e->fixed = cfg->alloc.policy == SKV_POLICY_UNIFORM;
     e->sinks = e->fixed ? 0 : cfg->alloc.sinks;
     if (e->fixed) {
@@ -405,6 +544,8 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
         gh *H = &e->heads[i];
         if (!(H->k = skv_malloc(rows)) || !(H->v = skv_malloc(rows)) ||
             !(H->kb = skv_calloc((size_t)capacity, 1)) || !(H->vb = skv_calloc((size_t)capacity, 1)))
+            goto fail;
+        if (e->PQ == 8 && !(H->vsup = skv_calloc((size_t)(capacity / e->RES + 1) * 3, sizeof(float))))
             goto fail;
         for (uint32_t j = 0; j < head_dim; j++)
             H->sign[j] = (mix64(((uint64_t)i << 20) ^ j ^ (cfg->alloc.seed << 40)) & 1) ? -1.0f : 1.0f;
@@ -642,8 +783,17 @@ static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
                 const uint32_t gk = e->cfg.alloc.qcfg.k_group, gv = e->cfg.alloc.qcfg.v_group;
                 for (uint32_t j = 0; j < d; j += gk)
                     skv_ecg_quant_span(dk + j, dk + j, gk, 1, e->PB);
+                float rv[SKV_MAX_HEAD_DIM];
+                if (e->cfg.rotate_values)
+                    rotate(H, dv, rv, d);
+                else
+                    memcpy(rv, dv, d * sizeof(float));
                 for (uint32_t j = 0; j < d; j += gv)
-                    skv_ecg_quant_span(dv + j, dv + j, gv, 1, e->PB);
+                    skv_ecg_quant_span(rv + j, rv + j, gv, 1, e->PB);
+                if (e->cfg.rotate_values)
+                    unrotate(H, rv, dv, d);
+                else
+                    memcpy(dv, rv, d * sizeof(float));
             }
             H->kb[pos + i] = H->vb[pos + i] = 16;
         }
@@ -814,9 +964,19 @@ static uint64_t cache_bytes(const ecg *e, uint64_t na, uint64_t *meta)
                 nk++;
             }
             for (uint64_t t = s; t < a; t++) {
-                bytes += vbytes(e, 1, H->vb[t]);
+                if (e->PQ == 8 && H->vb[t] && H->vb[t] < 16)
+                    bytes += (d * H->vb[t] + 7) / 8 + 2 * (d / e->cfg.alloc.qcfg.v_group);
+                else
+                    bytes += vbytes(e, 1, H->vb[t]);
                 nv++;
             }
+            if (e->PQ == 8) /* 6 bytes of super-parameters per block with a quantized value */
+                for (uint64_t b0 = 0; b0 < a; b0 += e->RES) {
+                    uint64_t t = b0 > s ? b0 : s, hi = b0 + e->RES < a ? b0 + e->RES : a;
+                    while (t < hi && !(H->vb[t] && H->vb[t] < 16))
+                        t++;
+                    bytes += t < hi ? 6 : 0;
+                }
             bytes += (nk * mbk + nv * mbv + 7) / 8;
             if (e->track && !e->rlv)
                 mb += T;                    /* importance, 8-bit log, folded per kv head */
@@ -1017,6 +1177,30 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     int rc;
     rlv_fold(e);
     const int joint = !e->cfg.kv_split;
+    if (e->PQ == 8) /* the value grids of the blocks leaving the residual */
+        for (uint32_t u = 0; u < L * KH; u++)
+            for (uint64_t b0 = old; b0 < na; b0 += e->RES) {
+                uint64_t lo = b0 > e->sinks ? b0 : e->sinks;
+                float *sup = e->heads[u].vsup + b0 / e->RES * 3;
+                const uint32_t g = e->cfg.alloc.qcfg.v_group;
+                if (lo >= b0 + e->RES) {
+                    sup[0] = sup[1] = sup[2] = 0;
+                    continue;
+                }
+                float *tmp = NULL;
+                const float *src = e->heads[u].v + lo * d;
+                if (e->cfg.rotate_values) {
+                    tmp = skv_malloc((size_t)(b0 + e->RES - lo) * d * sizeof(float));
+                    if (!tmp)
+                        return SKV_ENOMEM;
+                    for (uint64_t t = 0; t < b0 + e->RES - lo; t++)
+                        rotate(&e->heads[u], src + t * d, tmp + t * d, d);
+                    src = tmp;
+                }
+                span_set S = {src, (uint32_t)((b0 + e->RES - lo) * (d / g)), g, 1, g};
+                grid_fit(&S, sup);
+                free(tmp);
+            }
     /* items */
     e->n_it = 0;
     for (uint32_t u = 0; u < L * KH; u++) {
@@ -1115,7 +1299,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             if (it->kind != 1)
                 quant_keys(e, K, buf, nrow, bits);
             if (it->kind != 0 && bits)
-                quant_values(e, V, buf + (size_t)e->KT * d, nrow, bits);
+                quant_values(e, H, it->t0, V, buf + (size_t)e->KT * d, nrow, bits);
             for (uint32_t r = 0; r < nrow; r++) {
                 uint64_t tt = it->t0 + idx[r];
                 double w;
@@ -1255,7 +1439,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                 continue;
             e->st.requant_rows += nrow;
             if (it->kind != 0) /* values are per token: in place */
-                quant_values(e, H->v + it->t0 * d, H->v + it->t0 * d, it->m, bits);
+                quant_values(e, H, it->t0, H->v + it->t0 * d, H->v + it->t0 * d, it->m, bits);
             if (it->kind != 1) {
                 for (uint32_t r = 0; r < nrow; r++)
                     memcpy(buf + (size_t)r * d, H->k + (it->t0 + idx[r]) * d, d * sizeof(float));
@@ -1306,6 +1490,8 @@ int skv_ecg_min_beta(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_heads,
     uint32_t mbk, mbv;
     map_bits(&e, &mbk, &mbv);
     e.PB = cfg->protect_bits && !cfg->kivi_bits ? cfg->protect_bits : 16;
+    e.PQ = cfg->param_bits == 8 && !cfg->kivi_bits ? 8 : 16;
+    e.RES = cfg->realloc ? cfg->realloc : 1;
     uint64_t s = e.sinks < n ? e.sinks : n, unit = ECG_UNIT_BYTES + s * pbytes(&e), nk = 0;
     for (uint64_t t0 = 0; t0 < n; t0 += e.KT) {
         uint64_t a = t0 > s ? t0 : s, b = t0 + e.KT < n ? t0 + e.KT : n;

@@ -272,8 +272,9 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
     if (c->ideal && w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " ideal");
     if (c->layout == SKV_EC_GROUPED && w < sizeof extra)
-        w += (size_t)snprintf(extra + w, sizeof extra - w, " %s%s%s%s",
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " %s%s%s%s%s",
                               c->k_layout ? "kch" : "ktok", c->rotate ? "+rot" : "",
+                              c->rotate_values ? " vrot" : "",
                               c->kv_split ? " kv" : "", c->err_model ? " logit" : "");
     if (c->layout == SKV_EC_GROUPED && c->imp_power == 2 && (pf & SKV_PF_IMPORTANCE) &&
         w < sizeof extra)
@@ -284,6 +285,11 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
     if (c->layout == SKV_EC_GROUPED && c->protect_bits && c->protect_bits < 16 && !c->kivi_bits &&
         w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " protect=%u", c->protect_bits);
+    if (c->layout == SKV_EC_GROUPED && c->param_bits == 8 && !c->kivi_bits && w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " p8");
+    if (c->layout == SKV_EC_GROUPED && c->k_layout && c->key_tokens && c->key_tokens != 32 &&
+        w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " kt=%u", c->key_tokens);
     if (c->layout == SKV_EC_GROUPED && c->prior > 0 && w < sizeof extra)
         snprintf(extra + w, sizeof extra - w, " prior=%g", c->prior);
     if (pf & SKV_PF_FIXED)

@@ -113,6 +113,8 @@ typedef struct skv_ec_cfg {
     uint32_t layout;        /* enum skv_ec_layout */
     uint32_t k_layout;      /* enum skv_ec_klayout */
     uint32_t rotate;        /* 1: randomized Hadamard rotation of keys (and queries) */
+    uint32_t rotate_values; /* 1: values quantized in a randomized Hadamard basis (each
+                               row decodes back to the model's basis) */
     uint32_t kv_split;      /* 1: separate widths for the key and the value of a token */
     uint32_t err_model;     /* enum skv_ec_err */
     uint32_t key_tokens;    /* G: tokens per per-channel key group (default 32) */
@@ -122,6 +124,11 @@ typedef struct skv_ec_cfg {
                                (default when 0) the EMA of p */
     uint32_t protect_bits;  /* grouped: width of the sinks and the residual, per token
                                (16 = fp16, the default when 0; 8 or 4) */
+    uint32_t param_bits;    /* grouped: 8 stores the scale and zero point of per-channel
+                               key groups and of values as 8-bit codes on a grid set by
+                               fp16 super-parameters (a minimum, a maximum minimum and a
+                               maximum range) per key group and per residual block of
+                               values; 16 (default when 0): fp16 parameters */
     double recency;         /* grouped, smartkv: mass of a 1/age prior (normalized to sum
                                1 over the held tokens) added to the tracked attention,
                                which sums to 1 per query; 0 = none */

@@ -253,6 +253,18 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["beta_alloc"] <= 0.2 and r["cache"].endswith("protect=8"), r
 ' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
+    --keys channel --rotate --rotate-values --kv-split --residual 32 --protect-bits 8 \
+    --param-bits 8 --bits 3,4,8,16 --json -q
+expect_rc 0 "ppl with the method's configuration (rotated keys and values, 8-bit parameters)"
+check "the label names the rotations and 8-bit parameters; beta after each reallocation within 0.3" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["beta_alloc"] <= 0.3 and r["cache"].endswith("kch+rot vrot kv protect=8 p8"), r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
+    --keys channel --param-bits 12 -q
+expect_rc 2 "--param-bits other than 8 or 16 is a usage error"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.2 \
     --keys channel --residual 32 --bits 0,2,4,8,16 -q
 expect_rc 2 "eviction in the grouped layout without --kv-split is a usage error"
