@@ -412,9 +412,11 @@ static void quant_keys(const ecg *e, const float *src, float *dst, uint32_t m, u
 }
 
 /* Value rows of tokens [t0, t0 + m) of H (8-bit parameters: on the grids
- * of their residual blocks). */
-static void quant_values(const ecg *e, const gh *H, uint64_t t0, const float *src, float *dst,
-                         uint32_t m, uint32_t bits)
+ * of their residual blocks).  With rotate_values, src is in the model's
+ * basis, or already rotated if pre (the damage model rotates a row once for
+ * every width it tries). */
+static void quant_values_pre(const ecg *e, const gh *H, uint64_t t0, const float *src, float *dst,
+                             uint32_t m, uint32_t bits, int pre)
 {
     const uint32_t d = e->base.head_dim, g = e->cfg.alloc.qcfg.v_group;
     if (bits >= 16) {
@@ -425,7 +427,7 @@ static void quant_values(const ecg *e, const gh *H, uint64_t t0, const float *sr
     for (uint32_t t = 0; t < m; t++) {
         float rs[SKV_MAX_HEAD_DIM], rq[SKV_MAX_HEAD_DIM];
         const float *row = src + (size_t)t * d;
-        if (e->cfg.rotate_values)
+        if (e->cfg.rotate_values && !pre)
             rotate(H, row, rs, d);
         else
             memcpy(rs, row, d * sizeof(float));
@@ -440,6 +442,12 @@ static void quant_values(const ecg *e, const gh *H, uint64_t t0, const float *sr
         else
             memcpy(dst + (size_t)t * d, rq, d * sizeof(float));
     }
+}
+
+static void quant_values(const ecg *e, const gh *H, uint64_t t0, const float *src, float *dst,
+                         uint32_t m, uint32_t bits)
+{
+    quant_values_pre(e, H, t0, src, dst, m, bits, 0);
 }
 
 /* ---------------------------------------------------------------- create */
@@ -1240,14 +1248,16 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
     }
     /* damage and bytes per width */
-    float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * 4);
+    float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * 5);
     uint32_t *idx = skv_malloc((size_t)e->KT * sizeof *idx);
-    if (!buf || !idx) {
+    double *wr = skv_malloc((size_t)e->KT * 2 * sizeof *wr), *vdr = wr ? wr + e->KT : NULL;
+    if (!buf || !idx || !wr) {
         free(buf);
         free(idx);
+        free(wr);
         return SKV_ENOMEM;
     }
-    float *kin = buf + (size_t)2 * e->KT * d;
+    float *kin = buf + (size_t)2 * e->KT * d, *vrot = buf + (size_t)4 * e->KT * d;
     float vbar[SKV_MAX_HEAD_DIM] = {0}, q2[SKV_MAX_HEAD_DIM] = {0};
     uint32_t last_unit = UINT32_MAX;
     uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
@@ -1280,9 +1290,47 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                 idx[nrow++] = t;
         int curw = it->kind == 1 ? widx(H->vb[it->t0]) : widx(H->kb[it->t0 + idx[0]]);
         it->cap = (uint8_t)(it->fresh ? ECG_NW - 1 : curw);
-        for (uint32_t r = 0; r < nrow; r++) {
+        /* the damage is needed at the allowed widths below cap only: a held
+         * item at its lowest allowed width has none to compute */
+        int below = 0;
+        for (int j = 0; j < it->cap; j++)
+            below |= (e->wmask & (1u << j)) && (j || it->kind == 1);
+        for (uint32_t r = 0; below && r < nrow; r++) {
             memcpy(kin + (size_t)r * d, H->k + (it->t0 + idx[r]) * d, d * sizeof(float));
             memcpy(kin + (size_t)(e->KT + r) * d, H->v + (it->t0 + idx[r]) * d, d * sizeof(float));
+        }
+        /* each row's importance weight and |v - vbar|^2, once per item */
+        for (uint32_t r = 0; below && r < nrow; r++) {
+            uint64_t tt = it->t0 + idx[r];
+            double w;
+            if (e->rlv) {
+                w = e->rel[tt];
+            } else if (e->track) {
+                double s = 0;
+                for (uint32_t g = 0; g < G; g++)
+                    s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
+                /* folded per kv head, one byte: a log in steps of 1/16
+                 * (of p) or 1/8 (of p^2: twice the octaves) */
+                w = imp8(s / G, sq ? 8.0 : 16.0);
+                if (e->cfg.recency > 0)     /* H2O's recent window, as a prior */
+                    w += e->cfg.recency / (hT * (double)(T - tt));
+            } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
+                w = 1.0 / (double)(T - tt);
+            } else {
+                w = (double)(mix64(wkey ^ ((uint64_t)it->unit << 32) ^ tt) >> 11) * 0x1.0p-53;
+            }
+            /* a token not attended lately may be attended later */
+            double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
+            w += sq ? pr * pr : pr;
+            wr[r] = w;
+            vdr[r] = 0;
+            if (it->kind != 0 && e->cfg.rotate_values)
+                rotate(H, kin + (size_t)(e->KT + r) * d, vrot + (size_t)r * d, d);
+            if (it->kind != 1)
+                for (uint32_t q = 0; q < d; q++) {
+                    double x = (double)kin[(size_t)(e->KT + r) * d + q] - vbar[q];
+                    vdr[r] += x * x;
+                }
         }
         for (int j = 0; j < ECG_NW; j++) {
             uint32_t bits = ecg_widths[j];
@@ -1292,44 +1340,20 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             if (e->evict && bits) /* a kept token pays its key codes at the lowest width */
                 it->b[j] = it->kind == 1 ? it->b[j] + e->ktok : it->b[j] - it->m * e->ktok;
             it->e[j] = 0;
-            if (j >= it->cap || (bits == 0 && it->kind != 1))
-                continue;  /* no loss against what is held; keys are never width 0 */
+            if (j >= it->cap || (bits == 0 && it->kind != 1) || !(e->wmask & (1u << j)))
+                continue;  /* no loss against what is held; keys are never width 0;
+                              the solver never visits a width not allowed */
             double dmg = 0;
             const float *K = kin, *V = kin + (size_t)e->KT * d;
             if (it->kind != 1)
                 quant_keys(e, K, buf, nrow, bits);
             if (it->kind != 0 && bits)
-                quant_values(e, H, it->t0, V, buf + (size_t)e->KT * d, nrow, bits);
+                quant_values_pre(e, H, it->t0, e->cfg.rotate_values ? vrot : V,
+                                 buf + (size_t)e->KT * d, nrow, bits, e->cfg.rotate_values);
             for (uint32_t r = 0; r < nrow; r++) {
-                uint64_t tt = it->t0 + idx[r];
-                double w;
-                if (e->rlv) {
-                    w = e->rel[tt];
-                } else if (e->track) {
-                    double s = 0;
-                    for (uint32_t g = 0; g < G; g++)
-                        s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
-                    /* folded per kv head, one byte: a log in steps of 1/16
-                     * (of p) or 1/8 (of p^2: twice the octaves) */
-                    w = imp8(s / G, sq ? 8.0 : 16.0);
-                    if (e->cfg.recency > 0)     /* H2O's recent window, as a prior */
-                        w += e->cfg.recency / (hT * (double)(T - tt));
-                } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
-                    w = 1.0 / (double)(T - tt);
-                } else {
-                    w = (double)(mix64(wkey ^ ((uint64_t)it->unit << 32) ^ tt) >> 11) * 0x1.0p-53;
-                }
-                /* a token not attended lately may be attended later */
-                double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
-                w += sq ? pr * pr : pr;
-                if (it->kind != 1) {
-                    double vd = 0;
-                    for (uint32_t q = 0; q < d; q++) {
-                        double x = (double)V[(size_t)r * d + q] - vbar[q];
-                        vd += x * x;
-                    }
-                    dmg += key_damage(e, K + (size_t)r * d, buf + (size_t)r * d, q2, w, vd);
-                }
+                const double w = wr[r];
+                if (it->kind != 1)
+                    dmg += key_damage(e, K + (size_t)r * d, buf + (size_t)r * d, q2, w, vdr[r]);
                 if (it->kind != 0)
                     /* evicted: its attention mass goes to the others, the
                      * output moves toward their mean */
@@ -1386,6 +1410,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         hent *hp = skv_malloc((e->n_it + 1) * sizeof *hp);
         if (!hp) {
             free(buf);
+            free(wr);
             free(idx);
             return SKV_ENOMEM;
         }
@@ -1449,6 +1474,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             }
         }
     free(buf);
+    free(wr);
     free(idx);
     e->n_alloc = na;
     uint64_t meta;
