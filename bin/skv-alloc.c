@@ -20,7 +20,7 @@ static void usage(void)
            "                         position, layer-aware; baselines q8_0, q4_0,\n"
            "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
            "                         uncomp, razor (needs --heads), rocketkv, kivi:N;\n"
-           "                         prune-merge[:K]\n"
+           "                         prune-merge[:K]; atskv (needs --weights)\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.25; none for\n"
            "                         uniform:N); BETA >= 1 stores everything at 16 bits\n"
            "      --importance MODE  ema (default), cumulative, normalized, window, oracle\n"
@@ -43,6 +43,9 @@ static void usage(void)
            "                         too, smartkv spends -b on them over --bits\n"
            "      --num-clusters K   centroids per (layer, KV head); 0 prunes only (default 8)\n"
            "      --lookback-window D  score by the attention of the last D queries (default 32)\n"
+           "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
+           "      --model FILE       atskv: GGUF whose tokenizer classes tokens (as for\n"
+           "                         train; without: class 0)\n"
            TOOL_THREADS_HELP
            "  -g, --group G          channels per scale group for K and V (default head_dim)\n"
            "      --k-mode MODE      key quantizer: asym (default), sym or ggml\n"
@@ -65,7 +68,7 @@ static void usage(void)
 enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_WINDOW, O_SHARE, O_BITS, O_SINKS, O_RECENT, O_SEED,
     O_KMODE, O_VMODE, O_SUMMARY, O_HEADS, O_PM_B, O_PM_K, O_PM_D, O_PM_P, O_PM_LR, O_KEYS,
-    O_KTOK
+    O_KTOK, O_WEIGHTS, O_MODEL
 };
 
 static const struct option longopts[] = {
@@ -93,6 +96,8 @@ static const struct option longopts[] = {
     {"lookback-window", required_argument, NULL, O_PM_D},
     {"pruning-interval", required_argument, NULL, O_PM_P},
     {"kmeans-learning-rate", required_argument, NULL, O_PM_LR},
+    {"weights", required_argument, NULL, O_WEIGHTS},
+    {"model", required_argument, NULL, O_MODEL},
     {"output", required_argument, NULL, 'o'},
     {"compress", optional_argument, NULL, 'z'},
     {"json", no_argument, NULL, TOOL_OPT_JSON},
@@ -352,6 +357,8 @@ int main(int argc, char **argv)
     int level = -1, want_summary = 0, have_budget = 0, have_bits = 0, json = 0;
     int keys = 0, kmode_set = 0;  /* keys: 0 default, 1 token, 2 channel */
     skv_head_scores heads = {0, 0, NULL, NULL};
+    skv_rlv_model *weights = NULL;
+    const char *model = NULL;
     uint32_t group = 0, pm_b = 0, pm_d = 32;
     int64_t pm_k = -1;
     int o;
@@ -428,6 +435,13 @@ int main(int argc, char **argv)
                 tool_die(EXIT_DATA, "%s", skv_errmsg());
             ac.heads = &heads;
             break;
+        case O_WEIGHTS:
+            skv_rlv_model_free(weights);
+            if (skv_rlv_load(optarg, &weights) < 0)
+                tool_fail(tool_in_name(optarg));
+            ac.rlv = weights;
+            break;
+        case O_MODEL: model = optarg; break;
         case 'o': out = optarg; break;
         case 'z':
             level = optarg ? (int)tool_opt_u32("--compress", optarg, 0, 9) : 6;
@@ -463,6 +477,15 @@ int main(int argc, char **argv)
     }
     if ((skv_policy_flags(ac.policy) & SKV_PF_HEADS) && !ac.heads)
         tool_usage_error("%s needs --heads FILE (skv-trace heads)", skv_policy_name(ac.policy));
+    if ((skv_policy_flags(ac.policy) & SKV_PF_RELEVANCE) && !ac.rlv)
+        tool_usage_error("%s needs --weights FILE (skv-alloc train)", skv_policy_name(ac.policy));
+    skv_rlv_vocab voc = {0, NULL};
+    uint8_t *cls = NULL;
+    if (model && ac.rlv) {
+        cls = vocab_classes(model, &voc.n);
+        voc.cls = cls;
+        ac.rlv_voc = &voc;
+    }
     if ((skv_policy_flags(ac.policy) & SKV_PF_PER_LAYER) && ac.share_layers)
         tool_usage_error("%s allocates per layer; drop --share-layers",
                          skv_policy_name(ac.policy));
@@ -512,6 +535,8 @@ int main(int argc, char **argv)
         /* a setting that cannot work for this trace (a budget below its
          * smallest cache) depends on the data too: exit 1 */
         skv_head_scores_free(&heads);
+        skv_rlv_model_free(weights);
+        free(cls);
         tool_die(EXIT_DATA, "%s: %s", outside ? tool_out_name(out) : tool_in_name(in), msg);
     }
     skv_close(is);
@@ -523,5 +548,7 @@ int main(int argc, char **argv)
         (json ? summary_json : summary)(a, &r, &ac);
     skv_alloc_free(a);
     skv_head_scores_free(&heads);
+    skv_rlv_model_free(weights);
+    free(cls);
     return 0;
 }

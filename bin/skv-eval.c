@@ -43,9 +43,15 @@ static noreturn void usage(void)
            "                         uncomp, razor (--heads), rocketkv; atskv, atskv-ema\n"
            "                         (needle: a comma list)\n"
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
+           "      --offload FILE     atskv: the passive tier in FILE (created, removed at\n"
+           "                         the end) instead of host memory\n"
+           "      --active-bits N    atskv: active rows quantized per token at N = 4 or 8\n"
+           "                         bits (default 16: fp16)\n"
            "      --heads FILE       razor: head scores from skv-trace heads\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
-           "      --importance MODE  ema (default), cumulative, normalized\n"
+           "      --importance MODE  ema (default), cumulative, normalized; atskv (smartkv\n"
+           "                         in the grouped layout: the learned relevance of\n"
+           "                         --weights, its state counted in beta)\n"
            "      --decay G          ema decay in [0,1) (default 0.9)\n"
            "      --realloc R        reallocate every R tokens (default 16)\n"
            "      --ideal            idealised cache: requantize from a full-precision copy\n"
@@ -128,7 +134,7 @@ enum {
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
     O_IMPPOW, O_RECENCY, O_PARAMBITS, O_VROTATE, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR,
-    O_PM_BITS, O_WEIGHTS, O_HEADS
+    O_PM_BITS, O_WEIGHTS, O_HEADS, O_OFFLOAD, O_ACTIVE_BITS
 };
 
 static const struct option longopts[] = {
@@ -159,6 +165,8 @@ static const struct option longopts[] = {
     {"imp-power", required_argument, NULL, O_IMPPOW},
     {"recency", required_argument, NULL, O_RECENCY},
     {"weights", required_argument, NULL, O_WEIGHTS},
+    {"offload", required_argument, NULL, O_OFFLOAD},
+    {"active-bits", required_argument, NULL, O_ACTIVE_BITS},
     {"heads", required_argument, NULL, O_HEADS},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
@@ -310,10 +318,17 @@ static void check_policy_name(const char *p)
 
 static int imp_parse(const char *s)
 {
+    if (!strcmp(s, "atskv"))
+        return (int)SKV_EC_IMP_ATSKV;   /* needs --weights: checked after the options */
     int m = skv_imp_mode_parse(s);
     if (m < 0 || (m != SKV_IMP_EMA && m != SKV_IMP_CUMULATIVE && m != SKV_IMP_NORMALIZED))
-        tool_usage_error("--importance: '%s' is not ema, cumulative or normalized", s);
+        tool_usage_error("--importance: '%s' is not ema, cumulative, normalized or atskv", s);
     return m;
+}
+
+static const char *imp_name(uint32_t m)
+{
+    return m == SKV_EC_IMP_ATSKV ? "atskv" : skv_imp_mode_name(m);
 }
 
 /* ---------------------------------------------------------------- helpers */
@@ -487,7 +502,7 @@ static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int f
                     c->kind == SKV_EC_ATSKV
                 ? c->alloc.budget
                 : 0,
-            skv_imp_mode_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
+            imp_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
             r->beta_end, r->meta_frac, (unsigned long long)r->n_scored, r->seconds, r->ref_seconds,
             (double)r->stats.track_ns / dec, (double)r->stats.realloc_ns / dec);
 }
@@ -539,6 +554,12 @@ static void ppl_report(FILE *f, const opts *o, const skv_ec_cfg *c, const skv_pp
                     (unsigned long long)r->stats.evictions, (unsigned long long)r->stats.recalls,
                     r->n_tokens ? (double)r->stats.recalls / (double)r->n_tokens : 0,
                     r->stats.recalls ? (double)r->stats.recall_ns / 1e3 / (double)r->stats.recalls : 0);
+        if (c->kind == SKV_EC_ATSKV && c->offload)
+            fprintf(f, ", \"passive_offload_written\": %llu, \"passive_offload_read\": %llu, "
+                    "\"passive_offload_file\": %llu",
+                    (unsigned long long)r->stats.offload_written,
+                    (unsigned long long)r->stats.offload_read,
+                    (unsigned long long)r->stats.offload_file);
         fprintf(f, "}\n");
     } else {
         fprintf(f, "model       %s\n", model_name);
@@ -572,6 +593,11 @@ static void ppl_report(FILE *f, const opts *o, const skv_ec_cfg *c, const skv_pp
                     (unsigned long long)r->stats.evictions, (unsigned long long)r->stats.recalls,
                     r->n_tokens ? (double)r->stats.recalls / (double)r->n_tokens : 0,
                     r->stats.recalls ? (double)r->stats.recall_ns / 1e3 / (double)r->stats.recalls : 0);
+        if (c->kind == SKV_EC_ATSKV && c->offload)
+            fprintf(f, "offload     %s: %llu bytes written, %llu read back; %llu bytes at the "
+                    "end (removed)\n", c->offload, (unsigned long long)r->stats.offload_written,
+                    (unsigned long long)r->stats.offload_read,
+                    (unsigned long long)r->stats.offload_file);
     }
 }
 
@@ -611,6 +637,15 @@ static int check_budget(const skv_model *m, const skv_ec_cfg *c, uint64_t ctx)
     return 0;
 }
 
+/* The file a runtime error names: the offload file when the message is
+ * about it, else the model. */
+static const char *fail_name(const opts *o)
+{
+    const char *f = o->cfg.offload;
+    size_t n = f ? strlen(f) : 0;
+    return f && !strncmp(skv_errmsg(), f, n) && skv_errmsg()[n] == ':' ? f : o->model;
+}
+
 static int cmd_ppl(opts *o)
 {
     if (!o->text)
@@ -636,7 +671,7 @@ static int cmd_ppl(opts *o)
     skv_ppl_opts po = ppl_opts(o, &p);
     skv_ppl_result r;
     if (skv_eval_ppl(m, ids, n, &c, &po, &r) < 0)
-        tool_fail(o->model);
+        tool_fail(fail_name(o));
     FILE *f = open_out(o->out);
     ppl_report(f, o, &c, &r, skv_model_get_params(m)->name);
     close_out(f, o->out);
@@ -680,7 +715,7 @@ static int cmd_needle(opts *o)
                 char label[160];
                 skv_ec_describe(&cfgs[ci], label, sizeof label);
                 if (skv_eval_needle(m, &cfgs[ci], o->lengths[li], o->depths[di], &no, r) < 0)
-                    tool_fail(o->model);
+                    tool_fail(fail_name(o));
                 done++;
                 if (!o->quiet)
                     fprintf(stderr, "%s: needle %llu/%llu: %s length %u depth %u%%: key %u, "
@@ -1235,6 +1270,12 @@ int main(int argc, char **argv)
             if (skv_head_scores_read(optarg, &razor_heads) < 0)
                 tool_die(EXIT_DATA, "%s", skv_errmsg());
             break;
+        case O_OFFLOAD: o.cfg.offload = optarg; break;
+        case O_ACTIVE_BITS:
+            o.cfg.active_bits = tool_opt_u32("--active-bits", optarg, 4, 16);
+            if (o.cfg.active_bits != 4 && o.cfg.active_bits != 8 && o.cfg.active_bits != 16)
+                tool_usage_error("--active-bits: %u is not 4, 8 or 16", o.cfg.active_bits);
+            break;
         case O_WEIGHTS:
             skv_rlv_model_free(atskv_weights);
             if (skv_rlv_load(optarg, &atskv_weights) < 0)
@@ -1326,6 +1367,16 @@ int main(int argc, char **argv)
             o.n_imps = 1;
         }
     }
+    if (o.cfg.offload && o.jobs > 1)
+        tool_usage_error("--offload: one file for one cache at a time (not with --jobs %u)", o.jobs);
+    /* the learned importance reads the weights of --weights */
+    int want_rlv = o.cfg.imp_mode == SKV_EC_IMP_ATSKV;
+    for (uint32_t i = 0; i < o.n_imps; i++)
+        want_rlv |= o.imps[i] == SKV_EC_IMP_ATSKV;
+    if (want_rlv && !atskv_weights)
+        tool_usage_error("--importance atskv needs --weights FILE (skv-alloc train)");
+    if (atskv_weights)
+        o.cfg.rlv = atskv_weights;
     int rc;
     if (!strcmp(o.cmd, "ppl"))
         rc = cmd_ppl(&o);

@@ -1,7 +1,8 @@
 /* test_atskv.c -- ATSKV's two-tier cache driven directly: the active set
  * stays within the budget after every selection, attention covers exactly
  * the active tokens, a passive token whose relevance rises is recalled, and
- * its rows come back from the zlib tier as the fp16 values that went in. */
+ * its rows come back from the zlib tier as the fp16 values that went in;
+ * the learned relevance as the importance of the grouped layout. */
 #include "smartkv.h"
 #include "smartkv_atskv.h"
 
@@ -134,12 +135,153 @@ START_TEST(test_two_tiers)
 }
 END_TEST
 
+/* Importance atskv in the grouped layout: the learned relevance (here a
+ * model on the token-frequency feature alone, the attention being uniform)
+ * decides which tokens keep wide values, flipping its sign flips the
+ * choice, and its state is counted in the bytes. */
+static double id_width_gap(float w_freq, uint64_t *meta, double *beta)
+{
+    enum { T = 64, BLK = 16, HEADS = 2 };
+    skv_rlv_model *m = skv_rlv_model_new(1, 0);
+    m->layers[0].w[SKV_RLV_LOG_FREQ] = w_freq;
+    m->layers[0].bias = -2.0 * w_freq;    /* away from sigmoid's flat ends */
+    skv_ec_cfg cfg;
+    skv_ec_defaults(&cfg);
+    cfg.layout = SKV_EC_GROUPED;
+    cfg.k_layout = SKV_EC_KEYS_TOKEN;
+    cfg.kv_split = 1;
+    cfg.realloc = BLK;
+    cfg.alloc.sinks = 0;
+    cfg.alloc.width_mask = (1u << 2) | (1u << 16);
+    cfg.alloc.budget = 0.6;
+    cfg.imp_mode = SKV_EC_IMP_ATSKV;
+    cfg.rlv = m;
+    skv_kv_cache *c = skv_ec_new(&cfg, 1, HEADS, 1, HD, T);
+    ck_assert_msg(c != NULL, "%s", skv_errmsg());
+    float *K = malloc(sizeof(float) * T * HD), *V = malloc(sizeof(float) * T * HD);
+    float q[BLK * HD], out[BLK * HD], probs[BLK * T];
+    uint64_t seed = 11;
+    for (int i = 0; i < T * HD; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        double u = (double)(seed >> 11) * 0x1.0p-53;
+        K[i] = 0.25f;                 /* equal keys: uniform attention */
+        V[i] = (float)(u * 4 - 2);
+    }
+    for (int i = 0; i < BLK * HD; i++)
+        q[i] = 0.1f;
+    int32_t ids[T];
+    for (int p = 0; p < T; p++)
+        ids[p] = p % 3 == 0 ? ID : 100 + p;
+    for (uint64_t p = 0; p < T; p += BLK) {
+        skv_atskv_tokens(c, ids + p, BLK);
+        ck_assert_int_eq(c->ops->append(c, 0, p, BLK, K + p * HD, V + p * HD), 0);
+        for (uint32_t h = 0; h < HEADS; h++)
+            ck_assert_int_eq(c->ops->attend(c, 0, h, p, BLK, q, HD, 1.0f / sqrtf(HD), out, HD,
+                                            probs, T), 0);
+    }
+    ck_assert_int_eq(skv_ec_realloc(c), 0);
+    skv_ec_stats st;
+    ck_assert_int_eq(skv_ec_stats_get(c, &st), 0);
+    ck_assert_uint_eq(st.n_alloc, T);
+    *meta = st.meta_bytes;
+    *beta = (double)(st.bytes + st.meta_bytes) / (double)st.fp16_bytes;
+    const uint8_t *vb = skv_ec_widths(c, 0, 0);
+    ck_assert_ptr_nonnull(vb);
+    double wi = 0, wo = 0;
+    int ni = 0, no = 0;
+    for (int p = 0; p < T; p++) {
+        if (ids[p] == ID) {
+            wi += vb[p];
+            ni++;
+        } else {
+            wo += vb[p];
+            no++;
+        }
+    }
+    skv_kv_cache_free(c);
+    skv_rlv_model_free(m);
+    free(K);
+    free(V);
+    return wi / ni - wo / no;
+}
+
+START_TEST(test_grouped_importance)
+{
+    uint64_t meta;
+    double beta;
+    double up = id_width_gap(4, &meta, &beta);
+    ck_assert_msg(up > 4, "frequent ids not kept wider: mean width gap %g", up);
+    /* the state: a tracker per token and KV head, w_h . h per token and
+     * layer, the token ids and counts, the weights (bias + one per feature) */
+    ck_assert_uint_eq(meta, 64 * (sizeof(skv_rlv_tok) + 4 + 8) + 8 + 4 * SKV_RLV_NFEAT);
+    ck_assert_msg(beta <= 0.6 + 1e-9, "beta %g over the budget", beta);
+    double down = id_width_gap(-4, &meta, &beta);
+    ck_assert_msg(down < -4, "negative weight did not flip the choice: gap %g", down);
+    /* refused without weights, or outside the grouped layout */
+    skv_ec_cfg cfg;
+    skv_ec_defaults(&cfg);
+    cfg.imp_mode = SKV_EC_IMP_ATSKV;
+    ck_assert_int_lt(skv_ec_cfg_check(&cfg), 0);
+    cfg.layout = SKV_EC_GROUPED;
+    ck_assert_int_lt(skv_ec_cfg_check(&cfg), 0);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "weights"));
+}
+END_TEST
+
+/* --active-bits 4: the active rows hold 4-bit codes (per token, groups of
+ * 32 channels): fewer bytes per active row by exactly the packed width, and
+ * the rows the attention reads are within half a step of the fp16 ones. */
+START_TEST(test_active_bits)
+{
+    enum { T = 16 };
+    skv_rlv_model *m = skv_rlv_model_new(1, 0);
+    uint64_t bytes[2];
+    float outs[2][HD];
+    float K[T * HD], V[T * HD], q[HD], probs[T];
+    for (int i = 0; i < T * HD; i++) {
+        K[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+        V[i] = (float)((i * 53) % 97) / 48.0f - 1.0f;
+    }
+    for (int e = 0; e < HD; e++)
+        q[e] = 0.05f * (float)(e % 7);
+    for (int b = 0; b < 2; b++) {
+        skv_ec_cfg cfg;
+        skv_ec_defaults(&cfg);
+        cfg.kind = SKV_EC_ATSKV;
+        cfg.rlv = m;
+        cfg.alloc.budget = 1;
+        cfg.active_bits = b ? 4 : 0;
+        skv_kv_cache *c = skv_ec_new(&cfg, 1, 1, 1, HD, T);
+        ck_assert_msg(c != NULL, "%s", skv_errmsg());
+        skv_ec_hold(c, 1);
+        ck_assert_int_eq(c->ops->append(c, 0, 0, T, K, V), 0);
+        ck_assert_int_eq(c->ops->attend(c, 0, 0, T - 1, 1, q, HD, 1.0f / sqrtf(HD), outs[b], HD,
+                                        probs, T), 0);
+        skv_ec_stats st;
+        ck_assert_int_eq(skv_ec_stats_get(c, &st), 0);
+        ck_assert_uint_eq(st.hist[SKV_NBITS - 1], T);
+        bytes[b] = st.bytes;
+        skv_kv_cache_free(c);
+    }
+    /* per row: 4 * HD fp16 bytes against 2 * (HD / 2 + 4 * HD / 32) */
+    ck_assert_uint_eq(bytes[0] - bytes[1], (uint64_t)T * (4 * HD - 2 * (HD / 2 + 4 * HD / 32)));
+    double diff = 0;
+    for (int e = 0; e < HD; e++)
+        diff += fabs((double)outs[0][e] - outs[1][e]);
+    /* a 4-bit step of a [-1, 1] group is 2/15: outputs move, but not far */
+    ck_assert_msg(diff > 0 && diff / HD < 2.0 / 15, "mean |diff| %g", diff / HD);
+    skv_rlv_model_free(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("atskv");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_two_tiers);
+    tcase_add_test(tc, test_grouped_importance);
+    tcase_add_test(tc, test_active_bits);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

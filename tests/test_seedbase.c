@@ -1,6 +1,6 @@
 /* test_seedbase.c -- the seeds' baselines (sliding, dynamickv, uncomp,
- * razor): each policy's choice on a small problem worked out by hand, the
- * keys' matrix entropy on keys whose spectrum is known, RazorAttention's
+ * razor) and ATSKV offline: each policy's choice on a small problem worked
+ * out by hand, the relevance of a trace layer, the keys' matrix entropy on keys whose spectrum is known, RazorAttention's
  * head selection and score sums by hand, the head-score file reader on good
  * and bad files, the induction scores of the real model (skipped without
  * it), and each policy in the online cache: within the budget, evicted
@@ -444,6 +444,84 @@ static float OUT[D_ * 16], PR[16 * T_];
  * 64-token prefill: the measured bytes stay within beta (the realloc's
  * result, after the pending rows were allocated), and a token evicted once
  * is never kept again. */
+/* ATSKV offline: sinks, recent, then the relevance above the adaptive
+ * threshold, largest first, as many as the budget keeps. */
+START_TEST(test_atskv_by_hand)
+{
+    uint8_t bits[TT];
+    float rel[TT];
+    for (int j = 0; j < TT; j++)
+        rel[j] = 0.1f + 0.01f * (float)j;
+    rel[5] = 0.9f;
+    rel[9] = 0.8f;
+    rel[11] = 0.95f;
+    rel[0] = 0.0f;      /* a sink is kept whatever its relevance */
+    uint64_t k8[] = {8};
+    solve("atskv", 1, 1, beta_for(1, k8), rel, NULL, NULL, bits, 2, 3);
+    int w[] = {0, 1, 5, 9, 11, 17, 18, 19};
+    expect(bits, 0, w, 8);
+    /* one fewer: the lowest relevance above the threshold goes */
+    uint64_t k7[] = {7};
+    solve("atskv", 1, 1, beta_for(1, k7), rel, NULL, NULL, bits, 2, 3);
+    int w7[] = {0, 1, 5, 11, 17, 18, 19};
+    expect(bits, 0, w7, 7);
+}
+END_TEST
+
+/* The relevance of a trace layer: with a weight on the token-frequency
+ * feature only, repeated ids score higher; with a weight on the EMA of the
+ * attention only, the key every query attends to scores highest. */
+START_TEST(test_atskv_layer_relevance)
+{
+    enum { N = 24, D = 8, HQ = 2 };
+    skv_trace_hdr h;
+    memset(&h, 0, sizeof h);
+    h.n_layers = 1;
+    h.n_heads = HQ;
+    h.n_kv_heads = 1;
+    h.head_dim = D;
+    h.n_tokens = N;
+    static float q[HQ * N * D], k[N * D], v[N * D];
+    for (int i = 0; i < HQ * N * D; i++)
+        q[i] = i % D == 0 ? 4.0f : 0.0f;
+    for (int t = 0; t < N; t++)
+        for (int j = 0; j < D; j++)
+            k[t * D + j] = j == 0 && t == 7 ? 3.0f : 0.01f * (float)((t * 7 + j) % 5);
+    skv_layer L;
+    memset(&L, 0, sizeof L);
+    L.q = q;
+    L.k = k;
+    L.v = v;
+    int32_t ids[N];
+    for (int t = 0; t < N; t++)
+        ids[t] = t % 4 == 1 ? 50 : 100 + t;
+    float r[N];
+    skv_rlv_model *m = skv_rlv_model_new(1, 0);
+    m->layers[0].w[SKV_RLV_LOG_FREQ] = 2;
+    m->layers[0].bias = -3;
+    ck_assert_int_eq(skv_rlv_layer_relevance(m, &h, &L, ids, NULL, NULL, 0, r), 0);
+    for (int t = 0; t < N; t++) {
+        ck_assert(r[t] > 0 && r[t] < 1);
+        if (t % 4 == 1)
+            ck_assert_msg(r[t] > r[0] + 0.2f, "token %d: %g vs %g", t, r[t], r[0]);
+        else
+            ck_assert_float_eq_tol(r[t], r[0], 1e-6);
+    }
+    m->layers[0].w[SKV_RLV_LOG_FREQ] = 0;
+    m->layers[0].w[SKV_RLV_EMA_MEAN] = 10;
+    ck_assert_int_eq(skv_rlv_layer_relevance(m, &h, &L, ids, NULL, NULL, 0, r), 0);
+    for (int t = 0; t < N; t++)
+        if (t != 7)
+            ck_assert_msg(r[7] > r[t], "token %d: %g >= %g", t, r[t], r[7]);
+    /* weights with a hidden-state term need the hidden states */
+    skv_rlv_model *mh = skv_rlv_model_new(1, 4);
+    ck_assert_int_lt(skv_rlv_layer_relevance(mh, &h, &L, ids, NULL, NULL, 0, r), 0);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "hidden"));
+    skv_rlv_model_free(mh);
+    skv_rlv_model_free(m);
+}
+END_TEST
+
 START_TEST(test_online_new_policies)
 {
     static const char *pols[] = {"sliding", "dynamickv", "uncomp", "razor", "rocketkv"};
@@ -627,6 +705,8 @@ int main(void)
     tcase_add_test(tc, test_rocket_select_by_hand);
     tcase_add_test(tc, test_rocketkv_stage1_by_hand);
     tcase_add_test(tc, test_online_rocketkv);
+    tcase_add_test(tc, test_atskv_by_hand);
+    tcase_add_test(tc, test_atskv_layer_relevance);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

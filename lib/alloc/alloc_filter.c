@@ -8,6 +8,7 @@
  * tokens)) are kept for the global budget, which spans all layers. */
 #include "smartkv_alloc.h"
 #include "smartkv_quant.h"
+#include "smartkv_relevance.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -31,6 +32,10 @@ typedef struct filt {
     size_t cap[3];       /* bytes allocated of imp, err, ent (grown per layer) */
     skv_alloc_seq old;   /* an earlier allocation in the input, checked then replaced */
     skv_qcfg q;
+    /* SKV_PF_RELEVANCE: the importance is the learned relevance (acfg->rlv) */
+    const skv_alloc_cfg *rcfg;  /* NULL unless the policy reads the relevance */
+    int32_t *ids;        /* [T] token ids (TOKS chunks) */
+    skv_hidden *hs;      /* hidden states (hidn chunks), one layer kept at a time */
 } filt;
 
 static int layer_done(filt *f, const skv_imp_cfg *icfg)
@@ -50,6 +55,16 @@ static int layer_done(filt *f, const skv_imp_cfg *icfg)
                                   f->ent + (size_t)f->layer * h->n_kv_heads);
     if (rc < 0)
         return rc;
+    if (f->rcfg) {
+        /* the learned relevance replaces the importance (the entropies stay) */
+        const float *hid = f->hs->rows[f->layer] == h->n_tokens ? f->hs->h[f->layer] : NULL;
+        rc = skv_rlv_layer_relevance(f->rcfg->rlv, h, &f->L, f->ids, f->rcfg->rlv_voc, hid,
+                                     f->hs->n_embd, f->imp + (size_t)f->layer * per);
+        free(f->hs->h[f->layer]);   /* one layer's hidden states at a time */
+        f->hs->h[f->layer] = NULL;
+        if (rc < 0)
+            return rc;
+    }
     if (f->want_kent) {
         const uint32_t d = h->head_dim;
         float *g = skv_malloc(SKV_GRAM_LEN(d) * sizeof(float));
@@ -111,6 +126,17 @@ static int on_trhd(filt *f, const skv_chunk *c, const skv_alloc_cfg *acfg)
         !(f->kent = skv_calloc((size_t)h->n_layers * h->n_kv_heads, sizeof(float))))
         return SKV_ENOMEM;
     f->want_kent = f->kent != NULL;
+    if (skv_policy_flags(acfg->policy) & SKV_PF_RELEVANCE) {
+        if (!acfg->rlv)
+            return skv_error(SKV_EINVAL, "policy %s needs relevance weights (skv-alloc train)",
+                             skv_policy_name(acfg->policy));
+        f->rcfg = acfg;
+        if (!(f->ids = skv_malloc((size_t)h->n_tokens * sizeof *f->ids)) ||
+            !(f->hs = skv_hidden_new(h->n_layers, h->n_tokens)))
+            return SKV_ENOMEM;
+        for (uint64_t i = 0; i < h->n_tokens; i++)
+            f->ids[i] = -1;
+    }
     return 0; /* buffers grow as the layers arrive (on_tens, layer_done) */
 }
 
@@ -129,6 +155,9 @@ static int on_toks(filt *f, const skv_chunk *c)
                          "continue at %llu within %llu tokens", (unsigned long long)c->offset,
                          (unsigned long long)t0, (unsigned long long)n,
                          (unsigned long long)f->toks, (unsigned long long)h->n_tokens);
+    if (f->ids)
+        for (uint64_t i = 0; i < n; i++)
+            f->ids[t0 + i] = (int32_t)skv_get32(c->data + 16 + 4 * i);
     f->toks += n;
     return 0;
 }
@@ -268,6 +297,8 @@ int skv_alloc_filter(skv_stream *in, skv_stream *out, const skv_alloc_cfg *acfg,
             if (rc < 0)
                 goto out;
             continue;
+        } else if (skv_chunk_is(&c, SKV_T_HIDN) && f->hs) {
+            rc = skv_hidden_add(f->hs, &c);
         } else if (skv_chunk_is_critical(c.type)) {
             rc = skv_error(SKV_EUNSUP, "unknown critical chunk %s at byte %llu", c.type,
                            (unsigned long long)c.offset);
@@ -330,6 +361,8 @@ out:
     free(f->err);
     free(f->ent);
     free(f->kent);
+    free(f->ids);
+    skv_hidden_free(f->hs);
     if (rc == 0 && out_alloc)
         *out_alloc = a;
     else

@@ -990,3 +990,86 @@ int skv_rlv_evaluate(const char *path, const skv_rlv_cfg *c, const skv_rlv_vocab
         *n_layers = w.n_layers;
     return 0;
 }
+
+/* ---------------------------------------------------------------- relevance of a trace layer */
+
+int skv_rlv_layer_relevance(const skv_rlv_model *m, const skv_trace_hdr *h, const skv_layer *L,
+                            const int32_t *tokens, const skv_rlv_vocab *voc, const float *hidden,
+                            uint32_t n_embd, float *out)
+{
+    const uint32_t hd = h->head_dim, G = h->n_heads / h->n_kv_heads, l = L->index;
+    const uint64_t n = h->n_tokens;
+    if (l >= m->n_layers)
+        return skv_error(SKV_EINVAL, "relevance: the weights cover %u layers, the trace has "
+                         "layer %u", m->n_layers, l);
+    if (m->n_embd && (!hidden || n_embd != m->n_embd))
+        return skv_error(SKV_EFORMAT, "layer %u: the weights need hidden states of %u (record "
+                         "with skv-trace record --hidden)", l, m->n_embd);
+    float *sc = skv_malloc((size_t)n * sizeof(float)), *mean = skv_malloc((size_t)n * sizeof(float));
+    float *mx = skv_malloc((size_t)n * sizeof(float));
+    skv_rlv_tok *tk = skv_malloc((size_t)n * sizeof *tk);
+    uint32_t vn = voc && voc->cls ? voc->n : 0;
+    int32_t maxid = -1;
+    for (uint64_t i = 0; tokens && i < n; i++)
+        maxid = tokens[i] > maxid ? tokens[i] : maxid;
+    uint32_t *count = skv_calloc((size_t)maxid + 2, sizeof *count);
+    int rc = SKV_ENOMEM;
+    if (!sc || !mean || !mx || !tk || !count)
+        goto out;
+    for (uint64_t i = 0; tokens && i < n; i++)
+        if (tokens[i] >= 0)
+            count[tokens[i]]++;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (uint32_t kv = 0; kv < h->n_kv_heads; kv++) {
+        const float *K = L->k + (size_t)kv * n * hd;
+        /* every query folded in, as the decode loop's trackers would have it */
+        for (uint64_t s = 0; s < n; s++) {
+            memset(mean, 0, (size_t)(s + 1) * sizeof(float));
+            memset(mx, 0, (size_t)(s + 1) * sizeof(float));
+            for (uint32_t gh = 0; gh < G; gh++) {
+                const float *q = L->q + ((size_t)(kv * G + gh) * n + s) * hd;
+                float top = -INFINITY;
+                for (uint64_t j = 0; j <= s; j++) {
+                    const float *k = K + j * hd;
+                    float d = 0;
+                    for (uint32_t e = 0; e < hd; e++)
+                        d += q[e] * k[e];
+                    sc[j] = d * scale;
+                    top = sc[j] > top ? sc[j] : top;
+                }
+                if (!isfinite(top)) {
+                    rc = skv_error(SKV_EFORMAT, "layer %u: attention of query %llu is not finite",
+                                   l, (unsigned long long)s);
+                    goto out;
+                }
+                double z = 0;
+                for (uint64_t j = 0; j <= s; j++)
+                    z += (sc[j] = expf(sc[j] - top));
+                float iz = (float)(1.0 / z);
+                for (uint64_t j = 0; j <= s; j++) {
+                    float p = sc[j] * iz;
+                    mean[j] += p / (float)G;
+                    mx[j] = p > mx[j] ? p : mx[j];
+                }
+            }
+            skv_rlv_track_step(tk, s, mean, mx);
+        }
+        for (uint64_t i = 0; i < n; i++) {
+            double x[SKV_RLV_NFEAT];
+            int32_t id = tokens ? tokens[i] : -1;
+            uint8_t cls = id >= 0 && (uint32_t)id < vn ? voc->cls[id] : 0;
+            skv_rlv_features(&tk[i], i, n, cls, id >= 0 ? count[id] : 0, x);
+            double ht = m->n_embd ? skv_rlv_hidden_term(m, l, hidden + (size_t)i * n_embd) : 0;
+            double z = skv_rlv_logit(m, l, x, ht);
+            out[(size_t)kv * n + i] = (float)(1.0 / (1.0 + exp(-z)));
+        }
+    }
+    rc = 0;
+out:
+    free(sc);
+    free(mean);
+    free(mx);
+    free(tk);
+    free(count);
+    return rc;
+}

@@ -205,7 +205,8 @@ SKV_EXPORT int skv_razor_mask(const skv_head_scores *hs, uint32_t n_layers, uint
     X(UNCOMP, uncomp)           /* UNComp: head budgets from key matrix entropy */ \
     X(RAZOR, razor)             /* RazorAttention: retrieval heads keep everything */ \
     X(ROCKETKV, rocketkv)       /* RocketKV: SnapKV-style eviction + top-k at decode */ \
-    X(KIVI, kivi)               /* KIVI: keys per channel, fp16 residual */
+    X(KIVI, kivi)               /* KIVI: keys per channel, fp16 residual */ \
+    X(ATSKV, atskv)             /* ATSKV: learned relevance over adaptive thresholds */
 
 enum skv_policy {
     SKV_POLICY_NONE = 0,
@@ -236,6 +237,8 @@ enum skv_policy_flag {
     SKV_PF_HEADS = 1u << 12,     /* reads per-head scores (skv_alloc_cfg.heads) */
     SKV_PF_RESIDUAL = 1u << 13,  /* SKV_PF_FIXED with the newest tokens at 16 bits: the
                                     first floor(T / recent) * recent tokens at N (KIVI) */
+    SKV_PF_RELEVANCE = 1u << 14, /* importance is ATSKV's learned relevance at the trace's
+                                    end (skv_alloc_cfg.rlv; skv_alloc_filter computes it) */
 };
 
 /* RocketKV (rocketkv.c; stage 2 in the online cache): pages of
@@ -281,6 +284,8 @@ typedef struct skv_alloc_cfg {
     uint32_t pm_max_cache;  /* B; 0 = from the budget */
     uint32_t pm_clusters;   /* K <= SKV_CNTR_MAX */
     uint32_t pm_lookback;   /* D >= 1 */
+    const struct skv_rlv_model *rlv;       /* atskv: relevance weights (not owned) */
+    const struct skv_rlv_vocab *rlv_voc;   /* atskv: token classes, or NULL */
 } skv_alloc_cfg;
 
 SKV_EXPORT void skv_alloc_cfg_defaults(skv_alloc_cfg *c);

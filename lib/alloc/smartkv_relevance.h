@@ -181,6 +181,16 @@ SKV_EXPORT int skv_rlv_evaluate(const char *path, const skv_rlv_cfg *c, const sk
                                 const skv_rlv_model *m, const skv_rlv_model *nohid,
                                 skv_rlv_eval **ev, uint32_t *n_layers);
 
+/* Relevance r in (0, 1) of every token of one trace layer once all its
+ * n_tokens queries are folded in (the state an online cache reaches at the
+ * trace's end), per KV head: out[kv * n_tokens + i].  tokens may be NULL (no
+ * frequency feature), voc may be NULL; hidden [n_tokens][n_embd] is required
+ * when the weights have a hidden-state term.  Returns 0 or <0. */
+SKV_EXPORT int skv_rlv_layer_relevance(const skv_rlv_model *m, const skv_trace_hdr *h,
+                                       const skv_layer *L, const int32_t *tokens,
+                                       const skv_rlv_vocab *voc, const float *hidden,
+                                       uint32_t n_embd, float *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,14 +1,20 @@
 /* atskv.c -- ATSKV's two-tier cache in the decode loop (smartkv_atskv.h). */
 #include "smartkv_atskv.h"
 
+#include "ecgroup.h"
+
 #include "smartkv_error.h"
 #include "smartkv_trace.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #define ATS_GAIN 0.5        /* quantile controller gain per selection */
@@ -16,7 +22,8 @@
 enum { T_NONE = 0, T_ACTIVE = 1, T_PASSIVE = 2 };
 
 typedef struct {
-    uint8_t *z;             /* zlib stream of rows x (K, V) fp16 rows */
+    uint8_t *z;             /* zlib stream of rows x (K, V) fp16 rows (NULL: in the file) */
+    uint64_t off;           /* offloaded: where the stream starts in the file */
     uint32_t zlen, rows, live;
 } blob;
 
@@ -52,6 +59,9 @@ typedef struct {
     skv_ec_stats st;
     _Atomic uint64_t attend_ns;
     uint64_t recall_ns;
+    int fd;                 /* --offload: the passive tier's file, or -1 */
+    char *path;
+    uint64_t f_end;         /* bytes in the file (blobs are appended) */
 } ats_cache;
 
 #define PB_BLOCK 64u
@@ -82,6 +92,39 @@ static void blobs_clear(ats_head *H)
     for (uint32_t b = 0; b < H->n_blobs; b++)
         free(H->blobs[b].z);
     H->n_blobs = 0;
+}
+
+/* pwrite/pread of the whole range (the offload file). */
+static int write_all(ats_cache *a, const uint8_t *p, size_t n, uint64_t off)
+{
+    while (n) {
+        ssize_t w = pwrite(a->fd, p, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return skv_error(SKV_EIO, "%s: cannot write %zu bytes at offset %llu: %s", a->path, n,
+                             (unsigned long long)off, w < 0 ? strerror(errno) : "no progress");
+        p += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
+static int read_all(ats_cache *a, uint8_t *p, size_t n, uint64_t off)
+{
+    while (n) {
+        ssize_t r = pread(a->fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return skv_error(SKV_EIO, "%s: cannot read %zu bytes at offset %llu: %s", a->path, n,
+                             (unsigned long long)off, r < 0 ? strerror(errno) : "file truncated");
+        p += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
 }
 
 /* Move the listed active tokens of one head to the passive tier as one blob. */
@@ -122,10 +165,22 @@ static int evict(ats_cache *a, ats_head *H, const uint32_t *idx, uint32_t n)
         H->blobs = nb;
         H->cap_blobs = nc;
     }
-    uint8_t *zs = skv_realloc(z, zl ? zl : 1);
     blob *B = &H->blobs[H->n_blobs];
-    B->z = zs ? zs : z;
     B->zlen = (uint32_t)zl;
+    if (a->fd >= 0) {
+        /* offloaded: the stream goes to the end of the file */
+        int rc = write_all(a, z, zl, a->f_end);
+        free(z);
+        if (rc < 0)
+            return rc;
+        B->z = NULL;
+        B->off = a->f_end;
+        a->f_end += zl;
+        a->st.offload_written += zl;
+    } else {
+        uint8_t *zs = skv_realloc(z, zl ? zl : 1);
+        B->z = zs ? zs : z;
+    }
     B->rows = B->live = n;
     for (uint32_t r = 0; r < n; r++) {
         uint64_t i = idx[r];
@@ -149,9 +204,27 @@ static int recall(ats_cache *a, ats_head *H, uint64_t i)
     blob *B = &H->blobs[H->blob_of[i]];
     uLongf raw = (uLongf)B->rows * 2 * hd * sizeof(uint16_t);
     uint16_t *buf = skv_malloc(raw);
+    uint8_t *zf = NULL;
     if (!buf)
         return SKV_ENOMEM;
-    if (uncompress((Bytef *)buf, &raw, B->z, B->zlen) != Z_OK) {
+    const uint8_t *zs = B->z;
+    if (!zs) {      /* offloaded: read the stream back */
+        int rc;
+        if (!(zf = skv_malloc(B->zlen ? B->zlen : 1))) {
+            free(buf);
+            return SKV_ENOMEM;
+        }
+        if ((rc = read_all(a, zf, B->zlen, B->off)) < 0) {
+            free(buf);
+            free(zf);
+            return rc;
+        }
+        a->st.offload_read += B->zlen;
+        zs = zf;
+    }
+    int zr = uncompress((Bytef *)buf, &raw, zs, B->zlen);
+    free(zf);
+    if (zr != Z_OK) {
         free(buf);
         return skv_error(SKV_EZLIB, "atskv: a passive blob does not inflate");
     }
@@ -162,7 +235,7 @@ static int recall(ats_cache *a, ats_head *H, uint64_t i)
     }
     free(buf);
     if (--B->live == 0) {
-        free(B->z);
+        free(B->z);     /* an offloaded blob's bytes stay in the file until a reset */
         B->z = NULL;
         B->zlen = 0;
     }
@@ -186,9 +259,15 @@ static uint64_t fixed_bytes(const ats_cache *a)
            a->n_ids * (sizeof(int32_t) + sizeof(uint32_t));
 }
 
+/* Channels per scale group of a quantized active row (active_bits). */
+static uint32_t active_group(uint32_t hd) { return hd % 32 == 0 ? 32 : hd; }
+
 static uint64_t active_row_bytes(const ats_cache *a)
 {
-    return 4ull * a->base.head_dim + TOK_META;
+    const uint32_t hd = a->base.head_dim, b = a->cfg.active_bits;
+    if (b && b < 16)    /* K and V: packed codes + an fp16 scale and minimum per group */
+        return 2ull * ((hd * b + 7) / 8 + 4 * (hd / active_group(hd))) + TOK_META;
+    return 4ull * hd + TOK_META;
 }
 
 /* ---------------------------------------------------------------- selection */
@@ -379,6 +458,14 @@ static int ats_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
                 H->k[p * hd + e] = r16(kr[e]);
                 H->v[p * hd + e] = r16(vr[e]);
             }
+            if (a->cfg.active_bits && a->cfg.active_bits < 16) {
+                /* the active tier holds what the codes decode to */
+                const uint32_t g = active_group(hd), b = a->cfg.active_bits;
+                for (uint32_t e = 0; e < hd; e += g) {
+                    skv_ecg_quant_span(H->k + p * hd + e, H->k + p * hd + e, g, 1, b);
+                    skv_ecg_quant_span(H->v + p * hd + e, H->v + p * hd + e, g, 1, b);
+                }
+            }
             H->tier[p] = T_ACTIVE;
             H->n_active++;
         }
@@ -480,6 +567,11 @@ static int ats_truncate(skv_kv_cache *c, uint64_t n)
         a->ids[i] = -1;
     a->n_ids = 0;
     a->err = 0;
+    if (a->fd >= 0 && a->f_end) {
+        if (ftruncate(a->fd, 0) < 0)
+            return skv_error(SKV_EIO, "%s: cannot truncate: %s", a->path, strerror(errno));
+        a->f_end = 0;
+    }
     return 0;
 }
 
@@ -508,6 +600,12 @@ static void ats_destroy(skv_kv_cache *c)
     free(a->ids);
     free(a->count);
     free(a->pbuf);
+    if (a->fd >= 0) {
+        /* the file is this cache's scratch: closed and removed */
+        close(a->fd);
+        unlink(a->path);
+    }
+    free(a->path);
     free(a);
 }
 
@@ -541,6 +639,7 @@ skv_kv_cache *skv_atskv_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n
     a->cfg = *cfg;
     a->rlv = cfg->rlv;
     a->pb_layer = -1;
+    a->fd = -1;
     size_t NH = (size_t)n_layers * n_kv_heads, cap = (size_t)capacity;
     if (!(a->heads = skv_calloc(NH, sizeof *a->heads)) ||
         !(a->hterm = skv_calloc((size_t)n_layers * cap, sizeof(float))) ||
@@ -559,6 +658,18 @@ skv_kv_cache *skv_atskv_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n
             !(H->blob_of = skv_calloc(cap, sizeof(uint32_t))) ||
             !(H->row_of = skv_calloc(cap, sizeof(uint32_t))))
             goto fail;
+    }
+    if (cfg->offload) {
+        size_t pl = strlen(cfg->offload) + 1;
+        if (!(a->path = skv_malloc(pl)))
+            goto fail;
+        memcpy(a->path, cfg->offload, pl);
+        /* never over an existing file: it is removed with the cache */
+        a->fd = open(a->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (a->fd < 0) {
+            skv_error(SKV_EIO, "%s: cannot create the offload file: %s", a->path, strerror(errno));
+            goto fail;
+        }
     }
     ats_truncate(&a->base, 0);
     return &a->base;
@@ -586,8 +697,10 @@ static void hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n, con
 void skv_atskv_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)
 {
     ats_cache *a = as_ats(c);
-    if (!a)
+    if (!a) {
+        skv_ecg_attach(c, s, tk);   /* a grouped cache with importance atskv */
         return;
+    }
     a->tok = tk;
     skv_session_set_hidden_hook(s, hidden_hook, a);
 }
@@ -595,8 +708,10 @@ void skv_atskv_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)
 void skv_atskv_tokens(skv_kv_cache *c, const int32_t *ids, uint32_t n)
 {
     ats_cache *a = as_ats(c);
-    if (!a)
+    if (!a) {
+        skv_ecg_tokens(c, ids, n);
         return;
+    }
     /* the next tokens start where layer 0 ends */
     uint64_t p = a->len[0];
     for (uint32_t i = 0; i < n && p + i < c->capacity; i++)
@@ -640,7 +755,7 @@ int skv_atskv_stats(const skv_kv_cache *cc, skv_ec_stats *s)
         act += H->n_active;
         pas += H->n_passive;
         for (uint32_t b = 0; b < H->n_blobs; b++)
-            zb += H->blobs[b].z ? H->blobs[b].zlen + sizeof(blob) : 0;
+            zb += H->blobs[b].live ? H->blobs[b].zlen + sizeof(blob) : 0;
     }
     s->hist[0] = pas;
     s->hist[SKV_NBITS - 1] = act;
@@ -648,7 +763,8 @@ int skv_atskv_stats(const skv_kv_cache *cc, skv_ec_stats *s)
     s->meta_bytes = 0; /* the tracking state is inside bytes */
     s->passive_rows = pas;
     s->passive_bytes = zb + pas * (TOK_META + 2 * sizeof(uint32_t));
-    s->mem_bytes = act * 4ull * c->head_dim + zb;
+    s->mem_bytes = act * 4ull * c->head_dim + (a->fd >= 0 ? 0 : zb);
+    s->offload_file = a->f_end;
     return 0;
 }
 

@@ -15,6 +15,8 @@
 #include "smartkv_importance.h"
 #include "smartkv_pack.h"
 #include "smartkv_quant.h"
+#include "smartkv_relevance.h"
+#include "smartkv_tokenizer.h"
 #include "smartkv_trace.h"
 
 #include <math.h>
@@ -26,6 +28,7 @@
 #define ECG_HEAD_BYTES 64u      /* cache header */
 #define ECG_UNIT_BYTES 16u      /* per (layer, kv head): token count, width counts */
 #define ECG_NW 6                /* widths 0 (evicted), 2, 3, 4, 8, 16 */
+#define ECG_PB 64u              /* learned importance: query rows buffered per attend */
 
 static const uint8_t ecg_widths[ECG_NW] = {0, 2, 3, 4, 8, 16};
 
@@ -65,6 +68,21 @@ typedef struct ecg {
     gh *heads;
     float *imp;             /* [L][H][cap] per query head (folded per kv head at solve) */
     float *q2;              /* [L][H][d] EMA of the squared (rotated) query */
+    /* importance atskv (SKV_EC_IMP_ATSKV): the learned relevance's state */
+    const skv_rlv_model *rlv;
+    skv_rlv_tok *rtk;       /* [L][KV][cap] attention features (smartkv_relevance.h) */
+    float *hterm;           /* [L][cap] w_h . h of each token */
+    int32_t *ids;           /* [cap] token ids (-1 unknown) */
+    uint32_t *count;        /* [cap] occurrences of ids[i] among the tokens held */
+    uint8_t *cls;           /* [cap] token classes */
+    double *rel;            /* [cap] scratch: relevance of one (layer, KV head) */
+    float *fold;            /* [2][cap] scratch: group mean and max of one query row */
+    float *pbuf;            /* [H][ECG_PB][cap] probabilities of the last attend */
+    uint64_t pb_pos;
+    uint32_t pb_rows;
+    int pb_layer;           /* layer whose probabilities wait to be folded, -1 none */
+    int rerr;               /* error from the hidden-state hook */
+    const skv_tokenizer *tok;
     float scale;
     item *it;
     size_t n_it, cap_it;
@@ -281,6 +299,10 @@ int skv_ecg_cfg_check(const skv_ec_cfg *c)
                          c->param_bits);
     if (c->imp_power > 2)
         return skv_error(SKV_EINVAL, "grouped layout: importance power %u (1 or 2)", c->imp_power);
+    if (c->imp_mode == SKV_EC_IMP_ATSKV &&
+        (p != SKV_POLICY_SMARTKV || !c->rlv || c->imp_power == 2 || c->recency > 0))
+        return skv_error(SKV_EINVAL, "importance atskv: needs relevance weights (skv-alloc train) "
+                         "and policy smartkv, without importance power 2 or a recency prior");
     if (c->protect_bits && c->protect_bits != 4 && c->protect_bits != 8 && c->protect_bits != 16)
         return skv_error(SKV_EINVAL, "grouped layout: protected rows at %u bits (4, 8 or 16)",
                          c->protect_bits);
@@ -445,6 +467,14 @@ static void ecg_destroy(skv_kv_cache *c)
     free(e->len);
     free(e->imp);
     free(e->q2);
+    free(e->rtk);
+    free(e->hterm);
+    free(e->ids);
+    free(e->count);
+    free(e->cls);
+    free(e->rel);
+    free(e->fold);
+    free(e->pbuf);
     free(e->it);
     free(e);
 }
@@ -532,6 +562,33 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
         goto fail;
     if (e->qtrack && !(e->q2 = skv_calloc((size_t)n_layers * n_heads * head_dim, sizeof(float))))
         goto fail;
+    e->pb_layer = -1;
+    if (e->track && cfg->imp_mode == SKV_EC_IMP_ATSKV) {
+        e->rlv = cfg->rlv;
+        if (e->rlv->n_layers < n_layers) {
+            skv_error(SKV_EINVAL, "importance atskv: the weights cover %u layers, the model has %u",
+                      e->rlv->n_layers, n_layers);
+            goto fail;
+        }
+        size_t pb;
+        if (skv_mul_sizes(&pb, 3, (size_t)n_heads * ECG_PB, (size_t)capacity, sizeof(float)) < 0) {
+            skv_error(SKV_ELIMIT, "kv cache: capacity %llu overflows", (unsigned long long)capacity);
+            goto fail;
+        }
+        free(e->imp);   /* the relevance replaces the attention EMA */
+        e->imp = NULL;
+        if (!(e->rtk = skv_calloc(nh * (size_t)capacity, sizeof *e->rtk)) ||
+            !(e->hterm = skv_calloc((size_t)n_layers * capacity, sizeof(float))) ||
+            !(e->ids = skv_malloc((size_t)capacity * sizeof(int32_t))) ||
+            !(e->count = skv_calloc((size_t)capacity, sizeof(uint32_t))) ||
+            !(e->cls = skv_calloc((size_t)capacity, 1)) ||
+            !(e->rel = skv_calloc((size_t)capacity, sizeof(double))) ||
+            !(e->fold = skv_calloc(2 * (size_t)capacity, sizeof(float))) ||
+            !(e->pbuf = skv_malloc(pb)))
+            goto fail;
+        for (uint64_t i = 0; i < capacity; i++)
+            e->ids[i] = -1;
+    }
     return &e->base;
 fail:
     ecg_destroy(&e->base);
@@ -558,7 +615,135 @@ static int cut_to(ecg *e, uint64_t T)
     if (e->imp)
         for (size_t r = 0; r < (size_t)c->n_layers * c->n_heads; r++)
             memset(e->imp + r * c->capacity + T, 0, (size_t)(c->capacity - T) * sizeof(float));
+    if (e->rlv) {
+        /* the trackers of tokens >= T restart when their position is
+         * evaluated again (skv_rlv_track_step initialises them) */
+        e->pb_layer = -1;
+        if (T == 0) {
+            for (uint64_t i = 0; i < c->capacity; i++)
+                e->ids[i] = -1;
+            e->rerr = 0;
+        }
+    }
     return 0;
+}
+
+/* ---------------------------------------------------------------- learned importance */
+
+/* Fold the waiting layer's attention into the relevance trackers (mean and
+ * maximum over the query heads of each KV head), as atskv.c does. */
+static void rlv_fold(ecg *e)
+{
+    if (e->pb_layer < 0)
+        return;
+    const skv_kv_cache *c = &e->base;
+    const uint32_t l = (uint32_t)e->pb_layer, G = e->G;
+    const uint64_t cap = c->capacity;
+    e->pb_layer = -1;
+    uint64_t t0 = now_ns();
+    float *mean = e->fold, *mx = e->fold + cap;
+    for (uint32_t kv = 0; kv < c->n_kv_heads; kv++) {
+        skv_rlv_tok *tk = e->rtk + ((size_t)l * c->n_kv_heads + kv) * cap;
+        for (uint32_t r = 0; r < e->pb_rows; r++) {
+            uint64_t s = e->pb_pos + r;
+            for (uint64_t i = 0; i <= s; i++) {
+                float sm = 0, m = 0;
+                for (uint32_t g = 0; g < G; g++) {
+                    float p = e->pbuf[((size_t)(kv * G + g) * ECG_PB + r) * cap + i];
+                    sm += p;
+                    m = p > m ? p : m;
+                }
+                mean[i] = sm / (float)G;
+                mx[i] = m;
+            }
+            skv_rlv_track_step(tk, s, mean, mx);
+        }
+    }
+    atomic_fetch_add_explicit(&e->track_ns, now_ns() - t0, memory_order_relaxed);
+}
+
+/* Token classes and id counts of positions [pos, pos+n) as layer 0 appends
+ * them (O(n) per token: fine at evaluation lengths). */
+static void rlv_note_tokens(ecg *e, uint64_t pos, uint32_t n)
+{
+    for (uint64_t p = pos; p < pos + n; p++) {
+        int32_t id = e->ids[p];
+        uint32_t cnt = 1;
+        for (uint64_t j = 0; j < p && id >= 0; j++)
+            if (e->ids[j] == id) {
+                e->count[j]++;
+                cnt++;
+            }
+        e->count[p] = id >= 0 ? cnt : 0;
+        e->cls[p] = 0;
+        if (e->tok && id >= 0) {
+            char b[64];
+            int k = skv_token_bytes(e->tok, id, 0, b, sizeof b);
+            e->cls[p] = k > 0 ? skv_rlv_token_class(b, k < (int)sizeof b ? k : (int)sizeof b) : 0;
+        }
+    }
+}
+
+/* Relevance of every token of (layer l, KV head h) at T positions, as the
+ * importance: r normalised to sum 1 (like the attention the EMA tracks,
+ * so that the prior keeps its meaning). */
+static void rlv_importance(ecg *e, uint32_t l, uint32_t h, uint64_t T)
+{
+    const skv_kv_cache *c = &e->base;
+    const skv_rlv_tok *tk = e->rtk + ((size_t)l * c->n_kv_heads + h) * c->capacity;
+    double sum = 0;
+    for (uint64_t i = 0; i < T; i++) {
+        double x[SKV_RLV_NFEAT];
+        skv_rlv_features(&tk[i], i, T, e->cls[i], e->ids[i] >= 0 ? e->count[i] : 0, x);
+        double z = skv_rlv_logit(e->rlv, l, x, e->hterm[(size_t)l * c->capacity + i]);
+        e->rel[i] = 1.0 / (1.0 + exp(-z));
+        sum += e->rel[i];
+    }
+    for (uint64_t i = 0; i < T; i++)
+        e->rel[i] = sum > 0 ? e->rel[i] / sum : 1.0 / (double)T;
+}
+
+/* Bytes of the learned importance's state for T tokens: per (layer, KV
+ * head, token) the tracker, per (layer, token) w_h . h, per token its id and
+ * count, and the predictor's weights. */
+static uint64_t rlv_bytes(const skv_rlv_model *m, uint32_t L, uint32_t KV, uint64_t T)
+{
+    return (uint64_t)L * KV * T * sizeof(skv_rlv_tok) + (uint64_t)L * T * sizeof(float) +
+           T * (sizeof(int32_t) + sizeof(uint32_t)) +
+           (uint64_t)L * (8 + 4 * (SKV_RLV_NFEAT + (uint64_t)m->n_embd));
+}
+
+static void rlv_hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n, const float *x,
+                            uint32_t n_embd)
+{
+    ecg *e = ctx;
+    if (e->rlv->n_embd && e->rlv->n_embd != n_embd) {
+        e->rerr = skv_error(SKV_EINVAL, "importance atskv: the weights expect hidden states of "
+                            "%u, the model has %u", e->rlv->n_embd, n_embd);
+        return;
+    }
+    for (uint32_t i = 0; i < n && pos + i < e->base.capacity; i++)
+        e->hterm[(size_t)layer * e->base.capacity + pos + i] =
+            (float)skv_rlv_hidden_term(e->rlv, layer, x + (size_t)i * n_embd);
+}
+
+void skv_ecg_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)
+{
+    ecg *e = as_g(c);
+    if (!e || !e->rlv)
+        return;
+    e->tok = tk;
+    skv_session_set_hidden_hook(s, rlv_hidden_hook, e);
+}
+
+void skv_ecg_tokens(skv_kv_cache *c, const int32_t *ids, uint32_t n)
+{
+    ecg *e = as_g(c);
+    if (!e || !e->rlv)
+        return;
+    uint64_t p = e->len[0];     /* the next tokens start where layer 0 ends */
+    for (uint32_t i = 0; i < n && p + i < c->capacity; i++)
+        e->ids[p + i] = ids[i];
 }
 
 static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
@@ -566,6 +751,12 @@ static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
 {
     ecg *e = (ecg *)c;
     int rc;
+    if (e->rerr)
+        return e->rerr;
+    rlv_fold(e);
+    if (e->rlv && n > ECG_PB)
+        return skv_error(SKV_EINVAL, "importance atskv: %u rows in one append (at most %u)", n,
+                         ECG_PB);
     /* pos < held: re-evaluation of forgotten positions, dropped everywhere */
     if ((rc = skv_kv_append_check(c, layer, pos, n, e->len)) > 0)
         rc = cut_to(e, pos);
@@ -616,6 +807,14 @@ static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
         }
     }
     e->len[layer] = pos + n;
+    if (e->rlv) {
+        if (layer == 0)
+            rlv_note_tokens(e, pos, n);
+        /* the attention of this block follows: ecg_attend fills pbuf */
+        e->pb_layer = (int)layer;
+        e->pb_pos = pos;
+        e->pb_rows = n;
+    }
     return 0;
 }
 
@@ -697,6 +896,16 @@ static int ecg_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t p
     }
     uint64_t t1 = now_ns();
     atomic_fetch_add_explicit(&e->attend_ns, t1 - t0, memory_order_relaxed);
+    if (e->rlv) {
+        if (n > ECG_PB)
+            return skv_error(SKV_EINVAL, "importance atskv: %u query rows in one call (at most "
+                             "%u)", n, ECG_PB);
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(e->pbuf + ((size_t)head * ECG_PB + i) * c->capacity, probs + i * probs_stride,
+                   (pos + i + 1) * sizeof(float));
+        atomic_fetch_add_explicit(&e->track_ns, now_ns() - t1, memory_order_relaxed);
+        return 0;
+    }
     if (!e->track)
         return 0;
     float *I = e->imp + r * c->capacity;
@@ -777,11 +986,13 @@ static uint64_t cache_bytes(const ecg *e, uint64_t na, uint64_t *meta)
                     bytes += t < hi ? 6 : 0;
                 }
             bytes += (nk * mbk + nv * mbv + 7) / 8;
-            if (e->track)
+            if (e->track && !e->rlv)
                 mb += T;                    /* importance, 8-bit log, folded per kv head */
             if (e->qtrack)
                 mb += 2ull * d;             /* query second moments, fp16 */
         }
+    if (e->rlv)
+        mb += rlv_bytes(e->rlv, c->n_layers, c->n_kv_heads, e->len[0]);
     *meta = mb;
     return bytes;
 }
@@ -972,6 +1183,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         return 0;
     uint64_t t_start = now_ns();
     int rc;
+    rlv_fold(e);
     const int joint = !e->cfg.kv_split;
     if (e->PQ == 8) /* the value grids of the blocks leaving the residual */
         for (uint32_t u = 0; u < L * KH; u++)
@@ -1068,6 +1280,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                 for (uint32_t g = 0; g < G; g++)
                     for (uint32_t j = 0; j < d; j++)
                         q2[j] += e->q2[((size_t)l * c->n_heads + h * G + g) * d + j] / (float)G;
+            if (e->rlv)
+                rlv_importance(e, l, h, T);
         }
         /* the rows this item holds: a held key group skips its evicted tokens */
         uint32_t nrow = 0;
@@ -1089,7 +1303,9 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         for (uint32_t r = 0; below && r < nrow; r++) {
             uint64_t tt = it->t0 + idx[r];
             double w;
-            if (e->track) {
+            if (e->rlv) {
+                w = e->rel[tt];
+            } else if (e->track) {
                 double s = 0;
                 for (uint32_t g = 0; g < G; g++)
                     s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
@@ -1311,11 +1527,13 @@ int skv_ecg_min_beta(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_heads,
         }
     }
     unit += (n - s) * vbytes(&e, 1, ecg_widths[lo]) + (nk * mbk + (n - s) * mbv + 7) / 8;
-    if (cfg->alloc.policy == SKV_POLICY_SMARTKV)
+    if (cfg->alloc.policy == SKV_POLICY_SMARTKV && cfg->imp_mode != SKV_EC_IMP_ATSKV)
         unit += n;
     if (!e.fixed && cfg->err_model == SKV_EC_ERR_LOGIT)
         unit += 2ull * head_dim;
-    *beta = (double)(ECG_HEAD_BYTES + (uint64_t)n_layers * n_kv_heads * unit) /
+    uint64_t extra = cfg->imp_mode == SKV_EC_IMP_ATSKV && cfg->rlv
+                         ? rlv_bytes(cfg->rlv, n_layers, n_kv_heads, n) : 0;
+    *beta = (double)(ECG_HEAD_BYTES + (uint64_t)n_layers * n_kv_heads * unit + extra) /
             (double)skv_alloc_fp16_bytes(n_layers, n_kv_heads, n, head_dim);
     return 0;
 }

@@ -103,13 +103,21 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
         return !c->rlv ? skv_error(SKV_EINVAL, "atskv needs relevance weights (skv-alloc train)")
                : !(c->alloc.budget > 0 && isfinite(c->alloc.budget))
                    ? skv_error(SKV_EINVAL, "atskv needs a budget beta > 0")
-               : !c->realloc ? skv_error(SKV_EINVAL, "reallocation interval must be >= 1") : 0;
+               : !c->realloc ? skv_error(SKV_EINVAL, "reallocation interval must be >= 1")
+               : c->active_bits && c->active_bits != 4 && c->active_bits != 8 &&
+                       c->active_bits != 16
+                   ? skv_error(SKV_EINVAL, "atskv: active rows at %u bits (4, 8 or 16)",
+                               c->active_bits)
+                   : 0;
     if (c->kind != SKV_EC_COMPRESS)
         return 0;
     const skv_alloc_cfg *a = &c->alloc;
     unsigned pf = skv_policy_flags(a->policy);
     if (!pf)
         return skv_error(SKV_EINVAL, "unknown policy %u", a->policy);
+    if (pf & SKV_PF_RELEVANCE)
+        return skv_error(SKV_EINVAL, "policy %s is offline (skv-alloc); in the decode loop the "
+                         "atskv cache kind or importance atskv", skv_policy_name(a->policy));
     if (a->share_layers)
         return skv_error(SKV_EINVAL, "the online cache allocates per layer (no shared layers)");
     if (a->width_mask == 0 || (a->width_mask & ~SKV_WIDTH_MASK_ALL))
@@ -123,8 +131,10 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
     if ((pf & SKV_PF_BUDGET) && !(a->budget > 0 && isfinite(a->budget)))
         return skv_error(SKV_EINVAL, "policy %s needs a budget beta > 0",
                          skv_policy_name(a->policy));
+    if (c->imp_mode == SKV_EC_IMP_ATSKV && c->layout != SKV_EC_GROUPED)
+        return skv_error(SKV_EINVAL, "importance atskv needs the grouped layout");
     if (c->imp_mode != SKV_IMP_EMA && c->imp_mode != SKV_IMP_CUMULATIVE &&
-        c->imp_mode != SKV_IMP_NORMALIZED)
+        c->imp_mode != SKV_IMP_NORMALIZED && c->imp_mode != SKV_EC_IMP_ATSKV)
         return skv_error(SKV_EINVAL, "importance mode %s is not tracked online (ema, cumulative "
                          "or normalized)", skv_imp_mode_name(c->imp_mode) ? skv_imp_mode_name(c->imp_mode) : "?");
     if (!(c->decay >= 0 && c->decay < 1))
@@ -219,8 +229,13 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         return;
     }
     if (c->kind == SKV_EC_ATSKV) {
-        snprintf(buf, n, "%s beta=%g R=%u", c->rlv && c->rlv->label ? c->rlv->label : "atskv",
-                 c->alloc.budget, c->realloc);
+        if (c->active_bits && c->active_bits < 16)
+            snprintf(buf, n, "%s beta=%g R=%u active=%u",
+                     c->rlv && c->rlv->label ? c->rlv->label : "atskv", c->alloc.budget,
+                     c->realloc, c->active_bits);
+        else
+            snprintf(buf, n, "%s beta=%g R=%u", c->rlv && c->rlv->label ? c->rlv->label : "atskv",
+                     c->alloc.budget, c->realloc);
         return;
     }
     const skv_alloc_cfg *a = &c->alloc;
@@ -236,6 +251,8 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(imp, sizeof imp, "votes:%u", a->recent);
     else if (pf & SKV_PF_CUMULATIVE)
         snprintf(imp, sizeof imp, "cumulative");
+    else if (c->imp_mode == SKV_EC_IMP_ATSKV)
+        snprintf(imp, sizeof imp, "atskv");
     else if (c->imp_mode == SKV_IMP_EMA)
         snprintf(imp, sizeof imp, "ema:%g", c->decay);
     else

@@ -137,7 +137,20 @@ typedef struct skv_ec_cfg {
     skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are
                                taken from alloc; realloc is the evaluation block */
     const struct skv_rlv_model *rlv;  /* ATSKV: relevance weights (skv-alloc train) */
+    uint32_t active_bits;   /* ATSKV: active rows quantized per token at 4 or 8 bits (groups
+                               of 32 channels, fp16 scale and minimum); 0 or 16: fp16 */
+    const char *offload;    /* ATSKV: the passive tier in this file instead of host memory
+                               (created, refused if it exists; closed and removed with the
+                               cache); NULL: host memory */
 } skv_ec_cfg;
+
+/* imp_mode of the grouped layout (policy smartkv): the learned relevance of
+ * rlv (skv-alloc train, smartkv_relevance.h) replaces the attention EMA as
+ * the importance.  Its state (per token and KV head the attention features,
+ * per token and layer w_h . h, the token ids, the weights) is counted in
+ * meta_bytes, inside the budget.  The caller must attach the session and
+ * pass the token ids (skv_atskv_attach, skv_atskv_tokens). */
+#define SKV_EC_IMP_ATSKV 16u
 
 enum skv_ec_layout {
     SKV_EC_PACKED = 0,      /* PBKT buckets, one width per token (the library's format) */
@@ -206,7 +219,10 @@ typedef struct skv_ec_stats {
     uint64_t passive_rows;  /* (layer, KV head, token) rows in the passive tier now */
     uint64_t passive_bytes; /* its bytes now: zlib blobs and headers, their tokens' state */
     uint64_t evictions, recalls;   /* rows moved active -> passive, passive -> active */
-    uint64_t recall_ns;     /* time in recalls (inflate and copy back) */
+    uint64_t recall_ns;     /* time in recalls (read back, inflate and copy back) */
+    uint64_t offload_written, offload_read;  /* bytes written to / read from the offload
+                                                file (counters) */
+    uint64_t offload_file;  /* the offload file's size now */
 } skv_ec_stats;
 
 /* RocketKV's stage 2 (rocket.c): the tokens one query attends to among m

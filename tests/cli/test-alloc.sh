@@ -135,6 +135,8 @@ expect_rc 1 "truncated pipe input"
 expect_err "skv-alloc: (stdin): truncated" "truncated pipe message"
 
 # the baselines offline: each packs, attends, and fits its budget
+run skv-alloc -p atskv -b 0.3 -o x.skv nothing.skv
+expect_rc 2 "skv-alloc -p atskv without --weights is a usage error"
 for p in q4_0 streaming h2o snapkv mikv sliding dynamickv uncomp rocketkv; do
     run sh -c "skv-alloc -p $p -b 0.3 --threads 1 a.skv | skv-quant -o b.skv && skv-attend -s 8:16 --queries a.skv b.skv -o o.skv"
     expect_rc 0 "$p: allocate, pack and attend"

@@ -62,6 +62,12 @@ expect_rc 2 "atskv without --weights is a usage error"
 run skv-eval ppl --model m.gguf --text t.txt -p atskv --weights nonexistent.skv
 expect_rc 1 "missing atskv weights are a data error"
 expect_err "nonexistent.skv" "the message names the weights file"
+run skv-eval ppl --model m.gguf --text t.txt --grouped --importance atskv
+expect_rc 2 "--importance atskv without --weights is a usage error"
+run skv-eval sweep --model m.gguf --text t.txt --policies atskv -o x.tsv -j 2 --offload o.bin
+expect_rc 2 "--offload with two sweep jobs is a usage error"
+run skv-eval ppl --model m.gguf --text t.txt -p atskv --active-bits 3
+expect_rc 2 "--active-bits 3 is a usage error"
 echo hello > t.txt
 run skv-eval ppl --model nonexistent.gguf --text t.txt
 expect_rc 1 "a missing model is a data error"
@@ -147,6 +153,60 @@ assert r["beta_end"] <= 0.3 + 1e-9 and r["beta"] > r["beta_end"], r
 assert r["passive_rows"] > 0 and r["passive_bytes"] > 0 and r["passive_evictions"] >= r["passive_rows"], r
 assert r["passive_recalls"] >= 0 and r["kl"] > 0 and 0 < r["top1"] <= 1, r
 assert r["widths"].startswith("2:0.0%"), r
+' "$T/out"
+cp "$T/out" atskv.json
+# ATSKV offline: skv-alloc -p atskv on the trace, the learned relevance as importance
+run skv-alloc -p atskv -b 0.3 --weights w.skv --model "$model" --json -v -o hid.alloc.skv hid.skv
+expect_rc 0 "skv-alloc -p atskv on a trace with hidden states"
+check "skv-alloc -p atskv: within the budget, tokens kept at 16 bits, the rest evicted" python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+assert 0.25 < r["beta"] <= 0.3, r
+for l in r["layers"]:
+    assert l[1] == l[2] == l[3] == l[4] == 0 and l[0] > 0 and l[5] > 0, l
+' "$T/err"
+run skv-trace record --model "$model" --text "$text" --tokens 40 -o nohid.skv
+run skv-alloc -p atskv -b 0.3 --weights w.skv -o x.skv nohid.skv
+expect_rc 1 "skv-alloc -p atskv on a trace without hidden states is a data error"
+expect_err "hidden states" "the message says what is missing"
+# the passive tier in a file: the same numbers, bytes written, the file removed
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 --sinks 2 \
+    --recent 8 -p atskv -b 0.3 --weights w.skv --json -q --offload off.bin
+expect_rc 0 "ppl with atskv --offload"
+check "offload JSON: the in-memory run's numbers, the passive blobs written, the file removed" python3 -c '
+import json, os, sys
+r, m = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+for k in ("kl", "top1", "passive_rows", "passive_bytes", "passive_evictions", "passive_recalls"):
+    assert r[k] == m[k], (k, r[k], m[k])
+assert r["passive_offload_written"] > 0 and r["passive_offload_file"] <= r["passive_offload_written"], r
+assert not os.path.exists("off.bin")
+' "$T/out" atskv.json
+echo keep > off.bin
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 64 --ctx 64 -p atskv -b 0.3 \
+    --weights w.skv -q --offload off.bin
+expect_rc 1 "an existing offload file is a runtime error"
+expect_err "off.bin: cannot create the offload file" "the message names the offload file"
+check "an existing offload file is left alone" grep -qx keep off.bin
+rm -f off.bin
+# a write that fails (file size limit: EFBIG) is an error naming the file,
+# and the file is removed
+run sh -c 'ulimit -f 8; trap "" XFSZ; exec "$@"' sh skv-eval ppl --model "$model" --text "$text" \
+    --max-tokens 160 --ctx 160 --sinks 2 --recent 8 -p atskv -b 0.3 --weights w.skv -q \
+    --offload off.bin
+expect_rc 1 "a failing offload write is a runtime error"
+expect_err "off.bin: cannot write" "the message names the offload file"
+check "the offload file is removed after the failure" test ! -e off.bin
+# the learned relevance as smartkv's importance in the grouped layout
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv \
+    --keys channel --kv-split --residual 32 --protect-bits 8 --bits 2,3,4,8,16 -b 0.4 \
+    --importance atskv --weights w.skv --json -q
+expect_rc 0 "ppl with --importance atskv"
+check "importance atskv JSON: its state counted in beta" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert "atskv" in r["cache"] and "ema" not in r["cache"], r
+# per token and (layer, KV head) at least the 28-byte tracker against 256 fp16 bytes
+assert r["meta_frac"] > 28 / 256 and r["kl"] > 0, r
 ' "$T/out"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p atskv-ema -b 0.3
 expect_rc 0 "ppl with the atskv-ema ablation (no weights needed)"
