@@ -55,7 +55,9 @@
  * documents the damage model and every byte).  Keys per token or per
  * channel over aligned groups of key_tokens tokens (one key width per
  * group), optionally after a randomized Hadamard rotation (queries rotated
- * alike); values per token.  Tokens stay in a residual and leave it
+ * alike); values per token, optionally quantized in a rotated basis and
+ * decoded back (rotate_values); scales and zero points fp16 or 8-bit codes
+ * on per-group fp16 grids (param_bits).  Tokens stay in a residual and leave it
  * `realloc` tokens at a time (then the allocation is solved again); the
  * first alloc.sinks tokens stay as they entered.  Residual and sinks are
  * fp16, or quantized per token at protect_bits (8 or 4) when they enter.  Key and value widths are separate
