@@ -137,6 +137,17 @@ double skv_rlv_hidden_term(const skv_rlv_model *m, uint32_t layer, const float *
     return s;
 }
 
+int skv_rlv_hidden_terms(const skv_rlv_model *m, uint32_t layer, const float *x, uint32_t n,
+                         uint32_t n_embd, float *out)
+{
+    if (m->n_embd && m->n_embd != n_embd)
+        return skv_error(SKV_EINVAL, "the relevance weights expect hidden states of %u, the "
+                         "model has %u", m->n_embd, n_embd);
+    for (uint32_t i = 0; i < n; i++)
+        out[i] = (float)skv_rlv_hidden_term(m, layer, x + (size_t)i * n_embd);
+    return 0;
+}
+
 double skv_rlv_logit(const skv_rlv_model *m, uint32_t layer, const double *x, double hterm)
 {
     const skv_rlv_layer *L = &m->layers[layer];

@@ -106,6 +106,10 @@ SKV_EXPORT skv_rlv_model *skv_rlv_model_new(uint32_t n_layers, uint32_t n_embd);
 SKV_EXPORT void skv_rlv_model_free(skv_rlv_model *m);
 /* w_h . h for one token (0 without a hidden-state term). */
 SKV_EXPORT double skv_rlv_hidden_term(const skv_rlv_model *m, uint32_t layer, const float *h);
+/* out[i] = w_h . h_i for n hidden states of n_embd floats each (the online
+ * caches' hook); SKV_EINVAL if the weights expect another n_embd. */
+SKV_EXPORT int skv_rlv_hidden_terms(const skv_rlv_model *m, uint32_t layer, const float *x,
+                                    uint32_t n, uint32_t n_embd, float *out);
 /* The logit bias + w . x + hterm (monotone in r). */
 SKV_EXPORT double skv_rlv_logit(const skv_rlv_model *m, uint32_t layer, const double *x,
                                 double hterm);

@@ -1277,7 +1277,8 @@ static uint64_t rows_upto(const run *R, uint64_t t)
  * group, whose rows share one parameter block of d one-channel asym groups
  * (kps 0, kg 1), and one run of its partial group's per-token rows: the
  * kernels then need no case of their own. */
-static size_t bucket_runs(const skv_bucket *B, run *r)
+/* The run of all of a bucket's rows, as the bucket stores them. */
+static run bucket_run(const skv_bucket *B)
 {
     run R = {0};
     R.bits = B->bits;
@@ -1294,6 +1295,12 @@ static size_t bucket_runs(const skv_bucket *B, run *r)
     R.vp = B->v_par;
     R.idx = B->idx;
     R.n = B->n;
+    return R;
+}
+
+static size_t bucket_runs(const skv_bucket *B, run *r)
+{
+    run R = bucket_run(B);
     if (B->k_mode != SKV_QMODE_CHAN || B->bits == 16) {
         if (r)
             *r = R;
@@ -1542,20 +1549,7 @@ int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32
             if (B->k_mode == SKV_QMODE_CHAN)  /* the online cache never makes one */
                 return skv_error(SKV_EINVAL, "attention rows: keys per channel are not "
                                  "supported here");
-            R.bits = B->bits;
-            R.kg = B->k_group;
-            R.vg = B->v_group;
-            R.kmode = B->k_mode;
-            R.vmode = B->v_mode;
-            R.kps = B->k_par_stride;
-            R.vps = B->v_par_stride;
-            R.rs = B->row_stride;
-            R.kd = B->k_dat;
-            R.vd = B->v_dat;
-            R.kp = B->k_par;
-            R.vp = B->v_par;
-            R.idx = B->idx;
-            R.n = B->n;
+            R = bucket_run(B);
         } else {
             if (!rows->n_tail)
                 break;

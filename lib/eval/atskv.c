@@ -684,14 +684,11 @@ static void hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n, con
                         uint32_t n_embd)
 {
     ats_cache *a = ctx;
-    if (a->rlv->n_embd && a->rlv->n_embd != n_embd) {
-        a->err = skv_error(SKV_EINVAL, "atskv: the weights expect hidden states of %u, the model "
-                           "has %u", a->rlv->n_embd, n_embd);
-        return;
-    }
-    for (uint32_t i = 0; i < n && pos + i < a->base.capacity; i++)
-        a->hterm[(size_t)layer * a->base.capacity + pos + i] =
-            (float)skv_rlv_hidden_term(a->rlv, layer, x + (size_t)i * n_embd);
+    uint64_t cap = a->base.capacity, m = pos < cap ? (cap - pos < n ? cap - pos : n) : 0;
+    int rc = skv_rlv_hidden_terms(a->rlv, layer, x, (uint32_t)m, n_embd,
+                                  m ? a->hterm + (size_t)layer * cap + pos : NULL);
+    if (rc < 0)
+        a->err = rc;
 }
 
 void skv_atskv_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)

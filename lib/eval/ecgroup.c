@@ -717,14 +717,11 @@ static void rlv_hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n,
                             uint32_t n_embd)
 {
     ecg *e = ctx;
-    if (e->rlv->n_embd && e->rlv->n_embd != n_embd) {
-        e->rerr = skv_error(SKV_EINVAL, "importance atskv: the weights expect hidden states of "
-                            "%u, the model has %u", e->rlv->n_embd, n_embd);
-        return;
-    }
-    for (uint32_t i = 0; i < n && pos + i < e->base.capacity; i++)
-        e->hterm[(size_t)layer * e->base.capacity + pos + i] =
-            (float)skv_rlv_hidden_term(e->rlv, layer, x + (size_t)i * n_embd);
+    uint64_t cap = e->base.capacity, m = pos < cap ? (cap - pos < n ? cap - pos : n) : 0;
+    int rc = skv_rlv_hidden_terms(e->rlv, layer, x, (uint32_t)m, n_embd,
+                                  m ? e->hterm + (size_t)layer * cap + pos : NULL);
+    if (rc < 0)
+        e->rerr = rc;
 }
 
 void skv_ecg_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)

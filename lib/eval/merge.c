@@ -302,6 +302,32 @@ static uint64_t row_bytes_at(const pm_cache *e, uint32_t w)
     return b + 4 + (e->mixed ? 1 : 0) + (e->track ? 4ull * e->G * e->m : 0);
 }
 
+/* The widths at multiplier lam (into e->wsel); their bytes. */
+static double widths_at(pm_cache *e, const pm_head *H, uint32_t r0, uint32_t nc,
+                        const uint64_t *bw, double lam)
+{
+    double total = 0;
+    for (uint32_t i = 0; i < nc; i++) {
+        const float *er = e->err + (size_t)i * SKV_NBITS;
+        const double s = (double)e->rank[i].score + 1e-12; /* unattended rows: cheapest */
+        double best = s * er[0];
+        int bi = 0;
+        for (int wi = 1; wi < SKV_NBITS; wi++) {
+            uint32_t w = skv_bit_widths[wi];
+            if (!(e->cfg.kept_mask & (1u << w)) || w > H->w[r0 + i])
+                continue;
+            double c = s * er[wi] + lam * (double)bw[wi];
+            if (c < best) {
+                best = c;
+                bi = wi;
+            }
+        }
+        e->wsel[i] = (uint8_t)skv_bit_widths[bi];
+        total += (double)bw[bi];
+    }
+    return total;
+}
+
 /* Mixed precision: the widths of the nc candidate rows r0.. of H (their
  * scores in e->rank[i].score, row order) into e->wsel, the bytes within
  * the head's share R of the budget.  Each row takes the width minimising
@@ -319,25 +345,7 @@ static void choose_widths(pm_cache *e, const pm_head *H, uint32_t r0, uint32_t n
     double lo = 0, hi = 1e-12;
     for (int pass = 0; pass < 200; pass++) {
         const double lam = pass < 100 ? hi : 0.5 * (lo + hi);
-        double total = 0;
-        for (uint32_t i = 0; i < nc; i++) {
-            const float *er = e->err + (size_t)i * SKV_NBITS;
-            const double s = (double)e->rank[i].score + 1e-12; /* unattended rows: cheapest */
-            double best = s * er[0];
-            int bi = 0;
-            for (int wi = 1; wi < SKV_NBITS; wi++) {
-                uint32_t w = skv_bit_widths[wi];
-                if (!(e->cfg.kept_mask & (1u << w)) || w > H->w[r0 + i])
-                    continue;
-                double c = s * er[wi] + lam * (double)bw[wi];
-                if (c < best) {
-                    best = c;
-                    bi = wi;
-                }
-            }
-            e->wsel[i] = (uint8_t)skv_bit_widths[bi];
-            total += (double)bw[bi];
-        }
+        double total = widths_at(e, H, r0, nc, bw, lam);
         if (pass < 100) {          /* grow hi until it fits */
             if (total <= R)
                 pass = 99;
@@ -354,23 +362,7 @@ static void choose_widths(pm_cache *e, const pm_head *H, uint32_t r0, uint32_t n
             break;
     }
     /* the last choice may be lo's: redo at hi, which fits */
-    for (uint32_t i = 0; i < nc; i++) {
-        const float *er = e->err + (size_t)i * SKV_NBITS;
-        const double s = (double)e->rank[i].score + 1e-12;
-        double best = s * er[0];
-        int bi = 0;
-        for (int wi = 1; wi < SKV_NBITS; wi++) {
-            uint32_t w = skv_bit_widths[wi];
-            if (!(e->cfg.kept_mask & (1u << w)) || w > H->w[r0 + i])
-                continue;
-            double c = s * er[wi] + hi * (double)bw[wi];
-            if (c < best) {
-                best = c;
-                bi = wi;
-            }
-        }
-        e->wsel[i] = (uint8_t)skv_bit_widths[bi];
-    }
+    widths_at(e, H, r0, nc, bw, hi);
 }
 
 /* Store row r of H at width w < 16: quantized, held dequantized. */

@@ -1194,17 +1194,24 @@ static int read_q(rd *r, const skv_chunk *ch)
     return 0;
 }
 
+/* A private 64-byte aligned copy of a chunk's payload (*mem: to free). */
+static uint8_t *aligned_copy(const skv_chunk *ch, uint8_t **mem)
+{
+    if (!(*mem = skv_malloc((size_t)ch->raw_size + SKV_ALIGN)))
+        return NULL;
+    uint8_t *al = (uint8_t *)(((uintptr_t)*mem + SKV_ALIGN - 1) & ~(uintptr_t)(SKV_ALIGN - 1));
+    memcpy(al, ch->data, (size_t)ch->raw_size);
+    return al;
+}
+
 static int read_pbkt(rd *r, const skv_chunk *ch)
 {
     skv_cache *c = r->c;
     const skv_pkhd *p = &c->pk;
     unsigned long long at = (unsigned long long)ch->offset;
-    /* private 64-byte aligned copy */
-    uint8_t *mem = skv_malloc((size_t)ch->raw_size + SKV_ALIGN);
-    if (!mem)
+    uint8_t *mem, *al = aligned_copy(ch, &mem);
+    if (!al)
         return SKV_ENOMEM;
-    uint8_t *al = (uint8_t *)(((uintptr_t)mem + SKV_ALIGN - 1) & ~(uintptr_t)(SKV_ALIGN - 1));
-    memcpy(al, ch->data, (size_t)ch->raw_size);
     skv_bucket b;
     int rc = skv_pbkt_decode(al, ch->raw_size, p->n_tokens, &b);
     if (rc < 0) {
@@ -1296,11 +1303,9 @@ static int read_cntr(rd *r, const skv_chunk *ch)
     skv_cache *c = r->c;
     const skv_pkhd *p = &c->pk;
     unsigned long long at = (unsigned long long)ch->offset;
-    uint8_t *mem = skv_malloc((size_t)ch->raw_size + SKV_ALIGN);
-    if (!mem)
+    uint8_t *mem, *al = aligned_copy(ch, &mem);
+    if (!al)
         return SKV_ENOMEM;
-    uint8_t *al = (uint8_t *)(((uintptr_t)mem + SKV_ALIGN - 1) & ~(uintptr_t)(SKV_ALIGN - 1));
-    memcpy(al, ch->data, (size_t)ch->raw_size);
     skv_bucket b;
     const uint32_t *cnt = NULL;
     const char *bad = NULL;
