@@ -42,7 +42,7 @@ LIB_DIRS := $(sort $(dir $(wildcard lib/*/*.c lib/*/*.h)))
 LIB_INC := -Ilib $(patsubst %/,-I%,$(LIB_DIRS))
 ALL_CFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(SANFLAGS) -fPIC -pthread -fvisibility=hidden $(LIB_INC)
 ALL_LDFLAGS := $(LDFLAGS) $(SANFLAGS) -pthread
-LIBS := -lz -lm -ldl
+LIBS := -lz -lm -ldl -llapacke
 
 # Sanitized objects live apart so switching SANITIZE never mixes builds.
 ifeq ($(SANITIZE),1)

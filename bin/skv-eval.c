@@ -40,7 +40,8 @@ static noreturn void usage(void)
            "                         random, position,\n"
            "                         layer-aware, prune-merge[:K]; baselines q8_0, q4_0,\n"
            "                         streaming, h2o, snapkv, mikv, sliding, dynamickv,\n"
-           "                         uncomp, razor (--heads), rocketkv; atskv, atskv-ema\n"
+           "                         uncomp, razor (--heads), rocketkv, zack; atskv,\n"
+           "                         atskv-ema\n"
            "                         (needle: a comma list)\n"
            "      --weights FILE     atskv: relevance weights from skv-alloc train\n"
            "      --offload FILE     atskv: the passive tier in FILE (created, removed at\n"
@@ -48,6 +49,10 @@ static noreturn void usage(void)
            "      --active-bits N    atskv: active rows quantized per token at N = 4 or 8\n"
            "                         bits (default 16: fp16)\n"
            "      --heads FILE       razor: head scores from skv-trace heads\n"
+           "      --calib FILE       zack: the text whose keys and values give the bases\n"
+           "                         (default /usr/share/common-licenses/Apache-2.0; not\n"
+           "                         the scored text)\n"
+           "      --calib-tokens N   zack: its first N tokens, one context (default 1024)\n"
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized; atskv (smartkv\n"
            "                         in the grouped layout: the learned relevance of\n"
@@ -134,7 +139,8 @@ enum {
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
     O_IMPPOW, O_RECENCY, O_PARAMBITS, O_VROTATE, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR,
-    O_PM_BITS, O_WEIGHTS, O_HEADS, O_OFFLOAD, O_ACTIVE_BITS
+    O_PM_BITS, O_WEIGHTS, O_HEADS, O_OFFLOAD, O_ACTIVE_BITS,
+    O_CALIB, O_CALIB_TOK
 };
 
 static const struct option longopts[] = {
@@ -168,6 +174,8 @@ static const struct option longopts[] = {
     {"offload", required_argument, NULL, O_OFFLOAD},
     {"active-bits", required_argument, NULL, O_ACTIVE_BITS},
     {"heads", required_argument, NULL, O_HEADS},
+    {"calib", required_argument, NULL, O_CALIB},
+    {"calib-tokens", required_argument, NULL, O_CALIB_TOK},
     {"model", required_argument, NULL, 'm'},
     {"text", required_argument, NULL, 'f'},
     {"ctx", required_argument, NULL, O_CTX},
@@ -266,6 +274,22 @@ static skv_rlv_model *ema_only_model(void)
     return m;
 }
 
+/* ZACK's bases: computed once per process, on the first zack cache, from
+ * the first --calib-tokens tokens of --calib (another text than the one
+ * scored: a basis fitted to the scored text would flatter it). */
+static const char *zack_calib = "/usr/share/common-licenses/Apache-2.0";
+static uint32_t zack_calib_tokens = 1024;
+static skv_zack_basis *zack_basis;
+
+static const char *scored_text;  /* --text, for the check above */
+
+static int same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return a && b && strcmp(a, "-") && strcmp(b, "-") && stat(a, &sa) == 0 &&
+           stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 static void set_policy(skv_ec_cfg *c, const char *p)
 {
     if (!strcmp(p, "atskv-ema")) {
@@ -286,6 +310,13 @@ static void set_policy(skv_ec_cfg *c, const char *p)
     }
     if (!strcmp(p, "f32")) {
         c->kind = SKV_EC_F32;
+        return;
+    }
+    if (!strcmp(p, "zack")) {  /* the bases come after the model (zack_attach) */
+        if (same_file(zack_calib, scored_text))
+            tool_usage_error("--calib %s is the scored text; calibrate zack on another text",
+                             zack_calib);
+        c->kind = SKV_EC_ZACK;
         return;
     }
     if (!strncmp(p, "prune-merge", 11) && (p[11] == '\0' || p[11] == ':')) {
@@ -370,24 +401,45 @@ static skv_model *load_model(const opts *o)
     return m;
 }
 
-static int32_t *tokenize_text(skv_model *m, const opts *o, size_t *n)
+static int32_t *tokenize_file(skv_model *m, const opts *o, const char *path, size_t *n)
 {
     const skv_tokenizer *tk = skv_model_tokenizer(m);
     if (!tk)
         tool_die(EXIT_DATA, "%s: %s", o->model, skv_model_tokenizer_error(m));
     size_t len;
-    char *text = read_text(o->text, &len);
+    char *text = read_text(path, &len);
     int add_bos = 0;
     if (skv_gguf_find(skv_model_gguf(m), "tokenizer.ggml.add_bos_token"))
         skv_gguf_get_bool(skv_model_gguf(m), "tokenizer.ggml.add_bos_token", &add_bos);
     unsigned flags = add_bos && skv_tokenizer_bos(tk) >= 0 ? SKV_TOK_BOS : 0;
     int32_t *ids = NULL;
     if (skv_tokenize(tk, text, len, flags, &ids, n) < 0)
-        tool_fail(tool_in_name(o->text));
+        tool_fail(tool_in_name(path));
     free(text);
     if (*n < 2)
-        tool_die(EXIT_DATA, "%s: fewer than 2 tokens", tool_in_name(o->text));
+        tool_die(EXIT_DATA, "%s: fewer than 2 tokens", tool_in_name(path));
     return ids;
+}
+
+static int32_t *tokenize_text(skv_model *m, const opts *o, size_t *n)
+{
+    return tokenize_file(m, o, o->text, n);
+}
+
+static void zack_attach(skv_model *m, const opts *o, skv_ec_cfg *c)
+{
+    if (c->kind != SKV_EC_ZACK)
+        return;
+    if (!zack_basis) {
+        size_t n;
+        int32_t *ids = tokenize_file(m, o, zack_calib, &n);
+        if (n > zack_calib_tokens)
+            n = zack_calib_tokens;
+        if (skv_zack_calibrate(m, ids, n, &zack_basis) < 0)
+            tool_die(EXIT_DATA, "%s: zack calibration: %s", zack_calib, skv_errmsg());
+        free(ids);
+    }
+    c->zack = zack_basis;
 }
 
 static FILE *open_out(const char *path)
@@ -479,6 +531,8 @@ static void policy_text(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "prune-merge:%u", c->pm.num_clusters);
     else if (c->kind == SKV_EC_ATSKV)
         snprintf(buf, n, "%s", c->rlv && c->rlv->label ? c->rlv->label : "atskv");
+    else if (c->kind == SKV_EC_ZACK)
+        snprintf(buf, n, "zack");
     else
         skv_policy_format(c->alloc.policy, c->alloc.uniform_bits, buf, n);
 }
@@ -499,7 +553,7 @@ static void tsv_row(FILE *f, const skv_ec_cfg *c, const skv_ppl_result *r, int f
             r->ppl - r->ppl_ref, r->top1, r->ppl_ref, r->kl_max, front,
             (c->kind == SKV_EC_COMPRESS && !(pf & SKV_PF_FIXED)) ||
                     (c->kind == SKV_EC_PRUNE_MERGE && !c->pm.max_cache_size) ||
-                    c->kind == SKV_EC_ATSKV
+                    c->kind == SKV_EC_ATSKV || c->kind == SKV_EC_ZACK
                 ? c->alloc.budget
                 : 0,
             imp_name(imp), c->decay, c->realloc, c->ideal, r->beta_alloc,
@@ -657,6 +711,7 @@ static int cmd_ppl(opts *o)
     if (skv_ec_cfg_check(&c) < 0)
         tool_usage_error("%s", skv_errmsg());
     skv_model *m = load_model(o);
+    zack_attach(m, o, &c);
     size_t n;
     int32_t *ids = tokenize_text(m, o, &n);
     if (o->ctx > n)
@@ -702,6 +757,8 @@ static int cmd_needle(opts *o)
         cfgs[nc++] = c;
     }
     skv_model *m = load_model(o);
+    for (uint32_t i = 0; i < nc; i++)
+        zack_attach(m, o, &cfgs[i]);
     skv_needle_opts no = {o->seed, o->max_new};
     uint32_t NL = o->n_lengths, ND = o->n_depths;
     skv_needle_result *res = calloc((size_t)nc * NL * ND, sizeof *res);
@@ -802,11 +859,12 @@ static uint32_t make_rows(const opts *o, row **out)
         set_policy(&base, o->policies[pi]);
         unsigned pf = base.kind == SKV_EC_COMPRESS ? skv_policy_flags(base.alloc.policy) : 0;
         int atskv = base.kind == SKV_EC_ATSKV;
-        int budgeted = (pf & SKV_PF_BUDGET) != 0 || atskv ||
+        int budgeted = (pf & SKV_PF_BUDGET) != 0 || atskv || base.kind == SKV_EC_ZACK ||
                        (base.kind == SKV_EC_PRUNE_MERGE && !base.pm.max_cache_size);
         int tracked = budgeted && (pf & SKV_PF_IMPORTANCE);
         uint32_t nb = budgeted ? o->n_budgets : 1, ni = tracked ? o->n_imps : 1;
-        uint32_t nr = base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE || atskv
+        uint32_t nr = base.kind == SKV_EC_COMPRESS || base.kind == SKV_EC_PRUNE_MERGE || atskv ||
+                              base.kind == SKV_EC_ZACK
                           ? o->n_reallocs : 1;
         for (uint32_t bi = 0; bi < nb; bi++)
             for (uint32_t ii = 0; ii < ni; ii++) {
@@ -895,8 +953,9 @@ static int run_rows(const opts *o, const row *rows, const uint32_t *todo, uint32
         uint64_t w = o->ctx < n ? o->ctx : n;
         if (o->max_tokens && o->max_tokens < w)
             w = o->max_tokens;
-        if (check_budget(m, &r->cfg, w) < 0 ||
-            skv_eval_ppl(m, ids, n, &r->cfg, &po, &res) < 0) {
+        skv_ec_cfg rc = r->cfg;
+        zack_attach(m, o, &rc);
+        if (check_budget(m, &rc, w) < 0 || skv_eval_ppl(m, ids, n, &rc, &po, &res) < 0) {
             fprintf(stderr, "%s: %s: %s\n", tool_name, r->label, skv_errmsg());
             bad = 1;
             continue;
@@ -1271,6 +1330,10 @@ int main(int argc, char **argv)
                 tool_die(EXIT_DATA, "%s", skv_errmsg());
             break;
         case O_OFFLOAD: o.cfg.offload = optarg; break;
+        case O_CALIB: zack_calib = optarg; break;
+        case O_CALIB_TOK:
+            zack_calib_tokens = tool_opt_u32("--calib-tokens", optarg, 2, 1u << 20);
+            break;
         case O_ACTIVE_BITS:
             o.cfg.active_bits = tool_opt_u32("--active-bits", optarg, 4, 16);
             if (o.cfg.active_bits != 4 && o.cfg.active_bits != 8 && o.cfg.active_bits != 16)
@@ -1305,6 +1368,7 @@ int main(int argc, char **argv)
         tool_usage_error("--tsv and --json are exclusive");
     if (!o.model)
         tool_usage_error("%s needs --model FILE", o.cmd);
+    scored_text = o.text;
     o.quiet = tool_verbosity == 0;
     /* default: every online CPU, shared among the sweep's jobs */
     o.threads = tool_threads ? tool_thread_count(SKV_MODEL_MAX_THREADS)
@@ -1386,5 +1450,6 @@ int main(int argc, char **argv)
         rc = cmd_sweep(&o);
     for (int i = 0; i < 8; i++)
         free(own[i]);
+    skv_zack_basis_free(zack_basis);
     return rc;
 }

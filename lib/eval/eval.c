@@ -290,7 +290,7 @@ int skv_eval_ppl(skv_model *m, const int32_t *tokens, uint64_t n, const skv_ec_c
                          (unsigned long long)stride, (unsigned long long)ctx);
     uint32_t B = o->block ? o->block
                          : (cfg->kind == SKV_EC_COMPRESS || cfg->kind == SKV_EC_PRUNE_MERGE ||
-                                    cfg->kind == SKV_EC_ATSKV
+                                    cfg->kind == SKV_EC_ATSKV || cfg->kind == SKV_EC_ZACK
                                 ? cfg->realloc : 64);
     if (B > 64)
         B = 64;  /* the model evaluates at most 64 tokens per block anyway */

@@ -8,6 +8,7 @@
 #include "smartkv_importance.h"
 #include "smartkv_pack.h"
 #include "smartkv_quant.h"
+#include "zack.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -97,8 +98,10 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
         skv_pm_cfg p = skv_ec_pm_cfg(c);
         return skv_pm_cfg_check(&p);
     }
-    if (c->kind > SKV_EC_ATSKV)
+    if (c->kind > SKV_EC_ZACK)
         return skv_error(SKV_EINVAL, "unknown cache kind %u", c->kind);
+    if (c->kind == SKV_EC_ZACK)  /* zack.c */
+        return skv_zack_cfg_check(c);
     if (c->kind == SKV_EC_ATSKV) /* ATSKV (atskv.c): weights, budget, R */
         return !c->rlv ? skv_error(SKV_EINVAL, "atskv needs relevance weights (skv-alloc train)")
                : !(c->alloc.budget > 0 && isfinite(c->alloc.budget))
@@ -228,6 +231,15 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(buf, n, "f32");
         return;
     }
+    if (c->kind == SKV_EC_ZACK) {
+        snprintf(buf, n, "zack beta=%g R=%u", c->alloc.budget, c->realloc);
+        if (c->alloc.sinks != 4 || c->alloc.recent != 32) {
+            size_t w = strlen(buf);
+            snprintf(buf + w, n > w ? n - w : 0, " sinks=%u recent=%u", c->alloc.sinks,
+                     c->alloc.recent);
+        }
+        return;
+    }
     if (c->kind == SKV_EC_ATSKV) {
         if (c->active_bits && c->active_bits < 16)
             snprintf(buf, n, "%s beta=%g R=%u active=%u",
@@ -311,7 +323,10 @@ static ec_cache *as_ec(skv_kv_cache *c)
     return c && c->ops == &ec_ops ? (ec_cache *)c : NULL;
 }
 
-int skv_ec_is(const skv_kv_cache *c) { return (c && c->ops == &ec_ops) || skv_ecg_is(c); }
+int skv_ec_is(const skv_kv_cache *c)
+{
+    return (c && c->ops == &ec_ops) || skv_ecg_is(c) || skv_zack_is(c);
+}
 
 static ec_head *head_at(ec_cache *e, uint32_t l, uint32_t h)
 {
@@ -743,6 +758,8 @@ int skv_ec_realloc(skv_kv_cache *cc)
         return skv_pm_prune(cc);
     if (skv_atskv_is(cc))
         return skv_atskv_select(cc);
+    if (skv_zack_is(cc))  /* zack.c */
+        return skv_zack_project(cc);
     ec_cache *e = as_ec(cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
@@ -873,6 +890,7 @@ void skv_ec_hold(skv_kv_cache *c, int hold)
     skv_ecg_hold(c, hold);
     skv_pm_hold(c, hold);  /* merge.c; no-op for other caches */
     skv_atskv_hold(c, hold);
+    skv_zack_hold(c, hold);
     ec_cache *e = as_ec(c);
     if (e)
         e->hold = hold;
@@ -1057,6 +1075,8 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
         return NULL;
     if (cfg->kind == SKV_EC_COMPRESS && cfg->layout == SKV_EC_GROUPED)
         return skv_ecg_new(cfg, n_layers, n_heads, n_kv_heads, head_dim, capacity);
+    if (cfg->kind == SKV_EC_ZACK)
+        return skv_zack_new(cfg, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     if (cfg->kind == SKV_EC_ATSKV)
         return skv_atskv_new(cfg, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     ec_cache *e = skv_calloc(1, sizeof *e);
@@ -1163,6 +1183,8 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
         return skv_ec_pm_stats(cc, s);
     if (skv_atskv_is(cc))
         return skv_atskv_stats(cc, s);
+    if (skv_zack_is(cc))
+        return skv_zack_stats(cc, s);
     ec_cache *e = as_ec((skv_kv_cache *)cc);
     if (!e)
         return skv_error(SKV_EINVAL, "kv cache: not a compressed cache");
@@ -1226,6 +1248,7 @@ void skv_ec_stats_reset(skv_kv_cache *cc)
 {
     skv_ecg_stats_reset(cc);
     skv_atskv_stats_reset(cc);
+    skv_zack_stats_reset(cc);
     ec_cache *e = as_ec(cc);
     if (!e)
         return;

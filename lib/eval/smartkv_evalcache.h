@@ -98,9 +98,11 @@ enum skv_ec_kind {
     SKV_EC_F32 = 2,         /* reference: float32 rows, never compressed */
     SKV_EC_PRUNE_MERGE = 3, /* prune + merge (smartkv_merge.h), configured by pm */
     SKV_EC_ATSKV = 4,       /* ATSKV: learned relevance, active/passive tiers (smartkv_atskv.h) */
+    SKV_EC_ZACK = 5,        /* ZACK: low-rank K and V per (layer, KV head), configured by zack */
 };
 
 struct skv_rlv_model;
+struct skv_zack_basis;
 
 typedef struct skv_ec_cfg {
     double decay;           /* ema, in [0, 1) */
@@ -144,6 +146,9 @@ typedef struct skv_ec_cfg {
     const char *offload;    /* ATSKV: the passive tier in this file instead of host memory
                                (created, refused if it exists; closed and removed with the
                                cache); NULL: host memory */
+    const struct skv_zack_basis *zack;  /* SKV_EC_ZACK: the calibration's bases
+                                           (skv_zack_calibrate); its budget, sinks and
+                                           recent are taken from alloc, realloc is R */
 } skv_ec_cfg;
 
 /* imp_mode of the grouped layout (policy smartkv): the learned relevance of
@@ -258,6 +263,55 @@ SKV_EXPORT skv_pm_cfg skv_ec_pm_cfg(const skv_ec_cfg *c);
 SKV_EXPORT skv_kv_cache *skv_ec_pm_new(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
                                        uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity);
 SKV_EXPORT int skv_ec_pm_stats(const skv_kv_cache *c, skv_ec_stats *s);
+
+/* ---- ZACK (zack.c): a low-rank projection of K and V per (layer, KV head)
+ * (Zhang and Shen 2024, "ZACK: Zero-Overhead LLM Inference Acceleration via
+ * Dimensionality Compression of the Key-Value Cache").
+ *
+ * Basis.  A calibration run (skv_zack_calibrate: the model over other text
+ * with a dense float32 cache) gives, per (layer, KV head), the mean and the
+ * covariance (1/n, float64) of the keys and of the values; their
+ * eigenvectors (LAPACK dsyevr), by descending eigenvalue, are the principal
+ * components.  The cache stores the mean and the first r components at fp16.
+ *
+ * Cache (kind SKV_EC_ZACK).  Tokens enter at fp16.  The first alloc.sinks
+ * tokens stay fp16; every realloc (R) tokens, the tokens older than the
+ * alloc.recent newest are projected: r fp16 coefficients c = U_r^T (x - mu)
+ * for the key and r for the value, and the attention reads mu + U_r c (what
+ * a low-rank kernel computes as q.mu + (U_r^T q).c).  The rank r is one for
+ * every head, the largest whose bytes at the cache's capacity fit
+ * alloc.budget x fp16 (skv_zack_rank; at least 1).  Bytes per (layer, KV
+ * head): fp16 rows (sinks, recent, pending) 4 d each, projected tokens 4 r
+ * each, once any token is projected the basis 2 x d x r fp16 and the means
+ * 2 x d fp16, and 8 bytes (rank, count).  No tracking state. */
+typedef struct skv_zack_basis {
+    uint32_t n_layers, n_kv_heads, head_dim;
+    uint64_t n_tokens;      /* calibration tokens */
+    float *mean;            /* [n_layers][n_kv_heads][2][head_dim]: K then V, fp16 values */
+    float *vec;             /* [n_layers][n_kv_heads][2][head_dim][head_dim]: component j
+                               (j-th largest eigenvalue) at + j * head_dim, fp16 values */
+    double *eig;            /* [n_layers][n_kv_heads][2][head_dim], descending */
+} skv_zack_basis;
+
+/* Principal components of n rows x[n][d] in float64: mean[d], the
+ * eigenvalues eig[d] of the covariance (1/n) in descending order and their
+ * unit eigenvectors, component j at vec + j * d.  Returns 0 or <0. */
+SKV_EXPORT int skv_zack_fit(const float *x, uint64_t n, uint32_t d, double *mean, double *vec,
+                            double *eig);
+/* The bases of the model's keys and values over tokens[0..n) (one context,
+ * n >= 2), as above.  *out: free with skv_zack_basis_free.  0 or <0. */
+SKV_EXPORT int skv_zack_calibrate(skv_model *m, const int32_t *tokens, uint64_t n,
+                                  skv_zack_basis **out);
+SKV_EXPORT void skv_zack_basis_free(skv_zack_basis *b);
+/* The rank of a ZACK cache of these settings and capacity (see above);
+ * *raised = 1 when even rank 1 exceeds the budget. */
+SKV_EXPORT uint32_t skv_zack_rank(const skv_ec_cfg *c, uint32_t head_dim, uint64_t capacity,
+                                  int *raised);
+/* The rows the attention of a ZACK cache reads for (layer, kv head): *k and
+ * *v point at n rows of head_dim floats (projected ones as mu + U_r c).
+ * Returns n, or 0 (not a ZACK cache, out of range). */
+SKV_EXPORT uint64_t skv_zack_rows(const skv_kv_cache *c, uint32_t layer, uint32_t kv_head,
+                                  const float **k, const float **v);
 
 #ifdef __cplusplus
 }

@@ -69,6 +69,12 @@ expect_rc 2 "--offload with two sweep jobs is a usage error"
 run skv-eval ppl --model m.gguf --text t.txt -p atskv --active-bits 3
 expect_rc 2 "--active-bits 3 is a usage error"
 echo hello > t.txt
+cp t.txt same.txt
+run skv-eval ppl --model m.gguf --text same.txt -p zack --calib "$T/same.txt"
+expect_rc 2 "zack calibrated on the scored text is a usage error"
+expect_err "is the scored text" "... saying why"
+run skv-eval ppl --model m.gguf --text t.txt -p zack --calib-tokens 1
+expect_rc 2 "--calib-tokens 1 is a usage error"
 run skv-eval ppl --model nonexistent.gguf --text t.txt
 expect_rc 1 "a missing model is a data error"
 expect_err "nonexistent.gguf" "missing model message names the file"
@@ -253,6 +259,20 @@ if sys.argv[2] in ("streaming", "h2o", "snapkv", "sliding", "dynamickv", "uncomp
     assert r["widths"].endswith("16:100.0%"), r  # stored rows: all fp16, the rest evicted
 ' "$T/out" $p
 done
+# zack: bases from another text (the default Apache-2.0), rank from -b
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 200 --ctx 200 -p zack -b 0.3 \
+    --calib-tokens 128 --json -q
+expect_rc 0 "ppl with zack"
+check "zack: its label, no tracking state, within beta 0.3 at the window end, some KL" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["cache"] == "zack beta=0.3 R=16" and r["meta_frac"] == 0, r
+assert 0.1 < r["beta_end"] <= 0.3 and r["beta_alloc"] <= 0.3 and r["kl"] > 0, r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 64 --ctx 64 -p zack \
+    --calib nonexistent.txt -q
+expect_rc 1 "zack with a missing calibration text is a data error"
+expect_err "nonexistent.txt" "... naming it"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p kivi:2 --json -q
 expect_rc 0 "ppl with kivi:2"
 check "kivi:2: grouped layout, no tracking state, beta at the window end below 0.5" python3 -c '
