@@ -374,6 +374,9 @@ int main(int argc, char **argv)
                                                   SKV_CNTR_MAX);
                 break;
             }
+            if (optarg && !strcmp(optarg, "zack"))  /* no chunk holds a basis */
+                tool_usage_error("--policy zack: online only (skv-eval -p zack); the packed "
+                                 "format has no chunk for its bases");
             ac.prune_merge = 0;
             tool_opt_policy("--policy", optarg, &ac.policy, &ac.uniform_bits);
             break;

@@ -190,10 +190,9 @@ static zk_cache *as_zk(const skv_kv_cache *c)
     return skv_zack_is(c) ? (zk_cache *)c : NULL;
 }
 
+/* The bases are data, not settings: skv_zack_new asks for them. */
 int skv_zack_cfg_check(const skv_ec_cfg *c)
 {
-    if (!c->zack)
-        return skv_error(SKV_EINVAL, "zack needs a calibration basis (skv_zack_calibrate)");
     if (!(c->alloc.budget > 0 && isfinite(c->alloc.budget)))
         return skv_error(SKV_EINVAL, "zack needs a budget beta > 0");
     if (!c->realloc)
@@ -385,6 +384,9 @@ skv_kv_cache *skv_zack_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_
     if (skv_zack_cfg_check(cfg) < 0)
         return NULL;
     const skv_zack_basis *b = cfg->zack;
+    if (!b)
+        return skv_error(SKV_EINVAL, "zack needs a calibration basis (skv_zack_calibrate)"),
+               NULL;
     if (b->n_layers != n_layers || b->n_kv_heads != n_kv_heads || b->head_dim != head_dim)
         return skv_error(SKV_EINVAL, "zack: the basis is for %u layers x %u KV heads x %u, the "
                          "cache %u x %u x %u", b->n_layers, b->n_kv_heads, b->head_dim, n_layers,
