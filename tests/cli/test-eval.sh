@@ -267,7 +267,8 @@ check "zack: its label, no tracking state, within beta 0.3 at the window end, so
 import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["cache"] == "zack beta=0.3 R=16" and r["meta_frac"] == 0, r
-assert 0.1 < r["beta_end"] <= 0.3 and r["beta_alloc"] <= 0.3 and r["kl"] > 0, r
+# the rank fits beta at the window end; earlier the fp16 window weighs more
+assert 0.1 < r["beta_end"] <= 0.3 < r["beta"] and r["kl"] > 0, r
 ' "$T/out"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 64 --ctx 64 -p zack \
     --calib nonexistent.txt -q
