@@ -260,6 +260,42 @@ START_TEST(test_rlvw_roundtrip)
 }
 END_TEST
 
+/* Features at step t (queries 0..t-1 folded in) of the full and compact
+ * trackers. */
+static void check_compact(const skv_rlv_tok *full, const skv_rlv_tok *grp, const float *ema,
+                          uint64_t t)
+{
+    for (uint64_t i = 0; i < t; i++) {
+        double xf[SKV_RLV_NFEAT], xc[SKV_RLV_NFEAT];
+        skv_rlv_features(&full[i], i, t, SKV_RLV_TOK_PUNCT, 3, xf);
+        skv_rlv_features_compact(grp, ema, i, t, SKV_RLV_TOK_PUNCT, 3, xc);
+        /* the 8-bit log code: within 2^(1/32) - 1 = 2.2% */
+        double e = xf[SKV_RLV_EMA_MEAN];
+        ck_assert_msg(fabs(xc[SKV_RLV_EMA_MEAN] - e) <= 0.0219 * e, "token %llu ema %g vs %g",
+                      (unsigned long long)i, xc[SKV_RLV_EMA_MEAN], e);
+        ck_assert_double_eq_tol(xc[SKV_RLV_LOG_EMA], xf[SKV_RLV_LOG_EMA], 0.0222);
+        ck_assert_msg(fabs(xc[SKV_RLV_EMA_MAX] - xf[SKV_RLV_EMA_MAX]) <=
+                          0.0219 * xf[SKV_RLV_EMA_MAX] + 1e-6,
+                      "token %llu ema max %g vs %g", (unsigned long long)i,
+                      xc[SKV_RLV_EMA_MAX], xf[SKV_RLV_EMA_MAX]);
+        for (int f = SKV_RLV_REL_POS; f < SKV_RLV_NFEAT; f++)
+            ck_assert(xc[f] == xf[f]);
+        /* the group's mean token, by hand from the full trackers */
+        uint64_t g0 = i / 32 * 32, end = g0 + 32 < t ? g0 + 32 : t;
+        double acc = 0, hits = 0, seen = 0;
+        uint32_t last = 0;
+        for (uint64_t j = g0; j < end; j++) {
+            acc += full[j].acc_mean;
+            hits += full[j].hits;
+            seen += (double)(t - j);
+            last = full[j].last_hit > last ? full[j].last_hit : last;
+        }
+        ck_assert_double_eq_tol(xc[SKV_RLV_LOG_MEAN], log(acc / seen + 1e-6), 1e-5);
+        ck_assert_double_eq_tol(xc[SKV_RLV_HIT_RATE], hits / seen, 1e-6);
+        ck_assert_double_eq_tol(xc[SKV_RLV_LAST_HIT], log1p((double)(t - 1 - last)), 1e-12);
+    }
+}
+
 /* The compact tracker against the full one on the same random attention
  * stream: its group sums are the sums of the full trackers' fields, its
  * EMA features within the 8-bit log step, the others the group's mean
@@ -283,6 +319,8 @@ START_TEST(test_compact_tracker)
         }
         skv_rlv_track_step(full, s, mean, mx);
         skv_rlv_track_step_compact(grp, ema, s, mean, mx);
+        if (s + 1 == 40 || s + 1 == T)
+            check_compact(full, grp, ema, s + 1);
     }
     for (uint32_t g = 0; g * SKV_RLV_GROUP < T; g++) {
         double f[6] = {0};
@@ -302,37 +340,6 @@ START_TEST(test_compact_tracker)
             ck_assert_msg(fabs(got[k] - f[k]) <= 1e-5 * (1 + fabs(f[k])), "group %u field %d: %g "
                           "vs %g", g, k, got[k], f[k]);
         ck_assert_uint_eq(c->last_hit, last);
-    }
-    for (uint64_t t = 40; t <= T; t += 30) {
-        for (uint64_t i = 0; i < t; i++) {
-            double xf[SKV_RLV_NFEAT], xc[SKV_RLV_NFEAT];
-            skv_rlv_features(&full[i], i, t, SKV_RLV_TOK_PUNCT, 3, xf);
-            skv_rlv_features_compact(grp, ema, i, t, SKV_RLV_TOK_PUNCT, 3, xc);
-            /* the 8-bit log code: within 2^(1/32) - 1 = 2.2% */
-            double e = xf[SKV_RLV_EMA_MEAN];
-            ck_assert_msg(fabs(xc[SKV_RLV_EMA_MEAN] - e) <= 0.0219 * e, "token %llu ema %g vs %g",
-                          (unsigned long long)i, xc[SKV_RLV_EMA_MEAN], e);
-            ck_assert_double_eq_tol(xc[SKV_RLV_LOG_EMA], xf[SKV_RLV_LOG_EMA], 0.0222);
-            ck_assert_msg(fabs(xc[SKV_RLV_EMA_MAX] - xf[SKV_RLV_EMA_MAX]) <=
-                              0.0219 * xf[SKV_RLV_EMA_MAX] + 1e-6,
-                          "token %llu ema max %g vs %g", (unsigned long long)i,
-                          xc[SKV_RLV_EMA_MAX], xf[SKV_RLV_EMA_MAX]);
-            for (int f = SKV_RLV_REL_POS; f < SKV_RLV_NFEAT; f++)
-                ck_assert(xc[f] == xf[f]);
-            /* the group's mean token, by hand from the full trackers */
-            uint64_t g0 = i / 32 * 32, end = g0 + 32 < t ? g0 + 32 : t;
-            double acc = 0, hits = 0, seen = 0;
-            uint32_t last = 0;
-            for (uint64_t j = g0; j < end; j++) {
-                acc += full[j].acc_mean;
-                hits += full[j].hits;
-                seen += (double)(t - j);
-                last = full[j].last_hit > last ? full[j].last_hit : last;
-            }
-            ck_assert_double_eq_tol(xc[SKV_RLV_LOG_MEAN], log(acc / seen + 1e-6), 1e-5);
-            ck_assert_double_eq_tol(xc[SKV_RLV_HIT_RATE], hits / seen, 1e-6);
-            ck_assert_double_eq_tol(xc[SKV_RLV_LAST_HIT], log1p((double)(t - 1 - last)), 1e-12);
-        }
     }
     /* bytes of 70 tokens: 70 one-byte EMAs, 3 groups of 28 bytes */
     ck_assert_uint_eq(sizeof(skv_rlv_tok), 28);
