@@ -167,6 +167,8 @@ static void train_usage(void)
            "      --tokens N         use the first N tokens of each trace (default 2048)\n"
            "      --t0 N, --stride N sample steps t0, t0+stride, ... (default 64, 16)\n"
            "      --seed S           seed of the sample draw and projection (default 1)\n"
+           "      --beta-target F    fit each layer's threshold scale beta_l at active\n"
+           "                         fraction F (default 0.25; 0: beta_l = 1)\n"
            TOOL_COMMON_HELP, tool_name);
     exit(0);
 }
@@ -214,7 +216,7 @@ static double mean_of(const skv_rlv_eval *e, uint32_t n, int which)
 static int cmd_train(int argc, char **argv)
 {
     enum { T_EVAL = 300, T_MODEL, T_HORIZON, T_Q, T_HDIMS, T_L2, T_TOL, T_ITER, T_SAMPLES,
-           T_TOKENS, T_T0, T_STRIDE, T_SEED };
+           T_TOKENS, T_T0, T_STRIDE, T_SEED, T_BETA };
     static const struct option opts[] = {
         {"output", required_argument, NULL, 'o'}, {"eval", required_argument, NULL, T_EVAL},
         {"model", required_argument, NULL, T_MODEL},
@@ -226,6 +228,7 @@ static int cmd_train(int argc, char **argv)
         {"samples", required_argument, NULL, T_SAMPLES},
         {"tokens", required_argument, NULL, T_TOKENS}, {"t0", required_argument, NULL, T_T0},
         {"stride", required_argument, NULL, T_STRIDE}, {"seed", required_argument, NULL, T_SEED},
+        {"beta-target", required_argument, NULL, T_BETA},
         TOOL_COMMON_OPTIONS, {NULL, 0, NULL, 0}};
     skv_rlv_cfg c;
     skv_rlv_defaults(&c);
@@ -248,6 +251,7 @@ static int cmd_train(int argc, char **argv)
         case T_T0: c.t0 = tool_opt_u32("--t0", optarg, 1, 1u << 24); break;
         case T_STRIDE: c.stride = tool_opt_u32("--stride", optarg, 1, 1u << 24); break;
         case T_SEED: c.seed = tool_opt_u32("--seed", optarg, 0, UINT32_MAX); break;
+        case T_BETA: c.beta_target = tool_opt_double("--beta-target", optarg, 0, 1, 1); break;
         case 'h': train_usage(); break;
         default: tool_usage_error("unhandled option"); /* a table entry without a case */
         }
@@ -278,19 +282,26 @@ static int cmd_train(int argc, char **argv)
            "the next %u queries >= its q=%.2f quantile; l2 %g\n",
            L, (unsigned)SKV_RLV_NFEAT, m->n_embd ? "(n_embd weights)" : "(none)", c.horizon, c.label_q,
            c.fit.l2);
-    printf("%-6s %8s %6s %5s %9s | %-20s | %s\n", "layer", "samples", "pos", "iters", "|grad|",
-           "train AUC ema learned", held ? "held-out AUC ema  no-h  learned" : "(no --eval)");
+    if (c.beta_target > 0)
+        printf("beta_l: the scale of 2^(k/4), k = -8..8, with the highest recall of the next %u "
+               "queries' attention mass when ATSKV's selection keeps a fraction %g of the "
+               "tokens on the training trace (nearest 1 among equals)\n", c.horizon,
+               c.beta_target);
+    printf("%-6s %8s %6s %5s %9s | %-20s | %-22s | %s\n", "layer", "samples", "pos", "iters",
+           "|grad|", "train AUC ema learned", "beta_l recall (beta 1)",
+           held ? "held-out AUC ema  no-h  learned" : "(no --eval)");
     for (uint32_t l = 0; l < L; l++) {
-        printf("%-6u %8llu %6llu %5u %9.2e | %9.4f %10.4f |", l, (unsigned long long)tr[l].n,
-               (unsigned long long)tr[l].pos, tr[l].iters, tr[l].grad_norm, tr[l].auc_ema,
-               tr[l].auc_learned);
+        printf("%-6u %8llu %6llu %5u %9.2e | %9.4f %10.4f | %6.3f %6.4f (%6.4f) |", l,
+               (unsigned long long)tr[l].n, (unsigned long long)tr[l].pos, tr[l].iters,
+               tr[l].grad_norm, tr[l].auc_ema, tr[l].auc_learned, tr[l].beta, tr[l].recall,
+               tr[l].recall1);
         if (ho && l < Lh)
             printf(" %16.4f %6.4f %8.4f", ho[l].auc_ema, ho[l].auc_nohid, ho[l].auc_learned);
         printf("\n");
     }
-    printf("%-6s %8s %6s %5s %9s | %9.4f %10.4f |", "mean", "", "", "", "",
+    printf("%-6s %8s %6s %5s %9s | %9.4f %10.4f | %22s |", "mean", "", "", "", "",
            mean_of(tr, L, AUC_EMA),
-           mean_of(tr, L, AUC_LEARNED));
+           mean_of(tr, L, AUC_LEARNED), "");
     if (ho) {
         double e = mean_of(ho, Lh, AUC_EMA),
                n0 = mean_of(ho, Lh, AUC_NOHID),

@@ -56,7 +56,8 @@ static noreturn void usage(void)
            "  -b, --budget BETA      cache bytes / fp16 K+V bytes (default 0.3)\n"
            "      --importance MODE  ema (default), cumulative, normalized; atskv (smartkv\n"
            "                         in the grouped layout: the learned relevance of\n"
-           "                         --weights, its state counted in beta)\n"
+           "                         --weights, compact tracker, its state counted in\n"
+           "                         beta); atskv-full (the same, 28-byte tracker)\n"
            "      --decay G          ema decay in [0,1) (default 0.9)\n"
            "      --realloc R        reallocate every R tokens (default 16)\n"
            "      --ideal            idealised cache: requantize from a full-precision copy\n"
@@ -349,17 +350,22 @@ static void check_policy_name(const char *p)
 
 static int imp_parse(const char *s)
 {
+    /* needs --weights: checked after the options */
     if (!strcmp(s, "atskv"))
-        return (int)SKV_EC_IMP_ATSKV;   /* needs --weights: checked after the options */
+        return (int)SKV_EC_IMP_ATSKV_COMPACT;
+    if (!strcmp(s, "atskv-full"))
+        return (int)SKV_EC_IMP_ATSKV;
     int m = skv_imp_mode_parse(s);
     if (m < 0 || (m != SKV_IMP_EMA && m != SKV_IMP_CUMULATIVE && m != SKV_IMP_NORMALIZED))
-        tool_usage_error("--importance: '%s' is not ema, cumulative, normalized or atskv", s);
+        tool_usage_error("--importance: '%s' is not ema, cumulative, normalized, atskv or "
+                         "atskv-full", s);
     return m;
 }
 
 static const char *imp_name(uint32_t m)
 {
-    return m == SKV_EC_IMP_ATSKV ? "atskv" : skv_imp_mode_name(m);
+    return m == SKV_EC_IMP_ATSKV_COMPACT ? "atskv" : m == SKV_EC_IMP_ATSKV ? "atskv-full"
+                                                                           : skv_imp_mode_name(m);
 }
 
 /* ---------------------------------------------------------------- helpers */
@@ -1434,9 +1440,9 @@ int main(int argc, char **argv)
     if (o.cfg.offload && o.jobs > 1)
         tool_usage_error("--offload: one file for one cache at a time (not with --jobs %u)", o.jobs);
     /* the learned importance reads the weights of --weights */
-    int want_rlv = o.cfg.imp_mode == SKV_EC_IMP_ATSKV;
+    int want_rlv = SKV_EC_IMP_IS_ATSKV(o.cfg.imp_mode);
     for (uint32_t i = 0; i < o.n_imps; i++)
-        want_rlv |= o.imps[i] == SKV_EC_IMP_ATSKV;
+        want_rlv |= SKV_EC_IMP_IS_ATSKV(o.imps[i]);
     if (want_rlv && !atskv_weights)
         tool_usage_error("--importance atskv needs --weights FILE (skv-alloc train)");
     if (atskv_weights)

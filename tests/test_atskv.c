@@ -139,7 +139,8 @@ END_TEST
  * model on the token-frequency feature alone, the attention being uniform)
  * decides which tokens keep wide values, flipping its sign flips the
  * choice, and its state is counted in the bytes. */
-static double id_width_gap(float w_freq, uint64_t *meta, double *beta)
+static double id_width_gap(float w_freq, uint32_t imp, double budget, uint64_t *meta,
+                           double *beta)
 {
     enum { T = 64, BLK = 16, HEADS = 2 };
     skv_rlv_model *m = skv_rlv_model_new(1, 0);
@@ -153,8 +154,8 @@ static double id_width_gap(float w_freq, uint64_t *meta, double *beta)
     cfg.realloc = BLK;
     cfg.alloc.sinks = 0;
     cfg.alloc.width_mask = (1u << 2) | (1u << 16);
-    cfg.alloc.budget = 0.6;
-    cfg.imp_mode = SKV_EC_IMP_ATSKV;
+    cfg.alloc.budget = budget;
+    cfg.imp_mode = imp;
     cfg.rlv = m;
     skv_kv_cache *c = skv_ec_new(&cfg, 1, HEADS, 1, HD, T);
     ck_assert_msg(c != NULL, "%s", skv_errmsg());
@@ -209,14 +210,26 @@ START_TEST(test_grouped_importance)
 {
     uint64_t meta;
     double beta;
-    double up = id_width_gap(4, &meta, &beta);
+    double up = id_width_gap(4, SKV_EC_IMP_ATSKV, 0.6, &meta, &beta);
     ck_assert_msg(up > 4, "frequent ids not kept wider: mean width gap %g", up);
     /* the state: a tracker per token and KV head, w_h . h per token and
      * layer, the token ids and counts, the weights (bias + one per feature) */
     ck_assert_uint_eq(meta, 64 * (sizeof(skv_rlv_tok) + 4 + 8) + 8 + 4 * SKV_RLV_NFEAT);
     ck_assert_msg(beta <= 0.6 + 1e-9, "beta %g over the budget", beta);
-    double down = id_width_gap(-4, &meta, &beta);
+    double down = id_width_gap(-4, SKV_EC_IMP_ATSKV, 0.6, &meta, &beta);
     ck_assert_msg(down < -4, "negative weight did not flip the choice: gap %g", down);
+    /* the compact tracker: the frequency feature is exact there, so the
+     * same choice; its state by hand: 64 one-byte EMAs, 2 groups of 28
+     * bytes, 64 ids of 4 bytes (no hidden-state term: no w_h . h), the
+     * weights.  The budget is lowered by the state it saves (2184 bytes),
+     * so that K and V get the same bytes and the choice still binds. */
+    const double cb = 0.6 - 2184.0 / (64.0 * HD * 4);
+    up = id_width_gap(4, SKV_EC_IMP_ATSKV_COMPACT, cb, &meta, &beta);
+    ck_assert_msg(up > 4, "compact: frequent ids not kept wider: mean width gap %g", up);
+    ck_assert_uint_eq(meta, 64 + 2 * 28 + 64 * 4 + 8 + 4 * SKV_RLV_NFEAT);
+    ck_assert_msg(beta <= cb + 1e-9, "compact: beta %g over the budget", beta);
+    down = id_width_gap(-4, SKV_EC_IMP_ATSKV_COMPACT, cb, &meta, &beta);
+    ck_assert_msg(down < -4, "compact: negative weight did not flip the choice: gap %g", down);
     /* refused without weights, or outside the grouped layout */
     skv_ec_cfg cfg;
     skv_ec_defaults(&cfg);

@@ -197,6 +197,7 @@ START_TEST(test_rlvw_roundtrip)
             m->layers[l].w[f] = (float)(f * 0.5 - l);
         for (int e = 0; e < 3; e++)
             m->layers[l].wh[e] = (float)(e + 10 * l);
+        m->layers[l].beta = 0.75f + (float)l;
     }
     skv_stream *s = skv_open_write(path, -1);
     ck_assert_int_eq(skv_rlv_write(s, m), 0);
@@ -208,6 +209,7 @@ START_TEST(test_rlvw_roundtrip)
         ck_assert(u->layers[l].bias == m->layers[l].bias);
         ck_assert(memcmp(u->layers[l].w, m->layers[l].w, sizeof m->layers[l].w) == 0);
         ck_assert(memcmp(u->layers[l].wh, m->layers[l].wh, 3 * sizeof(float)) == 0);
+        ck_assert(u->layers[l].beta == m->layers[l].beta);
     }
     float h[3] = {1, 2, 3};
     ck_assert_double_eq_tol(skv_rlv_hidden_term(u, 1, h), 10 + 22 + 36, 1e-9);
@@ -229,6 +231,24 @@ START_TEST(test_rlvw_roundtrip)
     ck_assert_int_eq(skv_close(s), 0);
     ck_assert_int_lt(skv_rlv_load(path, &u), 0);
     ck_assert_ptr_nonnull(strstr(skv_errmsg(), "repeated"));
+    /* chunks written before beta_l (no trailing 4 bytes) read with beta 1 */
+    s = skv_open_write(path, -1);
+    ck_assert_int_eq(skv_write(s, SKV_T_RLVW, p, sizeof p), 0);
+    p[0] = 1;
+    ck_assert_int_eq(skv_write(s, SKV_T_RLVW, p, sizeof p), 0);
+    ck_assert_int_eq(skv_close(s), 0);
+    ck_assert_int_eq(skv_rlv_load(path, &u), 0);
+    ck_assert(u->layers[0].beta == 1.0f && u->layers[1].beta == 1.0f);
+    skv_rlv_model_free(u);
+    /* a beta that is not a positive number */
+    uint8_t pb[sizeof p + 4];
+    memcpy(pb, p, sizeof p);
+    skv_put32(pb + sizeof p, 0xbf800000u); /* -1.0f */
+    s = skv_open_write(path, -1);
+    ck_assert_int_eq(skv_write(s, SKV_T_RLVW, pb, sizeof pb), 0);
+    ck_assert_int_eq(skv_close(s), 0);
+    ck_assert_int_lt(skv_rlv_load(path, &u), 0);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "beta"));
     /* no weights at all */
     s = skv_open_write(path, -1);
     ck_assert_int_eq(skv_close(s), 0);
@@ -237,6 +257,129 @@ START_TEST(test_rlvw_roundtrip)
     skv_rlv_model_free(m);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/* Features at step t (queries 0..t-1 folded in) of the full and compact
+ * trackers. */
+static void check_compact(const skv_rlv_tok *full, const skv_rlv_tok *grp, const float *ema,
+                          uint64_t t)
+{
+    for (uint64_t i = 0; i < t; i++) {
+        double xf[SKV_RLV_NFEAT], xc[SKV_RLV_NFEAT];
+        skv_rlv_features(&full[i], i, t, SKV_RLV_TOK_PUNCT, 3, xf);
+        skv_rlv_features_compact(grp, ema, i, t, SKV_RLV_TOK_PUNCT, 3, xc);
+        /* the 8-bit log code: within 2^(1/32) - 1 = 2.2% */
+        double e = xf[SKV_RLV_EMA_MEAN];
+        ck_assert_msg(fabs(xc[SKV_RLV_EMA_MEAN] - e) <= 0.0219 * e, "token %llu ema %g vs %g",
+                      (unsigned long long)i, xc[SKV_RLV_EMA_MEAN], e);
+        ck_assert_double_eq_tol(xc[SKV_RLV_LOG_EMA], xf[SKV_RLV_LOG_EMA], 0.0222);
+        ck_assert_msg(fabs(xc[SKV_RLV_EMA_MAX] - xf[SKV_RLV_EMA_MAX]) <=
+                          0.0219 * xf[SKV_RLV_EMA_MAX] + 1e-6,
+                      "token %llu ema max %g vs %g", (unsigned long long)i,
+                      xc[SKV_RLV_EMA_MAX], xf[SKV_RLV_EMA_MAX]);
+        for (int f = SKV_RLV_REL_POS; f < SKV_RLV_NFEAT; f++)
+            ck_assert(xc[f] == xf[f]);
+        /* the group's mean token, by hand from the full trackers */
+        uint64_t g0 = i / 32 * 32, end = g0 + 32 < t ? g0 + 32 : t;
+        double acc = 0, hits = 0, seen = 0;
+        uint32_t last = 0;
+        for (uint64_t j = g0; j < end; j++) {
+            acc += full[j].acc_mean;
+            hits += full[j].hits;
+            seen += (double)(t - j);
+            last = full[j].last_hit > last ? full[j].last_hit : last;
+        }
+        ck_assert_double_eq_tol(xc[SKV_RLV_LOG_MEAN], log(acc / seen + 1e-6), 1e-5);
+        ck_assert_double_eq_tol(xc[SKV_RLV_HIT_RATE], hits / seen, 1e-6);
+        ck_assert_double_eq_tol(xc[SKV_RLV_LAST_HIT], log1p((double)(t - 1 - last)), 1e-12);
+    }
+}
+
+/* The compact tracker against the full one on the same random attention
+ * stream: its group sums are the sums of the full trackers' fields, its
+ * EMA features within the 8-bit log step, the others the group's mean
+ * token, the position and token features exact.  Its bytes, by hand. */
+START_TEST(test_compact_tracker)
+{
+    enum { T = 70 };    /* groups of 32, 32 and 6 tokens */
+    skv_rlv_tok full[T], grp[T / SKV_RLV_GROUP + 1];
+    float ema[T], mean[T], mx[T];
+    uint64_t st = 99;
+    for (uint64_t s = 0; s < T; s++) {
+        double z = 0;
+        for (uint64_t i = 0; i <= s; i++) {
+            st = st * 6364136223846793005ull + 1442695040888963407ull;
+            mean[i] = (float)exp(4.0 * (double)(st >> 11) * 0x1.0p-53);
+            z += mean[i];
+        }
+        for (uint64_t i = 0; i <= s; i++) {
+            mean[i] = (float)(mean[i] / z);
+            mx[i] = 2 * mean[i];    /* the same max/mean ratio for every token */
+        }
+        skv_rlv_track_step(full, s, mean, mx);
+        skv_rlv_track_step_compact(grp, ema, s, mean, mx);
+        if (s + 1 == 40 || s + 1 == T)
+            check_compact(full, grp, ema, s + 1);
+    }
+    for (uint32_t g = 0; g * SKV_RLV_GROUP < T; g++) {
+        double f[6] = {0};
+        uint32_t last = 0;
+        for (uint32_t i = g * SKV_RLV_GROUP; i < T && i < (g + 1) * SKV_RLV_GROUP; i++) {
+            f[0] += full[i].ema_mean;
+            f[1] += full[i].ema_max;
+            f[2] += full[i].acc_mean;
+            f[3] += full[i].acc_max;
+            f[4] += full[i].plogp;
+            f[5] += full[i].hits;
+            last = full[i].last_hit > last ? full[i].last_hit : last;
+        }
+        const skv_rlv_tok *c = &grp[g];
+        const double got[6] = {c->ema_mean, c->ema_max, c->acc_mean, c->acc_max, c->plogp, c->hits};
+        for (int k = 0; k < 6; k++)
+            ck_assert_msg(fabs(got[k] - f[k]) <= 1e-5 * (1 + fabs(f[k])), "group %u field %d: %g "
+                          "vs %g", g, k, got[k], f[k]);
+        ck_assert_uint_eq(c->last_hit, last);
+    }
+    /* bytes of 70 tokens: 70 one-byte EMAs, 3 groups of 28 bytes */
+    ck_assert_uint_eq(sizeof(skv_rlv_tok), 28);
+    ck_assert_uint_eq(skv_rlv_compact_bytes(70), 70 + 3 * 28);
+    ck_assert_uint_eq(skv_rlv_compact_bytes(64), 64 + 2 * 28);
+    ck_assert_uint_eq(skv_rlv_compact_bytes(0), 0);
+}
+END_TEST
+
+/* beta_l on a hand-made selection: one KV head, one step of 44 tokens; the
+ * sinks (0-3) and recent tokens (12-43) are kept, K = floor(0.884 * 44) = 38
+ * leaves 2 of the free tokens 4..11 (r .1 .2 .3 .4 .5 .5 .5 .9).  q = 0.116
+ * puts quantile(r, q) at r = .5: at beta 1 only the .9 is above tau and the
+ * mass of token 8 (r .5) is lost; at 2^(-1/4) = 0.84 tau is 0.42 and tokens
+ * 11 and 8 are kept (recall 1), as at every smaller scale: the fit is the one
+ * nearest 1, 2^(-1/4).  With distinct r and the mass on the top two, beta 1
+ * is already best and stays. */
+START_TEST(test_fit_beta)
+{
+    enum { N = 44 };
+    double r[N];
+    float fut[N] = {0};
+    const double fr[8] = {.1, .2, .3, .4, .5, .5, .5, .9};
+    for (int i = 0; i < N; i++)
+        r[i] = i >= 4 && i < 12 ? fr[i - 4] : 0.95;
+    fut[8] = fut[11] = 1;
+    uint64_t t = N, off = 0;
+    skv_rlv_sel S = {.n_heads = 1, .n_steps = 1, .t = &t, .off = &off, .r = r, .fut = fut};
+    ck_assert_double_eq_tol(skv_rlv_sel_recall(&S, 0.884, 1.0), 0.5, 1e-12);
+    ck_assert_double_eq_tol(skv_rlv_sel_recall(&S, 0.884, exp2(-0.25)), 1.0, 1e-12);
+    ck_assert_double_eq_tol(skv_rlv_sel_recall(&S, 0.884, 2.0), 0.0, 1e-12);
+    double rec = 0;
+    ck_assert_double_eq_tol(skv_rlv_fit_beta(&S, 0.884, &rec), exp2(-0.25), 1e-12);
+    ck_assert_double_eq_tol(rec, 1.0, 1e-12);
+    for (int i = 4; i < 12; i++)
+        r[i] = 0.1 * (i - 3);
+    fut[8] = 0;
+    fut[10] = 1;
+    ck_assert_double_eq_tol(skv_rlv_fit_beta(&S, 0.884, &rec), 1.0, 1e-12);
+    ck_assert_double_eq_tol(rec, 1.0, 1e-12);
 }
 END_TEST
 
@@ -251,6 +394,8 @@ int main(void)
     tcase_add_test(tc, test_auc);
     tcase_add_test(tc, test_token_class_and_tracker);
     tcase_add_test(tc, test_rlvw_roundtrip);
+    tcase_add_test(tc, test_compact_tracker);
+    tcase_add_test(tc, test_fit_beta);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -60,25 +60,32 @@ void skv_rlv_track_step(skv_rlv_tok *tok, uint64_t s, const float *mean, const f
     }
 }
 
-void skv_rlv_features(const skv_rlv_tok *tk, uint64_t i, uint64_t t, uint8_t cls, uint32_t count,
-                      double *x)
+/* The attention features from a token's (or a group's mean token's)
+ * statistics: acc the summed group-mean attention over `seen` queries, plogp
+ * its sum of p log p, hits and last_hit as in skv_rlv_tok. */
+static void attention_features(double ema_mean, double ema_max, double acc, double acc_max,
+                               double plogp, double hits, uint64_t last_hit, double seen,
+                               uint64_t t, double *x)
 {
-    double seen = (double)(t - i);  /* queries i..t-1 saw token i */
-    double age = (double)(t - i);
-    x[SKV_RLV_EMA_MEAN] = tk->ema_mean;
-    x[SKV_RLV_EMA_MAX] = tk->ema_max;
-    x[SKV_RLV_LOG_EMA] = log(tk->ema_mean + 1e-6);
-    x[SKV_RLV_LOG_MEAN] = log(tk->acc_mean / (seen > 0 ? seen : 1) + 1e-6);
-    x[SKV_RLV_LOG_ACC_MAX] = log(tk->acc_max + 1e-6);
-    x[SKV_RLV_LAST_HIT] = log1p((double)(t - 1 >= tk->last_hit ? t - 1 - tk->last_hit : 0));
-    x[SKV_RLV_HIT_RATE] = seen > 0 ? tk->hits / seen : 0;
+    x[SKV_RLV_EMA_MEAN] = ema_mean;
+    x[SKV_RLV_EMA_MAX] = ema_max;
+    x[SKV_RLV_LOG_EMA] = log(ema_mean + 1e-6);
+    x[SKV_RLV_LOG_MEAN] = log(acc / (seen > 0 ? seen : 1) + 1e-6);
+    x[SKV_RLV_LOG_ACC_MAX] = log(acc_max + 1e-6);
+    x[SKV_RLV_LAST_HIT] = log1p((double)(t - 1 >= last_hit ? t - 1 - last_hit : 0));
+    x[SKV_RLV_HIT_RATE] = seen > 0 ? hits / seen : 0;
     /* column entropy: H = log S - (sum p log p) / S over the queries seen */
-    double S = tk->acc_mean, H = 0;
-    if (S > 1e-12 && seen > 1) {
-        H = (log(S) - tk->plogp / S) / log(seen);
+    double H = 0;
+    if (acc > 1e-12 && seen > 1) {
+        H = (log(acc) - plogp / acc) / log(seen);
         H = H < 0 ? 0 : H > 1 ? 1 : H;
     }
     x[SKV_RLV_ENTROPY] = H;
+}
+
+static void position_features(uint64_t i, uint64_t t, uint8_t cls, uint32_t count, double *x)
+{
+    double age = (double)(t - i);
     x[SKV_RLV_REL_POS] = t ? (double)i / (double)t : 0;
     x[SKV_RLV_LOG_AGE] = log1p(age);
     x[SKV_RLV_INV_AGE] = 1.0 / (1.0 + age);
@@ -86,6 +93,83 @@ void skv_rlv_features(const skv_rlv_tok *tk, uint64_t i, uint64_t t, uint8_t cls
     x[SKV_RLV_NEWLINE] = (cls & SKV_RLV_TOK_NEWLINE) != 0;
     x[SKV_RLV_PUNCT] = (cls & SKV_RLV_TOK_PUNCT) != 0;
     x[SKV_RLV_LOG_FREQ] = log1p((double)count);
+}
+
+void skv_rlv_features(const skv_rlv_tok *tk, uint64_t i, uint64_t t, uint8_t cls, uint32_t count,
+                      double *x)
+{
+    /* queries i..t-1 saw token i */
+    attention_features(tk->ema_mean, tk->ema_max, tk->acc_mean, tk->acc_max, tk->plogp, tk->hits,
+                       tk->last_hit, (double)(t - i), t, x);
+    position_features(i, t, cls, count, x);
+}
+
+/* ---------------- compact tracking ---------------- */
+
+double skv_rlv_log8(double x)
+{
+    if (!(x > 0))
+        return 0;
+    double c = nearbyint(16.0 * log2(x > 1 ? 1 : x)) + 255;
+    return c < 1 ? 0 : exp2((c - 255) / 16.0);
+}
+
+void skv_rlv_track_step_compact(skv_rlv_tok *grp, float *ema, uint64_t s, const float *mean,
+                                const float *max)
+{
+    const uint64_t G = SKV_RLV_GROUP;
+    if (s % G == 0)
+        memset(&grp[s / G], 0, sizeof grp[0]);
+    ema[s] = 0;
+    grp[s / G].last_hit = (uint32_t)s;   /* the group's latest token: its own position */
+    const float d = SKV_RLV_DECAY, hit = 2.0f / (float)(s + 1);
+    for (uint64_t g0 = 0; g0 <= s; g0 += G) {
+        skv_rlv_tok *t = &grp[g0 / G];
+        uint64_t end = g0 + G <= s + 1 ? g0 + G : s + 1;
+        float sm = 0, sx = 0, pl = 0;
+        uint32_t nh = 0;
+        for (uint64_t i = g0; i < end; i++) {
+            float p = mean[i], m = max[i];
+            ema[i] = d * ema[i] + (1.0f - d) * p;
+            sm += p;
+            sx += m;
+            if (p > 0.0f)
+                pl += p * logf(p);
+            nh += m >= hit;
+        }
+        /* sums over the group's tokens: the EMAs are linear, so the sum of
+         * the tokens' EMAs is the EMA of the sums */
+        t->ema_mean = d * t->ema_mean + (1.0f - d) * sm;
+        t->ema_max = d * t->ema_max + (1.0f - d) * sx;
+        t->acc_mean += sm;
+        t->acc_max += sx;
+        t->plogp += pl;
+        t->hits += nh;
+        if (nh)
+            t->last_hit = (uint32_t)s;
+    }
+}
+
+void skv_rlv_features_compact(const skv_rlv_tok *grp, const float *ema, uint64_t i, uint64_t t,
+                              uint8_t cls, uint32_t count, double *x)
+{
+    const uint64_t G = SKV_RLV_GROUP, g0 = i / G * G, end = g0 + G < t ? g0 + G : t;
+    const skv_rlv_tok *g = &grp[i / G];
+    const double n = (double)(end > g0 ? end - g0 : 1);
+    /* queries seen, summed over the group's tokens: sum of (t - j), j in [g0, end) */
+    const double seen = n * (double)t - 0.5 * n * (double)(g0 + end - 1);
+    double e = skv_rlv_log8(ema[i]);
+    /* the max-over-heads EMA: the token's EMA times its group's max/mean ratio */
+    double emx = g->ema_mean > 0 ? e * g->ema_max / g->ema_mean : 0;
+    /* the rest: the group's mean token (sums / n, queries seen / n) */
+    attention_features(e, emx, g->acc_mean / n, g->acc_max / n, g->plogp / n, g->hits / n,
+                       g->last_hit, seen / n, t, x);
+    position_features(i, t, cls, count, x);
+}
+
+uint64_t skv_rlv_compact_bytes(uint64_t T)
+{
+    return T + (T + SKV_RLV_GROUP - 1) / SKV_RLV_GROUP * sizeof(skv_rlv_tok);
 }
 
 /* ---------------- weights ---------------- */
@@ -106,6 +190,8 @@ skv_rlv_model *skv_rlv_model_new(uint32_t n_layers, uint32_t n_embd)
         free(m);
         return NULL;
     }
+    for (uint32_t l = 0; l < n_layers; l++)
+        m->layers[l].beta = 1.0f;
     if (n_embd)
         for (uint32_t l = 0; l < n_layers; l++)
             if (!(m->layers[l].wh = skv_calloc(n_embd, sizeof(float)))) {
@@ -161,7 +247,8 @@ double skv_rlv_logit(const skv_rlv_model *m, uint32_t layer, const double *x, do
 
 int skv_rlv_write(skv_stream *s, const skv_rlv_model *m)
 {
-    size_t n = RLVW_FIXED + 4 * ((size_t)SKV_RLV_NFEAT + m->n_embd);
+    /* the fixed part, the weights, then beta_l (4 bytes: absent in older files) */
+    size_t n = RLVW_FIXED + 4 * ((size_t)SKV_RLV_NFEAT + m->n_embd) + 4;
     uint8_t *p = skv_malloc(n);
     if (!p)
         return SKV_ENOMEM;
@@ -186,6 +273,9 @@ int skv_rlv_write(skv_stream *s, const skv_rlv_model *m)
             memcpy(&u, &L->wh[e], 4);
             skv_put32(p + RLVW_FIXED + 4 * ((size_t)SKV_RLV_NFEAT + e), u);
         }
+        uint32_t ub;
+        memcpy(&ub, &L->beta, 4);
+        skv_put32(p + n - 4, ub);
         rc = skv_write(s, SKV_T_RLVW, p, n);
     }
     free(p);
@@ -232,8 +322,9 @@ int skv_rlv_load(const char *path, skv_rlv_model **out)
                 break;
             }
         }
+        uint64_t body = RLVW_FIXED + 4 * ((uint64_t)nf + ne);
         if (nl != m->n_layers || nf != SKV_RLV_NFEAT || ne != m->n_embd || l >= nl || seen[l] ||
-            c.raw_size != RLVW_FIXED + 4 * ((uint64_t)nf + ne)) {
+            (c.raw_size != body && c.raw_size != body + 4)) {
             rc = skv_error(SKV_EFORMAT, "rlvw chunk at byte %llu: layer %u of %u, %u features, "
                            "n_embd %u, %llu bytes: inconsistent with the first (%u layers, "
                            "n_embd %u) or repeated", (unsigned long long)c.offset, l, nl, nf, ne,
@@ -249,6 +340,12 @@ int skv_rlv_load(const char *path, skv_rlv_model **out)
             finite &= isfinite(L->w[f] = get_f32(p + RLVW_FIXED + 4 * f));
         for (uint32_t e = 0; e < ne; e++)
             finite &= isfinite(L->wh[e] = get_f32(p + RLVW_FIXED + 4 * ((size_t)nf + e)));
+        L->beta = c.raw_size == body + 4 ? get_f32(p + body) : 1.0f;
+        if (!(L->beta > 0) || !isfinite(L->beta)) {
+            rc = skv_error(SKV_EFORMAT, "rlvw chunk at byte %llu: beta %g is not a positive "
+                           "number", (unsigned long long)c.offset, (double)L->beta);
+            break;
+        }
         if (!finite) {
             rc = skv_error(SKV_EFORMAT, "rlvw chunk at byte %llu: a weight is not finite",
                            (unsigned long long)c.offset);
@@ -268,6 +365,110 @@ int skv_rlv_load(const char *path, skv_rlv_model **out)
     }
     *out = m;
     return 0;
+}
+
+/* ---------------- the threshold scale beta_l ---------------- */
+
+typedef struct {
+    double r;
+    uint64_t i;
+} ranked;
+
+static int cmp_ranked_desc(const void *x, const void *y)
+{
+    const ranked *p = x, *q = y;
+    if (p->r != q->r)
+        return p->r < q->r ? 1 : -1;
+    return (p->i > q->i) - (p->i < q->i);
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double skv_rlv_sel_recall(const skv_rlv_sel *S, double target, double beta)
+{
+    uint64_t tmax = 0;
+    for (uint32_t j = 0; j < S->n_steps; j++)
+        tmax = S->t[j] > tmax ? S->t[j] : tmax;
+    ranked *rk = skv_malloc((size_t)tmax * sizeof *rk + 1);
+    double *srt = skv_malloc((size_t)tmax * sizeof *srt + 1);
+    uint8_t *keep = skv_malloc((size_t)tmax + 1);
+    if (!rk || !srt || !keep) {
+        free(rk);
+        free(srt);
+        free(keep);
+        return NAN;
+    }
+    double q = 1 - target < 0 ? 0 : 1 - target, rec = 0;
+    uint64_t n = 0;
+    for (uint32_t j = 0; j < S->n_steps; j++) {
+        const uint64_t t = S->t[j], K = (uint64_t)floor(target * (double)t);
+        if (!t)
+            continue;
+        double frac = 0;
+        for (uint32_t k = 0; k < S->n_heads; k++) {
+            const uint64_t o = S->off[(size_t)k * S->n_steps + j];
+            const double *r = S->r + o;
+            const float *f = S->fut + o;
+            for (uint64_t i = 0; i < t; i++) {
+                srt[i] = r[i];
+                rk[i] = (ranked){.r = r[i], .i = i};
+            }
+            qsort(srt, t, sizeof *srt, cmp_dbl);
+            double tau = beta * srt[(uint64_t)floor(q * (double)(t - 1) + 0.5)];
+            uint64_t above = 0, nk = 0;
+            for (uint64_t i = 0; i < t; i++)
+                above += r[i] > tau;
+            frac += (double)above / (double)t;
+            for (uint64_t i = 0; i < t; i++) {
+                keep[i] = i < SKV_RLV_BETA_SINKS || t - i <= SKV_RLV_BETA_RECENT;
+                nk += keep[i];
+            }
+            qsort(rk, t, sizeof *rk, cmp_ranked_desc);
+            for (uint64_t m = 0; m < t && nk < K; m++)
+                if (!keep[rk[m].i] && rk[m].r > tau) {
+                    keep[rk[m].i] = 1;
+                    nk++;
+                }
+            double all = 0, got = 0;
+            for (uint64_t i = 0; i < t; i++) {
+                all += f[i];
+                got += keep[i] ? f[i] : 0;
+            }
+            rec += all > 0 ? got / all : 1;
+            n++;
+        }
+        /* the controller of skv-eval -p atskv (gain 0.5 per selection) */
+        q += 0.5 * (frac / S->n_heads - (double)K / (double)t);
+        q = q < 0 ? 0 : q > 1 ? 1 : q;
+    }
+    free(rk);
+    free(srt);
+    free(keep);
+    return n ? rec / (double)n : 0;
+}
+
+double skv_rlv_fit_beta(const skv_rlv_sel *S, double target, double *recall)
+{
+    double rec[17], best = -INFINITY;
+    for (int k = -8; k <= 8; k++) {
+        rec[k + 8] = skv_rlv_sel_recall(S, target, exp2(k / 4.0));
+        if (rec[k + 8] != rec[k + 8])
+            return NAN;
+        best = rec[k + 8] > best ? rec[k + 8] : best;
+    }
+    /* nearest 1 among the best: the default unless the data say otherwise */
+    for (int d = 0; d <= 8; d++)
+        for (int k = -d; k <= d; k += d ? 2 * d : 1)
+            if (rec[k + 8] >= best - 1e-9) {
+                if (recall)
+                    *recall = rec[k + 8];
+                return exp2(k / 4.0);
+            }
+    return 1;
 }
 
 /* ---------------- logistic regression ---------------- */
@@ -542,6 +743,7 @@ void skv_rlv_defaults(skv_rlv_cfg *c)
     c->max_samples = 20000;
     c->max_tokens = 2048;
     c->seed = 1;
+    c->beta_target = 0.25;
     c->fit.l2 = 1e-3;
     c->fit.tol = 1e-8;
     c->fit.max_iter = 50;
@@ -562,6 +764,14 @@ typedef struct {
     double *x;      /* [n][NFEAT] */
     uint8_t *y;
     uint32_t *tok;  /* token index of each sample */
+    /* beta_l's fit (when sel): every token at every sample step, rows as in
+     * skv_rlv_sel, features in sx */
+    int sel;
+    uint32_t heads, steps;
+    uint64_t rows;
+    uint64_t *st, *soff;
+    double *sx;
+    float *sfut;
 } sample_set;
 
 static int samples_push(sample_set *S, const double *x, uint8_t y, uint32_t tok)
@@ -593,6 +803,10 @@ static void samples_free(sample_set *S)
     free(S->x);
     free(S->y);
     free(S->tok);
+    free(S->st);
+    free(S->soff);
+    free(S->sx);
+    free(S->sfut);
     memset(S, 0, sizeof *S);
 }
 
@@ -630,6 +844,28 @@ static int layer_samples(const skv_trace_hdr *h, const skv_layer *L, uint64_t n,
     if (!pm || !px || !sc || !fut || !srt || !tk ||
         !(count = skv_calloc((size_t)maxid + 2, sizeof *count)))
         goto out;
+    if (S->sel) {
+        uint64_t ns = 0, rows = 0;
+        for (uint64_t t = 0; t < n; t++)
+            if (is_sample_step(c, t, n)) {
+                ns++;
+                rows += t;
+            }
+        rows *= h->n_kv_heads;
+        free(S->st);
+        free(S->soff);
+        free(S->sx);
+        free(S->sfut);
+        S->heads = h->n_kv_heads;
+        S->steps = (uint32_t)ns;
+        S->rows = 0;
+        S->st = skv_malloc(ns * sizeof *S->st + 1);
+        S->soff = skv_malloc(ns * h->n_kv_heads * sizeof *S->soff + 1);
+        S->sx = skv_malloc((size_t)rows * SKV_RLV_NFEAT * sizeof(double) + 1);
+        S->sfut = skv_malloc((size_t)rows * sizeof(float) + 1);
+        if (!S->st || !S->soff || !S->sx || !S->sfut)
+            goto out;
+    }
     const float scale = 1.0f / sqrtf((float)hd);
     for (uint32_t kv = 0; kv < h->n_kv_heads; kv++) {
         const float *K = L->k + (size_t)kv * N * hd;
@@ -668,6 +904,7 @@ static int layer_samples(const skv_trace_hdr *h, const skv_layer *L, uint64_t n,
             }
         }
         memset(count, 0, ((size_t)maxid + 2) * sizeof *count);
+        uint32_t step = 0;
         for (uint64_t s = 0; s < n; s++) {
             if (is_sample_step(c, s, n)) {
                 uint64_t t = s;
@@ -682,16 +919,25 @@ static int layer_samples(const skv_trace_hdr *h, const skv_layer *L, uint64_t n,
                 qsort(srt, (size_t)t, sizeof(float), cmp_float);
                 uint64_t qi = (uint64_t)floor(c->label_q * (double)(t - 1) + 0.5);
                 float thr = srt[qi];
+                if (S->sel) {
+                    S->st[step] = t;
+                    S->soff[(size_t)kv * S->steps + step] = S->rows;
+                }
                 for (uint64_t i = 0; i < t; i++) {
-                    if (keep < 1 && unif(rng) >= keep)
-                        continue;
                     double x[SKV_RLV_NFEAT];
                     int32_t id = tokens ? tokens[i] : -1;
                     uint8_t cls = id >= 0 && (uint32_t)id < vn ? voc->cls[id] : 0;
                     skv_rlv_features(&tk[i], i, t, cls, id >= 0 ? count[id] : 0, x);
+                    if (S->sel) {
+                        memcpy(S->sx + S->rows * SKV_RLV_NFEAT, x, sizeof x);
+                        S->sfut[S->rows++] = fut[i];
+                    }
+                    if (keep < 1 && unif(rng) >= keep)
+                        continue;
                     if ((rc = samples_push(S, x, fut[i] >= thr, (uint32_t)i)) < 0)
                         goto out;
                 }
+                step++;
             }
             skv_rlv_track_step(tk, s, pm + s * (s + 1) / 2, px + s * (s + 1) / 2);
             if (tokens && tokens[s] >= 0)
@@ -741,6 +987,7 @@ typedef struct {
                  const float *hid, uint32_t n_embd);
     void *ctx;
     uint32_t n_layers;
+    int sel;        /* keep every token of every step (beta_l's fit) */
 } walk;
 
 static int hidden_cb(void *ctx, const skv_chunk *c)
@@ -769,7 +1016,7 @@ static int walk_trace(const char *path, walk *w)
     uint64_t n = h->n_tokens < w->c->max_tokens ? h->n_tokens : w->c->max_tokens;
     w->n_layers = h->n_layers;
     skv_layer L = {0};
-    sample_set S = {0};
+    sample_set S = {.sel = w->sel};
     if (n < (uint64_t)w->c->t0 + w->c->horizon + 1) {
         rc = skv_error(SKV_EINVAL, "%llu tokens are too few: the first sample step is %u and "
                        "labels look %u queries ahead", (unsigned long long)n, w->c->t0,
@@ -871,6 +1118,37 @@ static int fit_one(const sample_set *S, uint32_t d, const double *X, const skv_r
     return rc;
 }
 
+/* beta_l from the selection replayed with the fitted weights on every
+ * token of every sample step (the training trace). */
+static int fit_layer_beta(train_ctx *T, uint32_t l, const sample_set *S, const float *hid,
+                          uint32_t E)
+{
+    double *r = skv_malloc((size_t)S->rows * sizeof *r + 1);
+    if (!r)
+        return SKV_ENOMEM;
+    for (uint32_t k = 0; k < S->heads; k++)
+        for (uint32_t j = 0; j < S->steps; j++) {
+            uint64_t o = S->soff[(size_t)k * S->steps + j];
+            for (uint64_t i = 0; i < S->st[j]; i++) {
+                double ht = T->m->n_embd && hid ? skv_rlv_hidden_term(T->m, l, hid + (size_t)i * E)
+                                                : 0;
+                double z = skv_rlv_logit(T->m, l, S->sx + (o + i) * SKV_RLV_NFEAT, ht);
+                r[o + i] = 1.0 / (1.0 + exp(-z));
+            }
+        }
+    skv_rlv_sel sel = {S->heads, S->steps, S->st, S->soff, r, S->sfut};
+    double b = skv_rlv_fit_beta(&sel, T->c->beta_target, &T->ev[l].recall);
+    if (b == b)
+        T->ev[l].recall1 = skv_rlv_sel_recall(&sel, T->c->beta_target, 1.0);
+    free(r);
+    if (b != b)
+        return SKV_ENOMEM;
+    T->m->layers[l].beta = (float)b;
+    T->m0->layers[l].beta = (float)b;
+    T->ev[l].beta = b;
+    return 0;
+}
+
 static int train_layer(void *ctx, uint32_t l, const skv_trace_hdr *h, const sample_set *S,
                        const float *hid, uint32_t E)
 {
@@ -926,6 +1204,10 @@ static int train_layer(void *ctx, uint32_t l, const skv_trace_hdr *h, const samp
     T->ev[l].iters = res.iters;
     T->ev[l].grad_norm = res.grad_norm;
     eval_layer(&T->ev[l], S, T->m, T->m0, l, hid, E);
+    T->ev[l].beta = 1;
+    T->ev[l].recall = T->ev[l].recall1 = NAN;
+    if (S->sel && (rc = fit_layer_beta(T, l, S, hid, E)) < 0)
+        goto out;
     rc = 0;
 out:
     free(X);
@@ -938,7 +1220,7 @@ int skv_rlv_train(const char *path, const skv_rlv_cfg *c, const skv_rlv_vocab *v
                   uint32_t *n_layers)
 {
     train_ctx T = {c, NULL, NULL, NULL};
-    walk w = {c, voc, NULL, c->hidden_dims > 0, train_layer, &T, 0};
+    walk w = {c, voc, NULL, c->hidden_dims > 0, train_layer, &T, 0, c->beta_target > 0};
     int rc = walk_trace(path, &w);
     if (rc == 0 && (!T.m || !T.ev))
         rc = skv_error(SKV_EFORMAT, "no layers to train on");
@@ -988,7 +1270,7 @@ int skv_rlv_evaluate(const char *path, const skv_rlv_cfg *c, const skv_rlv_vocab
                      uint32_t *n_layers)
 {
     eval_ctx X = {m, nohid, NULL};
-    walk w = {c, voc, NULL, m->n_embd > 0, evaluate_layer, &X, 0};
+    walk w = {c, voc, NULL, m->n_embd > 0, evaluate_layer, &X, 0, 0};
     int rc = walk_trace(path, &w);
     if (rc == 0 && !X.ev)
         rc = skv_error(SKV_EFORMAT, "no layers to evaluate");

@@ -88,12 +88,40 @@ SKV_EXPORT void skv_rlv_track_step(skv_rlv_tok *tok, uint64_t s, const float *me
 SKV_EXPORT void skv_rlv_features(const skv_rlv_tok *tk, uint64_t i, uint64_t t, uint8_t cls,
                                  uint32_t count, double *x);
 
+/* ---- compact tracking (the grouped cache's importance atskv) ----
+ *
+ * The full tracker costs 28 bytes per token and KV head (0.11 of the fp16
+ * K+V of a 64-wide head).  The compact one keeps per token only the EMA of
+ * its group-mean attention, read through a one-byte log code (as smartkv's
+ * EMA importance), and per group of SKV_RLV_GROUP tokens (the grouped
+ * cache's key group) one skv_rlv_tok holding the sums of its tokens' fields
+ * (last_hit: the group's latest hit or token).  A token's features are then:
+ * EMA_MEAN and LOG_EMA its own (8-bit), EMA_MAX its EMA times the group's
+ * max/mean ratio, the other attention features those of the group's mean
+ * token (sums / n, queries seen / n), position and token features exact.
+ * 1 + 28/32 bytes per token and KV head. */
+#define SKV_RLV_GROUP 32u
+
+/* Fold query step s as skv_rlv_track_step: the group sums grp[0..s/32] (a
+ * group is initialised when its first token arrives) and ema[0..s]. */
+SKV_EXPORT void skv_rlv_track_step_compact(skv_rlv_tok *grp, float *ema, uint64_t s,
+                                           const float *mean, const float *max);
+SKV_EXPORT void skv_rlv_features_compact(const skv_rlv_tok *grp, const float *ema, uint64_t i,
+                                         uint64_t t, uint8_t cls, uint32_t count, double *x);
+/* x through the one-byte log code: 2^(k/16) for k = -254..0, 0 below 2^-15.9
+ * (within 2.2% of x in (2^-15.9, 1]). */
+SKV_EXPORT double skv_rlv_log8(double x);
+/* Bytes of the compact state of T tokens of one KV head. */
+SKV_EXPORT uint64_t skv_rlv_compact_bytes(uint64_t T);
+
 /* ---- weights ---- */
 
 typedef struct skv_rlv_layer {
     double bias;
     float w[SKV_RLV_NFEAT];  /* on raw features */
     float *wh;               /* [n_embd] on the raw hidden state, or NULL */
+    float beta;              /* ATSKV's threshold scale: tau_l = beta * quantile(r, q_l);
+                                1 in weights written before it was fitted */
 } skv_rlv_layer;
 
 typedef struct skv_rlv_model {
@@ -116,6 +144,35 @@ SKV_EXPORT double skv_rlv_logit(const skv_rlv_model *m, uint32_t layer, const do
 SKV_EXPORT int skv_rlv_write(skv_stream *s, const skv_rlv_model *m);
 /* Load from a stream's rlvw chunks (other chunks skipped). */
 SKV_EXPORT int skv_rlv_load(const char *path, skv_rlv_model **out);
+
+/* ---- the threshold scale beta_l ----
+ *
+ * ATSKV's selection replayed on a trace layer: at each step t (every
+ * `stride` tokens) of each KV head, r[i] and fut[i] (the attention mass token i
+ * gets over the next `horizon` queries) for i < t.  A simulation with scale
+ * beta runs skv-eval -p atskv's rule: q starts at 1 - target; tau = beta *
+ * quantile(r, q); active = the sinks and recent tokens, then the tokens
+ * above tau by r, at most floor(target * t); q += 0.5 (fraction above tau,
+ * mean over the KV heads - K / t).  Its recall is the active tokens' share of
+ * fut, averaged over steps and heads. */
+typedef struct skv_rlv_sel {
+    uint32_t n_heads, n_steps;
+    const uint64_t *t;      /* [n_steps] tokens visible at each step */
+    const uint64_t *off;    /* [n_heads][n_steps] first row of (head, step) */
+    const double *r;        /* rows: relevance of tokens 0..t-1 */
+    const float *fut;       /* rows: their future attention mass */
+} skv_rlv_sel;
+
+#define SKV_RLV_BETA_SINKS 4u    /* as skv-eval -p atskv */
+#define SKV_RLV_BETA_RECENT 32u
+
+/* Recall of the selection with scale beta (see above). */
+SKV_EXPORT double skv_rlv_sel_recall(const skv_rlv_sel *S, double target, double beta);
+/* The fitted beta: the grid 2^(k/4), k = -8..8, value of the highest recall;
+ * among values within 1e-9 of it the one nearest 1 (the smaller on a tie).
+ * *recall (may be NULL) gets its recall.  Returns beta, or NaN when memory
+ * runs out. */
+SKV_EXPORT double skv_rlv_fit_beta(const skv_rlv_sel *S, double target, double *recall);
 
 /* ---- logistic regression ---- */
 
@@ -153,6 +210,7 @@ typedef struct skv_rlv_cfg {
     uint64_t max_samples;   /* per layer, kept by a seeded draw */
     uint64_t max_tokens;    /* use at most the first N tokens of a trace */
     uint64_t seed;
+    double beta_target;     /* active fraction at which beta_l is fitted; 0: beta_l = 1 */
     skv_logreg_opts fit;
 } skv_rlv_cfg;
 
@@ -164,6 +222,7 @@ typedef struct skv_rlv_eval {
     double auc_ema, auc_nohid, auc_learned;  /* NaN where not computed */
     uint32_t iters;         /* Newton iterations of the fit (training) */
     double grad_norm;
+    double beta, recall, recall1;  /* training: fitted beta_l, its recall and beta 1's */
 } skv_rlv_eval;
 
 /* Token classes of a vocabulary (NULL = all 0). */

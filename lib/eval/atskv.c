@@ -339,7 +339,7 @@ static int select_layer(ats_cache *a, uint32_t l)
         qsort(srt, t, sizeof *srt, cmp_double);
         double q = a->q[l];
         uint64_t qi = (uint64_t)floor(q * (double)(t - 1) + 0.5);
-        double tau = 1.0 * srt[qi];
+        double tau = (double)a->rlv->layers[l].beta * srt[qi];
         uint64_t above = 0;
         for (uint64_t i = 0; i < t; i++)
             above += rk[i].r > tau;

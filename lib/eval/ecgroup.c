@@ -68,10 +68,13 @@ typedef struct ecg {
     gh *heads;
     float *imp;             /* [L][H][cap] per query head (folded per kv head at solve) */
     float *q2;              /* [L][H][d] EMA of the squared (rotated) query */
-    /* importance atskv (SKV_EC_IMP_ATSKV): the learned relevance's state */
+    /* importance atskv (SKV_EC_IMP_IS_ATSKV): the learned relevance's state */
     const skv_rlv_model *rlv;
-    skv_rlv_tok *rtk;       /* [L][KV][cap] attention features (smartkv_relevance.h) */
-    float *hterm;           /* [L][cap] w_h . h of each token */
+    int rcompact;           /* the compact tracker (SKV_EC_IMP_ATSKV_COMPACT) */
+    skv_rlv_tok *rtk;       /* [L][KV][cap] attention features (smartkv_relevance.h);
+                               compact: [L][KV][cap / 32 + 1] group sums */
+    float *rema;            /* compact: [L][KV][cap] each token's EMA */
+    float *hterm;           /* [L][cap] w_h . h of each token (compact: fp16-rounded) */
     int32_t *ids;           /* [cap] token ids (-1 unknown) */
     uint32_t *count;        /* [cap] occurrences of ids[i] among the tokens held */
     uint8_t *cls;           /* [cap] token classes */
@@ -299,7 +302,7 @@ int skv_ecg_cfg_check(const skv_ec_cfg *c)
                          c->param_bits);
     if (c->imp_power > 2)
         return skv_error(SKV_EINVAL, "grouped layout: importance power %u (1 or 2)", c->imp_power);
-    if (c->imp_mode == SKV_EC_IMP_ATSKV &&
+    if (SKV_EC_IMP_IS_ATSKV(c->imp_mode) &&
         (p != SKV_POLICY_SMARTKV || !c->rlv || c->imp_power == 2 || c->recency > 0))
         return skv_error(SKV_EINVAL, "importance atskv: needs relevance weights (skv-alloc train) "
                          "and policy smartkv, without importance power 2 or a recency prior");
@@ -468,6 +471,7 @@ static void ecg_destroy(skv_kv_cache *c)
     free(e->imp);
     free(e->q2);
     free(e->rtk);
+    free(e->rema);
     free(e->hterm);
     free(e->ids);
     free(e->count);
@@ -563,8 +567,9 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
     if (e->qtrack && !(e->q2 = skv_calloc((size_t)n_layers * n_heads * head_dim, sizeof(float))))
         goto fail;
     e->pb_layer = -1;
-    if (e->track && cfg->imp_mode == SKV_EC_IMP_ATSKV) {
+    if (e->track && SKV_EC_IMP_IS_ATSKV(cfg->imp_mode)) {
         e->rlv = cfg->rlv;
+        e->rcompact = cfg->imp_mode == SKV_EC_IMP_ATSKV_COMPACT;
         if (e->rlv->n_layers < n_layers) {
             skv_error(SKV_EINVAL, "importance atskv: the weights cover %u layers, the model has %u",
                       e->rlv->n_layers, n_layers);
@@ -577,7 +582,9 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
         }
         free(e->imp);   /* the relevance replaces the attention EMA */
         e->imp = NULL;
-        if (!(e->rtk = skv_calloc(nh * (size_t)capacity, sizeof *e->rtk)) ||
+        size_t ntk = e->rcompact ? (size_t)capacity / SKV_RLV_GROUP + 1 : (size_t)capacity;
+        if (!(e->rtk = skv_calloc(nh * ntk, sizeof *e->rtk)) ||
+            (e->rcompact && !(e->rema = skv_calloc(nh * (size_t)capacity, sizeof(float)))) ||
             !(e->hterm = skv_calloc((size_t)n_layers * capacity, sizeof(float))) ||
             !(e->ids = skv_malloc((size_t)capacity * sizeof(int32_t))) ||
             !(e->count = skv_calloc((size_t)capacity, sizeof(uint32_t))) ||
@@ -604,6 +611,12 @@ static int cut_to(ecg *e, uint64_t T)
         return skv_error(SKV_EINVAL, "kv cache: the grouped layout cannot forget allocated "
                          "tokens (cut to %llu of %llu)", (unsigned long long)T,
                          (unsigned long long)e->n_alloc);
+    /* a group's sums hold its tokens' statistics: part of them cannot go */
+    for (uint32_t l = 0; e->rcompact && T % SKV_RLV_GROUP && l < c->n_layers; l++)
+        if (e->len[l] > T)
+            return skv_error(SKV_EINVAL, "importance atskv: the compact tracker cannot forget "
+                             "part of a group of %u tokens (cut to %llu)", SKV_RLV_GROUP,
+                             (unsigned long long)T);
     if (T == 0) {
         e->n_alloc = 0;
         if (e->q2)
@@ -642,8 +655,10 @@ static void rlv_fold(ecg *e)
     e->pb_layer = -1;
     uint64_t t0 = now_ns();
     float *mean = e->fold, *mx = e->fold + cap;
+    const size_t ntk = e->rcompact ? cap / SKV_RLV_GROUP + 1 : cap;
     for (uint32_t kv = 0; kv < c->n_kv_heads; kv++) {
-        skv_rlv_tok *tk = e->rtk + ((size_t)l * c->n_kv_heads + kv) * cap;
+        size_t u = (size_t)l * c->n_kv_heads + kv;
+        skv_rlv_tok *tk = e->rtk + u * ntk;
         for (uint32_t r = 0; r < e->pb_rows; r++) {
             uint64_t s = e->pb_pos + r;
             for (uint64_t i = 0; i <= s; i++) {
@@ -656,7 +671,10 @@ static void rlv_fold(ecg *e)
                 mean[i] = sm / (float)G;
                 mx[i] = m;
             }
-            skv_rlv_track_step(tk, s, mean, mx);
+            if (e->rcompact)
+                skv_rlv_track_step_compact(tk, e->rema + u * cap, s, mean, mx);
+            else
+                skv_rlv_track_step(tk, s, mean, mx);
         }
     }
     atomic_fetch_add_explicit(&e->track_ns, now_ns() - t0, memory_order_relaxed);
@@ -690,11 +708,17 @@ static void rlv_note_tokens(ecg *e, uint64_t pos, uint32_t n)
 static void rlv_importance(ecg *e, uint32_t l, uint32_t h, uint64_t T)
 {
     const skv_kv_cache *c = &e->base;
-    const skv_rlv_tok *tk = e->rtk + ((size_t)l * c->n_kv_heads + h) * c->capacity;
+    const size_t u = (size_t)l * c->n_kv_heads + h;
+    const skv_rlv_tok *tk = e->rtk + u * (e->rcompact ? c->capacity / SKV_RLV_GROUP + 1
+                                                      : c->capacity);
     double sum = 0;
     for (uint64_t i = 0; i < T; i++) {
         double x[SKV_RLV_NFEAT];
-        skv_rlv_features(&tk[i], i, T, e->cls[i], e->ids[i] >= 0 ? e->count[i] : 0, x);
+        uint32_t cnt = e->ids[i] >= 0 ? e->count[i] : 0;
+        if (e->rcompact)
+            skv_rlv_features_compact(tk, e->rema + u * c->capacity, i, T, e->cls[i], cnt, x);
+        else
+            skv_rlv_features(&tk[i], i, T, e->cls[i], cnt, x);
         double z = skv_rlv_logit(e->rlv, l, x, e->hterm[(size_t)l * c->capacity + i]);
         e->rel[i] = 1.0 / (1.0 + exp(-z));
         sum += e->rel[i];
@@ -704,13 +728,19 @@ static void rlv_importance(ecg *e, uint32_t l, uint32_t h, uint64_t T)
 }
 
 /* Bytes of the learned importance's state for T tokens: per (layer, KV
- * head, token) the tracker, per (layer, token) w_h . h, per token its id and
- * count, and the predictor's weights. */
-static uint64_t rlv_bytes(const skv_rlv_model *m, uint32_t L, uint32_t KV, uint64_t T)
+ * head, token) the tracker, per (layer, token) w_h . h when the weights have
+ * a hidden-state term, per token its id and count, and the predictor's
+ * weights.  Compact: the tracker of skv_rlv_compact_bytes, w_h . h as fp16,
+ * the id only (counts and classes follow from the ids). */
+static uint64_t rlv_bytes(const skv_rlv_model *m, int compact, uint32_t L, uint32_t KV,
+                          uint64_t T)
 {
+    uint64_t w = (uint64_t)L * (8 + 4 * (SKV_RLV_NFEAT + (uint64_t)m->n_embd));
+    if (compact)
+        return (uint64_t)L * KV * skv_rlv_compact_bytes(T) + (m->n_embd ? (uint64_t)L * T * 2 : 0) +
+               T * sizeof(int32_t) + w;
     return (uint64_t)L * KV * T * sizeof(skv_rlv_tok) + (uint64_t)L * T * sizeof(float) +
-           T * (sizeof(int32_t) + sizeof(uint32_t)) +
-           (uint64_t)L * (8 + 4 * (SKV_RLV_NFEAT + (uint64_t)m->n_embd));
+           T * (sizeof(int32_t) + sizeof(uint32_t)) + w;
 }
 
 static void rlv_hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n, const float *x,
@@ -718,10 +748,12 @@ static void rlv_hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n,
 {
     ecg *e = ctx;
     uint64_t cap = e->base.capacity, m = pos < cap ? (cap - pos < n ? cap - pos : n) : 0;
-    int rc = skv_rlv_hidden_terms(e->rlv, layer, x, (uint32_t)m, n_embd,
-                                  m ? e->hterm + (size_t)layer * cap + pos : NULL);
+    float *ht = m ? e->hterm + (size_t)layer * cap + pos : NULL;
+    int rc = skv_rlv_hidden_terms(e->rlv, layer, x, (uint32_t)m, n_embd, ht);
     if (rc < 0)
         e->rerr = rc;
+    for (uint64_t i = 0; e->rcompact && i < m; i++)
+        ht[i] = h16(ht[i]);     /* the two bytes it is counted as */
 }
 
 void skv_ecg_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)
@@ -989,7 +1021,7 @@ static uint64_t cache_bytes(const ecg *e, uint64_t na, uint64_t *meta)
                 mb += 2ull * d;             /* query second moments, fp16 */
         }
     if (e->rlv)
-        mb += rlv_bytes(e->rlv, c->n_layers, c->n_kv_heads, e->len[0]);
+        mb += rlv_bytes(e->rlv, e->rcompact, c->n_layers, c->n_kv_heads, e->len[0]);
     *meta = mb;
     return bytes;
 }
@@ -1524,12 +1556,13 @@ int skv_ecg_min_beta(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_heads,
         }
     }
     unit += (n - s) * vbytes(&e, 1, ecg_widths[lo]) + (nk * mbk + (n - s) * mbv + 7) / 8;
-    if (cfg->alloc.policy == SKV_POLICY_SMARTKV && cfg->imp_mode != SKV_EC_IMP_ATSKV)
+    if (cfg->alloc.policy == SKV_POLICY_SMARTKV && !SKV_EC_IMP_IS_ATSKV(cfg->imp_mode))
         unit += n;
     if (!e.fixed && cfg->err_model == SKV_EC_ERR_LOGIT)
         unit += 2ull * head_dim;
-    uint64_t extra = cfg->imp_mode == SKV_EC_IMP_ATSKV && cfg->rlv
-                         ? rlv_bytes(cfg->rlv, n_layers, n_kv_heads, n) : 0;
+    uint64_t extra = SKV_EC_IMP_IS_ATSKV(cfg->imp_mode) && cfg->rlv
+                         ? rlv_bytes(cfg->rlv, cfg->imp_mode == SKV_EC_IMP_ATSKV_COMPACT,
+                                     n_layers, n_kv_heads, n) : 0;
     *beta = (double)(ECG_HEAD_BYTES + (uint64_t)n_layers * n_kv_heads * unit + extra) /
             (double)skv_alloc_fp16_bytes(n_layers, n_kv_heads, n, head_dim);
     return 0;

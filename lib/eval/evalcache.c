@@ -134,10 +134,10 @@ int skv_ec_cfg_check(const skv_ec_cfg *c)
     if ((pf & SKV_PF_BUDGET) && !(a->budget > 0 && isfinite(a->budget)))
         return skv_error(SKV_EINVAL, "policy %s needs a budget beta > 0",
                          skv_policy_name(a->policy));
-    if (c->imp_mode == SKV_EC_IMP_ATSKV && c->layout != SKV_EC_GROUPED)
+    if (SKV_EC_IMP_IS_ATSKV(c->imp_mode) && c->layout != SKV_EC_GROUPED)
         return skv_error(SKV_EINVAL, "importance atskv needs the grouped layout");
     if (c->imp_mode != SKV_IMP_EMA && c->imp_mode != SKV_IMP_CUMULATIVE &&
-        c->imp_mode != SKV_IMP_NORMALIZED && c->imp_mode != SKV_EC_IMP_ATSKV)
+        c->imp_mode != SKV_IMP_NORMALIZED && !SKV_EC_IMP_IS_ATSKV(c->imp_mode))
         return skv_error(SKV_EINVAL, "importance mode %s is not tracked online (ema, cumulative "
                          "or normalized)", skv_imp_mode_name(c->imp_mode) ? skv_imp_mode_name(c->imp_mode) : "?");
     if (!(c->decay >= 0 && c->decay < 1))
@@ -263,8 +263,8 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         snprintf(imp, sizeof imp, "votes:%u", a->recent);
     else if (pf & SKV_PF_CUMULATIVE)
         snprintf(imp, sizeof imp, "cumulative");
-    else if (c->imp_mode == SKV_EC_IMP_ATSKV)
-        snprintf(imp, sizeof imp, "atskv");
+    else if (SKV_EC_IMP_IS_ATSKV(c->imp_mode))
+        snprintf(imp, sizeof imp, c->imp_mode == SKV_EC_IMP_ATSKV ? "atskv-full" : "atskv");
     else if (c->imp_mode == SKV_IMP_EMA)
         snprintf(imp, sizeof imp, "ema:%g", c->decay);
     else

@@ -158,6 +158,11 @@ typedef struct skv_ec_cfg {
  * meta_bytes, inside the budget.  The caller must attach the session and
  * pass the token ids (skv_atskv_attach, skv_atskv_tokens). */
 #define SKV_EC_IMP_ATSKV 16u
+/* The same with the compact tracker (smartkv_relevance.h: per token one
+ * byte, per group of 32 tokens one summed tracker) instead of 28 bytes per
+ * token and KV head; w_h . h then held as fp16. */
+#define SKV_EC_IMP_ATSKV_COMPACT 17u
+#define SKV_EC_IMP_IS_ATSKV(m) ((m) == SKV_EC_IMP_ATSKV || (m) == SKV_EC_IMP_ATSKV_COMPACT)
 
 enum skv_ec_layout {
     SKV_EC_PACKED = 0,      /* PBKT buckets, one width per token (the library's format) */

@@ -207,13 +207,27 @@ run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p sma
     --keys channel --kv-split --residual 32 --protect-bits 8 --bits 2,3,4,8,16 -b 0.4 \
     --importance atskv --weights w.skv --json -q
 expect_rc 0 "ppl with --importance atskv"
-check "importance atskv JSON: its state counted in beta" python3 -c '
+cp "$T/out" imp-compact.json
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv \
+    --keys channel --kv-split --residual 32 --protect-bits 8 --bits 2,3,4,8,16 -b 0.4 \
+    --importance atskv-full --weights w.skv --json -q
+expect_rc 0 "ppl with --importance atskv-full"
+check "importance atskv(-full) JSON: the state counted in beta, the compact one much smaller" python3 -c '
 import json, sys
-r = json.load(open(sys.argv[1]))
-assert "atskv" in r["cache"] and "ema" not in r["cache"], r
-# per token and (layer, KV head) at least the 28-byte tracker against 256 fp16 bytes
-assert r["meta_frac"] > 28 / 256 and r["kl"] > 0, r
-' "$T/out"
+c, f = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+assert "atskv-full" in f["cache"] and "ema" not in f["cache"], f
+assert "atskv" in c["cache"] and "atskv-full" not in c["cache"], c
+# full: per token and (layer, KV head) at least the 28-byte tracker against 256 fp16 bytes
+assert f["meta_frac"] > 28 / 256 and f["kl"] > 0, f
+# compact: at least 1 + 28/32 bytes per token and (layer, KV head); per token the full one
+# holds 28 - 1.875 more per (layer, KV head), 2 more per layer and 4 more in all
+assert (1 + 28 / 32) / 256 < c["meta_frac"] and c["kl"] > 0, c
+assert f["meta_frac"] - c["meta_frac"] > 0.09, (c["meta_frac"], f["meta_frac"])
+' imp-compact.json "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv \
+    --keys channel --kv-split -b 0.4 --importance atskv-compact --weights w.skv -q
+expect_rc 2 "an unknown importance is a usage error"
+expect_err "atskv-full" "the message lists the importances"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p atskv-ema -b 0.3
 expect_rc 0 "ppl with the atskv-ema ablation (no weights needed)"
 check "text output has the passive line" grep -Eq '^passive +[0-9]+ rows, [0-9]+ bytes .* recalls' "$T/out"

@@ -100,8 +100,18 @@ check "no weights after a failed train" test ! -e w.skv
 run skv-alloc train --model "$model" --output w.skv --t0 2 --horizon 3 --stride 1 --hidden-dims 4 --eval hid.skv hid.skv
 expect_rc 0 "train with a held-out trace"
 check "train prints per-layer AUC of EMA and the learned score, and the verdict" sh -c "
-grep -Eq '^mean +\| +[01]\.[0-9]{4} +[01]\.[0-9]{4} +\| +[01]\.[0-9]{4} [01]\.[0-9]{4} +[01]\.[0-9]{4}' '$T/out' &&
+grep -Eq '^mean +\| +[01]\.[0-9]{4} +[01]\.[0-9]{4} +\| +\| +[01]\.[0-9]{4} [01]\.[0-9]{4} +[01]\.[0-9]{4}' '$T/out' &&
 grep -Eq '^held-out: learned (beats|does NOT beat) EMA' '$T/out'"
+check "train prints beta_l per layer: on the grid 2^(k/4), its recall no lower than beta 1's" python3 -c '
+import math, re, sys
+rows = [l for l in open(sys.argv[1]) if re.match(r"^[0-9]+ ", l)]
+assert len(rows) == 2, rows
+for l in rows:
+    b, rec, r1 = re.search(r"\| +([0-9.]+) ([0-9.]+) \(([0-9.]+)\) \|", l).groups()
+    k = 4 * math.log2(float(b))
+    assert abs(k - round(k)) < 0.01 and -8 <= round(k) <= 8, l
+    assert float(rec) >= float(r1), l
+' "$T/out"
 run skv-trace info --json w.skv
 check "the weights file holds one rlvw chunk per layer" python3 -c '
 import json, sys
