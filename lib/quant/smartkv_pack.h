@@ -93,6 +93,8 @@ typedef struct skv_qcfg {
     uint32_t k_tokens;           /* SKV_QMODE_CHAN: rows per key group; else 0 */
     uint32_t rotate;             /* SKV_ROT_KEYS | SKV_ROT_VALUES: rows stored after the
                                     randomized Hadamard rotation (format 1.3); 0 none */
+    uint32_t rot_reserved;       /* zero: no padding before rot_seed (configurations are
+                                    compared with memcmp) */
     uint64_t rot_seed;           /* the rotation's seed (skv_rot_signs); 0 without rotate */
 } skv_qcfg;
 
