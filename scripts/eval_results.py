@@ -65,8 +65,28 @@ def baselines(title):
             f(r, "dppl"), f(r, "kl"), f(r, "top1")))
 
 
+# the seeds' baselines (skv-eval(1)), default settings, by budget
+SEED = ["sliding", "dynamickv", "uncomp", "razor", "rocketkv", "prune-merge:8"]
+
+
+def seeds(title):
+    sel = [r for r in rows if r["policy"] in SEED and r["budget"] in ("0.2", "0.3", "0.5")
+           and " bits=" not in r["label"]]
+    if not sel:
+        return
+    sel.sort(key=lambda r: (float(r["budget"]), SEED.index(r["policy"])))
+    print("\n### " + title + "\n")
+    print("| cache | beta (mean) | of it tracking | beta (window end) | PPL | dPPL | "
+          "KL (nats/token) | top-1 |\n|---|---|---|---|---|---|---|---|")
+    for r in sel:
+        print("| %s | %.3f | %.3f | %.3f | %.3f | %+.3f | %.4g | %.3f |" % (
+            r["label"], f(r, "beta"), f(r, "meta_frac"), f(r, "beta_end"), f(r, "ppl"),
+            f(r, "dppl"), f(r, "kl"), f(r, "top1")))
+
+
 if only_baselines:
     baselines("Baselines")
+    seeds("The seeds' baselines")
     sys.exit(0)
 
 B = ["0.25", "0.3", "0.4", "0.5"]
@@ -86,6 +106,7 @@ table("Real cache vs idealised (requantize from full precision)",
       [f"smartkv beta={b} ema:0.9 R=16{W}{s}" for b in ("0.3", "0.5") for s in ("", " ideal")])
 
 baselines("Baselines at equal budgets (fixed layouts first)")
+seeds("The seeds' baselines at equal budgets")
 
 print("\n### Claims\n")
 
