@@ -30,6 +30,13 @@ static void usage(void)
            "                         groups of --key-tokens rows of a bucket)\n"
            "      --key-tokens=G     with --keys channel: rows per key group (2..4096,\n"
            "                         default 32)\n"
+           "      --rotate           keys (and so queries) stored after a randomized\n"
+           "                         Hadamard rotation: an outlier channel is spread over\n"
+           "                         all channels; attention is unchanged up to the\n"
+           "                         quantization (head_dim a power of two)\n"
+           "      --rotate-values    values stored rotated too (skv-attend rotates each\n"
+           "                         output back); with or without --rotate\n"
+           "      --seed=S           seed of the rotation's signs (default 1, as skv-eval)\n"
            "      --keep-queries     keep the trace's queries in the cache (default: the\n"
            "                         cache holds the cache; skv-attend --queries TRACE)\n"
            "      --keep-alloc       keep the allocation record (ALOC: widths and importance\n"
@@ -127,7 +134,7 @@ int main(int argc, char **argv)
 {
     tool_init("skv-quant");
     enum { OPT_KGROUP = 256, OPT_VGROUP, OPT_KMODE, OPT_VMODE, OPT_DROPQ, OPT_KEEPQ, OPT_KEEPA,
-           OPT_QUERIES, OPT_KEYS, OPT_KTOK };
+           OPT_QUERIES, OPT_KEYS, OPT_KTOK, OPT_ROT, OPT_VROT, OPT_SEED };
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'},
         {"uniform", required_argument, NULL, 'u'},
@@ -138,6 +145,9 @@ int main(int argc, char **argv)
         {"v-mode", required_argument, NULL, OPT_VMODE},
         {"keys", required_argument, NULL, OPT_KEYS},
         {"key-tokens", required_argument, NULL, OPT_KTOK},
+        {"rotate", no_argument, NULL, OPT_ROT},
+        {"rotate-values", no_argument, NULL, OPT_VROT},
+        {"seed", required_argument, NULL, OPT_SEED},
         {"drop-queries", no_argument, NULL, OPT_DROPQ},
         {"keep-queries", no_argument, NULL, OPT_KEEPQ},
         {"keep-alloc", no_argument, NULL, OPT_KEEPA},
@@ -151,8 +161,9 @@ int main(int argc, char **argv)
     const char *out = NULL, *queries = NULL;
     uint32_t uniform = 0, k_group = 0, v_group = 0;
     uint32_t k_mode = SKV_QMODE_ASYM, v_mode = SKV_QMODE_ASYM;
-    uint32_t k_tokens = 0;
-    int chan = 0, kmode_set = 0;
+    uint32_t k_tokens = 0, rotate = 0;
+    uint64_t seed = 1;
+    int chan = 0, kmode_set = 0, seed_set = 0;
     int qopts = 0, drop = 0, keep_q = 0, keep_alloc = 0, decompress = 0, json = 0, level = -1;
     int c;
     while ((c = tool_getopt(argc, argv, "o:u:g:dz::" TOOL_COMMON_SHORT, longopts)) != -1) {
@@ -194,6 +205,17 @@ int main(int argc, char **argv)
         case OPT_VMODE:
             v_mode = tool_opt_qmode("--v-mode", optarg);
             qopts = 1;
+            break;
+        case OPT_ROT:
+            rotate |= SKV_ROT_KEYS;
+            break;
+        case OPT_VROT:
+            rotate |= SKV_ROT_VALUES;
+            break;
+        case OPT_SEED:
+            if (tool_parse_u64(optarg, &seed) < 0)
+                tool_usage_error("--seed: '%s' is not a whole number", optarg);
+            seed_set = 1;
             break;
         case OPT_DROPQ:
             drop = 1;
@@ -244,9 +266,11 @@ int main(int argc, char **argv)
         k_mode = SKV_QMODE_CHAN;
         k_tokens = k_tokens ? k_tokens : 32;
     }
-    if (decompress && (uniform || drop || keep_q || keep_alloc || qopts))
+    if (decompress && (uniform || drop || keep_q || keep_alloc || qopts || rotate || seed_set))
         tool_usage_error("-d cannot be combined with --uniform, --drop-queries, --keep-queries, "
-                         "--keep-alloc or quantizer settings");
+                         "--keep-alloc, --rotate, --rotate-values, --seed or quantizer settings");
+    if (seed_set && !rotate)
+        tool_usage_error("--seed is the rotation's: it needs --rotate or --rotate-values");
     if (drop && keep_q)
         tool_usage_error("--drop-queries and --keep-queries are exclusive");
     if (queries && !decompress)
@@ -293,9 +317,13 @@ int main(int argc, char **argv)
     tool_progress_watch(qp.pr, in);
     if (uniform)
         qp.pr = tool_progress_start("skv-quant: writing", 0, "layers");
-    skv_quantize_opts qo = {uniform, {0, k_group, v_group, k_mode, v_mode, k_tokens},
-                            (keep_q ? 0 : SKV_CACHE_DROP_QUERIES) |
-                            (keep_alloc ? SKV_CACHE_KEEP_ALLOC : 0), on_progress, &qp};
+    skv_quantize_opts qo = {.uniform = uniform,
+                            .q = {.k_group = k_group, .v_group = v_group, .k_mode = k_mode,
+                                  .v_mode = v_mode, .k_tokens = k_tokens, .rotate = rotate,
+                                  .rot_seed = rotate ? seed : 0},
+                            .flags = (keep_q ? 0 : SKV_CACHE_DROP_QUERIES) |
+                                     (keep_alloc ? SKV_CACHE_KEEP_ALLOC : 0),
+                            .progress = on_progress, .progress_ctx = &qp};
     skv_cache_plan plan;
     skv_cache_stats st;
     int rc = skv_cache_quantize(is, NULL, in, s, &qo, &plan, &st);

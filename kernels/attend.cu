@@ -949,7 +949,13 @@ static int parse_pbkt(const skv_cuda_shape *sh, const uint8_t *p, uint64_t size,
         s->vmode < SKV_QMODE_ASYM || s->vmode > SKV_QMODE_GGML)
         return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u: bad groups %u/%u or modes %u/%u",
                          s->layer, s->kvh, s->kgroup, s->vgroup, s->kmode, s->vmode);
-    skv_qcfg cfg = {hd, s->kgroup, s->vgroup, s->kmode, s->vmode, 0};
+    skv_qcfg cfg;  /* C++: no designated initializers before C++20 */
+    memset(&cfg, 0, sizeof cfg);
+    cfg.head_dim = hd;
+    cfg.k_group = s->kgroup;
+    cfg.v_group = s->vgroup;
+    cfg.k_mode = s->kmode;
+    cfg.v_mode = s->vmode;
     if (size != skv_pbkt_payload_bytes(&cfg, s->bits, s->n))
         return skv_error(SKV_EFORMAT, "PBKT layer %u kv head %u %u-bit: payload is %llu bytes, "
                          "%u tokens need %llu", s->layer, s->kvh, s->bits,

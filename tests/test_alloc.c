@@ -60,7 +60,7 @@ static void make_planted(planted *pl, uint32_t L, uint32_t H, uint64_t T, uint32
     pl->imp = malloc(n * sizeof(float));
     pl->err = malloc(n * SKV_NBITS * sizeof(float));
     pl->ent = malloc((size_t)L * H * sizeof(float));
-    pl->q = (skv_qcfg){d, d, d, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    pl->q = (skv_qcfg){.head_dim = d, .k_group = d, .v_group = d, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     float *k = malloc(d * sizeof(float)), *v = malloc(d * sizeof(float));
     for (size_t i = 0; i < n; i++) {
         double u = urand();
@@ -375,7 +375,7 @@ END_TEST
 /* Sym mode and groups: the error model's steps and the byte model follow. */
 START_TEST(test_error_model)
 {
-    skv_qcfg q = {8, 4, 8, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0};
+    skv_qcfg q = {.head_dim = 8, .k_group = 4, .v_group = 8, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_SYM, .k_tokens = 0};
     float k[8] = {0, 1, 2, 3, 10, 10, 10, 14}, v[8] = {-2, 1, 0, 0, 0, 0, 0, 1};
     float e[SKV_NBITS];
     skv_alloc_token_errors(&q, k, v, 1, e);
@@ -407,7 +407,7 @@ static skv_alloc_hdr sample_hdr(void)
     h.n_tokens = 7;
     h.width_mask = SKV_WIDTH_MASK_DEFAULT;
     h.flags = SKV_ALHD_SHARE_LAYERS;
-    h.qcfg = (skv_qcfg){64, 32, 64, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0};
+    h.qcfg = (skv_qcfg){.head_dim = 64, .k_group = 32, .v_group = 64, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_SYM, .k_tokens = 0};
     h.predicted_bytes = 123456789;
     snprintf(h.text, sizeof h.text, "policy=smartkv decay=0.9 realloc=16");
     return h;

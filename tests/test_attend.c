@@ -407,7 +407,7 @@ static skv_trace *make_trace(const pk_case *pc, uint32_t layers)
 
 static skv_cache *make_cache(const skv_trace *t, const pk_case *pc)
 {
-    skv_qcfg q = {pc->d, pc->kg, pc->vg, pc->kmode, pc->vmode, 0};
+    skv_qcfg q = {.head_dim = pc->d, .k_group = pc->kg, .v_group = pc->vg, .k_mode = pc->kmode, .v_mode = pc->vmode, .k_tokens = 0};
     skv_cache_plan plan;
     memset(&plan, 0, sizeof plan);
     ck_assert_int_eq(skv_cache_plan_uniform(&plan, &t->hdr, &q, pc->width ? pc->width : 16), 0);

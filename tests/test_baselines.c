@@ -148,7 +148,7 @@ END_TEST
 
 static skv_qcfg qc(void)
 {
-    skv_qcfg q = {HD, HD, HD, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg q = {.head_dim = HD, .k_group = HD, .v_group = HD, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     return q;
 }
 
@@ -394,7 +394,7 @@ START_TEST(test_online_eviction)
     /* as equal across (layer, KV head) as the bytes allow: k or k + 1 each */
     uint64_t kept = s.hist[skv_width_index(16)] / (L_ * KH_);
     ck_assert_uint_gt(kept, 8);
-    skv_qcfg q = {D_, D_, D_, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg q = {.head_dim = D_, .k_group = D_, .v_group = D_, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     uint64_t bytes = skv_alloc_pkhd_bytes(&q);
     for (uint32_t l = 0; l < L_; l++)
         for (uint32_t h = 0; h < KH_; h++) {

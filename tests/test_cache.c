@@ -76,7 +76,7 @@ static skv_trace *make_trace(uint32_t L, uint32_t H, uint32_t KV, uint64_t T, ui
 
 static skv_qcfg qcfg(uint32_t d, uint32_t kg, uint32_t vg, uint32_t km, uint32_t vm)
 {
-    skv_qcfg c = {d, kg, vg, km, vm, 0};
+    skv_qcfg c = {.head_dim = d, .k_group = kg, .v_group = vg, .k_mode = km, .v_mode = vm, .k_tokens = 0};
     return c;
 }
 

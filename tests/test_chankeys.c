@@ -50,7 +50,7 @@ static void *encode(const skv_qcfg *q, uint32_t bits, const uint32_t *idx, uint3
  * 384; at 40 rows: per channel 10*32 = 320 (pad 320), per token 160 (pad 192). */
 START_TEST(test_byte_model_by_hand)
 {
-    skv_qcfg q = {8, 8, 8, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 4};
+    skv_qcfg q = {.head_dim = 8, .k_group = 8, .v_group = 8, .k_mode = SKV_QMODE_CHAN, .v_mode = SKV_QMODE_ASYM, .k_tokens = 4};
     ck_assert_int_eq(skv_qcfg_check(&q), 0);
     expect(skv_kpar_bytes(&q, 4, 6) == 40);
     expect(skv_pbkt_payload_bytes(&q, 4, 6) == 384);
@@ -62,7 +62,7 @@ START_TEST(test_byte_model_by_hand)
     t.k_tokens = 0;
     expect(skv_kpar_bytes(&t, 4, 40) == 160);
     /* every part but the last holds whole key groups */
-    skv_qcfg big = {128, 128, 128, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 96};
+    skv_qcfg big = {.head_dim = 128, .k_group = 128, .v_group = 128, .k_mode = SKV_QMODE_CHAN, .v_mode = SKV_QMODE_ASYM, .k_tokens = 96};
     expect(skv_pbkt_max_tokens(&big, 2) % 96 == 0);
     expect(skv_pbkt_payload_bytes(&big, 2, skv_pbkt_max_tokens(&big, 2)) <= SKV_CHUNK_MAX);
     /* settings the checker refuses */
@@ -100,7 +100,7 @@ START_TEST(test_same_numbers_as_online_cache)
     static const uint32_t widths[] = {2, 3, 4, 8};
     for (int wi = 0; wi < 4; wi++) {
         uint32_t bits = widths[wi];
-        skv_qcfg q = {d, 16, 32, SKV_QMODE_CHAN, SKV_QMODE_ASYM, G};
+        skv_qcfg q = {.head_dim = d, .k_group = 16, .v_group = 32, .k_mode = SKV_QMODE_CHAN, .v_mode = SKV_QMODE_ASYM, .k_tokens = G};
         skv_bucket b;
         void *p = encode(&q, bits, idx, n, k, v, T, &b);
         expect(b.k_tokens == G && b.k_full == n / G * G && b.k_tail_par);
@@ -166,7 +166,7 @@ START_TEST(test_kernels_vs_float64)
         else
             i2[n2++] = t;
     }
-    skv_qcfg qc = {d, d, 32, SKV_QMODE_CHAN, SKV_QMODE_ASYM, G};
+    skv_qcfg qc = {.head_dim = d, .k_group = d, .v_group = 32, .k_mode = SKV_QMODE_CHAN, .v_mode = SKV_QMODE_ASYM, .k_tokens = G};
     skv_bucket bk[2];
     void *p2 = encode(&qc, 2, i2, n2, k, v, T, &bk[0]);
     void *p4 = encode(&qc, 4, i4, n4, k, v, T, &bk[1]);
@@ -245,14 +245,14 @@ START_TEST(test_decoder_refuses)
     uint32_t idx[10];
     for (uint32_t i = 0; i < 10; i++)
         idx[i] = 2 * i;
-    skv_qcfg q = {d, d, d, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 4};
+    skv_qcfg q = {.head_dim = d, .k_group = d, .v_group = d, .k_mode = SKV_QMODE_CHAN, .v_mode = SKV_QMODE_ASYM, .k_tokens = 4};
     skv_bucket b;
     uint8_t *p = encode(&q, 3, idx, 10, k, v, T, &b);
     uint64_t size = skv_pbkt_payload_bytes(&q, 3, 10);
     static const struct { uint32_t off, val; const char *what; } bad[] = {
         {40, 0, "key group"}, {40, 1, "key group"}, {40, 5000, "key group"},
         {28, 1, "key tokens"},        /* per-token keys with k_tokens set */
-        {32, 4, "V quantization mode"}, {44, 1, "reserved"},
+        {32, 4, "V quantization mode"}, {56, 1, "reserved"},  /* 44..55: rotation (1.3) */
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         uint8_t *m = aligned_alloc(64, (size_t)(size + 63) / 64 * 64);

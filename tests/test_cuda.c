@@ -131,7 +131,7 @@ START_TEST(test_api_without_device)
     skv_cuda_shape sh = {1, 1, 1, 64, 16};
     ck_assert_ptr_null(skv_cuda_cache_upload(&sh, NULL, NULL, 0));
     ck_assert_msg(strstr(skv_errmsg(), "no CUDA"), "message: %s", skv_errmsg());
-    skv_qcfg q = {64, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg q = {.head_dim = 64, .k_group = 64, .v_group = 64, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     uint32_t idx = 0;
     float k[64] = {0}, v[64] = {0};
     uint8_t out[1024];
@@ -156,7 +156,9 @@ START_TEST(test_gpu_pack_identical)
     for (size_t ci = 0; ci < sizeof cfgs / sizeof *cfgs; ci++)
         for (size_t wi = 0; wi < 5; wi++)
             for (size_t ni = 0; ni < 3; ni++) {
-                skv_qcfg q = {cfgs[ci].d, cfgs[ci].kg, cfgs[ci].vg, cfgs[ci].km, cfgs[ci].vm, 0};
+                skv_qcfg q = {.head_dim = cfgs[ci].d, .k_group = cfgs[ci].kg,
+                              .v_group = cfgs[ci].vg, .k_mode = cfgs[ci].km,
+                              .v_mode = cfgs[ci].vm};
                 uint32_t n = ns[ni], d = q.head_dim, bits = widths[wi];
                 uint32_t *idx = malloc(n * 4);
                 float *k = malloc((size_t)n * d * 4), *v = malloc((size_t)n * d * 4);
@@ -187,7 +189,7 @@ START_TEST(test_gpu_pack_identical)
                 free(idx); free(k); free(v); free(kt); free(vt); free(a); free(b);
             }
     /* a value beyond the fp16 range names the token */
-    skv_qcfg q = {64, 64, 64, 1, 1, 0};
+    skv_qcfg q = {.head_dim = 64, .k_group = 64, .v_group = 64, .k_mode = 1, .v_mode = 1, .k_tokens = 0};
     uint32_t idx[2] = {5, 9};
     float k[128] = {0}, v[128] = {0};
     v[64 + 3] = 1e6f;
@@ -362,13 +364,13 @@ START_TEST(test_gpu_attend_widths)
 {
     static const int widths[] = {2, 3, 4, 8, 16, 0};
     for (size_t i = 0; i < 6; i++) {
-        skv_qcfg a = {64, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+        skv_qcfg a = {.head_dim = 64, .k_group = 64, .v_group = 64, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
         attend_case(1, 9, 3, 64, 61, a, widths[i], 3, 1);
-        skv_qcfg b = {32, 16, 8, SKV_QMODE_SYM, SKV_QMODE_ASYM, 0};
+        skv_qcfg b = {.head_dim = 32, .k_group = 16, .v_group = 8, .k_mode = SKV_QMODE_SYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
         attend_case(2, 4, 1, 32, 40, b, widths[i], 2, 1);
-        skv_qcfg c = {128, 32, 128, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0};
+        skv_qcfg c = {.head_dim = 128, .k_group = 32, .v_group = 128, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_SYM, .k_tokens = 0};
         attend_case(1, 8, 2, 128, 300, c, widths[i], 1, 0);
-        skv_qcfg e = {40, 8, 20, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};  /* not a multiple of 8 lanes */
+        skv_qcfg e = {.head_dim = 40, .k_group = 8, .v_group = 20, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};  /* not a multiple of 8 lanes */
         attend_case(1, 2, 2, 40, 33, e, widths[i], 1, 0);
     }
 }
@@ -376,28 +378,28 @@ END_TEST
 
 START_TEST(test_gpu_attend_shapes)
 {
-    skv_qcfg q = {64, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg q = {.head_dim = 64, .k_group = 64, .v_group = 64, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     attend_case(1, 1, 1, 64, 1, q, 0, 1, 1);        /* single token */
     attend_case(1, 1, 1, 64, 1, q, 4, 1, 1);
     attend_case(1, 12, 1, 64, 45, q, 0, 3, 1);      /* 36 queries per group: passes */
     attend_case(1, 32, 8, 64, 1000, q, 0, 2, 0);    /* GQA 4:1 */
     attend_case(3, 8, 8, 64, 257, q, 0, 1, 0);      /* MHA, 3 layers */
-    skv_qcfg big = {256, 256, 256, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg big = {.head_dim = 256, .k_group = 256, .v_group = 256, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     attend_case(1, 4, 1, 256, 100, big, 0, 1, 0);
-    skv_qcfg huge = {512, 128, 128, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg huge = {.head_dim = 512, .k_group = 128, .v_group = 128, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     attend_case(1, 6, 2, 512, 70, huge, 0, 1, 0);    /* two blocks of 8 per lane */
-    skv_qcfg h1k = {1024, 256, 256, SKV_QMODE_SYM, SKV_QMODE_SYM, 0};
+    skv_qcfg h1k = {.head_dim = 1024, .k_group = 256, .v_group = 256, .k_mode = SKV_QMODE_SYM, .v_mode = SKV_QMODE_SYM, .k_tokens = 0};
     attend_case(1, 2, 1, 1024, 50, h1k, 0, 1, 0);   /* four per lane */
 }
 END_TEST
 
 START_TEST(test_gpu_attend_long)
 {
-    skv_qcfg q = {64, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg q = {.head_dim = 64, .k_group = 64, .v_group = 64, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     attend_case(1, 9, 3, 64, 4096, q, 0, 2, 1);
     attend_case(1, 9, 3, 64, 65536, q, 0, 2, 0);
     attend_case(1, 4, 1, 64, 65536, q, 2, 1, 0);
-    skv_qcfg g = {128, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg g = {.head_dim = 128, .k_group = 32, .v_group = 32, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     attend_case(1, 8, 2, 128, 65536, g, 0, 1, 0);
 }
 END_TEST

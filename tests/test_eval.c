@@ -249,7 +249,7 @@ START_TEST(test_accounting_is_byte_model)
         for (uint32_t l = 0; l < L_; l++)
             for (uint32_t h = 0; h < KH_; h++)
                 memcpy(bits[l][h], skv_ec_widths(a, l, h), T_);
-        skv_qcfg q = {D_, D_, D_, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+        skv_qcfg q = {.head_dim = D_, .k_group = D_, .v_group = D_, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
         uint64_t want;
         ck_assert_int_eq(skv_alloc_cache_bytes(&q, L_, KH_, T_, &bits[0][0][0], &want), 0);
         ck_assert_uint_eq(s.bytes, want);

@@ -356,9 +356,11 @@ START_TEST(test_signature_and_version)
             ck_assert_msg(r != NULL, "1.%d: %s", minor, skv_errmsg());
             skv_close(r);
         } else {
+            char want[80];
+            snprintf(want, sizeof want, "format version 1.%d is newer than this reader (1.0 to "
+                     "1.%d)", minor, SKV_VERSION_MINOR);
             ck_assert_ptr_null(r);
-            ck_assert_ptr_nonnull(strstr(skv_errmsg(), "format version 1.3 is newer than this "
-                                                       "reader (1.0 to 1.2)"));
+            ck_assert_ptr_nonnull(strstr(skv_errmsg(), want));
         }
     }
     free(b);

@@ -495,7 +495,7 @@ START_TEST(test_identity_packed)
         memcpy(t->k[0] + (T + u) * d, t->k[0] + (T + 30) * d, d * sizeof(float));
         memcpy(t->v[0] + (T + u) * d, t->v[0] + (T + 30) * d, d * sizeof(float));
     }
-    skv_qcfg q = {d, d, d, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg q = {.head_dim = d, .k_group = d, .v_group = d, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     skv_cache_plan pa, pb;
     ck_assert_int_eq(skv_cache_plan_uniform(&pa, &h, &q, 16), 0);
     ck_assert_int_eq(skv_cache_plan_uniform(&pb, &h, &q, 16), 0);

@@ -19,7 +19,7 @@
 
 static skv_qcfg qc(void)
 {
-    skv_qcfg q = {HD, HD, HD, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    skv_qcfg q = {.head_dim = HD, .k_group = HD, .v_group = HD, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     return q;
 }
 

@@ -1225,6 +1225,8 @@ typedef struct layer_job {
     float *prob;            /* caller's, or NULL */
     uint64_t si0;           /* first step of this batch (prob indexing) */
     uint64_t n_steps;       /* all steps (prob indexing) */
+    const float *qrot;      /* rotated keys: [n_heads][n_steps][d] queries in the keys'
+                               basis, else NULL (queries from L->q) */
 } layer_job;
 
 static void do_item(void *arg, size_t k)
@@ -1241,7 +1243,9 @@ static void do_item(void *arg, size_t k)
     for (uint32_t g0 = 0; g0 < G; g0 += SKV_GMAX) {
         uint32_t ng = G - g0 < SKV_GMAX ? G - g0 : SKV_GMAX;
         for (uint32_t g = 0; g < ng; g++) {
-            const float *qr = L->q + (((size_t)it->h * G + g0 + g) * T + t) * d;
+            const float *qr = J->qrot
+                ? J->qrot + (((size_t)it->h * G + g0 + g) * J->n_steps + it->si) * d
+                : L->q + (((size_t)it->h * G + g0 + g) * T + t) * d;
             for (uint32_t j = 0; j < d; j++)
                 qs[g * d + j] = qr[j] * scale;
             skv_sm_init(&st[g0 + g], acc + (size_t)(g0 + g) * d, d);
@@ -1411,6 +1415,40 @@ static int check_view(const skv_kv_view *L, const uint64_t *steps, uint64_t n_st
     return 0;
 }
 
+/* A rotated packed layer: the signs of each KV head ([H][d], from its first
+ * bucket: every bucket of a cache has the same flags and seed) and the
+ * queries of the steps in the keys' basis ([n_heads][n_steps][d]). */
+static int rot_setup(const skv_kv_view *L, const uint64_t *steps, uint64_t n_steps,
+                     float **sign, float **qrot)
+{
+    const uint32_t H = L->n_kv_heads, G = L->n_heads / H, d = L->head_dim;
+    size_t nq;
+    if (skv_mul_sizes(&nq, 3, (size_t)L->n_heads, (size_t)n_steps, (size_t)d) < 0 ||
+        !(*sign = skv_calloc((size_t)H * d, sizeof **sign)) ||
+        !(*qrot = skv_malloc((nq ? nq : 1) * sizeof **qrot)))
+        return skv_error(SKV_ENOMEM, "attention: no memory for the rotated queries");
+    for (uint32_t h = 0; h < H; h++) {
+        const skv_cache_head *ch = &L->packed[h];
+        if (!ch->n_buckets)
+            continue;  /* nothing stored: the output is zero in any basis */
+        const skv_bucket *b = &ch->buckets[0];
+        if (!b->rotate || (d & (d - 1)))
+            return skv_error(SKV_EINVAL, "attention: kv head %u is not rotated like the others "
+                             "(or head_dim %u is not a power of two)", h, d);
+        skv_rot_signs(b->rot_seed, (uint64_t)b->layer * H + b->kv_head, d, *sign + (size_t)h * d);
+        for (uint32_t g = 0; g < G; g++)
+            for (uint64_t si = 0; si < n_steps; si++) {
+                const float *q = L->q + (((size_t)h * G + g) * L->n_tokens + steps[si]) * d;
+                float *y = *qrot + (((size_t)h * G + g) * n_steps + si) * d;
+                if (b->rotate & SKV_ROT_KEYS)
+                    skv_rot_apply(*sign + (size_t)h * d, q, y, d);
+                else
+                    memcpy(y, q, d * sizeof *y);
+            }
+    }
+    return 0;
+}
+
 int skv_attend_layer(skv_attend_ctx *ctx, const skv_kv_view *L, const uint64_t *steps,
                      uint64_t n_steps, float *out, float *prob)
 {
@@ -1423,8 +1461,17 @@ int skv_attend_layer(skv_attend_ctx *ctx, const skv_kv_view *L, const uint64_t *
     uint32_t *first = NULL, *count = NULL;
     item *items = NULL;
     skv_sm_state *st = NULL;
-    float *acc = NULL;
+    float *acc = NULL, *rsign = NULL, *qrot = NULL;
     if ((rc = layer_runs(L, &runs, &first, &count)) < 0)
+        goto out;
+    /* a rotated packed cache (format 1.3): each query is rotated once into
+     * the keys' basis (q.k is unchanged by an orthogonal rotation), each
+     * output rotated back once from the values' basis */
+    uint32_t rot = 0;
+    for (uint32_t h = 0; L->kind == SKV_KV_PACKED && h < H; h++)
+        if (L->packed[h].n_buckets)
+            rot |= L->packed[h].buckets[0].rotate;
+    if (rot && (rc = rot_setup(L, steps, n_steps, &rsign, &qrot)) < 0)
         goto out;
     if (prob)
         for (size_t i = 0, n = (size_t)L->n_heads * n_steps * T; i < n; i++)
@@ -1468,7 +1515,9 @@ int skv_attend_layer(skv_attend_ctx *ctx, const skv_kv_view *L, const uint64_t *
                         items[k].slot = k;
                     }
                 }
-        layer_job J = {L, steps, G, ctx->kernel, items, st, acc, prob, s0, n_steps};
+        layer_job J = {.L = L, .steps = steps, .G = G, .kernel = ctx->kernel, .items = items,
+                       .st = st, .acc = acc, .prob = prob, .si0 = s0, .n_steps = n_steps,
+                       .qrot = (rot & SKV_ROT_KEYS) ? qrot : NULL};
         run_job(ctx, do_item, &J, n_items);
         /* merge in item order (fixed: independent of the thread count) */
         k = 0;
@@ -1484,7 +1533,10 @@ int skv_attend_layer(skv_attend_ctx *ctx, const skv_kv_view *L, const uint64_t *
                     for (size_t j = k; j < k1; j++)
                         skv_sm_merge(&m, mst_acc, &st[j * G + g], acc + (j * G + g) * d, d);
                     uint32_t head = h * G + g;
-                    skv_sm_finish(&m, mst_acc, out + ((size_t)head * n_steps + si) * d, d);
+                    float *o = out + ((size_t)head * n_steps + si) * d;
+                    skv_sm_finish(&m, mst_acc, o, d);
+                    if ((rot & SKV_ROT_VALUES) && L->packed[h].n_buckets)
+                        skv_rot_undo(rsign + (size_t)h * d, o, o, d);
                     if (prob) {
                         float *pr = prob + ((size_t)head * n_steps + si) * T;
                         for (uint64_t u = 0; u < T; u++)
@@ -1501,6 +1553,8 @@ out:
     free(items);
     free(st);
     free(acc);
+    free(rsign);
+    free(qrot);
     return rc;
 }
 

@@ -11,12 +11,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The kernels would need each query rotated on the host and each output
+ * rotated back: not done, so a rotated cache is refused rather than wrong. */
+static int rot_refused(const skv_cache *c)
+{
+    if (c->pk.q.rotate)
+        return skv_error(SKV_EUNSUP, "rotated %s (skv-quant --rotate%s, format 1.3) have no "
+                         "CUDA kernel: use --device cpu",
+                         c->pk.q.rotate == SKV_ROT_VALUES ? "values" : "keys",
+                         c->pk.q.rotate == SKV_ROT_VALUES ? "-values" : "");
+    return 0;
+}
+
 skv_cuda_cache *skv_cuda_cache_from(const skv_cache *c)
 {
     if (!c) {
         skv_error(SKV_EINVAL, "CUDA cache: no cache");
         return NULL;
     }
+    if (rot_refused(c) < 0)
+        return NULL;
     size_t n = 0, nh = (size_t)c->pk.n_layers * c->pk.n_kv_heads;
 #define HEAD(i) skv_cache_head_at(c, (uint32_t)((i) / c->pk.n_kv_heads), \
                                   (uint32_t)((i) % c->pk.n_kv_heads))
@@ -49,7 +63,7 @@ int skv_cuda_cache_supported(const skv_cache *c)
     if (c->pk.q.k_mode == SKV_QMODE_CHAN)
         return skv_error(SKV_EUNSUP, "keys per channel (k_mode 4, format 1.2) have no CUDA "
                          "kernel: use --device cpu");
-    return 0;
+    return rot_refused(c);
 }
 
 static int attend_cache(const skv_cache *c, skv_stream *out, const skv_attend_req *req)

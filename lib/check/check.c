@@ -209,6 +209,9 @@ static int on_pbkt(skv_checker *k, const skv_chunk *c)
         b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode || b.k_tokens != p->q.k_tokens)
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: quantizer settings differ "
                          "from the PKHD chunk's", at);
+    if ((rc = skv_pkhd_rot_match(&k->pk, &b)) < 0)
+        return skv_error(rc, "PBKT chunk at byte %llu (layer %u kv head %u): %s", at, b.layer,
+                         b.kv_head, skv_errmsg());
     uint32_t w = (uint32_t)skv_width_index(b.bits);
     int same_head = k->have_pbkt && k->pl == b.layer && k->ph == b.kv_head;
     const char *bad = NULL;
@@ -277,6 +280,8 @@ static int on_cntr(skv_checker *k, const skv_chunk *c)
     else if (b.head_dim != p->q.head_dim || b.k_group != p->q.k_group ||
              b.v_group != p->q.v_group || b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode)
         bad = "quantizer settings differ from the PKHD chunk's";
+    else if (p->q.rotate)
+        bad = "centroids in a rotated cache (PKHD rotation flags set)";
     else if (b.layer >= k->layer)
         bad = "before the queries of its layer are complete";
     else if (k->have_pbkt && (b.layer < k->pl || (b.layer == k->pl && (b.kv_head < k->ph ||

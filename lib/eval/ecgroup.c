@@ -250,34 +250,16 @@ static void grid_fit(const span_set *S, float sup[3])
     sup[2] = h16_up(rmax);
 }
 
-/* Walsh-Hadamard transform in place, scaled to be orthogonal (d = 2^k). */
-static void fwht(float *x, uint32_t d)
-{
-    for (uint32_t h = 1; h < d; h *= 2)
-        for (uint32_t i = 0; i < d; i += 2 * h)
-            for (uint32_t j = i; j < i + h; j++) {
-                float a = x[j], b = x[j + h];
-                x[j] = a + b;
-                x[j + h] = a - b;
-            }
-    float r = 1.0f / sqrtf((float)d);
-    for (uint32_t j = 0; j < d; j++)
-        x[j] *= r;
-}
-
+/* The rotation is the packed format's (rotate.c, skv_rot_*): a cache file
+ * written with the same seed holds the same rotated rows. */
 static void rotate(const gh *H, const float *x, float *y, uint32_t d)
 {
-    for (uint32_t j = 0; j < d; j++)
-        y[j] = x[j] * H->sign[j];
-    fwht(y, d);
+    skv_rot_apply(H->sign, x, y, d);
 }
 
 static void unrotate(const gh *H, const float *x, float *y, uint32_t d)
 {
-    memcpy(y, x, d * sizeof(float));
-    fwht(y, d);
-    for (uint32_t j = 0; j < d; j++)
-        y[j] *= H->sign[j];
+    skv_rot_undo(H->sign, x, y, d);
 }
 
 /* ---------------------------------------------------------------- config */
@@ -559,8 +541,7 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
             goto fail;
         if (e->PQ == 8 && !(H->vsup = skv_calloc((size_t)(capacity / e->RES + 1) * 3, sizeof(float))))
             goto fail;
-        for (uint32_t j = 0; j < head_dim; j++)
-            H->sign[j] = (mix64(((uint64_t)i << 20) ^ j ^ (cfg->alloc.seed << 40)) & 1) ? -1.0f : 1.0f;
+        skv_rot_signs(cfg->alloc.seed, i, head_dim, H->sign);
     }
     if (e->track && !(e->imp = skv_calloc((size_t)n_layers * n_heads * capacity, sizeof(float))))
         goto fail;

@@ -695,7 +695,7 @@ skv_kv_cache *skv_pm_new(const skv_pm_cfg *cfg, uint32_t n_layers, uint32_t n_he
     e->E = gcd_u32(cfg->pruning_interval, cfg->lookback_window);
     e->m = cfg->lookback_window / e->E;
     e->mixed = e->track && pm_mixed(cfg);
-    e->q = (skv_qcfg){head_dim, head_dim, head_dim, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    e->q = (skv_qcfg){.head_dim = head_dim, .k_group = head_dim, .v_group = head_dim, .k_mode = SKV_QMODE_ASYM, .v_mode = SKV_QMODE_ASYM, .k_tokens = 0};
     const size_t nh = (size_t)n_layers * n_kv_heads;
     if (!(e->len = skv_calloc(n_layers, sizeof *e->len)) ||
         !(e->next = skv_calloc(n_layers, sizeof *e->next)) ||

@@ -21,7 +21,7 @@ extern "C" {
 #define SKV_SIGNATURE "\x89SKV\r\n\x1a\n"
 #define SKV_SIGNATURE_LEN 8
 #define SKV_VERSION_MAJOR 1
-#define SKV_VERSION_MINOR 2  /* newest minor version read and written (smartkv(5) CHANGES) */
+#define SKV_VERSION_MINOR 3  /* newest minor version read and written (smartkv(5) CHANGES) */
 #define SKV_CHUNK_HEADER_LEN 24
 #define SKV_CHUNK_CRC_LEN 4
 /* Largest payload a chunk may carry, stored or raw.  Writers split big

@@ -70,7 +70,8 @@ int skv_pkhd_write(skv_stream *s, const skv_pkhd *p)
     skv_put32(b, p->q.head_dim);
     skv_put32(b + 4, p->q.k_group);
     skv_put32(b + 8, p->q.v_group);
-    skv_put32(b + 12, p->q.k_mode);
+    skv_put16(b + 12, (uint16_t)p->q.k_mode);
+    skv_put16(b + 14, (uint16_t)p->q.rotate);  /* the seed is in every PBKT */
     skv_put32(b + 16, p->q.v_mode);
     skv_put32(b + 20, p->n_layers);
     skv_put32(b + 24, p->n_kv_heads);
@@ -93,7 +94,8 @@ int skv_pkhd_decode(const skv_chunk *c, skv_pkhd *p)
     p->q.head_dim = skv_get32(b);
     p->q.k_group = skv_get32(b + 4);
     p->q.v_group = skv_get32(b + 8);
-    p->q.k_mode = skv_get32(b + 12);
+    p->q.k_mode = skv_get16(b + 12);
+    p->q.rotate = skv_get16(b + 14);  /* the high half of k_mode (zero) before 1.3 */
     p->q.v_mode = skv_get32(b + 16);
     p->n_layers = skv_get32(b + 20);
     p->n_kv_heads = skv_get32(b + 24);
@@ -105,6 +107,20 @@ int skv_pkhd_decode(const skv_chunk *c, skv_pkhd *p)
     if (skv_qcfg_check(&p->q) < 0)
         return skv_error(SKV_EFORMAT, "PKHD chunk at byte %llu: %s",
                          (unsigned long long)c->offset, skv_errmsg());
+    return 0;
+}
+
+int skv_pkhd_rot_match(skv_pkhd *p, const skv_bucket *b)
+{
+    if (b->rotate != p->q.rotate)
+        return skv_error(SKV_EFORMAT, "rotation flags 0x%x differ from the PKHD chunk's 0x%x",
+                         b->rotate, p->q.rotate);
+    if (p->rot_seed_known && b->rot_seed != p->q.rot_seed)
+        return skv_error(SKV_EFORMAT, "rotation seed %llu differs from the first bucket's %llu "
+                         "(one seed per cache)", (unsigned long long)b->rot_seed,
+                         (unsigned long long)p->q.rot_seed);
+    p->q.rot_seed = b->rot_seed;
+    p->rot_seed_known = 1;
     return 0;
 }
 
@@ -529,6 +545,7 @@ typedef struct cwriter {
     uint8_t *row;           /* a uniform plan's widths of one head */
     uint8_t *buf;
     size_t bufcap;
+    float *rk, *rv;         /* rotating: one head's rotated K and V [T][d] */
 } cwriter;
 
 static int cw_begin(cwriter *w, skv_stream *s, const skv_trace_hdr *th, const int32_t *tokens,
@@ -542,6 +559,9 @@ static int cw_begin(cwriter *w, skv_stream *s, const skv_trace_hdr *th, const in
         return skv_error(SKV_EINVAL, "the plan's shape differs from the trace's");
     if ((rc = skv_qcfg_check(&p->q)) < 0)
         return rc;
+    if (p->q.rotate && p->merge_clusters)
+        return skv_error(SKV_EINVAL, "the allocation merges evicted tokens into centroids, "
+                         "which are not rotated: no rotation with merged tokens");
     memset(st, 0, sizeof *st);
     skv_pkhd pk = {.q = p->q, .n_layers = th->n_layers, .n_kv_heads = th->n_kv_heads,
                    .n_tokens = th->n_tokens};
@@ -626,6 +646,25 @@ static int cw_layer(cwriter *w, uint32_t l, const float *q, const float *k, cons
         for (int wi = 0; wi < SKV_NBITS; wi++)
             st->hist[wi] += cnt[wi];
         const float *K = k + (size_t)kh * T * d, *V = v + (size_t)kh * T * d;
+        if (p->q.rotate) {
+            /* the rows are quantized in the rotated basis (skv_rot_*), so the
+             * buckets decode to rotated rows */
+            if ((!w->rk && !(w->rk = skv_malloc((T ? T : 1) * d * sizeof *w->rk))) ||
+                (!w->rv && !(w->rv = skv_malloc((T ? T : 1) * d * sizeof *w->rv))))
+                return SKV_ENOMEM;
+            float sign[SKV_MAX_HEAD_DIM];
+            skv_rot_signs(p->q.rot_seed, (uint64_t)l * h->n_kv_heads + kh, (uint32_t)d, sign);
+            for (size_t t = 0; t < T; t++) {
+                if (p->q.rotate & SKV_ROT_KEYS)
+                    skv_rot_apply(sign, K + t * d, w->rk + t * d, (uint32_t)d);
+                if (p->q.rotate & SKV_ROT_VALUES)
+                    skv_rot_apply(sign, V + t * d, w->rv + t * d, (uint32_t)d);
+            }
+            if (p->q.rotate & SKV_ROT_KEYS)
+                K = w->rk;
+            if (p->q.rotate & SKV_ROT_VALUES)
+                V = w->rv;
+        }
         for (int wi = 1; wi < SKV_NBITS && rc == 0; wi++) {
             uint32_t bw = skv_bit_widths[wi];
             uint64_t max = skv_pbkt_max_tokens(&p->q, bw);
@@ -679,9 +718,12 @@ static void cw_free(cwriter *w)
     free(w->order);
     free(w->row);
     free(w->buf);
+    free(w->rk);
+    free(w->rv);
     w->order = NULL;
     w->row = NULL;
     w->buf = NULL;
+    w->rk = w->rv = NULL;
 }
 
 int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cache_plan *p,
@@ -885,6 +927,10 @@ int skv_cache_quantize(skv_stream *in, const skv_chunk *first, const char *path,
         rc = skv_error(SKV_EFORMAT, "the input changed between its two readings");
         goto done;
     }
+    /* the rotation is skv-quant's choice, not the allocation's (the byte
+     * model does not depend on it) */
+    plan->q.rotate = o->q.rotate;
+    plan->q.rot_seed = o->q.rotate ? o->q.rot_seed : 0;
     for (size_t i = 0; i < x.pending.n; i++) {
         skv_chunk ch = {.raw_size = x.pending.v[i].size, .size = x.pending.v[i].size,
                         .data = x.pending.v[i].data};
@@ -1230,6 +1276,11 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
         return skv_error(SKV_EFORMAT, "PBKT chunk at byte %llu: quantizer settings differ "
                          "from the PKHD chunk's", at);
     }
+    if ((rc = skv_pkhd_rot_match(&c->pk, &b)) < 0) {
+        free(mem);
+        return skv_error(rc, "PBKT chunk at byte %llu (layer %u kv head %u): %s", at, b.layer,
+                         b.kv_head, skv_errmsg());
+    }
     /* order: queries of this layer complete; (layer, head, width, part) increasing */
     uint32_t w = (uint32_t)width_index(b.bits);
     const char *bad = NULL;
@@ -1319,6 +1370,8 @@ static int read_cntr(rd *r, const skv_chunk *ch)
     else if (b.head_dim != p->q.head_dim || b.k_group != p->q.k_group ||
              b.v_group != p->q.v_group || b.k_mode != p->q.k_mode || b.v_mode != p->q.v_mode)
         bad = "quantizer settings differ from the PKHD chunk's";
+    else if (p->q.rotate)
+        bad = "centroids in a rotated cache (PKHD rotation flags set)";
     else if (b.layer >= r->ql && c->q)
         bad = "before the queries of its layer are complete";
     else if (r->have_pbkt && (b.layer < r->pl || (b.layer == r->pl && (b.kv_head < r->ph ||
@@ -1725,6 +1778,20 @@ void skv_cache_dequantize_head(const skv_cache *c, uint32_t layer, uint32_t kv_h
         memset(v, 0, n * sizeof(float));
     for (uint32_t b = 0; b < h->n_buckets; b++)
         skv_bucket_dequantize(&h->buckets[b], k, v);
+    /* rotated rows back to the model's basis (the trace's keys and values) */
+    const uint32_t rot = c->pk.q.rotate, d = c->pk.q.head_dim;
+    if (!rot || !h->n_buckets)
+        return;
+    float sign[SKV_MAX_HEAD_DIM];
+    skv_rot_signs(h->buckets[0].rot_seed, (uint64_t)layer * c->pk.n_kv_heads + kv_head, d, sign);
+    for (uint32_t b = 0; b < h->n_buckets; b++)
+        for (uint32_t i = 0; i < h->buckets[b].n; i++) {
+            size_t t = h->buckets[b].idx[i];
+            if (k && (rot & SKV_ROT_KEYS))
+                skv_rot_undo(sign, k + t * d, k + t * d, d);
+            if (v && (rot & SKV_ROT_VALUES))
+                skv_rot_undo(sign, v + t * d, v + t * d, d);
+        }
 }
 
 int skv_cache_write_trace(skv_stream *s, const skv_cache *c)

@@ -87,6 +87,8 @@ int skv_pbkt_encode(uint8_t *out, uint64_t size, const skv_qcfg *c, uint32_t lay
     skv_put32(out + 32, c->v_mode);
     skv_put32(out + 36, part);
     skv_put32(out + 40, c->k_tokens);
+    skv_put32(out + 44, c->rotate);
+    skv_put64(out + 48, c->rot_seed);
     const uint32_t d = c->head_dim;
     const uint64_t rb = skv_row_bytes(bits, d);
     const uint64_t kpb = skv_par_bytes(bits, d, c->k_group, c->k_mode);
@@ -166,13 +168,21 @@ static int bucket_decode(const uint8_t *p, uint64_t size, uint64_t n_tokens, skv
     b->v_mode = skv_get32(p + 32);
     b->part = skv_get32(p + 36);
     b->k_tokens = skv_get32(p + 40);
-    if (!all_zero(p + 44, 20))
+    b->rotate = skv_get32(p + 44);     /* reserved (zero) before format 1.3 */
+    b->rot_seed = skv_get64(p + 48);
+    if (!all_zero(p + 56, 8))
         return skv_error(SKV_EFORMAT, "%s layer %u kv head %u: reserved header bytes "
                          "are not zero", what, b->layer, b->kv_head);
     if (cntr && b->k_tokens)
         return skv_error(SKV_EFORMAT, "CNTR layer %u kv head %u: k_tokens %u (centroids hold "
                          "keys per token)", b->layer, b->kv_head, b->k_tokens);
-    skv_qcfg c = {b->head_dim, b->k_group, b->v_group, b->k_mode, b->v_mode, b->k_tokens};
+    if (cntr && (b->rotate || b->rot_seed))
+        return skv_error(SKV_EFORMAT, "CNTR layer %u kv head %u: rotation %u seed %llu "
+                         "(centroids are not rotated: both zero)", b->layer, b->kv_head,
+                         b->rotate, (unsigned long long)b->rot_seed);
+    skv_qcfg c = {.head_dim = b->head_dim, .k_group = b->k_group, .v_group = b->v_group,
+                  .k_mode = b->k_mode, .v_mode = b->v_mode, .k_tokens = b->k_tokens,
+                  .rotate = b->rotate, .rot_seed = b->rot_seed};
     int rc = skv_qcfg_check(&c);
     if (rc < 0)
         return skv_error(SKV_EFORMAT, "%s layer %u kv head %u: %s", what, b->layer, b->kv_head,
@@ -274,6 +284,9 @@ int skv_cntr_encode(uint8_t *out, uint64_t size, const skv_qcfg *c, uint32_t lay
 {
     if (n == 0 || n > SKV_CNTR_MAX)
         return skv_error(SKV_EINVAL, "CNTR: %u centroids outside 1..%u", n, SKV_CNTR_MAX);
+    if (c->rotate)
+        return skv_error(SKV_EINVAL, "CNTR: centroids are not rotated (no rotation with merged "
+                         "tokens)");
     const uint64_t extra = skv_align64(4ull * n);
     if (size != skv_cntr_payload_bytes(c, bits, n))
         return skv_error(SKV_EINVAL, "CNTR: buffer of %llu bytes, payload needs %llu",

@@ -37,6 +37,16 @@ int skv_qcfg_check(const skv_qcfg *c)
                          "field is reserved (zero) otherwise", c->k_tokens);
     if (c->v_mode < SKV_QMODE_ASYM || c->v_mode > SKV_QMODE_GGML)
         return skv_error(SKV_EINVAL, "unknown V quantization mode %u (modes: 1 asym, 2 sym, 3 ggml)", c->v_mode);
+    if (c->rotate & ~(SKV_ROT_KEYS | SKV_ROT_VALUES))
+        return skv_error(SKV_EINVAL, "unknown rotation flags 0x%x (0x1 keys, 0x2 values)",
+                         c->rotate);
+    if (!c->rotate && c->rot_seed)
+        return skv_error(SKV_EINVAL, "rotation seed %llu without a rotation (the field is "
+                         "zero then)", (unsigned long long)c->rot_seed);
+    /* the fast Walsh-Hadamard transform halves d at every level */
+    if (c->rotate && (c->head_dim & (c->head_dim - 1)))
+        return skv_error(SKV_EINVAL, "the Hadamard rotation needs a power-of-two head_dim, "
+                         "not %u", c->head_dim);
     return 0;
 }
 

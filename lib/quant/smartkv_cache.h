@@ -104,10 +104,16 @@ typedef struct skv_pkhd {
                                included, as written without compression */
     uint64_t fp16_bytes;    /* 2 * n_layers * n_kv_heads * n_tokens * head_dim * 2 */
     uint64_t n_stored;      /* (layer, kv head, token) rows stored (bits > 0) */
+    int rot_seed_known;     /* reading: q.rot_seed was set by the first PBKT (the PKHD
+                               has the rotation flags, the buckets the seed) */
 } skv_pkhd;
 
 SKV_EXPORT int skv_pkhd_write(skv_stream *s, const skv_pkhd *p);
 SKV_EXPORT int skv_pkhd_decode(const skv_chunk *c, skv_pkhd *p);
+/* A bucket's rotation (format 1.3) against its cache's PKHD: the same flags,
+ * and one seed in every bucket (the first one read sets p->q.rot_seed).
+ * Returns 0 or SKV_EFORMAT saying what differs. */
+SKV_EXPORT int skv_pkhd_rot_match(skv_pkhd *p, const skv_bucket *b);
 /* fp16 bytes of K and V for a shape; 0 on overflow. */
 SKV_EXPORT uint64_t skv_fp16_kv_bytes(uint32_t n_layers, uint32_t n_kv_heads, uint64_t n_tokens,
                                       uint32_t head_dim);
@@ -193,7 +199,8 @@ SKV_EXPORT int skv_cache_write(skv_stream *s, const skv_trace *t, const skv_cach
 
 typedef struct skv_quantize_opts {
     uint32_t uniform;       /* 0: the input's allocation; else every token at this width */
-    skv_qcfg q;             /* with uniform: groups (0: head_dim) and modes */
+    skv_qcfg q;             /* with uniform: groups (0: head_dim) and modes; always:
+                               rotate and rot_seed (the allocation has no rotation) */
     unsigned flags;         /* SKV_CACHE_DROP_QUERIES, SKV_CACHE_KEEP_ALLOC */
     void (*progress)(void *ctx, uint64_t done, uint64_t total); /* layers written */
     void *progress_ctx;

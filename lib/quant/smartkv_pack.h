@@ -21,7 +21,11 @@
  *   36   4     part            index of this chunk within the bucket (0..)
  *   40   4     k_tokens        SKV_QMODE_CHAN: rows per key group (2..4096);
  *                              otherwise 0 (format 1.2; reserved before)
- *   44   20    reserved, zero
+ *   44   4     rotate          SKV_ROT_KEYS | SKV_ROT_VALUES, equals the PKHD's
+ *                              (format 1.3; reserved before)
+ *   48   8     rot_seed        the rotation's seed; 0 when rotate is 0; one value
+ *                              in every PBKT of a cache (format 1.3)
+ *   56   8     reserved, zero
  *   64   ...   idx    u32[n] token indices, strictly ascending
  *   then, each section padded to 64 bytes:
  *         k_par  per token, per group: fp16 scale (+ fp16 min for asym)
@@ -87,7 +91,18 @@ typedef struct skv_qcfg {
     uint32_t k_group, v_group;   /* channels per scale group */
     uint32_t k_mode, v_mode;     /* enum skv_qmode (SKV_QMODE_CHAN: K only) */
     uint32_t k_tokens;           /* SKV_QMODE_CHAN: rows per key group; else 0 */
+    uint32_t rotate;             /* SKV_ROT_KEYS | SKV_ROT_VALUES: rows stored after the
+                                    randomized Hadamard rotation (format 1.3); 0 none */
+    uint32_t rot_reserved;       /* zero: no padding before rot_seed (configurations are
+                                    compared with memcmp) */
+    uint64_t rot_seed;           /* the rotation's seed (skv_rot_signs); 0 without rotate */
 } skv_qcfg;
+
+/* skv_qcfg.rotate: keys (and so the queries attending them) and values are
+ * stored rotated; the byte model does not change (the signs derive from
+ * the seed).  Needs a power-of-two head_dim. */
+#define SKV_ROT_KEYS 0x1u
+#define SKV_ROT_VALUES 0x2u
 
 static inline uint64_t skv_align64(uint64_t n) { return (n + (SKV_ALIGN - 1)) & ~(uint64_t)(SKV_ALIGN - 1); }
 
@@ -158,6 +173,9 @@ typedef struct skv_bucket {
     uint32_t k_group, v_group;  /* channels per parameter group */
     uint32_t k_mode, v_mode;    /* enum skv_qmode */
     uint32_t k_tokens;          /* SKV_QMODE_CHAN: rows per key group, else 0 */
+    uint32_t rotate;            /* SKV_ROT_KEYS | SKV_ROT_VALUES (format 1.3), else 0:
+                                   rows decode in the rotated basis */
+    uint64_t rot_seed;          /* the rotation's seed, 0 without rotate */
     uint32_t k_full;            /* SKV_QMODE_CHAN: rows in full key groups (rows
                                    [0, k_full) take the group block at k_par +
                                    (i / k_tokens) * 4 * head_dim, channel c's

@@ -107,6 +107,23 @@ SKV_EXPORT void skv_unpack_codes(const uint8_t *in, uint32_t n, uint32_t bits, u
 SKV_EXPORT int skv_quantize_chan_ref(const float *x, size_t stride, uint32_t n, uint32_t d,
                                      uint32_t bits, uint8_t *par, uint8_t *dat);
 
+/* ---- randomized Hadamard rotation (rotate.c) ----
+ * y = H D x / sqrt(d): D the diagonal of random signs of one (layer, KV
+ * head), H the Walsh-Hadamard matrix; orthogonal, so q.k and every norm are
+ * unchanged (up to float rounding) while an outlier channel is spread over
+ * all d channels.  d must be a power of two (<= SKV_MAX_HEAD_DIM).  The
+ * packed cache (SKV_ROT_KEYS, SKV_ROT_VALUES in skv_qcfg.rotate) and the
+ * online cache (skv-eval --rotate) use exactly these functions. */
+/* sign[j] of unit = layer * n_kv_heads + kv_head: -1 when bit 0 of
+ * splitmix64((unit << 20) ^ j ^ (seed << 40)) is set, else +1 (smartkv(5)). */
+SKV_EXPORT void skv_rot_signs(uint64_t seed, uint64_t unit, uint32_t d, float *sign);
+/* In-place Walsh-Hadamard transform of x[d], scaled by 1/sqrt(d). */
+SKV_EXPORT void skv_fwht(float *x, uint32_t d);
+/* y = H D x (y may equal x). */
+SKV_EXPORT void skv_rot_apply(const float *sign, const float *x, float *y, uint32_t d);
+/* y = D H x, the inverse (y may equal x). */
+SKV_EXPORT void skv_rot_undo(const float *sign, const float *x, float *y, uint32_t d);
+
 /* 1 if the _avx2 functions really use AVX2 on this CPU and build. */
 SKV_EXPORT int skv_quant_have_avx2(void);
 /* Enable (1) or disable (0) SIMD in the dispatchers; returns the previous

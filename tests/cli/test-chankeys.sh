@@ -60,7 +60,7 @@ expect_err "2-bit 512 (85.3%) 16-bit 88 (14.7%)" "kivi:2 quantizes floor(T/R)*R 
 expect_err "keys=channel key-tokens=32" "the allocation says keys per channel"
 run skv-trace info c.skv
 expect_rc 0 "skv-trace info accepts the cache"
-check "the cache is format 1.2" grep -q "smartkv 1.2" "$T/out"
+check "the cache is format 1.3" grep -q "smartkv 1.3" "$T/out"
 # per (layer, KV head): 128 rows at 2 bits (4 key groups, values in groups
 # of 32 channels) and 22 at 16 bits; plus the PKHD chunk (92 bytes)
 b2=$(bucket_bytes 2 128 64 32 64 32) b16=$(bucket_bytes 16 22 64 32 64 32)
@@ -132,9 +132,9 @@ check "no output after usage errors" test ! -e x.skv
 poke c.skv bad1.skv PKHD 0 28 5       # k_tokens 5 in the PKHD, 32 in the buckets
 poke c.skv bad2.skv PBKT 0 40 1       # a key group of one row
 poke c.skv bad3.skv PKHD 0 12 1       # per-token keys with k_tokens set
-poke c.skv bad4.skv PBKT 1 44 7       # reserved PBKT bytes
+poke c.skv bad4.skv PBKT 1 56 7       # reserved PBKT bytes
 poke c.skv bad5.skv PKHD 0 16 4       # values per channel
-poke c.skv bad6.skv HEAD 0 2 3 u16    # format 1.3
+poke c.skv bad6.skv HEAD 0 2 4 u16    # format 1.4
 for cmd in "skv-attend --queries t.skv -o o.skv" "skv-stats mem" "skv-trace info" "skv-quant -d -o o.skv"; do
     for i in 1 2 3 4 5 6; do
         # shellcheck disable=SC2086
@@ -155,7 +155,7 @@ expect_err "reserved" "reserved PBKT bytes are named"
 run skv-trace info bad5.skv
 expect_err "unknown V quantization mode 4" "values per channel are refused"
 run skv-attend --queries t.skv -o o.skv bad6.skv
-expect_err "format version 1.3 is newer than this reader (1.0 to 1.2)" "a newer minor version is refused by name"
+expect_err "format version 1.4 is newer than this reader (1.0 to 1.3)" "a newer minor version is refused by name"
 poke t.skv old.skv HEAD 0 2 0 u16     # a 1.0 stream is still read
 run skv-trace info old.skv
 expect_rc 0 "a 1.0 stream is read"
