@@ -565,7 +565,7 @@ static void write_custom(const char *path, int m)
             case M_SHORT: size -= 64; break;
             case M_PADDING: buf[64 + 12] = 1; break;
             case M_PART: skv_put32(buf + 36, 1); break;
-            case M_RESERVED: buf[50] = 1; break;
+            case M_RESERVED: buf[58] = 1; break;  /* 56..63 reserved (1.3) */
             }
         }
         ck_assert_int_eq(skv_write(s, SKV_T_PBKT, buf, size), 0);
