@@ -62,10 +62,10 @@ run skv-attend -s all -r -o exact.skv t.skv
 expect_rc 0 "the trace's own attention (float64)"
 
 # ---- skv-alloc | skv-quant --rotate | skv-attend | skv-stats ----
-skv-alloc -p smartkv -b 0.25 t.skv 2> "$T/err" | vg skv-quant --rotate -o c.skv - 2>> "$T/err"
+skv-alloc -p smartkv -b 0.5 t.skv 2> "$T/err" | vg skv-quant --rotate -o c.skv - 2>> "$T/err"
 rc=$?
 expect_rc 0 "skv-alloc | skv-quant --rotate"
-skv-alloc -p smartkv -b 0.25 -o a.skv t.skv 2> /dev/null
+skv-alloc -p smartkv -b 0.5 -o a.skv t.skv 2> /dev/null
 run skv-quant -o c0.skv a.skv
 expect_rc 0 "the same allocation without rotation"
 f=$(fields c.skv)
@@ -83,7 +83,7 @@ run skv-attend -s all --queries t.skv -o a0.skv c0.skv
 run skv-stats compare a1.skv exact.skv
 expect_rc 0 "skv-stats compare on the rotated cache's attention"
 e1=$(worst a1.skv exact.skv) e0=$(worst a0.skv exact.skv)
-echo "  info smartkv beta 0.25: worst head rel_l2 $e0 unrotated, $e1 rotated keys (synthetic trace, 4 outlier channels)"
+echo "  info smartkv beta 0.5: worst head rel_l2 $e0 unrotated, $e1 rotated keys (synthetic trace, 4 outlier channels)"
 
 # ---- every kernel and --reference agree on a rotated cache ----
 run skv-quant -u 3 --rotate --rotate-values --seed 77 --keys channel --key-tokens 16 -o cr.skv t.skv
@@ -141,7 +141,7 @@ for cmd in "skv-attend --queries t.skv -o o.skv" "skv-stats mem" "skv-trace info
 done
 check "no output from a rejected input" test ! -e o.skv
 run skv-trace info bad1.skv
-expect_err "skv-trace: bad1.skv: PBKT chunk at byte" "bad flags: file and byte offset"
+expect_err "skv-trace info: bad1.skv: PBKT chunk at byte" "bad flags: file and byte offset"
 expect_err "unknown rotation flags 0x4" "bad flags: what"
 run skv-attend --queries t.skv -o o.skv bad2.skv
 expect_err "rotation flags 0x3 differ from the PKHD chunk's 0x1" "PKHD and PBKT flags that differ are named"
