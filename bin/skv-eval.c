@@ -287,7 +287,7 @@ static const char *scored_text;  /* --text, for the check above */
 static int same_file(const char *a, const char *b)
 {
     struct stat sa, sb;
-    return a && b && strcmp(a, "-") && strcmp(b, "-") && stat(a, &sa) == 0 &&
+    return a && b && strcmp(a, "-") != 0 && strcmp(b, "-") != 0 && stat(a, &sa) == 0 &&
            stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
