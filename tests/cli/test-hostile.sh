@@ -246,9 +246,12 @@ for sig in TERM INT HUP; do
     # the first 200 bytes of a stream, then the writer holds the FIFO open
     ( head -c 200 large.skv; sleep 30 ) > fifo &
     feeder=$!
-    # background jobs of sh ignore SIGINT: start the tool with it at default
+    # background jobs of sh ignore SIGINT, and nohup leaves SIGHUP ignored
+    # (the tool keeps an ignored signal ignored): start it with all three at
+    # their defaults
     python3 -c 'import os, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(s, signal.SIG_DFL)
 os.execvp(sys.argv[1], sys.argv[1:])' skv-trace cat -o out.skv fifo 2> "$T/err" &
     pid=$!
     n=0
