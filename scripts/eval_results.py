@@ -56,6 +56,11 @@ def baselines(title):
     if not sel:
         return
     sel.sort(key=lambda r: (float(r["budget"]), BASE.index(r["policy"]), -f(r, "beta")))
+    tracked_table(title, sel)
+
+
+def tracked_table(title, sel):
+    """Rows with the tracking state's share of beta beside it."""
     print("\n### " + title + "\n")
     print("| cache | beta (mean) | of it tracking | beta (window end) | PPL | dPPL | "
           "KL (nats/token) | top-1 |\n|---|---|---|---|---|---|---|---|")
@@ -75,13 +80,7 @@ def seeds(title):
     if not sel:
         return
     sel.sort(key=lambda r: (float(r["budget"]), SEED.index(r["policy"])))
-    print("\n### " + title + "\n")
-    print("| cache | beta (mean) | of it tracking | beta (window end) | PPL | dPPL | "
-          "KL (nats/token) | top-1 |\n|---|---|---|---|---|---|---|---|")
-    for r in sel:
-        print("| %s | %.3f | %.3f | %.3f | %.3f | %+.3f | %.4g | %.3f |" % (
-            r["label"], f(r, "beta"), f(r, "meta_frac"), f(r, "beta_end"), f(r, "ppl"),
-            f(r, "dppl"), f(r, "kl"), f(r, "top1")))
+    tracked_table(title, sel)
 
 
 if only_baselines:
