@@ -367,16 +367,11 @@ int skv_rlv_load(const char *path, skv_rlv_model **out)
     return 0;
 }
 
-/* ---------------- the threshold scale beta_l ---------------- */
+/* ---------------- the selection ---------------- */
 
-typedef struct {
-    double r;
-    uint64_t i;
-} ranked;
-
-static int cmp_ranked_desc(const void *x, const void *y)
+static int cmp_rank_desc(const void *x, const void *y)
 {
-    const ranked *p = x, *q = y;
+    const skv_rlv_rank *p = x, *q = y;
     if (p->r != q->r)
         return p->r < q->r ? 1 : -1;
     return (p->i > q->i) - (p->i < q->i);
@@ -388,12 +383,41 @@ static int cmp_dbl(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+uint64_t skv_rlv_select(const double *r, uint64_t t, double q, double beta, uint64_t K,
+                        uint64_t sinks, uint64_t recent, skv_rlv_rank *rk, double *srt,
+                        uint8_t *keep)
+{
+    if (!t)
+        return 0;
+    for (uint64_t i = 0; i < t; i++) {
+        srt[i] = r[i];
+        rk[i] = (skv_rlv_rank){.r = r[i], .i = i};
+    }
+    qsort(srt, t, sizeof *srt, cmp_dbl);
+    double tau = beta * srt[(uint64_t)floor(q * (double)(t - 1) + 0.5)];
+    uint64_t above = 0, nk = 0;
+    for (uint64_t i = 0; i < t; i++) {
+        above += r[i] > tau;
+        keep[i] = i < sinks || t - i <= recent;
+        nk += keep[i];
+    }
+    qsort(rk, t, sizeof *rk, cmp_rank_desc);
+    for (uint64_t m = 0; m < t && nk < K; m++)
+        if (!keep[rk[m].i] && rk[m].r > tau) {
+            keep[rk[m].i] = 1;
+            nk++;
+        }
+    return above;
+}
+
+/* ---------------- the threshold scale beta_l ---------------- */
+
 double skv_rlv_sel_recall(const skv_rlv_sel *S, double target, double beta)
 {
     uint64_t tmax = 0;
     for (uint32_t j = 0; j < S->n_steps; j++)
         tmax = S->t[j] > tmax ? S->t[j] : tmax;
-    ranked *rk = skv_malloc((size_t)tmax * sizeof *rk + 1);
+    skv_rlv_rank *rk = skv_malloc((size_t)tmax * sizeof *rk + 1);
     double *srt = skv_malloc((size_t)tmax * sizeof *srt + 1);
     uint8_t *keep = skv_malloc((size_t)tmax + 1);
     if (!rk || !srt || !keep) {
@@ -411,28 +435,10 @@ double skv_rlv_sel_recall(const skv_rlv_sel *S, double target, double beta)
         double frac = 0;
         for (uint32_t k = 0; k < S->n_heads; k++) {
             const uint64_t o = S->off[(size_t)k * S->n_steps + j];
-            const double *r = S->r + o;
             const float *f = S->fut + o;
-            for (uint64_t i = 0; i < t; i++) {
-                srt[i] = r[i];
-                rk[i] = (ranked){.r = r[i], .i = i};
-            }
-            qsort(srt, t, sizeof *srt, cmp_dbl);
-            double tau = beta * srt[(uint64_t)floor(q * (double)(t - 1) + 0.5)];
-            uint64_t above = 0, nk = 0;
-            for (uint64_t i = 0; i < t; i++)
-                above += r[i] > tau;
+            uint64_t above = skv_rlv_select(S->r + o, t, q, beta, K, SKV_RLV_BETA_SINKS,
+                                            SKV_RLV_BETA_RECENT, rk, srt, keep);
             frac += (double)above / (double)t;
-            for (uint64_t i = 0; i < t; i++) {
-                keep[i] = i < SKV_RLV_BETA_SINKS || t - i <= SKV_RLV_BETA_RECENT;
-                nk += keep[i];
-            }
-            qsort(rk, t, sizeof *rk, cmp_ranked_desc);
-            for (uint64_t m = 0; m < t && nk < K; m++)
-                if (!keep[rk[m].i] && rk[m].r > tau) {
-                    keep[rk[m].i] = 1;
-                    nk++;
-                }
             double all = 0, got = 0;
             for (uint64_t i = 0; i < t; i++) {
                 all += f[i];

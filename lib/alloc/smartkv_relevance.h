@@ -145,6 +145,21 @@ SKV_EXPORT int skv_rlv_write(skv_stream *s, const skv_rlv_model *m);
 /* Load from a stream's rlvw chunks (other chunks skipped). */
 SKV_EXPORT int skv_rlv_load(const char *path, skv_rlv_model **out);
 
+/* ---- ATSKV's selection of one (layer, KV head) ----
+ * tau = beta * quantile(r, q) (the element at round(q * (t - 1)) of r
+ * sorted); active: the first `sinks` and last `recent` tokens, then the
+ * others above tau by r (ties: lower index first), at most K in all.
+ * keep[t] gets 1 for the active tokens; rk[t] and srt[t] are scratch.
+ * Returns how many tokens are above tau (the controller steers q with it).
+ * skv-eval -p atskv selects with it and skv_rlv_sel_recall replays it. */
+typedef struct skv_rlv_rank {
+    double r;
+    uint64_t i;
+} skv_rlv_rank;
+SKV_EXPORT uint64_t skv_rlv_select(const double *r, uint64_t t, double q, double beta, uint64_t K,
+                                   uint64_t sinks, uint64_t recent, skv_rlv_rank *rk,
+                                   double *srt, uint8_t *keep);
+
 /* ---- the threshold scale beta_l ----
  *
  * ATSKV's selection replayed on a trace layer: at each step t (every

@@ -272,25 +272,6 @@ static uint64_t active_row_bytes(const ats_cache *a)
 
 /* ---------------------------------------------------------------- selection */
 
-typedef struct {
-    double r;
-    uint32_t i;
-} ranked;
-
-static int cmp_ranked_desc(const void *x, const void *y)
-{
-    const ranked *p = x, *q = y;
-    if (p->r != q->r)
-        return p->r < q->r ? 1 : -1;
-    return (p->i > q->i) - (p->i < q->i);
-}
-
-static int cmp_double(const void *x, const void *y)
-{
-    double p = *(const double *)x, q = *(const double *)y;
-    return (p > q) - (p < q);
-}
-
 static uint8_t tok_class(const ats_cache *a, int32_t id)
 {
     if (!a->tok || id < 0)
@@ -316,12 +297,12 @@ static int select_layer(ats_cache *a, uint32_t l)
      * so that the active tier stays within the budget between selections */
     double fit = avail / (double)active_row_bytes(a) - a->cfg.realloc;
     uint64_t K = fit > 0 ? (uint64_t)fit : 0;
-    ranked *rk = skv_malloc(t * sizeof *rk);
-    double *srt = skv_malloc(t * sizeof *srt);
+    skv_rlv_rank *rk = skv_malloc(t * sizeof *rk);
+    double *r = skv_malloc(t * sizeof *r), *srt = skv_malloc(t * sizeof *srt);
     uint32_t *ev = skv_malloc(t * sizeof *ev);
     uint8_t *keep = skv_malloc(t);
     int rc = SKV_ENOMEM;
-    if (!rk || !srt || !ev || !keep)
+    if (!rk || !r || !srt || !ev || !keep)
         goto out;
     double frac_sum = 0;
     for (uint32_t kv = 0; kv < KVH; kv++) {
@@ -331,33 +312,13 @@ static int select_layer(ats_cache *a, uint32_t l)
             int32_t id = i < a->n_ids ? a->ids[i] : -1;
             skv_rlv_features(&H->tk[i], i, t, tok_class(a, id), id >= 0 ? a->count[i] : 0, x);
             double z = skv_rlv_logit(a->rlv, l, x, a->hterm[(size_t)l * a->base.capacity + i]);
-            rk[i].r = 1.0 / (1.0 + exp(-z));
-            rk[i].i = (uint32_t)i;
-            srt[i] = rk[i].r;
+            r[i] = 1.0 / (1.0 + exp(-z));
         }
-        /* tau = beta_l * quantile(r, q_l) */
-        qsort(srt, t, sizeof *srt, cmp_double);
-        double q = a->q[l];
-        uint64_t qi = (uint64_t)floor(q * (double)(t - 1) + 0.5);
-        double tau = (double)a->rlv->layers[l].beta * srt[qi];
-        uint64_t above = 0;
-        for (uint64_t i = 0; i < t; i++)
-            above += rk[i].r > tau;
+        /* tau = beta_l * quantile(r, q_l); active: protected first, then
+         * above tau by r, at most K */
+        uint64_t above = skv_rlv_select(r, t, a->q[l], (double)a->rlv->layers[l].beta, K,
+                                        ac->sinks, ac->recent, rk, srt, keep);
         frac_sum += (double)above / (double)t;
-        /* active: protected first, then above tau by r, at most K */
-        memset(keep, 0, t);
-        uint64_t nk = 0;
-        for (uint64_t i = 0; i < t; i++)
-            if (i < ac->sinks || t - i <= ac->recent) {
-                keep[i] = 1;
-                nk++;
-            }
-        qsort(rk, t, sizeof *rk, cmp_ranked_desc);
-        for (uint64_t j = 0; j < t && nk < K; j++)
-            if (!keep[rk[j].i] && rk[j].r > tau) {
-                keep[rk[j].i] = 1;
-                nk++;
-            }
         uint32_t ne = 0;
         for (uint64_t i = 0; i < t; i++) {
             if (keep[i] && H->tier[i] == T_PASSIVE) {
@@ -380,6 +341,7 @@ static int select_layer(ats_cache *a, uint32_t l)
 out:
     a->st.realloc_ns += now_ns() - t0;
     free(rk);
+    free(r);
     free(srt);
     free(ev);
     free(keep);
