@@ -9,27 +9,6 @@ if ! command -v python3 >/dev/null 2>&1; then
     skip "keys-per-channel CLI tests" "python3 not found (needed to edit test inputs)"
     exit 0
 fi
-# poke FILE OUT TYPE NTH OFFSET U32|U16: set a payload field of the NTH chunk
-# of TYPE (from 0) and make its CRC right again
-poke() { python3 - "$@" <<'PY'
-import struct, sys, zlib
-src, dst, ctype, nth, off, val = sys.argv[1:7]
-nth, off, val = int(nth), int(off), int(val, 0)
-b = bytearray(open(src, "rb").read())
-p, k = 8, 0
-while p < len(b):
-    size = struct.unpack_from("<Q", b, p + 8)[0]
-    if b[p:p + 4].decode() == ctype:
-        if k == nth:
-            fmt = "<H" if sys.argv[7:] == ["u16"] else "<I"
-            struct.pack_into(fmt, b, p + 24 + off, val)
-            struct.pack_into("<I", b, p + 24 + size, zlib.crc32(bytes(b[p:p + 24 + size])) & 0xFFFFFFFF)
-            break
-        k += 1
-    p += 24 + size + 4
-open(dst, "wb").write(bytes(b))
-PY
-}
 # the byte model of a bucket of n rows (smartkv(5) PACKED CACHES) at bits,
 # d channels, keys per channel over kt rows (k_group kg for the partial
 # group's rows), values per token in groups of vg: file bytes of one chunk

@@ -10,27 +10,6 @@ if ! command -v python3 >/dev/null 2>&1; then
     skip "rotation CLI tests" "python3 not found (needed to read and edit test inputs)"
     exit 0
 fi
-# poke FILE OUT TYPE NTH OFFSET VALUE [u16|u64]: set a payload field of the
-# NTH chunk of TYPE (from 0) and make its CRC right again
-poke() { python3 - "$@" <<'PY'
-import struct, sys, zlib
-src, dst, ctype, nth, off, val = sys.argv[1:7]
-nth, off, val = int(nth), int(off), int(val, 0)
-fmt = {"u16": "<H", "u64": "<Q"}.get((sys.argv[7:] or ["u32"])[0], "<I")
-b = bytearray(open(src, "rb").read())
-p, k = 8, 0
-while p < len(b):
-    size = struct.unpack_from("<Q", b, p + 8)[0]
-    if b[p:p + 4].decode() == ctype:
-        if k == nth:
-            struct.pack_into(fmt, b, p + 24 + off, val)
-            struct.pack_into("<I", b, p + 24 + size, zlib.crc32(bytes(b[p:p + 24 + size])) & 0xFFFFFFFF)
-            break
-        k += 1
-    p += 24 + size + 4
-open(dst, "wb").write(bytes(b))
-PY
-}
 # fields FILE: the rotation fields as smartkv(5) places them, one line
 # "k_mode rotate | rotate seed reserved-zero per PBKT..." (uncompressed file)
 fields() { python3 - "$1" <<'PY'
