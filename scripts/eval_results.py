@@ -71,7 +71,7 @@ def tracked_table(title, sel):
 
 
 # the seeds' baselines (skv-eval(1)), default settings, by budget
-SEED = ["sliding", "dynamickv", "uncomp", "razor", "rocketkv", "prune-merge:8"]
+SEED = ["sliding", "dynamickv", "uncomp", "razor", "rocketkv", "prune-merge:8", "zack", "atskv"]
 
 
 def seeds(title):
