@@ -24,7 +24,8 @@
 #endif
 
 #define BLOCK_DEFAULT 64u   /* tokens per prefill block */
-#define ROWS_PER_TASK 16u   /* output rows per matmul task (a multiple of 8) */
+#define ROWS_PER_TASK 16u   /* least output rows per matmul task (a multiple of 8) */
+#define TASKS_PER_THREAD 8u /* matmul tasks per thread when rows allow */
 
 /* ---------------- thread pool ----------------
  *
@@ -648,6 +649,7 @@ typedef struct mm_job {
     float *y;
     size_t ldy;
     uint32_t n_tok, K, N;
+    uint32_t rows;              /* output rows per task, a multiple of 8 */
     size_t row_bytes;
     workspace *ws;
 } mm_job;
@@ -655,13 +657,13 @@ typedef struct mm_job {
 static void mm_task(void *ctx, uint32_t task, int thread)
 {
     mm_job *j = ctx;
-    uint32_t r0 = task * ROWS_PER_TASK, r1 = r0 + ROWS_PER_TASK;
+    uint32_t r0 = task * j->rows, r1 = r0 + j->rows;
     if (r1 > j->N)
         r1 = j->N;
     const uint8_t *W = j->w->data;
     uint32_t type = j->w->type, K = j->K;
     if (j->x8) {
-        /* ROWS_PER_TASK is a multiple of 8; up to 4 tokens per weight load */
+        /* j->rows is a multiple of 8; up to 4 tokens per weight load */
         size_t nbk = K / SKV_Q8_BLOCK, gb = (size_t)skv_q8x8_bytes(type, K, 8);
         for (uint32_t r = r0; r < r1; r += 8)
             for (uint32_t t = 0; t < j->n_tok; t += 4) {
@@ -717,7 +719,18 @@ static void mm_task(void *ctx, uint32_t task, int thread)
 static void matmul(skv_model *m, workspace *ws, const skv_gguf_tensor *w, const float *x,
                    size_t ldx, float *y, size_t ldy, uint32_t n_tok)
 {
-    mm_job j = {w, x, NULL, NULL, ldx, y, ldy, n_tok, (uint32_t)w->ne[0], (uint32_t)w->ne[1], 0, ws};
+    mm_job j = {w, x, NULL, NULL, ldx, y, ldy, n_tok, (uint32_t)w->ne[0], (uint32_t)w->ne[1],
+                ROWS_PER_TASK, 0, ws};
+    /* A task is claimed with an atomic on a line all threads share: in a
+     * one-token decode 16 rows are about a microsecond of work, so claiming
+     * costs a good part of it.  Larger tasks, still TASKS_PER_THREAD per
+     * thread so that a thread the machine does not schedule leaves its share
+     * to the others. */
+    if (m->pool.n > 1) {
+        uint32_t r = j.N / ((uint32_t)m->pool.n * TASKS_PER_THREAD) / 8 * 8;
+        if (r > j.rows)
+            j.rows = r;
+    }
     if (m->act_q8 && skv_ggml_q8_supported(w->type) && j.K % SKV_Q8_BLOCK == 0) {
         size_t nbk = j.K / SKV_Q8_BLOCK;
         for (uint32_t t = 0; t < n_tok; t++)
@@ -728,7 +741,7 @@ static void matmul(skv_model *m, workspace *ws, const skv_gguf_tensor *w, const 
     uint64_t rb;
     skv_ggml_row_bytes(w->type, w->ne[0], &rb);   /* validated at load */
     j.row_bytes = (size_t)rb;
-    pool_run(&m->pool, mm_task, &j, (j.N + ROWS_PER_TASK - 1) / ROWS_PER_TASK);
+    pool_run(&m->pool, mm_task, &j, (j.N + j.rows - 1) / j.rows);
 }
 
 static void rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps)
