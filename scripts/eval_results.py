@@ -83,9 +83,34 @@ def seeds(title):
     tracked_table(title, sel)
 
 
+def atskv_vs_h2o():
+    """ATSKV against h2o at equal measured bytes: for each atskv row, the
+    h2o row (any budget, its tracking state counted) with the fewest bytes
+    that are no fewer than ATSKV's."""
+    at = sorted((r for r in rows if r["policy"] == "atskv" and " bits=" not in r["label"]),
+                key=lambda r: f(r, "beta"))
+    h2 = sorted((r for r in rows if r["policy"] == "h2o" and r["realloc"] == "16"
+                 and " bits=" not in r["label"]), key=lambda r: f(r, "beta"))
+    if not at or not h2:
+        return
+    wins, det = 0, []
+    for a in at:
+        h = next((r for r in h2 if f(r, "beta") >= f(a, "beta")), None)
+        if h is None:
+            det.append("beta %.3f: KL %.4g, no h2o row with as many bytes" % (f(a, "beta"), f(a, "kl")))
+            continue
+        wins += f(a, "kl") < f(h, "kl")
+        det.append("beta %.3f vs %.3f: KL %.4g vs %.4g" % (f(a, "beta"), f(h, "beta"), f(a, "kl"),
+                                                       f(h, "kl")))
+    print("\n- **%s** ATSKV beats h2o at equal measured bytes (h2o's cheapest row with no fewer "
+          "bytes): %d/%d atskv rows; %s" % ("PASS" if wins == len(at) else "FAIL", wins, len(at),
+                                            "; ".join(det)))
+
+
 if only_baselines:
     baselines("Baselines")
     seeds("The seeds' baselines")
+    atskv_vs_h2o()
     sys.exit(0)
 
 B = ["0.25", "0.3", "0.4", "0.5"]
@@ -106,6 +131,7 @@ table("Real cache vs idealised (requantize from full precision)",
 
 baselines("Baselines at equal budgets (fixed layouts first)")
 seeds("The seeds' baselines at equal budgets")
+atskv_vs_h2o()
 
 print("\n### Claims\n")
 
