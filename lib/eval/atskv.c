@@ -1,6 +1,7 @@
 /* atskv.c -- ATSKV's two-tier cache in the decode loop (smartkv_atskv.h). */
 #include "smartkv_atskv.h"
 
+#include "eccommon.h"
 #include "ecgroup.h"
 
 #include "smartkv_error.h"
@@ -13,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -67,13 +67,6 @@ typedef struct {
 #define PB_BLOCK 64u
 
 static const skv_kv_ops ats_ops;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static ats_cache *as_ats(skv_kv_cache *c) { return c && c->ops == &ats_ops ? (ats_cache *)c : NULL; }
 int skv_atskv_is(const skv_kv_cache *c) { return c && c->ops == &ats_ops; }
@@ -592,12 +585,7 @@ skv_kv_cache *skv_atskv_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n
     ats_cache *a = skv_calloc(1, sizeof *a);
     if (!a)
         return NULL;
-    a->base.ops = &ats_ops;
-    a->base.n_layers = n_layers;
-    a->base.n_heads = n_heads;
-    a->base.n_kv_heads = n_kv_heads;
-    a->base.head_dim = head_dim;
-    a->base.capacity = capacity;
+    skv_kv_base_init(&a->base, &ats_ops, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     a->cfg = *cfg;
     a->rlv = cfg->rlv;
     a->pb_layer = -1;

@@ -10,6 +10,7 @@
  * model counts the packed codes, parameters, width map, pending rows,
  * headers and tracking state that a packed implementation would hold. */
 #include "ecgroup.h"
+#include "eccommon.h"
 #include "smartkv_attend.h"
 #include "smartkv_error.h"
 #include "smartkv_importance.h"
@@ -23,7 +24,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define ECG_HEAD_BYTES 64u      /* cache header */
 #define ECG_UNIT_BYTES 16u      /* per (layer, kv head): token count, width counts */
@@ -94,13 +94,6 @@ typedef struct ecg {
 } ecg;
 
 static const skv_kv_ops ecg_ops;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t mix64(uint64_t z)
 {
@@ -476,12 +469,7 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
     ecg *e = skv_calloc(1, sizeof *e);
     if (!e)
         return NULL;
-    e->base.ops = &ecg_ops;
-    e->base.n_layers = n_layers;
-    e->base.n_heads = n_heads;
-    e->base.n_kv_heads = n_kv_heads;
-    e->base.head_dim = head_dim;
-    e->base.capacity = capacity;
+    skv_kv_base_init(&e->base, &ecg_ops, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     e->cfg = *cfg;
     skv_qcfg *q = &e->cfg.alloc.qcfg;
     q->head_dim = head_dim;
@@ -782,14 +770,8 @@ static int ecg_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
             float *dk = H->k + (pos + i) * d, *dv = H->v + (pos + i) * d;
             const float *sk = k + (size_t)i * row + (size_t)h * d;
             const float *sv = v + (size_t)i * row + (size_t)h * d;
-            for (uint32_t j = 0; j < d; j++) {
-                if (!(fabsf(sk[j]) <= SKV_FP16_MAX) || !(fabsf(sv[j]) <= SKV_FP16_MAX))
-                    return skv_error(SKV_EFORMAT, "kv cache: layer %u kv head %u token %llu: "
-                                     "a value is not an fp16 number", layer, h,
-                                     (unsigned long long)(pos + i));
-                dk[j] = h16(sk[j]);
-                dv[j] = h16(sv[j]);
-            }
+            if ((rc = ec_f16_row(sk, sv, dk, dv, d, layer, h, pos + i)) < 0)
+                return rc;
             if (e->cfg.rotate) {
                 float tmp[SKV_MAX_HEAD_DIM] = {0};
                 rotate(H, dk, tmp, d);

@@ -1,6 +1,7 @@
 /* evalcache.c -- the compressed KV cache behind skv_kv_ops (see
  * smartkv_evalcache.h for what it models). */
 #include "smartkv_evalcache.h"
+#include "eccommon.h"
 #include "ecgroup.h"
 #include "smartkv_atskv.h"
 #include "smartkv_attend.h"
@@ -15,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* one PBKT part of a (layer, kv head) */
 typedef struct ec_part {
@@ -69,13 +69,6 @@ typedef struct ec_cache {
     skv_ec_stats st;
     _Atomic uint64_t track_ns, attend_ns;
 } ec_cache;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 void skv_ec_defaults(skv_ec_cfg *c)
 {
@@ -928,17 +921,8 @@ static int ec_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, 
             if (e->cfg.kind == SKV_EC_F32) {
                 memcpy(dk, sk, d * sizeof(float));
                 memcpy(dv, sv, d * sizeof(float));
-            } else {
-                for (uint32_t j = 0; j < d; j++) {
-                    if (!(fabsf(sk[j]) <= SKV_FP16_MAX) || !(fabsf(sv[j]) <= SKV_FP16_MAX))
-                        return skv_error(SKV_EFORMAT, "kv cache: layer %u kv head %u token %llu: "
-                                         "%s value %g is not an fp16 number", layer, h,
-                                         (unsigned long long)(pos + i),
-                                         fabsf(sk[j]) <= SKV_FP16_MAX ? "V" : "K",
-                                         (double)(fabsf(sk[j]) <= SKV_FP16_MAX ? sv[j] : sk[j]));
-                    dk[j] = skv_f16_to_f32(skv_f32_to_f16(sk[j]));
-                    dv[j] = skv_f16_to_f32(skv_f32_to_f16(sv[j]));
-                }
+            } else if ((rc = ec_f16_row(sk, sv, dk, dv, d, layer, h, pos + i)) < 0) {
+                return rc;
             }
             if (e->cfg.ideal) {
                 memcpy(H->fk + (pos + i) * d, dk, d * sizeof(float));
@@ -1082,12 +1066,7 @@ skv_kv_cache *skv_ec_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_he
     ec_cache *e = skv_calloc(1, sizeof *e);
     if (!e)
         return NULL;
-    e->base.ops = &ec_ops;
-    e->base.n_layers = n_layers;
-    e->base.n_heads = n_heads;
-    e->base.n_kv_heads = n_kv_heads;
-    e->base.head_dim = head_dim;
-    e->base.capacity = capacity;
+    skv_kv_base_init(&e->base, &ec_ops, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     e->cfg = *cfg;
     e->G = n_heads / n_kv_heads;
     if (cfg->kind == SKV_EC_COMPRESS) {

@@ -2,6 +2,7 @@
  * pruned tokens: the k-means step, attention with centroids and the cache
  * behind skv_kv_ops (see smartkv_merge.h). */
 #include "smartkv_merge.h"
+#include "eccommon.h"
 #include "smartkv_evalcache.h"
 #include "smartkv_alloc.h"
 #include "smartkv_error.h"
@@ -13,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* The k-means step (skv_km_update) is in lib/quant/kmeans.c: skv-quant
  * merges offline with it too. */
@@ -195,13 +195,6 @@ static const skv_kv_ops pm_ops;
 int skv_pm_is(const skv_kv_cache *c) { return c && c->ops == &pm_ops; }
 
 static pm_cache *as_pm(skv_kv_cache *c) { return skv_pm_is(c) ? (pm_cache *)c : NULL; }
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static pm_head *head_at(pm_cache *e, uint32_t l, uint32_t h)
 {
@@ -568,15 +561,8 @@ static int pm_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, 
             const float *sk = k + (size_t)i * row + (size_t)h * d;
             const float *sv = v + (size_t)i * row + (size_t)h * d;
             float *dk = H->k + (size_t)(H->n + i) * d, *dv = H->v + (size_t)(H->n + i) * d;
-            for (uint32_t j = 0; j < d; j++) {
-                if (!(fabsf(sk[j]) <= SKV_FP16_MAX) || !(fabsf(sv[j]) <= SKV_FP16_MAX))
-                    return skv_error(SKV_EFORMAT, "kv cache: layer %u kv head %u token %llu: "
-                                     "%s value is not an fp16 number", layer, h,
-                                     (unsigned long long)(pos + i),
-                                     fabsf(sk[j]) <= SKV_FP16_MAX ? "V" : "K");
-                dk[j] = skv_f16_to_f32(skv_f32_to_f16(sk[j]));
-                dv[j] = skv_f16_to_f32(skv_f32_to_f16(sv[j]));
-            }
+            if ((rc = ec_f16_row(sk, sv, dk, dv, d, layer, h, pos + i)) < 0)
+                return rc;
             H->pos[H->n + i] = (uint32_t)(pos + i);
             H->w[H->n + i] = 16;
             if (e->track)
@@ -682,12 +668,7 @@ skv_kv_cache *skv_pm_new(const skv_pm_cfg *cfg, uint32_t n_layers, uint32_t n_he
     pm_cache *e = skv_calloc(1, sizeof *e);
     if (!e)
         return NULL;
-    e->base.ops = &pm_ops;
-    e->base.n_layers = n_layers;
-    e->base.n_heads = n_heads;
-    e->base.n_kv_heads = n_kv_heads;
-    e->base.head_dim = head_dim;
-    e->base.capacity = capacity;
+    skv_kv_base_init(&e->base, &pm_ops, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     e->cfg = *cfg;
     e->G = n_heads / n_kv_heads;
     e->track = pm_prunes(cfg);

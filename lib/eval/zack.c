@@ -2,6 +2,7 @@
  * a calibration run (smartkv_evalcache.h, "ZACK"): the principal components
  * (LAPACK), the calibration and the cache behind skv_kv_ops. */
 #include "zack.h"
+#include "eccommon.h"
 #include "smartkv_attend.h"
 #include "smartkv_error.h"
 #include "smartkv_fp16.h"
@@ -13,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* ---------------------------------------------------------------- basis */
 
@@ -176,13 +176,6 @@ typedef struct zk_cache {
 
 static const skv_kv_ops zk_ops;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 int skv_zack_is(const skv_kv_cache *c) { return c && c->ops == &zk_ops; }
 
 static zk_cache *as_zk(const skv_kv_cache *c)
@@ -319,16 +312,8 @@ static int zk_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, 
             const float *sk = k + (size_t)i * row + (size_t)h * d;
             const float *sv = v + (size_t)i * row + (size_t)h * d;
             float *dk = Z->k + (pos + i) * d, *dv = Z->v + (pos + i) * d;
-            for (uint32_t j = 0; j < d; j++) {
-                if (!(fabsf(sk[j]) <= SKV_FP16_MAX) || !(fabsf(sv[j]) <= SKV_FP16_MAX))
-                    return skv_error(SKV_EFORMAT, "kv cache: layer %u kv head %u token %llu: "
-                                     "%s value %g is not an fp16 number", layer, h,
-                                     (unsigned long long)(pos + i),
-                                     fabsf(sk[j]) <= SKV_FP16_MAX ? "V" : "K",
-                                     (double)(fabsf(sk[j]) <= SKV_FP16_MAX ? sv[j] : sk[j]));
-                dk[j] = skv_f16_to_f32(skv_f32_to_f16(sk[j]));
-                dv[j] = skv_f16_to_f32(skv_f32_to_f16(sv[j]));
-            }
+            if ((rc = ec_f16_row(sk, sv, dk, dv, d, layer, h, pos + i)) < 0)
+                return rc;
         }
     }
     z->len[layer] = pos + n;
@@ -394,12 +379,7 @@ skv_kv_cache *skv_zack_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_
     zk_cache *z = skv_calloc(1, sizeof *z);
     if (!z)
         return NULL;
-    z->base.ops = &zk_ops;
-    z->base.n_layers = n_layers;
-    z->base.n_heads = n_heads;
-    z->base.n_kv_heads = n_kv_heads;
-    z->base.head_dim = head_dim;
-    z->base.capacity = capacity;
+    skv_kv_base_init(&z->base, &zk_ops, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     z->cfg = *cfg;
     z->G = n_heads / n_kv_heads;
     z->rank = skv_zack_rank(cfg, head_dim, capacity, &z->raised);

@@ -16,6 +16,17 @@ static size_t slab(const skv_kv_cache *c, uint32_t layer, uint32_t kvh)
     return (((size_t)layer * c->n_kv_heads + kvh) * c->capacity) * c->head_dim;
 }
 
+void skv_kv_base_init(skv_kv_cache *c, const skv_kv_ops *ops, uint32_t n_layers, uint32_t n_heads,
+                      uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity)
+{
+    c->ops = ops;
+    c->n_layers = n_layers;
+    c->n_heads = n_heads;
+    c->n_kv_heads = n_kv_heads;
+    c->head_dim = head_dim;
+    c->capacity = capacity;
+}
+
 int skv_kv_append_check(const skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
                         const uint64_t *len)
 {
@@ -154,12 +165,7 @@ skv_kv_cache *skv_kv_dense_new(uint32_t n_layers, uint32_t n_heads, uint32_t n_k
         free(d);
         return NULL;
     }
-    d->base.ops = &dense_ops;
-    d->base.n_layers = n_layers;
-    d->base.n_heads = n_heads;
-    d->base.n_kv_heads = n_kv_heads;
-    d->base.head_dim = head_dim;
-    d->base.capacity = capacity;
+    skv_kv_base_init(&d->base, &dense_ops, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     return &d->base;
 }
 

@@ -117,6 +117,11 @@ SKV_EXPORT skv_kv_cache *skv_kv_dense_new(uint32_t n_layers, uint32_t n_heads,
 SKV_EXPORT float *skv_kv_dense_keys(skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
 SKV_EXPORT float *skv_kv_dense_values(skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
 SKV_EXPORT void skv_kv_cache_free(skv_kv_cache *c);
+/* Fills the interface part of a cache a constructor has allocated: its ops
+ * and shape (checked by the caller). */
+SKV_EXPORT void skv_kv_base_init(skv_kv_cache *c, const skv_kv_ops *ops, uint32_t n_layers,
+                                 uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim,
+                                 uint64_t capacity);
 /* The checks every cache makes on an append of n rows at pos to layer: the
  * layer exists, pos..pos+n fits the capacity and, with len (positions held
  * per layer; NULL: not checked), leaves no gap after what the layer holds.
