@@ -334,6 +334,25 @@ START_TEST(test_reset_replay_and_errors)
     ck_assert_int_eq(a->ops->append(a, 0, 0, 1, big, &V[0][0][0]), SKV_EFORMAT);
     ck_assert_ptr_nonnull(strstr(skv_errmsg(), "token 0"));
     skv_kv_cache_free(a);
+    /* ... saying K or V and the value, in the flat, grouped and prune-merge caches alike */
+    for (int layout = 0; layout < 3; layout++) {
+        skv_ec_cfg f;
+        skv_ec_defaults(&f);
+        f.alloc.budget = 0.3;
+        if (layout == 1)
+            f.layout = SKV_EC_GROUPED;
+        if (layout == 2)
+            f.kind = SKV_EC_PRUNE_MERGE;
+        skv_kv_cache *x = ec(&f);
+        big[3] = 1e6f;
+        ck_assert_int_eq(x->ops->append(x, 0, 0, 1, big, &V[0][0][0]), SKV_EFORMAT);
+        ck_assert_msg(strstr(skv_errmsg(), "token 0: K value 1e+06 is not an fp16 number"), "%d: %s",
+                      layout, skv_errmsg());
+        big[3] = NAN;
+        ck_assert_int_eq(x->ops->append(x, 0, 0, 1, &K[0][0][0], big), SKV_EFORMAT);
+        ck_assert_msg(strstr(skv_errmsg(), "token 0: V value"), "%d: %s", layout, skv_errmsg());
+        skv_kv_cache_free(x);
+    }
     /* bad configurations */
     skv_ec_cfg b;
     skv_ec_defaults(&b);

@@ -8,6 +8,7 @@
 #include "smartkv_trace.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -36,6 +37,28 @@ static inline int ec_f16_row(const float *sk, const float *sv, float *dk, float 
         dv[j] = skv_f16_to_f32(skv_f32_to_f16(sv[j]));
     }
     return 0;
+}
+
+/* Adds the attention rows of n queries at pos.. (row i: pos+i+1 entries at
+ * probs + i*stride) to the importance I of their head: with ema, a moving
+ * average of decay g over p (power 1) or p^2 (power 2), else the sum of p. */
+static inline void ec_track(float *I, const float *probs, size_t stride, uint64_t pos, uint32_t n,
+                            int ema, float g, uint32_t power)
+{
+    const float a = 1.0f - g;
+    for (uint32_t i = 0; i < n; i++) {
+        const float *p = probs + i * stride;
+        uint64_t m = pos + i + 1;
+        if (ema && power == 2)
+            for (uint64_t j = 0; j < m; j++)
+                I[j] = g * I[j] + a * p[j] * p[j];
+        else if (ema)
+            for (uint64_t j = 0; j < m; j++)
+                I[j] = g * I[j] + a * p[j];
+        else
+            for (uint64_t j = 0; j < m; j++)
+                I[j] += p[j];
+    }
 }
 
 #endif

@@ -900,21 +900,8 @@ static int ecg_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t p
     }
     if (!e->track)
         return 0;
-    float *I = e->imp + r * c->capacity;
-    const float g = (float)e->cfg.decay, a = 1.0f - g;
-    for (uint32_t i = 0; i < n; i++) {
-        const float *p = probs + i * probs_stride;
-        uint64_t m = pos + i + 1;
-        if (e->cfg.imp_mode == SKV_IMP_EMA && e->cfg.imp_power == 2)
-            for (uint64_t j = 0; j < m; j++)
-                I[j] = g * I[j] + a * p[j] * p[j];
-        else if (e->cfg.imp_mode == SKV_IMP_EMA)
-            for (uint64_t j = 0; j < m; j++)
-                I[j] = g * I[j] + a * p[j];
-        else
-            for (uint64_t j = 0; j < m; j++)
-                I[j] += p[j];
-    }
+    ec_track(e->imp + r * c->capacity, probs, probs_stride, pos, n, e->cfg.imp_mode == SKV_IMP_EMA,
+             (float)e->cfg.decay, e->cfg.imp_power);
     atomic_fetch_add_explicit(&e->track_ns, now_ns() - t1, memory_order_relaxed);
     return 0;
 }

@@ -974,25 +974,16 @@ static int ec_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
     }
     if (!e->track)
         return 0;
-    float *I = e->imp + r * c->capacity;
-    const float g = (float)e->cfg.decay, a = 1.0f - g;
-    for (uint32_t i = 0; i < n; i++) {
+    ec_track(e->imp + r * c->capacity, probs, probs_stride, pos, n, e->cfg.imp_mode == SKV_IMP_EMA,
+             (float)e->cfg.decay, 1);
+    for (uint32_t i = 0; i < n && e->entropy; i++) {
         const float *p = probs + i * probs_stride;
-        uint64_t m = pos + i + 1;
-        if (e->cfg.imp_mode == SKV_IMP_EMA)
-            for (uint64_t j = 0; j < m; j++)
-                I[j] = g * I[j] + a * p[j];
-        else
-            for (uint64_t j = 0; j < m; j++)
-                I[j] += p[j];
-        if (e->entropy) {
-            double s = 0;
-            for (uint64_t j = 0; j < m; j++)
-                if (p[j] > 0)
-                    s -= (double)p[j] * log((double)p[j]);
-            e->ent_sum[r] += s;
-            e->ent_cnt[r]++;
-        }
+        double s = 0;
+        for (uint64_t j = 0; j < pos + i + 1; j++)
+            if (p[j] > 0)
+                s -= (double)p[j] * log((double)p[j]);
+        e->ent_sum[r] += s;
+        e->ent_cnt[r]++;
     }
     atomic_fetch_add_explicit(&e->track_ns, now_ns() - t1, memory_order_relaxed);
     return 0;
