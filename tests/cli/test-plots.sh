@@ -38,13 +38,14 @@ for c in fp16 "smartkv b=0.3"; do
 done
 run "$s/plot-needle" n.tsv grid
 check "plot-needle: one panel per cache, with its score" sh -c "[ $rc = 0 ] &&
-    grep -q 'fp16 (4/6' grid.svg && grep -q 'smartkv b=0.3 (4/6' grid.svg"
+    grep -q '>fp16<' grid.svg && grep -q 'smartkv b=0.3' grid.svg &&
+    [ \$(grep -c '4/6, beta 0.30' grid.svg) = 2 ]"
 check "... the PNG is a PNG" png grid.png
 (head -1 n.tsv; grep '	256	' n.tsv) > n256.tsv
 (head -1 n.tsv; grep '	1024	' n.tsv) > n1024.tsv
 run "$s/plot-needle" --lengths 256,1024,4096 n256.tsv n1024.tsv grid2
 check "plot-needle: one table per length merged, a length not run shown (grey)" sh -c "[ $rc = 0 ] &&
-    grep -q 'fp16 (4/6' grid2.svg && grep -q '>4K<' grid2.svg && grep -q 'grey: not run' grid2.svg"
+    grep -q '4/6, beta' grid2.svg && grep -q '>4K<' grid2.svg && grep -q 'grey: not run' grid2.svg"
 run "$s/plot-needle" t.skv grid
 expect_rc 1 "plot-needle on something else: exit 1"
 
