@@ -3,10 +3,11 @@
  *   bench_model prompt MODEL TEXT N_PROMPT N_DECODE OUTDIR THREADS...
  *     prompt processing and decode speed of the C forward pass, and the cost
  *     of recording a trace, all measured side by side in one run;
- *   bench_model decode MODEL TEXT N_DECODE THREADS DEPTH [float]
+ *   bench_model decode MODEL TEXT N_DECODE THREADS DEPTH [float|avx2]
  *     one line "tok/s": decode speed with the fp16 cache after a prefill of
  *     DEPTH tokens (llama-bench's tg at depth d), on int8 activations or,
- *     with "float", on float32 ones. */
+ *     with "float", on float32 ones; "avx2": int8 without vpdpbusd
+ *     (maddubs + madd), to show what VNNI gives on this CPU. */
 #include "smartkv.h"
 
 #include <stdio.h>
@@ -47,7 +48,7 @@ static int32_t *load_tokens(skv_model *m, const char *text, size_t *n)
 static int decode(int argc, char **argv)
 {
     if (argc < 7) {
-        fprintf(stderr, "usage: bench_model decode MODEL TEXT N_DECODE THREADS DEPTH [float]\n");
+        fprintf(stderr, "usage: bench_model decode MODEL TEXT N_DECODE THREADS DEPTH [float|avx2]\n");
         return 2;
     }
     uint32_t nd = (uint32_t)atoi(argv[4]), depth = (uint32_t)atoi(argv[6]);
@@ -56,6 +57,8 @@ static int decode(int argc, char **argv)
         die(argv[2]);
     if (argc > 7 && !strcmp(argv[7], "float"))
         skv_model_set_q8(m, 0);
+    if (argc > 7 && !strcmp(argv[7], "avx2"))
+        skv_simd_set_level(SKV_SIMD_AVX2);
     size_t nt;
     int32_t *ids = load_tokens(m, argv[3], &nt);
     const skv_model_params *p = skv_model_get_params(m);

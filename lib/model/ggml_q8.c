@@ -5,8 +5,10 @@
  * multiplies the weight blocks in integers: 32 multiply-adds per instruction
  * instead of 8 float ones, and no per-element conversion of the weights.
  * The scalar functions are the reference; the AVX2 (maddubs/madd) and
- * AVX-VNNI (vpdpbusd) copies come from one template (ggml_q8_kern.h), are
- * chosen at run time and are tested against it.  Quantization is identical
+ * vpdpbusd copies (VEX-encoded AVX-VNNI, or the EVEX form of AVX-512 VNNI
+ * on YMM registers, for Xeons that have the latter only) come from one
+ * template (ggml_q8_kern.h), are chosen at run time and are tested against
+ * it.  Quantization is identical
  * bit for bit in every path (the same float operations, round to nearest
  * even), so paths differ only in the order of the float sums.
  */
@@ -252,6 +254,29 @@ AVX2 static void quantize_avx2(const float *x, skv_q8_block *y, size_t n)
 #undef KTARGET
 #undef KVNNI
 #undef ACC_U8I8
+
+/* the same instruction, EVEX-encoded: AVX-512 VNNI with VL, 256-bit */
+#define KN(name) name##_vnni512
+#define KTARGET __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
+#define KVNNI 1
+#define ACC_U8I8(acc, a, b) _mm256_dpbusd_epi32(acc, a, b)
+#include "ggml_q8_kern.h"
+#undef KN
+#undef KTARGET
+#undef KVNNI
+#undef ACC_U8I8
+
+/* at the VNNI level: 1 when the VEX form is there, else the EVEX one */
+static int vex_vnni(void)
+{
+    static int s = -1;
+    int v = __atomic_load_n(&s, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = skv_x86_avxvnni();
+        __atomic_store_n(&s, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
 #else
 #define HAVE_X86 0
 #endif
@@ -279,7 +304,10 @@ void skv_ggml_dot_q8(uint32_t type, const void *w, const skv_q8_block *x, size_t
 #if HAVE_X86
     int level = skv_simd_level();
     if (level >= SKV_SIMD_VNNI) {
-        dot_q8_vnni(type, w, x, x_stride, n / QK, nt, out);
+        if (vex_vnni())
+            dot_q8_vnni(type, w, x, x_stride, n / QK, nt, out);
+        else
+            dot_q8_vnni512(type, w, x, x_stride, n / QK, nt, out);
         return;
     }
     if (level >= SKV_SIMD_AVX2) {
@@ -300,7 +328,10 @@ void skv_q8x8_dot(uint32_t type, const void *g, const skv_q8_block *x, size_t x_
 #if HAVE_X86
     int level = skv_simd_level();
     if (level >= SKV_SIMD_VNNI) {
-        x8_dot_vnni(type, g, x, x_stride, n / QK, nt, out, ldo);
+        if (vex_vnni())
+            x8_dot_vnni(type, g, x, x_stride, n / QK, nt, out, ldo);
+        else
+            x8_dot_vnni512(type, g, x, x_stride, n / QK, nt, out, ldo);
         return;
     }
     if (level >= SKV_SIMD_AVX2) {

@@ -515,7 +515,7 @@ static int detect(void)
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !skv_x86_f16c())
         return SKV_SIMD_SCALAR;
-    return skv_x86_avxvnni() ? SKV_SIMD_VNNI : SKV_SIMD_AVX2;
+    return skv_x86_avxvnni() || skv_x86_avx512vnni() ? SKV_SIMD_VNNI : SKV_SIMD_AVX2;
 #else
     return SKV_SIMD_SCALAR;
 #endif

@@ -194,9 +194,10 @@ SKV_EXPORT void skv_q8x8_dot_ref(uint32_t type, const void *g, const skv_q8_bloc
  * run-time detection.  Returns the resulting state. */
 SKV_EXPORT int skv_simd_active(void);
 SKV_EXPORT int skv_simd_enable(int on);
-/* Level in use: 0 scalar, 1 AVX2/FMA/F16C, 2 AVX2 with AVX-VNNI integer
- * dot products.  skv_simd_set_level(max) caps it at what the CPU has
- * (tests run each path) and returns the level now active. */
+/* Level in use: 0 scalar, 1 AVX2/FMA/F16C, 2 AVX2 with vpdpbusd integer
+ * dot products (AVX-VNNI, or AVX-512 VNNI + VL on YMM registers).
+ * skv_simd_set_level(max) caps it at what the CPU has (tests run each
+ * path) and returns the level now active. */
 #define SKV_SIMD_SCALAR 0
 #define SKV_SIMD_AVX2 1
 #define SKV_SIMD_VNNI 2
