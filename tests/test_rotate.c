@@ -161,6 +161,23 @@ START_TEST(test_signs_and_transform)
 }
 END_TEST
 
+/* The blocked transform gives the plain loop's bits at every size. */
+START_TEST(test_fwht_same_bits)
+{
+    srand(77);
+    float x[256], y[256];
+    for (uint32_t d = 1; d <= 256; d *= 2)
+        for (int rep = 0; rep < 50; rep++) {
+            for (uint32_t j = 0; j < d; j++)
+                x[j] = ((float)rand() / RAND_MAX - 0.5f) * (rep % 5 ? 2.0f : 3e5f);
+            memcpy(y, x, d * sizeof *x);
+            skv_fwht(x, d);
+            skv_fwht_ref(y, d);
+            ck_assert_msg(!memcmp(x, y, d * sizeof *x), "d %u: the transforms differ", d);
+        }
+}
+END_TEST
+
 /* 16 bits: the rotated cache attends like the unrotated one, and both like
  * the trace (fp16 rounding of the rows only); decoding rotates back. */
 START_TEST(test_16bit_same_attention)
@@ -409,6 +426,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_signs_and_transform);
+    tcase_add_test(tc, test_fwht_same_bits);
     tcase_add_test(tc, test_16bit_same_attention);
     tcase_add_test(tc, test_outliers_rotated_better);
     tcase_add_test(tc, test_chan_keys_online_cache);

@@ -119,6 +119,7 @@ SKV_EXPORT int skv_quantize_chan_ref(const float *x, size_t stride, uint32_t n, 
 SKV_EXPORT void skv_rot_signs(uint64_t seed, uint64_t unit, uint32_t d, float *sign);
 /* In-place Walsh-Hadamard transform of x[d], scaled by 1/sqrt(d). */
 SKV_EXPORT void skv_fwht(float *x, uint32_t d);
+SKV_EXPORT void skv_fwht_ref(float *x, uint32_t d);  /* the plain loop: the same bits */
 /* y = H D x (y may equal x). */
 SKV_EXPORT void skv_rot_apply(const float *sign, const float *x, float *y, uint32_t d);
 /* y = D H x, the inverse (y may equal x). */
