@@ -124,6 +124,21 @@ START_TEST(test_two_tiers)
     ck_assert_int_eq(skv_ec_stats_get(c, &st), 0);
     ck_assert_uint_eq(st.passive_rows + st.hist[SKV_NBITS - 1], 0);
     ck_assert_int_lt(c->ops->truncate(c, 3), 0);
+    /* a value fp16 cannot hold is refused, named, and leaves nothing behind */
+    K[2 * HD + 5] = 1e6f;
+    ck_assert_int_eq(c->ops->append(c, 0, 0, 4, K, V), SKV_EFORMAT);
+    ck_assert_msg(strstr(skv_errmsg(), "token 2: K value 1e+06 is not an fp16 number"), "%s",
+                  skv_errmsg());
+    K[2 * HD + 5] = 0.5f;
+    V[HD + 1] = NAN;
+    ck_assert_int_eq(c->ops->append(c, 0, 0, 4, K, V), SKV_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(skv_errmsg(), "token 1: V value"));
+    ck_assert_int_eq(skv_ec_stats_get(c, &st), 0);
+    ck_assert_uint_eq(st.passive_rows + st.hist[SKV_NBITS - 1], 0);
+    V[HD + 1] = 0.25f;
+    ck_assert_int_eq(c->ops->append(c, 0, 0, 4, K, V), 0);
+    ck_assert_int_eq(skv_ec_stats_get(c, &st), 0);
+    ck_assert_uint_eq(st.hist[SKV_NBITS - 1], 4);
     skv_kv_cache_free(c);
     /* without weights: refused */
     cfg.rlv = NULL;

@@ -403,6 +403,14 @@ static int ats_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n,
     if (rc < 0)
         return rc;
     uint32_t hd = c->head_dim, KVH = c->n_kv_heads;
+    /* every value must be an fp16 number, checked before anything changes */
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t kv = 0; kv < KVH; kv++) {
+            float tk[SKV_MAX_HEAD_DIM], tv[SKV_MAX_HEAD_DIM];
+            const size_t o = (size_t)i * KVH * hd + (size_t)kv * hd;
+            if ((rc = ec_f16_row(k + o, v + o, tk, tv, hd, layer, kv, pos + i)) < 0)
+                return rc;
+        }
     for (uint32_t kv = 0; kv < KVH; kv++) {
         ats_head *H = head_at(a, layer, kv);
         for (uint32_t i = 0; i < n; i++) {
