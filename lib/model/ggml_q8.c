@@ -6,11 +6,12 @@
  * instead of 8 float ones, and no per-element conversion of the weights.
  * The scalar functions are the reference; the AVX2 (maddubs/madd) and
  * vpdpbusd copies (VEX-encoded AVX-VNNI, or the EVEX form of AVX-512 VNNI
- * on YMM registers, for Xeons that have the latter only) come from one
- * template (ggml_q8_kern.h), are chosen at run time and are tested against
- * it.  Quantization is identical
- * bit for bit in every path (the same float operations, round to nearest
- * even), so paths differ only in the order of the float sums.
+ * on YMM registers for CPUs that have only that one: AMD Zen 4, Intel
+ * before Alder Lake / Sapphire Rapids) come from one template
+ * (ggml_q8_kern.h), are chosen at run time and are tested against it.
+ * Quantization is identical bit for bit in every path (the same float
+ * operations, round to nearest even), so paths differ only in the order
+ * of the float sums.
  */
 #include "smartkv_gguf.h"
 #include "smartkv_trace.h"
