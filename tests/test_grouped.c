@@ -2,9 +2,12 @@
  * a small example worked out by hand, kivi:2 against a float64 reference
  * (attention and bytes), the budget held by smartkv with separate K/V
  * widths, the rotation leaving attention unchanged, protected rows at 8
- * bits against a float64 reference, and eviction (width 0) by value items. */
+ * bits against a float64 reference, eviction (width 0) by value items, and
+ * the quantizer loops' AVX2 copies giving the references' bits, alone and
+ * in a whole run of the method. */
 #include "smartkv.h"
 #include "../lib/eval/ecgroup.h"
+#include "../lib/eval/ecquant.h"
 
 #include <check.h>
 #include <math.h>
@@ -381,6 +384,112 @@ START_TEST(test_param_bits)
 }
 END_TEST
 
+/* The AVX2 copies of the quantizer loops (ecquant.h) give the references'
+ * bits: odd lengths, both zeros, ties, a zero scale. */
+START_TEST(test_quant_loops_same_bits)
+{
+    if (!skv_ecq_simd())
+        return;  /* the dispatchers run the references: nothing to compare */
+    rng = 99;
+    enum { M = 37, N = 70 };
+    static float x[M * N], y0[M * N], y1[M * N];
+    for (int rep = 0; rep < 40; rep++) {
+        for (int i = 0; i < M * N; i++) {
+            float v = frand() * (rep % 3 ? 4.0f : 300.0f);
+            x[i] = rep % 4 == 1 && i % 7 == 0 ? (i % 2 ? 0.0f : -0.0f)
+                 : rep % 4 == 2 ? nearbyintf(v) : v;
+        }
+        for (uint32_t n = 1; n <= N; n += rep % 5 + 1) {
+            float a0, b0, a1, b1;
+            skv_ecq_minmax(x + rep, n, &a0, &b0);
+            skv_ecq_minmax_ref(x + rep, n, &a1, &b1);
+            ck_assert_msg(!memcmp(&a0, &a1, 4) && !memcmp(&b0, &b1, 4), "minmax n %u", n);
+            for (uint32_t bits = 2; bits <= 8; bits++) {
+                float qmax = (float)((1u << bits) - 1), z = a1, s = (b1 - a1) / qmax;
+                s = rep % 8 == 7 ? 0 : s;
+                skv_ecq_quant(x + rep, y0, n, z, s, qmax);
+                skv_ecq_quant_ref(x + rep, y1, n, z, s, qmax);
+                ck_assert_msg(!memcmp(y0, y1, n * 4), "quant n %u bits %u", n, bits);
+            }
+        }
+        for (uint32_t d = 1; d <= N; d += rep % 7 + 1) {
+            uint32_t m = (uint32_t)(M * N / d) < M ? (uint32_t)(M * N / d) : M;
+            float mn0[N], mx0[N], mn1[N], mx1[N], z[N], s[N];
+            skv_ecq_minmax_cols(x, m, d, mn0, mx0);
+            skv_ecq_minmax_cols_ref(x, m, d, mn1, mx1);
+            ck_assert_msg(!memcmp(mn0, mn1, d * 4) && !memcmp(mx0, mx1, d * 4), "cols d %u", d);
+            for (uint32_t c = 0; c < d; c++) {
+                z[c] = mn1[c];
+                s[c] = c % 9 == 4 ? 0 : (mx1[c] - mn1[c]) / 7;
+            }
+            skv_ecq_quant_cols(x, y0, m, d, z, s, 7);
+            skv_ecq_quant_cols_ref(x, y1, m, d, z, s, 7);
+            ck_assert_msg(!memcmp(y0, y1, (size_t)m * d * 4), "quant_cols d %u", d);
+            float c0[N] = {0}, c1[N] = {0};
+            skv_ecq_colmean(x, m, d, c0);
+            skv_ecq_colmean_ref(x, m, d, c1);
+            ck_assert_msg(!memcmp(c0, c1, d * 4), "colmean d %u", d);
+            const float *pa[9], *pb[9];
+            double o0[9], o1[9];
+            for (uint32_t n = 1; n <= 9 && n < m; n++) {
+                for (uint32_t i = 0; i < n; i++) {
+                    pa[i] = x + (size_t)i * d;
+                    pb[i] = x + (size_t)(m - 1 - i) * d;
+                }
+                skv_ecq_sqerr(pa, pb, n, d, o0);
+                skv_ecq_sqerr_ref(pa, pb, n, d, o1);
+                ck_assert_msg(!memcmp(o0, o1, n * sizeof *o0), "sqerr d %u n %u", d, n);
+            }
+        }
+    }
+}
+END_TEST
+
+/* The method's settings (keys per channel, rotation, 8-bit parameters,
+ * split widths, eviction) attend to the same bits with the SIMD loops on
+ * and off: the damage model and the solver see the same numbers. */
+START_TEST(test_simd_same_run)
+{
+    if (!skv_ecq_simd())
+        return;
+    fill();
+    static float out[2][L_ * H_ * 32 * D_], probs[2][L_ * H_ * 32 * T_];
+    for (int ev = 0; ev < 2; ev++) {
+        skv_ec_cfg c;
+        skv_ec_defaults(&c);
+        c.layout = SKV_EC_GROUPED;
+        c.k_layout = SKV_EC_KEYS_CHANNEL;
+        c.rotate = c.rotate_values = 1;
+        c.kv_split = 1;
+        c.param_bits = 8;
+        c.protect_bits = 8;
+        c.realloc = 32;
+        c.alloc.budget = ev ? 0.15 : 0.25;
+        c.alloc.width_mask = (ev ? 1u : 0u) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) |
+                             (1u << 16);
+        skv_kv_cache *a[2];
+        for (int k = 0; k < 2; k++) {
+            skv_quant_set_simd(k == 0);
+            a[k] = skv_ec_new(&c, L_, H_, KH_, D_, T_);
+            ck_assert_msg(a[k] != NULL, "%s", skv_errmsg());
+        }
+        for (uint32_t p = 0; p < T_; p += 32)
+            for (int k = 0; k < 2; k++) {
+                skv_quant_set_simd(k == 0);
+                append(a[k], p, p + 32);
+                attend(a[k], p, p + 32, out[k], probs[k]);
+                if (k)
+                    ck_assert_msg(!memcmp(out[0], out[1], sizeof out[0]) &&
+                                  !memcmp(probs[0], probs[1], sizeof probs[0]),
+                                  "evict %d: position %u differs", ev, p);
+            }
+        for (int k = 0; k < 2; k++)
+            skv_kv_cache_free(a[k]);
+    }
+    skv_quant_set_simd(1);
+}
+END_TEST
+
 /* Eviction: value items may take width 0; an evicted token draws no
  * attention, never returns, costs no bytes, and the budget holds. */
 START_TEST(test_evict)
@@ -459,6 +568,8 @@ int main(void)
     tcase_add_test(tc, test_protect_bits);
     tcase_add_test(tc, test_evict);
     tcase_add_test(tc, test_param_bits);
+    tcase_add_test(tc, test_quant_loops_same_bits);
+    tcase_add_test(tc, test_simd_same_run);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

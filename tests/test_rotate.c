@@ -171,9 +171,29 @@ START_TEST(test_fwht_same_bits)
             for (uint32_t j = 0; j < d; j++)
                 x[j] = ((float)rand() / RAND_MAX - 0.5f) * (rep % 5 ? 2.0f : 3e5f);
             memcpy(y, x, d * sizeof *x);
+            float sign[256], r[256], u[256];
+            skv_rot_signs(5, (uint64_t)rep, d, sign);
+            for (uint32_t j = 0; j < d; j++)
+                u[j] = x[j] * sign[j];
+            skv_fwht_ref(u, d);                 /* rot_apply by hand */
+            skv_rot_apply(sign, x, r, d);
+            ck_assert_msg(!memcmp(r, u, d * sizeof *r), "d %u: apply differs", d);
+            memcpy(u, x, d * sizeof *x);
+            skv_fwht_ref(u, d);                 /* rot_undo by hand */
+            for (uint32_t j = 0; j < d; j++)
+                u[j] *= sign[j];
+            skv_rot_undo(sign, x, r, d);
+            ck_assert_msg(!memcmp(r, u, d * sizeof *r), "d %u: undo differs", d);
             skv_fwht(x, d);
             skv_fwht_ref(y, d);
             ck_assert_msg(!memcmp(x, y, d * sizeof *x), "d %u: the transforms differ", d);
+            int was = skv_quant_set_simd(0);    /* the blocked C loop too */
+            memcpy(x, u, d * sizeof *x);
+            memcpy(y, u, d * sizeof *x);
+            skv_fwht(x, d);
+            skv_fwht_ref(y, d);
+            skv_quant_set_simd(was);
+            ck_assert_msg(!memcmp(x, y, d * sizeof *x), "d %u: the C loop differs", d);
         }
 }
 END_TEST

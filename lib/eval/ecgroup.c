@@ -11,6 +11,7 @@
  * headers and tracking state that a packed implementation would hold. */
 #include "ecgroup.h"
 #include "eccommon.h"
+#include "ecquant.h"
 #include "smartkv_attend.h"
 #include "smartkv_error.h"
 #include "smartkv_importance.h"
@@ -198,22 +199,15 @@ static void span_minmax(const float *x, uint32_t n, size_t stride, float *mn, fl
     *mx = b;
 }
 
-/* Quantize a span at bits with its parameters on the grid (zlo, zhi, rmax). */
-static void quant_span_grid(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits,
-                            const float sup[3])
+/* A contiguous span's zero point and range (qmax times its scale) on the
+ * grid (zlo, zhi, rmax): the same at every width, so the damage model
+ * finds them once for all the widths it tries. */
+static void span_grid(const float *x, uint32_t n, const float sup[3], float *z, float *range)
 {
     float mn, mx;
-    span_minmax(x, n, stride, &mn, &mx);
-    const float qmax = (float)((1u << bits) - 1u);
-    const float z = grid_zero(mn, sup[0], sup[1]), s = grid_range(mx - z, sup[2]) / qmax;
-    for (uint32_t i = 0; i < n; i++) {
-        float c = 0;
-        if (s > 0) {
-            c = nearbyintf((x[i * stride] - z) / s);
-            c = c < 0 ? 0 : c > qmax ? qmax : c;
-        }
-        y[i * stride] = z + c * s;
-    }
+    skv_ecq_minmax(x, n, &mn, &mx);
+    *z = grid_zero(mn, sup[0], sup[1]);
+    *range = grid_range(mx - *z, sup[2]);
 }
 
 /* Super-parameters of spans: zlo, zhi over their minima, then the largest
@@ -241,6 +235,34 @@ static void grid_fit(const span_set *S, float sup[3])
         rmax = r > rmax ? r : rmax;
     }
     sup[2] = h16_up(rmax);
+}
+
+/* grid_fit over the columns of rows [m][d] (keys per channel), from
+ * each column's minimum and maximum; then each column's zero point and
+ * range on that grid. */
+typedef struct kgrid {
+    float z[SKV_MAX_HEAD_DIM], range[SKV_MAX_HEAD_DIM];
+} kgrid;
+
+static void key_grid(const float *x, uint32_t m, uint32_t d, kgrid *g)
+{
+    float mn[SKV_MAX_HEAD_DIM], mx[SKV_MAX_HEAD_DIM];
+    skv_ecq_minmax_cols(x, m, d, mn, mx);
+    float zlo = INFINITY, zhi = -INFINITY, rmax = 0;
+    for (uint32_t c = 0; c < d; c++) {
+        zlo = mn[c] < zlo ? mn[c] : zlo;
+        zhi = mn[c] > zhi ? mn[c] : zhi;
+    }
+    const float lo = h16_down(zlo), hi = h16(zhi) >= lo ? h16(zhi) : lo;
+    for (uint32_t c = 0; c < d; c++) {
+        float r = mx[c] - grid_zero(mn[c], lo, hi);
+        rmax = r > rmax ? r : rmax;
+    }
+    rmax = h16_up(rmax);
+    for (uint32_t c = 0; c < d; c++) {
+        g->z[c] = grid_zero(mn[c], lo, hi);
+        g->range[c] = grid_range(mx[c] - g->z[c], rmax);
+    }
 }
 
 /* The rotation is the packed format's (rotate.c, skv_rot_*): a cache file
@@ -363,8 +385,10 @@ static void map_bits(const ecg *e, uint32_t *kb, uint32_t *vb)
 }
 
 /* Quantize the key rows [t0, t0+m) of H at width bits from src into dst
- * (both [m][d]). */
-static void quant_keys(const ecg *e, const float *src, float *dst, uint32_t m, uint32_t bits)
+ * (both [m][d]); kg: src's grid (keys per channel with 8-bit parameters),
+ * or NULL to find it. */
+static void quant_keys_grid(const ecg *e, const kgrid *kg, const float *src, float *dst,
+                            uint32_t m, uint32_t bits)
 {
     const uint32_t d = e->base.head_dim;
     if (bits >= 16) {
@@ -373,11 +397,16 @@ static void quant_keys(const ecg *e, const float *src, float *dst, uint32_t m, u
         return;
     }
     if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL && e->PQ == 8) {
-        float sup[3];
-        span_set S = {src, d, m, d, 1};
-        grid_fit(&S, sup);
+        kgrid own;
+        if (!kg) {
+            key_grid(src, m, d, &own);
+            kg = &own;
+        }
+        const float qmax = (float)((1u << bits) - 1u);
+        float s[SKV_MAX_HEAD_DIM];
         for (uint32_t c = 0; c < d; c++)
-            quant_span_grid(src + c, dst + c, m, d, bits, sup);
+            s[c] = kg->range[c] / qmax;
+        skv_ecq_quant_cols(src, dst, m, d, kg->z, s, qmax);
     } else if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL) {
         for (uint32_t c = 0; c < d; c++)
             skv_ecg_quant_span(src + c, dst + c, m, d, bits);
@@ -389,19 +418,39 @@ static void quant_keys(const ecg *e, const float *src, float *dst, uint32_t m, u
     }
 }
 
+static void quant_keys(const ecg *e, const float *src, float *dst, uint32_t m, uint32_t bits)
+{
+    quant_keys_grid(e, NULL, src, dst, m, bits);
+}
+
+/* The grids of the value spans of rows x[m][d] of tokens t0.. (8-bit
+ * parameters; x rotated when rotating values): z and range, [m][d / g]. */
+static void value_grid(const ecg *e, const gh *H, uint64_t t0, const float *x, uint32_t m,
+                       float *z, float *range)
+{
+    const uint32_t d = e->base.head_dim, g = e->cfg.alloc.qcfg.v_group, ns = d / g;
+    for (uint32_t t = 0; t < m; t++)
+        for (uint32_t j = 0; j < ns; j++)
+            span_grid(x + (size_t)t * d + j * g, g, H->vsup + (t0 + t) / e->RES * 3,
+                      z + (size_t)t * ns + j, range + (size_t)t * ns + j);
+}
+
 /* Value rows of tokens [t0, t0 + m) of H (8-bit parameters: on the grids
  * of their residual blocks).  With rotate_values, src is in the model's
  * basis, or already rotated if pre (the damage model rotates a row once for
- * every width it tries). */
+ * every width it tries).  gz, grange: the rows' value_grid (pre only), or
+ * NULL to find them. */
 static void quant_values_pre(const ecg *e, const gh *H, uint64_t t0, const float *src, float *dst,
-                             uint32_t m, uint32_t bits, int pre)
+                             uint32_t m, uint32_t bits, int pre, const float *gz,
+                             const float *grange)
 {
-    const uint32_t d = e->base.head_dim, g = e->cfg.alloc.qcfg.v_group;
+    const uint32_t d = e->base.head_dim, g = e->cfg.alloc.qcfg.v_group, ns = d / g;
     if (bits >= 16) {
         if (dst != src)
             memcpy(dst, src, (size_t)m * d * sizeof(float));
         return;
     }
+    const float qmax = (float)((1u << bits) - 1u);
     for (uint32_t t = 0; t < m; t++) {
         float rs[SKV_MAX_HEAD_DIM], rq[SKV_MAX_HEAD_DIM];
         const float *row = src + (size_t)t * d;
@@ -409,11 +458,19 @@ static void quant_values_pre(const ecg *e, const gh *H, uint64_t t0, const float
             rotate(H, row, rs, d);
         else
             memcpy(rs, row, d * sizeof(float));
-        for (uint32_t j = 0; j < d; j += g) {
-            if (e->PQ == 8)
-                quant_span_grid(rs + j, rq + j, g, 1, bits, H->vsup + (t0 + t) / e->RES * 3);
-            else
-                skv_ecg_quant_span(rs + j, rq + j, g, 1, bits);
+        for (uint32_t j = 0; j < ns; j++) {
+            if (e->PQ == 8) {
+                float z, range;
+                if (gz) {
+                    z = gz[(size_t)t * ns + j];
+                    range = grange[(size_t)t * ns + j];
+                } else {
+                    span_grid(rs + j * g, g, H->vsup + (t0 + t) / e->RES * 3, &z, &range);
+                }
+                skv_ecq_quant(rs + j * g, rq + j * g, g, z, range / qmax, qmax);
+            } else {
+                skv_ecg_quant_span(rs + j * g, rq + j * g, g, 1, bits);
+            }
         }
         if (e->cfg.rotate_values)
             unrotate(H, rq, dst + (size_t)t * d, d);
@@ -425,7 +482,7 @@ static void quant_values_pre(const ecg *e, const gh *H, uint64_t t0, const float
 static void quant_values(const ecg *e, const gh *H, uint64_t t0, const float *src, float *dst,
                          uint32_t m, uint32_t bits)
 {
-    quant_values_pre(e, H, t0, src, dst, m, bits, 0);
+    quant_values_pre(e, H, t0, src, dst, m, bits, 0, NULL, NULL);
 }
 
 /* ---------------------------------------------------------------- create */
@@ -1227,16 +1284,27 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
     }
     /* damage and bytes per width */
-    float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * 5);
+    /* the logit model's damage is per row; importance x squared error is a
+     * sum of squared errors (key_damage, val_damage), found in lanes */
+    const int lanes = e->cfg.err_model != SKV_EC_ERR_LOGIT;
+    const size_t npair = (size_t)2 * ECG_NW * e->KT;
+    float *buf = skv_malloc((size_t)e->KT * d * sizeof(float) * (7 + (lanes ? 2 * ECG_NW : 0)));
     uint32_t *idx = skv_malloc((size_t)e->KT * sizeof *idx);
-    double *wr = skv_malloc((size_t)e->KT * 2 * sizeof *wr), *vdr = wr ? wr + e->KT : NULL;
-    if (!buf || !idx || !wr) {
+    double *wr = skv_malloc(((size_t)e->KT * 2 + npair) * sizeof *wr);
+    const float **pa = skv_malloc(npair * 2 * sizeof *pa);
+    if (!buf || !idx || !wr || !pa) {
         free(buf);
         free(idx);
         free(wr);
+        free(pa);
         return SKV_ENOMEM;
     }
+    double *vdr = wr + e->KT, *sqe = wr + 2 * e->KT;
+    const float **pb = pa + npair;
+    float *qbuf = buf + (size_t)7 * e->KT * d;  /* lanes: [width][keys, values][KT][d] */
     float *kin = buf + (size_t)2 * e->KT * d, *vrot = buf + (size_t)4 * e->KT * d;
+    float *vgz = buf + (size_t)5 * e->KT * d, *vgr = buf + (size_t)6 * e->KT * d;
+    kgrid kg;
     float vbar[SKV_MAX_HEAD_DIM] = {0}, q2[SKV_MAX_HEAD_DIM] = {0};
     uint32_t last_unit = UINT32_MAX;
     uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
@@ -1251,9 +1319,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         if (it->unit != last_unit) {
             last_unit = it->unit;
             memset(vbar, 0, sizeof vbar);
-            for (uint64_t t = 0; t < T; t++)
-                for (uint32_t j = 0; j < d; j++)
-                    vbar[j] += H->v[t * d + j] / (float)T;
+            skv_ecq_colmean(H->v, T, d, vbar);
             memset(q2, 0, sizeof q2);
             if (e->q2)
                 for (uint32_t g = 0; g < G; g++)
@@ -1305,12 +1371,20 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             vdr[r] = 0;
             if (it->kind != 0 && e->cfg.rotate_values)
                 rotate(H, kin + (size_t)(e->KT + r) * d, vrot + (size_t)r * d, d);
-            if (it->kind != 1)
+            if (it->kind != 1 && !lanes)    /* the logit model's */
                 for (uint32_t q = 0; q < d; q++) {
                     double x = (double)kin[(size_t)(e->KT + r) * d + q] - vbar[q];
                     vdr[r] += x * x;
                 }
         }
+        /* the grids of the rows, the same at every width tried */
+        const float *K = kin, *V = kin + (size_t)e->KT * d, *VQ = e->cfg.rotate_values ? vrot : V;
+        const int kg_on = e->cfg.k_layout == SKV_EC_KEYS_CHANNEL && e->PQ == 8;
+        int nj = 0, js[ECG_NW];
+        if (below && it->kind != 1 && kg_on)
+            key_grid(K, nrow, d, &kg);
+        if (below && it->kind != 0 && e->PQ == 8)
+            value_grid(e, H, it->t0, VQ, nrow, vgz, vgr);
         for (int j = 0; j < ECG_NW; j++) {
             uint32_t bits = ecg_widths[j];
             it->b[j] = it->kind == 1 ? vbytes(e, 1, bits) :
@@ -1322,13 +1396,23 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             if (j >= it->cap || (bits == 0 && it->kind != 1) || !(e->wmask & (1u << j)))
                 continue;  /* no loss against what is held; keys are never width 0;
                               the solver never visits a width not allowed */
+            if (lanes) {    /* quantized now, their damage below */
+                float *kq = qbuf + (size_t)2 * nj * e->KT * d, *vq = kq + (size_t)e->KT * d;
+                if (it->kind != 1)
+                    quant_keys_grid(e, kg_on ? &kg : NULL, K, kq, nrow, bits);
+                if (it->kind != 0 && bits)
+                    quant_values_pre(e, H, it->t0, VQ, vq, nrow, bits, e->cfg.rotate_values,
+                                     e->PQ == 8 ? vgz : NULL, e->PQ == 8 ? vgr : NULL);
+                js[nj++] = j;
+                continue;
+            }
             double dmg = 0;
-            const float *K = kin, *V = kin + (size_t)e->KT * d;
             if (it->kind != 1)
-                quant_keys(e, K, buf, nrow, bits);
+                quant_keys_grid(e, kg_on ? &kg : NULL, K, buf, nrow, bits);
             if (it->kind != 0 && bits)
-                quant_values_pre(e, H, it->t0, e->cfg.rotate_values ? vrot : V,
-                                 buf + (size_t)e->KT * d, nrow, bits, e->cfg.rotate_values);
+                quant_values_pre(e, H, it->t0, VQ, buf + (size_t)e->KT * d, nrow, bits,
+                                 e->cfg.rotate_values, e->PQ == 8 ? vgz : NULL,
+                                 e->PQ == 8 ? vgr : NULL);
             for (uint32_t r = 0; r < nrow; r++) {
                 const double w = wr[r];
                 if (it->kind != 1)
@@ -1341,7 +1425,37 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             }
             it->e[j] = (float)dmg;
         }
+        /* importance x squared error: the squared errors of every row at
+         * every width in one call (independent sums, run side by side),
+         * then each width's sum over rows in the order above */
+        uint32_t np = 0;
+        for (int u = 0; u < nj; u++) {
+            const float *kq = qbuf + (size_t)2 * u * e->KT * d, *vq = kq + (size_t)e->KT * d;
+            for (uint32_t r = 0; r < nrow; r++) {
+                if (it->kind != 1) {
+                    pa[np] = K + (size_t)r * d;
+                    pb[np++] = kq + (size_t)r * d;
+                }
+                if (it->kind != 0) {  /* evicted: the output moves toward vbar */
+                    pa[np] = V + (size_t)r * d;
+                    pb[np++] = ecg_widths[js[u]] ? vq + (size_t)r * d : vbar;
+                }
+            }
+        }
+        skv_ecq_sqerr(pa, pb, np, d, sqe);
+        np = 0;
+        for (int u = 0; u < nj; u++) {
+            double dmg = 0;
+            for (uint32_t r = 0; r < nrow; r++) {
+                if (it->kind != 1)
+                    dmg += wr[r] * sqe[np++];
+                if (it->kind != 0)
+                    dmg += wr[r] * sqe[np++];
+            }
+            it->e[js[u]] = (float)dmg;
+        }
     }
+    free(pa);
     /* solve: start at the lowest allowed width, spend the budget by damage
      * saved per byte */
     int lo = 0;

@@ -576,6 +576,11 @@ static int use_simd(void)
     return simd_on;
 }
 
+int skv_quant_simd(void)
+{
+    return use_simd();
+}
+
 int skv_quant_set_simd(int on)
 {
     int prev = use_simd();

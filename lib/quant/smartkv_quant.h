@@ -117,7 +117,8 @@ SKV_EXPORT int skv_quantize_chan_ref(const float *x, size_t stride, uint32_t n, 
 /* sign[j] of unit = layer * n_kv_heads + kv_head: -1 when bit 0 of
  * splitmix64((unit << 20) ^ j ^ (seed << 40)) is set, else +1 (smartkv(5)). */
 SKV_EXPORT void skv_rot_signs(uint64_t seed, uint64_t unit, uint32_t d, float *sign);
-/* In-place Walsh-Hadamard transform of x[d], scaled by 1/sqrt(d). */
+/* In-place Walsh-Hadamard transform of x[d], scaled by 1/sqrt(d) (AVX2
+ * where the dispatchers use SIMD). */
 SKV_EXPORT void skv_fwht(float *x, uint32_t d);
 SKV_EXPORT void skv_fwht_ref(float *x, uint32_t d);  /* the plain loop: the same bits */
 /* y = H D x (y may equal x). */
@@ -130,6 +131,8 @@ SKV_EXPORT int skv_quant_have_avx2(void);
 /* Enable (1) or disable (0) SIMD in the dispatchers; returns the previous
  * setting.  Also disabled by the environment variable SKV_NO_SIMD=1. */
 SKV_EXPORT int skv_quant_set_simd(int on);
+/* 1 if the dispatchers use SIMD now. */
+SKV_EXPORT int skv_quant_simd(void);
 
 /* The fp16 parameters of one group as the quantizer chooses them (exposed
  * for tests and kernels that quantize on the fly). */

@@ -1,0 +1,326 @@
+/* ecquant.c -- the grouped layout's quantizer loops (ecquant.h): the
+ * scalar references, which define the numbers, and AVX2 copies that give
+ * the same bits (IEEE division and subtraction, round to nearest even,
+ * the references' compare-and-select order, no fused multiply-add). */
+#include "ecquant.h"
+#include "smartkv_quant.h"
+
+#include <math.h>
+
+void skv_ecq_minmax_ref(const float *x, uint32_t n, float *mn, float *mx)
+{
+    float a = x[0], b = x[0];
+    for (uint32_t i = 1; i < n; i++) {
+        float v = x[i];
+        a = v < a ? v : a;
+        b = v > b ? v : b;
+    }
+    *mn = a;
+    *mx = b;
+}
+
+void skv_ecq_minmax_cols_ref(const float *x, uint32_t m, uint32_t d, float *mn, float *mx)
+{
+    for (uint32_t c = 0; c < d; c++) {
+        float a = x[c], b = x[c];
+        for (uint32_t i = 1; i < m; i++) {
+            float v = x[(size_t)i * d + c];
+            a = v < a ? v : a;
+            b = v > b ? v : b;
+        }
+        mn[c] = a;
+        mx[c] = b;
+    }
+}
+
+static inline float code1(float x, float z, float s, float qmax)
+{
+    float c = 0;
+    if (s > 0) {
+        c = nearbyintf((x - z) / s);
+        c = c < 0 ? 0 : c > qmax ? qmax : c;
+    }
+    return z + c * s;
+}
+
+void skv_ecq_quant_ref(const float *x, float *y, uint32_t n, float z, float s, float qmax)
+{
+    for (uint32_t i = 0; i < n; i++)
+        y[i] = code1(x[i], z, s, qmax);
+}
+
+void skv_ecq_quant_cols_ref(const float *x, float *y, uint32_t m, uint32_t d, const float *z,
+                            const float *s, float qmax)
+{
+    for (uint32_t i = 0; i < m; i++)
+        for (uint32_t c = 0; c < d; c++)
+            y[(size_t)i * d + c] = code1(x[(size_t)i * d + c], z[c], s[c], qmax);
+}
+
+void skv_ecq_sqerr_ref(const float *const *a, const float *const *b, uint32_t n, uint32_t d,
+                       double *out)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        double s = 0;
+        for (uint32_t j = 0; j < d; j++) {
+            double x = (double)a[i][j] - b[i][j];
+            s += x * x;
+        }
+        out[i] = s;
+    }
+}
+
+void skv_ecq_colmean_ref(const float *x, uint64_t T, uint32_t d, float *out)
+{
+    for (uint64_t t = 0; t < T; t++)
+        for (uint32_t c = 0; c < d; c++)
+            out[c] += x[t * d + c] / (float)T;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+/* avx2 alone, not fma: z + c * s must stay a multiply and an add */
+#define ECQ_AVX2 __attribute__((target("avx2")))
+
+/* min: v < a ? v : a is _mm256_min_ps(v, a); max: v > b ? v : b is
+ * _mm256_max_ps(v, b) (each returns its second operand unless the compare
+ * holds).  Eight lanes then one reduction visit the values in another
+ * order than the scalar loop, which only matters between equal values of
+ * different bits: +0 and -0.  A zero result is recomputed by the loop. */
+ECQ_AVX2 static void minmax_avx2(const float *x, uint32_t n, float *mn, float *mx)
+{
+    if (n < 16) {
+        skv_ecq_minmax_ref(x, n, mn, mx);
+        return;
+    }
+    __m256 a = _mm256_loadu_ps(x), b = a;
+    uint32_t i = 8;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        a = _mm256_min_ps(v, a);
+        b = _mm256_max_ps(v, b);
+    }
+    float la[8], lb[8];
+    _mm256_storeu_ps(la, a);
+    _mm256_storeu_ps(lb, b);
+    float ra = la[0], rb = lb[0];
+    for (int k = 1; k < 8; k++) {
+        ra = la[k] < ra ? la[k] : ra;
+        rb = lb[k] > rb ? lb[k] : rb;
+    }
+    for (; i < n; i++) {
+        ra = x[i] < ra ? x[i] : ra;
+        rb = x[i] > rb ? x[i] : rb;
+    }
+    if (ra == 0 || rb == 0 || x[0] != x[0]) {  /* a zero or a leading NaN: the loop's answer */
+        skv_ecq_minmax_ref(x, n, mn, mx);
+        return;
+    }
+    *mn = ra;
+    *mx = rb;
+}
+
+/* Each column's loop is the reference's, eight columns at a time. */
+ECQ_AVX2 static void minmax_cols_avx2(const float *x, uint32_t m, uint32_t d, float *mn,
+                                      float *mx)
+{
+    uint32_t c = 0;
+    for (; c + 8 <= d; c += 8) {
+        __m256 a = _mm256_loadu_ps(x + c), b = a;
+        for (uint32_t i = 1; i < m; i++) {
+            __m256 v = _mm256_loadu_ps(x + (size_t)i * d + c);
+            a = _mm256_min_ps(v, a);
+            b = _mm256_max_ps(v, b);
+        }
+        _mm256_storeu_ps(mn + c, a);
+        _mm256_storeu_ps(mx + c, b);
+    }
+    if (c < d)
+        for (; c < d; c++) {
+            float a = x[c], b = x[c];
+            for (uint32_t i = 1; i < m; i++) {
+                float v = x[(size_t)i * d + c];
+                a = v < a ? v : a;
+                b = v > b ? v : b;
+            }
+            mn[c] = a;
+            mx[c] = b;
+        }
+}
+
+/* code1 on eight lanes: c < 0 ? 0 : c is _mm256_max_ps(0, c), c > qmax ?
+ * qmax : c is _mm256_min_ps(qmax, c) (NaN passes through both, as there). */
+ECQ_AVX2 static inline __m256 code8(__m256 x, __m256 z, __m256 s, __m256 qmax)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 c = _mm256_round_ps(_mm256_div_ps(_mm256_sub_ps(x, z), s),
+                               _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC);
+    c = _mm256_min_ps(qmax, _mm256_max_ps(zero, c));
+    c = _mm256_and_ps(c, _mm256_cmp_ps(s, zero, _CMP_GT_OQ)); /* !(s > 0): code 0 */
+    return _mm256_add_ps(z, _mm256_mul_ps(c, s));
+}
+
+ECQ_AVX2 static void quant_avx2(const float *x, float *y, uint32_t n, float z, float s,
+                                float qmax)
+{
+    const __m256 vz = _mm256_set1_ps(z), vs = _mm256_set1_ps(s), vq = _mm256_set1_ps(qmax);
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, code8(_mm256_loadu_ps(x + i), vz, vs, vq));
+    for (; i < n; i++)
+        y[i] = code1(x[i], z, s, qmax);
+}
+
+ECQ_AVX2 static void quant_cols_avx2(const float *x, float *y, uint32_t m, uint32_t d,
+                                     const float *z, const float *s, float qmax)
+{
+    const __m256 vq = _mm256_set1_ps(qmax);
+    for (uint32_t i = 0; i < m; i++) {
+        const float *xi = x + (size_t)i * d;
+        float *yi = y + (size_t)i * d;
+        uint32_t c = 0;
+        for (; c + 8 <= d; c += 8)
+            _mm256_storeu_ps(yi + c, code8(_mm256_loadu_ps(xi + c), _mm256_loadu_ps(z + c),
+                                           _mm256_loadu_ps(s + c), vq));
+        for (; c < d; c++)
+            yi[c] = code1(xi[c], z[c], s[c], qmax);
+    }
+}
+/* Four pairs at a time, one per double lane: four floats of each row,
+ * transposed, so lane i adds row i's terms in the loop's order (the
+ * float to double conversions are exact; a multiply, then an add). */
+ECQ_AVX2 static void sqerr_avx2(const float *const *a, const float *const *b, uint32_t n,
+                                uint32_t d, double *out)
+{
+    uint32_t i = 0;
+    if (d % 4 == 0)
+        for (; i + 4 <= n; i += 4) {
+            __m256d s = _mm256_setzero_pd();
+            for (uint32_t j = 0; j < d; j += 4) {
+                __m128 a0 = _mm_loadu_ps(a[i] + j), a1 = _mm_loadu_ps(a[i + 1] + j),
+                       a2 = _mm_loadu_ps(a[i + 2] + j), a3 = _mm_loadu_ps(a[i + 3] + j);
+                __m128 b0 = _mm_loadu_ps(b[i] + j), b1 = _mm_loadu_ps(b[i + 1] + j),
+                       b2 = _mm_loadu_ps(b[i + 2] + j), b3 = _mm_loadu_ps(b[i + 3] + j);
+                _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
+                _MM_TRANSPOSE4_PS(b0, b1, b2, b3);
+                __m256d x;
+                x = _mm256_sub_pd(_mm256_cvtps_pd(a0), _mm256_cvtps_pd(b0));
+                s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
+                x = _mm256_sub_pd(_mm256_cvtps_pd(a1), _mm256_cvtps_pd(b1));
+                s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
+                x = _mm256_sub_pd(_mm256_cvtps_pd(a2), _mm256_cvtps_pd(b2));
+                s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
+                x = _mm256_sub_pd(_mm256_cvtps_pd(a3), _mm256_cvtps_pd(b3));
+                s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
+            }
+            _mm256_storeu_pd(out + i, s);
+        }
+    if (i < n && d % 4 == 0 && n - i < 4) {  /* a last 1-3 pairs, padded with the last */
+        const float *pa[4], *pb[4];
+        double o[4];
+        for (uint32_t k = 0; k < 4; k++) {
+            pa[k] = a[i + k < n ? i + k : n - 1];
+            pb[k] = b[i + k < n ? i + k : n - 1];
+        }
+        sqerr_avx2(pa, pb, 4, d, o);
+        for (uint32_t k = 0; i + k < n; k++)
+            out[i + k] = o[k];
+        return;
+    }
+    if (i < n)
+        skv_ecq_sqerr_ref(a + i, b + i, n - i, d, out + i);
+}
+ECQ_AVX2 static void colmean_avx2(const float *x, uint64_t T, uint32_t d, float *out)
+{
+    const __m256 n = _mm256_set1_ps((float)T);
+    uint32_t c = 0;
+    for (; c + 8 <= d; c += 8) {
+        __m256 s = _mm256_loadu_ps(out + c);
+        for (uint64_t t = 0; t < T; t++)
+            s = _mm256_add_ps(s, _mm256_div_ps(_mm256_loadu_ps(x + t * d + c), n));
+        _mm256_storeu_ps(out + c, s);
+    }
+    for (; c < d; c++)
+        for (uint64_t t = 0; t < T; t++)
+            out[c] += x[t * d + c] / (float)T;
+}
+#define ECQ_HAVE_AVX2 1
+#endif
+
+int skv_ecq_simd(void)
+{
+#ifdef ECQ_HAVE_AVX2
+    return skv_quant_simd();
+#else
+    return 0;
+#endif
+}
+
+void skv_ecq_minmax(const float *x, uint32_t n, float *mn, float *mx)
+{
+#ifdef ECQ_HAVE_AVX2
+    if (skv_ecq_simd()) {
+        minmax_avx2(x, n, mn, mx);
+        return;
+    }
+#endif
+    skv_ecq_minmax_ref(x, n, mn, mx);
+}
+
+void skv_ecq_minmax_cols(const float *x, uint32_t m, uint32_t d, float *mn, float *mx)
+{
+#ifdef ECQ_HAVE_AVX2
+    if (skv_ecq_simd()) {
+        minmax_cols_avx2(x, m, d, mn, mx);
+        return;
+    }
+#endif
+    skv_ecq_minmax_cols_ref(x, m, d, mn, mx);
+}
+
+void skv_ecq_quant(const float *x, float *y, uint32_t n, float z, float s, float qmax)
+{
+#ifdef ECQ_HAVE_AVX2
+    if (skv_ecq_simd()) {
+        quant_avx2(x, y, n, z, s, qmax);
+        return;
+    }
+#endif
+    skv_ecq_quant_ref(x, y, n, z, s, qmax);
+}
+
+void skv_ecq_quant_cols(const float *x, float *y, uint32_t m, uint32_t d, const float *z,
+                        const float *s, float qmax)
+{
+#ifdef ECQ_HAVE_AVX2
+    if (skv_ecq_simd()) {
+        quant_cols_avx2(x, y, m, d, z, s, qmax);
+        return;
+    }
+#endif
+    skv_ecq_quant_cols_ref(x, y, m, d, z, s, qmax);
+}
+
+void skv_ecq_sqerr(const float *const *a, const float *const *b, uint32_t n, uint32_t d,
+                   double *out)
+{
+#ifdef ECQ_HAVE_AVX2
+    if (skv_ecq_simd()) {
+        sqerr_avx2(a, b, n, d, out);
+        return;
+    }
+#endif
+    skv_ecq_sqerr_ref(a, b, n, d, out);
+}
+
+void skv_ecq_colmean(const float *x, uint64_t T, uint32_t d, float *out)
+{
+#ifdef ECQ_HAVE_AVX2
+    if (skv_ecq_simd()) {
+        colmean_avx2(x, T, d, out);
+        return;
+    }
+#endif
+    skv_ecq_colmean_ref(x, T, d, out);
+}

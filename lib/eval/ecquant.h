@@ -1,0 +1,51 @@
+/* ecquant.h -- private to lib/eval: the grouped layout's quantizer loops
+ * (ecgroup.c), a scalar reference and an AVX2 copy of each, bit-identical
+ * (the tests compare them).  The reallocation requantizes every held row
+ * at each width below its own to predict the damage, so these loops are
+ * most of its time.
+ *
+ * A code is round((x - z) / s) (round to nearest even, as nearbyintf)
+ * clamped to [0, qmax], or 0 where !(s > 0); the stored value is
+ * z + code * s.  y may equal x. */
+#ifndef SKV_EVAL_ECQUANT_H
+#define SKV_EVAL_ECQUANT_H
+
+#include <stdint.h>
+
+/* Minimum and maximum of x[0..n), n >= 1 (the order of the scalar loop
+ * a = v < a ? v : a, so signed zeros and NaN come out the same). */
+void skv_ecq_minmax(const float *x, uint32_t n, float *mn, float *mx);
+void skv_ecq_minmax_ref(const float *x, uint32_t n, float *mn, float *mx);
+
+/* Per column c of the rows x[m][d] (m >= 1): mn[c], mx[c]. */
+void skv_ecq_minmax_cols(const float *x, uint32_t m, uint32_t d, float *mn, float *mx);
+void skv_ecq_minmax_cols_ref(const float *x, uint32_t m, uint32_t d, float *mn, float *mx);
+
+/* A span x[0..n) with one zero point z and scale s. */
+void skv_ecq_quant(const float *x, float *y, uint32_t n, float z, float s, float qmax);
+void skv_ecq_quant_ref(const float *x, float *y, uint32_t n, float z, float s, float qmax);
+
+/* Rows x[m][d], column c with z[c], s[c]. */
+void skv_ecq_quant_cols(const float *x, float *y, uint32_t m, uint32_t d, const float *z,
+                        const float *s, float qmax);
+void skv_ecq_quant_cols_ref(const float *x, float *y, uint32_t m, uint32_t d, const float *z,
+                            const float *s, float qmax);
+
+/* out[i] = the sum over j < d, in order, of ((double)a[i][j] - b[i][j])^2,
+ * for n pairs of rows (the damage model's squared errors).  The AVX2 copy
+ * runs four sums side by side, each in the loop's order. */
+void skv_ecq_sqerr(const float *const *a, const float *const *b, uint32_t n, uint32_t d,
+                   double *out);
+void skv_ecq_sqerr_ref(const float *const *a, const float *const *b, uint32_t n, uint32_t d,
+                       double *out);
+
+/* out[c] += x[t][c] / (float)T for t = 0 .. T-1 in order (the mean of
+ * the rows x[T][d] when out starts at 0). */
+void skv_ecq_colmean(const float *x, uint64_t T, uint32_t d, float *out);
+void skv_ecq_colmean_ref(const float *x, uint64_t T, uint32_t d, float *out);
+
+/* 1 if the AVX2 copies run on this CPU and build (0 forces the references:
+ * skv_quant_set_simd's switch, SKV_NO_SIMD). */
+int skv_ecq_simd(void);
+
+#endif
