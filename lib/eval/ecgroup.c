@@ -22,6 +22,7 @@
 #include "smartkv_trace.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,14 +115,31 @@ static int widx(uint32_t bits)
 
 static float h16(float x) { return skv_f16_to_f32(skv_f32_to_f16(x)); }
 
+/* The powers of two that imp8 and grid_range return, one call each ahead
+ * of time: exp2((c - 255) / 16) and (/ 8) for c = 0..255, exp2f(-u / 16)
+ * for u = 0..255 (the same calls, so the same numbers). */
+static double pow_imp16[256], pow_imp8[256];
+static float pow_range[256];
+static pthread_once_t pow_once = PTHREAD_ONCE_INIT;
+
+static void pow_init(void)
+{
+    for (int c = 0; c < 256; c++) {
+        pow_imp16[c] = exp2((c - 255) / 16.0);
+        pow_imp8[c] = exp2((c - 255) / 8.0);
+        pow_range[c] = exp2f(-(float)c / 16.0f);
+    }
+}
+
 /* Importance as the cache holds it: one byte per token, log2 in steps of
- * 1/16 from 2^-15.9 to 1 (0 below), i.e. within 2.2% of the tracked value. */
-static double imp8(double x, double steps)
+ * 1/16 (or 1/8 with steps8) from 2^-15.9 to 1 (0 below), i.e. within 2.2%
+ * of the tracked value: exp2((c - 255) / steps) for its code c. */
+static double imp8(double x, int steps8)
 {
     if (!(x > 0))
         return 0;
-    double c = nearbyint(steps * log2(x > 1 ? 1 : x)) + 255;
-    return c < 1 ? 0 : exp2((c - 255) / steps);
+    double c = nearbyint((steps8 ? 8.0 : 16.0) * log2(x > 1 ? 1 : x)) + 255;
+    return c < 1 ? 0 : (steps8 ? pow_imp8 : pow_imp16)[(int)c];
 }
 
 void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits)
@@ -184,7 +202,7 @@ static float grid_range(float r, float rmax)
         return 0;
     float u = floorf(16.0f * log2f(rmax / r));
     u = u < 0 ? 0 : u > 255 ? 255 : u;
-    return rmax * exp2f(-u / 16.0f);
+    return rmax * pow_range[(int)u];    /* exp2f(-u / 16.0f) */
 }
 
 static void span_minmax(const float *x, uint32_t n, size_t stride, float *mn, float *mx)
@@ -520,6 +538,7 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
 {
     if (skv_ecg_cfg_check(cfg) < 0)
         return NULL;
+    pthread_once(&pow_once, pow_init);
     if ((cfg->rotate || cfg->rotate_values) && (head_dim & (head_dim - 1)))
         return skv_error(SKV_EINVAL, "rotation needs a power-of-two head_dim (%u)", head_dim),
                NULL;
@@ -1356,7 +1375,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                     s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
                 /* folded per kv head, one byte: a log in steps of 1/16
                  * (of p) or 1/8 (of p^2: twice the octaves) */
-                w = imp8(s / G, sq ? 8.0 : 16.0);
+                w = imp8(s / G, sq);
                 if (e->cfg.recency > 0)     /* H2O's recent window, as a prior */
                     w += e->cfg.recency / (hT * (double)(T - tt));
             } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
@@ -1515,6 +1534,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
         while (nh) {
             hent x = hpop(hp, &nh);
+            if (nh)     /* the item most likely next, fetched while this one is done */
+                __builtin_prefetch(&e->it[hp[0].i]);
             item *it = &e->it[x.i];
             uint64_t db = it->b[x.j] - it->b[it->sel];
             if (cur + db <= limit) {
