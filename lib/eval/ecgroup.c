@@ -1360,8 +1360,11 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         for (int j = 0; j < it->cap; j++)
             below |= (e->wmask & (1u << j)) && (j || it->kind == 1);
         for (uint32_t r = 0; below && r < nrow; r++) {
-            memcpy(kin + (size_t)r * d, H->k + (it->t0 + idx[r]) * d, d * sizeof(float));
-            memcpy(kin + (size_t)(e->KT + r) * d, H->v + (it->t0 + idx[r]) * d, d * sizeof(float));
+            if (it->kind != 1)
+                memcpy(kin + (size_t)r * d, H->k + (it->t0 + idx[r]) * d, d * sizeof(float));
+            if (it->kind != 0 || !lanes)    /* a key group's values: the logit model's vdr */
+                memcpy(kin + (size_t)(e->KT + r) * d, H->v + (it->t0 + idx[r]) * d,
+                       d * sizeof(float));
         }
         /* each row's importance weight and |v - vbar|^2, once per item */
         for (uint32_t r = 0; below && r < nrow; r++) {
