@@ -19,9 +19,11 @@ void skv_ecq_minmax_ref(const float *x, uint32_t n, float *mn, float *mx)
     *mx = b;
 }
 
-void skv_ecq_minmax_cols_ref(const float *x, uint32_t m, uint32_t d, float *mn, float *mx)
+/* columns c0..d-1 of minmax_cols */
+static void minmax_cols_from(const float *x, uint32_t m, uint32_t d, uint32_t c0, float *mn,
+                             float *mx)
 {
-    for (uint32_t c = 0; c < d; c++) {
+    for (uint32_t c = c0; c < d; c++) {
         float a = x[c], b = x[c];
         for (uint32_t i = 1; i < m; i++) {
             float v = x[(size_t)i * d + c];
@@ -31,6 +33,11 @@ void skv_ecq_minmax_cols_ref(const float *x, uint32_t m, uint32_t d, float *mn, 
         mn[c] = a;
         mx[c] = b;
     }
+}
+
+void skv_ecq_minmax_cols_ref(const float *x, uint32_t m, uint32_t d, float *mn, float *mx)
+{
+    minmax_cols_from(x, m, d, 0, mn, mx);
 }
 
 static inline float code1(float x, float z, float s, float qmax)
@@ -136,17 +143,7 @@ ECQ_AVX2 static void minmax_cols_avx2(const float *x, uint32_t m, uint32_t d, fl
         _mm256_storeu_ps(mn + c, a);
         _mm256_storeu_ps(mx + c, b);
     }
-    if (c < d)
-        for (; c < d; c++) {
-            float a = x[c], b = x[c];
-            for (uint32_t i = 1; i < m; i++) {
-                float v = x[(size_t)i * d + c];
-                a = v < a ? v : a;
-                b = v > b ? v : b;
-            }
-            mn[c] = a;
-            mx[c] = b;
-        }
+    minmax_cols_from(x, m, d, c, mn, mx);
 }
 
 /* code1 on eight lanes: c < 0 ? 0 : c is _mm256_max_ps(0, c), c > qmax ?
