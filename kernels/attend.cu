@@ -612,7 +612,11 @@ int skv_core_build(skv_core *c, skv_seg *hs, uint32_t n_segs)
         if (sb > c->stage_bytes)
             c->stage_bytes = (uint32_t)sb;
     }
-    /* items: about two waves of blocks per layer */
+    /* items: enough blocks to hide memory latency (8 waves: 2 left the
+     * H200 at 3% of its bandwidth at 32K-128K tokens), but not below about
+     * 256 tokens each (nor below 2 waves), where the partial results to
+     * merge cost more than they save (8 waves were 1.4x slower at 4K):
+     * scripts/bench-gpu, one layer of 8 KV heads, head_dim 128 */
     uint64_t n_items = 0;
     for (int pass = 0; pass < 2; pass++) {
         skv_item *items = NULL;
@@ -632,7 +636,10 @@ int skv_core_build(skv_core *c, skv_seg *hs, uint32_t n_segs)
         uint64_t k = 0;
         for (uint32_t i = 0; i < n_segs; i++) {
             const skv_seg *s = &hs[i];
-            uint64_t want = (layer_tok[s->layer] + 2 * (uint64_t)nsm - 1) / (2 * (uint64_t)nsm);
+            uint64_t lt = layer_tok[s->layer], nb = lt / 256;
+            nb = nb > 8 * (uint64_t)nsm ? 8 * (uint64_t)nsm : nb;
+            nb = nb < 2 * (uint64_t)nsm ? 2 * (uint64_t)nsm : nb;
+            uint64_t want = (lt + nb - 1) / nb;
             uint64_t chunk = (want + s->tt - 1) / s->tt * s->tt;
             if (chunk < s->tt)
                 chunk = s->tt;

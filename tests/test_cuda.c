@@ -482,6 +482,11 @@ int main(void)
         suite_add_tcase(s, tg);
     }
     SRunner *sr = srunner_create(s);
+    /* skv_cuda_available has set up CUDA in this process, and a forked
+     * child cannot use it ("initialization error" in every GPU test, seen
+     * on the first run on a GPU): with a device, the tests run in-process */
+    if (gpu)
+        srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
