@@ -21,6 +21,10 @@
  * The arithmetic of dequantization (q * scale + bias, bias = min or
  * -2^(bits-1) * scale, fp16 parameters) is that of smartkv_qmath.h. */
 #include "skv_cu.cuh"
+/* Bytes staged per tile (one buffer of two).  12 KiB: on the H200 every
+ * case of scripts/bench-gpu ran 10-16% faster than with 6 KiB (fewer block
+ * barriers per token); 24 KiB helped 128K and hurt 4K and 32K. */
+#define SKV_TILE_BYTES 12288
 
 #include <cuda_fp16.h>
 #include <cuda_pipeline_primitives.h>
@@ -985,14 +989,14 @@ static int parse_pbkt(const skv_cuda_shape *sh, const uint8_t *p, uint64_t size,
                              t >= sh->n_tokens ? "out of range" : "not ascending");
         prev = t;
     }
-    /* tile: about 6 KiB staged per tile, a multiple of 16 tokens */
+    /* tile: about SKV_TILE_BYTES staged per tile, a multiple of 16 tokens */
     uint64_t per = 4 + s->kpb + s->vpb + 2ull * s->rb;
     if (per > SKV_STAGE_TOKEN_MAX)
         return skv_error(SKV_EUNSUP, "PBKT layer %u kv head %u %u-bit: %llu bytes per token "
                          "exceed the CUDA kernels' staging limit of %u (use larger groups)",
                          s->layer, s->kvh, s->bits, (unsigned long long)per,
                          (unsigned)SKV_STAGE_TOKEN_MAX);
-    uint64_t tt = 6144 / per / 16 * 16;
+    uint64_t tt = SKV_TILE_BYTES / per / 16 * 16;
     s->tt = (uint32_t)(tt < 16 ? 16 : tt > SKV_TT_MAX ? SKV_TT_MAX : tt);
     return 0;
 }
