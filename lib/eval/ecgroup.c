@@ -1184,30 +1184,25 @@ static int grow_items(ecg *e, size_t n)
     return 0;
 }
 
-/* Damage per token of key rows kq (quantized) against k, and value rows. */
+/* The logit model's damage per token of a key row kq (quantized) against
+ * k, and of a value row.  (Importance x squared error sums the squared
+ * errors of all rows and widths at once: skv_ecq_sqerr.) */
 static double key_damage(const ecg *e, const float *k, const float *kq, const float *Q2,
                          double w, double vdev)
 {
     const uint32_t d = e->base.head_dim;
     double s = 0;
-    if (e->cfg.err_model == SKV_EC_ERR_LOGIT) {
-        for (uint32_t j = 0; j < d; j++) {
-            double x = (double)k[j] - kq[j];
-            s += Q2[j] * x * x;
-        }
-        s *= (double)e->scale * e->scale;
-        if (s > 10)
-            s = 10;
-        /* E[(e^delta - 1)^2] for a logit error delta ~ N(0, s): the mass a
-         * token gains or loses, non-linear once the error is large */
-        double g = exp(2 * s) - 2 * exp(s / 2) + 1;
-        return w * g * vdev;
-    }
     for (uint32_t j = 0; j < d; j++) {
         double x = (double)k[j] - kq[j];
-        s += x * x;
+        s += Q2[j] * x * x;
     }
-    return w * s;
+    s *= (double)e->scale * e->scale;
+    if (s > 10)
+        s = 10;
+    /* E[(e^delta - 1)^2] for a logit error delta ~ N(0, s): the mass a
+     * token gains or loses, non-linear once the error is large */
+    double g = exp(2 * s) - 2 * exp(s / 2) + 1;
+    return w * g * vdev;
 }
 
 static double val_damage(const ecg *e, const float *v, const float *vq, double w)
