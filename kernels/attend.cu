@@ -21,10 +21,6 @@
  * The arithmetic of dequantization (q * scale + bias, bias = min or
  * -2^(bits-1) * scale, fp16 parameters) is that of smartkv_qmath.h. */
 #include "skv_cu.cuh"
-/* Bytes staged per tile (one buffer of two).  12 KiB: on the H200 every
- * case of scripts/bench-gpu ran 10-16% faster than with 6 KiB (fewer block
- * barriers per token); 24 KiB helped 128K and hurt 4K and 32K. */
-#define SKV_TILE_BYTES 12288
 
 #include <cuda_fp16.h>
 #include <cuda_pipeline_primitives.h>
@@ -32,6 +28,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Bytes staged per tile (one buffer of two).  12 KiB: on the H200 every
+ * case of scripts/bench-gpu ran 10-16% faster than with 6 KiB (fewer block
+ * barriers per token); 24 KiB helped 128K and hurt 4K and 32K. */
+#define SKV_TILE_BYTES 12288
 
 /* ---- errors and device ---- */
 

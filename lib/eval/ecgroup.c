@@ -205,18 +205,6 @@ static float grid_range(float r, float rmax)
     return rmax * pow_range[(int)u];    /* exp2f(-u / 16.0f) */
 }
 
-static void span_minmax(const float *x, uint32_t n, size_t stride, float *mn, float *mx)
-{
-    float a = x[0], b = x[0];
-    for (uint32_t i = 1; i < n; i++) {
-        float v = x[i * stride];
-        a = v < a ? v : a;
-        b = v > b ? v : b;
-    }
-    *mn = a;
-    *mx = b;
-}
-
 /* A contiguous span's zero point and range (qmax times its scale) on the
  * grid (zlo, zhi, rmax): the same at every width, so the damage model
  * finds them once for all the widths it tries. */
@@ -228,58 +216,39 @@ static void span_grid(const float *x, uint32_t n, const float sup[3], float *z, 
     *range = grid_range(mx - *z, sup[2]);
 }
 
-/* Super-parameters of spans: zlo, zhi over their minima, then the largest
- * range above each span's zero point on that grid. */
-typedef struct span_set {
-    const float *x;
-    uint32_t n_spans, n, stride_in, stride_span;  /* span i starts at x + i * stride_span */
-} span_set;
-
-static void grid_fit(const span_set *S, float sup[3])
+/* The super-parameters of n spans from their minima and maxima: zlo, zhi
+ * over the minima, then the largest range above each span's zero point
+ * on that grid. */
+static void grid_fit(const float *mn, const float *mx, uint32_t n, float sup[3])
 {
     float zlo = INFINITY, zhi = -INFINITY, rmax = 0;
-    for (uint32_t i = 0; i < S->n_spans; i++) {
-        float mn, mx;
-        span_minmax(S->x + (size_t)i * S->stride_span, S->n, S->stride_in, &mn, &mx);
-        zlo = mn < zlo ? mn : zlo;
-        zhi = mn > zhi ? mn : zhi;
+    for (uint32_t i = 0; i < n; i++) {
+        zlo = mn[i] < zlo ? mn[i] : zlo;
+        zhi = mn[i] > zhi ? mn[i] : zhi;
     }
     sup[0] = h16_down(zlo);
     sup[1] = h16(zhi) >= sup[0] ? h16(zhi) : sup[0];
-    for (uint32_t i = 0; i < S->n_spans; i++) {
-        float mn, mx;
-        span_minmax(S->x + (size_t)i * S->stride_span, S->n, S->stride_in, &mn, &mx);
-        float r = mx - grid_zero(mn, sup[0], sup[1]);
+    for (uint32_t i = 0; i < n; i++) {
+        float r = mx[i] - grid_zero(mn[i], sup[0], sup[1]);
         rmax = r > rmax ? r : rmax;
     }
     sup[2] = h16_up(rmax);
 }
 
-/* grid_fit over the columns of rows [m][d] (keys per channel), from
- * each column's minimum and maximum; then each column's zero point and
- * range on that grid. */
+/* The grid of the columns of rows [m][d] (keys per channel), then each
+ * column's zero point and range on it. */
 typedef struct kgrid {
     float z[SKV_MAX_HEAD_DIM], range[SKV_MAX_HEAD_DIM];
 } kgrid;
 
 static void key_grid(const float *x, uint32_t m, uint32_t d, kgrid *g)
 {
-    float mn[SKV_MAX_HEAD_DIM], mx[SKV_MAX_HEAD_DIM];
+    float mn[SKV_MAX_HEAD_DIM], mx[SKV_MAX_HEAD_DIM], sup[3];
     skv_ecq_minmax_cols(x, m, d, mn, mx);
-    float zlo = INFINITY, zhi = -INFINITY, rmax = 0;
+    grid_fit(mn, mx, d, sup);
     for (uint32_t c = 0; c < d; c++) {
-        zlo = mn[c] < zlo ? mn[c] : zlo;
-        zhi = mn[c] > zhi ? mn[c] : zhi;
-    }
-    const float lo = h16_down(zlo), hi = h16(zhi) >= lo ? h16(zhi) : lo;
-    for (uint32_t c = 0; c < d; c++) {
-        float r = mx[c] - grid_zero(mn[c], lo, hi);
-        rmax = r > rmax ? r : rmax;
-    }
-    rmax = h16_up(rmax);
-    for (uint32_t c = 0; c < d; c++) {
-        g->z[c] = grid_zero(mn[c], lo, hi);
-        g->range[c] = grid_range(mx[c] - g->z[c], rmax);
+        g->z[c] = grid_zero(mn[c], sup[0], sup[1]);
+        g->range[c] = grid_range(mx[c] - g->z[c], sup[2]);
     }
 }
 
@@ -1235,30 +1204,34 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     int rc;
     rlv_fold(e);
     const int joint = !e->cfg.kv_split;
-    if (e->PQ == 8) /* the value grids of the blocks leaving the residual */
+    if (e->PQ == 8) { /* the value grids of the blocks leaving the residual */
+        const uint32_t g = e->cfg.alloc.qcfg.v_group, ns = d / g;
+        float *mn = skv_malloc((size_t)e->RES * ns * 2 * sizeof *mn), *mx = mn + e->RES * ns;
+        if (!mn)
+            return SKV_ENOMEM;
         for (uint32_t u = 0; u < L * KH; u++)
             for (uint64_t b0 = old; b0 < na; b0 += e->RES) {
                 uint64_t lo = b0 > e->sinks ? b0 : e->sinks;
                 float *sup = e->heads[u].vsup + b0 / e->RES * 3;
-                const uint32_t g = e->cfg.alloc.qcfg.v_group;
                 if (lo >= b0 + e->RES) {
                     sup[0] = sup[1] = sup[2] = 0;
                     continue;
                 }
-                float *tmp = NULL;
-                const float *src = e->heads[u].v + lo * d;
-                if (e->cfg.rotate_values) {
-                    tmp = skv_malloc((size_t)(b0 + e->RES - lo) * d * sizeof(float));
-                    if (!tmp)
-                        return SKV_ENOMEM;
-                    for (uint64_t t = 0; t < b0 + e->RES - lo; t++)
-                        rotate(&e->heads[u], src + t * d, tmp + t * d, d);
-                    src = tmp;
+                uint32_t n = 0;     /* spans, in row order */
+                for (uint64_t t = lo; t < b0 + e->RES; t++) {
+                    float rs[SKV_MAX_HEAD_DIM];
+                    const float *row = e->heads[u].v + t * d;
+                    if (e->cfg.rotate_values) {
+                        rotate(&e->heads[u], row, rs, d);
+                        row = rs;
+                    }
+                    for (uint32_t j = 0; j < ns; j++, n++)
+                        skv_ecq_minmax(row + j * g, g, mn + n, mx + n);
                 }
-                span_set S = {src, (uint32_t)((b0 + e->RES - lo) * (d / g)), g, 1, g};
-                grid_fit(&S, sup);
-                free(tmp);
+                grid_fit(mn, mx, n, sup);
             }
+        free(mn);
+    }
     /* items */
     e->n_it = 0;
     for (uint32_t u = 0; u < L * KH; u++) {
@@ -1532,8 +1505,6 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
         while (nh) {
             hent x = hpop(hp, &nh);
-            if (nh)     /* the item most likely next, fetched while this one is done */
-                __builtin_prefetch(&e->it[hp[0].i]);
             item *it = &e->it[x.i];
             uint64_t db = it->b[x.j] - it->b[it->sel];
             if (cur + db <= limit) {
