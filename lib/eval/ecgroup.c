@@ -1206,9 +1206,10 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     const int joint = !e->cfg.kv_split;
     if (e->PQ == 8) { /* the value grids of the blocks leaving the residual */
         const uint32_t g = e->cfg.alloc.qcfg.v_group, ns = d / g;
-        float *mn = skv_malloc((size_t)e->RES * ns * 2 * sizeof *mn), *mx = mn + e->RES * ns;
+        float *mn = skv_malloc((size_t)e->RES * ns * 2 * sizeof *mn);
         if (!mn)
             return SKV_ENOMEM;
+        float *mx = mn + (size_t)e->RES * ns;
         for (uint32_t u = 0; u < L * KH; u++)
             for (uint64_t b0 = old; b0 < na; b0 += e->RES) {
                 uint64_t lo = b0 > e->sinks ? b0 : e->sinks;
