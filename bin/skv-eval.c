@@ -88,6 +88,9 @@ static noreturn void usage(void)
            "                         2: of p^2 (errors weighted as the output feels them)\n"
            "      --recency W        smartkv: add a 1/age prior of mass W to the tracked\n"
            "                         attention (mass 1) (grouped layout; default 0)\n"
+           "      --replan K         re-plan every held row at every K-th residual flush;\n"
+           "                         between them only the leaving groups are placed\n"
+           "                         (grouped layout; default 1)\n"
            "      --protect-bits N   sinks and residual quantized per token at N bits\n"
            "                         (8 or 4) as they enter; 16 (default): fp16\n"
            "      --param-bits N     8: scales and zero points of key groups (per\n"
@@ -139,7 +142,7 @@ enum {
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
-    O_IMPPOW, O_RECENCY, O_PARAMBITS, O_VROTATE, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR,
+    O_IMPPOW, O_RECENCY, O_REPLAN, O_PARAMBITS, O_VROTATE, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR,
     O_PM_BITS, O_WEIGHTS, O_HEADS, O_OFFLOAD, O_ACTIVE_BITS,
     O_CALIB, O_CALIB_TOK
 };
@@ -171,6 +174,7 @@ static const struct option longopts[] = {
     {"param-bits", required_argument, NULL, O_PARAMBITS},
     {"imp-power", required_argument, NULL, O_IMPPOW},
     {"recency", required_argument, NULL, O_RECENCY},
+    {"replan", required_argument, NULL, O_REPLAN},
     {"weights", required_argument, NULL, O_WEIGHTS},
     {"offload", required_argument, NULL, O_OFFLOAD},
     {"active-bits", required_argument, NULL, O_ACTIVE_BITS},
@@ -1241,6 +1245,10 @@ int main(int argc, char **argv)
         case O_RECENCY:
             o.cfg.layout = SKV_EC_GROUPED;
             o.cfg.recency = tool_opt_double("--recency", optarg, 0, 1e6, 0);
+            break;
+        case O_REPLAN:
+            o.cfg.layout = SKV_EC_GROUPED;
+            o.cfg.replan = tool_opt_u32("--replan", optarg, 1, 1u << 20);
             break;
         case O_IMPPOW:
             o.cfg.layout = SKV_EC_GROUPED;

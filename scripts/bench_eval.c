@@ -52,7 +52,7 @@ int main(int argc, char **argv)
         for (uint32_t i = 0; i < N; i++)
             tok[i] = ids[i % nt];
         double ref_tps = 0;
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < 6; k++) {
             skv_ec_cfg c;
             skv_ec_defaults(&c);
             if (k == 0) {
@@ -82,6 +82,8 @@ int main(int argc, char **argv)
                 c.protect_bits = 8;
                 c.alloc.budget = 0.3;
                 c.alloc.width_mask = (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) | (1u << 16);
+                if (k == 5)     /* every held row re-planned at every 4th flush only */
+                    c.replan = 4;
             }
             char label[160];
             skv_ec_describe(&c, label, sizeof label);

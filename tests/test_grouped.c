@@ -4,7 +4,7 @@
  * widths, the rotation leaving attention unchanged, protected rows at 8
  * bits against a float64 reference, eviction (width 0) by value items, and
  * the quantizer loops' AVX2 copies giving the references' bits, alone and
- * in a whole run of the method. */
+ * in a whole run of the method; replan K's incremental flushes. */
 #include "smartkv.h"
 #include "../lib/eval/ecgroup.h"
 #include "../lib/eval/ecquant.h"
@@ -556,6 +556,77 @@ START_TEST(test_evict)
 }
 END_TEST
 
+/* replan K: held rows keep their widths at the flushes between full plans
+ * (only the groups leaving the residual are placed), full plans still move
+ * held rows (here: evict them), and the budget holds. */
+static uint8_t rp_prev[L_][KH_][T_];
+static uint64_t rp_held;
+
+/* after a flush: held widths unchanged unless the flush made a full plan
+ * (flushes 0, K, 2K, ...); returns the held tokens that moved */
+static uint32_t replan_check(skv_kv_cache *a, uint32_t kp)
+{
+    skv_ec_stats s;
+    ck_assert_int_eq(skv_ec_stats_get(a, &s), 0);
+    uint64_t held = s.n_alloc, flush = held / 32 - 1;
+    uint32_t moved = 0;
+    if (held == rp_held)
+        return 0;
+    for (uint32_t l = 0; l < L_; l++)
+        for (uint32_t h = 0; h < KH_; h++) {
+            const uint8_t *w = skv_ecg_widths(a, l, h);
+            for (uint64_t t = 0; t < rp_held; t++) {
+                if (flush % kp)
+                    ck_assert_msg(w[t] == rp_prev[l][h][t], "replan %u: held token %llu moved "
+                                  "from %u to %u bits at flush %llu", kp, (unsigned long long)t,
+                                  rp_prev[l][h][t], w[t], (unsigned long long)flush);
+                moved += w[t] != rp_prev[l][h][t];
+            }
+            memcpy(rp_prev[l][h], w, held);
+        }
+    rp_held = held;
+    return moved;
+}
+
+START_TEST(test_replan)
+{
+    fill();
+    for (uint32_t kp = 1; kp <= 2; kp++) {
+        skv_ec_cfg c;
+        skv_ec_defaults(&c);
+        c.layout = SKV_EC_GROUPED;
+        c.k_layout = SKV_EC_KEYS_CHANNEL;
+        c.kv_split = 1;
+        c.realloc = 32;
+        c.protect_bits = 8;
+        c.replan = kp;
+        c.alloc.budget = 0.12;
+        c.alloc.width_mask = (1u << 0) | (1u << 2) | (1u << 4) | (1u << 8) | (1u << 16);
+        skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
+        ck_assert_msg(a != NULL, "%s", skv_errmsg());
+        static float out[L_ * H_ * 32 * D_], probs[L_ * H_ * 32 * T_];
+        uint32_t moved = 0;
+        rp_held = 0;
+        for (uint32_t p = 0; p < T_; p += 32) {
+            append(a, p, p + 32);   /* flushes [p - 32, p) when p > 0 */
+            moved += replan_check(a, kp);
+            attend(a, p, p + 32, out, probs);
+        }
+        ck_assert_int_eq(skv_ec_realloc(a), 0);
+        moved += replan_check(a, kp);
+        ck_assert_msg(moved > 0, "replan %u: no held token moved", kp);
+        skv_ec_stats s;     /* the last flush emptied the residual */
+        ck_assert_int_eq(skv_ec_stats_get(a, &s), 0);
+        if (s.n_budget_raised == 0)
+            ck_assert_msg(s.bytes + s.meta_bytes <= (uint64_t)(0.12 * (double)s.fp16_bytes),
+                          "replan %u: %llu + %llu bytes over 0.12 x %llu", kp,
+                          (unsigned long long)s.bytes, (unsigned long long)s.meta_bytes,
+                          (unsigned long long)s.fp16_bytes);
+        skv_kv_cache_free(a);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("grouped");
@@ -567,6 +638,7 @@ int main(void)
     tcase_add_test(tc, test_rotation_exact);
     tcase_add_test(tc, test_protect_bits);
     tcase_add_test(tc, test_evict);
+    tcase_add_test(tc, test_replan);
     tcase_add_test(tc, test_param_bits);
     tcase_add_test(tc, test_quant_loops_same_bits);
     tcase_add_test(tc, test_simd_same_run);

@@ -67,6 +67,7 @@ typedef struct ecg {
     uint32_t ktok;          /* evicting: key code bytes of one kept token at lo_nz,
                                paid by its value item instead of its key group */
     uint64_t *len, n_alloc;
+    uint64_t n_flush;       /* residual flushes since the cache was made (replan) */
     gh *heads;
     float *imp;             /* [L][H][cap] per query head (folded per kv head at solve) */
     float *q2;              /* [L][H][d] EMA of the squared (rotated) query */
@@ -284,6 +285,9 @@ int skv_ecg_cfg_check(const skv_ec_cfg *c)
     if (c->param_bits && c->param_bits != 8 && c->param_bits != 16)
         return skv_error(SKV_EINVAL, "grouped layout: parameters at %u bits (8 or 16)",
                          c->param_bits);
+    if (c->replan > 1u << 20)
+        return skv_error(SKV_EINVAL, "grouped layout: a full plan every %u flushes (at most "
+                         "%u)", c->replan, 1u << 20);
     if (c->imp_power > 2)
         return skv_error(SKV_EINVAL, "grouped layout: importance power %u (1 or 2)", c->imp_power);
     if (SKV_EC_IMP_IS_ATSKV(c->imp_mode) &&
@@ -633,6 +637,7 @@ static int cut_to(ecg *e, uint64_t T)
                              (unsigned long long)T);
     if (T == 0) {
         e->n_alloc = 0;
+        e->n_flush = 0;
         if (e->q2)
             memset(e->q2, 0, (size_t)c->n_layers * c->n_heads * c->head_dim * sizeof(float));
     }
@@ -1202,6 +1207,10 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         return 0;
     uint64_t t_start = now_ns();
     int rc;
+    /* a full plan re-weighs every held row; between full plans only the
+     * groups leaving the residual are placed (the first flush is full) */
+    const uint64_t flush = e->n_flush++;
+    const int full = e->cfg.replan <= 1 || old == 0 || flush % e->cfg.replan == 0;
     rlv_fold(e);
     const int joint = !e->cfg.kv_split;
     if (e->PQ == 8) { /* the value grids of the blocks leaving the residual */
@@ -1241,6 +1250,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             uint64_t lo = t0 > s ? t0 : s, hi = t0 + e->KT;
             if (lo >= hi)
                 continue;
+            if (lo < old && !full)
+                continue;   /* held rows keep their widths until the next full plan */
             if (lo < old) {
                 /* a held group whose tokens are all evicted has nothing left */
                 const gh *H = &e->heads[u];
@@ -1498,24 +1509,54 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             free(idx);
             return SKV_ENOMEM;
         }
-        size_t nh = 0;
-        for (size_t i = 0; i < e->n_it; i++) {
-            hent x;
-            if (best_step(e, &e->it[i], limit - cur, &x, (uint32_t)i))
-                hpush(hp, &nh, x);
+        /* replan K > 1: the full plan keeps back what the groups leaving
+         * the residual at the next K - 1 flushes will want beyond the
+         * budget's share of their tokens, as much as this plan gives
+         * its own leaving groups */
+        const int reserve = full && e->cfg.replan > 1 && old > 0;
+        uint8_t *sel0 = reserve ? skv_malloc(e->n_it) : NULL;
+        if (reserve && !sel0) {
+            free(hp);
+            free(buf);
+            free(wr);
+            free(idx);
+            return SKV_ENOMEM;
         }
-        while (nh) {
-            hent x = hpop(hp, &nh);
-            item *it = &e->it[x.i];
-            uint64_t db = it->b[x.j] - it->b[it->sel];
-            if (cur + db <= limit) {
-                cur += db;
-                it->sel = x.j;
+        for (size_t i = 0; reserve && i < e->n_it; i++)
+            sel0[i] = e->it[i].sel;
+        for (int round = 0; round < 1 + reserve; round++) {
+            if (round) {
+                uint64_t fb = 0, share = (uint64_t)(e->cfg.alloc.budget *
+                    (double)skv_alloc_fp16_bytes(L, KH, na - old, d));
+                for (size_t i = 0; i < e->n_it; i++)
+                    if (e->it[i].fresh)
+                        fb += e->it[i].b[e->it[i].sel];
+                uint64_t want = fb > share ? (fb - share) * (e->cfg.replan - 1) : 0;
+                limit = limit - base > want ? limit - want : base;
+                for (size_t i = 0; i < e->n_it; i++)
+                    e->it[i].sel = sel0[i];
+                cur = base;
             }
-            hent y;
-            if (best_step(e, it, limit - cur, &y, x.i))
-                hpush(hp, &nh, y);
+            size_t nh = 0;
+            for (size_t i = 0; i < e->n_it; i++) {
+                hent x;
+                if (best_step(e, &e->it[i], limit - cur, &x, (uint32_t)i))
+                    hpush(hp, &nh, x);
+            }
+            while (nh) {
+                hent x = hpop(hp, &nh);
+                item *it = &e->it[x.i];
+                uint64_t db = it->b[x.j] - it->b[it->sel];
+                if (cur + db <= limit) {
+                    cur += db;
+                    it->sel = x.j;
+                }
+                hent y;
+                if (best_step(e, it, limit - cur, &y, x.i))
+                    hpush(hp, &nh, y);
+            }
         }
+        free(sel0);
         free(hp);
     } else if (!e->fixed) {
         for (size_t i = 0; i < e->n_it; i++)

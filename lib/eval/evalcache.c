@@ -295,6 +295,8 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
     if (c->layout == SKV_EC_GROUPED && c->k_layout && c->key_tokens && c->key_tokens != 32 &&
         w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " kt=%u", c->key_tokens);
+    if (c->layout == SKV_EC_GROUPED && c->replan > 1 && !(pf & SKV_PF_FIXED) && w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " replan=%u", c->replan);
     if (c->layout == SKV_EC_GROUPED && c->prior > 0 && w < sizeof extra)
         snprintf(extra + w, sizeof extra - w, " prior=%g", c->prior);
     if (pf & SKV_PF_FIXED)

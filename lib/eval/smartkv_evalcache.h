@@ -136,6 +136,10 @@ typedef struct skv_ec_cfg {
     double recency;         /* grouped, smartkv: mass of a 1/age prior (normalized to sum
                                1 over the held tokens) added to the tracked attention,
                                which sums to 1 per query; 0 = none */
+    uint32_t replan;        /* grouped: every held row re-planned at every replan-th
+                               residual flush; between them only the groups leaving the
+                               residual are placed, in the bytes the budget leaves beside
+                               the held rows (0 or 1: every flush) */
     double prior;           /* attention every token is assumed to draw, as a multiple of
                                1/T, added to the importance (grouped layout; <= 0: 0.05) */
     skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are

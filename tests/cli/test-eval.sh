@@ -317,6 +317,18 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["beta_alloc"] <= 0.3 and r["cache"].endswith("kch+rot vrot kv protect=8 p8"), r
 ' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 -p smartkv -b 0.3 \
+    --keys channel --rotate --rotate-values --kv-split --residual 32 --protect-bits 8 \
+    --param-bits 8 --bits 2,3,4,8,16 --replan 2 --json -q
+expect_rc 0 "ppl with the method's configuration and --replan 2"
+check "replan 2: the label says so; beta after each reallocation within 0.3" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["beta_alloc"] <= 0.3 and r["cache"].endswith("p8 replan=2") and r["reallocs"] == 4, r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
+    --keys channel --replan 0 -q
+expect_rc 2 "--replan 0 is a usage error"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
     --keys channel --param-bits 12 -q
 expect_rc 2 "--param-bits other than 8 or 16 is a usage error"
