@@ -1509,54 +1509,24 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             free(idx);
             return SKV_ENOMEM;
         }
-        /* replan K > 1: the full plan keeps back what the groups leaving
-         * the residual at the next K - 1 flushes will want beyond the
-         * budget's share of their tokens, as much as this plan gives
-         * its own leaving groups */
-        const int reserve = full && e->cfg.replan > 1 && old > 0;
-        uint8_t *sel0 = reserve ? skv_malloc(e->n_it) : NULL;
-        if (reserve && !sel0) {
-            free(hp);
-            free(buf);
-            free(wr);
-            free(idx);
-            return SKV_ENOMEM;
+        size_t nh = 0;
+        for (size_t i = 0; i < e->n_it; i++) {
+            hent x;
+            if (best_step(e, &e->it[i], limit - cur, &x, (uint32_t)i))
+                hpush(hp, &nh, x);
         }
-        for (size_t i = 0; reserve && i < e->n_it; i++)
-            sel0[i] = e->it[i].sel;
-        for (int round = 0; round < 1 + reserve; round++) {
-            if (round) {
-                uint64_t fb = 0, share = (uint64_t)(e->cfg.alloc.budget *
-                    (double)skv_alloc_fp16_bytes(L, KH, na - old, d));
-                for (size_t i = 0; i < e->n_it; i++)
-                    if (e->it[i].fresh)
-                        fb += e->it[i].b[e->it[i].sel];
-                uint64_t want = fb > share ? (fb - share) * (e->cfg.replan - 1) : 0;
-                limit = limit - base > want ? limit - want : base;
-                for (size_t i = 0; i < e->n_it; i++)
-                    e->it[i].sel = sel0[i];
-                cur = base;
+        while (nh) {
+            hent x = hpop(hp, &nh);
+            item *it = &e->it[x.i];
+            uint64_t db = it->b[x.j] - it->b[it->sel];
+            if (cur + db <= limit) {
+                cur += db;
+                it->sel = x.j;
             }
-            size_t nh = 0;
-            for (size_t i = 0; i < e->n_it; i++) {
-                hent x;
-                if (best_step(e, &e->it[i], limit - cur, &x, (uint32_t)i))
-                    hpush(hp, &nh, x);
-            }
-            while (nh) {
-                hent x = hpop(hp, &nh);
-                item *it = &e->it[x.i];
-                uint64_t db = it->b[x.j] - it->b[it->sel];
-                if (cur + db <= limit) {
-                    cur += db;
-                    it->sel = x.j;
-                }
-                hent y;
-                if (best_step(e, it, limit - cur, &y, x.i))
-                    hpush(hp, &nh, y);
-            }
+            hent y;
+            if (best_step(e, it, limit - cur, &y, x.i))
+                hpush(hp, &nh, y);
         }
-        free(sel0);
         free(hp);
     } else if (!e->fixed) {
         for (size_t i = 0; i < e->n_it; i++)
