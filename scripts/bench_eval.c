@@ -44,8 +44,8 @@ int main(int argc, char **argv)
         die("tokenize");
     const skv_model_params *p = skv_model_get_params(m);
     float *logits = malloc((size_t)p->n_vocab * 4);
-    printf("%-7s %-50s %10s %9s %9s %9s %9s %9s %8s\n", "context", "cache", "prefill_s", "decode/s",
-           "vs_fp16", "track%", "realloc%", "attend%", "beta");
+    printf("%-7s %-50s %10s %9s %9s %9s %9s %9s %8s %8s\n", "context", "cache", "prefill_s",
+           "decode/s", "vs_fp16", "track%", "realloc%", "attend%", "beta", "reallocs");
     for (int ai = 5; ai < argc; ai++) {
         uint32_t N = (uint32_t)atoi(argv[ai]);
         int32_t *tok = malloc((N + D) * sizeof *tok);
@@ -113,11 +113,12 @@ int main(int argc, char **argv)
             double tps = D / dec;
             if (k == 0)
                 ref_tps = tps;
-            printf("%-7u %-50s %10.2f %9.2f %9.3f %9.2f %9.2f %9.2f %8.3f\n", N, label, t1 - t0, tps,
-                   tps / ref_tps, 100.0 * (double)st.track_ns * 1e-9 / dec / threads,
+            printf("%-7u %-50s %10.2f %9.2f %9.3f %9.2f %9.2f %9.2f %8.3f %8llu\n", N, label,
+                   t1 - t0, tps, tps / ref_tps, 100.0 * (double)st.track_ns * 1e-9 / dec / threads,
                    100.0 * (double)st.realloc_ns * 1e-9 / dec,
                    100.0 * (double)st.attend_ns * 1e-9 / dec / threads,
-                   st.fp16_bytes ? (double)st.bytes / (double)st.fp16_bytes : 0);
+                   st.fp16_bytes ? (double)st.bytes / (double)st.fp16_bytes : 0,
+                   (unsigned long long)st.n_realloc);
             fflush(stdout);
             skv_session_free(s);
             skv_kv_cache_free(kc);
