@@ -136,10 +136,6 @@ typedef struct skv_ec_cfg {
     double recency;         /* grouped, smartkv: mass of a 1/age prior (normalized to sum
                                1 over the held tokens) added to the tracked attention,
                                which sums to 1 per query; 0 = none */
-    uint32_t replan;        /* grouped: every held row re-planned at every replan-th
-                               residual flush; between them only the groups leaving the
-                               residual are placed, in the bytes the budget leaves beside
-                               the held rows (0 or 1: every flush) */
     double prior;           /* attention every token is assumed to draw, as a multiple of
                                1/T, added to the importance (grouped layout; <= 0: 0.05) */
     skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are
@@ -147,6 +143,10 @@ typedef struct skv_ec_cfg {
     const struct skv_rlv_model *rlv;  /* ATSKV: relevance weights (skv-alloc train) */
     uint32_t active_bits;   /* ATSKV: active rows quantized per token at 4 or 8 bits (groups
                                of 32 channels, fp16 scale and minimum); 0 or 16: fp16 */
+    uint32_t replan;        /* grouped: every held row re-planned at every replan-th
+                               residual flush; between them only the groups leaving the
+                               residual are placed, in the bytes the budget leaves beside
+                               the held rows (0 or 1: every flush) */
     const char *offload;    /* ATSKV: the passive tier in this file instead of host memory
                                (created, refused if it exists; closed and removed with the
                                cache); NULL: host memory */
