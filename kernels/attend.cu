@@ -34,6 +34,29 @@
  * barriers per token); 24 KiB helped 128K and hurt 4K and 32K. */
 #define SKV_TILE_BYTES 12288
 
+/* 1: every query slice read from shared memory per token pass (the kernel
+ * before stop 28), kept to measure the register path against. */
+#ifndef SKV_CU_QSMEM
+#define SKV_CU_QSMEM 0
+#endif
+/* Blocks per SM that the registers of the attention kernels with the
+ * query slice in registers (QP * NB <= 4) must allow.  On the H200, head_dim
+ * 128, 4 queries a block: 5 (96 registers, 208 bytes spilled) ran 1.13-1.16x
+ * faster than 4 (127 registers, none spilled) at 32K-128K tokens, and 6 was
+ * slower again. */
+#ifndef SKV_CU_MINB
+#define SKV_CU_MINB 5
+#endif
+/* Work items per layer: at most this many whole waves of resident blocks,
+ * each item at least 256 tokens; where a layer has fewer tokens than one
+ * wave of such items, the token rule of skv_core_build.  On the H200 one
+ * wave beat the token rule (1.4-1.6 waves at 32K-128K, the last one part
+ * empty) by 1.04-1.12x; 2 waves were no better at 128K.  0: the token rule
+ * everywhere. */
+#ifndef SKV_CU_WAVES
+#define SKV_CU_WAVES 1
+#endif
+
 /* ---- errors and device ---- */
 
 int skv_cu_fail(cudaError_t e, const char *what)
@@ -285,6 +308,26 @@ __device__ __forceinline__ void attend_item(const Geo &G, const skv_seg &sg, con
             for (int k = 0; k < 8; k++)
                 acc[q][b][k] = 0.0f;
 
+    /* The blocks a lane scores are the same for every token (j + b * LPT),
+     * so its slice of the queries can live in registers: reading it from
+     * shared memory for every token pass cost a 2-4 way bank-conflicted
+     * float4 load per query and 8 values.  Kept in shared memory when the
+     * slice would pass 32 registers (the accumulators take as many). */
+    constexpr bool QREG = QP * NB * 8 <= 32 && !SKV_CU_QSMEM;
+    float qr[QREG ? QP : 1][QREG ? NB : 1][8];
+    if (QREG) {
+        __syncthreads(); /* q_s written */
+#pragma unroll
+        for (int q = 0; q < (QREG ? QP : 1); q++)
+#pragma unroll
+            for (int b = 0; b < (QREG ? NB : 1); b++) {
+                const uint32_t blk = j + b * LPT;
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    qr[q][b][k] = blk < nblk ? q_s[q * dpad + blk * 8 + k] : 0.0f;
+            }
+    }
+
     const uint32_t ntok = it.i1 - it.i0;
     const uint32_t ntile = (ntok + tt - 1) / tt;
     stage_tile(stage, G.arena, sg, it.i0, min(tt, ntok), DENSE);
@@ -320,10 +363,16 @@ __device__ __forceinline__ void attend_item(const Geo &G, const skv_seg &sg, con
                                        d, sg.kgroup, sg.kmode, x);
 #pragma unroll
                     for (int q = 0; q < QP; q++) {
-                        const float4 *qv = (const float4 *)(q_s + q * dpad + blk * 8);
-                        float4 a = qv[0], c = qv[1];
-                        part[q] += x[0] * a.x + x[1] * a.y + x[2] * a.z + x[3] * a.w +
-                                   x[4] * c.x + x[5] * c.y + x[6] * c.z + x[7] * c.w;
+                        if (QREG) {
+                            const float *a = qr[QREG ? q : 0][QREG ? b : 0];
+                            part[q] += x[0] * a[0] + x[1] * a[1] + x[2] * a[2] + x[3] * a[3] +
+                                       x[4] * a[4] + x[5] * a[5] + x[6] * a[6] + x[7] * a[7];
+                        } else {
+                            const float4 *qv = (const float4 *)(q_s + q * dpad + blk * 8);
+                            float4 a = qv[0], c = qv[1];
+                            part[q] += x[0] * a.x + x[1] * a.y + x[2] * a.z + x[3] * a.w +
+                                       x[4] * c.x + x[5] * c.y + x[6] * c.z + x[7] * c.w;
+                        }
                     }
                 }
             }
@@ -450,8 +499,9 @@ __device__ __forceinline__ void attend_item(const Geo &G, const skv_seg &sg, con
     }
 }
 
+/* minimum blocks per SM 0: none (the compiler's choice, as before) */
 template <int NB, int QP, bool DENSE>
-__global__ void __launch_bounds__(NT) attend_kernel(Geo G)
+__global__ void __launch_bounds__(NT, QP * NB <= 4 ? SKV_CU_MINB : 0) attend_kernel(Geo G)
 {
     extern __shared__ __align__(16) uint8_t smem[];
     const skv_item it = G.items[G.item0 + blockIdx.x];
@@ -469,37 +519,88 @@ __global__ void __launch_bounds__(NT) attend_kernel(Geo G)
     }
 }
 
-/* Combine the partial (m, l, acc) triples of one (layer, head, step). */
-__global__ void __launch_bounds__(128) merge_kernel(Geo G)
+/* Combine the partial (m, l, acc) triples of one (layer, head, step).  The
+ * block finds the largest m and the sum L together, turns each item's m into
+ * its weight exp(m - M) once (into shared memory, MERGE_CHUNK items at a
+ * time), and each thread sums its channels' partial accumulators with those
+ * weights.  (One thread per channel re-reading every item's m and l took
+ * about a quarter of a decode step at 32K tokens on the H200: 32 blocks,
+ * each walking ~130 items three times.) */
+#define MERGE_NT 128
+#define MERGE_CHUNK 512
+#define MERGE_CPT 8 /* channels per thread: head_dim <= 1024 */
+
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float *red)
 {
-    const uint32_t o = blockIdx.x;
+    for (int off = 16; off > 0; off >>= 1) {
+        const float o = __shfl_xor_sync(0xffffffffu, v, off);
+        v = is_max ? fmaxf(v, o) : v + o;
+    }
+    __syncthreads(); /* red is free */
+    if ((threadIdx.x & 31) == 0)
+        red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = red[0];
+    for (int w = 1; w < MERGE_NT / 32; w++)
+        v = is_max ? fmaxf(v, red[w]) : v + red[w];
+    return v;
+}
+
+__global__ void __launch_bounds__(MERGE_NT) merge_kernel(Geo G)
+{
+    __shared__ float w_s[MERGE_CHUNK];
+    __shared__ float red[MERGE_NT / 32];
+    const uint32_t o = blockIdx.x, tid = threadIdx.x;
     const uint32_t s = o % G.S, h = (o / G.S) % G.H, lrel = o / (G.S * G.H);
     const uint32_t kvh = h / G.g, slot = (h % G.g) * G.S + s;
     const uint32_t lk = (G.layer0 + lrel) * G.KV + kvh;
     const uint32_t b = G.lk_range[2 * lk] - G.item0, e = G.lk_range[2 * lk + 1] - G.item0;
     float M = -INFINITY;
-    for (uint32_t i = b; i < e; i++)
+    for (uint32_t i = b + tid; i < e; i += MERGE_NT)
         M = fmaxf(M, G.pm[(size_t)i * G.qtot + slot]);
+    M = block_reduce(M, true, red);
     float L = 0.0f;
     if (M != -INFINITY)
-        for (uint32_t i = b; i < e; i++) {
+        for (uint32_t i = b + tid; i < e; i += MERGE_NT) {
             const float m = G.pm[(size_t)i * G.qtot + slot];
             if (m != -INFINITY)
                 L += G.pl[(size_t)i * G.qtot + slot] * expf(m - M);
         }
-    for (uint32_t c = threadIdx.x; c < G.d; c += blockDim.x) {
-        float a = 0.0f;
-        if (L > 0.0f) {
-            for (uint32_t i = b; i < e; i++) {
-                const float m = G.pm[(size_t)i * G.qtot + slot];
-                if (m != -INFINITY)
-                    a += G.pacc[((size_t)i * G.qtot + slot) * G.d + c] * expf(m - M);
+    L = block_reduce(L, false, red);
+    float a[MERGE_CPT];
+#pragma unroll
+    for (int k = 0; k < MERGE_CPT; k++)
+        a[k] = 0.0f;
+    if (L > 0.0f)
+        for (uint32_t c0 = b; c0 < e; c0 += MERGE_CHUNK) {
+            const uint32_t n = min((uint32_t)MERGE_CHUNK, e - c0);
+            __syncthreads(); /* the last chunk's weights are used */
+            for (uint32_t i = tid; i < n; i += MERGE_NT) {
+                const float m = G.pm[(size_t)(c0 + i) * G.qtot + slot];
+                w_s[i] = m == -INFINITY ? 0.0f : expf(m - M);
             }
-            a /= L;
+            __syncthreads();
+#pragma unroll
+            for (int k = 0; k < MERGE_CPT; k++) {
+                const uint32_t c = tid + k * MERGE_NT;
+                if (c < G.d) {
+                    const float *p = G.pacc + ((size_t)c0 * G.qtot + slot) * G.d + c;
+                    const size_t stride = (size_t)G.qtot * G.d;
+                    float x = a[k];
+#pragma unroll 4
+                    for (uint32_t i = 0; i < n; i++)
+                        x = fmaf(p[i * stride], w_s[i], x);
+                    a[k] = x;
+                }
+            }
         }
-        G.out[(size_t)o * G.d + c] = a;
+#pragma unroll
+    for (int k = 0; k < MERGE_CPT; k++) {
+        const uint32_t c = tid + k * MERGE_NT;
+        if (c < G.d)
+            G.out[(size_t)o * G.d + c] = L > 0.0f ? a[k] / L : 0.0f;
     }
-    if (threadIdx.x == 0) {
+    if (tid == 0) {
         G.fin_m[o] = M;
         G.fin_l[o] = L;
     }
@@ -592,6 +693,38 @@ static uint32_t nb_of(uint32_t d)
     return nb <= 1 ? 1 : nb <= 2 ? 2 : 4;
 }
 
+#if SKV_CU_WAVES > 0
+static size_t smem_for(const skv_core *c, uint32_t qp);
+
+/* Items of one layer if its segments are cut every `want` tokens (rounded
+ * up to whole tiles). */
+static uint64_t items_at(const skv_seg *hs, uint32_t n_segs, uint32_t layer, uint64_t want)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < n_segs; i++)
+        if (hs[i].layer == layer && hs[i].n) {
+            uint64_t chunk = (want + hs[i].tt - 1) / hs[i].tt * hs[i].tt;
+            n += (hs[i].n + chunk - 1) / chunk;
+        }
+    return n;
+}
+
+/* The fewest tokens per item that keep a layer within `target` items. */
+static uint64_t want_for_waves(const skv_seg *hs, uint32_t n_segs, uint32_t layer,
+                               uint64_t target)
+{
+    uint64_t lo = 256, hi = 1ull << 25;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (items_at(hs, n_segs, layer, mid) <= target)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+#endif
+
 int skv_core_build(skv_core *c, skv_seg *hs, uint32_t n_segs)
 {
     const skv_cuda_shape *sh = &c->sh;
@@ -617,10 +750,35 @@ int skv_core_build(skv_core *c, skv_seg *hs, uint32_t n_segs)
         if (sb > c->stage_bytes)
             c->stage_bytes = (uint32_t)sb;
     }
-    /* items: enough blocks to hide memory latency (8 waves: 2 left the
-     * H200 at 3% of its bandwidth at 32K-128K tokens), but not below about
-     * 256 tokens each (nor below 2 waves), where the partial results to
-     * merge cost more than they save (8 waves were 1.4x slower at 4K):
+    /* whole waves: resident blocks of the kernel one decode step runs */
+    uint64_t *layer_want = NULL;
+#if SKV_CU_WAVES > 0
+    {
+        const uint32_t nb1 = nb_of(sh->head_dim), qp1 = qp_for(nb1, c->g);
+        attend_fn fn = c->dense ? pick_kernel<true>(nb1, qp1) : pick_kernel<false>(nb1, qp1);
+        const size_t smem = smem_for(c, qp1);
+        int per_sm = 0;
+        if (smem > 48 * 1024)
+            (void)cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, NT, smem) != cudaSuccess) {
+            (void)cudaGetLastError();
+            per_sm = 0;
+        }
+        const uint64_t slots = (uint64_t)nsm * (per_sm > 0 ? per_sm : 0);
+        layer_want = (uint64_t *)skv_calloc(sh->n_layers, sizeof *layer_want);
+        for (uint32_t l = 0; layer_want && slots && l < sh->n_layers; l++) {
+            uint64_t w = layer_tok[l] / 256 / slots;
+            w = w < (uint64_t)SKV_CU_WAVES ? w : (uint64_t)SKV_CU_WAVES;
+            if (w)
+                layer_want[l] = want_for_waves(hs, n_segs, l, w * slots);
+        }
+    }
+#endif
+    /* the token rule, where a layer is too short for whole waves: enough
+     * blocks to hide memory latency (8 blocks per SM: 2 left the H200 at 3%
+     * of its bandwidth at 32K-128K tokens), but not below about 256 tokens
+     * each (nor below 2 per SM), where the partial results to merge cost
+     * more than they save (8 per SM were 1.4x slower at 4K):
      * scripts/bench-gpu, one layer of 8 KV heads, head_dim 128 */
     uint64_t n_items = 0;
     for (int pass = 0; pass < 2; pass++) {
@@ -628,12 +786,14 @@ int skv_core_build(skv_core *c, skv_seg *hs, uint32_t n_segs)
         if (pass == 1) {
             if (n_items > UINT32_MAX / 2) {
                 free(layer_tok);
+                free(layer_want);
                 free(lk);
                 return skv_error(SKV_ELIMIT, "CUDA cache: too many work items");
             }
             items = (skv_item *)skv_malloc(n_items * sizeof *items + 1);
             if (!items) {
                 free(layer_tok);
+                free(layer_want);
                 free(lk);
                 return SKV_ENOMEM;
             }
@@ -645,6 +805,8 @@ int skv_core_build(skv_core *c, skv_seg *hs, uint32_t n_segs)
             nb = nb > 8 * (uint64_t)nsm ? 8 * (uint64_t)nsm : nb;
             nb = nb < 2 * (uint64_t)nsm ? 2 * (uint64_t)nsm : nb;
             uint64_t want = (lt + nb - 1) / nb;
+            if (layer_want && layer_want[s->layer])
+                want = layer_want[s->layer];
             uint64_t chunk = (want + s->tt - 1) / s->tt * s->tt;
             if (chunk < s->tt)
                 chunk = s->tt;
@@ -687,11 +849,13 @@ int skv_core_build(skv_core *c, skv_seg *hs, uint32_t n_segs)
         free(items);
         if (e != cudaSuccess) {
             free(layer_tok);
+            free(layer_want);
             free(lk);
             return skv_cu_fail(e, "work items");
         }
     }
     free(layer_tok);
+    free(layer_want);
     c->n_segs = n_segs;
     cudaError_t e = cudaMalloc((void **)&c->segs, (size_t)n_segs * sizeof *hs + 1);
     if (e == cudaSuccess)
@@ -814,7 +978,7 @@ int skv_core_launch(skv_core *c)
         /* nothing cached in these layers: every output is zero */
     }
     const uint32_t nout = c->r_nl * G.H * G.S;
-    merge_kernel<<<nout, 128>>>(G);
+    merge_kernel<<<nout, MERGE_NT>>>(G);
     SKV_CU(cudaGetLastError());
     if (c->r_mass && nitems) {
         mass_kernel<<<nitems, 128>>>(G);

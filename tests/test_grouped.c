@@ -66,6 +66,18 @@ static void attend(skv_kv_cache *c, uint32_t p0, uint32_t p1, float *out, float 
 
 static double h16(double x) { return skv_f16_to_f32(skv_f32_to_f16((float)x)); }
 
+/* The grouped cache as the method runs it: per-channel keys, K and V
+ * allocated apart, a 32-token residual; the budget given. */
+static void grouped_cfg(skv_ec_cfg *c, double budget)
+{
+    skv_ec_defaults(c);
+    c->layout = SKV_EC_GROUPED;
+    c->k_layout = SKV_EC_KEYS_CHANNEL;
+    c->kv_split = 1;
+    c->realloc = 32;
+    c->alloc.budget = budget;
+}
+
 /* Worked by hand: {0, 1, 2, 3.3} at 2 bits: minimum 0, scale 3.3/3 = 1.1,
  * which fp16 holds as 1.099609375; codes 0, 1, 2, 3. */
 START_TEST(test_quant_by_hand)
@@ -182,13 +194,8 @@ START_TEST(test_smartkv_split_budget)
     fill();
     for (int em = 0; em < 2; em++) {
         skv_ec_cfg c;
-        skv_ec_defaults(&c);
-        c.layout = SKV_EC_GROUPED;
-        c.k_layout = SKV_EC_KEYS_CHANNEL;
-        c.kv_split = 1;
+        grouped_cfg(&c, 0.3);
         c.err_model = (uint32_t)em;
-        c.realloc = 32;
-        c.alloc.budget = 0.3;
         skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
         ck_assert_msg(a != NULL, "%s", skv_errmsg());
         static float out[L_ * H_ * 32 * D_], probs[L_ * H_ * 32 * T_];
@@ -255,13 +262,8 @@ START_TEST(test_protect_bits)
 {
     fill();
     skv_ec_cfg c;
-    skv_ec_defaults(&c);
-    c.layout = SKV_EC_GROUPED;
-    c.k_layout = SKV_EC_KEYS_CHANNEL;
-    c.kv_split = 1;
-    c.realloc = 32;
+    grouped_cfg(&c, 0.3);
     c.protect_bits = 8;
-    c.alloc.budget = 0.3;
     skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
     ck_assert_msg(a != NULL, "%s", skv_errmsg());
     enum { N = 20 };
@@ -456,15 +458,10 @@ START_TEST(test_simd_same_run)
     static float out[2][L_ * H_ * 32 * D_], probs[2][L_ * H_ * 32 * T_];
     for (int ev = 0; ev < 2; ev++) {
         skv_ec_cfg c;
-        skv_ec_defaults(&c);
-        c.layout = SKV_EC_GROUPED;
-        c.k_layout = SKV_EC_KEYS_CHANNEL;
+        grouped_cfg(&c, ev ? 0.15 : 0.25);
         c.rotate = c.rotate_values = 1;
-        c.kv_split = 1;
         c.param_bits = 8;
         c.protect_bits = 8;
-        c.realloc = 32;
-        c.alloc.budget = ev ? 0.15 : 0.25;
         c.alloc.width_mask = (ev ? 1u : 0u) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) |
                              (1u << 16);
         skv_kv_cache *a[2];
@@ -496,13 +493,8 @@ START_TEST(test_evict)
 {
     fill();
     skv_ec_cfg c;
-    skv_ec_defaults(&c);
-    c.layout = SKV_EC_GROUPED;
-    c.k_layout = SKV_EC_KEYS_CHANNEL;
-    c.kv_split = 1;
-    c.realloc = 32;
+    grouped_cfg(&c, 0.12);
     c.protect_bits = 8;
-    c.alloc.budget = 0.12;
     c.alloc.width_mask = (1u << 0) | (1u << 2) | (1u << 4) | (1u << 8) | (1u << 16);
     skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
     ck_assert_msg(a != NULL, "%s", skv_errmsg());
@@ -593,14 +585,9 @@ START_TEST(test_replan)
     fill();
     for (uint32_t kp = 1; kp <= 2; kp++) {
         skv_ec_cfg c;
-        skv_ec_defaults(&c);
-        c.layout = SKV_EC_GROUPED;
-        c.k_layout = SKV_EC_KEYS_CHANNEL;
-        c.kv_split = 1;
-        c.realloc = 32;
+        grouped_cfg(&c, 0.12);
         c.protect_bits = 8;
         c.replan = kp;
-        c.alloc.budget = 0.12;
         c.alloc.width_mask = (1u << 0) | (1u << 2) | (1u << 4) | (1u << 8) | (1u << 16);
         skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
         ck_assert_msg(a != NULL, "%s", skv_errmsg());

@@ -575,8 +575,18 @@ int skv_importance_layer(const skv_imp_cfg *c, const skv_trace_hdr *h, const skv
         ws[i].ent = skv_calloc(n_kv, sizeof(double));
         ws[i].ent_n = skv_calloc(n_kv, sizeof(double));
         if (!ws[i].qb || !ws[i].s || !ws[i].col || !ws[i].coef || !ws[i].zinv || !ws[i].out || !ws[i].acc ||
-            !ws[i].ent || !ws[i].ent_n)
-            goto out;
+            !ws[i].ent || !ws[i].ent_n) {
+            /* under a memory cap, fewer threads rather than none: each
+             * holds a row block's scores over the layer, so on a 16-core
+             * machine the scratch alone passed a cap that 2 threads meet */
+            if (i == 0 || !skv_get_max_mem())
+                goto out;
+            ws_free(&ws[i]);
+            memset(&ws[i], 0, sizeof ws[i]);
+            nt = i;
+            skv_error_clear();
+            break;
+        }
     }
     uint32_t started = 1;
     for (uint32_t i = 1; i < nt; i++) {

@@ -59,6 +59,10 @@ check "skv-stats mem (a cache with its queries) within 4 layers: the total is th
         awk '{ ok = \$1 == \$2 && \$1 > 0 } END { exit !ok }'"
 run skv-alloc -q -b 0.25 t.skv -o a1.skv
 check "skv-alloc within 4 layers: the same allocation" sh -c "[ $rc = 0 ] && cmp a.skv a1.skv"
+# 16 threads' scores scratch alone passes the cap (as on a 16-core machine):
+# fewer threads run, the allocation is the same
+run skv-alloc -q -@ 16 -b 0.25 t.skv -o a2.skv
+check "skv-alloc -@ 16 within 4 layers: fewer threads, the same allocation" sh -c "[ $rc = 0 ] && cmp a.skv a2.skv"
 run skv-trace info t.skv
 expect_rc 0 "skv-trace info within 4 layers"
 # the cap is real: a tool that must hold more fails, saying why
