@@ -693,9 +693,28 @@ static uint32_t nb_of(uint32_t d)
     return nb <= 1 ? 1 : nb <= 2 ? 2 : 4;
 }
 
-#if SKV_CU_WAVES > 0
-static size_t smem_for(const skv_core *c, uint32_t qp);
+static size_t smem_for(const skv_core *c, uint32_t qp)
+{
+    const uint32_t dpad = nblk_of(c->sh.head_dim) * 8;
+    size_t head = skv_a16((uint64_t)(qp * dpad + qp * SKV_TT_MAX + 4 * qp) * 4);
+    size_t stage = 2 * (size_t)c->stage_bytes;
+    size_t red = (size_t)NWARP * qp * dpad * 4;
+    return head + (stage > red ? stage : red);
+}
 
+/* The attention kernel for qp queries a pass, and the dynamic shared memory
+ * it needs (allowed past the 48 KiB default where it needs more). */
+static cudaError_t attend_kernel_for(const skv_core *c, uint32_t qp, attend_fn *fn, size_t *smem)
+{
+    const uint32_t nb = nb_of(c->sh.head_dim);
+    *smem = smem_for(c, qp);
+    *fn = c->dense ? pick_kernel<true>(nb, qp) : pick_kernel<false>(nb, qp);
+    if (*smem <= 48 * 1024)
+        return cudaSuccess;
+    return cudaFuncSetAttribute(*fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)*smem);
+}
+
+#if SKV_CU_WAVES > 0
 /* Items of one layer if its segments are cut every `want` tokens (rounded
  * up to whole tiles). */
 static uint64_t items_at(const skv_seg *hs, uint32_t n_segs, uint32_t layer, uint64_t want)
@@ -754,13 +773,11 @@ int skv_core_build(skv_core *c, skv_seg *hs, uint32_t n_segs)
     uint64_t *layer_want = NULL;
 #if SKV_CU_WAVES > 0
     {
-        const uint32_t nb1 = nb_of(sh->head_dim), qp1 = qp_for(nb1, c->g);
-        attend_fn fn = c->dense ? pick_kernel<true>(nb1, qp1) : pick_kernel<false>(nb1, qp1);
-        const size_t smem = smem_for(c, qp1);
+        attend_fn fn;
+        size_t smem;
         int per_sm = 0;
-        if (smem > 48 * 1024)
-            (void)cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, NT, smem) != cudaSuccess) {
+        if (attend_kernel_for(c, qp_for(nb_of(sh->head_dim), c->g), &fn, &smem) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, NT, smem) != cudaSuccess) {
             (void)cudaGetLastError();
             per_sm = 0;
         }
@@ -911,15 +928,6 @@ static int grow(void **p, size_t *cap, size_t n)
     return 0;
 }
 
-static size_t smem_for(const skv_core *c, uint32_t qp)
-{
-    const uint32_t dpad = nblk_of(c->sh.head_dim) * 8;
-    size_t head = skv_a16((uint64_t)(qp * dpad + qp * SKV_TT_MAX + 4 * qp) * 4);
-    size_t stage = 2 * (size_t)c->stage_bytes;
-    size_t red = (size_t)NWARP * qp * dpad * 4;
-    return head + (stage > red ? stage : red);
-}
-
 static Geo geo_of(const skv_core *c)
 {
     Geo G;
@@ -962,10 +970,9 @@ int skv_core_launch(skv_core *c)
     const uint32_t nitems = c->layer_item0[c->r_layer0 + c->r_nl] - G.item0;
     const uint32_t nb = nb_of(G.d), qp = qp_for(nb, G.qtot);
     const uint32_t npass = (G.qtot + qp - 1) / qp;
-    const size_t smem = smem_for(c, qp);
-    attend_fn fn = c->dense ? pick_kernel<true>(nb, qp) : pick_kernel<false>(nb, qp);
-    if (smem > 48 * 1024)
-        SKV_CU(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attend_fn fn;
+    size_t smem;
+    SKV_CU(attend_kernel_for(c, qp, &fn, &smem));
     if (c->r_mass) {
         SKV_CU(cudaMemsetAsync(c->mass, 0,
                                (size_t)c->r_nl * G.KV * G.S * G.n_tokens * sizeof(float)));
