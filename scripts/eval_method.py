@@ -92,8 +92,8 @@ ABL = [
     ("recency prior of mass 1 added to the importance (H2O's recent window as a prior)", "0.3",
      " R=32 kch+rot vrot kv rec=1 protect=8 p8"),
     ("eviction on (widths 0..16)", "0.3", W0 + M),
-    ("held rows re-planned at every 4th flush only (--replan 4)", "0.2", W0 + M + " replan=4"),
-    ("held rows re-planned at every 4th flush only (--replan 4)", "0.3", " R=32" + M + " replan=4"),
+    ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.2", W0 + M + " replan=4"),
+    ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.3", " R=32" + M + " replan=4"),
     ("the previous stop's method (no rotation, fp16 parameters)", "0.2", W0 + " kch kv protect=8"),
     ("the previous stop's method (no rotation, fp16 parameters)", "0.3", " R=32 kch kv protect=8"),
 ]

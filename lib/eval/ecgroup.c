@@ -429,8 +429,9 @@ static void value_grid(const ecg *e, const gh *H, uint64_t t0, const float *x, u
 /* Value rows of tokens [t0, t0 + m) of H (8-bit parameters: on the grids
  * of their residual blocks).  With rotate_values, src is in the model's
  * basis, or already rotated if pre (the damage model rotates a row once for
- * every width it tries).  gz, grange: the rows' value_grid (pre only), or
- * NULL to find them. */
+ * every width it tries), and so is dst (the damage model's squared errors
+ * need no rotation back: the rotation keeps distances).  gz, grange: the
+ * rows' value_grid (pre only), or NULL to find them. */
 static void quant_values_pre(const ecg *e, const gh *H, uint64_t t0, const float *src, float *dst,
                              uint32_t m, uint32_t bits, int pre, const float *gz,
                              const float *grange)
@@ -463,7 +464,7 @@ static void quant_values_pre(const ecg *e, const gh *H, uint64_t t0, const float
                 skv_ecg_quant_span(rs + j * g, rq + j * g, g, 1, bits);
             }
         }
-        if (e->cfg.rotate_values)
+        if (e->cfg.rotate_values && !pre)
             unrotate(H, rq, dst + (size_t)t * d, d);
         else
             memcpy(dst + (size_t)t * d, rq, d * sizeof(float));
@@ -1118,16 +1119,16 @@ static hent hpop(hent *h, size_t *n)
     return top;
 }
 
-/* Best upgrade of item it from its selection within `room` bytes:
- * the largest damage saved per byte.  0 if none. */
-static int best_step(const ecg *e, const item *it, uint64_t room, hent *out, uint32_t idx)
+/* Best upgrade of an item from width index sel within `room` bytes: the
+ * largest damage saved per byte (ties: the narrower width).  -1 if none. */
+static int next_step(const ecg *e, const item *it, int sel, uint64_t room, double *ratio)
 {
     double best = 0;
     int bj = -1;
-    for (int j = it->sel + 1; j <= it->cap; j++) {
+    for (int j = sel + 1; j <= it->cap; j++) {
         if (!(e->wmask & (1u << j)))
             continue;
-        double db = (double)it->b[j] - it->b[it->sel], de = (double)it->e[it->sel] - it->e[j];
+        double db = (double)it->b[j] - it->b[sel], de = (double)it->e[sel] - it->e[j];
         if (db <= 0 || db > (double)room || de <= 0)
             continue;
         if (de / db > best) {
@@ -1135,12 +1136,124 @@ static int best_step(const ecg *e, const item *it, uint64_t room, hent *out, uin
             bj = j;
         }
     }
-    if (bj < 0)
+    *ratio = best;
+    return bj;
+}
+
+static int best_step(const ecg *e, const item *it, uint64_t room, hent *out, uint32_t idx)
+{
+    double r;
+    int j = next_step(e, it, it->sel, room, &r);
+    if (j < 0)
         return 0;
-    out->r = best;
+    out->r = r;
     out->i = idx;
-    out->j = (uint8_t)bj;
+    out->j = (uint8_t)j;
     return 1;
+}
+
+/* Sorts n keys by their high 32 bits, descending, stable (three 11-bit
+ * LSD passes); tmp holds n.  Returns the array that holds the result. */
+static uint64_t *radix_desc(uint64_t *a, uint64_t *tmp, size_t n)
+{
+    for (int sh = 32; sh < 64; sh += 11) {
+        size_t cnt[2048] = {0}, sum = 0;
+        for (size_t i = 0; i < n; i++)
+            cnt[(~a[i] >> sh) & 2047]++;
+        for (size_t k = 0; k < 2048; k++) {
+            size_t c = cnt[k];
+            cnt[k] = sum;
+            sum += c;
+        }
+        for (size_t i = 0; i < n; i++)
+            tmp[cnt[(~a[i] >> sh) & 2047]++] = a[i];
+        uint64_t *t = a;
+        a = tmp;
+        tmp = t;
+    }
+    return a;
+}
+
+/* The greedy solver: from every item's starting width, spend the bytes
+ * above `cur` up to `limit` on the upgrades that save the most damage per
+ * byte.  Each item's upgrades follow its convex hull (bytes, damage), whose
+ * ratios never rise, so all items' steps are sorted once (a radix sort of
+ * float ratios: a heap of every item was 40% of a plan) and taken in that
+ * order while they fit.  A step that does not fit blocks its item; the
+ * blocked items then take the best steps that fit what is left, by a heap
+ * as before, which only holds the few with a step that small. */
+static int solve(ecg *e, uint64_t cur, uint64_t limit)
+{
+    if (e->n_it >= 1u << 29)
+        return skv_error(SKV_ENOMEM, "kv cache: %zu items to plan, beyond 2^29", e->n_it);
+    size_t ns = 0;  /* at most one step per allowed width above the start */
+    for (size_t i = 0; i < e->n_it; i++) {
+        const item *it = &e->it[i];
+        if (it->cap > it->sel)
+            ns += (size_t)__builtin_popcount(e->wmask & ((2u << it->cap) - (2u << it->sel)));
+    }
+    uint64_t *key = skv_malloc((ns ? ns : 1) * 2 * sizeof *key);
+    uint8_t *blk = skv_calloc(e->n_it ? e->n_it : 1, 1);
+    if (!key || !blk) {
+        free(key);
+        free(blk);
+        return SKV_ENOMEM;
+    }
+    /* key: the ratio's float bits (positive floats order as their bits),
+     * the step's width index (3 bits) and the item's (29) */
+    ns = 0;
+    for (size_t i = 0; i < e->n_it; i++) {
+        double r;
+        for (int s = e->it[i].sel; (s = next_step(e, &e->it[i], s, UINT64_MAX, &r)) >= 0;) {
+            float f = (float)r;
+            uint32_t u;
+            memcpy(&u, &f, sizeof u);
+            key[ns++] = (uint64_t)u << 32 | (uint32_t)s << 29 | (uint32_t)i;
+        }
+    }
+    const uint64_t *srt = radix_desc(key, key + ns, ns);
+    size_t nb = 0;
+    for (size_t k = 0; k < ns; k++) {
+        uint32_t i = (uint32_t)srt[k] & ((1u << 29) - 1), j = (uint32_t)srt[k] >> 29 & 7;
+        item *it = &e->it[i];
+        if (blk[i])
+            continue;
+        uint64_t db = it->b[j] - it->b[it->sel];
+        if (cur + db <= limit) {
+            cur += db;
+            it->sel = (uint8_t)j;
+        } else {
+            blk[i] = 1;
+            nb++;
+        }
+    }
+    free(key);
+    hent *hp = nb ? skv_malloc(nb * sizeof *hp) : NULL;
+    if (nb && !hp) {
+        free(blk);
+        return SKV_ENOMEM;
+    }
+    size_t nh = 0;
+    for (size_t i = 0; nb && i < e->n_it; i++) {
+        hent x;
+        if (blk[i] && best_step(e, &e->it[i], limit - cur, &x, (uint32_t)i))
+            hpush(hp, &nh, x);
+    }
+    free(blk);
+    while (nh) {
+        hent x = hpop(hp, &nh);
+        item *it = &e->it[x.i];
+        uint64_t db = it->b[x.j] - it->b[it->sel];
+        if (cur + db <= limit) {
+            cur += db;
+            it->sel = x.j;
+        }
+        hent y;
+        if (best_step(e, it, limit - cur, &y, x.i))
+            hpush(hp, &nh, y);
+    }
+    free(hp);
+    return 0;
 }
 
 static int grow_items(ecg *e, size_t n)
@@ -1207,10 +1320,16 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         return 0;
     uint64_t t_start = now_ns();
     int rc;
-    /* a full plan re-weighs every held row; between full plans only the
-     * groups leaving the residual are placed (the first flush is full) */
+    /* replan K: each flush re-weighs the held key groups g with g % K ==
+     * flush % K (and their tokens' values) beside the groups leaving the
+     * residual; the others keep their widths.  Every held row is re-planned
+     * at every K-th flush, and each flush costs 1/K of a full plan.  (All
+     * held rows at once at every K-th flush, and none between, starved the
+     * groups placed between, which found the budget spent: KL 1.2-1.8x
+     * this one's at the same K.)  The first flush is full. */
     const uint64_t flush = e->n_flush++;
-    const int full = e->cfg.replan <= 1 || old == 0 || flush % e->cfg.replan == 0;
+    const uint32_t RP = e->cfg.replan > 1 ? e->cfg.replan : 1;
+    const int full = RP == 1 || old == 0;
     rlv_fold(e);
     const int joint = !e->cfg.kv_split;
     if (e->PQ == 8) { /* the value grids of the blocks leaving the residual */
@@ -1250,8 +1369,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             uint64_t lo = t0 > s ? t0 : s, hi = t0 + e->KT;
             if (lo >= hi)
                 continue;
-            if (lo < old && !full)
-                continue;   /* held rows keep their widths until the next full plan */
+            if (lo < old && !full && (t0 / e->KT) % RP != flush % RP)
+                continue;   /* not this flush's slice: keeps its widths */
             if (lo < old) {
                 /* a held group whose tokens are all evicted has nothing left */
                 const gh *H = &e->heads[u];
@@ -1318,7 +1437,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         if (it->unit != last_unit) {
             last_unit = it->unit;
             memset(vbar, 0, sizeof vbar);
-            skv_ecq_colmean(H->v, T, d, vbar);
+            if (e->evict || !lanes)     /* the eviction's damage, the logit model's */
+                skv_ecq_colmean(H->v, T, d, vbar);
             memset(q2, 0, sizeof q2);
             if (e->q2)
                 for (uint32_t g = 0; g < G; g++)
@@ -1422,8 +1542,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                 if (it->kind != 0)
                     /* evicted: its attention mass goes to the others, the
                      * output moves toward their mean */
-                    dmg += val_damage(e, V + (size_t)r * d,
-                                      bits ? buf + (size_t)(e->KT + r) * d : vbar, w);
+                    dmg += bits ? val_damage(e, VQ + (size_t)r * d, buf + (size_t)(e->KT + r) * d, w)
+                                : val_damage(e, V + (size_t)r * d, vbar, w);
             }
             it->e[j] = (float)dmg;
         }
@@ -1439,8 +1559,9 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                     pb[np++] = kq + (size_t)r * d;
                 }
                 if (it->kind != 0) {  /* evicted: the output moves toward vbar */
-                    pa[np] = V + (size_t)r * d;
-                    pb[np++] = ecg_widths[js[u]] ? vq + (size_t)r * d : vbar;
+                    int ev0 = !ecg_widths[js[u]];
+                    pa[np] = (ev0 ? V : VQ) + (size_t)r * d;
+                    pb[np++] = ev0 ? vbar : vq + (size_t)r * d;
                 }
             }
         }
@@ -1502,32 +1623,12 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         e->st.n_budget_raised++;
     uint64_t cur = base;
     if (!e->fixed && e->cfg.alloc.budget < 1) {
-        hent *hp = skv_malloc((e->n_it + 1) * sizeof *hp);
-        if (!hp) {
+        if ((rc = solve(e, cur, limit)) < 0) {
             free(buf);
             free(wr);
             free(idx);
-            return SKV_ENOMEM;
+            return rc;
         }
-        size_t nh = 0;
-        for (size_t i = 0; i < e->n_it; i++) {
-            hent x;
-            if (best_step(e, &e->it[i], limit - cur, &x, (uint32_t)i))
-                hpush(hp, &nh, x);
-        }
-        while (nh) {
-            hent x = hpop(hp, &nh);
-            item *it = &e->it[x.i];
-            uint64_t db = it->b[x.j] - it->b[it->sel];
-            if (cur + db <= limit) {
-                cur += db;
-                it->sel = x.j;
-            }
-            hent y;
-            if (best_step(e, it, limit - cur, &y, x.i))
-                hpush(hp, &nh, y);
-        }
-        free(hp);
     } else if (!e->fixed) {
         for (size_t i = 0; i < e->n_it; i++)
             e->it[i].sel = e->it[i].cap;

@@ -143,10 +143,11 @@ typedef struct skv_ec_cfg {
     const struct skv_rlv_model *rlv;  /* ATSKV: relevance weights (skv-alloc train) */
     uint32_t active_bits;   /* ATSKV: active rows quantized per token at 4 or 8 bits (groups
                                of 32 channels, fp16 scale and minimum); 0 or 16: fp16 */
-    uint32_t replan;        /* grouped: every held row re-planned at every replan-th
-                               residual flush; between them only the groups leaving the
-                               residual are placed, in the bytes the budget leaves beside
-                               the held rows (0 or 1: every flush) */
+    uint32_t replan;        /* grouped: each held row re-planned at every replan-th
+                               residual flush: at flush f the held key groups g with
+                               g % replan == f % replan (and their tokens' values), beside
+                               the groups leaving the residual; the others keep their
+                               widths (0 or 1: every held row at every flush) */
     const char *offload;    /* ATSKV: the passive tier in this file instead of host memory
                                (created, refused if it exists; closed and removed with the
                                cache); NULL: host memory */
