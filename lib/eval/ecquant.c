@@ -68,12 +68,12 @@ void skv_ecq_sqerr_ref(const float *const *a, const float *const *b, uint32_t n,
                        double *out)
 {
     for (uint32_t i = 0; i < n; i++) {
-        double s = 0;
+        double s[4] = {0, 0, 0, 0};     /* four partial sums: the AVX2 lanes */
         for (uint32_t j = 0; j < d; j++) {
             double x = (double)a[i][j] - b[i][j];
-            s += x * x;
+            s[j % 4] += x * x;
         }
-        out[i] = s;
+        out[i] = (s[0] + s[1]) + (s[2] + s[3]);
     }
 }
 
@@ -187,46 +187,54 @@ ECQ_AVX2 static void quant_cols_avx2(const float *x, float *y, uint32_t m, uint3
 /* Four pairs at a time, one per double lane: four floats of each row,
  * transposed, so lane i adds row i's terms in the loop's order (the
  * float to double conversions are exact; a multiply, then an add). */
+/* Each row's squared differences in four double lanes (j % 4), summed as
+ * (0 + 1) + (2 + 3): the reference's order.  Four rows side by side keep
+ * the adds independent. */
+ECQ_AVX2 static double sum4(__m256d s)
+{
+    double l[4];
+    _mm256_storeu_pd(l, s);
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
 ECQ_AVX2 static void sqerr_avx2(const float *const *a, const float *const *b, uint32_t n,
                                 uint32_t d, double *out)
 {
-    uint32_t i = 0;
-    if (d % 4 == 0)
-        for (; i + 4 <= n; i += 4) {
-            __m256d s = _mm256_setzero_pd();
-            for (uint32_t j = 0; j < d; j += 4) {
-                __m128 a0 = _mm_loadu_ps(a[i] + j), a1 = _mm_loadu_ps(a[i + 1] + j),
-                       a2 = _mm_loadu_ps(a[i + 2] + j), a3 = _mm_loadu_ps(a[i + 3] + j);
-                __m128 b0 = _mm_loadu_ps(b[i] + j), b1 = _mm_loadu_ps(b[i + 1] + j),
-                       b2 = _mm_loadu_ps(b[i + 2] + j), b3 = _mm_loadu_ps(b[i + 3] + j);
-                _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
-                _MM_TRANSPOSE4_PS(b0, b1, b2, b3);
-                __m256d x;
-                x = _mm256_sub_pd(_mm256_cvtps_pd(a0), _mm256_cvtps_pd(b0));
-                s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
-                x = _mm256_sub_pd(_mm256_cvtps_pd(a1), _mm256_cvtps_pd(b1));
-                s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
-                x = _mm256_sub_pd(_mm256_cvtps_pd(a2), _mm256_cvtps_pd(b2));
-                s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
-                x = _mm256_sub_pd(_mm256_cvtps_pd(a3), _mm256_cvtps_pd(b3));
-                s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
-            }
-            _mm256_storeu_pd(out + i, s);
-        }
-    if (i < n && d % 4 == 0 && n - i < 4) {  /* a last 1-3 pairs, padded with the last */
-        const float *pa[4], *pb[4];
-        double o[4];
-        for (uint32_t k = 0; k < 4; k++) {
-            pa[k] = a[i + k < n ? i + k : n - 1];
-            pb[k] = b[i + k < n ? i + k : n - 1];
-        }
-        sqerr_avx2(pa, pb, 4, d, o);
-        for (uint32_t k = 0; i + k < n; k++)
-            out[i + k] = o[k];
+    if (d % 4) {
+        skv_ecq_sqerr_ref(a, b, n, d, out);
         return;
     }
-    if (i < n)
-        skv_ecq_sqerr_ref(a + i, b + i, n - i, d, out + i);
+    uint32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0, x;
+        for (uint32_t j = 0; j < d; j += 4) {
+            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i] + j)),
+                              _mm256_cvtps_pd(_mm_loadu_ps(b[i] + j)));
+            s0 = _mm256_add_pd(s0, _mm256_mul_pd(x, x));
+            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i + 1] + j)),
+                              _mm256_cvtps_pd(_mm_loadu_ps(b[i + 1] + j)));
+            s1 = _mm256_add_pd(s1, _mm256_mul_pd(x, x));
+            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i + 2] + j)),
+                              _mm256_cvtps_pd(_mm_loadu_ps(b[i + 2] + j)));
+            s2 = _mm256_add_pd(s2, _mm256_mul_pd(x, x));
+            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i + 3] + j)),
+                              _mm256_cvtps_pd(_mm_loadu_ps(b[i + 3] + j)));
+            s3 = _mm256_add_pd(s3, _mm256_mul_pd(x, x));
+        }
+        out[i] = sum4(s0);
+        out[i + 1] = sum4(s1);
+        out[i + 2] = sum4(s2);
+        out[i + 3] = sum4(s3);
+    }
+    for (; i < n; i++) {
+        __m256d s = _mm256_setzero_pd(), x;
+        for (uint32_t j = 0; j < d; j += 4) {
+            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i] + j)),
+                              _mm256_cvtps_pd(_mm_loadu_ps(b[i] + j)));
+            s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
+        }
+        out[i] = sum4(s);
+    }
 }
 ECQ_AVX2 static void colmean_avx2(const float *x, uint64_t T, uint32_t d, float *out)
 {

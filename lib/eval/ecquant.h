@@ -31,9 +31,10 @@ void skv_ecq_quant_cols(const float *x, float *y, uint32_t m, uint32_t d, const 
 void skv_ecq_quant_cols_ref(const float *x, float *y, uint32_t m, uint32_t d, const float *z,
                             const float *s, float qmax);
 
-/* out[i] = the sum over j < d, in order, of ((double)a[i][j] - b[i][j])^2,
- * for n pairs of rows (the damage model's squared errors).  The AVX2 copy
- * runs four sums side by side, each in the loop's order. */
+/* out[i] = the sum over j < d of ((double)a[i][j] - b[i][j])^2, for n
+ * pairs of rows (the damage model's squared errors): four partial sums by
+ * j % 4, in order, then (s0 + s1) + (s2 + s3), the order of the AVX2
+ * copy's four lanes. */
 void skv_ecq_sqerr(const float *const *a, const float *const *b, uint32_t n, uint32_t d,
                    double *out);
 void skv_ecq_sqerr_ref(const float *const *a, const float *const *b, uint32_t n, uint32_t d,
