@@ -4,7 +4,8 @@
  * widths, the rotation leaving attention unchanged, protected rows at 8
  * bits against a float64 reference, eviction (width 0) by value items, and
  * the quantizer loops' AVX2 copies giving the references' bits, alone and
- * in a whole run of the method; replan K's rolling slices. */
+ * in a whole run of the method; replan K's rolling slices; the plan's
+ * solver against its reference (a heap). */
 #include "smartkv.h"
 #include "../lib/eval/ecgroup.h"
 #include "../lib/eval/ecquant.h"
@@ -548,6 +549,104 @@ START_TEST(test_evict)
 }
 END_TEST
 
+/* The plan's solver: the sorted walk takes the same steps as the reference
+ * greedy (a heap of every item) on random items, with budgets from none to
+ * more than every item's cap, over the width ladders the method uses, and
+ * items whose damage is not convex in bytes (steps skip widths); with many
+ * equal items (ties, taken in another order) the same total bytes and
+ * damage. */
+static uint64_t sv_rng = 88172645463325252ull;
+static uint32_t sv_rand(uint32_t n)
+{
+    sv_rng ^= sv_rng << 13;
+    sv_rng ^= sv_rng >> 7;
+    sv_rng ^= sv_rng << 17;
+    return (uint32_t)(sv_rng % n);
+}
+
+#define SV_N 400
+static void sv_totals(const float *dmg, const uint32_t *b, const uint8_t *sel, double *e,
+                      uint64_t *by)
+{
+    *e = 0;
+    *by = 0;
+    for (uint32_t i = 0; i < SV_N; i++) {
+        *e += dmg[i * 6 + sel[i]];
+        *by += b[i * 6 + sel[i]];
+    }
+}
+
+START_TEST(test_solver_same_steps)
+{
+    static const uint32_t masks[] = {0x3f, 0x3e, 0x3c, 0x38, 0x3b};
+    static float dmg[SV_N * 6];
+    static uint32_t b[SV_N * 6];
+    static uint8_t cap[SV_N], s0[SV_N], s1[SV_N], st[SV_N];
+    uint32_t runs = 0, moved = 0;
+    for (int ties = 0; ties < 2; ties++)
+        for (uint32_t mi = 0; mi < sizeof masks / sizeof *masks; mi++) {
+            uint32_t wm = masks[mi];
+            int lo = __builtin_ctz(wm);
+            for (uint32_t i = 0; i < SV_N; i++) {
+                uint32_t src = ties ? i % 7 : i;    /* ties: seven distinct items */
+                if (ties && src != i) {
+                    memcpy(dmg + i * 6, dmg + src * 6, 6 * sizeof *dmg);
+                    memcpy(b + i * 6, b + src * 6, 6 * sizeof *b);
+                    cap[i] = cap[src];
+                    st[i] = st[src];
+                    continue;
+                }
+                cap[i] = (uint8_t)(lo + sv_rand(6 - (uint32_t)lo));
+                b[i * 6] = sv_rand(3) ? 0 : 8;
+                for (int w = 1; w < 6; w++)
+                    b[i * 6 + w] = b[i * 6 + w - 1] + 1 + sv_rand(300);
+                /* damage falls with width, unevenly: some middle widths
+                 * are never on the hull */
+                dmg[i * 6 + 5] = 0;
+                for (int w = 4; w >= 0; w--)
+                    dmg[i * 6 + w] = dmg[i * 6 + w + 1] +
+                                     (float)(sv_rand(1000) + 1) * (float)(1 + sv_rand(50));
+                for (int w = cap[i]; w < 6; w++)
+                    dmg[i * 6 + w] = 0;
+                st[i] = (uint8_t)lo;
+            }
+            uint64_t base = 0, top = 0;
+            for (uint32_t i = 0; i < SV_N; i++) {
+                base += b[i * 6 + st[i]];
+                top += b[i * 6 + cap[i]];
+            }
+            static const double frac[] = {0, 0.001, 0.05, 0.3, 0.5, 0.77, 0.99, 1, 1.5};
+            for (uint32_t f = 0; f < sizeof frac / sizeof *frac; f++) {
+                uint64_t limit = base + (uint64_t)(frac[f] * (double)(top - base));
+                memcpy(s0, st, SV_N);
+                memcpy(s1, st, SV_N);
+                ck_assert_int_eq(skv_ecg_solve_items(SV_N, dmg, b, cap, s0, wm, base, limit, 1), 0);
+                ck_assert_int_eq(skv_ecg_solve_items(SV_N, dmg, b, cap, s1, wm, base, limit, 0), 0);
+                double e0, e1;
+                uint64_t b0, b1;
+                sv_totals(dmg, b, s0, &e0, &b0);
+                sv_totals(dmg, b, s1, &e1, &b1);
+                ck_assert_msg(b1 <= limit || b1 == base, "mask %#x budget %g: %llu bytes over %llu",
+                              wm, frac[f], (unsigned long long)b1, (unsigned long long)limit);
+                if (ties) {
+                    ck_assert_msg(b0 == b1 && e0 == e1, "ties, mask %#x budget %g: %llu bytes, "
+                                  "damage %g against the reference's %llu, %g", wm, frac[f],
+                                  (unsigned long long)b1, e1, (unsigned long long)b0, e0);
+                } else {
+                    for (uint32_t i = 0; i < SV_N; i++)
+                        ck_assert_msg(s0[i] == s1[i], "mask %#x budget %g: item %u at width "
+                                      "index %u, the reference's %u", wm, frac[f], i, s1[i], s0[i]);
+                }
+                for (uint32_t i = 0; i < SV_N; i++)
+                    moved += s1[i] != st[i];
+                runs++;
+            }
+        }
+    ck_assert_uint_eq(runs, 2 * 5 * 9);
+    ck_assert_uint_gt(moved, 0);
+}
+END_TEST
+
 /* replan K: at flush f only the held key groups g with g % K == f % K (and
  * their tokens' values) may move beside the groups leaving the residual;
  * the re-planned ones still move (here: evict them), and the budget holds. */
@@ -626,6 +725,7 @@ int main(void)
     tcase_add_test(tc, test_protect_bits);
     tcase_add_test(tc, test_evict);
     tcase_add_test(tc, test_replan);
+    tcase_add_test(tc, test_solver_same_steps);
     tcase_add_test(tc, test_param_bits);
     tcase_add_test(tc, test_quant_loops_same_bits);
     tcase_add_test(tc, test_simd_same_run);

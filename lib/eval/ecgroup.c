@@ -1174,36 +1174,82 @@ static uint64_t *radix_desc(uint64_t *a, uint64_t *tmp, size_t n)
     return a;
 }
 
-/* The greedy solver: from every item's starting width, spend the bytes
- * above `cur` up to `limit` on the upgrades that save the most damage per
- * byte.  Each item's upgrades follow its convex hull (bytes, damage), whose
- * ratios never rise, so all items' steps are sorted once (a radix sort of
- * float ratios: a heap of every item was 40% of a plan) and taken in that
- * order while they fit.  A step that does not fit blocks its item; the
- * blocked items then take the best steps that fit what is left, by a heap
- * as before, which only holds the few with a step that small. */
+/* Pops the best step: taken if it still fits, then the item's next best
+ * step within the bytes left is pushed. */
+static void heap_take(ecg *e, hent *hp, size_t *nh, uint64_t *cur, uint64_t limit)
+{
+    hent x = hpop(hp, nh);
+    item *it = &e->it[x.i];
+    uint64_t db = it->b[x.j] - it->b[it->sel];
+    if (*cur + db <= limit) {
+        *cur += db;
+        it->sel = x.j;
+    }
+    hent y;
+    if (best_step(e, it, limit - *cur, &y, x.i))
+        hpush(hp, nh, y);
+}
+
+/* The greedy solver, by its reference: from every item's starting width,
+ * spend the bytes above `cur` up to `limit` on the upgrades that save the
+ * most damage per byte.  A heap holds each item's best step within the
+ * room left when it was pushed; a popped step is taken if it still fits,
+ * and the item's next best step is pushed. */
+static int solve_heap(ecg *e, uint64_t cur, uint64_t limit)
+{
+    hent *hp = skv_malloc((e->n_it + 1) * sizeof *hp);
+    if (!hp)
+        return SKV_ENOMEM;
+    size_t nh = 0;
+    for (size_t i = 0; i < e->n_it; i++) {
+        hent x;
+        if (best_step(e, &e->it[i], limit - cur, &x, (uint32_t)i))
+            hpush(hp, &nh, x);
+    }
+    while (nh)
+        heap_take(e, hp, &nh, &cur, limit);
+    free(hp);
+    return 0;
+}
+
+/* The same steps as solve_heap (up to ties, and ratios that round to the
+ * same float), without a heap of every item, which was 40% of a plan in
+ * cache misses.  Without a room limit an item's best steps walk the upper
+ * convex hull of its (bytes, damage) points, whose ratios never rise, so
+ * all items' hull steps are sorted once (a radix sort of float ratios) and
+ * walked in that order: a hull step is the reference's heap entry as long
+ * as it fitted the room left when that entry was pushed.  When it did not,
+ * or when it no longer fits, the item's best step within the room goes to
+ * a small heap, merged with the sorted steps by ratio, and the item leaves
+ * the sorted walk. */
 static int solve(ecg *e, uint64_t cur, uint64_t limit)
 {
-    if (e->n_it >= 1u << 29)
-        return skv_error(SKV_ENOMEM, "kv cache: %zu items to plan, beyond 2^29", e->n_it);
+    const size_t n = e->n_it;
+    if (n >= 1u << 29)
+        return skv_error(SKV_ENOMEM, "kv cache: %zu items to plan, beyond 2^29", n);
     size_t ns = 0;  /* at most one step per allowed width above the start */
-    for (size_t i = 0; i < e->n_it; i++) {
+    for (size_t i = 0; i < n; i++) {
         const item *it = &e->it[i];
         if (it->cap > it->sel)
             ns += (size_t)__builtin_popcount(e->wmask & ((2u << it->cap) - (2u << it->sel)));
     }
     uint64_t *key = skv_malloc((ns ? ns : 1) * 2 * sizeof *key);
-    uint8_t *blk = skv_calloc(e->n_it ? e->n_it : 1, 1);
-    if (!key || !blk) {
+    uint64_t *room = skv_malloc((n ? n : 1) * sizeof *room);  /* at the entry's push */
+    uint8_t *inh = skv_calloc(n ? n : 1, 1);                  /* 1: its entry is in hp */
+    hent *hp = skv_malloc((n ? n : 1) * sizeof *hp);
+    if (!key || !room || !inh || !hp) {
         free(key);
-        free(blk);
+        free(room);
+        free(inh);
+        free(hp);
         return SKV_ENOMEM;
     }
     /* key: the ratio's float bits (positive floats order as their bits),
      * the step's width index (3 bits) and the item's (29) */
     ns = 0;
-    for (size_t i = 0; i < e->n_it; i++) {
+    for (size_t i = 0; i < n; i++) {
         double r;
+        room[i] = limit - cur;
         for (int s = e->it[i].sel; (s = next_step(e, &e->it[i], s, UINT64_MAX, &r)) >= 0;) {
             float f = (float)r;
             uint32_t u;
@@ -1212,48 +1258,70 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit)
         }
     }
     const uint64_t *srt = radix_desc(key, key + ns, ns);
-    size_t nb = 0;
-    for (size_t k = 0; k < ns; k++) {
-        uint32_t i = (uint32_t)srt[k] & ((1u << 29) - 1), j = (uint32_t)srt[k] >> 29 & 7;
-        item *it = &e->it[i];
-        if (blk[i])
-            continue;
-        uint64_t db = it->b[j] - it->b[it->sel];
-        if (cur + db <= limit) {
-            cur += db;
-            it->sel = (uint8_t)j;
+    size_t k = 0, nh = 0;
+    for (;;) {
+        while (k < ns && inh[srt[k] & ((1u << 29) - 1)])
+            k++;
+        uint32_t i = 0, j = 0;
+        double rs = -1;     /* the sorted walk's next step, its exact ratio */
+        if (k < ns) {
+            i = (uint32_t)srt[k] & ((1u << 29) - 1);
+            j = (uint32_t)(srt[k] >> 29) & 7;
+            const item *it = &e->it[i];
+            rs = ((double)it->e[it->sel] - it->e[j]) / ((double)it->b[j] - it->b[it->sel]);
+        }
+        if (k < ns && (!nh || rs >= hp[0].r)) {
+            k++;
+            item *it = &e->it[i];
+            uint64_t db = it->b[j] - it->b[it->sel];
+            hent y;
+            if (db > room[i]) {         /* the reference pushed a smaller step */
+                inh[i] = 1;
+                if (best_step(e, it, room[i], &y, i))
+                    hpush(hp, &nh, y);
+            } else if (cur + db <= limit) {
+                cur += db;
+                it->sel = (uint8_t)j;
+                room[i] = limit - cur;  /* its next hull step's push */
+            } else {
+                inh[i] = 1;
+                if (best_step(e, it, limit - cur, &y, i))
+                    hpush(hp, &nh, y);
+            }
+        } else if (nh) {
+            heap_take(e, hp, &nh, &cur, limit);
         } else {
-            blk[i] = 1;
-            nb++;
+            break;
         }
     }
     free(key);
-    hent *hp = nb ? skv_malloc(nb * sizeof *hp) : NULL;
-    if (nb && !hp) {
-        free(blk);
-        return SKV_ENOMEM;
-    }
-    size_t nh = 0;
-    for (size_t i = 0; nb && i < e->n_it; i++) {
-        hent x;
-        if (blk[i] && best_step(e, &e->it[i], limit - cur, &x, (uint32_t)i))
-            hpush(hp, &nh, x);
-    }
-    free(blk);
-    while (nh) {
-        hent x = hpop(hp, &nh);
-        item *it = &e->it[x.i];
-        uint64_t db = it->b[x.j] - it->b[it->sel];
-        if (cur + db <= limit) {
-            cur += db;
-            it->sel = x.j;
-        }
-        hent y;
-        if (best_step(e, it, limit - cur, &y, x.i))
-            hpush(hp, &nh, y);
-    }
+    free(room);
+    free(inh);
     free(hp);
     return 0;
+}
+
+int skv_ecg_solve_items(uint32_t n, const float *dmg, const uint32_t *bytes, const uint8_t *cap,
+                        uint8_t *sel, uint32_t wmask, uint64_t cur, uint64_t limit, int heap)
+{
+    ecg g;
+    memset(&g, 0, sizeof g);
+    g.wmask = wmask;
+    g.n_it = n;
+    g.it = skv_calloc(n ? n : 1, sizeof *g.it);
+    if (!g.it)
+        return SKV_ENOMEM;
+    for (uint32_t i = 0; i < n; i++) {
+        memcpy(g.it[i].e, dmg + (size_t)i * ECG_NW, sizeof g.it[i].e);
+        memcpy(g.it[i].b, bytes + (size_t)i * ECG_NW, sizeof g.it[i].b);
+        g.it[i].cap = cap[i];
+        g.it[i].sel = sel[i];
+    }
+    int rc = heap ? solve_heap(&g, cur, limit) : solve(&g, cur, limit);
+    for (uint32_t i = 0; i < n && rc == 0; i++)
+        sel[i] = g.it[i].sel;
+    free(g.it);
+    return rc;
 }
 
 static int grow_items(ecg *e, size_t n)

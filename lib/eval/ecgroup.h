@@ -24,6 +24,15 @@ void skv_ecg_tokens(skv_kv_cache *c, const int32_t *ids, uint32_t n);
 int skv_ecg_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
                      uint32_t n_kv_heads, uint32_t head_dim, uint64_t n, double *beta);
 
+/* The plan's solver on bare items (for the tests): item i has predicted
+ * damage dmg[i][w] and bytes bytes[i][w] at width index w (widths 0, 2, 3,
+ * 4, 8, 16), starts at sel[i] and goes up to cap[i] at most, within the
+ * allowed width indices wmask, spending the bytes above cur up to limit.
+ * heap: 1 the reference (a heap of every item), 0 the sorted walk that
+ * reallocations run.  Writes the chosen width indices to sel. */
+int skv_ecg_solve_items(uint32_t n, const float *dmg, const uint32_t *bytes, const uint8_t *cap,
+                        uint8_t *sel, uint32_t wmask, uint64_t cur, uint64_t limit, int heap);
+
 /* Quantizer arithmetic of the grouped layout (also used by the tests):
  * asymmetric min/max over n values x[i*stride], scale and minimum stored as
  * fp16, codes round((x - min) / scale) clamped to [0, 2^bits - 1]; writes
