@@ -358,6 +358,18 @@ static uint32_t pbytes(const ecg *e)
            4 * (d / e->cfg.alloc.qcfg.v_group);
 }
 
+/* Bytes of an item of m tokens (kind: 0 key group, 1 value, 2 both) at
+ * width bits.  Evicting, a kept token pays its key codes at the lowest
+ * width through its value item. */
+static uint32_t item_bytes(const ecg *e, int kind, uint32_t m, uint32_t bits)
+{
+    uint32_t b = kind == 1 ? vbytes(e, 1, bits) :
+                 kind == 0 ? kbytes(e, m, bits) : kbytes(e, m, bits) + vbytes(e, m, bits);
+    if (e->evict && bits)
+        b = kind == 1 ? b + e->ktok : b - m * e->ktok;
+    return b;
+}
+
 static uint32_t nbits_for(uint32_t n)
 {
     uint32_t b = 0;
@@ -1478,11 +1490,15 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     uint32_t *idx = skv_malloc((size_t)e->KT * sizeof *idx);
     double *wr = skv_malloc(((size_t)e->KT * 2 + npair) * sizeof *wr);
     const float **pa = skv_malloc(npair * 2 * sizeof *pa);
-    if (!buf || !idx || !wr || !pa) {
+    double *wt = skv_malloc((na ? na : 1) * sizeof *wt);  /* weights of one unit's tokens */
+    uint8_t *wok = skv_malloc(na ? na : 1);                 /* wt[t] found */
+    if (!buf || !idx || !wr || !pa || !wt || !wok) {
         free(buf);
         free(idx);
         free(wr);
         free(pa);
+        free(wt);
+        free(wok);
         return SKV_ENOMEM;
     }
     double *vdr = wr + e->KT, *sqe = wr + 2 * e->KT;
@@ -1498,12 +1514,17 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     double hT = 0;  /* harmonic number: the 1/age prior sums to 1 over T tokens */
     for (uint64_t a = 1; a <= T; a++)
         hT += 1.0 / (double)a;
+    uint32_t bfull[3][ECG_NW];  /* bytes of a value, a whole key group, both */
+    for (int j = 0; j < ECG_NW; j++)
+        for (int kind = 0; kind < 3; kind++)
+            bfull[kind][j] = item_bytes(e, kind, kind == 1 ? 1 : e->KT, ecg_widths[j]);
     for (size_t i = 0; i < e->n_it; i++) {
         item *it = &e->it[i];
         uint32_t l = it->unit / KH, h = it->unit % KH;
         gh *H = &e->heads[it->unit];
         if (it->unit != last_unit) {
             last_unit = it->unit;
+            memset(wok, 0, na);
             memset(vbar, 0, sizeof vbar);
             if (e->evict || !lanes)     /* the eviction's damage, the logit model's */
                 skv_ecq_colmean(H->v, T, d, vbar);
@@ -1538,7 +1559,9 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         for (uint32_t r = 0; below && r < nrow; r++) {
             uint64_t tt = it->t0 + idx[r];
             double w;
-            if (e->rlv) {
+            if (wok[tt]) {  /* a key group's token, again as a value item */
+                w = wt[tt];
+            } else if (e->rlv) {
                 w = e->rel[tt];
             } else if (e->track) {
                 double s = 0;
@@ -1554,9 +1577,13 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             } else {
                 w = (double)(mix64(wkey ^ ((uint64_t)it->unit << 32) ^ tt) >> 11) * 0x1.0p-53;
             }
-            /* a token not attended lately may be attended later */
-            double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
-            w += sq ? pr * pr : pr;
+            if (!wok[tt]) {
+                /* a token not attended lately may be attended later */
+                double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
+                w += sq ? pr * pr : pr;
+                wt[tt] = w;
+                wok[tt] = 1;
+            }
             wr[r] = w;
             vdr[r] = 0;
             if (it->kind != 0 && e->cfg.rotate_values)
@@ -1577,11 +1604,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             value_grid(e, H, it->t0, VQ, nrow, vgz, vgr);
         for (int j = 0; j < ECG_NW; j++) {
             uint32_t bits = ecg_widths[j];
-            it->b[j] = it->kind == 1 ? vbytes(e, 1, bits) :
-                       it->kind == 0 ? kbytes(e, it->m, bits) :
-                       kbytes(e, it->m, bits) + vbytes(e, it->m, bits);
-            if (e->evict && bits) /* a kept token pays its key codes at the lowest width */
-                it->b[j] = it->kind == 1 ? it->b[j] + e->ktok : it->b[j] - it->m * e->ktok;
+            it->b[j] = it->kind == 1 || it->m == e->KT ? bfull[it->kind][j]
+                                                       : item_bytes(e, it->kind, it->m, bits);
             it->e[j] = 0;
             if (j >= it->cap || (bits == 0 && it->kind != 1) || !(e->wmask & (1u << j)))
                 continue;  /* no loss against what is held; keys are never width 0;
@@ -1647,6 +1671,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
     }
     free(pa);
+    free(wt);
+    free(wok);
     /* solve: start at the lowest allowed width, spend the budget by damage
      * saved per byte */
     int lo = 0;
