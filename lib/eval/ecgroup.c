@@ -1561,23 +1561,24 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             double w;
             if (wok[tt]) {  /* a key group's token, again as a value item */
                 w = wt[tt];
-            } else if (e->rlv) {
-                w = e->rel[tt];
-            } else if (e->track) {
-                double s = 0;
-                for (uint32_t g = 0; g < G; g++)
-                    s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
-                /* folded per kv head, one byte: a log in steps of 1/16
-                 * (of p) or 1/8 (of p^2: twice the octaves) */
-                w = imp8(s / G, sq);
-                if (e->cfg.recency > 0)     /* H2O's recent window, as a prior */
-                    w += e->cfg.recency / (hT * (double)(T - tt));
-            } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
-                w = 1.0 / (double)(T - tt);
             } else {
-                w = (double)(mix64(wkey ^ ((uint64_t)it->unit << 32) ^ tt) >> 11) * 0x1.0p-53;
-            }
-            if (!wok[tt]) {
+                if (e->rlv) {
+                    w = e->rel[tt];
+                } else if (e->track) {
+                    double s = 0;
+                    for (uint32_t g = 0; g < G; g++)
+                        s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
+                    /* folded per kv head, one byte: a log in steps of 1/16
+                     * (of p) or 1/8 (of p^2: twice the octaves) */
+                    w = imp8(s / G, sq);
+                    if (e->cfg.recency > 0)     /* H2O's recent window, as a prior */
+                        w += e->cfg.recency / (hT * (double)(T - tt));
+                } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
+                    w = 1.0 / (double)(T - tt);
+                } else {
+                    w = (double)(mix64(wkey ^ ((uint64_t)it->unit << 32) ^ tt) >> 11) *
+                        0x1.0p-53;
+                }
                 /* a token not attended lately may be attended later */
                 double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
                 w += sq ? pr * pr : pr;

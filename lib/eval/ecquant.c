@@ -184,17 +184,22 @@ ECQ_AVX2 static void quant_cols_avx2(const float *x, float *y, uint32_t m, uint3
             yi[c] = code1(xi[c], z[c], s[c], qmax);
     }
 }
-/* Four pairs at a time, one per double lane: four floats of each row,
- * transposed, so lane i adds row i's terms in the loop's order (the
- * float to double conversions are exact; a multiply, then an add). */
 /* Each row's squared differences in four double lanes (j % 4), summed as
- * (0 + 1) + (2 + 3): the reference's order.  Four rows side by side keep
- * the adds independent. */
+ * (0 + 1) + (2 + 3): the reference's order (the float to double
+ * conversions are exact; a multiply, then an add).  Four rows side by
+ * side keep the adds independent. */
 ECQ_AVX2 static double sum4(__m256d s)
 {
     double l[4];
     _mm256_storeu_pd(l, s);
     return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+/* s + (a[0..3] - b[0..3])^2 in double lanes */
+ECQ_AVX2 static __m256d sq4(__m256d s, const float *a, const float *b)
+{
+    __m256d x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a)), _mm256_cvtps_pd(_mm_loadu_ps(b)));
+    return _mm256_add_pd(s, _mm256_mul_pd(x, x));
 }
 
 ECQ_AVX2 static void sqerr_avx2(const float *const *a, const float *const *b, uint32_t n,
@@ -206,20 +211,12 @@ ECQ_AVX2 static void sqerr_avx2(const float *const *a, const float *const *b, ui
     }
     uint32_t i = 0;
     for (; i + 4 <= n; i += 4) {
-        __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0, x;
+        __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
         for (uint32_t j = 0; j < d; j += 4) {
-            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i] + j)),
-                              _mm256_cvtps_pd(_mm_loadu_ps(b[i] + j)));
-            s0 = _mm256_add_pd(s0, _mm256_mul_pd(x, x));
-            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i + 1] + j)),
-                              _mm256_cvtps_pd(_mm_loadu_ps(b[i + 1] + j)));
-            s1 = _mm256_add_pd(s1, _mm256_mul_pd(x, x));
-            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i + 2] + j)),
-                              _mm256_cvtps_pd(_mm_loadu_ps(b[i + 2] + j)));
-            s2 = _mm256_add_pd(s2, _mm256_mul_pd(x, x));
-            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i + 3] + j)),
-                              _mm256_cvtps_pd(_mm_loadu_ps(b[i + 3] + j)));
-            s3 = _mm256_add_pd(s3, _mm256_mul_pd(x, x));
+            s0 = sq4(s0, a[i] + j, b[i] + j);
+            s1 = sq4(s1, a[i + 1] + j, b[i + 1] + j);
+            s2 = sq4(s2, a[i + 2] + j, b[i + 2] + j);
+            s3 = sq4(s3, a[i + 3] + j, b[i + 3] + j);
         }
         out[i] = sum4(s0);
         out[i + 1] = sum4(s1);
@@ -227,12 +224,9 @@ ECQ_AVX2 static void sqerr_avx2(const float *const *a, const float *const *b, ui
         out[i + 3] = sum4(s3);
     }
     for (; i < n; i++) {
-        __m256d s = _mm256_setzero_pd(), x;
-        for (uint32_t j = 0; j < d; j += 4) {
-            x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(a[i] + j)),
-                              _mm256_cvtps_pd(_mm_loadu_ps(b[i] + j)));
-            s = _mm256_add_pd(s, _mm256_mul_pd(x, x));
-        }
+        __m256d s = _mm256_setzero_pd();
+        for (uint32_t j = 0; j < d; j += 4)
+            s = sq4(s, a[i] + j, b[i] + j);
         out[i] = sum4(s);
     }
 }
