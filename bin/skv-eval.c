@@ -78,7 +78,7 @@ static noreturn void usage(void)
            "      --rotate-values    values quantized after a randomized Hadamard rotation\n"
            "                         (each row rotated back: the attention is unchanged)\n"
            "      --kv-split         separate widths for the key and the value of a token\n"
-           "      --error M          error model: imp-mse (default) or logit\n"
+           "      --error M          error model: imp-mse (default), imp-range or logit\n"
            "      --prior P          attention every token is assumed to draw, x 1/T\n"
            "                         (grouped layout; default 0.05)\n"
            "      --value-group G    channels per value scale group (default --group)\n"
@@ -1270,10 +1270,12 @@ int main(int argc, char **argv)
             o.cfg.layout = SKV_EC_GROUPED;
             if (!strcmp(optarg, "imp-mse"))
                 o.cfg.err_model = SKV_EC_ERR_IMP_MSE;
+            else if (!strcmp(optarg, "imp-range"))
+                o.cfg.err_model = SKV_EC_ERR_IMP_RANGE;
             else if (!strcmp(optarg, "logit"))
                 o.cfg.err_model = SKV_EC_ERR_LOGIT;
             else
-                tool_usage_error("--error: '%s' is not imp-mse or logit", optarg);
+                tool_usage_error("--error: '%s' is not imp-mse, imp-range or logit", optarg);
             break;
         case O_VGROUP: vgroup = tool_opt_u32("--value-group", optarg, 1, SKV_MAX_HEAD_DIM); break;
         case O_RESIDUAL: o.cfg.realloc = tool_opt_u32("--residual", optarg, 1, 1u << 20); break;

@@ -82,8 +82,9 @@ int main(int argc, char **argv)
                 c.protect_bits = 8;
                 c.alloc.budget = 0.3;
                 c.alloc.width_mask = (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) | (1u << 16);
-                if (k == 5)     /* every held row re-planned at every 4th flush only */
-                    c.replan = 4;
+                /* the damage predicted from the rows' ranges (held rows'
+                 * kept), or measured by requantizing every row (k == 5) */
+                c.err_model = k == 5 ? SKV_EC_ERR_IMP_MSE : SKV_EC_ERR_IMP_RANGE;
             }
             char label[160];
             skv_ec_describe(&c, label, sizeof label);

@@ -44,7 +44,7 @@ def baselines(title):
             r["budget"] = "0"
     # the method (scripts/eval-method): grouped layout, one width ladder per
     # budget range (0..16 at 0.2, 2..16 at 0.3, 4,8,16 at 0.5)
-    M = " kch+rot vrot kv protect=8 p8"
+    M = " kch+rot vrot kv range protect=8 p8"
     meth = {"0.2": " bits=0,2,3,4,8,16" + M, "0.3": M, "0.5": " bits=4,8,16" + M}
     sel = [r for r in rows if r["policy"] in BASE and r["budget"] in ("0", "0.2", "0.3", "0.5")
            and ((not any(t in r["label"] for t in (" bits=", " ideal", " sinks=", " group=",

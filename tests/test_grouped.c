@@ -3,7 +3,8 @@
  * (attention and bytes), the budget held by smartkv with separate K/V
  * widths, the rotation leaving attention unchanged, protected rows at 8
  * bits against a float64 reference, eviction (width 0) by value items, and
- * the quantizer loops' AVX2 copies giving the references' bits, alone and
+ * imp-range's error prediction against measured rounding, the quantizer
+ * loops' AVX2 copies giving the references' bits, alone and
  * in a whole run of the method; replan K's rolling slices; the plan's
  * solver against its reference (a heap). */
 #include "smartkv.h"
@@ -188,12 +189,12 @@ START_TEST(test_kivi2_reference)
 }
 END_TEST
 
-/* smartkv with separate K/V widths and the logit error model holds its
- * budget, every byte counted; the key and value widths differ somewhere. */
+/* smartkv with separate K/V widths holds its budget under each error
+ * model (imp-mse, logit, imp-range), every byte counted. */
 START_TEST(test_smartkv_split_budget)
 {
     fill();
-    for (int em = 0; em < 2; em++) {
+    for (int em = 0; em < 3; em++) {
         skv_ec_cfg c;
         grouped_cfg(&c, 0.3);
         c.err_model = (uint32_t)em;
@@ -496,6 +497,7 @@ START_TEST(test_evict)
     skv_ec_cfg c;
     grouped_cfg(&c, 0.12);
     c.protect_bits = 8;
+    c.err_model = (uint32_t)_i;     /* imp-mse, or imp-range's eviction damage */
     c.alloc.width_mask = (1u << 0) | (1u << 2) | (1u << 4) | (1u << 8) | (1u << 16);
     skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
     ck_assert_msg(a != NULL, "%s", skv_errmsg());
@@ -546,6 +548,31 @@ START_TEST(test_evict)
     /* joint widths cannot evict per token */
     c.kv_split = 0;
     ck_assert_ptr_null(skv_ec_new(&c, L_, H_, KH_, D_, T_));
+}
+END_TEST
+
+/* imp-range's prediction: min-max rounding of spans of 32 numbers loses
+ * energy / (12 (2^b - 1)^2), measured over 4000 spans of uniform and of
+ * bell-shaped numbers at 2, 3, 4 and 8 bits, within 5%. */
+START_TEST(test_range_model)
+{
+    rng = 88172645463325252ull;
+    static const uint32_t bits[4] = {2, 3, 4, 8};
+    for (int shape = 0; shape < 2; shape++)
+        for (int b = 0; b < 4; b++) {
+            double err = 0, pred = 0, q = (double)((1u << bits[b]) - 1);
+            for (int n = 0; n < 4000; n++) {
+                float x[32], y[32];
+                for (int j = 0; j < 32; j++)
+                    x[j] = shape ? frand() + frand() + frand() : frand();
+                skv_ecg_quant_span(x, y, 32, 1, bits[b]);
+                for (int j = 0; j < 32; j++)
+                    err += ((double)x[j] - y[j]) * ((double)x[j] - y[j]);
+                pred += skv_ecg_span_energy(x, 32, 32) / (12 * q * q);
+            }
+            ck_assert_msg(fabs(err / pred - 1) < 0.05, "shape %d, %u bits: error %g, predicted %g",
+                          shape, bits[b], err, pred);
+        }
 }
 END_TEST
 
@@ -723,7 +750,8 @@ int main(void)
     tcase_add_test(tc, test_smartkv_split_budget);
     tcase_add_test(tc, test_rotation_exact);
     tcase_add_test(tc, test_protect_bits);
-    tcase_add_test(tc, test_evict);
+    tcase_add_test(tc, test_range_model);
+    tcase_add_loop_test(tc, test_evict, SKV_EC_ERR_IMP_MSE, SKV_EC_ERR_IMP_RANGE + 1);
     tcase_add_test(tc, test_replan);
     tcase_add_test(tc, test_solver_same_steps);
     tcase_add_test(tc, test_param_bits);

@@ -280,7 +280,9 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " %s%s%s%s%s",
                               c->k_layout ? "kch" : "ktok", c->rotate ? "+rot" : "",
                               c->rotate_values ? " vrot" : "",
-                              c->kv_split ? " kv" : "", c->err_model ? " logit" : "");
+                              c->kv_split ? " kv" : "",
+                              c->err_model == SKV_EC_ERR_LOGIT ? " logit" :
+                              c->err_model == SKV_EC_ERR_IMP_RANGE ? " range" : "");
     if (c->layout == SKV_EC_GROUPED && c->imp_power == 2 && (pf & SKV_PF_IMPORTANCE) &&
         w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " p2");

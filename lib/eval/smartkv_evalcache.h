@@ -63,9 +63,10 @@
  * fp16, or quantized per token at protect_bits (8 or 4) when they enter.  Key and value widths are separate
  * (kv_split) or joint.  The solver spends the budget (every byte, tracking
  * state included) on the upgrade saving the most predicted damage per byte
- * (err_model: importance x squared error, or the logit model: key error
- * under the recent queries' second moments, non-linear in the attention it
- * moves).  Held groups only move down, requantized from what they decode
+ * (err_model: importance x squared error; importance x the squared error
+ * min-max rounding gives on average, (range / (2^bits - 1))^2 / 12 per
+ * number, from each span's range; or the logit model: key error under the
+ * recent queries' second moments, non-linear in the attention it moves).  Held groups only move down, requantized from what they decode
  * to.  Rows hold exactly what their codes decode to; the bytes are those of
  * the packed codes, fp16 parameters, width map, pending rows, headers and
  * tracking state (one byte of importance per token and KV head).  kivi:N
@@ -180,6 +181,7 @@ enum skv_ec_klayout {
 enum skv_ec_err {
     SKV_EC_ERR_IMP_MSE = 0, /* importance x squared error of K and V */
     SKV_EC_ERR_LOGIT = 1,   /* attention damage: logit error under the recent queries */
+    SKV_EC_ERR_IMP_RANGE = 2,/* importance x the squared error the rows' ranges predict */
 };
 
 /* Parse "kivi:N" (N = 2, 3, 4 or 8) into c (grouped layout, keys per
