@@ -433,6 +433,15 @@ START_TEST(test_quant_loops_same_bits)
             skv_ecq_colmean(x, m, d, c0);
             skv_ecq_colmean_ref(x, m, d, c1);
             ck_assert_msg(!memcmp(c0, c1, d * 4), "colmean d %u", d);
+            float i0[M * N], i1[M * N];   /* tracking: the EMA of p, of p^2, the sum */
+            for (int mode = 0; mode < 3; mode++) {
+                uint32_t m2 = m * d, off = m2 > 8 ? (uint32_t)rep % 8 : 0;
+                memcpy(i0, x, m2 * 4);
+                memcpy(i1, x, m2 * 4);
+                skv_ecq_track(i0, x + off, m2 - off, 0.9f, mode);
+                skv_ecq_track_ref(i1, x + off, m2 - off, 0.9f, mode);
+                ck_assert_msg(!memcmp(i0, i1, m2 * 4), "track d %u mode %d", d, mode);
+            }
             const float *pa[9], *pb[9];
             double o0[9], o1[9];
             for (uint32_t n = 1; n <= 9 && n < m; n++) {

@@ -3,6 +3,7 @@
 #ifndef SKV_EVAL_ECCOMMON_H
 #define SKV_EVAL_ECCOMMON_H
 
+#include "ecquant.h"
 #include "smartkv_error.h"
 #include "smartkv_quant.h"
 #include "smartkv_trace.h"
@@ -45,20 +46,8 @@ static inline int ec_f16_row(const float *sk, const float *sv, float *dk, float 
 static inline void ec_track(float *I, const float *probs, size_t stride, uint64_t pos, uint32_t n,
                             int ema, float g, uint32_t power)
 {
-    const float a = 1.0f - g;
-    for (uint32_t i = 0; i < n; i++) {
-        const float *p = probs + i * stride;
-        uint64_t m = pos + i + 1;
-        if (ema && power == 2)
-            for (uint64_t j = 0; j < m; j++)
-                I[j] = g * I[j] + a * p[j] * p[j];
-        else if (ema)
-            for (uint64_t j = 0; j < m; j++)
-                I[j] = g * I[j] + a * p[j];
-        else
-            for (uint64_t j = 0; j < m; j++)
-                I[j] += p[j];
-    }
+    for (uint32_t i = 0; i < n; i++)
+        skv_ecq_track(I, probs + i * stride, pos + i + 1, g, ema ? (power == 2 ? 2 : 1) : 0);
 }
 
 #endif

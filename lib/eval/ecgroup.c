@@ -94,6 +94,8 @@ typedef struct ecg {
     float scale;
     item *it;
     size_t n_it, cap_it;
+    void *sv;               /* the solver's scratch, kept: a plan every flush */
+    size_t sv_cap;
     skv_ec_stats st;
     _Atomic uint64_t track_ns, attend_ns;
 } ecg;
@@ -122,6 +124,7 @@ static float h16(float x) { return skv_f16_to_f32(skv_f32_to_f16(x)); }
  * of time: exp2((c - 255) / 16) and (/ 8) for c = 0..255, exp2f(-u / 16)
  * for u = 0..255 (the same calls, so the same numbers). */
 static double pow_imp16[256], pow_imp8[256];
+static double thr_imp16[16], thr_imp8[8];  /* 2^((k + 1/2) / steps): where rounding turns */
 static float pow_range[256];
 static pthread_once_t pow_once = PTHREAD_ONCE_INIT;
 
@@ -132,6 +135,10 @@ static void pow_init(void)
         pow_imp8[c] = exp2((c - 255) / 8.0);
         pow_range[c] = exp2f(-(float)c / 16.0f);
     }
+    for (int k = 0; k < 16; k++)
+        thr_imp16[k] = exp2((k + 0.5) / 16.0);
+    for (int k = 0; k < 8; k++)
+        thr_imp8[k] = exp2((k + 0.5) / 8.0);
 }
 
 /* Importance as the cache holds it: one byte per token, log2 in steps of
@@ -141,8 +148,27 @@ static double imp8(double x, int steps8)
 {
     if (!(x > 0))
         return 0;
-    double c = nearbyint((steps8 ? 8.0 : 16.0) * log2(x > 1 ? 1 : x)) + 255;
-    return c < 1 ? 0 : (steps8 ? pow_imp8 : pow_imp16)[(int)c];
+    if (x >= 1)
+        return 1;
+    /* nearbyint(steps log2 x) without a log2 per token (a plan's hottest
+     * call): x = m 2^e with m in [1, 2), and round(steps log2 m) counts the
+     * thresholds 2^((k + 1/2) / steps) at or below m (none is a double) */
+    uint64_t u;
+    memcpy(&u, &x, sizeof u);
+    int ex = (int)((u >> 52) & 0x7ff) - 1023;
+    if (ex < -64)
+        return 0;
+    u = (u & ((1ull << 52) - 1)) | (1023ull << 52);
+    double m;
+    memcpy(&m, &u, sizeof m);
+    const int st = steps8 ? 8 : 16;
+    const double *thr = steps8 ? thr_imp8 : thr_imp16;
+    int k = 0;
+    for (int h = st / 2; h; h /= 2)
+        k += m >= thr[k + h - 1] ? h : 0;
+    k += m >= thr[k];
+    int c = st * ex + k + 255;
+    return c < 1 ? 0 : (steps8 ? pow_imp8 : pow_imp16)[c];
 }
 
 void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits)
@@ -520,6 +546,7 @@ static void ecg_destroy(skv_kv_cache *c)
     free(e->fold);
     free(e->pbuf);
     free(e->it);
+    free(e->sv);
     free(e);
 }
 
@@ -1172,22 +1199,35 @@ static int best_step(const ecg *e, const item *it, uint64_t room, hent *out, uin
     return 1;
 }
 
-/* Sorts n keys by their high 32 bits, descending, stable (three 11-bit
- * LSD passes); tmp holds n.  Returns the array that holds the result. */
-static uint64_t *radix_desc(uint64_t *a, uint64_t *tmp, size_t n)
+/* A hull step of the sorted walk: key = the ratio's float bits (positive
+ * floats order as their bits), the width index (3 bits) and the item's
+ * (29); db its bytes over the item's previous hull point, carried so that
+ * the walk need not read the item. */
+typedef struct hstep {
+    uint64_t key;
+    uint32_t db;
+} hstep;
+
+#define HS_ITEM(k) ((uint32_t)(k) & ((1u << 29) - 1))
+#define HS_WIDTH(k) ((uint32_t)((k) >> 29) & 7)
+
+/* Sorts n steps by their keys' high 32 bits, descending, stable (three
+ * 11-bit LSD passes); tmp holds n.  Returns the array that holds the
+ * result. */
+static hstep *radix_desc(hstep *a, hstep *tmp, size_t n)
 {
     for (int sh = 32; sh < 64; sh += 11) {
         size_t cnt[2048] = {0}, sum = 0;
         for (size_t i = 0; i < n; i++)
-            cnt[(~a[i] >> sh) & 2047]++;
+            cnt[(~a[i].key >> sh) & 2047]++;
         for (size_t k = 0; k < 2048; k++) {
             size_t c = cnt[k];
             cnt[k] = sum;
             sum += c;
         }
         for (size_t i = 0; i < n; i++)
-            tmp[cnt[(~a[i] >> sh) & 2047]++] = a[i];
-        uint64_t *t = a;
+            tmp[cnt[(~a[i].key >> sh) & 2047]++] = a[i];
+        hstep *t = a;
         a = tmp;
         tmp = t;
     }
@@ -1253,71 +1293,82 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit)
         if (it->cap > it->sel)
             ns += (size_t)__builtin_popcount(e->wmask & ((2u << it->cap) - (2u << it->sel)));
     }
-    uint64_t *key = skv_malloc((ns ? ns : 1) * 2 * sizeof *key);
-    uint64_t *room = skv_malloc((n ? n : 1) * sizeof *room);  /* at the entry's push */
-    uint8_t *inh = skv_calloc(n ? n : 1, 1);                  /* 1: its entry is in hp */
-    hent *hp = skv_malloc((n ? n : 1) * sizeof *hp);
-    if (!key || !room || !inh || !hp) {
-        free(key);
-        free(room);
-        free(inh);
-        free(hp);
-        return SKV_ENOMEM;
+    /* key (and the sort's second half), hp, room, inh, sel */
+    size_t need = (2 * ns + 1) * sizeof(hstep) + (n + 1) * (sizeof(hent) + 8 + 2);
+    if (need > e->sv_cap) {
+        void *p = skv_realloc(e->sv, need);
+        if (!p)
+            return SKV_ENOMEM;
+        e->sv = p;
+        e->sv_cap = need;
     }
-    /* key: the ratio's float bits (positive floats order as their bits),
-     * the step's width index (3 bits) and the item's (29) */
+    hstep *key = e->sv;
+    hent *hp = (hent *)(key + 2 * ns + 1);
+    uint64_t *room = (uint64_t *)(hp + n + 1);      /* at the entry's push */
+    uint8_t *inh = (uint8_t *)(room + n + 1);       /* 1: its entry is in hp */
+    uint8_t *sel = inh + n + 1;     /* the walk's widths (items' once in hp) */
+    memset(inh, 0, n + 1);
     ns = 0;
     for (size_t i = 0; i < n; i++) {
+        const item *it = &e->it[i];
         double r;
         room[i] = limit - cur;
-        for (int s = e->it[i].sel; (s = next_step(e, &e->it[i], s, UINT64_MAX, &r)) >= 0;) {
+        sel[i] = it->sel;
+        for (int s = it->sel, t; (t = next_step(e, it, s, UINT64_MAX, &r)) >= 0; s = t) {
             float f = (float)r;
             uint32_t u;
             memcpy(&u, &f, sizeof u);
-            key[ns++] = (uint64_t)u << 32 | (uint32_t)s << 29 | (uint32_t)i;
+            key[ns].key = (uint64_t)u << 32 | (uint32_t)t << 29 | (uint32_t)i;
+            key[ns++].db = it->b[t] - it->b[s];
         }
     }
-    const uint64_t *srt = radix_desc(key, key + ns, ns);
+    const hstep *srt = radix_desc(key, key + ns, ns);
+    /* The walk reads an item only once the heap holds something (near the
+     * budget's end): its steps' bytes are in the keys, and the room at an
+     * item's last step is at least the room left, so it is read only when
+     * a step does not fit that. */
     size_t k = 0, nh = 0;
     for (;;) {
-        while (k < ns && inh[srt[k] & ((1u << 29) - 1)])
+        while (k < ns && inh[HS_ITEM(srt[k].key)])
             k++;
-        uint32_t i = 0, j = 0;
-        double rs = -1;     /* the sorted walk's next step, its exact ratio */
-        if (k < ns) {
-            i = (uint32_t)srt[k] & ((1u << 29) - 1);
-            j = (uint32_t)(srt[k] >> 29) & 7;
-            const item *it = &e->it[i];
-            rs = ((double)it->e[it->sel] - it->e[j]) / ((double)it->b[j] - it->b[it->sel]);
+        uint32_t i = 0, j = 0, db = 0;
+        int walk = k < ns;
+        if (walk) {
+            i = HS_ITEM(srt[k].key);
+            j = HS_WIDTH(srt[k].key);
+            db = srt[k].db;
         }
-        if (k < ns && (!nh || rs >= hp[0].r)) {
+        if (walk && nh) {   /* the sorted step's exact ratio against the heap's best */
+            const item *it = &e->it[i];
+            double rs = ((double)it->e[sel[i]] - it->e[j]) / ((double)it->b[j] - it->b[sel[i]]);
+            walk = rs >= hp[0].r;
+        }
+        if (walk) {
             k++;
-            item *it = &e->it[i];
-            uint64_t db = it->b[j] - it->b[it->sel];
-            hent y;
-            if (db > room[i]) {         /* the reference pushed a smaller step */
-                inh[i] = 1;
-                if (best_step(e, it, room[i], &y, i))
-                    hpush(hp, &nh, y);
-            } else if (cur + db <= limit) {
+            if (db <= limit - cur) {
                 cur += db;
-                it->sel = (uint8_t)j;
+                sel[i] = (uint8_t)j;
                 room[i] = limit - cur;  /* its next hull step's push */
-            } else {
-                inh[i] = 1;
-                if (best_step(e, it, limit - cur, &y, i))
-                    hpush(hp, &nh, y);
+                continue;
             }
+            item *it = &e->it[i];
+            hent y;
+            /* the reference pushed a smaller step (the hull step did not
+             * fit the room at its push), or this one fitted then, not now */
+            uint64_t r = db > room[i] ? room[i] : limit - cur;
+            inh[i] = 1;
+            it->sel = sel[i];
+            if (best_step(e, it, r, &y, i))
+                hpush(hp, &nh, y);
         } else if (nh) {
             heap_take(e, hp, &nh, &cur, limit);
         } else {
             break;
         }
     }
-    free(key);
-    free(room);
-    free(inh);
-    free(hp);
+    for (size_t i = 0; i < n; i++)
+        if (!inh[i])
+            e->it[i].sel = sel[i];
     return 0;
 }
 
@@ -1341,6 +1392,7 @@ int skv_ecg_solve_items(uint32_t n, const float *dmg, const uint32_t *bytes, con
     for (uint32_t i = 0; i < n && rc == 0; i++)
         sel[i] = g.it[i].sel;
     free(g.it);
+    free(g.sv);
     return rc;
 }
 
@@ -1435,51 +1487,107 @@ static void key_energy(const ecg *e, gh *H, const float *x, uint32_t m, const ui
     }
 }
 
-/* it's damage per width under imp-range, rows idx[nrow] weighing wr[];
- * a fresh item's energies found first (x: room for KT rows). */
-static void range_damage(const ecg *e, gh *H, item *it, const uint32_t *idx, uint32_t nrow,
-                         const double *wr, const float *vbar, float *x)
+/* Index of each width in ecg_widths (0 for widths not there), and
+ * 12 (2^b - 1)^2 per width index b = 2, 3, 4, 8. */
+static const int8_t wid_of[17] = {0, 0, 1, 2, 3, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 5};
+static const double q12_of[ECG_NW] = {0, 108, 588, 2700, 780300, 0};
+
+/* An item's cap, bytes and damage per width under imp-range (the rows'
+ * weights in wt[token]); a fresh item's energies found first (idx, x:
+ * room for KT rows). */
+static void range_item(const ecg *e, gh *H, item *it, const uint32_t bfull[3][ECG_NW],
+                       const double *wt, const float *vbar, uint32_t *idx, float *x)
 {
     const uint32_t d = e->base.head_dim;
+    const uint64_t t0 = it->t0;
+    uint64_t first = t0;    /* a held key group skips its evicted tokens */
+    if (it->kind != 1)
+        while (first < t0 + it->m - 1 && !H->vb[first])
+            first++;
+    it->cap = (uint8_t)(it->fresh ? ECG_NW - 1
+                        : wid_of[it->kind == 1 ? H->vb[t0] : H->kb[first]]);
+    for (int j = 0; j < ECG_NW; j++) {
+        it->b[j] = it->kind == 1 || it->m == e->KT ? bfull[it->kind][j]
+                                                   : item_bytes(e, it->kind, it->m, ecg_widths[j]);
+        it->e[j] = 0;
+    }
+    /* the damage is needed at the allowed widths below cap only (keys are
+     * never width 0) */
+    if (!(e->wmask & ((1u << it->cap) - 1) & (it->kind == 1 ? ~0u : ~1u)))
+        return;
     if (it->fresh) {
+        uint32_t n = 0;
+        for (uint32_t t = 0; t < it->m; t++)
+            if (it->kind == 1 || H->vb[t0 + t])
+                idx[n++] = t;
         if (it->kind != 1) {
-            for (uint32_t r = 0; r < nrow; r++)
-                memcpy(x + (size_t)r * d, H->k + (it->t0 + idx[r]) * d, d * sizeof(float));
-            key_energy(e, H, x, nrow, idx, it->t0);
+            for (uint32_t r = 0; r < n; r++)
+                memcpy(x + (size_t)r * d, H->k + (t0 + idx[r]) * d, d * sizeof(float));
+            key_energy(e, H, x, n, idx, t0);
         }
         if (it->kind != 0)
-            for (uint32_t r = 0; r < nrow; r++) {
-                const float *row = H->v + (it->t0 + idx[r]) * d;
+            for (uint32_t r = 0; r < n; r++) {
+                const float *row = H->v + (t0 + idx[r]) * d;
                 if (e->cfg.rotate_values) {
                     rotate(H, row, x, d);
                     row = x;
                 }
-                H->ev[it->t0 + idx[r]] = (float)skv_ecg_span_energy(row, d, e->cfg.alloc.qcfg.v_group);
+                H->ev[t0 + idx[r]] = (float)skv_ecg_span_energy(row, d, e->cfg.alloc.qcfg.v_group);
             }
     }
     double en = 0;
-    for (uint32_t r = 0; r < nrow; r++) {
-        uint64_t t = it->t0 + idx[r];
-        en += wr[r] * ((it->kind != 1 ? H->ek[t] : 0) + (it->kind != 0 ? H->ev[t] : 0));
-    }
+    if (it->kind == 1)
+        en = wt[t0] * H->ev[t0];
+    else
+        for (uint64_t t = t0; t < t0 + it->m; t++)
+            if (H->vb[t])
+                en += wt[t] * (H->ek[t] + (it->kind == 2 ? H->ev[t] : 0));
     for (int j = 0; j < it->cap; j++) {
-        uint32_t bits = ecg_widths[j];
-        if ((bits == 0 && it->kind != 1) || !(e->wmask & (1u << j)))
+        if (!(e->wmask & (1u << j)) || (j == 0 && it->kind != 1))
             continue;
-        double dmg = 0;
-        if (bits) {
-            double q = (double)((1u << bits) - 1u);
-            dmg = en / (12 * q * q);
+        if (j) {
+            it->e[j] = (float)(en / q12_of[j]);
         } else {    /* evicted: the output moves toward vbar */
-            for (uint32_t r = 0; r < nrow; r++) {
-                const float *v = H->v + (it->t0 + idx[r]) * d;
-                double s = 0;
-                for (uint32_t c = 0; c < d; c++)
-                    s += ((double)v[c] - vbar[c]) * ((double)v[c] - vbar[c]);
-                dmg += wr[r] * s;
-            }
+            const float *v = H->v + t0 * d;
+            double s = 0;
+            for (uint32_t c = 0; c < d; c++)
+                s += ((double)v[c] - vbar[c]) * ((double)v[c] - vbar[c]);
+            it->e[j] = (float)(wt[t0] * s);
         }
-        it->e[j] = (float)dmg;
+    }
+}
+
+/* Every token's importance weight in [lo, hi) of unit u (layer l, KV head
+ * h), into wt[token]: the tracked importance as the cache holds it (or the
+ * learned relevance, 1/age, a seeded random score), plus the prior. */
+static void unit_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uint64_t T,
+                         double hT, double *wt)
+{
+    const skv_kv_cache *c = &e->base;
+    const uint32_t l = u / c->n_kv_heads, h = u % c->n_kv_heads, G = e->G;
+    const int sq = e->track && e->cfg.imp_power == 2;
+    const uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
+    /* a token not attended lately may be attended later */
+    const double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
+    for (uint64_t tt = lo; tt < hi; tt++) {
+        double w;
+        if (e->rlv) {
+            w = e->rel[tt];
+        } else if (e->track) {
+            double s = 0;
+            for (uint32_t g = 0; g < G; g++)
+                s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
+            /* folded per kv head, one byte: a log in steps of 1/16 (of p)
+             * or 1/8 (of p^2: twice the octaves) */
+            w = imp8(s / G, sq);
+            if (e->cfg.recency > 0)     /* H2O's recent window, as a prior */
+                w += e->cfg.recency / (hT * (double)(T - tt));
+        } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
+            w = 1.0 / (double)(T - tt);
+        } else {
+            w = (double)(mix64(wkey ^ ((uint64_t)u << 32) ^ tt) >> 11) * 0x1.0p-53;
+        }
+        wt[tt] = w + (sq ? pr * pr : pr);
     }
 }
 
@@ -1593,14 +1701,12 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     double *wr = skv_malloc(((size_t)e->KT * 2 + npair) * sizeof *wr);
     const float **pa = skv_malloc(npair * 2 * sizeof *pa);
     double *wt = skv_malloc((na ? na : 1) * sizeof *wt);  /* weights of one unit's tokens */
-    uint8_t *wok = skv_malloc(na ? na : 1);                 /* wt[t] found */
-    if (!buf || !idx || !wr || !pa || !wt || !wok) {
+    if (!buf || !idx || !wr || !pa || !wt) {
         free(buf);
         free(idx);
         free(wr);
         free(pa);
         free(wt);
-        free(wok);
         return SKV_ENOMEM;
     }
     double *vdr = wr + e->KT, *sqe = wr + 2 * e->KT;
@@ -1611,8 +1717,6 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     kgrid kg;
     float vbar[SKV_MAX_HEAD_DIM] = {0}, q2[SKV_MAX_HEAD_DIM] = {0};
     uint32_t last_unit = UINT32_MAX;
-    uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
-    const int sq = e->track && e->cfg.imp_power == 2;
     double hT = 0;  /* harmonic number: the 1/age prior sums to 1 over T tokens */
     for (uint64_t a = 1; a <= T; a++)
         hT += 1.0 / (double)a;
@@ -1626,7 +1730,6 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         gh *H = &e->heads[it->unit];
         if (it->unit != last_unit) {
             last_unit = it->unit;
-            memset(wok, 0, na);
             memset(vbar, 0, sizeof vbar);
             if (e->evict || !lanes)     /* the eviction's damage, the logit model's */
                 skv_ecq_colmean(H->v, T, d, vbar);
@@ -1637,6 +1740,11 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                         q2[j] += e->q2[((size_t)l * c->n_heads + h * G + g) * d + j] / (float)G;
             if (e->rlv)
                 rlv_importance(e, l, h, T);
+            unit_weights(e, it->unit, e->sinks < na ? e->sinks : na, na, T, hT, wt);
+        }
+        if (rng) {
+            range_item(e, H, it, bfull, wt, vbar, idx, kin);
+            continue;
         }
         /* the rows this item holds: a held key group skips its evicted tokens */
         uint32_t nrow = 0;
@@ -1650,62 +1758,24 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         int below = 0;
         for (int j = 0; j < it->cap; j++)
             below |= (e->wmask & (1u << j)) && (j || it->kind == 1);
-        for (uint32_t r = 0; below && !rng && r < nrow; r++) {
+        for (uint32_t r = 0; below && r < nrow; r++) {
             if (it->kind != 1)
                 memcpy(kin + (size_t)r * d, H->k + (it->t0 + idx[r]) * d, d * sizeof(float));
             if (it->kind != 0 || !lanes)    /* a key group's values: the logit model's vdr */
                 memcpy(kin + (size_t)(e->KT + r) * d, H->v + (it->t0 + idx[r]) * d,
                        d * sizeof(float));
         }
-        /* each row's importance weight and |v - vbar|^2, once per item */
+        /* each row's importance weight and |v - vbar|^2 */
         for (uint32_t r = 0; below && r < nrow; r++) {
-            uint64_t tt = it->t0 + idx[r];
-            double w;
-            if (wok[tt]) {  /* a key group's token, again as a value item */
-                w = wt[tt];
-            } else {
-                if (e->rlv) {
-                    w = e->rel[tt];
-                } else if (e->track) {
-                    double s = 0;
-                    for (uint32_t g = 0; g < G; g++)
-                        s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
-                    /* folded per kv head, one byte: a log in steps of 1/16
-                     * (of p) or 1/8 (of p^2: twice the octaves) */
-                    w = imp8(s / G, sq);
-                    if (e->cfg.recency > 0)     /* H2O's recent window, as a prior */
-                        w += e->cfg.recency / (hT * (double)(T - tt));
-                } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
-                    w = 1.0 / (double)(T - tt);
-                } else {
-                    w = (double)(mix64(wkey ^ ((uint64_t)it->unit << 32) ^ tt) >> 11) *
-                        0x1.0p-53;
-                }
-                /* a token not attended lately may be attended later */
-                double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
-                w += sq ? pr * pr : pr;
-                wt[tt] = w;
-                wok[tt] = 1;
-            }
-            wr[r] = w;
+            wr[r] = wt[it->t0 + idx[r]];
             vdr[r] = 0;
-            if (it->kind != 0 && e->cfg.rotate_values && !rng)
+            if (it->kind != 0 && e->cfg.rotate_values)
                 rotate(H, kin + (size_t)(e->KT + r) * d, vrot + (size_t)r * d, d);
             if (it->kind != 1 && !lanes)    /* the logit model's */
                 for (uint32_t q = 0; q < d; q++) {
                     double x = (double)kin[(size_t)(e->KT + r) * d + q] - vbar[q];
                     vdr[r] += x * x;
                 }
-        }
-        for (int j = 0; j < ECG_NW; j++) {
-            it->b[j] = it->kind == 1 || it->m == e->KT ? bfull[it->kind][j]
-                                                       : item_bytes(e, it->kind, it->m, ecg_widths[j]);
-            it->e[j] = 0;
-        }
-        if (rng) {
-            if (below)
-                range_damage(e, H, it, idx, nrow, wr, vbar, kin);
-            continue;
         }
         /* the grids of the rows, the same at every width tried */
         const float *K = kin, *V = kin + (size_t)e->KT * d, *VQ = e->cfg.rotate_values ? vrot : V;
@@ -1717,6 +1787,9 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             value_grid(e, H, it->t0, VQ, nrow, vgz, vgr);
         for (int j = 0; j < ECG_NW; j++) {
             uint32_t bits = ecg_widths[j];
+            it->b[j] = it->kind == 1 || it->m == e->KT ? bfull[it->kind][j]
+                                                       : item_bytes(e, it->kind, it->m, bits);
+            it->e[j] = 0;
             if (j >= it->cap || (bits == 0 && it->kind != 1) || !(e->wmask & (1u << j)))
                 continue;  /* no loss against what is held; keys are never width 0;
                               the solver never visits a width not allowed */
@@ -1782,7 +1855,6 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     }
     free(pa);
     free(wt);
-    free(wok);
     /* solve: start at the lowest allowed width, spend the budget by damage
      * saved per byte */
     int lo = 0;

@@ -84,6 +84,20 @@ void skv_ecq_colmean_ref(const float *x, uint64_t T, uint32_t d, float *out)
             out[c] += x[t * d + c] / (float)T;
 }
 
+void skv_ecq_track_ref(float *I, const float *p, uint64_t m, float g, int mode)
+{
+    const float a = 1.0f - g;
+    if (mode == 2)
+        for (uint64_t j = 0; j < m; j++)
+            I[j] = g * I[j] + a * p[j] * p[j];
+    else if (mode == 1)
+        for (uint64_t j = 0; j < m; j++)
+            I[j] = g * I[j] + a * p[j];
+    else
+        for (uint64_t j = 0; j < m; j++)
+            I[j] += p[j];
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
@@ -244,6 +258,27 @@ ECQ_AVX2 static void colmean_avx2(const float *x, uint64_t T, uint32_t d, float 
         for (uint64_t t = 0; t < T; t++)
             out[c] += x[t * d + c] / (float)T;
 }
+/* the reference's products and sum, eight at a time (no fused
+ * multiply-add, so the same roundings) */
+ECQ_AVX2 static void track_avx2(float *I, const float *p, uint64_t m, float g, int mode)
+{
+    const float a = 1.0f - g;
+    const __m256 vg = _mm256_set1_ps(g), va = _mm256_set1_ps(a);
+    uint64_t j = 0;
+    for (; j + 8 <= m; j += 8) {
+        __m256 x = _mm256_loadu_ps(p + j), y = _mm256_loadu_ps(I + j);
+        if (mode == 0) {
+            y = _mm256_add_ps(y, x);
+        } else {
+            __m256 t = _mm256_mul_ps(va, x);
+            if (mode == 2)
+                t = _mm256_mul_ps(t, x);
+            y = _mm256_add_ps(_mm256_mul_ps(vg, y), t);
+        }
+        _mm256_storeu_ps(I + j, y);
+    }
+    skv_ecq_track_ref(I + j, p + j, m - j, g, mode);
+}
 #define ECQ_HAVE_AVX2 1
 #endif
 
@@ -322,4 +357,15 @@ void skv_ecq_colmean(const float *x, uint64_t T, uint32_t d, float *out)
     }
 #endif
     skv_ecq_colmean_ref(x, T, d, out);
+}
+
+void skv_ecq_track(float *I, const float *p, uint64_t m, float g, int mode)
+{
+#ifdef ECQ_HAVE_AVX2
+    if (skv_ecq_simd()) {
+        track_avx2(I, p, m, g, mode);
+        return;
+    }
+#endif
+    skv_ecq_track_ref(I, p, m, g, mode);
 }

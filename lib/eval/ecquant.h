@@ -1,8 +1,9 @@
 /* ecquant.h -- private to lib/eval: the grouped layout's quantizer loops
- * (ecgroup.c), a scalar reference and an AVX2 copy of each, bit-identical
- * (the tests compare them).  The reallocation requantizes every held row
- * at each width below its own to predict the damage, so these loops are
- * most of its time.
+ * (ecgroup.c) and the importance tracking (eccommon.h), a scalar
+ * reference and an AVX2 copy of each, bit-identical (the tests compare
+ * them).  The reallocation requantizes rows (with imp-mse every held row at
+ * each width below its own, to predict the damage), so these loops are much
+ * of its time.
  *
  * A code is round((x - z) / s) (round to nearest even, as nearbyintf)
  * clamped to [0, qmax], or 0 where !(s > 0); the stored value is
@@ -44,6 +45,13 @@ void skv_ecq_sqerr_ref(const float *const *a, const float *const *b, uint32_t n,
  * the rows x[T][d] when out starts at 0). */
 void skv_ecq_colmean(const float *x, uint64_t T, uint32_t d, float *out);
 void skv_ecq_colmean_ref(const float *x, uint64_t T, uint32_t d, float *out);
+
+/* Importance tracking, one attention row p[0..m) into I[0..m): mode 1
+ * I = g I + (1 - g) p, mode 2 the same with p^2 ((1 - g) p p), mode 0
+ * I += p.  (In every decode step of every head: unvectorized, it was 2% of
+ * the decode time.) */
+void skv_ecq_track(float *I, const float *p, uint64_t m, float g, int mode);
+void skv_ecq_track_ref(float *I, const float *p, uint64_t m, float g, int mode);
 
 /* 1 if the AVX2 copies run on this CPU and build (0 forces the references:
  * skv_quant_set_simd's switch, SKV_NO_SIMD). */
