@@ -343,6 +343,15 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 assert 0 < r["meta_frac"] < 0.01 and r["beta"] > r["meta_frac"], r
 ' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
+    --keys channel --rotate --rotate-values --kv-split --error imp-range --residual 32 \
+    --protect-bits 8 --param-bits 8 --bits 0,2,3,4,8,16 --json -q
+expect_rc 0 "ppl with the method (imp-range error model, eviction allowed)"
+check "imp-range: the cache label says so; beta and KL in range" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert " range " in r["cache"] and 0 < r["beta"] < 1 and r["kl"] >= 0, r
+' "$T/out"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.15 \
     --keys channel --residual 32 -q
 expect_rc 1 "a budget below the smallest cache the settings allow is an error"
