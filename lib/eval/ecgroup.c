@@ -1295,7 +1295,7 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit)
     }
     /* key (and the sort's second half), hp, room, inh, sel */
     size_t need = (2 * ns + 1) * sizeof(hstep) + (n + 1) * (sizeof(hent) + 8 + 2);
-    if (need > e->sv_cap) {
+    if (need > e->sv_cap || !e->sv) {
         void *p = skv_realloc(e->sv, need);
         if (!p)
             return SKV_ENOMEM;
