@@ -57,17 +57,23 @@ void tool_set_max_mem(const char *arg)
 
 static struct tool_progress *active_bar; /* a bar on the terminal line */
 
+/* A message line "tool: text" in one write: the tools of a pipeline share
+ * standard error, and a line written in pieces can be cut by another's
+ * (a closed pipe upstream, a truncated input downstream, at once). */
+static void say(const char *pre, const char *post, const char *fmt, va_list ap)
+{
+    char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    fprintf(stderr, "%s%s: %s\n%s", pre, tool_name, msg, post);
+}
+
 void tool_die(int code, const char *fmt, ...)
 {
     va_list ap;
     dying = 1;
-    if (active_bar)
-        fputs("\r\033[K", stderr);
-    fprintf(stderr, "%s: ", tool_name);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say(active_bar ? "\r\033[K" : "", "", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     exit(code);
 }
 
@@ -84,12 +90,12 @@ void tool_fail(const char *file)
 void tool_usage_error(const char *fmt, ...)
 {
     va_list ap;
+    char post[256];
     dying = 1;
-    fprintf(stderr, "%s: ", tool_name);
+    snprintf(post, sizeof post, "Try '%s --help' for more information.\n", tool_name);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say("", post, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry '%s --help' for more information.\n", tool_name);
     exit(EXIT_USAGE);
 }
 
@@ -149,11 +155,9 @@ void tool_note(int level, const char *fmt, ...)
     if (tool_verbosity < level)
         return;
     va_list ap;
-    fprintf(stderr, "%s: ", tool_name);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say("", "", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 /* The option getopt just refused, as the user typed it. */
