@@ -1488,16 +1488,11 @@ static void key_energy(const ecg *e, gh *H, const float *x, uint32_t m, const ui
     }
 }
 
-/* Index of each width in ecg_widths (0 for widths not there), and
- * 12 (2^b - 1)^2 per width index b = 2, 3, 4, 8. */
-static const int8_t wid_of[17] = {0, 0, 1, 2, 3, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 5};
-static const double q12_of[ECG_NW] = {0, 108, 588, 2700, 780300, 0};
-
-/* An item's cap, bytes and damage per width under imp-range (the rows'
- * weights in wt[token]); a fresh item's energies found first (idx, x:
- * room for KT rows). */
-static void range_item(const ecg *e, gh *H, item *it, const uint32_t bfull[3][ECG_NW],
-                       const double *wt, const float *vbar, uint32_t *idx, float *x)
+/* An item's cap and damage per width under imp-range (the rows' weights
+ * in wt[token]); a fresh item's energies found first (idx, x: room for KT
+ * rows). */
+static void range_item(const ecg *e, gh *H, item *it, const double *wt, const float *vbar,
+                       uint32_t *idx, float *x)
 {
     const uint32_t d = e->base.head_dim;
     const uint64_t t0 = it->t0;
@@ -1505,13 +1500,7 @@ static void range_item(const ecg *e, gh *H, item *it, const uint32_t bfull[3][EC
     if (it->kind != 1)
         while (first < t0 + it->m - 1 && !H->vb[first])
             first++;
-    it->cap = (uint8_t)(it->fresh ? ECG_NW - 1
-                        : wid_of[it->kind == 1 ? H->vb[t0] : H->kb[first]]);
-    for (int j = 0; j < ECG_NW; j++) {
-        it->b[j] = it->kind == 1 || it->m == e->KT ? bfull[it->kind][j]
-                                                   : item_bytes(e, it->kind, it->m, ecg_widths[j]);
-        it->e[j] = 0;
-    }
+    it->cap = (uint8_t)(it->fresh ? ECG_NW - 1 : widx(it->kind == 1 ? H->vb[t0] : H->kb[first]));
     /* the damage is needed at the allowed widths below cap only (keys are
      * never width 0) */
     if (!(e->wmask & ((1u << it->cap) - 1) & (it->kind == 1 ? ~0u : ~1u)))
@@ -1546,15 +1535,10 @@ static void range_item(const ecg *e, gh *H, item *it, const uint32_t bfull[3][EC
     for (int j = 0; j < it->cap; j++) {
         if (!(e->wmask & (1u << j)) || (j == 0 && it->kind != 1))
             continue;
-        if (j) {
-            it->e[j] = (float)(en / q12_of[j]);
-        } else {    /* evicted: the output moves toward vbar */
-            const float *v = H->v + t0 * d;
-            double s = 0;
-            for (uint32_t c = 0; c < d; c++)
-                s += ((double)v[c] - vbar[c]) * ((double)v[c] - vbar[c]);
-            it->e[j] = (float)(wt[t0] * s);
-        }
+        /* evicted (width 0): the output moves toward vbar */
+        double q = (double)((1u << ecg_widths[j]) - 1u);
+        it->e[j] = j ? (float)(en / (12 * q * q))
+                     : (float)val_damage(e, H->v + t0 * d, vbar, wt[t0]);
     }
 }
 
@@ -1743,8 +1727,13 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                 rlv_importance(e, l, h, T);
             unit_weights(e, it->unit, e->sinks < na ? e->sinks : na, na, T, hT, wt);
         }
+        for (int j = 0; j < ECG_NW; j++) {
+            it->b[j] = it->kind == 1 || it->m == e->KT ? bfull[it->kind][j]
+                                                       : item_bytes(e, it->kind, it->m, ecg_widths[j]);
+            it->e[j] = 0;
+        }
         if (rng) {
-            range_item(e, H, it, bfull, wt, vbar, idx, kin);
+            range_item(e, H, it, wt, vbar, idx, kin);
             continue;
         }
         /* the rows this item holds: a held key group skips its evicted tokens */
@@ -1788,9 +1777,6 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             value_grid(e, H, it->t0, VQ, nrow, vgz, vgr);
         for (int j = 0; j < ECG_NW; j++) {
             uint32_t bits = ecg_widths[j];
-            it->b[j] = it->kind == 1 || it->m == e->KT ? bfull[it->kind][j]
-                                                       : item_bytes(e, it->kind, it->m, bits);
-            it->e[j] = 0;
             if (j >= it->cap || (bits == 0 && it->kind != 1) || !(e->wmask & (1u << j)))
                 continue;  /* no loss against what is held; keys are never width 0;
                               the solver never visits a width not allowed */

@@ -60,16 +60,16 @@
  * on per-group fp16 grids (param_bits).  Tokens stay in a residual and leave it
  * `realloc` tokens at a time (then the allocation is solved again); the
  * first alloc.sinks tokens stay as they entered.  Residual and sinks are
- * fp16, or quantized per token at protect_bits (8 or 4) when they enter.  Key and value widths are separate
- * (kv_split) or joint.  The solver spends the budget (every byte, tracking
+ * fp16, or quantized per token at protect_bits (8 or 4) when they enter.
+ * Key and value widths are separate (kv_split) or joint.  The solver spends the budget (every byte, tracking
  * state included) on the upgrade saving the most predicted damage per byte
  * (err_model: importance x squared error; importance x the squared error
  * min-max rounding gives on average, (range / (2^bits - 1))^2 / 12 per
  * number but a span's minimum and maximum, from each span's range; or the
  * logit model: key error under the recent queries' second moments,
  * non-linear in the attention it moves).  Held groups only move down,
- * requantized from what they decode to.  Rows hold exactly what their codes decode to; the bytes are those of
- * the packed codes, fp16 parameters, width map, pending rows, headers and
+ * requantized from what they decode to.  Rows hold exactly what their
+ * codes decode to; the bytes are those of the packed codes, fp16 parameters, width map, pending rows, headers and
  * tracking state (one byte of importance per token and KV head).  kivi:N
  * (skv_ec_kivi_parse) is this layout at fixed widths, no sinks, no tracking.
  *
