@@ -583,6 +583,47 @@ START_TEST(test_packed_widths)
 }
 END_TEST
 
+/* Live rows with an fp16 tail give bit for bit what the same rows as float32
+ * give (the conversion is exact and the kernels fold in the same order), for
+ * every kernel and 1 or 3 queries; a tail with keys and no values is
+ * refused. */
+START_TEST(test_rows_f16_tail)
+{
+    const uint32_t d = 64, n = 300, G = 3;
+    float *k = malloc(sizeof(float) * n * d), *v = malloc(sizeof(float) * n * d);
+    uint16_t *hk = malloc(sizeof(uint16_t) * n * d), *hv = malloc(sizeof(uint16_t) * n * d);
+    float q[3 * 64], o1[3 * 64], o2[3 * 64];
+    const uint64_t np = n + 5;      /* the tail starts at token 5 */
+    float *p1 = malloc(sizeof(float) * G * np), *p2 = malloc(sizeof(float) * G * np);
+    ck_assert(k && v && hk && hv && p1 && p2);
+    for (uint32_t i = 0; i < n * d; i++) {
+        hk[i] = skv_f32_to_f16((float)(urand() * 4 - 2));
+        hv[i] = skv_f32_to_f16((float)(urand() * 2 - 1));
+        k[i] = skv_f16_to_f32(hk[i]);
+        v[i] = skv_f16_to_f32(hv[i]);
+    }
+    for (uint32_t i = 0; i < G * d; i++)
+        q[i] = (float)(urand() * 2 - 1);
+    skv_att_rows rf = {d, 0, NULL, k, v, 5, n, NULL, NULL};
+    skv_att_rows rh = {d, 0, NULL, NULL, NULL, 5, n, hk, hv};
+    for (int kern = SKV_KERNEL_AUTO; kern <= SKV_KERNEL_LAST; kern++)
+        for (uint32_t ng = 1; ng <= G; ng += 2) {
+            uint64_t limit = 5 + n - 1 - ng; /* the last rows masked */
+            ck_assert_int_eq(skv_attend_rows(kern, &rf, q, ng, 0.125f, limit, o1, p1, np, np), 0);
+            ck_assert_int_eq(skv_attend_rows(kern, &rh, q, ng, 0.125f, limit, o2, p2, np, np), 0);
+            ck_assert_msg(!memcmp(o1, o2, sizeof(float) * ng * d), "kernel %d, %u queries: "
+                          "outputs differ", kern, ng);
+            ck_assert_msg(!memcmp(p1, p2, sizeof(float) * ng * np), "kernel %d: probabilities "
+                          "differ", kern);
+            ck_assert(p2[0] == 0 && p2[limit] > 0 && p2[limit + 1] == 0);
+        }
+    rh.tail_hv = NULL;
+    ck_assert_int_eq(skv_attend_rows(SKV_KERNEL_AUTO, &rh, q, 1, 0.125f, 5, o2, NULL, 0, 0),
+                     SKV_EINVAL);
+    free(k); free(v); free(hk); free(hv); free(p1); free(p2);
+}
+END_TEST
+
 /* The integer blocks: every int8 SIMD kernel gives exactly int8-scalar's
  * dot products and value sums, for every width and shape (the unpacking
  * permutations and the transposition included). */
@@ -775,6 +816,7 @@ int main(void)
     tcase_add_test(tc, test_packed_widths);
     tcase_add_test(tc, test_packed_shapes);
     tcase_add_test(tc, test_i8_blocks);
+    tcase_add_test(tc, test_rows_f16_tail);
     tcase_add_test(tc, test_packed_int8);
     tcase_add_test(tc, test_stream_paths);
     suite_add_tcase(s, tc);

@@ -1566,7 +1566,7 @@ int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32
 {
     uint32_t d = rows ? rows->head_dim : 0;
     if (!rows || !q || !out || ng == 0 || ng > SKV_GMAX || d == 0 || d > SKV_MAX_HEAD_DIM ||
-        (rows->n_buckets && !rows->buckets) || (rows->n_tail && (!rows->tail_k || !rows->tail_v)))
+        (rows->n_buckets && !rows->buckets) || (rows->n_tail && !(rows->tail_hk ? rows->tail_hv != NULL : rows->tail_k && rows->tail_v)))
         return skv_error(SKV_EINVAL, "attention rows: bad arguments (head_dim %u, %u queries)", d,
                          ng);
     if (prob && (limit >= n_prob || (ng > 1 && prob_stride < n_prob)))
@@ -1607,10 +1607,11 @@ int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32
         } else {
             if (!rows->n_tail)
                 break;
-            R.bits = 32;
-            R.rs = d * 4;
-            R.kd = (const uint8_t *)rows->tail_k;
-            R.vd = (const uint8_t *)rows->tail_v;
+            const int h = rows->tail_hk != NULL;
+            R.bits = h ? 16 : 32;
+            R.rs = d * (h ? 2 : 4);
+            R.kd = h ? (const uint8_t *)rows->tail_hk : (const uint8_t *)rows->tail_k;
+            R.vd = h ? (const uint8_t *)rows->tail_hv : (const uint8_t *)rows->tail_v;
             R.t0 = rows->tail_t0;
             R.n = rows->n_tail;
         }

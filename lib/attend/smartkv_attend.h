@@ -187,13 +187,16 @@ SKV_EXPORT uint64_t skv_attend_bytes_read(const skv_kv_view *L, uint64_t t);
  * cache behind the model's skv_kv_ops): the rows of one KV head are the
  * buckets of a packed head (any number, tokens disjoint, idx ascending in
  * each) plus an optional tail of consecutive float32 rows (tokens
- * tail_t0 .. tail_t0 + n_tail - 1, not in any bucket). */
+ * tail_t0 .. tail_t0 + n_tail - 1, not in any bucket), or of IEEE fp16
+ * rows when tail_hk is set (half the bytes to read: decode attention over
+ * a long fp16 cache is bound by memory bandwidth). */
 typedef struct skv_att_rows {
     uint32_t head_dim;
     uint32_t n_buckets;
     const struct skv_bucket *buckets;  /* smartkv_pack.h */
     const float *tail_k, *tail_v;      /* [n_tail][head_dim] */
     uint64_t tail_t0, n_tail;
+    const uint16_t *tail_hk, *tail_hv; /* [n_tail][head_dim] fp16; NULL: tail_k/tail_v */
 } skv_att_rows;
 #define SKV_ATT_ROWS_MAX_Q 8           /* query vectors per call */
 

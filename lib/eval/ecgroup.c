@@ -960,7 +960,7 @@ static int ecg_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t p
     uint64_t t0 = now_ns();
     const uint32_t d = c->head_dim;
     const gh *H = head_at(e, layer, head / e->G);
-    skv_att_rows R = {d, 0, NULL, H->k, H->v, 0, e->len[layer]};
+    skv_att_rows R = {d, 0, NULL, H->k, H->v, 0, e->len[layer], NULL, NULL};
     uint64_t ctx = pos + n;
     size_t r = (size_t)layer * c->n_heads + head;
     for (uint32_t i = 0; i < n; i++) {

@@ -31,6 +31,8 @@ typedef struct ec_head {
     float *err;             /* [capacity][SKV_NBITS] error model, set at first allocation */
     float *tk, *tv;         /* pending rows [tail_cap][head_dim], tokens n_alloc.. */
     uint64_t tail_cap;
+    uint16_t *hk, *hv;      /* the fp16 kind's rows instead: [half_cap][head_dim] fp16 */
+    uint64_t half_cap;
     float *fk, *fv;         /* ideal: every token [full_cap][head_dim] */
     uint64_t full_cap;
     float *rk, *rv;         /* rocketkv: the allocated kept rows, dequantized, */
@@ -341,17 +343,49 @@ static void free_parts(ec_head *H)
     H->n_parts = 0;
 }
 
+/* The capacity (doubling from 64) and its bytes for at least n rows of d
+ * values of esz bytes; <0 (message set) on overflow. */
+static int grow_cap(uint64_t cap, uint64_t n, uint32_t d, size_t esz, uint64_t *nc, size_t *bytes)
+{
+    uint64_t c = cap ? cap : 64;
+    while (c < n)
+        c *= 2;
+    *nc = c;
+    if (skv_mul_sizes(bytes, 3, (size_t)c, (size_t)d, esz) < 0)
+        return skv_error(SKV_ELIMIT, "kv cache: %llu rows overflow", (unsigned long long)c);
+    return 0;
+}
+
+/* Grow a pair of row arrays to hold at least n rows of d fp16 values. */
+static int grow_half(uint16_t **k, uint16_t **v, uint64_t *cap, uint64_t n, uint32_t d)
+{
+    uint64_t nc;
+    size_t bytes;
+    if (n <= *cap)
+        return 0;
+    if (grow_cap(*cap, n, d, sizeof(uint16_t), &nc, &bytes) < 0)
+        return SKV_ELIMIT;
+    uint16_t *nk = skv_realloc(*k, bytes);
+    if (!nk)
+        return SKV_ENOMEM;
+    *k = nk;
+    uint16_t *nv = skv_realloc(*v, bytes);
+    if (!nv)
+        return SKV_ENOMEM;
+    *v = nv;
+    *cap = nc;
+    return 0;
+}
+
 /* Grow a pair of row arrays to hold at least n rows of d floats. */
 static int grow_rows(float **k, float **v, uint64_t *cap, uint64_t n, uint32_t d)
 {
+    uint64_t nc;
+    size_t bytes;
     if (n <= *cap)
         return 0;
-    uint64_t nc = *cap ? *cap : 64;
-    while (nc < n)
-        nc *= 2;
-    size_t bytes;
-    if (skv_mul_sizes(&bytes, 3, (size_t)nc, (size_t)d, sizeof(float)) < 0)
-        return skv_error(SKV_ELIMIT, "kv cache: %llu rows overflow", (unsigned long long)nc);
+    if (grow_cap(*cap, n, d, sizeof(float), &nc, &bytes) < 0)
+        return SKV_ELIMIT;
     float *nk = skv_realloc(*k, bytes);
     if (!nk)
         return SKV_ENOMEM;
@@ -912,7 +946,23 @@ static int ec_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, 
     }
     const uint32_t d = c->head_dim, row = c->n_kv_heads * d;
     const uint64_t base = pos - e->n_alloc;
-    for (uint32_t h = 0; h < c->n_kv_heads; h++) {
+    for (uint32_t h = 0; h < c->n_kv_heads && e->cfg.kind == SKV_EC_FP16; h++) {
+        ec_head *H = head_at(e, layer, h);
+        if ((rc = grow_half(&H->hk, &H->hv, &H->half_cap, pos + n, d)) < 0)
+            return rc;
+        for (uint32_t i = 0; i < n; i++) {
+            float fk[SKV_MAX_HEAD_DIM], fv[SKV_MAX_HEAD_DIM];
+            size_t o = (size_t)i * row + (size_t)h * d;
+            uint16_t *dk = H->hk + (pos + i) * d, *dv = H->hv + (pos + i) * d;
+            if ((rc = ec_f16_row(k + o, v + o, fk, fv, d, layer, h, pos + i)) < 0)
+                return rc;
+            for (uint32_t j = 0; j < d; j++) {
+                dk[j] = skv_f32_to_f16(fk[j]);
+                dv[j] = skv_f32_to_f16(fv[j]);
+            }
+        }
+    }
+    for (uint32_t h = 0; h < c->n_kv_heads && e->cfg.kind != SKV_EC_FP16; h++) {
         ec_head *H = head_at(e, layer, h);
         if ((rc = grow_rows(&H->tk, &H->tv, &H->tail_cap, base + n, d)) < 0)
             return rc;
@@ -949,7 +999,7 @@ static int ec_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
     uint64_t t0 = now_ns();
     const ec_head *H = head_at(e, layer, head / e->G);
     skv_att_rows R = {c->head_dim, H->n_parts, H->bk, H->tk, H->tv, e->n_alloc,
-                      e->len[layer] - e->n_alloc};
+                      e->len[layer] - e->n_alloc, H->hk, H->hv};
     uint64_t ctx = pos + n;
     if (e->rocket && e->n_alloc > 0) { /* RocketKV's stage 2 after the first eviction */
         if ((rc = rocket_attend(e, H, layer, pos, n, q, q_stride, scale, out, out_stride, probs,
@@ -1010,6 +1060,8 @@ static void ec_destroy(skv_kv_cache *c)
             free(H->err);
             free(H->tk);
             free(H->tv);
+            free(H->hk);
+            free(H->hv);
             free(H->fk);
             free(H->fv);
             free(H->rk);
@@ -1175,7 +1227,7 @@ int skv_ec_stats_get(const skv_kv_cache *cc, skv_ec_stats *s)
     s->meta_bytes = 0;
     if (e->cfg.kind != SKV_EC_COMPRESS) {
         s->bytes = e->cfg.kind == SKV_EC_F32 ? 2 * s->fp16_bytes : s->fp16_bytes;
-        s->mem_bytes = 2 * s->fp16_bytes;
+        s->mem_bytes = e->cfg.kind == SKV_EC_F32 ? 2 * s->fp16_bytes : s->fp16_bytes;
         return 0;
     }
     const skv_qcfg *q = &e->cfg.alloc.qcfg;

@@ -331,7 +331,7 @@ static int zk_attend(skv_kv_cache *c, uint32_t layer, uint32_t head, uint64_t po
     uint64_t t0 = now_ns();
     const zk_head *Z = &z->heads[(size_t)layer * c->n_kv_heads + head / z->G];
     /* every row as one tail of dense rows: the reconstruction is in place */
-    skv_att_rows R = {c->head_dim, 0, NULL, Z->k, Z->v, 0, z->len[layer]};
+    skv_att_rows R = {c->head_dim, 0, NULL, Z->k, Z->v, 0, z->len[layer], NULL, NULL};
     for (uint32_t i = 0; i < n; i++)
         if ((rc = skv_attend_rows(z->cfg.kernel, &R, q + i * q_stride, 1, scale, pos + i,
                                   out + i * out_stride, probs + i * probs_stride, 0, pos + n)) < 0)
