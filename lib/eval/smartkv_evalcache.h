@@ -73,9 +73,10 @@
  * tracking state (one byte of importance per token and KV head).  kivi:N
  * (skv_ec_kivi_parse) is this layout at fixed widths, no sinks, no tracking.
  *
- * Kinds.  SKV_EC_FP16 holds every token pending forever (an fp16 dense
- * cache: the reference), SKV_EC_F32 the same without rounding (equals the
- * model's float32 dense cache); neither tracks nor allocates.
+ * Kinds.  SKV_EC_FP16 holds every token pending forever, as IEEE fp16 rows
+ * (an fp16 dense cache: the reference), SKV_EC_F32 the same as float32
+ * rows without rounding (equals the model's float32 dense cache); neither
+ * tracks nor allocates.
  *
  * Threads: the model calls attend concurrently for different query heads
  * of one layer; tracking state is per query head, so this is safe.  Append,
@@ -222,7 +223,7 @@ typedef struct skv_ec_stats {
     uint64_t bytes;         /* byte model of the cache now (see above) */
     uint64_t fp16_bytes;    /* fp16 K+V bytes of n_tokens */
     uint64_t mem_bytes;     /* K/V bytes actually held: payloads, pending rows
-                               (float32), the idealised copy */
+                               (float32; fp16 in the fp16 kind), the idealised copy */
     uint64_t meta_bytes;    /* tracking state: importance, error model, widths */
     uint64_t hist[SKV_NBITS];  /* allocated rows per width (skv_bit_widths order) */
     /* counters since creation or skv_ec_stats_reset: */
