@@ -72,6 +72,12 @@ SKV_EXPORT int skv_att_kernel_parse(const char *name);
 /* 1 if this build and CPU can run the kernel. */
 SKV_EXPORT int skv_att_kernel_available(int kernel);
 
+/* The probabilities pass of the kernels: p[u] = exp(p[u] - m) / l for u <
+ * n (0 where p[u] is -INFINITY or l <= 0), i.e. skv_sm_prob of the state
+ * {m, l} (smartkv_softmax.h); the SIMD path gives its results bit for bit.
+ * kernel: the scalar kernels take the scalar loop.  Returns 0 or SKV_EINVAL. */
+SKV_EXPORT int skv_att_probs(int kernel, float *p, uint64_t n, float m, float l);
+
 /* The integer building blocks of the int8 kernels (exposed for the tests),
  * on n rows of one packed width bits (2, 3, 4, or 8 with d <= 256), row i
  * at rows + i*stride,
