@@ -1693,10 +1693,12 @@ int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32
             qs[g * d + j] = q[(size_t)g * d + j] * scale;
         skv_sm_init(&st[g], acc + (size_t)g * d, d);
     }
+    /* tokens beyond limit are never folded: their probabilities are 0 now,
+     * and the pass below covers 0..limit only (half the work of a prefill) */
     if (prob)
         for (uint32_t g = 0; g < ng; g++)
             for (uint64_t u = 0; u < n_prob; u++)
-                prob[g * prob_stride + u] = -INFINITY;
+                prob[g * prob_stride + u] = u <= limit ? -INFINITY : 0.0f;
     for (uint32_t b = 0; b <= rows->n_buckets; b++) {
         run R;
         memset(&R, 0, sizeof R);
@@ -1727,7 +1729,7 @@ int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32
     for (uint32_t g = 0; g < ng; g++) {
         skv_sm_finish(&st[g], acc + (size_t)g * d, out + (size_t)g * d, d);
         if (prob)
-            probs_pass(kernel, prob + g * prob_stride, n_prob, &st[g]);
+            probs_pass(kernel, prob + g * prob_stride, limit + 1, &st[g]);
     }
     return 0;
 }
