@@ -1456,9 +1456,10 @@ static int rot_setup(const skv_kv_view *L, const uint64_t *steps, uint64_t n_ste
  * time with that expf's algorithm and operations in its order (ARM's
  * optimized-routines expf: k = round(x 32/ln2), a 32-entry table of
  * 2^(i/32), a cubic in double precision), so the result is the scalar
- * one bit for bit (test_attend: every float from 0 down to -110 and the
- * special values); a lane expf would treat as a special case (|x| >= 88,
- * NaN) takes the scalar call.  This pass was a sixth of decode time. */
+ * one bit for bit (every float from 0 down to -110 compared once;
+ * test_probs_pass samples them and the special values); a lane expf would
+ * treat as a special case (|x| >= 88, NaN) takes the scalar call.  This
+ * pass was about a sixth of decode time. */
 #ifdef SKV_X86
 static const uint64_t exp_tab[32] = {
     0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51,
@@ -1671,7 +1672,8 @@ int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32
 {
     uint32_t d = rows ? rows->head_dim : 0;
     if (!rows || !q || !out || ng == 0 || ng > SKV_GMAX || d == 0 || d > SKV_MAX_HEAD_DIM ||
-        (rows->n_buckets && !rows->buckets) || (rows->n_tail && !(rows->tail_hk ? rows->tail_hv != NULL : rows->tail_k && rows->tail_v)))
+        (rows->n_buckets && !rows->buckets) ||
+        (rows->n_tail && !(rows->tail_hk ? rows->tail_hv != NULL : rows->tail_k && rows->tail_v)))
         return skv_error(SKV_EINVAL, "attention rows: bad arguments (head_dim %u, %u queries)", d,
                          ng);
     if (prob && (limit >= n_prob || (ng > 1 && prob_stride < n_prob)))

@@ -929,6 +929,32 @@ void skv_ec_hold(skv_kv_cache *c, int hold)
 
 /* ---------------------------------------------------------------- ops */
 
+/* The fp16 kind's append: rows stored as fp16 (decode attention over a long
+ * cache is bound by the bytes it reads), after ec_f16_row's range check. */
+static int append_half(ec_cache *e, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
+                       const float *v)
+{
+    const uint32_t d = e->base.head_dim, row = e->base.n_kv_heads * d;
+    int rc;
+    for (uint32_t h = 0; h < e->base.n_kv_heads; h++) {
+        ec_head *H = head_at(e, layer, h);
+        if ((rc = grow_half(&H->hk, &H->hv, &H->half_cap, pos + n, d)) < 0)
+            return rc;
+        for (uint32_t i = 0; i < n; i++) {
+            float fk[SKV_MAX_HEAD_DIM], fv[SKV_MAX_HEAD_DIM];
+            size_t o = (size_t)i * row + (size_t)h * d;
+            uint16_t *dk = H->hk + (pos + i) * d, *dv = H->hv + (pos + i) * d;
+            if ((rc = ec_f16_row(k + o, v + o, fk, fv, d, layer, h, pos + i)) < 0)
+                return rc;
+            for (uint32_t j = 0; j < d; j++) {
+                dk[j] = skv_f32_to_f16(fk[j]);
+                dv[j] = skv_f32_to_f16(fv[j]);
+            }
+        }
+    }
+    return 0;
+}
+
 static int ec_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, const float *k,
                      const float *v)
 {
@@ -946,23 +972,13 @@ static int ec_append(skv_kv_cache *c, uint32_t layer, uint64_t pos, uint32_t n, 
     }
     const uint32_t d = c->head_dim, row = c->n_kv_heads * d;
     const uint64_t base = pos - e->n_alloc;
-    for (uint32_t h = 0; h < c->n_kv_heads && e->cfg.kind == SKV_EC_FP16; h++) {
-        ec_head *H = head_at(e, layer, h);
-        if ((rc = grow_half(&H->hk, &H->hv, &H->half_cap, pos + n, d)) < 0)
+    if (e->cfg.kind == SKV_EC_FP16) {
+        if ((rc = append_half(e, layer, pos, n, k, v)) < 0)
             return rc;
-        for (uint32_t i = 0; i < n; i++) {
-            float fk[SKV_MAX_HEAD_DIM], fv[SKV_MAX_HEAD_DIM];
-            size_t o = (size_t)i * row + (size_t)h * d;
-            uint16_t *dk = H->hk + (pos + i) * d, *dv = H->hv + (pos + i) * d;
-            if ((rc = ec_f16_row(k + o, v + o, fk, fv, d, layer, h, pos + i)) < 0)
-                return rc;
-            for (uint32_t j = 0; j < d; j++) {
-                dk[j] = skv_f32_to_f16(fk[j]);
-                dv[j] = skv_f32_to_f16(fv[j]);
-            }
-        }
+        e->len[layer] = pos + n;
+        return 0;
     }
-    for (uint32_t h = 0; h < c->n_kv_heads && e->cfg.kind != SKV_EC_FP16; h++) {
+    for (uint32_t h = 0; h < c->n_kv_heads; h++) {
         ec_head *H = head_at(e, layer, h);
         if ((rc = grow_rows(&H->tk, &H->tv, &H->tail_cap, base + n, d)) < 0)
             return rc;
