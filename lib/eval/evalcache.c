@@ -343,33 +343,24 @@ static void free_parts(ec_head *H)
     H->n_parts = 0;
 }
 
-/* The capacity (doubling from 64) and its bytes for at least n rows of d
- * values of esz bytes; <0 (message set) on overflow. */
-static int grow_cap(uint64_t cap, uint64_t n, uint32_t d, size_t esz, uint64_t *nc, size_t *bytes)
+/* Grow a pair of row arrays to hold at least n rows of d values of esz
+ * bytes (the capacity doubles from 64).  *k and *v are updated as each
+ * reallocation succeeds, so a failure leaks nothing. */
+static int grow_pair(void **k, void **v, uint64_t *cap, uint64_t n, uint32_t d, size_t esz)
 {
-    uint64_t c = cap ? cap : 64;
-    while (c < n)
-        c *= 2;
-    *nc = c;
-    if (skv_mul_sizes(bytes, 3, (size_t)c, (size_t)d, esz) < 0)
-        return skv_error(SKV_ELIMIT, "kv cache: %llu rows overflow", (unsigned long long)c);
-    return 0;
-}
-
-/* Grow a pair of row arrays to hold at least n rows of d fp16 values. */
-static int grow_half(uint16_t **k, uint16_t **v, uint64_t *cap, uint64_t n, uint32_t d)
-{
-    uint64_t nc;
-    size_t bytes;
     if (n <= *cap)
         return 0;
-    if (grow_cap(*cap, n, d, sizeof(uint16_t), &nc, &bytes) < 0)
-        return SKV_ELIMIT;
-    uint16_t *nk = skv_realloc(*k, bytes);
+    uint64_t nc = *cap ? *cap : 64;
+    while (nc < n)
+        nc *= 2;
+    size_t bytes;
+    if (skv_mul_sizes(&bytes, 3, (size_t)nc, (size_t)d, esz) < 0)
+        return skv_error(SKV_ELIMIT, "kv cache: %llu rows overflow", (unsigned long long)nc);
+    void *nk = skv_realloc(*k, bytes);
     if (!nk)
         return SKV_ENOMEM;
     *k = nk;
-    uint16_t *nv = skv_realloc(*v, bytes);
+    void *nv = skv_realloc(*v, bytes);
     if (!nv)
         return SKV_ENOMEM;
     *v = nv;
@@ -377,25 +368,14 @@ static int grow_half(uint16_t **k, uint16_t **v, uint64_t *cap, uint64_t n, uint
     return 0;
 }
 
-/* Grow a pair of row arrays to hold at least n rows of d floats. */
+/* grow_pair for float rows. */
 static int grow_rows(float **k, float **v, uint64_t *cap, uint64_t n, uint32_t d)
 {
-    uint64_t nc;
-    size_t bytes;
-    if (n <= *cap)
-        return 0;
-    if (grow_cap(*cap, n, d, sizeof(float), &nc, &bytes) < 0)
-        return SKV_ELIMIT;
-    float *nk = skv_realloc(*k, bytes);
-    if (!nk)
-        return SKV_ENOMEM;
-    *k = nk;
-    float *nv = skv_realloc(*v, bytes);
-    if (!nv)
-        return SKV_ENOMEM;
-    *v = nv;
-    *cap = nc;
-    return 0;
+    void *pk = *k, *pv = *v;
+    int rc = grow_pair(&pk, &pv, cap, n, d, sizeof(float));
+    *k = pk;
+    *v = pv;
+    return rc;
 }
 
 static uint32_t width_pos(uint32_t bits)
@@ -938,7 +918,11 @@ static int append_half(ec_cache *e, uint32_t layer, uint64_t pos, uint32_t n, co
     int rc;
     for (uint32_t h = 0; h < e->base.n_kv_heads; h++) {
         ec_head *H = head_at(e, layer, h);
-        if ((rc = grow_half(&H->hk, &H->hv, &H->half_cap, pos + n, d)) < 0)
+        void *pk = H->hk, *pv = H->hv;
+        rc = grow_pair(&pk, &pv, &H->half_cap, pos + n, d, sizeof(uint16_t));
+        H->hk = pk;
+        H->hv = pv;
+        if (rc < 0)
             return rc;
         for (uint32_t i = 0; i < n; i++) {
             float fk[SKV_MAX_HEAD_DIM], fv[SKV_MAX_HEAD_DIM];
