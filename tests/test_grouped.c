@@ -458,6 +458,52 @@ START_TEST(test_quant_loops_same_bits)
 }
 END_TEST
 
+/* The importance byte (skv_ecq_imp_fold): within 2.2% of the mean of the
+ * G heads from 2^-15.9 to 1 (2^-31.8 with steps of 1/8), 0 below, 1 above; the AVX2 copy gives the
+ * reference's bits, at the rounding thresholds too, for zeros, negatives,
+ * NaN, infinities and subnormals. */
+START_TEST(test_imp_fold)
+{
+    enum { N = 4 * 300 + 3 };
+    static float I[3 * N];
+    static double w0[N], w1[N];
+    rng = 4242;
+    for (int rep = 0; rep < 8; rep++) {
+        for (int i = 0; i < 3 * N; i++) {
+            float v = ldexpf(fabsf(frand()), -(int)(rng % 24));
+            if (rep % 2) {  /* at the rounding thresholds, and a bit below */
+                int k = (int)(rng % 16), e = (int)(rng % 20);
+                v = (float)ldexp(exp2((k + 0.5) / 16.0), -e - 1);
+                v = i % 2 ? nextafterf(v, 0) : v;
+            }
+            static const float odd[] = {0.0f, -0.0f, -0.5f, 1.0f, 3.0f, 0x1p-140f, 0x1p-70f,
+                                        INFINITY, -INFINITY};
+            I[i] = i % 13 == 5 ? odd[(size_t)(i / 13) % 9] : i % 17 == 3 ? NAN : v;
+        }
+        for (uint32_t G = 1; G <= 3; G++)
+            for (int s8 = 0; s8 < 2; s8++) {
+                skv_ecq_imp_fold(I, N, G, N - (uint32_t)rep, s8, w0);
+                skv_ecq_imp_fold_ref(I, N, G, N - (uint32_t)rep, s8, w1);
+                ck_assert_msg(!memcmp(w0, w1, (N - (size_t)rep) * sizeof *w0),
+                              "simd and reference, G %u steps8 %d", G, s8);
+                for (uint32_t t = 0; t < N - (uint32_t)rep; t++) {
+                    double x = 0;
+                    for (uint32_t g = 0; g < G; g++)
+                        x += I[g * N + t];
+                    x /= G;
+                    double want = !(x > 0) ? 0 : x >= 1 ? 1 : x;
+                    double tol = (exp2(s8 ? 1 / 16.0 : 1 / 32.0) - 1) * want * (1 + 1e-12);
+                    if (x > 0 && x < (s8 ? 0x1p-31 : 0x1p-15))
+                        ck_assert_msg(w1[t] == 0 || fabs(w1[t] - x) <= tol, "%g -> %g", x, w1[t]);
+                    else
+                        ck_assert_msg(fabs(w1[t] - want) <= tol, "G %u steps8 %d: %a -> %a", G,
+                                      s8, x, w1[t]);
+                }
+            }
+    }
+}
+END_TEST
+
 /* The method's settings (keys per channel, rotation, 8-bit parameters,
  * split widths, eviction) attend to the same bits with the SIMD loops on
  * and off: the damage model and the solver see the same numbers. */
@@ -618,8 +664,8 @@ START_TEST(test_solver_same_steps)
     static const uint32_t masks[] = {0x3f, 0x3e, 0x3c, 0x38, 0x3b};
     static float dmg[SV_N * 6];
     static uint32_t b[SV_N * 6];
-    static uint8_t cap[SV_N], s0[SV_N], s1[SV_N], st[SV_N];
-    uint32_t runs = 0, moved = 0;
+    static uint8_t cap[SV_N], s0[SV_N], s1[SV_N], s2[SV_N], st[SV_N];
+    uint32_t runs = 0, moved = 0, hinted[2] = {0, 0};
     for (int ties = 0; ties < 2; ties++)
         for (uint32_t mi = 0; mi < sizeof masks / sizeof *masks; mi++) {
             uint32_t wm = masks[mi];
@@ -657,8 +703,25 @@ START_TEST(test_solver_same_steps)
                 uint64_t limit = base + (uint64_t)(frac[f] * (double)(top - base));
                 memcpy(s0, st, SV_N);
                 memcpy(s1, st, SV_N);
-                ck_assert_int_eq(skv_ecg_solve_items(SV_N, dmg, b, cap, s0, wm, base, limit, 1), 0);
-                ck_assert_int_eq(skv_ecg_solve_items(SV_N, dmg, b, cap, s1, wm, base, limit, 0), 0);
+                float cr = -1;
+                ck_assert_int_eq(skv_ecg_solve_items(SV_N, dmg, b, cap, s0, wm, base, limit, 1,
+                                                     NULL), 0);
+                ck_assert_int_eq(skv_ecg_solve_items(SV_N, dmg, b, cap, s1, wm, base, limit, 0,
+                                                     &cr), 0);
+                /* hinted by this walk's crossing (or a poorer guess), the
+                 * walk that leaves the steps above the hint unsorted takes
+                 * the same steps, or sorts them all */
+                const float hint[] = {cr, cr / 2, cr / 8, cr * 4, 0, 1e30f};
+                for (uint32_t h = 0; h < sizeof hint / sizeof *hint; h++) {
+                    float c2 = hint[h];
+                    memcpy(s2, st, SV_N);
+                    int rc = skv_ecg_solve_items(SV_N, dmg, b, cap, s2, wm, base, limit, 0, &c2);
+                    ck_assert_int_ge(rc, 0);
+                    hinted[rc]++;
+                    ck_assert_msg(!memcmp(s1, s2, SV_N) && c2 == cr, "mask %#x budget %g hint %g: "
+                                  "other steps than without it (crossing %g, %g without)", wm,
+                                  frac[f], (double)hint[h], (double)c2, (double)cr);
+                }
                 double e0, e1;
                 uint64_t b0, b1;
                 sv_totals(dmg, b, s0, &e0, &b0);
@@ -681,6 +744,9 @@ START_TEST(test_solver_same_steps)
         }
     ck_assert_uint_eq(runs, 2 * 5 * 9);
     ck_assert_uint_gt(moved, 0);
+    /* both ways were walked */
+    ck_assert_uint_gt(hinted[0], 0);
+    ck_assert_uint_gt(hinted[1], 0);
 }
 END_TEST
 
@@ -766,6 +832,7 @@ int main(void)
     tcase_add_test(tc, test_solver_same_steps);
     tcase_add_test(tc, test_param_bits);
     tcase_add_test(tc, test_quant_loops_same_bits);
+    tcase_add_test(tc, test_imp_fold);
     tcase_add_test(tc, test_simd_same_run);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);

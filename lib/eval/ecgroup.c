@@ -96,6 +96,7 @@ typedef struct ecg {
     size_t n_it, cap_it;
     void *sv;               /* the solver's scratch, kept: a plan every flush */
     size_t sv_cap;
+    float cross;            /* the last walk's crossing ratio (solve), < 0 none */
     skv_ec_stats st;
     _Atomic uint64_t track_ns, attend_ns;
 } ecg;
@@ -120,55 +121,15 @@ static int widx(uint32_t bits)
 
 static float h16(float x) { return skv_f16_to_f32(skv_f32_to_f16(x)); }
 
-/* The powers of two that imp8 and grid_range return, one call each ahead
- * of time: exp2((c - 255) / 16) and (/ 8) for c = 0..255, exp2f(-u / 16)
- * for u = 0..255 (the same calls, so the same numbers). */
-static double pow_imp16[256], pow_imp8[256];
-static double thr_imp16[16], thr_imp8[8];  /* 2^((k + 1/2) / steps): where rounding turns */
+/* exp2f(-u / 16) for u = 0..255, the values grid_range returns, one call
+ * each ahead of time (the same calls, so the same numbers). */
 static float pow_range[256];
 static pthread_once_t pow_once = PTHREAD_ONCE_INIT;
 
 static void pow_init(void)
 {
-    for (int c = 0; c < 256; c++) {
-        pow_imp16[c] = exp2((c - 255) / 16.0);
-        pow_imp8[c] = exp2((c - 255) / 8.0);
+    for (int c = 0; c < 256; c++)
         pow_range[c] = exp2f(-(float)c / 16.0f);
-    }
-    for (int k = 0; k < 16; k++)
-        thr_imp16[k] = exp2((k + 0.5) / 16.0);
-    for (int k = 0; k < 8; k++)
-        thr_imp8[k] = exp2((k + 0.5) / 8.0);
-}
-
-/* Importance as the cache holds it: one byte per token, log2 in steps of
- * 1/16 (or 1/8 with steps8) from 2^-15.9 to 1 (0 below), i.e. within 2.2%
- * of the tracked value: exp2((c - 255) / steps) for its code c. */
-static double imp8(double x, int steps8)
-{
-    if (!(x > 0))
-        return 0;
-    if (x >= 1)
-        return 1;
-    /* nearbyint(steps log2 x) without a log2 per token (a plan's hottest
-     * call): x = m 2^e with m in [1, 2), and round(steps log2 m) counts the
-     * thresholds 2^((k + 1/2) / steps) at or below m (none is a double) */
-    uint64_t u;
-    memcpy(&u, &x, sizeof u);
-    int ex = (int)((u >> 52) & 0x7ff) - 1023;
-    if (ex < -64)
-        return 0;
-    u = (u & ((1ull << 52) - 1)) | (1023ull << 52);
-    double m;
-    memcpy(&m, &u, sizeof m);
-    const int st = steps8 ? 8 : 16;
-    const double *thr = steps8 ? thr_imp8 : thr_imp16;
-    int k = 0;
-    for (int h = st / 2; h; h /= 2)
-        k += m >= thr[k + h - 1] ? h : 0;
-    k += m >= thr[k];
-    int c = st * ex + k + 255;
-    return c < 1 ? 0 : (steps8 ? pow_imp8 : pow_imp16)[c];
 }
 
 void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits)
@@ -564,6 +525,7 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
         return NULL;
     skv_kv_base_init(&e->base, &ecg_ops, n_layers, n_heads, n_kv_heads, head_dim, capacity);
     e->cfg = *cfg;
+    e->cross = -1;
     skv_qcfg *q = &e->cfg.alloc.qcfg;
     q->head_dim = head_dim;
     if (cfg->kivi_bits) {
@@ -1281,8 +1243,20 @@ static int solve_heap(ecg *e, uint64_t cur, uint64_t limit)
  * as it fitted the room left when that entry was pushed.  When it did not,
  * or when it no longer fits, the item's best step within the room goes to
  * a small heap, merged with the sorted steps by ratio, and the item leaves
- * the sorted walk. */
-static int solve(ecg *e, uint64_t cur, uint64_t limit)
+ * the sorted walk.
+ *
+ * Most steps are taken (in a decode, 97% of them: a plan mostly puts the
+ * held rows back where they were), so with a hint -- twice the ratio at
+ * which the last plan's walk first found a step that did not fit -- the
+ * steps above it are neither sorted nor walked: when they fit the room
+ * together, the walk takes them all before any other, in whatever order.
+ * Their order mattered only through the room an item's next step is
+ * compared with, and that comparison comes out the same when the step fits
+ * the room left after all of them; if some item's does not, or they do not
+ * fit together, every step is sorted as without a hint.  *cross: the hint
+ * in (< 0 none), this walk's crossing out (0 if every step fitted).
+ * Returns 1 if the steps above the hint were taken unsorted, else 0. */
+static int solve(ecg *e, uint64_t cur, uint64_t limit, float *cross)
 {
     const size_t n = e->n_it;
     if (n >= 1u << 29)
@@ -1308,19 +1282,49 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit)
     uint8_t *inh = (uint8_t *)(room + n + 1);       /* 1: its entry is in hp */
     uint8_t *sel = inh + n + 1;     /* the walk's widths (items' once in hp) */
     memset(inh, 0, n + 1);
-    ns = 0;
-    for (size_t i = 0; i < n; i++) {
-        const item *it = &e->it[i];
-        double r;
-        room[i] = limit - cur;
-        sel[i] = it->sel;
-        for (int s = it->sel, t; (t = next_step(e, it, s, UINT64_MAX, &r)) >= 0; s = t) {
-            float f = (float)r;
-            uint32_t u;
-            memcpy(&u, &f, sizeof u);
-            key[ns].key = (uint64_t)u << 32 | (uint32_t)t << 29 | (uint32_t)i;
-            key[ns++].db = it->b[t] - it->b[s];
+    /* the hint as float bits: a step is above it when its ratio's bits are
+     * greater (positive floats order as their bits) */
+    uint32_t hb = 0;
+    int split = *cross >= 0;
+    if (split) {
+        float h = *cross * 2;
+        memcpy(&hb, &h, sizeof hb);
+    }
+    for (;;) {
+        uint64_t up = 0, first = 0;     /* bytes above the hint; the largest first
+                                           step below it of an item with steps above */
+        ns = 0;
+        for (size_t i = 0; i < n; i++) {
+            const item *it = &e->it[i];
+            double r;
+            int t, s = it->sel, sh = it->sel;
+            room[i] = limit - cur;
+            for (; (t = next_step(e, it, s, UINT64_MAX, &r)) >= 0; s = t) {
+                float f = (float)r;
+                uint32_t u, db = it->b[t] - it->b[s];
+                memcpy(&u, &f, sizeof u);
+                if (split && u > hb) {  /* hull ratios never rise: a prefix */
+                    up += db;
+                    sh = t;
+                    continue;
+                }
+                if (s == sh && sh != it->sel && db > first)
+                    first = db;
+                key[ns].key = (uint64_t)u << 32 | (uint32_t)t << 29 | (uint32_t)i;
+                key[ns++].db = db;
+            }
+            sel[i] = (uint8_t)sh;
         }
+        if (!split)
+            break;
+        if (up <= limit - cur && first <= limit - cur - up) {
+            cur += up;
+            for (size_t i = 0; i < n; i++)
+                if (sel[i] != e->it[i].sel)
+                    room[i] = limit - cur;
+            break;
+        }
+        split = 0;  /* sort them all */
     }
     const hstep *srt = radix_desc(key, key + ns, ns);
     /* The walk reads an item only once the heap holds something (near the
@@ -1328,6 +1332,8 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit)
      * item's last step is at least the room left, so it is read only when
      * a step does not fit that. */
     size_t k = 0, nh = 0;
+    int crossed = 0;
+    *cross = 0;
     for (;;) {
         while (k < ns && inh[HS_ITEM(srt[k].key)])
             k++;
@@ -1351,6 +1357,10 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit)
                 room[i] = limit - cur;  /* its next hull step's push */
                 continue;
             }
+            if (!crossed++) {
+                uint32_t u = (uint32_t)(srt[k - 1].key >> 32);
+                memcpy(cross, &u, sizeof u);
+            }
             item *it = &e->it[i];
             hent y;
             /* the reference pushed a smaller step (the hull step did not
@@ -1369,11 +1379,12 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit)
     for (size_t i = 0; i < n; i++)
         if (!inh[i])
             e->it[i].sel = sel[i];
-    return 0;
+    return split;
 }
 
 int skv_ecg_solve_items(uint32_t n, const float *dmg, const uint32_t *bytes, const uint8_t *cap,
-                        uint8_t *sel, uint32_t wmask, uint64_t cur, uint64_t limit, int heap)
+                        uint8_t *sel, uint32_t wmask, uint64_t cur, uint64_t limit, int heap,
+                        float *cross)
 {
     ecg g;
     memset(&g, 0, sizeof g);
@@ -1388,8 +1399,9 @@ int skv_ecg_solve_items(uint32_t n, const float *dmg, const uint32_t *bytes, con
         g.it[i].cap = cap[i];
         g.it[i].sel = sel[i];
     }
-    int rc = heap ? solve_heap(&g, cur, limit) : solve(&g, cur, limit);
-    for (uint32_t i = 0; i < n && rc == 0; i++)
+    float none = -1;
+    int rc = heap ? solve_heap(&g, cur, limit) : solve(&g, cur, limit, cross ? cross : &none);
+    for (uint32_t i = 0; i < n && rc >= 0; i++)
         sel[i] = g.it[i].sel;
     free(g.it);
     free(g.sv);
@@ -1554,17 +1566,17 @@ static void unit_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uin
     const uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
     /* a token not attended lately may be attended later */
     const double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
+    /* folded per kv head, one byte: a log in steps of 1/16 (of p) or 1/8
+     * (of p^2: twice the octaves) */
+    if (e->track && !e->rlv && hi > lo)
+        skv_ecq_imp_fold(e->imp + ((size_t)l * c->n_heads + h * G) * c->capacity + lo,
+                         c->capacity, G, hi - lo, sq, wt + lo);
     for (uint64_t tt = lo; tt < hi; tt++) {
         double w;
         if (e->rlv) {
             w = e->rel[tt];
         } else if (e->track) {
-            double s = 0;
-            for (uint32_t g = 0; g < G; g++)
-                s += e->imp[((size_t)l * c->n_heads + h * G + g) * c->capacity + tt];
-            /* folded per kv head, one byte: a log in steps of 1/16 (of p)
-             * or 1/8 (of p^2: twice the octaves) */
-            w = imp8(s / G, sq);
+            w = wt[tt];
             if (e->cfg.recency > 0)     /* H2O's recent window, as a prior */
                 w += e->cfg.recency / (hT * (double)(T - tt));
         } else if (e->cfg.alloc.policy == SKV_POLICY_POSITION) {
@@ -1886,7 +1898,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         e->st.n_budget_raised++;
     uint64_t cur = base;
     if (!e->fixed && e->cfg.alloc.budget < 1) {
-        if ((rc = solve(e, cur, limit)) < 0) {
+        if ((rc = solve(e, cur, limit, &e->cross)) < 0) {
             free(buf);
             free(wr);
             free(idx);

@@ -29,9 +29,13 @@ int skv_ecg_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,
  * 4, 8, 16), starts at sel[i] and goes up to cap[i] at most, within the
  * allowed width indices wmask, spending the bytes above cur up to limit.
  * heap: 1 the reference (a heap of every item), 0 the sorted walk that
- * reallocations run.  Writes the chosen width indices to sel. */
+ * reallocations run, with the hint *cross (the last walk's crossing ratio,
+ * < 0 none; NULL none) and this walk's written back.  Writes the chosen
+ * width indices to sel.  Returns 1 if the walk took the steps above the
+ * hint unsorted, 0 if it sorted them all, < 0 on error. */
 int skv_ecg_solve_items(uint32_t n, const float *dmg, const uint32_t *bytes, const uint8_t *cap,
-                        uint8_t *sel, uint32_t wmask, uint64_t cur, uint64_t limit, int heap);
+                        uint8_t *sel, uint32_t wmask, uint64_t cur, uint64_t limit, int heap,
+                        float *cross);
 
 /* Quantizer arithmetic of the grouped layout (also used by the tests):
  * asymmetric min/max over n values x[i*stride], scale and minimum stored as

@@ -6,6 +6,8 @@
 #include "smartkv_quant.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <string.h>
 
 void skv_ecq_minmax_ref(const float *x, uint32_t n, float *mn, float *mx)
 {
@@ -96,6 +98,70 @@ void skv_ecq_track_ref(float *I, const float *p, uint64_t m, float g, int mode)
     else
         for (uint64_t j = 0; j < m; j++)
             I[j] += p[j];
+}
+
+/* The powers of two that imp8 returns, exp2((c - 255) / 16) and (/ 8) for
+ * c = 0..255, and the mantissas 2^((k + 1/2) / steps) where its rounding
+ * turns, one call each ahead of time. */
+static double pow_imp16[256], pow_imp8[256];
+static double thr_imp16[16], thr_imp8[8];
+static pthread_once_t imp_once = PTHREAD_ONCE_INIT;
+
+static void imp_init(void)
+{
+    for (int c = 0; c < 256; c++) {
+        pow_imp16[c] = exp2((c - 255) / 16.0);
+        pow_imp8[c] = exp2((c - 255) / 8.0);
+    }
+    for (int k = 0; k < 16; k++)
+        thr_imp16[k] = exp2((k + 0.5) / 16.0);
+    for (int k = 0; k < 8; k++)
+        thr_imp8[k] = exp2((k + 0.5) / 8.0);
+}
+
+static double imp8(double x, int steps8)
+{
+    if (!(x > 0))
+        return 0;
+    if (x >= 1)
+        return 1;
+    /* nearbyint(steps log2 x) without a log2 per token: x = m 2^e with m
+     * in [1, 2), and round(steps log2 m) counts the thresholds
+     * 2^((k + 1/2) / steps) at or below m (none is a double) */
+    uint64_t u;
+    memcpy(&u, &x, sizeof u);
+    int ex = (int)((u >> 52) & 0x7ff) - 1023;
+    if (ex < -64)
+        return 0;
+    u = (u & ((1ull << 52) - 1)) | (1023ull << 52);
+    double m;
+    memcpy(&m, &u, sizeof m);
+    const int st = steps8 ? 8 : 16;
+    const double *thr = steps8 ? thr_imp8 : thr_imp16;
+    int k = 0;
+    for (int h = st / 2; h; h /= 2)
+        k += m >= thr[k + h - 1] ? h : 0;
+    k += m >= thr[k];
+    int c = st * ex + k + 255;
+    return c < 1 ? 0 : (steps8 ? pow_imp8 : pow_imp16)[c];
+}
+
+static void imp_fold_from(const float *I, size_t stride, uint32_t G, uint64_t t0, uint64_t n,
+                          int steps8, double *w)
+{
+    for (uint64_t t = t0; t < n; t++) {
+        double s = 0;
+        for (uint32_t g = 0; g < G; g++)
+            s += I[g * stride + t];
+        w[t] = imp8(s / G, steps8);
+    }
+}
+
+void skv_ecq_imp_fold_ref(const float *I, size_t stride, uint32_t G, uint64_t n, int steps8,
+                          double *w)
+{
+    pthread_once(&imp_once, imp_init);
+    imp_fold_from(I, stride, G, 0, n, steps8, w);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -279,6 +345,44 @@ ECQ_AVX2 static void track_avx2(float *I, const float *p, uint64_t m, float g, i
     }
     skv_ecq_track_ref(I + j, p + j, m - j, g, mode);
 }
+/* imp8 on four tokens: the threshold count as sixteen (eight) compares
+ * instead of the search, the code's power by a gather; the sums in the
+ * reference's order, the same division */
+ECQ_AVX2 static void imp_fold_avx2(const float *I, size_t stride, uint32_t G, uint64_t n,
+                                   int steps8, double *w)
+{
+    const int st = steps8 ? 8 : 16;
+    const double *thr = steps8 ? thr_imp8 : thr_imp16, *pw = steps8 ? pow_imp8 : pow_imp16;
+    const __m256d vg = _mm256_set1_pd((double)G), one = _mm256_set1_pd(1), zero = _mm256_setzero_pd();
+    const __m256i mant = _mm256_set1_epi64x((long long)((1ull << 52) - 1));
+    const __m256i bias = _mm256_set1_epi64x(1023ll << 52);
+    const __m256i off = _mm256_set1_epi64x(255 - 1023ll * st);  /* c = st E + k + off */
+    uint64_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+        __m256d s = zero;
+        for (uint32_t g = 0; g < G; g++)
+            s = _mm256_add_pd(s, _mm256_cvtps_pd(_mm_loadu_ps(I + g * stride + t)));
+        __m256d x = _mm256_div_pd(s, vg);
+        __m256i u = _mm256_castpd_si256(x);
+        __m256d m = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(u, mant), bias));
+        __m256i k = _mm256_setzero_si256();
+        for (int i = 0; i < st; i++)
+            k = _mm256_sub_epi64(k, _mm256_castpd_si256(
+                                        _mm256_cmp_pd(m, _mm256_set1_pd(thr[i]), _CMP_GE_OQ)));
+        __m256i e = _mm256_srli_epi64(u, 52);   /* x > 0: no sign bit */
+        __m256i c = _mm256_add_epi64(_mm256_add_epi64(steps8 ? _mm256_slli_epi64(e, 3)
+                                                             : _mm256_slli_epi64(e, 4), k), off);
+        __m256d in = _mm256_and_pd(_mm256_cmp_pd(x, zero, _CMP_GT_OQ),
+                                   _mm256_cmp_pd(x, one, _CMP_LT_OQ));
+        __m256d ok = _mm256_and_pd(in, _mm256_castsi256_pd(
+                                           _mm256_cmpgt_epi64(c, _mm256_setzero_si256())));
+        __m256i ci = _mm256_and_si256(c, _mm256_castpd_si256(ok));
+        __m256d r = _mm256_mask_i64gather_pd(zero, pw, ci, ok, 8);
+        r = _mm256_blendv_pd(r, one, _mm256_cmp_pd(x, one, _CMP_GE_OQ));
+        _mm256_storeu_pd(w + t, r);
+    }
+    imp_fold_from(I, stride, G, t, n, steps8, w);
+}
 #define ECQ_HAVE_AVX2 1
 #endif
 
@@ -368,4 +472,17 @@ void skv_ecq_track(float *I, const float *p, uint64_t m, float g, int mode)
     }
 #endif
     skv_ecq_track_ref(I, p, m, g, mode);
+}
+
+void skv_ecq_imp_fold(const float *I, size_t stride, uint32_t G, uint64_t n, int steps8,
+                      double *w)
+{
+    pthread_once(&imp_once, imp_init);
+#ifdef ECQ_HAVE_AVX2
+    if (skv_ecq_simd()) {
+        imp_fold_avx2(I, stride, G, n, steps8, w);
+        return;
+    }
+#endif
+    imp_fold_from(I, stride, G, 0, n, steps8, w);
 }
