@@ -992,6 +992,12 @@ static uint64_t cache_bytes(const ecg *e, uint64_t na, uint64_t *meta)
     uint32_t mbk, mbv;
     map_bits(e, &mbk, &mbv);
     uint64_t bytes = ECG_HEAD_BYTES, mb = 0;
+    /* a value row's bytes by its width; with 8-bit parameters its block's
+     * 6 bytes are counted below, once per block */
+    uint32_t vrow[17];
+    for (uint32_t b = 0; b <= 16; b++)
+        vrow[b] = e->PQ == 8 && b && b < 16 ? (d * b + 7) / 8 + 2 * (d / e->cfg.alloc.qcfg.v_group)
+                                           : vbytes(e, 1, b);
     for (uint32_t l = 0; l < c->n_layers; l++)
         for (uint32_t h = 0; h < c->n_kv_heads; h++) {
             const gh *H = &e->heads[(size_t)l * c->n_kv_heads + h];
@@ -1010,13 +1016,9 @@ static uint64_t cache_bytes(const ecg *e, uint64_t na, uint64_t *meta)
                 bytes += kbytes(e, kept, bits);
                 nk++;
             }
-            for (uint64_t t = s; t < a; t++) {
-                if (e->PQ == 8 && H->vb[t] && H->vb[t] < 16)
-                    bytes += (d * H->vb[t] + 7) / 8 + 2 * (d / e->cfg.alloc.qcfg.v_group);
-                else
-                    bytes += vbytes(e, 1, H->vb[t]);
-                nv++;
-            }
+            for (uint64_t t = s; t < a; t++)
+                bytes += vrow[H->vb[t]];
+            nv += a - s;
             if (e->PQ == 8) /* 6 bytes of super-parameters per block with a quantized value */
                 for (uint64_t b0 = 0; b0 < a; b0 += e->RES) {
                     uint64_t t = b0 > s ? b0 : s, hi = b0 + e->RES < a ? b0 + e->RES : a;
@@ -1262,11 +1264,12 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit, float *cross)
     if (n >= 1u << 29)
         return skv_error(SKV_ENOMEM, "kv cache: %zu items to plan, beyond 2^29", n);
     size_t ns = 0;  /* at most one step per allowed width above the start */
-    for (size_t i = 0; i < n; i++) {
-        const item *it = &e->it[i];
-        if (it->cap > it->sel)
-            ns += (size_t)__builtin_popcount(e->wmask & ((2u << it->cap) - (2u << it->sel)));
-    }
+    uint8_t above[ECG_NW][ECG_NW] = {{0}};  /* [sel][cap]: allowed widths in (sel, cap] */
+    for (int a = 0; a < ECG_NW; a++)
+        for (int c = a + 1; c < ECG_NW; c++)
+            above[a][c] = (uint8_t)(above[a][c - 1] + !!(e->wmask & (1u << c)));
+    for (size_t i = 0; i < n; i++)
+        ns += above[e->it[i].sel][e->it[i].cap];
     /* key (and the sort's second half), hp, room, inh, sel */
     size_t need = (2 * ns + 1) * sizeof(hstep) + (n + 1) * (sizeof(hent) + 8 + 2);
     if (need > e->sv_cap || !e->sv) {
@@ -1285,6 +1288,7 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit, float *cross)
     /* the hint as float bits: a step is above it when its ratio's bits are
      * greater (positive floats order as their bits) */
     uint32_t hb = 0;
+    uint64_t r_up = 0;
     int split = *cross >= 0;
     if (split) {
         float h = *cross * 2;
@@ -1314,14 +1318,14 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit, float *cross)
                 key[ns++].db = db;
             }
             sel[i] = (uint8_t)sh;
+            if (sh != it->sel)
+                room[i] = UINT64_MAX;   /* the room after every step above the hint */
         }
         if (!split)
             break;
         if (up <= limit - cur && first <= limit - cur - up) {
             cur += up;
-            for (size_t i = 0; i < n; i++)
-                if (sel[i] != e->it[i].sel)
-                    room[i] = limit - cur;
+            r_up = limit - cur;
             break;
         }
         split = 0;  /* sort them all */
@@ -1365,7 +1369,8 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit, float *cross)
             hent y;
             /* the reference pushed a smaller step (the hull step did not
              * fit the room at its push), or this one fitted then, not now */
-            uint64_t r = db > room[i] ? room[i] : limit - cur;
+            uint64_t ri = room[i] == UINT64_MAX ? r_up : room[i];
+            uint64_t r = db > ri ? ri : limit - cur;
             inh[i] = 1;
             it->sel = sel[i];
             if (best_step(e, it, r, &y, i))
@@ -1585,6 +1590,44 @@ static void unit_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uin
             w = (double)(mix64(wkey ^ ((uint64_t)u << 32) ^ tt) >> 11) * 0x1.0p-53;
         }
         wt[tt] = w + (sq ? pr * pr : pr);
+    }
+}
+
+/* A planned item's widths into its tokens; fresh items are quantized from
+ * what they hold, downgrades requantized (buf: room for KT rows, idx for
+ * KT indices; rng: the imp-range model, whose key energies follow a key
+ * group's kept tokens). */
+static void apply_item(ecg *e, const item *it, float *buf, uint32_t *idx, int rng)
+{
+    const uint32_t d = e->base.head_dim;
+    gh *H = &e->heads[it->unit];
+    uint32_t bits = ecg_widths[it->sel];
+    int changed = it->fresh || it->sel < it->cap;
+    if (!it->fresh && it->sel < it->cap)
+        e->st.downgrades++;
+    uint32_t nrow = 0;
+    for (uint32_t t = 0; t < it->m; t++) {
+        uint64_t tt = it->t0 + t;
+        if (it->kind != 0)
+            H->vb[tt] = (uint8_t)bits;
+        if (it->kind != 1)
+            H->kb[tt] = (uint8_t)(H->vb[tt] ? bits : 0);
+        if (H->vb[tt])
+            idx[nrow++] = t;
+    }
+    if (!changed || bits >= 16 || !nrow)
+        return;
+    e->st.requant_rows += nrow;
+    if (it->kind != 0) /* values are per token: in place */
+        quant_values(e, H, it->t0, H->v + it->t0 * d, H->v + it->t0 * d, it->m, bits);
+    if (it->kind != 1) {
+        for (uint32_t r = 0; r < nrow; r++)
+            memcpy(buf + (size_t)r * d, H->k + (it->t0 + idx[r]) * d, d * sizeof(float));
+        if (rng && !it->fresh && e->cfg.k_layout == SKV_EC_KEYS_CHANNEL)
+            key_energy(e, H, buf, nrow, idx, it->t0);   /* fewer tokens, maybe */
+        quant_keys(e, buf, buf, nrow, bits);
+        for (uint32_t r = 0; r < nrow; r++)
+            memcpy(H->k + (it->t0 + idx[r]) * d, buf + (size_t)r * d, d * sizeof(float));
     }
 }
 
@@ -1908,44 +1951,23 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         for (size_t i = 0; i < e->n_it; i++)
             e->it[i].sel = e->it[i].cap;
     }
-    /* apply: values first (a value at width 0 evicts its token), then the
-     * key groups over their kept tokens; fresh items are quantized from
-     * what they hold, downgrades requantized */
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t i = 0; i < e->n_it; i++) {
-            const item *it = &e->it[i];
-            if ((it->kind == 1) != (pass == 0))
-                continue;
-            gh *H = &e->heads[it->unit];
-            uint32_t bits = ecg_widths[it->sel];
-            int changed = it->fresh || it->sel < it->cap;
-            if (!it->fresh && it->sel < it->cap)
-                e->st.downgrades++;
-            uint32_t nrow = 0;
-            for (uint32_t t = 0; t < it->m; t++) {
-                uint64_t tt = it->t0 + t;
-                if (it->kind != 0)
-                    H->vb[tt] = (uint8_t)bits;
-                if (it->kind != 1)
-                    H->kb[tt] = (uint8_t)(H->vb[tt] ? bits : 0);
-                if (H->vb[tt])
-                    idx[nrow++] = t;
-            }
-            if (!changed || bits >= 16 || !nrow)
-                continue;
-            e->st.requant_rows += nrow;
-            if (it->kind != 0) /* values are per token: in place */
-                quant_values(e, H, it->t0, H->v + it->t0 * d, H->v + it->t0 * d, it->m, bits);
-            if (it->kind != 1) {
-                for (uint32_t r = 0; r < nrow; r++)
-                    memcpy(buf + (size_t)r * d, H->k + (it->t0 + idx[r]) * d, d * sizeof(float));
-                if (rng && !it->fresh && e->cfg.k_layout == SKV_EC_KEYS_CHANNEL)
-                    key_energy(e, H, buf, nrow, idx, it->t0);   /* fewer tokens, maybe */
-                quant_keys(e, buf, buf, nrow, bits);
-                for (uint32_t r = 0; r < nrow; r++)
-                    memcpy(H->k + (it->t0 + idx[r]) * d, buf + (size_t)r * d, d * sizeof(float));
-            }
+    /* apply: a key group after its tokens' values (a value at width 0
+     * evicts its token); the items of a group are its key item, then (kv
+     * split) its tokens' value items, so each key item waits for the next
+     * key item or the end */
+    const item *pend = NULL;
+    for (size_t i = 0; i < e->n_it; i++) {
+        const item *it = &e->it[i];
+        if (it->kind == 1) {
+            apply_item(e, it, buf, idx, rng);
+            continue;
         }
+        if (pend)
+            apply_item(e, pend, buf, idx, rng);
+        pend = it;
+    }
+    if (pend)
+        apply_item(e, pend, buf, idx, rng);
     free(buf);
     free(wr);
     free(idx);
