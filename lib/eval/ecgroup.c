@@ -53,8 +53,8 @@ typedef struct item {
     uint8_t fresh;          /* tokens still fp16 pending */
     uint64_t t0;
     uint32_t m;             /* tokens */
+    uint32_t bl;            /* its bytes per width: ecg.lad[bl] */
     float e[ECG_NW];        /* predicted damage per width */
-    uint32_t b[ECG_NW];     /* bytes per width */
 } item;
 
 typedef struct ecg {
@@ -94,6 +94,8 @@ typedef struct ecg {
     float scale;
     item *it;
     size_t n_it, cap_it;
+    uint32_t *lad;          /* [3][KT + 1][ECG_NW] bytes of an item by kind, tokens, width
+                               (the same for most items: 24 bytes fewer an item) */
     void *sv;               /* the solver's scratch, kept: a plan every flush */
     size_t sv_cap;
     float cross;            /* the last walk's crossing ratio (solve), < 0 none */
@@ -359,6 +361,12 @@ static uint32_t item_bytes(const ecg *e, int kind, uint32_t m, uint32_t bits)
     return b;
 }
 
+/* An item's bytes per width. */
+static inline const uint32_t *bytes_of(const ecg *e, const item *it)
+{
+    return e->lad + (size_t)it->bl * ECG_NW;
+}
+
 static uint32_t nbits_for(uint32_t n)
 {
     uint32_t b = 0;
@@ -507,6 +515,7 @@ static void ecg_destroy(skv_kv_cache *c)
     free(e->fold);
     free(e->pbuf);
     free(e->it);
+    free(e->lad);
     free(e->sv);
     free(e);
 }
@@ -567,6 +576,13 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
         e->lo_nz++;
     e->ktok = cfg->k_layout == SKV_EC_KEYS_CHANNEL ? (head_dim * ecg_widths[e->lo_nz] + 7) / 8
                                                    : kbytes(e, 1, ecg_widths[e->lo_nz]);
+    if (!(e->lad = skv_malloc((size_t)3 * (e->KT + 1) * ECG_NW * sizeof *e->lad)))
+        goto fail;
+    for (uint32_t kind = 0; kind < 3; kind++)
+        for (uint32_t m = 0; m <= e->KT; m++)
+            for (int j = 0; j < ECG_NW; j++)
+                e->lad[(kind * (e->KT + 1) + m) * ECG_NW + j] =
+                    item_bytes(e, (int)kind, m, ecg_widths[j]);
     e->track = cfg->alloc.policy == SKV_POLICY_SMARTKV;
     e->qtrack = !e->fixed && cfg->err_model == SKV_EC_ERR_LOGIT;
     size_t nh = (size_t)n_layers * n_kv_heads, rows;
@@ -1134,12 +1150,13 @@ static hent hpop(hent *h, size_t *n)
  * largest damage saved per byte (ties: the narrower width).  -1 if none. */
 static int next_step(const ecg *e, const item *it, int sel, uint64_t room, double *ratio)
 {
+    const uint32_t *b = bytes_of(e, it);
     double best = 0;
     int bj = -1;
     for (int j = sel + 1; j <= it->cap; j++) {
         if (!(e->wmask & (1u << j)))
             continue;
-        double db = (double)it->b[j] - it->b[sel], de = (double)it->e[sel] - it->e[j];
+        double db = (double)b[j] - b[sel], de = (double)it->e[sel] - it->e[j];
         if (db <= 0 || db > (double)room || de <= 0)
             continue;
         if (de / db > best) {
@@ -1204,7 +1221,7 @@ static void heap_take(ecg *e, hent *hp, size_t *nh, uint64_t *cur, uint64_t limi
 {
     hent x = hpop(hp, nh);
     item *it = &e->it[x.i];
-    uint64_t db = it->b[x.j] - it->b[it->sel];
+    uint64_t db = bytes_of(e, it)[x.j] - bytes_of(e, it)[it->sel];
     if (*cur + db <= limit) {
         *cur += db;
         it->sel = x.j;
@@ -1305,7 +1322,7 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit, float *cross)
             room[i] = limit - cur;
             for (; (t = next_step(e, it, s, UINT64_MAX, &r)) >= 0; s = t) {
                 float f = (float)r;
-                uint32_t u, db = it->b[t] - it->b[s];
+                uint32_t u, db = bytes_of(e, it)[t] - bytes_of(e, it)[s];
                 memcpy(&u, &f, sizeof u);
                 if (split && u > hb) {  /* hull ratios never rise: a prefix */
                     up += db;
@@ -1350,7 +1367,8 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit, float *cross)
         }
         if (walk && nh) {   /* the sorted step's exact ratio against the heap's best */
             const item *it = &e->it[i];
-            double rs = ((double)it->e[sel[i]] - it->e[j]) / ((double)it->b[j] - it->b[sel[i]]);
+            const uint32_t *b = bytes_of(e, it);
+            double rs = ((double)it->e[sel[i]] - it->e[j]) / ((double)b[j] - b[sel[i]]);
             walk = rs >= hp[0].r;
         }
         if (walk) {
@@ -1396,11 +1414,16 @@ int skv_ecg_solve_items(uint32_t n, const float *dmg, const uint32_t *bytes, con
     g.wmask = wmask;
     g.n_it = n;
     g.it = skv_calloc(n ? n : 1, sizeof *g.it);
-    if (!g.it)
+    g.lad = skv_malloc((n ? n : 1) * ECG_NW * sizeof *g.lad);
+    if (!g.it || !g.lad) {
+        free(g.it);
+        free(g.lad);
         return SKV_ENOMEM;
+    }
+    memcpy(g.lad, bytes, (size_t)n * ECG_NW * sizeof *g.lad);
     for (uint32_t i = 0; i < n; i++) {
         memcpy(g.it[i].e, dmg + (size_t)i * ECG_NW, sizeof g.it[i].e);
-        memcpy(g.it[i].b, bytes + (size_t)i * ECG_NW, sizeof g.it[i].b);
+        g.it[i].bl = i;
         g.it[i].cap = cap[i];
         g.it[i].sel = sel[i];
     }
@@ -1409,6 +1432,7 @@ int skv_ecg_solve_items(uint32_t n, const float *dmg, const uint32_t *bytes, con
     for (uint32_t i = 0; i < n && rc >= 0; i++)
         sel[i] = g.it[i].sel;
     free(g.it);
+    free(g.lad);
     free(g.sv);
     return rc;
 }
@@ -1760,10 +1784,6 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     double hT = 0;  /* harmonic number: the 1/age prior sums to 1 over T tokens */
     for (uint64_t a = 1; a <= T; a++)
         hT += 1.0 / (double)a;
-    uint32_t bfull[3][ECG_NW];  /* bytes of a value, a whole key group, both */
-    for (int j = 0; j < ECG_NW; j++)
-        for (int kind = 0; kind < 3; kind++)
-            bfull[kind][j] = item_bytes(e, kind, kind == 1 ? 1 : e->KT, ecg_widths[j]);
     for (size_t i = 0; i < e->n_it; i++) {
         item *it = &e->it[i];
         uint32_t l = it->unit / KH, h = it->unit % KH;
@@ -1782,11 +1802,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                 rlv_importance(e, l, h, T);
             unit_weights(e, it->unit, e->sinks < na ? e->sinks : na, na, T, hT, wt);
         }
-        for (int j = 0; j < ECG_NW; j++) {
-            it->b[j] = it->kind == 1 || it->m == e->KT ? bfull[it->kind][j]
-                                                       : item_bytes(e, it->kind, it->m, ecg_widths[j]);
-            it->e[j] = 0;
-        }
+        it->bl = it->kind * (e->KT + 1) + it->m;
+        memset(it->e, 0, sizeof it->e);
         if (rng) {
             range_item(e, H, it, wt, vbar, idx, kin);
             continue;
@@ -1934,7 +1951,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         if (ev)     /* every new token evicted: the key groups' share is estimated (>= exact) */
             for (size_t i = 0; i < e->n_it; i++)
                 if (e->it[i].kind != 1)
-                    base += e->it[i].b[e->it[i].sel];
+                    base += bytes_of(e, &e->it[i])[e->it[i].sel];
     }
     limit = budget > (double)base ? (uint64_t)budget : base;
     if (!e->fixed && budget < (double)base)
