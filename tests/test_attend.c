@@ -512,44 +512,52 @@ static void packed_case(const pk_case *pc)
      * of int8-scalar (same arithmetic; exp and rounding order differ) and
      * bit-identical to each other (only the dot-product instruction differs) */
     float *o8s = malloc(no * 4), *o8a = malloc(no * 4);
-    int have_a = 0;
-    for (int kern = SKV_KERNEL_I8_SCALAR; kern <= SKV_KERNEL_I8_VNNI; kern++) {
-        if (!skv_att_kernel_available(kern)) {
-            printf("test_attend: %s skipped (not on this CPU)\n", skv_att_kernel_name(kern));
-            continue;
-        }
-        skv_attend_opts opt = {2, kern, 13};
-        skv_attend_ctx *ctx = skv_attend_new(&opt);
-        ck_assert_ptr_nonnull(ctx);
-        skv_kv_view L = {SKV_KV_PACKED, H, Hkv, d, T, c->q[0], NULL, NULL, skv_cache_head_at(c, 0, 0)};
-        ck_assert_int_eq(skv_attend_layer(ctx, &L, steps, S, o, p), 0);
-        double e = max_rel(o, ref, (size_t)H * S, d);
-        if (e > i8_worst)
-            i8_worst = e;
-        ck_assert_msg(e <= I8_TOL, "packed %s width %d H=%u/%u d=%u T=%llu groups %u/%u modes "
-                      "%u/%u: rel error %g > %g", skv_att_kernel_name(kern), pc->width, H, Hkv, d,
-                      (unsigned long long)T, pc->kg, pc->vg, pc->kmode, pc->vmode, e, I8_TOL);
-        double pe = 0;
-        for (size_t i = 0; i < np; i++)
-            pe = fmax(pe, fabs(p[i] - pref[i]));
-        ck_assert_msg(pe <= I8_PTOL, "%s: probabilities differ by %g", skv_att_kernel_name(kern),
-                      pe);
-        if (kern == SKV_KERNEL_I8_SCALAR) {
-            memcpy(o8s, o, no * 4);
-        } else {
-            double es = max_rel(o, o8s, (size_t)H * S, d);
-            if (es > i8_simd_worst)
-                i8_simd_worst = es;
-            ck_assert_msg(es <= I8_SIMD_TOL, "%s vs int8-scalar: rel difference %g",
-                          skv_att_kernel_name(kern), es);
-            if (kern == SKV_KERNEL_I8_AVX2) {
-                memcpy(o8a, o, no * 4);
-                have_a = 1;
-            } else if (have_a) {
-                ck_assert_msg(memcmp(o, o8a, no * 4) == 0, "int8-vnni differs from int8-avx2");
+    /* work items of 13 tokens (the merge of partial states), and with a
+     * long context items of many int8 tiles */
+    for (int sp = 0; sp < (T > 200 ? 2 : 1); sp++) {
+        int have_a = 0;
+        for (int kern = SKV_KERNEL_I8_SCALAR; kern <= SKV_KERNEL_I8_VNNI; kern++) {
+            if (!skv_att_kernel_available(kern)) {
+                printf("test_attend: %s skipped (not on this CPU)\n",
+                       skv_att_kernel_name(kern));
+                continue;
             }
+            skv_attend_opts opt = {2, kern, sp ? 1000 : 13};
+            skv_attend_ctx *ctx = skv_attend_new(&opt);
+            ck_assert_ptr_nonnull(ctx);
+            skv_kv_view L = {SKV_KV_PACKED, H, Hkv, d, T, c->q[0], NULL, NULL,
+                             skv_cache_head_at(c, 0, 0)};
+            ck_assert_int_eq(skv_attend_layer(ctx, &L, steps, S, o, p), 0);
+            double e = max_rel(o, ref, (size_t)H * S, d);
+            if (e > i8_worst)
+                i8_worst = e;
+            ck_assert_msg(e <= I8_TOL, "packed %s width %d H=%u/%u d=%u T=%llu groups %u/%u "
+                          "modes %u/%u split %u: rel error %g > %g", skv_att_kernel_name(kern),
+                          pc->width, H, Hkv, d, (unsigned long long)T, pc->kg, pc->vg, pc->kmode,
+                          pc->vmode, opt.split, e, I8_TOL);
+            double pe = 0;
+            for (size_t i = 0; i < np; i++)
+                pe = fmax(pe, fabs(p[i] - pref[i]));
+            ck_assert_msg(pe <= I8_PTOL, "%s: probabilities differ by %g",
+                          skv_att_kernel_name(kern), pe);
+            if (kern == SKV_KERNEL_I8_SCALAR) {
+                memcpy(o8s, o, no * 4);
+            } else {
+                double es = max_rel(o, o8s, (size_t)H * S, d);
+                if (es > i8_simd_worst)
+                    i8_simd_worst = es;
+                ck_assert_msg(es <= I8_SIMD_TOL, "%s vs int8-scalar: rel difference %g",
+                              skv_att_kernel_name(kern), es);
+                if (kern == SKV_KERNEL_I8_AVX2) {
+                    memcpy(o8a, o, no * 4);
+                    have_a = 1;
+                } else if (have_a) {
+                    ck_assert_msg(memcmp(o, o8a, no * 4) == 0,
+                                  "int8-vnni differs from int8-avx2");
+                }
+            }
+            skv_attend_free(ctx);
         }
-        skv_attend_free(ctx);
     }
     free(o8s);
     free(o8a);
@@ -766,6 +774,8 @@ START_TEST(test_packed_int8)
         {5, 5, 64, 37, 64, 64, SKV_QMODE_SYM, SKV_QMODE_ASYM, 3},
         {6, 2, 64, 75, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 8},
         {3, 1, 256, 40, 256, 256, SKV_QMODE_SYM, SKV_QMODE_GGML, 8}, /* the largest 8-bit dim */
+        {3, 1, 64, 420, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 4},  /* runs of several tiles */
+        {3, 1, 64, 300, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         packed_case(&cases[i]);

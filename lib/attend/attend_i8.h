@@ -14,12 +14,12 @@
 #define I8_FN __attribute__((target(I8_TARGET)))
 #define I8_DPB(acc, a, b) (bits == 8 ? I8_DP8(acc, a, b) : I8_DP(acc, a, b))
 
-/* Integer dot products of n (<= TILE) packed K rows with nq permuted int8
+/* Integer dot products of n (<= I8_TILE) packed K rows with nq permuted int8
  * vectors qp[k][d]: isum[k][i] for i < n rounded up to 8 (pad rows 0).
  * Each row is unpacked once and meets every query vector of the group. */
 I8_FN static inline __attribute__((always_inline)) void
 I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, uint32_t d,
-                  const int bits, const int nq, int32_t isum[][TILE])
+                  const int bits, const int nq, int32_t isum[][I8_TILE])
 {
     __m256i buf[I8_QMAX][8];
     const uint32_t nch = d / 32;
@@ -45,13 +45,13 @@ I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, u
     }
 }
 
-/* V: ia[k][d] (vt order, see i8_vchan) = sum_i w_i * codes of n (<= TILE)
+/* V: ia[k][d] (vt order, see i8_vchan) = sum_i w_i * codes of n (<= I8_TILE)
  * rows for nq weight vectors; w4[k][quad] holds the int8 weights of rows
  * 4*quad .. 4*quad+3 (zero beyond n).  Rows are transposed four at a time into vt (one dword = one
  * channel of four rows) so that each vpdpbusd adds four rows for eight
  * channels, and each transposed vector serves the whole group. */
 I8_FN static inline __attribute__((always_inline)) void
-I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n, const uint32_t w4[][TILE / 4],
+I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n, const uint32_t w4[][I8_TILE / 4],
                  uint32_t d, const int bits, const int nq, __m256i *vt, int32_t ia[][SKV_MAX_HEAD_DIM])
 {
     const uint32_t nch = d / 32, nv = d / 8, nquad = (n + 3) / 4;
@@ -81,33 +81,31 @@ I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n, const uint32_t w4[][
 /* The fused kernel over rows [r0, r1) of a run of 2-, 3-, 4- or 8-bit rows
  * with one scale group per row (i8_ok); same arithmetic as kern_i8_scalar. */
 I8_FN static inline __attribute__((always_inline)) void
-I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d,
+I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint32_t d,
                       skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride, const int bits,
                       const int ng)
 {
-    int8_t qi[I8_QMAX * SKV_MAX_HEAD_DIM];
     int8_t qp[I8_QMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
-    float qs[SKV_GMAX], qsum[SKV_GMAX];
+    const float *qs = Q->qs, *qsum = Q->qsum;
     float accp[SKV_GMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
-    float s[SKV_GMAX][TILE] __attribute__((aligned(32)));
-    float ksc[TILE] __attribute__((aligned(32))), kbi[TILE] __attribute__((aligned(32)));
-    float vsc[TILE] __attribute__((aligned(32))), vbi[TILE] __attribute__((aligned(32)));
-    int32_t isum[I8_QMAX][TILE] __attribute__((aligned(32)));
+    float s[SKV_GMAX][I8_TILE] __attribute__((aligned(32)));
+    float ksc[I8_TILE] __attribute__((aligned(32))), kbi[I8_TILE] __attribute__((aligned(32)));
+    float vsc[I8_TILE] __attribute__((aligned(32))), vbi[I8_TILE] __attribute__((aligned(32)));
+    int32_t isum[I8_QMAX][I8_TILE] __attribute__((aligned(32)));
     int32_t ia[I8_QMAX][SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
-    uint32_t w4[I8_QMAX][TILE / 4];
-    __m256i vt[TILE / 4 * SKV_MAX_HEAD_DIM / 8];
+    uint32_t w4[I8_QMAX][I8_TILE / 4];
+    __m256i vt[I8_TILE / 4 * SKV_MAX_HEAD_DIM / 8];
     const uint32_t nv = d / 8;
     const __m256i bsel = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, -1);
     const __m256i k254 = _mm256_set1_epi32(254);
-    i8_quant_q(q, (uint32_t)ng, d, qi, qs, qsum);
-    i8_permute_q(qi, 2 * (uint32_t)ng, d, bits, qp);
+    i8_permute_q(Q->qi, 2 * (uint32_t)ng, d, bits, qp);
     for (int g = 0; g < ng; g++)
         for (uint32_t x = 0; x < d; x++)
             accp[(size_t)g * d + x] = acc[(size_t)g * d + i8_vchan(bits, x)];
-    for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
-        uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
+    for (uint64_t t0 = r0; t0 < r1; t0 += I8_TILE) {
+        uint32_t n = (uint32_t)(r1 - t0 < I8_TILE ? r1 - t0 : I8_TILE);
         i8_tile_par(R->kp + t0 * R->kps, R->kps, R->kmode, bits, n, ksc, kbi);
         i8_tile_par(R->vp + t0 * R->vps, R->vps, R->vmode, bits, n, vsc, vbi);
         /* scores: (254 a1 + a2) * qs * scale + bias * sum(q) */
@@ -122,7 +120,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, ui
                                          _mm256_load_ps(&ksc[i]));
                 _mm256_store_ps(&s[g][i], _mm256_add_ps(f, _mm256_mul_ps(_mm256_load_ps(&kbi[i]), vs)));
             }
-            for (uint32_t i = n; i < TILE; i++)
+            for (uint32_t i = n; i < I8_TILE; i++)
                 s[g][i] = -INFINITY;
         }
         /* softmax of the tile, the weights p * V scale in two int8 levels,
@@ -130,7 +128,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, ui
         float wu[SKV_GMAX], bsum[SKV_GMAX];
         for (int g = 0; g < ng; g++) {
             __m256 mv = _mm256_load_ps(&s[g][0]);
-            for (int i = 8; i < TILE; i += 8)
+            for (int i = 8; i < I8_TILE; i += 8)
                 mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
             float mx = hmax256(mv);
             if (sc)
@@ -139,7 +137,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, ui
             float m = skv_sm_block_begin(&st[g], accp + (size_t)g * d, mx, d);
             __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps(), wv = _mm256_setzero_ps();
             __m256 bv = _mm256_setzero_ps();
-            for (int i = 0; i < TILE; i += 8) {
+            for (int i = 0; i < I8_TILE; i += 8) {
                 __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
                 lv = _mm256_add_ps(lv, p);
                 bv = _mm256_add_ps(bv, _mm256_mul_ps(p, _mm256_load_ps(&vbi[i])));
@@ -152,7 +150,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, ui
             float wmax = hmax256(wv);
             wu[g] = i8_wunit(wmax);
             __m256 inv = _mm256_set1_ps(i8_winv(wmax)), c127 = _mm256_set1_ps(127.0f);
-            for (int i = 0; i < TILE; i += 8) {
+            for (int i = 0; i < I8_TILE; i += 8) {
                 __m256 t = _mm256_mul_ps(_mm256_load_ps(&s[g][i]), inv);
                 t = _mm256_max_ps(_mm256_min_ps(t, c127), _mm256_set1_ps(-127.0f));
                 __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -188,10 +186,10 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, ui
 
 #define I8_KB(B, G)                                                                            \
     I8_FN static void I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), G)(                         \
-        const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d, skv_sm_state *st,  \
+        const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint32_t d, skv_sm_state *st,    \
         float *acc, float *sc, uint64_t ss)                                                     \
     {                                                                                           \
-        I8_NAME(kern_i8_body)(R, r0, r1, q, d, st, acc, sc, ss, B, G);                          \
+        I8_NAME(kern_i8_body)(R, r0, r1, Q, d, st, acc, sc, ss, B, G);                          \
     }
 #define I8_KBG(B) I8_KB(B, 1) I8_KB(B, 2) I8_KB(B, 3) I8_KB(B, 4) I8_KB(B, 5) I8_KB(B, 6)       \
     I8_KB(B, 7) I8_KB(B, 8)
@@ -204,7 +202,7 @@ I8_KBG(2) I8_KBG(3) I8_KBG(4) I8_KBG(8)
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 3), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 4), \
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 5), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 6), \
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 7), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 8) }
-static const kern_fn I8_NAME(i8_kernels)[4][SKV_GMAX] = {I8_KROW(2), I8_KROW(3), I8_KROW(4),
+static const i8_fn I8_NAME(i8_kernels)[4][SKV_GMAX] = {I8_KROW(2), I8_KROW(3), I8_KROW(4),
                                                          I8_KROW(8)};
 #undef I8_KROW
 
@@ -213,9 +211,9 @@ I8_FN static void I8_NAME(i8_dots_rows)(const uint8_t *rows, size_t stride, uint
                                         const int8_t *qp, uint32_t d, int bits, int nq,
                                         int32_t *dots)
 {
-    int32_t isum[I8_QMAX][TILE] __attribute__((aligned(32)));
-    for (uint32_t i0 = 0; i0 < n; i0 += TILE) {
-        uint32_t m = n - i0 < TILE ? n - i0 : TILE;
+    int32_t isum[I8_QMAX][I8_TILE] __attribute__((aligned(32)));
+    for (uint32_t i0 = 0; i0 < n; i0 += I8_TILE) {
+        uint32_t m = n - i0 < I8_TILE ? n - i0 : I8_TILE;
         I8_NAME(i8_kdots)(rows + (size_t)i0 * stride, stride, m, qp, d, bits, nq, isum);
         _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             for (uint32_t i = 0; i < m; i++)
@@ -228,12 +226,12 @@ I8_FN static void I8_NAME(i8_vacc_rows)(const uint8_t *rows, size_t stride, uint
                                         int32_t *acc)
 {
     int32_t ia[I8_QMAX][SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
-    uint32_t w4[I8_QMAX][TILE / 4];
-    __m256i vt[TILE / 4 * SKV_MAX_HEAD_DIM / 8];
-    for (uint32_t i0 = 0; i0 < n; i0 += TILE) {
-        uint32_t m = n - i0 < TILE ? n - i0 : TILE;
+    uint32_t w4[I8_QMAX][I8_TILE / 4];
+    __m256i vt[I8_TILE / 4 * SKV_MAX_HEAD_DIM / 8];
+    for (uint32_t i0 = 0; i0 < n; i0 += I8_TILE) {
+        uint32_t m = n - i0 < I8_TILE ? n - i0 : I8_TILE;
         _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
-            for (uint32_t k = 0; k < TILE / 4; k++) {
+            for (uint32_t k = 0; k < I8_TILE / 4; k++) {
                 uint32_t x = 0;
                 for (uint32_t b = 0; b < 4; b++)
                     if (4 * k + b < m)
