@@ -46,14 +46,14 @@ enum skv_att_mode {
  * scale per head and step), K codes meet both in integer dot products and
  * the row's fp16 scale and bias are applied to the integer sum; the softmax
  * weights times each V row's scale are quantized the same way per tile of
- * 32 tokens (one scale per tile and head) and V codes are accumulated in
+ * 128 tokens (one scale per tile and head) and V codes are accumulated in
  * int32, scaled once per tile, the bias added once.  They cover rows of
  * 2, 3, 4 and 8 bits with one scale group per row (the default) and
  * head_dim a multiple of 32 (at most 256 for 8 bits, where the int32 sums
  * would otherwise overflow); other rows (16 bits, several groups, float
  * tails) go to the float kernels (int8-scalar to
- * scalar, the others to avx2).  Error against the float kernels: well
- * below 1e-3 of the output norm (tests/test_attend.c states the bound). */
+ * scalar, the others to avx2).  Error against the float kernels: up to
+ * about 1e-3 of the output norm (tests/test_attend.c bounds it at 2e-3). */
 enum skv_att_kernel {
     SKV_KERNEL_AUTO = 0,    /* best the CPU supports: int8-vnni, int8-avx2, scalar */
     SKV_KERNEL_SCALAR = 1,  /* portable C reference kernels (float) */
