@@ -1379,9 +1379,10 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit, float *cross)
                 room[i] = limit - cur;  /* its next hull step's push */
                 continue;
             }
-            if (!crossed++) {
+            if (!crossed) {     /* the next plan's hint */
                 uint32_t u = (uint32_t)(srt[k - 1].key >> 32);
                 memcpy(cross, &u, sizeof u);
+                crossed = 1;
             }
             item *it = &e->it[i];
             hent y;
