@@ -56,10 +56,10 @@ void skv_ecq_track_ref(float *I, const float *p, uint64_t m, float g, int mode);
 
 /* Importance as the grouped cache holds it, folded per KV head: for token
  * t < n, the mean over g < G of I[g * stride + t] (summed as doubles in
- * order, divided by G), to one byte: a log2 in steps of 1/16 (1/8 with
- * steps8) from 2^-15.9 to 1, 0 below, i.e. within 2.2% of the mean
- * (exp2((c - 255) / steps) for its code c), into w[t].  (Every token of
- * every KV head at each reallocation.) */
+ * order, divided by G), to one byte: a log2 in steps of 1/16 from 2^-15.9
+ * to 1 (steps8: 1/8 from 2^-31.8), 0 below, i.e. within 2.2% (4.4%) of
+ * the mean (exp2((c - 255) / steps) for its code c), into w[t].  (Every
+ * token of every KV head at each reallocation.) */
 void skv_ecq_imp_fold(const float *I, size_t stride, uint32_t G, uint64_t n, int steps8,
                       double *w);
 void skv_ecq_imp_fold_ref(const float *I, size_t stride, uint32_t G, uint64_t n, int steps8,
