@@ -12,6 +12,8 @@
  *   attn+track  scores + softmax + importance           (what skv-alloc runs)
  *   attn+pv     scores + softmax + outputs a.V          (full attention)
  *   attn+pv+track
+ *   attn+track+entropy  the importance and the attention entropy (what
+ *               skv-alloc runs for layer-aware, the one policy that reads it)
  * Tracking overhead = (attn+track - attn) / attn, and against full attention
  * (attn+pv+track - attn+pv) / attn+pv.  Variants alternate, and in kernel
  * mode each runs REPS times per layer keeping the fastest, so that load from
@@ -40,16 +42,18 @@ static double cpu_now(void)
 }
 static int use_cpu_time;
 
-static const uint32_t flags[4] = {SKV_IMP_F_NO_TRACK, 0, SKV_IMP_F_OUTPUT | SKV_IMP_F_NO_TRACK,
-                                  SKV_IMP_F_OUTPUT};
-static const char *const names[4] = {"attn", "attn+track", "attn+pv", "attn+pv+track"};
+#define NV 5
+static const uint32_t flags[NV] = {SKV_IMP_F_NO_TRACK, 0, SKV_IMP_F_OUTPUT | SKV_IMP_F_NO_TRACK,
+                                   SKV_IMP_F_OUTPUT, 0};
+static const char *const names[NV] = {"attn", "attn+track", "attn+pv", "attn+pv+track",
+                                      "attn+track+entropy"};
 
 static uint32_t last_queries; /* kernel: replay only the last N queries (window mode) */
 
 static int run_layer(const skv_trace_hdr *h, const skv_layer *L, uint32_t threads, double *t,
                      int with_pv, int reps)
 {
-    double best[4] = {1e300, 1e300, 1e300, 1e300};
+    double best[NV] = {1e300, 1e300, 1e300, 1e300, 1e300};
     float *imp = malloc(sizeof(float) * h->n_kv_heads * h->n_tokens);
     float ent[SKV_MAX_HEADS];
     skv_imp_cfg c;
@@ -62,21 +66,22 @@ static int run_layer(const skv_trace_hdr *h, const skv_layer *L, uint32_t thread
         c.window = last_queries;
     }
     /* alternate the order per layer */
-    int order[4] = {0, 1, 2, 3};
+    int order[NV] = {0, 1, 4, 2, 3};
     if (L->index & 1) {
-        order[0] = 1;
-        order[1] = 0;
-        order[2] = 3;
-        order[3] = 2;
+        order[0] = 4;
+        order[1] = 1;
+        order[2] = 0;
+        order[3] = 3;
+        order[4] = 2;
     }
     for (int rep = 0; rep < reps; rep++)
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < NV; k++) {
             int v = order[k];
-            if (v >= 2 && !with_pv)
+            if ((v == 2 || v == 3) && !with_pv)
                 continue;
             c.flags = flags[v];
             double t0 = use_cpu_time ? cpu_now() : now();
-            int rc = skv_importance_layer(&c, h, L, imp, ent);
+            int rc = skv_importance_layer(&c, h, L, imp, v == 4 ? ent : NULL);
             double dt = (use_cpu_time ? cpu_now() : now()) - t0;
             best[v] = dt < best[v] ? dt : best[v];
             if (rc < 0) {
@@ -85,8 +90,9 @@ static int run_layer(const skv_trace_hdr *h, const skv_layer *L, uint32_t thread
                 return rc;
             }
         }
-    for (int v = 0; v < (with_pv ? 4 : 2); v++)
-        t[v] += best[v];
+    for (int v = 0; v < NV; v++)
+        if (with_pv || (v != 2 && v != 3))
+            t[v] += best[v];
     free(imp);
     return 0;
 }
@@ -94,10 +100,13 @@ static int run_layer(const skv_trace_hdr *h, const skv_layer *L, uint32_t thread
 static void report(const double *t, int with_pv, const char *what)
 {
     printf("%s\n", what);
-    for (int v = 0; v < (with_pv ? 4 : 2); v++)
-        printf("  %-14s %9.3f s\n", names[v], t[v]);
+    for (int v = 0; v < NV; v++)
+        if (with_pv || (v != 2 && v != 3))
+            printf("  %-19s %9.3f s\n", names[v], t[v]);
     printf("  tracking overhead vs attention (scores+softmax): %+.2f%%\n",
            100.0 * (t[1] - t[0]) / t[0]);
+    printf("  ... with the attention entropy (layer-aware):    %+.2f%%\n",
+           100.0 * (t[4] - t[0]) / t[0]);
     if (with_pv)
         printf("  tracking overhead vs full attention (+a.V):     %+.2f%%\n",
                100.0 * (t[3] - t[2]) / t[2]);
@@ -105,7 +114,7 @@ static void report(const double *t, int with_pv, const char *what)
 
 int main(int argc, char **argv)
 {
-    double t[4] = {0, 0, 0, 0};
+    double t[NV] = {0, 0, 0, 0, 0};
     if ((argc == 7 || argc == 8) && !strcmp(argv[1], "kernel")) {
         last_queries = argc == 8 ? (uint32_t)atoi(argv[7]) : 0;
         skv_synth_cfg sc;

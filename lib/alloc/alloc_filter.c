@@ -29,6 +29,7 @@ typedef struct filt {
     float *ent;          /* [n_layers][n_kv] */
     float *kent;         /* [n_layers][n_kv] matrix entropy of the keys (uncomp) */
     int want_kent;
+    int want_ent;        /* the policy reads the attention entropy (SKV_PF_ENTROPY) */
     size_t cap[3];       /* bytes allocated of imp, err, ent (grown per layer) */
     skv_alloc_seq old;   /* an earlier allocation in the input, checked then replaced */
     skv_qcfg q;
@@ -48,11 +49,12 @@ static int layer_done(filt *f, const skv_imp_cfg *icfg)
     if ((rc = skv_grow((void **)&f->imp, &f->cap[0], nl * per * sizeof(float), full)) < 0 ||
         (rc = skv_grow((void **)&f->err, &f->cap[1], nl * per * SKV_NBITS * sizeof(float),
                        full * SKV_NBITS)) < 0 ||
-        (rc = skv_grow((void **)&f->ent, &f->cap[2], nl * h->n_kv_heads * sizeof(float),
-                       (size_t)h->n_layers * h->n_kv_heads * sizeof(float))) < 0)
+        (f->want_ent &&
+         (rc = skv_grow((void **)&f->ent, &f->cap[2], nl * h->n_kv_heads * sizeof(float),
+                        (size_t)h->n_layers * h->n_kv_heads * sizeof(float))) < 0))
         return rc;
     rc = skv_importance_layer(icfg, h, &f->L, f->imp + (size_t)f->layer * per,
-                                  f->ent + (size_t)f->layer * h->n_kv_heads);
+                              f->want_ent ? f->ent + (size_t)f->layer * h->n_kv_heads : NULL);
     if (rc < 0)
         return rc;
     if (f->rcfg) {
@@ -126,6 +128,7 @@ static int on_trhd(filt *f, const skv_chunk *c, const skv_alloc_cfg *acfg)
         !(f->kent = skv_calloc((size_t)h->n_layers * h->n_kv_heads, sizeof(float))))
         return SKV_ENOMEM;
     f->want_kent = f->kent != NULL;
+    f->want_ent = (skv_policy_flags(acfg->policy) & SKV_PF_ENTROPY) != 0;
     if (skv_policy_flags(acfg->policy) & SKV_PF_RELEVANCE) {
         if (!acfg->rlv)
             return skv_error(SKV_EINVAL, "policy %s needs relevance weights (skv-alloc train)",

@@ -153,6 +153,7 @@ typedef struct imp_job {
     uint32_t dp;
     double *w;           /* [T] weight per query */
     float qscale;
+    int entropy;         /* the caller reads the attention entropy (layer-aware) */
     unsigned long next;  /* shared work counter */
 } imp_job;
 
@@ -375,7 +376,7 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
     uint32_t R = ng * nb, Rp = (R + 3) & ~3u;
     uint64_t nk = tb, nkp = (nk + 15) & ~(uint64_t)15;
     uint64_t ld = J->Tp;
-    int track = !(J->cfg->flags & SKV_IMP_F_NO_TRACK);
+    int track = !(J->cfg->flags & SKV_IMP_F_NO_TRACK), ent = track && J->entropy;
 
     /* gather the scaled queries; pad rows are zero */
     for (uint32_t gi = 0; gi < ng; gi++) {
@@ -401,9 +402,9 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
             }
             uint64_t t = ta + r % nb;
             double es = 0;
-            double z = softmax_row(s, t + 1, nkp, track ? &es : NULL);
+            double z = softmax_row(s, t + 1, nkp, ent ? &es : NULL);
             ws->coef[r] = J->w[t] / ((double)J->G * z);
-            if (track) {
+            if (ent) {
                 /* entropy in nats: ln Z - ln2 * sum p (s - m), with Z in 2^ units */
                 ws->ent[h] += log(z) - SKV_LN2 * es / z;
                 ws->ent_n[h] += 1;
@@ -504,6 +505,7 @@ int skv_importance_layer(const skv_imp_cfg *c, const skv_trace_hdr *h, const skv
     J.Tp = Tp;
     J.q = L->q;
     J.qscale = (float)(SKV_LOG2E / sqrt((double)d));
+    J.entropy = entropy != NULL;
     skv_imp_query_range(c, T, h->n_prefill, &J.qa, &J.qb);
 
     /* rows per item: at most 64, and a score block of at most ~64 MiB */

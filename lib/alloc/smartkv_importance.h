@@ -74,7 +74,8 @@ SKV_EXPORT double skv_imp_weight(const skv_imp_cfg *c, uint64_t n_tokens, uint64
 /* Importance of one layer: imp[n_kv_heads][n_tokens] from the layer's
  * float32 Q and K (V only with SKV_IMP_F_OUTPUT).  entropy (may be NULL)
  * receives per KV head the mean attention entropy (nats) over the replayed
- * queries and query heads.  Returns 0 or <0 (SKV_EFORMAT for non-finite
+ * queries and query heads; with NULL it is not computed (a multiply-add
+ * per score; only layer-aware reads it).  Returns 0 or <0 (SKV_EFORMAT for non-finite
  * attention: NaN or Inf in Q or K). */
 SKV_EXPORT int skv_importance_layer(const skv_imp_cfg *c, const skv_trace_hdr *h,
                                     const skv_layer *L, float *imp, float *entropy);
