@@ -1118,7 +1118,8 @@ static i8_fn i8_kernel(int kernel, uint32_t bits, uint32_t ng)
 #endif /* SKV_X86 */
 
 /* Fold rows [r0, r1) of run R into the state of ng heads; Q: q quantized
- * for the int8 kernels, or NULL (quantized here when they run). */
+ * for the int8 kernels (the callers quantize once per step, not per run;
+ * NULL only with a float kernel). */
 static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float *q,
                  const i8q *Q, uint32_t ng, uint32_t d, skv_sm_state *st, float *acc, float *sc,
                  uint64_t sc_stride)
@@ -1129,11 +1130,6 @@ static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float
         return;
     }
     if (kernel >= SKV_KERNEL_I8_SCALAR && i8_ok(R, d)) {
-        i8q own;
-        if (!Q) {
-            i8_quant_q(q, ng, d, own.qi, own.qs, own.qsum);
-            Q = &own;
-        }
 #ifdef SKV_X86
         if (kernel != SKV_KERNEL_I8_SCALAR) {
             i8_kernel(kernel, R->bits, ng)(R, r0, r1, Q, d, st, acc, sc, sc_stride);
@@ -1249,7 +1245,7 @@ typedef struct layer_job {
     const float *qrot;      /* rotated keys: [n_heads][n_steps][d] queries in the keys'
                                basis, else NULL (queries from L->q) */
     const i8q *q8;          /* int8 kernels: [KV heads][nb][nblk] the batch's queries
-                               quantized (item_query), else NULL */
+                               quantized (item_query); NULL with a float kernel */
     uint64_t nb;            /* steps in this batch */
     uint32_t nblk;          /* blocks of SKV_GMAX query heads per KV head */
 } layer_job;
@@ -1666,7 +1662,7 @@ int skv_attend_layer(skv_attend_ctx *ctx, const skv_kv_view *L, const uint64_t *
                        .st = st, .acc = acc, .prob = prob, .si0 = s0, .n_steps = n_steps,
                        .qrot = (rot & SKV_ROT_KEYS) ? qrot : NULL, .nb = nb,
                        .nblk = (G + SKV_GMAX - 1) / SKV_GMAX};
-        if (ctx->kernel >= SKV_KERNEL_I8_SCALAR && L->kind == SKV_KV_PACKED) {
+        if (ctx->kernel >= SKV_KERNEL_I8_SCALAR) {
             /* the int8 kernels' queries, quantized once here rather than
              * in every work item (one per run of rows) */
             if (!q8 && !(q8 = skv_malloc((size_t)H * (n_steps < batch ? n_steps : batch) *

@@ -1221,7 +1221,8 @@ static void heap_take(ecg *e, hent *hp, size_t *nh, uint64_t *cur, uint64_t limi
 {
     hent x = hpop(hp, nh);
     item *it = &e->it[x.i];
-    uint64_t db = bytes_of(e, it)[x.j] - bytes_of(e, it)[it->sel];
+    const uint32_t *b = bytes_of(e, it);
+    uint64_t db = b[x.j] - b[it->sel];
     if (*cur + db <= limit) {
         *cur += db;
         it->sel = x.j;
@@ -1317,12 +1318,13 @@ static int solve(ecg *e, uint64_t cur, uint64_t limit, float *cross)
         ns = 0;
         for (size_t i = 0; i < n; i++) {
             const item *it = &e->it[i];
+            const uint32_t *b = bytes_of(e, it);
             double r;
             int t, s = it->sel, sh = it->sel;
             room[i] = limit - cur;
             for (; (t = next_step(e, it, s, UINT64_MAX, &r)) >= 0; s = t) {
                 float f = (float)r;
-                uint32_t u, db = bytes_of(e, it)[t] - bytes_of(e, it)[s];
+                uint32_t u, db = b[t] - b[s];
                 memcpy(&u, &f, sizeof u);
                 if (split && u > hb) {  /* hull ratios never rise: a prefix */
                     up += db;
