@@ -1118,8 +1118,8 @@ static i8_fn i8_kernel(int kernel, uint32_t bits, uint32_t ng)
 #endif /* SKV_X86 */
 
 /* Fold rows [r0, r1) of run R into the state of ng heads; Q: q quantized
- * for the int8 kernels (the callers quantize once per step, not per run;
- * NULL only with a float kernel). */
+ * for the int8 kernels (the callers quantize once per step, not per run);
+ * without it the float kernels run. */
 static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float *q,
                  const i8q *Q, uint32_t ng, uint32_t d, skv_sm_state *st, float *acc, float *sc,
                  uint64_t sc_stride)
@@ -1129,7 +1129,7 @@ static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float
         kern_scalar(R, r0, r1, q, ng, d, st, acc, sc, sc_stride);
         return;
     }
-    if (kernel >= SKV_KERNEL_I8_SCALAR && i8_ok(R, d)) {
+    if (kernel >= SKV_KERNEL_I8_SCALAR && Q && i8_ok(R, d)) {
 #ifdef SKV_X86
         if (kernel != SKV_KERNEL_I8_SCALAR) {
             i8_kernel(kernel, R->bits, ng)(R, r0, r1, Q, d, st, acc, sc, sc_stride);
