@@ -96,6 +96,10 @@ static noreturn void usage(void)
            "      --param-bits N     8: scales and zero points of key groups (per\n"
            "                         channel) and values as 8-bit codes on per-group\n"
            "                         fp16 grids; 16 (default): fp16\n"
+           "      --head-weight G    each layer and KV head's predicted damage scaled by\n"
+           "                         (gain / |x|^2)^G: its output projection's gain over\n"
+           "                         the residual stream's |x|^2 (grouped layout; 0..1,\n"
+           "                         default 0: every head alike)\n"
            "prune-merge options (policy prune-merge; -b, --sinks, --recent apply):\n"
            "      --max-cache-size B kept tokens beyond sinks and recent (default: from -b)\n"
            "      --num-clusters K   centroids per layer and KV head; 0 prunes only (default 8)\n"
@@ -141,7 +145,7 @@ enum {
     O_IMP = 256, O_DECAY, O_REALLOC, O_IDEAL, O_BITS, O_SINKS, O_RECENT, O_GROUP, O_SEED,
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
-    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
+    O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS, O_HEADW,
     O_IMPPOW, O_RECENCY, O_REPLAN, O_PARAMBITS, O_VROTATE, O_PM_B, O_PM_K, O_PM_P, O_PM_D, O_PM_LR,
     O_PM_BITS, O_WEIGHTS, O_HEADS, O_OFFLOAD, O_ACTIVE_BITS,
     O_CALIB, O_CALIB_TOK
@@ -171,6 +175,7 @@ static const struct option longopts[] = {
     {"grouped", no_argument, NULL, O_GROUPED},
     {"prior", required_argument, NULL, O_PRIOR},
     {"protect-bits", required_argument, NULL, O_PROTBITS},
+    {"head-weight", required_argument, NULL, O_HEADW},
     {"param-bits", required_argument, NULL, O_PARAMBITS},
     {"imp-power", required_argument, NULL, O_IMPPOW},
     {"recency", required_argument, NULL, O_RECENCY},
@@ -1259,6 +1264,10 @@ int main(int argc, char **argv)
             o.cfg.protect_bits = tool_opt_u32("--protect-bits", optarg, 4, 16);
             if (o.cfg.protect_bits != 4 && o.cfg.protect_bits != 8 && o.cfg.protect_bits != 16)
                 tool_usage_error("--protect-bits: %u is not 4, 8 or 16", o.cfg.protect_bits);
+            break;
+        case O_HEADW:
+            o.cfg.layout = SKV_EC_GROUPED;
+            o.cfg.head_weight = tool_opt_double("--head-weight", optarg, 0, 1, 0);
             break;
         case O_PARAMBITS:
             o.cfg.layout = SKV_EC_GROUPED;

@@ -85,6 +85,7 @@ int main(int argc, char **argv)
                 /* the damage predicted from the rows' ranges (held rows'
                  * kept), or measured by requantizing every row (k == 5) */
                 c.err_model = k == 5 ? SKV_EC_ERR_IMP_MSE : SKV_EC_ERR_IMP_RANGE;
+                c.head_weight = 0.5;    /* needs the session's hidden states */
             }
             char label[160];
             skv_ec_describe(&c, label, sizeof label);
@@ -94,6 +95,7 @@ int main(int argc, char **argv)
             skv_session *s = skv_session_new(m, kc, N + D);
             if (!s)
                 die("session");
+            skv_atskv_attach(kc, s, skv_model_tokenizer(m));
             double t0 = now();
             skv_ec_hold(kc, 1);
             if (skv_session_eval(s, tok, N, logits, SKV_LOGITS_LAST) < 0)

@@ -561,6 +561,62 @@ START_TEST(test_model_f32_cache)
 }
 END_TEST
 
+/* head_weight: the grouped method's cache run over the text three ways:
+ * every head alike, each (layer, KV head) weighted by its output gain over
+ * the residual stream (attached), and weighted but never attached (every
+ * head then weighs 1).  The weighting moves the plan (other logits than
+ * unattached); its state is counted either way: per unit a float, per
+ * layer a sum and a count. */
+static void hw_run(int hw, int attach, float *logits, skv_ec_stats *st)
+{
+    const skv_model_params *p = skv_model_get_params(m);
+    skv_ec_cfg c;
+    skv_ec_defaults(&c);
+    c.layout = SKV_EC_GROUPED;
+    c.k_layout = SKV_EC_KEYS_CHANNEL;
+    c.kv_split = 1;
+    c.err_model = SKV_EC_ERR_IMP_RANGE;
+    c.realloc = 16;
+    c.key_tokens = 16;
+    c.alloc.budget = 0.3;
+    c.head_weight = hw ? 0.5 : 0;
+    uint32_t n = (uint32_t)n_ids;
+    skv_kv_cache *kc = skv_ec_new(&c, p->n_layers, p->n_heads, p->n_kv_heads, p->head_dim, n);
+    ck_assert_msg(kc != NULL, "%s", skv_errmsg());
+    skv_session *s = skv_session_new(m, kc, n);
+    if (attach)
+        skv_atskv_attach(kc, s, skv_model_tokenizer(m));
+    for (uint32_t i = 0; i < n; i += 16) {
+        uint32_t k = n - i < 16 ? n - i : 16;
+        ck_assert_msg(skv_session_eval(s, ids + i, k, logits, SKV_LOGITS_LAST) == 0, "%s",
+                      skv_errmsg());
+    }
+    ck_assert_int_eq(skv_ec_stats_get(kc, st), 0);
+    skv_session_free(s);
+    skv_kv_cache_free(kc);
+}
+
+START_TEST(test_model_head_weight)
+{
+    const skv_model_params *p = skv_model_get_params(m);
+    size_t nv = p->n_vocab;
+    float *a = malloc(nv * sizeof *a), *b = malloc(nv * sizeof *b), *d = malloc(nv * sizeof *d);
+    skv_ec_stats sa, sb, sd;
+    hw_run(0, 1, a, &sa);
+    hw_run(1, 1, b, &sb);
+    hw_run(1, 0, d, &sd);
+    ck_assert_uint_gt(sa.n_realloc, 1);
+    uint64_t state = (uint64_t)p->n_layers * p->n_kv_heads * 4 + (uint64_t)p->n_layers * 16;
+    ck_assert_uint_eq(sb.meta_bytes, sa.meta_bytes + state);
+    ck_assert_uint_eq(sd.meta_bytes, sa.meta_bytes + state);
+    /* the same bytes counted: only the weights differ */
+    ck_assert_msg(memcmp(b, d, nv * sizeof *b) != 0, "head weighting left the plan as it was");
+    free(a);
+    free(b);
+    free(d);
+}
+END_TEST
+
 START_TEST(test_model_needle_prompt)
 {
     skv_ec_cfg c;
@@ -603,6 +659,7 @@ int main(void)
         tcase_add_test(tm, test_model_f32_cache);
         tcase_add_test(tm, test_model_ref_cache);
         tcase_add_test(tm, test_model_needle_prompt);
+        tcase_add_test(tm, test_model_head_weight);
         suite_add_tcase(su, tm);
     }
     SRunner *sr = srunner_create(su);
@@ -610,6 +667,6 @@ int main(void)
     int nf = srunner_ntests_failed(sr);
     srunner_free(sr);
     if (!have_model)
-        report_skip("eval", 4);
+        report_skip("eval", 5);
     return nf != 0;
 }

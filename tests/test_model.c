@@ -65,6 +65,42 @@ START_TEST(test_params)
 }
 END_TEST
 
+/* The output projection's gain per query head against a second reckoning
+ * of it: the tensor read by name, dequantized by the reference path, one
+ * column block per head. */
+START_TEST(test_head_out_gain)
+{
+    const skv_model_params *p = skv_model_get_params(m);
+    const uint32_t H = p->n_heads, hd = p->head_dim, K = H * hd;
+    float *g = malloc((size_t)p->n_layers * H * sizeof *g), *row = malloc(K * sizeof *row);
+    ck_assert_int_eq(skv_model_head_out_gain(m, g), 0);
+    uint32_t layers[2] = {0, p->n_layers - 1};
+    for (int i = 0; i < 2; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "blk.%u.attn_output.weight", layers[i]);
+        const skv_gguf_tensor *t = skv_gguf_tensor_find(skv_model_gguf(m), name);
+        ck_assert_ptr_nonnull(t);
+        uint64_t rb;
+        ck_assert_int_eq(skv_ggml_row_bytes(t->type, K, &rb), 0);
+        double s[64] = {0};
+        for (uint64_t r = 0; r < t->ne[1]; r++) {
+            skv_ggml_dequant_ref(t->type, (const uint8_t *)t->data + r * rb, row, K);
+            for (uint32_t j = 0; j < K; j++)
+                s[j / hd] += (double)row[j] * row[j];
+        }
+        for (uint32_t h = 0; h < H; h++) {
+            double want = s[h] / hd, got = g[(size_t)layers[i] * H + h];
+            ck_assert_msg(want > 0 && fabs(got - want) <= 1e-5 * want,
+                          "layer %u head %u: gain %.9g, by hand %.9g", layers[i], h, got, want);
+        }
+    }
+    /* the heads differ: a column block mixed up would show */
+    ck_assert(g[0] != g[1] && g[(size_t)(p->n_layers - 1) * H] != g[0]);
+    free(g);
+    free(row);
+}
+END_TEST
+
 START_TEST(test_greedy_facts)
 {
     char *s = greedy("The capital of France is", 0, 8);
@@ -356,7 +392,7 @@ END_TEST
 int main(void)
 {
     if (!test_model_path()) {
-        report_skip("model", 8);
+        report_skip("model", 9);
         return 0;
     }
     Suite *su = suite_create("model");
@@ -364,6 +400,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_params);
+    tcase_add_test(tc, test_head_out_gain);
     tcase_add_test(tc, test_greedy_facts);
     tcase_add_test(tc, test_perplexity);
     tcase_add_test(tc, test_prefill_matches_decode);

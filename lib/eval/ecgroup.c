@@ -90,6 +90,13 @@ typedef struct ecg {
     uint32_t pb_rows;
     int pb_layer;           /* layer whose probabilities wait to be folded, -1 none */
     int rerr;               /* error from the hidden-state hook */
+    /* head_weight: a unit's damage scaled by what its attention output moves
+     * the residual stream by, relative to the stream (unit_scale) */
+    float *hgain;           /* [L][KV] the output projection's gain, mean over the unit's
+                               query heads (skv_model_head_out_gain); set by attach */
+    int hw_ready;           /* hgain holds the attached model's gains */
+    double *lx;             /* [L] sum of ln|x|^2 over the rows entering the layer */
+    uint64_t *nx;           /* [L] those rows */
     const skv_tokenizer *tok;
     float scale;
     item *it;
@@ -267,8 +274,8 @@ int skv_ecg_cfg_check(const skv_ec_cfg *c)
         return skv_error(SKV_EINVAL, "the grouped layout supports smartkv, random, position, "
                          "uniform:N and kivi:N (not %s)", skv_policy_name(p));
     if (c->k_layout > SKV_EC_KEYS_CHANNEL || c->err_model > SKV_EC_ERR_IMP_RANGE || c->rotate > 1 ||
-        c->rotate_values > 1 ||
-        c->kv_split > 1)
+        c->rotate_values > 1 || c->kv_split > 1 ||
+        !(c->head_weight >= 0 && c->head_weight <= 1))
         return skv_error(SKV_EINVAL, "grouped layout: bad key layout, error model or flag");
     if ((a->width_mask & 1u) && !c->kv_split && p != SKV_POLICY_UNIFORM)
         return skv_error(SKV_EINVAL, "grouped layout: eviction (width 0) needs separate key "
@@ -514,6 +521,9 @@ static void ecg_destroy(skv_kv_cache *c)
     free(e->rel);
     free(e->fold);
     free(e->pbuf);
+    free(e->hgain);
+    free(e->lx);
+    free(e->nx);
     free(e->it);
     free(e->lad);
     free(e->sv);
@@ -611,6 +621,11 @@ skv_kv_cache *skv_ecg_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_h
     if (e->qtrack && !(e->q2 = skv_calloc((size_t)n_layers * n_heads * head_dim, sizeof(float))))
         goto fail;
     e->pb_layer = -1;
+    if (cfg->head_weight > 0 && !e->fixed &&
+        (!(e->hgain = skv_calloc((size_t)n_layers * n_kv_heads, sizeof(float))) ||
+         !(e->lx = skv_calloc(n_layers, sizeof(double))) ||
+         !(e->nx = skv_calloc(n_layers, sizeof(uint64_t)))))
+        goto fail;
     if (e->track && SKV_EC_IMP_IS_ATSKV(cfg->imp_mode)) {
         e->rlv = cfg->rlv;
         e->rcompact = cfg->imp_mode == SKV_EC_IMP_ATSKV_COMPACT;
@@ -666,6 +681,10 @@ static int cut_to(ecg *e, uint64_t T)
         e->n_flush = 0;
         if (e->q2)
             memset(e->q2, 0, (size_t)c->n_layers * c->n_heads * c->head_dim * sizeof(float));
+        if (e->lx) {
+            memset(e->lx, 0, c->n_layers * sizeof(double));
+            memset(e->nx, 0, c->n_layers * sizeof(uint64_t));
+        }
     }
     for (uint32_t l = 0; l < c->n_layers; l++)
         if (e->len[l] > T)
@@ -788,10 +807,32 @@ static uint64_t rlv_bytes(const skv_rlv_model *m, int compact, uint32_t L, uint3
            T * (sizeof(int32_t) + sizeof(uint32_t)) + w;
 }
 
-static void rlv_hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n, const float *x,
-                            uint32_t n_embd)
+/* Bytes of head_weight's state: per unit its gain (f32), per layer the
+ * sum of logs (f64) and its row count (u64). */
+static uint64_t hw_bytes(uint32_t L, uint32_t KV)
+{
+    return (uint64_t)L * KV * 4 + (uint64_t)L * 16;
+}
+
+static void hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n, const float *x,
+                        uint32_t n_embd)
 {
     ecg *e = ctx;
+    if (e->lx && layer < e->base.n_layers) {
+        /* a geometric mean: a few tokens with massive activations (sinks)
+         * would rule an arithmetic one */
+        uint64_t t0 = now_ns();
+        for (uint32_t i = 0; i < n; i++) {
+            double q = skv_vec_dot(x + (size_t)i * n_embd, x + (size_t)i * n_embd, n_embd);
+            if (q > 0 && isfinite(q)) {
+                e->lx[layer] += log(q);
+                e->nx[layer]++;
+            }
+        }
+        atomic_fetch_add_explicit(&e->track_ns, now_ns() - t0, memory_order_relaxed);
+    }
+    if (!e->rlv)
+        return;
     uint64_t cap = e->base.capacity, m = pos < cap ? (cap - pos < n ? cap - pos : n) : 0;
     float *ht = m ? e->hterm + (size_t)layer * cap + pos : NULL;
     int rc = skv_rlv_hidden_terms(e->rlv, layer, x, (uint32_t)m, n_embd, ht);
@@ -804,10 +845,29 @@ static void rlv_hidden_hook(void *ctx, uint32_t layer, uint64_t pos, uint32_t n,
 void skv_ecg_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk)
 {
     ecg *e = as_g(c);
-    if (!e || !e->rlv)
+    if (!e || (!e->rlv && !e->hgain))
         return;
     e->tok = tk;
-    skv_session_set_hidden_hook(s, rlv_hidden_hook, e);
+    if (e->hgain) {
+        const skv_kv_cache *b = &e->base;
+        const uint32_t G = e->G;
+        float *g = skv_malloc((size_t)b->n_layers * b->n_heads * sizeof *g);
+        if (!g || skv_model_head_out_gain(skv_session_model(s), g) < 0) {
+            free(g);
+            /* reported by the next append */
+            e->rerr = skv_error(SKV_ENOMEM, "head weights: out of memory");
+            return;
+        }
+        for (uint32_t u = 0; u < b->n_layers * b->n_kv_heads; u++) {
+            double m = 0;
+            for (uint32_t j = 0; j < G; j++)
+                m += g[(size_t)u * G + j];
+            e->hgain[u] = (float)(m / G);
+        }
+        free(g);
+        e->hw_ready = 1;
+    }
+    skv_session_set_hidden_hook(s, hidden_hook, e);
 }
 
 void skv_ecg_tokens(skv_kv_cache *c, const int32_t *ids, uint32_t n)
@@ -1050,6 +1110,8 @@ static uint64_t cache_bytes(const ecg *e, uint64_t na, uint64_t *meta)
         }
     if (e->rlv)
         mb += rlv_bytes(e->rlv, e->rcompact, c->n_layers, c->n_kv_heads, e->len[0]);
+    if (e->hgain)
+        mb += hw_bytes(c->n_layers, c->n_kv_heads);
     *meta = mb;
     return bytes;
 }
@@ -1586,6 +1648,20 @@ static void range_item(const ecg *e, gh *H, item *it, const double *wt, const fl
     }
 }
 
+/* head_weight: the scale of unit u's predicted damage.  An error e in the
+ * output of a query head moves the residual stream by about
+ * |e|^2 gain (skv_model_head_out_gain), and what the layers after make of
+ * it is relative to the stream it joins: gain / |x|^2, with |x|^2 the
+ * geometric mean over the rows that entered the unit's layer.  Without the
+ * attached model's gains every unit weighs 1. */
+static double unit_scale(const ecg *e, uint32_t u)
+{
+    const uint32_t l = u / e->base.n_kv_heads;
+    if (!e->hw_ready || !e->nx[l])
+        return 1;
+    return exp(e->cfg.head_weight * (log((double)e->hgain[u]) - e->lx[l] / (double)e->nx[l]));
+}
+
 /* Every token's importance weight in [lo, hi) of unit u (layer l, KV head
  * h), into wt[token]: the tracked importance as the cache holds it (or the
  * learned relevance, 1/age, a seeded random score), plus the prior. */
@@ -1598,6 +1674,7 @@ static void unit_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uin
     const uint64_t wkey = 0x57a7ull + e->cfg.alloc.seed;
     /* a token not attended lately may be attended later */
     const double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
+    const double f = unit_scale(e, u);
     /* folded per kv head, one byte: a log in steps of 1/16 (of p) or 1/8
      * (of p^2: twice the octaves) */
     if (e->track && !e->rlv && hi > lo)
@@ -1616,7 +1693,7 @@ static void unit_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uin
         } else {
             w = (double)(mix64(wkey ^ ((uint64_t)u << 32) ^ tt) >> 11) * 0x1.0p-53;
         }
-        wt[tt] = w + (sq ? pr * pr : pr);
+        wt[tt] = (w + (sq ? pr * pr : pr)) * f;
     }
 }
 
@@ -2049,6 +2126,8 @@ int skv_ecg_min_beta(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n_heads,
     uint64_t extra = SKV_EC_IMP_IS_ATSKV(cfg->imp_mode) && cfg->rlv
                          ? rlv_bytes(cfg->rlv, cfg->imp_mode == SKV_EC_IMP_ATSKV_COMPACT,
                                      n_layers, n_kv_heads, n) : 0;
+    if (cfg->head_weight > 0 && !e.fixed)
+        extra += hw_bytes(n_layers, n_kv_heads);
     *beta = (double)(ECG_HEAD_BYTES + (uint64_t)n_layers * n_kv_heads * unit + extra) /
             (double)skv_alloc_fp16_bytes(n_layers, n_kv_heads, n, head_dim);
     return 0;

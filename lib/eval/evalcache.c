@@ -296,6 +296,9 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " protect=%u", c->protect_bits);
     if (c->layout == SKV_EC_GROUPED && c->param_bits == 8 && !c->kivi_bits && w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " p8");
+    if (c->layout == SKV_EC_GROUPED && c->head_weight > 0 && !(pf & SKV_PF_FIXED) &&
+        !c->kivi_bits && w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " hw=%g", c->head_weight);
     if (c->layout == SKV_EC_GROUPED && c->k_layout && c->key_tokens && c->key_tokens != 32 &&
         w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " kt=%u", c->key_tokens);

@@ -136,6 +136,13 @@ typedef struct skv_ec_cfg {
                                fp16 super-parameters (a minimum, a maximum minimum and a
                                maximum range) per key group and per residual block of
                                values; 16 (default when 0): fp16 parameters */
+    double head_weight;     /* grouped, not uniform: > 0 scales each (layer, KV head)'s
+                               predicted damage by (gain / |x|^2)^head_weight, gain the
+                               output projection's of its query heads (what an error in
+                               its attention output moves the residual stream by), |x|^2
+                               the geometric mean over the rows entering the layer
+                               (needs skv_atskv_attach; its state is counted); 0: every
+                               head alike; at most 1 */
     double recency;         /* grouped, smartkv: mass of a 1/age prior (normalized to sum
                                1 over the held tokens) added to the tracked attention,
                                which sums to 1 per query; 0 = none */

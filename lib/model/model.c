@@ -492,6 +492,35 @@ int skv_model_threads(const skv_model *m) { return m->pool.n; }
 
 int skv_model_q8(const skv_model *m) { return m->act_q8; }
 
+int skv_model_head_out_gain(const skv_model *m, float *gain)
+{
+    const skv_model_params *p = &m->p;
+    const uint64_t hd = p->head_dim, K = (uint64_t)p->n_heads * hd;
+    float *row = skv_malloc(K * sizeof *row);
+    double *s = skv_malloc(p->n_heads * sizeof *s);
+    if (!row || !s) {
+        free(row);
+        free(s);
+        return SKV_ENOMEM;
+    }
+    for (uint32_t l = 0; l < p->n_layers; l++) {
+        const skv_gguf_tensor *t = m->layers[l].wo;
+        uint64_t rb = 0;
+        skv_ggml_row_bytes(t->type, K, &rb);    /* checked at load */
+        memset(s, 0, p->n_heads * sizeof *s);
+        for (uint64_t r = 0; r < t->ne[1]; r++) {
+            skv_ggml_dequant(t->type, (const uint8_t *)t->data + r * rb, row, K);
+            for (uint64_t j = 0; j < K; j++)
+                s[j / hd] += (double)row[j] * row[j];
+        }
+        for (uint32_t h = 0; h < p->n_heads; h++)
+            gain[(size_t)l * p->n_heads + h] = (float)(s[h] / (double)hd);
+    }
+    free(row);
+    free(s);
+    return 0;
+}
+
 int skv_model_set_q8(skv_model *m, int on)
 {
     int was = m->act_q8;
@@ -956,6 +985,7 @@ void skv_session_set_hidden_hook(skv_session *s, skv_hidden_fn fn, void *ctx)
 
 uint64_t skv_session_pos(const skv_session *s) { return s->pos; }
 skv_kv_cache *skv_session_cache(skv_session *s) { return s->cache; }
+const skv_model *skv_session_model(const skv_session *s) { return s->m; }
 
 int skv_session_reset(skv_session *s)
 {

@@ -72,6 +72,11 @@ SKV_EXPORT int skv_model_threads(const skv_model *m);
  * Returns the previous setting. */
 SKV_EXPORT int skv_model_set_q8(skv_model *m, int on);
 SKV_EXPORT int skv_model_q8(const skv_model *m);
+/* Per layer and query head, gain[l * n_heads + h]: the squared Frobenius
+ * norm of head h's block of the attention output projection over head_dim,
+ * E|W_o,h e|^2 / |e|^2 for an isotropic error e in the head's output (what
+ * an error there moves the residual stream by).  0 or <0 (out of memory). */
+SKV_EXPORT int skv_model_head_out_gain(const skv_model *m, float *gain);
 
 /* ---- KV cache interface ----
  *
@@ -163,6 +168,7 @@ SKV_EXPORT void skv_session_set_hidden_hook(skv_session *s, skv_hidden_fn fn, vo
 SKV_EXPORT uint64_t skv_session_pos(const skv_session *s);
 SKV_EXPORT int skv_session_reset(skv_session *s);
 SKV_EXPORT skv_kv_cache *skv_session_cache(skv_session *s);
+SKV_EXPORT const skv_model *skv_session_model(const skv_session *s);
 
 #define SKV_LOGITS_NONE 0
 #define SKV_LOGITS_LAST 1   /* logits: n_vocab floats for the last token */
