@@ -15,10 +15,11 @@ int skv_ecg_stats(const skv_kv_cache *c, skv_ec_stats *s);
 void skv_ecg_stats_reset(skv_kv_cache *c);
 const uint8_t *skv_ecg_widths(const skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
 int skv_ecg_cfg_check(const skv_ec_cfg *c);
-/* Importance atskv (cfg->imp_mode SKV_EC_IMP_ATSKV): the hidden-state hook
- * and the tokenizer, and the ids of the next n tokens (as skv_atskv_attach
- * and skv_atskv_tokens, which hand grouped caches to these).  No-op for
- * other caches. */
+/* Importance atskv (cfg->imp_mode SKV_EC_IMP_ATSKV) and head weights
+ * (cfg->head_weight): the hidden-state hook (and for head weights the
+ * model's output-projection gains) and the tokenizer; the ids of the next n
+ * tokens (as skv_atskv_attach and skv_atskv_tokens, which hand grouped
+ * caches to these).  No-op for other caches. */
 void skv_ecg_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk);
 void skv_ecg_tokens(skv_kv_cache *c, const int32_t *ids, uint32_t n);
 int skv_ecg_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t n_heads,

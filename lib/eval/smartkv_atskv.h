@@ -50,7 +50,9 @@ skv_kv_cache *skv_atskv_new(const skv_ec_cfg *cfg, uint32_t n_layers, uint32_t n
                             uint32_t n_kv_heads, uint32_t head_dim, uint64_t capacity);
 SKV_EXPORT int skv_atskv_is(const skv_kv_cache *c);
 /* Install the hidden-state hook on the session that uses c, and the
- * tokenizer for the token classes (may be NULL).  No-op for other caches. */
+ * tokenizer for the token classes (may be NULL).  Grouped caches are handed
+ * to skv_ecg_attach (importance atskv, head weights).  No-op for other
+ * caches. */
 SKV_EXPORT void skv_atskv_attach(skv_kv_cache *c, skv_session *s, const skv_tokenizer *tk);
 /* The ids of the next n tokens the session will evaluate (before
  * skv_session_eval).  No-op for other caches. */
