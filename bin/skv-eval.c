@@ -78,6 +78,8 @@ static noreturn void usage(void)
            "      --rotate-values    values quantized after a randomized Hadamard rotation\n"
            "                         (each row rotated back: the attention is unchanged)\n"
            "      --kv-split         separate widths for the key and the value of a token\n"
+           "      --clip             each span's range searched for the least squared\n"
+           "                         error instead of its minimum and maximum\n"
            "      --error M          error model: imp-mse (default), imp-range or logit\n"
            "      --prior P          attention every token is assumed to draw, x 1/T\n"
            "                         (grouped layout; default 0.05)\n"
@@ -146,7 +148,7 @@ enum {
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
-    O_HEADW, O_IMPPOW, O_RECENCY, O_REPLAN, O_PARAMBITS, O_VROTATE, O_PM_B, O_PM_K, O_PM_P,
+    O_HEADW, O_IMPPOW, O_RECENCY, O_REPLAN, O_PARAMBITS, O_VROTATE, O_CLIP, O_PM_B, O_PM_K, O_PM_P,
     O_PM_D, O_PM_LR, O_PM_BITS, O_WEIGHTS, O_HEADS, O_OFFLOAD, O_ACTIVE_BITS,
     O_CALIB, O_CALIB_TOK
 };
@@ -168,6 +170,7 @@ static const struct option longopts[] = {
     {"key-tokens", required_argument, NULL, O_KEYTOK},
     {"rotate", no_argument, NULL, O_ROTATE},
     {"rotate-values", no_argument, NULL, O_VROTATE},
+    {"clip", no_argument, NULL, O_CLIP},
     {"kv-split", no_argument, NULL, O_KVSPLIT},
     {"error", required_argument, NULL, O_ERROR},
     {"value-group", required_argument, NULL, O_VGROUP},
@@ -1245,6 +1248,7 @@ int main(int argc, char **argv)
         case O_ROTATE: o.cfg.layout = SKV_EC_GROUPED; o.cfg.rotate = 1; break;
         case O_VROTATE: o.cfg.layout = SKV_EC_GROUPED; o.cfg.rotate_values = 1; break;
         case O_KVSPLIT: o.cfg.layout = SKV_EC_GROUPED; o.cfg.kv_split = 1; break;
+        case O_CLIP: o.cfg.layout = SKV_EC_GROUPED; o.cfg.clip = 1; break;
         case O_GROUPED: o.cfg.layout = SKV_EC_GROUPED; break;
         case O_PRIOR: o.cfg.prior = tool_opt_double("--prior", optarg, 0, 1e6, 0); break;
         case O_RECENCY:

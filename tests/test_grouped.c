@@ -3,7 +3,8 @@
  * (attention and bytes), the budget held by smartkv with separate K/V
  * widths, the rotation leaving attention unchanged, protected rows at 8
  * bits against a float64 reference, eviction (width 0) by value items, and
- * imp-range's error prediction against measured rounding, the quantizer
+ * imp-range's error prediction against measured rounding, clip's range
+ * search against min-max (spans and the cache), the quantizer
  * loops' AVX2 copies giving the references' bits, alone and
  * in a whole run of the method; replan K's rolling slices; the plan's
  * solver against its reference (a heap). */
@@ -632,6 +633,78 @@ START_TEST(test_range_model)
 }
 END_TEST
 
+/* clip: no span's error above min-max's; over 4000 spans of 32 uniform
+ * numbers less than 0.7x min-max's at 2 bits and 0.85x at 3 (the half
+ * steps min-max leaves unused: 0.56x and 0.77x), and imp-range's
+ * prediction for it, energy / (12 (2^b)^2), within 10% there; for
+ * bell-shaped numbers (sums of three) at least not above it. */
+START_TEST(test_clip_spans)
+{
+    rng = 88172645463325252ull;
+    static const uint32_t bits[4] = {2, 3, 4, 8};
+    for (int shape = 0; shape < 2; shape++)
+        for (int b = 0; b < 4; b++) {
+            double e0 = 0, e1 = 0, pred = 0, q = (double)(1u << bits[b]);
+            for (int n = 0; n < 4000; n++) {
+                float x[32], y0[32], y1[32];
+                for (int j = 0; j < 32; j++)
+                    x[j] = shape ? frand() + frand() + frand() : frand();
+                skv_ecg_quant_span(x, y0, 32, 1, bits[b]);
+                skv_ecg_quant_span_clip(x, y1, 32, 1, bits[b], 1);
+                double s0 = 0, s1 = 0;
+                for (int j = 0; j < 32; j++) {
+                    s0 += ((double)x[j] - y0[j]) * ((double)x[j] - y0[j]);
+                    s1 += ((double)x[j] - y1[j]) * ((double)x[j] - y1[j]);
+                }
+                ck_assert_msg(s1 <= s0 * (1 + 1e-5), "span %d, %u bits: %g > %g", n, bits[b], s1,
+                              s0);
+                e0 += s0;
+                e1 += s1;
+                pred += skv_ecg_span_energy(x, 32, 32) / (12 * q * q);
+            }
+            if (bits[b] == 2)
+                ck_assert_msg(e1 < 0.7 * e0, "shape %d, 2 bits: %g vs %g", shape, e1, e0);
+            if (bits[b] == 3)
+                ck_assert_msg(e1 < 0.85 * e0, "shape %d, 3 bits: %g vs %g", shape, e1, e0);
+            if (bits[b] <= 4)
+                ck_assert_msg(shape ? e1 < 1.1 * pred : fabs(e1 / pred - 1) < 0.1,
+                              "shape %d, %u bits: error %g, predicted %g", shape, bits[b], e1,
+                              pred);
+        }
+}
+END_TEST
+
+/* clip in the cache: uniform:2 and uniform:3 with per-channel keys, fp16
+ * and 8-bit parameters: the same bytes, and an attention error below
+ * 0.8x (2 bits) and 0.9x (3 bits) min-max's. */
+START_TEST(test_clip_cache)
+{
+    fill();
+    skv_ec_cfg c;
+    skv_ec_defaults(&c);
+    c.layout = SKV_EC_GROUPED;
+    c.k_layout = SKV_EC_KEYS_CHANNEL;
+    c.realloc = 32;
+    c.alloc.policy = SKV_POLICY_UNIFORM;
+    for (uint32_t pb = 8; pb <= 16; pb += 8)
+        for (uint32_t b = 2; b <= 3; b++) {
+            c.param_bits = pb;
+            c.alloc.uniform_bits = b;
+            c.clip = 0;
+            uint64_t b0, b1;
+            double e0 = out_err(&c, &b0);
+            c.clip = 1;
+            double e1 = out_err(&c, &b1);
+            ck_assert_uint_eq(b0, b1);
+            ck_assert_msg(e1 > 0 && e1 < (b == 2 ? 0.8 : 0.9) * e0,
+                          "%u-bit parameters, %u bits: error %g with clip, %g without", pb, b, e1,
+                          e0);
+        }
+    c.clip = 2;
+    ck_assert_ptr_null(skv_ec_new(&c, L_, H_, KH_, D_, T_));
+}
+END_TEST
+
 /* The plan's solver: the sorted walk takes the same steps as the reference
  * greedy (a heap of every item) on random items, with budgets from none to
  * more than every item's cap, over the width ladders the method uses, and
@@ -827,6 +900,8 @@ int main(void)
     tcase_add_test(tc, test_rotation_exact);
     tcase_add_test(tc, test_protect_bits);
     tcase_add_test(tc, test_range_model);
+    tcase_add_test(tc, test_clip_spans);
+    tcase_add_test(tc, test_clip_cache);
     tcase_add_loop_test(tc, test_evict, SKV_EC_ERR_IMP_MSE, SKV_EC_ERR_IMP_RANGE + 1);
     tcase_add_test(tc, test_replan);
     tcase_add_test(tc, test_solver_same_steps);

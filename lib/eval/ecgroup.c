@@ -141,7 +141,93 @@ static void pow_init(void)
         pow_range[c] = exp2f(-(float)c / 16.0f);
 }
 
-void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits)
+/* The zero point z and scale s of [lo, hi] as they are stored: on the
+ * 8-bit grid sup (zlo, zhi, rmax; grid_zero, grid_range; r the range
+ * qmax s, as the grid holds it) or, sup NULL, as fp16 numbers. */
+static float grid_zero(float mn, float zlo, float zhi);
+static float grid_range(float r, float rmax);
+
+static void snap_params(const float *sup, float lo, float hi, float qmax, float *z, float *s,
+                        float *r)
+{
+    if (sup) {
+        *z = grid_zero(lo, sup[0], sup[1]);
+        *r = grid_range(hi - *z, sup[2]);
+        *s = *r / qmax;
+    } else {
+        *z = h16(lo);
+        *s = h16((hi - lo) / qmax);
+        *r = *s * qmax;
+    }
+}
+
+/* The squared error a span x[i * stride], i < n, is left with at zero
+ * point z and scale s (the rounding of skv_ecq_quant). */
+static float span_sqerr(const float *x, uint32_t n, size_t stride, float z, float s, float qmax)
+{
+    float e = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        float v = x[i * stride], c = 0;
+        if (s > 0) {
+            c = nearbyintf((v - z) / s);
+            c = c < 0 ? 0 : c > qmax ? qmax : c;
+        }
+        float u = v - (z + c * s);
+        e += u * u;
+    }
+    return e;
+}
+
+/* clip: min-max rounding puts its end levels on the extremes, so half a
+ * step on each side holds no number and a span's error is that of 2^b - 1
+ * steps where 2^b would fit (for numbers spread evenly, (1 - 2^-b)^2 of
+ * the error: 0.56 at 2 bits, 0.77 at 3, 0.88 at 4).  The range [mn + a R,
+ * mx - b R] (R = mx - mn, a and b in steps of R / 32) with the least
+ * squared error, parameters snapped as stored, is kept instead: a and b
+ * alike from 0 to 10 steps, then each moved a step while that helps (two
+ * passes).  Min-max (a = b = 0) is among those tried, so the error never
+ * grows. */
+#define CLIP_STEPS 32
+#define CLIP_SYM 10
+
+static void span_params(const float *x, uint32_t n, size_t stride, uint32_t bits, int clip,
+                        const float *sup, float mn, float mx, float *z, float *s, float *r)
+{
+    const float qmax = (float)((1u << bits) - 1u);
+    snap_params(sup, mn, mx, qmax, z, s, r);
+    if (!clip || !(mx > mn) || n <= 2)
+        return;
+    const float st = (mx - mn) / CLIP_STEPS;
+    float best = span_sqerr(x, n, stride, *z, *s, qmax);
+    int a = 0, b = 0;
+    for (int k = 1; k <= CLIP_SYM; k++) {
+        float lo = mn + (float)k * st, hi = mx - (float)k * st, zz, ss, rr;
+        if (!(hi > lo))
+            break;
+        snap_params(sup, lo, hi, qmax, &zz, &ss, &rr);
+        float e = span_sqerr(x, n, stride, zz, ss, qmax);
+        if (e < best)
+            best = e, a = b = k, *z = zz, *s = ss, *r = rr;
+    }
+    static const int da[4] = {-1, 1, 0, 0}, db[4] = {0, 0, -1, 1};
+    for (int pass = 0; pass < 2; pass++)
+        for (int m = 0; m < 4; m++) {
+            int ta = a + da[m], tb = b + db[m];
+            if (ta < 0 || tb < 0)
+                continue;
+            float lo = mn + (float)ta * st, hi = mx - (float)tb * st, zz, ss, rr;
+            if (!(hi > lo))
+                continue;
+            snap_params(sup, lo, hi, qmax, &zz, &ss, &rr);
+            float e = span_sqerr(x, n, stride, zz, ss, qmax);
+            if (e < best)
+                best = e, a = ta, b = tb, *z = zz, *s = ss, *r = rr;
+        }
+}
+
+/* A span quantized with fp16 parameters (min-max, or clip's search). */
+void skv_ecg_quant_span_clip(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits,
+                             int clip)
 {
     if (bits >= 16) {
         for (uint32_t i = 0; i < n; i++)
@@ -155,7 +241,8 @@ void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uin
         mx = a > mx ? a : mx;
     }
     const float qmax = (float)((1u << bits) - 1u);
-    const float s = h16((mx - mn) / qmax), z = h16(mn);
+    float z, s, r;
+    span_params(x, n, stride, bits, clip, NULL, mn, mx, &z, &s, &r);
     for (uint32_t i = 0; i < n; i++) {
         float c = 0;
         if (s > 0) {
@@ -164,6 +251,11 @@ void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uin
         }
         y[i * stride] = z + c * s;
     }
+}
+
+void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits)
+{
+    skv_ecg_quant_span_clip(x, y, n, stride, bits, 0);
 }
 
 /* fp16 roundings that never move x inward: a floor for a grid's lowest
@@ -205,14 +297,14 @@ static float grid_range(float r, float rmax)
 }
 
 /* A contiguous span's zero point and range (qmax times its scale) on the
- * grid (zlo, zhi, rmax): the same at every width, so the damage model
- * finds them once for all the widths it tries. */
-static void span_grid(const float *x, uint32_t n, const float sup[3], float *z, float *range)
+ * grid (zlo, zhi, rmax): without clip the same at every width, so the
+ * damage model finds them once for all the widths it tries. */
+static void span_grid(const float *x, uint32_t n, const float sup[3], uint32_t bits, int clip,
+                      float *z, float *range)
 {
-    float mn, mx;
+    float mn, mx, s;
     skv_ecq_minmax(x, n, &mn, &mx);
-    *z = grid_zero(mn, sup[0], sup[1]);
-    *range = grid_range(mx - *z, sup[2]);
+    span_params(x, n, 1, bits, clip, sup, mn, mx, z, &s, range);
 }
 
 /* The super-parameters of n spans from their minima and maxima: zlo, zhi
@@ -235,20 +327,18 @@ static void grid_fit(const float *mn, const float *mx, uint32_t n, float sup[3])
 }
 
 /* The grid of the columns of rows [m][d] (keys per channel), then each
- * column's zero point and range on it. */
+ * column's zero point and range on it (at bits, if clip). */
 typedef struct kgrid {
     float z[SKV_MAX_HEAD_DIM], range[SKV_MAX_HEAD_DIM];
 } kgrid;
 
-static void key_grid(const float *x, uint32_t m, uint32_t d, kgrid *g)
+static void key_grid(const float *x, uint32_t m, uint32_t d, uint32_t bits, int clip, kgrid *g)
 {
-    float mn[SKV_MAX_HEAD_DIM], mx[SKV_MAX_HEAD_DIM], sup[3];
+    float mn[SKV_MAX_HEAD_DIM], mx[SKV_MAX_HEAD_DIM], sup[3], s;
     skv_ecq_minmax_cols(x, m, d, mn, mx);
     grid_fit(mn, mx, d, sup);
-    for (uint32_t c = 0; c < d; c++) {
-        g->z[c] = grid_zero(mn[c], sup[0], sup[1]);
-        g->range[c] = grid_range(mx[c] - g->z[c], sup[2]);
-    }
+    for (uint32_t c = 0; c < d; c++)
+        span_params(x + c, m, d, bits, clip, sup, mn[c], mx[c], &g->z[c], &s, &g->range[c]);
 }
 
 /* The rotation is the packed format's (rotate.c, skv_rot_*): a cache file
@@ -274,7 +364,7 @@ int skv_ecg_cfg_check(const skv_ec_cfg *c)
         return skv_error(SKV_EINVAL, "the grouped layout supports smartkv, random, position, "
                          "uniform:N and kivi:N (not %s)", skv_policy_name(p));
     if (c->k_layout > SKV_EC_KEYS_CHANNEL || c->err_model > SKV_EC_ERR_IMP_RANGE || c->rotate > 1 ||
-        c->rotate_values > 1 || c->kv_split > 1 ||
+        c->rotate_values > 1 || c->kv_split > 1 || c->clip > 1 ||
         !(c->head_weight >= 0 && c->head_weight <= 1))
         return skv_error(SKV_EINVAL, "grouped layout: bad key layout, error model or flag");
     if ((a->width_mask & 1u) && !c->kv_split && p != SKV_POLICY_UNIFORM)
@@ -406,7 +496,7 @@ static void quant_keys_grid(const ecg *e, const kgrid *kg, const float *src, flo
     if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL && e->PQ == 8) {
         kgrid own;
         if (!kg) {
-            key_grid(src, m, d, &own);
+            key_grid(src, m, d, bits, (int)e->cfg.clip, &own);
             kg = &own;
         }
         const float qmax = (float)((1u << bits) - 1u);
@@ -416,12 +506,13 @@ static void quant_keys_grid(const ecg *e, const kgrid *kg, const float *src, flo
         skv_ecq_quant_cols(src, dst, m, d, kg->z, s, qmax);
     } else if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL) {
         for (uint32_t c = 0; c < d; c++)
-            skv_ecg_quant_span(src + c, dst + c, m, d, bits);
+            skv_ecg_quant_span_clip(src + c, dst + c, m, d, bits, (int)e->cfg.clip);
     } else {
         uint32_t g = e->cfg.alloc.qcfg.k_group;
         for (uint32_t t = 0; t < m; t++)
             for (uint32_t j = 0; j < d; j += g)
-                skv_ecg_quant_span(src + (size_t)t * d + j, dst + (size_t)t * d + j, g, 1, bits);
+                skv_ecg_quant_span_clip(src + (size_t)t * d + j, dst + (size_t)t * d + j, g, 1,
+                                        bits, (int)e->cfg.clip);
     }
 }
 
@@ -438,7 +529,7 @@ static void value_grid(const ecg *e, const gh *H, uint64_t t0, const float *x, u
     const uint32_t d = e->base.head_dim, g = e->cfg.alloc.qcfg.v_group, ns = d / g;
     for (uint32_t t = 0; t < m; t++)
         for (uint32_t j = 0; j < ns; j++)
-            span_grid(x + (size_t)t * d + j * g, g, H->vsup + (t0 + t) / e->RES * 3,
+            span_grid(x + (size_t)t * d + j * g, g, H->vsup + (t0 + t) / e->RES * 3, 2, 0,
                       z + (size_t)t * ns + j, range + (size_t)t * ns + j);
 }
 
@@ -473,11 +564,12 @@ static void quant_values_pre(const ecg *e, const gh *H, uint64_t t0, const float
                     z = gz[(size_t)t * ns + j];
                     range = grange[(size_t)t * ns + j];
                 } else {
-                    span_grid(rs + j * g, g, H->vsup + (t0 + t) / e->RES * 3, &z, &range);
+                    span_grid(rs + j * g, g, H->vsup + (t0 + t) / e->RES * 3, bits,
+                              (int)e->cfg.clip, &z, &range);
                 }
                 skv_ecq_quant(rs + j * g, rq + j * g, g, z, range / qmax, qmax);
             } else {
-                skv_ecg_quant_span(rs + j * g, rq + j * g, g, 1, bits);
+                skv_ecg_quant_span_clip(rs + j * g, rq + j * g, g, 1, bits, (int)e->cfg.clip);
             }
         }
         if (e->cfg.rotate_values && !pre)
@@ -1642,7 +1734,8 @@ static void range_item(const ecg *e, gh *H, item *it, const double *wt, const fl
         if (!(e->wmask & (1u << j)) || (j == 0 && it->kind != 1))
             continue;
         /* evicted (width 0): the output moves toward vbar */
-        double q = (double)((1u << ecg_widths[j]) - 1u);
+        /* clip's ranges fit 2^b steps where min-max fits 2^b - 1 */
+        double q = (double)((1u << ecg_widths[j]) - (e->cfg.clip ? 0u : 1u));
         it->e[j] = j ? (float)(en / (12 * q * q))
                      : (float)val_damage(e, H->v + t0 * d, vbar, wt[t0]);
     }
@@ -1921,11 +2014,13 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
         /* the grids of the rows, the same at every width tried */
         const float *K = kin, *V = kin + (size_t)e->KT * d, *VQ = e->cfg.rotate_values ? vrot : V;
-        const int kg_on = e->cfg.k_layout == SKV_EC_KEYS_CHANNEL && e->PQ == 8;
+        /* (with clip each width has its own) */
+        const int kg_on = e->cfg.k_layout == SKV_EC_KEYS_CHANNEL && e->PQ == 8 && !e->cfg.clip;
+        const int vg_on = e->PQ == 8 && !e->cfg.clip;
         int nj = 0, js[ECG_NW];
         if (below && it->kind != 1 && kg_on)
-            key_grid(K, nrow, d, &kg);
-        if (below && it->kind != 0 && e->PQ == 8)
+            key_grid(K, nrow, d, 2, 0, &kg);
+        if (below && it->kind != 0 && vg_on)
             value_grid(e, H, it->t0, VQ, nrow, vgz, vgr);
         for (int j = 0; j < ECG_NW; j++) {
             uint32_t bits = ecg_widths[j];
@@ -1938,7 +2033,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                     quant_keys_grid(e, kg_on ? &kg : NULL, K, kq, nrow, bits);
                 if (it->kind != 0 && bits)
                     quant_values_pre(e, H, it->t0, VQ, vq, nrow, bits, e->cfg.rotate_values,
-                                     e->PQ == 8 ? vgz : NULL, e->PQ == 8 ? vgr : NULL);
+                                     vg_on ? vgz : NULL, vg_on ? vgr : NULL);
                 js[nj++] = j;
                 continue;
             }
@@ -1947,8 +2042,8 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                 quant_keys_grid(e, kg_on ? &kg : NULL, K, buf, nrow, bits);
             if (it->kind != 0 && bits)
                 quant_values_pre(e, H, it->t0, VQ, buf + (size_t)e->KT * d, nrow, bits,
-                                 e->cfg.rotate_values, e->PQ == 8 ? vgz : NULL,
-                                 e->PQ == 8 ? vgr : NULL);
+                                 e->cfg.rotate_values, vg_on ? vgz : NULL,
+                                 vg_on ? vgr : NULL);
             for (uint32_t r = 0; r < nrow; r++) {
                 const double w = wr[r];
                 if (it->kind != 1)

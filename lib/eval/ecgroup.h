@@ -44,9 +44,14 @@ int skv_ecg_solve_items(uint32_t n, const float *dmg, const uint32_t *bytes, con
  * what the codes decode to into y[i*stride] (may equal x). */
 void skv_ecg_quant_span(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits);
 
+/* The same with clip's range search (skv_ec_cfg.clip; clip 0: the above). */
+void skv_ecg_quant_span_clip(const float *x, float *y, uint32_t n, size_t stride, uint32_t bits,
+                             int clip);
+
 /* imp-range: the energy of a row x[d] in spans of g numbers, the sum over
  * its spans of (g - 2) range^2, so that min-max rounding to b bits loses
- * about energy / (12 (2^b - 1)^2) in squared error. */
+ * about energy / (12 (2^b - 1)^2) in squared error (with clip, predicted
+ * as energy / (12 (2^b)^2)). */
 double skv_ecg_span_energy(const float *x, uint32_t d, uint32_t g);
 
 #endif

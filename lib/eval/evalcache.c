@@ -294,6 +294,8 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
     if (c->layout == SKV_EC_GROUPED && c->protect_bits && c->protect_bits < 16 && !c->kivi_bits &&
         w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " protect=%u", c->protect_bits);
+    if (c->layout == SKV_EC_GROUPED && c->clip && w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " clip");
     if (c->layout == SKV_EC_GROUPED && c->param_bits == 8 && !c->kivi_bits && w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " p8");
     if (c->layout == SKV_EC_GROUPED && c->head_weight > 0 && !(pf & SKV_PF_FIXED) &&
