@@ -79,7 +79,7 @@ static noreturn void usage(void)
            "                         (each row rotated back: the attention is unchanged)\n"
            "      --kv-split         separate widths for the key and the value of a token\n"
            "      --clip             each span's range searched for the least squared\n"
-           "                         error instead of its minimum and maximum\n"
+           "                         error instead of its minimum and maximum (2-4 bits)\n"
            "      --error M          error model: imp-mse (default), imp-range or logit\n"
            "      --prior P          attention every token is assumed to draw, x 1/T\n"
            "                         (grouped layout; default 0.05)\n"

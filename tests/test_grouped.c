@@ -390,7 +390,8 @@ START_TEST(test_param_bits)
 END_TEST
 
 /* The AVX2 copies of the quantizer loops (ecquant.h) give the references'
- * bits: odd lengths, both zeros, ties, a zero scale. */
+ * bits: odd lengths, both zeros, ties, a zero scale; clip's error sums
+ * too. */
 START_TEST(test_quant_loops_same_bits)
 {
     if (!skv_ecq_simd())
@@ -415,6 +416,9 @@ START_TEST(test_quant_loops_same_bits)
                 skv_ecq_quant(x + rep, y0, n, z, s, qmax);
                 skv_ecq_quant_ref(x + rep, y1, n, z, s, qmax);
                 ck_assert_msg(!memcmp(y0, y1, n * 4), "quant n %u bits %u", n, bits);
+                float e0 = skv_ecq_err(x + rep, n, 1, z, s, qmax),
+                      e1 = skv_ecq_err_ref(x + rep, n, 1, z, s, qmax);
+                ck_assert_msg(!memcmp(&e0, &e1, 4), "err n %u bits %u", n, bits);
             }
         }
         for (uint32_t d = 1; d <= N; d += rep % 7 + 1) {
@@ -430,6 +434,10 @@ START_TEST(test_quant_loops_same_bits)
             skv_ecq_quant_cols(x, y0, m, d, z, s, 7);
             skv_ecq_quant_cols_ref(x, y1, m, d, z, s, 7);
             ck_assert_msg(!memcmp(y0, y1, (size_t)m * d * 4), "quant_cols d %u", d);
+            float e0[N], e1[N];
+            skv_ecq_err_cols(x, m, d, z, s, 7, e0);
+            skv_ecq_err_cols_ref(x, m, d, z, s, 7, e1);
+            ck_assert_msg(!memcmp(e0, e1, d * 4), "err_cols d %u", d);
             float c0[N] = {0}, c1[N] = {0};
             skv_ecq_colmean(x, m, d, c0);
             skv_ecq_colmean_ref(x, m, d, c1);
@@ -520,6 +528,7 @@ START_TEST(test_simd_same_run)
         c.rotate = c.rotate_values = 1;
         c.param_bits = 8;
         c.protect_bits = 8;
+        c.clip = (uint32_t)ev;  /* and clip's search, once */
         c.alloc.width_mask = (ev ? 1u : 0u) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) |
                              (1u << 16);
         skv_kv_cache *a[2];
@@ -637,7 +646,8 @@ END_TEST
  * numbers less than 0.7x min-max's at 2 bits and 0.85x at 3 (the half
  * steps min-max leaves unused: 0.56x and 0.77x), and imp-range's
  * prediction for it, energy / (12 (2^b)^2), within 10% there; for
- * bell-shaped numbers (sums of three) at least not above it. */
+ * bell-shaped numbers (sums of three) at least not above it.  At 8 bits
+ * min-max itself. */
 START_TEST(test_clip_spans)
 {
     rng = 88172645463325252ull;
@@ -666,7 +676,9 @@ START_TEST(test_clip_spans)
                 ck_assert_msg(e1 < 0.7 * e0, "shape %d, 2 bits: %g vs %g", shape, e1, e0);
             if (bits[b] == 3)
                 ck_assert_msg(e1 < 0.85 * e0, "shape %d, 3 bits: %g vs %g", shape, e1, e0);
-            if (bits[b] <= 4)
+            if (bits[b] == 8)
+                ck_assert_msg(e1 == e0, "8 bits: clip leaves min-max (%g vs %g)", e1, e0);
+            else
                 ck_assert_msg(shape ? e1 < 1.1 * pred : fabs(e1 / pred - 1) < 0.1,
                               "shape %d, %u bits: error %g, predicted %g", shape, bits[b], e1,
                               pred);

@@ -161,68 +161,98 @@ static void snap_params(const float *sup, float lo, float hi, float qmax, float 
     }
 }
 
-/* The squared error a span x[i * stride], i < n, is left with at zero
- * point z and scale s (the rounding of skv_ecq_quant). */
-static float span_sqerr(const float *x, uint32_t n, size_t stride, float z, float s, float qmax)
-{
-    float e = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        float v = x[i * stride], c = 0;
-        if (s > 0) {
-            c = nearbyintf((v - z) / s);
-            c = c < 0 ? 0 : c > qmax ? qmax : c;
-        }
-        float u = v - (z + c * s);
-        e += u * u;
-    }
-    return e;
-}
-
 /* clip: min-max rounding puts its end levels on the extremes, so half a
  * step on each side holds no number and a span's error is that of 2^b - 1
  * steps where 2^b would fit (for numbers spread evenly, (1 - 2^-b)^2 of
- * the error: 0.56 at 2 bits, 0.77 at 3, 0.88 at 4).  The range [mn + a R,
- * mx - b R] (R = mx - mn, a and b in steps of R / 32) with the least
- * squared error, parameters snapped as stored, is kept instead: a and b
- * alike from 0 to 10 steps, then each moved a step while that helps (two
- * passes).  Min-max (a = b = 0) is among those tried, so the error never
- * grows. */
+ * the error: 0.56 at 2 bits, 0.77 at 3, 0.88 at 4).  At widths up to 4
+ * bits the range [mn + a R, mx - b R] (R = mx - mn, a and b in steps of
+ * R / 32) with the least squared error, parameters snapped as stored, is
+ * kept instead: a = b from 1 to 10 steps, then from the best, a and b each
+ * moved one step (two passes of four moves).  Min-max (a = b = 0) is the
+ * first tried, so no span's error grows.  At 8 bits (0.99) clip keeps
+ * min-max: nothing to gain, and the extremes it would cut are the numbers
+ * that draw attention. */
+#define CLIP_MAX_BITS 4
 #define CLIP_STEPS 32
 #define CLIP_SYM 10
+#define CLIP_MOVES 8
+static const int clip_da[4] = {-1, 1, 0, 0}, clip_db[4] = {0, 0, -1, 1};
+
+/* The k-th range tried after min-max, from the best (a, b) so far: 0 when
+ * it is not one (a step below 0, or an empty range). */
+static int clip_try(int k, int a, int b, float mn, float mx, float *lo, float *hi, int *ta,
+                    int *tb)
+{
+    if (k < CLIP_SYM) {
+        *ta = *tb = k + 1;
+    } else {
+        int m = (k - CLIP_SYM) % 4;
+        *ta = a + clip_da[m];
+        *tb = b + clip_db[m];
+    }
+    const float st = (mx - mn) / CLIP_STEPS;
+    *lo = mn + (float)*ta * st;
+    *hi = mx - (float)*tb * st;
+    return *ta >= 0 && *tb >= 0 && *hi > *lo;
+}
 
 static void span_params(const float *x, uint32_t n, size_t stride, uint32_t bits, int clip,
                         const float *sup, float mn, float mx, float *z, float *s, float *r)
 {
     const float qmax = (float)((1u << bits) - 1u);
     snap_params(sup, mn, mx, qmax, z, s, r);
-    if (!clip || !(mx > mn) || n <= 2)
+    if (!clip || bits > CLIP_MAX_BITS || !(mx > mn) || n <= 2)
         return;
-    const float st = (mx - mn) / CLIP_STEPS;
-    float best = span_sqerr(x, n, stride, *z, *s, qmax);
+    float best = skv_ecq_err(x, n, stride, *z, *s, qmax);
     int a = 0, b = 0;
-    for (int k = 1; k <= CLIP_SYM; k++) {
-        float lo = mn + (float)k * st, hi = mx - (float)k * st, zz, ss, rr;
-        if (!(hi > lo))
-            break;
+    for (int k = 0; k < CLIP_SYM + CLIP_MOVES; k++) {
+        float lo, hi, zz, ss, rr;
+        int ta, tb;
+        if (!clip_try(k, a, b, mn, mx, &lo, &hi, &ta, &tb))
+            continue;
         snap_params(sup, lo, hi, qmax, &zz, &ss, &rr);
-        float e = span_sqerr(x, n, stride, zz, ss, qmax);
+        float e = skv_ecq_err(x, n, stride, zz, ss, qmax);
         if (e < best)
-            best = e, a = b = k, *z = zz, *s = ss, *r = rr;
+            best = e, a = ta, b = tb, *z = zz, *s = ss, *r = rr;
     }
-    static const int da[4] = {-1, 1, 0, 0}, db[4] = {0, 0, -1, 1};
-    for (int pass = 0; pass < 2; pass++)
-        for (int m = 0; m < 4; m++) {
-            int ta = a + da[m], tb = b + db[m];
-            if (ta < 0 || tb < 0)
-                continue;
-            float lo = mn + (float)ta * st, hi = mx - (float)tb * st, zz, ss, rr;
-            if (!(hi > lo))
-                continue;
-            snap_params(sup, lo, hi, qmax, &zz, &ss, &rr);
-            float e = span_sqerr(x, n, stride, zz, ss, qmax);
-            if (e < best)
-                best = e, a = ta, b = tb, *z = zz, *s = ss, *r = rr;
+}
+
+/* span_params for each column of the rows x[m][d] (keys per channel), all
+ * columns taking the same steps side by side: z, s, r per column. */
+static void clip_cols(const float *x, uint32_t m, uint32_t d, uint32_t bits, int clip,
+                      const float *sup, const float *mn, const float *mx, float *z, float *s,
+                      float *r)
+{
+    const float qmax = (float)((1u << bits) - 1u);
+    for (uint32_t c = 0; c < d; c++)
+        snap_params(sup, mn[c], mx[c], qmax, z + c, s + c, r + c);
+    if (!clip || bits > CLIP_MAX_BITS || m <= 2)
+        return;
+    float best[SKV_MAX_HEAD_DIM], e[SKV_MAX_HEAD_DIM], zz[SKV_MAX_HEAD_DIM],
+        ss[SKV_MAX_HEAD_DIM], rr[SKV_MAX_HEAD_DIM];
+    int a[SKV_MAX_HEAD_DIM] = {0}, b[SKV_MAX_HEAD_DIM] = {0}, ta[SKV_MAX_HEAD_DIM],
+        tb[SKV_MAX_HEAD_DIM], ok[SKV_MAX_HEAD_DIM];
+    skv_ecq_err_cols(x, m, d, z, s, qmax, best);
+    for (int k = 0; k < CLIP_SYM + CLIP_MOVES; k++) {
+        int any = 0;
+        for (uint32_t c = 0; c < d; c++) {
+            float lo, hi;
+            ok[c] = mx[c] > mn[c] && clip_try(k, a[c], b[c], mn[c], mx[c], &lo, &hi, ta + c,
+                                              tb + c);
+            if (ok[c])
+                snap_params(sup, lo, hi, qmax, zz + c, ss + c, rr + c);
+            else
+                zz[c] = z[c], ss[c] = s[c], rr[c] = r[c];
+            any |= ok[c];
         }
+        if (!any)
+            continue;
+        skv_ecq_err_cols(x, m, d, zz, ss, qmax, e);
+        for (uint32_t c = 0; c < d; c++)
+            if (ok[c] && e[c] < best[c])
+                best[c] = e[c], a[c] = ta[c], b[c] = tb[c], z[c] = zz[c], s[c] = ss[c],
+                r[c] = rr[c];
+    }
 }
 
 /* A span quantized with fp16 parameters (min-max, or clip's search). */
@@ -334,11 +364,10 @@ typedef struct kgrid {
 
 static void key_grid(const float *x, uint32_t m, uint32_t d, uint32_t bits, int clip, kgrid *g)
 {
-    float mn[SKV_MAX_HEAD_DIM], mx[SKV_MAX_HEAD_DIM], sup[3], s;
+    float mn[SKV_MAX_HEAD_DIM], mx[SKV_MAX_HEAD_DIM], sup[3], s[SKV_MAX_HEAD_DIM];
     skv_ecq_minmax_cols(x, m, d, mn, mx);
     grid_fit(mn, mx, d, sup);
-    for (uint32_t c = 0; c < d; c++)
-        span_params(x + c, m, d, bits, clip, sup, mn[c], mx[c], &g->z[c], &s, &g->range[c]);
+    clip_cols(x, m, d, bits, clip, sup, mn, mx, g->z, s, g->range);
 }
 
 /* The rotation is the packed format's (rotate.c, skv_rot_*): a cache file
@@ -504,9 +533,15 @@ static void quant_keys_grid(const ecg *e, const kgrid *kg, const float *src, flo
         for (uint32_t c = 0; c < d; c++)
             s[c] = kg->range[c] / qmax;
         skv_ecq_quant_cols(src, dst, m, d, kg->z, s, qmax);
+    } else if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL && e->cfg.clip) {
+        float mn[SKV_MAX_HEAD_DIM], mx[SKV_MAX_HEAD_DIM], z[SKV_MAX_HEAD_DIM],
+            s[SKV_MAX_HEAD_DIM], r[SKV_MAX_HEAD_DIM];
+        skv_ecq_minmax_cols(src, m, d, mn, mx);
+        clip_cols(src, m, d, bits, 1, NULL, mn, mx, z, s, r);
+        skv_ecq_quant_cols(src, dst, m, d, z, s, (float)((1u << bits) - 1u));
     } else if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL) {
         for (uint32_t c = 0; c < d; c++)
-            skv_ecg_quant_span_clip(src + c, dst + c, m, d, bits, (int)e->cfg.clip);
+            skv_ecg_quant_span(src + c, dst + c, m, d, bits);
     } else {
         uint32_t g = e->cfg.alloc.qcfg.k_group;
         for (uint32_t t = 0; t < m; t++)
@@ -1735,7 +1770,8 @@ static void range_item(const ecg *e, gh *H, item *it, const double *wt, const fl
             continue;
         /* evicted (width 0): the output moves toward vbar */
         /* clip's ranges fit 2^b steps where min-max fits 2^b - 1 */
-        double q = (double)((1u << ecg_widths[j]) - (e->cfg.clip ? 0u : 1u));
+        const uint32_t b = ecg_widths[j];
+        double q = (double)((1u << b) - (e->cfg.clip && b <= CLIP_MAX_BITS ? 0u : 1u));
         it->e[j] = j ? (float)(en / (12 * q * q))
                      : (float)val_damage(e, H->v + t0 * d, vbar, wt[t0]);
     }

@@ -66,6 +66,35 @@ void skv_ecq_quant_cols_ref(const float *x, float *y, uint32_t m, uint32_t d, co
             y[(size_t)i * d + c] = code1(x[(size_t)i * d + c], z[c], s[c], qmax);
 }
 
+float skv_ecq_err_ref(const float *x, uint32_t n, size_t stride, float z, float s, float qmax)
+{
+    float e[8] = {0, 0, 0, 0, 0, 0, 0, 0};     /* the AVX2 lanes */
+    for (uint32_t i = 0; i < n; i++) {
+        float u = x[i * stride] - code1(x[i * stride], z, s, qmax);
+        e[i % 8] += u * u;
+    }
+    return ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));
+}
+
+static void err_cols_from(const float *x, uint32_t m, uint32_t d, uint32_t c0, const float *z,
+                          const float *s, float qmax, float *err)
+{
+    for (uint32_t c = c0; c < d; c++) {
+        float e = 0;
+        for (uint32_t i = 0; i < m; i++) {
+            float v = x[(size_t)i * d + c], u = v - code1(v, z[c], s[c], qmax);
+            e += u * u;
+        }
+        err[c] = e;
+    }
+}
+
+void skv_ecq_err_cols_ref(const float *x, uint32_t m, uint32_t d, const float *z, const float *s,
+                          float qmax, float *err)
+{
+    err_cols_from(x, m, d, 0, z, s, qmax, err);
+}
+
 void skv_ecq_sqerr_ref(const float *const *a, const float *const *b, uint32_t n, uint32_t d,
                        double *out)
 {
@@ -264,6 +293,44 @@ ECQ_AVX2 static void quant_cols_avx2(const float *x, float *y, uint32_t m, uint3
             yi[c] = code1(xi[c], z[c], s[c], qmax);
     }
 }
+/* The reference's eight partial sums are the lanes; u * u then an add. */
+ECQ_AVX2 static float err_avx2(const float *x, uint32_t n, float z, float s, float qmax)
+{
+    const __m256 vz = _mm256_set1_ps(z), vs = _mm256_set1_ps(s), vq = _mm256_set1_ps(qmax);
+    __m256 e = _mm256_setzero_ps();
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i), u = _mm256_sub_ps(v, code8(v, vz, vs, vq));
+        e = _mm256_add_ps(e, _mm256_mul_ps(u, u));
+    }
+    float l[8];
+    _mm256_storeu_ps(l, e);
+    for (; i < n; i++) {
+        float u = x[i] - code1(x[i], z, s, qmax);
+        l[i % 8] += u * u;
+    }
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* Eight columns in the lanes, each summed over the rows in order. */
+ECQ_AVX2 static void err_cols_avx2(const float *x, uint32_t m, uint32_t d, const float *z,
+                                   const float *s, float qmax, float *err)
+{
+    const __m256 vq = _mm256_set1_ps(qmax);
+    uint32_t c = 0;
+    for (; c + 8 <= d; c += 8) {
+        const __m256 vz = _mm256_loadu_ps(z + c), vs = _mm256_loadu_ps(s + c);
+        __m256 e = _mm256_setzero_ps();
+        for (uint32_t i = 0; i < m; i++) {
+            __m256 v = _mm256_loadu_ps(x + (size_t)i * d + c);
+            __m256 u = _mm256_sub_ps(v, code8(v, vz, vs, vq));
+            e = _mm256_add_ps(e, _mm256_mul_ps(u, u));
+        }
+        _mm256_storeu_ps(err + c, e);
+    }
+    err_cols_from(x, m, d, c, z, s, qmax, err);
+}
+
 /* Each row's squared differences in four double lanes (j % 4), summed as
  * (0 + 1) + (2 + 3): the reference's order (the float to double
  * conversions are exact; a multiply, then an add).  Four rows side by
@@ -426,6 +493,27 @@ void skv_ecq_quant(const float *x, float *y, uint32_t n, float z, float s, float
     }
 #endif
     skv_ecq_quant_ref(x, y, n, z, s, qmax);
+}
+
+float skv_ecq_err(const float *x, uint32_t n, size_t stride, float z, float s, float qmax)
+{
+#ifdef ECQ_HAVE_AVX2
+    if (stride == 1 && skv_ecq_simd())
+        return err_avx2(x, n, z, s, qmax);
+#endif
+    return skv_ecq_err_ref(x, n, stride, z, s, qmax);
+}
+
+void skv_ecq_err_cols(const float *x, uint32_t m, uint32_t d, const float *z, const float *s,
+                      float qmax, float *err)
+{
+#ifdef ECQ_HAVE_AVX2
+    if (skv_ecq_simd()) {
+        err_cols_avx2(x, m, d, z, s, qmax, err);
+        return;
+    }
+#endif
+    skv_ecq_err_cols_ref(x, m, d, z, s, qmax, err);
 }
 
 void skv_ecq_quant_cols(const float *x, float *y, uint32_t m, uint32_t d, const float *z,

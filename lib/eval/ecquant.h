@@ -33,6 +33,21 @@ void skv_ecq_quant_cols(const float *x, float *y, uint32_t m, uint32_t d, const 
 void skv_ecq_quant_cols_ref(const float *x, float *y, uint32_t m, uint32_t d, const float *z,
                             const float *s, float qmax);
 
+/* The squared error x[i * stride], i < n, is left with when coded with z
+ * and s as skv_ecq_quant codes it (clip's search): eight float partial
+ * sums by i % 8, in order, then ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)).
+ * The AVX2 copy runs where stride is 1. */
+float skv_ecq_err(const float *x, uint32_t n, size_t stride, float z, float s, float qmax);
+float skv_ecq_err_ref(const float *x, uint32_t n, size_t stride, float z, float s, float qmax);
+
+/* Per column c of the rows x[m][d]: err[c] = the sum over the rows, in
+ * order, of the squared error with z[c] and s[c] (as skv_ecq_quant_cols
+ * codes it). */
+void skv_ecq_err_cols(const float *x, uint32_t m, uint32_t d, const float *z, const float *s,
+                      float qmax, float *err);
+void skv_ecq_err_cols_ref(const float *x, uint32_t m, uint32_t d, const float *z, const float *s,
+                          float qmax, float *err);
+
 /* out[i] = the sum over j < d of ((double)a[i][j] - b[i][j])^2, for n
  * pairs of rows (the damage model's squared errors): four partial sums by
  * j % 4, in order, then (s0 + s1) + (s2 + s3), the order of the AVX2

@@ -123,8 +123,8 @@ typedef struct skv_ec_cfg {
     uint32_t rotate_values; /* 1: values quantized in a randomized Hadamard basis (each
                                row decodes back to the model's basis) */
     uint32_t kv_split;      /* 1: separate widths for the key and the value of a token */
-    uint32_t clip;          /* grouped: 1 sets each span's stored range (below the 16-bit
-                               width) by a search for the least squared error instead of
+    uint32_t clip;          /* grouped: 1 sets each span's stored range at widths up to 4
+                               bits by a search for the least squared error instead of
                                its minimum and maximum (ecgroup.c, span_params) */
     uint32_t err_model;     /* enum skv_ec_err */
     uint32_t key_tokens;    /* G: tokens per per-channel key group (default 32) */
