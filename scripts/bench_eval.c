@@ -77,6 +77,7 @@ int main(int argc, char **argv)
                 c.rotate = 1;
                 c.rotate_values = 1;
                 c.param_bits = 8;
+                c.clip = 1;     /* each span's range searched */
                 c.kv_split = 1;
                 c.realloc = 32;
                 c.protect_bits = 8;

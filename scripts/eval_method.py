@@ -13,7 +13,7 @@ rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 plot_tsv = sys.argv[2] if len(sys.argv) > 2 else None  # the rows to plot: baselines + method
 by = {r["label"]: r for r in rows}
 GROUPED = (" kch", " ktok")
-M0 = " kch+rot vrot kv range protect=8 p8"
+M0 = " kch+rot vrot kv range protect=8 clip p8"
 M = M0 + " hw=0.5"   # the method's label suffix (scripts/eval-method)
 EVICTION = ("streaming", "h2o", "snapkv")
 
@@ -69,35 +69,46 @@ table("smartkv and its controls (the method's configuration)",
       lambda r: method(r) and r["policy"] in ("smartkv", "random", "position"))
 
 W0 = " R=32 bits=0,2,3,4,8,16"
+
+
+def C(sfx):
+    """A label suffix with --clip, which the label shows after protect=N."""
+    return sfx.replace(" p8", " clip p8") if " p8" in sfx else sfx.replace(" hw=", " clip hw=")
+
+
 ABL = [
     ("all on (widths 0..16)", "0.2", W0 + M),
     ("all on (widths 2..16)", "0.3", " R=32" + M),
-    ("1 off: keys per token (rotated)", "0.2", W0 + " ktok+rot vrot kv range protect=8 p8 hw=0.5"),
-    ("1 off: keys per token (rotated)", "0.3", " R=32 ktok+rot vrot kv range protect=8 p8 hw=0.5"),
-    ("1 off: keys not rotated", "0.2", W0 + " kch vrot kv range protect=8 p8 hw=0.5"),
-    ("1 off: keys not rotated", "0.3", " R=32 kch vrot kv range protect=8 p8 hw=0.5"),
-    ("1 off: values not rotated", "0.2", W0 + " kch+rot kv range protect=8 p8 hw=0.5"),
-    ("1 off: values not rotated", "0.3", " R=32 kch+rot kv range protect=8 p8 hw=0.5"),
-    ("1 off: fp16 scales and zero points", "0.2", W0 + " kch+rot vrot kv range protect=8 hw=0.5"),
-    ("1 off: fp16 scales and zero points", "0.3", " R=32 kch+rot vrot kv range protect=8 hw=0.5"),
-    ("2 off: joint K/V widths (eviction needs split widths)", "0.3", " R=32 kch+rot vrot range protect=8 p8 hw=0.5"),
-    ("3: logit error model instead of imp-range", "0.2", W0 + " kch+rot vrot kv logit protect=8 p8 hw=0.5"),
-    ("3: logit error model instead of imp-range", "0.3", " R=32 kch+rot vrot kv logit protect=8 p8 hw=0.5"),
+    ("1 off: keys per token (rotated)", "0.2", C(W0 + " ktok+rot vrot kv range protect=8 p8 hw=0.5")),
+    ("1 off: keys per token (rotated)", "0.3", C(" R=32 ktok+rot vrot kv range protect=8 p8 hw=0.5")),
+    ("1 off: keys not rotated", "0.2", C(W0 + " kch vrot kv range protect=8 p8 hw=0.5")),
+    ("1 off: keys not rotated", "0.3", C(" R=32 kch vrot kv range protect=8 p8 hw=0.5")),
+    ("1 off: values not rotated", "0.2", C(W0 + " kch+rot kv range protect=8 p8 hw=0.5")),
+    ("1 off: values not rotated", "0.3", C(" R=32 kch+rot kv range protect=8 p8 hw=0.5")),
+    ("1 off: fp16 scales and zero points", "0.2", C(W0 + " kch+rot vrot kv range protect=8 hw=0.5")),
+    ("1 off: fp16 scales and zero points", "0.3", C(" R=32 kch+rot vrot kv range protect=8 hw=0.5")),
+    ("2 off: joint K/V widths (eviction needs split widths)", "0.3", C(" R=32 kch+rot vrot range protect=8 p8 hw=0.5")),
+    ("3: logit error model instead of imp-range", "0.2", C(W0 + " kch+rot vrot kv logit protect=8 p8 hw=0.5")),
+    ("3: logit error model instead of imp-range", "0.3", C(" R=32 kch+rot vrot kv logit protect=8 p8 hw=0.5")),
     ("3: imp-mse (each row requantized to measure its error) instead of imp-range", "0.2",
-     W0 + " kch+rot vrot kv protect=8 p8 hw=0.5"),
+     C(W0 + " kch+rot vrot kv protect=8 p8 hw=0.5")),
     ("3: imp-mse (each row requantized to measure its error) instead of imp-range", "0.3",
-     " R=32 kch+rot vrot kv protect=8 p8 hw=0.5"),
-    ("3: importance as EMA of p^2", "0.2", W0 + " kch+rot vrot kv range p2 protect=8 p8 hw=0.5"),
-    ("3: importance as EMA of p^2", "0.3", " R=32 kch+rot vrot kv range p2 protect=8 p8 hw=0.5"),
-    ("4 off: sinks and residual at fp16", "0.2", W0 + " kch+rot vrot kv range p8 hw=0.5"),
-    ("4 off: sinks and residual at fp16", "0.3", " R=32 kch+rot vrot kv range p8 hw=0.5"),
+     C(" R=32 kch+rot vrot kv protect=8 p8 hw=0.5")),
+    ("3: importance as EMA of p^2", "0.2", C(W0 + " kch+rot vrot kv range p2 protect=8 p8 hw=0.5")),
+    ("3: importance as EMA of p^2", "0.3", C(" R=32 kch+rot vrot kv range p2 protect=8 p8 hw=0.5")),
+    ("4 off: sinks and residual at fp16", "0.2", C(W0 + " kch+rot vrot kv range p8 hw=0.5")),
+    ("4 off: sinks and residual at fp16", "0.3", C(" R=32 kch+rot vrot kv range p8 hw=0.5")),
     ("eviction off (widths 2..16)", "0.2", " R=32" + M),
     ("head weighting off (every layer and KV head alike)", "0.2", W0 + M0),
     ("head weighting off (every layer and KV head alike)", "0.3", " R=32" + M0),
+    ("clip off (each span's range its minimum and maximum)", "0.2",
+     W0 + " kch+rot vrot kv range protect=8 p8 hw=0.5"),
+    ("clip off (each span's range its minimum and maximum)", "0.3",
+     " R=32 kch+rot vrot kv range protect=8 p8 hw=0.5"),
     ("recency prior of mass 1 added to the importance (H2O's recent window as a prior)", "0.2",
-     W0 + " kch+rot vrot kv range rec=1 protect=8 p8 hw=0.5"),
+     C(W0 + " kch+rot vrot kv range rec=1 protect=8 p8 hw=0.5")),
     ("recency prior of mass 1 added to the importance (H2O's recent window as a prior)", "0.3",
-     " R=32 kch+rot vrot kv range rec=1 protect=8 p8 hw=0.5"),
+     C(" R=32 kch+rot vrot kv range rec=1 protect=8 p8 hw=0.5")),
     ("eviction on (widths 0..16)", "0.3", W0 + M),
     ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.2", W0 + M + " replan=4"),
     ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.3", " R=32" + M + " replan=4"),

@@ -141,11 +141,12 @@ static void pow_init(void)
         pow_range[c] = exp2f(-(float)c / 16.0f);
 }
 
+static float grid_zero(float mn, float zlo, float zhi);
+static float grid_range(float r, float rmax);
+
 /* The zero point z and scale s of [lo, hi] as they are stored: on the
  * 8-bit grid sup (zlo, zhi, rmax; grid_zero, grid_range; r the range
  * qmax s, as the grid holds it) or, sup NULL, as fp16 numbers. */
-static float grid_zero(float mn, float zlo, float zhi);
-static float grid_range(float r, float rmax);
 
 static void snap_params(const float *sup, float lo, float hi, float qmax, float *z, float *s,
                         float *r)
