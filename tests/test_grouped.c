@@ -81,6 +81,18 @@ static void grouped_cfg(skv_ec_cfg *c, double budget)
     c->alloc.budget = budget;
 }
 
+/* uniform:bits in the grouped layout, keys per channel, a 32-token
+ * residual. */
+static void uniform_cfg(skv_ec_cfg *c, uint32_t bits)
+{
+    skv_ec_defaults(c);
+    c->layout = SKV_EC_GROUPED;
+    c->k_layout = SKV_EC_KEYS_CHANNEL;
+    c->realloc = 32;
+    c->alloc.policy = SKV_POLICY_UNIFORM;
+    c->alloc.uniform_bits = bits;
+}
+
 /* Worked by hand: {0, 1, 2, 3.3} at 2 bits: minimum 0, scale 3.3/3 = 1.1,
  * which fp16 holds as 1.099609375; codes 0, 1, 2, 3. */
 START_TEST(test_quant_by_hand)
@@ -354,12 +366,7 @@ START_TEST(test_param_bits)
 {
     fill();
     skv_ec_cfg c;
-    skv_ec_defaults(&c);
-    c.layout = SKV_EC_GROUPED;
-    c.k_layout = SKV_EC_KEYS_CHANNEL;
-    c.realloc = 32;
-    c.alloc.policy = SKV_POLICY_UNIFORM;
-    c.alloc.uniform_bits = 4;
+    uniform_cfg(&c, 4);
     uint64_t b16, b8, br;
     double e16 = out_err(&c, &b16);
     c.param_bits = 8;
@@ -693,11 +700,7 @@ START_TEST(test_clip_cache)
 {
     fill();
     skv_ec_cfg c;
-    skv_ec_defaults(&c);
-    c.layout = SKV_EC_GROUPED;
-    c.k_layout = SKV_EC_KEYS_CHANNEL;
-    c.realloc = 32;
-    c.alloc.policy = SKV_POLICY_UNIFORM;
+    uniform_cfg(&c, 2);
     for (uint32_t pb = 8; pb <= 16; pb += 8)
         for (uint32_t b = 2; b <= 3; b++) {
             c.param_bits = pb;
