@@ -293,6 +293,7 @@ ECQ_AVX2 static void quant_cols_avx2(const float *x, float *y, uint32_t m, uint3
             yi[c] = code1(xi[c], z[c], s[c], qmax);
     }
 }
+
 /* The reference's eight partial sums are the lanes; u * u then an add. */
 ECQ_AVX2 static float err_avx2(const float *x, uint32_t n, float z, float s, float qmax)
 {
