@@ -549,15 +549,14 @@ static void quant_keys_grid(const ecg *e, const kgrid *kg, const float *src, flo
         for (uint32_t c = 0; c < d; c++)
             s[c] = kg->range[c] / qmax;
         skv_ecq_quant_cols(src, dst, m, d, kg->z, s, qmax);
-    } else if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL && e->cfg.clip) {
+    } else if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL) {
+        /* fp16 parameters: min-max (skv_ecg_quant_span's, column by
+         * column) or clip's, all columns side by side */
         float mn[SKV_MAX_HEAD_DIM], mx[SKV_MAX_HEAD_DIM], z[SKV_MAX_HEAD_DIM],
             s[SKV_MAX_HEAD_DIM], r[SKV_MAX_HEAD_DIM];
         skv_ecq_minmax_cols(src, m, d, mn, mx);
-        clip_cols(src, m, d, bits, 1, NULL, mn, mx, z, s, r);
+        clip_cols(src, m, d, bits, (int)e->cfg.clip, NULL, mn, mx, z, s, r);
         skv_ecq_quant_cols(src, dst, m, d, z, s, (float)((1u << bits) - 1u));
-    } else if (e->cfg.k_layout == SKV_EC_KEYS_CHANNEL) {
-        for (uint32_t c = 0; c < d; c++)
-            skv_ecg_quant_span(src + c, dst + c, m, d, bits);
     } else {
         uint32_t g = e->cfg.alloc.qcfg.k_group;
         for (uint32_t t = 0; t < m; t++)
