@@ -87,6 +87,7 @@ int main(int argc, char **argv)
                  * kept), or measured by requantizing every row (k == 5) */
                 c.err_model = k == 5 ? SKV_EC_ERR_IMP_MSE : SKV_EC_ERR_IMP_RANGE;
                 c.head_weight = 0.5;    /* needs the session's hidden states */
+                c.recency = 0.25;       /* a 1/age prior beside the tracked attention */
             }
             char label[160];
             skv_ec_describe(&c, label, sizeof label);

@@ -15,6 +15,7 @@ by = {r["label"]: r for r in rows}
 GROUPED = (" kch", " ktok")
 M0 = " kch+rot vrot kv range protect=8 clip p8"
 M = M0 + " hw=0.5"   # the method's label suffix (scripts/eval-method)
+REC = " rec=0.25"    # smartkv's recency prior, which only smartkv's label shows
 EVICTION = ("streaming", "h2o", "snapkv")
 
 
@@ -36,10 +37,19 @@ def ladder(budget):
     return (" bits=4,8,16 ",)
 
 
+def S(sfx):
+    """A label suffix with smartkv's recency prior, shown after the error model."""
+    for mark in (" protect=", " clip", " p8", " hw="):
+        if mark in sfx:
+            return sfx.replace(mark, REC + mark, 1)
+    return sfx + REC
+
+
 def method(r):
     """A row of the method's configuration (the ablations differ from it)."""
     lab = r["label"]
-    return (grouped(r) and lab.endswith(M) and any(w in lab for w in ladder(r["budget"]))
+    sfx = S(M) if r["policy"] == "smartkv" else M
+    return (grouped(r) and lab.endswith(sfx) and any(w in lab for w in ladder(r["budget"]))
             and ("bits=" in lab or " R=32 kch" in lab))
 
 
@@ -77,41 +87,39 @@ def C(sfx):
 
 
 ABL = [
-    ("all on (widths 0..16)", "0.2", W0 + M),
-    ("all on (widths 2..16)", "0.3", " R=32" + M),
-    ("1 off: keys per token (rotated)", "0.2", C(W0 + " ktok+rot vrot kv range protect=8 p8 hw=0.5")),
-    ("1 off: keys per token (rotated)", "0.3", C(" R=32 ktok+rot vrot kv range protect=8 p8 hw=0.5")),
-    ("1 off: keys not rotated", "0.2", C(W0 + " kch vrot kv range protect=8 p8 hw=0.5")),
-    ("1 off: keys not rotated", "0.3", C(" R=32 kch vrot kv range protect=8 p8 hw=0.5")),
-    ("1 off: values not rotated", "0.2", C(W0 + " kch+rot kv range protect=8 p8 hw=0.5")),
-    ("1 off: values not rotated", "0.3", C(" R=32 kch+rot kv range protect=8 p8 hw=0.5")),
-    ("1 off: fp16 scales and zero points", "0.2", C(W0 + " kch+rot vrot kv range protect=8 hw=0.5")),
-    ("1 off: fp16 scales and zero points", "0.3", C(" R=32 kch+rot vrot kv range protect=8 hw=0.5")),
-    ("2 off: joint K/V widths (eviction needs split widths)", "0.3", C(" R=32 kch+rot vrot range protect=8 p8 hw=0.5")),
-    ("3: logit error model instead of imp-range", "0.2", C(W0 + " kch+rot vrot kv logit protect=8 p8 hw=0.5")),
-    ("3: logit error model instead of imp-range", "0.3", C(" R=32 kch+rot vrot kv logit protect=8 p8 hw=0.5")),
+    ("all on (widths 0..16)", "0.2", S(W0 + M)),
+    ("all on (widths 2..16)", "0.3", S(" R=32" + M)),
+    ("1 off: keys per token (rotated)", "0.2", S(C(W0 + " ktok+rot vrot kv range protect=8 p8 hw=0.5"))),
+    ("1 off: keys per token (rotated)", "0.3", S(C(" R=32 ktok+rot vrot kv range protect=8 p8 hw=0.5"))),
+    ("1 off: keys not rotated", "0.2", S(C(W0 + " kch vrot kv range protect=8 p8 hw=0.5"))),
+    ("1 off: keys not rotated", "0.3", S(C(" R=32 kch vrot kv range protect=8 p8 hw=0.5"))),
+    ("1 off: values not rotated", "0.2", S(C(W0 + " kch+rot kv range protect=8 p8 hw=0.5"))),
+    ("1 off: values not rotated", "0.3", S(C(" R=32 kch+rot kv range protect=8 p8 hw=0.5"))),
+    ("1 off: fp16 scales and zero points", "0.2", S(C(W0 + " kch+rot vrot kv range protect=8 hw=0.5"))),
+    ("1 off: fp16 scales and zero points", "0.3", S(C(" R=32 kch+rot vrot kv range protect=8 hw=0.5"))),
+    ("2 off: joint K/V widths (eviction needs split widths)", "0.3", S(C(" R=32 kch+rot vrot range protect=8 p8 hw=0.5"))),
+    ("3: logit error model instead of imp-range", "0.2", S(C(W0 + " kch+rot vrot kv logit protect=8 p8 hw=0.5"))),
+    ("3: logit error model instead of imp-range", "0.3", S(C(" R=32 kch+rot vrot kv logit protect=8 p8 hw=0.5"))),
     ("3: imp-mse (each row requantized to measure its error) instead of imp-range", "0.2",
-     C(W0 + " kch+rot vrot kv protect=8 p8 hw=0.5")),
+     S(C(W0 + " kch+rot vrot kv protect=8 p8 hw=0.5"))),
     ("3: imp-mse (each row requantized to measure its error) instead of imp-range", "0.3",
-     C(" R=32 kch+rot vrot kv protect=8 p8 hw=0.5")),
+     S(C(" R=32 kch+rot vrot kv protect=8 p8 hw=0.5"))),
     ("3: importance as EMA of p^2", "0.2", C(W0 + " kch+rot vrot kv range p2 protect=8 p8 hw=0.5")),
     ("3: importance as EMA of p^2", "0.3", C(" R=32 kch+rot vrot kv range p2 protect=8 p8 hw=0.5")),
-    ("4 off: sinks and residual at fp16", "0.2", C(W0 + " kch+rot vrot kv range p8 hw=0.5")),
-    ("4 off: sinks and residual at fp16", "0.3", C(" R=32 kch+rot vrot kv range p8 hw=0.5")),
-    ("eviction off (widths 2..16)", "0.2", " R=32" + M),
-    ("head weighting off (every layer and KV head alike)", "0.2", W0 + M0),
-    ("head weighting off (every layer and KV head alike)", "0.3", " R=32" + M0),
+    ("4 off: sinks and residual at fp16", "0.2", S(C(W0 + " kch+rot vrot kv range p8 hw=0.5"))),
+    ("4 off: sinks and residual at fp16", "0.3", S(C(" R=32 kch+rot vrot kv range p8 hw=0.5"))),
+    ("eviction off (widths 2..16)", "0.2", S(" R=32" + M)),
+    ("head weighting off (every layer and KV head alike)", "0.2", S(W0 + M0)),
+    ("head weighting off (every layer and KV head alike)", "0.3", S(" R=32" + M0)),
     ("clip off (each span's range its minimum and maximum)", "0.2",
-     W0 + " kch+rot vrot kv range protect=8 p8 hw=0.5"),
+     S(W0 + " kch+rot vrot kv range protect=8 p8 hw=0.5")),
     ("clip off (each span's range its minimum and maximum)", "0.3",
-     " R=32 kch+rot vrot kv range protect=8 p8 hw=0.5"),
-    ("recency prior of mass 1 added to the importance (H2O's recent window as a prior)", "0.2",
-     C(W0 + " kch+rot vrot kv range rec=1 protect=8 p8 hw=0.5")),
-    ("recency prior of mass 1 added to the importance (H2O's recent window as a prior)", "0.3",
-     C(" R=32 kch+rot vrot kv range rec=1 protect=8 p8 hw=0.5")),
-    ("eviction on (widths 0..16)", "0.3", W0 + M),
-    ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.2", W0 + M + " replan=4"),
-    ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.3", " R=32" + M + " replan=4"),
+     S(" R=32 kch+rot vrot kv range protect=8 p8 hw=0.5")),
+    ("recency prior off (the tracked attention alone)", "0.2", W0 + M),
+    ("recency prior off (the tracked attention alone)", "0.3", " R=32" + M),
+    ("eviction on (widths 0..16)", "0.3", S(W0 + M)),
+    ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.2", S(W0 + M) + " replan=4"),
+    ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.3", S(" R=32" + M) + " replan=4"),
     ("an earlier method (no rotation, fp16 parameters, imp-mse)", "0.2", W0 + " kch kv protect=8"),
     ("an earlier method (no rotation, fp16 parameters, imp-mse)", "0.3", " R=32 kch kv protect=8"),
 ]
@@ -184,7 +192,7 @@ for other in ("random", "position"):
     for r in sorted(rows, key=lambda r: f(r, "beta")):
         if r["policy"] != "smartkv" or not method(r):
             continue
-        lab = r["label"].replace("smartkv", other, 1)
+        lab = r["label"].replace("smartkv", other, 1).replace(REC, "")
         if other == "position":  # tracks nothing: no importance in its label
             lab = lab.replace(" ema:0.9", "")
         o = by.get(lab)

@@ -285,11 +285,11 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
                               c->kv_split ? " kv" : "",
                               c->err_model == SKV_EC_ERR_LOGIT ? " logit" :
                               c->err_model == SKV_EC_ERR_IMP_RANGE ? " range" : "");
-    if (c->layout == SKV_EC_GROUPED && c->imp_power == 2 && (pf & SKV_PF_IMPORTANCE) &&
-        w < sizeof extra)
+    /* the grouped layout tracks attention for smartkv alone (ecgroup.c) */
+    const int gtrack = c->layout == SKV_EC_GROUPED && a->policy == SKV_POLICY_SMARTKV;
+    if (gtrack && c->imp_power == 2 && w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " p2");
-    if (c->layout == SKV_EC_GROUPED && c->recency > 0 && (pf & SKV_PF_IMPORTANCE) &&
-        w < sizeof extra)
+    if (gtrack && c->recency > 0 && w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " rec=%g", c->recency);
     if (c->layout == SKV_EC_GROUPED && c->protect_bits && c->protect_bits < 16 && !c->kivi_bits &&
         w < sizeof extra)

@@ -328,12 +328,21 @@ assert r["beta_alloc"] <= 0.3 and r["cache"].endswith("p8 replan=2") and r["real
 ' "$T/out"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 -p smartkv -b 0.3 \
     --keys channel --rotate --rotate-values --kv-split --residual 32 --protect-bits 8 \
-    --param-bits 8 --bits 2,3,4,8,16 --head-weight 0.5 --clip --json -q
-expect_rc 0 "ppl with the method's configuration (--head-weight 0.5, --clip)"
-check "head weights and clip: the label says so; their state counted; beta after each reallocation within 0.3" python3 -c '
+    --param-bits 8 --bits 2,3,4,8,16 --error imp-range --head-weight 0.5 --clip --recency 0.25 \
+    --json -q
+expect_rc 0 "ppl with the method's configuration (--head-weight 0.5, --clip, --recency 0.25)"
+check "head weights, clip and the recency prior: the label says so; their state counted; beta after each reallocation within 0.3" python3 -c '
 import json, sys
 r = json.load(open(sys.argv[1]))
-assert r["beta_alloc"] <= 0.3 and r["cache"].endswith("protect=8 clip p8 hw=0.5") and r["meta_frac"] > 0, r
+assert r["beta_alloc"] <= 0.3 and r["cache"].endswith("range rec=0.25 protect=8 clip p8 hw=0.5") and r["meta_frac"] > 0, r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p random -b 0.3 \
+    --keys channel --kv-split --residual 32 --recency 0.25 --imp-power 2 --json -q
+expect_rc 0 "ppl with random in the grouped layout, --recency and --imp-power given"
+check "random tracks nothing in the grouped layout: its label shows neither" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert " rec=" not in r["cache"] and " p2" not in r["cache"] and r["cache"].startswith("random"), r
 ' "$T/out"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
     --keys channel --head-weight 1.5 -q
