@@ -51,7 +51,7 @@ for k, n in enumerate(names):
             if s and o:
                 tot += 1
                 wins += s[0] < o[0] and s[1] <= 1.02 * o[1]
-    line = "%s: smartkv beats position in %d of %d rows" % (n, wins, tot)
+    line = "- %s: smartkv beats position in %d of %d rows" % (n, wins, tot)
     for p in POL if k else ():
         lg = [math.log(pol[p][k][0] / pol[p][0][0]) for t in texts for pol in kl[t].values()
               if k in pol.get(p, {}) and 0 in pol.get(p, {})]
