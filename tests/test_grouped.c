@@ -2,13 +2,12 @@
  * a small example worked out by hand, kivi:2 against a float64 reference
  * (attention and bytes), the budget held by smartkv with separate K/V
  * widths, the rotation leaving attention unchanged, protected rows at 8
- * bits against a float64 reference, eviction (width 0) by value items, and
- * the recency prior moving bits to the young tokens, imp-range's error
- * prediction against measured rounding, clip's range
- * search against min-max (spans and the cache), the quantizer
- * loops' AVX2 copies giving the references' bits, alone and
- * in a whole run of the method; replan K's rolling slices; the plan's
- * solver against its reference (a heap). */
+ * bits against a float64 reference, eviction (width 0) by value items, the
+ * recency prior moving bits to the young tokens, and imp-range's error
+ * prediction against measured rounding, clip's range search against min-max
+ * (spans and the cache), the quantizer loops' AVX2 copies giving the
+ * references' bits, alone and in a whole run of the method; replan K's
+ * rolling slices; the plan's solver against its reference (a heap). */
 #include "smartkv.h"
 #include "../lib/eval/ecgroup.h"
 #include "../lib/eval/ecquant.h"
