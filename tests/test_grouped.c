@@ -67,6 +67,19 @@ static void attend(skv_kv_cache *c, uint32_t p0, uint32_t p1, float *out, float 
                           "%s", skv_errmsg());
 }
 
+/* All T_ tokens through the cache 32 at a time, appended then attended;
+ * a reallocation after each 32 when realloc_each. */
+static void feed(skv_kv_cache *a, int realloc_each)
+{
+    static float out[L_ * H_ * 32 * D_], probs[L_ * H_ * 32 * T_];
+    for (uint32_t p = 0; p < T_; p += 32) {
+        append(a, p, p + 32);
+        attend(a, p, p + 32, out, probs);
+        if (realloc_each)
+            ck_assert_int_eq(skv_ec_realloc(a), 0);
+    }
+}
+
 static double h16(double x) { return skv_f16_to_f32(skv_f32_to_f16((float)x)); }
 
 /* The grouped cache as the method runs it: per-channel keys, K and V
@@ -213,11 +226,7 @@ START_TEST(test_smartkv_split_budget)
         c.err_model = (uint32_t)em;
         skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
         ck_assert_msg(a != NULL, "%s", skv_errmsg());
-        static float out[L_ * H_ * 32 * D_], probs[L_ * H_ * 32 * T_];
-        for (uint32_t p = 0; p < T_; p += 32) {
-            append(a, p, p + 32);
-            attend(a, p, p + 32, out, probs);
-        }
+        feed(a, 0);
         ck_assert_int_eq(skv_ec_realloc(a), 0);
         skv_ec_stats s;
         ck_assert_int_eq(skv_ec_stats_get(a, &s), 0);
@@ -638,12 +647,7 @@ static double young_gap(double recency)
     c.alloc.width_mask = (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) | (1u << 16);
     skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
     ck_assert_msg(a != NULL, "%s", skv_errmsg());
-    static float out[L_ * H_ * 32 * D_], probs[L_ * H_ * 32 * T_];
-    for (uint32_t p = 0; p < T_; p += 32) {
-        append(a, p, p + 32);
-        attend(a, p, p + 32, out, probs);
-        ck_assert_int_eq(skv_ec_realloc(a), 0);
-    }
+    feed(a, 1);
     const uint32_t n = (T_ - 4) / 2;
     double old = 0, young = 0;
     for (uint32_t l = 0; l < L_; l++)
