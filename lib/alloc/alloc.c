@@ -191,6 +191,15 @@ int skv_alhd_check(const skv_alloc_hdr *h)
                          "0 without", h->clusters, SKV_CNTR_MAX);
     if ((h->flags & SKV_ALHD_MERGE) && !(h->width_mask & 1u))
         return skv_error(SKV_EFORMAT, "the merge flag (0x2) needs width 0 in the allowed set");
+    /* the packed cache's rules too (cache.c), so what skv-trace info accepts
+     * skv-attend reads: centroids take the widest non-zero width, and are
+     * not stored with keys per channel */
+    if ((h->flags & SKV_ALHD_MERGE) && !(h->width_mask & ~1u))
+        return skv_error(SKV_EFORMAT, "the merge flag (0x2) needs a non-zero width for the "
+                         "centroids");
+    if ((h->flags & SKV_ALHD_MERGE) && h->qcfg.k_mode == SKV_QMODE_CHAN)
+        return skv_error(SKV_EFORMAT, "merged centroids (flag 0x2) with keys per channel "
+                         "(k_mode 4) are not supported");
     if (skv_qcfg_check(&h->qcfg) < 0) {
         char msg[256];
         snprintf(msg, sizeof msg, "%s", skv_errmsg());
