@@ -12,6 +12,7 @@
 #include "smartkv_synth.h"
 #include "smartkv_npy.h"
 #include "smartkv_quant.h"
+#include "smartkv_alhd.h"
 #include "smartkv_cache.h"
 #include "smartkv_gguf.h"
 #include "smartkv_tokenizer.h"

@@ -25,6 +25,7 @@ int skv_chunk_list_add(skv_chunk_list *l, const skv_chunk *c)
     skv_raw_chunk *r = &l->v[l->n];
     memcpy(r->type, c->type, 5);
     r->size = c->raw_size;
+    r->offset = c->offset;
     r->data = skv_malloc((size_t)c->raw_size);
     if (!r->data)
         return SKV_ENOMEM;
@@ -161,85 +162,57 @@ int skv_cache_plan_uniform(skv_cache_plan *p, const skv_trace_hdr *h, const skv_
     return 0;
 }
 
-static int width_index(uint32_t bits)
+/* A kept chunk as the stream reader gives it, for the allocation records'
+ * decoders (smartkv_alhd.h): one decoder and one set of rules for
+ * skv-alloc, skv-quant and this reader. */
+static skv_chunk chunk_view(const skv_raw_chunk *r)
 {
-    for (int i = 0; i < SKV_NBITS; i++)
-        if (skv_bit_widths[i] == bits)
-            return i;
-    return -1;
+    skv_chunk c;
+    memset(&c, 0, sizeof c);
+    memcpy(c.type, r->type, 5);
+    c.size = c.raw_size = r->size;
+    c.offset = r->offset;
+    c.data = r->data;
+    return c;
 }
 
-static double get_f64(const uint8_t *p)
+/* An ALHD decoded, checked and matched against the trace's shape. */
+static int read_alhd(const skv_raw_chunk *r, const skv_trace_hdr *h, skv_alloc_hdr *a)
 {
-    union { uint64_t u; double d; } x;
-    x.u = skv_get64(p);
-    return x.d;
+    skv_alloc_seq q;
+    memset(&q, 0, sizeof q);
+    skv_chunk c = chunk_view(r);
+    int rc = skv_alloc_seq_chunk(&q, h, &c);
+    if (rc == 0)
+        *a = q.h;
+    return rc;
 }
 
-/* The ALHD/ALOC payloads as agreed with skv-alloc (smartkv(5)).  The
- * allocator's own codecs (skv_alhd_decode/skv_aloc_decode) read the same
- * bytes; these private parsers keep this module independent of it. */
-#define ALHD_FIXED 66
-
-static int parse_alhd(const skv_raw_chunk *c, skv_cache_plan *p, const skv_trace_hdr *h)
+/* The ALHD's text on one line. */
+static void alhd_text(const skv_alloc_hdr *a, char *out, size_t n)
 {
-    const uint8_t *b = c->data;
-    if (c->size < ALHD_FIXED || c->size != ALHD_FIXED + (uint64_t)skv_get16(b + 64))
-        return skv_error(SKV_EFORMAT, "ALHD chunk: %llu bytes do not match its text length",
-                         (unsigned long long)c->size);
-    uint32_t aflags = skv_get32(b + 28), clusters = skv_get32(b + 52);
-    if (aflags & ~3u)
-        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown flags 0x%x", aflags);
-    if ((aflags & 2u) ? clusters == 0 || clusters > SKV_CNTR_MAX || !(skv_get32(b + 24) & 1u)
-                      : clusters != 0)
-        return skv_error(SKV_EFORMAT, "ALHD chunk: clusters %u must be 1..%u with the merge "
-                         "flag 0x2 (and width 0 allowed), 0 without", clusters, SKV_CNTR_MAX);
-    uint32_t nl = skv_get32(b + 8), nk = skv_get32(b + 12), hd = skv_get32(b + 32);
-    uint64_t nt = skv_get64(b + 16);
-    if (nl != h->n_layers || nk != h->n_kv_heads || nt != h->n_tokens || hd != h->head_dim)
-        return skv_error(SKV_EFORMAT, "the allocation is for another shape (%u layers, %u kv "
-                         "heads, %llu tokens, head_dim %u) than the trace (%u layers, %u kv "
-                         "heads, %llu tokens, head_dim %u)", nl, nk, (unsigned long long)nt, hd,
-                         h->n_layers, h->n_kv_heads, (unsigned long long)h->n_tokens,
-                         h->head_dim);
-    p->alloc_beta = get_f64(b);
-    p->alloc_mask = skv_get32(b + 24);
-    p->q.head_dim = hd;
-    p->q.k_group = skv_get32(b + 36);
-    p->q.v_group = skv_get32(b + 40);
-    p->q.k_mode = skv_get16(b + 44);
-    p->q.k_tokens = skv_get16(b + 46);  /* the high half of k_mode (zero) before 1.2 */
-    p->q.v_mode = skv_get32(b + 48);
-    if (clusters && p->q.k_mode == SKV_QMODE_CHAN)
-        return skv_error(SKV_EFORMAT, "ALHD chunk: merged centroids (flag 0x2) with keys per "
-                         "channel (k_mode 4) are not supported");
-    p->alloc_bytes = skv_get64(b + 56);
-    p->merge_clusters = clusters;
-    p->merge_bits = 0;
-    for (int i = SKV_NBITS - 1; i > 0 && clusters; i--)
-        if (p->alloc_mask & (1u << skv_bit_widths[i])) {
+    if (n == 0)
+        return;
+    size_t L = strnlen(a->text, n - 1);  /* cut at n - 1 bytes, as snprintf would */
+    memcpy(out, a->text, L);
+    out[L] = '\0';
+    for (char *s = out; *s; s++)
+        if (*s == '\n')
+            *s = ' ';
+}
+
+static void plan_from_alhd(skv_cache_plan *p, const skv_alloc_hdr *a)
+{
+    p->alloc_beta = a->budget;
+    p->alloc_mask = a->width_mask;
+    p->q = a->qcfg;
+    p->alloc_bytes = a->predicted_bytes;
+    p->merge_clusters = a->clusters;
+    p->merge_bits = 0;  /* centroids take the widest width allowed */
+    for (int i = SKV_NBITS - 1; i > 0 && a->clusters && !p->merge_bits; i--)
+        if (a->width_mask & (1u << skv_bit_widths[i]))
             p->merge_bits = skv_bit_widths[i];
-            break;
-        }
-    if (clusters && !p->merge_bits)
-        return skv_error(SKV_EFORMAT, "ALHD chunk: the merge flag needs a non-zero width for "
-                         "the centroids");
-    uint32_t all = 0;
-    for (int i = 0; i < SKV_NBITS; i++)
-        all |= 1u << skv_bit_widths[i];
-    if (p->alloc_mask & ~all)
-        return skv_error(SKV_EFORMAT, "ALHD chunk: unknown widths in mask 0x%x", p->alloc_mask);
-    if (skv_qcfg_check(&p->q) < 0)
-        return skv_error(SKV_EFORMAT, "ALHD chunk: %s", skv_errmsg());
-    size_t L = skv_get16(b + 64);
-    if (L >= sizeof p->alloc_text)
-        L = sizeof p->alloc_text - 1;
-    memcpy(p->alloc_text, b + ALHD_FIXED, L);
-    p->alloc_text[L] = '\0';
-    for (size_t i = 0; i < L; i++)
-        if (p->alloc_text[i] == '\0' || p->alloc_text[i] == '\n')
-            p->alloc_text[i] = ' ';
-    return 0;
+    alhd_text(a, p->alloc_text, sizeof p->alloc_text);
 }
 
 int skv_cache_alloc_text(const skv_chunk_list *chunks, const skv_trace_hdr *h, char *out,
@@ -247,12 +220,11 @@ int skv_cache_alloc_text(const skv_chunk_list *chunks, const skv_trace_hdr *h, c
 {
     for (size_t i = 0; chunks && i < chunks->n; i++)
         if (!memcmp(chunks->v[i].type, SKV_T_ALHD, 4)) {
-            skv_cache_plan tmp;
-            memset(&tmp, 0, sizeof tmp);
-            int rc = parse_alhd(&chunks->v[i], &tmp, h);
+            skv_alloc_hdr a;
+            int rc = read_alhd(&chunks->v[i], h, &a);
             if (rc < 0)
                 return rc;
-            snprintf(out, n, "%s", tmp.alloc_text);
+            alhd_text(&a, out, n);
             return 1;
         }
     return 0;
@@ -262,19 +234,17 @@ int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
                                const skv_chunk_list *chunks)
 {
     int rc;
-    const skv_raw_chunk *alhd = NULL;
-    size_t naloc = 0, nheads = (size_t)h->n_layers * h->n_kv_heads;
+    size_t nalhd = 0, naloc = 0, nheads = (size_t)h->n_layers * h->n_kv_heads;
     for (size_t i = 0; chunks && i < chunks->n; i++)
         if (!memcmp(chunks->v[i].type, SKV_T_ALHD, 4)) {
-            if (alhd)
+            if (nalhd++)
                 return skv_error(SKV_EFORMAT, "more than one allocation header (ALHD chunk)");
-            alhd = &chunks->v[i];
         } else if (!memcmp(chunks->v[i].type, SKV_T_ALOC, 4)) {
-            if (!alhd)
+            if (!nalhd)
                 return skv_error(SKV_EFORMAT, "ALOC chunk before the allocation header (ALHD)");
             naloc++;
         }
-    if (!alhd)
+    if (!nalhd)
         return skv_error(SKV_EFORMAT, "no allocation in the stream (run skv-alloc first, or "
                          "use --uniform N)");
     /* counted before the plan is allocated: its size must be backed by data */
@@ -283,87 +253,29 @@ int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
                          "head) pairs", naloc, nheads);
     if ((rc = plan_alloc(p, h)) < 0)
         return rc;
-    size_t next = 0;
-    uint8_t *seen = skv_calloc(nheads, 1);
-    if (!seen) {
-        rc = SKV_ENOMEM;
-        goto fail;
-    }
-    if ((rc = parse_alhd(alhd, p, h)) < 0)
-        goto fail;
+    skv_alloc_seq q;
+    memset(&q, 0, sizeof q);
     for (size_t i = 0; i < chunks->n; i++) {
-        const skv_raw_chunk *c = &chunks->v[i];
-        if (memcmp(c->type, SKV_T_ALOC, 4) != 0)
+        const skv_raw_chunk *r = &chunks->v[i];
+        if (memcmp(r->type, SKV_T_ALHD, 4) != 0 && memcmp(r->type, SKV_T_ALOC, 4) != 0)
             continue;
-        const uint8_t *b = c->data;
-        if (c->size < 16) {
-            rc = skv_error(SKV_EFORMAT, "ALOC chunk too short (%llu bytes)",
-                           (unsigned long long)c->size);
+        skv_chunk c = chunk_view(r);
+        if ((rc = skv_alloc_seq_chunk(&q, h, &c)) < 0)
             goto fail;
+        if (!memcmp(r->type, SKV_T_ALHD, 4)) {
+            plan_from_alhd(p, &q.h);
+            continue;
         }
-        uint32_t l = skv_get32(b), kh = skv_get32(b + 4);
-        uint64_t n = skv_get64(b + 8);
-        if (l >= h->n_layers || kh >= h->n_kv_heads || n != h->n_tokens) {
-            rc = skv_error(SKV_EFORMAT, "ALOC chunk for layer %u kv head %u with %llu tokens "
-                           "does not fit the trace (%u layers, %u kv heads, %llu tokens)", l, kh,
-                           (unsigned long long)n, h->n_layers, h->n_kv_heads,
-                           (unsigned long long)h->n_tokens);
-            goto fail;
-        }
-        uint64_t want = 16 + ((n + 3) & ~(uint64_t)3) + 4 * n;
-        if (c->size != want) {
-            rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: %llu bytes, "
-                           "%llu tokens need %llu", l, kh, (unsigned long long)c->size,
-                           (unsigned long long)n, (unsigned long long)want);
-            goto fail;
-        }
-        size_t hi = (size_t)l * h->n_kv_heads + kh;
-        if (seen[hi]++ || hi != next) {
-            rc = skv_error(SKV_EFORMAT, "%s ALOC chunk for layer %u kv head %u (they go in "
-                           "ascending layer, kv head order, once each)",
-                           seen[hi] > 1 ? "a second" : "out of order:", l, kh);
-            goto fail;
-        }
-        next++;
-        for (uint64_t t = n; t < ((n + 3) & ~(uint64_t)3); t++)
-            if (b[16 + t]) {
-                rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: padding bytes "
-                               "are not zero", l, kh);
-                goto fail;
-            }
-        for (uint64_t t = 0; t < n; t++) {
-            float imp = skv_getf32(b + 16 + ((n + 3) & ~(uint64_t)3) + 4 * t);
-            if (!isfinite(imp) || imp < 0) {
-                rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: token %llu has "
-                               "importance %g (must be finite and >= 0)", l, kh,
-                               (unsigned long long)t, (double)imp);
-                goto fail;
-            }
-        }
-        uint8_t *dst = p->bits + hi * h->n_tokens;
-        for (uint64_t t = 0; t < n; t++) {
-            int wi = width_index(b[16 + t]);
-            if (wi < 0 || !(p->alloc_mask & (1u << b[16 + t]))) {
-                rc = skv_error(SKV_EFORMAT, "ALOC chunk of layer %u kv head %u: token %llu "
-                               "has width %u, %s", l, kh, (unsigned long long)t, b[16 + t],
-                               wi < 0 ? "not one of 0, 2, 3, 4, 8, 16"
-                                      : "not in the allocation's allowed set");
-                goto fail;
-            }
-            dst[t] = b[16 + t];
-        }
+        /* checked in full by skv_alloc_seq_chunk: in order, n_tokens widths
+         * allowed by the ALHD */
+        uint64_t hi = (uint64_t)skv_get32(r->data) * h->n_kv_heads + skv_get32(r->data + 4);
+        memcpy(p->bits + hi * h->n_tokens, r->data + SKV_ALOC_HEADER_LEN, h->n_tokens);
     }
-    for (size_t hi = 0; hi < nheads; hi++)
-        if (!seen[hi]) {
-            rc = skv_error(SKV_EFORMAT, "the allocation has no ALOC chunk for layer %zu kv "
-                           "head %zu", hi / h->n_kv_heads, hi % h->n_kv_heads);
-            goto fail;
-        }
-    free(seen);
+    if ((rc = skv_alloc_seq_end(&q)) < 0)
+        goto fail;
     p->from_alloc = 1;
     return 0;
 fail:
-    free(seen);
     skv_cache_plan_free(p);
     return rc;
 }
@@ -374,7 +286,7 @@ static int count_widths(const uint8_t *bits, uint64_t n, uint64_t cnt[SKV_NBITS]
 {
     memset(cnt, 0, SKV_NBITS * sizeof cnt[0]);
     for (uint64_t t = 0; t < n; t++) {
-        int wi = width_index(bits[t]);
+        int wi = skv_width_index(bits[t]);
         if (wi < 0)
             return skv_error(SKV_EINVAL, "layer %u kv head %u token %llu: width %u is not one "
                              "of 0, 2, 3, 4, 8, 16", layer, kv_head, (unsigned long long)t,
@@ -642,7 +554,7 @@ static int cw_layer(cwriter *w, uint32_t l, const float *q, const float *k, cons
             start[wi] = start[wi - 1] + cnt[wi - 1];
         memcpy(pos, start, sizeof pos);
         for (size_t tk = 0; tk < T; tk++)
-            w->order[pos[width_index(bits[tk])]++] = (uint32_t)tk;
+            w->order[pos[skv_width_index(bits[tk])]++] = (uint32_t)tk;
         for (int wi = 0; wi < SKV_NBITS; wi++)
             st->hist[wi] += cnt[wi];
         const float *K = k + (size_t)kh * T * d, *V = v + (size_t)kh * T * d;
@@ -1282,7 +1194,7 @@ static int read_pbkt(rd *r, const skv_chunk *ch)
                          b.kv_head, skv_errmsg());
     }
     /* order: queries of this layer complete; (layer, head, width, part) increasing */
-    uint32_t w = (uint32_t)width_index(b.bits);
+    uint32_t w = (uint32_t)skv_width_index(b.bits);
     const char *bad = NULL;
     if (b.layer >= r->ql && c->q)
         bad = "before the queries of its layer are complete";
@@ -1443,7 +1355,7 @@ static int read_finish(rd *r)
         const skv_cache_head *h = &c->layers[i / p->n_kv_heads][i % p->n_kv_heads];
         uint64_t cnt[SKV_NBITS] = {0};
         for (uint32_t b = 0; b < h->n_buckets; b++)
-            cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
+            cnt[skv_width_index(h->buckets[b].bits)] += h->buckets[b].n;
         for (int w = 1; w < SKV_NBITS; w++)
             bytes += skv_bucket_file_bytes(&p->q, skv_bit_widths[w], cnt[w]);
         if (h->cent)
@@ -1478,8 +1390,8 @@ static int check_alloc_chunks(const skv_trace_hdr *h, const skv_chunk_list *extr
     if (nalhd == 1 && naloc == 0 && what[0]) {
         /* a cache keeps the ALHD alone by default (skv-quant without
          * --keep-alloc): the header is checked, there are no widths */
-        memset(&plan, 0, sizeof plan);
-        rc = parse_alhd(alhd, &plan, h);
+        skv_alloc_hdr a;
+        rc = read_alhd(alhd, h, &a);
     } else if (nalhd || naloc) {
         if ((rc = skv_cache_plan_from_chunks(&plan, h, extra)) == 0)
             skv_cache_plan_free(&plan);
@@ -1638,7 +1550,7 @@ static void release_layer(rd *r, uint32_t l)
             skv_cache_head *h = &c->layers[l][kh];
             uint64_t cnt[SKV_NBITS] = {0};
             for (uint32_t b = 0; b < h->n_buckets; b++) {
-                cnt[width_index(h->buckets[b].bits)] += h->buckets[b].n;
+                cnt[skv_width_index(h->buckets[b].bits)] += h->buckets[b].n;
                 free(h->owned[b]);
             }
             for (int w = 1; w < SKV_NBITS; w++)

@@ -58,6 +58,7 @@
 #ifndef SMARTKV_CACHE_H
 #define SMARTKV_CACHE_H
 
+#include "smartkv_alhd.h"
 #include "smartkv_format.h"
 #include "smartkv_pack.h"
 #include "smartkv_quant.h"
@@ -69,17 +70,11 @@
 extern "C" {
 #endif
 
-#ifndef SKV_T_ALHD
-#define SKV_T_ALHD "ALHD" /* allocation header (written by skv-alloc) */
-#endif
-#ifndef SKV_T_ALOC
-#define SKV_T_ALOC "ALOC" /* allocation of one (layer, kv head) */
-#endif
-
 /* ---- chunks kept verbatim (allocation, ancillary) ---- */
 typedef struct skv_raw_chunk {
     char type[5];
     uint64_t size;
+    uint64_t offset;        /* of the chunk in the stream it was read from (messages) */
     uint8_t *data;
 } skv_raw_chunk;
 
