@@ -451,6 +451,30 @@ START_TEST(test_chunks_roundtrip)
     th.n_tokens = 8;
     ck_assert_int_eq(skv_alloc_match_trace(&b->hdr, &th), SKV_EFORMAT);
     skv_alloc_free(b);
+    /* the collector keeps the stream's rules: one ALHD, then the ALOC chunks
+     * in order (here the first is held back: the second is out of order,
+     * and the first alone, to an empty collector, comes before any ALHD) */
+    s = skv_open_read(tpath("a.skv"));
+    b = NULL;
+    int k = 0;
+    while ((rc = skv_read(s, &c)) > 0) {
+        if (skv_chunk_is(&c, SKV_T_ALHD)) {
+            ck_assert_int_eq(skv_alloc_collect(&b, &c), 0);
+            ck_assert_int_eq(skv_alloc_collect(&b, &c), SKV_EFORMAT);
+            ck_assert(strstr(skv_errmsg(), "second ALHD"));
+        } else if (skv_chunk_is(&c, SKV_T_ALOC) && k++ == 0) {
+            skv_alloc *e = NULL;
+            ck_assert_int_eq(skv_alloc_collect(&e, &c), SKV_EFORMAT);
+            ck_assert(strstr(skv_errmsg(), "before the allocation header"));
+            ck_assert_ptr_null(e);
+        } else if (skv_chunk_is(&c, SKV_T_ALOC) && k == 2) {
+            ck_assert_int_eq(skv_alloc_collect(&b, &c), SKV_EFORMAT);
+            ck_assert(strstr(skv_errmsg(), "expected layer 0 kv head 0"));
+        }
+    }
+    skv_close(s);
+    ck_assert_int_eq(skv_alloc_collect_done(b), SKV_EFORMAT);
+    skv_alloc_free(b);
     skv_alloc_free(a);
 }
 END_TEST

@@ -204,44 +204,25 @@ int skv_alloc_write(skv_stream *s, const skv_alloc *a)
 
 int skv_alloc_collect(skv_alloc **ap, const skv_chunk *c)
 {
-    int rc;
-    if (skv_chunk_is(c, SKV_T_ALHD)) {
-        if (*ap)
-            return skv_error(SKV_EFORMAT, "second ALHD chunk at byte %llu",
-                             (unsigned long long)c->offset);
-        skv_alloc_hdr h;
-        if ((rc = skv_alhd_decode(c, &h)) < 0)
-            return rc;
-        if (!(*ap = skv_alloc_new(&h)))
-            return SKV_ENOMEM;
-        return 0;
-    }
-    if (!skv_chunk_is(c, SKV_T_ALOC))
-        return skv_error(SKV_EINVAL, "%s chunk is not an allocation chunk", c->type);
+    /* the in-order checker holds the rules; no trace to match here */
     skv_alloc *a = *ap;
+    skv_alloc_seq q;
+    memset(&q, 0, sizeof q);
+    if (a) {
+        q.have_hdr = 1;
+        q.h = a->hdr;
+        q.next = a->next;
+    }
+    int rc = skv_alloc_seq_chunk(&q, NULL, c);
+    if (rc < 0)
+        return rc;
     if (!a)
-        return skv_error(SKV_EFORMAT, "ALOC chunk at byte %llu before the ALHD chunk",
-                         (unsigned long long)c->offset);
-    uint32_t l, h;
-    uint64_t n;
-    const uint8_t *bits;
-    const float *imp;
-    if ((rc = skv_aloc_decode(c, &l, &h, &n, &bits, &imp)) < 0)
-        return rc;
-    uint64_t want = a->next;
-    if (want >= (uint64_t)a->hdr.n_layers * a->hdr.n_kv_heads)
-        return skv_error(SKV_EFORMAT, "ALOC chunk at byte %llu: more ALOC chunks than "
-                         "%u layers x %u kv heads", (unsigned long long)c->offset,
-                         a->hdr.n_layers, a->hdr.n_kv_heads);
-    if (l != want / a->hdr.n_kv_heads || h != want % a->hdr.n_kv_heads)
-        return skv_error(SKV_EFORMAT, "ALOC chunk at byte %llu is for layer %u kv head %u; "
-                         "expected layer %llu kv head %llu", (unsigned long long)c->offset, l,
-                         h, (unsigned long long)(want / a->hdr.n_kv_heads),
-                         (unsigned long long)(want % a->hdr.n_kv_heads));
-    if ((rc = skv_aloc_check(&a->hdr, l, h, n, bits)) < 0)
-        return rc;
-    memcpy(a->bits + want * n, bits, n);
-    memcpy(a->importance + want * n, imp, n * sizeof(float));
+        return (*ap = skv_alloc_new(&q.h)) ? 0 : SKV_ENOMEM;
+    /* an ALOC, checked in full: in order, n_tokens widths, padding, importance */
+    const uint64_t n = a->hdr.n_tokens;
+    memcpy(a->bits + a->next * n, c->data + SKV_ALOC_HEADER_LEN, n);
+    memcpy(a->importance + a->next * n, c->data + SKV_ALOC_HEADER_LEN + ((n + 3) & ~3ull),
+           n * sizeof(float));
     a->next++;
     return 0;
 }

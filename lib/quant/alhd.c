@@ -241,8 +241,8 @@ int skv_alloc_seq_chunk(skv_alloc_seq *q, const skv_trace_hdr *th, const skv_chu
                              "allocation)", off);
         if ((rc = skv_alhd_decode(c, &q->h)) < 0)
             return rc;
-        if (q->h.n_layers != th->n_layers || q->h.n_kv_heads != th->n_kv_heads ||
-            q->h.n_tokens != th->n_tokens || q->h.qcfg.head_dim != th->head_dim)
+        if (th && (q->h.n_layers != th->n_layers || q->h.n_kv_heads != th->n_kv_heads ||
+            q->h.n_tokens != th->n_tokens || q->h.qcfg.head_dim != th->head_dim))
             return skv_error(SKV_EFORMAT, "the allocation is for another shape (%u layers, "
                              "%u kv heads, %llu tokens, head_dim %u) than the trace (%u, %u, "
                              "%llu, %u) (ALHD chunk at byte %llu)",

@@ -98,9 +98,9 @@ SKV_EXPORT int skv_aloc_check(const skv_alloc_hdr *h, uint32_t layer, uint32_t k
 SKV_EXPORT int skv_alhd_check(const skv_alloc_hdr *h);
 
 /* The allocation chunks of a stream, checked as they arrive (smartkv(5),
- * ALLOCATIONS): at most one ALHD, matching the trace header th; then one
- * ALOC per (layer, kv head) in ascending order, each valid and allowed by
- * the ALHD.  Zero-initialise, pass every ALHD and ALOC chunk to
+ * ALLOCATIONS): at most one ALHD, matching the trace header th (when not
+ * NULL); then one ALOC per (layer, kv head) in ascending order, each valid
+ * and allowed by the ALHD.  Zero-initialise, pass every ALHD and ALOC chunk to
  * skv_alloc_seq_chunk, then call skv_alloc_seq_end at the end of the
  * stream.  Constant memory.  Each returns 0 or <0. */
 typedef struct skv_alloc_seq {
