@@ -434,6 +434,22 @@ int sv_keepable(const solver *s, uint64_t item)
     return s->p->stored[item] >= skv_bit_widths[s->aw[s->top]];
 }
 
+void sv_choose_sinks_recent(const solver *s, uint32_t u, uint64_t k, uint8_t *keep, void *ctx)
+{
+    (void)ctx;
+    uint64_t n = 0, base = (uint64_t)u * s->T;
+    for (uint64_t j = 0; j < s->T && j < s->cfg->sinks && n < k; j++)
+        if (sv_keepable(s, base + j)) {
+            keep[j] = 1;
+            n++;
+        }
+    for (uint64_t j = s->T; j-- > 0 && n < k;)
+        if (!keep[j] && sv_keepable(s, base + j)) {
+            keep[j] = 1;
+            n++;
+        }
+}
+
 /* then which tokens: unit u keeps the k[u] tokens choose marks */
 static int choose_all(solver *s, const uint64_t *k, uint8_t *keep, sv_choose_fn choose,
                       void *ctx)

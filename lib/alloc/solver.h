@@ -105,6 +105,8 @@ int sv_two_level_shares(solver *s, uint64_t limit, uint64_t *cur, const double *
                         const uint64_t *cap, sv_choose_fn choose, void *ctx);
 /* Can item be kept at the top width (not gone, not stored below the top)? */
 int sv_keepable(const solver *s, uint64_t item);
+/* An sv_choose_fn (StreamingLLM's): the sinks first, then the newest tokens. */
+void sv_choose_sinks_recent(const solver *s, uint32_t u, uint64_t k, uint8_t *keep, void *ctx);
 
 static inline float sv_item_err(const solver *s, uint64_t item, int pos)
 {

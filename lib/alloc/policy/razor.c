@@ -11,22 +11,6 @@
 
 #include <stdlib.h>
 
-static void choose(const solver *s, uint32_t u, uint64_t k, uint8_t *keep, void *ctx)
-{
-    (void)ctx;
-    uint64_t n = 0, base = (uint64_t)u * s->T;
-    for (uint64_t j = 0; j < s->T && j < s->cfg->sinks && n < k; j++)
-        if (sv_keepable(s, base + j)) {
-            keep[j] = 1;
-            n++;
-        }
-    for (uint64_t j = s->T; j-- > 0 && n < k;)
-        if (!keep[j] && sv_keepable(s, base + j)) {
-            keep[j] = 1;
-            n++;
-        }
-}
-
 static int solve(solver *s, uint64_t limit, uint64_t *cur, double *bound)
 {
     (void)bound;
@@ -38,7 +22,7 @@ static int solve(solver *s, uint64_t limit, uint64_t *cur, double *bound)
     if (mask && share && (rc = skv_razor_mask(s->cfg->heads, s->L, s->H, mask)) == 0) {
         for (uint32_t u = 0; u < s->nu; u++)
             share[u] = mask[u] ? 1e9 : 1.0; /* retrieval heads first */
-        rc = sv_two_level_shares(s, limit, cur, share, NULL, choose, NULL);
+        rc = sv_two_level_shares(s, limit, cur, share, NULL, sv_choose_sinks_recent, NULL);
     }
     free(mask);
     free(share);

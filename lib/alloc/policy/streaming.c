@@ -6,26 +6,10 @@
  * allowed width, 16 by default); no attention is read. */
 #include "policy.h"
 
-static void choose(const solver *s, uint32_t u, uint64_t k, uint8_t *keep, void *ctx)
-{
-    (void)ctx;
-    uint64_t n = 0, base = (uint64_t)u * s->T;
-    for (uint64_t j = 0; j < s->T && j < s->cfg->sinks && n < k; j++)
-        if (sv_keepable(s, base + j)) {
-            keep[j] = 1;
-            n++;
-        }
-    for (uint64_t j = s->T; j-- > 0 && n < k;)
-        if (!keep[j] && sv_keepable(s, base + j)) {
-            keep[j] = 1;
-            n++;
-        }
-}
-
 static int solve(solver *s, uint64_t limit, uint64_t *cur, double *bound)
 {
     (void)bound;
-    return sv_two_level(s, limit, cur, choose, NULL);
+    return sv_two_level(s, limit, cur, sv_choose_sinks_recent, NULL);
 }
 
 const skv_policy_def skv_policy_streaming = {
