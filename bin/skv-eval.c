@@ -91,6 +91,9 @@ static noreturn void usage(void)
            "                         2: of p^2 (errors weighted as the output feels them)\n"
            "      --recency W        smartkv: add a 1/age prior of mass W to the tracked\n"
            "                         attention (mass 1) (grouped layout; default 0)\n"
+           "      --keys-by-age      smartkv with --kv-split: key groups weighted by 1/age\n"
+           "                         (as position weighs them), values by the tracked\n"
+           "                         attention (an ablation)\n"
            "      --replan K         re-plan each held row at every K-th residual flush:\n"
            "                         the held key groups take turns, 1/K per flush\n"
            "                         (grouped layout; default 1)\n"
@@ -149,7 +152,7 @@ enum {
     O_KERNEL, O_TEXT, O_CTX, O_STRIDE, O_MAXTOK, O_PREFILL, O_LENGTHS, O_DEPTHS, O_MAXNEW,
     O_POLICIES, O_BUDGETS, O_DECAYS, O_REALLOCS, O_IMPS, O_SHARD, O_REFCACHE, O_INT8, O_KEYS,
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
-    O_HEADW, O_IMPPOW, O_RECENCY, O_REPLAN, O_PARAMBITS, O_VROTATE, O_CLIP, O_PM_B, O_PM_K, O_PM_P,
+    O_HEADW, O_IMPPOW, O_RECENCY, O_KEYSAGE, O_REPLAN, O_PARAMBITS, O_VROTATE, O_CLIP, O_PM_B, O_PM_K, O_PM_P,
     O_PM_D, O_PM_LR, O_PM_BITS, O_WEIGHTS, O_HEADS, O_OFFLOAD, O_ACTIVE_BITS,
     O_CALIB, O_CALIB_TOK
 };
@@ -183,6 +186,7 @@ static const struct option longopts[] = {
     {"param-bits", required_argument, NULL, O_PARAMBITS},
     {"imp-power", required_argument, NULL, O_IMPPOW},
     {"recency", required_argument, NULL, O_RECENCY},
+    {"keys-by-age", no_argument, NULL, O_KEYSAGE},
     {"replan", required_argument, NULL, O_REPLAN},
     {"weights", required_argument, NULL, O_WEIGHTS},
     {"offload", required_argument, NULL, O_OFFLOAD},
@@ -1252,6 +1256,9 @@ int main(int argc, char **argv)
         case O_CLIP: o.cfg.layout = SKV_EC_GROUPED; o.cfg.clip = 1; break;
         case O_GROUPED: o.cfg.layout = SKV_EC_GROUPED; break;
         case O_PRIOR: o.cfg.prior = tool_opt_double("--prior", optarg, 0, 1e6, 0); break;
+        case O_KEYSAGE:
+            o.cfg.keys_by_age = 1;
+            break;
         case O_RECENCY:
             o.cfg.layout = SKV_EC_GROUPED;
             o.cfg.recency = tool_opt_double("--recency", optarg, 0, 1e6, 0);

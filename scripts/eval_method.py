@@ -120,6 +120,10 @@ ABL = [
     ("eviction on (widths 0..16)", "0.3", S(W0 + M)),
     ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.2", S(W0 + M) + " replan=4"),
     ("held rows re-planned in turns, a quarter per flush (--replan 4)", "0.3", S(" R=32" + M) + " replan=4"),
+    ("keys weighted by 1/age (values by the tracked attention; --keys-by-age)", "0.2",
+     S(W0 + M).replace(REC, REC + " kage")),
+    ("keys weighted by 1/age (values by the tracked attention; --keys-by-age)", "0.3",
+     S(" R=32" + M).replace(REC, REC + " kage")),
     ("an earlier method (no rotation, fp16 parameters, imp-mse)", "0.2", W0 + " kch kv protect=8"),
     ("an earlier method (no rotation, fp16 parameters, imp-mse)", "0.3", " R=32 kch kv protect=8"),
 ]

@@ -636,7 +636,7 @@ END_TEST
 /* The mean value width of the younger half of the tokens (sinks aside) less
  * the older half's, after a run at beta 0.3 with the recency prior W (the
  * last flush quantized the residual too). */
-static double young_gap(double recency)
+static double young_gap_of(double recency, int keys_by_age, int keys)
 {
     fill();
     skv_ec_cfg c;
@@ -644,6 +644,7 @@ static double young_gap(double recency)
     c.protect_bits = 8;
     c.err_model = SKV_EC_ERR_IMP_RANGE;
     c.recency = recency;
+    c.keys_by_age = keys_by_age;
     c.alloc.width_mask = (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) | (1u << 16);
     skv_kv_cache *a = skv_ec_new(&c, L_, H_, KH_, D_, T_);
     ck_assert_msg(a != NULL, "%s", skv_errmsg());
@@ -652,7 +653,7 @@ static double young_gap(double recency)
     double old = 0, young = 0;
     for (uint32_t l = 0; l < L_; l++)
         for (uint32_t h = 0; h < KH_; h++) {
-            const uint8_t *w = skv_ecg_widths(a, l, h);
+            const uint8_t *w = keys ? skv_ecg_key_widths(a, l, h) : skv_ecg_widths(a, l, h);
             for (uint32_t t = 0; t < n; t++) {
                 old += w[4 + t];
                 young += w[4 + n + t];
@@ -661,6 +662,8 @@ static double young_gap(double recency)
     skv_kv_cache_free(a);
     return (young - old) / (L_ * KH_ * n);
 }
+
+static double young_gap(double recency) { return young_gap_of(recency, 0, 0); }
 
 /* The recency prior (W / (H_T x age) added to the tracked attention) moves
  * bits to the younger tokens: with W = 100 it outweighs the attention, and
@@ -672,6 +675,21 @@ START_TEST(test_recency_prior)
     double g0 = young_gap(0), g = young_gap(100);
     ck_assert_msg(g > g0 + 0.1, "younger half wider by %.3f bits with the prior, "
                   "%.3f without", g, g0);
+}
+END_TEST
+
+/* --keys-by-age: the key groups weighted by 1/age, the values by the
+ * tracked attention.  The younger half's keys come out wider than the
+ * older half's by more than with the tracked attention alone (the
+ * values' gap moves too: the solver trades key bytes against value bytes). */
+START_TEST(test_keys_by_age)
+{
+    double k0 = young_gap_of(0, 0, 1), k1 = young_gap_of(0, 1, 1);
+    double v0 = young_gap_of(0, 0, 0), v1 = young_gap_of(0, 1, 0);
+    ck_assert_msg(k1 > k0 + 0.1, "younger keys wider by %.3f bits by age, %.3f by attention",
+                  k1, k0);
+    printf("test_keys_by_age: younger half's keys wider by %.3f bits (by age) vs %.3f, values "
+           "%.3f vs %.3f\n", k1, k0, v1, v0);
 }
 END_TEST
 
@@ -970,6 +988,7 @@ int main(void)
     tcase_add_test(tc, test_clip_cache);
     tcase_add_loop_test(tc, test_evict, SKV_EC_ERR_IMP_MSE, SKV_EC_ERR_IMP_RANGE + 1);
     tcase_add_test(tc, test_recency_prior);
+    tcase_add_test(tc, test_keys_by_age);
     tcase_add_test(tc, test_replan);
     tcase_add_test(tc, test_solver_same_steps);
     tcase_add_test(tc, test_param_bits);

@@ -421,6 +421,9 @@ int skv_ecg_cfg_check(const skv_ec_cfg *c)
     if (c->replan > 1u << 20)
         return skv_error(SKV_EINVAL, "grouped layout: a full plan every %u flushes (at most "
                          "%u)", c->replan, 1u << 20);
+    if (c->keys_by_age && (p != SKV_POLICY_SMARTKV || !c->kv_split))
+        return skv_error(SKV_EINVAL, "grouped layout: keys weighted by age need policy smartkv "
+                         "and split K/V widths (--kv-split)");
     if (c->imp_power > 2)
         return skv_error(SKV_EINVAL, "grouped layout: importance power %u (1 or 2)", c->imp_power);
     if (SKV_EC_IMP_IS_ATSKV(c->imp_mode) &&
@@ -1306,6 +1309,14 @@ const uint8_t *skv_ecg_widths(const skv_kv_cache *cc, uint32_t layer, uint32_t k
     return head_at(e, layer, kv_head)->vb;
 }
 
+const uint8_t *skv_ecg_key_widths(const skv_kv_cache *cc, uint32_t layer, uint32_t kv_head)
+{
+    ecg *e = as_g(cc);
+    if (!e || layer >= cc->n_layers || kv_head >= cc->n_kv_heads)
+        return NULL;
+    return head_at(e, layer, kv_head)->kb;
+}
+
 /* ---------------------------------------------------------------- solve */
 
 typedef struct hent {
@@ -1739,9 +1750,11 @@ static void key_energy(const ecg *e, gh *H, const float *x, uint32_t m, const ui
 /* An item's cap and damage per width under imp-range (the rows' weights
  * in wt[token]); a fresh item's energies found first (idx, x: room for KT
  * rows). */
-static void range_item(const ecg *e, gh *H, item *it, const double *wt, const float *vbar,
-                       uint32_t *idx, float *x)
+static void range_item(const ecg *e, gh *H, item *it, const double *wt, const double *wk,
+                       const float *vbar, uint32_t *idx, float *x)
 {
+    if (it->kind == 0 && wk)    /* keys_by_age */
+        wt = wk;
     const uint32_t d = e->base.head_dim;
     const uint64_t t0 = it->t0;
     uint64_t first = t0;    /* a held key group skips its evicted tokens */
@@ -1839,6 +1852,19 @@ static void unit_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uin
         }
         wt[tt] = (w + (sq ? pr * pr : pr)) * f;
     }
+}
+
+/* keys_by_age: unit u's tokens [lo, hi) weighted as position weighs them,
+ * 1/age, scaled by 1/H_T to sum 1 as the tracked attention does, with the
+ * same floor and head scale as unit_weights. */
+static void age_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uint64_t T,
+                        double hT, double *wk)
+{
+    const int sq = e->cfg.imp_power == 2;
+    const double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
+    const double f = unit_scale(e, u);
+    for (uint64_t tt = lo; tt < hi; tt++)
+        wk[tt] = (1.0 / (hT * (double)(T - tt)) + (sq ? pr * pr : pr)) * f;
 }
 
 /* A planned item's widths into its tokens; fresh items are quantized from
@@ -1989,12 +2015,15 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     double *wr = skv_malloc(((size_t)e->KT * 2 + npair) * sizeof *wr);
     const float **pa = skv_malloc(npair * 2 * sizeof *pa);
     double *wt = skv_malloc((na ? na : 1) * sizeof *wt);  /* weights of one unit's tokens */
-    if (!buf || !idx || !wr || !pa || !wt) {
+    /* keys_by_age: the key groups' weights */
+    double *wk = e->cfg.keys_by_age ? skv_malloc((na ? na : 1) * sizeof *wk) : NULL;
+    if (!buf || !idx || !wr || !pa || !wt || (e->cfg.keys_by_age && !wk)) {
         free(buf);
         free(idx);
         free(wr);
         free(pa);
         free(wt);
+        free(wk);
         return SKV_ENOMEM;
     }
     double *vdr = wr + e->KT, *sqe = wr + 2 * e->KT;
@@ -2025,11 +2054,13 @@ int skv_ecg_realloc(skv_kv_cache *cc)
             if (e->rlv)
                 rlv_importance(e, l, h, T);
             unit_weights(e, it->unit, e->sinks < na ? e->sinks : na, na, T, hT, wt);
+            if (wk)
+                age_weights(e, it->unit, e->sinks < na ? e->sinks : na, na, T, hT, wk);
         }
         it->bl = it->kind * (e->KT + 1) + it->m;
         memset(it->e, 0, sizeof it->e);
         if (rng) {
-            range_item(e, H, it, wt, vbar, idx, kin);
+            range_item(e, H, it, wt, wk, vbar, idx, kin);
             continue;
         }
         /* the rows this item holds: a held key group skips its evicted tokens */
@@ -2053,7 +2084,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
         /* each row's importance weight and |v - vbar|^2 */
         for (uint32_t r = 0; below && r < nrow; r++) {
-            wr[r] = wt[it->t0 + idx[r]];
+            wr[r] = (it->kind == 0 && wk ? wk : wt)[it->t0 + idx[r]];
             vdr[r] = 0;
             if (it->kind != 0 && e->cfg.rotate_values)
                 rotate(H, kin + (size_t)(e->KT + r) * d, vrot + (size_t)r * d, d);
@@ -2140,6 +2171,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     }
     free(pa);
     free(wt);
+    free(wk);
     /* solve: start at the lowest allowed width, spend the budget by damage
      * saved per byte */
     int lo = 0;

@@ -14,6 +14,8 @@ void skv_ecg_hold(skv_kv_cache *c, int hold);
 int skv_ecg_stats(const skv_kv_cache *c, skv_ec_stats *s);
 void skv_ecg_stats_reset(skv_kv_cache *c);
 const uint8_t *skv_ecg_widths(const skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
+/* The same for the keys (0 where the token is evicted). */
+const uint8_t *skv_ecg_key_widths(const skv_kv_cache *c, uint32_t layer, uint32_t kv_head);
 int skv_ecg_cfg_check(const skv_ec_cfg *c);
 /* Importance atskv (cfg->imp_mode SKV_EC_IMP_ATSKV) and head weights
  * (cfg->head_weight): the hidden-state hook (and for head weights the

@@ -291,6 +291,8 @@ void skv_ec_describe(const skv_ec_cfg *c, char *buf, size_t n)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " p2");
     if (gtrack && c->recency > 0 && w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " rec=%g", c->recency);
+    if (gtrack && c->keys_by_age && w < sizeof extra)
+        w += (size_t)snprintf(extra + w, sizeof extra - w, " kage");
     if (c->layout == SKV_EC_GROUPED && c->protect_bits && c->protect_bits < 16 && !c->kivi_bits &&
         w < sizeof extra)
         w += (size_t)snprintf(extra + w, sizeof extra - w, " protect=%u", c->protect_bits);

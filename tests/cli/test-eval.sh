@@ -336,6 +336,18 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["beta_alloc"] <= 0.3 and r["cache"].endswith("range rec=0.25 protect=8 clip p8 hw=0.5") and r["meta_frac"] > 0, r
 ' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 -p smartkv -b 0.3 \
+    --keys channel --rotate --kv-split --residual 32 --protect-bits 8 --error imp-range \
+    --recency 0.25 --keys-by-age --json -q
+expect_rc 0 "ppl with --keys-by-age"
+check "keys by age: the label says so; beta after each reallocation within 0.3" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["beta_alloc"] <= 0.3 and r["cache"].endswith("range rec=0.25 kage protect=8"), r
+' "$T/out"
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
+    --keys channel --residual 32 --keys-by-age -q
+expect_rc 2 "--keys-by-age without --kv-split is a usage error"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p random -b 0.3 \
     --keys channel --kv-split --residual 32 --recency 0.25 --imp-power 2 --json -q
 expect_rc 0 "ppl with random in the grouped layout, --recency and --imp-power given"
