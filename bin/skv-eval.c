@@ -91,7 +91,7 @@ static noreturn void usage(void)
            "                         2: of p^2 (errors weighted as the output feels them)\n"
            "      --recency W        smartkv: add a 1/age prior of mass W to the tracked\n"
            "                         attention (mass 1) (grouped layout; default 0)\n"
-           "      --keys-by-age      smartkv with --kv-split: key groups weighted by 1/age\n"
+           "      --keys-by-age      --kv-split, smartkv: key groups weighted by 1/age\n"
            "                         (as position weighs them), values by the tracked\n"
            "                         attention (an ablation)\n"
            "      --replan K         re-plan each held row at every K-th residual flush:\n"

@@ -421,9 +421,9 @@ int skv_ecg_cfg_check(const skv_ec_cfg *c)
     if (c->replan > 1u << 20)
         return skv_error(SKV_EINVAL, "grouped layout: a full plan every %u flushes (at most "
                          "%u)", c->replan, 1u << 20);
-    if (c->keys_by_age && (p != SKV_POLICY_SMARTKV || !c->kv_split))
-        return skv_error(SKV_EINVAL, "grouped layout: keys weighted by age need policy smartkv "
-                         "and split K/V widths (--kv-split)");
+    if (c->keys_by_age && !c->kv_split)
+        return skv_error(SKV_EINVAL, "grouped layout: keys weighted by age need split K/V "
+                         "widths (--kv-split)");
     if (c->imp_power > 2)
         return skv_error(SKV_EINVAL, "grouped layout: importance power %u (1 or 2)", c->imp_power);
     if (SKV_EC_IMP_IS_ATSKV(c->imp_mode) &&
@@ -2016,8 +2016,9 @@ int skv_ecg_realloc(skv_kv_cache *cc)
     const float **pa = skv_malloc(npair * 2 * sizeof *pa);
     double *wt = skv_malloc((na ? na : 1) * sizeof *wt);  /* weights of one unit's tokens */
     /* keys_by_age: the key groups' weights */
-    double *wk = e->cfg.keys_by_age ? skv_malloc((na ? na : 1) * sizeof *wk) : NULL;
-    if (!buf || !idx || !wr || !pa || !wt || (e->cfg.keys_by_age && !wk)) {
+    const int by_age = e->cfg.keys_by_age && e->track && !e->rlv;
+    double *wk = by_age ? skv_malloc((na ? na : 1) * sizeof *wk) : NULL;
+    if (!buf || !idx || !wr || !pa || !wt || (by_age && !wk)) {
         free(buf);
         free(idx);
         free(wr);

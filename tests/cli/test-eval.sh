@@ -349,12 +349,12 @@ run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p sma
     --keys channel --residual 32 --keys-by-age -q
 expect_rc 2 "--keys-by-age without --kv-split is a usage error"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p random -b 0.3 \
-    --keys channel --kv-split --residual 32 --recency 0.25 --imp-power 2 --json -q
-expect_rc 0 "ppl with random in the grouped layout, --recency and --imp-power given"
-check "random tracks nothing in the grouped layout: its label shows neither" python3 -c '
+    --keys channel --kv-split --residual 32 --recency 0.25 --imp-power 2 --keys-by-age --json -q
+expect_rc 0 "ppl with random in the grouped layout, --recency, --imp-power and --keys-by-age given"
+check "random tracks nothing in the grouped layout: its label shows none of them" python3 -c '
 import json, sys
 r = json.load(open(sys.argv[1]))
-assert " rec=" not in r["cache"] and " p2" not in r["cache"] and r["cache"].startswith("random"), r
+assert " rec=" not in r["cache"] and " p2" not in r["cache"] and " kage" not in r["cache"] and r["cache"].startswith("random"), r
 ' "$T/out"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
     --keys channel --head-weight 1.5 -q
