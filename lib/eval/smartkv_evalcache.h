@@ -149,15 +149,15 @@ typedef struct skv_ec_cfg {
     double recency;         /* grouped, smartkv: mass of a 1/age prior (normalized to sum
                                1 over the held tokens) added to the tracked attention,
                                which sums to 1 per query; 0 = none */
-    int keys_by_age;        /* grouped, split K/V widths, smartkv (others ignore it): key
-                               groups weighted by 1/age (position's weights, scaled to
-                               sum 1) instead of the tracked attention; values keep it
-                               (an ablation: where the attention guidance pays) */
     double prior;           /* attention every token is assumed to draw, as a multiple of
                                1/T, added to the importance (grouped layout; <= 0: 0.05) */
     skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are
                                taken from alloc; realloc is the evaluation block */
     const struct skv_rlv_model *rlv;  /* ATSKV: relevance weights (skv-alloc train) */
+    int keys_by_age;        /* grouped, split K/V widths, smartkv (others ignore it): key
+                               groups weighted by 1/age (position's weights, scaled to
+                               sum 1) instead of the tracked attention; values keep it
+                               (an ablation: where the attention guidance pays) */
     uint32_t active_bits;   /* ATSKV: active rows quantized per token at 4 or 8 bits (groups
                                of 32 channels, fp16 scale and minimum); 0 or 16: fp16 */
     uint32_t replan;        /* grouped: each held row re-planned at every replan-th
