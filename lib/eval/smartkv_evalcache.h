@@ -139,6 +139,10 @@ typedef struct skv_ec_cfg {
                                fp16 super-parameters (a minimum, a maximum minimum and a
                                maximum range) per key group and per residual block of
                                values; 16 (default when 0): fp16 parameters */
+    int keys_by_age;        /* grouped, split K/V widths, smartkv (others ignore it): key
+                               groups weighted by 1/age (position's weights, scaled to
+                               sum 1) instead of the tracked attention; values keep it
+                               (an ablation: where the attention guidance pays) */
     double head_weight;     /* grouped, not uniform: > 0 scales each (layer, KV head)'s
                                predicted damage by (gain / |x|^2)^head_weight, gain the
                                output projection's of its query heads (what an error in
@@ -154,10 +158,6 @@ typedef struct skv_ec_cfg {
     skv_pm_cfg pm;          /* SKV_EC_PRUNE_MERGE: its budget, sinks and recent are
                                taken from alloc; realloc is the evaluation block */
     const struct skv_rlv_model *rlv;  /* ATSKV: relevance weights (skv-alloc train) */
-    int keys_by_age;        /* grouped, split K/V widths, smartkv (others ignore it): key
-                               groups weighted by 1/age (position's weights, scaled to
-                               sum 1) instead of the tracked attention; values keep it
-                               (an ablation: where the attention guidance pays) */
     uint32_t active_bits;   /* ATSKV: active rows quantized per token at 4 or 8 bits (groups
                                of 32 channels, fp16 scale and minimum); 0 or 16: fp16 */
     uint32_t replan;        /* grouped: each held row re-planned at every replan-th
