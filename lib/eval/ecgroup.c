@@ -1748,7 +1748,8 @@ static void key_energy(const ecg *e, gh *H, const float *x, uint32_t m, const ui
 }
 
 /* An item's cap and damage per width under imp-range (the rows' weights
- * in wt[token]); a fresh item's energies found first (idx, x: room for KT
+ * in wt[token]; a key group's in wk[token] when keys_by_age gives one, else
+ * wk is NULL); a fresh item's energies found first (idx, x: room for KT
  * rows). */
 static void range_item(const ecg *e, gh *H, item *it, const double *wt, const double *wk,
                        const float *vbar, uint32_t *idx, float *x)
