@@ -1748,14 +1748,11 @@ static void key_energy(const ecg *e, gh *H, const float *x, uint32_t m, const ui
 }
 
 /* An item's cap and damage per width under imp-range (the rows' weights
- * in wt[token]; a key group's in wk[token] when keys_by_age gives one, else
- * wk is NULL); a fresh item's energies found first (idx, x: room for KT
+ * in wt[token]); a fresh item's energies found first (idx, x: room for KT
  * rows). */
-static void range_item(const ecg *e, gh *H, item *it, const double *wt, const double *wk,
-                       const float *vbar, uint32_t *idx, float *x)
+static void range_item(const ecg *e, gh *H, item *it, const double *wt, const float *vbar,
+                       uint32_t *idx, float *x)
 {
-    if (it->kind == 0 && wk)    /* keys_by_age */
-        wt = wk;
     const uint32_t d = e->base.head_dim;
     const uint64_t t0 = it->t0;
     uint64_t first = t0;    /* a held key group skips its evicted tokens */
@@ -1822,9 +1819,12 @@ static double unit_scale(const ecg *e, uint32_t u)
 
 /* Every token's importance weight in [lo, hi) of unit u (layer l, KV head
  * h), into wt[token]: the tracked importance as the cache holds it (or the
- * learned relevance, 1/age, a seeded random score), plus the prior. */
+ * learned relevance, 1/age, a seeded random score), plus the prior; with
+ * keys_by_age (wk not NULL) the key groups' weights into wk[token]: 1/age
+ * scaled by 1/H_T to sum 1 as the tracked attention does, the same floor and
+ * head scale. */
 static void unit_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uint64_t T,
-                         double hT, double *wt)
+                         double hT, double *wt, double *wk)
 {
     const skv_kv_cache *c = &e->base;
     const uint32_t l = u / c->n_kv_heads, h = u % c->n_kv_heads, G = e->G;
@@ -1852,20 +1852,9 @@ static void unit_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uin
             w = (double)(mix64(wkey ^ ((uint64_t)u << 32) ^ tt) >> 11) * 0x1.0p-53;
         }
         wt[tt] = (w + (sq ? pr * pr : pr)) * f;
+        if (wk)
+            wk[tt] = (1.0 / (hT * (double)(T - tt)) + (sq ? pr * pr : pr)) * f;
     }
-}
-
-/* keys_by_age: unit u's tokens [lo, hi) weighted as position weighs them,
- * 1/age, scaled by 1/H_T to sum 1 as the tracked attention does, with the
- * same floor and head scale as unit_weights. */
-static void age_weights(const ecg *e, uint32_t u, uint64_t lo, uint64_t hi, uint64_t T,
-                        double hT, double *wk)
-{
-    const int sq = e->cfg.imp_power == 2;
-    const double pr = (e->cfg.prior > 0 ? e->cfg.prior : 0.05) / (double)T;
-    const double f = unit_scale(e, u);
-    for (uint64_t tt = lo; tt < hi; tt++)
-        wk[tt] = (1.0 / (hT * (double)(T - tt)) + (sq ? pr * pr : pr)) * f;
 }
 
 /* A planned item's widths into its tokens; fresh items are quantized from
@@ -2055,14 +2044,13 @@ int skv_ecg_realloc(skv_kv_cache *cc)
                         q2[j] += e->q2[((size_t)l * c->n_heads + h * G + g) * d + j] / (float)G;
             if (e->rlv)
                 rlv_importance(e, l, h, T);
-            unit_weights(e, it->unit, e->sinks < na ? e->sinks : na, na, T, hT, wt);
-            if (wk)
-                age_weights(e, it->unit, e->sinks < na ? e->sinks : na, na, T, hT, wk);
+            unit_weights(e, it->unit, e->sinks < na ? e->sinks : na, na, T, hT, wt, wk);
         }
         it->bl = it->kind * (e->KT + 1) + it->m;
         memset(it->e, 0, sizeof it->e);
+        const double *iw = it->kind == 0 && wk ? wk : wt;  /* keys_by_age: the keys' */
         if (rng) {
-            range_item(e, H, it, wt, wk, vbar, idx, kin);
+            range_item(e, H, it, iw, vbar, idx, kin);
             continue;
         }
         /* the rows this item holds: a held key group skips its evicted tokens */
@@ -2086,7 +2074,7 @@ int skv_ecg_realloc(skv_kv_cache *cc)
         }
         /* each row's importance weight and |v - vbar|^2 */
         for (uint32_t r = 0; below && r < nrow; r++) {
-            wr[r] = (it->kind == 0 && wk ? wk : wt)[it->t0 + idx[r]];
+            wr[r] = iw[it->t0 + idx[r]];
             vdr[r] = 0;
             if (it->kind != 0 && e->cfg.rotate_values)
                 rotate(H, kin + (size_t)(e->KT + r) * d, vrot + (size_t)r * d, d);

@@ -235,15 +235,11 @@ int skv_cache_plan_from_chunks(skv_cache_plan *p, const skv_trace_hdr *h,
 {
     int rc;
     size_t nalhd = 0, naloc = 0, nheads = (size_t)h->n_layers * h->n_kv_heads;
-    for (size_t i = 0; chunks && i < chunks->n; i++)
-        if (!memcmp(chunks->v[i].type, SKV_T_ALHD, 4)) {
-            if (nalhd++)
-                return skv_error(SKV_EFORMAT, "more than one allocation header (ALHD chunk)");
-        } else if (!memcmp(chunks->v[i].type, SKV_T_ALOC, 4)) {
-            if (!nalhd)
-                return skv_error(SKV_EFORMAT, "ALOC chunk before the allocation header (ALHD)");
-            naloc++;
-        }
+    /* counts only: the order (one ALHD, then the ALOCs) is the checker's */
+    for (size_t i = 0; chunks && i < chunks->n; i++) {
+        nalhd += !memcmp(chunks->v[i].type, SKV_T_ALHD, 4);
+        naloc += !memcmp(chunks->v[i].type, SKV_T_ALOC, 4);
+    }
     if (!nalhd)
         return skv_error(SKV_EFORMAT, "no allocation in the stream (run skv-alloc first, or "
                          "use --uniform N)");
