@@ -360,6 +360,7 @@ typedef struct pk_case {
     uint64_t T;
     uint32_t kg, vg, kmode, vmode;
     int width;          /* 2..16, or 0: mixed with evictions */
+    uint32_t kt;        /* kmode SKV_QMODE_CHAN: tokens per key group */
 } pk_case;
 
 static skv_trace *make_trace(const pk_case *pc, uint32_t layers)
@@ -407,7 +408,7 @@ static skv_trace *make_trace(const pk_case *pc, uint32_t layers)
 
 static skv_cache *make_cache(const skv_trace *t, const pk_case *pc)
 {
-    skv_qcfg q = {.head_dim = pc->d, .k_group = pc->kg, .v_group = pc->vg, .k_mode = pc->kmode, .v_mode = pc->vmode, .k_tokens = 0};
+    skv_qcfg q = {.head_dim = pc->d, .k_group = pc->kg, .v_group = pc->vg, .k_mode = pc->kmode, .v_mode = pc->vmode, .k_tokens = pc->kt};
     skv_cache_plan plan;
     memset(&plan, 0, sizeof plan);
     ck_assert_int_eq(skv_cache_plan_uniform(&plan, &t->hdr, &q, pc->width ? pc->width : 16), 0);
@@ -582,9 +583,9 @@ START_TEST(test_packed_widths)
     make_tmpdir();
     static const int widths[] = {2, 3, 4, 8, 16, 0};
     for (size_t i = 0; i < sizeof widths / sizeof *widths; i++) {
-        pk_case pc = {9, 3, 64, 61, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, widths[i]};
+        pk_case pc = {9, 3, 64, 61, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, widths[i], 0};
         packed_case(&pc);
-        pk_case pc2 = {4, 1, 32, 40, 16, 8, SKV_QMODE_SYM, SKV_QMODE_ASYM, widths[i]};
+        pk_case pc2 = {4, 1, 32, 40, 16, 8, SKV_QMODE_SYM, SKV_QMODE_ASYM, widths[i], 0};
         packed_case(&pc2);
     }
     rm_tmpdir();
@@ -768,14 +769,20 @@ START_TEST(test_packed_int8)
 {
     make_tmpdir();
     pk_case cases[] = {
-        {4, 2, 32, 70, 32, 32, SKV_QMODE_SYM, SKV_QMODE_SYM, 0},
-        {3, 1, 96, 45, 96, 96, SKV_QMODE_GGML, SKV_QMODE_ASYM, 0},
-        {8, 1, 128, 90, 128, 128, SKV_QMODE_ASYM, SKV_QMODE_GGML, 2},
-        {5, 5, 64, 37, 64, 64, SKV_QMODE_SYM, SKV_QMODE_ASYM, 3},
-        {6, 2, 64, 75, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 8},
-        {3, 1, 256, 40, 256, 256, SKV_QMODE_SYM, SKV_QMODE_GGML, 8}, /* the largest 8-bit dim */
-        {3, 1, 64, 420, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 4},  /* runs of several tiles */
-        {3, 1, 64, 300, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0},
+        {4, 2, 32, 70, 32, 32, SKV_QMODE_SYM, SKV_QMODE_SYM, 0, 0},
+        {3, 1, 96, 45, 96, 96, SKV_QMODE_GGML, SKV_QMODE_ASYM, 0, 0},
+        {8, 1, 128, 90, 128, 128, SKV_QMODE_ASYM, SKV_QMODE_GGML, 2, 0},
+        {5, 5, 64, 37, 64, 64, SKV_QMODE_SYM, SKV_QMODE_ASYM, 3, 0},
+        {6, 2, 64, 75, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 8, 0},
+        {3, 1, 256, 40, 256, 256, SKV_QMODE_SYM, SKV_QMODE_GGML, 8, 0}, /* the largest 8-bit dim */
+        {3, 1, 64, 420, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 4, 0},  /* runs of several tiles */
+        {3, 1, 64, 300, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0, 0},
+        /* keys per channel (the key scales folded into the query per key
+         * group), partial groups per token */
+        {3, 1, 64, 300, 64, 64, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 0, 32},
+        {4, 2, 32, 100, 32, 32, SKV_QMODE_CHAN, SKV_QMODE_SYM, 3, 16},
+        {3, 1, 128, 200, 128, 128, SKV_QMODE_CHAN, SKV_QMODE_GGML, 8, 32},
+        {6, 2, 64, 75, 64, 64, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 2, 8},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         packed_case(&cases[i]);
@@ -789,12 +796,12 @@ START_TEST(test_packed_shapes)
 {
     make_tmpdir();
     pk_case cases[] = {
-        {1, 1, 64, 1, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 4},  /* single token */
-        {1, 1, 64, 1, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 16},
-        {2, 2, 64, 33, 32, 64, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0},  /* MHA, mixed */
-        {8, 2, 16, 50, 16, 16, SKV_QMODE_SYM, SKV_QMODE_SYM, 0},   /* GQA 4:1 */
-        {6, 1, 24, 29, 12, 24, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 3}, /* groups not x8: scalar */
-        {10, 1, 16, 20, 16, 16, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0},/* 10 heads per group */
+        {1, 1, 64, 1, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 4, 0},  /* single token */
+        {1, 1, 64, 1, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 16, 0},
+        {2, 2, 64, 33, 32, 64, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0, 0},  /* MHA, mixed */
+        {8, 2, 16, 50, 16, 16, SKV_QMODE_SYM, SKV_QMODE_SYM, 0, 0},   /* GQA 4:1 */
+        {6, 1, 24, 29, 12, 24, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 3, 0}, /* groups not x8: scalar */
+        {10, 1, 16, 20, 16, 16, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0, 0},/* 10 heads per group */
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         packed_case(&cases[i]);
@@ -807,7 +814,7 @@ END_TEST
 START_TEST(test_stream_paths)
 {
     make_tmpdir();
-    pk_case pc = {6, 2, 32, 80, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0};
+    pk_case pc = {6, 2, 32, 80, 32, 32, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 0, 0};
     skv_trace *t = make_trace(&pc, 2);
     skv_cache *c = make_cache(t, &pc);
     skv_cache_free(c);

@@ -220,7 +220,9 @@ START_TEST(test_kernels_vs_float64)
                     norm += want[h][s][j] * want[h][s][j];
                 }
         /* float kernels: float32 rounding; the int8 kernels take these rows
-         * (one group per row fails their test) to the float kernels too */
+         * (values in groups of 32 channels fail their test) to the float
+         * kernels too: test_attend's test_packed_int8 has keys per channel
+         * with one value group per row */
         ck_assert_msg(sqrt(err / norm) < 1e-5, "kernel %d: relative error %g", kern,
                       sqrt(err / norm));
         skv_attend_free(ctx);

@@ -414,10 +414,19 @@ static int i8_width_ok(uint32_t bits, uint32_t d)
     return (bits >= 2 && bits <= 4) || (bits == 8 && d <= I8_MAX_D8);
 }
 
-/* The rows an int8 kernel takes: one of those widths, one group per row. */
+/* A run of keys per channel: one key group (scale and minimum per channel,
+ * kgb bytes) for all its rows, no per-row key parameters. */
+static int i8_kchan(const run *R)
+{
+    return R->kg == 1 && R->kps == 0 && R->kmode == SKV_QMODE_ASYM;
+}
+
+/* The rows an int8 kernel takes: one of those widths, values one group per
+ * row, keys one group per row or per channel (i8_kchan_q). */
 static int i8_ok(const run *R, uint32_t d)
 {
-    return i8_width_ok(R->bits, d) && R->kg == d && R->vg == d && d % 32 == 0;
+    return i8_width_ok(R->bits, d) && (R->kg == d || i8_kchan(R)) && R->vg == d &&
+           d % 32 == 0;
 }
 
 /* x in units of u (|x / u| <= 254 * 127.5) -> the two int8 levels. */
@@ -456,6 +465,29 @@ static void i8_quant_q(const float *q, uint32_t ng, uint32_t d, int8_t *qi, floa
             i8_split(x[j] * inv, &qi[(size_t)g * d + j], &qi[((size_t)ng + g) * d + j]);
         qs[g] = inv > 0 ? amax / (127.0f * 254.0f) : 0.0f;
         qsum[g] = sum;
+    }
+}
+
+/* Keys per channel, k_j = scale_j * code_j + min_j: the scales fold into the
+ * query, q'_j = q_j * scale_j, quantized as i8_quant_q does, and the minima
+ * into a constant, sum_j q_j * min_j, which takes qsum's place (the kernels
+ * then see every row with scale 1 and bias 1).  Once per run: a key group. */
+static void i8_kchan_q(const run *R, const float *q, uint32_t ng, uint32_t d, i8q *Q)
+{
+    float qf[SKV_GMAX * SKV_MAX_HEAD_DIM], sc[SKV_MAX_HEAD_DIM], mn[SKV_MAX_HEAD_DIM];
+    if (ng == 0 || ng > SKV_GMAX || d == 0 || d > SKV_MAX_HEAD_DIM)
+        return;  /* fold's callers check; this tells the compiler */
+    for (uint32_t j = 0; j < d; j++)
+        group_par(R->kp, j, R->bits, SKV_QMODE_ASYM, &sc[j], &mn[j]);
+    for (uint32_t g = 0; g < ng; g++)
+        for (uint32_t j = 0; j < d; j++)
+            qf[(size_t)g * d + j] = q[(size_t)g * d + j] * sc[j];
+    i8_quant_q(qf, ng, d, Q->qi, Q->qs, Q->qsum);
+    for (uint32_t g = 0; g < ng; g++) {
+        float b = 0;
+        for (uint32_t j = 0; j < d; j++)
+            b += q[(size_t)g * d + j] * mn[j];
+        Q->qsum[g] = b;
     }
 }
 
@@ -524,8 +556,9 @@ static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const i8q *Q,
     for (uint64_t t0 = r0; t0 < r1; t0 += I8_TILE) {
         uint32_t n = (uint32_t)(r1 - t0 < I8_TILE ? r1 - t0 : I8_TILE);
         for (uint32_t i = 0; i < n; i++) {
-            float ks, kb;
-            group_par(R->kp + (t0 + i) * R->kps, 0, R->bits, R->kmode, &ks, &kb);
+            float ks = 1, kb = 1;  /* keys per channel: folded into Q */
+            if (!i8_kchan(R))
+                group_par(R->kp + (t0 + i) * R->kps, 0, R->bits, R->kmode, &ks, &kb);
             i8_codes(R, 0, t0 + i, d, cb);
             for (uint32_t g = 0; g < ng; g++) {
                 const int8_t *q1 = qi + (size_t)g * d, *q2 = qi + ((size_t)ng + g) * d;
@@ -1065,6 +1098,37 @@ i8_tile_par(const uint8_t *par, uint32_t ps, uint32_t mode, const int bits, uint
         sc[i] = bi[i] = 0;
 }
 
+/* The rows of the next tile (n of them from row t; n = 0: none), which a
+ * kernel prefetches eight at a time while it computes the current tile:
+ * the int8 kernels are compute-bound, so a cold cache need not stall them,
+ * and a few lines per step keep the fill buffers free for the demand loads. */
+typedef struct i8_next {
+    const run *R;
+    uint64_t t;
+    uint32_t n;
+} i8_next;
+
+static inline __attribute__((always_inline)) void i8_prefetch(const uint8_t *p, uint64_t n)
+{
+    for (uint64_t o = 0; o < n; o += 64)
+        _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
+}
+
+static inline __attribute__((always_inline)) void i8_prefetch_rows(const i8_next *nx, uint32_t i0)
+{
+    if (i0 >= nx->n)
+        return;
+    const run *R = nx->R;
+    uint64_t t = nx->t + i0, m = nx->n - i0 < 8 ? nx->n - i0 : 8;
+    i8_prefetch(R->kd + t * R->rs, m * R->rs);
+    i8_prefetch(R->vd + t * R->rs, m * R->rs);
+    /* parameters: 2 or 4 bytes a row, a line per 16 or 32 rows */
+    if (i0 % 16 == 0) {
+        i8_prefetch(R->kp + t * R->kps, 1);
+        i8_prefetch(R->vp + t * R->vps, 1);
+    }
+}
+
 #define I8_ISA avx2
 #define I8_TARGET "avx2,fma,f16c,bmi2"
 #define I8_DP(acc, a, b)                                                                       \
@@ -1130,6 +1194,11 @@ static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float
         return;
     }
     if (kernel >= SKV_KERNEL_I8_SCALAR && Q && i8_ok(R, d)) {
+        i8q Qc;
+        if (i8_kchan(R)) {
+            i8_kchan_q(R, q, ng, d, &Qc);
+            Q = &Qc;
+        }
 #ifdef SKV_X86
         if (kernel != SKV_KERNEL_I8_SCALAR) {
             i8_kernel(kernel, R->bits, ng)(R, r0, r1, Q, d, st, acc, sc, sc_stride);

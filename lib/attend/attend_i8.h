@@ -16,14 +16,17 @@
 
 /* Integer dot products of n (<= I8_TILE) packed K rows with nq permuted int8
  * vectors qp[k][d]: isum[k][i] for i < n rounded up to 8 (pad rows 0).
- * Each row is unpacked once and meets every query vector of the group. */
+ * Each row is unpacked once and meets every query vector of the group.
+ * nx: the next tile's rows to prefetch, or NULL. */
 I8_FN static inline __attribute__((always_inline)) void
 I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, uint32_t d,
-                  const int bits, const int nq, int32_t isum[][I8_TILE])
+                  const int bits, const int nq, int32_t isum[][I8_TILE], const i8_next *nx)
 {
     __m256i buf[I8_QMAX][8];
     const uint32_t nch = d / 32;
     for (uint32_t i0 = 0; i0 < n; i0 += 8) {
+        if (nx)
+            i8_prefetch_rows(nx, i0);
         for (uint32_t k = 0; k < 8; k++) {
             __m256i a[I8_QMAX];
             _Pragma("GCC unroll 16") for (int g = 0; g < I8_QMAX; g++)
@@ -106,10 +109,17 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint
             accp[(size_t)g * d + x] = acc[(size_t)g * d + i8_vchan(bits, x)];
     for (uint64_t t0 = r0; t0 < r1; t0 += I8_TILE) {
         uint32_t n = (uint32_t)(r1 - t0 < I8_TILE ? r1 - t0 : I8_TILE);
-        i8_tile_par(R->kp + t0 * R->kps, R->kps, R->kmode, bits, n, ksc, kbi);
+        /* the next tile's rows, fetched while this one computes */
+        uint64_t t1 = t0 + I8_TILE;
+        i8_next nx = {R, t1, t1 < r1 ? (uint32_t)(r1 - t1 < I8_TILE ? r1 - t1 : I8_TILE) : 0};
+        if (i8_kchan(R))  /* keys per channel: folded into Q */
+            for (uint32_t i = 0; i < I8_TILE; i++)
+                ksc[i] = kbi[i] = i < n;
+        else
+            i8_tile_par(R->kp + t0 * R->kps, R->kps, R->kmode, bits, n, ksc, kbi);
         i8_tile_par(R->vp + t0 * R->vps, R->vps, R->vmode, bits, n, vsc, vbi);
         /* scores: (254 a1 + a2) * qs * scale + bias * sum(q) */
-        I8_NAME(i8_kdots)(R->kd + t0 * R->rs, R->rs, n, qp, d, bits, 2 * ng, isum);
+        I8_NAME(i8_kdots)(R->kd + t0 * R->rs, R->rs, n, qp, d, bits, 2 * ng, isum, &nx);
         for (int g = 0; g < ng; g++) {
             __m256 vq = _mm256_set1_ps(qs[g]), vs = _mm256_set1_ps(qsum[g]);
             for (uint32_t i = 0; i < n; i += 8) {
@@ -214,7 +224,7 @@ I8_FN static void I8_NAME(i8_dots_rows)(const uint8_t *rows, size_t stride, uint
     int32_t isum[I8_QMAX][I8_TILE] __attribute__((aligned(32)));
     for (uint32_t i0 = 0; i0 < n; i0 += I8_TILE) {
         uint32_t m = n - i0 < I8_TILE ? n - i0 : I8_TILE;
-        I8_NAME(i8_kdots)(rows + (size_t)i0 * stride, stride, m, qp, d, bits, nq, isum);
+        I8_NAME(i8_kdots)(rows + (size_t)i0 * stride, stride, m, qp, d, bits, nq, isum, NULL);
         _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             for (uint32_t i = 0; i < m; i++)
                 dots[(size_t)g * n + i0 + i] = isum[g][i];
