@@ -763,8 +763,9 @@ START_TEST(test_i8_blocks)
 }
 END_TEST
 
-/* Single-group caches of other widths and modes, where the int8 kernels
- * take the packed rows (head_dim 32, 96, 128; sym, ggml). */
+/* Caches the int8 kernels take beside test_packed_widths' first: other
+ * widths and modes (head_dim 32, 96, 128; sym, ggml), keys per channel,
+ * values in several groups of whole chunks. */
 START_TEST(test_packed_int8)
 {
     make_tmpdir();
@@ -777,12 +778,19 @@ START_TEST(test_packed_int8)
         {3, 1, 256, 40, 256, 256, SKV_QMODE_SYM, SKV_QMODE_GGML, 8, 0}, /* the largest 8-bit dim */
         {3, 1, 64, 420, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 4, 0},  /* runs of several tiles */
         {3, 1, 64, 300, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0, 0},
-        /* keys per channel (the key scales folded into the query per key
-         * group), partial groups per token */
-        {3, 1, 64, 300, 64, 64, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 0, 32},
-        {4, 2, 32, 100, 32, 32, SKV_QMODE_CHAN, SKV_QMODE_SYM, 3, 16},
-        {3, 1, 128, 200, 128, 128, SKV_QMODE_CHAN, SKV_QMODE_GGML, 8, 32},
+        /* keys per channel: groups of 64 tokens or more go int8 (the key
+         * scales folded into the query per group), shorter ones and the
+         * partial group (per token) to the float kernels */
+        {3, 1, 64, 300, 64, 64, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 0, 64},
+        {4, 2, 32, 300, 32, 32, SKV_QMODE_CHAN, SKV_QMODE_SYM, 3, 128},
+        {3, 1, 128, 200, 128, 128, SKV_QMODE_CHAN, SKV_QMODE_GGML, 8, 64},
         {6, 2, 64, 75, 64, 64, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 2, 8},
+        /* values in groups of 32 or 64 channels (KIVI's values: 32) */
+        {3, 1, 64, 300, 64, 32, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 0, 64},
+        {3, 1, 64, 200, 64, 32, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 4, 32},
+        {4, 2, 128, 150, 128, 32, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0, 0},
+        {3, 1, 128, 300, 128, 64, SKV_QMODE_CHAN, SKV_QMODE_GGML, 8, 128},
+        {3, 1, 96, 90, 96, 32, SKV_QMODE_SYM, SKV_QMODE_ASYM, 3, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         packed_case(&cases[i]);

@@ -49,13 +49,15 @@ I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, u
 }
 
 /* V: ia[k][d] (vt order, see i8_vchan) = sum_i w_i * codes of n (<= I8_TILE)
- * rows for nq weight vectors; w4[k][quad] holds the int8 weights of rows
- * 4*quad .. 4*quad+3 (zero beyond n).  Rows are transposed four at a time into vt (one dword = one
+ * rows for nq weight vectors; w4[gv][k][quad] holds the int8 weights of rows
+ * 4*quad .. 4*quad+3 (zero beyond n) for the channels of value group gv (vg
+ * channels, a multiple of the 32 of a chunk).  Rows are transposed four at a time into vt (one dword = one
  * channel of four rows) so that each vpdpbusd adds four rows for eight
  * channels, and each transposed vector serves the whole group. */
 I8_FN static inline __attribute__((always_inline)) void
-I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n, const uint32_t w4[][I8_TILE / 4],
-                 uint32_t d, const int bits, const int nq, __m256i *vt, int32_t ia[][SKV_MAX_HEAD_DIM])
+I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n,
+                 const uint32_t w4[][I8_QMAX][I8_TILE / 4], uint32_t d, uint32_t vg, const int bits,
+                 const int nq, __m256i *vt, int32_t ia[][SKV_MAX_HEAD_DIM])
 {
     const uint32_t nch = d / 32, nv = d / 8, nquad = (n + 3) / 4;
     for (uint32_t qd = 0; qd < nquad; qd++)
@@ -68,13 +70,14 @@ I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n, const uint32_t w4[][
         }
     for (uint32_t kv = 0; kv < nv; kv++) {
         __m256i a[I8_QMAX];
+        const uint32_t(*w)[I8_TILE / 4] = w4[32 * (kv / 4) / vg];  /* kv / 4: the chunk */
         _Pragma("GCC unroll 16") for (int g = 0; g < I8_QMAX; g++)
             a[g] = _mm256_setzero_si256();
         for (uint32_t qd = 0; qd < nquad; qd++) {
             __m256i x = _mm256_load_si256(vt + (size_t)qd * nv + kv);
             /* g < I8_QMAX: nq's bound, for the compiler's bounds checks */
             _Pragma("GCC unroll 16") for (int g = 0; g < nq && g < I8_QMAX; g++)
-                a[g] = I8_DPB(a[g], x, _mm256_set1_epi32((int)w4[g][qd]));
+                a[g] = I8_DPB(a[g], x, _mm256_set1_epi32((int)w[g][qd]));
         }
         _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             _mm256_storeu_si256((__m256i *)&ia[g][8 * kv], a[g]);
@@ -93,12 +96,14 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint
     float accp[SKV_GMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
     float s[SKV_GMAX][I8_TILE] __attribute__((aligned(32)));
     float ksc[I8_TILE] __attribute__((aligned(32))), kbi[I8_TILE] __attribute__((aligned(32)));
-    float vsc[I8_TILE] __attribute__((aligned(32))), vbi[I8_TILE] __attribute__((aligned(32)));
+    float vsc[I8_VG][I8_TILE] __attribute__((aligned(32)));
+    float vbi[I8_VG][I8_TILE] __attribute__((aligned(32)));
     int32_t isum[I8_QMAX][I8_TILE] __attribute__((aligned(32)));
     int32_t ia[I8_QMAX][SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
-    uint32_t w4[I8_QMAX][I8_TILE / 4];
+    uint32_t w4[I8_VG][I8_QMAX][I8_TILE / 4];
     __m256i vt[I8_TILE / 4 * SKV_MAX_HEAD_DIM / 8];
-    const uint32_t nv = d / 8;
+    const uint32_t nv = d / 8, vg = R->vg, nvg = d / vg;
+    const uint32_t vpw = R->vmode == SKV_QMODE_ASYM ? 4 : 2;  /* parameter bytes a group */
     const __m256i bsel = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, -1);
@@ -109,15 +114,18 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint
             accp[(size_t)g * d + x] = acc[(size_t)g * d + i8_vchan(bits, x)];
     for (uint64_t t0 = r0; t0 < r1; t0 += I8_TILE) {
         uint32_t n = (uint32_t)(r1 - t0 < I8_TILE ? r1 - t0 : I8_TILE);
+        const int n8 = (int)(n + 7) & ~7;  /* short runs (a key group) pay for n rows */
         /* the next tile's rows, fetched while this one computes */
         uint64_t t1 = t0 + I8_TILE;
         i8_next nx = {R, t1, t1 < r1 ? (uint32_t)(r1 - t1 < I8_TILE ? r1 - t1 : I8_TILE) : 0};
         if (i8_kchan(R))  /* keys per channel: folded into Q */
-            for (uint32_t i = 0; i < I8_TILE; i++)
-                ksc[i] = kbi[i] = i < n;
+            for (int i = 0; i < n8; i++)
+                ksc[i] = kbi[i] = (uint32_t)i < n;
         else
             i8_tile_par(R->kp + t0 * R->kps, R->kps, R->kmode, bits, n, ksc, kbi);
-        i8_tile_par(R->vp + t0 * R->vps, R->vps, R->vmode, bits, n, vsc, vbi);
+        for (uint32_t gv = 0; gv < nvg; gv++)
+            i8_tile_par(R->vp + t0 * R->vps + gv * vpw, R->vps, R->vmode, bits, n, vsc[gv],
+                        vbi[gv]);
         /* scores: (254 a1 + a2) * qs * scale + bias * sum(q) */
         I8_NAME(i8_kdots)(R->kd + t0 * R->rs, R->rs, n, qp, d, bits, 2 * ng, isum, &nx);
         for (int g = 0; g < ng; g++) {
@@ -130,57 +138,65 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint
                                          _mm256_load_ps(&ksc[i]));
                 _mm256_store_ps(&s[g][i], _mm256_add_ps(f, _mm256_mul_ps(_mm256_load_ps(&kbi[i]), vs)));
             }
-            for (uint32_t i = n; i < I8_TILE; i++)
+            for (int i = (int)n; i < n8; i++)
                 s[g][i] = -INFINITY;
         }
-        /* softmax of the tile, the weights p * V scale in two int8 levels,
-         * and the bias sum */
-        float wu[SKV_GMAX], bsum[SKV_GMAX];
+        /* softmax of the tile; per value group the weights p * V scale in
+         * two int8 levels and the bias sum */
+        float wu[I8_VG][SKV_GMAX], bsum[I8_VG][SKV_GMAX];
         for (int g = 0; g < ng; g++) {
             __m256 mv = _mm256_load_ps(&s[g][0]);
-            for (int i = 8; i < I8_TILE; i += 8)
+            for (int i = 8; i < n8; i += 8)
                 mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
             float mx = hmax256(mv);
             if (sc)
                 for (uint32_t i = 0; i < n; i++)
                     sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
             float m = skv_sm_block_begin(&st[g], accp + (size_t)g * d, mx, d);
-            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps(), wv = _mm256_setzero_ps();
-            __m256 bv = _mm256_setzero_ps();
-            for (int i = 0; i < I8_TILE; i += 8) {
+            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps();
+            for (int i = 0; i < n8; i += 8) {
                 __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
                 lv = _mm256_add_ps(lv, p);
-                bv = _mm256_add_ps(bv, _mm256_mul_ps(p, _mm256_load_ps(&vbi[i])));
-                p = _mm256_mul_ps(p, _mm256_load_ps(&vsc[i]));
                 _mm256_store_ps(&s[g][i], p);
-                wv = _mm256_max_ps(wv, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), p));
             }
             st[g].l += hsum256(lv);
-            bsum[g] = hsum256(bv);
-            float wmax = hmax256(wv);
-            wu[g] = i8_wunit(wmax);
-            __m256 inv = _mm256_set1_ps(i8_winv(wmax)), c127 = _mm256_set1_ps(127.0f);
-            for (int i = 0; i < I8_TILE; i += 8) {
-                __m256 t = _mm256_mul_ps(_mm256_load_ps(&s[g][i]), inv);
-                t = _mm256_max_ps(_mm256_min_ps(t, c127), _mm256_set1_ps(-127.0f));
-                __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                __m256 f = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(t, r), _mm256_set1_ps(254.0f)),
-                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                f = _mm256_max_ps(_mm256_min_ps(f, c127), _mm256_set1_ps(-127.0f));
-                /* byte 0 of each int32 -> one dword per 4 rows */
-                __m256i w1 = _mm256_shuffle_epi8(_mm256_cvtps_epi32(r), bsel);
-                __m256i w2 = _mm256_shuffle_epi8(_mm256_cvtps_epi32(f), bsel);
-                w4[g][i / 4] = (uint32_t)_mm256_extract_epi32(w1, 0);
-                w4[g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w1, 4);
-                w4[ng + g][i / 4] = (uint32_t)_mm256_extract_epi32(w2, 0);
-                w4[ng + g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w2, 4);
+            for (uint32_t gv = 0; gv < nvg; gv++) {
+                __m256 wv = _mm256_setzero_ps(), bv = _mm256_setzero_ps();
+                for (int i = 0; i < n8; i += 8) {
+                    __m256 p = _mm256_load_ps(&s[g][i]);
+                    bv = _mm256_add_ps(bv, _mm256_mul_ps(p, _mm256_load_ps(&vbi[gv][i])));
+                    p = _mm256_mul_ps(p, _mm256_load_ps(&vsc[gv][i]));
+                    wv = _mm256_max_ps(wv, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), p));
+                }
+                bsum[gv][g] = hsum256(bv);
+                float wmax = hmax256(wv);
+                wu[gv][g] = i8_wunit(wmax);
+                __m256 inv = _mm256_set1_ps(i8_winv(wmax)), c127 = _mm256_set1_ps(127.0f);
+                for (int i = 0; i < n8; i += 8) {
+                    __m256 p = _mm256_mul_ps(_mm256_load_ps(&s[g][i]), _mm256_load_ps(&vsc[gv][i]));
+                    __m256 t = _mm256_mul_ps(p, inv);
+                    t = _mm256_max_ps(_mm256_min_ps(t, c127), _mm256_set1_ps(-127.0f));
+                    __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    __m256 f = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(t, r), _mm256_set1_ps(254.0f)),
+                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    f = _mm256_max_ps(_mm256_min_ps(f, c127), _mm256_set1_ps(-127.0f));
+                    /* byte 0 of each int32 -> one dword per 4 rows */
+                    __m256i w1 = _mm256_shuffle_epi8(_mm256_cvtps_epi32(r), bsel);
+                    __m256i w2 = _mm256_shuffle_epi8(_mm256_cvtps_epi32(f), bsel);
+                    w4[gv][g][i / 4] = (uint32_t)_mm256_extract_epi32(w1, 0);
+                    w4[gv][g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w1, 4);
+                    w4[gv][ng + g][i / 4] = (uint32_t)_mm256_extract_epi32(w2, 0);
+                    w4[gv][ng + g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w2, 4);
+                }
             }
         }
-        I8_NAME(i8_vacc)(R->vd + t0 * R->rs, R->rs, n, w4, d, bits, 2 * ng, vt, ia);
+        I8_NAME(i8_vacc)(R->vd + t0 * R->rs, R->rs, n, (const uint32_t(*)[I8_QMAX][I8_TILE / 4])w4,
+                         d, vg, bits, 2 * ng, vt, ia);
         for (int g = 0; g < ng; g++) {
-            __m256 ws = _mm256_set1_ps(wu[g]), bs = _mm256_set1_ps(bsum[g]);
             float *ap = accp + (size_t)g * d;
             for (uint32_t x = 0; x < nv; x++) {
+                uint32_t gv = 32 * (x / 4) / vg;  /* x / 4: the chunk */
+                __m256 ws = _mm256_set1_ps(wu[gv][g]), bs = _mm256_set1_ps(bsum[gv][g]);
                 __m256i a = _mm256_add_epi32(
                     _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)&ia[g][8 * x]), k254),
                     _mm256_load_si256((const __m256i *)&ia[ng + g][8 * x]));
@@ -236,7 +252,7 @@ I8_FN static void I8_NAME(i8_vacc_rows)(const uint8_t *rows, size_t stride, uint
                                         int32_t *acc)
 {
     int32_t ia[I8_QMAX][SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
-    uint32_t w4[I8_QMAX][I8_TILE / 4];
+    uint32_t w4[1][I8_QMAX][I8_TILE / 4];
     __m256i vt[I8_TILE / 4 * SKV_MAX_HEAD_DIM / 8];
     for (uint32_t i0 = 0; i0 < n; i0 += I8_TILE) {
         uint32_t m = n - i0 < I8_TILE ? n - i0 : I8_TILE;
@@ -246,9 +262,10 @@ I8_FN static void I8_NAME(i8_vacc_rows)(const uint8_t *rows, size_t stride, uint
                 for (uint32_t b = 0; b < 4; b++)
                     if (4 * k + b < m)
                         x |= (uint32_t)(uint8_t)w[(size_t)g * n + i0 + 4 * k + b] << (8 * b);
-                w4[g][k] = x;
+                w4[0][g][k] = x;
             }
-        I8_NAME(i8_vacc)(rows + (size_t)i0 * stride, stride, m, w4, d, bits, nq, vt, ia);
+        I8_NAME(i8_vacc)(rows + (size_t)i0 * stride, stride, m,
+                         (const uint32_t(*)[I8_QMAX][I8_TILE / 4])w4, d, d, bits, nq, vt, ia);
         _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             for (uint32_t x = 0; x < d; x++)
                 acc[(size_t)g * d + i8_vchan(bits, x)] += ia[g][x];
