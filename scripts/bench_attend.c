@@ -6,7 +6,8 @@
  *   bench_attend TMPDIR THREADS REPS ALLOC_TRACE...
  *
  * Each ALLOC_TRACE is the same trace with an allocation appended
- * (skv-alloc output, one per beta).  Each is packed here with the library
+ * (skv-alloc output, one per beta or policy; a cache with keys per channel
+ * is named kchG, G tokens a key group).  Each is packed here with the library
  * (as skv-quant does) and loaded back; the last step's attention is timed:
  *   warm: the same step repeated (the cache stays in the CPU caches if it fits)
  *   cold: a 256 MiB buffer is streamed before each run so K/V come from DRAM.
@@ -155,7 +156,11 @@ int main(int argc, char **argv)
             const skv_cache *c = caches[f];
             v->ctx = ctx;
             v->beta = (double)c->pk.cache_bytes / (double)c->pk.fp16_bytes;
-            snprintf(v->name, sizeof v->name, "packed b=%.2f %s", v->beta,
+            /* keys per channel (KIVI's layout): kchG, G tokens a key group */
+            char kch[32] = "";
+            if (c->pk.q.k_mode == SKV_QMODE_CHAN)
+                snprintf(kch, sizeof kch, " kch%u", c->pk.q.k_tokens);
+            snprintf(v->name, sizeof v->name, "packed b=%.2f%s %s", v->beta, kch,
                      skv_att_kernel_name(skv_attend_kernel(ctx)));
             v->views = calloc(L, sizeof *v->views);
             for (uint32_t l = 0; l < L; l++) {
@@ -240,13 +245,13 @@ int main(int argc, char **argv)
             if (!strcmp(V[i].name, "dense fp16"))
                 fp16[cold] = V[i].t[cold][reps / 2];
         }
-    printf("  %-28s %5s %10s %10s %11s %8s %6s %9s\n", "variant", "mode", "median_us", "min_us",
+    printf("  %-30s %5s %10s %10s %11s %8s %6s %9s\n", "variant", "mode", "median_us", "min_us",
            "bytes_read", "GB/s", "copy%", "vs_fp16");
     for (int cold = 0; cold < 2; cold++)
         for (int i = 0; i < nv; i++) {
             double med = V[i].t[cold][reps / 2], mn = V[i].t[cold][0];
             double gbs = (double)V[i].bytes / med / 1e9;
-            printf("  %-28s %5s %10.1f %10.1f %11llu %8.2f %5.0f%% %8.2fx\n", V[i].name,
+            printf("  %-30s %5s %10.1f %10.1f %11llu %8.2f %5.0f%% %8.2fx\n", V[i].name,
                    cold ? "cold" : "warm", med * 1e6, mn * 1e6, (unsigned long long)V[i].bytes,
                    gbs, 100 * gbs / copy_gbs, fp16[cold] / med);
             printf("RESULT T=%llu mode=%s variant=%s beta=%.3f us=%.1f gbs=%.3f copy_gbs=%.3f "

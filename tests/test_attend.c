@@ -513,9 +513,12 @@ static void packed_case(const pk_case *pc)
      * of int8-scalar (same arithmetic; exp and rounding order differ) and
      * bit-identical to each other (only the dot-product instruction differs) */
     float *o8s = malloc(no * 4), *o8a = malloc(no * 4);
-    /* work items of 13 tokens (the merge of partial states), and with a
-     * long context items of many int8 tiles */
-    for (int sp = 0; sp < (T > 200 ? 2 : 1); sp++) {
+    /* work items of 13 tokens (the merge of partial states; keys per
+     * channel in groups cut off the 8-row grid go a group at a time), of
+     * 24 (a run of several key groups whole, starting inside a group), and
+     * with a long context items of many int8 tiles */
+    static const uint32_t splits[] = {13, 24, 1000};
+    for (int sp = 0; sp < (T > 200 ? 3 : 2); sp++) {
         int have_a = 0;
         for (int kern = SKV_KERNEL_I8_SCALAR; kern <= SKV_KERNEL_I8_VNNI; kern++) {
             if (!skv_att_kernel_available(kern)) {
@@ -523,7 +526,7 @@ static void packed_case(const pk_case *pc)
                        skv_att_kernel_name(kern));
                 continue;
             }
-            skv_attend_opts opt = {2, kern, sp ? 1000 : 13};
+            skv_attend_opts opt = {2, kern, splits[sp]};
             skv_attend_ctx *ctx = skv_attend_new(&opt);
             ck_assert_ptr_nonnull(ctx);
             skv_kv_view L = {SKV_KV_PACKED, H, Hkv, d, T, c->q[0], NULL, NULL,

@@ -266,6 +266,9 @@ typedef struct run {
                                    (idx = last members); NULL for tokens */
     uint32_t kgb;               /* bytes of parameters shared by all rows (a key
                                    group per channel: kps 0, kg 1) */
+    uint32_t kt;                /* keys per channel in several groups: rows per
+                                   group, group j's parameters at kp + j * kgb;
+                                   0: one group (or keys per token) */
 } run;
 
 static inline uint64_t row_token(const run *R, uint64_t i)
@@ -422,20 +425,27 @@ static int i8_kchan(const run *R)
     return R->kg == 1 && R->kps == 0 && R->kmode == SKV_QMODE_ASYM;
 }
 
-/* The shortest key group the int8 kernels take: the query fold and the
- * kernel's setup are paid once per group.  One 32K-token layer at 4 bits
- * (9/3 heads, head_dim 64), int8-vnni against the float kernel: 1.4x slower
- * with groups of 32 tokens (KIVI's), 1.1x faster with 64, 1.55x with 128. */
+/* The shortest run of one key group the int8 kernels take alone (a group
+ * cut off from its neighbours: fold splits a run of several groups that
+ * starts off the 8-row grid).  Each call pays the query fold and the
+ * kernel's setup: one 32K-token layer at 4 bits (9/3 heads, head_dim 64)
+ * in runs of one group, int8-vnni against the float kernel, was 1.4x slower
+ * with groups of 32 tokens, 1.1x faster with 64, 1.55x with 128.  A run of
+ * several groups (kt) pays the setup once and folds each group's query in
+ * SIMD (i8_kfold). */
 #define I8_KCHAN_MIN 64
 
 /* The rows an int8 kernel takes: one of those widths, keys one group per
- * row or per channel in groups of I8_KCHAN_MIN tokens or more (i8_kchan_q),
- * values in groups of whole chunks (a multiple of 32 channels: each
- * unpacked chunk lies in one group). */
+ * row, or per channel (i8_kchan_q) in one group of I8_KCHAN_MIN tokens or
+ * more or in several groups of a multiple of 8 tokens (each group's rows
+ * whole 8-row blocks of the kernels' tiles); values in groups of whole
+ * chunks (a multiple of 32 channels: each unpacked chunk lies in one group). */
 static int i8_ok(const run *R, uint32_t d)
 {
-    return i8_width_ok(R->bits, d) && (R->kg == d || (i8_kchan(R) && R->n >= I8_KCHAN_MIN)) &&
-           R->vg && R->vg % 32 == 0 && d % R->vg == 0 && d % 32 == 0;
+    int keys = R->kg == d ||
+               (i8_kchan(R) && (R->kt ? R->kt % 8 == 0 : R->n >= I8_KCHAN_MIN));
+    return i8_width_ok(R->bits, d) && keys && R->vg && R->vg % 32 == 0 && d % R->vg == 0 &&
+           d % 32 == 0;
 }
 
 /* x in units of u (|x / u| <= 254 * 127.5) -> the two int8 levels. */
@@ -480,14 +490,16 @@ static void i8_quant_q(const float *q, uint32_t ng, uint32_t d, int8_t *qi, floa
 /* Keys per channel, k_j = scale_j * code_j + min_j: the scales fold into the
  * query, q'_j = q_j * scale_j, quantized as i8_quant_q does, and the minima
  * into a constant, sum_j q_j * min_j, which takes qsum's place (the kernels
- * then see every row with scale 1 and bias 1).  Once per run: a key group. */
-static void i8_kchan_q(const run *R, const float *q, uint32_t ng, uint32_t d, i8q *Q)
+ * then see every row with scale 1 and bias 1).  Once per key group, whose
+ * parameters are par (d asym pairs). */
+static void i8_kchan_q(const uint8_t *par, uint32_t bits, const float *q, uint32_t ng, uint32_t d,
+                       i8q *Q)
 {
-    float qf[SKV_GMAX * SKV_MAX_HEAD_DIM], sc[SKV_MAX_HEAD_DIM], mn[SKV_MAX_HEAD_DIM];
+    float qf[SKV_GMAX * SKV_MAX_HEAD_DIM] = {0}, sc[SKV_MAX_HEAD_DIM], mn[SKV_MAX_HEAD_DIM];
     if (ng == 0 || ng > SKV_GMAX || d == 0 || d > SKV_MAX_HEAD_DIM)
         return;  /* fold's callers check; this tells the compiler */
     for (uint32_t j = 0; j < d; j++)
-        group_par(R->kp, j, R->bits, SKV_QMODE_ASYM, &sc[j], &mn[j]);
+        group_par(par, j, bits, SKV_QMODE_ASYM, &sc[j], &mn[j]);
     for (uint32_t g = 0; g < ng; g++)
         for (uint32_t j = 0; j < d; j++)
             qf[(size_t)g * d + j] = q[(size_t)g * d + j] * sc[j];
@@ -545,6 +557,20 @@ static void i8_permute_q(const int8_t *qi, uint32_t ng, uint32_t d, int bits, in
                 qp[(size_t)g * d + c + p] = qi[(size_t)g * d + c + i8_perm(bits, p)];
 }
 
+/* The byte shuffle of i8_kfold: eight int32 vectors of a chunk's channels
+ * 0-7, ..., 24-31 packed to bytes (packs_epi32, then packs_epi16, each per
+ * 128-bit lane) hold channel c at byte 16 ((c / 4) & 1) + 4 (c / 8) + c % 4;
+ * position p of the permuted chunk wants channel i8_perm(bits, p).  lo
+ * picks from the low 128 bits, hi from the high (-128: none). */
+static void i8_kfold_idx(int bits, int8_t *lo, int8_t *hi)
+{
+    for (uint32_t p = 0; p < 32; p++) {
+        uint32_t c = i8_perm(bits, p), b = 16 * ((c / 4) & 1) + 4 * (c / 8) + c % 4;
+        lo[p] = b < 16 ? (int8_t)b : (int8_t)-128;
+        hi[p] = b >= 16 ? (int8_t)(b - 16) : (int8_t)-128;
+    }
+}
+
 /* Codes of row i of K (which = 0) or V (1), channel order. */
 static void i8_codes(const run *R, int which, uint64_t i, uint32_t d, uint8_t *c)
 {
@@ -553,11 +579,12 @@ static void i8_codes(const run *R, int which, uint64_t i, uint32_t d, uint8_t *c
         c[j] = (uint8_t)code_at(row, R->bits, j);
 }
 
-static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint32_t ng,
-                           uint32_t d, skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride)
+static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, const i8q *Q,
+                           uint32_t ng, uint32_t d, skv_sm_state *st, float *acc, float *sc,
+                           uint64_t sc_stride)
 {
-    const int8_t *qi = Q->qi;
-    const float *qs = Q->qs, *qsum = Q->qsum;
+    i8q Qg;                     /* keys per channel in several groups: row's group's */
+    uint64_t cur = UINT64_MAX;  /* the group Qg holds */
     float s[SKV_GMAX][I8_TILE] = {{0}};
     float vsc[I8_VG][I8_TILE], vbi[I8_VG][I8_TILE];
     uint8_t cb[I8_TILE * SKV_MAX_HEAD_DIM];
@@ -569,6 +596,13 @@ static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const i8q *Q,
             float ks = 1, kb = 1;  /* keys per channel: folded into Q */
             if (!i8_kchan(R))
                 group_par(R->kp + (t0 + i) * R->kps, 0, R->bits, R->kmode, &ks, &kb);
+            if (R->kt && (t0 + i) / R->kt != cur) {
+                cur = (t0 + i) / R->kt;
+                i8_kchan_q(R->kp + cur * R->kgb, R->bits, q, ng, d, &Qg);
+                Q = &Qg;
+            }
+            const int8_t *qi = Q->qi;
+            const float *qs = Q->qs, *qsum = Q->qsum;
             i8_codes(R, 0, t0 + i, d, cb);
             for (uint32_t g = 0; g < ng; g++) {
                 const int8_t *q1 = qi + (size_t)g * d, *q2 = qi + ((size_t)ng + g) * d;
@@ -993,8 +1027,8 @@ typedef void (*kern_fn)(const run *, uint64_t, uint64_t, const float *, uint32_t
 static const kern_fn avx2_kernels[6][SKV_GMAX] = {KROW(2), KROW(3), KROW(4), KROW(8), KROW(16),
                                                   KROW(32)};
 
-typedef void (*i8_fn)(const run *, uint64_t, uint64_t, const i8q *, uint32_t, skv_sm_state *,
-                      float *, float *, uint64_t);
+typedef void (*i8_fn)(const run *, uint64_t, uint64_t, const float *, const i8q *, uint32_t,
+                      skv_sm_state *, float *, float *, uint64_t);
 
 static int avx2_ok(const run *R, uint32_t d)
 {
@@ -1212,19 +1246,40 @@ static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float
         kern_scalar(R, r0, r1, q, ng, d, st, acc, sc, sc_stride);
         return;
     }
-    if (kernel >= SKV_KERNEL_I8_SCALAR && Q && i8_ok(R, d)) {
+    const int i8 = kernel >= SKV_KERNEL_I8_SCALAR && Q && i8_ok(R, d);
+    if (R->kt && !(i8 && r0 % 8 == 0)) {
+        /* keys per channel in several groups, where the int8 kernels cannot
+         * take them whole: a group at a time */
+        for (uint64_t a = r0; a < r1;) {
+            uint64_t j = a / R->kt, b = (j + 1) * R->kt < r1 ? (j + 1) * R->kt : r1;
+            run S = *R;
+            S.kt = 0;
+            S.kp = R->kp + j * R->kgb;
+            S.kd = R->kd + j * R->kt * R->rs;
+            S.vd = R->vd + j * R->kt * R->rs;
+            S.vp = R->vp + j * R->kt * R->vps;
+            if (R->idx)
+                S.idx = R->idx + j * R->kt;
+            S.t0 = R->t0 + j * R->kt;
+            S.n = R->kt;
+            fold(kernel, &S, a - j * R->kt, b - j * R->kt, q, Q, ng, d, st, acc, sc, sc_stride);
+            a = b;
+        }
+        return;
+    }
+    if (i8) {
         i8q Qc;
-        if (i8_kchan(R)) {
-            i8_kchan_q(R, q, ng, d, &Qc);
+        if (i8_kchan(R) && !R->kt) {
+            i8_kchan_q(R->kp, R->bits, q, ng, d, &Qc);
             Q = &Qc;
         }
 #ifdef SKV_X86
         if (kernel != SKV_KERNEL_I8_SCALAR) {
-            i8_kernel(kernel, R->bits, ng)(R, r0, r1, Q, d, st, acc, sc, sc_stride);
+            i8_kernel(kernel, R->bits, ng)(R, r0, r1, q, Q, d, st, acc, sc, sc_stride);
             return;
         }
 #endif
-        kern_i8_scalar(R, r0, r1, Q, ng, d, st, acc, sc, sc_stride);
+        kern_i8_scalar(R, r0, r1, q, Q, ng, d, st, acc, sc, sc_stride);
         return;
     }
 #ifdef SKV_X86
@@ -1399,11 +1454,6 @@ static uint64_t rows_upto(const run *R, uint64_t t)
     return lo;
 }
 
-/* The runs of one bucket into r (when not NULL); returns their number.  A
- * bucket with keys per channel (smartkv_pack.h) is one run per full key
- * group, whose rows share one parameter block of d one-channel asym groups
- * (kps 0, kg 1), and one run of its partial group's per-token rows: the
- * kernels then need no case of their own. */
 /* The run of all of a bucket's rows, as the bucket stores them. */
 static run bucket_run(const skv_bucket *B)
 {
@@ -1425,6 +1475,11 @@ static run bucket_run(const skv_bucket *B)
     return R;
 }
 
+/* The runs of one bucket into r (when not NULL); returns their number.  A
+ * bucket with keys per channel (smartkv_pack.h) is one run of its full key
+ * groups, each group's rows sharing one parameter block of d one-channel
+ * asym groups (kps 0, kg 1, kt rows a group), and one run of its partial
+ * group's per-token rows: the kernels then need no other case. */
 static size_t bucket_runs(const skv_bucket *B, run *r)
 {
     run R = bucket_run(B);
@@ -1433,29 +1488,36 @@ static size_t bucket_runs(const skv_bucket *B, run *r)
             *r = R;
         return 1;
     }
-    const uint32_t kt = B->k_tokens, d = B->head_dim;
+    const uint32_t d = B->head_dim;
     size_t k = 0;
-    for (uint32_t i0 = 0; i0 < B->n; k++) {
-        uint32_t n = i0 < B->k_full ? kt : B->n - i0;
+    if (B->k_full) {
         if (r) {
             run *o = &r[k];
             *o = R;
             o->kmode = SKV_QMODE_ASYM;
-            if (i0 < B->k_full) {
-                o->kg = 1;
-                o->kps = 0;
-                o->kgb = 4 * d;
-                o->kp = B->k_par + (size_t)(i0 / kt) * 4 * d;
-            } else {
-                o->kp = B->k_tail_par;
-            }
+            o->kg = 1;
+            o->kps = 0;
+            o->kgb = 4 * d;
+            o->kt = B->k_tokens;
+            o->kp = B->k_par;
+            o->n = B->k_full;
+        }
+        k++;
+    }
+    if (B->n > B->k_full) {
+        if (r) {
+            const uint32_t i0 = B->k_full;
+            run *o = &r[k];
+            *o = R;
+            o->kmode = SKV_QMODE_ASYM;
+            o->kp = B->k_tail_par;
             o->kd = B->k_dat + (size_t)i0 * B->row_stride;
             o->vd = B->v_dat + (size_t)i0 * B->row_stride;
             o->vp = B->v_par + (size_t)i0 * B->v_par_stride;
             o->idx = B->idx + i0;
-            o->n = n;
+            o->n = B->n - i0;
         }
-        i0 += n;
+        k++;
     }
     return k;
 }
@@ -1996,7 +2058,8 @@ uint64_t skv_attend_bytes_read(const skv_kv_view *L, uint64_t t)
             for (uint32_t i = 0; i < count[h]; i++) {
                 const run *R = &runs[first[h] + i];
                 uint64_t r = rows_upto(R, t);
-                b += r * (4 + R->kps + R->vps + 2ull * R->rs) + (r ? R->kgb : 0);
+                uint64_t groups = R->kt ? (r + R->kt - 1) / R->kt : r ? 1 : 0;
+                b += r * (4 + R->kps + R->vps + 2ull * R->rs) + groups * R->kgb;
             }
     }
     free(runs);

@@ -14,19 +14,21 @@
 #define I8_FN __attribute__((target(I8_TARGET)))
 #define I8_DPB(acc, a, b) (bits == 8 ? I8_DP8(acc, a, b) : I8_DP(acc, a, b))
 
-/* Integer dot products of n (<= I8_TILE) packed K rows with nq permuted int8
- * vectors qp[k][d]: isum[k][i] for i < n rounded up to 8 (pad rows 0).
+/* Integer dot products of n packed K rows with nq permuted int8 vectors
+ * qp[k][d]: isum[k][o + i] for i < n rounded up to 8 (pad rows 0; o, a
+ * multiple of 8, and o + n <= I8_TILE: the rows' place in the tile).
  * Each row is unpacked once and meets every query vector of the group.
  * nx: the next tile's rows to prefetch, or NULL. */
 I8_FN static inline __attribute__((always_inline)) void
 I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, uint32_t d,
-                  const int bits, const int nq, int32_t isum[][I8_TILE], const i8_next *nx)
+                  const int bits, const int nq, int32_t isum[][I8_TILE], uint32_t o,
+                  const i8_next *nx)
 {
     __m256i buf[I8_QMAX][8];
     const uint32_t nch = d / 32;
     for (uint32_t i0 = 0; i0 < n; i0 += 8) {
         if (nx)
-            i8_prefetch_rows(nx, i0);
+            i8_prefetch_rows(nx, o + i0);
         for (uint32_t k = 0; k < 8; k++) {
             __m256i a[I8_QMAX];
             _Pragma("GCC unroll 16") for (int g = 0; g < I8_QMAX; g++)
@@ -44,7 +46,75 @@ I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, u
                 buf[g][k] = a[g];
         }
         _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
-            _mm256_storeu_si256((__m256i *)&isum[g][i0], i8_hsum8(buf[g]));
+            _mm256_storeu_si256((__m256i *)&isum[g][o + i0], i8_hsum8(buf[g]));
+    }
+}
+
+/* i8_kchan_q in SIMD, for one key group of a run of several (keys per
+ * channel): par, the group's d (scale, min) pairs; q[ng][d], the float
+ * queries.  The int8 vectors into qp[2 ng][d] in the kernels' permuted
+ * order (level 1 of every head, then level 2), the scales into qs, the
+ * minima's constant into qsum.  Each 32-channel chunk is quantized in
+ * channel order, packed to bytes, and put in the permuted order by one
+ * cross-lane byte shuffle: pidx[p] is the byte of the packed chunk that
+ * goes to position p (i8_kfold_idx).  The same int8 vectors and scales
+ * as i8_kchan_q; qsum's float sum in another order. */
+I8_FN static inline __attribute__((always_inline)) __m256i I8_NAME(i8_shuf32)(__m256i x,
+                                                                              __m256i lo,
+                                                                              __m256i hi)
+{
+    __m256i a = _mm256_shuffle_epi8(_mm256_permute2x128_si256(x, x, 0x00), lo);
+    __m256i b = _mm256_shuffle_epi8(_mm256_permute2x128_si256(x, x, 0x11), hi);
+    return _mm256_or_si256(a, b);
+}
+
+I8_FN static inline __attribute__((always_inline)) void
+I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const int ng,
+                  uint32_t d, int8_t *qp, float *qs, float *qsum)
+{
+    float sc[SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    float mn[SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
+    i8_tile_par(par, 4, SKV_QMODE_ASYM, 8, d, sc, mn);
+    __m256 x[SKV_MAX_HEAD_DIM / 8];
+    const __m256 c127 = _mm256_set1_ps(127.0f), m127 = _mm256_set1_ps(-127.0f);
+    const __m256 c254 = _mm256_set1_ps(254.0f), sign = _mm256_set1_ps(-0.0f);
+    for (int g = 0; g < ng; g++) {
+        const float *qg = q + (size_t)g * d;
+        __m256 amax = _mm256_setzero_ps(), bs = _mm256_setzero_ps();
+        for (uint32_t j = 0; j < d; j += 8) {
+            __m256 qv = _mm256_loadu_ps(qg + j);
+            __m256 v = _mm256_mul_ps(qv, _mm256_load_ps(sc + j));
+            x[j / 8] = v;
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v));
+            bs = _mm256_add_ps(bs, _mm256_mul_ps(qv, _mm256_load_ps(mn + j)));
+        }
+        float am = hmax256(amax);
+        float inv = am > 0 && am <= 3e38f ? 127.0f / am : 0.0f;
+        qs[g] = inv > 0 ? am / (127.0f * 254.0f) : 0.0f;
+        qsum[g] = hsum256(bs);
+        const __m256 vi = _mm256_set1_ps(inv);
+        for (uint32_t c = 0; c < d / 32; c++) {
+            /* i8_split: t in -127..127 (NaN: 127), r = round(t), and the
+             * rounding left in 1/254, f = round(254 (t - r)), |f| <= 127 */
+            __m256i r[4], f[4];
+            for (int k = 0; k < 4; k++) {
+                __m256 t = _mm256_mul_ps(x[4 * c + k], vi);
+                t = _mm256_max_ps(_mm256_min_ps(t, c127), m127);
+                __m256 rr = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                __m256 ff = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(t, rr), c254),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                r[k] = _mm256_cvtps_epi32(rr);
+                f[k] = _mm256_cvtps_epi32(ff);
+            }
+            __m256i rb = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]),
+                                            _mm256_packs_epi32(r[2], r[3]));
+            __m256i fb = _mm256_packs_epi16(_mm256_packs_epi32(f[0], f[1]),
+                                            _mm256_packs_epi32(f[2], f[3]));
+            _mm256_store_si256((__m256i *)(void *)(qp + (size_t)g * d + 32 * c),
+                               I8_NAME(i8_shuf32)(rb, pidx[0], pidx[1]));
+            _mm256_store_si256((__m256i *)(void *)(qp + ((size_t)ng + g) * d + 32 * c),
+                               I8_NAME(i8_shuf32)(fb, pidx[0], pidx[1]));
+        }
     }
 }
 
@@ -87,12 +157,18 @@ I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n,
 /* The fused kernel over rows [r0, r1) of a run of 2-, 3-, 4- or 8-bit rows
  * with one scale group per row (i8_ok); same arithmetic as kern_i8_scalar. */
 I8_FN static inline __attribute__((always_inline)) void
-I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint32_t d,
-                      skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride, const int bits,
-                      const int ng)
+I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, const i8q *Q,
+                      uint32_t d, skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride,
+                      const int bits, const int ng)
 {
     int8_t qp[I8_QMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
     const float *qs = Q->qs, *qsum = Q->qsum;
+    /* keys per channel in several groups (R->kt): each group's query folded
+     * (i8_kfold) from the float queries in the permuted order */
+    const uint32_t kt = R->kt;
+    float qsg[SKV_GMAX] = {0}, qsumg[SKV_GMAX] = {0};
+    __m256i pidx[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    uint64_t cur = UINT64_MAX;  /* the group qp holds */
     float accp[SKV_GMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
     float s[SKV_GMAX][I8_TILE] __attribute__((aligned(32)));
     float ksc[I8_TILE] __attribute__((aligned(32))), kbi[I8_TILE] __attribute__((aligned(32)));
@@ -108,7 +184,14 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint
                                           -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, -1);
     const __m256i k254 = _mm256_set1_epi32(254);
-    i8_permute_q(Q->qi, 2 * (uint32_t)ng, d, bits, qp);
+    if (kt) {
+        int8_t lo[32], hi[32];
+        i8_kfold_idx(bits, lo, hi);
+        pidx[0] = _mm256_loadu_si256((const __m256i *)(const void *)lo);
+        pidx[1] = _mm256_loadu_si256((const __m256i *)(const void *)hi);
+    } else {
+        i8_permute_q(Q->qi, 2 * (uint32_t)ng, d, bits, qp);
+    }
     for (int g = 0; g < ng; g++)
         for (uint32_t x = 0; x < d; x++)
             accp[(size_t)g * d + x] = acc[(size_t)g * d + i8_vchan(bits, x)];
@@ -118,7 +201,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint
         /* the next tile's rows, fetched while this one computes */
         uint64_t t1 = t0 + I8_TILE;
         i8_next nx = {R, t1, t1 < r1 ? (uint32_t)(r1 - t1 < I8_TILE ? r1 - t1 : I8_TILE) : 0};
-        if (i8_kchan(R))  /* keys per channel: folded into Q */
+        if (i8_kchan(R) && !kt)  /* keys per channel: folded into Q */
             for (int i = 0; i < n8; i++)
                 ksc[i] = kbi[i] = (uint32_t)i < n;
         else
@@ -127,8 +210,34 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint
             i8_tile_par(R->vp + t0 * R->vps + gv * vpw, R->vps, R->vmode, bits, n, vsc[gv],
                         vbi[gv]);
         /* scores: (254 a1 + a2) * qs * scale + bias * sum(q) */
-        I8_NAME(i8_kdots)(R->kd + t0 * R->rs, R->rs, n, qp, d, bits, 2 * ng, isum, &nx);
-        for (int g = 0; g < ng; g++) {
+        for (uint32_t a = 0; kt && a < n;) {
+            /* keys per channel in groups: rows [a, b) of the tile in group j */
+            uint64_t j = (t0 + a) / kt;
+            uint32_t b = (j + 1) * kt - t0 < n ? (uint32_t)((j + 1) * kt - t0) : n;
+            if (j != cur) {
+                I8_NAME(i8_kfold)(R->kp + j * R->kgb, pidx, q, ng, d, qp, qsg, qsumg);
+                cur = j;
+            }
+            I8_NAME(i8_kdots)(R->kd + (t0 + a) * R->rs, R->rs, b - a, qp, d, bits, 2 * ng, isum,
+                              a, &nx);
+            for (int g = 0; g < ng; g++) {
+                __m256 vq = _mm256_set1_ps(qsg[g]), vs = _mm256_set1_ps(qsumg[g]);
+                for (uint32_t i = a; i < b; i += 8) {
+                    __m256i x = _mm256_add_epi32(
+                        _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)&isum[g][i]), k254),
+                        _mm256_load_si256((const __m256i *)&isum[ng + g][i]));
+                    _mm256_store_ps(&s[g][i], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), vq), vs));
+                }
+            }
+            a = b;
+        }
+        if (kt)
+            for (int g = 0; g < ng; g++)
+                for (int i = (int)n; i < n8; i++)
+                    s[g][i] = -INFINITY;
+        else
+            I8_NAME(i8_kdots)(R->kd + t0 * R->rs, R->rs, n, qp, d, bits, 2 * ng, isum, 0, &nx);
+        for (int g = 0; !kt && g < ng; g++) {
             __m256 vq = _mm256_set1_ps(qs[g]), vs = _mm256_set1_ps(qsum[g]);
             for (uint32_t i = 0; i < n; i += 8) {
                 __m256i a = _mm256_add_epi32(
@@ -212,10 +321,10 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint
 
 #define I8_KB(B, G)                                                                            \
     I8_FN static void I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), G)(                         \
-        const run *R, uint64_t r0, uint64_t r1, const i8q *Q, uint32_t d, skv_sm_state *st,    \
-        float *acc, float *sc, uint64_t ss)                                                     \
+        const run *R, uint64_t r0, uint64_t r1, const float *q, const i8q *Q, uint32_t d,       \
+        skv_sm_state *st, float *acc, float *sc, uint64_t ss)                                   \
     {                                                                                           \
-        I8_NAME(kern_i8_body)(R, r0, r1, Q, d, st, acc, sc, ss, B, G);                          \
+        I8_NAME(kern_i8_body)(R, r0, r1, q, Q, d, st, acc, sc, ss, B, G);                       \
     }
 #define I8_KBG(B) I8_KB(B, 1) I8_KB(B, 2) I8_KB(B, 3) I8_KB(B, 4) I8_KB(B, 5) I8_KB(B, 6)       \
     I8_KB(B, 7) I8_KB(B, 8)
@@ -240,7 +349,7 @@ I8_FN static void I8_NAME(i8_dots_rows)(const uint8_t *rows, size_t stride, uint
     int32_t isum[I8_QMAX][I8_TILE] __attribute__((aligned(32)));
     for (uint32_t i0 = 0; i0 < n; i0 += I8_TILE) {
         uint32_t m = n - i0 < I8_TILE ? n - i0 : I8_TILE;
-        I8_NAME(i8_kdots)(rows + (size_t)i0 * stride, stride, m, qp, d, bits, nq, isum, NULL);
+        I8_NAME(i8_kdots)(rows + (size_t)i0 * stride, stride, m, qp, d, bits, nq, isum, 0, NULL);
         _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             for (uint32_t i = 0; i < m; i++)
                 dots[(size_t)g * n + i0 + i] = isum[g][i];
