@@ -219,11 +219,12 @@ START_TEST(test_kernels_vs_float64)
                     err += e * e;
                     norm += want[h][s][j] * want[h][s][j];
                 }
-        /* float kernels: float32 rounding; the int8 kernels take these rows
-         * (values in groups of 32 channels fail their test) to the float
-         * kernels too: test_attend's test_packed_int8 has keys per channel
-         * with one value group per row */
-        ck_assert_msg(sqrt(err / norm) < 1e-5, "kernel %d: relative error %g", kern,
+        /* float kernels: float32 rounding; int8-scalar takes the full key
+         * groups of 16 tokens (the query folded per group, two int8
+         * levels: test_attend bounds the int8 kernels at 2e-3 of the norm)
+         * and leaves the partial groups to the float kernels */
+        double bound = kern == SKV_KERNEL_I8_SCALAR ? 2e-3 : 1e-5;
+        ck_assert_msg(sqrt(err / norm) < bound, "kernel %d: relative error %g", kern,
                       sqrt(err / norm));
         skv_attend_free(ctx);
     }

@@ -48,10 +48,12 @@ enum skv_att_mode {
  * weights times each V row's scale are quantized the same way per tile of
  * 128 tokens (one scale per tile and head) and V codes are accumulated in
  * int32, scaled once per tile, the bias added once.  They cover rows of
- * 2, 3, 4 and 8 bits with one scale group per row (the default) and
- * head_dim a multiple of 32 (at most 256 for 8 bits, where the int32 sums
- * would otherwise overflow); other rows (16 bits, several groups, float
- * tails) go to the float kernels (int8-scalar to
+ * 2, 3, 4 and 8 bits with keys in one scale group per row (the default) or
+ * per channel (a key group's scales folded into the query once per group),
+ * values in groups of whole 32-channel chunks, and head_dim a multiple of
+ * 32 (at most 256 for 8 bits, where the int32 sums would otherwise
+ * overflow); other rows (16 bits, keys in several groups per row, float
+ * tails, see skv-attend(1)) go to the float kernels (int8-scalar to
  * scalar, the others to avx2).  Error against the float kernels: up to
  * about 1e-3 of the output norm (tests/test_attend.c bounds it at 2e-3). */
 enum skv_att_kernel {
