@@ -138,6 +138,31 @@ I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n,
                                       : _mm256_setzero_si256();
             i8_transpose4(x, vt + (size_t)qd * nv + 4 * c);
         }
+    if (nq <= 8) {
+        /* two vectors of channels at a time: twice the independent sums
+         * (a chain of vpdpbusd on one sum waits on its latency, about 5
+         * cycles, at every step), and each broadcast weight serves both */
+        for (uint32_t kv = 0; kv < nv; kv += 2) {
+            __m256i a[8], b[8];
+            const uint32_t(*w)[I8_TILE / 4] = w4[32 * (kv / 4) / vg];  /* kv, kv + 1: one chunk */
+            _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++)
+                a[g] = b[g] = _mm256_setzero_si256();
+            for (uint32_t qd = 0; qd < nquad; qd++) {
+                __m256i x0 = _mm256_load_si256(vt + (size_t)qd * nv + kv);
+                __m256i x1 = _mm256_load_si256(vt + (size_t)qd * nv + kv + 1);
+                _Pragma("GCC unroll 8") for (int g = 0; g < nq && g < 8; g++) {
+                    __m256i wg = _mm256_set1_epi32((int)w[g][qd]);
+                    a[g] = I8_DPB(a[g], x0, wg);
+                    b[g] = I8_DPB(b[g], x1, wg);
+                }
+            }
+            _Pragma("GCC unroll 8") for (int g = 0; g < nq && g < 8; g++) {
+                _mm256_storeu_si256((__m256i *)&ia[g][8 * kv], a[g]);
+                _mm256_storeu_si256((__m256i *)&ia[g][8 * kv + 8], b[g]);
+            }
+        }
+        return;
+    }
     for (uint32_t kv = 0; kv < nv; kv++) {
         __m256i a[I8_QMAX];
         const uint32_t(*w)[I8_TILE / 4] = w4[32 * (kv / 4) / vg];  /* kv / 4: the chunk */
