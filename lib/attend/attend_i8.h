@@ -68,7 +68,9 @@ I8_FN static inline __attribute__((always_inline)) __m256i I8_NAME(i8_shuf32)(__
     return _mm256_or_si256(a, b);
 }
 
-I8_FN static inline __attribute__((always_inline)) void
+/* Not inlined: once per key group, and one copy per instruction set rather
+ * than one in each of the 32 kernels (compile time). */
+I8_FN static __attribute__((noinline)) void
 I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const int ng,
                   uint32_t d, int8_t *qp, float *qs, float *qsum)
 {
@@ -235,17 +237,21 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
             i8_tile_par(R->vp + t0 * R->vps + gv * vpw, R->vps, R->vmode, bits, n, vsc[gv],
                         vbi[gv]);
         /* scores: (254 a1 + a2) * qs * scale + bias * sum(q) */
-        for (uint32_t a = 0; kt && a < n;) {
-            /* keys per channel in groups: rows [a, b) of the tile in group j */
-            uint64_t j = (t0 + a) / kt;
-            uint32_t b = (j + 1) * kt - t0 < n ? (uint32_t)((j + 1) * kt - t0) : n;
-            if (j != cur) {
-                I8_NAME(i8_kfold)(R->kp + j * R->kgb, pidx, q, ng, d, qp, qsg, qsumg);
-                cur = j;
+        for (uint32_t a = 0; a < n;) {
+            /* keys per channel in groups: rows [a, b) of the tile in group j
+             * (one call site of i8_kdots: it is large, inlined) */
+            uint32_t b = n;
+            if (kt) {
+                uint64_t j = (t0 + a) / kt;
+                b = (j + 1) * kt - t0 < n ? (uint32_t)((j + 1) * kt - t0) : n;
+                if (j != cur) {
+                    I8_NAME(i8_kfold)(R->kp + j * R->kgb, pidx, q, ng, d, qp, qsg, qsumg);
+                    cur = j;
+                }
             }
             I8_NAME(i8_kdots)(R->kd + (t0 + a) * R->rs, R->rs, b - a, qp, d, bits, 2 * ng, isum,
                               a, &nx);
-            for (int g = 0; g < ng; g++) {
+            for (int g = 0; kt && g < ng; g++) {
                 __m256 vq = _mm256_set1_ps(qsg[g]), vs = _mm256_set1_ps(qsumg[g]);
                 for (uint32_t i = a; i < b; i += 8) {
                     __m256i x = _mm256_add_epi32(
@@ -260,8 +266,6 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
             for (int g = 0; g < ng; g++)
                 for (int i = (int)n; i < n8; i++)
                     s[g][i] = -INFINITY;
-        else
-            I8_NAME(i8_kdots)(R->kd + t0 * R->rs, R->rs, n, qp, d, bits, 2 * ng, isum, 0, &nx);
         for (int g = 0; !kt && g < ng; g++) {
             __m256 vq = _mm256_set1_ps(qs[g]), vs = _mm256_set1_ps(qsum[g]);
             for (uint32_t i = 0; i < n; i += 8) {
