@@ -50,15 +50,8 @@ I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, u
     }
 }
 
-/* i8_kchan_q in SIMD, for one key group of a run of several (keys per
- * channel): par, the group's d (scale, min) pairs; q[ng][d], the float
- * queries.  The int8 vectors into qp[2 ng][d] in the kernels' permuted
- * order (level 1 of every head, then level 2), the scales into qs, the
- * minima's constant into qsum.  Each 32-channel chunk is quantized in
- * channel order, packed to bytes, and put in the permuted order by one
- * cross-lane byte shuffle: pidx[p] is the byte of the packed chunk that
- * goes to position p (i8_kfold_idx).  The same int8 vectors and scales
- * as i8_kchan_q; qsum's float sum in another order. */
+/* Byte p of the result = byte lo[p] of x's low half or hi[p] of its high
+ * half (the other one -128: zero): a shuffle across the 128-bit lanes. */
 I8_FN static inline __attribute__((always_inline)) __m256i I8_NAME(i8_shuf32)(__m256i x,
                                                                               __m256i lo,
                                                                               __m256i hi)
@@ -68,8 +61,16 @@ I8_FN static inline __attribute__((always_inline)) __m256i I8_NAME(i8_shuf32)(__
     return _mm256_or_si256(a, b);
 }
 
-/* Not inlined: once per key group, and one copy per instruction set rather
- * than one in each of the 32 kernels (compile time). */
+/* i8_kchan_q in SIMD, for one key group of a run of several (keys per
+ * channel): par, the group's d (scale, min) pairs; q[ng][d], the float
+ * queries.  The int8 vectors into qp[2 ng][d] in the kernels' permuted
+ * order (level 1 of every head, then level 2), the scales into qs, the
+ * minima's constant into qsum.  Each 32-channel chunk is quantized in
+ * channel order, packed to bytes, and put in the permuted order by one
+ * i8_shuf32 with pidx[0], pidx[1] (i8_kfold_idx's lo and hi).  The same
+ * int8 vectors and scales as i8_kchan_q; qsum's float sum in another order.
+ * Not inlined: it runs once per key group, and one copy per instruction
+ * set costs less compile time than one in each of the 32 kernels. */
 I8_FN static __attribute__((noinline)) void
 I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const int ng,
                   uint32_t d, int8_t *qp, float *qs, float *qsum)
