@@ -781,9 +781,9 @@ START_TEST(test_packed_int8)
         {3, 1, 256, 40, 256, 256, SKV_QMODE_SYM, SKV_QMODE_GGML, 8, 0}, /* the largest 8-bit dim */
         {3, 1, 64, 420, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_ASYM, 4, 0},  /* runs of several tiles */
         {3, 1, 64, 300, 64, 64, SKV_QMODE_ASYM, SKV_QMODE_SYM, 0, 0},
-        /* keys per channel: groups of 64 tokens or more go int8 (the key
-         * scales folded into the query per group), shorter ones and the
-         * partial group (per token) to the float kernels */
+        /* keys per channel: a bucket's full groups in one int8 call (the
+         * key scales folded into the query per group; groups of 8 to 128
+         * tokens), the partial group (per token) its own run */
         {3, 1, 64, 300, 64, 64, SKV_QMODE_CHAN, SKV_QMODE_ASYM, 0, 64},
         {4, 2, 32, 300, 32, 32, SKV_QMODE_CHAN, SKV_QMODE_SYM, 3, 128},
         {3, 1, 128, 200, 128, 128, SKV_QMODE_CHAN, SKV_QMODE_GGML, 8, 64},
