@@ -1108,6 +1108,21 @@ AVX2_FN static inline __attribute__((always_inline)) void i8_transpose4(const __
     _mm256_store_si256(t + 3, _mm256_unpackhi_epi16(b, e));
 }
 
+/* i8_split on eight lanes (t = x / (254 u)): the two int8 levels, as
+ * int32 lanes in -127..127 (NaN lands on 127 here, on 0 in i8_split). */
+AVX2_FN static inline __attribute__((always_inline)) void i8_split8(__m256 t, __m256i *x1,
+                                                                    __m256i *x2)
+{
+    const __m256 c127 = _mm256_set1_ps(127.0f), m127 = _mm256_set1_ps(-127.0f);
+    t = _mm256_max_ps(_mm256_min_ps(t, c127), m127);
+    __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(t, r), _mm256_set1_ps(254.0f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    f = _mm256_max_ps(_mm256_min_ps(f, c127), m127);
+    *x1 = _mm256_cvtps_epi32(r);
+    *x2 = _mm256_cvtps_epi32(f);
+}
+
 /* The lane sums of v[0..7], one per lane. */
 AVX2_FN static inline __attribute__((always_inline)) __m256i i8_hsum8(const __m256i *v)
 {

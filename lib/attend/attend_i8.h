@@ -79,8 +79,7 @@ I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const
     float mn[SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
     i8_tile_par(par, 4, SKV_QMODE_ASYM, 8, d, sc, mn);
     __m256 x[SKV_MAX_HEAD_DIM / 8];
-    const __m256 c127 = _mm256_set1_ps(127.0f), m127 = _mm256_set1_ps(-127.0f);
-    const __m256 c254 = _mm256_set1_ps(254.0f), sign = _mm256_set1_ps(-0.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int g = 0; g < ng; g++) {
         const float *qg = q + (size_t)g * d;
         __m256 amax = _mm256_setzero_ps(), bs = _mm256_setzero_ps();
@@ -97,18 +96,9 @@ I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const
         qsum[g] = hsum256(bs);
         const __m256 vi = _mm256_set1_ps(inv);
         for (uint32_t c = 0; c < d / 32; c++) {
-            /* i8_split: t in -127..127 (NaN: 127), r = round(t), and the
-             * rounding left in 1/254, f = round(254 (t - r)), |f| <= 127 */
             __m256i r[4], f[4];
-            for (int k = 0; k < 4; k++) {
-                __m256 t = _mm256_mul_ps(x[4 * c + k], vi);
-                t = _mm256_max_ps(_mm256_min_ps(t, c127), m127);
-                __m256 rr = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                __m256 ff = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(t, rr), c254),
-                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                r[k] = _mm256_cvtps_epi32(rr);
-                f[k] = _mm256_cvtps_epi32(ff);
-            }
+            for (int k = 0; k < 4; k++)
+                i8_split8(_mm256_mul_ps(x[4 * c + k], vi), &r[k], &f[k]);
             __m256i rb = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]),
                                             _mm256_packs_epi32(r[2], r[3]));
             __m256i fb = _mm256_packs_epi16(_mm256_packs_epi32(f[0], f[1]),
@@ -310,18 +300,14 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                 bsum[gv][g] = hsum256(bv);
                 float wmax = hmax256(wv);
                 wu[gv][g] = i8_wunit(wmax);
-                __m256 inv = _mm256_set1_ps(i8_winv(wmax)), c127 = _mm256_set1_ps(127.0f);
+                __m256 inv = _mm256_set1_ps(i8_winv(wmax));
                 for (int i = 0; i < n8; i += 8) {
                     __m256 p = _mm256_mul_ps(_mm256_load_ps(&s[g][i]), _mm256_load_ps(&vsc[gv][i]));
-                    __m256 t = _mm256_mul_ps(p, inv);
-                    t = _mm256_max_ps(_mm256_min_ps(t, c127), _mm256_set1_ps(-127.0f));
-                    __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                    __m256 f = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(t, r), _mm256_set1_ps(254.0f)),
-                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                    f = _mm256_max_ps(_mm256_min_ps(f, c127), _mm256_set1_ps(-127.0f));
+                    __m256i r, f;
+                    i8_split8(_mm256_mul_ps(p, inv), &r, &f);
                     /* byte 0 of each int32 -> one dword per 4 rows */
-                    __m256i w1 = _mm256_shuffle_epi8(_mm256_cvtps_epi32(r), bsel);
-                    __m256i w2 = _mm256_shuffle_epi8(_mm256_cvtps_epi32(f), bsel);
+                    __m256i w1 = _mm256_shuffle_epi8(r, bsel);
+                    __m256i w2 = _mm256_shuffle_epi8(f, bsel);
                     w4[gv][g][i / 4] = (uint32_t)_mm256_extract_epi32(w1, 0);
                     w4[gv][g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w1, 4);
                     w4[gv][ng + g][i / 4] = (uint32_t)_mm256_extract_epi32(w2, 0);
