@@ -118,6 +118,20 @@ KINL __m256i KN(bcast4)(const int8_t *p)
     return _mm256_set1_epi32(v);
 }
 
+/* Decode streams every weight once per token, from DRAM (or a last-level
+ * cache shared with other cores), and the hardware prefetcher alone keeps
+ * too few lines in flight for one core: the lines X8_PREFETCH bytes ahead
+ * are asked for while this block computes.  Groups lie one after another,
+ * so ahead of a group's end is the next group's start. */
+#ifndef X8_PREFETCH
+#define X8_PREFETCH 4096
+#endif
+KINL void KN(prefetch)(const uint8_t *g, size_t bb)
+{
+    for (size_t o = 0; o < bb; o += 64)
+        _mm_prefetch((const char *)g + X8_PREFETCH + o, _MM_HINT_T0);
+}
+
 /* q4_0 and q4_1: 4 loads of 32 bytes give 8 columns groups of 4 for 8 rows */
 KINL void KN(x8_q4_body)(const uint8_t *g, const int q41, const skv_q8_block *x, size_t xs,
                          size_t nb, const uint32_t NT, float *out, size_t ldo)
@@ -128,6 +142,7 @@ KINL void KN(x8_q4_body)(const uint8_t *g, const int q41, const skv_q8_block *x,
                      _mm256_setzero_ps()};
     for (size_t i = 0; i < nb; i++, g += bb) {
         const uint8_t *qs = g + (q41 ? 32 : 16);
+        KN(prefetch)(g, bb);
         __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                         _mm256_setzero_si256()};
         for (int c = 0; c < 4; c++) {
@@ -164,6 +179,7 @@ KINL void KN(x8_q8_body)(const uint8_t *g, const skv_q8_block *x, size_t xs, siz
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     for (size_t i = 0; i < nb; i++, g += 16 + 256) {
+        KN(prefetch)(g, 16 + 256);
         __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                         _mm256_setzero_si256()};
         for (int c = 0; c < 8; c++) {
