@@ -249,31 +249,107 @@ static inline __attribute__((always_inline)) void scores(const float *qb, uint32
     }
 }
 
-/* Softmax of one row in place over [0, len) (exp2 domain), zeros in
- * [len, lenp).  Returns the sum; *es gets sum e*(s-m) when es != NULL. */
-static inline __attribute__((always_inline)) double softmax_row(float *s, uint64_t len,
-                                                                uint64_t lenp, double *es)
+/* col[j] += sum over 4 rows of c[r] * S[r][j] for one vector of j. */
+#define TRACK8(j)                                                                                 \
+    do {                                                                                          \
+        v8f a_ = vload(col + (j));                                                                \
+        a_ += c[0] * vload(p0 + (j)) + c[1] * vload(p0 + ld + (j));                               \
+        a_ += c[2] * vload(p0 + 2 * ld + (j)) + c[3] * vload(p0 + 3 * ld + (j));                  \
+        vstore(col + (j), a_);                                                                    \
+    } while (0)
+
+/* col[j] += sum over 4 rows of c[r] * P[r][j], j < n (n multiple of 8). */
+static inline __attribute__((always_inline)) void track4(float *col, const float *p0,
+                                                         uint64_t ld, const float *c, uint64_t n)
 {
-    v8f mv = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY,
-              -INFINITY};
+    for (uint64_t j = 0; j < n; j += 8)
+        TRACK8(j);
+}
+
+/* The maxima m[r] of 4 score rows over [0, len[r]) (-inf for len 0), in
+ * one pass: four rows' loads in flight at once, where the scores pass left
+ * the rows in the last-level cache. */
+static inline __attribute__((always_inline)) void max4(const float *s0, uint64_t ld,
+                                                       const uint64_t *len, float *m)
+{
+    const v8f ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY,
+                      -INFINITY, -INFINITY};
+    v8f mv[4] = {ninf, ninf, ninf, ninf};
+    const float *s1 = s0 + ld, *s2 = s1 + ld, *s3 = s2 + ld;
+    uint64_t lo = len[0];
+    for (int r = 1; r < 4; r++)
+        lo = len[r] < lo ? len[r] : lo;
     uint64_t j = 0;
-    for (; j + 8 <= len; j += 8) {
-        v8f x = vload(s + j);
-        mv = vsel(x > mv, x, mv);
+    for (; j + 8 <= lo; j += 8) {
+        v8f x0 = vload(s0 + j), x1 = vload(s1 + j), x2 = vload(s2 + j), x3 = vload(s3 + j);
+        mv[0] = vsel(x0 > mv[0], x0, mv[0]);
+        mv[1] = vsel(x1 > mv[1], x1, mv[1]);
+        mv[2] = vsel(x2 > mv[2], x2, mv[2]);
+        mv[3] = vsel(x3 > mv[3], x3, mv[3]);
     }
-    float m = hmax8(&mv);
-    for (; j < len; j++)
-        m = s[j] > m ? s[j] : m;
+    for (int r = 0; r < 4; r++) {
+        const float *s = s0 + r * ld;
+        uint64_t k = j;
+        v8f x = mv[r];
+        for (; k + 8 <= len[r]; k += 8) {
+            v8f y = vload(s + k);
+            x = vsel(y > x, y, x);
+        }
+        float mr = hmax8(&x);
+        for (; k < len[r]; k++)
+            mr = s[k] > mr ? s[k] : mr;
+        m[r] = mr;
+    }
+}
+
+/* Tracking riding in an exponential pass: the previous quad's probability
+ * rows p0 (ld apart) with weights c, added to col over [ja, jb) (multiples
+ * of 8).  The exponentials keep the vector units busy on rows in L2; the
+ * tracking's loads and FMAs fit beside them. */
+typedef struct track_part {
+    float *col;
+    const float *p0;
+    const float *c;
+    uint64_t ld, ja, jb;
+} track_part;
+
+/* Softmax of one row in place over [0, len) (exp2 domain) given its
+ * maximum m, zeros in [len, lenp).  Returns the sum; *es gets sum
+ * e*(s-m) when es != NULL.  tp (or NULL): tracking done in the same loop,
+ * with the sums of track4 in the same order. */
+static inline __attribute__((always_inline)) double softmax_row(float *s, uint64_t len,
+                                                                uint64_t lenp, float m,
+                                                                double *es,
+                                                                const track_part *tp)
+{
     v8f sum = {0}, esv = {0};
-    j = 0;
-    for (; j + 8 <= len; j += 8) {
-        v8f x = vload(s + j) - m;
-        v8f e = vexp2(&x);
-        vstore(s + j, e);
-        sum += e;
-        if (es)
-            esv += e * x;
+    uint64_t j = 0;
+#define EXP8(j)                                                                                   \
+    do {                                                                                          \
+        v8f x = vload(s + (j)) - m;                                                               \
+        v8f e = vexp2(&x);                                                                        \
+        vstore(s + (j), e);                                                                       \
+        sum += e;                                                                                 \
+        if (es)                                                                                   \
+            esv += e * x;                                                                         \
+    } while (0)
+    if (tp) {
+        float *col = tp->col;
+        const float *p0 = tp->p0, *c = tp->c;
+        uint64_t ld = tp->ld, l8 = len & ~(uint64_t)7;
+        uint64_t a = tp->ja < l8 ? tp->ja : l8, b = tp->jb < l8 ? tp->jb : l8;
+        for (; j < a; j += 8)
+            EXP8(j);
+        for (; j < b; j += 8) {
+            EXP8(j);
+            TRACK8(j);
+        }
+        for (uint64_t k = b > tp->ja ? b : tp->ja; k < tp->jb; k += 8)
+            TRACK8(k);
     }
+    for (; j + 8 <= len; j += 8)
+        EXP8(j);
+#undef EXP8
     double tot = hsum8(&sum), tes = hsum8(&esv);
     for (; j < len; j++) {
         float x = s[j] - m;
@@ -288,20 +364,7 @@ static inline __attribute__((always_inline)) double softmax_row(float *s, uint64
         *es = tes;
     return tot;
 }
-
-/* col[j] += sum over 4 rows of c[r] * S[r][j], j < n (n multiple of 8). */
-static inline __attribute__((always_inline)) void track4(float *col, const float *s0,
-                                                         uint64_t ld, float c0, float c1,
-                                                         float c2, float c3, uint64_t n)
-{
-    const float *s1 = s0 + ld, *s2 = s1 + ld, *s3 = s2 + ld;
-    for (uint64_t j = 0; j < n; j += 8) {
-        v8f a = vload(col + j);
-        a += c0 * vload(s0 + j) + c1 * vload(s1 + j);
-        a += c2 * vload(s2 + j) + c3 * vload(s3 + j);
-        vstore(col + j, a);
-    }
-}
+#undef TRACK8
 
 /* out[r][:] = sum_j S[r][j] * V[j][:] for 4 rows r (dp multiple of 8; rows
  * may have different lengths, S is zero beyond each row's length).  Keys go
@@ -391,10 +454,24 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
 
     if (track)
         memset(ws->col, 0, nkp * sizeof(float));
+    float tc[4] = {0, 0, 0, 0}; /* the previous quad's tracking weights */
     for (uint32_t r0 = 0; r0 < Rp; r0 += 4) {
+        uint64_t rl[4] = {0, 0, 0, 0};
+        float m[4];
+        for (uint32_t r = r0; r < r0 + 4; r++)
+            rl[r - r0] = r < R ? ta + r % nb + 1 : 0;
+        max4(ws->s + (size_t)r0 * ld, ld, rl, m);
+        /* the previous quad's tracking rides in this quad's exponential
+         * passes, a quarter of the columns in each */
+        track_part tp = {ws->col, ws->s + (size_t)(r0 - 4) * ld, tc, ld, 0, 0};
+        uint64_t q8 = (nkp / 8 + 3) / 4 * 8;
         for (uint32_t r = r0; r < r0 + 4; r++) {
             float *s = ws->s + (size_t)r * ld;
+            tp.ja = (r - r0) * q8 < nkp ? (r - r0) * q8 : nkp;
+            tp.jb = tp.ja + q8 < nkp ? tp.ja + q8 : nkp;
             if (r >= R) {
+                if (track && r0)
+                    track4(tp.col + tp.ja, tp.p0 + tp.ja, ld, tc, tp.jb - tp.ja);
                 memset(s, 0, nkp * sizeof(float));
                 ws->coef[r] = 0;
                 ws->zinv[r] = 0;
@@ -402,7 +479,8 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
             }
             uint64_t t = ta + r % nb;
             double es = 0;
-            double z = softmax_row(s, t + 1, nkp, ent ? &es : NULL);
+            double z = softmax_row(s, t + 1, nkp, m[r - r0], ent ? &es : NULL,
+                                   track && r0 ? &tp : NULL);
             ws->coef[r] = J->w[t] / ((double)J->G * z);
             if (ent) {
                 /* entropy in nats: ln Z - ln2 * sum p (s - m), with Z in 2^ units */
@@ -424,12 +502,11 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
                 for (uint32_t c = 0; c < J->dp; c++)
                     o[(size_t)(r - r0) * J->dp + c] *= ws->zinv[r];
         }
-        if (track)
-            track4(ws->col, ws->s + (size_t)r0 * ld, ld, (float)ws->coef[r0],
-                   (float)ws->coef[r0 + 1], (float)ws->coef[r0 + 2], (float)ws->coef[r0 + 3],
-                   nkp);
+        for (uint32_t r = 0; r < 4; r++)
+            tc[r] = (float)ws->coef[r0 + r];
     }
     if (track) {
+        track4(ws->col, ws->s + (size_t)(Rp - 4) * ld, ld, tc, nkp);
         double *acc = ws->acc + (size_t)h * J->T;
         for (uint64_t j = 0; j < nk; j++)
             acc[j] += ws->col[j];
