@@ -26,6 +26,7 @@
 
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
+typedef double v4d __attribute__((vector_size(32), aligned(8)));
 
 #define SKV_LOG2E 1.4426950408889634
 #define SKV_LN2 0.6931471805599453
@@ -249,21 +250,52 @@ static inline __attribute__((always_inline)) void scores(const float *qb, uint32
     }
 }
 
-/* col[j] += sum over 4 rows of c[r] * S[r][j] for one vector of j. */
-#define TRACK8(j)                                                                                 \
+/* col[j] += sum over 4 rows of c[r] * S[r][j] for one vector of j; with
+ * `first` (the item's first quad) col[j] = the sum: col needs no zeroing
+ * (0 + x is x here: the terms are >= 0). */
+#define TRACK8(j, first)                                                                          \
     do {                                                                                          \
-        v8f a_ = vload(col + (j));                                                                \
-        a_ += c[0] * vload(p0 + (j)) + c[1] * vload(p0 + ld + (j));                               \
+        v8f a_ = c[0] * vload(p0 + (j)) + c[1] * vload(p0 + ld + (j));                            \
+        if (!(first))                                                                             \
+            a_ = vload(col + (j)) + a_;                                                           \
         a_ += c[2] * vload(p0 + 2 * ld + (j)) + c[3] * vload(p0 + 3 * ld + (j));                  \
         vstore(col + (j), a_);                                                                    \
     } while (0)
 
-/* col[j] += sum over 4 rows of c[r] * P[r][j], j < n (n multiple of 8). */
+/* col[j] (+)= sum over 4 rows of c[r] * P[r][j], j < n (n multiple of 8). */
 static inline __attribute__((always_inline)) void track4(float *col, const float *p0,
-                                                         uint64_t ld, const float *c, uint64_t n)
+                                                         uint64_t ld, const float *c, uint64_t n,
+                                                         int first)
 {
     for (uint64_t j = 0; j < n; j += 8)
-        TRACK8(j);
+        TRACK8(j, first);
+}
+
+/* The item's last quad: acc[j] += col[j] (+) its sum, for j < nk, without
+ * storing col: the same floats as track4 then adding col to acc. */
+static inline __attribute__((always_inline)) void track4_acc(double *acc, const float *col,
+                                                             const float *p0, uint64_t ld,
+                                                             const float *c, uint64_t nk,
+                                                             int first)
+{
+    uint64_t j = 0;
+    for (; j + 8 <= nk; j += 8) {
+        v8f a = c[0] * vload(p0 + j) + c[1] * vload(p0 + ld + j);
+        if (!first)
+            a = vload(col + j) + a;
+        a += c[2] * vload(p0 + 2 * ld + j) + c[3] * vload(p0 + 3 * ld + j);
+        v4d lo = __builtin_convertvector(__builtin_shufflevector(a, a, 0, 1, 2, 3), v4d);
+        v4d hi = __builtin_convertvector(__builtin_shufflevector(a, a, 4, 5, 6, 7), v4d);
+        *(v4d *)(acc + j) += lo;
+        *(v4d *)(acc + j + 4) += hi;
+    }
+    for (; j < nk; j++) {
+        float a = c[0] * p0[j] + c[1] * p0[ld + j];
+        if (!first)
+            a = col[j] + a;
+        a += c[2] * p0[2 * ld + j] + c[3] * p0[3 * ld + j];
+        acc[j] += a;
+    }
 }
 
 /* The maxima m[r] of 4 score rows over [0, len[r]) (-inf for len 0), in
@@ -311,6 +343,7 @@ typedef struct track_part {
     const float *p0;
     const float *c;
     uint64_t ld, ja, jb;
+    int first; /* the item's first quad: col is written, not added to */
 } track_part;
 
 /* Softmax of one row in place over [0, len) (exp2 domain) given its
@@ -340,12 +373,13 @@ static inline __attribute__((always_inline)) double softmax_row(float *s, uint64
         uint64_t a = tp->ja < l8 ? tp->ja : l8, b = tp->jb < l8 ? tp->jb : l8;
         for (; j < a; j += 8)
             EXP8(j);
+        int first = tp->first;
         for (; j < b; j += 8) {
             EXP8(j);
-            TRACK8(j);
+            TRACK8(j, first);
         }
         for (uint64_t k = b > tp->ja ? b : tp->ja; k < tp->jb; k += 8)
-            TRACK8(k);
+            TRACK8(k, first);
     }
     for (; j + 8 <= len; j += 8)
         EXP8(j);
@@ -452,8 +486,6 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
 
     scores(ws->qb, Rp, d, J->kt + (size_t)h * d * J->Tp, nkp, ws->s, ld);
 
-    if (track)
-        memset(ws->col, 0, nkp * sizeof(float));
     float tc[4] = {0, 0, 0, 0}; /* the previous quad's tracking weights */
     for (uint32_t r0 = 0; r0 < Rp; r0 += 4) {
         uint64_t rl[4] = {0, 0, 0, 0};
@@ -463,7 +495,7 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
         max4(ws->s + (size_t)r0 * ld, ld, rl, m);
         /* the previous quad's tracking rides in this quad's exponential
          * passes, a quarter of the columns in each */
-        track_part tp = {ws->col, ws->s + (size_t)(r0 - 4) * ld, tc, ld, 0, 0};
+        track_part tp = {ws->col, ws->s + (size_t)(r0 - 4) * ld, tc, ld, 0, 0, r0 == 4};
         uint64_t q8 = (nkp / 8 + 3) / 4 * 8;
         for (uint32_t r = r0; r < r0 + 4; r++) {
             float *s = ws->s + (size_t)r * ld;
@@ -471,7 +503,7 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
             tp.jb = tp.ja + q8 < nkp ? tp.ja + q8 : nkp;
             if (r >= R) {
                 if (track && r0)
-                    track4(tp.col + tp.ja, tp.p0 + tp.ja, ld, tc, tp.jb - tp.ja);
+                    track4(tp.col + tp.ja, tp.p0 + tp.ja, ld, tc, tp.jb - tp.ja, tp.first);
                 memset(s, 0, nkp * sizeof(float));
                 ws->coef[r] = 0;
                 ws->zinv[r] = 0;
@@ -506,10 +538,9 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
             tc[r] = (float)ws->coef[r0 + r];
     }
     if (track) {
-        track4(ws->col, ws->s + (size_t)(Rp - 4) * ld, ld, tc, nkp);
-        double *acc = ws->acc + (size_t)h * J->T;
-        for (uint64_t j = 0; j < nk; j++)
-            acc[j] += ws->col[j];
+        /* the last quad, straight into the thread's sums */
+        track4_acc(ws->acc + (size_t)h * J->T, ws->col, ws->s + (size_t)(Rp - 4) * ld, ld, tc,
+                   nk, Rp == 4);
     }
 }
 
