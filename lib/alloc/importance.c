@@ -278,23 +278,22 @@ static inline __attribute__((always_inline)) void track4_acc(double *acc, const 
                                                              const float *c, uint64_t nk,
                                                              int first)
 {
-    uint64_t j = 0;
-    for (; j + 8 <= nk; j += 8) {
+    /* the rows and col run to a multiple of 16: the last vector is
+     * computed whole (the same floats as before) and added up to nk */
+    for (uint64_t j = 0; j < nk; j += 8) {
         v8f a = c[0] * vload(p0 + j) + c[1] * vload(p0 + ld + j);
         if (!first)
             a = vload(col + j) + a;
         a += c[2] * vload(p0 + 2 * ld + j) + c[3] * vload(p0 + 3 * ld + j);
-        v4d lo = __builtin_convertvector(__builtin_shufflevector(a, a, 0, 1, 2, 3), v4d);
-        v4d hi = __builtin_convertvector(__builtin_shufflevector(a, a, 4, 5, 6, 7), v4d);
-        *(v4d *)(acc + j) += lo;
-        *(v4d *)(acc + j + 4) += hi;
-    }
-    for (; j < nk; j++) {
-        float a = c[0] * p0[j] + c[1] * p0[ld + j];
-        if (!first)
-            a = col[j] + a;
-        a += c[2] * p0[2 * ld + j] + c[3] * p0[3 * ld + j];
-        acc[j] += a;
+        if (j + 8 <= nk) {
+            v4d lo = __builtin_convertvector(__builtin_shufflevector(a, a, 0, 1, 2, 3), v4d);
+            v4d hi = __builtin_convertvector(__builtin_shufflevector(a, a, 4, 5, 6, 7), v4d);
+            *(v4d *)(acc + j) += lo;
+            *(v4d *)(acc + j + 4) += hi;
+        } else {
+            for (uint64_t i = 0; j + i < nk; i++)
+                acc[j + i] += a[i];
+        }
     }
 }
 
@@ -495,7 +494,7 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
         max4(ws->s + (size_t)r0 * ld, ld, rl, m);
         /* the previous quad's tracking rides in this quad's exponential
          * passes, a quarter of the columns in each */
-        track_part tp = {ws->col, ws->s + (size_t)(r0 - 4) * ld, tc, ld, 0, 0, r0 == 4};
+        track_part tp = {ws->col, ws->s + (size_t)(r0 ? r0 - 4 : 0) * ld, tc, ld, 0, 0, r0 == 4};
         uint64_t q8 = (nkp / 8 + 3) / 4 * 8;
         for (uint32_t r = r0; r < r0 + 4; r++) {
             float *s = ws->s + (size_t)r * ld;
