@@ -250,17 +250,19 @@ static inline __attribute__((always_inline)) void scores(const float *qb, uint32
     }
 }
 
-/* col[j] += sum over 4 rows of c[r] * S[r][j] for one vector of j; with
- * `first` (the item's first quad) col[j] = the sum: col needs no zeroing
- * (0 + x is x here: the terms are >= 0). */
-#define TRACK8(j, first)                                                                          \
-    do {                                                                                          \
-        v8f a_ = c[0] * vload(p0 + (j)) + c[1] * vload(p0 + ld + (j));                            \
-        if (!(first))                                                                             \
-            a_ = vload(col + (j)) + a_;                                                           \
-        a_ += c[2] * vload(p0 + 2 * ld + (j)) + c[3] * vload(p0 + 3 * ld + (j));                  \
-        vstore(col + (j), a_);                                                                    \
-    } while (0)
+/* col[j] + sum over 4 rows of c[r] * P[r][j] for one vector of j (rows
+ * ld apart); with `first` (the item's first quad) the sum alone: col needs
+ * no zeroing (0 + x is x here: the terms are >= 0). */
+static inline __attribute__((always_inline)) v8f track_vec(const float *col, const float *p0,
+                                                           uint64_t ld, const float *c,
+                                                           uint64_t j, int first)
+{
+    v8f a = c[0] * vload(p0 + j) + c[1] * vload(p0 + ld + j);
+    if (!first)
+        a = vload(col + j) + a;
+    a += c[2] * vload(p0 + 2 * ld + j) + c[3] * vload(p0 + 3 * ld + j);
+    return a;
+}
 
 /* col[j] (+)= sum over 4 rows of c[r] * P[r][j], j < n (n multiple of 8). */
 static inline __attribute__((always_inline)) void track4(float *col, const float *p0,
@@ -268,7 +270,7 @@ static inline __attribute__((always_inline)) void track4(float *col, const float
                                                          int first)
 {
     for (uint64_t j = 0; j < n; j += 8)
-        TRACK8(j, first);
+        vstore(col + j, track_vec(col, p0, ld, c, j, first));
 }
 
 /* The item's last quad: acc[j] += col[j] (+) its sum, for j < nk, without
@@ -281,10 +283,7 @@ static inline __attribute__((always_inline)) void track4_acc(double *acc, const 
     /* the rows and col run to a multiple of 16: the last vector is
      * computed whole (the same floats as before) and added up to nk */
     for (uint64_t j = 0; j < nk; j += 8) {
-        v8f a = c[0] * vload(p0 + j) + c[1] * vload(p0 + ld + j);
-        if (!first)
-            a = vload(col + j) + a;
-        a += c[2] * vload(p0 + 2 * ld + j) + c[3] * vload(p0 + 3 * ld + j);
+        v8f a = track_vec(col, p0, ld, c, j, first);
         if (j + 8 <= nk) {
             v4d lo = __builtin_convertvector(__builtin_shufflevector(a, a, 0, 1, 2, 3), v4d);
             v4d hi = __builtin_convertvector(__builtin_shufflevector(a, a, 4, 5, 6, 7), v4d);
@@ -375,10 +374,10 @@ static inline __attribute__((always_inline)) double softmax_row(float *s, uint64
         int first = tp->first;
         for (; j < b; j += 8) {
             EXP8(j);
-            TRACK8(j, first);
+            vstore(col + j, track_vec(col, p0, ld, c, j, first));
         }
         for (uint64_t k = b > tp->ja ? b : tp->ja; k < tp->jb; k += 8)
-            TRACK8(k, first);
+            vstore(col + k, track_vec(col, p0, ld, c, k, first));
     }
     for (; j + 8 <= len; j += 8)
         EXP8(j);
@@ -397,7 +396,6 @@ static inline __attribute__((always_inline)) double softmax_row(float *s, uint64
         *es = tes;
     return tot;
 }
-#undef TRACK8
 
 /* out[r][:] = sum_j S[r][j] * V[j][:] for 4 rows r (dp multiple of 8; rows
  * may have different lengths, S is zero beyond each row's length).  Keys go
@@ -486,6 +484,7 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
     scores(ws->qb, Rp, d, J->kt + (size_t)h * d * J->Tp, nkp, ws->s, ld);
 
     float tc[4] = {0, 0, 0, 0}; /* the previous quad's tracking weights */
+    const uint64_t q8 = (nkp / 8 + 3) / 4 * 8; /* a quarter of the columns, whole vectors */
     for (uint32_t r0 = 0; r0 < Rp; r0 += 4) {
         uint64_t rl[4] = {0, 0, 0, 0};
         float m[4];
@@ -495,7 +494,6 @@ static inline __attribute__((always_inline)) void run_item(imp_ws *ws, uint64_t 
         /* the previous quad's tracking rides in this quad's exponential
          * passes, a quarter of the columns in each */
         track_part tp = {ws->col, ws->s + (size_t)(r0 ? r0 - 4 : 0) * ld, tc, ld, 0, 0, r0 == 4};
-        uint64_t q8 = (nkp / 8 + 3) / 4 * 8;
         for (uint32_t r = r0; r < r0 + 4; r++) {
             float *s = ws->s + (size_t)r * ld;
             tp.ja = (r - r0) * q8 < nkp ? (r - r0) * q8 : nkp;
