@@ -41,13 +41,20 @@ static double urand(void)
     return (double)(rng >> 11) / 9007199254740992.0;
 }
 
-/* The int8 kernels' bounds (relative L2 error of each output vector): the
- * query rounded to int8 and the softmax weights to u8 per tile cost about
- * 1e-3 of the output norm on these caches. */
+/* The int8 kernels' bounds.  On 8-bit rows (the query and each tile's
+ * softmax weights in two int8 levels) the relative L2 error of each output
+ * vector against the dequantized cache's exact attention is about 1e-3.
+ * On 2-4 bit rows the query is one int8 level: its rounding moves the
+ * output by more (attention is peaked), so the bound there is relative to
+ * the error the cache's rounding itself makes, in RMS over all outputs:
+ * 1-4% of it on these caches (9% at worst), which adds at most 0.4% to
+ * the total error in quadrature. */
 #define I8_TOL 2e-3
+#define I8_QFRAC 0.15
 #define I8_PTOL 2e-3
+#define I8_LOW_PTOL 0.05
 #define I8_SIMD_TOL 1e-3
-static double i8_worst, i8_simd_worst;
+static double i8_worst, i8_qfrac_worst, i8_low_pworst, i8_simd_worst;
 
 /* Largest per-vector relative L2 difference of n vectors of d floats. */
 static double max_rel(const float *a, const float *b, size_t n, uint32_t d)
@@ -65,6 +72,19 @@ static double max_rel(const float *a, const float *b, size_t n, uint32_t d)
             worst = isnan(rel) ? INFINITY : rel;
     }
     return worst;
+}
+
+/* sqrt(sum (o - ref)^2 / sum (ref - orig)^2) over n floats: how far o
+ * moves from ref, in units of how far ref lies from orig; 0 where o == ref,
+ * infinity where only ref == orig. */
+static double rms_ratio(const float *o, const float *ref, const float *orig, size_t n)
+{
+    double a = 0, b = 0;
+    for (size_t i = 0; i < n; i++) {
+        a += ((double)o[i] - ref[i]) * ((double)o[i] - ref[i]);
+        b += ((double)ref[i] - orig[i]) * ((double)ref[i] - orig[i]);
+    }
+    return b > 0 ? sqrt(a / b) : a > 0 || isnan(a) ? INFINITY : 0;
 }
 
 /* ---- softmax ---- */
@@ -442,8 +462,10 @@ static void packed_case(const pk_case *pc)
     for (uint32_t h = 0; h < Hkv; h++)
         skv_cache_dequantize_head(c, 0, h, k + (size_t)h * T * d, v + (size_t)h * T * d);
     /* the oracle over the dequantized rows of the stored tokens only: a
-     * trace holding just those tokens, attended by the reference engine */
+     * trace holding just those tokens, attended by the reference engine;
+     * orig: the same over the trace's rows before rounding */
     float *ref = malloc(no * 4), *o = malloc(no * 4), *pref = calloc(np, 4), *p = malloc(np * 4);
+    float *orig = malloc(no * 4);
     skv_attend_opts o1 = {1, SKV_KERNEL_SCALAR, 0};
     skv_attend_ctx *c1 = skv_attend_new(&o1);
     for (uint32_t h = 0; h < Hkv; h++) {
@@ -455,17 +477,22 @@ static void packed_case(const pk_case *pc)
                 n += bits[u] != 0;
             float *qq = malloc((size_t)(H / Hkv) * (n + 1) * d * 4);
             float *kk = malloc((n + 1) * d * 4), *vv = malloc((n + 1) * d * 4);
+            float *ko = malloc((n + 1) * d * 4), *vo = malloc((n + 1) * d * 4);
             uint64_t *map = malloc((n + 1) * 8);
             uint64_t r = 0;
             for (uint64_t u = 0; u <= tt; u++)
                 if (bits[u]) {
                     memcpy(kk + r * d, k + ((size_t)h * T + u) * d, d * 4);
                     memcpy(vv + r * d, v + ((size_t)h * T + u) * d, d * 4);
+                    memcpy(ko + r * d, t->k[0] + ((size_t)h * T + u) * d, d * 4);
+                    memcpy(vo + r * d, t->v[0] + ((size_t)h * T + u) * d, d * 4);
                     map[r++] = u;
                 }
             if (n == 0) {  /* nothing stored: the output is zero */
-                for (uint32_t g = 0; g < H / Hkv; g++)
+                for (uint32_t g = 0; g < H / Hkv; g++) {
                     memset(ref + ((size_t)(h * (H / Hkv) + g) * S + si) * d, 0, d * 4);
+                    memset(orig + ((size_t)(h * (H / Hkv) + g) * S + si) * d, 0, d * 4);
+                }
             } else {
                 for (uint32_t g = 0; g < H / Hkv; g++)
                     for (uint64_t rr = 0; rr < n; rr++)
@@ -481,10 +508,15 @@ static void packed_case(const pk_case *pc)
                     for (uint64_t rr = 0; rr < n; rr++)
                         pref[((size_t)head * S + si) * T + map[rr]] = prr[(size_t)g * n + rr];
                 }
+                skv_kv_view Lo = {SKV_KV_F32, H / Hkv, 1, d, n, qq, ko, vo, NULL};
+                ck_assert_int_eq(skv_attend_layer_ref(c1, &Lo, &last, 1, orr, NULL), 0);
+                for (uint32_t g = 0; g < H / Hkv; g++)
+                    memcpy(orig + ((size_t)(h * (H / Hkv) + g) * S + si) * d, orr + (size_t)g * d,
+                           d * 4);
                 free(orr);
                 free(prr);
             }
-            free(qq); free(kk); free(vv); free(map);
+            free(qq); free(kk); free(vv); free(ko); free(vo); free(map);
         }
         free(bits);
     }
@@ -508,10 +540,16 @@ static void packed_case(const pk_case *pc)
          * --reference on a packed cache) agrees too */
         skv_attend_free(ctx);
     }
-    /* the int8 kernels (integer arithmetic on 2-4 bit rows, float on the
-     * rest): within I8_TOL of the oracle; the SIMD ones within I8_SIMD_TOL
-     * of int8-scalar (same arithmetic; exp and rounding order differ) and
-     * bit-identical to each other (only the dot-product instruction differs) */
+    /* the int8 kernels (integer arithmetic on 2-4 and 8 bit rows, float on
+     * the rest): within I8_TOL of the oracle, or on a cache with 2-4 bit
+     * rows within I8_QFRAC of the cache's own rounding error; the SIMD ones
+     * within I8_SIMD_TOL of int8-scalar (same arithmetic; exp and rounding
+     * order differ) and bit-identical to each other (only the dot-product
+     * instruction differs) */
+    int rounded = 0;  /* the cache's rows differ from the trace's */
+    for (size_t i = 0; i < no && !rounded; i++)
+        rounded = ref[i] != orig[i];
+    int low = rounded && (pc->width == 0 || (pc->width >= 2 && pc->width <= 4));
     float *o8s = malloc(no * 4), *o8a = malloc(no * 4);
     /* work items of 13 tokens (the merge of partial states; keys per
      * channel in groups cut off the 8-row grid go a group at a time), of
@@ -533,17 +571,26 @@ static void packed_case(const pk_case *pc)
                              skv_cache_head_at(c, 0, 0)};
             ck_assert_int_eq(skv_attend_layer(ctx, &L, steps, S, o, p), 0);
             double e = max_rel(o, ref, (size_t)H * S, d);
-            if (e > i8_worst)
+            double qf = rms_ratio(o, ref, orig, no);
+            if (low) {
+                if (qf > i8_qfrac_worst)
+                    i8_qfrac_worst = qf;
+            } else if (e > i8_worst) {
                 i8_worst = e;
-            ck_assert_msg(e <= I8_TOL, "packed %s width %d H=%u/%u d=%u T=%llu groups %u/%u "
-                          "modes %u/%u split %u: rel error %g > %g", skv_att_kernel_name(kern),
-                          pc->width, H, Hkv, d, (unsigned long long)T, pc->kg, pc->vg, pc->kmode,
-                          pc->vmode, opt.split, e, I8_TOL);
+            }
+            ck_assert_msg(low ? qf <= I8_QFRAC : e <= I8_TOL,
+                          "packed %s width %d H=%u/%u d=%u T=%llu groups %u/%u modes %u/%u "
+                          "split %u: rel error %g (bound %g), %g of the cache's rounding error "
+                          "(bound %g on 2-4 bit rows)", skv_att_kernel_name(kern), pc->width, H,
+                          Hkv, d, (unsigned long long)T, pc->kg, pc->vg, pc->kmode, pc->vmode,
+                          opt.split, e, I8_TOL, qf, I8_QFRAC);
             double pe = 0;
             for (size_t i = 0; i < np; i++)
                 pe = fmax(pe, fabs(p[i] - pref[i]));
-            ck_assert_msg(pe <= I8_PTOL, "%s: probabilities differ by %g",
+            ck_assert_msg(pe <= (low ? I8_LOW_PTOL : I8_PTOL), "%s: probabilities differ by %g",
                           skv_att_kernel_name(kern), pe);
+            if (low)
+                i8_low_pworst = fmax(i8_low_pworst, pe);
             if (kern == SKV_KERNEL_I8_SCALAR) {
                 memcpy(o8s, o, no * 4);
             } else {
@@ -576,7 +623,7 @@ static void packed_case(const pk_case *pc)
         ck_assert_msg(e <= 1e-5, "16-bit cache vs trace reference: %g", e);
         skv_attend_free(ctx);
     }
-    free(k); free(v); free(ref); free(o); free(pref); free(p); free(steps);
+    free(k); free(v); free(ref); free(orig); free(o); free(pref); free(p); free(steps);
     skv_cache_free(c);
     skv_trace_free(t);
 }
@@ -797,8 +844,11 @@ START_TEST(test_packed_int8)
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         packed_case(&cases[i]);
-    printf("test_attend: int8 kernels: worst rel error %.3g vs the oracle (bound %g), "
-           "SIMD vs int8-scalar %.3g (bound %g)\n", i8_worst, I8_TOL, i8_simd_worst, I8_SIMD_TOL);
+    printf("test_attend: int8 kernels: worst rel error %.3g vs the oracle on 8-bit rows (bound "
+           "%g), on 2-4 bit rows %.3g of the cache's rounding error (bound %g) and "
+           "probabilities within %.3g (bound %g), SIMD vs int8-scalar %.3g (bound %g)\n",
+           i8_worst, I8_TOL, i8_qfrac_worst, I8_QFRAC, i8_low_pworst, I8_LOW_PTOL,
+           i8_simd_worst, I8_SIMD_TOL);
     rm_tmpdir();
 }
 END_TEST
@@ -831,7 +881,11 @@ START_TEST(test_stream_paths)
     skv_cache_free(c);
     char cache[600];
     snprintf(cache, sizeof cache, "%s", path_in("c.skv"));
-    skv_attend_ctx *ctx = skv_attend_new(NULL);
+    /* a float kernel: the path, not the int8 rounding (test_packed_*), is
+     * under test */
+    skv_attend_opts fo = {0, skv_att_kernel_available(SKV_KERNEL_AVX2) ? SKV_KERNEL_AVX2
+                                                                        : SKV_KERNEL_SCALAR, 0};
+    skv_attend_ctx *ctx = skv_attend_new(&fo);
     const char *outs[] = {"fused.skv", "ref.skv"};
     uint32_t modes[] = {SKV_ATT_AUTO, SKV_ATT_REFERENCE};
     for (int i = 0; i < 2; i++) {
@@ -849,8 +903,7 @@ START_TEST(test_stream_paths)
     ck_assert_uint_eq(b->h.mode, SKV_ATT_REFERENCE);
     ck_assert_uint_eq(a->h.n_layers, 2);
     ck_assert(a->h.kv_bytes > 0 && a->h.kv_bytes < a->h.fp16_bytes * 2);
-    /* the default kernel is an int8 one where the CPU has AVX2 */
-    double tol = skv_attend_kernel(ctx) >= SKV_KERNEL_I8_SCALAR ? I8_TOL : 1e-5;
+    double tol = 1e-5;
     double e = max_rel(a->out, b->out, (size_t)2 * 6 * 80, 32);
     ck_assert_msg(e <= tol, "fused (%s) vs --reference on the cache: %g",
                   skv_att_kernel_name(skv_attend_kernel(ctx)), e);

@@ -129,15 +129,23 @@ static int cpu_avx2(void)
 #endif
 }
 
-/* vpdpbusd on YMM: 1 = AVX-512 VNNI + VL, 2 = AVX-VNNI, 0 = neither
- * (detected once, like cpu_avx2). */
+/* vpdpbusd on YMM: 1 = AVX-512 VNNI + VL, 2 = AVX-VNNI, 3 = AVX-512 VNNI
+ * + VL + VBMI (the codes unpacked by vpmultishiftqb), 0 = none (detected
+ * once, like cpu_avx2).  SKV_NO_VBMI set (not "0") leaves VBMI out: the
+ * tests compare the two, which must give the same bits. */
 static int cpu_vnni(void)
 {
 #ifdef SKV_X86
     static int state = -1;
     int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
     if (s < 0) {
-        s = !cpu_avx2() ? 0 : skv_x86_avx512vnni() ? 1 : skv_x86_avxvnni() ? 2 : 0;
+        const char *e = getenv("SKV_NO_VBMI");
+        int vbmi = !(e && *e && strcmp(e, "0") != 0) && skv_x86_avx512vbmi();
+        s = !cpu_avx2()              ? 0
+            : vbmi                   ? 3
+            : skv_x86_avx512vnni()   ? 1
+            : skv_x86_avxvnni()      ? 2
+                                     : 0;
         __atomic_store_n(&state, s, __ATOMIC_RELAXED);
     }
     return s;
@@ -392,17 +400,23 @@ static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, 
 }
 
 /* ---- int8 kernels: shared arithmetic and the scalar reference ----
- * (smartkv_attend.h describes the scheme.)  One int8 vector cannot hold
- * a query or a tile's weights finely enough (attention is peaked: a score
- * error of 1% moves the output by several %), so each is two int8 vectors,
- * a coarse one and the rounding left over in units 254 times smaller:
+ * (smartkv_attend.h describes the scheme.)  One int8 vector cannot hold a
+ * tile's weights finely enough (one large weight rounds its neighbours'
+ * small ones away), nor a query against 8-bit keys, so each is two int8
+ * vectors, a coarse one and the rounding left over in units 254 times
+ * smaller:
  *   x ~ u * (254 * x1 + x2),   x1 = round(x / (254 u)), x2 in -127..127
  * and every integer sum is formed for both and combined in int32
  * (254 * a1 + a2): twice the integer work, the precision of ~15 bits.
- * Scores:
- *   s = (sum_j qi_j * code_j) * qs * scale + bias * sum_j q_j
- * (the bias term with the float query).  Values, per tile of I8_TILE rows
- * and per head, w_i = p_i * scale_i:
+ * Against 2-4 bit keys the query is x1 alone: its rounding (1/254 of its
+ * largest entry) is small beside the keys' own (1/6 to 1/30 of a row's
+ * range), and the key dots, half the integer work of a row, take half the
+ * time (a 32K step at beta 0.25: 12% less).  What x1 rounds off, summed
+ * (qerr), meets the codes' middle in float, so the integer sum carries it
+ * only times (code - middle).  Scores:
+ *   s = ((sum_j qi_j * code_j) * qs + mid * qerr) * scale + bias * sum_j q_j
+ * (mid * qerr with one level only; the bias term with the float query).
+ * Values, per tile of I8_TILE rows and per head, w_i = p_i * scale_i:
  *   acc += ws * sum_i wi_i * codes_i + sum_i p_i * bias_i */
 #define I8_QMAX (2 * SKV_GMAX)  /* int8 vectors per call: two per head */
 #define I8_VG (SKV_MAX_HEAD_DIM / 32)  /* value groups a row: 32 channels or more each */
@@ -448,6 +462,21 @@ static int i8_ok(const run *R, uint32_t d)
            d % 32 == 0;
 }
 
+/* The query's int8 levels the key dots use: one for 2-4 bit keys, two
+ * for 8-bit ones (see above). */
+static inline int i8_klevels(uint32_t bits)
+{
+    return bits == 8 ? 2 : 1;
+}
+
+/* With one level, the rounding qerr meets the codes' middle in float:
+ * the integer sum then carries only the rounding times (code - middle),
+ * half the error or less. */
+static inline float i8_kmid(uint32_t bits, float qerr)
+{
+    return i8_klevels(bits) == 1 ? 0.5f * (float)((1u << bits) - 1) * qerr : 0.0f;
+}
+
 /* x in units of u (|x / u| <= 254 * 127.5) -> the two int8 levels. */
 static inline void i8_split(float t, int8_t *x1, int8_t *x2)
 {
@@ -466,10 +495,11 @@ static inline void i8_split(float t, int8_t *x1, int8_t *x2)
 typedef struct i8q {
     int8_t qi[I8_QMAX * SKV_MAX_HEAD_DIM];
     float qs[SKV_GMAX], qsum[SKV_GMAX];
+    float qerr[SKV_GMAX];   /* sum of q - 254 qs qi1: what level 1 rounds off */
 } i8q;
 
 static void i8_quant_q(const float *q, uint32_t ng, uint32_t d, int8_t *qi, float *qs,
-                       float *qsum)
+                       float *qsum, float *qerr)
 {
     for (uint32_t g = 0; g < ng; g++) {
         const float *x = q + (size_t)g * d;
@@ -479,11 +509,15 @@ static void i8_quant_q(const float *q, uint32_t ng, uint32_t d, int8_t *qi, floa
             amax = a > amax ? a : amax;
             sum += x[j];
         }
-        float inv = amax > 0 && amax <= 3e38f ? 127.0f / amax : 0.0f;
-        for (uint32_t j = 0; j < d; j++)
-            i8_split(x[j] * inv, &qi[(size_t)g * d + j], &qi[((size_t)ng + g) * d + j]);
+        float inv = amax > 0 && amax <= 3e38f ? 127.0f / amax : 0.0f, e = 0;
+        for (uint32_t j = 0; j < d; j++) {
+            float t = x[j] * inv;
+            i8_split(t, &qi[(size_t)g * d + j], &qi[((size_t)ng + g) * d + j]);
+            e += t == t ? t - qi[(size_t)g * d + j] : 0.0f;
+        }
         qs[g] = inv > 0 ? amax / (127.0f * 254.0f) : 0.0f;
         qsum[g] = sum;
+        qerr[g] = inv > 0 ? e * (amax / 127.0f) : 0.0f;
     }
 }
 
@@ -503,7 +537,7 @@ static void i8_kchan_q(const uint8_t *par, uint32_t bits, const float *q, uint32
     for (uint32_t g = 0; g < ng; g++)
         for (uint32_t j = 0; j < d; j++)
             qf[(size_t)g * d + j] = q[(size_t)g * d + j] * sc[j];
-    i8_quant_q(qf, ng, d, Q->qi, Q->qs, Q->qsum);
+    i8_quant_q(qf, ng, d, Q->qi, Q->qs, Q->qsum, Q->qerr);
     for (uint32_t g = 0; g < ng; g++) {
         float b = 0;
         for (uint32_t j = 0; j < d; j++)
@@ -603,15 +637,16 @@ static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *
             }
             const int8_t *qi = Q->qi;
             const float *qs = Q->qs, *qsum = Q->qsum;
+            const int kl = i8_klevels(R->bits);
             i8_codes(R, 0, t0 + i, d, cb);
             for (uint32_t g = 0; g < ng; g++) {
                 const int8_t *q1 = qi + (size_t)g * d, *q2 = qi + ((size_t)ng + g) * d;
                 int32_t a1 = 0, a2 = 0;
                 for (uint32_t j = 0; j < d; j++) {
                     a1 += (int32_t)q1[j] * cb[j];
-                    a2 += (int32_t)q2[j] * cb[j];
+                    a2 += kl == 2 ? (int32_t)q2[j] * cb[j] : 0;
                 }
-                float f = (float)(254 * a1 + a2) * qs[g] * ks;
+                float f = ((float)(254 * a1 + a2) * qs[g] + i8_kmid(R->bits, Q->qerr[g])) * ks;
                 s[g][i] = f + kb * qsum[g];
             }
         }
@@ -1095,6 +1130,50 @@ i8_unpack(const uint8_t *row, uint32_t c, const int bits)
     return _mm256_packus_epi16(a, b);
 }
 
+/* i8_unpack with AVX-512 VBMI: the bytes holding each eight codes into a
+ * qword (vpermb; 3-bit rows only), vpmultishiftqb takes each code's bits
+ * from its offset, one mask: three instructions where i8_unpack takes five
+ * (4 bits) to nine (3 bits).  The same bytes in the same order (i8_perm). */
+#define VBMI_FN __attribute__((target("avx2,fma,f16c,bmi2,avx512f,avx512vl,avx512vnni,avx512vbmi")))
+VBMI_FN static inline __attribute__((always_inline)) __m256i
+i8_unpack_vbmi(const uint8_t *row, uint32_t c, const int bits)
+{
+    if (bits == 8)
+        return _mm256_loadu_si256((const __m256i *)(const void *)(row + 32 * (size_t)c));
+    if (bits == 4) {
+        /* qwords: even channels of bytes 0-7, of 8-15, odd of 0-7, of 8-15 */
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(row + 16 * (size_t)c));
+        const __m256i ctl = _mm256_setr_epi8(0, 8, 16, 24, 32, 40, 48, 56, 0, 8, 16, 24, 32, 40,
+                                             48, 56, 4, 12, 20, 28, 36, 44, 52, 60, 4, 12, 20,
+                                             28, 36, 44, 52, 60);
+        return _mm256_and_si256(_mm256_multishift_epi64_epi8(ctl, _mm256_broadcastsi128_si256(x)),
+                                _mm256_set1_epi8(15));
+    }
+    if (bits == 2) {
+        /* qword k: channels 4i + (0, 2, 1, 3)[k] of the chunk's 64 bits */
+        uint64_t w;
+        memcpy(&w, row + 8 * (size_t)c, 8);
+        const __m256i ctl = _mm256_setr_epi8(0, 8, 16, 24, 32, 40, 48, 56, 4, 12, 20, 28, 36, 44,
+                                             52, 60, 2, 10, 18, 26, 34, 42, 50, 58, 6, 14, 22,
+                                             30, 38, 46, 54, 62);
+        return _mm256_and_si256(
+            _mm256_multishift_epi64_epi8(ctl, _mm256_set1_epi64x((long long)w)),
+            _mm256_set1_epi8(3));
+    }
+    /* 3 bits: qword k gets the 3 bytes of eight codes (blocks 0, 2, 1, 3) */
+    const uint8_t *p = row + 12 * (size_t)c;
+    uint32_t w2;
+    memcpy(&w2, p + 8, 4);
+    __m128i x = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(const void *)p),
+                                   _mm_cvtsi32_si128((int)w2));
+    const __m256i idx = _mm256_setr_epi8(0, 1, 2, 0, 0, 0, 0, 0, 6, 7, 8, 0, 0, 0, 0, 0, 3, 4, 5,
+                                         0, 0, 0, 0, 0, 9, 10, 11, 0, 0, 0, 0, 0);
+    const __m256i ctl = _mm256_setr_epi8(0, 3, 6, 9, 12, 15, 18, 21, 0, 3, 6, 9, 12, 15, 18, 21,
+                                         0, 3, 6, 9, 12, 15, 18, 21, 0, 3, 6, 9, 12, 15, 18, 21);
+    __m256i y = _mm256_permutexvar_epi8(idx, _mm256_zextsi128_si256(x));
+    return _mm256_and_si256(_mm256_multishift_epi64_epi8(ctl, y), _mm256_set1_epi8(7));
+}
+
 /* x[0..3]: the same chunk of four rows -> t[k], lane l = the four rows'
  * bytes at position 4k + l (l < 4) or 12 + 4k + l (l >= 4). */
 AVX2_FN static inline __attribute__((always_inline)) void i8_transpose4(const __m256i *x,
@@ -1199,6 +1278,7 @@ static inline __attribute__((always_inline)) void i8_prefetch_rows(const i8_next
 
 #define I8_ISA avx2
 #define I8_TARGET "avx2,fma,f16c,bmi2"
+#define I8_UNPACK i8_unpack
 #define I8_DP(acc, a, b)                                                                       \
     _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((a), (b)),                  \
                                               _mm256_set1_epi16(1)))
@@ -1219,32 +1299,48 @@ static inline __attribute__((always_inline)) void i8_prefetch_rows(const i8_next
 #undef I8_TARGET
 #undef I8_DP
 #undef I8_DP8
+#undef I8_UNPACK
 
 #define I8_ISA vnni512
 #define I8_TARGET "avx2,fma,f16c,bmi2,avx512f,avx512vl,avx512vnni"
 #define I8_DP(acc, a, b) _mm256_dpbusd_epi32((acc), (a), (b))
 #define I8_DP8 I8_DP /* no saturation: exact for 8-bit codes too */
+#define I8_UNPACK i8_unpack
+#include "attend_i8.h"
+#undef I8_ISA
+#undef I8_TARGET
+#undef I8_UNPACK
+
+/* vnni512's kernels with the VBMI unpacking */
+#define I8_ISA vbmi
+#define I8_TARGET "avx2,fma,f16c,bmi2,avx512f,avx512vl,avx512vnni,avx512vbmi"
+#define I8_UNPACK i8_unpack_vbmi
 #include "attend_i8.h"
 #undef I8_ISA
 #undef I8_TARGET
 #undef I8_DP
 #undef I8_DP8
+#undef I8_UNPACK
 
 #define I8_ISA avxvnni
 #define I8_TARGET "avx2,fma,f16c,bmi2,avxvnni"
 #define I8_DP(acc, a, b) _mm256_dpbusd_avx_epi32((acc), (a), (b))
 #define I8_DP8 I8_DP
+#define I8_UNPACK i8_unpack
 #include "attend_i8.h"
 #undef I8_ISA
 #undef I8_TARGET
 #undef I8_DP
 #undef I8_DP8
+#undef I8_UNPACK
 
 static i8_fn i8_kernel(int kernel, uint32_t bits, uint32_t ng)
 {
     int b = bits == 2 ? 0 : bits == 3 ? 1 : bits == 4 ? 2 : 3;
     if (kernel == SKV_KERNEL_I8_VNNI)
-        return cpu_vnni() == 1 ? i8_kernels_vnni512[b][ng - 1] : i8_kernels_avxvnni[b][ng - 1];
+        return cpu_vnni() == 3   ? i8_kernels_vbmi[b][ng - 1]
+               : cpu_vnni() == 1 ? i8_kernels_vnni512[b][ng - 1]
+                                 : i8_kernels_avxvnni[b][ng - 1];
     return i8_kernels_avx2[b][ng - 1];
 }
 #endif /* SKV_X86 */
@@ -1337,6 +1433,8 @@ int skv_att_i8_dots(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows, 
         i8_permute_q(q, ng, d, (int)bits, qp);
         if (kernel == SKV_KERNEL_I8_AVX2)
             i8_dots_rows_avx2(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
+        else if (cpu_vnni() == 3)
+            i8_dots_rows_vbmi(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
         else if (cpu_vnni() == 1)
             i8_dots_rows_vnni512(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
         else
@@ -1364,6 +1462,8 @@ int skv_att_i8_vacc(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows, 
     if (kernel != SKV_KERNEL_I8_SCALAR) {
         if (kernel == SKV_KERNEL_I8_AVX2)
             i8_vacc_rows_avx2(rows, stride, n, w, d, (int)bits, (int)ng, acc);
+        else if (cpu_vnni() == 3)
+            i8_vacc_rows_vbmi(rows, stride, n, w, d, (int)bits, (int)ng, acc);
         else if (cpu_vnni() == 1)
             i8_vacc_rows_vnni512(rows, stride, n, w, d, (int)bits, (int)ng, acc);
         else
@@ -1842,7 +1942,7 @@ int skv_attend_layer(skv_attend_ctx *ctx, const skv_kv_view *L, const uint64_t *
                         uint32_t ng = G - g0 < SKV_GMAX ? G - g0 : SKV_GMAX;
                         i8q *Q = &q8[((size_t)h * nb + si - s0) * J.nblk + g0 / SKV_GMAX];
                         item_query(&J, h, si, g0, ng, qs);
-                        i8_quant_q(qs, ng, d, Q->qi, Q->qs, Q->qsum);
+                        i8_quant_q(qs, ng, d, Q->qi, Q->qs, Q->qsum, Q->qerr);
                     }
             J.q8 = q8;
         }
@@ -1919,7 +2019,7 @@ int skv_attend_rows(int kernel, const skv_att_rows *rows, const float *q, uint32
     }
     i8q own, *q8 = NULL;    /* the int8 kernels' queries, quantized once for every bucket */
     if (kernel >= SKV_KERNEL_I8_SCALAR) {
-        i8_quant_q(qs, ng, d, own.qi, own.qs, own.qsum);
+        i8_quant_q(qs, ng, d, own.qi, own.qs, own.qsum, own.qerr);
         q8 = &own;
     }
     /* tokens beyond limit are never folded: their probabilities are 0 now,

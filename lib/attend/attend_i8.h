@@ -1,12 +1,13 @@
 /* attend_i8.h -- internal: the SIMD int8 kernels, included by attend.c once
  * per instruction set with
- *   I8_ISA     name suffix (avx2, vnni512, avxvnni)
+ *   I8_ISA     name suffix (avx2, vnni512, vbmi, avxvnni)
  *   I8_TARGET  the target attribute string
  *   I8_DP(acc, a, b)  acc + the sums of 4 products u8 a * s8 b per int32 lane
  *                     (a < 16: the 2-4 bit codes)
  *   I8_DP8(acc, a, b) the same for any u8 a (the 8-bit codes)
- * Only the dot-product instruction differs, so the three give identical
- * results; attend.c holds the shared unpacking, the scalar reference and
+ *   I8_UNPACK(row, c, bits)  32 codes of a row (i8_unpack or i8_unpack_vbmi)
+ * Only the dot-product instruction and the unpacking differ, so all four
+ * give identical results; attend.c holds the shared unpacking, the scalar reference and
  * the dispatch. */
 #define I8_CAT2(a, b) a##_##b
 #define I8_CAT(a, b) I8_CAT2(a, b)
@@ -36,7 +37,7 @@ I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, u
             if (i0 + k < n) {
                 const uint8_t *r = row + (size_t)(i0 + k) * rs;
                 _Pragma("GCC unroll 8") for (uint32_t c = 0; c < nch; c++) {
-                    __m256i x = i8_unpack(r, c, bits);
+                    __m256i x = I8_UNPACK(r, c, bits);
                     _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
                         a[g] = I8_DPB(a[g], x,
                                       _mm256_load_si256((const __m256i *)(qp + (size_t)g * d + 32 * c)));
@@ -48,6 +49,17 @@ I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, u
         _Pragma("GCC unroll 16") for (int g = 0; g < nq; g++)
             _mm256_storeu_si256((__m256i *)&isum[g][o + i0], i8_hsum8(buf[g]));
     }
+}
+
+/* A score's integer sum from the query's levels: 254 a1 + a2, or with
+ * one level 254 a1 (the same unit). */
+I8_FN static inline __attribute__((always_inline)) __m256i I8_NAME(i8_lv)(const int32_t *a1,
+                                                                          const int32_t *a2,
+                                                                          const int kl)
+{
+    __m256i x = _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)(const void *)a1),
+                                   _mm256_set1_epi32(254));
+    return kl == 2 ? _mm256_add_epi32(x, _mm256_load_si256((const __m256i *)(const void *)a2)) : x;
 }
 
 /* Byte p of the result = byte lo[p] of x's low half or hi[p] of its high
@@ -73,7 +85,7 @@ I8_FN static inline __attribute__((always_inline)) __m256i I8_NAME(i8_shuf32)(__
  * set costs less compile time than one in each of the 32 kernels. */
 I8_FN static __attribute__((noinline)) void
 I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const int ng,
-                  uint32_t d, int8_t *qp, float *qs, float *qsum)
+                  uint32_t d, int8_t *qp, float *qs, float *qsum, float *qerr)
 {
     float sc[SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
     float mn[SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
@@ -95,10 +107,16 @@ I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const
         qs[g] = inv > 0 ? am / (127.0f * 254.0f) : 0.0f;
         qsum[g] = hsum256(bs);
         const __m256 vi = _mm256_set1_ps(inv);
+        __m256 ev = _mm256_setzero_ps();
         for (uint32_t c = 0; c < d / 32; c++) {
             __m256i r[4], f[4];
-            for (int k = 0; k < 4; k++)
-                i8_split8(_mm256_mul_ps(x[4 * c + k], vi), &r[k], &f[k]);
+            for (int k = 0; k < 4; k++) {
+                __m256 t = _mm256_mul_ps(x[4 * c + k], vi);
+                i8_split8(t, &r[k], &f[k]);
+                /* NaN lanes left out, as i8_quant_q does */
+                ev = _mm256_add_ps(ev, _mm256_and_ps(_mm256_cmp_ps(t, t, _CMP_ORD_Q),
+                                                     _mm256_sub_ps(t, _mm256_cvtepi32_ps(r[k]))));
+            }
             __m256i rb = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]),
                                             _mm256_packs_epi32(r[2], r[3]));
             __m256i fb = _mm256_packs_epi16(_mm256_packs_epi32(f[0], f[1]),
@@ -108,6 +126,7 @@ I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const
             _mm256_store_si256((__m256i *)(void *)(qp + ((size_t)ng + g) * d + 32 * c),
                                I8_NAME(i8_shuf32)(fb, pidx[0], pidx[1]));
         }
+        qerr[g] = inv > 0 ? hsum256(ev) * (am / 127.0f) : 0.0f;
     }
 }
 
@@ -127,7 +146,7 @@ I8_NAME(i8_vacc)(const uint8_t *row, size_t rs, uint32_t n,
         for (uint32_t c = 0; c < nch; c++) {
             __m256i x[4];
             for (uint32_t k = 0; k < 4; k++)
-                x[k] = 4 * qd + k < n ? i8_unpack(row + (size_t)(4 * qd + k) * rs, c, bits)
+                x[k] = 4 * qd + k < n ? I8_UNPACK(row + (size_t)(4 * qd + k) * rs, c, bits)
                                       : _mm256_setzero_si256();
             i8_transpose4(x, vt + (size_t)qd * nv + 4 * c);
         }
@@ -184,7 +203,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
     /* keys per channel in several groups (R->kt): each group's query folded
      * (i8_kfold) from the float queries in the permuted order */
     const uint32_t kt = R->kt;
-    float qsg[SKV_GMAX] = {0}, qsumg[SKV_GMAX] = {0};
+    float qsg[SKV_GMAX] = {0}, qsumg[SKV_GMAX] = {0}, qerrg[SKV_GMAX] = {0};
     __m256i pidx[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     uint64_t cur = UINT64_MAX;  /* the group qp holds */
     float accp[SKV_GMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
@@ -202,6 +221,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                                           -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, -1);
     const __m256i k254 = _mm256_set1_epi32(254);
+    const int kl = i8_klevels(bits);  /* int8 levels of the query */
     if (kt) {
         int8_t lo[32], hi[32];
         i8_kfold_idx(bits, lo, hi);
@@ -216,9 +236,10 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
     for (uint64_t t0 = r0; t0 < r1; t0 += I8_TILE) {
         uint32_t n = (uint32_t)(r1 - t0 < I8_TILE ? r1 - t0 : I8_TILE);
         const int n8 = (int)(n + 7) & ~7;  /* short runs (a key group) pay for n rows */
-        /* the next tile's rows, fetched while this one computes */
+        /* the next tile's rows, fetched while this one computes; after the
+         * last tile the run's next rows, the next work item's first tile */
         uint64_t t1 = t0 + I8_TILE;
-        i8_next nx = {R, t1, t1 < r1 ? (uint32_t)(r1 - t1 < I8_TILE ? r1 - t1 : I8_TILE) : 0};
+        i8_next nx = {R, t1, t1 < R->n ? (uint32_t)(R->n - t1 < I8_TILE ? R->n - t1 : I8_TILE) : 0};
         if (i8_kchan(R) && !kt)  /* keys per channel: folded into Q */
             for (int i = 0; i < n8; i++)
                 ksc[i] = kbi[i] = (uint32_t)i < n;
@@ -236,19 +257,19 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                 uint64_t j = (t0 + a) / kt;
                 b = (j + 1) * kt - t0 < n ? (uint32_t)((j + 1) * kt - t0) : n;
                 if (j != cur) {
-                    I8_NAME(i8_kfold)(R->kp + j * R->kgb, pidx, q, ng, d, qp, qsg, qsumg);
+                    I8_NAME(i8_kfold)(R->kp + j * R->kgb, pidx, q, ng, d, qp, qsg, qsumg, qerrg);
                     cur = j;
                 }
             }
-            I8_NAME(i8_kdots)(R->kd + (t0 + a) * R->rs, R->rs, b - a, qp, d, bits, 2 * ng, isum,
-                              a, &nx);
+            I8_NAME(i8_kdots)(R->kd + (t0 + a) * R->rs, R->rs, b - a, qp, d, bits, kl * ng,
+                              isum, a, &nx);
             for (int g = 0; kt && g < ng; g++) {
                 __m256 vq = _mm256_set1_ps(qsg[g]), vs = _mm256_set1_ps(qsumg[g]);
+                __m256 vm = _mm256_set1_ps(i8_kmid((uint32_t)bits, qerrg[g]));
                 for (uint32_t i = a; i < b; i += 8) {
-                    __m256i x = _mm256_add_epi32(
-                        _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)&isum[g][i]), k254),
-                        _mm256_load_si256((const __m256i *)&isum[ng + g][i]));
-                    _mm256_store_ps(&s[g][i], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), vq), vs));
+                    __m256i x = I8_NAME(i8_lv)(isum[g] + i, isum[ng + g] + i, kl);
+                    __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), vq), vm);
+                    _mm256_store_ps(&s[g][i], _mm256_add_ps(f, vs));
                 }
             }
             a = b;
@@ -259,11 +280,10 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                     s[g][i] = -INFINITY;
         for (int g = 0; !kt && g < ng; g++) {
             __m256 vq = _mm256_set1_ps(qs[g]), vs = _mm256_set1_ps(qsum[g]);
+            __m256 vm = _mm256_set1_ps(i8_kmid((uint32_t)bits, Q->qerr[g]));
             for (uint32_t i = 0; i < n; i += 8) {
-                __m256i a = _mm256_add_epi32(
-                    _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)&isum[g][i]), k254),
-                    _mm256_load_si256((const __m256i *)&isum[ng + g][i]));
-                __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), vq),
+                __m256i a = I8_NAME(i8_lv)(isum[g] + i, isum[ng + g] + i, kl);
+                __m256 f = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), vq), vm),
                                          _mm256_load_ps(&ksc[i]));
                 _mm256_store_ps(&s[g][i], _mm256_add_ps(f, _mm256_mul_ps(_mm256_load_ps(&kbi[i]), vs)));
             }

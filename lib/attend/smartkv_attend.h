@@ -42,20 +42,22 @@ enum skv_att_mode {
 };
 
 /* The int8 kernels (integer dot products on packed rows): the query of each
- * head is quantized to two int8 vectors (a coarse one and its rounding; one
- * scale per head and step), K codes meet both in integer dot products and
- * the row's fp16 scale and bias are applied to the integer sum; the softmax
- * weights times each V row's scale are quantized the same way per tile of
- * 128 tokens (one scale per tile and head) and V codes are accumulated in
- * int32, scaled once per tile, the bias added once.  They cover rows of
+ * head is quantized to int8 (one scale per head and step; against 8-bit
+ * keys two int8 vectors, a coarse one and its rounding), K codes meet it in
+ * integer dot products and the row's fp16 scale and bias are applied to the
+ * integer sum; the softmax weights times each V row's scale are quantized
+ * to two int8 vectors per tile of 128 tokens (one scale per tile and head)
+ * and V codes are accumulated in int32, scaled once per tile, the bias
+ * added once.  They cover rows of
  * 2, 3, 4 and 8 bits with keys in one scale group per row (the default) or
  * per channel (a key group's scales folded into the query once per group),
  * values in groups of whole 32-channel chunks, and head_dim a multiple of
  * 32 (at most 256 for 8 bits, where the int32 sums would otherwise
  * overflow); other rows (16 bits, keys in several groups per row, float
  * tails, see skv-attend(1)) go to the float kernels (int8-scalar to
- * scalar, the others to avx2).  Error against the float kernels: up to
- * about 1e-3 of the output norm (tests/test_attend.c bounds it at 2e-3). */
+ * scalar, the others to avx2).  Error against the float kernels: about
+ * 1e-3 of the output norm on 8-bit rows; on 2-4 bit rows a few % of the
+ * error the cache's rounding itself makes (tests/test_attend.c bounds both). */
 enum skv_att_kernel {
     SKV_KERNEL_AUTO = 0,    /* best the CPU supports: int8-vnni, int8-avx2, scalar */
     SKV_KERNEL_SCALAR = 1,  /* portable C reference kernels (float) */

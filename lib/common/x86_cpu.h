@@ -42,9 +42,20 @@ static inline int skv_x86_avx512vnni(void)
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return (lo & 0xe6u) == 0xe6u;
 }
+
+/* AVX-512 VBMI (vpermb, vpmultishiftqb): CPUID leaf 7 ECX bit 1; with
+ * skv_x86_avx512vnni's state checks. */
+static inline int skv_x86_avx512vbmi(void)
+{
+    unsigned a, b, c, d;
+    if (!skv_x86_avx512vnni() || !__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    return (c >> 1) & 1u;
+}
 #else
 static inline int skv_x86_f16c(void) { return 0; }
 static inline int skv_x86_avxvnni(void) { return 0; }
 static inline int skv_x86_avx512vnni(void) { return 0; }
+static inline int skv_x86_avx512vbmi(void) { return 0; }
 #endif
 #endif

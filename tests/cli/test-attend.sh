@@ -44,6 +44,24 @@ run skv-stats compare --json ref.skv p16.skv
 check "16-bit cache equals --reference within 1e-5" python3 -c '
 import json,sys; d=json.load(open(sys.argv[1]))["overall"]; assert d["max_rel"] < 1e-5, d' "$T/out"
 
+# the int8 SIMD kernels give the same bits on every instruction set
+# (vpmaddubsw, vpdpbusd; codes unpacked by VBMI or not): a cache of 2-16
+# bit rows, keys per token and per channel
+skv-alloc -b 0.25 t.skv -o m25.skv && skv-alloc -b 0.25 --keys channel t.skv -o c25.skv ||
+    bad "alloc for the int8 kernels"
+for c in m25 c25; do
+    skv-attend --packed -s 900: -k int8-avx2 --tsv $c.skv > $c-avx2.tsv
+    if skv-attend -k int8-vnni -s 999 $c.skv -o /dev/null 2>/dev/null; then
+        run sh -c "skv-attend --packed -s 900: -k int8-vnni --tsv $c.skv > $c-vnni.tsv &&
+                   SKV_NO_VBMI=1 skv-attend --packed -s 900: -k int8-vnni --tsv $c.skv > $c-novbmi.tsv"
+        expect_rc 0 "int8-vnni with and without VBMI ($c)"
+        check "int8-avx2, int8-vnni and int8-vnni without VBMI agree bit for bit ($c)" \
+            sh -c "cmp $c-avx2.tsv $c-vnni.tsv && cmp $c-vnni.tsv $c-novbmi.tsv"
+    else
+        skip "int8-vnni agrees with int8-avx2 ($c)" "no VNNI on this CPU"
+    fi
+done
+
 # sweep and plot
 skv-alloc -p uniform:4 t.skv | skv-attend --packed -s 990: --probs -o u4.skv
 run skv-stats sweep ref.skv out.skv u4.skv
