@@ -400,24 +400,26 @@ static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, 
 }
 
 /* ---- int8 kernels: shared arithmetic and the scalar reference ----
- * (smartkv_attend.h describes the scheme.)  One int8 vector cannot hold a
- * tile's weights finely enough (one large weight rounds its neighbours'
- * small ones away), nor a query against 8-bit keys, so each is two int8
- * vectors, a coarse one and the rounding left over in units 254 times
- * smaller:
+ * (smartkv_attend.h describes the scheme.)  Against 8-bit rows one int8
+ * vector cannot hold a query or a tile's weights finely enough (the codes'
+ * own rounding is 1/510 of a row's range), so each is two int8 vectors, a
+ * coarse one and the rounding left over in units 254 times smaller:
  *   x ~ u * (254 * x1 + x2),   x1 = round(x / (254 u)), x2 in -127..127
  * and every integer sum is formed for both and combined in int32
  * (254 * a1 + a2): twice the integer work, the precision of ~15 bits.
- * Against 2-4 bit keys the query is x1 alone: its rounding (1/254 of its
- * largest entry) is small beside the keys' own (1/6 to 1/30 of a row's
- * range), and the key dots, half the integer work of a row, take half the
- * time (a 32K step at beta 0.25: 12% less).  What x1 rounds off, summed
- * (qerr), meets the codes' middle in float, so the integer sum carries it
- * only times (code - middle).  Scores:
+ * Against 2-4 bit rows x1 alone (the query against keys per channel
+ * excepted, i8_qlevels): its rounding (1/254 of the largest entry) is
+ * small beside the codes' own (1/6 to 1/30 of a row's range),
+ * and the integer work halves (a 32K step at beta 0.25: 12% less time for
+ * the query, 7% less again for the weights).  What x1 rounds off, summed (err),
+ * meets the codes' middle in float (i8_mid), so the integer sum carries
+ * it only times (code - middle): half the error or less, and no bias
+ * where a large weight rounds its tile's small ones to zero.  Scores:
  *   s = ((sum_j qi_j * code_j) * qs + mid * qerr) * scale + bias * sum_j q_j
- * (mid * qerr with one level only; the bias term with the float query).
- * Values, per tile of I8_TILE rows and per head, w_i = p_i * scale_i:
- *   acc += ws * sum_i wi_i * codes_i + sum_i p_i * bias_i */
+ * (the bias term with the float query).  Values, per tile of I8_TILE rows
+ * and per head, w_i = p_i * scale_i:
+ *   acc += ws * sum_i wi_i * codes_i + mid * werr + sum_i p_i * bias_i
+ * (mid * err: 0 with two levels). */
 #define I8_QMAX (2 * SKV_GMAX)  /* int8 vectors per call: two per head */
 #define I8_VG (SKV_MAX_HEAD_DIM / 32)  /* value groups a row: 32 channels or more each */
 
@@ -437,6 +439,15 @@ static int i8_width_ok(uint32_t bits, uint32_t d)
 static int i8_kchan(const run *R)
 {
     return R->kg == 1 && R->kps == 0 && R->kmode == SKV_QMODE_ASYM;
+}
+
+/* The int8 levels of the query: as the weights', but two against keys per
+ * channel, whose scales, folded into the query, stretch its range (an
+ * outlier channel's scale sets the unit): one level there added 1% to
+ * kivi:4's attention error on a real trace, two 0.1%. */
+static int i8_qlevels(const run *R)
+{
+    return R->bits == 8 || i8_kchan(R) ? 2 : 1;
 }
 
 /* The shortest run of one key group the int8 kernels take alone (a group
@@ -462,19 +473,19 @@ static int i8_ok(const run *R, uint32_t d)
            d % 32 == 0;
 }
 
-/* The query's int8 levels the key dots use: one for 2-4 bit keys, two
- * for 8-bit ones (see above). */
-static inline int i8_klevels(uint32_t bits)
+/* The int8 levels of a tile's weights: one on 2-4 bit rows, two on 8-bit
+ * ones (see above). */
+static inline int i8_levels(uint32_t bits)
 {
     return bits == 8 ? 2 : 1;
 }
 
-/* With one level, the rounding qerr meets the codes' middle in float:
- * the integer sum then carries only the rounding times (code - middle),
- * half the error or less. */
-static inline float i8_kmid(uint32_t bits, float qerr)
+/* With one level, what it rounds off (err, summed) meets the codes' middle
+ * in float: the integer sum then carries only the rounding times (code -
+ * middle), half the error or less. */
+static inline float i8_mid(int levels, uint32_t bits, float err)
 {
-    return i8_klevels(bits) == 1 ? 0.5f * (float)((1u << bits) - 1) * qerr : 0.0f;
+    return levels == 1 ? 0.5f * (float)((1u << bits) - 1) * err : 0.0f;
 }
 
 /* x in units of u (|x / u| <= 254 * 127.5) -> the two int8 levels. */
@@ -637,7 +648,7 @@ static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *
             }
             const int8_t *qi = Q->qi;
             const float *qs = Q->qs, *qsum = Q->qsum;
-            const int kl = i8_klevels(R->bits);
+            const int kl = i8_qlevels(R);
             i8_codes(R, 0, t0 + i, d, cb);
             for (uint32_t g = 0; g < ng; g++) {
                 const int8_t *q1 = qi + (size_t)g * d, *q2 = qi + ((size_t)ng + g) * d;
@@ -646,7 +657,7 @@ static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *
                     a1 += (int32_t)q1[j] * cb[j];
                     a2 += kl == 2 ? (int32_t)q2[j] * cb[j] : 0;
                 }
-                float f = ((float)(254 * a1 + a2) * qs[g] + i8_kmid(R->bits, Q->qerr[g])) * ks;
+                float f = ((float)(254 * a1 + a2) * qs[g] + i8_mid(kl, R->bits, Q->qerr[g])) * ks;
                 s[g][i] = f + kb * qsum[g];
             }
         }
@@ -680,19 +691,23 @@ static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *
                     float w = s[g][i] * vsc[gv][i];
                     wmax = fabsf(w) > wmax ? fabsf(w) : wmax;
                 }
-                float wu = i8_wunit(wmax), inv = i8_winv(wmax);
+                float wu = i8_wunit(wmax), inv = i8_winv(wmax), e = 0;
+                const int kl = i8_levels(R->bits);
                 memset(ia, 0, sizeof ia);
                 for (uint32_t i = 0; i < n; i++) {
                     int8_t w1, w2;
-                    i8_split(s[g][i] * vsc[gv][i] * inv, &w1, &w2);
+                    float t = s[g][i] * vsc[gv][i] * inv;
+                    i8_split(t, &w1, &w2);
+                    e += t == t ? t - w1 : 0.0f;
                     const uint8_t *c = cb + (size_t)i * d;
                     for (uint32_t j = gv * vg; j < (gv + 1) * vg; j++) {
                         ia[0][j] += w1 * c[j];
-                        ia[1][j] += w2 * c[j];
+                        ia[1][j] += kl == 2 ? w2 * c[j] : 0;
                     }
                 }
+                float mid = i8_mid(kl, R->bits, e * (254.0f * wu));
                 for (uint32_t j = gv * vg; j < (gv + 1) * vg; j++)
-                    ag[j] += (float)(254 * ia[0][j] + ia[1][j]) * wu + b;
+                    ag[j] += (float)(254 * ia[0][j] + ia[1][j]) * wu + (b + mid);
             }
         }
     }

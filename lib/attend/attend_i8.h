@@ -51,8 +51,8 @@ I8_NAME(i8_kdots)(const uint8_t *row, size_t rs, uint32_t n, const int8_t *qp, u
     }
 }
 
-/* A score's integer sum from the query's levels: 254 a1 + a2, or with
- * one level 254 a1 (the same unit). */
+/* An integer sum from one or two levels: 254 a1 + a2, or with one level
+ * 254 a1 (the same unit). */
 I8_FN static inline __attribute__((always_inline)) __m256i I8_NAME(i8_lv)(const int32_t *a1,
                                                                           const int32_t *a2,
                                                                           const int kl)
@@ -220,8 +220,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
     const __m256i bsel = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, -1);
-    const __m256i k254 = _mm256_set1_epi32(254);
-    const int kl = i8_klevels(bits);  /* int8 levels of the query */
+    const int kl = i8_levels(bits), kq = i8_qlevels(R);  /* int8 levels: weights, query */
     if (kt) {
         int8_t lo[32], hi[32];
         i8_kfold_idx(bits, lo, hi);
@@ -261,13 +260,13 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                     cur = j;
                 }
             }
-            I8_NAME(i8_kdots)(R->kd + (t0 + a) * R->rs, R->rs, b - a, qp, d, bits, kl * ng,
+            I8_NAME(i8_kdots)(R->kd + (t0 + a) * R->rs, R->rs, b - a, qp, d, bits, kq * ng,
                               isum, a, &nx);
             for (int g = 0; kt && g < ng; g++) {
                 __m256 vq = _mm256_set1_ps(qsg[g]), vs = _mm256_set1_ps(qsumg[g]);
-                __m256 vm = _mm256_set1_ps(i8_kmid((uint32_t)bits, qerrg[g]));
+                __m256 vm = _mm256_set1_ps(i8_mid(kq, (uint32_t)bits, qerrg[g]));
                 for (uint32_t i = a; i < b; i += 8) {
-                    __m256i x = I8_NAME(i8_lv)(isum[g] + i, isum[ng + g] + i, kl);
+                    __m256i x = I8_NAME(i8_lv)(isum[g] + i, isum[ng + g] + i, kq);
                     __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), vq), vm);
                     _mm256_store_ps(&s[g][i], _mm256_add_ps(f, vs));
                 }
@@ -280,9 +279,9 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                     s[g][i] = -INFINITY;
         for (int g = 0; !kt && g < ng; g++) {
             __m256 vq = _mm256_set1_ps(qs[g]), vs = _mm256_set1_ps(qsum[g]);
-            __m256 vm = _mm256_set1_ps(i8_kmid((uint32_t)bits, Q->qerr[g]));
+            __m256 vm = _mm256_set1_ps(i8_mid(kq, (uint32_t)bits, Q->qerr[g]));
             for (uint32_t i = 0; i < n; i += 8) {
-                __m256i a = I8_NAME(i8_lv)(isum[g] + i, isum[ng + g] + i, kl);
+                __m256i a = I8_NAME(i8_lv)(isum[g] + i, isum[ng + g] + i, kq);
                 __m256 f = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), vq), vm),
                                          _mm256_load_ps(&ksc[i]));
                 _mm256_store_ps(&s[g][i], _mm256_add_ps(f, _mm256_mul_ps(_mm256_load_ps(&kbi[i]), vs)));
@@ -291,8 +290,9 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                 s[g][i] = -INFINITY;
         }
         /* softmax of the tile; per value group the weights p * V scale in
-         * two int8 levels and the bias sum */
+         * int8 (two levels on 8-bit rows) and the bias sum */
         float wu[I8_VG][SKV_GMAX], bsum[I8_VG][SKV_GMAX];
+        float wmid[I8_VG][SKV_GMAX];  /* one level: the rounding's sum at the middle code */
         for (int g = 0; g < ng; g++) {
             __m256 mv = _mm256_load_ps(&s[g][0]);
             for (int i = 8; i < n8; i += 8)
@@ -320,11 +320,14 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                 bsum[gv][g] = hsum256(bv);
                 float wmax = hmax256(wv);
                 wu[gv][g] = i8_wunit(wmax);
-                __m256 inv = _mm256_set1_ps(i8_winv(wmax));
+                __m256 inv = _mm256_set1_ps(i8_winv(wmax)), ev = _mm256_setzero_ps();
                 for (int i = 0; i < n8; i += 8) {
                     __m256 p = _mm256_mul_ps(_mm256_load_ps(&s[g][i]), _mm256_load_ps(&vsc[gv][i]));
                     __m256i r, f;
-                    i8_split8(_mm256_mul_ps(p, inv), &r, &f);
+                    __m256 t = _mm256_mul_ps(p, inv);
+                    i8_split8(t, &r, &f);
+                    ev = _mm256_add_ps(ev, _mm256_and_ps(_mm256_cmp_ps(t, t, _CMP_ORD_Q),
+                                                         _mm256_sub_ps(t, _mm256_cvtepi32_ps(r))));
                     /* byte 0 of each int32 -> one dword per 4 rows */
                     __m256i w1 = _mm256_shuffle_epi8(r, bsel);
                     __m256i w2 = _mm256_shuffle_epi8(f, bsel);
@@ -333,18 +336,18 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                     w4[gv][ng + g][i / 4] = (uint32_t)_mm256_extract_epi32(w2, 0);
                     w4[gv][ng + g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w2, 4);
                 }
+                wmid[gv][g] = i8_mid(kl, (uint32_t)bits, hsum256(ev) * (254.0f * wu[gv][g]));
             }
         }
         I8_NAME(i8_vacc)(R->vd + t0 * R->rs, R->rs, n, (const uint32_t(*)[I8_QMAX][I8_TILE / 4])w4,
-                         d, vg, bits, 2 * ng, vt, ia);
+                         d, vg, bits, kl * ng, vt, ia);
         for (int g = 0; g < ng; g++) {
             float *ap = accp + (size_t)g * d;
             for (uint32_t x = 0; x < nv; x++) {
                 uint32_t gv = 32 * (x / 4) / vg;  /* x / 4: the chunk */
-                __m256 ws = _mm256_set1_ps(wu[gv][g]), bs = _mm256_set1_ps(bsum[gv][g]);
-                __m256i a = _mm256_add_epi32(
-                    _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)&ia[g][8 * x]), k254),
-                    _mm256_load_si256((const __m256i *)&ia[ng + g][8 * x]));
+                __m256 ws = _mm256_set1_ps(wu[gv][g]);
+                __m256 bs = _mm256_set1_ps(bsum[gv][g] + wmid[gv][g]);
+                __m256i a = I8_NAME(i8_lv)(ia[g] + 8 * x, ia[ng + g] + 8 * x, kl);
                 __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), ws), bs);
                 _mm256_store_ps(ap + 8 * x, _mm256_add_ps(_mm256_load_ps(ap + 8 * x), f));
             }

@@ -42,13 +42,14 @@ enum skv_att_mode {
 };
 
 /* The int8 kernels (integer dot products on packed rows): the query of each
- * head is quantized to int8 (one scale per head and step; against 8-bit
- * keys two int8 vectors, a coarse one and its rounding), K codes meet it in
- * integer dot products and the row's fp16 scale and bias are applied to the
+ * head is quantized to int8 (one scale per head and step; on 8-bit rows and
+ * against keys per channel two int8 vectors, a coarse one and its
+ * rounding), K codes meet it in integer
+ * dot products and the row's fp16 scale and bias are applied to the
  * integer sum; the softmax weights times each V row's scale are quantized
- * to two int8 vectors per tile of 128 tokens (one scale per tile and head)
- * and V codes are accumulated in int32, scaled once per tile, the bias
- * added once.  They cover rows of
+ * the same way per tile of 128 tokens (one scale per tile and head) and V
+ * codes are accumulated in int32, scaled once per tile, the bias added
+ * once.  They cover rows of
  * 2, 3, 4 and 8 bits with keys in one scale group per row (the default) or
  * per channel (a key group's scales folded into the query once per group),
  * values in groups of whole 32-channel chunks, and head_dim a multiple of
