@@ -409,12 +409,12 @@ static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, 
  * (254 * a1 + a2): twice the integer work, the precision of ~15 bits.
  * Against 2-4 bit rows x1 alone (the query against keys per channel
  * excepted, i8_qlevels): its rounding (1/254 of the largest entry) is
- * small beside the codes' own (1/6 to 1/30 of a row's range),
- * and the integer work halves (a 32K step at beta 0.25: 12% less time for
- * the query, 7% less again for the weights).  What x1 rounds off, summed (err),
- * meets the codes' middle in float (i8_mid), so the integer sum carries
- * it only times (code - middle): half the error or less, and no bias
- * where a large weight rounds its tile's small ones to zero.  Scores:
+ * small beside the codes' own (1/6 to 1/30 of a row's range), and the
+ * integer work halves (a 32K step at beta 0.25: 12% less time for the
+ * query, 7% less again for the weights).  What x1 rounds off, summed
+ * (err), meets the codes' middle in float (i8_mid), so the integer sum
+ * carries it only times (code - middle): half the error or less, and no
+ * bias where a large weight rounds its tile's small ones to zero.  Scores:
  *   s = ((sum_j qi_j * code_j) * qs + mid * qerr) * scale + bias * sum_j q_j
  * (the bias term with the float query).  Values, per tile of I8_TILE rows
  * and per head, w_i = p_i * scale_i:
@@ -443,8 +443,9 @@ static int i8_kchan(const run *R)
 
 /* The int8 levels of the query: as the weights', but two against keys per
  * channel, whose scales, folded into the query, stretch its range (an
- * outlier channel's scale sets the unit): one level there added 1% to
- * kivi:4's attention error on a real trace, two 0.1%. */
+ * outlier channel's scale sets the unit): on a trace of the model kivi:4's
+ * attention error rose 2.0% with one level there, 0.9% with two (the
+ * weights' one level; scripts/int8-fidelity). */
 static int i8_qlevels(const run *R)
 {
     return R->bits == 8 || i8_kchan(R) ? 2 : 1;
@@ -506,7 +507,8 @@ static inline void i8_split(float t, int8_t *x1, int8_t *x2)
 typedef struct i8q {
     int8_t qi[I8_QMAX * SKV_MAX_HEAD_DIM];
     float qs[SKV_GMAX], qsum[SKV_GMAX];
-    float qerr[SKV_GMAX];   /* sum of q - 254 qs qi1: what level 1 rounds off */
+    float qerr[SKV_GMAX];   /* sum of q - 254 qs qi1: what level 1 rounds off
+                               (used with one level: keys per token) */
 } i8q;
 
 static void i8_quant_q(const float *q, uint32_t ng, uint32_t d, int8_t *qi, float *qs,

@@ -7,8 +7,8 @@
  *   I8_DP8(acc, a, b) the same for any u8 a (the 8-bit codes)
  *   I8_UNPACK(row, c, bits)  32 codes of a row (i8_unpack or i8_unpack_vbmi)
  * Only the dot-product instruction and the unpacking differ, so all four
- * give identical results; attend.c holds the shared unpacking, the scalar reference and
- * the dispatch. */
+ * give identical results; attend.c holds the unpacking, the scalar
+ * reference and the dispatch. */
 #define I8_CAT2(a, b) a##_##b
 #define I8_CAT(a, b) I8_CAT2(a, b)
 #define I8_NAME(x) I8_CAT(x, I8_ISA)
@@ -85,7 +85,7 @@ I8_FN static inline __attribute__((always_inline)) __m256i I8_NAME(i8_shuf32)(__
  * set costs less compile time than one in each of the 32 kernels. */
 I8_FN static __attribute__((noinline)) void
 I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const int ng,
-                  uint32_t d, int8_t *qp, float *qs, float *qsum, float *qerr)
+                  uint32_t d, int8_t *qp, float *qs, float *qsum)
 {
     float sc[SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
     float mn[SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
@@ -107,16 +107,10 @@ I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const
         qs[g] = inv > 0 ? am / (127.0f * 254.0f) : 0.0f;
         qsum[g] = hsum256(bs);
         const __m256 vi = _mm256_set1_ps(inv);
-        __m256 ev = _mm256_setzero_ps();
         for (uint32_t c = 0; c < d / 32; c++) {
             __m256i r[4], f[4];
-            for (int k = 0; k < 4; k++) {
-                __m256 t = _mm256_mul_ps(x[4 * c + k], vi);
-                i8_split8(t, &r[k], &f[k]);
-                /* NaN lanes left out, as i8_quant_q does */
-                ev = _mm256_add_ps(ev, _mm256_and_ps(_mm256_cmp_ps(t, t, _CMP_ORD_Q),
-                                                     _mm256_sub_ps(t, _mm256_cvtepi32_ps(r[k]))));
-            }
+            for (int k = 0; k < 4; k++)
+                i8_split8(_mm256_mul_ps(x[4 * c + k], vi), &r[k], &f[k]);
             __m256i rb = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]),
                                             _mm256_packs_epi32(r[2], r[3]));
             __m256i fb = _mm256_packs_epi16(_mm256_packs_epi32(f[0], f[1]),
@@ -126,7 +120,6 @@ I8_NAME(i8_kfold)(const uint8_t *par, const __m256i *pidx, const float *q, const
             _mm256_store_si256((__m256i *)(void *)(qp + ((size_t)ng + g) * d + 32 * c),
                                I8_NAME(i8_shuf32)(fb, pidx[0], pidx[1]));
         }
-        qerr[g] = inv > 0 ? hsum256(ev) * (am / 127.0f) : 0.0f;
     }
 }
 
@@ -203,7 +196,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
     /* keys per channel in several groups (R->kt): each group's query folded
      * (i8_kfold) from the float queries in the permuted order */
     const uint32_t kt = R->kt;
-    float qsg[SKV_GMAX] = {0}, qsumg[SKV_GMAX] = {0}, qerrg[SKV_GMAX] = {0};
+    float qsg[SKV_GMAX] = {0}, qsumg[SKV_GMAX] = {0};
     __m256i pidx[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     uint64_t cur = UINT64_MAX;  /* the group qp holds */
     float accp[SKV_GMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
@@ -256,19 +249,17 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                 uint64_t j = (t0 + a) / kt;
                 b = (j + 1) * kt - t0 < n ? (uint32_t)((j + 1) * kt - t0) : n;
                 if (j != cur) {
-                    I8_NAME(i8_kfold)(R->kp + j * R->kgb, pidx, q, ng, d, qp, qsg, qsumg, qerrg);
+                    I8_NAME(i8_kfold)(R->kp + j * R->kgb, pidx, q, ng, d, qp, qsg, qsumg);
                     cur = j;
                 }
             }
             I8_NAME(i8_kdots)(R->kd + (t0 + a) * R->rs, R->rs, b - a, qp, d, bits, kq * ng,
                               isum, a, &nx);
-            for (int g = 0; kt && g < ng; g++) {
+            for (int g = 0; kt && g < ng; g++) {  /* keys per channel: two levels */
                 __m256 vq = _mm256_set1_ps(qsg[g]), vs = _mm256_set1_ps(qsumg[g]);
-                __m256 vm = _mm256_set1_ps(i8_mid(kq, (uint32_t)bits, qerrg[g]));
                 for (uint32_t i = a; i < b; i += 8) {
-                    __m256i x = I8_NAME(i8_lv)(isum[g] + i, isum[ng + g] + i, kq);
-                    __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), vq), vm);
-                    _mm256_store_ps(&s[g][i], _mm256_add_ps(f, vs));
+                    __m256i x = I8_NAME(i8_lv)(isum[g] + i, isum[ng + g] + i, 2);
+                    _mm256_store_ps(&s[g][i], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(x), vq), vs));
                 }
             }
             a = b;
