@@ -545,7 +545,7 @@ static void packed_case(const pk_case *pc)
      * rows within I8_QFRAC of the cache's own rounding error; the SIMD ones
      * within I8_SIMD_TOL of int8-scalar (same arithmetic; exp and rounding
      * order differ) and bit-identical to each other (only the dot-product
-     * instruction differs) */
+     * instruction and the unpacking differ) */
     int rounded = 0;  /* the cache's rows differ from the trace's */
     for (size_t i = 0; i < no && !rounded; i++)
         rounded = ref[i] != orig[i];
