@@ -139,8 +139,7 @@ static int cpu_vnni(void)
     static int state = -1;
     int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
     if (s < 0) {
-        const char *e = getenv("SKV_NO_VBMI");
-        int vbmi = !(e && *e && strcmp(e, "0") != 0) && skv_x86_avx512vbmi();
+        int vbmi = !skv_env_flag("SKV_NO_VBMI") && skv_x86_avx512vbmi();
         s = !cpu_avx2()              ? 0
             : vbmi                   ? 3
             : skv_x86_avx512vnni()   ? 1

@@ -220,7 +220,7 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
         pidx[0] = _mm256_loadu_si256((const __m256i *)(const void *)lo);
         pidx[1] = _mm256_loadu_si256((const __m256i *)(const void *)hi);
     } else {
-        i8_permute_q(Q->qi, 2 * (uint32_t)ng, d, bits, qp);
+        i8_permute_q(Q->qi, (uint32_t)(kq * ng), d, bits, qp);  /* the levels used */
     }
     for (int g = 0; g < ng; g++)
         for (uint32_t x = 0; x < d; x++)
@@ -321,11 +321,13 @@ I8_NAME(kern_i8_body)(const run *R, uint64_t r0, uint64_t r1, const float *q, co
                                                          _mm256_sub_ps(t, _mm256_cvtepi32_ps(r))));
                     /* byte 0 of each int32 -> one dword per 4 rows */
                     __m256i w1 = _mm256_shuffle_epi8(r, bsel);
-                    __m256i w2 = _mm256_shuffle_epi8(f, bsel);
                     w4[gv][g][i / 4] = (uint32_t)_mm256_extract_epi32(w1, 0);
                     w4[gv][g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w1, 4);
-                    w4[gv][ng + g][i / 4] = (uint32_t)_mm256_extract_epi32(w2, 0);
-                    w4[gv][ng + g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w2, 4);
+                    if (kl == 2) {  /* level 2 (8-bit rows only) */
+                        __m256i w2 = _mm256_shuffle_epi8(f, bsel);
+                        w4[gv][ng + g][i / 4] = (uint32_t)_mm256_extract_epi32(w2, 0);
+                        w4[gv][ng + g][i / 4 + 1] = (uint32_t)_mm256_extract_epi32(w2, 4);
+                    }
                 }
                 wmid[gv][g] = i8_mid(kl, (uint32_t)bits, hsum256(ev) * (254.0f * wu[gv][g]));
             }

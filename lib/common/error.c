@@ -255,3 +255,9 @@ int skv_grow(void **p, size_t *cap, size_t need, size_t limit)
     *cap = n;
     return 0;
 }
+
+int skv_env_flag(const char *name)
+{
+    const char *e = getenv(name);
+    return e && *e && strcmp(e, "0") != 0;
+}

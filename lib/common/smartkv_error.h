@@ -58,6 +58,10 @@ SKV_EXPORT int skv_error(int code, const char *fmt, ...) SKV_PRINTF(2, 3);
 /* Clear the thread's message. */
 SKV_EXPORT void skv_error_clear(void);
 
+/* Library-internal: whether the environment variable name is set to
+ * anything but "" or "0" (the SKV_NO_* switches). */
+int skv_env_flag(const char *name);
+
 /* Overflow-checked size arithmetic: return 0 on success, -1 on overflow. */
 static inline int skv_mul_size(size_t a, size_t b, size_t *out)
 {

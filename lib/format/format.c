@@ -470,8 +470,7 @@ void skv_tmp_unregister(const char *path)
  * old file or the whole new one; SKV_NO_FSYNC=1 skips it. */
 static int want_fsync(void)
 {
-    const char *e = getenv("SKV_NO_FSYNC");
-    return !(e && *e && strcmp(e, "0") != 0);
+    return !skv_env_flag("SKV_NO_FSYNC");
 }
 
 /* ---- writing ---- */

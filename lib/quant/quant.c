@@ -569,10 +569,8 @@ static int simd_on = -1;
 
 static int use_simd(void)
 {
-    if (simd_on < 0) {
-        const char *e = getenv("SKV_NO_SIMD");
-        simd_on = cpu_has_avx2() && !(e && *e && strcmp(e, "0") != 0);
-    }
+    if (simd_on < 0)
+        simd_on = cpu_has_avx2() && !skv_env_flag("SKV_NO_SIMD");
     return simd_on;
 }
 
