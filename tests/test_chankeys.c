@@ -229,10 +229,10 @@ START_TEST(test_kernels_vs_float64)
                     norm += want[h][s][j] * want[h][s][j];
                 }
         /* float kernels: float32 rounding; int8-scalar takes the full key
-         * groups of 16 tokens (the query folded per group, one int8 level
-         * against 2-4 bit keys: within 15% of the rounding's own error, as
-         * test_attend bounds the int8 kernels) and leaves the partial
-         * groups to the float kernels */
+         * groups of 16 tokens (the query folded per group in two int8
+         * levels, the weights in one: within 15% of the rounding's own
+         * error, as test_attend bounds the int8 kernels) and leaves the
+         * partial groups to the float kernels */
         if (kern == SKV_KERNEL_I8_SCALAR)
             ck_assert_msg(sqrt(err / qerr) < 0.15, "int8-scalar: error %g of the rounding's own",
                           sqrt(err / qerr));

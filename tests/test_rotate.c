@@ -360,8 +360,9 @@ START_TEST(test_kernels_agree)
         dec.k = dk;
         dec.v = dv;
         attend_all(NULL, &dec, 0, steps, S, ref);
-        /* the int8 kernels (one int8 level of the query against 4-bit keys)
-         * within 15% of the rounding's own error, as test_attend bounds them */
+        /* the int8 kernels (on 4-bit rows one int8 level of the weights, and
+         * of the query against keys per token) within 15% of the rounding's
+         * own error, as test_attend bounds them */
         attend_all(NULL, t, 0, steps, S, o);
         double qerr = rel_l2(ref, o, n);
         for (size_t ki = 0; ki < sizeof kernels / sizeof *kernels; ki++) {

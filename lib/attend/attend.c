@@ -440,6 +440,13 @@ static int i8_kchan(const run *R)
     return R->kg == 1 && R->kps == 0 && R->kmode == SKV_QMODE_ASYM;
 }
 
+/* The int8 levels of a tile's weights: one on 2-4 bit rows, two on 8-bit
+ * ones (see above). */
+static inline int i8_levels(uint32_t bits)
+{
+    return bits == 8 ? 2 : 1;
+}
+
 /* The int8 levels of the query: as the weights', but two against keys per
  * channel, whose scales, folded into the query, stretch its range (an
  * outlier channel's scale sets the unit): on a trace of the model kivi:4's
@@ -447,7 +454,7 @@ static int i8_kchan(const run *R)
  * weights' one level; scripts/int8-fidelity). */
 static int i8_qlevels(const run *R)
 {
-    return R->bits == 8 || i8_kchan(R) ? 2 : 1;
+    return i8_kchan(R) ? 2 : i8_levels(R->bits);
 }
 
 /* The shortest run of one key group the int8 kernels take alone (a group
@@ -471,13 +478,6 @@ static int i8_ok(const run *R, uint32_t d)
                (i8_kchan(R) && (R->kt ? R->kt % 8 == 0 : R->n >= I8_KCHAN_MIN));
     return i8_width_ok(R->bits, d) && keys && R->vg && R->vg % 32 == 0 && d % R->vg == 0 &&
            d % 32 == 0;
-}
-
-/* The int8 levels of a tile's weights: one on 2-4 bit rows, two on 8-bit
- * ones (see above). */
-static inline int i8_levels(uint32_t bits)
-{
-    return bits == 8 ? 2 : 1;
 }
 
 /* With one level, what it rounds off (err, summed) meets the codes' middle
