@@ -101,14 +101,23 @@ endif
 
 PKG_CHECK := $(shell pkg-config --cflags --libs check 2>/dev/null)
 
+# Parallel builds: JOBS jobs where make was not given -j (check, fuzz-build).
+NPROC := $(shell nproc 2>/dev/null || echo 1)
+JOBS ?= $(NPROC)
+PAR = $(if $(filter -j%,$(MAKEFLAGS)),,-j$(JOBS))
+
+RUN_UNIT = $(if $(CUDA_BACKEND),SKV_CUDA_BACKEND=$(CURDIR)/$(CUDA_BACKEND)) scripts/run-unit-tests $(TESTS)
+RUN_FUZZ_REPLAY = tests/fuzz/replay-all $(FUZZ_REPLAYS)
+RUN_CLI = tests/cli/run $(if $(filter 1,$(SANITIZE)),--sanitize)
+
 .SECONDARY:
-.PHONY: all check test-unit test-fuzz test-cli test-cli-valgrind lint fuzz fuzz-build demo install uninstall clean deps help model bench
+.PHONY: all check check-run test-unit test-fuzz test-cli test-cli-valgrind lint fuzz fuzz-build demo install uninstall clean deps help model bench
 
 all: lib/libsmartkv.a lib/libsmartkv.so $(TOOLS) $(CUDA_BACKEND)
 
 help:
 	@echo 'targets: all check demo install uninstall clean deps model help'
-	@echo 'knobs:   PREFIX DESTDIR CC CFLAGS SANITIZE=1 WERROR=1 CUDA=0|1 V=1'
+	@echo 'knobs:   PREFIX DESTDIR CC CFLAGS SANITIZE=1 WERROR=1 CUDA=0|1 V=1 JOBS=N'
 
 # Rebuild everything when the flags change.
 $(O)/.flags: FORCE
@@ -197,13 +206,15 @@ $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_LIB_OBJS)
 	$(call say,CLANG,$<)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_LIB_OBJS) $(LIBS)
 
 test-fuzz: $(FUZZ_REPLAYS)
-	@tests/fuzz/replay-all $(FUZZ_REPLAYS)
+	@$(RUN_FUZZ_REPLAY)
 
 fuzz-build: $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
 .SECONDARY: $(FUZZ_LIB_OBJS)
 
-fuzz: fuzz-build
-	@tests/fuzz/run-fuzz $(FUZZ_SECONDS) $(FUZZ_DIR) $(FUZZ_NAMES)
+# JOBS targets at a time, each for FUZZ_SECONDS
+fuzz:
+	@$(MAKE) --no-print-directory $(PAR) fuzz-build
+	@FUZZ_JOBS=$(JOBS) tests/fuzz/run-fuzz $(FUZZ_SECONDS) $(FUZZ_DIR) $(FUZZ_NAMES)
 
 # Static analysis, zero findings (cppcheck, clang-tidy with .clang-tidy).
 # Not part of `make check` (needs both tools); .ci/run calls it.
@@ -216,15 +227,25 @@ deps:
 
 # The test and demo targets first make sure dependencies exist, then recurse
 # so that pkg-config sees a freshly installed Check.
+# The build runs JOBS jobs (one per CPU) unless make was given -j itself;
+# the tests then run one program after another, as test-unit, test-fuzz
+# and test-cli do.
 check:
 	@scripts/install-deps --quiet
-	@$(MAKE) --no-print-directory test-unit test-fuzz test-cli
+	@$(MAKE) --no-print-directory $(PAR) all $(TESTS) $(FUZZ_REPLAYS)
+	@$(MAKE) --no-print-directory check-run
+
+check-run:
+	@$(RUN_UNIT)
+	@$(RUN_FUZZ_REPLAY)
+	@$(RUN_CLI)
 
 test-unit: all $(TESTS)
-	@$(if $(CUDA_BACKEND),SKV_CUDA_BACKEND=$(CURDIR)/$(CUDA_BACKEND)) scripts/run-unit-tests $(TESTS)
+	@$(RUN_UNIT)
 
 test-cli: all
-	@tests/cli/run $(if $(filter 1,$(SANITIZE)),--sanitize)
+	@$(RUN_CLI)
+
 
 # The CLI tests with every tool under valgrind memcheck (leaks are errors).
 # Not part of `make check` (needs valgrind; slow); .ci/run calls it.

@@ -1,5 +1,7 @@
-/* attend.c -- decode attention: thread pool, scalar and AVX2 kernels over
- * dense and packed rows, the float64 oracle, and the stream driver.
+/* attend.c -- decode attention: thread pool, the scalar kernels (float
+ * and int8) over dense and packed rows and the choice of a SIMD one
+ * (attend_avx2.c, attend_i8_<isa>.c), the float64 oracle, and the stream
+ * driver.
  *
  * A "run" is a sequence of K/V rows with one encoding (dense f32 or f16
  * rows of consecutive tokens, or the rows of one PBKT bucket).  A kernel
@@ -14,6 +16,7 @@
 #include "smartkv_pack.h"
 #include "smartkv_cache.h"
 #include "x86_cpu.h"
+#include "attend_kern.h"
 
 #include <errno.h>
 #include <math.h>
@@ -24,20 +27,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define SKV_X86 1
-#include <immintrin.h>
-#define AVX2_FN __attribute__((target("avx2,fma,f16c,bmi2")))
-#endif
-
-#define TILE 32
-/* Rows per tile of the int8 kernels: each tile pays its softmax block, its
- * weights' unit and the rescaling of the sums; 128 rows ran the 32K bench
- * 10% faster than 32, the weights then two int8 levels of the largest of
- * 128 (worst error in test_attend 0.00097 against 0.00066, bound 0.002). */
-#define I8_TILE 128
-#define SKV_GMAX 8          /* query heads per kernel call */
-#define SKV_MAX_GROUPS 128  /* parameter groups per row (head_dim / 8) */
 
 /* ---------------------------------------------------------------- pool */
 
@@ -259,74 +248,6 @@ void skv_attend_free(skv_attend_ctx *c)
 int skv_attend_kernel(const skv_attend_ctx *c) { return c->kernel; }
 int skv_attend_threads(const skv_attend_ctx *c) { return c->threads; }
 
-/* ---------------------------------------------------------------- rows */
-
-typedef struct run {
-    uint32_t bits;              /* 2, 3, 4, 8, 16 (fp16 rows) or 32 (f32 rows) */
-    uint32_t kg, vg, kmode, vmode;
-    uint32_t kps, vps, rs;      /* parameter bytes per row (K, V), data bytes per row */
-    const uint8_t *kd, *vd, *kp, *vp;
-    const uint32_t *idx;        /* token of row i, or NULL: token = t0 + i */
-    uint64_t t0;
-    uint64_t n;                 /* rows */
-    const float *bias;          /* centroids: log(member count) added to row i's logit
-                                   (idx = last members); NULL for tokens */
-    uint32_t kgb;               /* bytes of parameters shared by all rows (a key
-                                   group per channel: kps 0, kg 1) */
-    uint32_t kt;                /* keys per channel in several groups: rows per
-                                   group, group j's parameters at kp + j * kgb;
-                                   0: one group (or keys per token) */
-} run;
-
-static inline uint64_t row_token(const run *R, uint64_t i)
-{
-    return R->idx ? R->idx[i] : R->t0 + i;
-}
-
-/* IEEE fp16 bits to float (exact; portable). */
-static inline float h2f(uint32_t h)
-{
-    uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    union { uint32_t u; float f; } x;
-    if (e == 0) {
-        float v = (float)m * 0x1p-24f;
-        return s ? -v : v;
-    }
-    if (e == 31)
-        x.u = s | 0x7f800000u | (m << 13);
-    else
-        x.u = s | ((e + 112) << 23) | (m << 13);
-    return x.f;
-}
-
-static inline uint32_t ld16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
-
-/* Scale and bias of group g of a parameter block. */
-static inline void group_par(const uint8_t *par, uint32_t g, uint32_t bits, uint32_t mode,
-                             float *scale, float *bias)
-{
-    if (mode == SKV_QMODE_ASYM) {
-        *scale = h2f(ld16(par + 4 * g));
-        *bias = h2f(ld16(par + 4 * g + 2));
-    } else {
-        float s = h2f(ld16(par + 2 * g));
-        *scale = s;
-        *bias = -(float)(1u << (bits - 1)) * s;
-    }
-}
-
-static inline uint32_t code_at(const uint8_t *row, uint32_t bits, uint32_t j)
-{
-    const uint8_t *blk = row + (j >> 3) * bits;
-    uint32_t k = j & 7u;
-    switch (bits) {
-    case 2: return (blk[k >> 2] >> (2 * (k & 3))) & 3u;
-    case 3: return (((uint32_t)blk[0] | (uint32_t)blk[1] << 8 | (uint32_t)blk[2] << 16) >> (3 * k)) & 7u;
-    case 4: return (blk[k >> 1] >> (4 * (k & 1))) & 15u;
-    default: return blk[k];
-    }
-}
-
 /* Decode row i of K (which = 0) or V (1) into x[d] (scalar). */
 static void decode_row(const run *R, int which, uint64_t i, uint32_t d, float *x)
 {
@@ -398,29 +319,7 @@ static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, 
     }
 }
 
-/* ---- int8 kernels: shared arithmetic and the scalar reference ----
- * (smartkv_attend.h describes the scheme.)  Against 8-bit rows one int8
- * vector cannot hold a query or a tile's weights finely enough (the codes'
- * own rounding is 1/510 of a row's range), so each is two int8 vectors, a
- * coarse one and the rounding left over in units 254 times smaller:
- *   x ~ u * (254 * x1 + x2),   x1 = round(x / (254 u)), x2 in -127..127
- * and every integer sum is formed for both and combined in int32
- * (254 * a1 + a2): twice the integer work, the precision of ~15 bits.
- * Against 2-4 bit rows x1 alone (the query against keys per channel
- * excepted, i8_qlevels): its rounding (1/254 of the largest entry) is
- * small beside the codes' own (1/6 to 1/30 of a row's range), and the
- * integer work halves (a 32K step at beta 0.25: 12% less time for the
- * query, 7% less again for the weights).  What x1 rounds off, summed
- * (err), meets the codes' middle in float (i8_mid), so the integer sum
- * carries it only times (code - middle): half the error or less, and no
- * bias where a large weight rounds its tile's small ones to zero.  Scores:
- *   s = ((sum_j qi_j * code_j) * qs + mid * qerr) * scale + bias * sum_j q_j
- * (the bias term with the float query).  Values, per tile of I8_TILE rows
- * and per head, w_i = p_i * scale_i:
- *   acc += ws * sum_i wi_i * codes_i + mid * werr + sum_i p_i * bias_i
- * (mid * err: 0 with two levels). */
-#define I8_QMAX (2 * SKV_GMAX)  /* int8 vectors per call: two per head */
-#define I8_VG (SKV_MAX_HEAD_DIM / 32)  /* value groups a row: 32 channels or more each */
+/* ---- int8 kernels: the scalar reference (attend_kern.h: the scheme) ---- */
 
 /* 8-bit rows: the scores' int32 sum 254 * a1 + a2 stays below 2^31 up to
  * head_dim 256 (256 * 127 * 255 * 254 + 256 * 127 * 255 < 2^31). */
@@ -431,30 +330,6 @@ static void kern_scalar(const run *R, uint64_t r0, uint64_t r1, const float *q, 
 static int i8_width_ok(uint32_t bits, uint32_t d)
 {
     return (bits >= 2 && bits <= 4) || (bits == 8 && d <= I8_MAX_D8);
-}
-
-/* A run of keys per channel: one key group (scale and minimum per channel,
- * kgb bytes) for all its rows, no per-row key parameters. */
-static int i8_kchan(const run *R)
-{
-    return R->kg == 1 && R->kps == 0 && R->kmode == SKV_QMODE_ASYM;
-}
-
-/* The int8 levels of a tile's weights: one on 2-4 bit rows, two on 8-bit
- * ones (see above). */
-static inline int i8_levels(uint32_t bits)
-{
-    return bits == 8 ? 2 : 1;
-}
-
-/* The int8 levels of the query: as the weights', but two against keys per
- * channel, whose scales, folded into the query, stretch its range (an
- * outlier channel's scale sets the unit): on a trace of the model kivi:4's
- * attention error rose 2.0% with one level there, 0.9% with two (the
- * weights' one level; scripts/int8-fidelity). */
-static int i8_qlevels(const run *R)
-{
-    return i8_kchan(R) ? 2 : i8_levels(R->bits);
 }
 
 /* The shortest run of one key group the int8 kernels take alone (a group
@@ -480,14 +355,6 @@ static int i8_ok(const run *R, uint32_t d)
            d % 32 == 0;
 }
 
-/* With one level, what it rounds off (err, summed) meets the codes' middle
- * in float: the integer sum then carries only the rounding times (code -
- * middle), half the error or less. */
-static inline float i8_mid(int levels, uint32_t bits, float err)
-{
-    return levels == 1 ? 0.5f * (float)((1u << bits) - 1) * err : 0.0f;
-}
-
 /* x in units of u (|x / u| <= 254 * 127.5) -> the two int8 levels. */
 static inline void i8_split(float t, int8_t *x1, int8_t *x2)
 {
@@ -498,17 +365,6 @@ static inline void i8_split(float t, int8_t *x1, int8_t *x2)
     *x1 = (int8_t)r;
     *x2 = (int8_t)(f > 127.0f ? 127.0f : f < -127.0f ? -127.0f : f);
 }
-
-/* The queries of one kernel call as the int8 kernels take them: qi[2][ng][d]
- * (level 1 of every head, then level 2) and qs[g] with q ~ qs * (254 qi1 +
- * qi2); qsum[g] = sum of q (float).  Quantized once per step and head
- * group, not once per run of rows (i8_quant_q was 2.4% of a 32K step). */
-typedef struct i8q {
-    int8_t qi[I8_QMAX * SKV_MAX_HEAD_DIM];
-    float qs[SKV_GMAX], qsum[SKV_GMAX];
-    float qerr[SKV_GMAX];   /* sum of q - 254 qs qi1: what level 1 rounds off
-                               (used with one level: keys per token) */
-} i8q;
 
 static void i8_quant_q(const float *q, uint32_t ng, uint32_t d, int8_t *qi, float *qs,
                        float *qsum, float *qerr)
@@ -555,65 +411,6 @@ static void i8_kchan_q(const uint8_t *par, uint32_t bits, const float *q, uint32
         for (uint32_t j = 0; j < d; j++)
             b += q[(size_t)g * d + j] * mn[j];
         Q->qsum[g] = b;
-    }
-}
-
-/* The unit of a tile's weights (|w| <= wmax; negative with a ggml scale)
- * and 1 / (254 unit), the factor to i8_split's argument. */
-static inline float i8_wunit(float wmax)
-{
-    return wmax > 0 && wmax <= 3e38f ? wmax / (127.0f * 254.0f) : 0.0f;
-}
-
-static inline float i8_winv(float wmax)
-{
-    return wmax > 0 && wmax <= 3e38f ? 127.0f / wmax : 0.0f;
-}
-
-/* The SIMD kernels unpack 32 channels of a row at a time into a permuted
- * order (cheapest for each width): position p of a chunk holds channel
- * 32 * chunk + i8_perm(bits, p). */
-static inline uint32_t i8_perm(int bits, uint32_t p)
-{
-    if (bits == 8)
-        return p;
-    if (bits == 4)
-        return p < 16 ? 2 * p : 2 * (p - 16) + 1;
-    if (bits == 2) {
-        uint32_t i = p & 15, hi = p >> 4;
-        return i < 8 ? 4 * i + hi : 4 * (i - 8) + 2 + hi;
-    }
-    return p < 8 ? p : p < 16 ? p + 8 : p < 24 ? p - 8 : p;  /* 3 */
-}
-
-/* Channel of entry x of the V accumulators: four rows' chunks are
- * transposed so that vector 4*chunk + k, lane l holds position
- * 4k + l (l < 4) or 16 + 4k + l - 4 of the chunk. */
-static inline uint32_t i8_vchan(int bits, uint32_t x)
-{
-    uint32_t r = x & 31, k = r >> 3, l = r & 7;
-    return (x & ~31u) + i8_perm(bits, l < 4 ? 4 * k + l : 12 + 4 * k + l);
-}
-
-static void i8_permute_q(const int8_t *qi, uint32_t ng, uint32_t d, int bits, int8_t *qp)
-{
-    for (uint32_t g = 0; g < ng; g++)
-        for (uint32_t c = 0; c < d; c += 32)
-            for (uint32_t p = 0; p < 32; p++)
-                qp[(size_t)g * d + c + p] = qi[(size_t)g * d + c + i8_perm(bits, p)];
-}
-
-/* The byte shuffle of i8_kfold: eight int32 vectors of a chunk's channels
- * 0-7, ..., 24-31 packed to bytes (packs_epi32, then packs_epi16, each per
- * 128-bit lane) hold channel c at byte 16 ((c / 4) & 1) + 4 (c / 8) + c % 4;
- * position p of the permuted chunk wants channel i8_perm(bits, p).  lo
- * picks from the low 128 bits, hi from the high (-128: none). */
-static void i8_kfold_idx(int bits, int8_t *lo, int8_t *hi)
-{
-    for (uint32_t p = 0; p < 32; p++) {
-        uint32_t c = i8_perm(bits, p), b = 16 * ((c / 4) & 1) + 4 * (c / 8) + c % 4;
-        lo[p] = b < 16 ? (int8_t)b : (int8_t)-128;
-        hi[p] = b >= 16 ? (int8_t)(b - 16) : (int8_t)-128;
     }
 }
 
@@ -714,373 +511,8 @@ static void kern_i8_scalar(const run *R, uint64_t r0, uint64_t r1, const float *
     }
 }
 
-/* ---- AVX2 kernels ---- */
+/* ---- the SIMD kernels (attend_avx2.c, attend_i8_<isa>.c): which one runs */
 #ifdef SKV_X86
-
-AVX2_FN static inline __m256 exp256(__m256 x)
-{
-    /* x <= 0; Cephes-style expf: 2^n * p(r), rel. error ~1e-7 */
-    const __m256 lo = _mm256_set1_ps(-87.0f);
-    __m256 zero_mask = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(x, lo);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-    return _mm256_andnot_ps(zero_mask, y);
-}
-
-AVX2_FN static inline float hsum256(__m256 v)
-{
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_add_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
-}
-
-/* 8 codes of block c of a packed row as floats (bits 2, 3, 4, 8). */
-AVX2_FN static inline __m256 codes8(const uint8_t *row, uint32_t c, const int bits)
-{
-    const uint8_t *b = row + (size_t)c * bits;
-    if (bits == 8)
-        return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b)));
-    uint32_t w;
-    if (bits == 2)
-        w = ld16(b);
-    else if (bits == 3)
-        w = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16;
-    else
-        memcpy(&w, b, 4);
-    const __m256i sh = bits == 2 ? _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)
-                     : bits == 3 ? _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21)
-                                 : _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), sh);
-    v = _mm256_and_si256(v, _mm256_set1_epi32((1 << bits) - 1));
-    return _mm256_cvtepi32_ps(v);
-}
-
-/* Per-row scale/bias of every group for rows [t0, t0+n) of a tile. */
-static inline void tile_params(const run *R, int which, uint64_t t0, uint32_t n, uint32_t d,
-                               float *sc, float *bi)
-{
-    uint32_t grp = which ? R->vg : R->kg, mode = which ? R->vmode : R->kmode;
-    uint32_t ps = which ? R->vps : R->kps, ngr = d / grp;
-    const uint8_t *par = (which ? R->vp : R->kp) + t0 * ps;
-    for (uint32_t i = 0; i < n; i++, par += ps)
-        for (uint32_t g = 0; g < ngr; g++)
-            group_par(par, g, R->bits, mode, &sc[i * ngr + g], &bi[i * ngr + g]);
-}
-
-/* Row i (of the tile), block c of 8 channels, as floats. */
-#define LOAD8(dat, c)                                                                           \
-    (bits == 32 ? _mm256_loadu_ps((const float *)(const void *)(dat) + 8 * (c))                 \
-   : bits == 16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((dat) + 16 * (c))))         \
-                : _mm256_fmadd_ps(codes8((dat), (c), bits), _mm256_broadcast_ss(&psc[(c) * 8 / grp]), \
-                                  _mm256_broadcast_ss(&pbi[(c) * 8 / grp])))
-
-AVX2_FN static inline __attribute__((always_inline)) void
-kern_avx2_body(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d,
-               skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride, const int bits,
-               const int ng)
-{
-    float s[SKV_GMAX][TILE] __attribute__((aligned(32)));
-    float sca[TILE * SKV_MAX_GROUPS], bia[TILE * SKV_MAX_GROUPS];
-    const uint32_t nc = d / 8;
-    for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
-        uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
-        /* scores */
-        uint32_t grp = R->kg, ngr = bits < 16 ? d / grp : 0;
-        if (bits < 16)
-            tile_params(R, 0, t0, n, d, sca, bia);
-        const uint8_t *dat = R->kd + t0 * R->rs;
-        for (uint32_t i = 0; i < n; i++, dat += R->rs) {
-            const float *psc = sca + i * ngr, *pbi = bia + i * ngr;
-            (void)psc;
-            (void)pbi;
-            __m256 a[SKV_GMAX];
-            for (int g = 0; g < ng; g++)
-                a[g] = _mm256_setzero_ps();
-            for (uint32_t c = 0; c < nc; c++) {
-                __m256 x = LOAD8(dat, c);
-                for (int g = 0; g < ng; g++)
-                    a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)g * d + 8 * c), x, a[g]);
-            }
-            for (int g = 0; g < ng; g++)
-                s[g][i] = hsum256(a[g]);
-        }
-        for (uint32_t i = n; i < TILE; i++)
-            for (int g = 0; g < ng; g++)
-                s[g][i] = -INFINITY;
-        /* softmax of the tile */
-        for (int g = 0; g < ng; g++) {
-            __m256 mv = _mm256_load_ps(&s[g][0]);
-            for (int i = 8; i < TILE; i += 8)
-                mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
-            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-            float mx = _mm_cvtss_f32(m4);
-            if (sc)
-                for (uint32_t i = 0; i < n; i++)
-                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
-            float m = skv_sm_block_begin(&st[g], acc + (size_t)g * d, mx, d);
-            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps();
-            for (int i = 0; i < TILE; i += 8) {
-                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
-                _mm256_store_ps(&s[g][i], p);
-                lv = _mm256_add_ps(lv, p);
-            }
-            st[g].l += hsum256(lv);
-        }
-        /* values: block-outer so the accumulators stay in registers */
-        grp = R->vg;
-        ngr = bits < 16 ? d / grp : 0;
-        if (bits < 16)
-            tile_params(R, 1, t0, n, d, sca, bia);
-        for (uint32_t c = 0; c < nc; c++) {
-            __m256 a[SKV_GMAX];
-            for (int g = 0; g < ng; g++)
-                a[g] = _mm256_loadu_ps(acc + (size_t)g * d + 8 * c);
-            dat = R->vd + t0 * R->rs;
-            for (uint32_t i = 0; i < n; i++, dat += R->rs) {
-                const float *psc = sca + i * ngr, *pbi = bia + i * ngr;
-                (void)psc;
-                (void)pbi;
-                __m256 x = LOAD8(dat, c);
-                for (int g = 0; g < ng; g++)
-                    a[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(&s[g][i]), x, a[g]);
-            }
-            for (int g = 0; g < ng; g++)
-                _mm256_storeu_ps(acc + (size_t)g * d + 8 * c, a[g]);
-        }
-    }
-}
-
-/* The 8 codes of block c of a packed row, one per byte (BMI2 pdep). */
-AVX2_FN static inline uint64_t codes_u8x8(const uint8_t *row, uint32_t c, const int bits)
-{
-    const uint8_t *b = row + (size_t)c * bits;
-    uint64_t w;
-    if (bits == 8) {
-        memcpy(&w, b, 8);
-        return w;
-    }
-    if (bits == 2)
-        return _pdep_u64(ld16(b), 0x0303030303030303ull);
-    if (bits == 3)
-        return _pdep_u64((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16,
-                         0x0707070707070707ull);
-    uint32_t w4;
-    memcpy(&w4, b, 4);
-    return _pdep_u64(w4, 0x0f0f0f0f0f0f0f0full);
-}
-
-AVX2_FN static inline __m256 u8x8_to_ps(uint64_t w)
-{
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)w)));
-}
-
-AVX2_FN static inline float h2f_f16c(const uint8_t *p)
-{
-    return _cvtsh_ss((unsigned short)ld16(p));
-}
-
-/* Scale/bias of group g (F16C conversion). */
-AVX2_FN static inline void group_par_f16c(const uint8_t *par, uint32_t g, const int bits,
-                                          uint32_t mode, float *scale, float *bias)
-{
-    if (mode == SKV_QMODE_ASYM) {
-        *scale = h2f_f16c(par + 4 * g);
-        *bias = h2f_f16c(par + 4 * g + 2);
-    } else {
-        float sc = h2f_f16c(par + 2 * g);
-        *scale = sc;
-        *bias = -(float)(1u << (bits - 1)) * sc;
-    }
-}
-
-/* Packed rows (2, 3, 4, 8 bits): scale and bias are folded out of the dot
- * products (q.x = s * q.codes + b * sum(q) per group), codes are expanded
- * with pdep, and each V row's codes are expanded once per tile. */
-AVX2_FN static inline __attribute__((always_inline)) void
-kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t d,
-                 skv_sm_state *st, float *acc, float *sc, uint64_t sc_stride, const int bits,
-                 const int ng)
-{
-    float s[SKV_GMAX][TILE] __attribute__((aligned(32)));
-    uint8_t cb[TILE * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
-    float pw[SKV_GMAX * SKV_MAX_GROUPS * TILE];
-    float bsum[SKV_GMAX][SKV_MAX_GROUPS];
-    float qsum[SKV_GMAX][SKV_MAX_GROUPS];
-    const uint32_t nc = d / 8, kg = R->kg, vg = R->vg;
-    /* keys per channel (a run of one key group, bucket_runs): the group's
-     * scales fold into the query, its zero points into one bias per head:
-     * q.x = (q*scale).codes + q.min */
-    const int kchan = R->kps == 0 && kg == 1;
-    float qk[SKV_GMAX * SKV_MAX_HEAD_DIM], qb[SKV_GMAX] = {0};
-    for (int g = 0; kchan && g < ng; g++)
-        for (uint32_t c = 0; c < d; c++) {
-            float scl, bi;
-            group_par_f16c(R->kp, c, bits, R->kmode, &scl, &bi);
-            qk[(size_t)g * d + c] = q[(size_t)g * d + c] * scl;
-            qb[g] += q[(size_t)g * d + c] * bi;
-        }
-    const uint32_t kng = kchan ? 0 : d / kg, vng = d / vg, kcpg = kg / 8, vcpg = vg / 8;
-    for (int g = 0; g < ng; g++)
-        for (uint32_t gi = 0; gi < kng; gi++) {
-            float a = 0;
-            for (uint32_t j = gi * kg; j < (gi + 1) * kg; j++)
-                a += q[(size_t)g * d + j];
-            qsum[g][gi] = a;
-        }
-    for (uint64_t t0 = r0; t0 < r1; t0 += TILE) {
-        uint32_t n = (uint32_t)(r1 - t0 < TILE ? r1 - t0 : TILE);
-        /* scores */
-        const uint8_t *row = R->kd + t0 * R->rs, *par = R->kp + t0 * R->kps;
-        for (uint32_t i = 0; kchan && i < n; i++, row += R->rs) {
-            __m256 a[SKV_GMAX];
-            for (int g = 0; g < ng; g++)
-                a[g] = _mm256_setzero_ps();
-            for (uint32_t c = 0; c < nc; c++) {
-                __m256 x = u8x8_to_ps(codes_u8x8(row, c, bits));
-                for (int g = 0; g < ng; g++)
-                    a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qk + (size_t)g * d + 8 * c), x, a[g]);
-            }
-            for (int g = 0; g < ng; g++)
-                s[g][i] = hsum256(a[g]) + qb[g];
-        }
-        for (uint32_t i = 0; !kchan && i < n; i++, row += R->rs, par += R->kps) {
-            __m256 tot[SKV_GMAX];
-            float bias[SKV_GMAX];
-            for (int g = 0; g < ng; g++) {
-                tot[g] = _mm256_setzero_ps();
-                bias[g] = 0;
-            }
-            float s1 = 1;
-            for (uint32_t gi = 0; gi < kng; gi++) {
-                float scl, bi;
-                group_par_f16c(par, gi, bits, R->kmode, &scl, &bi);
-                __m256 a[SKV_GMAX];
-                for (int g = 0; g < ng; g++)
-                    a[g] = _mm256_setzero_ps();
-                for (uint32_t c = gi * kcpg; c < (gi + 1) * kcpg; c++) {
-                    __m256 x = u8x8_to_ps(codes_u8x8(row, c, bits));
-                    for (int g = 0; g < ng; g++)
-                        a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)g * d + 8 * c), x, a[g]);
-                }
-                if (kng == 1) {
-                    for (int g = 0; g < ng; g++)
-                        tot[g] = a[g];
-                    s1 = scl;
-                } else {
-                    __m256 sv = _mm256_set1_ps(scl);
-                    for (int g = 0; g < ng; g++)
-                        tot[g] = _mm256_fmadd_ps(a[g], sv, tot[g]);
-                }
-                for (int g = 0; g < ng; g++)
-                    bias[g] += bi * qsum[g][gi];
-            }
-            for (int g = 0; g < ng; g++)
-                s[g][i] = hsum256(tot[g]) * s1 + bias[g];
-        }
-        for (uint32_t i = n; i < TILE; i++)
-            for (int g = 0; g < ng; g++)
-                s[g][i] = -INFINITY;
-        /* softmax of the tile */
-        for (int g = 0; g < ng; g++) {
-            __m256 mv = _mm256_load_ps(&s[g][0]);
-            for (int i = 8; i < TILE; i += 8)
-                mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
-            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-            float mx = _mm_cvtss_f32(m4);
-            if (sc)
-                for (uint32_t i = 0; i < n; i++)
-                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
-            float m = skv_sm_block_begin(&st[g], acc + (size_t)g * d, mx, d);
-            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps();
-            for (int i = 0; i < TILE; i += 8) {
-                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
-                _mm256_store_ps(&s[g][i], p);
-                lv = _mm256_add_ps(lv, p);
-            }
-            st[g].l += hsum256(lv);
-            for (uint32_t gi = 0; gi < vng; gi++)
-                bsum[g][gi] = 0;
-        }
-        /* values: expand the tile's codes once, fold p*scale, sum p*bias */
-        row = R->vd + t0 * R->rs;
-        par = R->vp + t0 * R->vps;
-        for (uint32_t i = 0; i < n; i++, row += R->rs, par += R->vps) {
-            if (bits == 8)
-                memcpy(cb + (size_t)i * d, row, d);
-            else
-                for (uint32_t c = 0; c < nc; c++) {
-                    uint64_t w = codes_u8x8(row, c, bits);
-                    memcpy(cb + (size_t)i * d + 8 * c, &w, 8);
-                }
-            for (uint32_t gi = 0; gi < vng; gi++) {
-                float scl, bi;
-                group_par_f16c(par, gi, bits, R->vmode, &scl, &bi);
-                for (int g = 0; g < ng; g++) {
-                    pw[((size_t)g * vng + gi) * TILE + i] = s[g][i] * scl;
-                    bsum[g][gi] += s[g][i] * bi;
-                }
-            }
-        }
-        for (uint32_t c = 0; c < nc; c++) {
-            uint32_t gi = c / vcpg;
-            __m256 a[SKV_GMAX];
-            for (int g = 0; g < ng; g++)
-                a[g] = _mm256_loadu_ps(acc + (size_t)g * d + 8 * c);
-            const uint8_t *cr = cb + 8 * c;
-            for (uint32_t i = 0; i < n; i++, cr += d) {
-                __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)cr)));
-                for (int g = 0; g < ng; g++)
-                    a[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(&pw[((size_t)g * vng + gi) * TILE + i]),
-                                           x, a[g]);
-            }
-            for (int g = 0; g < ng; g++)
-                _mm256_storeu_ps(acc + (size_t)g * d + 8 * c,
-                                 _mm256_add_ps(a[g], _mm256_set1_ps(bsum[g][gi])));
-        }
-    }
-}
-
-#define KB(B, G)                                                                            \
-    AVX2_FN static void kern_avx2_##B##_##G(const run *R, uint64_t r0, uint64_t r1,          \
-                                            const float *q, uint32_t d, skv_sm_state *st,     \
-                                            float *acc, float *sc, uint64_t ss)               \
-    {                                                                                        \
-        if ((B) <= 8)                                                                        \
-            kern_avx2_packed(R, r0, r1, q, d, st, acc, sc, ss, B, G);                        \
-        else                                                                                 \
-            kern_avx2_body(R, r0, r1, q, d, st, acc, sc, ss, B, G);                          \
-    }
-#define KBG(B) KB(B, 1) KB(B, 2) KB(B, 3) KB(B, 4) KB(B, 5) KB(B, 6) KB(B, 7) KB(B, 8)
-KBG(2) KBG(3) KBG(4) KBG(8) KBG(16) KBG(32)
-
-typedef void (*kern_fn)(const run *, uint64_t, uint64_t, const float *, uint32_t, skv_sm_state *,
-                        float *, float *, uint64_t);
-#define KROW(B)                                                                              \
-    { kern_avx2_##B##_1, kern_avx2_##B##_2, kern_avx2_##B##_3, kern_avx2_##B##_4,              \
-      kern_avx2_##B##_5, kern_avx2_##B##_6, kern_avx2_##B##_7, kern_avx2_##B##_8 }
-static const kern_fn avx2_kernels[6][SKV_GMAX] = {KROW(2), KROW(3), KROW(4), KROW(8), KROW(16),
-                                                  KROW(32)};
-
-typedef void (*i8_fn)(const run *, uint64_t, uint64_t, const float *, const i8q *, uint32_t,
-                      skv_sm_state *, float *, float *, uint64_t);
-
 static int avx2_ok(const run *R, uint32_t d)
 {
     if (d % 8 || d / 8 > SKV_MAX_GROUPS)
@@ -1091,273 +523,14 @@ static int avx2_ok(const run *R, uint32_t d)
     return 1;
 }
 
-static kern_fn avx2_kernel(uint32_t bits, uint32_t ng)
-{
-    int b = bits == 2 ? 0 : bits == 3 ? 1 : bits == 4 ? 2 : bits == 8 ? 3 : bits == 16 ? 4 : 5;
-    return avx2_kernels[b][ng - 1];
-}
-
-/* ---- int8 kernels: SIMD ---- */
-
-AVX2_FN static inline float hmax256(__m256 v)
-{
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    return _mm_cvtss_f32(m4);
-}
-
-/* 32 codes (chunk c) of a packed row as bytes, in i8_perm order.  Loads
- * stay inside the row. */
-AVX2_FN static inline __attribute__((always_inline)) __m256i
-i8_unpack(const uint8_t *row, uint32_t c, const int bits)
-{
-    const __m128i m15 = _mm_set1_epi8(0x0f);
-    if (bits == 8)
-        return _mm256_loadu_si256((const __m256i *)(const void *)(row + 32 * (size_t)c));
-    if (bits == 4) {
-        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(row + 16 * (size_t)c));
-        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m15), _mm_and_si128(x, m15));
-    }
-    if (bits == 2) {
-        __m128i x = _mm_loadl_epi64((const __m128i *)(const void *)(row + 8 * (size_t)c));
-        __m128i nb = _mm_unpacklo_epi64(_mm_and_si128(x, m15),
-                                        _mm_and_si128(_mm_srli_epi16(x, 4), m15));
-        const __m128i m3 = _mm_set1_epi8(3);
-        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(nb, 2), m3), _mm_and_si128(nb, m3));
-    }
-    /* 3 bits: each value's 16-bit window, shifted to the top by a multiply,
-     * then down: blocks 0 and 1 in A, 2 and 3 in B (one per 128-bit lane) */
-    const uint8_t *p = row + 12 * (size_t)c;
-    uint32_t w2;
-    memcpy(&w2, p + 8, 4);
-    __m128i x = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(const void *)p),
-                                   _mm_cvtsi32_si128((int)w2));
-    __m256i xx = _mm256_broadcastsi128_si256(x);
-    const __m256i ca = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 1, 2, 1, 2, 1, 2, 2, 3, 2, 3, 3, 4, 3, 4,
-                                        3, 4, 4, 5, 4, 5, 4, 5, 5, 6, 5, 6);
-    const __m256i cbk = _mm256_setr_epi8(6, 7, 6, 7, 6, 7, 7, 8, 7, 8, 7, 8, 8, 9, 8, 9, 9, 10, 9,
-                                         10, 9, 10, 10, 11, 10, 11, 10, 11, 11, 12, 11, 12);
-    const __m256i mul = _mm256_setr_epi16(1 << 13, 1 << 10, 1 << 7, 1 << 12, 1 << 9, 1 << 6,
-                                          1 << 11, 1 << 8, 1 << 13, 1 << 10, 1 << 7, 1 << 12,
-                                          1 << 9, 1 << 6, 1 << 11, 1 << 8);
-    __m256i a = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(xx, ca), mul), 13);
-    __m256i b = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(xx, cbk), mul), 13);
-    return _mm256_packus_epi16(a, b);
-}
-
-/* i8_unpack with AVX-512 VBMI: the bytes holding each eight codes into a
- * qword (vpermb; 3-bit rows only), vpmultishiftqb takes each code's bits
- * from its offset, one mask: three instructions where i8_unpack takes five
- * (4 bits) to nine (3 bits).  The same bytes in the same order (i8_perm). */
-#define VBMI_FN __attribute__((target("avx2,fma,f16c,bmi2,avx512f,avx512vl,avx512vnni,avx512vbmi")))
-VBMI_FN static inline __attribute__((always_inline)) __m256i
-i8_unpack_vbmi(const uint8_t *row, uint32_t c, const int bits)
-{
-    if (bits == 8)
-        return _mm256_loadu_si256((const __m256i *)(const void *)(row + 32 * (size_t)c));
-    if (bits == 4) {
-        /* qwords: even channels of bytes 0-7, of 8-15, odd of 0-7, of 8-15 */
-        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(row + 16 * (size_t)c));
-        const __m256i ctl = _mm256_setr_epi8(0, 8, 16, 24, 32, 40, 48, 56, 0, 8, 16, 24, 32, 40,
-                                             48, 56, 4, 12, 20, 28, 36, 44, 52, 60, 4, 12, 20,
-                                             28, 36, 44, 52, 60);
-        return _mm256_and_si256(_mm256_multishift_epi64_epi8(ctl, _mm256_broadcastsi128_si256(x)),
-                                _mm256_set1_epi8(15));
-    }
-    if (bits == 2) {
-        /* qword k: channels 4i + (0, 2, 1, 3)[k] of the chunk's 64 bits */
-        uint64_t w;
-        memcpy(&w, row + 8 * (size_t)c, 8);
-        const __m256i ctl = _mm256_setr_epi8(0, 8, 16, 24, 32, 40, 48, 56, 4, 12, 20, 28, 36, 44,
-                                             52, 60, 2, 10, 18, 26, 34, 42, 50, 58, 6, 14, 22,
-                                             30, 38, 46, 54, 62);
-        return _mm256_and_si256(
-            _mm256_multishift_epi64_epi8(ctl, _mm256_set1_epi64x((long long)w)),
-            _mm256_set1_epi8(3));
-    }
-    /* 3 bits: qword k gets the 3 bytes of eight codes (blocks 0, 2, 1, 3) */
-    const uint8_t *p = row + 12 * (size_t)c;
-    uint32_t w2;
-    memcpy(&w2, p + 8, 4);
-    __m128i x = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(const void *)p),
-                                   _mm_cvtsi32_si128((int)w2));
-    const __m256i idx = _mm256_setr_epi8(0, 1, 2, 0, 0, 0, 0, 0, 6, 7, 8, 0, 0, 0, 0, 0, 3, 4, 5,
-                                         0, 0, 0, 0, 0, 9, 10, 11, 0, 0, 0, 0, 0);
-    const __m256i ctl = _mm256_setr_epi8(0, 3, 6, 9, 12, 15, 18, 21, 0, 3, 6, 9, 12, 15, 18, 21,
-                                         0, 3, 6, 9, 12, 15, 18, 21, 0, 3, 6, 9, 12, 15, 18, 21);
-    __m256i y = _mm256_permutexvar_epi8(idx, _mm256_zextsi128_si256(x));
-    return _mm256_and_si256(_mm256_multishift_epi64_epi8(ctl, y), _mm256_set1_epi8(7));
-}
-
-/* x[0..3]: the same chunk of four rows -> t[k], lane l = the four rows'
- * bytes at position 4k + l (l < 4) or 12 + 4k + l (l >= 4). */
-AVX2_FN static inline __attribute__((always_inline)) void i8_transpose4(const __m256i *x,
-                                                                        __m256i *t)
-{
-    __m256i a = _mm256_unpacklo_epi8(x[0], x[1]), b = _mm256_unpackhi_epi8(x[0], x[1]);
-    __m256i c = _mm256_unpacklo_epi8(x[2], x[3]), e = _mm256_unpackhi_epi8(x[2], x[3]);
-    _mm256_store_si256(t + 0, _mm256_unpacklo_epi16(a, c));
-    _mm256_store_si256(t + 1, _mm256_unpackhi_epi16(a, c));
-    _mm256_store_si256(t + 2, _mm256_unpacklo_epi16(b, e));
-    _mm256_store_si256(t + 3, _mm256_unpackhi_epi16(b, e));
-}
-
-/* i8_split on eight lanes (t = x / (254 u)): the two int8 levels, as
- * int32 lanes in -127..127 (NaN lands on 127 here, on 0 in i8_split). */
-AVX2_FN static inline __attribute__((always_inline)) void i8_split8(__m256 t, __m256i *x1,
-                                                                    __m256i *x2)
-{
-    const __m256 c127 = _mm256_set1_ps(127.0f), m127 = _mm256_set1_ps(-127.0f);
-    t = _mm256_max_ps(_mm256_min_ps(t, c127), m127);
-    __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 f = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(t, r), _mm256_set1_ps(254.0f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    f = _mm256_max_ps(_mm256_min_ps(f, c127), m127);
-    *x1 = _mm256_cvtps_epi32(r);
-    *x2 = _mm256_cvtps_epi32(f);
-}
-
-/* The lane sums of v[0..7], one per lane. */
-AVX2_FN static inline __attribute__((always_inline)) __m256i i8_hsum8(const __m256i *v)
-{
-    __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
-    __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
-    __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
-    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
-                            _mm256_permute2x128_si256(a, b, 0x31));
-}
-
-/* Scale and bias of rows [0, n) of a single-group parameter section
- * (stride 2: sym/ggml scale; 4: asym scale, min) into sc[I8_TILE], bi[I8_TILE],
- * zeros beyond n up to a multiple of 8: eight rows per F16C conversion. */
-AVX2_FN static inline __attribute__((always_inline)) void
-i8_tile_par(const uint8_t *par, uint32_t ps, uint32_t mode, const int bits, uint32_t n, float *sc,
-            float *bi)
-{
-    uint32_t i = 0;
-    if (mode == SKV_QMODE_ASYM && ps == 4) {
-        for (; i + 8 <= n; i += 8) {
-            __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(par + 4 * (size_t)i));
-            /* halves: s0 m0 s1 m1 ... -> scales in the low 4 words of each lane */
-            x = _mm256_shuffle_epi8(x, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10,
-                                                        11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3,
-                                                        6, 7, 10, 11, 14, 15));
-            x = _mm256_permute4x64_epi64(x, 0xd8); /* scales 0-7, then mins 0-7 */
-            _mm256_store_ps(sc + i, _mm256_cvtph_ps(_mm256_castsi256_si128(x)));
-            _mm256_store_ps(bi + i, _mm256_cvtph_ps(_mm256_extracti128_si256(x, 1)));
-        }
-    } else if (mode != SKV_QMODE_ASYM && ps == 2) {
-        __m256 off = _mm256_set1_ps(-(float)(1u << (bits - 1)));
-        for (; i + 8 <= n; i += 8) {
-            __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(par + 2 * (size_t)i)));
-            _mm256_store_ps(sc + i, v);
-            _mm256_store_ps(bi + i, _mm256_mul_ps(v, off));
-        }
-    }
-    for (; i < n; i++)
-        group_par_f16c(par + (size_t)i * ps, 0, bits, mode, &sc[i], &bi[i]);
-    for (; i < ((n + 7) & ~7u); i++)  /* the pad rows the kernels read */
-        sc[i] = bi[i] = 0;
-}
-
-/* The rows of the next tile (n of them from row t; n = 0: none), which a
- * kernel prefetches eight at a time while it computes the current tile:
- * the int8 kernels are compute-bound, so a cold cache need not stall them,
- * and a few lines per step keep the fill buffers free for the demand loads. */
-typedef struct i8_next {
-    const run *R;
-    uint64_t t;
-    uint32_t n;
-} i8_next;
-
-static inline __attribute__((always_inline)) void i8_prefetch(const uint8_t *p, uint64_t n)
-{
-    for (uint64_t o = 0; o < n; o += 64)
-        _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
-}
-
-static inline __attribute__((always_inline)) void i8_prefetch_rows(const i8_next *nx, uint32_t i0)
-{
-    if (i0 >= nx->n)
-        return;
-    const run *R = nx->R;
-    uint64_t t = nx->t + i0, m = nx->n - i0 < 8 ? nx->n - i0 : 8;
-    i8_prefetch(R->kd + t * R->rs, m * R->rs);
-    i8_prefetch(R->vd + t * R->rs, m * R->rs);
-    /* parameters: 2 or 4 bytes a row, a line per 16 or 32 rows */
-    if (i0 % 16 == 0) {
-        i8_prefetch(R->kp + t * R->kps, 1);
-        i8_prefetch(R->vp + t * R->vps, 1);
-    }
-}
-
-#define I8_ISA avx2
-#define I8_TARGET "avx2,fma,f16c,bmi2"
-#define I8_UNPACK i8_unpack
-#define I8_DP(acc, a, b)                                                                       \
-    _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((a), (b)),                  \
-                                              _mm256_set1_epi16(1)))
-/* 8-bit codes: vpmaddubsw would saturate (2 * 255 * 127 > 32767), so the
- * codes go in as two nibbles, code = lo + 16 hi, each sum exact */
-#define I8_DP8(acc, a, b)                                                                      \
-    _mm256_add_epi32(                                                                          \
-        (acc),                                                                                 \
-        _mm256_add_epi32(I8_DP(_mm256_setzero_si256(),                                          \
-                               _mm256_and_si256((a), _mm256_set1_epi8(0x0f)), (b)),            \
-                         _mm256_slli_epi32(I8_DP(_mm256_setzero_si256(),                        \
-                                                 _mm256_and_si256(_mm256_srli_epi16((a), 4),   \
-                                                                  _mm256_set1_epi8(0x0f)),     \
-                                                 (b)),                                         \
-                                           4)))
-#include "attend_i8.h"
-#undef I8_ISA
-#undef I8_TARGET
-#undef I8_DP
-#undef I8_DP8
-#undef I8_UNPACK
-
-#define I8_ISA vnni512
-#define I8_TARGET "avx2,fma,f16c,bmi2,avx512f,avx512vl,avx512vnni"
-#define I8_DP(acc, a, b) _mm256_dpbusd_epi32((acc), (a), (b))
-#define I8_DP8 I8_DP /* no saturation: exact for 8-bit codes too */
-#define I8_UNPACK i8_unpack
-#include "attend_i8.h"
-#undef I8_ISA
-#undef I8_TARGET
-#undef I8_UNPACK
-
-/* vnni512's kernels with the VBMI unpacking */
-#define I8_ISA vbmi
-#define I8_TARGET "avx2,fma,f16c,bmi2,avx512f,avx512vl,avx512vnni,avx512vbmi"
-#define I8_UNPACK i8_unpack_vbmi
-#include "attend_i8.h"
-#undef I8_ISA
-#undef I8_TARGET
-#undef I8_DP
-#undef I8_DP8
-#undef I8_UNPACK
-
-#define I8_ISA avxvnni
-#define I8_TARGET "avx2,fma,f16c,bmi2,avxvnni"
-#define I8_DP(acc, a, b) _mm256_dpbusd_avx_epi32((acc), (a), (b))
-#define I8_DP8 I8_DP
-#define I8_UNPACK i8_unpack
-#include "attend_i8.h"
-#undef I8_ISA
-#undef I8_TARGET
-#undef I8_DP
-#undef I8_DP8
-#undef I8_UNPACK
-
 static i8_fn i8_kernel(int kernel, uint32_t bits, uint32_t ng)
 {
     int b = bits == 2 ? 0 : bits == 3 ? 1 : bits == 4 ? 2 : 3;
     if (kernel == SKV_KERNEL_I8_VNNI)
-        return cpu_vnni() == 3   ? i8_kernels_vbmi[b][ng - 1]
-               : cpu_vnni() == 1 ? i8_kernels_vnni512[b][ng - 1]
-                                 : i8_kernels_avxvnni[b][ng - 1];
-    return i8_kernels_avx2[b][ng - 1];
+        return cpu_vnni() == 3   ? skv_att_i8_kernels_vbmi[b][ng - 1]
+               : cpu_vnni() == 1 ? skv_att_i8_kernels_vnni512[b][ng - 1]
+                                 : skv_att_i8_kernels_avxvnni[b][ng - 1];
+    return skv_att_i8_kernels_avx2[b][ng - 1];
 }
 #endif /* SKV_X86 */
 
@@ -1412,7 +585,7 @@ static void fold(int kernel, const run *R, uint64_t r0, uint64_t r1, const float
 #ifdef SKV_X86
     if ((kernel == SKV_KERNEL_AVX2 || kernel == SKV_KERNEL_I8_AVX2 ||
          kernel == SKV_KERNEL_I8_VNNI) && avx2_ok(R, d)) {
-        avx2_kernel(R->bits, ng)(R, r0, r1, q, d, st, acc, sc, sc_stride);
+        skv_att_avx2_kernel(R->bits, ng)(R, r0, r1, q, d, st, acc, sc, sc_stride);
         return;
     }
 #endif
@@ -1448,13 +621,13 @@ int skv_att_i8_dots(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows, 
         int8_t qp[I8_QMAX * SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
         i8_permute_q(q, ng, d, (int)bits, qp);
         if (kernel == SKV_KERNEL_I8_AVX2)
-            i8_dots_rows_avx2(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
+            skv_att_i8_dots_rows_avx2(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
         else if (cpu_vnni() == 3)
-            i8_dots_rows_vbmi(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
+            skv_att_i8_dots_rows_vbmi(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
         else if (cpu_vnni() == 1)
-            i8_dots_rows_vnni512(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
+            skv_att_i8_dots_rows_vnni512(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
         else
-            i8_dots_rows_avxvnni(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
+            skv_att_i8_dots_rows_avxvnni(rows, stride, n, qp, d, (int)bits, (int)ng, dots);
         return 0;
     }
 #endif
@@ -1477,13 +650,13 @@ int skv_att_i8_vacc(int kernel, uint32_t bits, uint32_t d, const uint8_t *rows, 
 #ifdef SKV_X86
     if (kernel != SKV_KERNEL_I8_SCALAR) {
         if (kernel == SKV_KERNEL_I8_AVX2)
-            i8_vacc_rows_avx2(rows, stride, n, w, d, (int)bits, (int)ng, acc);
+            skv_att_i8_vacc_rows_avx2(rows, stride, n, w, d, (int)bits, (int)ng, acc);
         else if (cpu_vnni() == 3)
-            i8_vacc_rows_vbmi(rows, stride, n, w, d, (int)bits, (int)ng, acc);
+            skv_att_i8_vacc_rows_vbmi(rows, stride, n, w, d, (int)bits, (int)ng, acc);
         else if (cpu_vnni() == 1)
-            i8_vacc_rows_vnni512(rows, stride, n, w, d, (int)bits, (int)ng, acc);
+            skv_att_i8_vacc_rows_vnni512(rows, stride, n, w, d, (int)bits, (int)ng, acc);
         else
-            i8_vacc_rows_avxvnni(rows, stride, n, w, d, (int)bits, (int)ng, acc);
+            skv_att_i8_vacc_rows_avxvnni(rows, stride, n, w, d, (int)bits, (int)ng, acc);
         return 0;
     }
 #endif

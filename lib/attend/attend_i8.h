@@ -1,5 +1,5 @@
-/* attend_i8.h -- internal: the SIMD int8 kernels, included by attend.c once
- * per instruction set with
+/* attend_i8.h -- internal: the SIMD int8 kernels, included by
+ * attend_i8_<isa>.c, one instruction set each, with
  *   I8_ISA     name suffix (avx2, vnni512, vbmi, avxvnni)
  *   I8_TARGET  the target attribute string
  *   I8_DP(acc, a, b)  acc + the sums of 4 products u8 a * s8 b per int32 lane
@@ -7,8 +7,8 @@
  *   I8_DP8(acc, a, b) the same for any u8 a (the 8-bit codes)
  *   I8_UNPACK(row, c, bits)  32 codes of a row (i8_unpack or i8_unpack_vbmi)
  * Only the dot-product instruction and the unpacking differ, so all four
- * give identical results; attend.c holds the unpacking, the scalar
- * reference and the dispatch. */
+ * give identical results; attend_kern.h holds the unpacking, attend.c the
+ * scalar reference and the dispatch. */
 #define I8_CAT2(a, b) a##_##b
 #define I8_CAT(a, b) I8_CAT2(a, b)
 #define I8_NAME(x) I8_CAT(x, I8_ISA)
@@ -369,12 +369,12 @@ I8_KBG(2) I8_KBG(3) I8_KBG(4) I8_KBG(8)
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 3), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 4), \
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 5), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 6), \
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 7), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 8) }
-static const i8_fn I8_NAME(i8_kernels)[4][SKV_GMAX] = {I8_KROW(2), I8_KROW(3), I8_KROW(4),
+const i8_fn I8_NAME(skv_att_i8_kernels)[4][SKV_GMAX] = {I8_KROW(2), I8_KROW(3), I8_KROW(4),
                                                          I8_KROW(8)};
 #undef I8_KROW
 
 /* The building blocks for skv_att_i8_dots / skv_att_i8_vacc (any bits, nq). */
-I8_FN static void I8_NAME(i8_dots_rows)(const uint8_t *rows, size_t stride, uint32_t n,
+I8_FN void I8_NAME(skv_att_i8_dots_rows)(const uint8_t *rows, size_t stride, uint32_t n,
                                         const int8_t *qp, uint32_t d, int bits, int nq,
                                         int32_t *dots)
 {
@@ -388,7 +388,7 @@ I8_FN static void I8_NAME(i8_dots_rows)(const uint8_t *rows, size_t stride, uint
     }
 }
 
-I8_FN static void I8_NAME(i8_vacc_rows)(const uint8_t *rows, size_t stride, uint32_t n,
+I8_FN void I8_NAME(skv_att_i8_vacc_rows)(const uint8_t *rows, size_t stride, uint32_t n,
                                         const int8_t *w, uint32_t d, int bits, int nq,
                                         int32_t *acc)
 {

@@ -87,7 +87,7 @@ SKV_EXPORT int skv_att_probs(int kernel, float *p, uint64_t n, float m, float l)
  * on n rows of one packed width bits (2, 3, 4, or 8 with d <= 256), row i
  * at rows + i*stride,
  * head_dim d a multiple of 32, ng (1..16) int8 vectors (the kernels use two
- * per head: a coarse one and its rounding, see attend.c):
+ * per head: a coarse one and its rounding, see attend_kern.h):
  *   dots[g*n + i]  = sum_j q[g*d + j] * code_j(row i)
  *   acc[g*d + j]  += sum_i w[g*n + i] * code_j(row i)
  * (q and w in -127..127).  kernel: one of the int8 kernels (the SIMD ones
