@@ -233,8 +233,9 @@ deps:
 # The test and demo targets first make sure dependencies exist, then recurse
 # so that pkg-config sees a freshly installed Check.
 # The build runs JOBS jobs (one per CPU) unless make was given -j itself;
-# the tests then run one program after another, as test-unit, test-fuzz
-# and test-cli do.
+# then the unit tests, the fuzz-corpus replay and the CLI tests run one
+# suite after another (inside a suite SKV_TEST_JOBS programs or scripts at
+# a time: scripts/run-unit-tests, tests/cli/run).
 check:
 	@scripts/install-deps --quiet
 	@$(MAKE) --no-print-directory $(PAR) all $(TESTS) $(FUZZ_REPLAYS)
@@ -250,7 +251,6 @@ test-unit: all $(TESTS)
 
 test-cli: all
 	@$(RUN_CLI)
-
 
 # The CLI tests with every tool under valgrind memcheck (leaks are errors).
 # Not part of `make check` (needs valgrind; slow); .ci/run calls it.
