@@ -27,7 +27,6 @@
 #include <string.h>
 #include <unistd.h>
 
-
 /* ---------------------------------------------------------------- pool */
 
 typedef void (*job_fn)(void *arg, size_t item);

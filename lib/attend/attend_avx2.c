@@ -146,6 +146,7 @@ AVX2_FN static inline __m256 u8x8_to_ps(uint64_t w)
 {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)w)));
 }
+
 /* Packed rows (2, 3, 4, 8 bits): scale and bias are folded out of the dot
  * products (q.x = s * q.codes + b * sum(q) per group), codes are expanded
  * with pdep, and each V row's codes are expanded once per tile. */
@@ -308,15 +309,16 @@ kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_
 #define KBG(B) KB(B, 1) KB(B, 2) KB(B, 3) KB(B, 4) KB(B, 5) KB(B, 6) KB(B, 7) KB(B, 8)
 KBG(2) KBG(3) KBG(4) KBG(8) KBG(16) KBG(32)
 
-
 #define KROW(B)                                                                              \
     { kern_avx2_##B##_1, kern_avx2_##B##_2, kern_avx2_##B##_3, kern_avx2_##B##_4,              \
       kern_avx2_##B##_5, kern_avx2_##B##_6, kern_avx2_##B##_7, kern_avx2_##B##_8 }
 static const kern_fn avx2_kernels[6][SKV_GMAX] = {KROW(2), KROW(3), KROW(4), KROW(8), KROW(16),
                                                   KROW(32)};
+
 kern_fn skv_att_avx2_kernel(uint32_t bits, uint32_t ng)
 {
     int b = bits == 2 ? 0 : bits == 3 ? 1 : bits == 4 ? 2 : bits == 8 ? 3 : bits == 16 ? 4 : 5;
     return avx2_kernels[b][ng - 1];
 }
+
 #endif /* SKV_X86 */

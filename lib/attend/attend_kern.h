@@ -146,6 +146,7 @@ static inline int i8_qlevels(const run *R)
 {
     return i8_kchan(R) ? 2 : i8_levels(R->bits);
 }
+
 /* With one level, what it rounds off (err, summed) meets the codes' middle
  * in float: the integer sum then carries only the rounding times (code -
  * middle), half the error or less. */
@@ -153,6 +154,7 @@ static inline float i8_mid(int levels, uint32_t bits, float err)
 {
     return levels == 1 ? 0.5f * (float)((1u << bits) - 1) * err : 0.0f;
 }
+
 /* The queries of one kernel call as the int8 kernels take them: qi[2][ng][d]
  * (level 1 of every head, then level 2) and qs[g] with q ~ qs * (254 qi1 +
  * qi2); qsum[g] = sum of q (float).  Quantized once per step and head
@@ -163,6 +165,7 @@ typedef struct i8q {
     float qerr[SKV_GMAX];   /* sum of q - 254 qs qi1: what level 1 rounds off
                                (used with one level: keys per token) */
 } i8q;
+
 /* The unit of a tile's weights (|w| <= wmax; negative with a ggml scale)
  * and 1 / (254 unit), the factor to i8_split's argument. */
 static inline float i8_wunit(float wmax)
@@ -221,6 +224,7 @@ static inline void i8_kfold_idx(int bits, int8_t *lo, int8_t *hi)
         hi[p] = b >= 16 ? (int8_t)(b - 16) : (int8_t)-128;
     }
 }
+
 /* A kernel: rows [r0, r1) of a run folded into the state of ng heads
  * (float; i8_fn: the int8 kernels, with the query quantized in i8q). */
 typedef void (*kern_fn)(const run *, uint64_t, uint64_t, const float *, uint32_t, skv_sm_state *,
@@ -258,6 +262,7 @@ AVX2_FN static inline float hsum256(__m256 v)
     a = _mm_add_ss(a, _mm_movehdup_ps(a));
     return _mm_cvtss_f32(a);
 }
+
 AVX2_FN static inline float h2f_f16c(const uint8_t *p)
 {
     return _cvtsh_ss((unsigned short)ld16(p));
@@ -471,6 +476,7 @@ static inline __attribute__((always_inline)) void i8_prefetch_rows(const i8_next
         i8_prefetch(R->vp + t * R->vps, 1);
     }
 }
+
 /* attend_avx2.c: the float kernel for rows of `bits` and ng heads */
 kern_fn skv_att_avx2_kernel(uint32_t bits, uint32_t ng);
 
