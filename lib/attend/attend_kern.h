@@ -203,7 +203,11 @@ static inline uint32_t i8_vchan(int bits, uint32_t x)
     return (x & ~31u) + i8_perm(bits, l < 4 ? 4 * k + l : 12 + 4 * k + l);
 }
 
-static inline void i8_permute_q(const int8_t *qi, uint32_t ng, uint32_t d, int bits, int8_t *qp)
+/* The query's int8 vectors qi[ng][d] in the kernels' permuted order.  Not
+ * inlined (nor i8_kfold_idx): each runs once per kernel call, and inlined
+ * into the 32 kernels they changed the hot loops' code, 5% slower warm. */
+static __attribute__((noinline, unused)) void i8_permute_q(const int8_t *qi, uint32_t ng,
+                                                           uint32_t d, int bits, int8_t *qp)
 {
     for (uint32_t g = 0; g < ng; g++)
         for (uint32_t c = 0; c < d; c += 32)
@@ -216,7 +220,7 @@ static inline void i8_permute_q(const int8_t *qi, uint32_t ng, uint32_t d, int b
  * 128-bit lane) hold channel c at byte 16 ((c / 4) & 1) + 4 (c / 8) + c % 4;
  * position p of the permuted chunk wants channel i8_perm(bits, p).  lo
  * picks from the low 128 bits, hi from the high (-128: none). */
-static inline void i8_kfold_idx(int bits, int8_t *lo, int8_t *hi)
+static __attribute__((noinline, unused)) void i8_kfold_idx(int bits, int8_t *lo, int8_t *hi)
 {
     for (uint32_t p = 0; p < 32; p++) {
         uint32_t c = i8_perm(bits, p), b = 16 * ((c / 4) & 1) + 4 * (c / 8) + c % 4;
