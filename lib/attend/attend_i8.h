@@ -388,13 +388,13 @@ I8_KBG(2) I8_KBG(3) I8_KBG(4) I8_KBG(8)
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 5), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 6), \
       I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 7), I8_CAT(I8_CAT(I8_CAT(kern_i8, I8_ISA), B), 8) }
 const i8_fn I8_NAME(skv_att_i8_kernels)[4][SKV_GMAX] = {I8_KROW(2), I8_KROW(3), I8_KROW(4),
-                                                         I8_KROW(8)};
+                                                        I8_KROW(8)};
 #undef I8_KROW
 
 /* The building blocks for skv_att_i8_dots / skv_att_i8_vacc (any bits, nq). */
 I8_FN void I8_NAME(skv_att_i8_dots_rows)(const uint8_t *rows, size_t stride, uint32_t n,
-                                        const int8_t *qp, uint32_t d, int bits, int nq,
-                                        int32_t *dots)
+                                         const int8_t *qp, uint32_t d, int bits, int nq,
+                                         int32_t *dots)
 {
     int32_t isum[I8_QMAX][I8_TILE] __attribute__((aligned(32)));
     for (uint32_t i0 = 0; i0 < n; i0 += I8_TILE) {
@@ -407,8 +407,8 @@ I8_FN void I8_NAME(skv_att_i8_dots_rows)(const uint8_t *rows, size_t stride, uin
 }
 
 I8_FN void I8_NAME(skv_att_i8_vacc_rows)(const uint8_t *rows, size_t stride, uint32_t n,
-                                        const int8_t *w, uint32_t d, int bits, int nq,
-                                        int32_t *acc)
+                                         const int8_t *w, uint32_t d, int bits, int nq,
+                                         int32_t *acc)
 {
     int32_t ia[I8_QMAX][SKV_MAX_HEAD_DIM] __attribute__((aligned(32)));
     uint32_t w4[1][I8_QMAX][I8_TILE / 4];
