@@ -38,6 +38,29 @@ static inline void tile_params(const run *R, int which, uint64_t t0, uint32_t n,
             group_par(par, g, R->bits, mode, &sc[i * ngr + g], &bi[i * ngr + g]);
 }
 
+/* Softmax of one head's tile of scores s[TILE] (rows n.. are -inf): the
+ * scores to sc (or NULL) by token, the state's block begun at the tile's
+ * maximum, s replaced by exp(s - m), and their sum added to st->l. */
+AVX2_FN static inline __attribute__((always_inline)) void
+tile_softmax(float *s, uint32_t n, const run *R, uint64_t t0, float *sc, skv_sm_state *st,
+             float *acc, uint32_t d)
+{
+    __m256 mv = _mm256_load_ps(&s[0]);
+    for (int i = 8; i < TILE; i += 8)
+        mv = _mm256_max_ps(mv, _mm256_load_ps(&s[i]));
+    if (sc)
+        for (uint32_t i = 0; i < n; i++)
+            sc[row_token(R, t0 + i)] = s[i];
+    float m = skv_sm_block_begin(st, acc, hmax256(mv), d);
+    __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps();
+    for (int i = 0; i < TILE; i += 8) {
+        __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[i]), mm));
+        _mm256_store_ps(&s[i], p);
+        lv = _mm256_add_ps(lv, p);
+    }
+    st->l += hsum256(lv);
+}
+
 /* Row i (of the tile), block c of 8 channels, as floats. */
 #define LOAD8(dat, c)                                                                           \
     (bits == 32 ? _mm256_loadu_ps((const float *)(const void *)(dat) + 8 * (c))                 \
@@ -80,24 +103,8 @@ kern_avx2_body(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_t 
                 s[g][i] = -INFINITY;
         /* softmax of the tile */
         for (int g = 0; g < ng; g++) {
-            __m256 mv = _mm256_load_ps(&s[g][0]);
-            for (int i = 8; i < TILE; i += 8)
-                mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
-            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-            float mx = _mm_cvtss_f32(m4);
-            if (sc)
-                for (uint32_t i = 0; i < n; i++)
-                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
-            float m = skv_sm_block_begin(&st[g], acc + (size_t)g * d, mx, d);
-            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps();
-            for (int i = 0; i < TILE; i += 8) {
-                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
-                _mm256_store_ps(&s[g][i], p);
-                lv = _mm256_add_ps(lv, p);
-            }
-            st[g].l += hsum256(lv);
+            tile_softmax(s[g], n, R, t0, sc ? sc + g * sc_stride : NULL, &st[g],
+                         acc + (size_t)g * d, d);
         }
         /* values: block-outer so the accumulators stay in registers */
         grp = R->vg;
@@ -236,24 +243,8 @@ kern_avx2_packed(const run *R, uint64_t r0, uint64_t r1, const float *q, uint32_
                 s[g][i] = -INFINITY;
         /* softmax of the tile */
         for (int g = 0; g < ng; g++) {
-            __m256 mv = _mm256_load_ps(&s[g][0]);
-            for (int i = 8; i < TILE; i += 8)
-                mv = _mm256_max_ps(mv, _mm256_load_ps(&s[g][i]));
-            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-            float mx = _mm_cvtss_f32(m4);
-            if (sc)
-                for (uint32_t i = 0; i < n; i++)
-                    sc[g * sc_stride + row_token(R, t0 + i)] = s[g][i];
-            float m = skv_sm_block_begin(&st[g], acc + (size_t)g * d, mx, d);
-            __m256 mm = _mm256_set1_ps(m), lv = _mm256_setzero_ps();
-            for (int i = 0; i < TILE; i += 8) {
-                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(&s[g][i]), mm));
-                _mm256_store_ps(&s[g][i], p);
-                lv = _mm256_add_ps(lv, p);
-            }
-            st[g].l += hsum256(lv);
+            tile_softmax(s[g], n, R, t0, sc ? sc + g * sc_stride : NULL, &st[g],
+                         acc + (size_t)g * d, d);
             for (uint32_t gi = 0; gi < vng; gi++)
                 bsum[g][gi] = 0;
         }
