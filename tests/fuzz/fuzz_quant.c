@@ -54,11 +54,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint16_t s16, m16;
         skv_quant_group_params(x + g, group, bits, mode, &s16, &m16);
         double step = skv_f16_to_f32(s16), tol = step / 2 * (1 + 1e-5) + 1e-6 * fabs(step);
+        double m = mode == SKV_QMODE_ASYM ? fabs((double)skv_f16_to_f32(m16)) : 0;
         for (uint32_t i = g; i < g + group; i++) {
             double e = fabs((double)x[i] - (double)y[0][i]);
-            /* "up to float32 rounding": relative, plus an absolute 1e-40 for
-             * groups of float32 denormals whose scale underflows to 0 */
-            FUZZ_ASSERT(e <= tol + 4e-7 * fabs((double)x[i]) + 1e-40);
+            /* "up to float32 rounding": of x, and of x - min and min + code *
+             * scale (asym), which round at the group minimum's magnitude: a
+             * small x in a group reaching -897 may land on a tie and round to
+             * the code half a step away (crashes/quant/asym-offset-...).
+             * Plus an absolute 1e-40 for groups of float32 denormals whose
+             * scale underflows to 0. */
+            FUZZ_ASSERT(e <= tol + 4e-7 * (fabs((double)x[i]) + m) + 1e-40);
         }
     }
     if (bits != 16) {
