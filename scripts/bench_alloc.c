@@ -19,9 +19,12 @@
  * mode each runs REPS times per layer keeping the fastest, so that load from
  * other processes hits them alike and is filtered out; with REPS >= 3 the
  * tracking overhead is also the median over repetitions of the ratio of the
- * two variants run back to back (the same moment's load on both). */
+ * two variants run back to back (the same moment's load on both; which of
+ * the two goes first alternates), with a distribution-free 90% confidence
+ * interval for that median from the order statistics of the ratios. */
 #include "smartkv.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +88,10 @@ static int run_layer(const skv_trace_hdr *h, const skv_layer *L, uint32_t thread
     for (int rep = 0; rep < reps; rep++)
         for (int k = 0; k < NV; k++) {
             int v = order[k];
+            /* attn and attn+track swap places every other repetition, so
+             * neither always runs first */
+            if ((rep & 1) && (v == 0 || v == 1))
+                v = 1 - v;
             if ((v == 2 || v == 3) && !with_pv)
                 continue;
             c.flags = flags[v];
@@ -137,6 +144,29 @@ static void report(const double *t, int with_pv, const char *what)
         double med = n_reps % 2 ? r[n_reps / 2] : 0.5 * (r[n_reps / 2 - 1] + r[n_reps / 2]);
         printf("  tracking overhead, median of %d paired runs:     %+.2f%% (range %+.2f%% .. %+.2f%%)\n",
                n_reps, 100.0 * (med - 1), 100.0 * (r[0] - 1), 100.0 * (r[n_reps - 1] - 1));
+        /* The median lies between the k-th smallest and the k-th largest
+         * ratio with probability 1 - 2 P(Bin(n, 1/2) < k): the largest k
+         * keeping that at least 0.9 (none for n < 5). */
+        int k = 0;
+        double cdf = 0, pk = ldexp(1.0, -n_reps); /* P(X = 0) */
+        for (int i = 0; i < n_reps; i++) {
+            cdf += pk;                  /* P(X <= i) */
+            if (2 * cdf > 0.1)
+                break;
+            k = i + 1;
+            pk = pk * (n_reps - i) / (i + 1);
+        }
+        if (k > 0) {
+            double cov = 1;
+            pk = ldexp(1.0, -n_reps);
+            for (int i = 0; i < k; i++) {
+                cov -= 2 * pk;
+                pk = pk * (n_reps - i) / (i + 1);
+            }
+            printf("  its %.1f%% confidence interval (ratios %d and %d of %d): %+.2f%% .. %+.2f%%\n",
+                   100 * cov, k, n_reps + 1 - k, n_reps, 100.0 * (r[k - 1] - 1),
+                   100.0 * (r[n_reps - k] - 1));
+        }
     }
 }
 
