@@ -20,8 +20,9 @@
  * other processes hits them alike and is filtered out; with REPS >= 3 the
  * tracking overhead is also the median over repetitions of the ratio of the
  * two variants run back to back (the same moment's load on both; which of
- * the two goes first alternates), with a distribution-free 90% confidence
- * interval for that median from the order statistics of the ratios. */
+ * the two goes first alternates), with a distribution-free confidence
+ * interval of at least 90% for that median from the order statistics of
+ * the ratios. */
 #include "smartkv.h"
 
 #include <math.h>
