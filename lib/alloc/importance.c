@@ -87,12 +87,18 @@ void skv_imp_query_range(const skv_imp_cfg *c, uint64_t T, uint64_t P, uint64_t 
     uint64_t S = skv_imp_snapshot(c, T, P);
     switch (c->mode) {
     case SKV_IMP_EMA: {
-        /* steps older than k have decay^k below the smallest double */
+        /* Queries older than k add nothing: the replay scales a query's
+         * probabilities by its weight (1 - decay) decay^age over G z (z >= 1,
+         * the row's sum with its maximum at 2^0) rounded to float32, which
+         * is 0 below 2^-150.  (Bounding by the smallest double instead, as
+         * before, replayed 7x more queries at decay 0.9, those whose
+         * float32 weights were 0 or subnormal, and at 8K tokens took 15%
+         * longer than replaying every query.) */
         uint64_t k = S;
         if (c->decay <= 0)
             k = 1;
         else if (c->decay > 0 && c->decay < 1) {
-            double kk = ceil(-745.2 / log(c->decay)) + 1;
+            double kk = ceil((-150 * SKV_LN2 - log(1 - c->decay)) / log(c->decay)) + 1;
             if (kk < (double)S)
                 k = (uint64_t)kk;
         }
