@@ -149,21 +149,16 @@ static void report(const double *t, int with_pv, const char *what)
          * ratio with probability 1 - 2 P(Bin(n, 1/2) < k): the largest k
          * keeping that at least 0.9 (none for n < 5). */
         int k = 0;
-        double cdf = 0, pk = ldexp(1.0, -n_reps); /* P(X = 0) */
+        double cov = 1, cdf = 0, pk = ldexp(1.0, -n_reps); /* P(X = 0) */
         for (int i = 0; i < n_reps; i++) {
             cdf += pk;                  /* P(X <= i) */
             if (2 * cdf > 0.1)
                 break;
             k = i + 1;
+            cov = 1 - 2 * cdf;
             pk = pk * (n_reps - i) / (i + 1);
         }
         if (k > 0) {
-            double cov = 1;
-            pk = ldexp(1.0, -n_reps);
-            for (int i = 0; i < k; i++) {
-                cov -= 2 * pk;
-                pk = pk * (n_reps - i) / (i + 1);
-            }
             printf("  its %.1f%% confidence interval (ratios %d and %d of %d): %+.2f%% .. %+.2f%%\n",
                    100 * cov, k, n_reps + 1 - k, n_reps, 100.0 * (r[k - 1] - 1),
                    100.0 * (r[n_reps - k] - 1));
