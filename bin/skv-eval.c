@@ -71,6 +71,11 @@ static noreturn void usage(void)
            "                         scalar, auto (the best int8), int8-scalar, int8-avx2,\n"
            "                         int8-vnni\n"
            "Grouped layout (any of these selects it; kivi:N always uses it):\n"
+           "      --method           the method's configuration, the same as --keys channel\n"
+           "                         --rotate --rotate-values --kv-split --error imp-range\n"
+           "                         --residual 32 --protect-bits 8 --param-bits 8 --clip\n"
+           "                         --head-weight 0.5 --recency 0.25 (options given with\n"
+           "                         it win, wherever they stand; the widths stay --bits)\n"
            "      --grouped          the grouped layout (keys per token unless --keys)\n"
            "      --keys L           token (per token, --group channels) or channel\n"
            "                         (per channel over --key-tokens tokens)\n"
@@ -154,7 +159,7 @@ enum {
     O_KEYTOK, O_ROTATE, O_KVSPLIT, O_ERROR, O_VGROUP, O_RESIDUAL, O_GROUPED, O_PRIOR, O_PROTBITS,
     O_HEADW, O_IMPPOW, O_RECENCY, O_KEYSAGE, O_REPLAN, O_PARAMBITS, O_VROTATE, O_CLIP, O_PM_B, O_PM_K, O_PM_P,
     O_PM_D, O_PM_LR, O_PM_BITS, O_WEIGHTS, O_HEADS, O_OFFLOAD, O_ACTIVE_BITS,
-    O_CALIB, O_CALIB_TOK
+    O_CALIB, O_CALIB_TOK, O_METHOD
 };
 
 static const struct option longopts[] = {
@@ -180,6 +185,7 @@ static const struct option longopts[] = {
     {"value-group", required_argument, NULL, O_VGROUP},
     {"residual", required_argument, NULL, O_RESIDUAL},
     {"grouped", no_argument, NULL, O_GROUPED},
+    {"method", no_argument, NULL, O_METHOD},
     {"prior", required_argument, NULL, O_PRIOR},
     {"protect-bits", required_argument, NULL, O_PROTBITS},
     {"head-weight", required_argument, NULL, O_HEADW},
@@ -1206,9 +1212,16 @@ int main(int argc, char **argv)
         argc--;
         argv++;
     }
+    /* --method first, wherever it stands: the options given with it win */
+    const char *shorts = "p:b:g:k:m:f:P:j:o:O:" TOOL_COMMON_SHORT;
     int c;
-    while ((c = tool_getopt(argc, argv, "p:b:g:k:m:f:P:j:o:O:" TOOL_COMMON_SHORT, longopts)) != -1) {
+    while ((c = getopt_long(argc, argv, shorts, longopts, NULL)) != -1)
+        if (c == O_METHOD)
+            skv_ec_method(&o.cfg);
+    optind = 0; /* GNU getopt: start over */
+    while ((c = tool_getopt(argc, argv, shorts, longopts)) != -1) {
         switch (c) {
+        case O_METHOD: break; /* applied above */
         case 'p': o.policy = optarg; break;
         case 'b':
             o.cfg.alloc.budget = tool_opt_double("--budget", optarg, 0, 1e6, 0);

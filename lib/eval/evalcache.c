@@ -87,6 +87,22 @@ void skv_ec_defaults(skv_ec_cfg *c)
     skv_pm_defaults(&c->pm);
 }
 
+void skv_ec_method(skv_ec_cfg *c)
+{
+    c->layout = SKV_EC_GROUPED;
+    c->k_layout = SKV_EC_KEYS_CHANNEL;
+    c->rotate = 1;
+    c->rotate_values = 1;
+    c->kv_split = 1;
+    c->err_model = SKV_EC_ERR_IMP_RANGE;
+    c->realloc = 32;
+    c->protect_bits = 8;
+    c->param_bits = 8;
+    c->clip = 1;
+    c->head_weight = 0.5;
+    c->recency = 0.25;
+}
+
 int skv_ec_cfg_check(const skv_ec_cfg *c)
 {
     if (c->kind == SKV_EC_PRUNE_MERGE) {  /* merge.c */

@@ -214,6 +214,14 @@ SKV_EXPORT int skv_ec_min_beta(const skv_ec_cfg *c, uint32_t n_layers, uint32_t 
 
 /* smartkv, budget 0.25, library allocation defaults, ema 0.9, R = 16. */
 SKV_EXPORT void skv_ec_defaults(skv_ec_cfg *c);
+/* The method's configuration on top of c (skv-eval --method): the grouped
+ * layout, keys per channel over 32 tokens after a randomized Hadamard
+ * rotation, values quantized in a rotated basis, separate K/V widths, the
+ * imp-range error model, a 32-token residual (R = 32), sinks and residual
+ * at 8 bits, 8-bit scales and zero points, clipped ranges, head weights
+ * 0.5 and a recency prior of 0.25.  The policy, budget and widths are left
+ * as they are. */
+SKV_EXPORT void skv_ec_method(skv_ec_cfg *c);
 /* Check a configuration (policy, importance mode, decay, R, widths). */
 SKV_EXPORT int skv_ec_cfg_check(const skv_ec_cfg *c);
 

@@ -336,6 +336,25 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["beta_alloc"] <= 0.3 and r["cache"].endswith("range rec=0.25 protect=8 clip p8 hw=0.5") and r["meta_frac"] > 0, r
 ' "$T/out"
+cp "$T/out" method-flags.json
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 -p smartkv -b 0.3 \
+    --bits 2,3,4,8,16 --method --json -q
+expect_rc 0 "ppl with --method"
+check "--method is the method's flags: the same cache, the same numbers (timings aside)" python3 -c '
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+t = ("seconds", "ref_seconds", "track_frac", "realloc_frac")
+d = [k for k in set(a) | set(b) if k not in t and a.get(k) != b.get(k)]
+assert not d and a["cache"].endswith("kch+rot vrot kv range rec=0.25 protect=8 clip p8 hw=0.5"), (d, a, b)
+' "$T/out" method-flags.json
+run skv-eval ppl --model "$model" --text "$text" --max-tokens 96 --ctx 96 -p smartkv -b 0.3 \
+    --keys token --method --residual 16 --json -q
+expect_rc 0 "ppl with options around --method"
+check "options given with --method win wherever they stand (keys per token, R = 16)" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert " R=16 ktok+rot vrot kv range rec=0.25 protect=8 clip p8 hw=0.5" in r["cache"], r
+' "$T/out"
 run skv-eval ppl --model "$model" --text "$text" --max-tokens 160 --ctx 160 -p smartkv -b 0.3 \
     --keys channel --rotate --kv-split --residual 32 --protect-bits 8 --error imp-range \
     --recency 0.25 --keys-by-age --json -q
