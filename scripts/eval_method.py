@@ -53,6 +53,18 @@ def method(r):
             and ("bits=" in lab or " R=32 kch" in lab))
 
 
+def one_ladder(r):
+    """The method's configuration with the library's widths (2..16) at every
+    budget from 0.25, eviction (0..16) below: no ladder chosen per budget."""
+    lab = r["label"]
+    sfx = S(M) if r["policy"] == "smartkv" else M
+    if not (grouped(r) and lab.endswith(sfx)):
+        return False
+    if float(r["budget"]) <= 0.2:
+        return " bits=0,2,3,4,8,16 " in lab
+    return "bits=" not in lab and " R=32 kch" in lab
+
+
 HEAD = ("| cache | beta (mean) | beta (window end) | of it tracking | PPL | dPPL | KL | top-1 |\n"
         "|---|---|---|---|---|---|---|---|")
 
@@ -77,6 +89,9 @@ table("Baselines: uniform (packed, per token), KIVI, eviction",
       lambda r: r["policy"].startswith(("uniform", "kivi")) or r["policy"] in EVICTION)
 table("smartkv and its controls (the method's configuration)",
       lambda r: method(r) and r["policy"] in ("smartkv", "random", "position"))
+table("smartkv and its controls with the library's widths 2..16 above budget 0.3 "
+      "(the allocator choosing; below 0.32 the rows above)",
+      lambda r: one_ladder(r) and not method(r) and r["policy"] in ("smartkv", "random", "position"))
 
 W0 = " R=32 bits=0,2,3,4,8,16"
 
@@ -190,11 +205,14 @@ if s and u8:
     claim("smartkv at beta <= 0.55: KL at most 1.25x uniform:8's", f(s, "kl") <= 1.25 * f(u8, "kl"),
           "%s; uniform:8 KL %.4g (beta %.3f)" % (desc(s), f(u8, "kl"), f(u8, "beta")))
 
-# the attention-guided part: the same cache and solver with other scores
-for other in ("random", "position"):
+# the attention-guided part: the same cache and solver with other scores,
+# with the method's ladders, then with one ladder at every budget
+for other, sel, how in (("random", method, ""), ("position", method, ""),
+                        ("random", one_ladder, " (widths 2..16 at every budget from 0.25)"),
+                        ("position", one_ladder, " (widths 2..16 at every budget from 0.25)")):
     wins, tot, det = 0, 0, []
     for r in sorted(rows, key=lambda r: f(r, "beta")):
-        if r["policy"] != "smartkv" or not method(r):
+        if r["policy"] != "smartkv" or not sel(r):
             continue
         lab = r["label"].replace("smartkv", other, 1).replace(REC, "")
         if other == "position":  # tracks nothing: no importance in its label
@@ -209,7 +227,7 @@ for other in ("random", "position"):
             r["label"].split(" ema")[0].replace("smartkv ", "") + " " + r["label"].split()[4],
             f(r, "kl"), f(o, "kl"), f(r, "beta"), f(o, "beta")))
     if tot:
-        claim(f"smartkv beats {other} at equal bytes at every budget", wins == tot,
+        claim(f"smartkv beats {other} at equal bytes at every budget{how}", wins == tot,
               "%d/%d; %s" % (wins, tot, "; ".join(det)))
 # the eviction baselines at equal bytes: for each policy, its cheapest row
 # with at least smartkv's bytes; their beta is taken without their tracking
