@@ -68,26 +68,17 @@ int main(int argc, char **argv)
                 if (skv_ec_kivi_parse("kivi:4", &c) != 1)
                     die("kivi");
             } else {
-                /* the method (scripts/eval-method) at 0.3: keys per channel,
-                 * keys and values rotated, 8-bit parameters, split widths,
-                 * sinks and residual at 8 bits (its eviction rows attend
-                 * with a float64 reference loop: not timed) */
-                c.layout = SKV_EC_GROUPED;
-                c.k_layout = SKV_EC_KEYS_CHANNEL;
-                c.rotate = 1;
-                c.rotate_values = 1;
-                c.param_bits = 8;
-                c.clip = 1;     /* each span's range searched */
-                c.kv_split = 1;
-                c.realloc = 32;
-                c.protect_bits = 8;
+                /* the method (skv-eval --method, scripts/eval-method) at
+                 * 0.3, widths 2..16 (its eviction rows attend with a
+                 * float64 reference loop: not timed); head weights need
+                 * the session's hidden states (attached below) */
+                skv_ec_method(&c);
                 c.alloc.budget = 0.3;
                 c.alloc.width_mask = (1u << 2) | (1u << 3) | (1u << 4) | (1u << 8) | (1u << 16);
-                /* the damage predicted from the rows' ranges (held rows'
-                 * kept), or measured by requantizing every row (k == 5) */
-                c.err_model = k == 5 ? SKV_EC_ERR_IMP_MSE : SKV_EC_ERR_IMP_RANGE;
-                c.head_weight = 0.5;    /* needs the session's hidden states */
-                c.recency = 0.25;       /* a 1/age prior beside the tracked attention */
+                /* k == 5: the damage measured by requantizing every held
+                 * row instead of predicted from the rows' ranges */
+                if (k == 5)
+                    c.err_model = SKV_EC_ERR_IMP_MSE;
             }
             char label[160];
             skv_ec_describe(&c, label, sizeof label);
