@@ -45,11 +45,15 @@ def S(sfx):
     return sfx + REC
 
 
+def configured(r):
+    """The method's options (smartkv's with its recency prior), any widths."""
+    return grouped(r) and r["label"].endswith(S(M) if r["policy"] == "smartkv" else M)
+
+
 def method(r):
     """A row of the method's configuration (the ablations differ from it)."""
     lab = r["label"]
-    sfx = S(M) if r["policy"] == "smartkv" else M
-    return (grouped(r) and lab.endswith(sfx) and any(w in lab for w in ladder(r["budget"]))
+    return (configured(r) and any(w in lab for w in ladder(r["budget"]))
             and ("bits=" in lab or " R=32 kch" in lab))
 
 
@@ -57,8 +61,7 @@ def one_ladder(r):
     """The method's configuration with the library's widths (2..16) at every
     budget from 0.25, eviction (0..16) below: no ladder chosen per budget."""
     lab = r["label"]
-    sfx = S(M) if r["policy"] == "smartkv" else M
-    if not (grouped(r) and lab.endswith(sfx)):
+    if not configured(r):
         return False
     if float(r["budget"]) <= 0.2:
         return " bits=0,2,3,4,8,16 " in lab
